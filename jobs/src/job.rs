@@ -1,0 +1,270 @@
+//! The contract between the fleet engine and the job kinds it runs.
+//!
+//! The engine (crate `fleet`) depends on this crate, never the reverse, so everything a job
+//! kind needs from the engine is expressed here as data ([`JobContext`], [`NewJob`]) or as a
+//! trait the engine implements ([`Enqueuer`]).
+//!
+//! Contract a handler can rely on:
+//! - delivery is **at least once**: a handler may run again after a crash, a lost lease or a
+//!   retry, always with the same `job_id`. Side effects must carry an idempotency key derived
+//!   from the job (see [`JobContext::side_effect_key`]) and re-check domain state first;
+//! - the handler's [`JobError`] decides what happens next (retry with backoff, dead now, snooze
+//!   without charging an attempt, or cancel);
+//! - error messages are stored in the job's history and logged: they must never carry PII or
+//!   secrets. Payloads carry ids, not PII.
+
+use std::{fmt, future::Future, pin::Pin, sync::Arc, time::Duration};
+
+use chrono::{DateTime, Utc};
+use serde::{de::DeserializeOwned, Serialize};
+use sqlx::{PgConnection, PgPool};
+use tokio_util::sync::CancellationToken;
+
+/// Code defaults of one job kind. The engine layers `[kinds.<kind>]` config over them.
+#[derive(Debug, Clone, PartialEq)]
+pub struct KindDefaults {
+    /// Queue the kind's jobs are enqueued on; workers choose which queues they serve.
+    pub queue: String,
+    /// Most handlers of this kind one worker runs at once; `None` = bounded only by the
+    /// worker's total concurrency.
+    pub concurrency: Option<usize>,
+    /// Attempts before the job is dead (≥ 1).
+    pub max_attempts: i32,
+    /// Backoff before retry n is `min(cap, base · 2^(n-1))`, jittered.
+    pub backoff_base: Duration,
+    /// Upper bound of the backoff.
+    pub backoff_cap: Duration,
+    /// A handler running longer than this is cancelled and the attempt fails (retryable).
+    pub timeout: Duration,
+    /// How long an idempotency key stays taken after the job *completed*. Zero: the key is
+    /// free again as soon as the job finishes. While a job is unfinished its key is always taken.
+    pub idempotency_window: Duration,
+    /// Lower runs first.
+    pub priority: i16,
+}
+
+impl Default for KindDefaults {
+    fn default() -> Self {
+        Self {
+            queue: "default".to_owned(),
+            concurrency: None,
+            max_attempts: 10,
+            backoff_base: Duration::from_secs(1),
+            backoff_cap: Duration::from_secs(3600),
+            timeout: Duration::from_secs(300),
+            idempotency_window: Duration::ZERO,
+            priority: 0,
+        }
+    }
+}
+
+/// A job kind: its serde args are the payload, `KIND` its stable name.
+///
+/// Implementors write `async fn run(self, ctx: JobContext) -> Result<(), JobError>`.
+pub trait Job: Serialize + DeserializeOwned + Send + Sync + 'static {
+    /// Stable, unique name stored in the queue (`fleet_jobs.kind`). Never rename a kind with
+    /// jobs in flight: workers treat an unknown kind as dead.
+    const KIND: &'static str;
+
+    /// Code defaults (queue, concurrency, attempts, backoff, timeout, key window).
+    fn defaults() -> KindDefaults {
+        KindDefaults::default()
+    }
+
+    /// Runs one attempt.
+    fn run(self, ctx: JobContext) -> impl Future<Output = Result<(), JobError>> + Send;
+}
+
+/// What a handler hands back when it did not succeed; it decides the job's next state.
+#[derive(Debug, Clone, PartialEq, thiserror::Error)]
+pub enum JobError {
+    /// Try again after the kind's exponential backoff (dead once attempts are used up).
+    #[error("{0}")]
+    Retryable(String),
+    /// Never retry: the job is dead at once with this reason (the handler's explicit discard).
+    #[error("{0}")]
+    Fatal(String),
+    /// Run again no earlier than `after`, without using up an attempt (e.g. a 429's reset).
+    #[error("snoozed for {after:?}: {reason}")]
+    Snooze {
+        /// Delay before the next attempt.
+        after: Duration,
+        /// Why, for the job's history.
+        reason: String,
+    },
+    /// Stop for good, state `cancelled` (nothing left to do and nothing went wrong).
+    #[error("{0}")]
+    Cancel(String),
+}
+
+impl JobError {
+    /// A retryable failure.
+    pub fn retryable(e: impl fmt::Display) -> Self {
+        Self::Retryable(e.to_string())
+    }
+    /// A failure that makes the job dead now.
+    pub fn fatal(e: impl fmt::Display) -> Self {
+        Self::Fatal(e.to_string())
+    }
+    /// Retry after `after` without charging an attempt.
+    pub fn snooze(after: Duration, reason: impl fmt::Display) -> Self {
+        Self::Snooze {
+            after,
+            reason: reason.to_string(),
+        }
+    }
+    /// Whether another attempt may follow this error.
+    pub fn is_retryable(&self) -> bool {
+        matches!(self, Self::Retryable(_) | Self::Snooze { .. })
+    }
+}
+
+/// A database error is transient from a handler's point of view: retry with backoff.
+impl From<sqlx::Error> for JobError {
+    fn from(e: sqlx::Error) -> Self {
+        Self::Retryable(format!("database: {e}"))
+    }
+}
+
+/// Everything a running handler gets from the engine.
+#[derive(Clone)]
+pub struct JobContext {
+    /// The job's id: stable across every attempt of this job.
+    pub job_id: i64,
+    /// The job's kind.
+    pub kind: String,
+    /// 1 for the first attempt.
+    pub attempt: i32,
+    /// Attempts allowed in all.
+    pub max_attempts: i32,
+    /// The fleet's database pool (domain tables; queue writes only through `enqueuer`).
+    pub pool: PgPool,
+    /// Cancelled when the handler must stop: timeout, lost lease, operator cancel or the
+    /// worker's drain deadline. Long handlers should check it between steps.
+    pub cancel: CancellationToken,
+    /// The engine's enqueue API, for follow-up jobs.
+    pub enqueuer: Arc<dyn Enqueuer>,
+    /// Keyring and provider clients.
+    pub deps: Arc<crate::Deps>,
+}
+
+impl fmt::Debug for JobContext {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("JobContext")
+            .field("job_id", &self.job_id)
+            .field("kind", &self.kind)
+            .field("attempt", &self.attempt)
+            .finish_non_exhaustive()
+    }
+}
+
+impl JobContext {
+    /// The idempotency key for one external side effect of this job: `job:{id}:{step}`.
+    ///
+    /// It is the same on every attempt of the job, so a retried or re-run step replays the
+    /// provider's stored response instead of acting twice. Steps must have distinct names.
+    pub fn side_effect_key(&self, step: &str) -> String {
+        format!("job:{}:{}", self.job_id, step)
+    }
+}
+
+/// Options for one enqueue; `None` fields take the kind's settings.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct EnqueueOptions {
+    /// Queue to put the job on.
+    pub queue: Option<String>,
+    /// Lower runs first.
+    pub priority: Option<i16>,
+    /// Not before this time (a future time makes the job `scheduled`).
+    pub run_at: Option<DateTime<Utc>>,
+    /// Attempts allowed.
+    pub max_attempts: Option<i32>,
+    /// Deduplication key per kind: while a job of this kind holds the key, enqueueing the
+    /// same key returns that job instead of creating another.
+    pub idempotency_key: Option<String>,
+}
+
+/// A job to enqueue, untyped: kind name and JSON args.
+#[derive(Debug, Clone, PartialEq)]
+pub struct NewJob {
+    /// Kind name.
+    pub kind: String,
+    /// Payload (ids, not PII).
+    pub args: serde_json::Value,
+    /// Placement options.
+    pub opts: EnqueueOptions,
+}
+
+impl NewJob {
+    /// A job of kind `J`. Queue, priority and attempts are left unset so the engine fills them
+    /// from the kind's *resolved* settings (code defaults with config overrides on top).
+    pub fn of<J: Job>(args: &J) -> Result<Self, serde_json::Error> {
+        Ok(Self {
+            kind: J::KIND.to_owned(),
+            args: serde_json::to_value(args)?,
+            opts: EnqueueOptions::default(),
+        })
+    }
+
+    /// An untyped job (operators, tests, other services).
+    pub fn raw(kind: impl Into<String>, args: serde_json::Value) -> Self {
+        Self {
+            kind: kind.into(),
+            args,
+            opts: EnqueueOptions::default(),
+        }
+    }
+
+    /// Sets the idempotency key.
+    pub fn key(mut self, key: impl Into<String>) -> Self {
+        self.opts.idempotency_key = Some(key.into());
+        self
+    }
+
+    /// Runs no earlier than `at`.
+    pub fn run_at(mut self, at: DateTime<Utc>) -> Self {
+        self.opts.run_at = Some(at);
+        self
+    }
+
+    /// Sets the priority (lower first).
+    pub fn priority(mut self, p: i16) -> Self {
+        self.opts.priority = Some(p);
+        self
+    }
+
+    /// Sets the attempt budget.
+    pub fn max_attempts(mut self, n: i32) -> Self {
+        self.opts.max_attempts = Some(n);
+        self
+    }
+
+    /// Puts the job on `queue`.
+    pub fn queue(mut self, queue: impl Into<String>) -> Self {
+        self.opts.queue = Some(queue.into());
+        self
+    }
+}
+
+/// Result of enqueueing one job.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Enqueued {
+    /// The job's id: the new job's, or the existing holder's for a duplicate key.
+    pub id: i64,
+    /// True when the kind+key was already held and no job was created.
+    pub duplicate: bool,
+}
+
+/// A boxed future, so [`Enqueuer`] stays object-safe.
+pub type BoxFuture<'a, T> = Pin<Box<dyn Future<Output = T> + Send + 'a>>;
+
+/// The engine's enqueue API as seen from job kinds (implemented by `fleet::Queue`).
+pub trait Enqueuer: Send + Sync {
+    /// Enqueues `jobs` on `conn` (which may be inside the caller's transaction: a rollback
+    /// leaves no job). Results are in input order.
+    fn enqueue_many<'a>(
+        &'a self,
+        conn: &'a mut PgConnection,
+        jobs: Vec<NewJob>,
+    ) -> BoxFuture<'a, Result<Vec<Enqueued>, sqlx::Error>>;
+}

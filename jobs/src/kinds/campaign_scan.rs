@@ -1,0 +1,236 @@
+//! The `campaign_scan` job kind (BRIEF §3): the cron fan-out that keeps every active campaign
+//! searching.
+//!
+//! One run:
+//! 1. **expires** campaigns past their `expires_at` (`active`, `paused`, `action_required` →
+//!    `expired`), in bounded batches, skipping a campaign whose booking saga is still in flight
+//!    (`pending`/`authorized`: the saga owns it until it finishes; a later scan expires it);
+//! 2. **fans out** one `campaign_search` per due campaign (`status = 'active' AND
+//!    next_search_at <= now AND expires_at > now`, walked through `campaigns_scan_due_idx` in
+//!    `(next_search_at, id)` order), one bulk [`Enqueuer::enqueue_many`] call per batch.
+//!
+//! Contract: each search carries the idempotency key `campaign_search:{campaign_id}:{window}`,
+//! where the window is the campaign's current `next_search_at` (RFC 3339, microseconds). The
+//! scan never moves `next_search_at` itself (the search does, when it finishes), so running the
+//! scan twice, or two scans racing, yields one search per campaign per window: the second
+//! enqueue meets the held key and is counted as a duplicate. A search that died releases its
+//! key, so the next scan retries the same window — nothing is lost.
+//!
+//! `now` is read once from the database at the start of a run, so a run terminates even while
+//! searches are rescheduling campaigns underneath it.
+
+use std::time::Duration;
+
+use chrono::{DateTime, SecondsFormat, Utc};
+use serde::{Deserialize, Serialize};
+use sqlx::PgPool;
+use uuid::Uuid;
+
+use crate::{Enqueuer, Job, JobContext, JobError, KindDefaults, NewJob};
+
+use super::campaign_search::CampaignSearch;
+
+/// Campaigns per batch (one select and one bulk enqueue) unless the args say otherwise.
+pub const DEFAULT_BATCH_SIZE: i64 = 1000;
+
+/// Args of the `campaign_scan` job. Everything is optional: the cron entry may pass `{}`.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct CampaignScan {
+    /// Campaigns per batch, 1..=10000 (default [`DEFAULT_BATCH_SIZE`]).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub batch_size: Option<i64>,
+}
+
+/// What one scan did.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct ScanReport {
+    /// Campaigns moved to `expired`.
+    pub expired: u64,
+    /// Due campaigns seen.
+    pub due: u64,
+    /// Searches created.
+    pub enqueued: u64,
+    /// Due campaigns whose search for this window already existed (key held).
+    pub duplicates: u64,
+    /// Bulk enqueue calls made (one per non-empty batch).
+    pub batches: u64,
+}
+
+/// The idempotency key of a campaign's search for the window starting at `next_search_at`.
+pub fn search_key(campaign_id: Uuid, next_search_at: DateTime<Utc>) -> String {
+    format!(
+        "campaign_search:{campaign_id}:{}",
+        next_search_at.to_rfc3339_opts(SecondsFormat::Micros, true)
+    )
+}
+
+impl CampaignScan {
+    fn batch(&self) -> Result<i64, JobError> {
+        let b = self.batch_size.unwrap_or(DEFAULT_BATCH_SIZE);
+        if (1..=10_000).contains(&b) {
+            Ok(b)
+        } else {
+            Err(JobError::fatal(format!(
+                "batch_size must be 1..=10000, got {b}"
+            )))
+        }
+    }
+}
+
+impl Job for CampaignScan {
+    const KIND: &'static str = "campaign_scan";
+
+    /// A scan is cheap and replaced by the next tick: few attempts, one at a time per worker.
+    fn defaults() -> KindDefaults {
+        KindDefaults {
+            concurrency: Some(1),
+            max_attempts: 3,
+            backoff_base: Duration::from_secs(5),
+            backoff_cap: Duration::from_secs(60),
+            timeout: Duration::from_secs(300),
+            ..KindDefaults::default()
+        }
+    }
+
+    async fn run(self, ctx: JobContext) -> Result<(), JobError> {
+        let batch = self.batch()?;
+        let report = scan(&ctx.pool, ctx.enqueuer.as_ref(), batch).await?;
+        tracing::info!(
+            job.id = ctx.job_id,
+            expired = report.expired,
+            due = report.due,
+            enqueued = report.enqueued,
+            duplicates = report.duplicates,
+            batches = report.batches,
+            "campaign scan done"
+        );
+        Ok(())
+    }
+}
+
+/// CampaignScan: expires what is past its end, then enqueues one search per due campaign,
+/// `batch` campaigns per bulk enqueue. See the module docs for the contract.
+pub async fn scan(
+    pool: &PgPool,
+    enqueuer: &dyn Enqueuer,
+    batch: i64,
+) -> Result<ScanReport, JobError> {
+    let mut report = ScanReport {
+        expired: expire_ended(pool, batch).await?,
+        ..ScanReport::default()
+    };
+    let mut conn = pool.acquire().await?;
+    let now: DateTime<Utc> = sqlx::query_scalar("SELECT now()")
+        .fetch_one(&mut *conn)
+        .await?;
+    // Keyset cursor over (next_search_at, id); starts before every row (no campaign predates
+    // the epoch).
+    let mut cursor: (DateTime<Utc>, Uuid) = (DateTime::<Utc>::UNIX_EPOCH, Uuid::nil());
+    loop {
+        // CampaignScanDue (campaigns_scan_due_idx).
+        let rows: Vec<(Uuid, DateTime<Utc>)> = sqlx::query_as(
+            "SELECT id, next_search_at FROM campaigns
+             WHERE status = 'active' AND next_search_at <= $1 AND expires_at > $1
+               AND (next_search_at, id) > ($2, $3)
+             ORDER BY next_search_at, id
+             LIMIT $4",
+        )
+        .bind(now)
+        .bind(cursor.0)
+        .bind(cursor.1)
+        .bind(batch)
+        .fetch_all(&mut *conn)
+        .await?;
+        let Some(&(last_id, last_at)) = rows.last() else {
+            break;
+        };
+        cursor = (last_at, last_id);
+        let jobs = rows
+            .iter()
+            .map(|&(campaign_id, window)| {
+                NewJob::of(&CampaignSearch { campaign_id })
+                    .map(|j| j.key(search_key(campaign_id, window)))
+            })
+            .collect::<Result<Vec<_>, _>>()
+            .map_err(JobError::fatal)?;
+        let out = enqueuer.enqueue_many(&mut conn, jobs).await?;
+        report.batches += 1;
+        report.due += rows.len() as u64;
+        let dup = out.iter().filter(|e| e.duplicate).count() as u64;
+        report.duplicates += dup;
+        report.enqueued += out.len() as u64 - dup;
+        if (rows.len() as i64) < batch {
+            break;
+        }
+    }
+    Ok(report)
+}
+
+/// CampaignExpire: moves campaigns past `expires_at` to `expired`, `batch` per statement,
+/// never one with a booking in flight. Returns how many it moved.
+async fn expire_ended(pool: &PgPool, batch: i64) -> Result<u64, JobError> {
+    let mut total = 0;
+    loop {
+        let n = sqlx::query(
+            "UPDATE campaigns SET status = 'expired', updated_at = now()
+             WHERE id IN (
+                 SELECT c.id FROM campaigns c
+                 WHERE c.status IN ('active', 'paused', 'action_required')
+                   AND c.expires_at <= now()
+                   AND NOT EXISTS (SELECT 1 FROM bookings b WHERE b.campaign_id = c.id
+                                   AND b.status IN ('pending', 'authorized'))
+                 ORDER BY c.expires_at
+                 LIMIT $1
+                 FOR UPDATE SKIP LOCKED)",
+        )
+        .bind(batch)
+        .execute(pool)
+        .await?
+        .rows_affected();
+        total += n;
+        if (n as i64) < batch {
+            return Ok(total);
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use chrono::TimeZone;
+
+    use super::*;
+
+    #[test]
+    fn search_key_names_the_campaign_and_its_window_to_the_microsecond() {
+        let id = Uuid::parse_str("6f1c1f2e-7d1a-4b7e-9c55-0a1b2c3d4e5f").unwrap();
+        let at = Utc.with_ymd_and_hms(2027, 3, 4, 5, 6, 7).unwrap()
+            + chrono::Duration::microseconds(123_456);
+        assert_eq!(
+            search_key(id, at),
+            "campaign_search:6f1c1f2e-7d1a-4b7e-9c55-0a1b2c3d4e5f:2027-03-04T05:06:07.123456Z"
+        );
+        // Another window, another key; the same window, the same key.
+        assert_ne!(
+            search_key(id, at),
+            search_key(id, at + chrono::Duration::hours(4))
+        );
+        assert_eq!(search_key(id, at), search_key(id, at));
+    }
+
+    #[test]
+    fn args_default_to_a_thousand_per_batch_and_refuse_nonsense() {
+        let a: CampaignScan = serde_json::from_value(serde_json::json!({})).unwrap();
+        assert_eq!(a.batch().unwrap(), DEFAULT_BATCH_SIZE);
+        let a: CampaignScan =
+            serde_json::from_value(serde_json::json!({"batch_size": 50})).unwrap();
+        assert_eq!(a.batch().unwrap(), 50);
+        for bad in [0, -1, 10_001] {
+            let a = CampaignScan {
+                batch_size: Some(bad),
+            };
+            assert!(matches!(a.batch(), Err(JobError::Fatal(_))), "{bad}");
+        }
+        assert!(serde_json::from_value::<CampaignScan>(serde_json::json!({"x": 1})).is_err());
+    }
+}

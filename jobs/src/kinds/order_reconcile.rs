@@ -1,0 +1,119 @@
+//! `order_reconcile`: a Duffel event about an order (created, creation failed, airline change).
+//! Re-reads the order from Duffel; a failed creation for a booking that holds money resumes the
+//! saga (which reconciles, then voids the hold on a definite failure); a cancelled order of a
+//! captured booking enqueues the refund
+//! compensation (key `booking:{id}:refund`, shared with the saga, so it runs once whoever asks);
+//! an airline-initiated change e-mails the traveler once per event. Everything is audited.
+
+use serde::{Deserialize, Serialize};
+use uuid::Uuid;
+
+use crate::{audit, notify, Job, JobContext, JobError, KindDefaults, NewJob};
+
+/// (booking id, user id, status, captured, campaign id, offer id).
+type BookingFacts = (Uuid, Option<Uuid>, String, bool, Option<Uuid>, String);
+
+/// Args: provider ids and the event.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct OrderReconcile {
+    /// `ord_…`, when the event carries one.
+    pub order_id: Option<String>,
+    /// Our booking id from the order's metadata, when present.
+    pub booking_id: Option<Uuid>,
+    /// Duffel event type.
+    pub event_type: String,
+    /// Duffel event id (dedupes the traveler's notification).
+    pub event_id: String,
+}
+
+impl Job for OrderReconcile {
+    const KIND: &'static str = "order_reconcile";
+
+    fn defaults() -> KindDefaults {
+        KindDefaults {
+            queue: "bookings".into(),
+            max_attempts: 15,
+            ..KindDefaults::default()
+        }
+    }
+
+    async fn run(self, ctx: JobContext) -> Result<(), JobError> {
+        let order = match &self.order_id {
+            Some(id) => Some(ctx.deps.flights()?.get_order(id).await?),
+            None => None,
+        };
+        let row: Option<BookingFacts> = sqlx::query_as(
+            "SELECT b.id, c.user_id, b.status, b.captured_at IS NOT NULL, b.campaign_id, b.duffel_offer_id
+             FROM bookings b
+             LEFT JOIN campaigns c ON c.id = b.campaign_id
+             WHERE ($1::text IS NOT NULL AND b.duffel_order_id = $1) OR b.id = $2",
+        )
+        .bind(&self.order_id)
+        .bind(self.booking_id)
+        .fetch_optional(&ctx.pool)
+        .await?;
+        let Some((booking, user, status, captured, campaign, offer)) = row else {
+            tracing::info!(event.type = %self.event_type, "order event for a booking we do not know (yet)");
+            return Ok(());
+        };
+        if self.event_type == "order.airline_initiated_change_detected" {
+            if let Some(user) = user {
+                notify::send_once(
+                    &ctx.pool,
+                    ctx.deps.email()?,
+                    user,
+                    "order_change",
+                    &format!("order-change/{booking}/{}", self.event_id),
+                    "The airline changed your flight",
+                    "The airline has changed the schedule of a flight Parker Flight booked for you. \
+                     Please review the new times in your account.",
+                )
+                .await?;
+            }
+        }
+        let mut tx = ctx.pool.begin().await?;
+        // Order creation failed while the booking holds money: resume the saga now. It
+        // reconciles (is there an order after all?) and, on a definite failure, voids the hold
+        // — the compensation — under its own lock and keys. If an attempt is already queued,
+        // the key returns it and nothing is added.
+        if self.event_type == "order.creation_failed" && status == "authorized" {
+            if let Some(campaign) = campaign {
+                ctx.enqueuer
+                    .enqueue_many(
+                        &mut tx,
+                        vec![NewJob::raw(
+                            "booking_attempt",
+                            serde_json::json!({ "campaign_id": campaign, "offer_id": offer }),
+                        )
+                        .key(format!("booking_attempt:{campaign}"))],
+                    )
+                    .await?;
+            }
+        }
+        let cancelled = order.as_ref().is_some_and(|o| o.cancelled_at.is_some());
+        if cancelled && captured && status == "ticketed" {
+            ctx.enqueuer
+                .enqueue_many(
+                    &mut tx,
+                    vec![NewJob::raw(
+                        "refund_compensation",
+                        serde_json::json!({ "booking_id": booking, "reason": "order_cancelled" }),
+                    )
+                    .key(format!("booking:{booking}:refund"))],
+                )
+                .await?;
+        }
+        audit::record(
+            &mut tx,
+            "fleet",
+            "order.event_reconciled",
+            "booking",
+            Some(&booking.to_string()),
+            &serde_json::json!({ "event_type": self.event_type, "order_id": self.order_id, "order_cancelled": cancelled }),
+        )
+        .await?;
+        tx.commit().await?;
+        Ok(())
+    }
+}

@@ -1,0 +1,293 @@
+//! `refund_compensation`: gives a booking's money back and releases its trip (BRIEF §3–4).
+//!
+//! Enqueued by the booking saga (capture impossible after the order), by
+//! [`cancel_booking_and_request_refund`](super::booking_attempt::cancel_booking_and_request_refund)
+//! (an order cancelled after capture: webhook, operator) — always with the key
+//! `booking:{booking_id}:refund`.
+//!
+//! # Contract: safe to run twice (or concurrently)
+//! 1. Re-check the domain first: an unknown booking cancels the job; a `refunded` booking only
+//!    makes sure its email went out; a booking with nothing captured and no order is a no-op.
+//! 2. The Duffel order, if any, is cancelled (quote + confirm). `already_cancelled` counts as
+//!    done; a refusal to cancel (e.g. a non-refundable fare) is audited and the customer is
+//!    refunded anyway.
+//! 3. The refund's intent is recorded first (a `refunds` row, `pending`, no Stripe id) so the
+//!    invariant "captured ⇒ ticketed or refunded" holds across a crash; then Stripe is asked
+//!    with `Idempotency-Key: booking:{booking_id}:refund` and parameters that depend on the
+//!    booking only (the whole captured amount, `metadata[booking_id]`), so every run gets the
+//!    same refund back; then the row gets its `stripe_refund_id` (unique) and status, and the
+//!    booking becomes `refunded` — in one transaction with the audit row.
+//! 4. The user is emailed once (`refund/{booking_id}`).
+
+use std::{collections::BTreeMap, time::Duration};
+
+use serde::{Deserialize, Serialize};
+use serde_json::json;
+use uuid::Uuid;
+
+use super::booking_attempt::{load_booking, BookingRow};
+use crate::notify::send_once;
+use crate::{
+    audit,
+    providers::{money, FailureClass, RefundReason, RefundRequest},
+    Job, JobContext, JobError, KindDefaults,
+};
+
+const ACTOR: &str = "fleet";
+
+/// Refund booking `booking_id` (and cancel its order). `reason` is a lowercase code
+/// (`order_cancelled`, `capture_failed`, `operator`, …), kept on the `refunds` row.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RefundCompensation {
+    /// The booking.
+    pub booking_id: Uuid,
+    /// Why, as a code (`^[a-z0-9_.]{1,100}$`).
+    pub reason: String,
+}
+
+impl Job for RefundCompensation {
+    const KIND: &'static str = "refund_compensation";
+
+    /// Queue `bookings`; 25 attempts, 10 s doubling to 1 h (a Stripe outage delays a refund,
+    /// never drops it); one minute per attempt; no key window (the job is idempotent).
+    fn defaults() -> KindDefaults {
+        KindDefaults {
+            queue: "bookings".to_owned(),
+            concurrency: None,
+            max_attempts: 25,
+            backoff_base: Duration::from_secs(10),
+            backoff_cap: Duration::from_secs(3600),
+            timeout: Duration::from_secs(60),
+            idempotency_window: Duration::ZERO,
+            priority: 0,
+        }
+    }
+
+    async fn run(self, ctx: JobContext) -> Result<(), JobError> {
+        if !is_code(&self.reason) {
+            return Err(JobError::fatal(
+                "refund_compensation: reason must match ^[a-z0-9_.]{1,100}$",
+            ));
+        }
+        let Some(b) = load_booking(&ctx.pool, self.booking_id).await? else {
+            return Err(JobError::Cancel(format!(
+                "booking {} does not exist",
+                self.booking_id
+            )));
+        };
+        if b.status == "refunded" {
+            return notify(&ctx, &b).await;
+        }
+        if matches!(b.status.as_str(), "pending" | "authorized") {
+            // The saga still owns it (it voids holds itself); try again once it is over.
+            return Err(JobError::retryable(format!(
+                "booking {} is still {} (saga in flight)",
+                b.id, b.status
+            )));
+        }
+        if b.duffel_order_id.is_some() {
+            cancel_order(&ctx, &b).await?;
+        }
+        if b.captured_at.is_none() {
+            tracing::info!(booking.id = %b.id, "refund compensation: nothing captured");
+            return Ok(());
+        }
+        refund(&ctx, &b, &self.reason).await?;
+        let b = load_booking(&ctx.pool, b.id)
+            .await?
+            .ok_or_else(|| JobError::retryable("booking vanished"))?;
+        notify(&ctx, &b).await
+    }
+}
+
+/// Cancels the booking's Duffel order unless it already is.
+async fn cancel_order(ctx: &JobContext, b: &BookingRow) -> Result<(), JobError> {
+    let order_id = b.duffel_order_id.as_deref().unwrap_or_default();
+    let flights = ctx.deps.flights()?;
+    let order = flights.get_order(order_id).await?;
+    if order.cancelled_at.is_some() {
+        return Ok(());
+    }
+    let outcome = match flights.create_order_cancellation(order_id).await {
+        Ok(c) => flights.confirm_order_cancellation(&c.id).await.map(|_| ()),
+        Err(e) => Err(e),
+    };
+    match outcome {
+        Ok(()) => {}
+        Err(e) if e.is_code("already_cancelled") => {}
+        Err(e) if e.class == FailureClass::Rejected => {
+            // The airline will not cancel (or the order is gone): refund the customer anyway
+            // and leave a trace for operators.
+            let mut conn = ctx.pool.acquire().await?;
+            audit::record(
+                &mut conn,
+                ACTOR,
+                "booking.order_cancel_refused",
+                "booking",
+                Some(&b.id.to_string()),
+                &json!({"booking_id": b.id, "order_id": order_id,
+                        "code": e.code.as_deref()}),
+            )
+            .await?;
+            return Ok(());
+        }
+        Err(e) => return Err(e.into()),
+    }
+    let mut conn = ctx.pool.acquire().await?;
+    audit::record(
+        &mut conn,
+        ACTOR,
+        "booking.order_cancelled",
+        "booking",
+        Some(&b.id.to_string()),
+        &json!({"booking_id": b.id, "order_id": order_id}),
+    )
+    .await?;
+    Ok(())
+}
+
+/// Records the intent, asks Stripe (`booking:{id}:refund`), records the refund.
+async fn refund(ctx: &JobContext, b: &BookingRow, reason: &str) -> Result<(), JobError> {
+    let pi_id = b.stripe_payment_intent_id.clone().ok_or_else(|| {
+        JobError::fatal(format!("booking {}: captured without PaymentIntent", b.id))
+    })?;
+    // Intent first: one refund row per booking (the Stripe key is per booking too). The
+    // booking row lock serialises concurrent runs, so the second sees the first's row.
+    let mut tx = ctx.pool.begin().await?;
+    sqlx::query("SELECT 1 FROM bookings WHERE id = $1 FOR UPDATE")
+        .bind(b.id)
+        .execute(&mut *tx)
+        .await?;
+    sqlx::query(
+        "INSERT INTO refunds (booking_id, amount, currency, reason, status)
+         SELECT b.id, b.total_amount, b.currency, $2, 'pending' FROM bookings b
+         WHERE b.id = $1 AND NOT EXISTS (SELECT 1 FROM refunds r WHERE r.booking_id = $1)",
+    )
+    .bind(b.id)
+    .bind(reason)
+    .execute(&mut *tx)
+    .await?;
+    tx.commit().await?;
+    let req = RefundRequest {
+        payment_intent_id: pi_id.clone(),
+        amount_minor: None,
+        reason: Some(RefundReason::RequestedByCustomer),
+        metadata: BTreeMap::from([("booking_id".to_owned(), b.id.to_string())]),
+    };
+    let key = format!("booking:{}:refund", b.id);
+    let r = ctx.deps.payments()?.create_refund(&req, &key).await?;
+    if !is_refund_id(&r.id) {
+        return Err(JobError::fatal("stripe returned a malformed refund id"));
+    }
+    let status = match r.status.as_str() {
+        s @ ("pending" | "requires_action" | "succeeded" | "failed" | "canceled") => s,
+        _ => "pending",
+    };
+    let amount = money::minor_to_decimal(r.amount, &r.currency).map_err(JobError::fatal)?;
+    let mut tx = ctx.pool.begin().await?;
+    sqlx::query(
+        "UPDATE refunds SET stripe_refund_id = $2, status = $3,
+                amount = CASE WHEN $4::numeric > 0 THEN $4::numeric ELSE amount END,
+                updated_at = now()
+         WHERE id = (SELECT id FROM refunds WHERE booking_id = $1
+                     AND (stripe_refund_id IS NULL OR stripe_refund_id = $2)
+                     ORDER BY created_at LIMIT 1)",
+    )
+    .bind(b.id)
+    .bind(&r.id)
+    .bind(status)
+    .bind(&amount)
+    .execute(&mut *tx)
+    .await?;
+    if matches!(status, "failed" | "canceled") {
+        tx.commit().await?;
+        return Err(JobError::fatal(format!(
+            "booking {}: Stripe refund {} is {status}; an operator must act",
+            b.id, r.id
+        )));
+    }
+    let done = sqlx::query(
+        "UPDATE bookings SET status = 'refunded', updated_at = now()
+         WHERE id = $1 AND captured_at IS NOT NULL AND status IN ('ticketed', 'cancelled')",
+    )
+    .bind(b.id)
+    .execute(&mut *tx)
+    .await?;
+    if done.rows_affected() == 1 {
+        audit::record(
+            &mut tx,
+            ACTOR,
+            "booking.refunded",
+            "booking",
+            Some(&b.id.to_string()),
+            &json!({"booking_id": b.id, "payment_intent": pi_id, "refund": r.id,
+                    "amount_minor": r.amount, "currency": r.currency, "reason": reason,
+                    "status": status}),
+        )
+        .await?;
+    }
+    tx.commit().await?;
+    Ok(())
+}
+
+/// The refund email, once per booking.
+async fn notify(ctx: &JobContext, b: &BookingRow) -> Result<(), JobError> {
+    let (Some(user_id), Some(origin), Some(destination)) =
+        (b.user_id, b.origin.as_deref(), b.destination.as_deref())
+    else {
+        return Ok(());
+    };
+    let text = format!(
+        "Your booking from {origin} to {destination} could not be kept, so we have refunded \
+         {} {} to your card. Refunds usually reach your account within 5-10 business days.\
+         \n\nParker Flight",
+        b.total_amount, b.currency
+    );
+    send_once(
+        &ctx.pool,
+        ctx.deps.email()?,
+        user_id,
+        "refund",
+        &format!("refund/{}", b.id),
+        "Your flight booking was refunded",
+        &text,
+    )
+    .await?;
+    Ok(())
+}
+
+fn is_code(s: &str) -> bool {
+    (1..=100).contains(&s.len())
+        && s.bytes()
+            .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'_' || b == b'.')
+}
+
+fn is_refund_id(id: &str) -> bool {
+    ["re_", "pyr_"].iter().any(|p| {
+        id.strip_prefix(p).is_some_and(|rest| {
+            !rest.is_empty() && rest.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'_')
+        })
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn args_refuse_unknown_fields_and_reasons_are_codes() {
+        let id = Uuid::new_v4();
+        let ok: RefundCompensation =
+            serde_json::from_value(json!({"booking_id": id, "reason": "order_cancelled"})).unwrap();
+        assert_eq!(ok.booking_id, id);
+        assert!(serde_json::from_value::<RefundCompensation>(
+            json!({"booking_id": id, "reason": "x", "amount": 1})
+        )
+        .is_err());
+        assert!(is_code("order_cancelled"));
+        assert!(!is_code("Order cancelled by Jane"));
+        assert!(!is_code(""));
+        assert!(is_refund_id("re_123") && is_refund_id("pyr_1") && !is_refund_id("re_"));
+    }
+}

@@ -1,0 +1,19 @@
+//! Parker Flight's domain crate: the job contract the fleet engine runs ([`job`]) and, as
+//! they land, the job kinds, provider clients and PII crypto.
+//!
+//! The engine depends on this crate, never the reverse.
+
+pub mod audit;
+pub mod backfill;
+pub mod deps;
+pub mod invariants;
+pub mod job;
+pub mod kinds;
+pub mod notify;
+pub mod pii;
+pub mod providers;
+
+pub use deps::Deps;
+pub use job::{
+    BoxFuture, EnqueueOptions, Enqueued, Enqueuer, Job, JobContext, JobError, KindDefaults, NewJob,
+};

@@ -1,0 +1,244 @@
+//! `fleet bench`: the burn-down benchmark (after River's `river bench`).
+//!
+//! 1. a fresh database on the resolved server, optionally pre-filled with `history` finished jobs;
+//! 2. **enqueue**: `jobs` no-op jobs in one bulk call, timed;
+//! 3. **work**: one worker (this process) at `concurrency` works them until every outcome is
+//!    written, timed; each job counts its runs, so "completed exactly once" is checked, not
+//!    assumed, and the database must agree (every row `completed`, claimed once);
+//! 4. **pickup latency**: `latency_jobs` jobs trickled one at a time into the now idle queue;
+//!    pickup = handler start − the moment the enqueue call began (so it includes the insert's
+//!    own round trip, the commit, NOTIFY delivery and the claim).
+
+use std::{
+    sync::{
+        atomic::{AtomicU32, AtomicU64, Ordering},
+        Arc, OnceLock,
+    },
+    time::{Duration, Instant},
+};
+
+use anyhow::{bail, Context};
+use jobs::{Job, JobContext, JobError, KindDefaults, NewJob};
+use serde::{Deserialize, Serialize};
+use tokio_util::sync::CancellationToken;
+
+use crate::{config::WorkerSettings, queue, registry::Registry, testkit::ScratchDb, Queue, Worker};
+
+/// Benchmark parameters.
+#[derive(Debug, Clone)]
+pub struct BenchParams {
+    /// Jobs to burn down.
+    pub jobs: usize,
+    /// Worker concurrency.
+    pub concurrency: usize,
+    /// Claims beyond free slots.
+    pub prefetch: usize,
+    /// Finished jobs inserted before the run.
+    pub history: u64,
+    /// Jobs trickled for the pickup-latency phase (0 = skip).
+    pub latency_jobs: usize,
+    /// Pause between trickled jobs, so the queue is idle each time.
+    pub latency_gap: Duration,
+}
+
+/// Figures of one run. Field names are the `--json` contract.
+#[derive(Debug, Clone, Serialize)]
+pub struct BenchReport {
+    /// Jobs enqueued for the burn-down.
+    pub jobs: usize,
+    /// Jobs the database shows completed after the burn-down.
+    pub completed: u64,
+    /// Jobs whose handler ran more than once (must be 0).
+    pub ran_more_than_once: u64,
+    /// Bulk enqueue rate.
+    pub enqueue_jobs_per_s: f64,
+    /// Burn-down rate (first claim possible → last outcome written).
+    pub work_jobs_per_s: f64,
+    /// Median pickup latency of trickled jobs.
+    pub pickup_p50_ms: f64,
+    /// 99th percentile pickup latency.
+    pub pickup_p99_ms: f64,
+    /// Worker concurrency.
+    pub concurrency: usize,
+    /// Prefetch.
+    pub prefetch: usize,
+    /// Finished jobs in history.
+    pub history: u64,
+    /// Trickled jobs measured.
+    pub latency_jobs: usize,
+    /// 1-minute load average when the run started.
+    pub loadavg_1m: f64,
+}
+
+struct BenchState {
+    runs: Vec<AtomicU32>,
+    /// Nanoseconds since `epoch` at which each trickled job's handler started.
+    started_ns: Vec<AtomicU64>,
+    epoch: Instant,
+    done: AtomicU64,
+}
+
+static STATE: OnceLock<BenchState> = OnceLock::new();
+
+/// The benchmark's job: counts its runs, records its start time, does nothing else.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct BenchNoop {
+    /// Slot in the run counters.
+    pub i: usize,
+}
+
+impl Job for BenchNoop {
+    const KIND: &'static str = "fleet.bench_noop";
+
+    async fn run(self, _ctx: JobContext) -> Result<(), JobError> {
+        let st = STATE
+            .get()
+            .ok_or_else(|| JobError::fatal("bench state not initialised"))?;
+        let slot = st
+            .runs
+            .get(self.i)
+            .ok_or_else(|| JobError::fatal("slot out of range"))?;
+        slot.fetch_add(1, Ordering::Relaxed);
+        if let Some(t) = st.started_ns.get(self.i) {
+            t.store(st.epoch.elapsed().as_nanos() as u64, Ordering::Relaxed);
+        }
+        st.done.fetch_add(1, Ordering::Relaxed);
+        Ok(())
+    }
+}
+
+/// Runs the benchmark once (a process can run it only once: its counters are static).
+pub async fn run(p: BenchParams) -> anyhow::Result<BenchReport> {
+    if p.jobs == 0 || p.concurrency == 0 {
+        bail!("--jobs and --concurrency must be >= 1");
+    }
+    let total = p.jobs + p.latency_jobs;
+    let st = BenchState {
+        runs: (0..total).map(|_| AtomicU32::new(0)).collect(),
+        started_ns: (0..total).map(|_| AtomicU64::new(0)).collect(),
+        epoch: Instant::now(),
+        done: AtomicU64::new(0),
+    };
+    if STATE.set(st).is_err() {
+        bail!("the benchmark can run once per process");
+    }
+    let st = STATE.get().expect("set");
+    let loadavg_1m = std::fs::read_to_string("/proc/loadavg")
+        .ok()
+        .and_then(|s| s.split_whitespace().next()?.parse().ok())
+        .unwrap_or(f64::NAN);
+
+    let db = ScratchDb::new("fleet_bench").await?;
+    let pool = crate::database::connect(&db.url, (p.concurrency as u32 + 10).max(16)).await?;
+    if p.history > 0 {
+        eprintln!("inserting {} finished jobs of history…", p.history);
+        let mut conn = pool.acquire().await?;
+        queue::job_insert_finished_history(&mut conn, "fleet.bench_history", p.history as i64)
+            .await
+            .context("inserting history")?;
+    }
+
+    let mut registry = Registry::default();
+    registry.register_with::<BenchNoop>(KindDefaults {
+        max_attempts: 1,
+        ..KindDefaults::default()
+    });
+    let registry = Arc::new(registry);
+    let q = Queue::new(pool.clone(), registry.clone());
+
+    // Enqueue.
+    let batch: Vec<NewJob> = (0..p.jobs)
+        .map(|i| NewJob::of(&BenchNoop { i }).expect("serializable"))
+        .collect();
+    let t0 = Instant::now();
+    let ids = q.enqueue_many(batch).await?;
+    let enqueue_s = t0.elapsed().as_secs_f64();
+    if ids.len() != p.jobs {
+        bail!("enqueued {} of {} jobs", ids.len(), p.jobs);
+    }
+
+    // Work.
+    let cfg = WorkerSettings {
+        concurrency: p.concurrency,
+        prefetch: p.prefetch,
+        ..WorkerSettings::default()
+    };
+    let worker = Worker::new(pool.clone(), registry.clone(), cfg);
+    let counters = worker.counters();
+    let shutdown = CancellationToken::new();
+    let t1 = Instant::now();
+    let handle = tokio::spawn(worker.run(shutdown.clone()));
+    let deadline = Instant::now() + Duration::from_secs(600);
+    while counters.completed.load(Ordering::Relaxed) < p.jobs as u64 {
+        if Instant::now() > deadline || handle.is_finished() {
+            bail!(
+                "burn-down stalled at {} of {} completions",
+                counters.completed.load(Ordering::Relaxed),
+                p.jobs
+            );
+        }
+        tokio::time::sleep(Duration::from_millis(2)).await;
+    }
+    let work_s = t1.elapsed().as_secs_f64();
+
+    // Pickup latency, queue idle between jobs.
+    let mut pickups = Vec::with_capacity(p.latency_jobs);
+    for k in 0..p.latency_jobs {
+        tokio::time::sleep(p.latency_gap).await;
+        let i = p.jobs + k;
+        let before = st.done.load(Ordering::Relaxed);
+        let began = st.epoch.elapsed().as_nanos() as u64;
+        q.enqueue(&BenchNoop { i }, None).await?;
+        let wait_until = Instant::now() + Duration::from_secs(10);
+        while st.done.load(Ordering::Relaxed) == before {
+            if Instant::now() > wait_until {
+                bail!("trickled job {k} was not picked up within 10 s");
+            }
+            tokio::task::yield_now().await;
+        }
+        let started = st.started_ns[i].load(Ordering::Relaxed);
+        pickups.push(started.saturating_sub(began) as f64 / 1e6);
+    }
+    shutdown.cancel();
+    let _ = handle.await;
+
+    // Verify against the database, not just our counters.
+    let mut conn = pool.acquire().await?;
+    let (completed, claimed_twice): (i64, i64) = sqlx::query_as(
+        "SELECT count(*) FILTER (WHERE state = 'completed'), count(*) FILTER (WHERE claim_seq > 1)
+         FROM fleet_jobs WHERE kind = $1 AND (args->>'i')::bigint < $2",
+    )
+    .bind(BenchNoop::KIND)
+    .bind(p.jobs as i64)
+    .fetch_one(&mut *conn)
+    .await?;
+    drop(conn);
+    pool.close().await;
+    let ran_twice = st.runs[..p.jobs]
+        .iter()
+        .filter(|r| r.load(Ordering::Relaxed) > 1)
+        .count() as u64;
+    pickups.sort_by(|a, b| a.total_cmp(b));
+    let pct = |q: f64| -> f64 {
+        if pickups.is_empty() {
+            return f64::NAN;
+        }
+        let idx = ((pickups.len() as f64 - 1.0) * q).round() as usize;
+        (pickups[idx] * 1000.0).round() / 1000.0
+    };
+    let round = |x: f64| x.round();
+    Ok(BenchReport {
+        jobs: p.jobs,
+        completed: completed as u64,
+        ran_more_than_once: ran_twice.max(claimed_twice as u64),
+        enqueue_jobs_per_s: round(p.jobs as f64 / enqueue_s),
+        work_jobs_per_s: round(p.jobs as f64 / work_s),
+        pickup_p50_ms: pct(0.50),
+        pickup_p99_ms: pct(0.99),
+        concurrency: p.concurrency,
+        prefetch: p.prefetch,
+        history: p.history,
+        latency_jobs: p.latency_jobs,
+        loadavg_1m,
+    })
+}

@@ -1,0 +1,34 @@
+//! `fleet check`: the invariants of BRIEF §6, from the domain ([`jobs::invariants`]) and the
+//! queue (no job stranded, no personal data in payloads).
+
+use std::time::Duration;
+
+use jobs::invariants::Violation;
+use sqlx::PgPool;
+
+use crate::queue;
+
+/// How long a running job's lease may be expired before the job counts as stranded (the
+/// rescuer normally takes it back within `rescue_interval`).
+const STRANDED_GRACE: Duration = Duration::from_secs(120);
+
+/// Runs every check.
+pub async fn run(pool: &PgPool) -> Result<Vec<Violation>, sqlx::Error> {
+    let mut conn = pool.acquire().await?;
+    let mut v = jobs::invariants::check(&mut conn).await?;
+    let stranded = queue::job_list_stranded(&mut conn, STRANDED_GRACE).await?;
+    if !stranded.is_empty() {
+        v.push(Violation {
+            invariant: "no job is lost (running with a lease expired over 2 minutes ago: is any worker running?)",
+            ids: stranded.iter().map(i64::to_string).collect(),
+        });
+    }
+    let pii = queue::job_list_pii_like_args(&mut conn).await?;
+    if !pii.is_empty() {
+        v.push(Violation {
+            invariant: "job payloads carry ids, not PII",
+            ids: pii.iter().map(i64::to_string).collect(),
+        });
+    }
+    Ok(v)
+}

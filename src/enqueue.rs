@@ -1,0 +1,110 @@
+//! The typed enqueue API: one job, many jobs in one statement, or inside the caller's own
+//! transaction. Placement defaults come from the kind's resolved settings.
+
+use std::sync::Arc;
+
+use jobs::{BoxFuture, Enqueued, Enqueuer, Job, NewJob};
+use sqlx::{PgConnection, PgPool};
+
+use crate::{
+    queue::{self, JobInsert, QueueError},
+    registry::Registry,
+};
+
+/// Enqueues jobs. Cheap to clone.
+#[derive(Clone)]
+pub struct Queue {
+    pool: PgPool,
+    registry: Arc<Registry>,
+}
+
+impl Queue {
+    /// A queue over `pool`, filling placement defaults from `registry`'s kinds (unknown kinds
+    /// get the code defaults of [`jobs::KindDefaults`]).
+    pub fn new(pool: PgPool, registry: Arc<Registry>) -> Self {
+        Self { pool, registry }
+    }
+
+    /// The pool.
+    pub fn pool(&self) -> &PgPool {
+        &self.pool
+    }
+
+    /// Enqueues one typed job with an optional idempotency key.
+    pub async fn enqueue<J: Job>(
+        &self,
+        args: &J,
+        key: Option<&str>,
+    ) -> Result<Enqueued, QueueError> {
+        let mut job = NewJob::of(args).map_err(|e| QueueError::InvalidJob(e.to_string()))?;
+        job.opts.idempotency_key = key.map(str::to_owned);
+        self.enqueue_new(job).await
+    }
+
+    /// Enqueues one untyped job.
+    pub async fn enqueue_new(&self, job: NewJob) -> Result<Enqueued, QueueError> {
+        let mut conn = self.pool.acquire().await?;
+        let mut v = self.enqueue_many_in(&mut conn, vec![job]).await?;
+        Ok(v.remove(0))
+    }
+
+    /// Enqueues many jobs (bulk: thousands per statement). Results in input order; a duplicate
+    /// key returns its holder and never fails the batch.
+    pub async fn enqueue_many(&self, jobs: Vec<NewJob>) -> Result<Vec<Enqueued>, QueueError> {
+        let mut conn = self.pool.acquire().await?;
+        self.enqueue_many_in(&mut conn, jobs).await
+    }
+
+    /// Enqueues on the caller's connection, typically `&mut *tx`: the jobs exist only if the
+    /// caller commits, and workers are woken at that commit.
+    pub async fn enqueue_many_in(
+        &self,
+        conn: &mut PgConnection,
+        jobs: Vec<NewJob>,
+    ) -> Result<Vec<Enqueued>, QueueError> {
+        // One call, one enqueuing span: its trace context is the same for every job.
+        let trace = crate::telemetry::current_trace_context();
+        let rows: Vec<JobInsert> = jobs
+            .into_iter()
+            .map(|j| self.resolve(j, trace.clone()))
+            .collect();
+        let out = queue::job_insert_many(conn, &rows).await?;
+        // Counted at the statement, not the commit: a caller's rollback still counts.
+        let m = &crate::metrics::metrics().enqueued;
+        for (row, r) in rows.iter().zip(&out) {
+            if !r.duplicate {
+                m.with_label_values(&[&row.kind]).inc();
+            }
+        }
+        Ok(out)
+    }
+
+    fn resolve(&self, j: NewJob, trace_context: Option<serde_json::Value>) -> JobInsert {
+        let d = self.registry.settings(&j.kind).cloned().unwrap_or_default();
+        JobInsert {
+            queue: j.opts.queue.unwrap_or(d.queue),
+            priority: j.opts.priority.unwrap_or(d.priority),
+            max_attempts: j.opts.max_attempts.unwrap_or(d.max_attempts),
+            run_at: j.opts.run_at,
+            idempotency_key: j.opts.idempotency_key,
+            trace_context,
+            kind: j.kind,
+            args: j.args,
+        }
+    }
+}
+
+impl Enqueuer for Queue {
+    fn enqueue_many<'a>(
+        &'a self,
+        conn: &'a mut PgConnection,
+        jobs: Vec<NewJob>,
+    ) -> BoxFuture<'a, Result<Vec<Enqueued>, sqlx::Error>> {
+        Box::pin(async move {
+            self.enqueue_many_in(conn, jobs).await.map_err(|e| match e {
+                QueueError::Database(d) => d,
+                other => sqlx::Error::Protocol(other.to_string()),
+            })
+        })
+    }
+}

@@ -1,0 +1,394 @@
+//! Operator commands behind `fleet queue …`: inspect, replay, cancel, pause, resume, drain,
+//! prune. Every mutating command can run as a dry run (the change is made inside a
+//! transaction and rolled back, so the report shows exactly what would change) and otherwise
+//! commits its change together with an `audit_log` row naming the actor.
+
+use std::time::{Duration, Instant};
+
+use anyhow::{bail, Context};
+use serde::Serialize;
+use serde_json::json;
+use sqlx::{Connection, PgPool};
+
+use jobs::audit;
+
+use crate::queue::{self, JobFilter, JobRecord, JobState, JobSummary, KindStats, ReplayResult};
+
+/// Rows deleted per prune statement (keeps each transaction short).
+const PRUNE_BATCH: i64 = 10_000;
+
+/// What a mutating command changed, or would change with `dry_run`.
+#[derive(Debug, Clone, Serialize)]
+pub struct Mutation<T: Serialize> {
+    /// The command.
+    pub action: &'static str,
+    /// Nothing was committed.
+    pub dry_run: bool,
+    /// Who.
+    pub actor: String,
+    /// What changed.
+    pub result: T,
+}
+
+/// Operator commands over one database.
+pub struct Ops {
+    pool: PgPool,
+    known_kinds: Vec<String>,
+    actor: String,
+}
+
+impl Ops {
+    /// `known_kinds`: the kinds this binary registers (others are accepted only if stored).
+    pub fn new(pool: PgPool, known_kinds: Vec<String>, actor: impl Into<String>) -> Self {
+        Self {
+            pool,
+            known_kinds,
+            actor: actor.into(),
+        }
+    }
+
+    /// Fails unless `kind` is registered here or has jobs stored.
+    pub async fn check_kind(&self, kind: &str) -> anyhow::Result<()> {
+        if self.known_kinds.iter().any(|k| k == kind) {
+            return Ok(());
+        }
+        let mut conn = self.pool.acquire().await?;
+        if queue::kind_exists(&mut conn, kind).await? {
+            return Ok(());
+        }
+        bail!(
+            "unknown job kind {kind:?}: not registered and no jobs stored (known: {})",
+            self.known_kinds.join(", ")
+        )
+    }
+
+    async fn check_filter(&self, f: &JobFilter) -> anyhow::Result<()> {
+        if let Some(k) = &f.kind {
+            self.check_kind(k).await?;
+        }
+        if let (Some(a), Some(b)) = (f.since, f.until) {
+            if a >= b {
+                bail!("--since ({a}) must be before --until ({b})");
+            }
+        }
+        Ok(())
+    }
+
+    /// Per-kind counts.
+    pub async fn stats(&self) -> anyhow::Result<Vec<KindStats>> {
+        let mut conn = self.pool.acquire().await?;
+        Ok(queue::job_stats(&mut conn).await?)
+    }
+
+    /// A page of jobs, newest first.
+    pub async fn list(
+        &self,
+        f: &JobFilter,
+        limit: i64,
+        before_id: Option<i64>,
+    ) -> anyhow::Result<Vec<JobSummary>> {
+        self.check_filter(f).await?;
+        if !(1..=10_000).contains(&limit) {
+            bail!("--limit must be 1..=10000, got {limit}");
+        }
+        let mut conn = self.pool.acquire().await?;
+        Ok(queue::job_list(&mut conn, f, limit, before_id).await?)
+    }
+
+    /// One job with its error history.
+    pub async fn show(&self, id: i64) -> anyhow::Result<JobRecord> {
+        let mut conn = self.pool.acquire().await?;
+        queue::job_get(&mut conn, id)
+            .await?
+            .with_context(|| format!("no job with id {id}"))
+    }
+
+    /// Dead or cancelled jobs → available with a fresh attempt budget.
+    pub async fn replay(
+        &self,
+        f: &JobFilter,
+        dry_run: bool,
+    ) -> anyhow::Result<Mutation<ReplayResult>> {
+        self.check_filter(f).await?;
+        if f.is_empty() {
+            bail!("replay needs --id or a filter (--kind, --state, --since, --until, --key)");
+        }
+        if let Some(states) = &f.states {
+            if let Some(s) = states
+                .iter()
+                .find(|s| !matches!(s, JobState::Dead | JobState::Cancelled))
+            {
+                bail!(
+                    "only dead or cancelled jobs can be replayed; --state {s} is not one of them"
+                );
+            }
+        }
+        let mut conn = self.pool.acquire().await?;
+        let mut tx = conn.begin().await?;
+        let result = queue::job_replay(&mut tx, f).await?;
+        self.finish(tx, dry_run, "job.replay", json!({ "filter": f, "replayed": result.replayed.len(), "ids": capped(&result.replayed) }))
+            .await?;
+        Ok(self.mutation("replay", dry_run, result))
+    }
+
+    /// Unfinished jobs → cancelled; running handlers are told to stop.
+    pub async fn cancel(
+        &self,
+        f: &JobFilter,
+        dry_run: bool,
+    ) -> anyhow::Result<Mutation<Vec<(i64, String)>>> {
+        self.check_filter(f).await?;
+        if f.is_empty() {
+            bail!("cancel needs --id or a filter (--kind, --state, --since, --until, --key)");
+        }
+        let mut conn = self.pool.acquire().await?;
+        let mut tx = conn.begin().await?;
+        let result = queue::job_cancel(&mut tx, f, &self.actor).await?;
+        let ids: Vec<i64> = result.iter().map(|(id, _)| *id).collect();
+        self.finish(
+            tx,
+            dry_run,
+            "job.cancel",
+            json!({ "filter": f, "cancelled": ids.len(), "ids": capped(&ids) }),
+        )
+        .await?;
+        Ok(self.mutation("cancel", dry_run, result))
+    }
+
+    /// Stops every worker from claiming `kind`. Result: whether it changed anything.
+    pub async fn pause(
+        &self,
+        kind: &str,
+        reason: &str,
+        dry_run: bool,
+    ) -> anyhow::Result<Mutation<bool>> {
+        self.check_kind(kind).await?;
+        let mut conn = self.pool.acquire().await?;
+        let mut tx = conn.begin().await?;
+        let changed = queue::kind_pause(&mut tx, kind, &self.actor, reason).await?;
+        self.finish_on(
+            tx,
+            dry_run,
+            "kind.pause",
+            kind,
+            json!({ "changed": changed, "reason": reason }),
+        )
+        .await?;
+        Ok(self.mutation("pause", dry_run, changed))
+    }
+
+    /// Lets workers claim `kind` again.
+    pub async fn resume(&self, kind: &str, dry_run: bool) -> anyhow::Result<Mutation<bool>> {
+        self.check_kind(kind).await?;
+        let mut conn = self.pool.acquire().await?;
+        let mut tx = conn.begin().await?;
+        let changed = queue::kind_resume(&mut tx, kind).await?;
+        self.finish_on(
+            tx,
+            dry_run,
+            "kind.resume",
+            kind,
+            json!({ "changed": changed }),
+        )
+        .await?;
+        Ok(self.mutation("resume", dry_run, changed))
+    }
+
+    /// Pauses `kinds`, then waits until none of their jobs is running. Jobs that are available
+    /// stay queued (a paused kind is never claimed) and run after `resume`. `progress` is
+    /// called with (available, running) after every poll.
+    pub async fn drain(
+        &self,
+        kinds: &[String],
+        timeout: Duration,
+        dry_run: bool,
+        mut progress: impl FnMut(i64, i64),
+    ) -> anyhow::Result<Mutation<DrainResult>> {
+        if kinds.is_empty() {
+            bail!("drain needs at least one kind");
+        }
+        for k in kinds {
+            self.check_kind(k).await?;
+        }
+        let started = Instant::now();
+        let mut conn = self.pool.acquire().await?;
+        if dry_run {
+            let (available, running) = queue::job_count_active(&mut conn, kinds).await?;
+            return Ok(self.mutation(
+                "drain",
+                true,
+                DrainResult {
+                    kinds: kinds.to_vec(),
+                    available,
+                    running,
+                    drained: false,
+                    waited_ms: 0,
+                },
+            ));
+        }
+        {
+            let mut tx = conn.begin().await?;
+            for k in kinds {
+                queue::kind_pause(&mut tx, k, &self.actor, "drain").await?;
+            }
+            audit::record(
+                &mut tx,
+                &self.actor,
+                "kind.drain",
+                "kind",
+                Some(&kinds.join(",")),
+                &json!({ "timeout_ms": timeout.as_millis() as u64 }),
+            )
+            .await?;
+            tx.commit().await?;
+        }
+        loop {
+            let (available, running) = queue::job_count_active(&mut conn, kinds).await?;
+            progress(available, running);
+            let waited_ms = started.elapsed().as_millis() as u64;
+            if running == 0 {
+                return Ok(self.mutation(
+                    "drain",
+                    false,
+                    DrainResult {
+                        kinds: kinds.to_vec(),
+                        available,
+                        running,
+                        drained: true,
+                        waited_ms,
+                    },
+                ));
+            }
+            if started.elapsed() >= timeout {
+                bail!("drain timed out after {timeout:?}: {running} job(s) of {} still running (the kinds stay paused)", kinds.join(", "));
+            }
+            tokio::time::sleep(Duration::from_millis(200)).await;
+        }
+    }
+
+    /// Deletes finished jobs in `states` older than `older_than`, in batches.
+    pub async fn prune(
+        &self,
+        older_than: Duration,
+        states: &[JobState],
+        dry_run: bool,
+    ) -> anyhow::Result<Mutation<u64>> {
+        if let Some(s) = states.iter().find(|s| !s.is_final()) {
+            bail!("only finished jobs can be pruned; --state {s} is not final");
+        }
+        if older_than < Duration::from_secs(60) {
+            bail!("--older-than must be at least 1m (got {older_than:?})");
+        }
+        let mut conn = self.pool.acquire().await?;
+        let deleted = if dry_run {
+            queue::job_count_prunable(&mut conn, states, older_than).await? as u64
+        } else {
+            let mut total = 0;
+            loop {
+                let mut tx = conn.begin().await?;
+                let n = queue::job_prune_finished(&mut tx, states, older_than, PRUNE_BATCH).await?;
+                tx.commit().await?;
+                total += n;
+                if n < PRUNE_BATCH as u64 {
+                    break;
+                }
+            }
+            audit::record(
+                &mut conn,
+                &self.actor,
+                "job.prune",
+                "job",
+                None,
+                &json!({
+                "deleted": total, "older_than_s": older_than.as_secs(),
+                "states": states.iter().map(|s| s.as_str()).collect::<Vec<_>>() }),
+            )
+            .await?;
+            total
+        };
+        Ok(self.mutation("prune", dry_run, deleted))
+    }
+
+    fn mutation<T: Serialize>(
+        &self,
+        action: &'static str,
+        dry_run: bool,
+        result: T,
+    ) -> Mutation<T> {
+        Mutation {
+            action,
+            dry_run,
+            actor: self.actor.clone(),
+            result,
+        }
+    }
+
+    async fn finish(
+        &self,
+        tx: sqlx::Transaction<'_, sqlx::Postgres>,
+        dry_run: bool,
+        action: &str,
+        meta: serde_json::Value,
+    ) -> anyhow::Result<()> {
+        self.finish_audited(tx, dry_run, action, "job", None, meta)
+            .await
+    }
+
+    async fn finish_on(
+        &self,
+        tx: sqlx::Transaction<'_, sqlx::Postgres>,
+        dry_run: bool,
+        action: &str,
+        kind: &str,
+        meta: serde_json::Value,
+    ) -> anyhow::Result<()> {
+        self.finish_audited(tx, dry_run, action, "kind", Some(kind), meta)
+            .await
+    }
+
+    async fn finish_audited(
+        &self,
+        mut tx: sqlx::Transaction<'_, sqlx::Postgres>,
+        dry_run: bool,
+        action: &str,
+        resource_type: &str,
+        resource_id: Option<&str>,
+        meta: serde_json::Value,
+    ) -> anyhow::Result<()> {
+        if dry_run {
+            tx.rollback().await?;
+            return Ok(());
+        }
+        audit::record(
+            &mut tx,
+            &self.actor,
+            action,
+            resource_type,
+            resource_id,
+            &meta,
+        )
+        .await?;
+        tx.commit().await?;
+        Ok(())
+    }
+}
+
+/// What `drain` saw when it stopped waiting.
+#[derive(Debug, Clone, Serialize)]
+pub struct DrainResult {
+    /// The drained kinds (left paused).
+    pub kinds: Vec<String>,
+    /// Jobs still queued (they run after `resume`).
+    pub available: i64,
+    /// Jobs still running (0 when drained).
+    pub running: i64,
+    /// Whether no job is running.
+    pub drained: bool,
+    /// How long it waited.
+    pub waited_ms: u64,
+}
+
+/// At most 1,000 ids in an audit row.
+fn capped(ids: &[i64]) -> &[i64] {
+    &ids[..ids.len().min(1000)]
+}

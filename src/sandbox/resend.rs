@@ -1,0 +1,166 @@
+//! Resend: `POST /emails` with Resend's idempotency keys.
+//!
+//! Same key and same payload → the stored response again, and the email is not sent (nor
+//! counted) a second time. Same key with a different payload → 409 `invalid_idempotent_request`.
+//! Recipients, subjects and bodies are never logged or kept; only counts and ids are.
+
+use axum::{
+    body::Bytes,
+    extract::State,
+    http::{HeaderMap, HeaderValue, StatusCode},
+    response::{IntoResponse, Response},
+    routing::post,
+    Router,
+};
+use serde_json::{json, Value};
+
+use super::{
+    bearer,
+    state::{Counters, ResendIdem},
+    Sandbox,
+};
+
+pub(crate) fn routes() -> Router<Sandbox> {
+    Router::new().route("/emails", post(send_email))
+}
+
+fn error(status: StatusCode, name: &str, message: &str) -> Response {
+    json_bytes(
+        status,
+        serde_json::to_vec(&json!({
+            "statusCode": status.as_u16(),
+            "message": message,
+            "name": name,
+        }))
+        .expect("json serializes"),
+    )
+}
+
+fn json_bytes(status: StatusCode, body: Vec<u8>) -> Response {
+    let mut resp = (status, body).into_response();
+    resp.headers_mut().insert(
+        axum::http::header::CONTENT_TYPE,
+        HeaderValue::from_static("application/json"),
+    );
+    resp
+}
+
+fn non_empty_str(v: Option<&Value>) -> bool {
+    v.and_then(Value::as_str)
+        .is_some_and(|s| !s.trim().is_empty())
+}
+
+async fn send_email(State(sb): State<Sandbox>, headers: HeaderMap, body: Bytes) -> Response {
+    let api_key = match bearer(&headers) {
+        Some(k) if k.starts_with("re_") => k,
+        Some(_) => {
+            return error(
+                StatusCode::FORBIDDEN,
+                "invalid_api_key",
+                "API key is invalid",
+            )
+        }
+        None => {
+            return error(
+                StatusCode::UNAUTHORIZED,
+                "missing_api_key",
+                "Missing API key in the authorization header. Include the following header \
+                 Authorization: Bearer YOUR_API_KEY in the request.",
+            )
+        }
+    };
+    let Ok(payload) = serde_json::from_slice::<Value>(&body) else {
+        return error(
+            StatusCode::UNPROCESSABLE_ENTITY,
+            "validation_error",
+            "The request body is not valid JSON.",
+        );
+    };
+    // Validate: from, to (string or non-empty array), subject, html or text.
+    if !non_empty_str(payload.get("from")) {
+        return error(
+            StatusCode::UNPROCESSABLE_ENTITY,
+            "missing_required_field",
+            "The `from` field is missing.",
+        );
+    }
+    let to_ok = match payload.get("to") {
+        Some(Value::String(s)) => !s.trim().is_empty(),
+        Some(Value::Array(a)) => {
+            !a.is_empty() && a.len() <= 50 && a.iter().all(|v| non_empty_str(Some(v)))
+        }
+        _ => false,
+    };
+    if !to_ok {
+        return error(
+            StatusCode::UNPROCESSABLE_ENTITY,
+            "missing_required_field",
+            "The `to` field must be an address or a list of 1 to 50 addresses.",
+        );
+    }
+    if !non_empty_str(payload.get("subject")) {
+        return error(
+            StatusCode::UNPROCESSABLE_ENTITY,
+            "missing_required_field",
+            "The `subject` field is missing.",
+        );
+    }
+    if !non_empty_str(payload.get("html")) && !non_empty_str(payload.get("text")) {
+        return error(
+            StatusCode::UNPROCESSABLE_ENTITY,
+            "missing_required_field",
+            "Either `html` or `text` must be provided.",
+        );
+    }
+
+    let idem_key = headers
+        .get("idempotency-key")
+        .and_then(|v| v.to_str().ok())
+        .filter(|k| !k.is_empty())
+        .map(str::to_string);
+    if idem_key.as_ref().is_some_and(|k| k.len() > 256) {
+        return error(
+            StatusCode::BAD_REQUEST,
+            "invalid_idempotency_key",
+            "The idempotency key must be between 1 and 256 characters.",
+        );
+    }
+    // serde_json's map is ordered by key, so this is a canonical form of the payload.
+    let fingerprint = payload.to_string();
+
+    let mut st = sb.lock();
+    if let Some(key) = &idem_key {
+        if let Some(stored) = st.resend_idem.get(&(api_key.clone(), key.clone())) {
+            if stored.fingerprint != fingerprint {
+                return error(
+                    StatusCode::CONFLICT,
+                    "invalid_idempotent_request",
+                    "Same idempotency key used with a different request payload. Change your \
+                     idempotency key or payload.",
+                );
+            }
+            let (status, body) = (stored.status, stored.body.clone());
+            st.counters.idempotent_replays += 1;
+            drop(st);
+            tracing::debug!("sandbox email idempotent replay");
+            return json_bytes(StatusCode::from_u16(status).unwrap_or(StatusCode::OK), body);
+        }
+    }
+    let id = uuid::Uuid::new_v4().to_string();
+    let body = serde_json::to_vec(&json!({ "id": id })).expect("json serializes");
+    st.counters.emails_sent += 1;
+    if let Some(key) = idem_key {
+        Counters::bump(&mut st.counters.emails_by_idempotency_key, &key);
+        st.resend_idem.insert(
+            (api_key, key),
+            ResendIdem {
+                fingerprint,
+                status: 200,
+                body: body.clone(),
+            },
+        );
+    }
+    drop(st);
+    tracing::info!(email.id = %id, "sandbox email sent");
+    json_bytes(StatusCode::OK, body)
+}

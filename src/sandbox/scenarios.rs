@@ -1,0 +1,144 @@
+//! Per-route Duffel scenarios: which failure a route (`ORIGIN-DESTINATION`) plays.
+//!
+//! The default table is listed in the [module docs](super); every other route is
+//! [`Scenario::Normal`].
+
+use std::collections::HashMap;
+
+/// What a route does when searched, re-read and booked.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum Scenario {
+    /// Everything succeeds.
+    Normal,
+    /// Re-reading an offer returns a higher total than the search did.
+    PriceRises,
+    /// Re-reading an offer → 404 `offer_no_longer_available`; ordering it → 422.
+    OfferGone,
+    /// Order → 422 `insufficient_balance`.
+    InsufficientBalance,
+    /// Order → 422 `price_changed`.
+    PriceChanged,
+    /// The first `rate_limit_burst` requests for the route → 429 with `ratelimit-reset`.
+    RateLimited,
+    /// Order → 500 and no order is created.
+    ServerError,
+    /// The order response is delayed by `slow_ms`.
+    Slow,
+    /// The order is created, but the response is a 500 (the reconcile case).
+    OrderCreatedThen500,
+}
+
+impl Scenario {
+    pub const ALL: [Scenario; 9] = [
+        Scenario::Normal,
+        Scenario::PriceRises,
+        Scenario::OfferGone,
+        Scenario::InsufficientBalance,
+        Scenario::PriceChanged,
+        Scenario::RateLimited,
+        Scenario::ServerError,
+        Scenario::Slow,
+        Scenario::OrderCreatedThen500,
+    ];
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Scenario::Normal => "normal",
+            Scenario::PriceRises => "price_rises",
+            Scenario::OfferGone => "offer_gone",
+            Scenario::InsufficientBalance => "insufficient_balance",
+            Scenario::PriceChanged => "price_changed",
+            Scenario::RateLimited => "rate_limited",
+            Scenario::ServerError => "server_error",
+            Scenario::Slow => "slow",
+            Scenario::OrderCreatedThen500 => "order_created_then_500",
+        }
+    }
+
+    pub fn parse(s: &str) -> Option<Scenario> {
+        Scenario::ALL.into_iter().find(|sc| sc.as_str() == s)
+    }
+}
+
+/// The routes that play a non-normal scenario out of the box.
+pub const DEFAULT_ROUTES: [(&str, Scenario); 8] = [
+    ("LHR-CDG", Scenario::PriceRises),
+    ("LHR-AMS", Scenario::OfferGone),
+    ("LHR-DUB", Scenario::InsufficientBalance),
+    ("LHR-MAD", Scenario::PriceChanged),
+    ("LHR-FRA", Scenario::RateLimited),
+    ("LHR-BCN", Scenario::ServerError),
+    ("LHR-LIS", Scenario::Slow),
+    ("LHR-ZRH", Scenario::OrderCreatedThen500),
+];
+
+/// Whether `s` looks like `LHR-JFK`.
+pub fn is_route(s: &str) -> bool {
+    let b = s.as_bytes();
+    b.len() == 7
+        && b[3] == b'-'
+        && b[..3]
+            .iter()
+            .chain(&b[4..])
+            .all(|c| c.is_ascii_alphabetic())
+}
+
+/// The route key of an origin/destination pair.
+pub fn route_key(origin: &str, destination: &str) -> String {
+    format!(
+        "{}-{}",
+        origin.to_ascii_uppercase(),
+        destination.to_ascii_uppercase()
+    )
+}
+
+/// Route → scenario, starting from [`DEFAULT_ROUTES`].
+#[derive(Debug, Clone)]
+pub(crate) struct ScenarioTable {
+    routes: HashMap<String, Scenario>,
+}
+
+impl ScenarioTable {
+    pub(crate) fn with_defaults() -> Self {
+        Self {
+            routes: DEFAULT_ROUTES
+                .iter()
+                .map(|(r, s)| (r.to_string(), *s))
+                .collect(),
+        }
+    }
+
+    pub(crate) fn get(&self, route: &str) -> Scenario {
+        self.routes
+            .get(&route.to_ascii_uppercase())
+            .copied()
+            .unwrap_or(Scenario::Normal)
+    }
+
+    pub(crate) fn set(&mut self, route: &str, scenario: Scenario) {
+        self.routes.insert(route.to_ascii_uppercase(), scenario);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn every_scenario_name_round_trips() {
+        for s in Scenario::ALL {
+            assert_eq!(Scenario::parse(s.as_str()), Some(s));
+        }
+    }
+
+    #[test]
+    fn unlisted_routes_are_normal_and_settable() {
+        let mut t = ScenarioTable::with_defaults();
+        assert_eq!(t.get("lhr-cdg"), Scenario::PriceRises);
+        assert_eq!(t.get("LHR-JFK"), Scenario::Normal);
+        t.set("lhr-jfk", Scenario::Slow);
+        assert_eq!(t.get("LHR-JFK"), Scenario::Slow);
+        assert!(is_route("LHR-JFK"));
+        assert!(!is_route("LHRJFK"));
+    }
+}

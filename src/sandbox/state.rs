@@ -1,0 +1,133 @@
+//! The sandbox's in-memory state: provider objects, idempotency records, scenarios and counters.
+//!
+//! Everything sits behind one `std::sync::Mutex` that is never held across an `.await`.
+
+use std::collections::{BTreeMap, HashMap};
+
+use serde::{Deserialize, Serialize};
+
+use super::{
+    duffel::{Cancellation, Offer, OfferRequest, Order},
+    scenarios::ScenarioTable,
+    stripe::{PaymentIntent, Refund},
+};
+
+/// What the sandbox has done, so tests can prove nothing happened twice.
+///
+/// Maps are keyed by provider id (or by `metadata[booking_id]`); a request without that
+/// metadata is counted under `""`.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Counters {
+    /// PaymentIntents created (including declined ones).
+    pub payment_intents_created: u64,
+    /// PaymentIntents created, per `metadata[booking_id]`.
+    pub payment_intents_by_booking: BTreeMap<String, u64>,
+    /// Successful captures.
+    pub captures: u64,
+    pub captures_by_payment_intent: BTreeMap<String, u64>,
+    /// Successful cancellations (voided holds).
+    pub cancels: u64,
+    pub cancels_by_payment_intent: BTreeMap<String, u64>,
+    /// Refunds created.
+    pub refunds: u64,
+    pub refunds_by_payment_intent: BTreeMap<String, u64>,
+    /// Minor units refunded, per PaymentIntent.
+    pub refunded_amount_by_payment_intent: BTreeMap<String, i64>,
+    /// Stripe and Resend responses replayed from an idempotency key.
+    pub idempotent_replays: u64,
+    /// Duffel offer requests created.
+    pub offer_requests: u64,
+    /// `POST /air/orders` that passed authentication and rate limiting.
+    pub order_attempts: u64,
+    /// Orders that exist (including ones whose response was a 500).
+    pub orders_created: u64,
+    pub orders_by_offer: BTreeMap<String, u64>,
+    pub orders_by_booking: BTreeMap<String, u64>,
+    /// Order cancellations confirmed.
+    pub order_cancellations_confirmed: u64,
+    /// 429s served by the Duffel rate-limit scenario.
+    pub rate_limited_responses: u64,
+    /// Emails actually sent (idempotent replays are not sends).
+    pub emails_sent: u64,
+    /// Emails sent per `Idempotency-Key` (emails without a key are not listed).
+    pub emails_by_idempotency_key: BTreeMap<String, u64>,
+    /// Webhook events delivered with a 2xx answer.
+    pub webhooks_delivered: u64,
+    /// Webhook events given up on after every attempt failed.
+    pub webhooks_failed: u64,
+    /// Individual delivery attempts that failed (including ones later retried successfully).
+    pub webhook_attempt_failures: u64,
+    /// Webhook events emitted (whether or not a target is configured).
+    pub webhook_events_emitted: u64,
+}
+
+impl Counters {
+    pub(crate) fn bump(map: &mut BTreeMap<String, u64>, key: &str) {
+        *map.entry(key.to_string()).or_default() += 1;
+    }
+}
+
+/// A Stripe idempotency record, scoped by (API key, Idempotency-Key).
+#[derive(Debug, Clone)]
+pub(crate) enum StripeIdem {
+    /// The first request is still running.
+    InFlight,
+    /// The stored response, replayed byte for byte.
+    Done {
+        fingerprint: String,
+        status: u16,
+        body: Vec<u8>,
+    },
+}
+
+/// A Resend idempotency record, scoped by (API key, Idempotency-Key).
+#[derive(Debug, Clone)]
+pub(crate) struct ResendIdem {
+    pub fingerprint: String,
+    pub status: u16,
+    pub body: Vec<u8>,
+}
+
+pub(crate) struct State {
+    pub counters: Counters,
+    pub scenarios: ScenarioTable,
+    // Stripe
+    pub payment_intents: HashMap<String, PaymentIntent>,
+    pub refunds: HashMap<String, Refund>,
+    pub stripe_idem: HashMap<(String, String), StripeIdem>,
+    // Duffel
+    pub offer_requests: HashMap<String, OfferRequest>,
+    pub offers: HashMap<String, Offer>,
+    pub orders: Vec<Order>,
+    pub cancellations: HashMap<String, Cancellation>,
+    /// 429s already served per route (the `rate_limited` budget).
+    pub rate_limited: HashMap<String, u32>,
+    // Resend
+    pub resend_idem: HashMap<(String, String), ResendIdem>,
+}
+
+impl State {
+    pub(crate) fn new() -> Self {
+        Self {
+            counters: Counters::default(),
+            scenarios: ScenarioTable::with_defaults(),
+            payment_intents: HashMap::new(),
+            refunds: HashMap::new(),
+            stripe_idem: HashMap::new(),
+            offer_requests: HashMap::new(),
+            offers: HashMap::new(),
+            orders: Vec::new(),
+            cancellations: HashMap::new(),
+            rate_limited: HashMap::new(),
+            resend_idem: HashMap::new(),
+        }
+    }
+
+    pub(crate) fn order(&self, id: &str) -> Option<&Order> {
+        self.orders.iter().find(|o| o.id == id)
+    }
+
+    pub(crate) fn order_mut(&mut self, id: &str) -> Option<&mut Order> {
+        self.orders.iter_mut().find(|o| o.id == id)
+    }
+}

@@ -1,0 +1,1073 @@
+//! Stripe: PaymentIntents (off-session, manual capture), refunds, and Stripe's idempotency keys.
+//!
+//! Objects are emitted **complete**: every field of the `PaymentIntent`, `Refund`, `Charge`,
+//! `ApiErrors` and `Event` structs generated in `async-stripe-shared` 1.0.0-rc.10 is present
+//! (nullable ones as `null`), so strict deserializers accept them. Checked by deserializing
+//! sandbox output (requires_capture, succeeded, declined, canceled and requires_action intents,
+//! a refund, decline and unexpected-state errors, and the emitted events including the
+//! `charge.refunded` charge) with rc.10's miniserde deserializers.
+
+// Helpers return a ready HTTP error response as their `Err`; it is the cold path of a test
+// double, so its size does not matter.
+#![allow(clippy::result_large_err)]
+
+use std::{collections::BTreeMap, time::Duration};
+
+use axum::{
+    body::Bytes,
+    extract::{Path, State},
+    http::{HeaderMap, HeaderValue, StatusCode},
+    response::{IntoResponse, Response},
+    routing::{get, post},
+    Router,
+};
+use serde_json::{json, Value};
+
+use super::{
+    bearer, new_id, now_unix, parse_form,
+    state::{Counters, State as SandboxState, StripeIdem},
+    webhooks, Sandbox,
+};
+
+pub(crate) fn routes() -> Router<Sandbox> {
+    Router::new()
+        .route("/v1/payment_intents", post(create_payment_intent))
+        .route("/v1/payment_intents/{id}", get(get_payment_intent))
+        .route(
+            "/v1/payment_intents/{id}/capture",
+            post(capture_payment_intent),
+        )
+        .route(
+            "/v1/payment_intents/{id}/cancel",
+            post(cancel_payment_intent),
+        )
+        .route("/v1/refunds", post(create_refund))
+        .route("/v1/refunds/{id}", get(get_refund))
+}
+
+// ---------------------------------------------------------------------------------------------
+// Objects
+
+#[derive(Debug, Clone)]
+pub(crate) struct PaymentIntent {
+    pub id: String,
+    pub amount: i64,
+    pub amount_capturable: i64,
+    pub amount_received: i64,
+    /// Minor units refunded so far (not a PaymentIntent field; lives on the charge).
+    pub amount_refunded: i64,
+    pub currency: String,
+    pub customer: Option<String>,
+    pub payment_method: Option<String>,
+    pub payment_method_types: Vec<String>,
+    pub status: &'static str,
+    pub capture_method: String,
+    pub confirmation_method: String,
+    pub metadata: BTreeMap<String, String>,
+    pub created: i64,
+    pub latest_charge: Option<String>,
+    pub last_payment_error: Option<Value>,
+    pub next_action: Option<Value>,
+    pub canceled_at: Option<i64>,
+    pub cancellation_reason: Option<String>,
+    pub description: Option<String>,
+    pub receipt_email: Option<String>,
+    pub statement_descriptor: Option<String>,
+    pub statement_descriptor_suffix: Option<String>,
+    pub setup_future_usage: Option<String>,
+    pub client_secret: String,
+}
+
+impl PaymentIntent {
+    pub(crate) fn to_json(&self) -> Value {
+        let mut j = json!({
+            "id": self.id,
+            "object": "payment_intent",
+            "allowed_payment_method_types": null,
+            "amount": self.amount,
+            "amount_capturable": self.amount_capturable,
+            "amount_details": null,
+            "amount_received": self.amount_received,
+            "application": null,
+            "application_fee_amount": null,
+            "automatic_payment_methods": null,
+            "canceled_at": self.canceled_at,
+            "cancellation_reason": self.cancellation_reason,
+            "capture_method": self.capture_method,
+            "client_secret": self.client_secret,
+            "confirmation_method": self.confirmation_method,
+            "created": self.created,
+            "currency": self.currency,
+            "customer": self.customer,
+            "customer_account": null,
+            "description": self.description,
+            "excluded_payment_method_types": null,
+            "hooks": null,
+            "invoice": null,
+            "last_payment_error": self.last_payment_error,
+            "latest_charge": self.latest_charge,
+            "livemode": false,
+        });
+        merge(
+            &mut j,
+            json!({
+                "managed_payments": null,
+                "metadata": self.metadata,
+                "next_action": self.next_action,
+                "on_behalf_of": null,
+                "payment_details": null,
+                "payment_method": self.payment_method,
+                "payment_method_configuration_details": null,
+                "payment_method_options": null,
+                "payment_method_types": self.payment_method_types,
+            "payment_record": null,
+                "presentment_details": null,
+                "processing": null,
+                "receipt_email": self.receipt_email,
+                "review": null,
+                "setup_future_usage": self.setup_future_usage,
+                "shipping": null,
+                "source": null,
+                "statement_descriptor": self.statement_descriptor,
+                "statement_descriptor_suffix": self.statement_descriptor_suffix,
+                "status": self.status,
+                "transfer_data": null,
+                "transfer_group": null,
+            }),
+        );
+        j
+    }
+
+    /// The PaymentIntent's latest charge as a complete Charge object (for `charge.*` events).
+    pub(crate) fn charge_json(&self, refunds: &[&Refund]) -> Value {
+        let captured = self.amount_received > 0;
+        let failed = self.last_payment_error.is_some() && self.status == "requires_payment_method";
+        let failure_code = self
+            .last_payment_error
+            .as_ref()
+            .and_then(|e| e.get("code").cloned());
+        let failure_message = self
+            .last_payment_error
+            .as_ref()
+            .and_then(|e| e.get("message").cloned());
+        let mut j = json!({
+            "id": self.latest_charge,
+            "object": "charge",
+            "amount": self.amount,
+            "amount_captured": self.amount_received,
+            "amount_refunded": self.amount_refunded,
+            "application": null,
+            "application_fee": null,
+            "application_fee_amount": null,
+            "authorization_code": null,
+            "balance_transaction": if captured { Value::from(format!("txn_{}", &self.id[3..])) } else { Value::Null },
+            "billing_details": {"address": null, "email": null, "name": null, "phone": null, "tax_id": null},
+            "calculated_statement_descriptor": "PARKER FLIGHT",
+            "captured": captured,
+            "created": self.created,
+            "currency": self.currency,
+            "customer": self.customer,
+            "description": self.description,
+            "disputed": false,
+            "failure_balance_transaction": null,
+            "failure_code": if failed { failure_code } else { None },
+            "failure_message": if failed { failure_message } else { None },
+            "fraud_details": null,
+            "level3": null,
+            "livemode": false,
+            "metadata": self.metadata,
+        });
+        merge(
+            &mut j,
+            json!({
+                "on_behalf_of": null,
+                "outcome": null,
+                "paid": !failed,
+                "payment_intent": self.id,
+                "payment_method": self.payment_method,
+                "payment_method_details": null,
+                "presentment_details": null,
+                "radar_options": null,
+                "receipt_email": self.receipt_email,
+                "receipt_number": null,
+                "receipt_url": null,
+                "refunded": captured && self.amount_refunded >= self.amount_received,
+                "refunds": {
+                    "object": "list",
+                    "data": refunds.iter().map(|r| r.to_json()).collect::<Vec<_>>(),
+                    "has_more": false,
+                    "url": format!("/v1/charges/{}/refunds", self.latest_charge.as_deref().unwrap_or("")),
+                },
+                "review": null,
+                "shipping": null,
+                "source": null,
+                "source_transfer": null,
+                "statement_descriptor": self.statement_descriptor,
+                "statement_descriptor_suffix": self.statement_descriptor_suffix,
+                "status": if failed { "failed" } else { "succeeded" },
+                "transfer": null,
+                "transfer_data": null,
+                "transfer_group": null,
+            }),
+        );
+        j
+    }
+}
+
+/// Adds `extra`'s fields to `base` (both objects); splits big `json!` literals, which would
+/// otherwise exceed the macro recursion limit.
+fn merge(base: &mut Value, extra: Value) {
+    if let (Value::Object(b), Value::Object(e)) = (base, extra) {
+        b.extend(e);
+    }
+}
+
+#[derive(Debug, Clone)]
+pub(crate) struct Refund {
+    pub id: String,
+    pub amount: i64,
+    pub charge: Option<String>,
+    pub created: i64,
+    pub currency: String,
+    pub metadata: BTreeMap<String, String>,
+    pub payment_intent: String,
+    pub customer: Option<String>,
+    pub payment_method: Option<String>,
+    pub reason: Option<String>,
+    pub status: &'static str,
+    pub balance_transaction: String,
+}
+
+impl Refund {
+    pub(crate) fn to_json(&self) -> Value {
+        json!({
+            "id": self.id,
+            "object": "refund",
+            "amount": self.amount,
+            "balance_transaction": self.balance_transaction,
+            "charge": self.charge,
+            "created": self.created,
+            "currency": self.currency,
+            "customer": self.customer,
+            "customer_account": null,
+            "description": null,
+            "destination_details": null,
+            "failure_balance_transaction": null,
+            "failure_reason": null,
+            "instructions_email": null,
+            "metadata": self.metadata,
+            "next_action": null,
+            "payment_intent": self.payment_intent,
+            "payment_method": self.payment_method,
+            "pending_reason": null,
+            "presentment_details": null,
+            "reason": self.reason,
+            "receipt_number": null,
+            "source_transfer_reversal": null,
+            "status": self.status,
+            "transfer_reversal": null,
+        })
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
+// Request parameters and errors
+
+/// Form-encoded parameters, in request order.
+pub(crate) struct Params(Vec<(String, String)>);
+
+impl Params {
+    fn get(&self, name: &str) -> Option<&str> {
+        self.0
+            .iter()
+            .find(|(k, _)| k == name)
+            .map(|(_, v)| v.as_str())
+    }
+
+    fn flag(&self, name: &str) -> bool {
+        matches!(self.get(name), Some("true"))
+    }
+
+    fn opt_string(&self, name: &str) -> Option<String> {
+        self.get(name).filter(|v| !v.is_empty()).map(str::to_string)
+    }
+
+    /// Values of `name[]` / `name[0]`, … in order.
+    fn list(&self, name: &str) -> Vec<String> {
+        let prefix = format!("{name}[");
+        self.0
+            .iter()
+            .filter(|(k, _)| k.starts_with(&prefix) && k.ends_with(']'))
+            .map(|(_, v)| v.clone())
+            .collect()
+    }
+
+    fn metadata(&self) -> BTreeMap<String, String> {
+        self.0
+            .iter()
+            .filter_map(|(k, v)| {
+                let inner = k.strip_prefix("metadata[")?.strip_suffix(']')?;
+                Some((inner.to_string(), v.clone()))
+            })
+            .collect()
+    }
+
+    /// Order-independent identity of the parameters, for idempotency comparisons.
+    fn fingerprint(&self) -> String {
+        let mut pairs: Vec<_> = self.0.iter().map(|(k, v)| format!("{k}={v}")).collect();
+        pairs.sort();
+        pairs.join("&")
+    }
+
+    fn int(&self, name: &str) -> Result<Option<i64>, Outcome> {
+        match self.get(name) {
+            None => Ok(None),
+            Some(v) => match v.parse::<i64>() {
+                Ok(n) if n > 0 => Ok(Some(n)),
+                _ => Err(invalid_param(
+                    name,
+                    "parameter_invalid_integer",
+                    &format!("Invalid positive integer: {name}"),
+                )),
+            },
+        }
+    }
+}
+
+/// What an operation produced: the response, whether Stripe would store it under the
+/// idempotency key, and the events it caused.
+pub(crate) struct Outcome {
+    status: StatusCode,
+    body: Value,
+    store: bool,
+    events: Vec<(&'static str, Value)>,
+}
+
+impl Outcome {
+    fn ok(body: Value) -> Self {
+        Self {
+            status: StatusCode::OK,
+            body,
+            store: true,
+            events: Vec::new(),
+        }
+    }
+
+    fn with_event(mut self, event_type: &'static str, object: Value) -> Self {
+        self.events.push((event_type, object));
+        self
+    }
+}
+
+fn error_body(
+    error_type: &str,
+    code: Option<&str>,
+    decline_code: Option<&str>,
+    message: &str,
+    param: Option<&str>,
+    payment_intent: Option<Value>,
+) -> Value {
+    let mut err = json!({
+        "type": error_type,
+        "code": code,
+        "decline_code": decline_code,
+        "message": message,
+        "param": param,
+        "doc_url": code.map(|c| format!("https://stripe.com/docs/error-codes/{}", c.replace('_', "-"))),
+        "request_log_url": null,
+    });
+    if let Some(pi) = payment_intent {
+        err["payment_intent"] = pi;
+    }
+    json!({ "error": err })
+}
+
+/// A parameter validation failure: 400, never stored under the idempotency key.
+fn invalid_param(param: &str, code: &str, message: &str) -> Outcome {
+    Outcome {
+        status: StatusCode::BAD_REQUEST,
+        body: error_body(
+            "invalid_request_error",
+            Some(code),
+            None,
+            message,
+            Some(param),
+            None,
+        ),
+        store: false,
+        events: Vec::new(),
+    }
+}
+
+fn missing_param(param: &str) -> Outcome {
+    invalid_param(
+        param,
+        "parameter_missing",
+        &format!("Missing required param: {param}."),
+    )
+}
+
+fn resource_missing(kind: &str, id: &str, param: &str) -> Outcome {
+    Outcome {
+        status: StatusCode::NOT_FOUND,
+        body: error_body(
+            "invalid_request_error",
+            Some("resource_missing"),
+            None,
+            &format!("No such {kind}: '{id}'"),
+            Some(param),
+            None,
+        ),
+        store: true,
+        events: Vec::new(),
+    }
+}
+
+fn unexpected_state(pi: &PaymentIntent, action: &str, allowed: &str) -> Outcome {
+    Outcome {
+        status: StatusCode::BAD_REQUEST,
+        body: error_body(
+            "invalid_request_error",
+            Some("payment_intent_unexpected_state"),
+            None,
+            &format!(
+                "This PaymentIntent could not be {action} because it has a status of {}. \
+                 Only a PaymentIntent with one of the following statuses may be {action}: {allowed}.",
+                pi.status
+            ),
+            None,
+            Some(pi.to_json()),
+        ),
+        store: true,
+        events: Vec::new(),
+    }
+}
+
+fn simple_error(
+    status: StatusCode,
+    error_type: &str,
+    code: Option<&str>,
+    message: &str,
+) -> Response {
+    json_response(
+        status,
+        serde_json::to_vec(&error_body(error_type, code, None, message, None, None))
+            .expect("json serializes"),
+    )
+}
+
+fn json_response(status: StatusCode, body: Vec<u8>) -> Response {
+    let mut resp = (status, body).into_response();
+    resp.headers_mut().insert(
+        axum::http::header::CONTENT_TYPE,
+        HeaderValue::from_static("application/json"),
+    );
+    resp
+}
+
+/// The API key of an authenticated request, or Stripe's 401.
+fn authenticate(headers: &HeaderMap) -> Result<String, Response> {
+    match bearer(headers) {
+        Some(key) if key.starts_with("sk_test_") || key.starts_with("rk_test_") => Ok(key),
+        Some(_) => Err(simple_error(
+            StatusCode::UNAUTHORIZED,
+            "invalid_request_error",
+            Some("api_key_invalid"),
+            "Invalid API Key provided. The sandbox accepts test keys (sk_test_…) only.",
+        )),
+        None => Err(simple_error(
+            StatusCode::UNAUTHORIZED,
+            "invalid_request_error",
+            None,
+            "You did not provide an API key. Provide it in the Authorization header \
+             (Authorization: Bearer sk_test_…).",
+        )),
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
+// The idempotent POST pipeline
+
+/// Removes an `InFlight` record if the request is dropped before it completes.
+struct InFlightGuard {
+    sb: Sandbox,
+    key: Option<(String, String)>,
+}
+
+impl Drop for InFlightGuard {
+    fn drop(&mut self) {
+        if let Some(key) = self.key.take() {
+            let mut st = self.sb.lock();
+            if matches!(st.stripe_idem.get(&key), Some(StripeIdem::InFlight)) {
+                st.stripe_idem.remove(&key);
+            }
+        }
+    }
+}
+
+/// Authenticates, applies Stripe's idempotency rules around `op`, stores the response, and
+/// emits the events the operation caused.
+async fn idempotent_post<F>(
+    sb: Sandbox,
+    headers: HeaderMap,
+    path: String,
+    body: Bytes,
+    op: F,
+) -> Response
+where
+    F: FnOnce(&mut SandboxState, &Params) -> Outcome,
+{
+    let api_key = match authenticate(&headers) {
+        Ok(k) => k,
+        Err(resp) => return resp,
+    };
+    let params = Params(parse_form(&String::from_utf8_lossy(&body)));
+    let fingerprint = format!("POST {path}?{}", params.fingerprint());
+    let idem_key = headers
+        .get("idempotency-key")
+        .and_then(|v| v.to_str().ok())
+        .filter(|v| !v.is_empty())
+        .map(str::to_string);
+    let request_id = new_id("req_");
+
+    let mut guard = InFlightGuard {
+        sb: sb.clone(),
+        key: None,
+    };
+    if let Some(key) = &idem_key {
+        let scoped = (api_key.clone(), key.clone());
+        let mut st = sb.lock();
+        match st.stripe_idem.get(&scoped).cloned() {
+            Some(StripeIdem::Done {
+                fingerprint: stored,
+                status,
+                body,
+            }) => {
+                if stored != fingerprint {
+                    return simple_error(
+                        StatusCode::BAD_REQUEST,
+                        "idempotency_error",
+                        None,
+                        &format!(
+                            "Keys for idempotent requests can only be used with the same \
+                             parameters they were first used with. Try using a key other than \
+                             '{key}' if you meant to execute a different request."
+                        ),
+                    );
+                }
+                st.counters.idempotent_replays += 1;
+                drop(st);
+                tracing::debug!(path, "stripe idempotent replay");
+                let mut resp =
+                    json_response(StatusCode::from_u16(status).unwrap_or(StatusCode::OK), body);
+                let h = resp.headers_mut();
+                h.insert("idempotent-replayed", HeaderValue::from_static("true"));
+                if let Ok(v) = HeaderValue::from_str(key) {
+                    h.insert("idempotency-key", v);
+                }
+                return resp;
+            }
+            Some(StripeIdem::InFlight) => {
+                return simple_error(
+                    StatusCode::CONFLICT,
+                    "invalid_request_error",
+                    Some("idempotency_key_in_use"),
+                    "There is currently another in-progress request using this Idempotent Key \
+                     (that probably means you submitted twice, and the other request is still \
+                     going through). Please try again later.",
+                );
+            }
+            None => {
+                st.stripe_idem.insert(scoped.clone(), StripeIdem::InFlight);
+                guard.key = Some(scoped);
+            }
+        }
+    }
+
+    let latency = sb.config().stripe_latency_ms;
+    if latency > 0 {
+        tokio::time::sleep(Duration::from_millis(latency)).await;
+    }
+
+    let outcome = {
+        let mut st = sb.lock();
+        op(&mut st, &params)
+    };
+    let bytes = serde_json::to_vec(&outcome.body).expect("json serializes");
+    if let Some(scoped) = guard.key.take() {
+        let mut st = sb.lock();
+        if outcome.store {
+            st.stripe_idem.insert(
+                scoped,
+                StripeIdem::Done {
+                    fingerprint,
+                    status: outcome.status.as_u16(),
+                    body: bytes.clone(),
+                },
+            );
+        } else {
+            st.stripe_idem.remove(&scoped);
+        }
+    }
+    for (event_type, object) in outcome.events {
+        webhooks::emit_stripe(
+            &sb,
+            event_type,
+            object,
+            Some((request_id.clone(), idem_key.clone())),
+        );
+    }
+    let mut resp = json_response(outcome.status, bytes);
+    let h = resp.headers_mut();
+    if let Ok(v) = HeaderValue::from_str(&request_id) {
+        h.insert("request-id", v);
+    }
+    if let Some(v) = idem_key
+        .as_deref()
+        .and_then(|k| HeaderValue::from_str(k).ok())
+    {
+        h.insert("idempotency-key", v);
+    }
+    resp
+}
+
+// ---------------------------------------------------------------------------------------------
+// Handlers
+
+async fn create_payment_intent(
+    State(sb): State<Sandbox>,
+    headers: HeaderMap,
+    body: Bytes,
+) -> Response {
+    idempotent_post(sb, headers, "/v1/payment_intents".into(), body, create_pi).await
+}
+
+async fn capture_payment_intent(
+    State(sb): State<Sandbox>,
+    Path(id): Path<String>,
+    headers: HeaderMap,
+    body: Bytes,
+) -> Response {
+    let path = format!("/v1/payment_intents/{id}/capture");
+    idempotent_post(sb, headers, path, body, move |st, p| capture_pi(st, &id, p)).await
+}
+
+async fn cancel_payment_intent(
+    State(sb): State<Sandbox>,
+    Path(id): Path<String>,
+    headers: HeaderMap,
+    body: Bytes,
+) -> Response {
+    let path = format!("/v1/payment_intents/{id}/cancel");
+    idempotent_post(sb, headers, path, body, move |st, p| cancel_pi(st, &id, p)).await
+}
+
+async fn create_refund(State(sb): State<Sandbox>, headers: HeaderMap, body: Bytes) -> Response {
+    idempotent_post(sb, headers, "/v1/refunds".into(), body, refund_pi).await
+}
+
+async fn get_payment_intent(
+    State(sb): State<Sandbox>,
+    Path(id): Path<String>,
+    headers: HeaderMap,
+) -> Response {
+    if let Err(resp) = authenticate(&headers) {
+        return resp;
+    }
+    let outcome = match sb.lock().payment_intents.get(&id) {
+        Some(pi) => Outcome::ok(pi.to_json()),
+        None => resource_missing("payment_intent", &id, "intent"),
+    };
+    json_response(
+        outcome.status,
+        serde_json::to_vec(&outcome.body).expect("json serializes"),
+    )
+}
+
+async fn get_refund(
+    State(sb): State<Sandbox>,
+    Path(id): Path<String>,
+    headers: HeaderMap,
+) -> Response {
+    if let Err(resp) = authenticate(&headers) {
+        return resp;
+    }
+    let outcome = match sb.lock().refunds.get(&id) {
+        Some(r) => Outcome::ok(r.to_json()),
+        None => resource_missing("refund", &id, "id"),
+    };
+    json_response(
+        outcome.status,
+        serde_json::to_vec(&outcome.body).expect("json serializes"),
+    )
+}
+
+// ---------------------------------------------------------------------------------------------
+// Operations (run under the state lock)
+
+/// How a test payment method behaves on confirm: `(code, decline_code, message)` of a failure.
+/// A `__<anything>` suffix is ignored (`pm_card_chargeDeclined__u42`), so seeded cards can be
+/// unique per user and still pick their scenario.
+fn card_failure(payment_method: &str) -> Option<(&'static str, &'static str, &'static str)> {
+    let base = payment_method.split("__").next().unwrap_or(payment_method);
+    match base {
+        "pm_card_chargeDeclined" | "pm_card_visa_chargeDeclined" => Some((
+            "card_declined",
+            "generic_decline",
+            "Your card was declined.",
+        )),
+        "pm_card_chargeDeclinedInsufficientFunds" => Some((
+            "card_declined",
+            "insufficient_funds",
+            "Your card has insufficient funds.",
+        )),
+        "pm_card_chargeDeclinedExpiredCard" => {
+            Some(("expired_card", "expired_card", "Your card has expired."))
+        }
+        "pm_card_authenticationRequired" | "pm_card_threeDSecureRequired" => Some((
+            "authentication_required",
+            "authentication_required",
+            "Your card was declined. This transaction requires authentication.",
+        )),
+        _ => None,
+    }
+}
+
+fn create_pi(st: &mut SandboxState, p: &Params) -> Outcome {
+    let amount = match p.int("amount") {
+        Ok(Some(a)) => a,
+        Ok(None) => return missing_param("amount"),
+        Err(e) => return e,
+    };
+    let currency = match p.get("currency") {
+        Some(c) if c.len() == 3 && c.chars().all(|ch| ch.is_ascii_alphabetic()) => {
+            c.to_ascii_lowercase()
+        }
+        Some(_) => return invalid_param("currency", "parameter_invalid", "Invalid currency."),
+        None => return missing_param("currency"),
+    };
+    let capture_method = p.get("capture_method").unwrap_or("automatic").to_string();
+    if !matches!(
+        capture_method.as_str(),
+        "automatic" | "automatic_async" | "manual"
+    ) {
+        return invalid_param(
+            "capture_method",
+            "parameter_invalid",
+            "Invalid capture_method: must be one of automatic, automatic_async, or manual",
+        );
+    }
+    let confirm = p.flag("confirm");
+    let off_session = matches!(p.get("off_session"), Some("true" | "one_off" | "recurring"));
+    if p.get("off_session").is_some() && !confirm {
+        return invalid_param(
+            "off_session",
+            "parameter_invalid",
+            "You may only specify `off_session` when `confirm` is true.",
+        );
+    }
+    let payment_method = p.opt_string("payment_method");
+    if confirm && payment_method.is_none() {
+        return missing_param("payment_method");
+    }
+    let mut payment_method_types = p.list("payment_method_types");
+    if payment_method_types.is_empty() {
+        payment_method_types.push("card".into());
+    }
+    let metadata = p.metadata();
+    let id = new_id("pi_");
+    let mut pi = PaymentIntent {
+        client_secret: format!("{id}_secret_{}", &new_id("")[..20]),
+        id,
+        amount,
+        amount_capturable: 0,
+        amount_received: 0,
+        amount_refunded: 0,
+        currency,
+        customer: p.opt_string("customer"),
+        payment_method: payment_method.clone(),
+        payment_method_types,
+        status: if payment_method.is_some() {
+            "requires_confirmation"
+        } else {
+            "requires_payment_method"
+        },
+        capture_method: capture_method.clone(),
+        confirmation_method: p
+            .get("confirmation_method")
+            .unwrap_or("automatic")
+            .to_string(),
+        metadata,
+        created: now_unix(),
+        latest_charge: None,
+        last_payment_error: None,
+        next_action: None,
+        canceled_at: None,
+        cancellation_reason: None,
+        description: p.opt_string("description"),
+        receipt_email: p.opt_string("receipt_email"),
+        statement_descriptor: p.opt_string("statement_descriptor"),
+        statement_descriptor_suffix: p.opt_string("statement_descriptor_suffix"),
+        setup_future_usage: p.opt_string("setup_future_usage"),
+    };
+    let booking = pi.metadata.get("booking_id").cloned().unwrap_or_default();
+    st.counters.payment_intents_created += 1;
+    Counters::bump(&mut st.counters.payment_intents_by_booking, &booking);
+
+    let outcome;
+    if !confirm {
+        outcome = Outcome::ok(pi.to_json());
+    } else {
+        let pm = payment_method.as_deref().unwrap_or_default();
+        match card_failure(pm) {
+            Some(("authentication_required", _, _)) if !off_session => {
+                // On session the customer can authenticate: the intent waits for 3DS.
+                pi.status = "requires_action";
+                pi.next_action = Some(json!({
+                    "type": "use_stripe_sdk",
+                    "use_stripe_sdk": {"type": "three_d_secure_redirect", "stripe_js": ""},
+                    "redirect_to_url": null,
+                }));
+                outcome = Outcome::ok(pi.to_json());
+            }
+            Some((code, decline_code, message)) => {
+                // Off session (and for every hard decline): the attempt fails and the intent
+                // returns to requires_payment_method, as Stripe does.
+                let charge = new_id("ch_");
+                pi.latest_charge = Some(charge.clone());
+                pi.status = "requires_payment_method";
+                pi.last_payment_error = Some(json!({
+                    "type": "card_error",
+                    "code": code,
+                    "decline_code": decline_code,
+                    "message": message,
+                    "charge": charge,
+                    "doc_url": format!("https://stripe.com/docs/error-codes/{}", code.replace('_', "-")),
+                    "param": null,
+                    "advice_code": null,
+                    "network_advice_code": null,
+                    "network_decline_code": null,
+                    "payment_method": null,
+                    "payment_method_type": "card",
+                    "request_log_url": null,
+                    "setup_intent": null,
+                    "source": null,
+                }));
+                let pi_json = pi.to_json();
+                let mut body = error_body(
+                    "card_error",
+                    Some(code),
+                    Some(decline_code),
+                    message,
+                    None,
+                    Some(pi_json.clone()),
+                );
+                body["error"]["charge"] = json!(charge);
+                outcome = Outcome {
+                    status: StatusCode::PAYMENT_REQUIRED,
+                    body,
+                    store: true,
+                    events: Vec::new(),
+                }
+                .with_event("payment_intent.payment_failed", pi_json);
+                tracing::info!(payment_intent.id = %pi.id, code, "sandbox card declined");
+            }
+            None => {
+                pi.latest_charge = Some(new_id("ch_"));
+                if capture_method == "manual" {
+                    pi.status = "requires_capture";
+                    pi.amount_capturable = amount;
+                    let j = pi.to_json();
+                    outcome = Outcome::ok(j.clone())
+                        .with_event("payment_intent.amount_capturable_updated", j);
+                } else {
+                    pi.status = "succeeded";
+                    pi.amount_received = amount;
+                    let j = pi.to_json();
+                    outcome = Outcome::ok(j.clone()).with_event("payment_intent.succeeded", j);
+                }
+                tracing::info!(payment_intent.id = %pi.id, status = pi.status, "sandbox payment intent confirmed");
+            }
+        }
+    }
+    st.payment_intents.insert(pi.id.clone(), pi);
+    outcome
+}
+
+fn capture_pi(st: &mut SandboxState, id: &str, p: &Params) -> Outcome {
+    let amount_to_capture = match p.int("amount_to_capture") {
+        Ok(a) => a,
+        Err(e) => return e,
+    };
+    let Some(pi) = st.payment_intents.get_mut(id) else {
+        return resource_missing("payment_intent", id, "intent");
+    };
+    if pi.status != "requires_capture" {
+        return unexpected_state(pi, "captured", "requires_capture");
+    }
+    let amount = amount_to_capture.unwrap_or(pi.amount_capturable);
+    if amount > pi.amount_capturable {
+        return Outcome {
+            status: StatusCode::BAD_REQUEST,
+            body: error_body(
+                "invalid_request_error",
+                Some("amount_too_large"),
+                None,
+                "The amount to capture is greater than the amount capturable.",
+                Some("amount_to_capture"),
+                None,
+            ),
+            store: true,
+            events: Vec::new(),
+        };
+    }
+    pi.status = "succeeded";
+    pi.amount_received = amount;
+    pi.amount_capturable = 0;
+    let j = pi.to_json();
+    tracing::info!(payment_intent.id = %id, "sandbox payment intent captured");
+    st.counters.captures += 1;
+    Counters::bump(&mut st.counters.captures_by_payment_intent, id);
+    Outcome::ok(j.clone()).with_event("payment_intent.succeeded", j)
+}
+
+fn cancel_pi(st: &mut SandboxState, id: &str, p: &Params) -> Outcome {
+    let reason = p.opt_string("cancellation_reason");
+    if let Some(r) = &reason {
+        if !matches!(
+            r.as_str(),
+            "duplicate" | "fraudulent" | "requested_by_customer" | "abandoned"
+        ) {
+            return invalid_param(
+                "cancellation_reason",
+                "parameter_invalid",
+                "Invalid cancellation_reason: must be one of duplicate, fraudulent, requested_by_customer, or abandoned",
+            );
+        }
+    }
+    let Some(pi) = st.payment_intents.get_mut(id) else {
+        return resource_missing("payment_intent", id, "intent");
+    };
+    const CANCELABLE: &str =
+        "requires_payment_method, requires_capture, requires_confirmation, requires_action, processing";
+    if matches!(pi.status, "succeeded" | "canceled") {
+        return unexpected_state(pi, "canceled", CANCELABLE);
+    }
+    pi.status = "canceled";
+    pi.canceled_at = Some(now_unix());
+    pi.cancellation_reason = reason;
+    pi.amount_capturable = 0;
+    pi.next_action = None;
+    let j = pi.to_json();
+    tracing::info!(payment_intent.id = %id, "sandbox payment intent canceled");
+    st.counters.cancels += 1;
+    Counters::bump(&mut st.counters.cancels_by_payment_intent, id);
+    Outcome::ok(j.clone()).with_event("payment_intent.canceled", j)
+}
+
+fn refund_pi(st: &mut SandboxState, p: &Params) -> Outcome {
+    let amount = match p.int("amount") {
+        Ok(a) => a,
+        Err(e) => return e,
+    };
+    let reason = p.opt_string("reason");
+    if let Some(r) = &reason {
+        if !matches!(
+            r.as_str(),
+            "duplicate" | "fraudulent" | "requested_by_customer"
+        ) {
+            return invalid_param(
+                "reason",
+                "parameter_invalid",
+                "Invalid reason: must be one of duplicate, fraudulent, or requested_by_customer",
+            );
+        }
+    }
+    let pi_id = match (p.opt_string("payment_intent"), p.opt_string("charge")) {
+        (Some(id), _) => id,
+        (None, Some(charge)) => match st
+            .payment_intents
+            .values()
+            .find(|pi| pi.latest_charge.as_deref() == Some(charge.as_str()))
+        {
+            Some(pi) => pi.id.clone(),
+            None => return resource_missing("charge", &charge, "charge"),
+        },
+        (None, None) => return missing_param("payment_intent"),
+    };
+    let Some(pi) = st.payment_intents.get_mut(&pi_id) else {
+        return resource_missing("payment_intent", &pi_id, "payment_intent");
+    };
+    let refusal = |code: &str, message: String| Outcome {
+        status: StatusCode::BAD_REQUEST,
+        body: error_body(
+            "invalid_request_error",
+            Some(code),
+            None,
+            &message,
+            None,
+            None,
+        ),
+        store: true,
+        events: Vec::new(),
+    };
+    if pi.status != "succeeded" {
+        return refusal(
+            "charge_not_refundable",
+            format!(
+                "This PaymentIntent ({pi_id}) does not have a successful charge to refund (status {}).",
+                pi.status
+            ),
+        );
+    }
+    let remaining = pi.amount_received - pi.amount_refunded;
+    if remaining <= 0 {
+        return refusal(
+            "charge_already_refunded",
+            format!(
+                "Charge {} has already been refunded.",
+                pi.latest_charge.as_deref().unwrap_or("")
+            ),
+        );
+    }
+    let amount = amount.unwrap_or(remaining);
+    if amount > remaining {
+        return refusal(
+            "amount_too_large",
+            format!(
+                "Refund amount ({amount}) is greater than unrefunded amount on charge ({remaining})"
+            ),
+        );
+    }
+    pi.amount_refunded += amount;
+    let refund = Refund {
+        id: new_id("re_"),
+        amount,
+        charge: pi.latest_charge.clone(),
+        created: now_unix(),
+        currency: pi.currency.clone(),
+        metadata: p.metadata(),
+        payment_intent: pi_id.clone(),
+        customer: pi.customer.clone(),
+        payment_method: pi.payment_method.clone(),
+        reason,
+        status: "succeeded",
+        balance_transaction: new_id("txn_"),
+    };
+    let pi_snapshot = pi.clone();
+    st.refunds.insert(refund.id.clone(), refund.clone());
+    let refunds: Vec<&Refund> = st
+        .refunds
+        .values()
+        .filter(|r| r.payment_intent == pi_id)
+        .collect();
+    let charge = pi_snapshot.charge_json(&refunds);
+    st.counters.refunds += 1;
+    Counters::bump(&mut st.counters.refunds_by_payment_intent, &pi_id);
+    *st.counters
+        .refunded_amount_by_payment_intent
+        .entry(pi_id.clone())
+        .or_default() += amount;
+    tracing::info!(refund.id = %refund.id, payment_intent.id = %pi_id, "sandbox refund created");
+    Outcome::ok(refund.to_json()).with_event("charge.refunded", charge)
+}

@@ -1,0 +1,211 @@
+//! Signed webhook delivery, and the signature helpers the fleet's verifier tests can reuse.
+//!
+//! Stripe (`Stripe-Signature`) and Duffel (`X-Duffel-Signature`) use the same scheme:
+//! `t=<unix seconds>,v1=<hex HMAC-SHA256(secret, "{t}.{raw body}")>`.
+//!
+//! Delivery is at least once from the receiver's point of view: a spawned task POSTs the event
+//! and retries a non-2xx or transport error up to [`WEBHOOK_ATTEMPTS`] times with exponential
+//! backoff (starting at `SandboxConfig::webhook_backoff_ms`), then gives up and counts a failure.
+
+use std::time::Duration;
+
+use serde_json::{json, Value};
+
+use super::{new_id, now_unix, Sandbox};
+
+/// The Stripe API version stamped on events: async-stripe 1.0.0-rc.10's generated `VERSION`, so
+/// its webhook parser does not warn about a mismatch.
+pub const STRIPE_API_VERSION: &str = "2026-09-30.endive";
+
+/// Delivery attempts per event before it is counted in `webhooks_failed`.
+pub const WEBHOOK_ATTEMPTS: u32 = 4;
+
+/// Hex HMAC-SHA256 of `"{timestamp}.{body}"` under `secret` (the fleet's own signer).
+pub fn sign_payload(secret: &str, timestamp: i64, body: &[u8]) -> String {
+    crate::webhooks::signature::sign(secret, timestamp, body)
+}
+
+/// The `Stripe-Signature` header value for `body` signed at `timestamp`.
+pub fn stripe_signature_header(secret: &str, timestamp: i64, body: &[u8]) -> String {
+    crate::webhooks::signature::header(secret, timestamp, body)
+}
+
+/// The `X-Duffel-Signature` header value for `body` signed at `timestamp`.
+pub fn duffel_signature_header(secret: &str, timestamp: i64, body: &[u8]) -> String {
+    crate::webhooks::signature::header(secret, timestamp, body)
+}
+
+/// Checks a `t=…,v1=…` header (either provider) against `body` with the fleet's verifier.
+pub fn verify_signature_header(
+    header: &str,
+    secret: &str,
+    body: &[u8],
+    now: i64,
+    tolerance_secs: i64,
+) -> bool {
+    crate::webhooks::signature::verify(
+        Some(header),
+        &[secret.to_owned()],
+        body,
+        now,
+        tolerance_secs,
+    )
+    .is_ok()
+}
+
+/// Builds a Stripe event around `object` and delivers it if a target is configured.
+/// `request` is `(request id, idempotency key)` of the API call that caused it.
+pub(crate) fn emit_stripe(
+    sb: &Sandbox,
+    event_type: &str,
+    object: Value,
+    request: Option<(String, Option<String>)>,
+) -> String {
+    let id = new_id("evt_");
+    let event = json!({
+        "id": id,
+        "object": "event",
+        "account": null,
+        "api_version": STRIPE_API_VERSION,
+        "context": null,
+        "created": now_unix(),
+        "data": {"object": object, "previous_attributes": null},
+        "livemode": false,
+        "pending_webhooks": 1,
+        "request": match request {
+            Some((rid, key)) => json!({"id": rid, "idempotency_key": key}),
+            None => json!({"id": null, "idempotency_key": null}),
+        },
+        "type": event_type,
+    });
+    sb.lock().counters.webhook_events_emitted += 1;
+    tracing::debug!(event.id = %id, event.type = event_type, "stripe event emitted");
+    if let Some(target) = sb.config().webhook.clone() {
+        let body = serde_json::to_vec(&event).expect("json serializes");
+        spawn_delivery(
+            sb.clone(),
+            target.stripe_url,
+            target.stripe_secret,
+            "Stripe-Signature",
+            id.clone(),
+            body,
+        );
+    }
+    id
+}
+
+/// Builds a Duffel event around `object` and delivers it if a target is configured.
+pub(crate) fn emit_duffel(sb: &Sandbox, event_type: &str, object: Value) -> String {
+    let id = new_id("wev_");
+    let event = json!({
+        "data": {
+            "id": id,
+            "type": event_type,
+            "object": object,
+            "created_at": chrono::Utc::now().to_rfc3339_opts(chrono::SecondsFormat::Micros, true),
+            "live_mode": false,
+            "api_version": "v2",
+            "idempotency_key": new_id(""),
+        }
+    });
+    sb.lock().counters.webhook_events_emitted += 1;
+    tracing::debug!(event.id = %id, event.type = event_type, "duffel event emitted");
+    if let Some(target) = sb.config().webhook.clone() {
+        let body = serde_json::to_vec(&event).expect("json serializes");
+        spawn_delivery(
+            sb.clone(),
+            target.duffel_url,
+            target.duffel_secret,
+            "X-Duffel-Signature",
+            id.clone(),
+            body,
+        );
+    }
+    id
+}
+
+fn spawn_delivery(
+    sb: Sandbox,
+    url: String,
+    secret: String,
+    header: &'static str,
+    event_id: String,
+    body: Vec<u8>,
+) {
+    let backoff = Duration::from_millis(sb.config().webhook_backoff_ms);
+    tokio::spawn(async move {
+        for attempt in 1..=WEBHOOK_ATTEMPTS {
+            // Re-sign each attempt, as providers do, so the timestamp stays fresh.
+            let t = now_unix();
+            let signature = format!("t={t},v1={}", sign_payload(&secret, t, &body));
+            let result = sb
+                .inner
+                .http
+                .post(&url)
+                .header("content-type", "application/json")
+                .header(header, signature)
+                .body(body.clone())
+                .send()
+                .await;
+            match result {
+                Ok(resp) if resp.status().is_success() => {
+                    sb.lock().counters.webhooks_delivered += 1;
+                    tracing::debug!(event.id = %event_id, attempt, "webhook delivered");
+                    return;
+                }
+                Ok(resp) => {
+                    tracing::debug!(event.id = %event_id, attempt, status = resp.status().as_u16(), "webhook rejected");
+                }
+                Err(_) => {
+                    tracing::debug!(event.id = %event_id, attempt, "webhook transport error");
+                }
+            }
+            sb.lock().counters.webhook_attempt_failures += 1;
+            if attempt < WEBHOOK_ATTEMPTS {
+                tokio::time::sleep(backoff * 2u32.pow(attempt - 1)).await;
+            }
+        }
+        sb.lock().counters.webhooks_failed += 1;
+        tracing::warn!(event.id = %event_id, "webhook delivery gave up");
+    });
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn signature_header_verifies_and_tampering_fails() {
+        let body = br#"{"id":"evt_1"}"#;
+        let h = stripe_signature_header("whsec_x", 1_700_000_000, body);
+        assert!(verify_signature_header(
+            &h,
+            "whsec_x",
+            body,
+            1_700_000_100,
+            300
+        ));
+        assert!(!verify_signature_header(
+            &h,
+            "whsec_y",
+            body,
+            1_700_000_100,
+            300
+        ));
+        assert!(!verify_signature_header(
+            &h,
+            "whsec_x",
+            b"{}",
+            1_700_000_100,
+            300
+        ));
+        assert!(!verify_signature_header(
+            &h,
+            "whsec_x",
+            body,
+            1_700_000_400,
+            300
+        ));
+        assert_eq!(h, duffel_signature_header("whsec_x", 1_700_000_000, body));
+    }
+}

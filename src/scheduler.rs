@@ -1,0 +1,227 @@
+//! `fleet scheduler`: fires the cron schedules of `[schedules.*]` and enqueues one job per tick.
+//!
+//! Contract:
+//! - every tick is enqueued with the idempotency key `cron:{schedule}:{tick time, RFC 3339}`
+//!   and recorded in `fleet_cron_ticks` in the **same transaction**; the table's primary key
+//!   `(schedule, tick_at)` makes any number of scheduler processes produce exactly one job
+//!   per tick, however long ago the previous tick's job finished;
+//! - on start, each schedule's latest tick at or before now is enqueued if no scheduler
+//!   enqueued it: a tick missed while every scheduler was down runs once, and only the latest
+//!   one (older missed ticks are not replayed: a scan or a purge only needs its latest run);
+//! - timing comes from tokio-cron-scheduler; tick times from croner with the same parser
+//!   settings (seconds field required, day-of-month *and* day-of-week must match), so the tick
+//!   we record is the tick that fired.
+
+use std::{collections::BTreeMap, sync::Arc};
+
+use chrono::{DateTime, SubsecRound, Utc};
+use croner::{parser::CronParser, Cron};
+use jobs::NewJob;
+use serde::Deserialize;
+use sqlx::{Connection, PgPool};
+use tokio_util::sync::CancellationToken;
+
+use crate::{config::ConfigError, queue, registry::Registry, Queue};
+
+/// One `[schedules.<name>]` entry.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ScheduleSettings {
+    /// Cron pattern with a seconds field: `sec min hour day-of-month month day-of-week`.
+    pub cron: String,
+    /// Job kind to enqueue.
+    pub kind: String,
+    /// Job args (a table).
+    #[serde(default = "empty_args")]
+    pub args: serde_json::Value,
+    /// Off switch that keeps the entry in config.
+    #[serde(default = "yes")]
+    pub enabled: bool,
+}
+
+fn empty_args() -> serde_json::Value {
+    serde_json::json!({})
+}
+
+fn yes() -> bool {
+    true
+}
+
+/// A validated schedule.
+#[derive(Debug, Clone)]
+pub struct Schedule {
+    /// Name (the config key).
+    pub name: String,
+    /// The pattern as written.
+    pub expr: String,
+    cron: Cron,
+    /// Kind to enqueue.
+    pub kind: String,
+    /// Args.
+    pub args: serde_json::Value,
+}
+
+/// Parses a pattern exactly as tokio-cron-scheduler does.
+pub fn parse_cron(expr: &str) -> Result<Cron, croner::errors::CronError> {
+    CronParser::builder()
+        .seconds(croner::parser::Seconds::Required)
+        .dom_and_dow(true)
+        .build()
+        .parse(expr)
+}
+
+impl Schedule {
+    /// The latest tick at or before `now`.
+    pub fn latest_tick(&self, now: DateTime<Utc>) -> Option<DateTime<Utc>> {
+        self.cron
+            .find_previous_occurrence(&now.trunc_subsecs(0), true)
+            .ok()
+    }
+
+    /// The idempotency key of a tick's job.
+    pub fn key(&self, tick: DateTime<Utc>) -> String {
+        format!(
+            "cron:{}:{}",
+            self.name,
+            tick.to_rfc3339_opts(chrono::SecondsFormat::Secs, true)
+        )
+    }
+}
+
+/// Validates `[schedules.*]` against the registered kinds; errors name the key and value.
+pub fn validate(
+    settings: &BTreeMap<String, ScheduleSettings>,
+    registry: &Registry,
+) -> Result<Vec<Schedule>, ConfigError> {
+    let mut out = Vec::new();
+    for (name, s) in settings {
+        if !s.enabled {
+            continue;
+        }
+        let cron = parse_cron(&s.cron).map_err(|e| {
+            ConfigError(format!(
+                "schedules.{name}.cron = {:?} is invalid: {e} (expected 6 fields: sec min hour day-of-month month day-of-week)",
+                s.cron
+            ))
+        })?;
+        if registry.get(&s.kind).is_none() {
+            return Err(ConfigError(format!(
+                "schedules.{name}.kind = {:?} is not a registered job kind (known: {})",
+                s.kind,
+                registry.kind_names().join(", ")
+            )));
+        }
+        if !s.args.is_object() {
+            return Err(ConfigError(format!(
+                "schedules.{name}.args must be a table"
+            )));
+        }
+        out.push(Schedule {
+            name: name.clone(),
+            expr: s.cron.clone(),
+            cron,
+            kind: s.kind.clone(),
+            args: s.args.clone(),
+        });
+    }
+    Ok(out)
+}
+
+/// Enqueues cron ticks.
+#[derive(Clone)]
+pub struct Scheduler {
+    pool: PgPool,
+    queue: Queue,
+    schedules: Arc<Vec<Schedule>>,
+}
+
+impl Scheduler {
+    /// A scheduler for validated `schedules`.
+    pub fn new(pool: PgPool, registry: Arc<Registry>, schedules: Vec<Schedule>) -> Self {
+        Self {
+            queue: Queue::new(pool.clone(), registry),
+            pool,
+            schedules: Arc::new(schedules),
+        }
+    }
+
+    /// The schedules.
+    pub fn schedules(&self) -> &[Schedule] {
+        &self.schedules
+    }
+
+    /// Enqueues `schedule`'s job for `tick` unless some scheduler already did. Returns the job
+    /// id when this call enqueued it.
+    pub async fn enqueue_tick(
+        &self,
+        schedule: &Schedule,
+        tick: DateTime<Utc>,
+    ) -> anyhow::Result<Option<i64>> {
+        let mut conn = self.pool.acquire().await?;
+        let mut tx = conn.begin().await?;
+        if !queue::cron_tick_claim(&mut tx, &schedule.name, tick).await? {
+            tx.rollback().await?;
+            return Ok(None);
+        }
+        let job = NewJob::raw(schedule.kind.clone(), schedule.args.clone()).key(schedule.key(tick));
+        let enqueued = self.queue.enqueue_many_in(&mut tx, vec![job]).await?;
+        queue::cron_tick_set_job(&mut tx, &schedule.name, tick, enqueued[0].id).await?;
+        tx.commit().await?;
+        tracing::info!(schedule = %schedule.name, tick = %tick, job.id = enqueued[0].id, job.kind = %schedule.kind, "cron tick enqueued");
+        Ok(Some(enqueued[0].id))
+    }
+
+    /// Enqueues each schedule's latest tick at or before `now` if nobody did (missed while
+    /// every scheduler was down). Returns what this call enqueued.
+    pub async fn catch_up(
+        &self,
+        now: DateTime<Utc>,
+    ) -> anyhow::Result<Vec<(String, DateTime<Utc>, i64)>> {
+        let mut out = Vec::new();
+        for s in self.schedules.iter() {
+            if let Some(tick) = s.latest_tick(now) {
+                if let Some(id) = self.enqueue_tick(s, tick).await? {
+                    tracing::warn!(schedule = %s.name, tick = %tick, "enqueued a tick missed while no scheduler ran");
+                    out.push((s.name.clone(), tick, id));
+                }
+            }
+        }
+        Ok(out)
+    }
+
+    /// Catches up, then fires every schedule until `shutdown`.
+    pub async fn run(self, shutdown: CancellationToken) -> anyhow::Result<()> {
+        self.catch_up(Utc::now()).await?;
+        let mut sched = tokio_cron_scheduler::JobScheduler::new().await?;
+        for (i, s) in self.schedules.iter().enumerate() {
+            let me = self.clone();
+            let stopped = shutdown.clone();
+            let job = tokio_cron_scheduler::Job::new_async(s.expr.as_str(), move |_id, _lock| {
+                let me = me.clone();
+                let stopped = stopped.clone();
+                Box::pin(async move {
+                    // The library can still fire a tick it had scheduled after shutdown.
+                    if stopped.is_cancelled() {
+                        return;
+                    }
+                    let s = &me.schedules[i];
+                    let Some(tick) = s.latest_tick(Utc::now()) else {
+                        return;
+                    };
+                    // A failure here (database down) is retried by the next scheduler start's
+                    // catch-up at the latest; log it loudly.
+                    if let Err(e) = me.enqueue_tick(s, tick).await {
+                        tracing::error!(schedule = %s.name, tick = %tick, error = %e, "enqueueing a cron tick failed");
+                    }
+                })
+            })?;
+            sched.add(job).await?;
+        }
+        sched.start().await?;
+        tracing::info!(schedules = self.schedules.len(), "scheduler started");
+        shutdown.cancelled().await;
+        sched.shutdown().await?;
+        tracing::info!("scheduler stopped");
+        Ok(())
+    }
+}

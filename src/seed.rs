@@ -1,0 +1,142 @@
+//! Seeding valid domain rows — a user, a traveler profile (passport sealed with the keyring), a
+//! saved card and a campaign — for tests and `fleet demo`. One place that knows the schema's
+//! constraints, so fixtures stay valid as the schema evolves.
+
+use chrono::{Datelike, Duration, NaiveDate, Utc};
+use jobs::pii::Keyring;
+use sqlx::PgPool;
+use uuid::Uuid;
+
+/// What to seed. `CampaignSeed::new(n)` gives a valid, deterministic default for seed number n.
+#[derive(Debug, Clone)]
+pub struct CampaignSeed {
+    /// User and traveler e-mail.
+    pub email: String,
+    /// Traveler name.
+    pub full_name: String,
+    /// Passport number (sealed before it is stored).
+    pub passport: String,
+    /// Stripe payment method id; a sandbox scenario card may carry a `__suffix`.
+    pub payment_method: String,
+    /// Card expiry.
+    pub card_exp_month: i16,
+    /// Card expiry year.
+    pub card_exp_year: i16,
+    /// IATA origin.
+    pub origin: String,
+    /// IATA destination.
+    pub destination: String,
+    /// Days from today to the start of the departure window (the window is 7 days).
+    pub departs_in_days: i64,
+    /// Maximum price, decimal string in `currency`.
+    pub max_price: String,
+    /// ISO currency.
+    pub currency: String,
+    /// Campaign status.
+    pub status: String,
+    /// Days until the campaign expires (≤ 366).
+    pub expires_in_days: i64,
+}
+
+impl CampaignSeed {
+    /// A valid default for seed number `n` (LHR→JFK, a good card, $900 max).
+    pub fn new(n: usize) -> Self {
+        let next_year = (Utc::now().year() + 2) as i16;
+        Self {
+            email: format!("traveler{n}@example.test"),
+            full_name: format!("Traveler Number{n}"),
+            passport: format!("P{:08}", 10_000_000 + n),
+            payment_method: format!("pm_card_visa__{n}"),
+            card_exp_month: 12,
+            card_exp_year: next_year,
+            origin: "LHR".into(),
+            destination: "JFK".into(),
+            departs_in_days: 30,
+            max_price: "900.00".into(),
+            currency: "USD".into(),
+            status: "active".into(),
+            expires_in_days: 180,
+        }
+    }
+}
+
+/// Ids of what was seeded.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Seeded {
+    /// users.id
+    pub user_id: Uuid,
+    /// traveler_profiles.id
+    pub profile_id: Uuid,
+    /// payment_methods.id
+    pub payment_method_id: Uuid,
+    /// campaigns.id
+    pub campaign_id: Uuid,
+}
+
+/// Inserts one user with a profile, a card and a campaign (consent given, search due now).
+pub async fn seed_campaign(
+    pool: &PgPool,
+    keyring: &Keyring,
+    s: &CampaignSeed,
+) -> anyhow::Result<Seeded> {
+    let mut tx = pool.begin().await?;
+    let user_id: Uuid = sqlx::query_scalar("INSERT INTO users (email) VALUES ($1) RETURNING id")
+        .bind(&s.email)
+        .fetch_one(&mut *tx)
+        .await?;
+    let profile_id = Uuid::new_v4();
+    let sealed = keyring.encrypt(profile_id, &s.passport)?;
+    sqlx::query(
+        "INSERT INTO traveler_profiles (id, user_id, full_name, date_of_birth, gender, email, phone,
+                                        passport_number_enc, encryption_key_version, passport_country,
+                                        passport_expiry)
+         VALUES ($1, $2, $3, DATE '1985-04-12', 'F', $4, '+447700900123', $5, $6, 'GB', current_date + 3000)",
+    )
+    .bind(profile_id)
+    .bind(user_id)
+    .bind(&s.full_name)
+    .bind(&s.email)
+    .bind(&sealed.bytes)
+    .bind(sealed.key_version)
+    .execute(&mut *tx)
+    .await?;
+    let payment_method_id: Uuid = sqlx::query_scalar(
+        "INSERT INTO payment_methods (user_id, stripe_customer_id, stripe_payment_method_id, brand, last4,
+                                      exp_month, exp_year, is_default)
+         VALUES ($1, $2, $3, 'visa', '4242', $4, $5, true) RETURNING id",
+    )
+    .bind(user_id)
+    .bind(format!("cus_{}", user_id.simple()))
+    .bind(&s.payment_method)
+    .bind(s.card_exp_month)
+    .bind(s.card_exp_year)
+    .fetch_one(&mut *tx)
+    .await?;
+    let start: NaiveDate = (Utc::now() + Duration::days(s.departs_in_days)).date_naive();
+    let campaign_id: Uuid = sqlx::query_scalar(
+        "INSERT INTO campaigns (user_id, traveler_profile_id, payment_method_id, origin, destination,
+                                departure_date_start, departure_date_end, max_price, currency, status,
+                                consent_at, next_search_at, expires_at)
+         VALUES ($1, $2, $3, $4, $5, $6, $6 + 7, $7::numeric, $8, $9, now(), now(), now() + $10 * interval '1 day')
+         RETURNING id",
+    )
+    .bind(user_id)
+    .bind(profile_id)
+    .bind(payment_method_id)
+    .bind(&s.origin)
+    .bind(&s.destination)
+    .bind(start)
+    .bind(&s.max_price)
+    .bind(&s.currency)
+    .bind(&s.status)
+    .bind(s.expires_in_days as f64)
+    .fetch_one(&mut *tx)
+    .await?;
+    tx.commit().await?;
+    Ok(Seeded {
+        user_id,
+        profile_id,
+        payment_method_id,
+        campaign_id,
+    })
+}

@@ -1,0 +1,108 @@
+//! Writes outcomes in batches, each fenced on its claim.
+
+use std::{
+    sync::{atomic::Ordering, Arc},
+    time::Duration,
+};
+
+use tokio::sync::mpsc;
+
+use super::Shared;
+use crate::queue::{self, NextState, Outcome};
+
+/// Drains `rx` until every sender is gone, writing whatever has queued up in one statement
+/// (no artificial delay: batches form while the previous write is in flight). A claim leaves
+/// `held` only once its outcome is written or refused, so the heartbeat keeps its lease alive
+/// until then. A failing database is retried with backoff, so this returns only once every
+/// outcome is written; whatever is still in `held` when the caller stops waiting is unwritten.
+pub(crate) async fn run(s: Arc<Shared>, mut rx: mpsc::UnboundedReceiver<Outcome>) {
+    let max = s.cfg.completer_batch;
+    let mut batch: Vec<Outcome> = Vec::with_capacity(max);
+    while let Some(first) = rx.recv().await {
+        batch.push(first);
+        while batch.len() < max {
+            match rx.try_recv() {
+                Ok(o) => batch.push(o),
+                Err(_) => break,
+            }
+        }
+        let mut backoff = Duration::from_millis(50);
+        let written = loop {
+            let r = async {
+                let mut conn = s.pool.acquire().await?;
+                queue::job_set_outcome_many(&mut conn, &batch).await
+            }
+            .await;
+            match r {
+                Ok(w) => break w,
+                Err(e) => {
+                    tracing::warn!(error = %e, outcomes = batch.len(), retry_in = ?backoff,
+                        "writing outcomes failed; retrying");
+                    tokio::time::sleep(backoff).await;
+                    backoff = (backoff * 2).min(Duration::from_secs(5));
+                }
+            }
+        };
+        record(&s, &batch, &written);
+        batch.clear();
+        s.wake.notify_one();
+    }
+}
+
+fn record(s: &Shared, batch: &[Outcome], written: &[i64]) {
+    let written: std::collections::HashSet<i64> = written.iter().copied().collect();
+    let c = &s.counters;
+    let mut held = s.held.lock().unwrap();
+    let m = crate::metrics::metrics();
+    for o in batch {
+        let kind = match held.get(&o.id) {
+            Some(h) if h.claim_seq == o.claim_seq => held.remove(&o.id).map(|h| h.kind),
+            _ => None,
+        };
+        let kind = kind.as_deref().unwrap_or("unknown");
+        if !written.contains(&o.id) {
+            c.lost.fetch_add(1, Ordering::Relaxed);
+            tracing::warn!(
+                job.id = o.id,
+                claim_seq = o.claim_seq,
+                "outcome refused: the claim no longer holds the job (rescued or cancelled)"
+            );
+            continue;
+        }
+        let counter = match &o.next {
+            NextState::Completed { .. } => {
+                m.completed.with_label_values(&[kind]).inc();
+                &c.completed
+            }
+            NextState::Retry { error, .. } | NextState::Snooze { error, .. } => {
+                m.failed
+                    .with_label_values(&[kind, class_label(error.class)])
+                    .inc();
+                &c.retried
+            }
+            NextState::Dead { .. } => {
+                m.dead.with_label_values(&[kind]).inc();
+                &c.dead
+            }
+            NextState::Cancelled { .. } => &c.cancelled,
+            NextState::ReturnUnstarted => &c.returned,
+        };
+        counter.fetch_add(1, Ordering::Relaxed);
+    }
+}
+
+fn class_label(c: crate::queue::ErrorClass) -> &'static str {
+    use crate::queue::ErrorClass::*;
+    match c {
+        Retryable => "retryable",
+        Fatal => "fatal",
+        Timeout => "timeout",
+        Panic => "panic",
+        LeaseExpired => "lease_expired",
+        UnknownKind => "unknown_kind",
+        BadArgs => "bad_args",
+        Snoozed => "snoozed",
+        Cancelled => "cancelled",
+        Interrupted => "interrupted",
+    }
+}

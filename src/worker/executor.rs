@@ -1,0 +1,443 @@
+//! Claiming jobs and running their handlers.
+
+use std::{
+    panic::AssertUnwindSafe,
+    sync::{atomic::Ordering, Arc},
+    time::Duration,
+};
+
+use futures::FutureExt;
+use jobs::{JobContext, JobError};
+use rand::Rng;
+use sqlx::postgres::PgListener;
+use tokio::sync::mpsc;
+use tokio_util::{sync::CancellationToken, task::TaskTracker};
+use tracing::Instrument;
+
+use super::{Held, Shared};
+use crate::queue::{self, AttemptError, ClaimedJob, ErrorClass, FetchParams, NextState, Outcome};
+
+/// How long a cancelled handler gets to return on its own before it is aborted.
+pub const CANCEL_GRACE: Duration = Duration::from_secs(2);
+
+/// Claims jobs until `shutdown`; spawns one task per claim onto `tasks`.
+pub(crate) async fn fetch_loop(
+    s: Arc<Shared>,
+    outcomes: mpsc::UnboundedSender<Outcome>,
+    tasks: &TaskTracker,
+    shutdown: CancellationToken,
+) {
+    let capacity = s.cfg.concurrency + s.cfg.prefetch;
+    // Refetch once a quarter of the capacity is free (or the worker is idle): fewer, fuller
+    // claims under load, no wait when idle.
+    let threshold = (capacity / 4).max(1);
+    let queues = (!s.cfg.queues.is_empty()).then(|| s.cfg.queues.clone());
+    let mut db_backoff = Duration::from_millis(100);
+    loop {
+        if shutdown.is_cancelled() {
+            return;
+        }
+        let (free, skip_kinds) = {
+            let held = s.held.lock().unwrap();
+            let free = capacity.saturating_sub(held.len());
+            let full = if held.is_empty() || free < threshold {
+                Vec::new()
+            } else {
+                kinds_at_limit(&s, &held)
+            };
+            let free = if held.is_empty() || free >= threshold {
+                free
+            } else {
+                0
+            };
+            (free, full)
+        };
+        if free > 0 {
+            let fetched = async {
+                let mut conn = s.pool.acquire().await?;
+                queue::job_fetch_available(
+                    &mut conn,
+                    &FetchParams {
+                        queues: queues.as_deref(),
+                        skip_kinds: &skip_kinds,
+                        limit: free as i64,
+                        owner: &s.worker_id,
+                        lease: s.cfg.lease,
+                    },
+                )
+                .await
+            }
+            .await;
+            match fetched {
+                Ok(jobs) => {
+                    db_backoff = Duration::from_millis(100);
+                    let n = jobs.len();
+                    s.counters.claimed.fetch_add(n as u64, Ordering::Relaxed);
+                    {
+                        let mut held = s.held.lock().unwrap();
+                        for j in &jobs {
+                            held.insert(
+                                j.id,
+                                Held {
+                                    claim_seq: j.claim_seq,
+                                    kind: j.kind.clone(),
+                                    cancel: s.hard_stop.child_token(),
+                                },
+                            );
+                        }
+                    }
+                    for j in jobs {
+                        tasks.spawn(execute(s.clone(), j, outcomes.clone()));
+                    }
+                    if n == free {
+                        // A full batch: there is probably more.
+                        continue;
+                    }
+                }
+                Err(e) => {
+                    tracing::warn!(error = %e, retry_in = ?db_backoff, "fetching jobs failed");
+                    tokio::select! {
+                        _ = tokio::time::sleep(db_backoff) => {}
+                        _ = shutdown.cancelled() => return,
+                    }
+                    db_backoff = (db_backoff * 2).min(Duration::from_secs(5));
+                    continue;
+                }
+            }
+        }
+        tokio::select! {
+            _ = s.wake.notified() => {}
+            _ = tokio::time::sleep(s.cfg.poll_interval) => {}
+            _ = shutdown.cancelled() => return,
+        }
+    }
+}
+
+/// Kinds whose held claims already fill their per-kind concurrency.
+fn kinds_at_limit(s: &Shared, held: &std::collections::HashMap<i64, Held>) -> Vec<String> {
+    if s.kind_slots.is_empty() {
+        return Vec::new();
+    }
+    let mut counts: std::collections::HashMap<&str, usize> = std::collections::HashMap::new();
+    for h in held.values() {
+        *counts.entry(h.kind.as_str()).or_default() += 1;
+    }
+    counts
+        .into_iter()
+        .filter(|(k, n)| {
+            s.registry
+                .settings(k)
+                .and_then(|st| st.concurrency)
+                .is_some_and(|limit| *n >= limit)
+        })
+        .map(|(k, _)| k.to_owned())
+        .collect()
+}
+
+/// An operator cancelled these jobs (already `cancelled` in the database): stop the handlers
+/// of any this worker holds. Their outcomes will be refused by the fence.
+fn cancel_held(s: &Shared, payload: &str) {
+    let held = s.held.lock().unwrap();
+    for id in payload
+        .split(',')
+        .filter_map(|x| x.trim().parse::<i64>().ok())
+    {
+        if let Some(h) = held.get(&id) {
+            tracing::warn!(
+                job.id = id,
+                "cancelled by an operator: stopping the handler"
+            );
+            h.cancel.cancel();
+        }
+    }
+}
+
+/// Keeps a `LISTEN` connection open: job notifications wake the fetch loop; cancel
+/// notifications stop held handlers (the heartbeat would also notice, one interval later).
+pub(crate) async fn listen(s: Arc<Shared>, stop: CancellationToken) {
+    loop {
+        let listener = async {
+            let mut l = PgListener::connect_with(&s.pool).await?;
+            l.listen_all([queue::JOBS_CHANNEL, queue::CANCEL_CHANNEL])
+                .await?;
+            Ok::<_, sqlx::Error>(l)
+        };
+        let mut l = tokio::select! {
+            r = listener => match r {
+                Ok(l) => l,
+                Err(e) => {
+                    tracing::warn!(error = %e, "LISTEN failed; polling until it is back");
+                    tokio::select! {
+                        _ = tokio::time::sleep(Duration::from_secs(1)) => continue,
+                        _ = stop.cancelled() => return,
+                    }
+                }
+            },
+            _ = stop.cancelled() => return,
+        };
+        // Anything notified while we were not listening is caught by this wake.
+        s.wake.notify_one();
+        loop {
+            tokio::select! {
+                n = l.try_recv() => match n {
+                    Ok(Some(n)) if n.channel() == queue::CANCEL_CHANNEL => cancel_held(&s, n.payload()),
+                    Ok(Some(_)) => s.wake.notify_one(),
+                    Ok(None) => {
+                        // Connection lost; try_recv reconnects on the next call.
+                        s.wake.notify_one();
+                    }
+                    Err(e) => {
+                        tracing::warn!(error = %e, "LISTEN connection failed; reconnecting");
+                        break;
+                    }
+                },
+                _ = stop.cancelled() => return,
+            }
+        }
+    }
+}
+
+/// One claim's life inside the worker: wait for a slot, run, report.
+async fn execute(s: Arc<Shared>, job: ClaimedJob, outcomes: mpsc::UnboundedSender<Outcome>) {
+    let cancel = match s.held.lock().unwrap().get(&job.id) {
+        Some(h) => h.cancel.clone(),
+        None => return,
+    };
+    let kind_slot = s.kind_slots.get(&job.kind).cloned();
+    let permits = async {
+        let k = match kind_slot {
+            Some(sem) => Some(sem.acquire_owned().await.expect("never closed")),
+            None => None,
+        };
+        let g = s.slots.clone().acquire_owned().await.expect("never closed");
+        (k, g)
+    };
+    let permits = tokio::select! {
+        biased;
+        _ = s.stop_starting.cancelled() => None,
+        p = permits => Some(p),
+    };
+    let next = match permits {
+        None => NextState::ReturnUnstarted,
+        Some(_permits) => {
+            let span = tracing::info_span!("job", job.id = job.id, job.kind = %job.kind, attempt = job.attempt);
+            // Continue the trace of whoever enqueued the job (webhook, parent job).
+            crate::telemetry::set_parent(&span, job.trace_context.as_ref());
+            let started = std::time::Instant::now();
+            let next = run_attempt(&s, &job, cancel).instrument(span).await;
+            crate::metrics::metrics()
+                .run_seconds
+                .with_label_values(&[&job.kind])
+                .observe(started.elapsed().as_secs_f64());
+            next
+        }
+    };
+    // The receiver lives until every job task has finished.
+    let _ = outcomes.send(Outcome {
+        id: job.id,
+        claim_seq: job.claim_seq,
+        next,
+    });
+}
+
+/// Runs the handler of one attempt and decides the job's next state.
+async fn run_attempt(s: &Shared, job: &ClaimedJob, cancel: CancellationToken) -> NextState {
+    let fail = |class: ErrorClass, message: String| AttemptError {
+        attempt: job.attempt,
+        class,
+        message,
+        at: None,
+    };
+    let Some(kind) = s.registry.get(&job.kind) else {
+        tracing::error!("unknown job kind: dead at once");
+        return NextState::Dead {
+            error: fail(
+                ErrorClass::UnknownKind,
+                format!(
+                    "no handler for kind {:?} in this worker (known: {}); replay it once a worker knows it",
+                    job.kind,
+                    s.registry.kind_names().join(", ")
+                ),
+            ),
+        };
+    };
+    let settings = &kind.settings;
+    let ctx = JobContext {
+        job_id: job.id,
+        kind: job.kind.clone(),
+        attempt: job.attempt,
+        max_attempts: job.max_attempts,
+        pool: s.pool.clone(),
+        cancel: cancel.clone(),
+        enqueuer: Arc::new(s.queue.clone()),
+        deps: s.deps.clone(),
+    };
+    let fut = match kind.start(job.args.clone(), ctx) {
+        Ok(f) => f,
+        Err(msg) => {
+            tracing::error!(reason = %msg, "bad payload: dead at once");
+            return NextState::Dead {
+                error: fail(ErrorClass::BadArgs, msg),
+            };
+        }
+    };
+    // The handler runs in its own task so a panic is caught and the timeout can abort it.
+    let mut handle = tokio::spawn(AssertUnwindSafe(fut).catch_unwind().in_current_span());
+    // Cancellation is checked first: a cooperative handler returns its own error the moment
+    // its token fires, and that must be recorded as the cancellation (interrupted, timeout),
+    // not as an ordinary failure with backoff.
+    let timed_out = tokio::select! {
+        biased;
+        _ = cancel.cancelled() => false,
+        _ = tokio::time::sleep(settings.timeout) => true,
+        r = &mut handle => return decide(job, settings, r, fail),
+    };
+    cancel.cancel();
+    // Give the handler a moment to return on its own; a success inside the grace counts.
+    let finished = tokio::time::timeout(CANCEL_GRACE, &mut handle).await;
+    handle.abort();
+    if let Ok(Ok(Ok(Ok(())))) = finished {
+        return NextState::Completed {
+            key_window: settings.idempotency_window,
+        };
+    }
+    let (class, message) = if s.hard_stop.is_cancelled() {
+        s.interrupted.fetch_add(1, Ordering::Relaxed);
+        (
+            ErrorClass::Interrupted,
+            "interrupted: worker drain deadline passed".to_owned(),
+        )
+    } else if timed_out {
+        (
+            ErrorClass::Timeout,
+            format!("handler exceeded its timeout of {:?}", settings.timeout),
+        )
+    } else {
+        // The heartbeat found the claim lost (rescued or cancelled by an operator); the fence
+        // refuses whatever we write, so this only documents the attempt in our logs.
+        (
+            ErrorClass::Interrupted,
+            "claim lost while running (rescued or cancelled)".to_owned(),
+        )
+    };
+    tracing::warn!(error.class = ?class, "{message}");
+    retry_or_dead(
+        job,
+        settings,
+        fail(class, message),
+        class == ErrorClass::Interrupted,
+    )
+}
+
+type HandlerResult =
+    Result<Result<Result<(), JobError>, Box<dyn std::any::Any + Send>>, tokio::task::JoinError>;
+
+/// Maps a finished handler to the job's next state.
+fn decide(
+    job: &ClaimedJob,
+    settings: &crate::registry::KindSettings,
+    result: HandlerResult,
+    fail: impl Fn(ErrorClass, String) -> AttemptError,
+) -> NextState {
+    match result {
+        Ok(Ok(Ok(()))) => NextState::Completed {
+            key_window: settings.idempotency_window,
+        },
+        Ok(Ok(Err(e))) => {
+            tracing::warn!(error = %e, "attempt failed");
+            match e {
+                JobError::Retryable(m) => {
+                    retry_or_dead(job, settings, fail(ErrorClass::Retryable, m), false)
+                }
+                JobError::Fatal(m) => NextState::Dead {
+                    error: fail(ErrorClass::Fatal, m),
+                },
+                JobError::Snooze { after, reason } => NextState::Snooze {
+                    delay: after,
+                    error: fail(ErrorClass::Snoozed, reason),
+                },
+                JobError::Cancel(m) => NextState::Cancelled {
+                    error: fail(ErrorClass::Cancelled, m),
+                },
+            }
+        }
+        Ok(Err(panic)) => {
+            let msg = panic
+                .downcast_ref::<&str>()
+                .map(|s| s.to_string())
+                .or_else(|| panic.downcast_ref::<String>().cloned())
+                .unwrap_or_else(|| "non-string panic payload".to_owned());
+            tracing::error!(panic = %msg, "handler panicked");
+            retry_or_dead(
+                job,
+                settings,
+                fail(ErrorClass::Panic, format!("handler panicked: {msg}")),
+                false,
+            )
+        }
+        Err(join) => retry_or_dead(
+            job,
+            settings,
+            fail(ErrorClass::Panic, format!("handler task failed: {join}")),
+            false,
+        ),
+    }
+}
+
+/// A failed attempt: retry after backoff, or dead when the budget is spent.
+fn retry_or_dead(
+    job: &ClaimedJob,
+    settings: &crate::registry::KindSettings,
+    error: AttemptError,
+    immediate: bool,
+) -> NextState {
+    if job.attempt >= job.max_attempts {
+        NextState::Dead { error }
+    } else {
+        let delay = if immediate {
+            Duration::ZERO
+        } else {
+            backoff(job.attempt, settings.backoff_base, settings.backoff_cap)
+        };
+        NextState::Retry { delay, error }
+    }
+}
+
+/// Delay before the retry that follows failed attempt `attempt` (1-based): exponential
+/// `base · 2^(attempt-1)` capped at `cap`, with "equal jitter" — uniform in `[d/2, d]` — so
+/// retries of jobs that failed together spread out while the delay still grows.
+pub fn backoff(attempt: i32, base: Duration, cap: Duration) -> Duration {
+    let exp = attempt.saturating_sub(1).clamp(0, 30) as u32;
+    let d = base.saturating_mul(1u32 << exp).min(cap);
+    let half = d / 2;
+    let jitter_ms = rand::thread_rng().gen_range(0..=half.as_millis().max(1) as u64);
+    (half + Duration::from_millis(jitter_ms)).min(d.max(Duration::from_millis(1)))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn backoff_grows_exponentially_within_jitter_and_cap() {
+        let base = Duration::from_secs(1);
+        let cap = Duration::from_secs(60);
+        for attempt in 1..=10 {
+            let full = (base * 2u32.pow(attempt as u32 - 1)).min(cap);
+            for _ in 0..50 {
+                let d = backoff(attempt, base, cap);
+                assert!(
+                    d >= full / 2 && d <= full,
+                    "attempt {attempt}: {d:?} not in [{:?}, {full:?}]",
+                    full / 2
+                );
+            }
+        }
+    }
+
+    #[test]
+    fn backoff_saturates_for_huge_attempt_numbers() {
+        let d = backoff(i32::MAX, Duration::from_secs(1), Duration::from_secs(3600));
+        assert!(d <= Duration::from_secs(3600));
+    }
+}

@@ -1,0 +1,220 @@
+//! A worker process's runtime: claims jobs, runs their handlers, writes their outcomes, keeps
+//! their leases alive, and drains on request.
+//!
+//! Tasks inside one [`Worker`]:
+//! - the **fetch loop** ([`executor`]) claims ready jobs in batches when woken by `NOTIFY`, a
+//!   freed slot, or the poll, and spawns one task per claimed job;
+//! - each **job task** waits for a slot (the kind's and the worker's), runs the handler under its
+//!   timeout with panics caught, and hands the outcome to the completer;
+//! - the **completer** ([`completer`]) writes outcomes in batches, fenced on the claim;
+//! - the **heartbeat** ([`heartbeat`]) renews the lease of *every* held job — running or still
+//!   waiting for a slot — and cancels handlers whose claim was lost;
+//! - **maintenance** ([`crate::maintenance`]) promotes due jobs and rescues expired leases.
+//!
+//! A job is *held* from its claim until its outcome is written; `held` is the single source of
+//! what this worker owns. Delivery is at least once: an outcome lost to a crash is redone by
+//! the rescuer, and a late outcome from a lost claim is refused by the fence.
+
+pub mod completer;
+pub mod executor;
+pub mod heartbeat;
+
+use std::{
+    collections::HashMap,
+    sync::{
+        atomic::{AtomicU64, Ordering},
+        Arc, Mutex,
+    },
+    time::Duration,
+};
+
+use sqlx::PgPool;
+use tokio::sync::{mpsc, Notify, Semaphore};
+use tokio_util::{sync::CancellationToken, task::TaskTracker};
+
+use crate::{config::WorkerSettings, enqueue::Queue, queue::Outcome, registry::Registry};
+
+/// A claim this worker holds until its outcome is written.
+#[derive(Debug, Clone)]
+pub(crate) struct Held {
+    pub claim_seq: i32,
+    pub kind: String,
+    /// Cancelled when the handler must stop (lost lease, timeout, drain deadline).
+    pub cancel: CancellationToken,
+}
+
+/// Counters of what a worker did.
+#[derive(Debug, Default)]
+pub struct WorkerCounters {
+    /// Jobs claimed.
+    pub claimed: AtomicU64,
+    /// Outcomes written as completed.
+    pub completed: AtomicU64,
+    /// Outcomes written as retryable (retry or snooze).
+    pub retried: AtomicU64,
+    /// Outcomes written as dead.
+    pub dead: AtomicU64,
+    /// Outcomes written as cancelled.
+    pub cancelled: AtomicU64,
+    /// Claims given back unstarted on drain.
+    pub returned: AtomicU64,
+    /// Outcomes refused because the claim was lost.
+    pub lost: AtomicU64,
+}
+
+/// What [`Worker::run`] did by the time it returned.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct DrainReport {
+    /// Jobs completed over the worker's life.
+    pub completed: u64,
+    /// Claims given back unstarted during the drain.
+    pub returned_unstarted: u64,
+    /// Handlers cancelled by the drain deadline.
+    pub interrupted: u64,
+    /// Outcomes that could not be written before the worker gave up (their jobs will be
+    /// rescued once their leases expire).
+    pub unwritten: u64,
+}
+
+pub(crate) struct Shared {
+    pub pool: PgPool,
+    pub registry: Arc<Registry>,
+    pub queue: Queue,
+    pub cfg: WorkerSettings,
+    pub worker_id: String,
+    pub held: Mutex<HashMap<i64, Held>>,
+    /// Wakes the fetch loop: a notification, a freed slot, a resume.
+    pub wake: Notify,
+    pub slots: Arc<Semaphore>,
+    pub kind_slots: HashMap<String, Arc<Semaphore>>,
+    /// Drain begun: claims that have not started go back.
+    pub stop_starting: CancellationToken,
+    /// Drain deadline passed: running handlers are cancelled.
+    pub hard_stop: CancellationToken,
+    pub counters: Arc<WorkerCounters>,
+    pub interrupted: AtomicU64,
+    pub deps: Arc<jobs::Deps>,
+}
+
+/// A worker: build it, then [`Worker::run`] it until its shutdown token is cancelled.
+pub struct Worker {
+    shared: Arc<Shared>,
+}
+
+impl Worker {
+    /// A worker over `pool` running `registry`'s kinds with `cfg`.
+    pub fn new(pool: PgPool, registry: Arc<Registry>, cfg: WorkerSettings) -> Self {
+        let kind_slots = registry
+            .kind_names()
+            .into_iter()
+            .filter_map(|k| {
+                let c = registry.settings(&k)?.concurrency?;
+                Some((k, Arc::new(Semaphore::new(c))))
+            })
+            .collect();
+        let worker_id = format!(
+            "{}:{}:{}",
+            hostname(),
+            std::process::id(),
+            &uuid::Uuid::new_v4().simple().to_string()[..8]
+        );
+        let queue = Queue::new(pool.clone(), registry.clone());
+        Self {
+            shared: Arc::new(Shared {
+                slots: Arc::new(Semaphore::new(cfg.concurrency)),
+                pool,
+                registry,
+                queue,
+                cfg,
+                worker_id,
+                held: Mutex::new(HashMap::new()),
+                wake: Notify::new(),
+                kind_slots,
+                stop_starting: CancellationToken::new(),
+                hard_stop: CancellationToken::new(),
+                counters: Arc::new(WorkerCounters::default()),
+                interrupted: AtomicU64::new(0),
+                deps: Arc::new(jobs::Deps::default()),
+            }),
+        }
+    }
+
+    /// Gives handlers `deps` (keyring, provider clients). Call before [`Worker::run`].
+    pub fn with_deps(mut self, deps: jobs::Deps) -> Self {
+        Arc::get_mut(&mut self.shared)
+            .expect("with_deps is called before run")
+            .deps = Arc::new(deps);
+        self
+    }
+
+    /// This worker's id, as written to `lease_owner`.
+    pub fn id(&self) -> &str {
+        &self.shared.worker_id
+    }
+
+    /// Live counters (shared; readable while the worker runs).
+    pub fn counters(&self) -> Arc<WorkerCounters> {
+        self.shared.counters.clone()
+    }
+
+    /// Runs until `shutdown` is cancelled, then drains: stops claiming, gives back claims that
+    /// have not started (attempt not charged), lets running handlers finish until
+    /// `drain_timeout`, then cancels them (recorded as `interrupted`, retried at once), writes
+    /// every outcome and returns.
+    pub async fn run(self, shutdown: CancellationToken) -> DrainReport {
+        let s = self.shared;
+        tracing::info!(worker.id = %s.worker_id, concurrency = s.cfg.concurrency,
+            prefetch = s.cfg.prefetch, kinds = ?s.registry.kind_names(), "worker started");
+        let (tx, rx) = mpsc::unbounded_channel::<Outcome>();
+        let background = CancellationToken::new();
+        let completer = tokio::spawn(completer::run(s.clone(), rx));
+        let heartbeat = tokio::spawn(heartbeat::run(s.clone(), background.clone()));
+        let listener = tokio::spawn(executor::listen(s.clone(), background.clone()));
+        let maintenance = tokio::spawn(crate::maintenance::run(
+            s.pool.clone(),
+            crate::maintenance::MaintenanceSettings::from(&s.cfg),
+            background.clone(),
+        ));
+        let tasks = TaskTracker::new();
+
+        executor::fetch_loop(s.clone(), tx.clone(), &tasks, shutdown).await;
+
+        // Drain.
+        tracing::info!(worker.id = %s.worker_id, held = s.held.lock().unwrap().len(), "draining");
+        s.stop_starting.cancel();
+        tasks.close();
+        if tokio::time::timeout(s.cfg.drain_timeout, tasks.wait())
+            .await
+            .is_err()
+        {
+            tracing::warn!(worker.id = %s.worker_id, "drain deadline passed: cancelling running handlers");
+            s.hard_stop.cancel();
+            // Handlers get a grace period to observe cancellation, then are aborted.
+            let _ = tokio::time::timeout(executor::CANCEL_GRACE * 2, tasks.wait()).await;
+        }
+        drop(tx);
+        // The completer returns once every outcome is written; if the database stays down
+        // past this wait, what it still holds is unwritten (rescued after the leases expire).
+        let _ = tokio::time::timeout(Duration::from_secs(30), completer).await;
+        let unwritten = s.held.lock().unwrap().len() as u64;
+        background.cancel();
+        let _ = tokio::join!(heartbeat, listener, maintenance);
+        let c = &s.counters;
+        let report = DrainReport {
+            completed: c.completed.load(Ordering::Relaxed),
+            returned_unstarted: c.returned.load(Ordering::Relaxed),
+            interrupted: s.interrupted.load(Ordering::Relaxed),
+            unwritten,
+        };
+        tracing::info!(worker.id = %s.worker_id, ?report, "worker stopped");
+        report
+    }
+}
+
+fn hostname() -> String {
+    std::fs::read_to_string("/proc/sys/kernel/hostname")
+        .map(|s| s.trim().to_owned())
+        .ok()
+        .filter(|s| !s.is_empty())
+        .unwrap_or_else(|| "localhost".to_owned())
+}

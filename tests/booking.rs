@@ -1,0 +1,834 @@
+//! The booking saga (`booking_attempt`) and its compensation (`refund_compensation`) end to
+//! end: real Postgres, the provider sandbox in process, the real provider clients, an
+//! in-process worker — and, for the crash case, a `fleet worker` process killed with SIGKILL.
+
+mod common;
+
+use std::{
+    collections::BTreeMap,
+    process::{Child, Command, Stdio},
+    sync::Arc,
+    time::{Duration, Instant},
+};
+
+use chrono::NaiveDate;
+use common::*;
+use fleet::{
+    queue::{JobRecord, JobState},
+    sandbox::{RunningSandbox, Sandbox, SandboxConfig, Scenario},
+    seed::{seed_campaign, CampaignSeed, Seeded},
+    testkit::{sandbox_deps, ScratchDb, TEST_PII_KEYS},
+    Queue, Registry, Worker,
+};
+use jobs::{
+    kinds::{
+        booking_attempt::{cancel_booking_and_request_refund, BookingAttempt},
+        refund_compensation::RefundCompensation,
+    },
+    pii::Keyring,
+    providers::{CabinClass, FlightsApi, Offer, OfferSearch, PassengerSpec, SliceSpec},
+    Job, KindDefaults,
+};
+use serde_json::Value;
+use tokio_util::sync::CancellationToken;
+use uuid::Uuid;
+
+const SECS: fn(u64) -> Duration = Duration::from_secs;
+const MS: fn(u64) -> Duration = Duration::from_millis;
+
+/// Attempts the in-process registry gives the saga (the server-error case uses them all).
+const TEST_ATTEMPTS: i32 = 4;
+
+fn registry() -> Arc<Registry> {
+    let quick = |d: KindDefaults| KindDefaults {
+        max_attempts: TEST_ATTEMPTS,
+        backoff_base: MS(100),
+        backoff_cap: MS(400),
+        timeout: SECS(30),
+        ..d
+    };
+    let mut r = Registry::default();
+    r.register_with::<BookingAttempt>(quick(BookingAttempt::defaults()))
+        .register_with::<RefundCompensation>(quick(RefundCompensation::defaults()));
+    Arc::new(r)
+}
+
+struct Harness {
+    db: ScratchDb,
+    sandbox: RunningSandbox,
+    queue: Queue,
+    deps: jobs::Deps,
+    keyring: Keyring,
+}
+
+impl Harness {
+    async fn new(cfg: SandboxConfig) -> Self {
+        let db = db().await;
+        let sandbox = Sandbox::start(cfg, "127.0.0.1:0".parse().unwrap())
+            .await
+            .expect("sandbox starts");
+        let deps = sandbox_deps(&sandbox.base_url).expect("sandbox deps");
+        Self {
+            queue: Queue::new(db.pool.clone(), registry()),
+            keyring: Keyring::parse(TEST_PII_KEYS).unwrap(),
+            db,
+            sandbox,
+            deps,
+        }
+    }
+
+    fn pool(&self) -> &sqlx::PgPool {
+        &self.db.pool
+    }
+
+    fn flights(&self) -> &dyn FlightsApi {
+        self.deps.flights.as_deref().unwrap()
+    }
+
+    fn start_worker(&self) -> RunningWorker {
+        let settings = fleet::config::WorkerSettings {
+            concurrency: 16,
+            ..fast_settings()
+        };
+        let w =
+            Worker::new(self.db.pool.clone(), registry(), settings).with_deps(self.deps.clone());
+        let id = w.id().to_owned();
+        let shutdown = CancellationToken::new();
+        let handle = tokio::spawn(w.run(shutdown.clone()));
+        RunningWorker {
+            handle,
+            shutdown,
+            id,
+        }
+    }
+
+    /// A campaign on `origin-destination` charging `card` (a sandbox card, made unique), with
+    /// a bookable traveler (the seed's gender `X` is not bookable at Duffel).
+    async fn campaign(&self, n: usize, origin: &str, destination: &str, card: &str) -> Seeded {
+        let mut s = CampaignSeed::new(n);
+        s.origin = origin.into();
+        s.destination = destination.into();
+        s.payment_method = format!("{card}__{n}");
+        s.max_price = "5000.00".into();
+        let seeded = seed_campaign(self.pool(), &self.keyring, &s)
+            .await
+            .expect("seed");
+        sqlx::query("UPDATE traveler_profiles SET gender = 'F' WHERE id = $1")
+            .bind(seeded.profile_id)
+            .execute(self.pool())
+            .await
+            .unwrap();
+        seeded
+    }
+
+    /// The cheapest offer for the campaign's route on the first day of its window.
+    async fn offer_for(&self, campaign_id: Uuid) -> Offer {
+        let (origin, destination, date): (String, String, NaiveDate) = sqlx::query_as(
+            "SELECT origin::text, destination::text, departure_date_start FROM campaigns
+             WHERE id = $1",
+        )
+        .bind(campaign_id)
+        .fetch_one(self.pool())
+        .await
+        .unwrap();
+        let search = OfferSearch {
+            slices: vec![SliceSpec {
+                origin,
+                destination,
+                departure_date: date,
+            }],
+            passengers: vec![PassengerSpec::Adult],
+            cabin_class: CabinClass::Economy,
+        };
+        let request = self.flights().create_offer_request(&search).await.unwrap();
+        let offers = self.flights().list_offers(&request).await.unwrap();
+        offers
+            .into_iter()
+            .min_by_key(|o| o.total_amount_minor)
+            .expect("the sandbox always offers something")
+    }
+
+    async fn set_max_price(&self, campaign_id: Uuid, minor: i64) {
+        sqlx::query("UPDATE campaigns SET max_price = $2::numeric / 100 WHERE id = $1")
+            .bind(campaign_id)
+            .bind(minor)
+            .execute(self.pool())
+            .await
+            .unwrap();
+    }
+
+    async fn enqueue_attempt(&self, campaign_id: Uuid, offer_id: &str, key: &str) -> i64 {
+        self.queue
+            .enqueue(
+                &BookingAttempt {
+                    campaign_id,
+                    offer_id: offer_id.to_owned(),
+                },
+                Some(key),
+            )
+            .await
+            .unwrap()
+            .id
+    }
+
+    async fn bookings(&self, campaign_id: Uuid) -> Vec<BookingView> {
+        sqlx::query_as(
+            "SELECT id, status, failure_code, stripe_payment_intent_id, duffel_order_id, pnr,
+                    total_amount::text AS total_amount, captured_at IS NOT NULL AS captured,
+                    canceled_at IS NOT NULL AS canceled
+             FROM bookings WHERE campaign_id = $1 ORDER BY created_at",
+        )
+        .bind(campaign_id)
+        .fetch_all(self.pool())
+        .await
+        .unwrap()
+    }
+
+    async fn campaign_state(&self, campaign_id: Uuid) -> (String, bool) {
+        sqlx::query_as(
+            "SELECT status, coalesce(next_search_at > now() + interval '50 minutes', false)
+             FROM campaigns WHERE id = $1",
+        )
+        .bind(campaign_id)
+        .fetch_one(self.pool())
+        .await
+        .unwrap()
+    }
+
+    async fn assert_invariants(&self) {
+        let violations = fleet::check::run(self.pool()).await.unwrap();
+        assert!(
+            violations.is_empty(),
+            "invariants violated: {violations:#?}"
+        );
+    }
+
+    /// Every booking, campaign, refund and notification row, for before/after comparisons.
+    async fn snapshot(&self) -> Value {
+        sqlx::query_scalar(
+            "SELECT jsonb_build_object(
+                'bookings', (SELECT coalesce(jsonb_agg(to_jsonb(b) ORDER BY b.id), '[]') FROM bookings b),
+                'campaigns', (SELECT coalesce(jsonb_agg(to_jsonb(c) ORDER BY c.id), '[]') FROM campaigns c),
+                'refunds', (SELECT coalesce(jsonb_agg(to_jsonb(r) ORDER BY r.id), '[]') FROM refunds r),
+                'notifications', (SELECT coalesce(jsonb_agg(to_jsonb(n) ORDER BY n.id), '[]') FROM notifications n))",
+        )
+        .fetch_one(self.pool())
+        .await
+        .unwrap()
+    }
+}
+
+#[derive(Debug, Clone, sqlx::FromRow)]
+struct BookingView {
+    id: Uuid,
+    status: String,
+    failure_code: Option<String>,
+    stripe_payment_intent_id: Option<String>,
+    duffel_order_id: Option<String>,
+    pnr: Option<String>,
+    total_amount: String,
+    captured: bool,
+    canceled: bool,
+}
+
+fn finished(j: &JobRecord) -> bool {
+    matches!(
+        j.state,
+        JobState::Completed | JobState::Cancelled | JobState::Dead
+    )
+}
+
+async fn wait_finished(pool: &sqlx::PgPool, id: i64, within: Duration) -> JobRecord {
+    wait_for(pool, id, within, "a final state", finished).await
+}
+
+fn count(map: &BTreeMap<String, u64>, key: &str) -> u64 {
+    map.get(key).copied().unwrap_or(0)
+}
+
+/// What one scenario must end in.
+struct Case {
+    name: &'static str,
+    route: (&'static str, &'static str),
+    card: &'static str,
+    /// Campaign max_price = the searched offer's price (else generous).
+    max_at_search_price: bool,
+    booking: &'static str,
+    failure: Option<&'static str>,
+    campaign: &'static str,
+    /// next_search_at pushed about an hour ahead.
+    rescheduled: bool,
+    payment_intents: u64,
+    orders: u64,
+    email: Option<&'static str>,
+}
+
+const VISA: &str = "pm_card_visa";
+
+fn cases() -> Vec<Case> {
+    let ticketed = |name, route| Case {
+        name,
+        route,
+        card: VISA,
+        max_at_search_price: false,
+        booking: "ticketed",
+        failure: None,
+        campaign: "booked",
+        rescheduled: false,
+        payment_intents: 1,
+        orders: 1,
+        email: Some("booking-confirmed"),
+    };
+    let failed = |name, route, code, payment_intents| Case {
+        name,
+        route,
+        card: VISA,
+        max_at_search_price: false,
+        booking: "failed",
+        failure: Some(code),
+        campaign: "active",
+        rescheduled: true,
+        payment_intents,
+        orders: 0,
+        email: None,
+    };
+    let declined = |name, card, code| Case {
+        name,
+        route: ("LHR", "JFK"),
+        card,
+        max_at_search_price: false,
+        booking: "failed",
+        failure: Some(code),
+        campaign: "action_required",
+        rescheduled: false,
+        payment_intents: 1,
+        orders: 0,
+        email: Some("action-required"),
+    };
+    vec![
+        ticketed("normal", ("LHR", "JFK")),
+        Case {
+            max_at_search_price: true,
+            ..failed(
+                "price_rises above max",
+                ("LHR", "CDG"),
+                "price_above_max",
+                0,
+            )
+        },
+        ticketed("price_rises within max", ("LHR", "CDG")),
+        failed("offer_gone", ("LHR", "AMS"), "offer_no_longer_available", 0),
+        failed(
+            "insufficient_balance",
+            ("LHR", "DUB"),
+            "insufficient_balance",
+            1,
+        ),
+        failed("price_changed", ("LHR", "MAD"), "price_changed", 1),
+        ticketed("rate_limited", ("LHR", "FRA")),
+        failed("server_error", ("LHR", "BCN"), "order_not_created", 1),
+        ticketed("slow", ("LHR", "LIS")),
+        ticketed("order_created_then_500", ("LHR", "ZRH")),
+        declined("declined card", "pm_card_chargeDeclined", "card_declined"),
+        declined(
+            "authentication_required card",
+            "pm_card_authenticationRequired",
+            "authentication_required",
+        ),
+    ]
+}
+
+#[tokio::test]
+async fn every_sandbox_scenario_ends_in_the_right_state_with_one_payment_intent_per_booking() {
+    let h = Harness::new(SandboxConfig {
+        slow_ms: 500,
+        rate_limit_burst: 1,
+        ..Default::default()
+    })
+    .await;
+    // Search the rate-limited route while it behaves, so the 429 falls on the saga.
+    h.sandbox.sandbox.set_scenario("LHR-FRA", Scenario::Normal);
+
+    let cases = cases();
+    let mut runs = Vec::new();
+    for (n, case) in cases.iter().enumerate() {
+        let seeded = h.campaign(n, case.route.0, case.route.1, case.card).await;
+        let offer = h.offer_for(seeded.campaign_id).await;
+        if case.max_at_search_price {
+            h.set_max_price(seeded.campaign_id, offer.total_amount_minor)
+                .await;
+        }
+        runs.push((seeded, offer));
+    }
+    h.sandbox
+        .sandbox
+        .set_scenario("LHR-FRA", Scenario::RateLimited);
+
+    let w = h.start_worker();
+    let mut jobs = Vec::new();
+    for (seeded, offer) in &runs {
+        let key = format!("booking_attempt:{}", seeded.campaign_id);
+        jobs.push(h.enqueue_attempt(seeded.campaign_id, &offer.id, &key).await);
+    }
+    for id in &jobs {
+        wait_finished(h.pool(), *id, SECS(30)).await;
+    }
+    w.stop().await;
+
+    let counters = h.sandbox.sandbox.counters();
+    for ((case, (seeded, offer)), job_id) in cases.iter().zip(&runs).zip(&jobs) {
+        let name = case.name;
+        let job = common::job(h.pool(), *job_id).await;
+        assert_eq!(job.state, JobState::Completed, "{name}: {job:#?}");
+        let bookings = h.bookings(seeded.campaign_id).await;
+        assert_eq!(bookings.len(), 1, "{name}: one booking: {bookings:#?}");
+        let b = &bookings[0];
+        assert_eq!(b.status, case.booking, "{name}: {b:#?}");
+        assert_eq!(b.failure_code.as_deref(), case.failure, "{name}: {b:#?}");
+        let (campaign, rescheduled) = h.campaign_state(seeded.campaign_id).await;
+        assert_eq!(campaign, case.campaign, "{name}");
+        assert_eq!(rescheduled, case.rescheduled, "{name}: next search pushed");
+
+        let booking_id = b.id.to_string();
+        assert_eq!(
+            count(&counters.payment_intents_by_booking, &booking_id),
+            case.payment_intents,
+            "{name}: PaymentIntents for the booking"
+        );
+        assert_eq!(
+            count(&counters.orders_by_booking, &booking_id),
+            case.orders,
+            "{name}: orders for the booking"
+        );
+        if case.payment_intents == 1 {
+            let pi = b.stripe_payment_intent_id.as_deref().expect("pi recorded");
+            let declined = matches!(
+                case.failure,
+                Some("card_declined" | "authentication_required")
+            );
+            if case.booking == "ticketed" {
+                assert!(b.captured && !b.canceled, "{name}: {b:#?}");
+                assert_eq!(count(&counters.captures_by_payment_intent, pi), 1, "{name}");
+                assert!(b.duffel_order_id.is_some() && b.pnr.is_some(), "{name}");
+            } else if !declined {
+                // A hold existed and was voided.
+                assert!(b.canceled && !b.captured, "{name}: {b:#?}");
+                assert_eq!(count(&counters.cancels_by_payment_intent, pi), 1, "{name}");
+            }
+        }
+        match case.email {
+            Some(kind) => {
+                let key = format!("{kind}/{}", b.id);
+                assert_eq!(
+                    count(&counters.emails_by_idempotency_key, &key),
+                    1,
+                    "{name}: one {kind} email"
+                );
+                let sent: bool = sqlx::query_scalar(
+                    "SELECT sent_at IS NOT NULL FROM notifications WHERE dedupe_key = $1",
+                )
+                .bind(&key)
+                .fetch_one(h.pool())
+                .await
+                .unwrap();
+                assert!(sent, "{name}: outbox row marked sent");
+            }
+            None => assert!(
+                !counters
+                    .emails_by_idempotency_key
+                    .keys()
+                    .any(|k| k.ends_with(&booking_id)),
+                "{name}: no email"
+            ),
+        }
+        if name == "price_rises within max" {
+            // The saga charged the re-read (raised) price, not the search price.
+            let charged = jobs::providers::money::decimal_to_minor(&b.total_amount, "USD").unwrap();
+            assert!(charged > offer.total_amount_minor, "{name}: {b:#?}");
+        }
+        if name == "rate_limited" {
+            assert!(counters.rate_limited_responses >= 1, "the saga met a 429");
+            assert!(
+                job.errors
+                    .iter()
+                    .any(|e| e.message.contains("rate_limited")),
+                "{name}: snoozed on the 429: {job:#?}"
+            );
+        }
+    }
+    assert_eq!(
+        counters.payment_intents_by_booking.values().max().copied(),
+        Some(1),
+        "never two PaymentIntents for one booking"
+    );
+    assert!(counters.orders_by_booking.values().all(|n| *n == 1));
+    // The server-error booking was tried once per attempt, reconciling in between.
+    assert!(counters.order_attempts >= TEST_ATTEMPTS as u64);
+    h.assert_invariants().await;
+    h.sandbox.shutdown().await.unwrap();
+}
+
+#[tokio::test]
+async fn order_created_then_500_is_reconciled_and_books_exactly_once() {
+    let h = Harness::new(SandboxConfig {
+        slow_ms: 500,
+        ..Default::default()
+    })
+    .await;
+    let seeded = h.campaign(1, "LHR", "ZRH", VISA).await;
+    let offer = h.offer_for(seeded.campaign_id).await;
+    let w = h.start_worker();
+    let key = format!("booking_attempt:{}", seeded.campaign_id);
+    let id = h.enqueue_attempt(seeded.campaign_id, &offer.id, &key).await;
+    let job = wait_finished(h.pool(), id, SECS(20)).await;
+    w.stop().await;
+    assert_eq!(job.state, JobState::Completed, "{job:#?}");
+
+    let b = &h.bookings(seeded.campaign_id).await[0];
+    assert_eq!(b.status, "ticketed");
+    let c = h.sandbox.sandbox.counters();
+    assert_eq!(
+        c.order_attempts, 1,
+        "the 500 was reconciled, never re-POSTed"
+    );
+    assert_eq!(c.orders_created, 1);
+    assert_eq!(count(&c.orders_by_booking, &b.id.to_string()), 1);
+    assert_eq!(count(&c.payment_intents_by_booking, &b.id.to_string()), 1);
+    assert_eq!(c.captures, 1);
+    let reconciled: bool = sqlx::query_scalar(
+        "SELECT (metadata->>'reconciled')::boolean FROM audit_log
+         WHERE action = 'booking.ordered' AND resource_id = $1",
+    )
+    .bind(b.id.to_string())
+    .fetch_one(h.pool())
+    .await
+    .unwrap();
+    assert!(reconciled, "the order was found by reconciliation");
+    assert_eq!(
+        b.duffel_order_id.as_deref(),
+        Some(offer_order_id(&h, &offer.id).await.as_str())
+    );
+    h.assert_invariants().await;
+    h.sandbox.shutdown().await.unwrap();
+}
+
+/// The id of the one order the sandbox holds for `offer_id`.
+async fn offer_order_id(h: &Harness, offer_id: &str) -> String {
+    let found = h
+        .flights()
+        .find_orders(&jobs::providers::OrderLookup {
+            booking_id: None,
+            offer_id: Some(offer_id.to_owned()),
+        })
+        .await
+        .unwrap();
+    assert_eq!(found.len(), 1, "one order for the offer");
+    found[0].id.clone()
+}
+
+#[tokio::test]
+async fn rerunning_a_finished_booking_attempt_changes_nothing_and_charges_nothing() {
+    let h = Harness::new(SandboxConfig {
+        slow_ms: 500,
+        ..Default::default()
+    })
+    .await;
+    // Ticketed, failed after a hold (voided), and declined.
+    let setups = [
+        (("LHR", "JFK"), VISA),
+        (("LHR", "DUB"), VISA),
+        (("LHR", "JFK"), "pm_card_chargeDeclined"),
+    ];
+    let mut runs = Vec::new();
+    for (n, ((o, d), card)) in setups.iter().enumerate() {
+        let seeded = h.campaign(n, o, d, card).await;
+        let offer = h.offer_for(seeded.campaign_id).await;
+        runs.push((seeded, offer));
+    }
+    let w = h.start_worker();
+    for (seeded, offer) in &runs {
+        let key = format!("booking_attempt:{}", seeded.campaign_id);
+        let id = h.enqueue_attempt(seeded.campaign_id, &offer.id, &key).await;
+        let j = wait_finished(h.pool(), id, SECS(20)).await;
+        assert_eq!(j.state, JobState::Completed, "{j:#?}");
+    }
+    let before = h.snapshot().await;
+    let counters_before = h.sandbox.sandbox.counters();
+    let statuses: Vec<String> = before["bookings"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|b| b["status"].as_str().unwrap().to_owned())
+        .collect();
+    assert_eq!(statuses.len(), 3);
+
+    // The same jobs again under other keys, and the ticketed campaign with another offer.
+    let mut again = Vec::new();
+    for (seeded, offer) in &runs {
+        let key = format!("rerun:{}", seeded.campaign_id);
+        again.push(h.enqueue_attempt(seeded.campaign_id, &offer.id, &key).await);
+    }
+    let ticketed_campaign = runs[0].0.campaign_id;
+    again.push(
+        h.enqueue_attempt(
+            ticketed_campaign,
+            "off_another0000000000000",
+            "rerun:other-offer",
+        )
+        .await,
+    );
+    for id in again {
+        let j = wait_finished(h.pool(), id, SECS(20)).await;
+        assert!(
+            matches!(j.state, JobState::Completed | JobState::Cancelled),
+            "{j:#?}"
+        );
+    }
+    w.stop().await;
+
+    assert_eq!(h.snapshot().await, before, "no row changed");
+    let c = h.sandbox.sandbox.counters();
+    assert_eq!(
+        c.payment_intents_created,
+        counters_before.payment_intents_created
+    );
+    assert_eq!(c.orders_created, counters_before.orders_created);
+    assert_eq!(c.order_attempts, counters_before.order_attempts);
+    assert_eq!(c.captures, counters_before.captures);
+    assert_eq!(c.cancels, counters_before.cancels);
+    assert_eq!(c.emails_sent, counters_before.emails_sent);
+    h.assert_invariants().await;
+    h.sandbox.shutdown().await.unwrap();
+}
+
+#[tokio::test]
+async fn refund_compensation_run_twice_refunds_once_and_cancels_the_order_once() {
+    let h = Harness::new(SandboxConfig {
+        slow_ms: 500,
+        ..Default::default()
+    })
+    .await;
+    let seeded = h.campaign(1, "LHR", "JFK", VISA).await;
+    let offer = h.offer_for(seeded.campaign_id).await;
+    let w = h.start_worker();
+    let key = format!("booking_attempt:{}", seeded.campaign_id);
+    let id = h.enqueue_attempt(seeded.campaign_id, &offer.id, &key).await;
+    wait_finished(h.pool(), id, SECS(20)).await;
+    let b = h.bookings(seeded.campaign_id).await.remove(0);
+    assert_eq!(b.status, "ticketed");
+    let pi = b.stripe_payment_intent_id.clone().unwrap();
+
+    // The order is cancelled after capture: state change and refund job in one transaction.
+    let mut tx = h.pool().begin().await.unwrap();
+    assert!(
+        cancel_booking_and_request_refund(&mut tx, &h.queue, b.id, "order_cancelled")
+            .await
+            .unwrap()
+    );
+    tx.commit().await.unwrap();
+    // A second compensation for the same booking under another key (operator, webhook).
+    let second = h
+        .queue
+        .enqueue(
+            &RefundCompensation {
+                booking_id: b.id,
+                reason: "operator".into(),
+            },
+            Some("operator-refund"),
+        )
+        .await
+        .unwrap()
+        .id;
+    let first: i64 = sqlx::query_scalar(
+        "SELECT id FROM fleet_jobs WHERE kind = 'refund_compensation' AND idempotency_key = $1",
+    )
+    .bind(format!("booking:{}:refund", b.id))
+    .fetch_one(h.pool())
+    .await
+    .unwrap();
+    for id in [first, second] {
+        let j = wait_finished(h.pool(), id, SECS(20)).await;
+        assert_eq!(j.state, JobState::Completed, "{j:#?}");
+    }
+    // And once more after both finished.
+    let third = h
+        .queue
+        .enqueue(
+            &RefundCompensation {
+                booking_id: b.id,
+                reason: "order_cancelled".into(),
+            },
+            Some(&format!("booking:{}:refund", b.id)),
+        )
+        .await
+        .unwrap();
+    assert!(!third.duplicate, "the key is free once the job is done");
+    let j = wait_finished(h.pool(), third.id, SECS(20)).await;
+    assert_eq!(j.state, JobState::Completed, "{j:#?}");
+    w.stop().await;
+
+    let c = h.sandbox.sandbox.counters();
+    assert_eq!(count(&c.refunds_by_payment_intent, &pi), 1, "refunded once");
+    assert_eq!(c.refunds, 1);
+    assert_eq!(c.order_cancellations_confirmed, 1, "order cancelled once");
+    assert_eq!(
+        count(&c.emails_by_idempotency_key, &format!("refund/{}", b.id)),
+        1,
+        "one refund email"
+    );
+    let b2 = h.bookings(seeded.campaign_id).await.remove(0);
+    assert_eq!(b2.status, "refunded");
+    let refunds: Vec<(Option<String>, String, String, String)> = sqlx::query_as(
+        "SELECT stripe_refund_id, status, amount::text, reason FROM refunds WHERE booking_id = $1",
+    )
+    .bind(b.id)
+    .fetch_all(h.pool())
+    .await
+    .unwrap();
+    assert_eq!(refunds.len(), 1, "{refunds:?}");
+    assert!(refunds[0].0.as_deref().unwrap().starts_with("re_"));
+    assert_eq!(refunds[0].1, "succeeded");
+    assert_eq!(refunds[0].2, b.total_amount, "the whole charge");
+    h.assert_invariants().await;
+    h.sandbox.shutdown().await.unwrap();
+}
+
+// ─── a real worker process, killed between the charge and the order ──────────────────────
+
+const BIN: &str = env!("CARGO_BIN_EXE_fleet");
+
+/// A `fleet worker` child process, killed when dropped (also when an assertion fails).
+struct WorkerProcess(Option<Child>);
+
+impl WorkerProcess {
+    fn spawn(db_url: &str, sandbox_url: &str) -> Self {
+        let child = Command::new(BIN)
+            .arg("worker")
+            .env("DATABASE_URL", db_url)
+            .env("RUST_LOG", "warn")
+            .env("FLEET_PII_KEYS", TEST_PII_KEYS)
+            .env("FLEET_PROVIDERS__STRIPE__BASE_URL", sandbox_url)
+            .env("FLEET_PROVIDERS__STRIPE__SECRET_KEY", "sk_test_fleet")
+            .env("FLEET_PROVIDERS__DUFFEL__BASE_URL", sandbox_url)
+            .env("FLEET_PROVIDERS__DUFFEL__ACCESS_TOKEN", "duffel_test_fleet")
+            .env("FLEET_PROVIDERS__EMAIL__BASE_URL", sandbox_url)
+            .env("FLEET_PROVIDERS__EMAIL__API_KEY", "re_test_fleet")
+            .env("FLEET_WORKER__LEASE", "2s")
+            .env("FLEET_WORKER__HEARTBEAT_INTERVAL", "500ms")
+            .env("FLEET_WORKER__RESCUE_INTERVAL", "500ms")
+            .env("FLEET_WORKER__POLL_INTERVAL", "100ms")
+            .stdout(Stdio::null())
+            .stderr(Stdio::inherit())
+            .spawn()
+            .expect("spawn fleet worker");
+        Self(Some(child))
+    }
+
+    /// Sends `sig` and waits (up to 15 s, then SIGKILL) for the process to exit.
+    fn stop(mut self, sig: libc::c_int) {
+        let Some(mut child) = self.0.take() else {
+            return;
+        };
+        unsafe { libc::kill(child.id() as libc::pid_t, sig) };
+        let deadline = Instant::now() + SECS(15);
+        while child.try_wait().unwrap().is_none() {
+            if Instant::now() > deadline {
+                let _ = child.kill();
+                break;
+            }
+            std::thread::sleep(MS(20));
+        }
+        let _ = child.wait();
+    }
+}
+
+impl Drop for WorkerProcess {
+    fn drop(&mut self) {
+        if let Some(mut child) = self.0.take() {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+}
+
+/// Panics with the fix if the `fleet worker` binary does not run the saga's kinds.
+fn assert_not_unknown_kind(j: &JobRecord) {
+    assert!(
+        !(j.state == JobState::Dead && j.errors.iter().any(|e| e.message.contains("kind"))),
+        "the fleet worker binary does not run booking_attempt: add \
+         `r.register::<jobs::kinds::booking_attempt::BookingAttempt>();` to \
+         fleet::fleet_registry. {j:#?}"
+    );
+}
+
+#[tokio::test]
+async fn worker_process_killed_during_the_order_call_is_reconciled_and_books_once() {
+    // The order response is held back 3 s: long enough to kill the worker while it waits.
+    let h = Harness::new(SandboxConfig {
+        slow_ms: 3_000,
+        ..Default::default()
+    })
+    .await;
+    let seeded = h.campaign(1, "LHR", "LIS", VISA).await;
+    let offer = h.offer_for(seeded.campaign_id).await;
+    let key = format!("booking_attempt:{}", seeded.campaign_id);
+    let id = h.enqueue_attempt(seeded.campaign_id, &offer.id, &key).await;
+
+    let a = WorkerProcess::spawn(&h.db.url, &h.sandbox.base_url);
+    // Charged, order POST received by Duffel and not yet answered: kill.
+    let deadline = Instant::now() + SECS(20);
+    loop {
+        if h.sandbox.sandbox.counters().order_attempts >= 1 {
+            break;
+        }
+        let j = common::job(h.pool(), id).await;
+        assert_not_unknown_kind(&j);
+        assert!(
+            Instant::now() < deadline,
+            "worker never reached the order: {j:#?}"
+        );
+        tokio::time::sleep(MS(10)).await;
+    }
+    a.stop(libc::SIGKILL);
+    let b = h.bookings(seeded.campaign_id).await.remove(0);
+    assert_eq!(
+        b.status, "authorized",
+        "killed between the charge and the order: {b:#?}"
+    );
+    assert!(b.duffel_order_id.is_none());
+    let counters = h.sandbox.sandbox.counters();
+    assert_eq!(counters.payment_intents_created, 1);
+    assert_eq!(counters.captures, 0);
+
+    // Another worker takes the job back after the lease expires, reconciles, captures.
+    let second = WorkerProcess::spawn(&h.db.url, &h.sandbox.base_url);
+    let j = wait_finished(h.pool(), id, SECS(30)).await;
+    second.stop(libc::SIGTERM);
+    assert_not_unknown_kind(&j);
+    assert_eq!(j.state, JobState::Completed, "{j:#?}");
+    assert!(j.attempt >= 2, "a second attempt finished the saga");
+
+    let b = h.bookings(seeded.campaign_id).await.remove(0);
+    assert_eq!(b.status, "ticketed", "{b:#?}");
+    let c = h.sandbox.sandbox.counters();
+    let booking_id = b.id.to_string();
+    assert_eq!(
+        count(&c.payment_intents_by_booking, &booking_id),
+        1,
+        "one PaymentIntent"
+    );
+    assert_eq!(c.order_attempts, 1, "never re-POSTed");
+    assert_eq!(count(&c.orders_by_booking, &booking_id), 1, "one order");
+    assert_eq!(c.captures, 1);
+    assert_eq!(
+        count(
+            &c.emails_by_idempotency_key,
+            &format!("booking-confirmed/{}", b.id)
+        ),
+        1
+    );
+    let (campaign, _) = h.campaign_state(seeded.campaign_id).await;
+    assert_eq!(campaign, "booked");
+    h.assert_invariants().await;
+    h.sandbox.shutdown().await.unwrap();
+}

@@ -1,0 +1,619 @@
+//! The campaign kinds end to end: `campaign_scan`, `campaign_search`, `card_expiry_reminder`
+//! and `retention_purge`, each run by an in-process worker against real Postgres and the
+//! provider sandbox (real clients, loopback HTTP).
+
+mod common;
+
+use std::{
+    sync::{Arc, Mutex},
+    time::Duration,
+};
+
+use chrono::{DateTime, Datelike, Utc};
+use common::*;
+use fleet::{
+    queue::{self, ErrorClass, JobState},
+    sandbox::{RunningSandbox, Sandbox},
+    seed::{seed_campaign, CampaignSeed, Seeded},
+    testkit::{sandbox_deps, ScratchDb, TEST_PII_KEYS},
+    Queue, Registry, Worker,
+};
+use jobs::{
+    kinds::{
+        campaign_scan::{self, search_key, CampaignScan},
+        campaign_search::CampaignSearch,
+        card_expiry_reminder::{dedupe_key, CardExpiryReminder},
+        retention_purge::RetentionPurge,
+    },
+    BoxFuture, Enqueued, Enqueuer, Job, KindDefaults, NewJob,
+};
+use serde_json::{json, Value};
+use sqlx::{PgConnection, PgPool};
+use tokio_util::sync::CancellationToken;
+use uuid::Uuid;
+
+const SECS: fn(u64) -> Duration = Duration::from_secs;
+
+/// (dedupe_key, user_id, sent_at, provider_message_id).
+type NotificationRow = (String, Uuid, Option<DateTime<Utc>>, Option<String>);
+
+fn quick<J: Job>() -> KindDefaults {
+    KindDefaults {
+        backoff_base: Duration::from_millis(100),
+        backoff_cap: SECS(1),
+        ..J::defaults()
+    }
+}
+
+fn registry() -> Arc<Registry> {
+    let mut r = Registry::default();
+    r.register_with::<CampaignScan>(quick::<CampaignScan>())
+        .register_with::<CampaignSearch>(quick::<CampaignSearch>())
+        .register_with::<CardExpiryReminder>(quick::<CardExpiryReminder>())
+        .register_with::<RetentionPurge>(quick::<RetentionPurge>());
+    Arc::new(r)
+}
+
+/// A scratch database, a sandbox, and a worker running the four kinds against both.
+struct Env {
+    db: ScratchDb,
+    sandbox: RunningSandbox,
+    queue: Queue,
+    keyring: jobs::pii::Keyring,
+    shutdown: CancellationToken,
+    worker: tokio::task::JoinHandle<fleet::worker::DrainReport>,
+}
+
+impl Env {
+    async fn start() -> Env {
+        let db = db().await;
+        let sandbox = Sandbox::start(Default::default(), "127.0.0.1:0".parse().unwrap())
+            .await
+            .unwrap();
+        let reg = registry();
+        // booking_attempt is another module's kind: keep its jobs where the test can read them.
+        let mut c = db.pool.acquire().await.unwrap();
+        queue::kind_pause(&mut c, "booking_attempt", "test", "not under test")
+            .await
+            .unwrap();
+        let w = Worker::new(db.pool.clone(), reg.clone(), fast_settings())
+            .with_deps(sandbox_deps(&sandbox.base_url).unwrap());
+        let shutdown = CancellationToken::new();
+        let worker = tokio::spawn(w.run(shutdown.clone()));
+        Env {
+            queue: Queue::new(db.pool.clone(), reg),
+            keyring: jobs::pii::Keyring::parse(TEST_PII_KEYS).unwrap(),
+            db,
+            sandbox,
+            shutdown,
+            worker,
+        }
+    }
+
+    fn pool(&self) -> &PgPool {
+        &self.db.pool
+    }
+
+    async fn seed(&self, s: CampaignSeed) -> Seeded {
+        seed_campaign(self.pool(), &self.keyring, &s).await.unwrap()
+    }
+
+    /// Enqueues `job` and waits until it is finished; returns its final record.
+    async fn run<J: Job>(&self, job: &J, key: &str) -> queue::JobRecord {
+        let id = self.queue.enqueue(job, Some(key)).await.unwrap().id;
+        wait_for(self.pool(), id, SECS(20), "a final state", |j| {
+            j.state.is_final()
+        })
+        .await
+    }
+
+    async fn stop(self) {
+        self.shutdown.cancel();
+        self.worker.await.unwrap();
+        self.sandbox.shutdown().await.unwrap();
+    }
+}
+
+/// (id, args, state, key) of every job of `kind`, oldest first.
+async fn jobs_of(pool: &PgPool, kind: &str) -> Vec<(i64, Value, String, Option<String>)> {
+    sqlx::query_as(
+        "SELECT id, args, state::text, idempotency_key FROM fleet_jobs WHERE kind = $1 ORDER BY id",
+    )
+    .bind(kind)
+    .fetch_all(pool)
+    .await
+    .unwrap()
+}
+
+async fn next_search_at(pool: &PgPool, campaign: Uuid) -> DateTime<Utc> {
+    sqlx::query_scalar("SELECT next_search_at FROM campaigns WHERE id = $1")
+        .bind(campaign)
+        .fetch_one(pool)
+        .await
+        .unwrap()
+}
+
+async fn exec(pool: &PgPool, sql: &str, id: Uuid) {
+    sqlx::query(sql).bind(id).execute(pool).await.unwrap();
+}
+
+/// The engine's enqueuer, recording the size of every bulk call.
+struct CountingEnqueuer {
+    inner: Queue,
+    calls: Mutex<Vec<usize>>,
+}
+
+impl Enqueuer for CountingEnqueuer {
+    fn enqueue_many<'a>(
+        &'a self,
+        conn: &'a mut PgConnection,
+        jobs: Vec<NewJob>,
+    ) -> BoxFuture<'a, Result<Vec<Enqueued>, sqlx::Error>> {
+        self.calls.lock().unwrap().push(jobs.len());
+        Enqueuer::enqueue_many(&self.inner, conn, jobs)
+    }
+}
+
+#[tokio::test]
+async fn scan_fans_out_one_search_per_due_campaign_and_a_second_scan_enqueues_nothing() {
+    let env = Env::start().await;
+    let pool = env.pool().clone();
+    {
+        let mut c = pool.acquire().await.unwrap();
+        queue::kind_pause(&mut c, "campaign_search", "test", "count, do not run")
+            .await
+            .unwrap();
+    }
+    let mut due = Vec::new();
+    for n in 1..=3 {
+        due.push(env.seed(CampaignSeed::new(n)).await.campaign_id);
+    }
+    let later = env.seed(CampaignSeed::new(4)).await.campaign_id;
+    exec(
+        &pool,
+        "UPDATE campaigns SET next_search_at = now() + interval '1 hour' WHERE id = $1",
+        later,
+    )
+    .await;
+    let paused = env
+        .seed(CampaignSeed {
+            status: "paused".into(),
+            ..CampaignSeed::new(5)
+        })
+        .await
+        .campaign_id;
+    let ended = env.seed(CampaignSeed::new(6)).await.campaign_id;
+    exec(
+        &pool,
+        "UPDATE campaigns SET created_at = now() - interval '100 days',
+                              expires_at = now() - interval '1 day' WHERE id = $1",
+        ended,
+    )
+    .await;
+
+    // First scan, batches of 2: every due campaign gets exactly one search, keyed by window.
+    let j = env
+        .run(
+            &CampaignScan {
+                batch_size: Some(2),
+            },
+            "scan-1",
+        )
+        .await;
+    assert_eq!(j.state, JobState::Completed, "{j:#?}");
+    let searches = jobs_of(&pool, "campaign_search").await;
+    assert_eq!(searches.len(), 3, "{searches:#?}");
+    for id in &due {
+        let window = next_search_at(&pool, *id).await;
+        let hit: Vec<_> = searches
+            .iter()
+            .filter(|(_, args, _, _)| args == &json!({"campaign_id": id}))
+            .collect();
+        assert_eq!(hit.len(), 1, "one search for {id}");
+        assert_eq!(hit[0].3.as_deref(), Some(search_key(*id, window).as_str()));
+    }
+    for id in [later, paused, ended] {
+        assert!(
+            !searches
+                .iter()
+                .any(|(_, a, _, _)| a == &json!({"campaign_id": id})),
+            "no search for {id}"
+        );
+    }
+    let status: String = sqlx::query_scalar("SELECT status FROM campaigns WHERE id = $1")
+        .bind(ended)
+        .fetch_one(&pool)
+        .await
+        .unwrap();
+    assert_eq!(status, "expired");
+
+    // Second scan over the same window: one bulk call, all duplicates, nothing new.
+    let counting = CountingEnqueuer {
+        inner: env.queue.clone(),
+        calls: Mutex::new(Vec::new()),
+    };
+    let report = campaign_scan::scan(&pool, &counting, 1000).await.unwrap();
+    assert_eq!(
+        (
+            report.due,
+            report.enqueued,
+            report.duplicates,
+            report.batches,
+            report.expired
+        ),
+        (3, 0, 3, 1, 0)
+    );
+    assert_eq!(
+        *counting.calls.lock().unwrap(),
+        vec![3],
+        "one bulk enqueue for the batch"
+    );
+    assert_eq!(jobs_of(&pool, "campaign_search").await.len(), 3);
+    env.stop().await;
+}
+
+#[tokio::test]
+async fn search_under_a_max_price_above_the_cheapest_fare_enqueues_one_booking_attempt_and_pushes_the_next_search(
+) {
+    let env = Env::start().await;
+    let pool = env.pool().clone();
+    let s = env
+        .seed(CampaignSeed {
+            max_price: "99999.00".into(),
+            ..CampaignSeed::new(10)
+        })
+        .await;
+    let id = s.campaign_id;
+    let before = Utc::now();
+    let j = env
+        .run(&CampaignSearch { campaign_id: id }, "search-1")
+        .await;
+    assert_eq!(j.state, JobState::Completed, "{j:#?}");
+
+    let attempts = jobs_of(&pool, "booking_attempt").await;
+    assert_eq!(attempts.len(), 1, "{attempts:#?}");
+    let (_, args, state, key) = &attempts[0];
+    assert_eq!(state, "available");
+    assert_eq!(
+        key.as_deref(),
+        Some(format!("booking_attempt:{id}").as_str())
+    );
+    let offer_id = args["offer_id"].as_str().unwrap().to_owned();
+    assert_eq!(args, &json!({"campaign_id": id, "offer_id": offer_id}));
+    assert!(offer_id.starts_with("off_"));
+    let next = next_search_at(&pool, id).await;
+    assert!(
+        next >= before + chrono::Duration::hours(4),
+        "next search at {next}"
+    );
+
+    // The chosen offer meets the criteria (re-read from the sandbox).
+    let deps = sandbox_deps(&env.sandbox.base_url).unwrap();
+    let offer = deps.flights().unwrap().get_offer(&offer_id).await.unwrap();
+    assert!(offer.total_amount_minor <= 9_999_900);
+    assert_eq!(offer.currency, "USD");
+    let (lo, hi): (chrono::NaiveDate, chrono::NaiveDate) = sqlx::query_as(
+        "SELECT departure_date_start, departure_date_end FROM campaigns WHERE id = $1",
+    )
+    .bind(id)
+    .fetch_one(&pool)
+    .await
+    .unwrap();
+    let dep = offer.slices[0].departing_at.unwrap().date();
+    assert!(lo <= dep && dep <= hi, "{dep} in {lo}..={hi}");
+
+    // Searching again (due again) while the attempt is unfinished adds no second attempt.
+    exec(
+        &pool,
+        "UPDATE campaigns SET next_search_at = now() WHERE id = $1",
+        id,
+    )
+    .await;
+    let j = env
+        .run(&CampaignSearch { campaign_id: id }, "search-2")
+        .await;
+    assert_eq!(j.state, JobState::Completed, "{j:#?}");
+    assert_eq!(jobs_of(&pool, "booking_attempt").await.len(), 1);
+    env.stop().await;
+}
+
+#[tokio::test]
+async fn search_under_a_max_price_below_every_fare_only_reschedules() {
+    let env = Env::start().await;
+    let pool = env.pool().clone();
+    let id = env
+        .seed(CampaignSeed {
+            max_price: "5.00".into(),
+            ..CampaignSeed::new(11)
+        })
+        .await
+        .campaign_id;
+    let before = Utc::now();
+    let j = env
+        .run(&CampaignSearch { campaign_id: id }, "search-1")
+        .await;
+    assert_eq!(j.state, JobState::Completed, "{j:#?}");
+    assert!(jobs_of(&pool, "booking_attempt").await.is_empty());
+    assert!(next_search_at(&pool, id).await >= before + chrono::Duration::hours(4));
+    assert_eq!(env.sandbox.sandbox.counters().offer_requests, 1);
+    env.stop().await;
+}
+
+#[tokio::test]
+async fn search_on_a_rate_limited_route_snoozes_until_the_reset_without_charging_an_attempt_then_succeeds(
+) {
+    let env = Env::start().await;
+    let pool = env.pool().clone();
+    let id = env
+        .seed(CampaignSeed {
+            destination: "FRA".into(),
+            max_price: "99999.00".into(),
+            ..CampaignSeed::new(12)
+        })
+        .await
+        .campaign_id;
+    let job = env
+        .queue
+        .enqueue(&CampaignSearch { campaign_id: id }, Some("search-1"))
+        .await
+        .unwrap()
+        .id;
+    let j = wait_for(&pool, job, SECS(10), "first snooze", |j| {
+        j.errors.len() == 1 && j.state == JobState::Retryable
+    })
+    .await;
+    assert_eq!(j.attempt, 0, "a snooze gives the attempt back");
+    assert_eq!(j.errors[0].class, ErrorClass::Snoozed);
+    assert!(
+        j.errors[0].message.contains("429"),
+        "{}",
+        j.errors[0].message
+    );
+    let gap = (j.run_at - j.errors[0].at.unwrap()).to_std().unwrap();
+    assert!(
+        gap >= Duration::from_millis(900) && gap <= SECS(4),
+        "run_at follows ratelimit-reset (~2-3 s ahead): {gap:?}"
+    );
+
+    let j = wait_state(&pool, job, JobState::Completed, SECS(20)).await;
+    assert_eq!(j.attempt, 1, "only the successful run is charged: {j:#?}");
+    assert!(j.errors.iter().all(|e| e.class == ErrorClass::Snoozed));
+    assert_eq!(
+        env.sandbox.sandbox.counters().rate_limited_responses,
+        j.errors.len() as u64
+    );
+    assert_eq!(jobs_of(&pool, "booking_attempt").await.len(), 1);
+    env.stop().await;
+}
+
+#[tokio::test]
+async fn card_expiry_reminders_are_sent_once_per_card_across_reruns() {
+    let env = Env::start().await;
+    let pool = env.pool().clone();
+    // Expires in about two months, before the campaign's end (180 days): due.
+    let soon = Utc::now() + chrono::Duration::days(60);
+    let (y, m) = (soon.year() as i16, soon.month() as i16);
+    let due = env
+        .seed(CampaignSeed {
+            card_exp_year: y,
+            card_exp_month: m,
+            ..CampaignSeed::new(20)
+        })
+        .await;
+    // Far future card: not due. Due card but its only campaign is paused: not due.
+    env.seed(CampaignSeed::new(21)).await;
+    env.seed(CampaignSeed {
+        card_exp_year: y,
+        card_exp_month: m,
+        status: "paused".into(),
+        ..CampaignSeed::new(22)
+    })
+    .await;
+
+    for run in ["reminders-day-1", "reminders-day-2"] {
+        let j = env.run(&CardExpiryReminder::default(), run).await;
+        assert_eq!(j.state, JobState::Completed, "{j:#?}");
+    }
+    let key = dedupe_key(due.payment_method_id, y, m);
+    let counters = env.sandbox.sandbox.counters();
+    assert_eq!(counters.emails_sent, 1, "{counters:#?}");
+    assert_eq!(
+        counters
+            .emails_by_idempotency_key
+            .into_iter()
+            .collect::<Vec<_>>(),
+        vec![(key.clone(), 1)]
+    );
+    assert_eq!(
+        counters.idempotent_replays, 0,
+        "the outbox, not Resend, stopped the rerun"
+    );
+    let rows: Vec<NotificationRow> = sqlx::query_as(
+        "SELECT dedupe_key, user_id, sent_at, provider_message_id FROM notifications",
+    )
+    .fetch_all(&pool)
+    .await
+    .unwrap();
+    assert_eq!(rows.len(), 1, "{rows:#?}");
+    assert_eq!((rows[0].0.as_str(), rows[0].1), (key.as_str(), due.user_id));
+    assert!(rows[0].2.is_some() && rows[0].3.is_some());
+    env.stop().await;
+}
+
+#[tokio::test]
+async fn purge_erases_profiles_whose_campaigns_ended_long_ago_and_spares_live_ones() {
+    let env = Env::start().await;
+    let pool = env.pool().clone();
+    let seed = |n: usize, status: &str| CampaignSeed {
+        status: status.into(),
+        ..CampaignSeed::new(n)
+    };
+    // Erased: expired 200 days ago; completed trip flown long ago (with a ticketed booking).
+    let expired_long_ago = env.seed(seed(30, "expired")).await;
+    exec(
+        &pool,
+        "UPDATE campaigns SET updated_at = now() - interval '200 days' WHERE id = $1",
+        expired_long_ago.campaign_id,
+    )
+    .await;
+    let flown = env
+        .seed(CampaignSeed {
+            departs_in_days: -200,
+            ..seed(31, "completed")
+        })
+        .await;
+    exec(
+        &pool,
+        "UPDATE campaigns SET updated_at = now() - interval '150 days' WHERE id = $1",
+        flown.campaign_id,
+    )
+    .await;
+    let booking: Uuid = sqlx::query_scalar(
+        "INSERT INTO bookings (campaign_id, duffel_offer_id, duffel_order_id, stripe_payment_intent_id,
+                               pnr, total_amount, currency, status, flight_details, offer_checked_at,
+                               payment_intent_status, authorized_at, order_attempted_at, ordered_at,
+                               captured_at)
+         VALUES ($1, 'off_purge1', 'ord_purge1', 'pi_purge1', 'ABC123', 500, 'USD', 'ticketed',
+                 '{\"segments\": 1}', now(), 'succeeded', now(), now(), now(), now())
+         RETURNING id",
+    )
+    .bind(flown.campaign_id)
+    .fetch_one(&pool)
+    .await
+    .unwrap();
+    // Spared: ended recently; active; ended long ago but a paused campaign remains; ended long
+    // ago but a booking is still in flight.
+    let recent = env.seed(seed(32, "cancelled")).await;
+    exec(
+        &pool,
+        "UPDATE campaigns SET updated_at = now() - interval '10 days' WHERE id = $1",
+        recent.campaign_id,
+    )
+    .await;
+    let active = env.seed(seed(33, "active")).await;
+    let mixed = env.seed(seed(34, "expired")).await;
+    exec(
+        &pool,
+        "UPDATE campaigns SET updated_at = now() - interval '200 days' WHERE id = $1",
+        mixed.campaign_id,
+    )
+    .await;
+    exec(
+        &pool,
+        "INSERT INTO campaigns (user_id, traveler_profile_id, payment_method_id, origin, destination,
+                                departure_date_start, departure_date_end, max_price, currency, status,
+                                consent_at, next_search_at, expires_at)
+         SELECT user_id, traveler_profile_id, payment_method_id, origin, destination,
+                departure_date_start, departure_date_end, max_price, currency, 'paused',
+                now(), now(), now() + interval '100 days'
+         FROM campaigns WHERE id = $1",
+        mixed.campaign_id,
+    )
+    .await;
+    let in_flight = env.seed(seed(35, "cancelled")).await;
+    exec(
+        &pool,
+        "UPDATE campaigns SET updated_at = now() - interval '200 days' WHERE id = $1",
+        in_flight.campaign_id,
+    )
+    .await;
+    exec(
+        &pool,
+        "INSERT INTO bookings (campaign_id, duffel_offer_id, total_amount, currency, status)
+         VALUES ($1, 'off_purge2', 500, 'USD', 'pending')",
+        in_flight.campaign_id,
+    )
+    .await;
+    // Webhook dedupe rows and audit rows: two past retention each, one recent each.
+    sqlx::query(
+        "INSERT INTO webhook_events (provider, event_id, type, received_at, processed_at) VALUES
+           ('stripe', 'evt_old1', 'charge.refunded', now() - interval '100 days', now() - interval '100 days'),
+           ('duffel', 'evt_old2', 'order.created', now() - interval '91 days', NULL),
+           ('stripe', 'evt_new', 'charge.refunded', now() - interval '2 days', now() - interval '2 days')",
+    )
+    .execute(&pool)
+    .await
+    .unwrap();
+    sqlx::query(
+        "INSERT INTO audit_log (actor, action, resource_type, created_at) VALUES
+           ('op', 'old.one', 'x', now() - interval '500 days'),
+           ('op', 'old.two', 'x', now() - interval '401 days'),
+           ('op', 'recent', 'x', now() - interval '30 days')",
+    )
+    .execute(&pool)
+    .await
+    .unwrap();
+
+    let j = env.run(&RetentionPurge::default(), "purge-1").await;
+    assert_eq!(j.state, JobState::Completed, "{j:#?}");
+
+    let profile_left = |id: Uuid| {
+        let pool = pool.clone();
+        async move {
+            sqlx::query_scalar::<_, bool>(
+                "SELECT EXISTS (SELECT 1 FROM traveler_profiles WHERE id = $1
+                                AND passport_number_enc IS NOT NULL AND email IS NOT NULL)",
+            )
+            .bind(id)
+            .fetch_one(&pool)
+            .await
+            .unwrap()
+        }
+    };
+    for erased in [expired_long_ago, flown] {
+        assert!(!profile_left(erased.profile_id).await, "{erased:?} erased");
+        let link: Option<Uuid> =
+            sqlx::query_scalar("SELECT traveler_profile_id FROM campaigns WHERE id = $1")
+                .bind(erased.campaign_id)
+                .fetch_one(&pool)
+                .await
+                .unwrap();
+        assert_eq!(
+            link, None,
+            "the ended campaign stays, detached from the profile"
+        );
+    }
+    for spared in [recent, active, mixed, in_flight] {
+        assert!(
+            profile_left(spared.profile_id).await,
+            "{spared:?} untouched"
+        );
+    }
+    let (pnr, details, status): (Option<String>, Option<Value>, String) =
+        sqlx::query_as("SELECT pnr, flight_details, status FROM bookings WHERE id = $1")
+            .bind(booking)
+            .fetch_one(&pool)
+            .await
+            .unwrap();
+    assert_eq!((pnr, details, status.as_str()), (None, None, "ticketed"));
+
+    let events: Vec<String> =
+        sqlx::query_scalar("SELECT event_id FROM webhook_events ORDER BY event_id")
+            .fetch_all(&pool)
+            .await
+            .unwrap();
+    assert_eq!(events, vec!["evt_new"]);
+    let actions: Vec<String> =
+        sqlx::query_scalar("SELECT action FROM audit_log ORDER BY created_at")
+            .fetch_all(&pool)
+            .await
+            .unwrap();
+    assert_eq!(actions, vec!["recent", "retention.purge"]);
+    let (actor, resource_id, metadata): (String, Option<String>, Value) = sqlx::query_as(
+        "SELECT actor, resource_id, metadata FROM audit_log WHERE action = 'retention.purge'",
+    )
+    .fetch_one(&pool)
+    .await
+    .unwrap();
+    assert_eq!(actor, "fleet");
+    assert_eq!(resource_id, Some(j.id.to_string()));
+    assert_eq!(
+        metadata,
+        json!({
+            "profiles_erased": 2, "bookings_scrubbed": 1,
+            "webhook_events_deleted": 2, "audit_rows_deleted": 2,
+            "pii_after_days": 90, "webhook_events_days": 90, "audit_days": 400,
+        })
+    );
+    env.stop().await;
+}

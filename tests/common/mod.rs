@@ -1,0 +1,198 @@
+//! Shared helpers for the integration tests: scratch databases, fast worker settings, test
+//! job kinds, and waiting on job state without fixed sleeps.
+#![allow(dead_code)]
+
+use std::{sync::Arc, time::Duration};
+
+use fleet::{
+    config::WorkerSettings,
+    queue::{self, JobRecord, JobState},
+    testkit::ScratchDb,
+    Registry, Worker,
+};
+use jobs::{Job, JobContext, JobError};
+use serde::{Deserialize, Serialize};
+use sqlx::PgPool;
+use tokio::task::JoinHandle;
+use tokio_util::sync::CancellationToken;
+
+pub async fn db() -> ScratchDb {
+    ScratchDb::new("fleet_test")
+        .await
+        .expect("scratch database")
+}
+
+/// Short lease and cadences so tests observe rescues and promotions quickly.
+pub fn fast_settings() -> WorkerSettings {
+    WorkerSettings {
+        concurrency: 4,
+        prefetch: 0,
+        poll_interval: Duration::from_millis(100),
+        lease: Duration::from_secs(2),
+        heartbeat_interval: Duration::from_millis(400),
+        rescue_interval: Duration::from_millis(300),
+        drain_timeout: Duration::from_secs(5),
+        ..WorkerSettings::default()
+    }
+}
+
+pub struct RunningWorker {
+    pub handle: JoinHandle<fleet::worker::DrainReport>,
+    pub shutdown: CancellationToken,
+    pub id: String,
+}
+
+impl RunningWorker {
+    pub async fn stop(self) -> fleet::worker::DrainReport {
+        self.shutdown.cancel();
+        self.handle.await.expect("worker task")
+    }
+}
+
+pub fn start_worker(pool: &PgPool, registry: Arc<Registry>, cfg: WorkerSettings) -> RunningWorker {
+    let w = Worker::new(pool.clone(), registry, cfg);
+    let id = w.id().to_owned();
+    let shutdown = CancellationToken::new();
+    let handle = tokio::spawn(w.run(shutdown.clone()));
+    RunningWorker {
+        handle,
+        shutdown,
+        id,
+    }
+}
+
+pub async fn job(pool: &PgPool, id: i64) -> JobRecord {
+    let mut c = pool.acquire().await.unwrap();
+    queue::job_get(&mut c, id)
+        .await
+        .unwrap()
+        .expect("job exists")
+}
+
+/// Polls until `pred` holds for the job, or panics after `within`.
+pub async fn wait_for(
+    pool: &PgPool,
+    id: i64,
+    within: Duration,
+    what: &str,
+    pred: impl Fn(&JobRecord) -> bool,
+) -> JobRecord {
+    let deadline = tokio::time::Instant::now() + within;
+    loop {
+        let j = job(pool, id).await;
+        if pred(&j) {
+            return j;
+        }
+        if tokio::time::Instant::now() > deadline {
+            panic!("job {id} did not reach {what} within {within:?}; last seen: {j:#?}");
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+pub async fn wait_state(pool: &PgPool, id: i64, state: JobState, within: Duration) -> JobRecord {
+    wait_for(pool, id, within, state.as_str(), |j| j.state == state).await
+}
+
+/// Succeeds on attempt `succeed_on`, fails (retryable) before.
+#[derive(Debug, Serialize, Deserialize)]
+pub struct Flaky {
+    pub succeed_on: i32,
+}
+impl Job for Flaky {
+    const KIND: &'static str = "test.flaky";
+    async fn run(self, ctx: JobContext) -> Result<(), JobError> {
+        if ctx.attempt < self.succeed_on {
+            return Err(JobError::retryable(format!(
+                "flaky failure on attempt {}",
+                ctx.attempt
+            )));
+        }
+        Ok(())
+    }
+}
+
+/// Always fails, retryably.
+#[derive(Debug, Serialize, Deserialize)]
+pub struct AlwaysFails {}
+impl Job for AlwaysFails {
+    const KIND: &'static str = "test.always_fails";
+    async fn run(self, ctx: JobContext) -> Result<(), JobError> {
+        Err(JobError::retryable(format!(
+            "boom on attempt {}",
+            ctx.attempt
+        )))
+    }
+}
+
+/// Panics.
+#[derive(Debug, Serialize, Deserialize)]
+pub struct Panics {}
+impl Job for Panics {
+    const KIND: &'static str = "test.panics";
+    async fn run(self, _ctx: JobContext) -> Result<(), JobError> {
+        panic!("handler bug: index out of range");
+    }
+}
+
+/// Discards itself (fatal).
+#[derive(Debug, Serialize, Deserialize)]
+pub struct Discards {}
+impl Job for Discards {
+    const KIND: &'static str = "test.discards";
+    async fn run(self, _ctx: JobContext) -> Result<(), JobError> {
+        Err(JobError::fatal("campaign no longer exists"))
+    }
+}
+
+/// Snoozes every time.
+#[derive(Debug, Serialize, Deserialize)]
+pub struct Snoozes {}
+impl Job for Snoozes {
+    const KIND: &'static str = "test.snoozes";
+    async fn run(self, _ctx: JobContext) -> Result<(), JobError> {
+        Err(JobError::snooze(
+            Duration::from_secs(30),
+            "rate limited until reset",
+        ))
+    }
+}
+
+/// Sleeps, ignoring cancellation (so only the engine's abort can stop it).
+#[derive(Debug, Serialize, Deserialize)]
+pub struct Stubborn {
+    pub ms: u64,
+}
+impl Job for Stubborn {
+    const KIND: &'static str = "test.stubborn";
+    async fn run(self, _ctx: JobContext) -> Result<(), JobError> {
+        tokio::time::sleep(Duration::from_millis(self.ms)).await;
+        Ok(())
+    }
+}
+
+/// Needs a numeric `n`.
+#[derive(Debug, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Strict {
+    pub n: u32,
+}
+impl Job for Strict {
+    const KIND: &'static str = "test.strict";
+    async fn run(self, _ctx: JobContext) -> Result<(), JobError> {
+        Ok(())
+    }
+}
+
+/// Serves `router` on a free loopback port; returns its base URL and the token that stops it.
+pub async fn serve(router: axum::Router) -> (String, CancellationToken) {
+    let stop = CancellationToken::new();
+    let (tx, rx) = tokio::sync::oneshot::channel();
+    tokio::spawn(fleet::serve::run(
+        "127.0.0.1:0".parse().unwrap(),
+        router,
+        stop.clone(),
+        Some(tx),
+    ));
+    (format!("http://{}", rx.await.unwrap()), stop)
+}

@@ -1,0 +1,445 @@
+//! Enqueue, idempotency keys, fencing and the fetch plan, against real Postgres.
+
+mod common;
+
+use std::{sync::Arc, time::Duration};
+
+use common::*;
+use fleet::{
+    queue::{self, ErrorClass, FetchParams, JobState, NextState, Outcome, QueueError},
+    Queue, Registry,
+};
+use jobs::{KindDefaults, NewJob};
+use sqlx::{Connection, PgConnection};
+
+fn queue_with(pool: &sqlx::PgPool, window: Duration) -> Queue {
+    let mut r = Registry::default();
+    r.register_with::<Flaky>(KindDefaults {
+        idempotency_window: window,
+        ..KindDefaults::default()
+    });
+    Queue::new(pool.clone(), Arc::new(r))
+}
+
+/// Claims one job directly through the queue's SQL (a `work_one` step without a worker).
+async fn claim_one(conn: &mut PgConnection, lease: Duration) -> queue::ClaimedJob {
+    let mut v = queue::job_fetch_available(
+        conn,
+        &FetchParams {
+            queues: None,
+            skip_kinds: &[],
+            limit: 1,
+            owner: "test-owner",
+            lease,
+        },
+    )
+    .await
+    .unwrap();
+    assert_eq!(v.len(), 1, "expected one claimable job");
+    v.remove(0)
+}
+
+#[tokio::test]
+async fn sixteen_concurrent_enqueuers_of_one_key_create_exactly_one_job() {
+    let db = db().await;
+    let q = queue_with(&db.pool, Duration::ZERO);
+    let barrier = Arc::new(tokio::sync::Barrier::new(16));
+    let mut tasks = Vec::new();
+    for _ in 0..16 {
+        let (q, barrier, url) = (q.clone(), barrier.clone(), db.url.clone());
+        tasks.push(tokio::spawn(async move {
+            // Each enqueuer on its own connection, inside its own transaction.
+            let mut conn = PgConnection::connect(&url).await.unwrap();
+            barrier.wait().await;
+            let mut tx = conn.begin().await.unwrap();
+            let r = q
+                .enqueue_many_in(
+                    &mut tx,
+                    vec![
+                        NewJob::raw("test.flaky", serde_json::json!({"succeed_on": 1}))
+                            .key("campaign:42:window:7"),
+                    ],
+                )
+                .await
+                .unwrap();
+            tx.commit().await.unwrap();
+            r[0]
+        }));
+    }
+    let mut results = Vec::new();
+    for t in tasks {
+        results.push(t.await.unwrap());
+    }
+    let first = results[0].id;
+    assert!(results.iter().all(|r| r.id == first), "{results:?}");
+    assert_eq!(
+        results.iter().filter(|r| !r.duplicate).count(),
+        1,
+        "{results:?}"
+    );
+    let n: i64 = sqlx::query_scalar("SELECT count(*) FROM fleet_jobs")
+        .fetch_one(&db.pool)
+        .await
+        .unwrap();
+    assert_eq!(n, 1);
+}
+
+#[tokio::test]
+async fn rolled_back_transactional_enqueue_leaves_no_job() {
+    let db = db().await;
+    let q = queue_with(&db.pool, Duration::ZERO);
+    let mut conn = db.pool.acquire().await.unwrap();
+
+    let mut tx = conn.begin().await.unwrap();
+    let r = q
+        .enqueue_many_in(
+            &mut tx,
+            vec![NewJob::of(&Flaky { succeed_on: 1 }).unwrap().key("k1")],
+        )
+        .await
+        .unwrap();
+    tx.rollback().await.unwrap();
+    assert!(queue::job_get(&mut conn, r[0].id).await.unwrap().is_none());
+
+    let mut tx = conn.begin().await.unwrap();
+    let r2 = q
+        .enqueue_many_in(
+            &mut tx,
+            vec![NewJob::of(&Flaky { succeed_on: 1 }).unwrap().key("k1")],
+        )
+        .await
+        .unwrap();
+    tx.commit().await.unwrap();
+    assert!(
+        !r2[0].duplicate,
+        "the rolled-back job must not hold the key"
+    );
+    let j = queue::job_get(&mut conn, r2[0].id).await.unwrap().unwrap();
+    assert_eq!(j.state, JobState::Available);
+}
+
+#[tokio::test]
+async fn one_duplicate_never_fails_a_bulk_insert() {
+    let db = db().await;
+    let q = queue_with(&db.pool, Duration::ZERO);
+    let holder = q
+        .enqueue_new(NewJob::of(&Flaky { succeed_on: 1 }).unwrap().key("dup"))
+        .await
+        .unwrap();
+    let mut batch: Vec<NewJob> = (0..3000)
+        .map(|i| {
+            NewJob::of(&Flaky { succeed_on: 1 })
+                .unwrap()
+                .key(format!("k{i}"))
+        })
+        .collect();
+    batch.insert(
+        1000,
+        NewJob::of(&Flaky { succeed_on: 1 }).unwrap().key("dup"),
+    ); // held already
+    batch.push(NewJob::of(&Flaky { succeed_on: 1 }).unwrap().key("k5")); // duplicate inside the batch
+    batch.push(NewJob::of(&Flaky { succeed_on: 1 }).unwrap()); // no key
+    let r = q.enqueue_many(batch).await.unwrap();
+    assert_eq!(r.len(), 3003);
+    assert_eq!(r[1000].id, holder.id);
+    assert!(r[1000].duplicate);
+    assert_eq!(r[3001].id, r[5].id, "in-batch duplicate returns the first");
+    assert!(r[3001].duplicate);
+    assert!(!r[3002].duplicate);
+    assert_eq!(r.iter().filter(|e| !e.duplicate).count(), 3001);
+    let n: i64 = sqlx::query_scalar("SELECT count(*) FROM fleet_jobs")
+        .fetch_one(&db.pool)
+        .await
+        .unwrap();
+    assert_eq!(n, 3002, "3000 keyed + 1 keyless + the original holder");
+}
+
+#[tokio::test]
+async fn key_is_free_again_once_the_job_completes_without_a_window() {
+    let db = db().await;
+    let q = queue_with(&db.pool, Duration::ZERO);
+    let a = q
+        .enqueue_new(NewJob::of(&Flaky { succeed_on: 1 }).unwrap().key("k"))
+        .await
+        .unwrap();
+    let mut conn = db.pool.acquire().await.unwrap();
+    let c = claim_one(&mut conn, Duration::from_secs(30)).await;
+    // Still running: the key is taken.
+    let dup = q
+        .enqueue_new(NewJob::of(&Flaky { succeed_on: 1 }).unwrap().key("k"))
+        .await
+        .unwrap();
+    assert_eq!((dup.id, dup.duplicate), (a.id, true));
+    queue::job_set_outcome(
+        &mut conn,
+        Outcome {
+            id: c.id,
+            claim_seq: c.claim_seq,
+            next: NextState::Completed {
+                key_window: Duration::ZERO,
+            },
+        },
+    )
+    .await
+    .unwrap();
+    let b = q
+        .enqueue_new(NewJob::of(&Flaky { succeed_on: 1 }).unwrap().key("k"))
+        .await
+        .unwrap();
+    assert!(!b.duplicate);
+    assert_ne!(b.id, a.id);
+}
+
+#[tokio::test]
+async fn key_stays_taken_for_the_window_after_completion_then_frees() {
+    let db = db().await;
+    let q = queue_with(&db.pool, Duration::from_millis(1500));
+    let a = q
+        .enqueue_new(NewJob::of(&Flaky { succeed_on: 1 }).unwrap().key("k"))
+        .await
+        .unwrap();
+    let mut conn = db.pool.acquire().await.unwrap();
+    let c = claim_one(&mut conn, Duration::from_secs(30)).await;
+    queue::job_set_outcome(
+        &mut conn,
+        Outcome {
+            id: c.id,
+            claim_seq: c.claim_seq,
+            next: NextState::Completed {
+                key_window: Duration::from_millis(1500),
+            },
+        },
+    )
+    .await
+    .unwrap();
+    let dup = q
+        .enqueue_new(NewJob::of(&Flaky { succeed_on: 1 }).unwrap().key("k"))
+        .await
+        .unwrap();
+    assert_eq!(
+        (dup.id, dup.duplicate),
+        (a.id, true),
+        "inside the window the completed job holds the key"
+    );
+    tokio::time::sleep(Duration::from_millis(1700)).await;
+    let b = q
+        .enqueue_new(NewJob::of(&Flaky { succeed_on: 1 }).unwrap().key("k"))
+        .await
+        .unwrap();
+    assert!(!b.duplicate, "after the window a new job is created");
+    let old = common::job(&db.pool, a.id).await;
+    assert!(!old.key_held);
+}
+
+#[tokio::test]
+async fn late_completion_after_rescue_is_refused() {
+    let db = db().await;
+    let q = queue_with(&db.pool, Duration::ZERO);
+    let a = q
+        .enqueue_new(NewJob::of(&Flaky { succeed_on: 1 }).unwrap())
+        .await
+        .unwrap();
+    let mut conn = db.pool.acquire().await.unwrap();
+    let stale = claim_one(&mut conn, Duration::from_millis(1)).await;
+    tokio::time::sleep(Duration::from_millis(20)).await;
+    let rescued = queue::job_rescue_expired(&mut conn, 100).await.unwrap();
+    assert_eq!(rescued.retried, 1);
+    let j = common::job(&db.pool, a.id).await;
+    assert_eq!(j.state, JobState::Retryable);
+    assert_eq!(j.errors[0].class, ErrorClass::LeaseExpired);
+
+    // The stale claim may not complete, fail or heartbeat the job.
+    let late = queue::job_set_outcome(
+        &mut conn,
+        Outcome {
+            id: stale.id,
+            claim_seq: stale.claim_seq,
+            next: NextState::Completed {
+                key_window: Duration::ZERO,
+            },
+        },
+    )
+    .await;
+    assert!(
+        matches!(late, Err(QueueError::LostLease { .. })),
+        "{late:?}"
+    );
+    let hb = queue::job_extend_leases(
+        &mut conn,
+        &[(stale.id, stale.claim_seq)],
+        Duration::from_secs(30),
+    )
+    .await
+    .unwrap();
+    assert!(hb.is_empty());
+
+    // A new claim gets a new fencing token, and the old one stays refused even while running.
+    queue::job_promote_due(&mut conn, 100).await.unwrap();
+    let fresh = claim_one(&mut conn, Duration::from_secs(30)).await;
+    assert_eq!(fresh.claim_seq, stale.claim_seq + 1);
+    assert_eq!(fresh.attempt, 2);
+    let late = queue::job_set_outcome(
+        &mut conn,
+        Outcome {
+            id: stale.id,
+            claim_seq: stale.claim_seq,
+            next: NextState::Completed {
+                key_window: Duration::ZERO,
+            },
+        },
+    )
+    .await;
+    assert!(matches!(late, Err(QueueError::LostLease { .. })));
+    queue::job_set_outcome(
+        &mut conn,
+        Outcome {
+            id: fresh.id,
+            claim_seq: fresh.claim_seq,
+            next: NextState::Completed {
+                key_window: Duration::ZERO,
+            },
+        },
+    )
+    .await
+    .unwrap();
+    assert_eq!(common::job(&db.pool, a.id).await.state, JobState::Completed);
+}
+
+#[tokio::test]
+async fn invalid_jobs_are_rejected_with_a_reason_and_nothing_is_written() {
+    let db = db().await;
+    let q = queue_with(&db.pool, Duration::ZERO);
+    let e = q
+        .enqueue_many(vec![
+            NewJob::of(&Flaky { succeed_on: 1 }).unwrap(),
+            NewJob::raw("", serde_json::json!({})),
+        ])
+        .await
+        .unwrap_err();
+    assert!(e.to_string().contains("kind must be"), "{e}");
+    let e = q
+        .enqueue_new(
+            NewJob::of(&Flaky { succeed_on: 1 })
+                .unwrap()
+                .max_attempts(0),
+        )
+        .await
+        .unwrap_err();
+    assert!(e.to_string().contains("max_attempts"), "{e}");
+    let n: i64 = sqlx::query_scalar("SELECT count(*) FROM fleet_jobs")
+        .fetch_one(&db.pool)
+        .await
+        .unwrap();
+    assert_eq!(n, 0);
+}
+
+/// The fetch must stay on the partial index with a million finished jobs in history, also
+/// under a generic plan (what a prepared statement gets after five executions).
+#[tokio::test]
+async fn fetch_plan_stays_on_the_ready_index_with_a_million_finished_jobs() {
+    let db = db().await;
+    let mut conn = db.pool.acquire().await.unwrap();
+    queue::job_insert_finished_history(&mut conn, "test.history", 1_000_000)
+        .await
+        .unwrap();
+    let q = queue_with(&db.pool, Duration::ZERO);
+    q.enqueue_many(
+        (0..100)
+            .map(|_| NewJob::of(&Flaky { succeed_on: 1 }).unwrap())
+            .collect(),
+    )
+    .await
+    .unwrap();
+    sqlx::query("SET plan_cache_mode = force_generic_plan")
+        .execute(&mut *conn)
+        .await
+        .unwrap();
+    let plan: Vec<String> = sqlx::query_scalar(
+        r#"EXPLAIN (ANALYZE, BUFFERS, FORMAT TEXT)
+        WITH picked AS (
+            SELECT id FROM fleet_jobs j
+            WHERE state = 'available' AND ($1::text[] IS NULL OR queue = ANY($1))
+              AND kind <> ALL($2::text[])
+              AND NOT EXISTS (SELECT 1 FROM fleet_paused_kinds p WHERE p.kind = j.kind)
+            ORDER BY priority, run_at, id LIMIT $3 FOR UPDATE SKIP LOCKED)
+        SELECT id FROM picked"#,
+    )
+    .bind(None::<Vec<String>>)
+    .bind(Vec::<String>::new())
+    .bind(64i64)
+    .fetch_all(&mut *conn)
+    .await
+    .unwrap();
+    let text = plan.join("\n");
+    assert!(text.contains("fleet_jobs_fetch_available_idx"), "{text}");
+    assert!(!text.contains("Seq Scan on fleet_jobs"), "{text}");
+    // And the real fetch claims only ready jobs, quickly.
+    let t = std::time::Instant::now();
+    let c = queue::job_fetch_available(
+        &mut conn,
+        &FetchParams {
+            queues: None,
+            skip_kinds: &[],
+            limit: 64,
+            owner: "t",
+            lease: Duration::from_secs(30),
+        },
+    )
+    .await
+    .unwrap();
+    assert_eq!(c.len(), 64);
+    eprintln!("fetch of 64 with 1M history took {:?}\n{text}", t.elapsed());
+}
+
+#[tokio::test]
+async fn cleaner_deletes_only_finished_jobs_past_their_states_retention() {
+    let db = db().await;
+    let mut conn = db.pool.acquire().await.unwrap();
+    queue::job_insert_finished_history(&mut conn, "test.old", 2_500)
+        .await
+        .unwrap(); // completed a day ago
+    let q = queue_with(&db.pool, Duration::ZERO);
+    let pending = q
+        .enqueue_new(NewJob::of(&Flaky { succeed_on: 1 }).unwrap())
+        .await
+        .unwrap()
+        .id;
+    let c = claim_one(&mut conn, Duration::from_secs(30)).await;
+    queue::job_set_outcome(
+        &mut conn,
+        Outcome {
+            id: c.id,
+            claim_seq: c.claim_seq,
+            next: NextState::Completed {
+                key_window: Duration::ZERO,
+            },
+        },
+    )
+    .await
+    .unwrap();
+    let recent = q
+        .enqueue_new(NewJob::of(&Flaky { succeed_on: 1 }).unwrap())
+        .await
+        .unwrap()
+        .id;
+    let hour = Duration::from_secs(3600);
+    let deleted = fleet::maintenance::clean_once(
+        &db.pool,
+        &[
+            (JobState::Completed, hour),
+            (JobState::Cancelled, hour),
+            (JobState::Dead, hour),
+        ],
+    )
+    .await
+    .unwrap();
+    assert_eq!(deleted, 2_500);
+    assert!(
+        queue::job_get(&mut conn, pending).await.unwrap().is_some(),
+        "recently completed job kept"
+    );
+    assert!(
+        queue::job_get(&mut conn, recent).await.unwrap().is_some(),
+        "unfinished job kept"
+    );
+}

@@ -1,0 +1,458 @@
+//! Operator commands (`fleet queue …`) against real Postgres and real workers.
+
+mod common;
+
+use std::{
+    process::Command,
+    sync::{
+        atomic::{AtomicBool, Ordering},
+        Arc,
+    },
+    time::Duration,
+};
+
+use common::*;
+use fleet::{
+    builtin::Sleep,
+    ops::Ops,
+    queue::{self, ErrorClass, JobFilter, JobState},
+    Queue, Registry,
+};
+use jobs::{Job, JobContext, JobError, KindDefaults, NewJob};
+use serde::{Deserialize, Serialize};
+
+const SECS: fn(u64) -> Duration = Duration::from_secs;
+const BIN: &str = env!("CARGO_BIN_EXE_fleet");
+
+/// Fails until the (test-local) provider outage is over.
+static OUTAGE_OVER: AtomicBool = AtomicBool::new(false);
+
+#[derive(Debug, Serialize, Deserialize)]
+struct NeedsProvider {}
+impl Job for NeedsProvider {
+    const KIND: &'static str = "test.needs_provider";
+    async fn run(self, _ctx: JobContext) -> Result<(), JobError> {
+        if OUTAGE_OVER.load(Ordering::SeqCst) {
+            Ok(())
+        } else {
+            Err(JobError::retryable("provider unavailable (503)"))
+        }
+    }
+}
+
+fn registry() -> Arc<Registry> {
+    let mut r = Registry::default();
+    r.register_with::<NeedsProvider>(KindDefaults {
+        max_attempts: 2,
+        backoff_base: Duration::from_millis(50),
+        ..KindDefaults::default()
+    })
+    .register_with::<Flaky>(KindDefaults::default())
+    .register::<Sleep>();
+    Arc::new(r)
+}
+
+fn ops(pool: &sqlx::PgPool, reg: &Registry) -> Ops {
+    Ops::new(pool.clone(), reg.kind_names(), "alice")
+}
+
+async fn audit_rows(pool: &sqlx::PgPool, action: &str) -> Vec<(String, serde_json::Value)> {
+    sqlx::query_as("SELECT actor, metadata FROM audit_log WHERE action = $1 ORDER BY created_at")
+        .bind(action)
+        .fetch_all(pool)
+        .await
+        .unwrap()
+}
+
+#[tokio::test]
+async fn replay_dry_run_changes_nothing_and_the_real_replay_runs_the_jobs() {
+    let db = db().await;
+    let reg = registry();
+    let q = Queue::new(db.pool.clone(), reg.clone());
+    let mut ids = Vec::new();
+    for _ in 0..3 {
+        ids.push(q.enqueue(&NeedsProvider {}, None).await.unwrap().id);
+    }
+    let w = start_worker(&db.pool, reg.clone(), fast_settings());
+    for &id in &ids {
+        let j = wait_state(&db.pool, id, JobState::Dead, SECS(10)).await;
+        assert_eq!(j.errors.len(), 2);
+    }
+    let o = ops(&db.pool, &reg);
+    let filter = JobFilter {
+        kind: Some("test.needs_provider".into()),
+        states: Some(vec![JobState::Dead]),
+        ..JobFilter::default()
+    };
+
+    let dry = o.replay(&filter, true).await.unwrap();
+    assert!(dry.dry_run);
+    assert_eq!(
+        dry.result.replayed, ids,
+        "the dry run reports what would change"
+    );
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    for &id in &ids {
+        assert_eq!(
+            common::job(&db.pool, id).await.state,
+            JobState::Dead,
+            "dry run changed nothing"
+        );
+    }
+    assert!(
+        audit_rows(&db.pool, "job.replay").await.is_empty(),
+        "a dry run writes no audit row"
+    );
+
+    OUTAGE_OVER.store(true, Ordering::SeqCst);
+    let real = o.replay(&filter, false).await.unwrap();
+    assert_eq!(real.result.replayed, ids);
+    for &id in &ids {
+        let j = wait_state(&db.pool, id, JobState::Completed, SECS(5)).await;
+        assert_eq!(j.attempt, 1, "a fresh attempt budget");
+        assert_eq!(j.errors.len(), 2, "the history of the dead run is kept");
+    }
+    let audit = audit_rows(&db.pool, "job.replay").await;
+    assert_eq!(audit.len(), 1);
+    assert_eq!(audit[0].0, "alice");
+    assert_eq!(audit[0].1["replayed"], 3);
+    w.stop().await;
+}
+
+#[tokio::test]
+async fn replay_skips_a_job_whose_key_another_job_now_holds() {
+    let db = db().await;
+    let reg = registry();
+    let q = Queue::new(db.pool.clone(), reg.clone());
+    let first = q
+        .enqueue_new(NewJob::raw("test.flaky", serde_json::json!({"succeed_on": 1})).key("k"))
+        .await
+        .unwrap()
+        .id;
+    let o = ops(&db.pool, &reg);
+    o.cancel(
+        &JobFilter {
+            ids: Some(vec![first]),
+            ..JobFilter::default()
+        },
+        false,
+    )
+    .await
+    .unwrap();
+    let second = q
+        .enqueue_new(NewJob::raw("test.flaky", serde_json::json!({"succeed_on": 1})).key("k"))
+        .await
+        .unwrap();
+    assert!(!second.duplicate, "a cancelled job releases its key");
+    let r = o
+        .replay(
+            &JobFilter {
+                ids: Some(vec![first]),
+                ..JobFilter::default()
+            },
+            false,
+        )
+        .await
+        .unwrap();
+    assert!(r.result.replayed.is_empty());
+    assert_eq!(r.result.skipped.len(), 1);
+    assert_eq!(
+        common::job(&db.pool, first).await.state,
+        JobState::Cancelled
+    );
+}
+
+#[tokio::test]
+async fn cancel_stops_a_running_job_at_once_and_the_worker_cannot_overwrite_it() {
+    let db = db().await;
+    let reg = registry();
+    let id = Queue::new(db.pool.clone(), reg.clone())
+        .enqueue(&Sleep { ms: 60_000 }, None)
+        .await
+        .unwrap()
+        .id;
+    // A heartbeat far slower than the assertion window: only the cancel notification can stop
+    // the handler in time.
+    let cfg = fleet::config::WorkerSettings {
+        lease: SECS(120),
+        heartbeat_interval: SECS(60),
+        ..fast_settings()
+    };
+    let w = Worker::spawn(&db.pool, reg.clone(), cfg);
+    wait_state(&db.pool, id, JobState::Running, SECS(5)).await;
+
+    let o = ops(&db.pool, &reg);
+    let dry = o
+        .cancel(
+            &JobFilter {
+                ids: Some(vec![id]),
+                ..JobFilter::default()
+            },
+            true,
+        )
+        .await
+        .unwrap();
+    assert_eq!(dry.result, vec![(id, "running".to_owned())]);
+    assert_eq!(
+        common::job(&db.pool, id).await.state,
+        JobState::Running,
+        "dry run changed nothing"
+    );
+
+    let r = o
+        .cancel(
+            &JobFilter {
+                ids: Some(vec![id]),
+                ..JobFilter::default()
+            },
+            false,
+        )
+        .await
+        .unwrap();
+    assert_eq!(r.result, vec![(id, "running".to_owned())]);
+    // The handler stops: the worker's refused outcome shows up well before any heartbeat.
+    let counters = w.counters.clone();
+    let deadline = std::time::Instant::now() + SECS(5);
+    while counters.lost.load(Ordering::Relaxed) == 0 {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "handler was not stopped"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let j = common::job(&db.pool, id).await;
+    assert_eq!(j.state, JobState::Cancelled);
+    assert_eq!(j.errors.last().unwrap().class, ErrorClass::Cancelled);
+    assert!(j.errors.last().unwrap().message.contains("alice"));
+    assert_eq!(audit_rows(&db.pool, "job.cancel").await.len(), 1);
+    w.stop().await;
+}
+
+#[tokio::test]
+async fn drain_finishes_while_other_kinds_keep_running() {
+    let db = db().await;
+    let reg = registry();
+    let q = Queue::new(db.pool.clone(), reg.clone());
+    let w = start_worker(&db.pool, reg.clone(), fast_settings());
+    let slow: Vec<i64> = {
+        let mut v = Vec::new();
+        for _ in 0..2 {
+            v.push(q.enqueue(&Sleep { ms: 1_000 }, None).await.unwrap().id);
+        }
+        v
+    };
+    for &id in &slow {
+        wait_state(&db.pool, id, JobState::Running, SECS(5)).await;
+    }
+    let o = Arc::new(ops(&db.pool, &reg));
+    let drain = {
+        let o = o.clone();
+        tokio::spawn(async move {
+            o.drain(&["fleet.sleep".to_owned()], SECS(20), false, |_, _| {})
+                .await
+        })
+    };
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    let queued = q.enqueue(&Sleep { ms: 1 }, None).await.unwrap().id;
+    // Another kind keeps flowing during the drain.
+    let other = q.enqueue(&Flaky { succeed_on: 1 }, None).await.unwrap().id;
+    wait_state(&db.pool, other, JobState::Completed, SECS(3)).await;
+
+    let r = drain.await.unwrap().unwrap();
+    assert!(r.result.drained);
+    assert_eq!(r.result.running, 0);
+    for &id in &slow {
+        assert_eq!(
+            common::job(&db.pool, id).await.state,
+            JobState::Completed,
+            "in-flight jobs finished"
+        );
+    }
+    assert_eq!(
+        common::job(&db.pool, queued).await.state,
+        JobState::Available,
+        "queued work waits, durable"
+    );
+    o.resume("fleet.sleep", false).await.unwrap();
+    wait_state(&db.pool, queued, JobState::Completed, SECS(3)).await;
+    w.stop().await;
+}
+
+#[tokio::test]
+async fn prune_deletes_only_finished_jobs_older_than_asked() {
+    let db = db().await;
+    let reg = registry();
+    let mut conn = db.pool.acquire().await.unwrap();
+    queue::job_insert_finished_history(&mut conn, "test.flaky", 25_000)
+        .await
+        .unwrap(); // finished a day ago
+    let fresh = Queue::new(db.pool.clone(), reg.clone())
+        .enqueue(&Flaky { succeed_on: 1 }, None)
+        .await
+        .unwrap()
+        .id;
+    let o = ops(&db.pool, &reg);
+    let dry = o
+        .prune(SECS(3600), &[JobState::Completed], true)
+        .await
+        .unwrap();
+    assert_eq!(dry.result, 25_000);
+    let n: i64 = sqlx::query_scalar("SELECT count(*) FROM fleet_jobs")
+        .fetch_one(&db.pool)
+        .await
+        .unwrap();
+    assert_eq!(n, 25_001, "dry run deleted nothing");
+    let real = o
+        .prune(SECS(3600), &[JobState::Completed], false)
+        .await
+        .unwrap();
+    assert_eq!(real.result, 25_000);
+    let n: i64 = sqlx::query_scalar("SELECT count(*) FROM fleet_jobs")
+        .fetch_one(&db.pool)
+        .await
+        .unwrap();
+    assert_eq!(n, 1);
+    assert_eq!(
+        common::job(&db.pool, fresh).await.state,
+        JobState::Available
+    );
+    assert_eq!(
+        audit_rows(&db.pool, "job.prune").await[0].1["deleted"],
+        25_000
+    );
+}
+
+#[tokio::test]
+async fn bad_filters_and_unknown_kinds_are_clear_errors() {
+    let db = db().await;
+    let reg = registry();
+    let o = ops(&db.pool, &reg);
+    let e = o
+        .pause("no.such.kind", "", false)
+        .await
+        .unwrap_err()
+        .to_string();
+    assert!(
+        e.contains("unknown job kind") && e.contains("no.such.kind"),
+        "{e}"
+    );
+    let e = o
+        .cancel(&JobFilter::default(), false)
+        .await
+        .unwrap_err()
+        .to_string();
+    assert!(e.contains("needs --id or a filter"), "{e}");
+    let e = o
+        .replay(
+            &JobFilter {
+                states: Some(vec![JobState::Completed]),
+                ..JobFilter::default()
+            },
+            false,
+        )
+        .await
+        .unwrap_err()
+        .to_string();
+    assert!(e.contains("--state completed"), "{e}");
+    let now = chrono::Utc::now();
+    let e = o
+        .list(
+            &JobFilter {
+                since: Some(now),
+                until: Some(now - chrono::Duration::hours(1)),
+                ..JobFilter::default()
+            },
+            10,
+            None,
+        )
+        .await
+        .unwrap_err()
+        .to_string();
+    assert!(e.contains("--since"), "{e}");
+    let e = o
+        .prune(SECS(3600), &[JobState::Running], false)
+        .await
+        .unwrap_err()
+        .to_string();
+    assert!(e.contains("not final"), "{e}");
+    let e = o.show(987_654).await.unwrap_err().to_string();
+    assert!(e.contains("987654"), "{e}");
+}
+
+#[tokio::test]
+async fn cli_speaks_json_and_names_bad_flags() {
+    let db = db().await;
+    let reg = registry();
+    let id = Queue::new(db.pool.clone(), reg)
+        .enqueue(&Sleep { ms: 1 }, None)
+        .await
+        .unwrap()
+        .id;
+    let run = |args: &[&str]| {
+        Command::new(BIN)
+            .arg("queue")
+            .args(args)
+            .env("DATABASE_URL", &db.url)
+            .env("USER", "bob")
+            .output()
+            .unwrap()
+    };
+    let out = run(&["stats", "--json"]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let stats: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(stats[0]["kind"], "fleet.sleep");
+    assert_eq!(stats[0]["states"]["available"], 1);
+
+    let out = run(&["list", "--kind", "fleet.sleep", "--json"]);
+    let list: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(list[0]["id"], id);
+
+    let out = run(&["cancel", "--id", &id.to_string(), "--dry-run", "--json"]);
+    let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(v["dry_run"], true);
+    assert_eq!(v["actor"], "bob");
+    assert_eq!(common::job(&db.pool, id).await.state, JobState::Available);
+
+    let out = run(&["list", "--state", "bogus"]);
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("bogus") && err.contains("--state"), "{err}");
+
+    let out = run(&["list", "--since", "last tuesday"]);
+    assert!(!out.status.success());
+    assert!(String::from_utf8_lossy(&out.stderr).contains("last tuesday"));
+
+    let out = run(&["pause", "no.such.kind"]);
+    assert!(!out.status.success());
+    assert!(String::from_utf8_lossy(&out.stderr).contains("unknown job kind"));
+}
+
+/// A worker with direct access to its counters.
+struct Worker {
+    inner: RunningWorker,
+    counters: Arc<fleet::worker::WorkerCounters>,
+}
+
+impl Worker {
+    fn spawn(pool: &sqlx::PgPool, reg: Arc<Registry>, cfg: fleet::config::WorkerSettings) -> Self {
+        let w = fleet::Worker::new(pool.clone(), reg, cfg);
+        let counters = w.counters();
+        let shutdown = tokio_util::sync::CancellationToken::new();
+        let handle = tokio::spawn(w.run(shutdown.clone()));
+        Self {
+            inner: RunningWorker {
+                handle,
+                shutdown,
+                id: String::new(),
+            },
+            counters,
+        }
+    }
+    async fn stop(self) {
+        self.inner.stop().await;
+    }
+}

@@ -1,0 +1,1152 @@
+//! Black-box tests of the provider sandbox: each starts a sandbox on 127.0.0.1:0 and talks to
+//! it over HTTP with reqwest, exactly as the fleet's clients do.
+
+use std::{
+    net::SocketAddr,
+    sync::{
+        atomic::{AtomicUsize, Ordering},
+        Arc,
+    },
+    time::Duration,
+};
+
+use axum::{body::Bytes, http::HeaderMap, routing::post, Router};
+use fleet::sandbox::{
+    verify_signature_header, RunningSandbox, Sandbox, SandboxConfig, Scenario, WebhookTarget,
+};
+use reqwest::{Client, StatusCode};
+use serde_json::{json, Value};
+use tokio::sync::mpsc;
+
+const SK: &str = "sk_test_sandbox";
+const DUFFEL: &str = "duffel_test_sandbox";
+const RESEND: &str = "re_sandbox";
+
+async fn start(cfg: SandboxConfig) -> (RunningSandbox, Client) {
+    let addr: SocketAddr = "127.0.0.1:0".parse().unwrap();
+    let sb = Sandbox::start(cfg, addr).await.expect("sandbox starts");
+    (sb, Client::new())
+}
+
+struct Reply {
+    status: StatusCode,
+    headers: reqwest::header::HeaderMap,
+    body: Value,
+    raw: Vec<u8>,
+}
+
+async fn reply(resp: reqwest::Response) -> Reply {
+    let status = resp.status();
+    let headers = resp.headers().clone();
+    let raw = resp.bytes().await.expect("body").to_vec();
+    let body = serde_json::from_slice(&raw).unwrap_or(Value::Null);
+    Reply {
+        status,
+        headers,
+        body,
+        raw,
+    }
+}
+
+async fn stripe_post(
+    c: &Client,
+    base: &str,
+    path: &str,
+    idem: Option<&str>,
+    form: &[(&str, &str)],
+) -> Reply {
+    let mut req = c.post(format!("{base}{path}")).bearer_auth(SK).form(form);
+    if let Some(k) = idem {
+        req = req.header("Idempotency-Key", k);
+    }
+    reply(req.send().await.expect("request")).await
+}
+
+fn pi_form<'a>(pm: &'a str, booking: &'a str, amount: &'a str) -> Vec<(&'a str, &'a str)> {
+    vec![
+        ("amount", amount),
+        ("currency", "usd"),
+        ("customer", "cus_123"),
+        ("payment_method", pm),
+        ("off_session", "true"),
+        ("confirm", "true"),
+        ("capture_method", "manual"),
+        ("metadata[booking_id]", booking),
+        ("metadata[campaign_id]", "cmp_1"),
+    ]
+}
+
+async fn duffel(
+    c: &Client,
+    base: &str,
+    method: reqwest::Method,
+    path: &str,
+    body: Option<Value>,
+) -> Reply {
+    let mut req = c
+        .request(method, format!("{base}{path}"))
+        .bearer_auth(DUFFEL)
+        .header("Duffel-Version", "v2");
+    if let Some(b) = body {
+        req = req.json(&b);
+    }
+    reply(req.send().await.expect("request")).await
+}
+
+fn search_body(origin: &str, destination: &str, date: &str) -> Value {
+    json!({"data": {
+        "slices": [{"origin": origin, "destination": destination, "departure_date": date}],
+        "passengers": [{"type": "adult"}],
+        "cabin_class": "economy",
+    }})
+}
+
+/// Searches a route and returns the offers sorted by total amount.
+async fn search(c: &Client, base: &str, origin: &str, destination: &str, date: &str) -> Vec<Value> {
+    let req = duffel(
+        c,
+        base,
+        reqwest::Method::POST,
+        "/air/offer_requests?return_offers=false",
+        Some(search_body(origin, destination, date)),
+    )
+    .await;
+    assert_eq!(req.status, StatusCode::CREATED, "{}", req.body);
+    let orq = req.body["data"]["id"].as_str().unwrap().to_string();
+    let offers = duffel(
+        c,
+        base,
+        reqwest::Method::GET,
+        &format!("/air/offers?offer_request_id={orq}&sort=total_amount"),
+        None,
+    )
+    .await;
+    assert_eq!(offers.status, StatusCode::OK, "{}", offers.body);
+    offers.body["data"].as_array().unwrap().clone()
+}
+
+fn order_body(offer: &Value, booking: &str) -> Value {
+    let passengers: Vec<Value> = offer["passengers"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|p| {
+            json!({
+                "id": p["id"], "type": "adult", "title": "ms",
+                "given_name": "Ada", "family_name": "Lovelace", "born_on": "1990-12-10",
+                "gender": "f", "email": "ada@example.com", "phone_number": "+442080160508",
+                "identity_documents": [{"type": "passport", "unique_identifier": "X1234567",
+                    "issuing_country_code": "GB", "expires_on": "2035-01-01"}],
+            })
+        })
+        .collect();
+    json!({"data": {
+        "type": "instant",
+        "selected_offers": [offer["id"]],
+        "passengers": passengers,
+        "payments": [{"type": "balance", "amount": offer["total_amount"], "currency": offer["total_currency"]}],
+        "metadata": {"booking_id": booking},
+    }})
+}
+
+// ------------------------------------------------------------------------------------------
+// Stripe
+
+#[tokio::test]
+async fn stripe_idempotent_replay_returns_the_same_payment_intent_and_counts_one() {
+    let (sb, c) = start(SandboxConfig::default()).await;
+    let form = pi_form("pm_card_visa", "bk_1", "12345");
+    let first = stripe_post(
+        &c,
+        &sb.base_url,
+        "/v1/payment_intents",
+        Some("booking:bk_1:pi"),
+        &form,
+    )
+    .await;
+    assert_eq!(first.status, StatusCode::OK, "{}", first.body);
+    assert_eq!(first.body["status"], "requires_capture");
+    assert_eq!(first.body["amount_capturable"], 12345);
+    assert_eq!(first.body["metadata"]["booking_id"], "bk_1");
+    assert!(first.headers.get("idempotent-replayed").is_none());
+
+    // Same parameters in another order are the same request.
+    let mut reordered = form.clone();
+    reordered.reverse();
+    let again = stripe_post(
+        &c,
+        &sb.base_url,
+        "/v1/payment_intents",
+        Some("booking:bk_1:pi"),
+        &reordered,
+    )
+    .await;
+    assert_eq!(again.status, StatusCode::OK);
+    assert_eq!(again.raw, first.raw, "replay is byte for byte");
+    assert_eq!(again.headers["idempotent-replayed"], "true");
+
+    let counters = sb.sandbox.counters();
+    assert_eq!(counters.payment_intents_created, 1);
+    assert_eq!(counters.payment_intents_by_booking["bk_1"], 1);
+    assert_eq!(counters.idempotent_replays, 1);
+
+    // The same key under another API key is a different key.
+    let other = c
+        .post(format!("{}/v1/payment_intents", sb.base_url))
+        .bearer_auth("sk_test_other_account")
+        .header("Idempotency-Key", "booking:bk_1:pi")
+        .form(&form)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(other.status(), StatusCode::OK);
+    assert_eq!(sb.sandbox.counters().payment_intents_created, 2);
+}
+
+#[tokio::test]
+async fn stripe_same_key_with_different_params_is_an_idempotency_error() {
+    let (sb, c) = start(SandboxConfig::default()).await;
+    let ok = stripe_post(
+        &c,
+        &sb.base_url,
+        "/v1/payment_intents",
+        Some("k1"),
+        &pi_form("pm_card_visa", "bk_2", "1000"),
+    )
+    .await;
+    assert_eq!(ok.status, StatusCode::OK);
+    let clash = stripe_post(
+        &c,
+        &sb.base_url,
+        "/v1/payment_intents",
+        Some("k1"),
+        &pi_form("pm_card_visa", "bk_2", "2000"),
+    )
+    .await;
+    assert_eq!(clash.status, StatusCode::BAD_REQUEST);
+    assert_eq!(clash.body["error"]["type"], "idempotency_error");
+    assert_eq!(sb.sandbox.counters().payment_intents_created, 1);
+}
+
+#[tokio::test]
+async fn stripe_concurrent_same_key_requests_never_create_two_payment_intents() {
+    let cfg = SandboxConfig {
+        stripe_latency_ms: 300,
+        ..SandboxConfig::default()
+    };
+    let (sb, c) = start(cfg).await;
+    let form = pi_form("pm_card_visa", "bk_3", "5000");
+    let calls = (0..5).map(|_| {
+        stripe_post(
+            &c,
+            &sb.base_url,
+            "/v1/payment_intents",
+            Some("booking:bk_3:pi"),
+            &form,
+        )
+    });
+    let replies = futures::future::join_all(calls).await;
+    let mut ids = std::collections::HashSet::new();
+    let mut conflicts = 0;
+    for r in &replies {
+        match r.status {
+            StatusCode::OK => {
+                ids.insert(r.body["id"].as_str().unwrap().to_string());
+            }
+            StatusCode::CONFLICT => {
+                assert_eq!(r.body["error"]["code"], "idempotency_key_in_use");
+                conflicts += 1;
+            }
+            other => panic!("unexpected {other}: {}", r.body),
+        }
+    }
+    assert_eq!(
+        ids.len(),
+        1,
+        "exactly one PaymentIntent id is ever returned"
+    );
+    assert!(
+        conflicts >= 1,
+        "requests arriving while the first runs get 409"
+    );
+    assert_eq!(sb.sandbox.counters().payment_intents_created, 1);
+
+    // After the first finishes, a retry replays it.
+    let retry = stripe_post(
+        &c,
+        &sb.base_url,
+        "/v1/payment_intents",
+        Some("booking:bk_3:pi"),
+        &form,
+    )
+    .await;
+    assert_eq!(retry.status, StatusCode::OK);
+    assert!(ids.contains(retry.body["id"].as_str().unwrap()));
+}
+
+#[tokio::test]
+async fn capture_is_only_allowed_from_requires_capture() {
+    let (sb, c) = start(SandboxConfig::default()).await;
+    let pi = stripe_post(
+        &c,
+        &sb.base_url,
+        "/v1/payment_intents",
+        None,
+        &pi_form("pm_card_visa", "bk_4", "7000"),
+    )
+    .await;
+    let id = pi.body["id"].as_str().unwrap();
+
+    let captured = stripe_post(
+        &c,
+        &sb.base_url,
+        &format!("/v1/payment_intents/{id}/capture"),
+        Some("booking:bk_4:capture"),
+        &[],
+    )
+    .await;
+    assert_eq!(captured.status, StatusCode::OK, "{}", captured.body);
+    assert_eq!(captured.body["status"], "succeeded");
+    assert_eq!(captured.body["amount_received"], 7000);
+
+    // A retried capture with the same key replays; a fresh capture is refused.
+    let replay = stripe_post(
+        &c,
+        &sb.base_url,
+        &format!("/v1/payment_intents/{id}/capture"),
+        Some("booking:bk_4:capture"),
+        &[],
+    )
+    .await;
+    assert_eq!(replay.status, StatusCode::OK);
+    let twice = stripe_post(
+        &c,
+        &sb.base_url,
+        &format!("/v1/payment_intents/{id}/capture"),
+        None,
+        &[],
+    )
+    .await;
+    assert_eq!(twice.status, StatusCode::BAD_REQUEST);
+    assert_eq!(
+        twice.body["error"]["code"],
+        "payment_intent_unexpected_state"
+    );
+
+    // A succeeded intent cannot be canceled either.
+    let cancel = stripe_post(
+        &c,
+        &sb.base_url,
+        &format!("/v1/payment_intents/{id}/cancel"),
+        None,
+        &[],
+    )
+    .await;
+    assert_eq!(cancel.status, StatusCode::BAD_REQUEST);
+    assert_eq!(
+        cancel.body["error"]["code"],
+        "payment_intent_unexpected_state"
+    );
+
+    // A held intent can be canceled, and then not captured.
+    let held = stripe_post(
+        &c,
+        &sb.base_url,
+        "/v1/payment_intents",
+        None,
+        &pi_form("pm_card_visa", "bk_5", "7000"),
+    )
+    .await;
+    let held_id = held.body["id"].as_str().unwrap();
+    let voided = stripe_post(
+        &c,
+        &sb.base_url,
+        &format!("/v1/payment_intents/{held_id}/cancel"),
+        None,
+        &[("cancellation_reason", "abandoned")],
+    )
+    .await;
+    assert_eq!(voided.body["status"], "canceled");
+    let late = stripe_post(
+        &c,
+        &sb.base_url,
+        &format!("/v1/payment_intents/{held_id}/capture"),
+        None,
+        &[],
+    )
+    .await;
+    assert_eq!(late.status, StatusCode::BAD_REQUEST);
+
+    let unknown = stripe_post(
+        &c,
+        &sb.base_url,
+        "/v1/payment_intents/pi_nope/capture",
+        None,
+        &[],
+    )
+    .await;
+    assert_eq!(unknown.status, StatusCode::NOT_FOUND);
+    assert_eq!(unknown.body["error"]["code"], "resource_missing");
+
+    let counters = sb.sandbox.counters();
+    assert_eq!(counters.captures, 1);
+    assert_eq!(counters.cancels, 1);
+}
+
+#[tokio::test]
+async fn declined_card_is_a_402_card_error_carrying_the_payment_intent() {
+    let (sb, c) = start(SandboxConfig::default()).await;
+    for (pm, code, decline) in [
+        ("pm_card_chargeDeclined", "card_declined", "generic_decline"),
+        (
+            "pm_card_chargeDeclinedInsufficientFunds",
+            "card_declined",
+            "insufficient_funds",
+        ),
+        (
+            "pm_card_authenticationRequired",
+            "authentication_required",
+            "authentication_required",
+        ),
+    ] {
+        let r = stripe_post(
+            &c,
+            &sb.base_url,
+            "/v1/payment_intents",
+            Some(pm),
+            &pi_form(pm, "bk_6", "9000"),
+        )
+        .await;
+        assert_eq!(r.status, StatusCode::PAYMENT_REQUIRED, "{pm}");
+        let err = &r.body["error"];
+        assert_eq!(err["type"], "card_error");
+        assert_eq!(err["code"], code);
+        assert_eq!(err["decline_code"], decline);
+        // Off session, the intent falls back to requires_payment_method (no 3DS possible).
+        assert_eq!(err["payment_intent"]["status"], "requires_payment_method");
+        assert_eq!(err["payment_intent"]["last_payment_error"]["code"], code);
+        // A retry with the same key replays the decline; nothing new is created.
+        let again = stripe_post(
+            &c,
+            &sb.base_url,
+            "/v1/payment_intents",
+            Some(pm),
+            &pi_form(pm, "bk_6", "9000"),
+        )
+        .await;
+        assert_eq!(again.status, StatusCode::PAYMENT_REQUIRED);
+        assert_eq!(again.raw, r.raw);
+    }
+    assert_eq!(sb.sandbox.counters().payment_intents_created, 3);
+}
+
+#[tokio::test]
+async fn refunds_are_limited_to_what_was_captured() {
+    let (sb, c) = start(SandboxConfig::default()).await;
+    let pi = stripe_post(
+        &c,
+        &sb.base_url,
+        "/v1/payment_intents",
+        None,
+        &pi_form("pm_card_visa", "bk_7", "10000"),
+    )
+    .await;
+    let id = pi.body["id"].as_str().unwrap().to_string();
+    let early = stripe_post(
+        &c,
+        &sb.base_url,
+        "/v1/refunds",
+        None,
+        &[("payment_intent", &id)],
+    )
+    .await;
+    assert_eq!(
+        early.status,
+        StatusCode::BAD_REQUEST,
+        "an uncaptured hold is voided, not refunded"
+    );
+    stripe_post(
+        &c,
+        &sb.base_url,
+        &format!("/v1/payment_intents/{id}/capture"),
+        None,
+        &[],
+    )
+    .await;
+
+    let part = stripe_post(
+        &c,
+        &sb.base_url,
+        "/v1/refunds",
+        Some("booking:bk_7:refund"),
+        &[
+            ("payment_intent", &id),
+            ("amount", "4000"),
+            ("reason", "requested_by_customer"),
+        ],
+    )
+    .await;
+    assert_eq!(part.status, StatusCode::OK, "{}", part.body);
+    assert_eq!(part.body["object"], "refund");
+    assert_eq!(part.body["status"], "succeeded");
+    let too_much = stripe_post(
+        &c,
+        &sb.base_url,
+        "/v1/refunds",
+        None,
+        &[("payment_intent", &id), ("amount", "6001")],
+    )
+    .await;
+    assert_eq!(too_much.status, StatusCode::BAD_REQUEST);
+    let rest = stripe_post(
+        &c,
+        &sb.base_url,
+        "/v1/refunds",
+        None,
+        &[("payment_intent", &id)],
+    )
+    .await;
+    assert_eq!(rest.body["amount"], 6000);
+
+    let fetched = reply(
+        c.get(format!(
+            "{}/v1/refunds/{}",
+            sb.base_url,
+            part.body["id"].as_str().unwrap()
+        ))
+        .bearer_auth(SK)
+        .send()
+        .await
+        .unwrap(),
+    )
+    .await;
+    assert_eq!(fetched.body, part.body);
+    let counters = sb.sandbox.counters();
+    assert_eq!(counters.refunds_by_payment_intent[&id], 2);
+    assert_eq!(counters.refunded_amount_by_payment_intent[&id], 10000);
+}
+
+#[tokio::test]
+async fn payment_intent_carries_every_field_async_stripe_requires() {
+    let (sb, c) = start(SandboxConfig::default()).await;
+    let pi = stripe_post(
+        &c,
+        &sb.base_url,
+        "/v1/payment_intents",
+        None,
+        &pi_form("pm_card_visa", "bk_8", "100"),
+    )
+    .await;
+    let fetched = reply(
+        c.get(format!(
+            "{}/v1/payment_intents/{}",
+            sb.base_url,
+            pi.body["id"].as_str().unwrap()
+        ))
+        .bearer_auth(SK)
+        .send()
+        .await
+        .unwrap(),
+    )
+    .await;
+    assert_eq!(fetched.body, pi.body);
+    let obj = fetched.body.as_object().unwrap();
+    for required in [
+        "id",
+        "amount",
+        "amount_capturable",
+        "amount_received",
+        "capture_method",
+        "confirmation_method",
+        "created",
+        "currency",
+        "livemode",
+        "metadata",
+        "payment_method_types",
+        "status",
+    ] {
+        assert!(
+            obj.get(required).is_some_and(|v| !v.is_null()),
+            "{required} must be set"
+        );
+    }
+    for nullable in [
+        "latest_charge",
+        "last_payment_error",
+        "cancellation_reason",
+        "client_secret",
+        "description",
+        "next_action",
+        "on_behalf_of",
+        "receipt_email",
+        "setup_future_usage",
+        "statement_descriptor",
+        "transfer_data",
+        "transfer_group",
+        "application",
+        "application_fee_amount",
+        "canceled_at",
+        "review",
+        "shipping",
+        "processing",
+        "payment_method_options",
+        "payment_method_configuration_details",
+        "automatic_payment_methods",
+        "amount_details",
+        "invoice",
+        "source",
+        "statement_descriptor_suffix",
+        "customer",
+        "payment_method",
+    ] {
+        assert!(obj.contains_key(nullable), "{nullable} must be present");
+    }
+    assert_eq!(obj["object"], "payment_intent");
+}
+
+// ------------------------------------------------------------------------------------------
+// Duffel
+
+#[tokio::test]
+async fn duffel_fares_are_deterministic_and_sorted_ascending() {
+    let (sb, c) = start(SandboxConfig {
+        seed: 7,
+        ..SandboxConfig::default()
+    })
+    .await;
+    let a = search(&c, &sb.base_url, "LHR", "JFK", "2030-05-01").await;
+    let b = search(&c, &sb.base_url, "LHR", "JFK", "2030-05-01").await;
+    let prices = |offers: &[Value]| -> Vec<f64> {
+        offers
+            .iter()
+            .map(|o| o["total_amount"].as_str().unwrap().parse().unwrap())
+            .collect()
+    };
+    assert!((3..=5).contains(&a.len()));
+    assert_eq!(prices(&a), prices(&b), "same criteria, same fares");
+    assert_ne!(a[0]["id"], b[0]["id"], "offer ids are fresh per request");
+    let p = prices(&a);
+    assert!(
+        p.windows(2).all(|w| w[0] <= w[1]),
+        "sorted ascending: {p:?}"
+    );
+    let offer = &a[0];
+    assert!(offer["id"].as_str().unwrap().starts_with("off_"));
+    assert!(offer["passengers"][0]["id"]
+        .as_str()
+        .unwrap()
+        .starts_with("pas_"));
+    assert!(offer["slices"][0]["segments"][0]["marketing_carrier_flight_number"].is_string());
+    assert!(offer["expires_at"].is_string());
+
+    // Another sandbox with the same seed prices the same; another date prices differently.
+    let (sb2, _) = start(SandboxConfig {
+        seed: 7,
+        ..SandboxConfig::default()
+    })
+    .await;
+    assert_eq!(
+        prices(&search(&c, &sb2.base_url, "LHR", "JFK", "2030-05-01").await),
+        p
+    );
+    assert_ne!(
+        prices(&search(&c, &sb.base_url, "LHR", "JFK", "2030-05-02").await),
+        p
+    );
+}
+
+#[tokio::test]
+async fn price_rises_scenario_re_read_returns_a_higher_total() {
+    let (sb, c) = start(SandboxConfig::default()).await;
+    let offers = search(&c, &sb.base_url, "LHR", "CDG", "2030-06-01").await;
+    let offer = &offers[0];
+    let searched: f64 = offer["total_amount"].as_str().unwrap().parse().unwrap();
+    let reread = duffel(
+        &c,
+        &sb.base_url,
+        reqwest::Method::GET,
+        &format!("/air/offers/{}", offer["id"].as_str().unwrap()),
+        None,
+    )
+    .await;
+    assert_eq!(reread.status, StatusCode::OK);
+    let now: f64 = reread.body["data"]["total_amount"]
+        .as_str()
+        .unwrap()
+        .parse()
+        .unwrap();
+    assert!(now > searched, "{now} > {searched}");
+
+    // Paying the stale search price is refused; the new price books.
+    let stale = duffel(
+        &c,
+        &sb.base_url,
+        reqwest::Method::POST,
+        "/air/orders",
+        Some(order_body(offer, "bk_pr")),
+    )
+    .await;
+    assert_eq!(stale.status, StatusCode::UNPROCESSABLE_ENTITY);
+    assert_eq!(
+        stale.body["errors"][0]["code"],
+        "payment_amount_does_not_match_order_amount"
+    );
+    let ok = duffel(
+        &c,
+        &sb.base_url,
+        reqwest::Method::POST,
+        "/air/orders",
+        Some(order_body(&reread.body["data"], "bk_pr")),
+    )
+    .await;
+    assert_eq!(ok.status, StatusCode::CREATED, "{}", ok.body);
+
+    // offer_gone: the re-read is a 404.
+    let gone = search(&c, &sb.base_url, "LHR", "AMS", "2030-06-01").await;
+    let r = duffel(
+        &c,
+        &sb.base_url,
+        reqwest::Method::GET,
+        &format!("/air/offers/{}", gone[0]["id"].as_str().unwrap()),
+        None,
+    )
+    .await;
+    assert_eq!(r.status, StatusCode::NOT_FOUND);
+    assert_eq!(r.body["errors"][0]["code"], "offer_no_longer_available");
+}
+
+#[tokio::test]
+async fn order_created_then_500_creates_exactly_one_order_visible_via_lookup() {
+    let (sb, c) = start(SandboxConfig::default()).await;
+    let offers = search(&c, &sb.base_url, "LHR", "ZRH", "2030-07-01").await;
+    let offer = &offers[0];
+    let resp = duffel(
+        &c,
+        &sb.base_url,
+        reqwest::Method::POST,
+        "/air/orders",
+        Some(order_body(offer, "bk_9")),
+    )
+    .await;
+    assert_eq!(resp.status, StatusCode::INTERNAL_SERVER_ERROR);
+
+    // Reconcile by booking metadata and by offer: one order.
+    let by_booking = duffel(
+        &c,
+        &sb.base_url,
+        reqwest::Method::GET,
+        "/air/orders?metadata%5Bbooking_id%5D=bk_9",
+        None,
+    )
+    .await;
+    let orders = by_booking.body["data"].as_array().unwrap();
+    assert_eq!(orders.len(), 1, "{}", by_booking.body);
+    let by_offer = duffel(
+        &c,
+        &sb.base_url,
+        reqwest::Method::GET,
+        &format!("/air/orders?offer_id={}", offer["id"].as_str().unwrap()),
+        None,
+    )
+    .await;
+    assert_eq!(by_offer.body["data"], by_booking.body["data"]);
+    let order = &orders[0];
+    assert!(order["id"].as_str().unwrap().starts_with("ord_"));
+    assert_eq!(order["booking_reference"].as_str().unwrap().len(), 6);
+    assert_eq!(order["total_amount"], offer["total_amount"]);
+    let direct = duffel(
+        &c,
+        &sb.base_url,
+        reqwest::Method::GET,
+        &format!("/air/orders/{}", order["id"].as_str().unwrap()),
+        None,
+    )
+    .await;
+    assert_eq!(&direct.body["data"], order);
+
+    // Re-POSTing instead of reconciling cannot book twice.
+    let again = duffel(
+        &c,
+        &sb.base_url,
+        reqwest::Method::POST,
+        "/air/orders",
+        Some(order_body(offer, "bk_9")),
+    )
+    .await;
+    assert_eq!(again.status, StatusCode::UNPROCESSABLE_ENTITY);
+    let counters = sb.sandbox.counters();
+    assert_eq!(counters.orders_created, 1);
+    assert_eq!(counters.orders_by_booking["bk_9"], 1);
+    assert_eq!(counters.order_attempts, 2);
+
+    let none = duffel(
+        &c,
+        &sb.base_url,
+        reqwest::Method::GET,
+        "/air/orders?metadata%5Bbooking_id%5D=bk_other",
+        None,
+    )
+    .await;
+    assert_eq!(none.body["data"], json!([]));
+}
+
+#[tokio::test]
+async fn second_order_for_the_same_offer_is_refused() {
+    let (sb, c) = start(SandboxConfig::default()).await;
+    let offers = search(&c, &sb.base_url, "LHR", "JFK", "2030-08-01").await;
+    let first = duffel(
+        &c,
+        &sb.base_url,
+        reqwest::Method::POST,
+        "/air/orders",
+        Some(order_body(&offers[0], "bk_10")),
+    )
+    .await;
+    assert_eq!(first.status, StatusCode::CREATED, "{}", first.body);
+    let second = duffel(
+        &c,
+        &sb.base_url,
+        reqwest::Method::POST,
+        "/air/orders",
+        Some(order_body(&offers[0], "bk_10")),
+    )
+    .await;
+    assert_eq!(second.status, StatusCode::UNPROCESSABLE_ENTITY);
+    assert_eq!(
+        second.body["errors"][0]["code"],
+        "order_creation_already_attempted"
+    );
+    assert_eq!(
+        sb.sandbox.counters().orders_by_offer[offers[0]["id"].as_str().unwrap()],
+        1
+    );
+
+    // Cancel it: quote, confirm once, the second confirm is already_cancelled.
+    let order_id = first.body["data"]["id"].as_str().unwrap();
+    let quote = duffel(
+        &c,
+        &sb.base_url,
+        reqwest::Method::POST,
+        "/air/order_cancellations",
+        Some(json!({"data": {"order_id": order_id}})),
+    )
+    .await;
+    assert_eq!(quote.status, StatusCode::CREATED);
+    assert!(quote.body["data"]["confirmed_at"].is_null());
+    let path = format!(
+        "/air/order_cancellations/{}/actions/confirm",
+        quote.body["data"]["id"].as_str().unwrap()
+    );
+    let confirmed = duffel(&c, &sb.base_url, reqwest::Method::POST, &path, None).await;
+    assert_eq!(confirmed.status, StatusCode::OK);
+    assert!(confirmed.body["data"]["confirmed_at"].is_string());
+    let twice = duffel(&c, &sb.base_url, reqwest::Method::POST, &path, None).await;
+    assert_eq!(twice.status, StatusCode::UNPROCESSABLE_ENTITY);
+    assert_eq!(twice.body["errors"][0]["code"], "already_cancelled");
+}
+
+#[tokio::test]
+async fn failing_order_scenarios_refuse_with_duffel_codes_and_create_nothing() {
+    let (sb, c) = start(SandboxConfig::default()).await;
+    for (dest, status, code) in [
+        (
+            "DUB",
+            StatusCode::UNPROCESSABLE_ENTITY,
+            "insufficient_balance",
+        ),
+        ("MAD", StatusCode::UNPROCESSABLE_ENTITY, "price_changed"),
+        (
+            "AMS",
+            StatusCode::UNPROCESSABLE_ENTITY,
+            "offer_no_longer_available",
+        ),
+        (
+            "BCN",
+            StatusCode::INTERNAL_SERVER_ERROR,
+            "internal_server_error",
+        ),
+    ] {
+        let offers = search(&c, &sb.base_url, "LHR", dest, "2030-09-01").await;
+        let r = duffel(
+            &c,
+            &sb.base_url,
+            reqwest::Method::POST,
+            "/air/orders",
+            Some(order_body(&offers[0], "bk_f")),
+        )
+        .await;
+        assert_eq!(r.status, status, "{dest}: {}", r.body);
+        assert_eq!(r.body["errors"][0]["code"], code);
+    }
+    assert_eq!(sb.sandbox.counters().orders_created, 0);
+}
+
+#[tokio::test]
+async fn rate_limited_route_answers_429_with_a_reset_date_in_the_future() {
+    let (sb, c) = start(SandboxConfig::default()).await;
+    sb.sandbox.set_scenario("LHR-JFK", Scenario::RateLimited);
+    let body = search_body("LHR", "JFK", "2030-10-01");
+    for _ in 0..2 {
+        let r = duffel(
+            &c,
+            &sb.base_url,
+            reqwest::Method::POST,
+            "/air/offer_requests",
+            Some(body.clone()),
+        )
+        .await;
+        assert_eq!(r.status, StatusCode::TOO_MANY_REQUESTS);
+        assert_eq!(r.body["errors"][0]["type"], "rate_limit_error");
+        assert_eq!(r.headers["ratelimit-remaining"], "0");
+        assert!(r.headers.contains_key("ratelimit-limit"));
+        let reset = r.headers["ratelimit-reset"].to_str().unwrap();
+        let reset = chrono::DateTime::parse_from_rfc2822(reset).expect("an HTTP date");
+        assert!(reset > chrono::Utc::now(), "reset {reset} is in the future");
+    }
+    let ok = duffel(
+        &c,
+        &sb.base_url,
+        reqwest::Method::POST,
+        "/air/offer_requests",
+        Some(body),
+    )
+    .await;
+    assert_eq!(ok.status, StatusCode::CREATED);
+    assert_eq!(sb.sandbox.counters().rate_limited_responses, 2);
+
+    // The admin endpoint sets scenarios too.
+    let set = c
+        .post(format!("{}/_sandbox/scenarios", sb.base_url))
+        .json(&json!({"route": "lhr-jfk", "scenario": "normal"}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(set.status(), StatusCode::OK);
+    assert_eq!(sb.sandbox.scenario("LHR-JFK"), Scenario::Normal);
+}
+
+// ------------------------------------------------------------------------------------------
+// Resend
+
+#[tokio::test]
+async fn resend_idempotency_key_sends_once() {
+    let (sb, c) = start(SandboxConfig::default()).await;
+    let email = json!({"from": "Parker Flight <noreply@parkerflight.test>", "to": ["t@example.com"],
+        "subject": "Your trip is booked", "html": "<p>Booked</p>", "text": "Booked"});
+    let send = |body: Value| {
+        c.post(format!("{}/emails", sb.base_url))
+            .bearer_auth(RESEND)
+            .header("Idempotency-Key", "booking-confirmed/bk_11")
+            .json(&body)
+            .send()
+    };
+    let first = reply(send(email.clone()).await.unwrap()).await;
+    assert_eq!(first.status, StatusCode::OK);
+    let id = first.body["id"].as_str().unwrap().to_string();
+    assert!(uuid::Uuid::parse_str(&id).is_ok());
+    let second = reply(send(email.clone()).await.unwrap()).await;
+    assert_eq!(second.body["id"], id.as_str());
+    let mut changed = email.clone();
+    changed["subject"] = json!("Something else");
+    let clash = reply(send(changed).await.unwrap()).await;
+    assert_eq!(clash.status, StatusCode::CONFLICT);
+    assert_eq!(clash.body["name"], "invalid_idempotent_request");
+
+    let counters = sb.sandbox.counters();
+    assert_eq!(counters.emails_sent, 1);
+    assert_eq!(
+        counters.emails_by_idempotency_key["booking-confirmed/bk_11"],
+        1
+    );
+
+    // Served as JSON too.
+    let served: fleet::sandbox::Counters = c
+        .get(format!("{}/_sandbox/counters", sb.base_url))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(served, sb.sandbox.counters());
+}
+
+// ------------------------------------------------------------------------------------------
+// Webhooks and auth
+
+/// A receiver on port 0 that answers 500 to the first `fail_first` deliveries, then 200,
+/// forwarding (path, headers, body) of accepted ones.
+async fn receiver(
+    fail_first: usize,
+) -> (String, mpsc::UnboundedReceiver<(String, HeaderMap, Bytes)>) {
+    let (tx, rx) = mpsc::unbounded_channel();
+    let seen = Arc::new(AtomicUsize::new(0));
+    let handler = |path: &'static str| {
+        let tx = tx.clone();
+        let seen = seen.clone();
+        move |headers: HeaderMap, body: Bytes| async move {
+            if seen.fetch_add(1, Ordering::SeqCst) < fail_first {
+                return axum::http::StatusCode::INTERNAL_SERVER_ERROR;
+            }
+            let _ = tx.send((path.to_string(), headers, body));
+            axum::http::StatusCode::OK
+        }
+    };
+    let app = Router::new()
+        .route("/stripe", post(handler("stripe")))
+        .route("/duffel", post(handler("duffel")));
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let url = format!("http://{}", listener.local_addr().unwrap());
+    tokio::spawn(async move { axum::serve(listener, app).await });
+    (url, rx)
+}
+
+#[tokio::test]
+async fn stripe_webhook_is_delivered_with_a_signature_that_verifies() {
+    let (url, mut rx) = receiver(1).await;
+    let cfg = SandboxConfig {
+        webhook: Some(WebhookTarget {
+            stripe_url: format!("{url}/stripe"),
+            stripe_secret: "whsec_test".into(),
+            duffel_url: format!("{url}/duffel"),
+            duffel_secret: "duffel_whsec".into(),
+        }),
+        webhook_backoff_ms: 50,
+        ..SandboxConfig::default()
+    };
+    let (sb, c) = start(cfg).await;
+    let pi = stripe_post(
+        &c,
+        &sb.base_url,
+        "/v1/payment_intents",
+        Some("wh"),
+        &pi_form("pm_card_visa", "bk_12", "4200"),
+    )
+    .await;
+
+    let (path, headers, body) = tokio::time::timeout(Duration::from_secs(5), rx.recv())
+        .await
+        .expect("delivered")
+        .unwrap();
+    assert_eq!(path, "stripe");
+    let sig = headers["stripe-signature"].to_str().unwrap();
+    let now = chrono::Utc::now().timestamp();
+    assert!(verify_signature_header(sig, "whsec_test", &body, now, 300));
+    assert!(!verify_signature_header(
+        sig,
+        "whsec_wrong",
+        &body,
+        now,
+        300
+    ));
+    let event: Value = serde_json::from_slice(&body).unwrap();
+    assert_eq!(event["object"], "event");
+    assert_eq!(event["type"], "payment_intent.amount_capturable_updated");
+    assert_eq!(event["livemode"], false);
+    assert!(event["id"].as_str().unwrap().starts_with("evt_"));
+    assert_eq!(event["data"]["object"]["id"], pi.body["id"]);
+    assert_eq!(event["request"]["idempotency_key"], "wh");
+
+    // The admin endpoint emits arbitrary signed Duffel events.
+    let emitted = c
+        .post(format!("{}/_sandbox/webhooks/duffel", sb.base_url))
+        .json(&json!({"type": "order.airline_initiated_change_detected", "object": {"id": "oac_1", "order_id": "ord_1"}}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(emitted.status(), StatusCode::OK);
+    let (path, headers, body) = tokio::time::timeout(Duration::from_secs(5), rx.recv())
+        .await
+        .expect("delivered")
+        .unwrap();
+    assert_eq!(path, "duffel");
+    let sig = headers["x-duffel-signature"].to_str().unwrap();
+    assert!(verify_signature_header(
+        sig,
+        "duffel_whsec",
+        &body,
+        chrono::Utc::now().timestamp(),
+        300
+    ));
+    let event: Value = serde_json::from_slice(&body).unwrap();
+    assert_eq!(
+        event["data"]["type"],
+        "order.airline_initiated_change_detected"
+    );
+    assert_eq!(event["data"]["live_mode"], false);
+
+    // The receiver hands events over before its 200 reaches the sandbox: wait for the count.
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(5);
+    while sb.sandbox.counters().webhooks_delivered < 2 && tokio::time::Instant::now() < deadline {
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let counters = sb.sandbox.counters();
+    assert_eq!(counters.webhooks_delivered, 2);
+    assert_eq!(
+        counters.webhook_attempt_failures, 1,
+        "the first attempt was refused and retried"
+    );
+    assert_eq!(counters.webhooks_failed, 0);
+}
+
+#[tokio::test]
+async fn missing_auth_is_rejected_with_401() {
+    let (sb, c) = start(SandboxConfig::default()).await;
+    let stripe = reply(
+        c.post(format!("{}/v1/payment_intents", sb.base_url))
+            .form(&pi_form("pm_card_visa", "b", "100"))
+            .send()
+            .await
+            .unwrap(),
+    )
+    .await;
+    assert_eq!(stripe.status, StatusCode::UNAUTHORIZED);
+    assert_eq!(stripe.body["error"]["type"], "invalid_request_error");
+    let stripe_get = c
+        .get(format!("{}/v1/payment_intents/pi_x", sb.base_url))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(stripe_get.status(), StatusCode::UNAUTHORIZED);
+
+    let duffel_noauth = reply(
+        c.post(format!("{}/air/offer_requests", sb.base_url))
+            .header("Duffel-Version", "v2")
+            .json(&search_body("LHR", "JFK", "2030-01-01"))
+            .send()
+            .await
+            .unwrap(),
+    )
+    .await;
+    assert_eq!(duffel_noauth.status, StatusCode::UNAUTHORIZED);
+    assert_eq!(
+        duffel_noauth.body["errors"][0]["type"],
+        "authentication_error"
+    );
+    let duffel_noversion = c
+        .post(format!("{}/air/offer_requests", sb.base_url))
+        .bearer_auth(DUFFEL)
+        .json(&search_body("LHR", "JFK", "2030-01-01"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(duffel_noversion.status(), StatusCode::BAD_REQUEST);
+
+    let resend = reply(
+        c.post(format!("{}/emails", sb.base_url))
+            .json(&json!({"from": "a@b.c", "to": "d@e.f", "subject": "s", "text": "t"}))
+            .send()
+            .await
+            .unwrap(),
+    )
+    .await;
+    assert_eq!(resend.status, StatusCode::UNAUTHORIZED);
+    assert_eq!(resend.body["name"], "missing_api_key");
+
+    let counters = sb.sandbox.counters();
+    assert_eq!(
+        counters.payment_intents_created + counters.offer_requests + counters.emails_sent,
+        0
+    );
+    sb.shutdown().await.expect("clean shutdown");
+}

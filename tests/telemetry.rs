@@ -1,0 +1,170 @@
+//! `/metrics` and `/health` of `fleet serve`, against real Postgres and a real worker.
+
+mod common;
+
+use std::{sync::Arc, time::Duration};
+
+use common::*;
+use fleet::{builtin::Sleep, queue::JobState, Queue, Registry};
+use jobs::NewJob;
+
+fn sample<'a>(
+    scrape: &'a prometheus_parse::Scrape,
+    name: &str,
+    labels: &[(&str, &str)],
+) -> Option<&'a prometheus_parse::Sample> {
+    scrape
+        .samples
+        .iter()
+        .find(|s| s.metric == name && labels.iter().all(|(k, v)| s.labels.get(k) == Some(*v)))
+}
+
+fn value(s: &prometheus_parse::Sample) -> f64 {
+    match s.value {
+        prometheus_parse::Value::Counter(v)
+        | prometheus_parse::Value::Gauge(v)
+        | prometheus_parse::Value::Untyped(v) => v,
+        _ => f64::NAN,
+    }
+}
+
+#[tokio::test]
+async fn metrics_parse_as_prometheus_exposition_and_count_outcomes() {
+    let db = db().await;
+    let mut r = Registry::default();
+    fleet::builtin::register(&mut r);
+    let reg = Arc::new(r);
+    let q = Queue::new(db.pool.clone(), reg.clone());
+    let mut ids = Vec::new();
+    for _ in 0..5 {
+        ids.push(q.enqueue(&Sleep { ms: 1 }, None).await.unwrap().id);
+    }
+    let dead = q
+        .enqueue_new(NewJob::raw(
+            "test.metrics_unknown_kind",
+            serde_json::json!({}),
+        ))
+        .await
+        .unwrap()
+        .id;
+    q.enqueue_new(
+        NewJob::raw("fleet.sleep", serde_json::json!({"ms": 1}))
+            .run_at(chrono::Utc::now() + chrono::Duration::hours(1)),
+    )
+    .await
+    .unwrap();
+    let w = start_worker(&db.pool, reg, fast_settings());
+    for id in ids {
+        wait_state(&db.pool, id, JobState::Completed, Duration::from_secs(5)).await;
+    }
+    wait_state(&db.pool, dead, JobState::Dead, Duration::from_secs(5)).await;
+    tokio::time::sleep(Duration::from_millis(100)).await;
+
+    let (base, stop) = serve(fleet::serve::router(db.pool.clone())).await;
+    let resp = reqwest::get(format!("{base}/metrics")).await.unwrap();
+    assert_eq!(resp.status(), 200);
+    assert!(resp.headers()["content-type"]
+        .to_str()
+        .unwrap()
+        .starts_with("text/plain"));
+    let text = resp.text().await.unwrap();
+    let scrape = prometheus_parse::Scrape::parse(text.lines().map(|l| Ok(l.to_owned())))
+        .expect("valid exposition");
+
+    // Process counters (the test binary is one process: at least our outcomes).
+    assert!(
+        value(
+            sample(
+                &scrape,
+                "fleet_jobs_completed_total",
+                &[("kind", "fleet.sleep")]
+            )
+            .unwrap()
+        ) >= 5.0
+    );
+    assert!(
+        value(
+            sample(
+                &scrape,
+                "fleet_jobs_dead_total",
+                &[("kind", "test.metrics_unknown_kind")]
+            )
+            .unwrap()
+        ) >= 1.0
+    );
+    assert!(
+        value(
+            sample(
+                &scrape,
+                "fleet_jobs_enqueued_total",
+                &[("kind", "fleet.sleep")]
+            )
+            .unwrap()
+        ) >= 6.0
+    );
+    assert!(
+        scrape
+            .samples
+            .iter()
+            .any(|s| s.metric == "fleet_job_run_seconds_count"),
+        "run-time histogram present"
+    );
+    // Database gauges are this database's exact state.
+    assert_eq!(
+        value(
+            sample(
+                &scrape,
+                "fleet_queue_depth",
+                &[("kind", "fleet.sleep"), ("state", "completed")]
+            )
+            .unwrap()
+        ),
+        5.0
+    );
+    assert_eq!(
+        value(
+            sample(
+                &scrape,
+                "fleet_queue_depth",
+                &[("kind", "fleet.sleep"), ("state", "scheduled")]
+            )
+            .unwrap()
+        ),
+        1.0
+    );
+    assert!(sample(&scrape, "fleet_lease_rescues_total", &[]).is_some());
+    stop.cancel();
+    w.stop().await;
+}
+
+#[tokio::test]
+async fn health_reports_database_and_lag_and_503_when_the_database_is_gone() {
+    let db = db().await;
+    let q = Queue::new(db.pool.clone(), Arc::new(Registry::default()));
+    q.enqueue_new(NewJob::raw("fleet.sleep", serde_json::json!({"ms": 1})))
+        .await
+        .unwrap();
+    tokio::time::sleep(Duration::from_millis(50)).await;
+    let (base, stop) = serve(fleet::serve::router(db.pool.clone())).await;
+    let resp = reqwest::get(format!("{base}/health")).await.unwrap();
+    assert_eq!(resp.status(), 200);
+    let v: serde_json::Value = resp.json().await.unwrap();
+    assert_eq!(v["status"], "ok");
+    assert!(v["queue_lag_seconds"]["fleet.sleep"].as_f64().unwrap() > 0.0);
+    stop.cancel();
+
+    let gone = sqlx::postgres::PgPoolOptions::new()
+        .acquire_timeout(Duration::from_millis(500))
+        .connect_lazy("postgres://postgres:secret-password@127.0.0.1:1/nowhere")
+        .unwrap();
+    let (base, stop) = serve(fleet::serve::router(gone)).await;
+    let resp = reqwest::get(format!("{base}/health")).await.unwrap();
+    assert_eq!(resp.status(), 503);
+    let body = resp.text().await.unwrap();
+    assert!(body.contains("unavailable"), "{body}");
+    assert!(
+        !body.contains("secret-password") && !body.contains("127.0.0.1:1"),
+        "no connection details: {body}"
+    );
+    stop.cancel();
+}

@@ -1,0 +1,389 @@
+//! The worker runtime, in process, against real Postgres: outcomes, backoff, timeouts,
+//! panics, scheduling, pause/resume and heartbeats.
+
+mod common;
+
+use std::{sync::Arc, time::Duration};
+
+use chrono::Utc;
+use common::*;
+use fleet::{
+    builtin::Sleep,
+    queue::{self, ErrorClass, JobState},
+    Queue, Registry,
+};
+use jobs::{KindDefaults, NewJob};
+
+const SECS: fn(u64) -> Duration = Duration::from_secs;
+
+fn registry() -> Arc<Registry> {
+    let quick = KindDefaults {
+        backoff_base: Duration::from_millis(100),
+        backoff_cap: SECS(1),
+        ..KindDefaults::default()
+    };
+    let mut r = Registry::default();
+    r.register_with::<Flaky>(KindDefaults {
+        backoff_base: SECS(1),
+        backoff_cap: SECS(10),
+        max_attempts: 5,
+        ..KindDefaults::default()
+    })
+    .register_with::<AlwaysFails>(KindDefaults {
+        max_attempts: 3,
+        ..quick.clone()
+    })
+    .register_with::<Panics>(KindDefaults {
+        max_attempts: 2,
+        ..quick.clone()
+    })
+    .register_with::<Discards>(quick.clone())
+    .register_with::<Snoozes>(quick.clone())
+    .register_with::<Strict>(quick.clone())
+    .register_with::<Stubborn>(KindDefaults {
+        timeout: Duration::from_millis(300),
+        max_attempts: 1,
+        ..quick.clone()
+    })
+    .register::<Sleep>();
+    Arc::new(r)
+}
+
+#[tokio::test]
+async fn retry_then_succeed_writes_exponential_backoff_into_run_at() {
+    let db = db().await;
+    let reg = registry();
+    let q = Queue::new(db.pool.clone(), reg.clone());
+    let id = q.enqueue(&Flaky { succeed_on: 3 }, None).await.unwrap().id;
+    let w = start_worker(&db.pool, reg, fast_settings());
+
+    // After attempt 1 fails: retryable, run_at = failure time + backoff in [0.5s, 1s].
+    let j = wait_for(&db.pool, id, SECS(5), "first failure", |j| {
+        j.errors.len() == 1
+    })
+    .await;
+    assert_eq!(j.state, JobState::Retryable, "{j:#?}");
+    let gap = (j.run_at - j.errors[0].at.unwrap()).to_std().unwrap();
+    assert!(
+        gap >= Duration::from_millis(500) && gap <= SECS(1),
+        "backoff after attempt 1: {gap:?}"
+    );
+
+    // After attempt 2 fails: backoff in [1s, 2s].
+    let j = wait_for(&db.pool, id, SECS(5), "second failure", |j| {
+        j.errors.len() == 2
+    })
+    .await;
+    if j.state == JobState::Retryable {
+        let gap = (j.run_at - j.errors[1].at.unwrap()).to_std().unwrap();
+        assert!(
+            gap >= SECS(1) && gap <= SECS(2),
+            "backoff after attempt 2: {gap:?}"
+        );
+    }
+    let j = wait_state(&db.pool, id, JobState::Completed, SECS(6)).await;
+    assert_eq!(j.attempt, 3);
+    assert_eq!(
+        j.errors.iter().map(|e| e.attempt).collect::<Vec<_>>(),
+        vec![1, 2]
+    );
+    assert!(j.errors.iter().all(|e| e.class == ErrorClass::Retryable));
+    // The retry did not run before its run_at.
+    assert!(j.attempted_at.unwrap() >= j.errors[1].at.unwrap() + chrono::Duration::seconds(1));
+    w.stop().await;
+}
+
+#[tokio::test]
+async fn dead_after_max_attempts_keeps_every_attempts_error() {
+    let db = db().await;
+    let reg = registry();
+    let q = Queue::new(db.pool.clone(), reg.clone());
+    let id = q
+        .enqueue(&AlwaysFails {}, Some("only-once"))
+        .await
+        .unwrap()
+        .id;
+    let w = start_worker(&db.pool, reg, fast_settings());
+    let j = wait_state(&db.pool, id, JobState::Dead, SECS(10)).await;
+    assert_eq!(j.attempt, 3);
+    assert_eq!(j.errors.len(), 3);
+    for (i, e) in j.errors.iter().enumerate() {
+        assert_eq!(e.attempt, i as i32 + 1);
+        assert_eq!(e.class, ErrorClass::Retryable);
+        assert_eq!(e.message, format!("boom on attempt {}", i + 1));
+    }
+    assert!(j.finished_at.is_some());
+    assert!(!j.key_held, "a dead job releases its key");
+    w.stop().await;
+}
+
+#[tokio::test]
+async fn unknown_kind_and_bad_payload_are_dead_at_once_not_retried() {
+    let db = db().await;
+    let reg = registry();
+    let q = Queue::new(db.pool.clone(), reg.clone());
+    let unknown = q
+        .enqueue_new(NewJob::raw("test.no_such_kind", serde_json::json!({})).max_attempts(5))
+        .await
+        .unwrap()
+        .id;
+    let bad = q
+        .enqueue_new(
+            NewJob::raw("test.strict", serde_json::json!({"n": "P-12345678"})).max_attempts(5),
+        )
+        .await
+        .unwrap()
+        .id;
+    let w = start_worker(&db.pool, reg, fast_settings());
+    let j = wait_state(&db.pool, unknown, JobState::Dead, SECS(5)).await;
+    assert_eq!((j.attempt, j.errors.len()), (1, 1));
+    assert_eq!(j.errors[0].class, ErrorClass::UnknownKind);
+    assert!(
+        j.errors[0].message.contains("test.no_such_kind"),
+        "{}",
+        j.errors[0].message
+    );
+
+    let j = wait_state(&db.pool, bad, JobState::Dead, SECS(5)).await;
+    assert_eq!((j.attempt, j.errors.len()), (1, 1));
+    assert_eq!(j.errors[0].class, ErrorClass::BadArgs);
+    assert!(
+        j.errors[0].message.contains("test.strict"),
+        "{}",
+        j.errors[0].message
+    );
+    assert!(
+        !j.errors[0].message.contains("P-12345678"),
+        "payload values stay out of errors"
+    );
+    w.stop().await;
+}
+
+#[tokio::test]
+async fn handler_discard_is_dead_at_once_with_its_reason() {
+    let db = db().await;
+    let reg = registry();
+    let id = Queue::new(db.pool.clone(), reg.clone())
+        .enqueue(&Discards {}, None)
+        .await
+        .unwrap()
+        .id;
+    let w = start_worker(&db.pool, reg, fast_settings());
+    let j = wait_state(&db.pool, id, JobState::Dead, SECS(5)).await;
+    assert_eq!(j.attempt, 1);
+    assert_eq!(j.errors[0].class, ErrorClass::Fatal);
+    assert_eq!(j.errors[0].message, "campaign no longer exists");
+    w.stop().await;
+}
+
+#[tokio::test]
+async fn panic_is_caught_recorded_and_treated_as_a_failure() {
+    let db = db().await;
+    let reg = registry();
+    let q = Queue::new(db.pool.clone(), reg.clone());
+    let id = q.enqueue(&Panics {}, None).await.unwrap().id;
+    let w = start_worker(&db.pool, reg, fast_settings());
+    let j = wait_state(&db.pool, id, JobState::Dead, SECS(8)).await;
+    assert_eq!(j.errors.len(), 2);
+    assert!(j.errors.iter().all(|e| e.class == ErrorClass::Panic));
+    assert!(
+        j.errors[0].message.contains("index out of range"),
+        "{}",
+        j.errors[0].message
+    );
+    // The worker survived its handlers' panics and keeps working.
+    let ok = q.enqueue(&Flaky { succeed_on: 1 }, None).await.unwrap().id;
+    wait_state(&db.pool, ok, JobState::Completed, SECS(5)).await;
+    w.stop().await;
+}
+
+#[tokio::test]
+async fn per_kind_timeout_cancels_the_handler_and_fails_the_attempt() {
+    let db = db().await;
+    let reg = registry();
+    let id = Queue::new(db.pool.clone(), reg.clone())
+        .enqueue(&Stubborn { ms: 60_000 }, None)
+        .await
+        .unwrap()
+        .id;
+    let w = start_worker(&db.pool, reg, fast_settings());
+    let started = std::time::Instant::now();
+    let j = wait_state(&db.pool, id, JobState::Dead, SECS(10)).await;
+    assert_eq!(j.errors[0].class, ErrorClass::Timeout);
+    assert!(
+        j.errors[0].message.contains("300ms"),
+        "{}",
+        j.errors[0].message
+    );
+    assert!(
+        started.elapsed() < SECS(8),
+        "the 60 s handler was aborted, not awaited"
+    );
+    w.stop().await;
+}
+
+#[tokio::test]
+async fn snooze_retries_later_without_charging_an_attempt() {
+    let db = db().await;
+    let reg = registry();
+    let id = Queue::new(db.pool.clone(), reg.clone())
+        .enqueue(&Snoozes {}, None)
+        .await
+        .unwrap()
+        .id;
+    let w = start_worker(&db.pool, reg, fast_settings());
+    let j = wait_for(&db.pool, id, SECS(5), "snoozed", |j| !j.errors.is_empty()).await;
+    assert_eq!(j.state, JobState::Retryable);
+    assert_eq!(j.attempt, 0, "a snooze gives the attempt back");
+    assert_eq!(j.errors[0].class, ErrorClass::Snoozed);
+    let gap = (j.run_at - j.errors[0].at.unwrap()).to_std().unwrap();
+    assert!(gap >= SECS(29) && gap <= SECS(31), "{gap:?}");
+    w.stop().await;
+}
+
+#[tokio::test]
+async fn job_scheduled_two_seconds_ahead_runs_two_seconds_later_give_or_take_one() {
+    let db = db().await;
+    let reg = registry();
+    let w = start_worker(
+        &db.pool,
+        reg.clone(),
+        fleet::config::WorkerSettings::default(),
+    );
+    let q = Queue::new(db.pool.clone(), reg);
+    let t0 = Utc::now();
+    let id = q
+        .enqueue_new(
+            NewJob::of(&Flaky { succeed_on: 1 })
+                .unwrap()
+                .run_at(t0 + chrono::Duration::seconds(2)),
+        )
+        .await
+        .unwrap()
+        .id;
+    assert_eq!(common::job(&db.pool, id).await.state, JobState::Scheduled);
+    let j = wait_state(&db.pool, id, JobState::Completed, SECS(6)).await;
+    let ran_after = (j.attempted_at.unwrap() - t0).to_std().unwrap();
+    assert!(
+        ran_after >= SECS(1) && ran_after <= SECS(3),
+        "ran {ran_after:?} after enqueue"
+    );
+    assert!(j.attempted_at.unwrap() >= j.run_at, "never before run_at");
+    w.stop().await;
+}
+
+#[tokio::test]
+async fn paused_kind_is_not_claimed_by_any_worker_until_resumed() {
+    let db = db().await;
+    let reg = registry();
+    let w1 = start_worker(&db.pool, reg.clone(), fast_settings());
+    let w2 = start_worker(&db.pool, reg.clone(), fast_settings());
+    let q = Queue::new(db.pool.clone(), reg);
+    let mut conn = db.pool.acquire().await.unwrap();
+    assert!(
+        queue::kind_pause(&mut conn, "test.flaky", "tester", "incident 12")
+            .await
+            .unwrap()
+    );
+    assert!(
+        !queue::kind_pause(&mut conn, "test.flaky", "tester", "again")
+            .await
+            .unwrap()
+    );
+    let paused = q.enqueue(&Flaky { succeed_on: 1 }, None).await.unwrap().id;
+    let other = q.enqueue(&Sleep { ms: 1 }, None).await.unwrap().id;
+    // Other kinds keep running while one is paused.
+    wait_state(&db.pool, other, JobState::Completed, SECS(3)).await;
+    tokio::time::sleep(SECS(2)).await;
+    assert_eq!(
+        common::job(&db.pool, paused).await.state,
+        JobState::Available
+    );
+
+    let resumed_at = Utc::now();
+    assert!(queue::kind_resume(&mut conn, "test.flaky").await.unwrap());
+    let j = wait_state(&db.pool, paused, JobState::Completed, SECS(3)).await;
+    let lag = (j.attempted_at.unwrap() - resumed_at)
+        .to_std()
+        .unwrap_or_default();
+    assert!(lag <= SECS(2), "claimed {lag:?} after resume");
+    w1.stop().await;
+    w2.stop().await;
+}
+
+#[tokio::test]
+async fn pause_is_obeyed_within_two_seconds_by_a_busy_worker() {
+    let db = db().await;
+    let reg = registry();
+    let w = start_worker(&db.pool, reg.clone(), fast_settings());
+    let q = Queue::new(db.pool.clone(), reg);
+    // Keep the kind flowing, then pause it mid-stream.
+    for _ in 0..20 {
+        q.enqueue(&Sleep { ms: 5 }, None).await.unwrap();
+    }
+    let mut conn = db.pool.acquire().await.unwrap();
+    queue::kind_pause(&mut conn, "fleet.sleep", "tester", "")
+        .await
+        .unwrap();
+    let paused_at = Utc::now();
+    let ids: Vec<i64> = {
+        let mut v = Vec::new();
+        for _ in 0..10 {
+            v.push(q.enqueue(&Sleep { ms: 5 }, None).await.unwrap().id);
+        }
+        v
+    };
+    tokio::time::sleep(SECS(2)).await;
+    let late_claims: i64 = sqlx::query_scalar(
+        "SELECT count(*) FROM fleet_jobs WHERE kind = 'fleet.sleep' AND attempted_at > $1 + interval '2 seconds'",
+    )
+    .bind(paused_at)
+    .fetch_one(&db.pool)
+    .await
+    .unwrap();
+    assert_eq!(late_claims, 0);
+    for id in ids {
+        assert_eq!(common::job(&db.pool, id).await.state, JobState::Available);
+    }
+    w.stop().await;
+}
+
+/// The apalis failure mode: a worker holding more claimed jobs than slots must keep every
+/// claim's lease alive, so nothing is re-run by another worker.
+#[tokio::test]
+async fn heartbeat_keeps_a_ten_second_job_and_waiting_claims_alive() {
+    let db = db().await;
+    let reg = registry();
+    let q = Queue::new(db.pool.clone(), reg.clone());
+    let long = q.enqueue(&Sleep { ms: 10_000 }, None).await.unwrap().id;
+    let waiting: Vec<i64> = vec![
+        q.enqueue(&Sleep { ms: 50 }, None).await.unwrap().id,
+        q.enqueue(&Sleep { ms: 50 }, None).await.unwrap().id,
+    ];
+    let cfg = fleet::config::WorkerSettings {
+        concurrency: 1,
+        prefetch: 2,
+        ..fast_settings() // lease 2 s, heartbeat 400 ms, rescue every 300 ms
+    };
+    let w = start_worker(&db.pool, reg.clone(), cfg);
+    // A second worker is ready to steal anything whose lease lapses.
+    let thief = start_worker(&db.pool, reg, fast_settings());
+    // All three are claimed by the first worker while only one runs.
+    tokio::time::sleep(SECS(1)).await;
+    for id in std::iter::once(long).chain(waiting.iter().copied()) {
+        let j = common::job(&db.pool, id).await;
+        assert_eq!(j.state, JobState::Running, "job {id}");
+        assert_eq!(j.lease_owner.as_deref(), Some(w.id.as_str()));
+    }
+    for id in std::iter::once(long).chain(waiting.iter().copied()) {
+        let j = wait_state(&db.pool, id, JobState::Completed, SECS(15)).await;
+        assert_eq!(
+            j.claim_seq, 1,
+            "job {id} was claimed more than once: {j:#?}"
+        );
+        assert_eq!(j.attempt, 1);
+        assert!(j.errors.is_empty(), "{:?}", j.errors);
+    }
+    w.stop().await;
+    thief.stop().await;
+}
