@@ -366,15 +366,13 @@ async fn heartbeat_keeps_a_ten_second_job_and_waiting_claims_alive() {
         ..fast_settings() // lease 2 s, heartbeat 400 ms, rescue every 300 ms
     };
     let w = start_worker(&db.pool, reg.clone(), cfg);
-    // A second worker is ready to steal anything whose lease lapses.
-    let thief = start_worker(&db.pool, reg, fast_settings());
-    // All three are claimed by the first worker while only one runs.
-    tokio::time::sleep(SECS(1)).await;
+    // All three are claimed by the first worker while only one runs. The thief starts only
+    // after that, so it can get a job solely by stealing a lapsed lease.
     for id in std::iter::once(long).chain(waiting.iter().copied()) {
-        let j = common::job(&db.pool, id).await;
-        assert_eq!(j.state, JobState::Running, "job {id}");
-        assert_eq!(j.lease_owner.as_deref(), Some(w.id.as_str()));
+        let j = common::wait_state(&db.pool, id, JobState::Running, SECS(5)).await;
+        assert_eq!(j.lease_owner.as_deref(), Some(w.id.as_str()), "job {id}");
     }
+    let thief = start_worker(&db.pool, reg, fast_settings());
     for id in std::iter::once(long).chain(waiting.iter().copied()) {
         let j = wait_state(&db.pool, id, JobState::Completed, SECS(15)).await;
         assert_eq!(
