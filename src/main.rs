@@ -193,11 +193,12 @@ enum QueueAction {
     },
     /// List paused kinds.
     Paused,
-    /// Pause KINDs and wait until none of their jobs is running (queued ones wait for resume).
+    /// Drain KINDs before a deploy: hold new intake, finish the queued backlog and the running
+    /// jobs, then leave the kinds paused until `resume`.
     Drain {
         #[arg(required = true)]
         kinds: Vec<String>,
-        /// Give up after this long (the kinds stay paused).
+        /// Give up after this long (the kinds are then fully paused).
         #[arg(long, default_value = "5m", value_parser = humantime::parse_duration)]
         timeout: Duration,
         #[command(flatten)]
@@ -717,38 +718,85 @@ async fn queue_command(
         QueueAction::Paused => {
             let mut conn = pool.acquire().await?;
             let paused = queue::kind_list_paused(&mut conn).await?;
-            print(serde_json::to_value(&paused)?, paused.join("\n"));
+            let text = paused
+                .iter()
+                .map(|p| {
+                    let how = match p.draining_through_id {
+                        Some(id) => format!("draining (jobs up to id {id} still run)"),
+                        None => "paused".to_owned(),
+                    };
+                    format!(
+                        "{}\t{how}\tsince {} by {}{}",
+                        p.kind,
+                        p.paused_at.format("%Y-%m-%d %H:%M:%S UTC"),
+                        p.paused_by,
+                        if p.reason.is_empty() {
+                            String::new()
+                        } else {
+                            format!(": {}", p.reason)
+                        }
+                    )
+                })
+                .collect::<Vec<_>>()
+                .join("\n");
+            print(serde_json::to_value(&paused)?, text);
         }
         QueueAction::Drain {
             kinds: drain,
             timeout,
             m,
         } => {
-            let bar = indicatif::ProgressBar::new_spinner();
+            let bar = indicatif::ProgressBar::new(0).with_style(
+                indicatif::ProgressStyle::with_template(
+                    "{spinner} draining {prefix} [{bar:30}] {pos}/{len} done; {msg}",
+                )
+                .expect("static template")
+                .progress_chars("=> "),
+            );
+            bar.set_prefix(drain.join(", "));
             if json || m.dry_run {
                 bar.set_draw_target(indicatif::ProgressDrawTarget::hidden());
             }
+            // The bar's length is the most work seen left at once, so it never runs backwards.
+            let mut most_left = 0u64;
             let r = Ops::new(pool, kinds, actor_of(&m))
-                .drain(&drain, timeout, m.dry_run, |available, running| {
+                .drain(&drain, timeout, m.dry_run, |c| {
+                    let left = (c.backlog + c.running) as u64;
+                    most_left = most_left.max(left);
+                    bar.set_length(most_left);
+                    bar.set_position(most_left - left);
                     bar.set_message(format!(
-                        "draining {}: {running} running, {available} queued (paused)",
-                        drain.join(", ")
+                        "{} queued, {} running, {} held for resume",
+                        c.backlog, c.running, c.held
                     ));
-                    bar.tick();
                 })
                 .await;
             bar.finish_and_clear();
             let r = r?;
+            let d = &r.result;
+            let kept = if d.already_paused.is_empty() {
+                String::new()
+            } else {
+                format!(
+                    "; already paused, queue held not run: {}",
+                    d.already_paused.join(", ")
+                )
+            };
             let text = if r.dry_run {
                 format!(
-                    "would pause {} and wait for {} running job(s); {} queued",
+                    "would drain {}: run {} queued and wait for {} running job(s); {} held{kept}",
                     drain.join(", "),
-                    r.result.running,
-                    r.result.available
+                    d.backlog,
+                    d.running,
+                    d.held
                 )
             } else {
-                format!("drained {} in {} ms: nothing running; {} queued job(s) wait for `fleet queue resume`",
-                    drain.join(", "), r.result.waited_ms, r.result.available)
+                format!(
+                    "drained {} in {} ms: backlog done, nothing running; now paused, {} job(s) held for `fleet queue resume`{kept}",
+                    drain.join(", "),
+                    d.waited_ms,
+                    d.held
+                )
             };
             print(serde_json::to_value(&r)?, text);
         }

@@ -12,7 +12,9 @@ use sqlx::{Connection, PgPool};
 
 use jobs::audit;
 
-use crate::queue::{self, JobFilter, JobRecord, JobState, JobSummary, KindStats, ReplayResult};
+use crate::queue::{
+    self, DrainCounts, JobFilter, JobRecord, JobState, JobSummary, KindStats, ReplayResult,
+};
 
 /// Rows deleted per prune statement (keeps each transaction short).
 const PRUNE_BATCH: i64 = 10_000;
@@ -194,15 +196,19 @@ impl Ops {
         Ok(self.mutation("resume", dry_run, changed))
     }
 
-    /// Pauses `kinds`, then waits until none of their jobs is running. Jobs that are available
-    /// stay queued (a paused kind is never claimed) and run after `resume`. `progress` is
-    /// called with (available, running) after every poll.
+    /// Drains `kinds` (before a deploy): holds their new intake, lets the backlog that is
+    /// already queued and the jobs already running finish, then leaves the kinds fully paused
+    /// until `resume`. Done when none of their jobs is available (apart from held intake) or
+    /// running. A kind that is already fully paused stays so: its queue is held, not run, and
+    /// only its running jobs are waited for. `progress` gets the counts after every poll.
+    ///
+    /// On timeout the kinds are fully paused as well and the error says what is left.
     pub async fn drain(
         &self,
         kinds: &[String],
         timeout: Duration,
         dry_run: bool,
-        mut progress: impl FnMut(i64, i64),
+        mut progress: impl FnMut(&DrainCounts),
     ) -> anyhow::Result<Mutation<DrainResult>> {
         if kinds.is_empty() {
             bail!("drain needs at least one kind");
@@ -212,24 +218,31 @@ impl Ops {
         }
         let started = Instant::now();
         let mut conn = self.pool.acquire().await?;
+        let already_paused: Vec<String> = queue::kind_list_paused(&mut conn)
+            .await?
+            .into_iter()
+            .filter(|p| p.draining_through_id.is_none() && kinds.contains(&p.kind))
+            .map(|p| p.kind)
+            .collect();
+        let result = |counts: DrainCounts, drained: bool, waited_ms: u64| DrainResult {
+            kinds: kinds.to_vec(),
+            already_paused: already_paused.clone(),
+            backlog: counts.backlog,
+            held: counts.held,
+            running: counts.running,
+            drained,
+            waited_ms,
+        };
         if dry_run {
-            let (available, running) = queue::job_count_active(&mut conn, kinds).await?;
-            return Ok(self.mutation(
-                "drain",
-                true,
-                DrainResult {
-                    kinds: kinds.to_vec(),
-                    available,
-                    running,
-                    drained: false,
-                    waited_ms: 0,
-                },
-            ));
+            let counts = queue::job_count_draining(&mut conn, kinds).await?;
+            return Ok(self.mutation("drain", true, result(counts, false, 0)));
         }
         {
             let mut tx = conn.begin().await?;
+            let mut cutoffs = serde_json::Map::new();
             for k in kinds {
-                queue::kind_pause(&mut tx, k, &self.actor, "drain").await?;
+                let cutoff = queue::kind_drain_start(&mut tx, k, &self.actor).await?;
+                cutoffs.insert(k.clone(), json!(cutoff));
             }
             audit::record(
                 &mut tx,
@@ -237,30 +250,32 @@ impl Ops {
                 "kind.drain",
                 "kind",
                 Some(&kinds.join(",")),
-                &json!({ "timeout_ms": timeout.as_millis() as u64 }),
+                &json!({
+                    "timeout_ms": timeout.as_millis() as u64,
+                    "draining_through_id": cutoffs,
+                    "already_paused": already_paused,
+                }),
             )
             .await?;
             tx.commit().await?;
         }
         loop {
-            let (available, running) = queue::job_count_active(&mut conn, kinds).await?;
-            progress(available, running);
+            let counts = queue::job_count_draining(&mut conn, kinds).await?;
+            progress(&counts);
             let waited_ms = started.elapsed().as_millis() as u64;
-            if running == 0 {
-                return Ok(self.mutation(
-                    "drain",
-                    false,
-                    DrainResult {
-                        kinds: kinds.to_vec(),
-                        available,
-                        running,
-                        drained: true,
-                        waited_ms,
-                    },
-                ));
-            }
-            if started.elapsed() >= timeout {
-                bail!("drain timed out after {timeout:?}: {running} job(s) of {} still running (the kinds stay paused)", kinds.join(", "));
+            let done = counts.backlog == 0 && counts.running == 0;
+            if done || started.elapsed() >= timeout {
+                queue::kind_drain_end(&mut conn, kinds).await?;
+                if done {
+                    return Ok(self.mutation("drain", false, result(counts, true, waited_ms)));
+                }
+                bail!(
+                    "drain of {} timed out after {timeout:?}: {} queued and {} running job(s) left; \
+                     the kinds are now fully paused (`fleet queue resume KIND` to lift)",
+                    kinds.join(", "),
+                    counts.backlog,
+                    counts.running
+                );
             }
             tokio::time::sleep(Duration::from_millis(200)).await;
         }
@@ -376,13 +391,19 @@ impl Ops {
 /// What `drain` saw when it stopped waiting.
 #[derive(Debug, Clone, Serialize)]
 pub struct DrainResult {
-    /// The drained kinds (left paused).
+    /// The drained kinds (left fully paused).
     pub kinds: Vec<String>,
-    /// Jobs still queued (they run after `resume`).
-    pub available: i64,
+    /// Of those, the kinds that were fully paused already: their queue was held, not run.
+    pub already_paused: Vec<String>,
+    /// Queued jobs the drain lets run that are still queued (0 when drained; in a dry run,
+    /// what a drain would run).
+    pub backlog: i64,
+    /// Queued jobs held until `resume` (enqueued after the drain began, or of an already
+    /// paused kind).
+    pub held: i64,
     /// Jobs still running (0 when drained).
     pub running: i64,
-    /// Whether no job is running.
+    /// Whether the backlog is done and nothing runs.
     pub drained: bool,
     /// How long it waited.
     pub waited_ms: u64,

@@ -360,7 +360,9 @@ async fn fetch_plan_stays_on_the_ready_index_with_a_million_finished_jobs() {
             SELECT id FROM fleet_jobs j
             WHERE state = 'available' AND ($1::text[] IS NULL OR queue = ANY($1))
               AND kind <> ALL($2::text[])
-              AND NOT EXISTS (SELECT 1 FROM fleet_paused_kinds p WHERE p.kind = j.kind)
+              AND NOT EXISTS (
+                  SELECT 1 FROM fleet_paused_kinds p
+                  WHERE p.kind = j.kind AND (p.drain_through_id IS NULL OR j.id > p.drain_through_id))
             ORDER BY priority, run_at, id LIMIT $3 FOR UPDATE SKIP LOCKED)
         SELECT id FROM picked"#,
     )

@@ -228,54 +228,173 @@ async fn cancel_stops_a_running_job_at_once_and_the_worker_cannot_overwrite_it()
     w.stop().await;
 }
 
+/// Drain = hold new intake, finish what is queued and running, then stay paused: the backlog
+/// (more jobs than the worker has slots) all completes, a job enqueued during the drain is
+/// held, another kind keeps flowing, and only `resume` lets the held job run.
 #[tokio::test]
-async fn drain_finishes_while_other_kinds_keep_running() {
+async fn drain_finishes_the_backlog_holds_new_intake_and_other_kinds_keep_running() {
     let db = db().await;
     let reg = registry();
     let q = Queue::new(db.pool.clone(), reg.clone());
-    let w = start_worker(&db.pool, reg.clone(), fast_settings());
-    let slow: Vec<i64> = {
-        let mut v = Vec::new();
-        for _ in 0..2 {
-            v.push(q.enqueue(&Sleep { ms: 1_000 }, None).await.unwrap().id);
-        }
-        v
-    };
-    for &id in &slow {
-        wait_state(&db.pool, id, JobState::Running, SECS(5)).await;
-    }
+    let w = start_worker(&db.pool, reg.clone(), fast_settings()); // 4 slots
+    let backlog: Vec<i64> = q
+        .enqueue_many(
+            (0..10)
+                .map(|_| NewJob::of(&Sleep { ms: 400 }).unwrap())
+                .collect(),
+        )
+        .await
+        .unwrap()
+        .into_iter()
+        .map(|e| e.id)
+        .collect();
+    wait_state(&db.pool, backlog[0], JobState::Running, SECS(5)).await;
     let o = Arc::new(ops(&db.pool, &reg));
+    let seen = Arc::new(std::sync::Mutex::new(Vec::new()));
     let drain = {
-        let o = o.clone();
+        let (o, seen) = (o.clone(), seen.clone());
         tokio::spawn(async move {
-            o.drain(&["fleet.sleep".to_owned()], SECS(20), false, |_, _| {})
-                .await
+            o.drain(&["fleet.sleep".to_owned()], SECS(30), false, |c| {
+                seen.lock().unwrap().push(*c)
+            })
+            .await
         })
     };
-    tokio::time::sleep(Duration::from_millis(200)).await;
-    let queued = q.enqueue(&Sleep { ms: 1 }, None).await.unwrap().id;
+    let pool = db.pool.clone();
+    common::wait_until(SECS(5), "the drain to begin", move || {
+        let pool = pool.clone();
+        async move {
+            !queue::kind_list_paused(&mut pool.acquire().await.unwrap())
+                .await
+                .unwrap()
+                .is_empty()
+        }
+    })
+    .await;
+    let late = q.enqueue(&Sleep { ms: 1 }, None).await.unwrap().id;
     // Another kind keeps flowing during the drain.
     let other = q.enqueue(&Flaky { succeed_on: 1 }, None).await.unwrap().id;
     wait_state(&db.pool, other, JobState::Completed, SECS(3)).await;
 
     let r = drain.await.unwrap().unwrap();
     assert!(r.result.drained);
-    assert_eq!(r.result.running, 0);
-    for &id in &slow {
-        assert_eq!(
-            common::job(&db.pool, id).await.state,
-            JobState::Completed,
-            "in-flight jobs finished"
-        );
+    assert_eq!(
+        (r.result.backlog, r.result.running, r.result.held),
+        (0, 0, 1)
+    );
+    for &id in &backlog {
+        let j = common::job(&db.pool, id).await;
+        assert_eq!(j.state, JobState::Completed, "backlog job {id} ran");
+        assert_eq!(j.claim_seq, 1, "backlog job {id} ran once");
     }
+    let first = seen.lock().unwrap()[0];
+    assert!(
+        first.backlog > 0,
+        "the drain saw a backlog to finish: {first:?}"
+    );
+    assert_eq!(
+        common::job(&db.pool, late).await.state,
+        JobState::Available,
+        "intake during the drain is held, durable"
+    );
+    // After the drain the kind is fully paused, so nothing more of it starts.
+    let paused = queue::kind_list_paused(&mut db.pool.acquire().await.unwrap())
+        .await
+        .unwrap();
+    assert_eq!(paused.len(), 1);
+    assert_eq!(paused[0].draining_through_id, None);
+    let audit = audit_rows(&db.pool, "kind.drain").await;
+    assert_eq!(audit.len(), 1);
+    assert_eq!(audit[0].0, "alice");
+    tokio::time::sleep(SECS(1)).await;
+    assert_eq!(common::job(&db.pool, late).await.state, JobState::Available);
+    o.resume("fleet.sleep", false).await.unwrap();
+    wait_state(&db.pool, late, JobState::Completed, SECS(3)).await;
+    w.stop().await;
+}
+
+/// A drain must not loosen the kill switch: a fully paused kind's queue is held, not run, and
+/// the drain only waits for what is running.
+#[tokio::test]
+async fn drain_of_a_paused_kind_holds_its_queue_instead_of_running_it() {
+    let db = db().await;
+    let reg = registry();
+    let q = Queue::new(db.pool.clone(), reg.clone());
+    let o = ops(&db.pool, &reg);
+    o.pause("fleet.sleep", "incident 7", false).await.unwrap();
+    let queued = q.enqueue(&Sleep { ms: 1 }, None).await.unwrap().id;
+    let w = start_worker(&db.pool, reg.clone(), fast_settings());
+    let dry = o
+        .drain(&["fleet.sleep".to_owned()], SECS(10), true, |_| {})
+        .await
+        .unwrap();
+    assert_eq!((dry.result.backlog, dry.result.held), (0, 1));
+    let r = o
+        .drain(&["fleet.sleep".to_owned()], SECS(10), false, |_| {})
+        .await
+        .unwrap();
+    assert!(r.result.drained);
+    assert_eq!(r.result.already_paused, vec!["fleet.sleep".to_owned()]);
+    assert_eq!(r.result.held, 1);
+    tokio::time::sleep(SECS(1)).await;
     assert_eq!(
         common::job(&db.pool, queued).await.state,
-        JobState::Available,
-        "queued work waits, durable"
+        JobState::Available
     );
-    o.resume("fleet.sleep", false).await.unwrap();
-    wait_state(&db.pool, queued, JobState::Completed, SECS(3)).await;
+    let paused = queue::kind_list_paused(&mut db.pool.acquire().await.unwrap())
+        .await
+        .unwrap();
+    assert_eq!(paused[0].reason, "incident 7", "the pause is untouched");
     w.stop().await;
+}
+
+/// Pausing a draining kind stops its backlog at once (the kill switch wins over a drain), and
+/// a drain that times out leaves its kinds fully paused.
+#[tokio::test]
+async fn pause_overrides_a_drain_and_a_timed_out_drain_leaves_the_kind_paused() {
+    let db = db().await;
+    let reg = registry();
+    let q = Queue::new(db.pool.clone(), reg.clone());
+    let mut conn = db.pool.acquire().await.unwrap();
+    let before = q.enqueue(&Sleep { ms: 1 }, None).await.unwrap().id;
+    let cutoff = queue::kind_drain_start(&mut conn, "fleet.sleep", "bob")
+        .await
+        .unwrap();
+    assert_eq!(cutoff, Some(before));
+    assert!(
+        queue::kind_pause(&mut conn, "fleet.sleep", "carol", "stop it")
+            .await
+            .unwrap()
+    );
+    let w = start_worker(&db.pool, reg.clone(), fast_settings());
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    assert_eq!(
+        common::job(&db.pool, before).await.state,
+        JobState::Available,
+        "a paused kind's backlog does not run"
+    );
+    w.stop().await;
+    assert!(queue::kind_resume(&mut conn, "fleet.sleep").await.unwrap());
+
+    // No worker at all: the backlog cannot finish, so the drain times out, fully paused.
+    let o = ops(&db.pool, &reg);
+    let err = o
+        .drain(
+            &["fleet.sleep".to_owned()],
+            Duration::from_millis(600),
+            false,
+            |_| {},
+        )
+        .await
+        .unwrap_err()
+        .to_string();
+    assert!(
+        err.contains("timed out") && err.contains("1 queued"),
+        "{err}"
+    );
+    let paused = queue::kind_list_paused(&mut conn).await.unwrap();
+    assert_eq!(paused.len(), 1);
+    assert_eq!(paused[0].draining_through_id, None);
 }
 
 #[tokio::test]

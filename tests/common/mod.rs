@@ -90,6 +90,21 @@ pub async fn wait_for(
     }
 }
 
+/// Polls `cond` until it holds, or panics after `within` naming `what`.
+pub async fn wait_until<F, Fut>(within: Duration, what: &str, cond: F)
+where
+    F: Fn() -> Fut,
+    Fut: std::future::Future<Output = bool>,
+{
+    let deadline = tokio::time::Instant::now() + within;
+    while !cond().await {
+        if tokio::time::Instant::now() > deadline {
+            panic!("{what} did not happen within {within:?}");
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
 pub async fn wait_state(pool: &PgPool, id: i64, state: JobState, within: Duration) -> JobRecord {
     wait_for(pool, id, within, state.as_str(), |j| j.state == state).await
 }
