@@ -108,7 +108,8 @@ enum Command {
         /// Worker concurrency.
         #[arg(long, default_value_t = 64)]
         concurrency: usize,
-        /// Claims beyond free slots (default: equal to --concurrency).
+        /// Claims beyond free slots (default: 3 × --concurrency, so the worker holds 4 × C jobs,
+        /// like the Graphile Worker peer's local queue of max(4 × C, 100)).
         #[arg(long)]
         prefetch: Option<usize>,
         /// Finished jobs inserted before the run.
@@ -544,7 +545,7 @@ async fn run(command: Command, mut settings: Settings) -> anyhow::Result<()> {
             let params = bench::BenchParams {
                 jobs: if latency { 1 } else { jobs },
                 concurrency,
-                prefetch: prefetch.unwrap_or(concurrency),
+                prefetch: prefetch.unwrap_or(3 * concurrency),
                 history,
                 latency_jobs,
                 latency_gap: Duration::from_millis(20),
