@@ -218,15 +218,12 @@ impl Ops {
         }
         let started = Instant::now();
         let mut conn = self.pool.acquire().await?;
-        let already_paused: Vec<String> = queue::kind_list_paused(&mut conn)
-            .await?
-            .into_iter()
-            .filter(|p| p.draining_through_id.is_none() && kinds.contains(&p.kind))
-            .map(|p| p.kind)
-            .collect();
-        let result = |counts: DrainCounts, drained: bool, waited_ms: u64| DrainResult {
+        let result = |counts: DrainCounts,
+                      already_paused: &[String],
+                      drained: bool,
+                      waited_ms: u64| DrainResult {
             kinds: kinds.to_vec(),
-            already_paused: already_paused.clone(),
+            already_paused: already_paused.to_vec(),
             backlog: counts.backlog,
             held: counts.held,
             running: counts.running,
@@ -234,14 +231,27 @@ impl Ops {
             waited_ms,
         };
         if dry_run {
+            let already_paused: Vec<String> = queue::kind_list_paused(&mut conn)
+                .await?
+                .into_iter()
+                .filter(|p| p.draining_through_id.is_none() && kinds.contains(&p.kind))
+                .map(|p| p.kind)
+                .collect();
             let counts = queue::job_count_draining(&mut conn, kinds).await?;
-            return Ok(self.mutation("drain", true, result(counts, false, 0)));
+            let r = result(counts, &already_paused, false, 0);
+            return Ok(self.mutation("drain", true, r));
         }
+        // Kinds whose drain did not start are fully paused: the statement that refused to
+        // set their cutoff is the one that decides, so no separate read can race with a pause.
+        let mut already_paused = Vec::new();
         {
             let mut tx = conn.begin().await?;
             let mut cutoffs = serde_json::Map::new();
             for k in kinds {
                 let cutoff = queue::kind_drain_start(&mut tx, k, &self.actor).await?;
+                if cutoff.is_none() {
+                    already_paused.push(k.clone());
+                }
                 cutoffs.insert(k.clone(), json!(cutoff));
             }
             audit::record(
@@ -262,13 +272,19 @@ impl Ops {
         loop {
             let counts = queue::job_count_draining(&mut conn, kinds).await?;
             progress(&counts);
-            let waited_ms = started.elapsed().as_millis() as u64;
-            let done = counts.backlog == 0 && counts.running == 0;
-            if done || started.elapsed() >= timeout {
+            if counts.backlog == 0 && counts.running == 0 {
+                // End the drain, then look once more: a backlog retry that came due between
+                // the count and this statement may have been claimed. Anything still queued is
+                // now held, so only running jobs can remain to wait for.
                 queue::kind_drain_end(&mut conn, kinds).await?;
-                if done {
-                    return Ok(self.mutation("drain", false, result(counts, true, waited_ms)));
+                let after = queue::job_count_draining(&mut conn, kinds).await?;
+                if after.running == 0 {
+                    let waited_ms = started.elapsed().as_millis() as u64;
+                    let r = result(after, &already_paused, true, waited_ms);
+                    return Ok(self.mutation("drain", false, r));
                 }
+            } else if started.elapsed() >= timeout {
+                queue::kind_drain_end(&mut conn, kinds).await?;
                 bail!(
                     "drain of {} timed out after {timeout:?}: {} queued and {} running job(s) left; \
                      the kinds are now fully paused (`fleet queue resume KIND` to lift)",
