@@ -416,9 +416,10 @@ pub struct FetchParams<'a> {
 }
 
 /// JobFetchAvailable: claims up to `limit` ready jobs in (priority, run_at, id) order with
-/// `FOR UPDATE SKIP LOCKED`, never a paused kind (a draining kind only up to its cutoff id). Each claim charges an attempt, bumps
-/// `claim_seq` and starts a lease. The scan is on `fleet_jobs_fetch_available_idx`, which holds
-/// only `available` rows, so finished history does not slow it down.
+/// `FOR UPDATE SKIP LOCKED`, never a paused kind (a draining kind only up to its cutoff id).
+/// Each claim charges an attempt, bumps `claim_seq` and starts a lease. The scan is on
+/// `fleet_jobs_fetch_available_idx`, which holds only `available` rows, so finished history
+/// does not slow it down.
 pub async fn job_fetch_available(
     conn: &mut PgConnection,
     p: &FetchParams<'_>,
