@@ -772,27 +772,28 @@ pub async fn kind_drain_start(
     kind: &str,
     actor: &str,
 ) -> Result<Option<i64>, sqlx::Error> {
-    let cutoff: Option<i64> = sqlx::query_scalar(
-        "INSERT INTO fleet_paused_kinds (kind, paused_by, reason, drain_through_id)
-         VALUES ($1, $2, 'drain', (SELECT coalesce(max(id), 0) FROM fleet_jobs))
-         ON CONFLICT (kind) DO UPDATE
-            SET drain_through_id = greatest(fleet_paused_kinds.drain_through_id,
-                                            EXCLUDED.drain_through_id),
-                paused_by = EXCLUDED.paused_by
-            WHERE fleet_paused_kinds.drain_through_id IS NOT NULL
-         RETURNING drain_through_id",
+    // Like resume, one statement: idle workers wake (at commit) to take the backlog a pause
+    // may have been holding.
+    sqlx::query_scalar(
+        r#"
+        WITH started AS (
+            INSERT INTO fleet_paused_kinds (kind, paused_by, reason, drain_through_id)
+            VALUES ($1, $2, 'drain', (SELECT coalesce(max(id), 0) FROM fleet_jobs))
+            ON CONFLICT (kind) DO UPDATE
+               SET drain_through_id = greatest(fleet_paused_kinds.drain_through_id,
+                                               EXCLUDED.drain_through_id),
+                   paused_by = EXCLUDED.paused_by
+               WHERE fleet_paused_kinds.drain_through_id IS NOT NULL
+            RETURNING drain_through_id
+        ),
+        notified AS (SELECT pg_notify('fleet_jobs', '') FROM started)
+        SELECT drain_through_id FROM started, (SELECT count(*) FROM notified) n
+        "#,
     )
     .bind(kind)
     .bind(actor)
-    .fetch_optional(&mut *conn)
-    .await?;
-    if cutoff.is_some() {
-        // Idle workers wake (at commit) to take the backlog a pause may have been holding.
-        sqlx::query("SELECT pg_notify('fleet_jobs', '')")
-            .execute(conn)
-            .await?;
-    }
-    Ok(cutoff)
+    .fetch_optional(conn)
+    .await
 }
 
 /// KindDrainEnd: turns the drains of `kinds` into full pauses, so backlog jobs that come due
@@ -1333,8 +1334,7 @@ pub async fn job_count_draining(
         "SELECT
             count(*) FILTER (WHERE j.state = 'available' AND (p.kind IS NULL
                 OR (p.drain_through_id IS NOT NULL AND j.id <= p.drain_through_id))),
-            count(*) FILTER (WHERE j.state = 'available' AND p.kind IS NOT NULL
-                AND (p.drain_through_id IS NULL OR j.id > p.drain_through_id)),
+            count(*) FILTER (WHERE j.state = 'available'),
             count(*) FILTER (WHERE j.state = 'running')
          FROM fleet_jobs j LEFT JOIN fleet_paused_kinds p ON p.kind = j.kind
          WHERE j.kind = ANY($1) AND j.state IN ('available', 'running')",
@@ -1342,9 +1342,11 @@ pub async fn job_count_draining(
     .bind(kinds)
     .fetch_one(conn)
     .await?;
+    let (backlog, available): (i64, i64) = (row.get(0), row.get(1));
     Ok(DrainCounts {
-        backlog: row.get(0),
-        held: row.get(1),
+        backlog,
+        // Every available job is either backlog or held: held is what the claim skips.
+        held: available - backlog,
         running: row.get(2),
     })
 }
