@@ -17,12 +17,12 @@ use std::{
 
 use anyhow::Context;
 use jobs::NewJob;
+use sandbox::{Sandbox, SandboxConfig};
 use serde::Serialize;
 use tokio_util::sync::CancellationToken;
 
 use crate::{
     config::{KindOverride, Settings},
-    sandbox::{Sandbox, SandboxConfig},
     scheduler::{self, ScheduleSettings, Scheduler},
     seed::{seed_campaign, CampaignSeed},
     testkit::{sandbox_deps, ScratchDb, TEST_PII_KEYS},

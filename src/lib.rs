@@ -23,7 +23,6 @@ pub mod metrics;
 pub mod ops;
 pub mod queue;
 pub mod registry;
-pub mod sandbox;
 pub mod scheduler;
 pub mod seed;
 pub mod serve;

@@ -387,11 +387,11 @@ async fn run(command: Command, mut settings: Settings) -> anyhow::Result<()> {
             if !bind.ip().is_loopback() {
                 bail!("--bind {bind}: the sandbox only listens on loopback addresses");
             }
-            let cfg = fleet::sandbox::SandboxConfig {
+            let cfg = sandbox::SandboxConfig {
                 seed,
                 ..Default::default()
             };
-            let running = fleet::sandbox::Sandbox::start(cfg, bind).await?;
+            let running = sandbox::Sandbox::start(cfg, bind).await?;
             println!("sandbox listening on {}", running.base_url);
             let shutdown = CancellationToken::new();
             spawn_signal_handler(shutdown.clone());

@@ -15,7 +15,6 @@ use chrono::NaiveDate;
 use common::*;
 use fleet::{
     queue::{JobRecord, JobState},
-    sandbox::{RunningSandbox, Sandbox, SandboxConfig, Scenario},
     seed::{seed_campaign, CampaignSeed, Seeded},
     testkit::{sandbox_deps, ScratchDb, TEST_PII_KEYS},
     Queue, Registry, Worker,
@@ -29,6 +28,7 @@ use jobs::{
     providers::{CabinClass, FlightsApi, Offer, OfferSearch, PassengerSpec, SliceSpec},
     Job, KindDefaults,
 };
+use sandbox::{RunningSandbox, Sandbox, SandboxConfig, Scenario};
 use serde_json::Value;
 use tokio_util::sync::CancellationToken;
 use uuid::Uuid;

@@ -13,7 +13,6 @@ use chrono::{DateTime, Datelike, Utc};
 use common::*;
 use fleet::{
     queue::{self, ErrorClass, JobState},
-    sandbox::{RunningSandbox, Sandbox},
     seed::{seed_campaign, CampaignSeed, Seeded},
     testkit::{sandbox_deps, ScratchDb, TEST_PII_KEYS},
     Queue, Registry, Worker,
@@ -27,6 +26,7 @@ use jobs::{
     },
     BoxFuture, Enqueued, Enqueuer, Job, KindDefaults, NewJob,
 };
+use sandbox::{RunningSandbox, Sandbox};
 use serde_json::{json, Value};
 use sqlx::{PgConnection, PgPool};
 use tokio_util::sync::CancellationToken;

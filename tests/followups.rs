@@ -5,7 +5,7 @@ mod common;
 use std::{sync::Arc, time::Duration};
 
 use common::*;
-use fleet::{queue::JobState, sandbox::Sandbox, seed, testkit, Queue, Registry};
+use fleet::{queue::JobState, seed, testkit, Queue, Registry};
 use jobs::{
     kinds::{
         card_update::CardUpdate, order_reconcile::OrderReconcile,
@@ -14,6 +14,7 @@ use jobs::{
     providers::AuthorizePayment,
     Job, KindDefaults,
 };
+use sandbox::Sandbox;
 
 fn registry() -> Arc<Registry> {
     let quick = KindDefaults {

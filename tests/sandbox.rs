@@ -11,12 +11,66 @@ use std::{
 };
 
 use axum::{body::Bytes, http::HeaderMap, routing::post, Router};
-use fleet::sandbox::{
-    verify_signature_header, RunningSandbox, Sandbox, SandboxConfig, Scenario, WebhookTarget,
-};
 use reqwest::{Client, StatusCode};
+use sandbox::{
+    duffel_signature_header, stripe_signature_header, RunningSandbox, Sandbox, SandboxConfig,
+    Scenario, WebhookTarget,
+};
 use serde_json::{json, Value};
 use tokio::sync::mpsc;
+
+/// Checks a `t=…,v1=…` header (either provider) against `body` with the fleet's verifier.
+fn verify_signature_header(
+    header: &str,
+    secret: &str,
+    body: &[u8],
+    now: i64,
+    tolerance_secs: i64,
+) -> bool {
+    fleet::webhooks::signature::verify(
+        Some(header),
+        &[secret.to_owned()],
+        body,
+        now,
+        tolerance_secs,
+    )
+    .is_ok()
+}
+
+#[test]
+fn signature_header_verifies_and_tampering_fails() {
+    let body = br#"{"id":"evt_1"}"#;
+    let h = stripe_signature_header("whsec_x", 1_700_000_000, body);
+    assert!(verify_signature_header(
+        &h,
+        "whsec_x",
+        body,
+        1_700_000_100,
+        300
+    ));
+    assert!(!verify_signature_header(
+        &h,
+        "whsec_y",
+        body,
+        1_700_000_100,
+        300
+    ));
+    assert!(!verify_signature_header(
+        &h,
+        "whsec_x",
+        b"{}",
+        1_700_000_100,
+        300
+    ));
+    assert!(!verify_signature_header(
+        &h,
+        "whsec_x",
+        body,
+        1_700_000_400,
+        300
+    ));
+    assert_eq!(h, duffel_signature_header("whsec_x", 1_700_000_000, body));
+}
 
 const SK: &str = "sk_test_sandbox";
 const DUFFEL: &str = "duffel_test_sandbox";
@@ -960,7 +1014,7 @@ async fn resend_idempotency_key_sends_once() {
     );
 
     // Served as JSON too.
-    let served: fleet::sandbox::Counters = c
+    let served: sandbox::Counters = c
         .get(format!("{}/_sandbox/counters", sb.base_url))
         .send()
         .await

@@ -115,8 +115,7 @@ use tokio_util::sync::CancellationToken;
 pub use scenarios::Scenario;
 pub use state::Counters;
 pub use webhooks::{
-    duffel_signature_header, sign_payload, stripe_signature_header, verify_signature_header,
-    WEBHOOK_ATTEMPTS,
+    duffel_signature_header, sign_payload, stripe_signature_header, WEBHOOK_ATTEMPTS,
 };
 
 /// How the sandbox behaves. `SandboxConfig::default()` is a quiet sandbox with no webhooks.
@@ -403,38 +402,9 @@ pub(crate) fn bearer(headers: &axum::http::HeaderMap) -> Option<String> {
 /// Decodes `application/x-www-form-urlencoded` (also a query string) into ordered pairs,
 /// keeping bracket keys such as `metadata[booking_id]` verbatim.
 pub(crate) fn parse_form(input: &str) -> Vec<(String, String)> {
-    input
-        .split('&')
-        .filter(|p| !p.is_empty())
-        .map(|pair| {
-            let (k, v) = pair.split_once('=').unwrap_or((pair, ""));
-            (percent_decode(k), percent_decode(v))
-        })
+    form_urlencoded::parse(input.as_bytes())
+        .map(|(k, v)| (k.into_owned(), v.into_owned()))
         .collect()
-}
-
-fn percent_decode(s: &str) -> String {
-    let bytes = s.as_bytes();
-    let mut out = Vec::with_capacity(bytes.len());
-    let mut i = 0;
-    while i < bytes.len() {
-        match bytes[i] {
-            b'+' => out.push(b' '),
-            b'%' if i + 2 < bytes.len() => {
-                let hex = std::str::from_utf8(&bytes[i + 1..i + 3]).ok();
-                match hex.and_then(|h| u8::from_str_radix(h, 16).ok()) {
-                    Some(b) => {
-                        out.push(b);
-                        i += 2;
-                    }
-                    None => out.push(b'%'),
-                }
-            }
-            b => out.push(b),
-        }
-        i += 1;
-    }
-    String::from_utf8_lossy(&out).into_owned()
 }
 
 #[cfg(test)]
