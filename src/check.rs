@@ -16,7 +16,7 @@ const STRANDED_GRACE: Duration = Duration::from_secs(120);
 pub async fn run(pool: &PgPool) -> Result<Vec<Violation>, sqlx::Error> {
     let mut conn = pool.acquire().await?;
     let mut v = jobs::invariants::check(&mut conn).await?;
-    let stranded = queue::job_list_stranded(&mut conn, STRANDED_GRACE).await?;
+    let stranded = queue::job_list_stranded(&mut conn, STRANDED_GRACE, None).await?;
     if !stranded.is_empty() {
         v.push(Violation {
             invariant: "no job is lost (running with a lease expired over 2 minutes ago: is any worker running?)",

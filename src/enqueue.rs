@@ -68,7 +68,7 @@ impl Queue {
             .into_iter()
             .map(|j| self.resolve(j, trace.clone()))
             .collect();
-        let out = queue::job_insert_many(conn, &rows).await?;
+        let out = queue::job_insert_many(conn, &rows, None).await?;
         // Counted at the statement, not the commit: a caller's rollback still counts.
         let m = &crate::metrics::metrics().enqueued;
         for (row, r) in rows.iter().zip(&out) {

@@ -124,7 +124,7 @@ pub async fn render(pool: Option<&PgPool>) -> Result<String, sqlx::Error> {
     let m = metrics();
     if let Some(pool) = pool {
         let mut conn = pool.acquire().await?;
-        let stats = queue::job_stats(&mut conn).await?;
+        let stats = queue::job_stats(&mut conn, None).await?;
         m.queue_depth.reset();
         m.queue_lag_seconds.reset();
         for k in &stats {

@@ -79,7 +79,7 @@ impl Ops {
     /// Per-kind counts.
     pub async fn stats(&self) -> anyhow::Result<Vec<KindStats>> {
         let mut conn = self.pool.acquire().await?;
-        Ok(queue::job_stats(&mut conn).await?)
+        Ok(queue::job_stats(&mut conn, None).await?)
     }
 
     /// A page of jobs, newest first.
@@ -127,7 +127,7 @@ impl Ops {
         }
         let mut conn = self.pool.acquire().await?;
         let mut tx = conn.begin().await?;
-        let result = queue::job_replay(&mut tx, f).await?;
+        let result = queue::job_replay(&mut tx, f, None).await?;
         self.finish(tx, dry_run, "job.replay", json!({ "filter": f, "replayed": result.replayed.len(), "ids": capped(&result.replayed) }))
             .await?;
         Ok(self.mutation("replay", dry_run, result))
@@ -145,7 +145,7 @@ impl Ops {
         }
         let mut conn = self.pool.acquire().await?;
         let mut tx = conn.begin().await?;
-        let result = queue::job_cancel(&mut tx, f, &self.actor).await?;
+        let result = queue::job_cancel(&mut tx, f, &self.actor, None).await?;
         let ids: Vec<i64> = result.iter().map(|(id, _)| *id).collect();
         self.finish(
             tx,
@@ -312,12 +312,13 @@ impl Ops {
         }
         let mut conn = self.pool.acquire().await?;
         let deleted = if dry_run {
-            queue::job_count_prunable(&mut conn, states, older_than).await? as u64
+            queue::job_count_prunable(&mut conn, states, older_than, None).await? as u64
         } else {
             let mut total = 0;
             loop {
                 let mut tx = conn.begin().await?;
-                let n = queue::job_prune_finished(&mut tx, states, older_than, PRUNE_BATCH).await?;
+                let n = queue::job_prune_finished(&mut tx, states, older_than, PRUNE_BATCH, None)
+                    .await?;
                 tx.commit().await?;
                 total += n;
                 if n < PRUNE_BATCH as u64 {

@@ -39,7 +39,7 @@ pub struct Health {
 async fn health(State(s): State<AppState>) -> impl IntoResponse {
     let probe = async {
         let mut conn = s.pool.acquire().await?;
-        queue::job_stats(&mut conn).await
+        queue::job_stats(&mut conn, None).await
     };
     match tokio::time::timeout(Duration::from_secs(2), probe).await {
         Ok(Ok(stats)) => {

@@ -103,6 +103,7 @@ async fn check_passes_clean_data_and_names_each_violation_by_id() {
             limit: 1,
             owner: "gone",
             lease: Duration::from_secs(1),
+            now: None,
         },
     )
     .await

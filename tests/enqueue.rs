@@ -6,11 +6,26 @@ use std::{sync::Arc, time::Duration};
 
 use common::*;
 use fleet::{
-    queue::{self, ErrorClass, FetchParams, JobState, NextState, Outcome, QueueError},
+    maintenance::{CleanerConfig, JobCleaner},
+    queue::{self, ErrorClass, FetchParams, JobState, QueueError},
     Queue, Registry,
 };
-use jobs::{KindDefaults, NewJob};
+use jobs::{Job, KindDefaults, NewJob};
 use sqlx::{Connection, PgConnection};
+
+/// A `test.flaky` row ready to insert with idempotency key `key`.
+fn flaky_insert(key: &str) -> queue::JobInsert {
+    queue::JobInsert {
+        kind: Flaky::KIND.to_owned(),
+        queue: "default".to_owned(),
+        args: serde_json::json!({"succeed_on": 1}),
+        priority: 0,
+        run_at: None,
+        max_attempts: 10,
+        idempotency_key: Some(key.to_owned()),
+        trace_context: None,
+    }
+}
 
 fn queue_with(pool: &sqlx::PgPool, window: Duration) -> Queue {
     let mut r = Registry::default();
@@ -19,24 +34,6 @@ fn queue_with(pool: &sqlx::PgPool, window: Duration) -> Queue {
         ..KindDefaults::default()
     });
     Queue::new(pool.clone(), Arc::new(r))
-}
-
-/// Claims one job directly through the queue's SQL (a `work_one` step without a worker).
-async fn claim_one(conn: &mut PgConnection, lease: Duration) -> queue::ClaimedJob {
-    let mut v = queue::job_fetch_available(
-        conn,
-        &FetchParams {
-            queues: None,
-            skip_kinds: &[],
-            limit: 1,
-            owner: "test-owner",
-            lease,
-        },
-    )
-    .await
-    .unwrap();
-    assert_eq!(v.len(), 1, "expected one claimable job");
-    v.remove(0)
 }
 
 #[tokio::test]
@@ -170,18 +167,7 @@ async fn key_is_free_again_once_the_job_completes_without_a_window() {
         .await
         .unwrap();
     assert_eq!((dup.id, dup.duplicate), (a.id, true));
-    queue::job_set_outcome(
-        &mut conn,
-        Outcome {
-            id: c.id,
-            claim_seq: c.claim_seq,
-            next: NextState::Completed {
-                key_window: Duration::ZERO,
-            },
-        },
-    )
-    .await
-    .unwrap();
+    complete(&mut conn, &c).await.unwrap();
     let b = q
         .enqueue_new(NewJob::of(&Flaky { succeed_on: 1 }).unwrap().key("k"))
         .await
@@ -200,18 +186,10 @@ async fn key_stays_taken_for_the_window_after_completion_then_frees() {
         .unwrap();
     let mut conn = db.pool.acquire().await.unwrap();
     let c = claim_one(&mut conn, Duration::from_secs(30)).await;
-    queue::job_set_outcome(
-        &mut conn,
-        Outcome {
-            id: c.id,
-            claim_seq: c.claim_seq,
-            next: NextState::Completed {
-                key_window: Duration::from_millis(1500),
-            },
-        },
-    )
-    .await
-    .unwrap();
+    queue::job_set_outcome(&mut conn, completion(&c, Duration::from_millis(1500)), None)
+        .await
+        .unwrap();
+    let completed_at = db_now(&db.pool).await;
     let dup = q
         .enqueue_new(NewJob::of(&Flaky { succeed_on: 1 }).unwrap().key("k"))
         .await
@@ -221,11 +199,11 @@ async fn key_stays_taken_for_the_window_after_completion_then_frees() {
         (a.id, true),
         "inside the window the completed job holds the key"
     );
-    tokio::time::sleep(Duration::from_millis(1700)).await;
-    let b = q
-        .enqueue_new(NewJob::of(&Flaky { succeed_on: 1 }).unwrap().key("k"))
+    // 1.7 s later: insert at that time instead of sleeping until it.
+    let later = completed_at + chrono::Duration::milliseconds(1700);
+    let b = queue::job_insert_many(&mut conn, &[flaky_insert("k")], Some(later))
         .await
-        .unwrap();
+        .unwrap()[0];
     assert!(!b.duplicate, "after the window a new job is created");
     let old = common::job(&db.pool, a.id).await;
     assert!(!old.key_held);
@@ -241,25 +219,18 @@ async fn late_completion_after_rescue_is_refused() {
         .unwrap();
     let mut conn = db.pool.acquire().await.unwrap();
     let stale = claim_one(&mut conn, Duration::from_millis(1)).await;
-    tokio::time::sleep(Duration::from_millis(20)).await;
-    let rescued = queue::job_rescue_expired(&mut conn, 100).await.unwrap();
+    // Rescue as of 20 ms later: the 1 ms lease has expired by then.
+    let later = db_now(&db.pool).await + chrono::Duration::milliseconds(20);
+    let rescued = queue::job_rescue_expired(&mut conn, 100, Some(later))
+        .await
+        .unwrap();
     assert_eq!(rescued.retried, 1);
     let j = common::job(&db.pool, a.id).await;
     assert_eq!(j.state, JobState::Retryable);
     assert_eq!(j.errors[0].class, ErrorClass::LeaseExpired);
 
     // The stale claim may not complete, fail or heartbeat the job.
-    let late = queue::job_set_outcome(
-        &mut conn,
-        Outcome {
-            id: stale.id,
-            claim_seq: stale.claim_seq,
-            next: NextState::Completed {
-                key_window: Duration::ZERO,
-            },
-        },
-    )
-    .await;
+    let late = complete(&mut conn, &stale).await;
     assert!(
         matches!(late, Err(QueueError::LostLease { .. })),
         "{late:?}"
@@ -268,40 +239,22 @@ async fn late_completion_after_rescue_is_refused() {
         &mut conn,
         &[(stale.id, stale.claim_seq)],
         Duration::from_secs(30),
+        None,
     )
     .await
     .unwrap();
     assert!(hb.is_empty());
 
     // A new claim gets a new fencing token, and the old one stays refused even while running.
-    queue::job_promote_due(&mut conn, 100).await.unwrap();
+    queue::job_promote_due(&mut conn, 100, Some(later))
+        .await
+        .unwrap();
     let fresh = claim_one(&mut conn, Duration::from_secs(30)).await;
     assert_eq!(fresh.claim_seq, stale.claim_seq + 1);
     assert_eq!(fresh.attempt, 2);
-    let late = queue::job_set_outcome(
-        &mut conn,
-        Outcome {
-            id: stale.id,
-            claim_seq: stale.claim_seq,
-            next: NextState::Completed {
-                key_window: Duration::ZERO,
-            },
-        },
-    )
-    .await;
+    let late = complete(&mut conn, &stale).await;
     assert!(matches!(late, Err(QueueError::LostLease { .. })));
-    queue::job_set_outcome(
-        &mut conn,
-        Outcome {
-            id: fresh.id,
-            claim_seq: fresh.claim_seq,
-            next: NextState::Completed {
-                key_window: Duration::ZERO,
-            },
-        },
-    )
-    .await
-    .unwrap();
+    complete(&mut conn, &fresh).await.unwrap();
     assert_eq!(common::job(&db.pool, a.id).await.state, JobState::Completed);
 }
 
@@ -385,6 +338,7 @@ async fn fetch_plan_stays_on_the_ready_index_with_a_million_finished_jobs() {
             limit: 64,
             owner: "t",
             lease: Duration::from_secs(30),
+            now: None,
         },
     )
     .await
@@ -407,34 +361,23 @@ async fn cleaner_deletes_only_finished_jobs_past_their_states_retention() {
         .unwrap()
         .id;
     let c = claim_one(&mut conn, Duration::from_secs(30)).await;
-    queue::job_set_outcome(
-        &mut conn,
-        Outcome {
-            id: c.id,
-            claim_seq: c.claim_seq,
-            next: NextState::Completed {
-                key_window: Duration::ZERO,
-            },
-        },
-    )
-    .await
-    .unwrap();
+    complete(&mut conn, &c).await.unwrap();
     let recent = q
         .enqueue_new(NewJob::of(&Flaky { succeed_on: 1 }).unwrap())
         .await
         .unwrap()
         .id;
     let hour = Duration::from_secs(3600);
-    let deleted = fleet::maintenance::clean_once(
-        &db.pool,
-        &[
-            (JobState::Completed, hour),
-            (JobState::Cancelled, hour),
-            (JobState::Dead, hour),
-        ],
-    )
-    .await
-    .unwrap();
+    let cleaner = JobCleaner::new(
+        db.pool.clone(),
+        CleanerConfig {
+            retention_completed: hour,
+            retention_cancelled: hour,
+            retention_dead: hour,
+            ..CleanerConfig::default()
+        },
+    );
+    let deleted = cleaner.run_once(None).await.unwrap();
     assert_eq!(deleted, 2_500);
     assert!(
         queue::job_get(&mut conn, pending).await.unwrap().is_some(),

@@ -120,6 +120,7 @@ async fn killed_worker_process_job_is_rescued_and_completed_by_another_and_late_
                 key_window: Duration::ZERO,
             },
         },
+        None,
     )
     .await;
     assert!(
@@ -229,8 +230,11 @@ async fn second_signal_exits_at_once_and_the_lease_is_left_to_the_rescuer() {
         "left for the rescuer"
     );
     let mut conn = db.pool.acquire().await.unwrap();
-    tokio::time::sleep(Duration::from_millis(2_100)).await; // the 2 s lease
-    let r = queue::job_rescue_expired(&mut conn, 10).await.unwrap();
+    // As of 2.1 s from now the 2 s lease (renewed by nobody) has run out.
+    let later = db_now(&db.pool).await + chrono::Duration::milliseconds(2_100);
+    let r = queue::job_rescue_expired(&mut conn, 10, Some(later))
+        .await
+        .unwrap();
     assert_eq!(r.retried, 1);
 }
 

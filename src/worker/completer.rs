@@ -30,7 +30,7 @@ pub(crate) async fn run(s: Arc<Shared>, mut rx: mpsc::UnboundedReceiver<Outcome>
         let written = loop {
             let r = async {
                 let mut conn = s.pool.acquire().await?;
-                queue::job_set_outcome_many(&mut conn, &batch).await
+                queue::job_set_outcome_many(&mut conn, &batch, None).await
             }
             .await;
             match r {

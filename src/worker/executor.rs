@@ -63,6 +63,7 @@ pub(crate) async fn fetch_loop(
                         limit: free as i64,
                         owner: &s.worker_id,
                         lease: s.cfg.lease,
+                        now: None,
                     },
                 )
                 .await

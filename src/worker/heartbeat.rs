@@ -31,7 +31,7 @@ pub(crate) async fn run(s: Arc<Shared>, stop: CancellationToken) {
         }
         let renewed = async {
             let mut conn = s.pool.acquire().await?;
-            queue::job_extend_leases(&mut conn, &claims, s.cfg.lease).await
+            queue::job_extend_leases(&mut conn, &claims, s.cfg.lease, None).await
         }
         .await;
         let renewed = match renewed {

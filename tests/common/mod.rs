@@ -4,15 +4,16 @@
 
 use std::{sync::Arc, time::Duration};
 
+use chrono::{DateTime, Utc};
 use fleet::{
     config::WorkerSettings,
-    queue::{self, JobRecord, JobState},
+    queue::{self, ClaimedJob, FetchParams, JobRecord, JobState, NextState, Outcome, QueueError},
     testkit::ScratchDb,
     Registry, Worker,
 };
 use jobs::{Job, JobContext, JobError};
 use serde::{Deserialize, Serialize};
-use sqlx::PgPool;
+use sqlx::{PgConnection, PgPool};
 use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 
@@ -103,6 +104,48 @@ where
         }
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
+}
+
+/// The database's clock: what the queue's statements call `now()`. Tests that state "as if
+/// it were later" pass this plus an offset instead of sleeping.
+pub async fn db_now(pool: &PgPool) -> DateTime<Utc> {
+    sqlx::query_scalar("SELECT now()")
+        .fetch_one(pool)
+        .await
+        .unwrap()
+}
+
+/// Claims one job through the queue's SQL (a `work_one` step without a worker).
+pub async fn claim_one(conn: &mut PgConnection, lease: Duration) -> ClaimedJob {
+    let mut v = queue::job_fetch_available(
+        conn,
+        &FetchParams {
+            queues: None,
+            skip_kinds: &[],
+            limit: 1,
+            owner: "test-owner",
+            lease,
+            now: None,
+        },
+    )
+    .await
+    .unwrap();
+    assert_eq!(v.len(), 1, "expected one claimable job");
+    v.remove(0)
+}
+
+/// The completion of claim `c`, keeping its key for `key_window` afterwards.
+pub fn completion(c: &ClaimedJob, key_window: Duration) -> Outcome {
+    Outcome {
+        id: c.id,
+        claim_seq: c.claim_seq,
+        next: NextState::Completed { key_window },
+    }
+}
+
+/// Completes claim `c` (no key window), fenced on the claim.
+pub async fn complete(conn: &mut PgConnection, c: &ClaimedJob) -> Result<(), QueueError> {
+    queue::job_set_outcome(conn, completion(c, Duration::ZERO), None).await
 }
 
 pub async fn wait_state(pool: &PgPool, id: i64, state: JobState, within: Duration) -> JobRecord {

@@ -1,0 +1,102 @@
+//! Queue maintenance that every worker runs beside its fetch loop: the [`JobPromoter`] makes
+//! due jobs claimable, the [`JobRescuer`] takes back expired leases, the [`JobCleaner`] deletes
+//! finished jobs past their retention.
+//!
+//! Every service has the same shape: a config with documented defaults, `run_once(now)`
+//! returning what it did, and one loop ([`run`]) that ticks them until its token is cancelled.
+//! Each pass is one or more `UPDATE/DELETE … WHERE id IN (SELECT … FOR UPDATE SKIP LOCKED)`
+//! statements that are correct when any number of workers run them at once, so there is no
+//! leader election (docs/decisions.md §4).
+
+pub mod cleaner;
+pub mod promoter;
+pub mod rescuer;
+
+use sqlx::PgPool;
+use tokio_util::sync::CancellationToken;
+
+pub use cleaner::{CleanerConfig, JobCleaner};
+pub use promoter::{JobPromoter, PromoterConfig};
+pub use rescuer::{JobRescuer, RescuerConfig};
+
+use crate::config::WorkerSettings;
+
+/// Rows handled per statement by each service unless configured otherwise.
+pub const DEFAULT_BATCH: i64 = 1_000;
+
+/// The three services' settings, as a worker derives them from `[worker]`.
+#[derive(Debug, Clone)]
+pub struct MaintenanceSettings {
+    /// Promotion of due jobs.
+    pub promoter: PromoterConfig,
+    /// Rescue of expired leases.
+    pub rescuer: RescuerConfig,
+    /// Deletion of finished jobs.
+    pub cleaner: CleanerConfig,
+}
+
+impl From<&WorkerSettings> for MaintenanceSettings {
+    fn from(w: &WorkerSettings) -> Self {
+        Self {
+            promoter: PromoterConfig {
+                interval: w.poll_interval,
+                ..PromoterConfig::default()
+            },
+            rescuer: RescuerConfig {
+                interval: w.rescue_interval,
+                ..RescuerConfig::default()
+            },
+            cleaner: CleanerConfig {
+                interval: w.clean_interval,
+                retention_completed: w.retention_completed,
+                retention_cancelled: w.retention_cancelled,
+                retention_dead: w.retention_dead,
+                ..CleanerConfig::default()
+            },
+        }
+    }
+}
+
+/// Runs the three services until `stop`. A failed pass is logged and retried at the next tick.
+pub async fn run(pool: PgPool, cfg: MaintenanceSettings, stop: CancellationToken) {
+    let promoter = JobPromoter::new(pool.clone(), cfg.promoter);
+    let rescuer = JobRescuer::new(pool.clone(), cfg.rescuer);
+    let cleaner = JobCleaner::new(pool, cfg.cleaner);
+    let tick = |d| {
+        let mut i = tokio::time::interval(d);
+        i.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        i
+    };
+    let (mut promote, mut rescue, mut clean) = (
+        tick(promoter.config().interval),
+        tick(rescuer.config().interval),
+        tick(cleaner.config().interval),
+    );
+    loop {
+        tokio::select! {
+            _ = promote.tick() => {
+                if let Err(e) = promoter.run_once(None).await {
+                    tracing::warn!(error = %e, "promoting due jobs failed");
+                }
+            }
+            _ = rescue.tick() => {
+                match rescuer.run_once(None).await {
+                    // Rescued jobs are retryable with run_at = now: promote them right away.
+                    Ok(n) if n.retried > 0 => {
+                        if let Err(e) = promoter.run_once(None).await {
+                            tracing::warn!(error = %e, "promoting rescued jobs failed");
+                        }
+                    }
+                    Ok(_) => {}
+                    Err(e) => tracing::warn!(error = %e, "rescuing expired leases failed"),
+                }
+            }
+            _ = clean.tick() => {
+                if let Err(e) = cleaner.run_once(None).await {
+                    tracing::warn!(error = %e, "cleaning finished jobs failed");
+                }
+            }
+            _ = stop.cancelled() => return,
+        }
+    }
+}

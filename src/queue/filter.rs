@@ -1,0 +1,62 @@
+//! The operator's job filter, shared by `fleet queue list`, `replay` and `cancel` (and the
+//! console): one SQL predicate over parameters `$1..$6`, so every command selects the same rows.
+
+use chrono::{DateTime, Utc};
+use serde::Serialize;
+
+use super::JobState;
+
+/// Which jobs an operator command applies to. Unset fields do not filter.
+#[derive(Debug, Clone, Default, Serialize)]
+pub struct JobFilter {
+    /// Exact ids.
+    pub ids: Option<Vec<i64>>,
+    /// One kind.
+    pub kind: Option<String>,
+    /// Any of these states.
+    pub states: Option<Vec<JobState>>,
+    /// Created at or after.
+    pub since: Option<DateTime<Utc>>,
+    /// Created before.
+    pub until: Option<DateTime<Utc>>,
+    /// Idempotency key.
+    pub idempotency_key: Option<String>,
+}
+
+impl JobFilter {
+    /// True when nothing narrows the selection (mutating commands refuse that).
+    pub fn is_empty(&self) -> bool {
+        self.ids.is_none()
+            && self.kind.is_none()
+            && self.states.is_none()
+            && self.since.is_none()
+            && self.until.is_none()
+            && self.idempotency_key.is_none()
+    }
+
+    fn state_strings(&self) -> Option<Vec<&'static str>> {
+        self.states
+            .as_ref()
+            .map(|v| v.iter().map(|s| s.as_str()).collect())
+    }
+}
+
+/// The filter as SQL over parameters $1..$6 (see [`bind_filter`]).
+pub(crate) const FILTER_SQL: &str = "($1::bigint[] IS NULL OR id = ANY($1)) \
+     AND ($2::text IS NULL OR kind = $2) \
+     AND ($3::text[] IS NULL OR state::text = ANY($3)) \
+     AND ($4::timestamptz IS NULL OR created_at >= $4) \
+     AND ($5::timestamptz IS NULL OR created_at < $5) \
+     AND ($6::text IS NULL OR idempotency_key = $6)";
+
+pub(crate) fn bind_filter<'q>(
+    q: sqlx::query::Query<'q, sqlx::Postgres, sqlx::postgres::PgArguments>,
+    f: &'q JobFilter,
+) -> sqlx::query::Query<'q, sqlx::Postgres, sqlx::postgres::PgArguments> {
+    q.bind(f.ids.as_deref())
+        .bind(f.kind.as_deref())
+        .bind(f.state_strings())
+        .bind(f.since)
+        .bind(f.until)
+        .bind(f.idempotency_key.as_deref())
+}

@@ -1,0 +1,265 @@
+//! Operator reads over the queue: one job, pages of jobs, per-kind stats, and the checks that
+//! `fleet check` runs. Nothing here writes.
+
+use std::{collections::HashMap, time::Duration};
+
+use chrono::{DateTime, Utc};
+use serde::Serialize;
+use serde_json::Value;
+use sqlx::{PgConnection, Row};
+
+use super::{
+    filter::{bind_filter, FILTER_SQL},
+    AttemptError, JobFilter, JobState, Now,
+};
+
+/// A job row as stored, for inspection.
+#[derive(Debug, Clone, Serialize)]
+pub struct JobRecord {
+    /// Job id.
+    pub id: i64,
+    /// Kind.
+    pub kind: String,
+    /// Queue.
+    pub queue: String,
+    /// Payload.
+    pub args: Value,
+    /// State.
+    pub state: JobState,
+    /// Priority.
+    pub priority: i16,
+    /// Not before.
+    pub run_at: DateTime<Utc>,
+    /// Attempts charged.
+    pub attempt: i32,
+    /// Attempt budget.
+    pub max_attempts: i32,
+    /// Fencing token of the latest claim.
+    pub claim_seq: i32,
+    /// Dedup key.
+    pub idempotency_key: Option<String>,
+    /// Whether the key is taken.
+    pub key_held: bool,
+    /// Error history.
+    pub errors: Vec<AttemptError>,
+    /// Current lease owner.
+    pub lease_owner: Option<String>,
+    /// Current lease expiry.
+    pub lease_expires_at: Option<DateTime<Utc>>,
+    /// Created.
+    pub created_at: DateTime<Utc>,
+    /// Last claimed.
+    pub attempted_at: Option<DateTime<Utc>>,
+    /// Finished.
+    pub finished_at: Option<DateTime<Utc>>,
+}
+
+/// JobGet: one job by id.
+pub async fn job_get(conn: &mut PgConnection, id: i64) -> Result<Option<JobRecord>, sqlx::Error> {
+    let row = sqlx::query(
+        r#"
+        SELECT id, kind, queue, args, state::text, priority, run_at, attempt, max_attempts,
+               claim_seq, idempotency_key, key_held, errors, lease_owner, lease_expires_at,
+               created_at, attempted_at, finished_at
+        FROM fleet_jobs WHERE id = $1
+        "#,
+    )
+    .bind(id)
+    .fetch_optional(conn)
+    .await?;
+    let Some(r) = row else { return Ok(None) };
+    let state: String = r.get(4);
+    let errors: Value = r.get(12);
+    Ok(Some(JobRecord {
+        id: r.get(0),
+        kind: r.get(1),
+        queue: r.get(2),
+        args: r.get(3),
+        state: state
+            .parse()
+            .map_err(|e: String| sqlx::Error::Decode(e.into()))?,
+        priority: r.get(5),
+        run_at: r.get(6),
+        attempt: r.get(7),
+        max_attempts: r.get(8),
+        claim_seq: r.get(9),
+        idempotency_key: r.get(10),
+        key_held: r.get(11),
+        errors: serde_json::from_value(errors).map_err(|e| sqlx::Error::Decode(e.into()))?,
+        lease_owner: r.get(13),
+        lease_expires_at: r.get(14),
+        created_at: r.get(15),
+        attempted_at: r.get(16),
+        finished_at: r.get(17),
+    }))
+}
+
+/// JobCountByState: how many jobs are in each state (optionally of one kind).
+pub async fn job_count_by_state(
+    conn: &mut PgConnection,
+    kind: Option<&str>,
+) -> Result<HashMap<JobState, i64>, sqlx::Error> {
+    let rows = sqlx::query(
+        "SELECT state::text, count(*) FROM fleet_jobs
+         WHERE ($1::text IS NULL OR kind = $1) GROUP BY state",
+    )
+    .bind(kind)
+    .fetch_all(conn)
+    .await?;
+    let mut out = HashMap::new();
+    for r in rows {
+        let s: String = r.get(0);
+        if let Ok(st) = s.parse() {
+            out.insert(st, r.get(1));
+        }
+    }
+    Ok(out)
+}
+
+/// One line of `fleet queue list`.
+#[derive(Debug, Clone, Serialize)]
+pub struct JobSummary {
+    /// Job id.
+    pub id: i64,
+    /// Kind.
+    pub kind: String,
+    /// Queue.
+    pub queue: String,
+    /// State.
+    pub state: String,
+    /// Attempts charged.
+    pub attempt: i32,
+    /// Budget.
+    pub max_attempts: i32,
+    /// Not before.
+    pub run_at: DateTime<Utc>,
+    /// Created.
+    pub created_at: DateTime<Utc>,
+    /// Finished.
+    pub finished_at: Option<DateTime<Utc>>,
+    /// Dedup key.
+    pub idempotency_key: Option<String>,
+    /// The latest error's message.
+    pub last_error: Option<String>,
+}
+
+/// JobList: jobs matching `f`, newest first, `limit` per page, ids below `before_id`.
+pub async fn job_list(
+    conn: &mut PgConnection,
+    f: &JobFilter,
+    limit: i64,
+    before_id: Option<i64>,
+) -> Result<Vec<JobSummary>, sqlx::Error> {
+    let sql = format!(
+        "SELECT id, kind, queue, state::text, attempt, max_attempts, run_at, created_at,
+                finished_at, idempotency_key, errors -> -1 ->> 'message'
+         FROM fleet_jobs WHERE {FILTER_SQL} AND ($7::bigint IS NULL OR id < $7)
+         ORDER BY id DESC LIMIT $8"
+    );
+    let rows = bind_filter(sqlx::query(&sql), f)
+        .bind(before_id)
+        .bind(limit)
+        .fetch_all(conn)
+        .await?;
+    Ok(rows
+        .into_iter()
+        .map(|r| JobSummary {
+            id: r.get(0),
+            kind: r.get(1),
+            queue: r.get(2),
+            state: r.get(3),
+            attempt: r.get(4),
+            max_attempts: r.get(5),
+            run_at: r.get(6),
+            created_at: r.get(7),
+            finished_at: r.get(8),
+            idempotency_key: r.get(9),
+            last_error: r.get(10),
+        })
+        .collect())
+}
+
+/// Per-kind figures for `fleet queue stats`.
+#[derive(Debug, Clone, Default, Serialize)]
+pub struct KindStats {
+    /// Kind.
+    pub kind: String,
+    /// Jobs per state.
+    pub states: std::collections::BTreeMap<String, i64>,
+    /// Age of the oldest ready job (seconds since its run_at), if any.
+    pub oldest_available_age_s: Option<f64>,
+    /// Completions in the last minute.
+    pub completed_last_minute: i64,
+}
+
+/// JobStats: counts per kind and state, oldest ready age, completions in the last minute.
+pub async fn job_stats(conn: &mut PgConnection, now: Now) -> Result<Vec<KindStats>, sqlx::Error> {
+    let rows = sqlx::query(
+        "SELECT kind, state::text, count(*),
+                EXTRACT(EPOCH FROM coalesce($1, now())
+                                   - min(run_at) FILTER (WHERE state = 'available'))::float8,
+                count(*) FILTER (WHERE state = 'completed'
+                                   AND finished_at > coalesce($1, now()) - interval '1 minute')
+         FROM fleet_jobs GROUP BY kind, state ORDER BY kind",
+    )
+    .bind(now)
+    .fetch_all(conn)
+    .await?;
+    let mut out: Vec<KindStats> = Vec::new();
+    for r in rows {
+        let kind: String = r.get(0);
+        if out.last().map(|k| k.kind != kind).unwrap_or(true) {
+            out.push(KindStats {
+                kind: kind.clone(),
+                ..KindStats::default()
+            });
+        }
+        let k = out.last_mut().expect("pushed");
+        k.states.insert(r.get(1), r.get(2));
+        if let Some(age) = r.get::<Option<f64>, _>(3) {
+            k.oldest_available_age_s = Some(age);
+        }
+        k.completed_last_minute += r.get::<i64, _>(4);
+    }
+    Ok(out)
+}
+
+/// KindExists: whether any job of `kind` is stored (operators may address kinds this binary no
+/// longer registers).
+pub async fn kind_exists(conn: &mut PgConnection, kind: &str) -> Result<bool, sqlx::Error> {
+    sqlx::query_scalar("SELECT EXISTS (SELECT 1 FROM fleet_jobs WHERE kind = $1)")
+        .bind(kind)
+        .fetch_one(conn)
+        .await
+}
+
+/// JobListStranded: running jobs whose lease expired more than `grace` ago — nobody is
+/// rescuing them (no worker runs), so they would never finish. Ids, at most 100.
+pub async fn job_list_stranded(
+    conn: &mut PgConnection,
+    grace: Duration,
+    now: Now,
+) -> Result<Vec<i64>, sqlx::Error> {
+    sqlx::query_scalar(
+        "SELECT id FROM fleet_jobs WHERE state = 'running'
+           AND lease_expires_at < coalesce($2, now()) - $1 * interval '1 millisecond'
+         ORDER BY id LIMIT 100",
+    )
+    .bind(grace.as_millis() as i64)
+    .bind(now)
+    .fetch_all(conn)
+    .await
+}
+
+/// JobListPiiLikeArgs: jobs whose payload looks like it carries personal data (an e-mail
+/// address, or a key naming a personal field). Payloads must carry ids only. At most 100.
+pub async fn job_list_pii_like_args(conn: &mut PgConnection) -> Result<Vec<i64>, sqlx::Error> {
+    sqlx::query_scalar(
+        r#"SELECT id FROM fleet_jobs
+           WHERE args::text ~* '"(passport[a-z_]*|full_name|given_name|family_name|date_of_birth|born_on|email|phone[a-z_]*)"\s*:'
+              OR args::text ~ '[A-Za-z0-9._%+-]+@[A-Za-z0-9.-]+\.[A-Za-z]{2,}'
+           ORDER BY id LIMIT 100"#,
+    )
+    .fetch_all(conn)
+    .await
+}

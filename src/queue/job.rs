@@ -1,0 +1,777 @@
+//! Every transition of a job row, in the order a job lives them: insert (enqueue), claim,
+//! lease renewal, outcome, promotion of due jobs, rescue of expired leases, and the operator's
+//! replay and cancel. The state machine and the function behind each arrow are in
+//! docs/architecture.md; the worker that drives these statements is `src/worker/executor.rs`.
+
+use std::{collections::HashMap, time::Duration};
+
+use chrono::{DateTime, Utc};
+use serde::{Deserialize, Serialize};
+use serde_json::Value;
+use sqlx::{PgConnection, Row};
+
+use super::{filter::bind_filter, JobFilter, Now, QueueError};
+use crate::queue::filter::FILTER_SQL;
+
+/// Rows per enqueue statement: keeps one statement's parameters and memory bounded.
+const ENQUEUE_CHUNK: usize = 5_000;
+
+/// How often a bulk enqueue re-tries the rows whose key holder vanished or expired mid-call.
+const ENQUEUE_KEY_ROUNDS: usize = 5;
+
+/// A job ready to insert: every placement field resolved.
+#[derive(Debug, Clone)]
+pub struct JobInsert {
+    /// Kind name.
+    pub kind: String,
+    /// Queue name.
+    pub queue: String,
+    /// Payload.
+    pub args: Value,
+    /// Lower first.
+    pub priority: i16,
+    /// Not before; `None` = now.
+    pub run_at: Option<DateTime<Utc>>,
+    /// Attempt budget.
+    pub max_attempts: i32,
+    /// Per-kind deduplication key.
+    pub idempotency_key: Option<String>,
+    /// W3C trace context of the enqueuing span.
+    pub trace_context: Option<Value>,
+}
+
+/// Outcome of inserting one job.
+pub use jobs::Enqueued;
+
+/// JobInsertMany: inserts `jobs` in as few statements as possible, on `conn` (which may be in
+/// the caller's transaction). Results come back in input order.
+///
+/// A job whose kind+key is held returns the holder's id with `duplicate = true`; it never fails
+/// the rest of the batch. A holder whose post-completion window has elapsed is released and the
+/// job inserted. Ready jobs `NOTIFY` [`JOBS_CHANNEL`] (delivered at the caller's commit).
+pub async fn job_insert_many(
+    conn: &mut PgConnection,
+    jobs: &[JobInsert],
+    now: Now,
+) -> Result<Vec<Enqueued>, QueueError> {
+    for j in jobs {
+        validate_insert(j)?;
+    }
+    let mut out = Vec::with_capacity(jobs.len());
+    for chunk in jobs.chunks(ENQUEUE_CHUNK) {
+        out.extend(insert_chunk(conn, chunk, now).await?);
+    }
+    Ok(out)
+}
+
+fn validate_insert(j: &JobInsert) -> Result<(), QueueError> {
+    if j.kind.is_empty() || j.kind.len() > 128 {
+        return Err(QueueError::InvalidJob(format!(
+            "kind must be 1..=128 bytes, got {} bytes",
+            j.kind.len()
+        )));
+    }
+    if j.queue.is_empty() || j.queue.len() > 128 {
+        return Err(QueueError::InvalidJob(format!(
+            "queue of kind {:?} must be 1..=128 bytes",
+            j.kind
+        )));
+    }
+    if j.max_attempts < 1 {
+        return Err(QueueError::InvalidJob(format!(
+            "max_attempts of kind {:?} must be >= 1, got {}",
+            j.kind, j.max_attempts
+        )));
+    }
+    if let Some(k) = &j.idempotency_key {
+        if k.is_empty() || k.len() > 512 {
+            return Err(QueueError::InvalidJob(format!(
+                "idempotency key of kind {:?} must be 1..=512 bytes",
+                j.kind
+            )));
+        }
+    }
+    Ok(())
+}
+
+async fn insert_chunk(
+    conn: &mut PgConnection,
+    chunk: &[JobInsert],
+    now: Now,
+) -> Result<Vec<Enqueued>, QueueError> {
+    let mut result: Vec<Option<Enqueued>> = vec![None; chunk.len()];
+    // Indices (into `chunk`) still to insert.
+    let mut todo: Vec<usize> = (0..chunk.len()).collect();
+    for _round in 0..ENQUEUE_KEY_ROUNDS {
+        if todo.is_empty() {
+            break;
+        }
+        let rows = insert_rows(conn, chunk, &todo, now).await?;
+        let mut conflicted = Vec::new();
+        for (pos, (id, inserted)) in rows.into_iter().enumerate() {
+            let idx = todo[pos];
+            if inserted {
+                result[idx] = Some(Enqueued {
+                    id,
+                    duplicate: false,
+                });
+            } else {
+                conflicted.push(idx);
+            }
+        }
+        todo.clear();
+        if conflicted.is_empty() {
+            break;
+        }
+        // Resolve each conflict to its current holder; release holders past their window.
+        let holders = key_holders(conn, chunk, &conflicted, now).await?;
+        let mut expired = Vec::new();
+        let mut retry = Vec::new();
+        for idx in conflicted {
+            match holders.get(&idx) {
+                Some(&(id, false)) => {
+                    result[idx] = Some(Enqueued {
+                        id,
+                        duplicate: true,
+                    })
+                }
+                Some(&(id, true)) => {
+                    expired.push(id);
+                    retry.push(idx);
+                }
+                // The holder finished and released the key between our statements.
+                None => retry.push(idx),
+            }
+        }
+        if !expired.is_empty() {
+            job_release_expired_keys(conn, &expired, now).await?;
+        }
+        todo = retry;
+    }
+    if !todo.is_empty() {
+        return Err(QueueError::InvalidJob(format!(
+            "idempotency key of kind {:?} kept changing hands; giving up after {} rounds",
+            chunk[todo[0]].kind, ENQUEUE_KEY_ROUNDS
+        )));
+    }
+    Ok(result.into_iter().map(|r| r.expect("resolved")).collect())
+}
+
+/// Inserts `chunk[todo]`; returns (id, inserted) per row in `todo` order.
+async fn insert_rows(
+    conn: &mut PgConnection,
+    chunk: &[JobInsert],
+    todo: &[usize],
+    now: Now,
+) -> Result<Vec<(i64, bool)>, sqlx::Error> {
+    let n = todo.len();
+    let mut traces: Vec<Option<&Value>> = Vec::with_capacity(n);
+    let (mut kinds, mut queues, mut args, mut prios, mut run_ats, mut maxes, mut keys) = (
+        Vec::with_capacity(n),
+        Vec::with_capacity(n),
+        Vec::with_capacity(n),
+        Vec::with_capacity(n),
+        Vec::with_capacity(n),
+        Vec::with_capacity(n),
+        Vec::with_capacity(n),
+    );
+    for &i in todo {
+        let j = &chunk[i];
+        kinds.push(j.kind.as_str());
+        queues.push(j.queue.as_str());
+        args.push(&j.args);
+        prios.push(j.priority);
+        run_ats.push(j.run_at);
+        maxes.push(j.max_attempts);
+        keys.push(j.idempotency_key.as_deref());
+        traces.push(j.trace_context.as_ref());
+    }
+    // Ids are drawn up front so every input row maps to its outcome by ordinality, whether it
+    // was inserted or lost to a held key. The `notified` CTE wakes idle workers at commit.
+    let rows = sqlx::query(
+        r#"
+        WITH input AS (
+            SELECT nextval('fleet_jobs_id_seq') AS id, t.*
+            FROM unnest($1::text[], $2::text[], $3::jsonb[], $4::smallint[],
+                        $5::timestamptz[], $6::int[], $7::text[], $8::jsonb[])
+                 WITH ORDINALITY AS t(kind, queue, args, priority, run_at, max_attempts,
+                                      idempotency_key, trace_context, ord)
+        ), inserted AS (
+            INSERT INTO fleet_jobs (id, kind, queue, args, state, priority, run_at,
+                                    max_attempts, idempotency_key, key_held, trace_context)
+            SELECT id, kind, queue, args,
+                   CASE WHEN run_at IS NULL OR run_at <= coalesce($9, now()) THEN 'available'
+                        ELSE 'scheduled' END::fleet_job_state,
+                   priority, COALESCE(run_at, $9, now()), max_attempts, idempotency_key,
+                   idempotency_key IS NOT NULL, trace_context
+            FROM input ORDER BY ord
+            ON CONFLICT (kind, idempotency_key) WHERE key_held DO NOTHING
+            RETURNING id, queue, state
+        ), notified AS (
+            SELECT pg_notify('fleet_jobs', q.queue) FROM (
+                SELECT DISTINCT queue FROM inserted WHERE state = 'available'
+            ) q
+        )
+        SELECT input.id, (inserted.id IS NOT NULL) AS inserted,
+               (SELECT count(*) FROM notified) AS notified
+        FROM input LEFT JOIN inserted ON inserted.id = input.id
+        ORDER BY input.ord
+        "#,
+    )
+    .bind(&kinds)
+    .bind(&queues)
+    .bind(&args)
+    .bind(&prios)
+    .bind(&run_ats)
+    .bind(&maxes)
+    .bind(&keys)
+    .bind(&traces)
+    .bind(now)
+    .fetch_all(&mut *conn)
+    .await?;
+    Ok(rows
+        .into_iter()
+        .map(|r| (r.get::<i64, _>(0), r.get::<bool, _>(1)))
+        .collect())
+}
+
+/// For `chunk[idx]` rows that conflicted: idx → (holder id, holder's window has elapsed).
+async fn key_holders(
+    conn: &mut PgConnection,
+    chunk: &[JobInsert],
+    idxs: &[usize],
+    now: Now,
+) -> Result<HashMap<usize, (i64, bool)>, sqlx::Error> {
+    let kinds: Vec<&str> = idxs.iter().map(|&i| chunk[i].kind.as_str()).collect();
+    let keys: Vec<&str> = idxs
+        .iter()
+        .map(|&i| chunk[i].idempotency_key.as_deref().unwrap_or(""))
+        .collect();
+    let rows = sqlx::query(
+        r#"
+        SELECT t.ord, j.id, COALESCE(j.key_held_until <= coalesce($3, now()), false) AS expired
+        FROM unnest($1::text[], $2::text[]) WITH ORDINALITY AS t(kind, key, ord)
+        JOIN fleet_jobs j ON j.kind = t.kind AND j.idempotency_key = t.key AND j.key_held
+        "#,
+    )
+    .bind(&kinds)
+    .bind(&keys)
+    .bind(now)
+    .fetch_all(&mut *conn)
+    .await?;
+    Ok(rows
+        .into_iter()
+        .map(|r| {
+            let ord: i64 = r.get(0);
+            (idxs[(ord - 1) as usize], (r.get(1), r.get(2)))
+        })
+        .collect())
+}
+
+/// JobReleaseExpiredKeys: frees keys of completed jobs whose window has elapsed.
+async fn job_release_expired_keys(
+    conn: &mut PgConnection,
+    ids: &[i64],
+    now: Now,
+) -> Result<(), sqlx::Error> {
+    sqlx::query(
+        "UPDATE fleet_jobs SET key_held = false, key_held_until = NULL
+         WHERE id = ANY($1) AND key_held AND key_held_until <= coalesce($2, now())",
+    )
+    .bind(ids)
+    .bind(now)
+    .execute(conn)
+    .await?;
+    Ok(())
+}
+
+/// A job as a worker claimed it.
+#[derive(Debug, Clone)]
+pub struct ClaimedJob {
+    /// Job id.
+    pub id: i64,
+    /// Kind name.
+    pub kind: String,
+    /// Payload.
+    pub args: Value,
+    /// This attempt's number (1-based).
+    pub attempt: i32,
+    /// Attempt budget.
+    pub max_attempts: i32,
+    /// Fencing token of this claim.
+    pub claim_seq: i32,
+    /// When the job became due (for pickup latency).
+    pub run_at: DateTime<Utc>,
+    /// W3C trace context of the enqueuing span.
+    pub trace_context: Option<Value>,
+}
+
+/// Parameters of [`job_fetch_available`].
+#[derive(Debug, Clone)]
+pub struct FetchParams<'a> {
+    /// Queues to serve; `None` = all.
+    pub queues: Option<&'a [String]>,
+    /// Kinds not to claim now (at their per-kind concurrency limit).
+    pub skip_kinds: &'a [String],
+    /// Most jobs to claim.
+    pub limit: i64,
+    /// Lease owner recorded on the rows (worker id).
+    pub owner: &'a str,
+    /// Lease length.
+    pub lease: Duration,
+    /// The clock of the claim (lease start); `None` = the database's.
+    pub now: Now,
+}
+
+/// JobFetchAvailable: claims up to `limit` ready jobs in (priority, run_at, id) order with
+/// `FOR UPDATE SKIP LOCKED`, never a paused kind (a draining kind only up to its cutoff id).
+/// Each claim charges an attempt, bumps `claim_seq` and starts a lease. The scan is on
+/// `fleet_jobs_fetch_available_idx`, which holds only `available` rows, so finished history
+/// does not slow it down.
+pub async fn job_fetch_available(
+    conn: &mut PgConnection,
+    p: &FetchParams<'_>,
+) -> Result<Vec<ClaimedJob>, sqlx::Error> {
+    let rows = sqlx::query(
+        r#"
+        WITH picked AS (
+            SELECT id FROM fleet_jobs j
+            WHERE state = 'available'
+              AND ($1::text[] IS NULL OR queue = ANY($1))
+              AND kind <> ALL($2::text[])
+              AND NOT EXISTS (
+                  SELECT 1 FROM fleet_paused_kinds p
+                  WHERE p.kind = j.kind AND (p.drain_through_id IS NULL OR j.id > p.drain_through_id))
+            ORDER BY priority, run_at, id
+            LIMIT $3
+            FOR UPDATE SKIP LOCKED
+        )
+        UPDATE fleet_jobs j
+        SET state = 'running', attempt = j.attempt + 1, claim_seq = j.claim_seq + 1,
+            lease_owner = $4,
+            lease_expires_at = coalesce($6, now()) + $5 * interval '1 millisecond',
+            attempted_at = coalesce($6, now())
+        FROM picked WHERE j.id = picked.id
+        RETURNING j.id, j.kind, j.args, j.attempt, j.max_attempts, j.claim_seq, j.run_at,
+                  j.trace_context
+        "#,
+    )
+    .bind(p.queues)
+    .bind(p.skip_kinds)
+    .bind(p.limit)
+    .bind(p.owner)
+    .bind(p.lease.as_millis() as i64)
+    .bind(p.now)
+    .fetch_all(conn)
+    .await?;
+    Ok(rows
+        .into_iter()
+        .map(|r| ClaimedJob {
+            id: r.get(0),
+            kind: r.get(1),
+            args: r.get(2),
+            attempt: r.get(3),
+            max_attempts: r.get(4),
+            claim_seq: r.get(5),
+            run_at: r.get(6),
+            trace_context: r.get(7),
+        })
+        .collect())
+}
+
+/// JobExtendLeases: renews the leases of the given claims; returns the ids still held.
+/// A claim missing from the result lost its lease (rescued or cancelled): its handler must stop.
+pub async fn job_extend_leases(
+    conn: &mut PgConnection,
+    claims: &[(i64, i32)],
+    lease: Duration,
+    now: Now,
+) -> Result<Vec<i64>, sqlx::Error> {
+    let (ids, seqs): (Vec<i64>, Vec<i32>) = claims.iter().copied().unzip();
+    sqlx::query_scalar(
+        r#"
+        UPDATE fleet_jobs j
+        SET lease_expires_at = coalesce($4, now()) + $3 * interval '1 millisecond'
+        FROM unnest($1::bigint[], $2::int[]) AS h(id, claim_seq)
+        WHERE j.id = h.id AND j.claim_seq = h.claim_seq AND j.state::text = 'running'
+        RETURNING j.id
+        "#,
+    )
+    .bind(&ids)
+    .bind(&seqs)
+    .bind(lease.as_millis() as i64)
+    .bind(now)
+    .fetch_all(conn)
+    .await
+}
+
+/// JobSetOutcomeMany: writes many claims' outcomes in one statement, each fenced on
+/// `(id, claim_seq, state = 'running')`. Returns the ids written; an outcome whose claim no
+/// longer holds the job is not written (and so not returned).
+pub async fn job_set_outcome_many(
+    conn: &mut PgConnection,
+    outcomes: &[Outcome],
+    now: Now,
+) -> Result<Vec<i64>, sqlx::Error> {
+    let n = outcomes.len();
+    let mut ids = Vec::with_capacity(n);
+    let mut seqs = Vec::with_capacity(n);
+    let mut states = Vec::with_capacity(n);
+    let mut deltas = Vec::with_capacity(n);
+    let mut delays: Vec<Option<i64>> = Vec::with_capacity(n);
+    let mut errors: Vec<Option<Value>> = Vec::with_capacity(n);
+    let mut windows = Vec::with_capacity(n);
+    for o in outcomes {
+        ids.push(o.id);
+        seqs.push(o.claim_seq);
+        let ms = |d: &Duration| d.as_millis().min(i64::MAX as u128) as i64;
+        let err = |e: &AttemptError| serde_json::to_value(e).expect("serializable");
+        let (state, delta, delay, error, window) = match &o.next {
+            NextState::Completed { key_window } => ("completed", 0, None, None, ms(key_window)),
+            NextState::Retry { delay, error } => {
+                ("retryable", 0, Some(ms(delay)), Some(err(error)), 0)
+            }
+            NextState::Snooze { delay, error } => {
+                ("retryable", -1, Some(ms(delay)), Some(err(error)), 0)
+            }
+            NextState::Dead { error } => ("dead", 0, None, Some(err(error)), 0),
+            NextState::Cancelled { error } => ("cancelled", 0, None, Some(err(error)), 0),
+            NextState::ReturnUnstarted => ("available", -1, None, None, 0),
+        };
+        states.push(state);
+        deltas.push(delta);
+        delays.push(delay);
+        errors.push(error);
+        windows.push(window);
+    }
+    sqlx::query_scalar(
+        r#"
+        UPDATE fleet_jobs j SET
+            state = o.state::fleet_job_state,
+            attempt = j.attempt + o.attempt_delta,
+            run_at = CASE WHEN o.delay_ms IS NULL THEN j.run_at
+                          ELSE coalesce($8, now()) + o.delay_ms * interval '1 millisecond' END,
+            errors = CASE WHEN o.error IS NULL THEN j.errors
+                          ELSE j.errors || jsonb_build_array(
+                                   o.error || jsonb_build_object('at', coalesce($8, now()))) END,
+            finished_at = CASE WHEN o.state IN ('completed', 'cancelled', 'dead')
+                               THEN coalesce($8, now()) END,
+            lease_owner = NULL,
+            lease_expires_at = NULL,
+            key_held = j.key_held AND o.state NOT IN ('cancelled', 'dead')
+                       AND (o.state <> 'completed' OR o.key_window_ms > 0),
+            key_held_until = CASE WHEN j.key_held AND o.state = 'completed' AND o.key_window_ms > 0
+                                  THEN coalesce($8, now()) + o.key_window_ms * interval '1 millisecond' END
+        FROM unnest($1::bigint[], $2::int[], $3::text[], $4::int[], $5::bigint[], $6::jsonb[],
+                    $7::bigint[])
+             AS o(id, claim_seq, state, attempt_delta, delay_ms, error, key_window_ms)
+        WHERE j.id = o.id AND j.claim_seq = o.claim_seq AND j.state::text = 'running'
+        RETURNING j.id
+        "#,
+    )
+    .bind(&ids)
+    .bind(&seqs)
+    .bind(&states)
+    .bind(&deltas)
+    .bind(&delays)
+    .bind(&errors)
+    .bind(&windows)
+    .bind(now)
+    .fetch_all(conn)
+    .await
+}
+
+/// Writes one claim's outcome; [`QueueError::LostLease`] if the claim no longer holds the job.
+pub async fn job_set_outcome(
+    conn: &mut PgConnection,
+    outcome: Outcome,
+    now: Now,
+) -> Result<(), QueueError> {
+    let (id, claim_seq) = (outcome.id, outcome.claim_seq);
+    let written = job_set_outcome_many(conn, std::slice::from_ref(&outcome), now).await?;
+    if written.is_empty() {
+        return Err(QueueError::LostLease { id, claim_seq });
+    }
+    Ok(())
+}
+
+/// JobPromoteDue: moves up to `limit` scheduled/retryable jobs whose `run_at` has come to
+/// `available`, and wakes workers if any moved. Returns how many moved.
+pub async fn job_promote_due(
+    conn: &mut PgConnection,
+    limit: i64,
+    now: Now,
+) -> Result<u64, sqlx::Error> {
+    let promoted: i64 = sqlx::query_scalar(
+        r#"
+        WITH due AS (
+            SELECT id FROM fleet_jobs
+            WHERE state IN ('scheduled', 'retryable') AND run_at <= coalesce($2, now())
+            ORDER BY run_at
+            LIMIT $1
+            FOR UPDATE SKIP LOCKED
+        ), promoted AS (
+            UPDATE fleet_jobs j SET state = 'available' FROM due WHERE j.id = due.id
+            RETURNING j.queue
+        ), notified AS (
+            SELECT pg_notify('fleet_jobs', q.queue) FROM (SELECT DISTINCT queue FROM promoted) q
+        )
+        SELECT (SELECT count(*) FROM promoted) + 0 * (SELECT count(*) FROM notified)
+        "#,
+    )
+    .bind(limit)
+    .bind(now)
+    .fetch_one(conn)
+    .await?;
+    Ok(promoted as u64)
+}
+
+/// What [`job_rescue_expired`] did.
+#[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
+pub struct RescueCount {
+    /// Jobs put back to `retryable`.
+    pub retried: u64,
+    /// Jobs out of attempts, now `dead`.
+    pub dead: u64,
+}
+
+/// JobRescueExpired: takes back up to `limit` running jobs whose lease expired (their worker
+/// died or stalled) — `retryable` at once, or `dead` when out of attempts — recording a
+/// `lease_expired` error. Bumping nothing else is enough: the next claim bumps `claim_seq`,
+/// and the dead worker's late writes already miss on `state = 'running'`.
+pub async fn job_rescue_expired(
+    conn: &mut PgConnection,
+    limit: i64,
+    now: Now,
+) -> Result<RescueCount, sqlx::Error> {
+    let row = sqlx::query(
+        r#"
+        WITH expired AS (
+            SELECT id FROM fleet_jobs
+            WHERE state = 'running' AND lease_expires_at < coalesce($2, now())
+            ORDER BY lease_expires_at
+            LIMIT $1
+            FOR UPDATE SKIP LOCKED
+        ), rescued AS (
+            UPDATE fleet_jobs j SET
+                state = CASE WHEN j.attempt >= j.max_attempts THEN 'dead'
+                             ELSE 'retryable' END::fleet_job_state,
+                run_at = coalesce($2, now()),
+                finished_at = CASE WHEN j.attempt >= j.max_attempts THEN coalesce($2, now()) END,
+                errors = j.errors || jsonb_build_array(jsonb_build_object(
+                    'at', coalesce($2, now()), 'attempt', j.attempt, 'class', 'lease_expired',
+                    'message', 'lease expired: worker ' || j.lease_owner || ' stopped heartbeating')),
+                key_held = j.key_held AND j.attempt < j.max_attempts,
+                lease_owner = NULL,
+                lease_expires_at = NULL
+            FROM expired WHERE j.id = expired.id
+            RETURNING j.state
+        )
+        SELECT count(*) FILTER (WHERE state = 'retryable'), count(*) FILTER (WHERE state = 'dead')
+        FROM rescued
+        "#,
+    )
+    .bind(limit)
+    .bind(now)
+    .fetch_one(conn)
+    .await?;
+    Ok(RescueCount {
+        retried: row.get::<i64, _>(0) as u64,
+        dead: row.get::<i64, _>(1) as u64,
+    })
+}
+
+/// What [`job_replay`] did.
+#[derive(Debug, Clone, Default, Serialize)]
+pub struct ReplayResult {
+    /// Jobs made available again with a fresh attempt budget.
+    pub replayed: Vec<i64>,
+    /// Matching dead/cancelled jobs left alone, with why.
+    pub skipped: Vec<(i64, String)>,
+}
+
+/// JobReplay: dead or cancelled jobs matching `f` → `available` now, attempt 0 (a fresh budget),
+/// error history kept, idempotency key taken again. A job whose key another job holds now is
+/// skipped (replaying it would run the same work twice).
+pub async fn job_replay(
+    conn: &mut PgConnection,
+    f: &JobFilter,
+    now: Now,
+) -> Result<ReplayResult, sqlx::Error> {
+    let sql = format!(
+        "SELECT id FROM fleet_jobs WHERE {FILTER_SQL} AND state IN ('dead', 'cancelled')
+         ORDER BY id FOR UPDATE"
+    );
+    let targets: Vec<i64> = bind_filter(sqlx::query(&sql), f)
+        .fetch_all(&mut *conn)
+        .await?
+        .into_iter()
+        .map(|r| r.get(0))
+        .collect();
+    let replayed: Vec<i64> = sqlx::query_scalar(
+        r#"
+        WITH replayed AS (
+            UPDATE fleet_jobs j SET state = 'available', attempt = 0, run_at = coalesce($2, now()),
+                finished_at = NULL, key_held = j.idempotency_key IS NOT NULL, key_held_until = NULL
+            WHERE j.id = ANY($1)
+              AND (j.idempotency_key IS NULL OR NOT EXISTS (
+                    SELECT 1 FROM fleet_jobs o
+                    WHERE o.kind = j.kind AND o.idempotency_key = j.idempotency_key
+                      AND o.key_held AND o.id <> j.id))
+            RETURNING j.id, j.queue
+        ), notified AS (
+            SELECT pg_notify('fleet_jobs', q.queue) FROM (SELECT DISTINCT queue FROM replayed) q
+        )
+        SELECT id FROM replayed WHERE (SELECT count(*) FROM notified) >= 0 ORDER BY id
+        "#,
+    )
+    .bind(&targets)
+    .bind(now)
+    .fetch_all(&mut *conn)
+    .await?;
+    let done: std::collections::HashSet<i64> = replayed.iter().copied().collect();
+    let skipped = targets
+        .into_iter()
+        .filter(|id| !done.contains(id))
+        .map(|id| (id, "its idempotency key is held by another job".to_owned()))
+        .collect();
+    Ok(ReplayResult { replayed, skipped })
+}
+
+/// JobCancel: unfinished jobs matching `f` → `cancelled`, with a `cancelled` entry naming the
+/// actor. Running ones are fenced out at once (their worker's outcome write will miss) and their
+/// workers are told over [`CANCEL_CHANNEL`] (at commit) to stop the handlers. Returns
+/// (id, state it was in).
+pub async fn job_cancel(
+    conn: &mut PgConnection,
+    f: &JobFilter,
+    actor: &str,
+    now: Now,
+) -> Result<Vec<(i64, String)>, sqlx::Error> {
+    let sql = format!(
+        r#"
+        WITH target AS (
+            SELECT id, state FROM fleet_jobs
+            WHERE {FILTER_SQL} AND state IN ('scheduled', 'available', 'running', 'retryable')
+            FOR UPDATE
+        ), cancelled AS (
+            UPDATE fleet_jobs j SET state = 'cancelled', finished_at = coalesce($8, now()),
+                lease_owner = NULL, lease_expires_at = NULL, key_held = false, key_held_until = NULL,
+                errors = j.errors || jsonb_build_array(jsonb_build_object(
+                    'at', coalesce($8, now()), 'attempt', j.attempt, 'class', 'cancelled',
+                    'message', 'cancelled by operator ' || $7))
+            FROM target t WHERE j.id = t.id
+            RETURNING j.id, t.state::text AS was
+        )
+        SELECT id, was FROM cancelled ORDER BY id
+        "#
+    );
+    let rows: Vec<(i64, String)> = bind_filter(sqlx::query(&sql), f)
+        .bind(actor)
+        .bind(now)
+        .fetch_all(&mut *conn)
+        .await?
+        .into_iter()
+        .map(|r| (r.get(0), r.get(1)))
+        .collect();
+    let running: Vec<String> = rows
+        .iter()
+        .filter(|(_, was)| was == "running")
+        .map(|(id, _)| id.to_string())
+        .collect();
+    // NOTIFY payloads are limited to 8000 bytes.
+    for chunk in running.chunks(500) {
+        sqlx::query("SELECT pg_notify('fleet_cancel', $1)")
+            .bind(chunk.join(","))
+            .execute(&mut *conn)
+            .await?;
+    }
+    Ok(rows)
+}
+
+/// Why an attempt failed, as kept in the job's `errors` history.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum ErrorClass {
+    /// The handler returned a retryable error.
+    Retryable,
+    /// The handler discarded the job (fatal error).
+    Fatal,
+    /// The handler ran past the kind's timeout.
+    Timeout,
+    /// The handler panicked.
+    Panic,
+    /// The worker stopped heartbeating (crash, kill) and the rescuer took the job back.
+    LeaseExpired,
+    /// No handler for the kind in this worker.
+    UnknownKind,
+    /// The payload did not deserialize into the kind's args.
+    BadArgs,
+    /// The handler asked to run later without charging an attempt.
+    Snoozed,
+    /// The handler or an operator cancelled the job.
+    Cancelled,
+    /// The worker's drain deadline interrupted the handler.
+    Interrupted,
+}
+
+/// One entry of a job's error history.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct AttemptError {
+    /// Attempt that failed.
+    pub attempt: i32,
+    /// Failure class.
+    pub class: ErrorClass,
+    /// Reason (never PII).
+    pub message: String,
+    /// When (database time); absent before the row is written.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub at: Option<DateTime<Utc>>,
+}
+
+/// What a claim's outcome does to the job.
+#[derive(Debug, Clone, PartialEq)]
+pub enum NextState {
+    /// Success; the key stays held for `key_window` (zero: released now).
+    Completed {
+        /// The kind's idempotency window.
+        key_window: Duration,
+    },
+    /// Failed; run again after `delay` (attempt charged).
+    Retry {
+        /// Backoff.
+        delay: Duration,
+        /// What failed.
+        error: AttemptError,
+    },
+    /// Run again after `delay` without charging the attempt.
+    Snooze {
+        /// Delay.
+        delay: Duration,
+        /// Why (class `snoozed`).
+        error: AttemptError,
+    },
+    /// Final failure.
+    Dead {
+        /// Why.
+        error: AttemptError,
+    },
+    /// Final cancellation.
+    Cancelled {
+        /// Why (class `cancelled`).
+        error: AttemptError,
+    },
+    /// The claim never started its handler: back to `available`, attempt not charged.
+    ReturnUnstarted,
+}
+
+/// One fenced outcome write.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Outcome {
+    /// Job id.
+    pub id: i64,
+    /// The claim that produced it.
+    pub claim_seq: i32,
+    /// What to do.
+    pub next: NextState,
+}
