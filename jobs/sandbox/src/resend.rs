@@ -14,10 +14,10 @@ use axum::{
 };
 use serde_json::{json, Value};
 
-use super::{
-    bearer,
+use crate::{
+    handle::Sandbox,
     state::{Counters, ResendIdem},
-    Sandbox,
+    util::bearer,
 };
 
 pub(crate) fn routes() -> Router<Sandbox> {

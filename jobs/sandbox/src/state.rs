@@ -6,10 +6,10 @@ use std::collections::{BTreeMap, HashMap};
 
 use serde::{Deserialize, Serialize};
 
-use super::{
-    duffel::{Cancellation, Offer, OfferRequest, Order},
+use crate::{
+    duffel_objects::{Cancellation, Offer, OfferRequest, Order},
     scenarios::ScenarioTable,
-    stripe::{PaymentIntent, Refund},
+    stripe_objects::{PaymentIntent, Refund},
 };
 
 /// What the sandbox has done, so tests can prove nothing happened twice.

@@ -11,7 +11,10 @@ use std::time::Duration;
 
 use serde_json::{json, Value};
 
-use crate::{new_id, now_unix, Sandbox};
+use crate::{
+    handle::Sandbox,
+    util::{new_id, now_unix},
+};
 
 /// The Stripe API version stamped on events: async-stripe 1.0.0-rc.10's generated `VERSION`, so
 /// its webhook parser does not warn about a mismatch.
@@ -42,6 +45,20 @@ pub fn stripe_signature_header(secret: &str, timestamp: i64, body: &[u8]) -> Str
 /// Stripe's).
 pub fn duffel_signature_header(secret: &str, timestamp: i64, body: &[u8]) -> String {
     stripe_signature_header(secret, timestamp, body)
+}
+
+impl Sandbox {
+    /// Emits a signed Stripe event of any type with `object` as `data.object`. Needs a Tokio
+    /// runtime; a no-op without a configured webhook target. Returns the event id.
+    pub fn emit_stripe_event(&self, event_type: &str, object: Value) -> String {
+        emit_stripe(self, event_type, object, None)
+    }
+
+    /// Emits a signed Duffel event of any type with `object` as `data.object`. Needs a Tokio
+    /// runtime; a no-op without a configured webhook target. Returns the event id.
+    pub fn emit_duffel_event(&self, event_type: &str, object: Value) -> String {
+        emit_duffel(self, event_type, object)
+    }
 }
 
 /// Builds a Stripe event around `object` and delivers it if a target is configured.
@@ -130,8 +147,7 @@ fn spawn_delivery(
             let t = now_unix();
             let signature = format!("t={t},v1={}", sign_payload(&secret, t, &body));
             let result = sb
-                .inner
-                .http
+                .http()
                 .post(&url)
                 .header("content-type", "application/json")
                 .header(header, signature)

@@ -1,0 +1,47 @@
+//! Small helpers the provider modules share: provider-shaped ids, the clock, bearer tokens
+//! and form decoding.
+
+/// `prefix` + 24 random alphanumerics, the shape of provider ids (`pi_…`, `off_…`).
+pub(crate) fn new_id(prefix: &str) -> String {
+    let raw = uuid::Uuid::new_v4().simple().to_string();
+    format!("{prefix}{}", &raw[..24])
+}
+
+/// Current Unix time in seconds.
+pub(crate) fn now_unix() -> i64 {
+    chrono::Utc::now().timestamp()
+}
+
+/// The bearer token of a request, if any.
+pub(crate) fn bearer(headers: &axum::http::HeaderMap) -> Option<String> {
+    let value = headers
+        .get(axum::http::header::AUTHORIZATION)?
+        .to_str()
+        .ok()?;
+    let token = value
+        .strip_prefix("Bearer ")
+        .or_else(|| value.strip_prefix("bearer "))?;
+    Some(token.trim().to_string())
+}
+
+/// Decodes `application/x-www-form-urlencoded` (also a query string) into ordered pairs,
+/// keeping bracket keys such as `metadata[booking_id]` verbatim.
+pub(crate) fn parse_form(input: &str) -> Vec<(String, String)> {
+    form_urlencoded::parse(input.as_bytes())
+        .map(|(k, v)| (k.into_owned(), v.into_owned()))
+        .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn form_decoding_keeps_bracket_keys_and_decodes_escapes() {
+        let pairs = parse_form("metadata%5Bbooking_id%5D=b+1&amount=100&x=%zz&y=a%2");
+        assert_eq!(pairs[0], ("metadata[booking_id]".into(), "b 1".into()));
+        assert_eq!(pairs[1], ("amount".into(), "100".into()));
+        assert_eq!(pairs[2], ("x".into(), "%zz".into()));
+        assert_eq!(pairs[3], ("y".into(), "a%2".into()));
+    }
+}
