@@ -70,23 +70,18 @@ struct EmitEvent {
 }
 
 async fn admin_stripe_webhook(State(sb): State<Sandbox>, body: axum::body::Bytes) -> Response {
-    match serde_json::from_slice::<EmitEvent>(&body) {
-        Ok(req) => {
-            let id = sb.emit_stripe_event(&req.event_type, req.object);
-            Json(json!({"id": id, "delivering": sb.config().webhook.is_some()})).into_response()
-        }
-        Err(_) => (
-            StatusCode::BAD_REQUEST,
-            Json(json!({"error": "expected {\"type\": \"...\", \"object\": {...}}"})),
-        )
-            .into_response(),
-    }
+    admin_emit(&sb, &body, Sandbox::emit_stripe_event)
 }
 
 async fn admin_duffel_webhook(State(sb): State<Sandbox>, body: axum::body::Bytes) -> Response {
-    match serde_json::from_slice::<EmitEvent>(&body) {
+    admin_emit(&sb, &body, Sandbox::emit_duffel_event)
+}
+
+/// Emits the `{"type", "object"}` event of the request body through `emit`.
+fn admin_emit(sb: &Sandbox, body: &[u8], emit: fn(&Sandbox, &str, Value) -> String) -> Response {
+    match serde_json::from_slice::<EmitEvent>(body) {
         Ok(req) => {
-            let id = sb.emit_duffel_event(&req.event_type, req.object);
+            let id = emit(sb, &req.event_type, req.object);
             Json(json!({"id": id, "delivering": sb.config().webhook.is_some()})).into_response()
         }
         Err(_) => (

@@ -13,7 +13,7 @@ use axum::{
     extract::{Path, RawQuery, State},
     http::{HeaderMap, HeaderValue, StatusCode},
     response::{IntoResponse, Response},
-    routing::{get, post},
+    routing::{get, post, MethodRouter},
     Json, Router,
 };
 use chrono::{DateTime, NaiveDate, NaiveDateTime, NaiveTime, SecondsFormat, Utc};
@@ -22,6 +22,7 @@ use serde_json::{json, Value};
 use crate::{
     duffel_objects::{money, parse_money, Cancellation, Offer, OfferRequest, Order},
     handle::Sandbox,
+    read::get_by_id,
     scenarios::{route_key, Scenario},
     state::{Counters, State as SandboxState},
     util::{bearer, new_id, parse_form},
@@ -31,13 +32,19 @@ use crate::{
 pub(crate) fn routes() -> Router<Sandbox> {
     Router::new()
         .route("/air/offer_requests", post(create_offer_request))
-        .route("/air/offer_requests/{id}", get(get_offer_request))
+        .route("/air/offer_requests/{id}", get_one(offer_request))
         .route("/air/offers", get(list_offers))
         .route("/air/offers/{id}", get(get_offer))
         .route("/air/orders", post(create_order).get(list_orders))
-        .route("/air/orders/{id}", get(get_order))
+        .route(
+            "/air/orders/{id}",
+            get_one(|st, id| st.order(id).map(|o| o.json.clone())),
+        )
         .route("/air/order_cancellations", post(create_cancellation))
-        .route("/air/order_cancellations/{id}", get(get_cancellation))
+        .route(
+            "/air/order_cancellations/{id}",
+            get_one(|st, id| st.cancellations.get(id).map(|c| c.json.clone())),
+        )
         .route(
             "/air/order_cancellations/{id}/actions/confirm",
             post(confirm_cancellation),
@@ -67,6 +74,19 @@ fn with_request_id(mut resp: Response) -> Response {
 
 fn data(status: StatusCode, value: Value) -> Response {
     with_request_id((status, Json(json!({ "data": value }))).into_response())
+}
+
+/// `GET` of one stored object by id: `{"data": object}`, or Duffel's 404.
+fn get_one(lookup: fn(&SandboxState, &str) -> Option<Value>) -> MethodRouter<Sandbox> {
+    get_by_id(authenticate, lookup, data_ok, |_| not_found())
+}
+
+fn data_ok(value: Value) -> Response {
+    data(StatusCode::OK, value)
+}
+
+fn data_created(value: Value) -> Response {
+    data(StatusCode::CREATED, value)
 }
 
 fn list(values: Vec<Value>) -> Response {
@@ -105,6 +125,17 @@ fn not_found() -> Response {
         "not_found",
         "Not found",
         "The resource you are trying to access does not exist.",
+    )
+}
+
+/// The 500 of the `server_error` and `order_created_then_500` scenarios.
+fn internal_error() -> Response {
+    error(
+        StatusCode::INTERNAL_SERVER_ERROR,
+        "api_error",
+        "internal_server_error",
+        "Internal server error",
+        "An internal error occurred. Please try again later or contact support.",
     )
 }
 
@@ -186,6 +217,25 @@ fn rate_limited(sb: &Sandbox, route: &str) -> Option<Response> {
         h.insert("ratelimit-reset", v);
     }
     Some(resp)
+}
+
+/// The route of the object a request is about, once the `rate_limited` scenario lets the
+/// request through: `Err` is the 404 when `route_of` finds no such object, or the 429.
+fn admit(
+    sb: &Sandbox,
+    route_of: impl FnOnce(&SandboxState) -> Option<String>,
+) -> Result<String, Response> {
+    let route = route_of(&sb.lock()).ok_or_else(not_found)?;
+    match rate_limited(sb, &route) {
+        Some(resp) => Err(resp),
+        None => Ok(route),
+    }
+}
+
+/// The `data` object of an authenticated request's JSON body.
+fn authenticated_data(headers: &HeaderMap, body: &[u8]) -> Result<Value, Response> {
+    authenticate(headers)?;
+    parse_data(body)
 }
 
 fn parse_data(body: &[u8]) -> Result<Value, Response> {
@@ -472,10 +522,7 @@ async fn create_offer_request(
     headers: HeaderMap,
     body: Bytes,
 ) -> Response {
-    if let Err(resp) = authenticate(&headers) {
-        return resp;
-    }
-    let data = match parse_data(&body) {
+    let data = match authenticated_data(&headers, &body) {
         Ok(d) => d,
         Err(resp) => return resp,
     };
@@ -586,29 +633,16 @@ async fn create_offer_request(
     data_created(body)
 }
 
-fn data_created(body: Value) -> Response {
-    data(StatusCode::CREATED, body)
-}
-
-async fn get_offer_request(
-    State(sb): State<Sandbox>,
-    Path(id): Path<String>,
-    headers: HeaderMap,
-) -> Response {
-    if let Err(resp) = authenticate(&headers) {
-        return resp;
-    }
-    let st = sb.lock();
-    let Some(req) = st.offer_requests.get(&id) else {
-        return not_found();
-    };
+/// The offer request with its offers as they stand now.
+fn offer_request(st: &SandboxState, id: &str) -> Option<Value> {
+    let req = st.offer_requests.get(id)?;
     let mut body = req.json.clone();
     body["offers"] = req
         .offer_ids
         .iter()
         .filter_map(|o| st.offers.get(o).map(Offer::to_json))
         .collect();
-    data(StatusCode::OK, body)
+    Some(body)
 }
 
 async fn list_offers(
@@ -632,11 +666,9 @@ async fn list_offers(
             "Query parameter 'offer_request_id' is required.",
         );
     };
-    let route = match sb.lock().offer_requests.get(&request_id) {
-        Some(r) => r.route.clone(),
-        None => return not_found(),
-    };
-    if let Some(resp) = rate_limited(&sb, &route) {
+    if let Err(resp) = admit(&sb, |st| {
+        st.offer_requests.get(&request_id).map(|r| r.route.clone())
+    }) {
         return resp;
     }
     let mut offers: Vec<(i64, Value)> = {
@@ -666,13 +698,10 @@ async fn get_offer(
     if let Err(resp) = authenticate(&headers) {
         return resp;
     }
-    let route = match sb.lock().offers.get(&id) {
-        Some(o) => o.route.clone(),
-        None => return not_found(),
+    let route = match admit(&sb, |st| st.offers.get(&id).map(|o| o.route.clone())) {
+        Ok(route) => route,
+        Err(resp) => return resp,
     };
-    if let Some(resp) = rate_limited(&sb, &route) {
-        return resp;
-    }
     let mut st = sb.lock();
     let scenario = st.scenarios.get(&route);
     let Some(offer) = st.offers.get_mut(&id) else {
@@ -697,7 +726,7 @@ async fn get_offer(
         }
         _ => {}
     }
-    data(StatusCode::OK, offer.to_json())
+    data_ok(offer.to_json())
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -710,10 +739,7 @@ enum OrderDecision {
 }
 
 async fn create_order(State(sb): State<Sandbox>, headers: HeaderMap, body: Bytes) -> Response {
-    if let Err(resp) = authenticate(&headers) {
-        return resp;
-    }
-    let data = match parse_data(&body) {
+    let data = match authenticated_data(&headers, &body) {
         Ok(d) => d,
         Err(resp) => return resp,
     };
@@ -736,13 +762,10 @@ async fn create_order(State(sb): State<Sandbox>, headers: HeaderMap, body: Bytes
             )
         }
     };
-    let route = match sb.lock().offers.get(&offer_id) {
-        Some(o) => o.route.clone(),
-        None => return not_found(),
+    let route = match admit(&sb, |st| st.offers.get(&offer_id).map(|o| o.route.clone())) {
+        Ok(route) => route,
+        Err(resp) => return resp,
     };
-    if let Some(resp) = rate_limited(&sb, &route) {
-        return resp;
-    }
     let metadata: BTreeMap<String, String> = match data.get("metadata") {
         None | Some(Value::Null) => BTreeMap::new(),
         Some(Value::Object(m)) => {
@@ -777,13 +800,7 @@ async fn create_order(State(sb): State<Sandbox>, headers: HeaderMap, body: Bytes
         OrderDecision::Created { order, scenario } => {
             webhooks::emit_duffel(&sb, "order.created", order.clone());
             match scenario {
-                Scenario::OrderCreatedThen500 => error(
-                    StatusCode::INTERNAL_SERVER_ERROR,
-                    "api_error",
-                    "internal_server_error",
-                    "Internal server error",
-                    "An internal error occurred. Please try again later or contact support.",
-                ),
+                Scenario::OrderCreatedThen500 => internal_error(),
                 Scenario::Slow => {
                     tokio::time::sleep(Duration::from_millis(sb.config().slow_ms)).await;
                     data_created(order)
@@ -858,18 +875,7 @@ fn decide_order(
                  offer again.",
             )
         }
-        Scenario::ServerError => {
-            return OrderDecision::Refuse(
-                error(
-                    StatusCode::INTERNAL_SERVER_ERROR,
-                    "api_error",
-                    "internal_server_error",
-                    "Internal server error",
-                    "An internal error occurred. Please try again later or contact support.",
-                ),
-                None,
-            )
-        }
+        Scenario::ServerError => return OrderDecision::Refuse(internal_error(), None),
         _ => {}
     }
     if Utc::now() > offer.expires_at {
@@ -1070,20 +1076,6 @@ fn decide_order(
     OrderDecision::Created { order, scenario }
 }
 
-async fn get_order(
-    State(sb): State<Sandbox>,
-    Path(id): Path<String>,
-    headers: HeaderMap,
-) -> Response {
-    if let Err(resp) = authenticate(&headers) {
-        return resp;
-    }
-    match sb.lock().order(&id) {
-        Some(o) => data(StatusCode::OK, o.json.clone()),
-        None => not_found(),
-    }
-}
-
 /// `GET /air/orders` with the sandbox's reconciliation filters: `offer_id`,
 /// `booking_reference` and `metadata[KEY]=VALUE`; all given filters must match.
 async fn list_orders(
@@ -1134,10 +1126,7 @@ async fn create_cancellation(
     headers: HeaderMap,
     body: Bytes,
 ) -> Response {
-    if let Err(resp) = authenticate(&headers) {
-        return resp;
-    }
-    let data = match parse_data(&body) {
+    let data = match authenticated_data(&headers, &body) {
         Ok(d) => d,
         Err(resp) => return resp,
     };
@@ -1173,20 +1162,6 @@ async fn create_cancellation(
     );
     tracing::info!(order_cancellation.id = %id, order.id = %order_id, "sandbox order cancellation quoted");
     data_created(cancellation)
-}
-
-async fn get_cancellation(
-    State(sb): State<Sandbox>,
-    Path(id): Path<String>,
-    headers: HeaderMap,
-) -> Response {
-    if let Err(resp) = authenticate(&headers) {
-        return resp;
-    }
-    match sb.lock().cancellations.get(&id) {
-        Some(c) => data(StatusCode::OK, c.json.clone()),
-        None => not_found(),
-    }
 }
 
 async fn confirm_cancellation(
@@ -1226,7 +1201,7 @@ async fn confirm_cancellation(
         json
     };
     webhooks::emit_duffel(&sb, "order_cancellation.confirmed", confirmed.clone());
-    data(StatusCode::OK, confirmed)
+    data_ok(confirmed)
 }
 
 #[cfg(test)]

@@ -91,7 +91,7 @@
 // Each module only uses modules of the layers below its own, so no two import each other:
 //   server
 //   admin, stripe, duffel, resend
-//   webhooks
+//   read, webhooks
 //   handle
 //   state
 //   scenarios, stripe_objects, duffel_objects, config, util
@@ -101,6 +101,7 @@ mod config;
 mod duffel;
 mod duffel_objects;
 mod handle;
+mod read;
 mod resend;
 pub mod scenarios;
 mod server;

@@ -4,12 +4,14 @@
 
 use std::collections::{BTreeMap, HashMap};
 
+use axum::{http::StatusCode, response::Response};
 use serde::{Deserialize, Serialize};
 
 use crate::{
     duffel_objects::{Cancellation, Offer, OfferRequest, Order},
     scenarios::ScenarioTable,
     stripe_objects::{PaymentIntent, Refund},
+    util::json_response,
 };
 
 /// What the sandbox has done, so tests can prove nothing happened twice.
@@ -67,25 +69,32 @@ impl Counters {
     }
 }
 
-/// A Stripe idempotency record, scoped by (API key, Idempotency-Key).
+/// A response stored under an idempotency key, scoped by (API key, Idempotency-Key).
+#[derive(Debug, Clone)]
+pub(crate) struct StoredResponse {
+    /// Identity of the request that produced it; a reuse of the key must match it.
+    pub fingerprint: String,
+    pub status: u16,
+    pub body: Vec<u8>,
+}
+
+impl StoredResponse {
+    /// The stored status and body again, byte for byte, as a JSON response.
+    pub(crate) fn replay(&self) -> Response {
+        json_response(
+            StatusCode::from_u16(self.status).unwrap_or(StatusCode::OK),
+            self.body.clone(),
+        )
+    }
+}
+
+/// A Stripe idempotency record.
 #[derive(Debug, Clone)]
 pub(crate) enum StripeIdem {
     /// The first request is still running.
     InFlight,
-    /// The stored response, replayed byte for byte.
-    Done {
-        fingerprint: String,
-        status: u16,
-        body: Vec<u8>,
-    },
-}
-
-/// A Resend idempotency record, scoped by (API key, Idempotency-Key).
-#[derive(Debug, Clone)]
-pub(crate) struct ResendIdem {
-    pub fingerprint: String,
-    pub status: u16,
-    pub body: Vec<u8>,
+    /// The first request's response, replayed for every retry with the same parameters.
+    Done(StoredResponse),
 }
 
 pub(crate) struct State {
@@ -103,7 +112,7 @@ pub(crate) struct State {
     /// 429s already served per route (the `rate_limited` budget).
     pub rate_limited: HashMap<String, u32>,
     // Resend
-    pub resend_idem: HashMap<(String, String), ResendIdem>,
+    pub resend_idem: HashMap<(String, String), StoredResponse>,
 }
 
 impl State {

@@ -18,23 +18,30 @@ use axum::{
     extract::{Path, State},
     http::{HeaderMap, HeaderValue, StatusCode},
     response::{IntoResponse, Response},
-    routing::{get, post},
+    routing::{post, MethodRouter},
     Router,
 };
 use serde_json::{json, Value};
 
 use crate::{
     handle::Sandbox,
-    state::{Counters, State as SandboxState, StripeIdem},
+    read::get_by_id,
+    state::{Counters, State as SandboxState, StoredResponse, StripeIdem},
     stripe_objects::{PaymentIntent, Refund},
-    util::{bearer, new_id, now_unix, parse_form},
+    util::{bearer, idempotency_key, json_response, new_id, now_unix, parse_form},
     webhooks,
 };
 
 pub(crate) fn routes() -> Router<Sandbox> {
     Router::new()
         .route("/v1/payment_intents", post(create_payment_intent))
-        .route("/v1/payment_intents/{id}", get(get_payment_intent))
+        .route(
+            "/v1/payment_intents/{id}",
+            get_one(
+                |st, id| st.payment_intents.get(id).map(PaymentIntent::to_json),
+                |id| resource_missing("payment_intent", id, "intent").into_response(),
+            ),
+        )
         .route(
             "/v1/payment_intents/{id}/capture",
             post(capture_payment_intent),
@@ -44,7 +51,13 @@ pub(crate) fn routes() -> Router<Sandbox> {
             post(cancel_payment_intent),
         )
         .route("/v1/refunds", post(create_refund))
-        .route("/v1/refunds/{id}", get(get_refund))
+        .route(
+            "/v1/refunds/{id}",
+            get_one(
+                |st, id| st.refunds.get(id).map(Refund::to_json),
+                |id| resource_missing("refund", id, "id").into_response(),
+            ),
+        )
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -121,18 +134,32 @@ pub(crate) struct Outcome {
 }
 
 impl Outcome {
-    fn ok(body: Value) -> Self {
+    /// A response that Stripe stores under the idempotency key, without events (yet).
+    fn new(status: StatusCode, body: Value) -> Self {
         Self {
-            status: StatusCode::OK,
+            status,
             body,
             store: true,
             events: Vec::new(),
         }
     }
 
+    fn ok(body: Value) -> Self {
+        Self::new(StatusCode::OK, body)
+    }
+
     fn with_event(mut self, event_type: &'static str, object: Value) -> Self {
         self.events.push((event_type, object));
         self
+    }
+}
+
+impl IntoResponse for Outcome {
+    fn into_response(self) -> Response {
+        json_response(
+            self.status,
+            serde_json::to_vec(&self.body).expect("json serializes"),
+        )
     }
 }
 
@@ -159,20 +186,26 @@ fn error_body(
     json!({ "error": err })
 }
 
-/// A parameter validation failure: 400, never stored under the idempotency key.
-fn invalid_param(param: &str, code: &str, message: &str) -> Outcome {
-    Outcome {
-        status: StatusCode::BAD_REQUEST,
-        body: error_body(
+/// An `invalid_request_error` with a `code` (stored under the idempotency key).
+fn request_error(status: StatusCode, code: &str, message: &str, param: Option<&str>) -> Outcome {
+    Outcome::new(
+        status,
+        error_body(
             "invalid_request_error",
             Some(code),
             None,
             message,
-            Some(param),
+            param,
             None,
         ),
+    )
+}
+
+/// A parameter validation failure: 400, never stored under the idempotency key.
+fn invalid_param(param: &str, code: &str, message: &str) -> Outcome {
+    Outcome {
         store: false,
-        events: Vec::new(),
+        ..request_error(StatusCode::BAD_REQUEST, code, message, Some(param))
     }
 }
 
@@ -185,25 +218,18 @@ fn missing_param(param: &str) -> Outcome {
 }
 
 fn resource_missing(kind: &str, id: &str, param: &str) -> Outcome {
-    Outcome {
-        status: StatusCode::NOT_FOUND,
-        body: error_body(
-            "invalid_request_error",
-            Some("resource_missing"),
-            None,
-            &format!("No such {kind}: '{id}'"),
-            Some(param),
-            None,
-        ),
-        store: true,
-        events: Vec::new(),
-    }
+    request_error(
+        StatusCode::NOT_FOUND,
+        "resource_missing",
+        &format!("No such {kind}: '{id}'"),
+        Some(param),
+    )
 }
 
 fn unexpected_state(pi: &PaymentIntent, action: &str, allowed: &str) -> Outcome {
-    Outcome {
-        status: StatusCode::BAD_REQUEST,
-        body: error_body(
+    Outcome::new(
+        StatusCode::BAD_REQUEST,
+        error_body(
             "invalid_request_error",
             Some("payment_intent_unexpected_state"),
             None,
@@ -215,31 +241,21 @@ fn unexpected_state(pi: &PaymentIntent, action: &str, allowed: &str) -> Outcome 
             None,
             Some(pi.to_json()),
         ),
-        store: true,
-        events: Vec::new(),
-    }
+    )
 }
 
+/// An error answered before any operation ran (authentication, idempotency conflicts).
 fn simple_error(
     status: StatusCode,
     error_type: &str,
     code: Option<&str>,
     message: &str,
 ) -> Response {
-    json_response(
+    Outcome::new(
         status,
-        serde_json::to_vec(&error_body(error_type, code, None, message, None, None))
-            .expect("json serializes"),
+        error_body(error_type, code, None, message, None, None),
     )
-}
-
-fn json_response(status: StatusCode, body: Vec<u8>) -> Response {
-    let mut resp = (status, body).into_response();
-    resp.headers_mut().insert(
-        axum::http::header::CONTENT_TYPE,
-        HeaderValue::from_static("application/json"),
-    );
-    resp
+    .into_response()
 }
 
 /// The API key of an authenticated request, or Stripe's 401.
@@ -300,11 +316,7 @@ where
     };
     let params = Params(parse_form(&String::from_utf8_lossy(&body)));
     let fingerprint = format!("POST {path}?{}", params.fingerprint());
-    let idem_key = headers
-        .get("idempotency-key")
-        .and_then(|v| v.to_str().ok())
-        .filter(|v| !v.is_empty())
-        .map(str::to_string);
+    let idem_key = idempotency_key(&headers);
     let request_id = new_id("req_");
 
     let mut guard = InFlightGuard {
@@ -315,12 +327,8 @@ where
         let scoped = (api_key.clone(), key.clone());
         let mut st = sb.lock();
         match st.stripe_idem.get(&scoped).cloned() {
-            Some(StripeIdem::Done {
-                fingerprint: stored,
-                status,
-                body,
-            }) => {
-                if stored != fingerprint {
+            Some(StripeIdem::Done(stored)) => {
+                if stored.fingerprint != fingerprint {
                     return simple_error(
                         StatusCode::BAD_REQUEST,
                         "idempotency_error",
@@ -335,8 +343,7 @@ where
                 st.counters.idempotent_replays += 1;
                 drop(st);
                 tracing::debug!(path, "stripe idempotent replay");
-                let mut resp =
-                    json_response(StatusCode::from_u16(status).unwrap_or(StatusCode::OK), body);
+                let mut resp = stored.replay();
                 let h = resp.headers_mut();
                 h.insert("idempotent-replayed", HeaderValue::from_static("true"));
                 if let Ok(v) = HeaderValue::from_str(key) {
@@ -376,11 +383,11 @@ where
         if outcome.store {
             st.stripe_idem.insert(
                 scoped,
-                StripeIdem::Done {
+                StripeIdem::Done(StoredResponse {
                     fingerprint,
                     status: outcome.status.as_u16(),
                     body: bytes.clone(),
-                },
+                }),
             );
         } else {
             st.stripe_idem.remove(&scoped);
@@ -443,39 +450,16 @@ async fn create_refund(State(sb): State<Sandbox>, headers: HeaderMap, body: Byte
     idempotent_post(sb, headers, "/v1/refunds".into(), body, refund_pi).await
 }
 
-async fn get_payment_intent(
-    State(sb): State<Sandbox>,
-    Path(id): Path<String>,
-    headers: HeaderMap,
-) -> Response {
-    if let Err(resp) = authenticate(&headers) {
-        return resp;
-    }
-    let outcome = match sb.lock().payment_intents.get(&id) {
-        Some(pi) => Outcome::ok(pi.to_json()),
-        None => resource_missing("payment_intent", &id, "intent"),
-    };
-    json_response(
-        outcome.status,
-        serde_json::to_vec(&outcome.body).expect("json serializes"),
-    )
-}
-
-async fn get_refund(
-    State(sb): State<Sandbox>,
-    Path(id): Path<String>,
-    headers: HeaderMap,
-) -> Response {
-    if let Err(resp) = authenticate(&headers) {
-        return resp;
-    }
-    let outcome = match sb.lock().refunds.get(&id) {
-        Some(r) => Outcome::ok(r.to_json()),
-        None => resource_missing("refund", &id, "id"),
-    };
-    json_response(
-        outcome.status,
-        serde_json::to_vec(&outcome.body).expect("json serializes"),
+/// `GET /v1/payment_intents/{id}` and `GET /v1/refunds/{id}`: the object, or Stripe's 404.
+fn get_one(
+    lookup: fn(&SandboxState, &str) -> Option<Value>,
+    not_found: fn(&str) -> Response,
+) -> MethodRouter<Sandbox> {
+    get_by_id(
+        authenticate,
+        lookup,
+        |object| Outcome::ok(object).into_response(),
+        not_found,
     )
 }
 
@@ -640,13 +624,8 @@ fn create_pi(st: &mut SandboxState, p: &Params) -> Outcome {
                     Some(pi_json.clone()),
                 );
                 body["error"]["charge"] = json!(charge);
-                outcome = Outcome {
-                    status: StatusCode::PAYMENT_REQUIRED,
-                    body,
-                    store: true,
-                    events: Vec::new(),
-                }
-                .with_event("payment_intent.payment_failed", pi_json);
+                outcome = Outcome::new(StatusCode::PAYMENT_REQUIRED, body)
+                    .with_event("payment_intent.payment_failed", pi_json);
                 tracing::info!(payment_intent.id = %pi.id, code, "sandbox card declined");
             }
             None => {
@@ -684,19 +663,12 @@ fn capture_pi(st: &mut SandboxState, id: &str, p: &Params) -> Outcome {
     }
     let amount = amount_to_capture.unwrap_or(pi.amount_capturable);
     if amount > pi.amount_capturable {
-        return Outcome {
-            status: StatusCode::BAD_REQUEST,
-            body: error_body(
-                "invalid_request_error",
-                Some("amount_too_large"),
-                None,
-                "The amount to capture is greater than the amount capturable.",
-                Some("amount_to_capture"),
-                None,
-            ),
-            store: true,
-            events: Vec::new(),
-        };
+        return request_error(
+            StatusCode::BAD_REQUEST,
+            "amount_too_large",
+            "The amount to capture is greater than the amount capturable.",
+            Some("amount_to_capture"),
+        );
     }
     pi.status = "succeeded";
     pi.amount_received = amount;
@@ -775,19 +747,8 @@ fn refund_pi(st: &mut SandboxState, p: &Params) -> Outcome {
     let Some(pi) = st.payment_intents.get_mut(&pi_id) else {
         return resource_missing("payment_intent", &pi_id, "payment_intent");
     };
-    let refusal = |code: &str, message: String| Outcome {
-        status: StatusCode::BAD_REQUEST,
-        body: error_body(
-            "invalid_request_error",
-            Some(code),
-            None,
-            &message,
-            None,
-            None,
-        ),
-        store: true,
-        events: Vec::new(),
-    };
+    let refusal =
+        |code: &str, message: String| request_error(StatusCode::BAD_REQUEST, code, &message, None);
     if pi.status != "succeeded" {
         return refusal(
             "charge_not_refundable",

@@ -1,5 +1,10 @@
-//! Small helpers the provider modules share: provider-shaped ids, the clock, bearer tokens
-//! and form decoding.
+//! Small helpers the provider modules share: provider-shaped ids, the clock, request headers,
+//! form decoding and raw JSON responses.
+
+use axum::{
+    http::{header, HeaderMap, HeaderValue, StatusCode},
+    response::{IntoResponse, Response},
+};
 
 /// `prefix` + 24 random alphanumerics, the shape of provider ids (`pi_…`, `off_…`).
 pub(crate) fn new_id(prefix: &str) -> String {
@@ -13,15 +18,31 @@ pub(crate) fn now_unix() -> i64 {
 }
 
 /// The bearer token of a request, if any.
-pub(crate) fn bearer(headers: &axum::http::HeaderMap) -> Option<String> {
-    let value = headers
-        .get(axum::http::header::AUTHORIZATION)?
-        .to_str()
-        .ok()?;
+pub(crate) fn bearer(headers: &HeaderMap) -> Option<String> {
+    let value = headers.get(header::AUTHORIZATION)?.to_str().ok()?;
     let token = value
         .strip_prefix("Bearer ")
         .or_else(|| value.strip_prefix("bearer "))?;
     Some(token.trim().to_string())
+}
+
+/// The request's `Idempotency-Key`, if present and not empty.
+pub(crate) fn idempotency_key(headers: &HeaderMap) -> Option<String> {
+    headers
+        .get("idempotency-key")
+        .and_then(|v| v.to_str().ok())
+        .filter(|k| !k.is_empty())
+        .map(str::to_string)
+}
+
+/// `body` (already serialized JSON) as a response with `content-type: application/json`.
+pub(crate) fn json_response(status: StatusCode, body: Vec<u8>) -> Response {
+    let mut resp = (status, body).into_response();
+    resp.headers_mut().insert(
+        header::CONTENT_TYPE,
+        HeaderValue::from_static("application/json"),
+    );
+    resp
 }
 
 /// Decodes `application/x-www-form-urlencoded` (also a query string) into ordered pairs,

@@ -12,6 +12,7 @@ use std::time::Duration;
 use serde_json::{json, Value};
 
 use crate::{
+    config::WebhookTarget,
     handle::Sandbox,
     util::{new_id, now_unix},
 };
@@ -38,13 +39,18 @@ pub fn sign_payload(secret: &str, timestamp: i64, body: &[u8]) -> String {
 
 /// The `Stripe-Signature` header value for `body` signed at `timestamp`.
 pub fn stripe_signature_header(secret: &str, timestamp: i64, body: &[u8]) -> String {
-    format!("t={timestamp},v1={}", sign_payload(secret, timestamp, body))
+    signature_header(secret, timestamp, body)
 }
 
 /// The `X-Duffel-Signature` header value for `body` signed at `timestamp` (the same scheme as
 /// Stripe's).
 pub fn duffel_signature_header(secret: &str, timestamp: i64, body: &[u8]) -> String {
-    stripe_signature_header(secret, timestamp, body)
+    signature_header(secret, timestamp, body)
+}
+
+/// `t=<timestamp>,v1=<signature>`, the header value both providers use.
+fn signature_header(secret: &str, timestamp: i64, body: &[u8]) -> String {
+    format!("t={timestamp},v1={}", sign_payload(secret, timestamp, body))
 }
 
 impl Sandbox {
@@ -86,19 +92,10 @@ pub(crate) fn emit_stripe(
         },
         "type": event_type,
     });
-    sb.lock().counters.webhook_events_emitted += 1;
     tracing::debug!(event.id = %id, event.type = event_type, "stripe event emitted");
-    if let Some(target) = sb.config().webhook.clone() {
-        let body = serde_json::to_vec(&event).expect("json serializes");
-        spawn_delivery(
-            sb.clone(),
-            target.stripe_url,
-            target.stripe_secret,
-            "Stripe-Signature",
-            id.clone(),
-            body,
-        );
-    }
+    publish(sb, &id, &event, "Stripe-Signature", |t| {
+        (t.stripe_url, t.stripe_secret)
+    });
     id
 }
 
@@ -116,20 +113,28 @@ pub(crate) fn emit_duffel(sb: &Sandbox, event_type: &str, object: Value) -> Stri
             "idempotency_key": new_id(""),
         }
     });
-    sb.lock().counters.webhook_events_emitted += 1;
     tracing::debug!(event.id = %id, event.type = event_type, "duffel event emitted");
-    if let Some(target) = sb.config().webhook.clone() {
-        let body = serde_json::to_vec(&event).expect("json serializes");
-        spawn_delivery(
-            sb.clone(),
-            target.duffel_url,
-            target.duffel_secret,
-            "X-Duffel-Signature",
-            id.clone(),
-            body,
-        );
-    }
+    publish(sb, &id, &event, "X-Duffel-Signature", |t| {
+        (t.duffel_url, t.duffel_secret)
+    });
     id
+}
+
+/// Counts the event as emitted and, if a target is configured, delivers it to the (URL,
+/// secret) that `endpoint` picks from the target, signed in the `header` header.
+fn publish(
+    sb: &Sandbox,
+    event_id: &str,
+    event: &Value,
+    header: &'static str,
+    endpoint: fn(WebhookTarget) -> (String, String),
+) {
+    sb.lock().counters.webhook_events_emitted += 1;
+    if let Some(target) = sb.config().webhook.clone() {
+        let (url, secret) = endpoint(target);
+        let body = serde_json::to_vec(event).expect("json serializes");
+        spawn_delivery(sb.clone(), url, secret, header, event_id.to_string(), body);
+    }
 }
 
 fn spawn_delivery(
@@ -145,7 +150,7 @@ fn spawn_delivery(
         for attempt in 1..=WEBHOOK_ATTEMPTS {
             // Re-sign each attempt, as providers do, so the timestamp stays fresh.
             let t = now_unix();
-            let signature = format!("t={t},v1={}", sign_payload(&secret, t, &body));
+            let signature = signature_header(&secret, t, &body);
             let result = sb
                 .http()
                 .post(&url)
