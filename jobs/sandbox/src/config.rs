@@ -5,11 +5,13 @@
 pub struct SandboxConfig {
     /// Seeds the deterministic fare generator: same seed and criteria, same offers and prices.
     pub seed: u64,
-    /// Where to deliver signed webhook events; `None` emits nothing.
+    /// Where to deliver signed webhook events; with `None` nothing is delivered (events are
+    /// still counted in [`Counters::webhook_events_emitted`](crate::Counters::webhook_events_emitted)).
     pub webhook: Option<WebhookTarget>,
-    /// Delay of an order response on a route in the `slow` scenario.
+    /// Delay of an order response on a route in the `slow` scenario. Default 3 s.
     pub slow_ms: u64,
     /// How many requests for a `rate_limited` route get a 429 before the route recovers.
+    /// Default 2.
     pub rate_limit_burst: u32,
     /// Artificial processing time of every Stripe POST (between claiming the idempotency key and
     /// answering); lets tests observe the "key in flight" 409. Default 0.
@@ -31,12 +33,17 @@ impl Default for SandboxConfig {
     }
 }
 
-/// Webhook endpoints and the secrets used to sign deliveries to them.
+/// Webhook endpoints and the secrets used to sign deliveries to them. `Debug` redacts the
+/// secrets.
 #[derive(Clone)]
 pub struct WebhookTarget {
+    /// Where Stripe events are POSTed, signed in `Stripe-Signature`.
     pub stripe_url: String,
+    /// The HMAC key of `Stripe-Signature`: the receiver's signing secret (`whsec_…`).
     pub stripe_secret: String,
+    /// Where Duffel events are POSTed, signed in `X-Duffel-Signature`.
     pub duffel_url: String,
+    /// The HMAC key of `X-Duffel-Signature`: the receiver's signing secret.
     pub duffel_secret: String,
 }
 

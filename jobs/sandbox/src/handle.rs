@@ -12,7 +12,8 @@ use crate::{
     state::{self, Counters},
 };
 
-/// A cheap-to-clone handle to one sandbox's shared state.
+/// A cheap-to-clone handle to one sandbox's shared state: clones see the same objects,
+/// counters and scenarios.
 #[derive(Clone)]
 pub struct Sandbox {
     inner: Arc<Inner>,
@@ -25,6 +26,8 @@ struct Inner {
 }
 
 impl Sandbox {
+    /// A sandbox with no objects, zeroed counters and the default scenario table. It serves
+    /// nothing by itself: mount [`Sandbox::router`], or use [`Sandbox::start`] instead.
     pub fn new(cfg: SandboxConfig) -> Self {
         let http = reqwest::Client::builder()
             .timeout(std::time::Duration::from_secs(5))
@@ -44,16 +47,18 @@ impl Sandbox {
         self.lock().counters.clone()
     }
 
-    /// Sets the scenario of a route (`"LHR-JFK"`, case-insensitive).
+    /// Sets the scenario of a route (`"LHR-JFK"`, case-insensitive) for every later request.
     pub fn set_scenario(&self, route: &str, scenario: Scenario) {
         self.lock().scenarios.set(route, scenario);
     }
 
-    /// The scenario a route currently runs.
+    /// The scenario a route currently runs ([`Scenario::Normal`] if it was never set and is not
+    /// in the default table).
     pub fn scenario(&self, route: &str) -> Scenario {
         self.lock().scenarios.get(route)
     }
 
+    /// The configuration the sandbox was created with.
     pub fn config(&self) -> &SandboxConfig {
         &self.inner.cfg
     }

@@ -88,6 +88,8 @@
 //!
 //! Logs carry ids only: never names, emails, phone numbers or identity documents.
 
+#![warn(missing_docs)]
+
 // Each module only uses modules of the layers below its own, so no two import each other:
 //   server
 //   admin, stripe, duffel, resend

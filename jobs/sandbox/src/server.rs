@@ -9,7 +9,8 @@ use tokio_util::sync::CancellationToken;
 use crate::{admin, config::SandboxConfig, duffel, handle::Sandbox, resend, stripe};
 
 impl Sandbox {
-    /// All routes: Stripe, Duffel, Resend and the `/_sandbox` admin endpoints.
+    /// Every route (Stripe, Duffel, Resend and the `/_sandbox` admin endpoints) serving this
+    /// sandbox's state, to mount in a server of your own.
     pub fn router(&self) -> Router {
         Router::new()
             .merge(stripe::routes())
@@ -19,8 +20,8 @@ impl Sandbox {
             .with_state(self.clone())
     }
 
-    /// Binds `bind` (port 0 picks a free port), serves the router on a spawned task and returns
-    /// the base URL (e.g. `http://127.0.0.1:41234`).
+    /// Binds `bind` (port 0 picks a free port) and serves a new sandbox's router on a spawned
+    /// task (needs a Tokio runtime). Fails if the address cannot be bound.
     pub async fn start(cfg: SandboxConfig, bind: SocketAddr) -> anyhow::Result<RunningSandbox> {
         let sandbox = Sandbox::new(cfg);
         let listener = tokio::net::TcpListener::bind(bind).await?;
@@ -47,8 +48,12 @@ impl Sandbox {
 /// A sandbox served on a spawned task. Dropping it does not stop the server; call
 /// [`RunningSandbox::shutdown`].
 pub struct RunningSandbox {
+    /// `http://` and the bound address (e.g. `http://127.0.0.1:41234`): the base URL clients use
+    /// in place of the providers'.
     pub base_url: String,
+    /// The bound address, with the port the OS picked if `bind` asked for port 0.
     pub addr: SocketAddr,
+    /// The served sandbox's state (counters, scenarios, events).
     pub sandbox: Sandbox,
     shutdown: CancellationToken,
     handle: JoinHandle<std::io::Result<()>>,

@@ -54,14 +54,18 @@ fn signature_header(secret: &str, timestamp: i64, body: &[u8]) -> String {
 }
 
 impl Sandbox {
-    /// Emits a signed Stripe event of any type with `object` as `data.object`. Needs a Tokio
-    /// runtime; a no-op without a configured webhook target. Returns the event id.
+    /// Emits a signed Stripe event of any type with `object` as `data.object` and returns its id.
+    /// Delivery runs on a spawned task, so this needs a Tokio runtime; without a configured
+    /// webhook target nothing is delivered, but the event still counts in
+    /// [`Counters::webhook_events_emitted`](crate::Counters::webhook_events_emitted).
     pub fn emit_stripe_event(&self, event_type: &str, object: Value) -> String {
         emit_stripe(self, event_type, object, None)
     }
 
-    /// Emits a signed Duffel event of any type with `object` as `data.object`. Needs a Tokio
-    /// runtime; a no-op without a configured webhook target. Returns the event id.
+    /// Emits a signed Duffel event of any type with `object` as `data.object` and returns its id.
+    /// Delivery runs on a spawned task, so this needs a Tokio runtime; without a configured
+    /// webhook target nothing is delivered, but the event still counts in
+    /// [`Counters::webhook_events_emitted`](crate::Counters::webhook_events_emitted).
     pub fn emit_duffel_event(&self, event_type: &str, object: Value) -> String {
         emit_duffel(self, event_type, object)
     }
