@@ -13,29 +13,38 @@ use axum::{
     extract::{Path, RawQuery, State},
     http::{HeaderMap, HeaderValue, StatusCode},
     response::{IntoResponse, Response},
-    routing::{get, post},
+    routing::{get, post, MethodRouter},
     Json, Router,
 };
 use chrono::{DateTime, NaiveDate, NaiveDateTime, NaiveTime, SecondsFormat, Utc};
 use serde_json::{json, Value};
 
-use super::{
-    bearer, new_id, parse_form,
+use crate::{
+    duffel_objects::{money, parse_money, Cancellation, Offer, OfferRequest, Order},
+    handle::Sandbox,
+    read::get_by_id,
     scenarios::{route_key, Scenario},
-    state::Counters,
-    webhooks, Sandbox,
+    state::{Counters, State as SandboxState},
+    util::{bearer, new_id, parse_form},
+    webhooks,
 };
 
 pub(crate) fn routes() -> Router<Sandbox> {
     Router::new()
         .route("/air/offer_requests", post(create_offer_request))
-        .route("/air/offer_requests/{id}", get(get_offer_request))
+        .route("/air/offer_requests/{id}", get_one(offer_request))
         .route("/air/offers", get(list_offers))
         .route("/air/offers/{id}", get(get_offer))
         .route("/air/orders", post(create_order).get(list_orders))
-        .route("/air/orders/{id}", get(get_order))
+        .route(
+            "/air/orders/{id}",
+            get_one(|st, id| st.order(id).map(|o| o.json.clone())),
+        )
         .route("/air/order_cancellations", post(create_cancellation))
-        .route("/air/order_cancellations/{id}", get(get_cancellation))
+        .route(
+            "/air/order_cancellations/{id}",
+            get_one(|st, id| st.cancellations.get(id).map(|c| c.json.clone())),
+        )
         .route(
             "/air/order_cancellations/{id}/actions/confirm",
             post(confirm_cancellation),
@@ -50,74 +59,10 @@ const RATE_LIMIT: u32 = 60;
 const CURRENCY: &str = "USD";
 
 // ---------------------------------------------------------------------------------------------
-// Objects
-
-pub(crate) struct OfferRequest {
-    pub route: String,
-    pub json: Value,
-    pub offer_ids: Vec<String>,
-}
-
-pub(crate) struct Offer {
-    pub id: String,
-    pub route: String,
-    pub current_total_minor: i64,
-    pub expires_at: DateTime<Utc>,
-    pub passenger_ids: Vec<String>,
-    /// Whether the price-rise scenario already raised this offer.
-    pub raised: bool,
-    pub json: Value,
-}
-
-impl Offer {
-    fn to_json(&self) -> Value {
-        let mut j = self.json.clone();
-        let tax = self.current_total_minor * 18 / 118;
-        j["total_amount"] = json!(money(self.current_total_minor));
-        j["base_amount"] = json!(money(self.current_total_minor - tax));
-        j["tax_amount"] = json!(money(tax));
-        j
-    }
-}
-
-pub(crate) struct Order {
-    pub id: String,
-    pub offer_id: String,
-    pub booking_reference: String,
-    pub metadata: BTreeMap<String, String>,
-    pub total_minor: i64,
-    pub json: Value,
-}
-
-pub(crate) struct Cancellation {
-    pub order_id: String,
-    pub json: Value,
-}
-
-// ---------------------------------------------------------------------------------------------
 // Responses
 
 fn now_str() -> String {
     Utc::now().to_rfc3339_opts(SecondsFormat::Micros, true)
-}
-
-/// Minor units as Duffel's decimal string (`"123.45"`).
-fn money(minor: i64) -> String {
-    format!("{}.{:02}", minor / 100, minor % 100)
-}
-
-/// Parses a decimal amount string into minor units; `None` if malformed.
-fn parse_money(s: &str) -> Option<i64> {
-    let (whole, frac) = s.split_once('.').unwrap_or((s, ""));
-    if whole.is_empty() || !whole.bytes().all(|b| b.is_ascii_digit()) || frac.len() > 2 {
-        return None;
-    }
-    if !frac.bytes().all(|b| b.is_ascii_digit()) {
-        return None;
-    }
-    let whole: i64 = whole.parse().ok()?;
-    let frac: i64 = format!("{frac:0<2}").parse().ok()?;
-    Some(whole * 100 + frac)
 }
 
 fn with_request_id(mut resp: Response) -> Response {
@@ -129,6 +74,19 @@ fn with_request_id(mut resp: Response) -> Response {
 
 fn data(status: StatusCode, value: Value) -> Response {
     with_request_id((status, Json(json!({ "data": value }))).into_response())
+}
+
+/// `GET` of one stored object by id: `{"data": object}`, or Duffel's 404.
+fn get_one(lookup: fn(&SandboxState, &str) -> Option<Value>) -> MethodRouter<Sandbox> {
+    get_by_id(authenticate, lookup, data_ok, |_| not_found())
+}
+
+fn data_ok(value: Value) -> Response {
+    data(StatusCode::OK, value)
+}
+
+fn data_created(value: Value) -> Response {
+    data(StatusCode::CREATED, value)
 }
 
 fn list(values: Vec<Value>) -> Response {
@@ -167,6 +125,17 @@ fn not_found() -> Response {
         "not_found",
         "Not found",
         "The resource you are trying to access does not exist.",
+    )
+}
+
+/// The 500 of the `server_error` and `order_created_then_500` scenarios.
+fn internal_error() -> Response {
+    error(
+        StatusCode::INTERNAL_SERVER_ERROR,
+        "api_error",
+        "internal_server_error",
+        "Internal server error",
+        "An internal error occurred. Please try again later or contact support.",
     )
 }
 
@@ -248,6 +217,25 @@ fn rate_limited(sb: &Sandbox, route: &str) -> Option<Response> {
         h.insert("ratelimit-reset", v);
     }
     Some(resp)
+}
+
+/// The route of the object a request is about, once the `rate_limited` scenario lets the
+/// request through: `Err` is the 404 when `route_of` finds no such object, or the 429.
+fn admit(
+    sb: &Sandbox,
+    route_of: impl FnOnce(&SandboxState) -> Option<String>,
+) -> Result<String, Response> {
+    let route = route_of(&sb.lock()).ok_or_else(not_found)?;
+    match rate_limited(sb, &route) {
+        Some(resp) => Err(resp),
+        None => Ok(route),
+    }
+}
+
+/// The `data` object of an authenticated request's JSON body.
+fn authenticated_data(headers: &HeaderMap, body: &[u8]) -> Result<Value, Response> {
+    authenticate(headers)?;
+    parse_data(body)
 }
 
 fn parse_data(body: &[u8]) -> Result<Value, Response> {
@@ -534,10 +522,7 @@ async fn create_offer_request(
     headers: HeaderMap,
     body: Bytes,
 ) -> Response {
-    if let Err(resp) = authenticate(&headers) {
-        return resp;
-    }
-    let data = match parse_data(&body) {
+    let data = match authenticated_data(&headers, &body) {
         Ok(d) => d,
         Err(resp) => return resp,
     };
@@ -648,29 +633,16 @@ async fn create_offer_request(
     data_created(body)
 }
 
-fn data_created(body: Value) -> Response {
-    data(StatusCode::CREATED, body)
-}
-
-async fn get_offer_request(
-    State(sb): State<Sandbox>,
-    Path(id): Path<String>,
-    headers: HeaderMap,
-) -> Response {
-    if let Err(resp) = authenticate(&headers) {
-        return resp;
-    }
-    let st = sb.lock();
-    let Some(req) = st.offer_requests.get(&id) else {
-        return not_found();
-    };
+/// The offer request with its offers as they stand now.
+fn offer_request(st: &SandboxState, id: &str) -> Option<Value> {
+    let req = st.offer_requests.get(id)?;
     let mut body = req.json.clone();
     body["offers"] = req
         .offer_ids
         .iter()
         .filter_map(|o| st.offers.get(o).map(Offer::to_json))
         .collect();
-    data(StatusCode::OK, body)
+    Some(body)
 }
 
 async fn list_offers(
@@ -694,11 +666,9 @@ async fn list_offers(
             "Query parameter 'offer_request_id' is required.",
         );
     };
-    let route = match sb.lock().offer_requests.get(&request_id) {
-        Some(r) => r.route.clone(),
-        None => return not_found(),
-    };
-    if let Some(resp) = rate_limited(&sb, &route) {
+    if let Err(resp) = admit(&sb, |st| {
+        st.offer_requests.get(&request_id).map(|r| r.route.clone())
+    }) {
         return resp;
     }
     let mut offers: Vec<(i64, Value)> = {
@@ -728,13 +698,10 @@ async fn get_offer(
     if let Err(resp) = authenticate(&headers) {
         return resp;
     }
-    let route = match sb.lock().offers.get(&id) {
-        Some(o) => o.route.clone(),
-        None => return not_found(),
+    let route = match admit(&sb, |st| st.offers.get(&id).map(|o| o.route.clone())) {
+        Ok(route) => route,
+        Err(resp) => return resp,
     };
-    if let Some(resp) = rate_limited(&sb, &route) {
-        return resp;
-    }
     let mut st = sb.lock();
     let scenario = st.scenarios.get(&route);
     let Some(offer) = st.offers.get_mut(&id) else {
@@ -759,7 +726,7 @@ async fn get_offer(
         }
         _ => {}
     }
-    data(StatusCode::OK, offer.to_json())
+    data_ok(offer.to_json())
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -772,10 +739,7 @@ enum OrderDecision {
 }
 
 async fn create_order(State(sb): State<Sandbox>, headers: HeaderMap, body: Bytes) -> Response {
-    if let Err(resp) = authenticate(&headers) {
-        return resp;
-    }
-    let data = match parse_data(&body) {
+    let data = match authenticated_data(&headers, &body) {
         Ok(d) => d,
         Err(resp) => return resp,
     };
@@ -798,13 +762,10 @@ async fn create_order(State(sb): State<Sandbox>, headers: HeaderMap, body: Bytes
             )
         }
     };
-    let route = match sb.lock().offers.get(&offer_id) {
-        Some(o) => o.route.clone(),
-        None => return not_found(),
+    let route = match admit(&sb, |st| st.offers.get(&offer_id).map(|o| o.route.clone())) {
+        Ok(route) => route,
+        Err(resp) => return resp,
     };
-    if let Some(resp) = rate_limited(&sb, &route) {
-        return resp;
-    }
     let metadata: BTreeMap<String, String> = match data.get("metadata") {
         None | Some(Value::Null) => BTreeMap::new(),
         Some(Value::Object(m)) => {
@@ -839,13 +800,7 @@ async fn create_order(State(sb): State<Sandbox>, headers: HeaderMap, body: Bytes
         OrderDecision::Created { order, scenario } => {
             webhooks::emit_duffel(&sb, "order.created", order.clone());
             match scenario {
-                Scenario::OrderCreatedThen500 => error(
-                    StatusCode::INTERNAL_SERVER_ERROR,
-                    "api_error",
-                    "internal_server_error",
-                    "Internal server error",
-                    "An internal error occurred. Please try again later or contact support.",
-                ),
+                Scenario::OrderCreatedThen500 => internal_error(),
                 Scenario::Slow => {
                     tokio::time::sleep(Duration::from_millis(sb.config().slow_ms)).await;
                     data_created(order)
@@ -857,7 +812,7 @@ async fn create_order(State(sb): State<Sandbox>, headers: HeaderMap, body: Bytes
 }
 
 fn decide_order(
-    st: &mut super::state::State,
+    st: &mut SandboxState,
     offer_id: &str,
     route: &str,
     data: &Value,
@@ -920,18 +875,7 @@ fn decide_order(
                  offer again.",
             )
         }
-        Scenario::ServerError => {
-            return OrderDecision::Refuse(
-                error(
-                    StatusCode::INTERNAL_SERVER_ERROR,
-                    "api_error",
-                    "internal_server_error",
-                    "Internal server error",
-                    "An internal error occurred. Please try again later or contact support.",
-                ),
-                None,
-            )
-        }
+        Scenario::ServerError => return OrderDecision::Refuse(internal_error(), None),
         _ => {}
     }
     if Utc::now() > offer.expires_at {
@@ -1132,20 +1076,6 @@ fn decide_order(
     OrderDecision::Created { order, scenario }
 }
 
-async fn get_order(
-    State(sb): State<Sandbox>,
-    Path(id): Path<String>,
-    headers: HeaderMap,
-) -> Response {
-    if let Err(resp) = authenticate(&headers) {
-        return resp;
-    }
-    match sb.lock().order(&id) {
-        Some(o) => data(StatusCode::OK, o.json.clone()),
-        None => not_found(),
-    }
-}
-
 /// `GET /air/orders` with the sandbox's reconciliation filters: `offer_id`,
 /// `booking_reference` and `metadata[KEY]=VALUE`; all given filters must match.
 async fn list_orders(
@@ -1196,10 +1126,7 @@ async fn create_cancellation(
     headers: HeaderMap,
     body: Bytes,
 ) -> Response {
-    if let Err(resp) = authenticate(&headers) {
-        return resp;
-    }
-    let data = match parse_data(&body) {
+    let data = match authenticated_data(&headers, &body) {
         Ok(d) => d,
         Err(resp) => return resp,
     };
@@ -1235,20 +1162,6 @@ async fn create_cancellation(
     );
     tracing::info!(order_cancellation.id = %id, order.id = %order_id, "sandbox order cancellation quoted");
     data_created(cancellation)
-}
-
-async fn get_cancellation(
-    State(sb): State<Sandbox>,
-    Path(id): Path<String>,
-    headers: HeaderMap,
-) -> Response {
-    if let Err(resp) = authenticate(&headers) {
-        return resp;
-    }
-    match sb.lock().cancellations.get(&id) {
-        Some(c) => data(StatusCode::OK, c.json.clone()),
-        None => not_found(),
-    }
 }
 
 async fn confirm_cancellation(
@@ -1288,23 +1201,12 @@ async fn confirm_cancellation(
         json
     };
     webhooks::emit_duffel(&sb, "order_cancellation.confirmed", confirmed.clone());
-    data(StatusCode::OK, confirmed)
+    data_ok(confirmed)
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn money_round_trips_through_decimal_strings() {
-        assert_eq!(money(12345), "123.45");
-        assert_eq!(money(5), "0.05");
-        assert_eq!(parse_money("123.45"), Some(12345));
-        assert_eq!(parse_money("123.4"), Some(12340));
-        assert_eq!(parse_money("123"), Some(12300));
-        assert_eq!(parse_money("1.234"), None);
-        assert_eq!(parse_money("-1.00"), None);
-    }
 
     #[test]
     fn fares_depend_only_on_seed_and_criteria() {

@@ -7,17 +7,17 @@
 use axum::{
     body::Bytes,
     extract::State,
-    http::{HeaderMap, HeaderValue, StatusCode},
-    response::{IntoResponse, Response},
+    http::{HeaderMap, StatusCode},
+    response::Response,
     routing::post,
     Router,
 };
 use serde_json::{json, Value};
 
-use super::{
-    bearer,
-    state::{Counters, ResendIdem},
-    Sandbox,
+use crate::{
+    handle::Sandbox,
+    state::{Counters, StoredResponse},
+    util::{bearer, idempotency_key, json_response},
 };
 
 pub(crate) fn routes() -> Router<Sandbox> {
@@ -25,7 +25,7 @@ pub(crate) fn routes() -> Router<Sandbox> {
 }
 
 fn error(status: StatusCode, name: &str, message: &str) -> Response {
-    json_bytes(
+    json_response(
         status,
         serde_json::to_vec(&json!({
             "statusCode": status.as_u16(),
@@ -34,15 +34,6 @@ fn error(status: StatusCode, name: &str, message: &str) -> Response {
         }))
         .expect("json serializes"),
     )
-}
-
-fn json_bytes(status: StatusCode, body: Vec<u8>) -> Response {
-    let mut resp = (status, body).into_response();
-    resp.headers_mut().insert(
-        axum::http::header::CONTENT_TYPE,
-        HeaderValue::from_static("application/json"),
-    );
-    resp
 }
 
 fn non_empty_str(v: Option<&Value>) -> bool {
@@ -113,11 +104,7 @@ async fn send_email(State(sb): State<Sandbox>, headers: HeaderMap, body: Bytes) 
         );
     }
 
-    let idem_key = headers
-        .get("idempotency-key")
-        .and_then(|v| v.to_str().ok())
-        .filter(|k| !k.is_empty())
-        .map(str::to_string);
+    let idem_key = idempotency_key(&headers);
     if idem_key.as_ref().is_some_and(|k| k.len() > 256) {
         return error(
             StatusCode::BAD_REQUEST,
@@ -139,11 +126,11 @@ async fn send_email(State(sb): State<Sandbox>, headers: HeaderMap, body: Bytes) 
                      idempotency key or payload.",
                 );
             }
-            let (status, body) = (stored.status, stored.body.clone());
+            let resp = stored.replay();
             st.counters.idempotent_replays += 1;
             drop(st);
             tracing::debug!("sandbox email idempotent replay");
-            return json_bytes(StatusCode::from_u16(status).unwrap_or(StatusCode::OK), body);
+            return resp;
         }
     }
     let id = uuid::Uuid::new_v4().to_string();
@@ -153,7 +140,7 @@ async fn send_email(State(sb): State<Sandbox>, headers: HeaderMap, body: Bytes) 
         Counters::bump(&mut st.counters.emails_by_idempotency_key, &key);
         st.resend_idem.insert(
             (api_key, key),
-            ResendIdem {
+            StoredResponse {
                 fingerprint,
                 status: 200,
                 body: body.clone(),
@@ -162,5 +149,5 @@ async fn send_email(State(sb): State<Sandbox>, headers: HeaderMap, body: Bytes) 
     }
     drop(st);
     tracing::info!(email.id = %id, "sandbox email sent");
-    json_bytes(StatusCode::OK, body)
+    json_response(StatusCode::OK, body)
 }

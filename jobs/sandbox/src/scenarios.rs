@@ -29,6 +29,7 @@ pub enum Scenario {
 }
 
 impl Scenario {
+    /// Every scenario, in declaration order.
     pub const ALL: [Scenario; 9] = [
         Scenario::Normal,
         Scenario::PriceRises,
@@ -41,6 +42,7 @@ impl Scenario {
         Scenario::OrderCreatedThen500,
     ];
 
+    /// The scenario's name, as `POST /_sandbox/scenarios` takes it (`"price_rises"`).
     pub fn as_str(self) -> &'static str {
         match self {
             Scenario::Normal => "normal",
@@ -55,6 +57,7 @@ impl Scenario {
         }
     }
 
+    /// The scenario named `s`, spelled exactly as [`Scenario::as_str`] spells it.
     pub fn parse(s: &str) -> Option<Scenario> {
         Scenario::ALL.into_iter().find(|sc| sc.as_str() == s)
     }
@@ -72,7 +75,7 @@ pub const DEFAULT_ROUTES: [(&str, Scenario); 8] = [
     ("LHR-ZRH", Scenario::OrderCreatedThen500),
 ];
 
-/// Whether `s` looks like `LHR-JFK`.
+/// Whether `s` looks like `LHR-JFK`: three ASCII letters, `-`, three ASCII letters, any case.
 pub fn is_route(s: &str) -> bool {
     let b = s.as_bytes();
     b.len() == 7
@@ -83,7 +86,7 @@ pub fn is_route(s: &str) -> bool {
             .all(|c| c.is_ascii_alphabetic())
 }
 
-/// The route key of an origin/destination pair.
+/// `ORIGIN-DESTINATION` in upper case: the key a route's scenario is looked up by.
 pub fn route_key(origin: &str, destination: &str) -> String {
     format!(
         "{}-{}",

@@ -4,12 +4,14 @@
 
 use std::collections::{BTreeMap, HashMap};
 
+use axum::{http::StatusCode, response::Response};
 use serde::{Deserialize, Serialize};
 
-use super::{
-    duffel::{Cancellation, Offer, OfferRequest, Order},
+use crate::{
+    duffel_objects::{Cancellation, Offer, OfferRequest, Order},
     scenarios::ScenarioTable,
-    stripe::{PaymentIntent, Refund},
+    stripe_objects::{PaymentIntent, Refund},
+    util::json_response,
 };
 
 /// What the sandbox has done, so tests can prove nothing happened twice.
@@ -18,32 +20,42 @@ use super::{
 /// metadata is counted under `""`.
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Counters {
-    /// PaymentIntents created (including declined ones).
+    /// PaymentIntents created, declined ones included. Requests that fail validation and
+    /// idempotent replays create none.
     pub payment_intents_created: u64,
-    /// PaymentIntents created, per `metadata[booking_id]`.
+    /// [`payment_intents_created`](Self::payment_intents_created) per `metadata[booking_id]`.
     pub payment_intents_by_booking: BTreeMap<String, u64>,
-    /// Successful captures.
+    /// Captures that moved a PaymentIntent to `succeeded`; refused captures and replays do not
+    /// count.
     pub captures: u64,
+    /// [`captures`](Self::captures) per PaymentIntent id.
     pub captures_by_payment_intent: BTreeMap<String, u64>,
-    /// Successful cancellations (voided holds).
+    /// Cancellations that moved a PaymentIntent to `canceled` (voided holds); refused ones and
+    /// replays do not count.
     pub cancels: u64,
+    /// [`cancels`](Self::cancels) per PaymentIntent id.
     pub cancels_by_payment_intent: BTreeMap<String, u64>,
-    /// Refunds created.
+    /// Refunds that succeeded; refused ones and replays do not count.
     pub refunds: u64,
+    /// [`refunds`](Self::refunds) per PaymentIntent id.
     pub refunds_by_payment_intent: BTreeMap<String, u64>,
     /// Minor units refunded, per PaymentIntent.
     pub refunded_amount_by_payment_intent: BTreeMap<String, i64>,
     /// Stripe and Resend responses replayed from an idempotency key.
     pub idempotent_replays: u64,
-    /// Duffel offer requests created.
+    /// Offer requests created: valid, and not refused by the `rate_limited` scenario.
     pub offer_requests: u64,
-    /// `POST /air/orders` that passed authentication and rate limiting.
+    /// `POST /air/orders` that got as far as deciding the order: authenticated, well-formed
+    /// (`type`, `selected_offers`, `metadata`) for an existing offer, and not rate limited.
     pub order_attempts: u64,
     /// Orders that exist (including ones whose response was a 500).
     pub orders_created: u64,
+    /// [`orders_created`](Self::orders_created) per offer id (at most 1: a second order for an
+    /// offer is refused).
     pub orders_by_offer: BTreeMap<String, u64>,
+    /// [`orders_created`](Self::orders_created) per `metadata[booking_id]` of the order.
     pub orders_by_booking: BTreeMap<String, u64>,
-    /// Order cancellations confirmed.
+    /// Confirmations that cancelled an order; confirming twice is refused and counts once.
     pub order_cancellations_confirmed: u64,
     /// 429s served by the Duffel rate-limit scenario.
     pub rate_limited_responses: u64,
@@ -67,25 +79,32 @@ impl Counters {
     }
 }
 
-/// A Stripe idempotency record, scoped by (API key, Idempotency-Key).
+/// A response stored under an idempotency key, scoped by (API key, Idempotency-Key).
+#[derive(Debug, Clone)]
+pub(crate) struct StoredResponse {
+    /// Identity of the request that produced it; a reuse of the key must match it.
+    pub fingerprint: String,
+    pub status: u16,
+    pub body: Vec<u8>,
+}
+
+impl StoredResponse {
+    /// The stored status and body again, byte for byte, as a JSON response.
+    pub(crate) fn replay(&self) -> Response {
+        json_response(
+            StatusCode::from_u16(self.status).unwrap_or(StatusCode::OK),
+            self.body.clone(),
+        )
+    }
+}
+
+/// A Stripe idempotency record.
 #[derive(Debug, Clone)]
 pub(crate) enum StripeIdem {
     /// The first request is still running.
     InFlight,
-    /// The stored response, replayed byte for byte.
-    Done {
-        fingerprint: String,
-        status: u16,
-        body: Vec<u8>,
-    },
-}
-
-/// A Resend idempotency record, scoped by (API key, Idempotency-Key).
-#[derive(Debug, Clone)]
-pub(crate) struct ResendIdem {
-    pub fingerprint: String,
-    pub status: u16,
-    pub body: Vec<u8>,
+    /// The first request's response, replayed for every retry with the same parameters.
+    Done(StoredResponse),
 }
 
 pub(crate) struct State {
@@ -103,7 +122,7 @@ pub(crate) struct State {
     /// 429s already served per route (the `rate_limited` budget).
     pub rate_limited: HashMap<String, u32>,
     // Resend
-    pub resend_idem: HashMap<(String, String), ResendIdem>,
+    pub resend_idem: HashMap<(String, String), StoredResponse>,
 }
 
 impl State {

@@ -18,21 +18,30 @@ use axum::{
     extract::{Path, State},
     http::{HeaderMap, HeaderValue, StatusCode},
     response::{IntoResponse, Response},
-    routing::{get, post},
+    routing::{post, MethodRouter},
     Router,
 };
 use serde_json::{json, Value};
 
-use super::{
-    bearer, new_id, now_unix, parse_form,
-    state::{Counters, State as SandboxState, StripeIdem},
-    webhooks, Sandbox,
+use crate::{
+    handle::Sandbox,
+    read::get_by_id,
+    state::{Counters, State as SandboxState, StoredResponse, StripeIdem},
+    stripe_objects::{PaymentIntent, Refund},
+    util::{bearer, idempotency_key, json_response, new_id, now_unix, parse_form},
+    webhooks,
 };
 
 pub(crate) fn routes() -> Router<Sandbox> {
     Router::new()
         .route("/v1/payment_intents", post(create_payment_intent))
-        .route("/v1/payment_intents/{id}", get(get_payment_intent))
+        .route(
+            "/v1/payment_intents/{id}",
+            get_one(
+                |st, id| st.payment_intents.get(id).map(PaymentIntent::to_json),
+                |id| resource_missing("payment_intent", id, "intent").into_response(),
+            ),
+        )
         .route(
             "/v1/payment_intents/{id}/capture",
             post(capture_payment_intent),
@@ -42,232 +51,13 @@ pub(crate) fn routes() -> Router<Sandbox> {
             post(cancel_payment_intent),
         )
         .route("/v1/refunds", post(create_refund))
-        .route("/v1/refunds/{id}", get(get_refund))
-}
-
-// ---------------------------------------------------------------------------------------------
-// Objects
-
-#[derive(Debug, Clone)]
-pub(crate) struct PaymentIntent {
-    pub id: String,
-    pub amount: i64,
-    pub amount_capturable: i64,
-    pub amount_received: i64,
-    /// Minor units refunded so far (not a PaymentIntent field; lives on the charge).
-    pub amount_refunded: i64,
-    pub currency: String,
-    pub customer: Option<String>,
-    pub payment_method: Option<String>,
-    pub payment_method_types: Vec<String>,
-    pub status: &'static str,
-    pub capture_method: String,
-    pub confirmation_method: String,
-    pub metadata: BTreeMap<String, String>,
-    pub created: i64,
-    pub latest_charge: Option<String>,
-    pub last_payment_error: Option<Value>,
-    pub next_action: Option<Value>,
-    pub canceled_at: Option<i64>,
-    pub cancellation_reason: Option<String>,
-    pub description: Option<String>,
-    pub receipt_email: Option<String>,
-    pub statement_descriptor: Option<String>,
-    pub statement_descriptor_suffix: Option<String>,
-    pub setup_future_usage: Option<String>,
-    pub client_secret: String,
-}
-
-impl PaymentIntent {
-    pub(crate) fn to_json(&self) -> Value {
-        let mut j = json!({
-            "id": self.id,
-            "object": "payment_intent",
-            "allowed_payment_method_types": null,
-            "amount": self.amount,
-            "amount_capturable": self.amount_capturable,
-            "amount_details": null,
-            "amount_received": self.amount_received,
-            "application": null,
-            "application_fee_amount": null,
-            "automatic_payment_methods": null,
-            "canceled_at": self.canceled_at,
-            "cancellation_reason": self.cancellation_reason,
-            "capture_method": self.capture_method,
-            "client_secret": self.client_secret,
-            "confirmation_method": self.confirmation_method,
-            "created": self.created,
-            "currency": self.currency,
-            "customer": self.customer,
-            "customer_account": null,
-            "description": self.description,
-            "excluded_payment_method_types": null,
-            "hooks": null,
-            "invoice": null,
-            "last_payment_error": self.last_payment_error,
-            "latest_charge": self.latest_charge,
-            "livemode": false,
-        });
-        merge(
-            &mut j,
-            json!({
-                "managed_payments": null,
-                "metadata": self.metadata,
-                "next_action": self.next_action,
-                "on_behalf_of": null,
-                "payment_details": null,
-                "payment_method": self.payment_method,
-                "payment_method_configuration_details": null,
-                "payment_method_options": null,
-                "payment_method_types": self.payment_method_types,
-            "payment_record": null,
-                "presentment_details": null,
-                "processing": null,
-                "receipt_email": self.receipt_email,
-                "review": null,
-                "setup_future_usage": self.setup_future_usage,
-                "shipping": null,
-                "source": null,
-                "statement_descriptor": self.statement_descriptor,
-                "statement_descriptor_suffix": self.statement_descriptor_suffix,
-                "status": self.status,
-                "transfer_data": null,
-                "transfer_group": null,
-            }),
-        );
-        j
-    }
-
-    /// The PaymentIntent's latest charge as a complete Charge object (for `charge.*` events).
-    pub(crate) fn charge_json(&self, refunds: &[&Refund]) -> Value {
-        let captured = self.amount_received > 0;
-        let failed = self.last_payment_error.is_some() && self.status == "requires_payment_method";
-        let failure_code = self
-            .last_payment_error
-            .as_ref()
-            .and_then(|e| e.get("code").cloned());
-        let failure_message = self
-            .last_payment_error
-            .as_ref()
-            .and_then(|e| e.get("message").cloned());
-        let mut j = json!({
-            "id": self.latest_charge,
-            "object": "charge",
-            "amount": self.amount,
-            "amount_captured": self.amount_received,
-            "amount_refunded": self.amount_refunded,
-            "application": null,
-            "application_fee": null,
-            "application_fee_amount": null,
-            "authorization_code": null,
-            "balance_transaction": if captured { Value::from(format!("txn_{}", &self.id[3..])) } else { Value::Null },
-            "billing_details": {"address": null, "email": null, "name": null, "phone": null, "tax_id": null},
-            "calculated_statement_descriptor": "PARKER FLIGHT",
-            "captured": captured,
-            "created": self.created,
-            "currency": self.currency,
-            "customer": self.customer,
-            "description": self.description,
-            "disputed": false,
-            "failure_balance_transaction": null,
-            "failure_code": if failed { failure_code } else { None },
-            "failure_message": if failed { failure_message } else { None },
-            "fraud_details": null,
-            "level3": null,
-            "livemode": false,
-            "metadata": self.metadata,
-        });
-        merge(
-            &mut j,
-            json!({
-                "on_behalf_of": null,
-                "outcome": null,
-                "paid": !failed,
-                "payment_intent": self.id,
-                "payment_method": self.payment_method,
-                "payment_method_details": null,
-                "presentment_details": null,
-                "radar_options": null,
-                "receipt_email": self.receipt_email,
-                "receipt_number": null,
-                "receipt_url": null,
-                "refunded": captured && self.amount_refunded >= self.amount_received,
-                "refunds": {
-                    "object": "list",
-                    "data": refunds.iter().map(|r| r.to_json()).collect::<Vec<_>>(),
-                    "has_more": false,
-                    "url": format!("/v1/charges/{}/refunds", self.latest_charge.as_deref().unwrap_or("")),
-                },
-                "review": null,
-                "shipping": null,
-                "source": null,
-                "source_transfer": null,
-                "statement_descriptor": self.statement_descriptor,
-                "statement_descriptor_suffix": self.statement_descriptor_suffix,
-                "status": if failed { "failed" } else { "succeeded" },
-                "transfer": null,
-                "transfer_data": null,
-                "transfer_group": null,
-            }),
-        );
-        j
-    }
-}
-
-/// Adds `extra`'s fields to `base` (both objects); splits big `json!` literals, which would
-/// otherwise exceed the macro recursion limit.
-fn merge(base: &mut Value, extra: Value) {
-    if let (Value::Object(b), Value::Object(e)) = (base, extra) {
-        b.extend(e);
-    }
-}
-
-#[derive(Debug, Clone)]
-pub(crate) struct Refund {
-    pub id: String,
-    pub amount: i64,
-    pub charge: Option<String>,
-    pub created: i64,
-    pub currency: String,
-    pub metadata: BTreeMap<String, String>,
-    pub payment_intent: String,
-    pub customer: Option<String>,
-    pub payment_method: Option<String>,
-    pub reason: Option<String>,
-    pub status: &'static str,
-    pub balance_transaction: String,
-}
-
-impl Refund {
-    pub(crate) fn to_json(&self) -> Value {
-        json!({
-            "id": self.id,
-            "object": "refund",
-            "amount": self.amount,
-            "balance_transaction": self.balance_transaction,
-            "charge": self.charge,
-            "created": self.created,
-            "currency": self.currency,
-            "customer": self.customer,
-            "customer_account": null,
-            "description": null,
-            "destination_details": null,
-            "failure_balance_transaction": null,
-            "failure_reason": null,
-            "instructions_email": null,
-            "metadata": self.metadata,
-            "next_action": null,
-            "payment_intent": self.payment_intent,
-            "payment_method": self.payment_method,
-            "pending_reason": null,
-            "presentment_details": null,
-            "reason": self.reason,
-            "receipt_number": null,
-            "source_transfer_reversal": null,
-            "status": self.status,
-            "transfer_reversal": null,
-        })
-    }
+        .route(
+            "/v1/refunds/{id}",
+            get_one(
+                |st, id| st.refunds.get(id).map(Refund::to_json),
+                |id| resource_missing("refund", id, "id").into_response(),
+            ),
+        )
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -344,18 +134,32 @@ pub(crate) struct Outcome {
 }
 
 impl Outcome {
-    fn ok(body: Value) -> Self {
+    /// A response that Stripe stores under the idempotency key, without events (yet).
+    fn new(status: StatusCode, body: Value) -> Self {
         Self {
-            status: StatusCode::OK,
+            status,
             body,
             store: true,
             events: Vec::new(),
         }
     }
 
+    fn ok(body: Value) -> Self {
+        Self::new(StatusCode::OK, body)
+    }
+
     fn with_event(mut self, event_type: &'static str, object: Value) -> Self {
         self.events.push((event_type, object));
         self
+    }
+}
+
+impl IntoResponse for Outcome {
+    fn into_response(self) -> Response {
+        json_response(
+            self.status,
+            serde_json::to_vec(&self.body).expect("json serializes"),
+        )
     }
 }
 
@@ -382,20 +186,26 @@ fn error_body(
     json!({ "error": err })
 }
 
-/// A parameter validation failure: 400, never stored under the idempotency key.
-fn invalid_param(param: &str, code: &str, message: &str) -> Outcome {
-    Outcome {
-        status: StatusCode::BAD_REQUEST,
-        body: error_body(
+/// An `invalid_request_error` with a `code` (stored under the idempotency key).
+fn request_error(status: StatusCode, code: &str, message: &str, param: Option<&str>) -> Outcome {
+    Outcome::new(
+        status,
+        error_body(
             "invalid_request_error",
             Some(code),
             None,
             message,
-            Some(param),
+            param,
             None,
         ),
+    )
+}
+
+/// A parameter validation failure: 400, never stored under the idempotency key.
+fn invalid_param(param: &str, code: &str, message: &str) -> Outcome {
+    Outcome {
         store: false,
-        events: Vec::new(),
+        ..request_error(StatusCode::BAD_REQUEST, code, message, Some(param))
     }
 }
 
@@ -408,25 +218,18 @@ fn missing_param(param: &str) -> Outcome {
 }
 
 fn resource_missing(kind: &str, id: &str, param: &str) -> Outcome {
-    Outcome {
-        status: StatusCode::NOT_FOUND,
-        body: error_body(
-            "invalid_request_error",
-            Some("resource_missing"),
-            None,
-            &format!("No such {kind}: '{id}'"),
-            Some(param),
-            None,
-        ),
-        store: true,
-        events: Vec::new(),
-    }
+    request_error(
+        StatusCode::NOT_FOUND,
+        "resource_missing",
+        &format!("No such {kind}: '{id}'"),
+        Some(param),
+    )
 }
 
 fn unexpected_state(pi: &PaymentIntent, action: &str, allowed: &str) -> Outcome {
-    Outcome {
-        status: StatusCode::BAD_REQUEST,
-        body: error_body(
+    Outcome::new(
+        StatusCode::BAD_REQUEST,
+        error_body(
             "invalid_request_error",
             Some("payment_intent_unexpected_state"),
             None,
@@ -438,31 +241,21 @@ fn unexpected_state(pi: &PaymentIntent, action: &str, allowed: &str) -> Outcome 
             None,
             Some(pi.to_json()),
         ),
-        store: true,
-        events: Vec::new(),
-    }
+    )
 }
 
+/// An error answered before any operation ran (authentication, idempotency conflicts).
 fn simple_error(
     status: StatusCode,
     error_type: &str,
     code: Option<&str>,
     message: &str,
 ) -> Response {
-    json_response(
+    Outcome::new(
         status,
-        serde_json::to_vec(&error_body(error_type, code, None, message, None, None))
-            .expect("json serializes"),
+        error_body(error_type, code, None, message, None, None),
     )
-}
-
-fn json_response(status: StatusCode, body: Vec<u8>) -> Response {
-    let mut resp = (status, body).into_response();
-    resp.headers_mut().insert(
-        axum::http::header::CONTENT_TYPE,
-        HeaderValue::from_static("application/json"),
-    );
-    resp
+    .into_response()
 }
 
 /// The API key of an authenticated request, or Stripe's 401.
@@ -523,11 +316,7 @@ where
     };
     let params = Params(parse_form(&String::from_utf8_lossy(&body)));
     let fingerprint = format!("POST {path}?{}", params.fingerprint());
-    let idem_key = headers
-        .get("idempotency-key")
-        .and_then(|v| v.to_str().ok())
-        .filter(|v| !v.is_empty())
-        .map(str::to_string);
+    let idem_key = idempotency_key(&headers);
     let request_id = new_id("req_");
 
     let mut guard = InFlightGuard {
@@ -538,12 +327,8 @@ where
         let scoped = (api_key.clone(), key.clone());
         let mut st = sb.lock();
         match st.stripe_idem.get(&scoped).cloned() {
-            Some(StripeIdem::Done {
-                fingerprint: stored,
-                status,
-                body,
-            }) => {
-                if stored != fingerprint {
+            Some(StripeIdem::Done(stored)) => {
+                if stored.fingerprint != fingerprint {
                     return simple_error(
                         StatusCode::BAD_REQUEST,
                         "idempotency_error",
@@ -558,8 +343,7 @@ where
                 st.counters.idempotent_replays += 1;
                 drop(st);
                 tracing::debug!(path, "stripe idempotent replay");
-                let mut resp =
-                    json_response(StatusCode::from_u16(status).unwrap_or(StatusCode::OK), body);
+                let mut resp = stored.replay();
                 let h = resp.headers_mut();
                 h.insert("idempotent-replayed", HeaderValue::from_static("true"));
                 if let Ok(v) = HeaderValue::from_str(key) {
@@ -599,11 +383,11 @@ where
         if outcome.store {
             st.stripe_idem.insert(
                 scoped,
-                StripeIdem::Done {
+                StripeIdem::Done(StoredResponse {
                     fingerprint,
                     status: outcome.status.as_u16(),
                     body: bytes.clone(),
-                },
+                }),
             );
         } else {
             st.stripe_idem.remove(&scoped);
@@ -666,39 +450,16 @@ async fn create_refund(State(sb): State<Sandbox>, headers: HeaderMap, body: Byte
     idempotent_post(sb, headers, "/v1/refunds".into(), body, refund_pi).await
 }
 
-async fn get_payment_intent(
-    State(sb): State<Sandbox>,
-    Path(id): Path<String>,
-    headers: HeaderMap,
-) -> Response {
-    if let Err(resp) = authenticate(&headers) {
-        return resp;
-    }
-    let outcome = match sb.lock().payment_intents.get(&id) {
-        Some(pi) => Outcome::ok(pi.to_json()),
-        None => resource_missing("payment_intent", &id, "intent"),
-    };
-    json_response(
-        outcome.status,
-        serde_json::to_vec(&outcome.body).expect("json serializes"),
-    )
-}
-
-async fn get_refund(
-    State(sb): State<Sandbox>,
-    Path(id): Path<String>,
-    headers: HeaderMap,
-) -> Response {
-    if let Err(resp) = authenticate(&headers) {
-        return resp;
-    }
-    let outcome = match sb.lock().refunds.get(&id) {
-        Some(r) => Outcome::ok(r.to_json()),
-        None => resource_missing("refund", &id, "id"),
-    };
-    json_response(
-        outcome.status,
-        serde_json::to_vec(&outcome.body).expect("json serializes"),
+/// `GET /v1/payment_intents/{id}` and `GET /v1/refunds/{id}`: the object, or Stripe's 404.
+fn get_one(
+    lookup: fn(&SandboxState, &str) -> Option<Value>,
+    not_found: fn(&str) -> Response,
+) -> MethodRouter<Sandbox> {
+    get_by_id(
+        authenticate,
+        lookup,
+        |object| Outcome::ok(object).into_response(),
+        not_found,
     )
 }
 
@@ -863,13 +624,8 @@ fn create_pi(st: &mut SandboxState, p: &Params) -> Outcome {
                     Some(pi_json.clone()),
                 );
                 body["error"]["charge"] = json!(charge);
-                outcome = Outcome {
-                    status: StatusCode::PAYMENT_REQUIRED,
-                    body,
-                    store: true,
-                    events: Vec::new(),
-                }
-                .with_event("payment_intent.payment_failed", pi_json);
+                outcome = Outcome::new(StatusCode::PAYMENT_REQUIRED, body)
+                    .with_event("payment_intent.payment_failed", pi_json);
                 tracing::info!(payment_intent.id = %pi.id, code, "sandbox card declined");
             }
             None => {
@@ -907,19 +663,12 @@ fn capture_pi(st: &mut SandboxState, id: &str, p: &Params) -> Outcome {
     }
     let amount = amount_to_capture.unwrap_or(pi.amount_capturable);
     if amount > pi.amount_capturable {
-        return Outcome {
-            status: StatusCode::BAD_REQUEST,
-            body: error_body(
-                "invalid_request_error",
-                Some("amount_too_large"),
-                None,
-                "The amount to capture is greater than the amount capturable.",
-                Some("amount_to_capture"),
-                None,
-            ),
-            store: true,
-            events: Vec::new(),
-        };
+        return request_error(
+            StatusCode::BAD_REQUEST,
+            "amount_too_large",
+            "The amount to capture is greater than the amount capturable.",
+            Some("amount_to_capture"),
+        );
     }
     pi.status = "succeeded";
     pi.amount_received = amount;
@@ -998,19 +747,8 @@ fn refund_pi(st: &mut SandboxState, p: &Params) -> Outcome {
     let Some(pi) = st.payment_intents.get_mut(&pi_id) else {
         return resource_missing("payment_intent", &pi_id, "payment_intent");
     };
-    let refusal = |code: &str, message: String| Outcome {
-        status: StatusCode::BAD_REQUEST,
-        body: error_body(
-            "invalid_request_error",
-            Some(code),
-            None,
-            &message,
-            None,
-            None,
-        ),
-        store: true,
-        events: Vec::new(),
-    };
+    let refusal =
+        |code: &str, message: String| request_error(StatusCode::BAD_REQUEST, code, &message, None);
     if pi.status != "succeeded" {
         return refusal(
             "charge_not_refundable",

@@ -11,7 +11,11 @@ use std::time::Duration;
 
 use serde_json::{json, Value};
 
-use crate::{new_id, now_unix, Sandbox};
+use crate::{
+    config::WebhookTarget,
+    handle::Sandbox,
+    util::{new_id, now_unix},
+};
 
 /// The Stripe API version stamped on events: async-stripe 1.0.0-rc.10's generated `VERSION`, so
 /// its webhook parser does not warn about a mismatch.
@@ -35,13 +39,36 @@ pub fn sign_payload(secret: &str, timestamp: i64, body: &[u8]) -> String {
 
 /// The `Stripe-Signature` header value for `body` signed at `timestamp`.
 pub fn stripe_signature_header(secret: &str, timestamp: i64, body: &[u8]) -> String {
-    format!("t={timestamp},v1={}", sign_payload(secret, timestamp, body))
+    signature_header(secret, timestamp, body)
 }
 
 /// The `X-Duffel-Signature` header value for `body` signed at `timestamp` (the same scheme as
 /// Stripe's).
 pub fn duffel_signature_header(secret: &str, timestamp: i64, body: &[u8]) -> String {
-    stripe_signature_header(secret, timestamp, body)
+    signature_header(secret, timestamp, body)
+}
+
+/// `t=<timestamp>,v1=<signature>`, the header value both providers use.
+fn signature_header(secret: &str, timestamp: i64, body: &[u8]) -> String {
+    format!("t={timestamp},v1={}", sign_payload(secret, timestamp, body))
+}
+
+impl Sandbox {
+    /// Emits a signed Stripe event of any type with `object` as `data.object` and returns its id.
+    /// Delivery runs on a spawned task, so this needs a Tokio runtime; without a configured
+    /// webhook target nothing is delivered, but the event still counts in
+    /// [`Counters::webhook_events_emitted`](crate::Counters::webhook_events_emitted).
+    pub fn emit_stripe_event(&self, event_type: &str, object: Value) -> String {
+        emit_stripe(self, event_type, object, None)
+    }
+
+    /// Emits a signed Duffel event of any type with `object` as `data.object` and returns its id.
+    /// Delivery runs on a spawned task, so this needs a Tokio runtime; without a configured
+    /// webhook target nothing is delivered, but the event still counts in
+    /// [`Counters::webhook_events_emitted`](crate::Counters::webhook_events_emitted).
+    pub fn emit_duffel_event(&self, event_type: &str, object: Value) -> String {
+        emit_duffel(self, event_type, object)
+    }
 }
 
 /// Builds a Stripe event around `object` and delivers it if a target is configured.
@@ -69,19 +96,10 @@ pub(crate) fn emit_stripe(
         },
         "type": event_type,
     });
-    sb.lock().counters.webhook_events_emitted += 1;
     tracing::debug!(event.id = %id, event.type = event_type, "stripe event emitted");
-    if let Some(target) = sb.config().webhook.clone() {
-        let body = serde_json::to_vec(&event).expect("json serializes");
-        spawn_delivery(
-            sb.clone(),
-            target.stripe_url,
-            target.stripe_secret,
-            "Stripe-Signature",
-            id.clone(),
-            body,
-        );
-    }
+    publish(sb, &id, &event, "Stripe-Signature", |t| {
+        (t.stripe_url, t.stripe_secret)
+    });
     id
 }
 
@@ -99,20 +117,28 @@ pub(crate) fn emit_duffel(sb: &Sandbox, event_type: &str, object: Value) -> Stri
             "idempotency_key": new_id(""),
         }
     });
-    sb.lock().counters.webhook_events_emitted += 1;
     tracing::debug!(event.id = %id, event.type = event_type, "duffel event emitted");
-    if let Some(target) = sb.config().webhook.clone() {
-        let body = serde_json::to_vec(&event).expect("json serializes");
-        spawn_delivery(
-            sb.clone(),
-            target.duffel_url,
-            target.duffel_secret,
-            "X-Duffel-Signature",
-            id.clone(),
-            body,
-        );
-    }
+    publish(sb, &id, &event, "X-Duffel-Signature", |t| {
+        (t.duffel_url, t.duffel_secret)
+    });
     id
+}
+
+/// Counts the event as emitted and, if a target is configured, delivers it to the (URL,
+/// secret) that `endpoint` picks from the target, signed in the `header` header.
+fn publish(
+    sb: &Sandbox,
+    event_id: &str,
+    event: &Value,
+    header: &'static str,
+    endpoint: fn(WebhookTarget) -> (String, String),
+) {
+    sb.lock().counters.webhook_events_emitted += 1;
+    if let Some(target) = sb.config().webhook.clone() {
+        let (url, secret) = endpoint(target);
+        let body = serde_json::to_vec(event).expect("json serializes");
+        spawn_delivery(sb.clone(), url, secret, header, event_id.to_string(), body);
+    }
 }
 
 fn spawn_delivery(
@@ -128,10 +154,9 @@ fn spawn_delivery(
         for attempt in 1..=WEBHOOK_ATTEMPTS {
             // Re-sign each attempt, as providers do, so the timestamp stays fresh.
             let t = now_unix();
-            let signature = format!("t={t},v1={}", sign_payload(&secret, t, &body));
+            let signature = signature_header(&secret, t, &body);
             let result = sb
-                .inner
-                .http
+                .http()
                 .post(&url)
                 .header("content-type", "application/json")
                 .header(header, signature)

@@ -1,0 +1,78 @@
+//! The handle to one sandbox's shared state.
+//!
+//! The methods that need the provider modules are defined next to what they call, so that this
+//! module depends on none of them: [`Sandbox::router`] and [`Sandbox::start`] in `server`,
+//! [`Sandbox::emit_stripe_event`] and [`Sandbox::emit_duffel_event`] in `webhooks`.
+
+use std::sync::{Arc, Mutex, MutexGuard};
+
+use crate::{
+    config::SandboxConfig,
+    scenarios::Scenario,
+    state::{self, Counters},
+};
+
+/// A cheap-to-clone handle to one sandbox's shared state: clones see the same objects,
+/// counters and scenarios.
+#[derive(Clone)]
+pub struct Sandbox {
+    inner: Arc<Inner>,
+}
+
+struct Inner {
+    cfg: SandboxConfig,
+    state: Mutex<state::State>,
+    http: reqwest::Client,
+}
+
+impl Sandbox {
+    /// A sandbox with no objects, zeroed counters and the default scenario table. It serves
+    /// nothing by itself: mount [`Sandbox::router`], or use [`Sandbox::start`] instead.
+    pub fn new(cfg: SandboxConfig) -> Self {
+        let http = reqwest::Client::builder()
+            .timeout(std::time::Duration::from_secs(5))
+            .build()
+            .expect("reqwest client without TLS always builds");
+        Self {
+            inner: Arc::new(Inner {
+                cfg,
+                state: Mutex::new(state::State::new()),
+                http,
+            }),
+        }
+    }
+
+    /// A snapshot of every counter.
+    pub fn counters(&self) -> Counters {
+        self.lock().counters.clone()
+    }
+
+    /// Sets the scenario of a route (`"LHR-JFK"`, case-insensitive) for every later request.
+    pub fn set_scenario(&self, route: &str, scenario: Scenario) {
+        self.lock().scenarios.set(route, scenario);
+    }
+
+    /// The scenario a route currently runs ([`Scenario::Normal`] if it was never set and is not
+    /// in the default table).
+    pub fn scenario(&self, route: &str) -> Scenario {
+        self.lock().scenarios.get(route)
+    }
+
+    /// The configuration the sandbox was created with.
+    pub fn config(&self) -> &SandboxConfig {
+        &self.inner.cfg
+    }
+
+    pub(crate) fn lock(&self) -> MutexGuard<'_, state::State> {
+        // A panic while holding the lock leaves the maps usable; keep serving.
+        self.inner
+            .state
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
+    }
+
+    /// The client webhook deliveries are sent with.
+    pub(crate) fn http(&self) -> &reqwest::Client {
+        &self.inner.http
+    }
+}
