@@ -35,22 +35,34 @@ pub struct Settings {
     /// Provider clients (base URLs, keys, timeouts). Keys come from the environment, e.g.
     /// `FLEET_PROVIDERS__STRIPE__SECRET_KEY`; an empty key leaves that provider unconfigured.
     #[serde(default)]
-    pub providers: ProvidersSettings,
+    pub providers: jobs::providers::ProvidersConfig,
     /// Cron schedules run by `fleet scheduler`, keyed by schedule name.
     #[serde(default)]
-    pub schedules: BTreeMap<String, crate::scheduler::ScheduleSettings>,
+    pub schedules: BTreeMap<String, ScheduleSettings>,
 }
 
-/// `[providers.*]`.
-#[derive(Debug, Clone, Default, Deserialize)]
-#[serde(default, deny_unknown_fields)]
-pub struct ProvidersSettings {
-    /// Stripe.
-    pub stripe: jobs::providers::StripeConfig,
-    /// Duffel.
-    pub duffel: jobs::providers::DuffelConfig,
-    /// Resend.
-    pub email: jobs::providers::EmailConfig,
+/// One `[schedules.<name>]` entry.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ScheduleSettings {
+    /// Cron pattern with a seconds field: `sec min hour day-of-month month day-of-week`.
+    pub cron: String,
+    /// Job kind to enqueue.
+    pub kind: String,
+    /// Job args (a table).
+    #[serde(default = "empty_args")]
+    pub args: serde_json::Value,
+    /// Off switch that keeps the entry in config.
+    #[serde(default = "yes")]
+    pub enabled: bool,
+}
+
+fn empty_args() -> serde_json::Value {
+    serde_json::json!({})
+}
+
+fn yes() -> bool {
+    true
 }
 
 /// A string that never prints (database URLs carry passwords).

@@ -1,5 +1,5 @@
-//! Finding a Postgres server, connecting, migrating, and scratch databases for tests and
-//! benchmarks.
+//! Finding a Postgres server, connecting, migrating, and scratch databases for the demo, the
+//! benchmarks and the tests ([`ScratchDb`]).
 //!
 //! Resolution order ([`resolve_server_url`]): `DATABASE_URL`; else the configured
 //! `database_url`; else the local server at `127.0.0.1:5432` (user `postgres`); else a
@@ -15,11 +15,14 @@ use std::{
     time::Duration,
 };
 
+use std::sync::atomic::{AtomicU32, Ordering};
+
 use anyhow::{bail, Context};
 use sqlx::{
     postgres::{PgConnectOptions, PgPoolOptions},
     ConnectOptions, Connection, PgConnection, PgPool,
 };
+use tokio::sync::OnceCell;
 
 /// The local server tried when no URL is configured.
 pub const LOCAL_SERVER_URL: &str = "postgres://postgres@127.0.0.1:5432/postgres";
@@ -271,6 +274,71 @@ fn as_postgres(as_root: bool, cmd: &Path, args: &[&str]) -> anyhow::Result<bool>
         .status()
         .with_context(|| format!("running {}", cmd.display()))?;
     Ok(out.success())
+}
+
+// ─── scratch databases: demo, bench and tests ──────────────────────────────────────────────
+
+static SERVER: OnceCell<String> = OnceCell::const_new();
+static COUNTER: AtomicU32 = AtomicU32::new(0);
+
+/// The server scratch databases are made on (resolved once per process: `DATABASE_URL`,
+/// else the local server, else a throwaway cluster). For demo, bench and tests only.
+pub async fn server_url() -> String {
+    SERVER
+        .get_or_init(|| async {
+            resolve_server_url(None)
+                .await
+                .expect("no Postgres server could be found or started")
+        })
+        .await
+        .clone()
+}
+
+/// A uniquely named, migrated database that is dropped on `Drop`.
+pub struct ScratchDb {
+    /// Its URL (for child processes).
+    pub url: String,
+    /// A pool on it.
+    pub pool: PgPool,
+    name: String,
+    server: String,
+}
+
+impl ScratchDb {
+    /// Creates `"{prefix}_{pid}_{n}_{rand}"`.
+    pub async fn new(prefix: &str) -> anyhow::Result<Self> {
+        let server = server_url().await;
+        let name = format!(
+            "{prefix}_{}_{}_{}",
+            std::process::id(),
+            COUNTER.fetch_add(1, Ordering::Relaxed),
+            &uuid::Uuid::new_v4().simple().to_string()[..6]
+        );
+        let url = create_database(&server, &name).await?;
+        let pool = connect(&url, 30).await?;
+        Ok(Self {
+            url,
+            pool,
+            name,
+            server,
+        })
+    }
+}
+
+impl Drop for ScratchDb {
+    fn drop(&mut self) {
+        let (server, name) = (self.server.clone(), self.name.clone());
+        // Drop runs inside an async context: drop the database from a thread of its own.
+        let _ = std::thread::spawn(move || {
+            let rt = tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build();
+            if let Ok(rt) = rt {
+                let _ = rt.block_on(drop_database(&server, &name));
+            }
+        })
+        .join();
+    }
 }
 
 #[cfg(test)]

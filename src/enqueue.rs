@@ -1,9 +1,13 @@
 //! The typed enqueue API: one job, many jobs in one statement, or inside the caller's own
 //! transaction. Placement defaults come from the kind's resolved settings.
+//!
+//! Nothing is written for a batch that holds an invalid job: every job's kind must be
+//! registered with this process and a raw job's args must deserialize into the kind's type, so
+//! a typo or a stale producer fails where it happens, never as a dead job later.
 
 use std::sync::Arc;
 
-use jobs::{BoxFuture, Enqueued, Enqueuer, Job, NewJob};
+use jobs::{BoxFuture, EnqueueError, Enqueued, Enqueuer, Job, NewJob};
 use sqlx::{PgConnection, PgPool};
 
 use crate::{
@@ -19,8 +23,8 @@ pub struct Queue {
 }
 
 impl Queue {
-    /// A queue over `pool`, filling placement defaults from `registry`'s kinds (unknown kinds
-    /// get the code defaults of [`jobs::KindDefaults`]).
+    /// A queue over `pool` for `registry`'s kinds, filling placement defaults from their
+    /// resolved settings.
     pub fn new(pool: PgPool, registry: Arc<Registry>) -> Self {
         Self { pool, registry }
     }
@@ -62,12 +66,20 @@ impl Queue {
         conn: &mut PgConnection,
         jobs: Vec<NewJob>,
     ) -> Result<Vec<Enqueued>, QueueError> {
+        let typed: Vec<bool> = jobs.iter().map(NewJob::is_typed).collect();
         // One call, one enqueuing span: its trace context is the same for every job.
         let trace = crate::telemetry::current_trace_context();
         let rows: Vec<JobInsert> = jobs
             .into_iter()
             .map(|j| self.resolve(j, trace.clone()))
             .collect();
+        // What the schema refuses first, then what this process's kinds refuse.
+        for (row, typed) in rows.iter().zip(typed) {
+            queue::validate_insert(row)?;
+            self.registry
+                .check_parts(&row.kind, &row.args, typed)
+                .map_err(QueueError::InvalidJob)?;
+        }
         let out = queue::job_insert_many(conn, &rows, None).await?;
         // Counted at the statement, not the commit: a caller's rollback still counts.
         let m = &crate::metrics::metrics().enqueued;
@@ -80,6 +92,7 @@ impl Queue {
     }
 
     fn resolve(&self, j: NewJob, trace_context: Option<serde_json::Value>) -> JobInsert {
+        // An unknown kind gets the code defaults here and is refused by the caller's check.
         let d = self.registry.settings(&j.kind).cloned().unwrap_or_default();
         JobInsert {
             queue: j.opts.queue.unwrap_or(d.queue),
@@ -99,11 +112,12 @@ impl Enqueuer for Queue {
         &'a self,
         conn: &'a mut PgConnection,
         jobs: Vec<NewJob>,
-    ) -> BoxFuture<'a, Result<Vec<Enqueued>, sqlx::Error>> {
+    ) -> BoxFuture<'a, Result<Vec<Enqueued>, EnqueueError>> {
         Box::pin(async move {
             self.enqueue_many_in(conn, jobs).await.map_err(|e| match e {
-                QueueError::Database(d) => d,
-                other => sqlx::Error::Protocol(other.to_string()),
+                QueueError::Database(d) => EnqueueError::Database(d),
+                QueueError::InvalidJob(m) => EnqueueError::Invalid(m),
+                other => EnqueueError::Invalid(other.to_string()),
             })
         })
     }

@@ -3,7 +3,7 @@
 
 use std::{collections::BTreeMap, collections::HashMap, sync::Arc};
 
-use jobs::{BoxFuture, Job, JobContext, JobError, KindDefaults};
+use jobs::{BoxFuture, Job, JobContext, JobError, KindDefaults, NewJob, Registrar};
 use serde_json::Value;
 
 use crate::config::{ConfigError, KindOverride};
@@ -18,12 +18,16 @@ type ErasedHandler = Arc<
         + Sync,
 >;
 
+/// Checks that JSON args deserialize into a kind's args type; `Err` says why (values redacted).
+type ArgsCheck = fn(&Value) -> Result<(), String>;
+
 /// One registered kind.
 #[derive(Clone)]
 pub struct RegisteredKind {
     /// Resolved settings.
     pub settings: KindSettings,
     handler: ErasedHandler,
+    check_args: ArgsCheck,
 }
 
 impl RegisteredKind {
@@ -62,20 +66,41 @@ impl Registry {
     pub fn register_with<J: Job>(&mut self, defaults: KindDefaults) -> &mut Self {
         let settings = apply(defaults, self.overrides.get(J::KIND));
         let handler: ErasedHandler = Arc::new(|args: Value, ctx: JobContext| {
-            let job: J = serde_json::from_value(args).map_err(|e| {
-                format!(
-                    "payload does not match the args of kind {:?}: {}",
-                    J::KIND,
-                    redact_quoted(&e.to_string())
-                )
-            })?;
+            let job: J = decode::<J>(args)?;
             Ok(Box::pin(job.run(ctx)) as BoxFuture<'static, Result<(), JobError>>)
         });
-        let prev = self
-            .kinds
-            .insert(J::KIND.to_owned(), RegisteredKind { settings, handler });
+        let check_args: ArgsCheck = |args| decode::<J>(args.clone()).map(drop);
+        let prev = self.kinds.insert(
+            J::KIND.to_owned(),
+            RegisteredKind {
+                settings,
+                handler,
+                check_args,
+            },
+        );
         assert!(prev.is_none(), "job kind {:?} registered twice", J::KIND);
         self
+    }
+
+    /// Whether `job` can be enqueued as given: its kind is registered here and its args fit
+    /// the kind's type (checked only for [`NewJob::raw`] jobs: typed ones fit by
+    /// construction). `Err` names the problem without quoting arg values.
+    pub fn check(&self, job: &NewJob) -> Result<(), String> {
+        self.check_parts(&job.kind, &job.args, job.is_typed())
+    }
+
+    /// [`Registry::check`] on a job's parts: `typed` args fit by construction.
+    pub fn check_parts(&self, kind: &str, args: &Value, typed: bool) -> Result<(), String> {
+        let Some(k) = self.kinds.get(kind) else {
+            return Err(format!(
+                "unknown job kind {kind:?} (known: {})",
+                self.kind_names().join(", ")
+            ));
+        };
+        if typed {
+            return Ok(());
+        }
+        (k.check_args)(args)
     }
 
     /// The kind, if registered.
@@ -108,6 +133,23 @@ impl Registry {
         }
         Ok(())
     }
+}
+
+impl Registrar for Registry {
+    fn register<J: Job>(&mut self) -> &mut Self {
+        Registry::register::<J>(self)
+    }
+}
+
+/// Decodes a payload into `J`'s args; the error names the kind and redacts quoted values.
+fn decode<J: Job>(args: Value) -> Result<J, String> {
+    serde_json::from_value(args).map_err(|e| {
+        format!(
+            "payload does not match the args of kind {:?}: {}",
+            J::KIND,
+            redact_quoted(&e.to_string())
+        )
+    })
 }
 
 fn apply(mut d: KindDefaults, o: Option<&KindOverride>) -> KindDefaults {

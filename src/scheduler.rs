@@ -17,35 +17,15 @@ use std::{collections::BTreeMap, sync::Arc};
 use chrono::{DateTime, SubsecRound, Utc};
 use croner::{parser::CronParser, Cron};
 use jobs::NewJob;
-use serde::Deserialize;
 use sqlx::{Connection, PgPool};
 use tokio_util::sync::CancellationToken;
 
-use crate::{config::ConfigError, queue, registry::Registry, Queue};
-
-/// One `[schedules.<name>]` entry.
-#[derive(Debug, Clone, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct ScheduleSettings {
-    /// Cron pattern with a seconds field: `sec min hour day-of-month month day-of-week`.
-    pub cron: String,
-    /// Job kind to enqueue.
-    pub kind: String,
-    /// Job args (a table).
-    #[serde(default = "empty_args")]
-    pub args: serde_json::Value,
-    /// Off switch that keeps the entry in config.
-    #[serde(default = "yes")]
-    pub enabled: bool,
-}
-
-fn empty_args() -> serde_json::Value {
-    serde_json::json!({})
-}
-
-fn yes() -> bool {
-    true
-}
+use crate::{
+    config::{ConfigError, ScheduleSettings},
+    queue,
+    registry::Registry,
+    Queue,
+};
 
 /// A validated schedule.
 #[derive(Debug, Clone)]
@@ -116,6 +96,9 @@ pub fn validate(
                 "schedules.{name}.args must be a table"
             )));
         }
+        registry
+            .check(&NewJob::raw(s.kind.clone(), s.args.clone()))
+            .map_err(|why| ConfigError(format!("schedules.{name}.args: {why}")))?;
         out.push(Schedule {
             name: name.clone(),
             expr: s.cron.clone(),

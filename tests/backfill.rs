@@ -116,7 +116,7 @@ fn ctx(pool: &PgPool, keys: Keyring) -> JobContext {
         pool: pool.clone(),
         cancel: tokio_util::sync::CancellationToken::new(),
         enqueuer: Arc::new(Queue::new(pool.clone(), Arc::new(Registry::default()))),
-        deps: Arc::new(Deps {
+        extensions: jobs::Extensions::new().with(Deps {
             keyring: Some(Arc::new(keys)),
             ..Deps::default()
         }),

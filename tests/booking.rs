@@ -14,18 +14,18 @@ use std::{
 use chrono::NaiveDate;
 use common::*;
 use fleet::{
+    database::ScratchDb,
     queue::{JobRecord, JobState},
-    seed::{seed_campaign, CampaignSeed, Seeded},
-    testkit::{sandbox_deps, ScratchDb, TEST_PII_KEYS},
     Queue, Registry, Worker,
 };
 use jobs::{
     kinds::{
-        booking_attempt::{cancel_booking_and_request_refund, BookingAttempt},
-        refund_compensation::RefundCompensation,
+        booking_attempt::BookingAttempt,
+        refund_compensation::{cancel_and_request_refund, RefundCompensation},
     },
     pii::Keyring,
     providers::{CabinClass, FlightsApi, Offer, OfferSearch, PassengerSpec, SliceSpec},
+    seed::{seed_campaign, CampaignSeed, Seeded},
     Job, KindDefaults,
 };
 use sandbox::{RunningSandbox, Sandbox, SandboxConfig, Scenario};
@@ -90,8 +90,8 @@ impl Harness {
             concurrency: 16,
             ..fast_settings()
         };
-        let w =
-            Worker::new(self.db.pool.clone(), registry(), settings).with_deps(self.deps.clone());
+        let w = Worker::new(self.db.pool.clone(), registry(), settings)
+            .with_extensions(extensions_of(self.deps.clone()));
         let id = w.id().to_owned();
         let shutdown = CancellationToken::new();
         let handle = tokio::spawn(w.run(shutdown.clone()));
@@ -621,7 +621,7 @@ async fn refund_compensation_run_twice_refunds_once_and_cancels_the_order_once()
     // The order is cancelled after capture: state change and refund job in one transaction.
     let mut tx = h.pool().begin().await.unwrap();
     assert!(
-        cancel_booking_and_request_refund(&mut tx, &h.queue, b.id, "order_cancelled")
+        cancel_and_request_refund(&mut tx, &h.queue, b.id, "order_cancelled")
             .await
             .unwrap()
     );
@@ -756,8 +756,7 @@ fn assert_not_unknown_kind(j: &JobRecord) {
     assert!(
         !(j.state == JobState::Dead && j.errors.iter().any(|e| e.message.contains("kind"))),
         "the fleet worker binary does not run booking_attempt: add \
-         `r.register::<jobs::kinds::booking_attempt::BookingAttempt>();` to \
-         fleet::fleet_registry. {j:#?}"
+         register it in jobs::kinds::register_all. {j:#?}"
     );
 }
 

@@ -12,9 +12,8 @@ use std::{
 use chrono::{DateTime, Datelike, Utc};
 use common::*;
 use fleet::{
+    database::ScratchDb,
     queue::{self, ErrorClass, JobState},
-    seed::{seed_campaign, CampaignSeed, Seeded},
-    testkit::{sandbox_deps, ScratchDb, TEST_PII_KEYS},
     Queue, Registry, Worker,
 };
 use jobs::{
@@ -24,7 +23,8 @@ use jobs::{
         card_expiry_reminder::{dedupe_key, CardExpiryReminder},
         retention_purge::RetentionPurge,
     },
-    BoxFuture, Enqueued, Enqueuer, Job, KindDefaults, NewJob,
+    seed::{seed_campaign, CampaignSeed, Seeded},
+    BoxFuture, EnqueueError, Enqueued, Enqueuer, Job, KindDefaults, NewJob,
 };
 use sandbox::{RunningSandbox, Sandbox};
 use serde_json::{json, Value};
@@ -50,7 +50,9 @@ fn registry() -> Arc<Registry> {
     r.register_with::<CampaignScan>(quick::<CampaignScan>())
         .register_with::<CampaignSearch>(quick::<CampaignSearch>())
         .register_with::<CardExpiryReminder>(quick::<CardExpiryReminder>())
-        .register_with::<RetentionPurge>(quick::<RetentionPurge>());
+        .register_with::<RetentionPurge>(quick::<RetentionPurge>())
+        // The search's follow-up: registered so it can be enqueued; paused in `Env::start`.
+        .register::<jobs::kinds::booking_attempt::BookingAttempt>();
     Arc::new(r)
 }
 
@@ -77,7 +79,7 @@ impl Env {
             .await
             .unwrap();
         let w = Worker::new(db.pool.clone(), reg.clone(), fast_settings())
-            .with_deps(sandbox_deps(&sandbox.base_url).unwrap());
+            .with_extensions(extensions_of(sandbox_deps(&sandbox.base_url).unwrap()));
         let shutdown = CancellationToken::new();
         let worker = tokio::spawn(w.run(shutdown.clone()));
         Env {
@@ -148,7 +150,7 @@ impl Enqueuer for CountingEnqueuer {
         &'a self,
         conn: &'a mut PgConnection,
         jobs: Vec<NewJob>,
-    ) -> BoxFuture<'a, Result<Vec<Enqueued>, sqlx::Error>> {
+    ) -> BoxFuture<'a, Result<Vec<Enqueued>, EnqueueError>> {
         self.calls.lock().unwrap().push(jobs.len());
         Enqueuer::enqueue_many(&self.inner, conn, jobs)
     }

@@ -2,11 +2,10 @@
 
 mod common;
 
-use std::{process::Command, sync::Arc, time::Duration};
+use std::{process::Command, time::Duration};
 
 use common::*;
-use fleet::{queue, Queue, Registry};
-use jobs::NewJob;
+use fleet::queue;
 use uuid::Uuid;
 
 const BIN: &str = env!("CARGO_BIN_EXE_fleet");
@@ -77,23 +76,14 @@ async fn check_passes_clean_data_and_names_each_violation_by_id() {
     .await
     .unwrap();
     // A payload with personal data, and a running job nobody rescues.
-    let q = Queue::new(p.clone(), Arc::new(Registry::default()));
-    let leaky = q
-        .enqueue_new(NewJob::raw(
-            "test.leaky",
-            serde_json::json!({"user": "someone@example.test"}),
-        ))
-        .await
-        .unwrap()
-        .id;
-    let stranded = q
-        .enqueue_new(NewJob::raw(
-            "test.stranded",
-            serde_json::json!({"campaign_id": 7}),
-        ))
-        .await
-        .unwrap()
-        .id;
+    let leaky = insert_unchecked(
+        p,
+        "test.leaky",
+        serde_json::json!({"user": "someone@example.test"}),
+    )
+    .await;
+    let stranded =
+        insert_unchecked(p, "test.stranded", serde_json::json!({"campaign_id": 7})).await;
     let mut conn = p.acquire().await.unwrap();
     queue::job_fetch_available(
         &mut conn,
@@ -144,7 +134,7 @@ async fn seeded_campaigns_satisfy_the_schema_and_the_invariants() {
     let keys =
         jobs::pii::Keyring::parse("v1:MDEyMzQ1Njc4OWFiY2RlZjAxMjM0NTY3ODlhYmNkZWY=").unwrap();
     for n in 0..3 {
-        fleet::seed::seed_campaign(&db.pool, &keys, &fleet::seed::CampaignSeed::new(n))
+        jobs::seed::seed_campaign(&db.pool, &keys, &jobs::seed::CampaignSeed::new(n))
             .await
             .unwrap();
     }

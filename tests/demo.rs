@@ -22,7 +22,7 @@ fn demo_books_compensates_refunds_and_reminds_with_no_violation_and_no_pii_in_it
         "demo failed:\n{}",
         &stderr[stderr.len().saturating_sub(4000)..]
     );
-    for secret in [fleet::demo::CANARY_PASSPORT, fleet::demo::CANARY_EMAIL] {
+    for secret in [jobs::seed::CANARY_PASSPORT, jobs::seed::CANARY_EMAIL] {
         assert!(
             !stdout.contains(secret) && !stderr.contains(secret),
             "{secret} leaked into the demo's output"

@@ -286,6 +286,41 @@ async fn invalid_jobs_are_rejected_with_a_reason_and_nothing_is_written() {
     assert_eq!(n, 0);
 }
 
+#[tokio::test]
+async fn enqueue_refuses_an_unknown_kind_or_args_that_do_not_fit_and_writes_nothing() {
+    let db = db().await;
+    let q = queue_with(&db.pool, Duration::ZERO);
+    let e = q
+        .enqueue_many(vec![
+            NewJob::of(&Flaky { succeed_on: 1 }).unwrap(),
+            NewJob::raw("test.no_such_kind", serde_json::json!({})),
+        ])
+        .await
+        .unwrap_err();
+    assert!(
+        e.to_string()
+            .contains("unknown job kind \"test.no_such_kind\""),
+        "{e}"
+    );
+    let e = q
+        .enqueue_new(NewJob::raw(
+            "test.flaky",
+            serde_json::json!({"succeed_on": "P-12345678"}),
+        ))
+        .await
+        .unwrap_err();
+    assert!(e.to_string().contains("test.flaky"), "{e}");
+    assert!(
+        !e.to_string().contains("P-12345678"),
+        "values stay out: {e}"
+    );
+    let n: i64 = sqlx::query_scalar("SELECT count(*) FROM fleet_jobs")
+        .fetch_one(&db.pool)
+        .await
+        .unwrap();
+    assert_eq!(n, 0);
+}
+
 /// The fetch must stay on the partial index with a million finished jobs in history, also
 /// under a generic plan (what a prepared statement gets after five executions).
 #[tokio::test]

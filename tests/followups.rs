@@ -5,7 +5,8 @@ mod common;
 use std::{sync::Arc, time::Duration};
 
 use common::*;
-use fleet::{queue::JobState, seed, testkit, Queue, Registry};
+use fleet::{queue::JobState, Queue, Registry};
+use jobs::seed;
 use jobs::{
     kinds::{
         card_update::CardUpdate, order_reconcile::OrderReconcile,
@@ -25,7 +26,11 @@ fn registry() -> Arc<Registry> {
     let mut r = Registry::default();
     r.register_with::<CardUpdate>(quick.clone())
         .register_with::<PaymentReconcile>(quick.clone())
-        .register_with::<OrderReconcile>(quick);
+        .register_with::<OrderReconcile>(quick)
+        // What the follow-ups enqueue: registered so it can be enqueued, paused where a test
+        // inspects it.
+        .register::<jobs::kinds::booking_attempt::BookingAttempt>()
+        .register::<jobs::kinds::refund_compensation::RefundCompensation>();
     Arc::new(r)
 }
 
@@ -36,14 +41,15 @@ async fn follow_ups_record_provider_state_and_notify_the_traveler_once() {
     let sb = Sandbox::start(Default::default(), "127.0.0.1:0".parse().unwrap())
         .await
         .unwrap();
-    let deps = testkit::sandbox_deps(&sb.base_url).unwrap();
-    let keys = jobs::pii::Keyring::parse(testkit::TEST_PII_KEYS).unwrap();
+    let deps = sandbox_deps(&sb.base_url).unwrap();
+    let keys = jobs::pii::Keyring::parse(TEST_PII_KEYS).unwrap();
     let s = seed::seed_campaign(p, &keys, &seed::CampaignSeed::new(5))
         .await
         .unwrap();
     let reg = registry();
     let q = Queue::new(p.clone(), reg.clone());
-    let w = fleet::Worker::new(p.clone(), reg, fast_settings()).with_deps(deps.clone());
+    let w = fleet::Worker::new(p.clone(), reg, fast_settings())
+        .with_extensions(extensions_of(deps.clone()));
     let stop = tokio_util::sync::CancellationToken::new();
     let handle = tokio::spawn(w.run(stop.clone()));
 
@@ -161,7 +167,7 @@ async fn follow_ups_record_provider_state_and_notify_the_traveler_once() {
 async fn order_creation_failed_for_a_held_booking_resumes_the_saga_to_compensate() {
     let db = db().await;
     let p = &db.pool;
-    let keys = jobs::pii::Keyring::parse(testkit::TEST_PII_KEYS).unwrap();
+    let keys = jobs::pii::Keyring::parse(TEST_PII_KEYS).unwrap();
     let s = seed::seed_campaign(p, &keys, &seed::CampaignSeed::new(6))
         .await
         .unwrap();
@@ -173,8 +179,8 @@ async fn order_creation_failed_for_a_held_booking_resumes_the_saga_to_compensate
     .fetch_one(p)
     .await
     .unwrap();
-    // Run the follow-up's handler through a worker that knows only order_reconcile, so the
-    // booking_attempt it enqueues stays visible in the queue.
+    // Run the follow-up's handler with booking_attempt paused, so the attempt it enqueues
+    // stays visible in the queue.
     let sb = Sandbox::start(Default::default(), "127.0.0.1:0".parse().unwrap())
         .await
         .unwrap();
@@ -185,7 +191,7 @@ async fn order_creation_failed_for_a_held_booking_resumes_the_saga_to_compensate
         .await
         .unwrap();
     let w = fleet::Worker::new(p.clone(), reg, fast_settings())
-        .with_deps(testkit::sandbox_deps(&sb.base_url).unwrap());
+        .with_extensions(extensions_of(sandbox_deps(&sb.base_url).unwrap()));
     let stop = tokio_util::sync::CancellationToken::new();
     let handle = tokio::spawn(w.run(stop.clone()));
     let job = OrderReconcile {

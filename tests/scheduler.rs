@@ -7,7 +7,8 @@ use std::{collections::BTreeMap, sync::Arc, time::Duration};
 use chrono::{TimeZone, Utc};
 use common::*;
 use fleet::{
-    scheduler::{self, ScheduleSettings, Scheduler},
+    config::ScheduleSettings,
+    scheduler::{self, Scheduler},
     Registry,
 };
 use tokio_util::sync::CancellationToken;

@@ -39,14 +39,7 @@ async fn metrics_parse_as_prometheus_exposition_and_count_outcomes() {
     for _ in 0..5 {
         ids.push(q.enqueue(&Sleep { ms: 1 }, None).await.unwrap().id);
     }
-    let dead = q
-        .enqueue_new(NewJob::raw(
-            "test.metrics_unknown_kind",
-            serde_json::json!({}),
-        ))
-        .await
-        .unwrap()
-        .id;
+    let dead = insert_unchecked(&db.pool, "test.metrics_unknown_kind", serde_json::json!({})).await;
     q.enqueue_new(
         NewJob::raw("fleet.sleep", serde_json::json!({"ms": 1}))
             .run_at(chrono::Utc::now() + chrono::Duration::hours(1)),
@@ -140,7 +133,9 @@ async fn metrics_parse_as_prometheus_exposition_and_count_outcomes() {
 #[tokio::test]
 async fn health_reports_database_and_lag_and_503_when_the_database_is_gone() {
     let db = db().await;
-    let q = Queue::new(db.pool.clone(), Arc::new(Registry::default()));
+    let mut r = Registry::default();
+    fleet::builtin::register(&mut r);
+    let q = Queue::new(db.pool.clone(), Arc::new(r));
     q.enqueue_new(NewJob::raw("fleet.sleep", serde_json::json!({"ms": 1})))
         .await
         .unwrap();

@@ -67,15 +67,7 @@ async fn webhook_job_and_follow_up_are_one_trace_of_parent_and_children() {
         Queue::new(db.pool.clone(), reg.clone()),
         secrets,
     );
-    let stop = tokio_util::sync::CancellationToken::new();
-    let (tx, rx) = tokio::sync::oneshot::channel();
-    tokio::spawn(fleet::serve::run(
-        "127.0.0.1:0".parse().unwrap(),
-        router,
-        stop.clone(),
-        Some(tx),
-    ));
-    let base = format!("http://{}", rx.await.unwrap());
+    let (base, stop) = serve(router).await;
     let w = start_worker(&db.pool, reg, fast_settings());
 
     let body = serde_json::to_vec(&serde_json::json!({

@@ -8,7 +8,7 @@ use std::sync::Arc;
 use common::*;
 use fleet::{
     webhooks::{signature, WebhookSecrets},
-    Queue, Registry,
+    Queue,
 };
 use serde_json::{json, Value};
 use sqlx::PgPool;
@@ -22,20 +22,13 @@ async fn start(pool: &PgPool) -> (String, CancellationToken) {
         stripe: vec!["whsec_old".into(), STRIPE_SECRET.into()],
         duffel: vec![DUFFEL_SECRET.into()],
     };
+    // The kinds `fleet serve` knows: its follow-ups must fit them.
     let router = fleet::webhooks::router(
         pool.clone(),
-        Queue::new(pool.clone(), Arc::new(Registry::default())),
+        Queue::new(pool.clone(), Arc::new(fleet_registry())),
         secrets,
     );
-    let stop = CancellationToken::new();
-    let (tx, rx) = tokio::sync::oneshot::channel();
-    tokio::spawn(fleet::serve::run(
-        "127.0.0.1:0".parse().unwrap(),
-        router,
-        stop.clone(),
-        Some(tx),
-    ));
-    (format!("http://{}", rx.await.unwrap()), stop)
+    serve(router).await
 }
 
 fn now() -> i64 {
@@ -222,8 +215,8 @@ async fn each_handled_event_type_maps_to_its_follow_up_job() {
     let db = db().await;
     let p = &db.pool;
     // A ticketed booking whose order the airline cancels.
-    let keys = jobs::pii::Keyring::parse(fleet::testkit::TEST_PII_KEYS).unwrap();
-    let seeded = fleet::seed::seed_campaign(p, &keys, &fleet::seed::CampaignSeed::new(1))
+    let keys = jobs::pii::Keyring::parse(TEST_PII_KEYS).unwrap();
+    let seeded = jobs::seed::seed_campaign(p, &keys, &jobs::seed::CampaignSeed::new(1))
         .await
         .unwrap();
     let booking: uuid::Uuid = sqlx::query_scalar(

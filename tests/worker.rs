@@ -12,7 +12,8 @@ use fleet::{
     queue::{self, ErrorClass, JobState},
     Queue, Registry,
 };
-use jobs::{KindDefaults, NewJob};
+use jobs::{Job, JobContext, JobError, KindDefaults, NewJob};
+use serde::{Deserialize, Serialize};
 
 const SECS: fn(u64) -> Duration = Duration::from_secs;
 
@@ -121,19 +122,14 @@ async fn dead_after_max_attempts_keeps_every_attempts_error() {
 async fn unknown_kind_and_bad_payload_are_dead_at_once_not_retried() {
     let db = db().await;
     let reg = registry();
-    let q = Queue::new(db.pool.clone(), reg.clone());
-    let unknown = q
-        .enqueue_new(NewJob::raw("test.no_such_kind", serde_json::json!({})).max_attempts(5))
-        .await
-        .unwrap()
-        .id;
-    let bad = q
-        .enqueue_new(
-            NewJob::raw("test.strict", serde_json::json!({"n": "P-12345678"})).max_attempts(5),
-        )
-        .await
-        .unwrap()
-        .id;
+    // What an older or buggy producer left behind: the enqueue API itself refuses both.
+    let unknown = insert_unchecked(&db.pool, "test.no_such_kind", serde_json::json!({})).await;
+    let bad = insert_unchecked(
+        &db.pool,
+        "test.strict",
+        serde_json::json!({"n": "P-12345678"}),
+    )
+    .await;
     let w = start_worker(&db.pool, reg, fast_settings());
     let j = wait_state(&db.pool, unknown, JobState::Dead, SECS(5)).await;
     assert_eq!((j.attempt, j.errors.len()), (1, 1));
@@ -384,4 +380,46 @@ async fn heartbeat_keeps_a_ten_second_job_and_waiting_claims_alive() {
     }
     w.stop().await;
     thief.stop().await;
+}
+
+/// Enqueues a follow-up of a kind nobody registered: a bug no retry can fix.
+#[derive(Debug, Serialize, Deserialize)]
+struct FollowsUpWithAnUnknownKind {}
+impl Job for FollowsUpWithAnUnknownKind {
+    const KIND: &'static str = "test.follows_up_with_an_unknown_kind";
+    async fn run(self, ctx: JobContext) -> Result<(), JobError> {
+        let mut conn = ctx.pool.acquire().await?;
+        let follow_up = NewJob::raw("test.never_registered", serde_json::json!({}));
+        ctx.enqueuer
+            .enqueue_many(&mut conn, vec![follow_up])
+            .await?;
+        Ok(())
+    }
+}
+
+#[tokio::test]
+async fn an_invalid_follow_up_makes_the_job_dead_at_once_with_the_reason() {
+    let db = db().await;
+    let mut r = Registry::default();
+    r.register::<FollowsUpWithAnUnknownKind>();
+    let reg = Arc::new(r);
+    let id = Queue::new(db.pool.clone(), reg.clone())
+        .enqueue_new(
+            NewJob::of(&FollowsUpWithAnUnknownKind {})
+                .unwrap()
+                .max_attempts(5),
+        )
+        .await
+        .unwrap()
+        .id;
+    let w = start_worker(&db.pool, reg, fast_settings());
+    let j = wait_state(&db.pool, id, JobState::Dead, SECS(5)).await;
+    assert_eq!((j.attempt, j.errors.len()), (1, 1), "not retried: {j:#?}");
+    assert_eq!(j.errors[0].class, ErrorClass::Fatal);
+    assert!(
+        j.errors[0].message.contains("test.never_registered"),
+        "{}",
+        j.errors[0].message
+    );
+    w.stop().await;
 }

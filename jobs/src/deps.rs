@@ -1,12 +1,16 @@
-//! What job handlers need beyond the database: the PII keyring and, as they land, the
-//! provider clients. Built once per process by the engine and shared by every handler.
+//! What job handlers need beyond the database: the PII keyring and the provider clients.
+//! Built once per process ([`Deps::from_config`]) and registered with the worker as an
+//! [`Extensions`](crate::Extensions) value; handlers reach it through [`HasDeps::deps`].
 
 use std::sync::Arc;
 
 use crate::{
     pii::Keyring,
-    providers::{EmailApi, FlightsApi, PaymentsApi},
-    JobError,
+    providers::{
+        DuffelClient, EmailApi, FlightsApi, PaymentsApi, ProviderConfigError, ProvidersConfig,
+        ResendClient, StripePayments,
+    },
+    JobContext, JobError,
 };
 
 /// Shared dependencies of job handlers. Each is optional so a process carries only what its
@@ -25,6 +29,45 @@ pub struct Deps {
 }
 
 impl Deps {
+    /// The keyring and every provider whose key is set. A provider with an empty key is left
+    /// unconfigured (logged: its kinds fail until it is set); any other bad setting is an
+    /// error naming `providers.<which>`.
+    pub fn from_config(
+        providers: &ProvidersConfig,
+        keyring: Keyring,
+    ) -> Result<Self, ProviderConfigError> {
+        let bad = |which: &str, e: ProviderConfigError| {
+            ProviderConfigError(format!("providers.{which}: {}", e.0))
+        };
+        let mut deps = Deps {
+            keyring: Some(Arc::new(keyring)),
+            ..Deps::default()
+        };
+        let p = providers;
+        if p.stripe.secret_key.expose().is_empty() {
+            tracing::warn!("providers.stripe.secret_key is empty: payment kinds will fail");
+        } else {
+            deps.payments = Some(Arc::new(
+                StripePayments::new(&p.stripe).map_err(|e| bad("stripe", e))?,
+            ));
+        }
+        if p.duffel.access_token.expose().is_empty() {
+            tracing::warn!("providers.duffel.access_token is empty: flight kinds will fail");
+        } else {
+            deps.flights = Some(Arc::new(
+                DuffelClient::new(&p.duffel).map_err(|e| bad("duffel", e))?,
+            ));
+        }
+        if p.email.api_key.expose().is_empty() {
+            tracing::warn!("providers.email.api_key is empty: email kinds will fail");
+        } else {
+            deps.email = Some(Arc::new(
+                ResendClient::new(&p.email).map_err(|e| bad("email", e))?,
+            ));
+        }
+        Ok(deps)
+    }
+
     /// The keyring, or a fatal error: a worker running PII kinds without keys is misconfigured
     /// and retrying cannot help.
     pub fn keyring(&self) -> Result<&Keyring, JobError> {
@@ -55,6 +98,18 @@ impl Deps {
     }
 }
 
+/// How a handler reaches the process's [`Deps`].
+pub trait HasDeps {
+    /// The registered [`Deps`], or a fatal error when the worker registered none.
+    fn deps(&self) -> Result<&Deps, JobError>;
+}
+
+impl HasDeps for JobContext {
+    fn deps(&self) -> Result<&Deps, JobError> {
+        self.extension::<Deps>()
+    }
+}
+
 impl std::fmt::Debug for Deps {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("Deps")
@@ -62,6 +117,6 @@ impl std::fmt::Debug for Deps {
                 "keyring",
                 &self.keyring.as_ref().map(|k| k.newest_version()),
             )
-            .finish()
+            .finish_non_exhaustive()
     }
 }

@@ -2,7 +2,9 @@
 //!
 //! The engine (crate `fleet`) depends on this crate, never the reverse, so everything a job
 //! kind needs from the engine is expressed here as data ([`JobContext`], [`NewJob`]) or as a
-//! trait the engine implements ([`Enqueuer`]).
+//! trait the engine implements ([`Enqueuer`], [`Registrar`]). The contract names no domain
+//! type: what handlers need beyond the database (keyrings, provider clients) reaches them as
+//! [`Extensions`], typed values the process registers at start and handlers look up by type.
 //!
 //! Contract a handler can rely on:
 //! - delivery is **at least once**: a handler may run again after a crash, a lost lease or a
@@ -13,7 +15,15 @@
 //! - error messages are stored in the job's history and logged: they must never carry PII or
 //!   secrets. Payloads carry ids, not PII.
 
-use std::{fmt, future::Future, pin::Pin, sync::Arc, time::Duration};
+use std::{
+    any::{Any, TypeId},
+    collections::HashMap,
+    fmt,
+    future::Future,
+    pin::Pin,
+    sync::Arc,
+    time::Duration,
+};
 
 use chrono::{DateTime, Utc};
 use serde::{de::DeserializeOwned, Serialize};
@@ -126,6 +136,61 @@ impl From<sqlx::Error> for JobError {
     }
 }
 
+/// Why an enqueue wrote nothing. The variant decides what a handler's follow-up failure does
+/// to the handler's own job ([`From<EnqueueError> for JobError`](JobError)).
+#[derive(Debug, thiserror::Error)]
+pub enum EnqueueError {
+    /// The job can never be enqueued as given: an unknown kind, args that do not fit the
+    /// kind, an invalid key or option. Retrying cannot help; nothing of the batch was written.
+    #[error("invalid job: {0}")]
+    Invalid(String),
+    /// The database failed; the same enqueue may succeed later.
+    #[error("database: {0}")]
+    Database(#[from] sqlx::Error),
+}
+
+/// A follow-up that can never be enqueued is a bug no retry fixes: the handler's job is dead at
+/// once with the reason. A database failure is retried with backoff.
+impl From<EnqueueError> for JobError {
+    fn from(e: EnqueueError) -> Self {
+        match e {
+            EnqueueError::Invalid(m) => Self::Fatal(format!("invalid follow-up job: {m}")),
+            EnqueueError::Database(d) => d.into(),
+        }
+    }
+}
+
+/// Typed values a process gives every handler (the domain registers its keyring and provider
+/// clients here), looked up by type with [`JobContext::extension`]. Cheap to clone.
+#[derive(Clone, Default)]
+pub struct Extensions {
+    map: Arc<HashMap<TypeId, Arc<dyn Any + Send + Sync>>>,
+}
+
+impl Extensions {
+    /// No values.
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    /// Adds `value`, replacing a value of the same type.
+    pub fn with<T: Any + Send + Sync>(mut self, value: T) -> Self {
+        Arc::make_mut(&mut self.map).insert(TypeId::of::<T>(), Arc::new(value));
+        self
+    }
+
+    /// The value of type `T`, if registered.
+    pub fn get<T: Any + Send + Sync>(&self) -> Option<&T> {
+        self.map.get(&TypeId::of::<T>())?.downcast_ref::<T>()
+    }
+}
+
+impl fmt::Debug for Extensions {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "Extensions({} value(s))", self.map.len())
+    }
+}
+
 /// Everything a running handler gets from the engine.
 #[derive(Clone)]
 pub struct JobContext {
@@ -144,8 +209,8 @@ pub struct JobContext {
     pub cancel: CancellationToken,
     /// The engine's enqueue API, for follow-up jobs.
     pub enqueuer: Arc<dyn Enqueuer>,
-    /// Keyring and provider clients.
-    pub deps: Arc<crate::Deps>,
+    /// What the process registered for handlers (see [`JobContext::extension`]).
+    pub extensions: Extensions,
 }
 
 impl fmt::Debug for JobContext {
@@ -166,6 +231,18 @@ impl JobContext {
     pub fn side_effect_key(&self, step: &str) -> String {
         format!("job:{}:{}", self.job_id, step)
     }
+
+    /// The registered value of type `T`, or a fatal error: a worker that runs a kind without
+    /// what the kind needs is misconfigured, and retrying cannot help (the dead job is
+    /// replayable once the process is configured).
+    pub fn extension<T: Any + Send + Sync>(&self) -> Result<&T, JobError> {
+        self.extensions.get::<T>().ok_or_else(|| {
+            JobError::fatal(format!(
+                "this worker has no {} registered for its handlers",
+                std::any::type_name::<T>()
+            ))
+        })
+    }
 }
 
 /// Options for one enqueue; `None` fields take the kind's settings.
@@ -184,7 +261,9 @@ pub struct EnqueueOptions {
     pub idempotency_key: Option<String>,
 }
 
-/// A job to enqueue, untyped: kind name and JSON args.
+/// A job to enqueue: kind name, JSON args and placement options. Built from a kind's typed
+/// args ([`NewJob::of`]) wherever the kind is known; [`NewJob::raw`] is for operators and
+/// config, whose args the engine checks against the kind's type before writing.
 #[derive(Debug, Clone, PartialEq)]
 pub struct NewJob {
     /// Kind name.
@@ -193,6 +272,8 @@ pub struct NewJob {
     pub args: serde_json::Value,
     /// Placement options.
     pub opts: EnqueueOptions,
+    /// Built from the kind's own args type, so the args fit the kind by construction.
+    typed: bool,
 }
 
 impl NewJob {
@@ -203,16 +284,24 @@ impl NewJob {
             kind: J::KIND.to_owned(),
             args: serde_json::to_value(args)?,
             opts: EnqueueOptions::default(),
+            typed: true,
         })
     }
 
-    /// An untyped job (operators, tests, other services).
+    /// An untyped job (operators, config, other services): the engine checks that the kind is
+    /// registered and that `args` deserialize into its type before writing anything.
     pub fn raw(kind: impl Into<String>, args: serde_json::Value) -> Self {
         Self {
             kind: kind.into(),
             args,
             opts: EnqueueOptions::default(),
+            typed: false,
         }
+    }
+
+    /// Whether the args were built from the kind's own type ([`NewJob::of`]).
+    pub fn is_typed(&self) -> bool {
+        self.typed
     }
 
     /// Sets the idempotency key.
@@ -261,10 +350,18 @@ pub type BoxFuture<'a, T> = Pin<Box<dyn Future<Output = T> + Send + 'a>>;
 /// The engine's enqueue API as seen from job kinds (implemented by `fleet::Queue`).
 pub trait Enqueuer: Send + Sync {
     /// Enqueues `jobs` on `conn` (which may be inside the caller's transaction: a rollback
-    /// leaves no job). Results are in input order.
+    /// leaves no job). Results are in input order. An invalid job fails the whole call with
+    /// [`EnqueueError::Invalid`] before anything is written.
     fn enqueue_many<'a>(
         &'a self,
         conn: &'a mut PgConnection,
         jobs: Vec<NewJob>,
-    ) -> BoxFuture<'a, Result<Vec<Enqueued>, sqlx::Error>>;
+    ) -> BoxFuture<'a, Result<Vec<Enqueued>, EnqueueError>>;
+}
+
+/// Where job kinds are registered (implemented by `fleet::Registry`); the domain lists its
+/// kinds once, in `kinds::register_all`.
+pub trait Registrar {
+    /// Registers kind `J` with its code defaults.
+    fn register<J: Job>(&mut self) -> &mut Self;
 }

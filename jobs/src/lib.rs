@@ -5,15 +5,22 @@
 
 pub mod audit;
 pub mod backfill;
+pub mod booking;
+pub mod campaign;
 pub mod deps;
+pub mod followups;
 pub mod invariants;
 pub mod job;
 pub mod kinds;
 pub mod notify;
 pub mod pii;
 pub mod providers;
+pub mod report;
+pub mod seed;
+pub mod webhook_events;
 
 pub use deps::Deps;
 pub use job::{
-    BoxFuture, EnqueueOptions, Enqueued, Enqueuer, Job, JobContext, JobError, KindDefaults, NewJob,
+    BoxFuture, EnqueueError, EnqueueOptions, Enqueued, Enqueuer, Extensions, Job, JobContext,
+    JobError, KindDefaults, NewJob, Registrar,
 };

@@ -263,3 +263,55 @@ pub async fn job_list_pii_like_args(conn: &mut PgConnection) -> Result<Vec<i64>,
     .fetch_all(conn)
     .await
 }
+
+/// JobCountInFlight: jobs available, running or retryable, of kinds other than `except`.
+pub async fn job_count_in_flight(
+    conn: &mut PgConnection,
+    except: &[String],
+) -> Result<i64, sqlx::Error> {
+    sqlx::query_scalar(
+        "SELECT count(*) FROM fleet_jobs
+         WHERE state IN ('available', 'running', 'retryable') AND kind <> ALL($1)",
+    )
+    .bind(except)
+    .fetch_one(conn)
+    .await
+}
+
+/// Failed attempts recorded on jobs that are not dead (retries that happened), and dead jobs.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize)]
+pub struct RetryCounts {
+    /// Error entries of jobs that are not dead.
+    pub retries: i64,
+    /// Dead jobs.
+    pub dead: i64,
+}
+
+/// JobCountRetries: see [`RetryCounts`].
+pub async fn job_count_retries(conn: &mut PgConnection) -> Result<RetryCounts, sqlx::Error> {
+    let (retries, dead): (i64, i64) = sqlx::query_as(
+        "SELECT (SELECT COALESCE(sum(jsonb_array_length(errors)), 0)::bigint FROM fleet_jobs
+                 WHERE state <> 'dead'),
+                (SELECT count(*) FROM fleet_jobs WHERE state = 'dead')",
+    )
+    .fetch_one(conn)
+    .await?;
+    Ok(RetryCounts { retries, dead })
+}
+
+/// JobCountCompletedOnce: of the jobs of `kind` whose `args.i` is below `below` (the bench's
+/// burn-down), how many completed and how many were claimed more than once.
+pub async fn job_count_completed_once(
+    conn: &mut PgConnection,
+    kind: &str,
+    below: i64,
+) -> Result<(i64, i64), sqlx::Error> {
+    sqlx::query_as(
+        "SELECT count(*) FILTER (WHERE state = 'completed'), count(*) FILTER (WHERE claim_seq > 1)
+         FROM fleet_jobs WHERE kind = $1 AND (args->>'i')::bigint < $2",
+    )
+    .bind(kind)
+    .bind(below)
+    .fetch_one(conn)
+    .await
+}

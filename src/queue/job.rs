@@ -64,7 +64,9 @@ pub async fn job_insert_many(
     Ok(out)
 }
 
-fn validate_insert(j: &JobInsert) -> Result<(), QueueError> {
+/// Checks what the schema would refuse (empty or long kind, queue or key; no attempts), so a
+/// bad row is named before any statement runs.
+pub fn validate_insert(j: &JobInsert) -> Result<(), QueueError> {
     if j.kind.is_empty() || j.kind.len() > 128 {
         return Err(QueueError::InvalidJob(format!(
             "kind must be 1..=128 bytes, got {} bytes",

@@ -24,7 +24,7 @@ use axum::{
     routing::post,
     Json, Router,
 };
-use jobs::NewJob;
+use jobs::followups::{self, Event, Provider};
 use serde_json::{json, Value};
 use sqlx::{Connection, PgPool};
 use tracing::Instrument;
@@ -36,29 +36,11 @@ pub const MAX_BODY: usize = 1 << 20;
 /// Signature timestamp tolerance, both ways.
 pub const TOLERANCE_SECS: i64 = 300;
 
-/// A provider that sends us webhooks.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Provider {
-    /// Stripe.
-    Stripe,
-    /// Duffel.
-    Duffel,
-}
-
-impl Provider {
-    /// `webhook_events.provider` and metric label.
-    pub fn as_str(self) -> &'static str {
-        match self {
-            Self::Stripe => "stripe",
-            Self::Duffel => "duffel",
-        }
-    }
-
-    fn signature_header(self) -> &'static str {
-        match self {
-            Self::Stripe => "stripe-signature",
-            Self::Duffel => "x-duffel-signature",
-        }
+/// The header carrying a provider's signature.
+fn signature_header(p: Provider) -> &'static str {
+    match p {
+        Provider::Stripe => "stripe-signature",
+        Provider::Duffel => "x-duffel-signature",
     }
 }
 
@@ -155,13 +137,6 @@ fn reject(provider: Provider, status: StatusCode, reason: &'static str) -> Respo
     (status, Json(json!({ "error": reason }))).into_response()
 }
 
-/// A parsed event: id, type, object.
-struct Event {
-    id: String,
-    kind: String,
-    object: Value,
-}
-
 fn parse(provider: Provider, body: &[u8]) -> Result<Event, &'static str> {
     let v: Value = serde_json::from_slice(body).map_err(|_| "malformed_json")?;
     let (id, kind, object) = match provider {
@@ -181,6 +156,7 @@ fn parse(provider: Provider, body: &[u8]) -> Result<Event, &'static str> {
         .filter(|s| !s.is_empty() && s.len() <= 255)
         .ok_or("missing_event_type")?;
     Ok(Event {
+        provider,
         id: id.to_owned(),
         kind: kind.to_owned(),
         object,
@@ -219,7 +195,7 @@ async fn ingest_in_span(
         Provider::Duffel => &s.secrets.duffel,
     };
     let header = headers
-        .get(provider.signature_header())
+        .get(signature_header(provider))
         .and_then(|h| h.to_str().ok());
     if let Err(e) = signature::verify(
         header,
@@ -270,20 +246,11 @@ enum Recorded {
 async fn record(s: &Ingress, provider: Provider, e: &Event) -> anyhow::Result<Recorded> {
     let mut conn = s.pool.acquire().await?;
     let mut tx = conn.begin().await?;
-    let inserted = sqlx::query(
-        "INSERT INTO webhook_events (provider, event_id, type) VALUES ($1, $2, $3) ON CONFLICT DO NOTHING",
-    )
-    .bind(provider.as_str())
-    .bind(&e.id)
-    .bind(&e.kind)
-    .execute(&mut *tx)
-    .await?
-    .rows_affected();
-    if inserted == 0 {
+    if !jobs::webhook_events::record(&mut tx, provider.as_str(), &e.id, &e.kind).await? {
         tx.commit().await?;
         return Ok(Recorded::Duplicate);
     }
-    let jobs = follow_ups(&mut tx, provider, e).await?;
+    let jobs = followups::for_event(&mut tx, e).await?;
     let n = jobs.len();
     if n > 0 {
         s.queue.enqueue_many_in(&mut tx, jobs).await?;
@@ -291,107 +258,4 @@ async fn record(s: &Ingress, provider: Provider, e: &Event) -> anyhow::Result<Re
     tx.commit().await?;
     tracing::info!(provider = provider.as_str(), event.id = %e.id, event.type = %e.kind, jobs = n, "webhook recorded");
     Ok(Recorded::Accepted(n))
-}
-
-fn str_of<'a>(v: &'a Value, path: &[&str]) -> Option<&'a str> {
-    path.iter()
-        .try_fold(v, |v, k| v.get(k))
-        .and_then(Value::as_str)
-        .filter(|s| !s.is_empty())
-}
-
-/// The jobs an event asks for (ids only in args). Keys are `{provider}:{event id}:{n}` unless a
-/// domain key exists that must dedupe with other producers (refunds: `booking:{id}:refund`).
-async fn follow_ups(
-    conn: &mut sqlx::PgConnection,
-    provider: Provider,
-    e: &Event,
-) -> anyhow::Result<Vec<NewJob>> {
-    let key = |n: usize| format!("{}:{}:{n}", provider.as_str(), e.id);
-    let o = &e.object;
-    let mut jobs = Vec::new();
-    match (provider, e.kind.as_str()) {
-        (Provider::Stripe, t @ ("payment_intent.payment_failed" | "payment_intent.canceled")) => {
-            if let Some(pi) = str_of(o, &["id"]) {
-                jobs.push(
-                    NewJob::raw(
-                        "payment_reconcile",
-                        json!({ "payment_intent_id": pi, "event_type": t }),
-                    )
-                    .key(key(0)),
-                );
-            }
-        }
-        (
-            Provider::Stripe,
-            t @ ("charge.refunded" | "charge.expired" | "charge.dispute.created"),
-        ) => {
-            if let Some(pi) = str_of(o, &["payment_intent"]) {
-                jobs.push(
-                    NewJob::raw(
-                        "payment_reconcile",
-                        json!({ "payment_intent_id": pi, "event_type": t }),
-                    )
-                    .key(key(0)),
-                );
-            }
-        }
-        (Provider::Stripe, "payment_method.automatically_updated") => {
-            let (Some(pm), Some(month), Some(year)) = (
-                str_of(o, &["id"]),
-                o["card"]["exp_month"].as_i64(),
-                o["card"]["exp_year"].as_i64(),
-            ) else {
-                return Ok(jobs);
-            };
-            jobs.push(
-                NewJob::raw(
-                    "card_update",
-                    json!({ "stripe_payment_method_id": pm, "exp_month": month, "exp_year": year }),
-                )
-                .key(key(0)),
-            );
-        }
-        (
-            Provider::Duffel,
-            t @ ("order.created"
-            | "order.creation_failed"
-            | "order.airline_initiated_change_detected"),
-        ) => {
-            let order = str_of(o, &["id"]);
-            let booking = str_of(o, &["metadata", "booking_id"]);
-            if order.is_some() || booking.is_some() {
-                jobs.push(
-                    NewJob::raw(
-                        "order_reconcile",
-                        json!({ "order_id": order, "booking_id": booking, "event_type": t, "event_id": e.id }),
-                    )
-                    .key(key(0)),
-                );
-            }
-        }
-        (Provider::Duffel, "order_cancellation.confirmed") => {
-            if let Some(order) = str_of(o, &["order_id"]) {
-                let booking: Option<uuid::Uuid> =
-                    sqlx::query_scalar("SELECT id FROM bookings WHERE duffel_order_id = $1")
-                        .bind(order)
-                        .fetch_optional(&mut *conn)
-                        .await?;
-                match booking {
-                    Some(b) => jobs.push(
-                        NewJob::raw(
-                            "refund_compensation",
-                            json!({ "booking_id": b, "reason": "order_cancelled" }),
-                        )
-                        .key(format!("booking:{b}:refund")),
-                    ),
-                    None => {
-                        tracing::warn!(event.id = %e.id, "order cancellation for an order we did not book")
-                    }
-                }
-            }
-        }
-        _ => {}
-    }
-    Ok(jobs)
 }

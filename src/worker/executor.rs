@@ -271,7 +271,7 @@ async fn run_attempt(s: &Shared, job: &ClaimedJob, cancel: CancellationToken) ->
         pool: s.pool.clone(),
         cancel: cancel.clone(),
         enqueuer: Arc::new(s.queue.clone()),
-        deps: s.deps.clone(),
+        extensions: s.extensions.clone(),
     };
     let fut = match kind.start(job.args.clone(), ctx) {
         Ok(f) => f,

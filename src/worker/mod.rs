@@ -93,7 +93,7 @@ pub(crate) struct Shared {
     pub hard_stop: CancellationToken,
     pub counters: Arc<WorkerCounters>,
     pub interrupted: AtomicU64,
-    pub deps: Arc<jobs::Deps>,
+    pub extensions: jobs::Extensions,
 }
 
 /// A worker: build it, then [`Worker::run`] it until its shutdown token is cancelled.
@@ -134,16 +134,17 @@ impl Worker {
                 hard_stop: CancellationToken::new(),
                 counters: Arc::new(WorkerCounters::default()),
                 interrupted: AtomicU64::new(0),
-                deps: Arc::new(jobs::Deps::default()),
+                extensions: jobs::Extensions::default(),
             }),
         }
     }
 
-    /// Gives handlers `deps` (keyring, provider clients). Call before [`Worker::run`].
-    pub fn with_deps(mut self, deps: jobs::Deps) -> Self {
+    /// Gives handlers `extensions` (what the domain registered: keyring, provider clients),
+    /// reached through [`jobs::JobContext::extension`]. Call before [`Worker::run`].
+    pub fn with_extensions(mut self, extensions: jobs::Extensions) -> Self {
         Arc::get_mut(&mut self.shared)
-            .expect("with_deps is called before run")
-            .deps = Arc::new(deps);
+            .expect("with_extensions is called before run")
+            .extensions = extensions;
         self
     }
 

@@ -7,8 +7,8 @@ use std::{sync::Arc, time::Duration};
 use chrono::{DateTime, Utc};
 use fleet::{
     config::WorkerSettings,
+    database::ScratchDb,
     queue::{self, ClaimedJob, FetchParams, JobRecord, JobState, NextState, Outcome, QueueError},
-    testkit::ScratchDb,
     Registry, Worker,
 };
 use jobs::{Job, JobContext, JobError};
@@ -16,6 +16,34 @@ use serde::{Deserialize, Serialize};
 use sqlx::{PgConnection, PgPool};
 use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
+
+/// The tests' keyring (two versions, v2 newest).
+pub const TEST_PII_KEYS: &str = "v2:QUJDREVGR0hJSktMTU5PUFFSU1RVVldYWVphYmNkZWY=,v1:MDEyMzQ1Njc4OWFiY2RlZjAxMjM0NTY3ODlhYmNkZWY=";
+
+/// Handler dependencies whose real provider clients point at the sandbox at `sandbox_url`
+/// (e.g. `RunningSandbox::base_url`), with the test keyring.
+pub fn sandbox_deps(sandbox_url: &str) -> anyhow::Result<jobs::Deps> {
+    let providers = jobs::providers::ProvidersConfig::all_at(
+        sandbox_url,
+        "sk_test_fleet",
+        "duffel_test_fleet",
+        "re_test_fleet",
+        "Parker Flight <bookings@parkerflight.example>",
+    );
+    let keyring = jobs::pii::Keyring::parse(TEST_PII_KEYS)?;
+    jobs::Deps::from_config(&providers, keyring).map_err(|e| anyhow::anyhow!(e.0))
+}
+
+/// `deps` as the extensions a worker gives its handlers.
+pub fn extensions_of(deps: jobs::Deps) -> jobs::Extensions {
+    jobs::Extensions::new().with(deps)
+}
+
+/// The registry a `fleet` process runs (every kind, embedded default settings).
+pub fn fleet_registry() -> Registry {
+    let settings = fleet::config::Settings::from_sources(None, &[]).unwrap();
+    fleet::fleet_registry(&settings).unwrap()
+}
 
 pub async fn db() -> ScratchDb {
     ScratchDb::new("fleet_test")
@@ -132,6 +160,27 @@ pub async fn claim_one(conn: &mut PgConnection, lease: Duration) -> ClaimedJob {
     .unwrap();
     assert_eq!(v.len(), 1, "expected one claimable job");
     v.remove(0)
+}
+
+/// Inserts a ready job of any kind with any args straight through the queue's SQL, bypassing
+/// the enqueue API's checks: for tests that need what a buggy or older producer would leave
+/// (an unknown kind, args that do not fit, personal data in a payload).
+pub async fn insert_unchecked(pool: &PgPool, kind: &str, args: serde_json::Value) -> i64 {
+    let mut conn = pool.acquire().await.unwrap();
+    let row = queue::JobInsert {
+        kind: kind.to_owned(),
+        queue: "default".to_owned(),
+        args,
+        priority: 0,
+        run_at: None,
+        max_attempts: 5,
+        idempotency_key: None,
+        trace_context: None,
+    };
+    queue::job_insert_many(&mut conn, &[row], None)
+        .await
+        .unwrap()[0]
+        .id
 }
 
 /// The completion of claim `c`, keeping its key for `key_window` afterwards.

@@ -13,6 +13,7 @@
 pub mod pii_reencrypt;
 pub mod profile_completeness;
 
+use crate::deps::HasDeps;
 use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
@@ -198,7 +199,7 @@ pub async fn run(
             tracing::info!(backfill = b.name(), done, "backfill already finished");
             return Ok(());
         }
-        let r = b.run_batch(&mut tx, cursor, batch, &ctx.deps).await?;
+        let r = b.run_batch(&mut tx, cursor, batch, ctx.deps()?).await?;
         if r.rows == 0 {
             sqlx::query(
                 "UPDATE backfills SET finished_at = now(), updated_at = now() WHERE name = $1",

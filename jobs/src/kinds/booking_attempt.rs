@@ -1,4 +1,4 @@
-//! `booking_attempt`: the booking saga (BRIEF §4) — hold the card, book the flight, capture.
+//! `booking_attempt`: the booking saga (docs/saga.md) — hold the card, book the flight, capture.
 //!
 //! # Contract
 //! - **At most one booking per campaign** (a unique index on live bookings), and **at most one
@@ -22,29 +22,19 @@
 //!   transaction) serialises concurrent duplicates; a busy lock snoozes the job. A killed
 //!   worker's connection closes and Postgres releases the lock.
 //!
-//! # State transitions (all in this file)
-//! | booking | when | recorded by |
-//! |---|---|---|
-//! | ∅ → `pending` | campaign eligible, no live booking, no failed booking of this offer | [`claim`] (`total_amount` = the campaign's max_price as the ceiling until the offer is checked) |
-//! | `pending` → `pending` + `offer_checked_at` | offer re-read, within max_price and currency | [`check_offer`] (records the amount to charge and the itinerary) |
-//! | `pending` → `failed` | offer gone / above max / other currency, campaign no longer active, card removed | [`fail_before_hold`] |
-//! | `pending` → `authorized` | PaymentIntent `requires_capture` | [`apply_intent`] |
-//! | `pending` → `failed` (decline) | card declined / `authentication_required`: campaign `action_required` | [`record_decline`] |
-//! | `authorized` + `order_attempted_at` | just before `POST /air/orders` | [`place_order`] |
-//! | `authorized` + `duffel_order_id` | order answered or found by reconciliation | [`record_order`] |
-//! | `authorized` + `failure_code` | a definite order failure was decided (hold still to void) | [`decide_failure`] |
-//! | `authorized` → `failed` / `cancelled` | hold voided (`canceled_at`) | [`compensate`] |
-//! | `authorized` → `ticketed` | hold captured; campaign `booked` | [`finalize_ticketed`] |
-//! | `authorized` → `cancelled` | capture impossible (hold gone) with an order: refund compensation enqueued | [`capture`] |
-//! | `ticketed` → `cancelled` | order cancelled after capture: refund compensation enqueued in the same transaction | [`cancel_booking_and_request_refund`] |
+//! # State transitions
+//! The saga decides; [`crate::booking`] writes: every change of the bookings row (and its audit
+//! entry) is a [`Change`] applied by [`booking::transition`], whose table lists them all.
+//! Campaign moves go through [`crate::campaign`].
 //!
 //! A failed attempt pushes the campaign's `next_search_at` to now + [`RESEARCH_AFTER`] (one
 //! hour: long enough not to hammer a route whose fares just moved, short enough to catch the
 //! next good fare).
 
+use crate::deps::HasDeps;
 use std::{collections::BTreeMap, time::Duration};
 
-use chrono::{DateTime, NaiveDate, Utc};
+use chrono::NaiveDate;
 use serde::{Deserialize, Serialize};
 use serde_json::{json, Value};
 use sqlx::{PgConnection, PgPool};
@@ -52,13 +42,16 @@ use uuid::Uuid;
 
 use crate::{
     audit,
+    booking::{self, failure_code, Booking, BookingStatus, Change},
+    campaign,
     notify::send_once,
     pii::{Keyring, Plaintext},
     providers::{
-        money, AuthorizePayment, CreateOrder, FailureClass, IdentityDocument, Offer, Order,
-        OrderLookup, OrderPassenger, PaymentIntentState, PaymentIntentSummary, StripeApiError,
+        is_provider_id, money, AuthorizePayment, CreateOrder, FailureClass, IdentityDocument,
+        Offer, Order, OrderLookup, OrderPassenger, PaymentIntentState, PaymentIntentSummary,
+        StripeApiError,
     },
-    Enqueuer, Job, JobContext, JobError, KindDefaults, NewJob,
+    Job, JobContext, JobError, KindDefaults, NewJob,
 };
 
 use super::refund_compensation::RefundCompensation;
@@ -83,8 +76,8 @@ const DECLINE_CODES: &[&str] = &[
     "payment_method_unusable",
 ];
 
-/// Book the offer `offer_id` for campaign `campaign_id`. Ids only: the search enqueues it
-/// with idempotency key `booking_attempt:{campaign_id}`.
+/// Book the offer `offer_id` for campaign `campaign_id`. Ids only; enqueued through
+/// [`BookingAttempt::request`].
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct BookingAttempt {
@@ -92,6 +85,25 @@ pub struct BookingAttempt {
     pub campaign_id: Uuid,
     /// The Duffel offer the search picked (`off_…`).
     pub offer_id: String,
+}
+
+impl BookingAttempt {
+    /// The booking attempt of `offer_id` for `campaign_id`, with the key
+    /// `booking_attempt:{campaign_id}`: one attempt per campaign is queued or running at a time,
+    /// whoever asks (the search, an order webhook's follow-up).
+    pub fn request(campaign_id: Uuid, offer_id: &str) -> Result<NewJob, JobError> {
+        Ok(NewJob::of(&BookingAttempt {
+            campaign_id,
+            offer_id: offer_id.to_owned(),
+        })
+        .map_err(JobError::fatal)?
+        .key(attempt_key(campaign_id)))
+    }
+}
+
+/// The key of a campaign's booking attempt; also names its saga lock.
+fn attempt_key(campaign_id: Uuid) -> String {
+    format!("{}:{campaign_id}", BookingAttempt::KIND)
 }
 
 impl Job for BookingAttempt {
@@ -153,7 +165,7 @@ async fn saga(ctx: &JobContext, args: &BookingAttempt) -> Result<(), JobError> {
         if ctx.cancel.is_cancelled() {
             return Err(JobError::retryable("booking attempt interrupted"));
         }
-        let b = load_booking(&ctx.pool, booking_id)
+        let b = booking::load(&ctx.pool, booking_id)
             .await?
             .ok_or_else(|| JobError::retryable(format!("booking {booking_id} vanished")))?;
         let step = next_step(&b);
@@ -187,15 +199,16 @@ enum Step {
     Finished,
 }
 
-fn next_step(b: &BookingRow) -> Step {
-    match b.status.as_str() {
-        "pending" if b.offer_checked_at.is_none() => Step::CheckOffer,
-        "pending" if b.stripe_payment_intent_id.is_none() => Step::Authorize,
-        "pending" => Step::RefreshIntent,
-        "authorized" if b.failure_code.is_some() => Step::Compensate,
-        "authorized" if b.duffel_order_id.is_some() => Step::Capture,
-        "authorized" if b.order_attempted_at.is_none() => Step::Order,
-        "authorized" => Step::Reconcile,
+fn next_step(b: &Booking) -> Step {
+    use BookingStatus::{Authorized, Pending};
+    match b.status {
+        Pending if b.offer_checked_at.is_none() => Step::CheckOffer,
+        Pending if b.stripe_payment_intent_id.is_none() => Step::Authorize,
+        Pending => Step::RefreshIntent,
+        Authorized if b.failure_code.is_some() => Step::Compensate,
+        Authorized if b.duffel_order_id.is_some() => Step::Capture,
+        Authorized if b.order_attempted_at.is_none() => Step::Order,
+        Authorized => Step::Reconcile,
         _ => Step::Finished,
     }
 }
@@ -219,7 +232,7 @@ struct CampaignRow {
 
 /// Step 1: lock the campaign; resume its booking, or check eligibility and create one.
 async fn claim(ctx: &JobContext, args: &BookingAttempt) -> Result<Claim, JobError> {
-    let keyring = ctx.deps.keyring()?;
+    let keyring = ctx.deps()?.keyring()?;
     let mut tx = ctx.pool.begin().await?;
     let campaign: Option<CampaignRow> = sqlx::query_as(
         "SELECT c.user_id, c.status, c.consent_at IS NOT NULL AS consented,
@@ -235,15 +248,7 @@ async fn claim(ctx: &JobContext, args: &BookingAttempt) -> Result<Claim, JobErro
         return Ok(Claim::NotEligible("campaign not found"));
     };
     // The live booking (re-runs and duplicates resume it), else this offer's failed attempt.
-    let existing: Option<Uuid> = sqlx::query_scalar(
-        "SELECT id FROM bookings
-         WHERE campaign_id = $1 AND (status <> 'failed' OR duffel_offer_id = $2)
-         ORDER BY (status <> 'failed') DESC, created_at DESC LIMIT 1",
-    )
-    .bind(args.campaign_id)
-    .bind(&args.offer_id)
-    .fetch_optional(&mut *tx)
-    .await?;
+    let existing = booking::find_for_attempt(&mut tx, args.campaign_id, &args.offer_id).await?;
     if let Some(id) = existing {
         tx.commit().await?;
         return Ok(Claim::Booking(id));
@@ -266,13 +271,7 @@ async fn claim(ctx: &JobContext, args: &BookingAttempt) -> Result<Claim, JobErro
         }
     };
     if let Some(code) = problem {
-        sqlx::query(
-            "UPDATE campaigns SET status = 'action_required', updated_at = now()
-             WHERE id = $1 AND status = 'active'",
-        )
-        .bind(args.campaign_id)
-        .execute(&mut *tx)
-        .await?;
+        campaign::require_action(&mut tx, args.campaign_id).await?;
         audit::record(
             &mut tx,
             ACTOR,
@@ -286,7 +285,7 @@ async fn claim(ctx: &JobContext, args: &BookingAttempt) -> Result<Claim, JobErro
         let key = format!("campaign-action-required/{}/{code}", args.campaign_id);
         send_once(
             &ctx.pool,
-            ctx.deps.email()?,
+            ctx.deps()?.email()?,
             c.user_id,
             "campaign-action-required",
             &key,
@@ -308,26 +307,13 @@ async fn claim(ctx: &JobContext, args: &BookingAttempt) -> Result<Claim, JobErro
             "campaign needs the user (card or profile)",
         ));
     }
-    let id = Uuid::new_v4();
     // total_amount is the ceiling (max_price) until step 2 records the offer's price.
-    sqlx::query(
-        "INSERT INTO bookings (id, campaign_id, duffel_offer_id, total_amount, currency)
-         VALUES ($1, $2, $3, $4::numeric, $5)",
-    )
-    .bind(id)
-    .bind(args.campaign_id)
-    .bind(&args.offer_id)
-    .bind(&c.max_price)
-    .bind(&c.currency)
-    .execute(&mut *tx)
-    .await?;
-    audit::record(
+    let id = booking::create(
         &mut tx,
-        ACTOR,
-        "booking.started",
-        "booking",
-        Some(&id.to_string()),
-        &json!({"booking_id": id, "campaign_id": args.campaign_id, "offer_id": args.offer_id}),
+        args.campaign_id,
+        &args.offer_id,
+        &c.max_price,
+        &c.currency,
     )
     .await?;
     tx.commit().await?;
@@ -335,8 +321,8 @@ async fn claim(ctx: &JobContext, args: &BookingAttempt) -> Result<Claim, JobErro
 }
 
 /// Step 2: re-read the offer; record the amount to charge, or fail the attempt.
-async fn check_offer(ctx: &JobContext, b: &BookingRow) -> Result<(), JobError> {
-    let offer = match ctx.deps.flights()?.get_offer(&b.duffel_offer_id).await {
+async fn check_offer(ctx: &JobContext, b: &Booking) -> Result<(), JobError> {
+    let offer = match ctx.deps()?.flights()?.get_offer(&b.duffel_offer_id).await {
         Ok(offer) => offer,
         Err(e) if e.class == FailureClass::Rejected => {
             let code = e
@@ -385,34 +371,22 @@ async fn check_offer(ctx: &JobContext, b: &BookingRow) -> Result<(), JobError> {
     }
     let amount = money::minor_to_decimal(offer.total_amount_minor, &offer.currency)
         .map_err(JobError::fatal)?;
-    let done = sqlx::query(
-        "UPDATE bookings SET total_amount = $2::numeric, offer_checked_at = now(),
-                flight_details = $3, updated_at = now()
-         WHERE id = $1 AND status = 'pending' AND offer_checked_at IS NULL",
+    booking::transition(
+        &mut tx,
+        b,
+        Change::OfferChecked {
+            amount: &amount,
+            amount_minor: offer.total_amount_minor,
+            itinerary: &itinerary(&offer),
+        },
     )
-    .bind(b.id)
-    .bind(&amount)
-    .bind(itinerary(&offer))
-    .execute(&mut *tx)
     .await?;
-    if done.rows_affected() == 1 {
-        audit::record(
-            &mut tx,
-            ACTOR,
-            "booking.offer_checked",
-            "booking",
-            Some(&b.id.to_string()),
-            &json!({"booking_id": b.id, "offer_id": offer.id,
-                    "amount_minor": offer.total_amount_minor, "currency": offer.currency}),
-        )
-        .await?;
-    }
     tx.commit().await?;
     Ok(())
 }
 
 /// Step 3: the card hold (`booking:{id}:pi`).
-async fn authorize(ctx: &JobContext, b: &BookingRow) -> Result<(), JobError> {
+async fn authorize(ctx: &JobContext, b: &Booking) -> Result<(), JobError> {
     // Last look before the first side effect: the user may have paused, cancelled or removed
     // the card since step 1 (a resumed booking can be hours old).
     let campaign: Option<(String, Option<String>, Option<String>)> = sqlx::query_as(
@@ -440,7 +414,7 @@ async fn authorize(ctx: &JobContext, b: &BookingRow) -> Result<(), JobError> {
         campaign_id: b.campaign_id.map(|c| c.to_string()).unwrap_or_default(),
     };
     let key = format!("booking:{}:pi", b.id);
-    match ctx.deps.payments()?.authorize_payment(&req, &key).await {
+    match ctx.deps()?.payments()?.authorize_payment(&req, &key).await {
         Ok(pi) => apply_intent(&ctx.pool, b, &pi).await,
         Err(e) if e.is_decline() || e.class == FailureClass::Rejected => {
             let code = if e.requires_authentication() {
@@ -458,19 +432,23 @@ async fn authorize(ctx: &JobContext, b: &BookingRow) -> Result<(), JobError> {
 }
 
 /// Step 3 again, when a PaymentIntent was recorded without a hold (e.g. `processing`).
-async fn refresh_intent(ctx: &JobContext, b: &BookingRow) -> Result<(), JobError> {
+async fn refresh_intent(ctx: &JobContext, b: &Booking) -> Result<(), JobError> {
     let pi_id = b.stripe_payment_intent_id.as_deref().unwrap_or_default();
-    let pi = ctx.deps.payments()?.retrieve_payment_intent(pi_id).await?;
+    let pi = ctx
+        .deps()?
+        .payments()?
+        .retrieve_payment_intent(pi_id)
+        .await?;
     apply_intent(&ctx.pool, b, &pi).await
 }
 
 /// Records what a PaymentIntent says about the hold.
 async fn apply_intent(
     pool: &PgPool,
-    b: &BookingRow,
+    b: &Booking,
     pi: &PaymentIntentSummary,
 ) -> Result<(), JobError> {
-    if !is_provider_id(&pi.id, "pi_") {
+    if !is_provider_id(&pi.id, &["pi_"]) {
         return Err(JobError::fatal(
             "stripe returned a malformed PaymentIntent id",
         ));
@@ -485,28 +463,15 @@ async fn apply_intent(
                 )));
             }
             let mut tx = pool.begin().await?;
-            let done = sqlx::query(
-                "UPDATE bookings SET stripe_payment_intent_id = $2,
-                        payment_intent_status = 'requires_capture', authorized_at = now(),
-                        status = 'authorized', updated_at = now()
-                 WHERE id = $1 AND status = 'pending'",
+            booking::transition(
+                &mut tx,
+                b,
+                Change::Authorized {
+                    payment_intent_id: &pi.id,
+                    amount_minor: amount,
+                },
             )
-            .bind(b.id)
-            .bind(&pi.id)
-            .execute(&mut *tx)
             .await?;
-            if done.rows_affected() == 1 {
-                audit::record(
-                    &mut tx,
-                    ACTOR,
-                    "booking.authorized",
-                    "booking",
-                    Some(&b.id.to_string()),
-                    &json!({"booking_id": b.id, "payment_intent": pi.id,
-                            "amount_minor": amount, "currency": b.currency}),
-                )
-                .await?;
-            }
             tx.commit().await?;
             Ok(())
         }
@@ -541,20 +506,16 @@ async fn apply_intent(
 
 async fn record_intent_id(
     pool: &PgPool,
-    b: &BookingRow,
+    b: &Booking,
     pi_id: &str,
     status: &str,
 ) -> Result<(), JobError> {
-    sqlx::query(
-        "UPDATE bookings SET stripe_payment_intent_id = $2, payment_intent_status = $3,
-                updated_at = now()
-         WHERE id = $1 AND status = 'pending'",
-    )
-    .bind(b.id)
-    .bind(pi_id)
-    .bind(status)
-    .execute(pool)
-    .await?;
+    let mut conn = pool.acquire().await?;
+    let change = Change::IntentRecorded {
+        payment_intent_id: pi_id,
+        status,
+    };
+    booking::transition(&mut conn, b, change).await?;
     Ok(())
 }
 
@@ -562,47 +523,23 @@ async fn record_intent_id(
 /// [`finish`], so a crash between the two still sends it).
 async fn record_decline(
     pool: &PgPool,
-    b: &BookingRow,
+    b: &Booking,
     pi_id: Option<&str>,
     code: &str,
     err: Option<&StripeApiError>,
 ) -> Result<(), JobError> {
-    let pi_id = pi_id.filter(|id| is_provider_id(id, "pi_"));
+    let pi_id = pi_id.filter(|id| is_provider_id(id, &["pi_"]));
     let mut tx = pool.begin().await?;
-    let done = sqlx::query(
-        "UPDATE bookings SET status = 'failed', failure_code = $2,
-                stripe_payment_intent_id = coalesce($3, stripe_payment_intent_id),
-                payment_intent_status = CASE WHEN coalesce($3, stripe_payment_intent_id) IS NULL
-                                             THEN payment_intent_status
-                                             ELSE 'requires_payment_method' END,
-                updated_at = now()
-         WHERE id = $1 AND status = 'pending'",
-    )
-    .bind(b.id)
-    .bind(code)
-    .bind(pi_id)
-    .execute(&mut *tx)
-    .await?;
-    if done.rows_affected() == 1 {
-        sqlx::query(
-            "UPDATE campaigns SET status = 'action_required', updated_at = now()
-             WHERE id = $1 AND status IN ('active', 'paused')",
-        )
-        .bind(b.campaign_id)
-        .execute(&mut *tx)
-        .await?;
-        audit::record(
-            &mut tx,
-            ACTOR,
-            "booking.payment_declined",
-            "booking",
-            Some(&b.id.to_string()),
-            &json!({"booking_id": b.id, "campaign_id": b.campaign_id, "payment_intent": pi_id,
-                    "failure_code": code,
-                    "stripe_code": err.and_then(|e| e.code.clone()),
-                    "decline_code": err.and_then(|e| e.decline_code.clone())}),
-        )
-        .await?;
+    let change = Change::Declined {
+        payment_intent_id: pi_id,
+        code,
+        stripe_code: err.and_then(|e| e.code.as_deref()),
+        decline_code: err.and_then(|e| e.decline_code.as_deref()),
+    };
+    if booking::transition(&mut tx, b, change).await? {
+        if let Some(c) = b.campaign_id {
+            campaign::require_action(&mut tx, c).await?;
+        }
     }
     tx.commit().await?;
     Ok(())
@@ -610,28 +547,10 @@ async fn record_decline(
 
 /// A failure before any hold exists: booking `failed`, campaign rescheduled (or
 /// `action_required` when the user must act).
-async fn fail_before_hold(pool: &PgPool, b: &BookingRow, code: &str) -> Result<(), JobError> {
+async fn fail_before_hold(pool: &PgPool, b: &Booking, code: &str) -> Result<(), JobError> {
     let mut tx = pool.begin().await?;
-    let done = sqlx::query(
-        "UPDATE bookings SET status = 'failed', failure_code = $2, updated_at = now()
-         WHERE id = $1 AND status = 'pending' AND authorized_at IS NULL",
-    )
-    .bind(b.id)
-    .bind(code)
-    .execute(&mut *tx)
-    .await?;
-    if done.rows_affected() == 1 {
+    if booking::transition(&mut tx, b, Change::FailedBeforeHold { code }).await? {
         apply_campaign_effect(&mut tx, b, code).await?;
-        audit::record(
-            &mut tx,
-            ACTOR,
-            "booking.failed",
-            "booking",
-            Some(&b.id.to_string()),
-            &json!({"booking_id": b.id, "campaign_id": b.campaign_id, "failure_code": code,
-                    "hold": false}),
-        )
-        .await?;
     }
     tx.commit().await?;
     Ok(())
@@ -659,30 +578,17 @@ enum CampaignEffect {
 
 async fn apply_campaign_effect(
     conn: &mut PgConnection,
-    b: &BookingRow,
+    b: &Booking,
     code: &str,
 ) -> Result<(), sqlx::Error> {
+    let Some(c) = b.campaign_id else {
+        return Ok(()); // detached: the user was erased
+    };
     match campaign_effect(code) {
         CampaignEffect::None => {}
-        CampaignEffect::Reschedule => {
-            sqlx::query(
-                "UPDATE campaigns SET next_search_at = now() + make_interval(secs => $2),
-                        updated_at = now()
-                 WHERE id = $1 AND status = 'active'",
-            )
-            .bind(b.campaign_id)
-            .bind(RESEARCH_AFTER.as_secs_f64())
-            .execute(conn)
-            .await?;
-        }
+        CampaignEffect::Reschedule => campaign::push_next_search(conn, c, RESEARCH_AFTER).await?,
         CampaignEffect::ActionRequired => {
-            sqlx::query(
-                "UPDATE campaigns SET status = 'action_required', updated_at = now()
-                 WHERE id = $1 AND status IN ('active', 'paused')",
-            )
-            .bind(b.campaign_id)
-            .execute(conn)
-            .await?;
+            campaign::require_action(conn, c).await?;
         }
     }
     Ok(())
@@ -690,7 +596,7 @@ async fn apply_campaign_effect(
 
 /// Step 4: create the Duffel order. `first`: no POST was ever attempted for this booking
 /// (mark `order_attempted_at` before sending); otherwise reconciliation found no order.
-async fn place_order(ctx: &JobContext, b: &BookingRow, first: bool) -> Result<(), JobError> {
+async fn place_order(ctx: &JobContext, b: &Booking, first: bool) -> Result<(), JobError> {
     // Last look before the point of no return: a campaign paused or cancelled meanwhile
     // gets its hold voided instead of a ticket.
     let campaign: Option<(String, Option<Uuid>)> =
@@ -719,21 +625,14 @@ async fn place_order(ctx: &JobContext, b: &BookingRow, first: bool) -> Result<()
         })?;
     let traveler = {
         let mut conn = ctx.pool.acquire().await?;
-        match load_traveler(&mut conn, ctx.deps.keyring()?, profile_id).await? {
+        match load_traveler(&mut conn, ctx.deps()?.keyring()?, profile_id).await? {
             Ok(t) => t,
             Err(code) => return decide_failure(&ctx.pool, b, code).await,
         }
     };
     if first {
-        let marked = sqlx::query(
-            "UPDATE bookings SET order_attempted_at = now(), updated_at = now()
-             WHERE id = $1 AND status = 'authorized' AND order_attempted_at IS NULL
-               AND failure_code IS NULL",
-        )
-        .bind(b.id)
-        .execute(&ctx.pool)
-        .await?;
-        if marked.rows_affected() == 0 {
+        let mut conn = ctx.pool.acquire().await?;
+        if !booking::transition(&mut conn, b, Change::OrderAttempted).await? {
             return Ok(()); // the row moved on; the loop re-reads it
         }
     }
@@ -744,7 +643,7 @@ async fn place_order(ctx: &JobContext, b: &BookingRow, first: bool) -> Result<()
         currency: b.currency.clone(),
         metadata: BTreeMap::from([("booking_id".to_owned(), b.id.to_string())]),
     };
-    let flights = ctx.deps.flights()?;
+    let flights = ctx.deps()?.flights()?;
     let result = flights.create_order(&order).await;
     drop(order); // the passenger's PII leaves memory here
     drop(traveler);
@@ -770,7 +669,7 @@ async fn place_order(ctx: &JobContext, b: &BookingRow, first: bool) -> Result<()
             // the job die visibly for a fix and replay.
             let code = failure_code(e.code.as_deref().unwrap_or(""), "order_invalid");
             decide_failure(&ctx.pool, b, &code).await?;
-            let b = load_booking(&ctx.pool, b.id)
+            let b = booking::load(&ctx.pool, b.id)
                 .await?
                 .ok_or_else(|| JobError::retryable(format!("booking {} vanished", b.id)))?;
             compensate(ctx, &b).await?;
@@ -782,20 +681,20 @@ async fn place_order(ctx: &JobContext, b: &BookingRow, first: bool) -> Result<()
 
 /// Step 4 on a re-run: the order was attempted before, so look it up; POST only when Duffel
 /// says it does not exist.
-async fn reconcile_or_order(ctx: &JobContext, b: &BookingRow) -> Result<(), JobError> {
+async fn reconcile_or_order(ctx: &JobContext, b: &Booking) -> Result<(), JobError> {
     match find_order(ctx, b).await? {
         Some(order) => record_order(&ctx.pool, b, &order, true).await,
         None => place_order(ctx, b, false).await,
     }
 }
 
-async fn find_order(ctx: &JobContext, b: &BookingRow) -> Result<Option<Order>, JobError> {
+async fn find_order(ctx: &JobContext, b: &Booking) -> Result<Option<Order>, JobError> {
     let lookup = OrderLookup {
         booking_id: Some(b.id.to_string()),
         offer_id: Some(b.duffel_offer_id.clone()),
     };
     let mut found = ctx
-        .deps
+        .deps()?
         .flights()?
         .find_orders(&lookup)
         .await
@@ -808,11 +707,11 @@ async fn find_order(ctx: &JobContext, b: &BookingRow) -> Result<Option<Order>, J
 /// Step 5 (first half): the order exists.
 async fn record_order(
     pool: &PgPool,
-    b: &BookingRow,
+    b: &Booking,
     order: &Order,
     reconciled: bool,
 ) -> Result<(), JobError> {
-    if !is_provider_id(&order.id, "ord_") {
+    if !is_provider_id(&order.id, &["ord_"]) {
         return Err(JobError::fatal("duffel returned a malformed order id"));
     }
     let pnr = order
@@ -820,33 +719,16 @@ async fn record_order(
         .as_deref()
         .map(str::trim)
         .filter(|p| (1..=16).contains(&p.len()));
-    let mut tx = pool.begin().await?;
-    let done = sqlx::query(
-        "UPDATE bookings SET duffel_order_id = $2, pnr = $3, ordered_at = now(),
-                flight_details = coalesce(flight_details, '{}'::jsonb)
-                                 || jsonb_build_object('order_id', $2::text),
-                updated_at = now()
-         WHERE id = $1 AND status = 'authorized' AND duffel_order_id IS NULL",
-    )
-    .bind(b.id)
-    .bind(&order.id)
-    .bind(pnr)
-    .execute(&mut *tx)
-    .await?;
-    if done.rows_affected() == 1 {
-        audit::record(
-            &mut tx,
-            ACTOR,
-            "booking.ordered",
-            "booking",
-            Some(&b.id.to_string()),
-            &json!({"booking_id": b.id, "order_id": order.id, "offer_id": b.duffel_offer_id,
-                    "reconciled": reconciled, "order_amount_minor": order.total_amount_minor,
-                    "currency": order.currency}),
-        )
-        .await?;
-    }
-    tx.commit().await?;
+    let mut conn = pool.acquire().await?;
+    let change = Change::Ordered {
+        order_id: &order.id,
+        pnr,
+        reconciled,
+        order_amount_minor: order.total_amount_minor,
+        order_currency: &order.currency,
+    };
+    booking::transition(&mut conn, b, change).await?;
+    drop(conn);
     if order.cancelled_at.is_some() {
         // Found, but already cancelled: nothing to capture for.
         return decide_failure(pool, b, "order_cancelled").await;
@@ -856,21 +738,15 @@ async fn record_order(
 
 /// Records that the attempt has failed while a hold exists; [`compensate`] voids it next.
 /// Recorded first so a crash between the decision and the void never leads to a new order.
-async fn decide_failure(pool: &PgPool, b: &BookingRow, code: &str) -> Result<(), JobError> {
-    sqlx::query(
-        "UPDATE bookings SET failure_code = $2, updated_at = now()
-         WHERE id = $1 AND status = 'authorized' AND failure_code IS NULL",
-    )
-    .bind(b.id)
-    .bind(code)
-    .execute(pool)
-    .await?;
+async fn decide_failure(pool: &PgPool, b: &Booking, code: &str) -> Result<(), JobError> {
+    let mut conn = pool.acquire().await?;
+    booking::transition(&mut conn, b, Change::FailureDecided { code }).await?;
     Ok(())
 }
 
 /// Step 6: void the hold (`booking:{id}:cancel`); booking `failed` (or `cancelled` if an
 /// order exists), campaign per [`campaign_effect`].
-async fn compensate(ctx: &JobContext, b: &BookingRow) -> Result<(), JobError> {
+async fn compensate(ctx: &JobContext, b: &Booking) -> Result<(), JobError> {
     let code = b
         .failure_code
         .clone()
@@ -879,7 +755,7 @@ async fn compensate(ctx: &JobContext, b: &BookingRow) -> Result<(), JobError> {
         .stripe_payment_intent_id
         .as_deref()
         .ok_or_else(|| JobError::fatal(format!("booking {}: hold without PaymentIntent", b.id)))?;
-    let payments = ctx.deps.payments()?;
+    let payments = ctx.deps()?.payments()?;
     let key = format!("booking:{}:cancel", b.id);
     match payments.cancel_payment_intent(pi_id, &key).await {
         Ok(pi) if pi.status == PaymentIntentState::Canceled => {}
@@ -900,45 +776,21 @@ async fn compensate(ctx: &JobContext, b: &BookingRow) -> Result<(), JobError> {
         }
         Err(e) => return Err(e.into()),
     }
-    let status = if b.ordered_at.is_some() {
-        "cancelled"
-    } else {
-        "failed"
-    };
     let mut tx = ctx.pool.begin().await?;
-    let done = sqlx::query(
-        "UPDATE bookings SET status = $2, canceled_at = now(), payment_intent_status = 'canceled',
-                updated_at = now()
-         WHERE id = $1 AND status = 'authorized' AND captured_at IS NULL",
-    )
-    .bind(b.id)
-    .bind(status)
-    .execute(&mut *tx)
-    .await?;
-    if done.rows_affected() == 1 {
+    if booking::transition(&mut tx, b, Change::HoldVoided { code: &code }).await? {
         apply_campaign_effect(&mut tx, b, &code).await?;
-        audit::record(
-            &mut tx,
-            ACTOR,
-            "booking.failed",
-            "booking",
-            Some(&b.id.to_string()),
-            &json!({"booking_id": b.id, "campaign_id": b.campaign_id, "failure_code": code,
-                    "payment_intent": pi_id, "hold": "voided", "status": status}),
-        )
-        .await?;
     }
     tx.commit().await?;
     Ok(())
 }
 
 /// Step 5 (second half): capture the hold (`booking:{id}:capture`).
-async fn capture(ctx: &JobContext, b: &BookingRow) -> Result<(), JobError> {
+async fn capture(ctx: &JobContext, b: &Booking) -> Result<(), JobError> {
     let pi_id = b
         .stripe_payment_intent_id
         .as_deref()
         .ok_or_else(|| JobError::fatal(format!("booking {}: hold without PaymentIntent", b.id)))?;
-    let payments = ctx.deps.payments()?;
+    let payments = ctx.deps()?.payments()?;
     let key = format!("booking:{}:capture", b.id);
     let pi = match payments.capture_payment_intent(pi_id, &key).await {
         Ok(pi) => pi,
@@ -951,27 +803,9 @@ async fn capture(ctx: &JobContext, b: &BookingRow) -> Result<(), JobError> {
             // The hold is gone (expired or voided) but the order exists: cancel the booking
             // and let the compensation cancel the order (nothing was captured).
             let mut tx = ctx.pool.begin().await?;
-            let done = sqlx::query(
-                "UPDATE bookings SET status = 'cancelled', canceled_at = now(),
-                        payment_intent_status = 'canceled', failure_code = 'capture_failed',
-                        updated_at = now()
-                 WHERE id = $1 AND status = 'authorized' AND captured_at IS NULL",
-            )
-            .bind(b.id)
-            .execute(&mut *tx)
-            .await?;
-            if done.rows_affected() == 1 {
-                enqueue_refund(&mut tx, ctx.enqueuer.as_ref(), b.id, "capture_failed").await?;
-                audit::record(
-                    &mut tx,
-                    ACTOR,
-                    "booking.capture_failed",
-                    "booking",
-                    Some(&b.id.to_string()),
-                    &json!({"booking_id": b.id, "payment_intent": pi_id,
-                            "order_id": b.duffel_order_id}),
-                )
-                .await?;
+            if booking::transition(&mut tx, b, Change::CaptureFailed).await? {
+                let refund = RefundCompensation::request(b.id, "capture_failed")?;
+                ctx.enqueuer.enqueue_many(&mut tx, vec![refund]).await?;
             }
             tx.commit().await?;
             Ok(())
@@ -985,51 +819,32 @@ async fn capture(ctx: &JobContext, b: &BookingRow) -> Result<(), JobError> {
 
 async fn finalize_ticketed(
     ctx: &JobContext,
-    b: &BookingRow,
+    b: &Booking,
     pi: &PaymentIntentSummary,
 ) -> Result<(), JobError> {
     let mut tx = ctx.pool.begin().await?;
-    let done = sqlx::query(
-        "UPDATE bookings SET captured_at = now(), payment_intent_status = 'succeeded',
-                status = 'ticketed', updated_at = now()
-         WHERE id = $1 AND status = 'authorized' AND ordered_at IS NOT NULL",
-    )
-    .bind(b.id)
-    .execute(&mut *tx)
-    .await?;
-    if done.rows_affected() == 1 {
-        sqlx::query(
-            "UPDATE campaigns SET status = 'booked', updated_at = now()
-             WHERE id = $1 AND status <> 'booked'",
-        )
-        .bind(b.campaign_id)
-        .execute(&mut *tx)
-        .await?;
-        audit::record(
-            &mut tx,
-            ACTOR,
-            "booking.ticketed",
-            "booking",
-            Some(&b.id.to_string()),
-            &json!({"booking_id": b.id, "campaign_id": b.campaign_id,
-                    "order_id": b.duffel_order_id, "payment_intent": pi.id,
-                    "amount_minor": pi.amount_received, "currency": pi.currency}),
-        )
-        .await?;
+    let change = Change::Ticketed {
+        amount_received: pi.amount_received,
+        currency: &pi.currency,
+    };
+    if booking::transition(&mut tx, b, change).await? {
+        if let Some(c) = b.campaign_id {
+            campaign::mark_booked(&mut tx, c).await?;
+        }
     }
     tx.commit().await?;
     Ok(())
 }
 
 /// The saga is over: send what the outcome owes the user, exactly once.
-async fn finish(ctx: &JobContext, b: &BookingRow) -> Result<(), JobError> {
+async fn finish(ctx: &JobContext, b: &Booking) -> Result<(), JobError> {
     let (Some(user_id), Some(origin), Some(destination)) =
         (b.user_id, b.origin.as_deref(), b.destination.as_deref())
     else {
         return Ok(()); // detached (user erased): nobody to write to
     };
-    match b.status.as_str() {
-        "ticketed" => {
+    match b.status {
+        BookingStatus::Ticketed => {
             let departs = b
                 .flight_details
                 .as_ref()
@@ -1045,7 +860,7 @@ async fn finish(ctx: &JobContext, b: &BookingRow) -> Result<(), JobError> {
             );
             send_once(
                 &ctx.pool,
-                ctx.deps.email()?,
+                ctx.deps()?.email()?,
                 user_id,
                 "booking-confirmed",
                 &format!("booking-confirmed/{}", b.id),
@@ -1054,7 +869,7 @@ async fn finish(ctx: &JobContext, b: &BookingRow) -> Result<(), JobError> {
             )
             .await?;
         }
-        "failed"
+        BookingStatus::Failed
             if b.failure_code
                 .as_deref()
                 .is_some_and(|c| DECLINE_CODES.contains(&c)) =>
@@ -1073,7 +888,7 @@ async fn finish(ctx: &JobContext, b: &BookingRow) -> Result<(), JobError> {
             );
             send_once(
                 &ctx.pool,
-                ctx.deps.email()?,
+                ctx.deps()?.email()?,
                 user_id,
                 "action-required",
                 &format!("action-required/{}", b.id),
@@ -1087,108 +902,7 @@ async fn finish(ctx: &JobContext, b: &BookingRow) -> Result<(), JobError> {
     Ok(())
 }
 
-// ─── refunds ─────────────────────────────────────────────────────────────────────────────────
-
-/// Enqueues the refund compensation of `booking_id` on `conn` (inside the caller's
-/// transaction, so the state change and the job commit together), key
-/// `booking:{booking_id}:refund`.
-pub async fn enqueue_refund(
-    conn: &mut PgConnection,
-    enqueuer: &dyn Enqueuer,
-    booking_id: Uuid,
-    reason: &str,
-) -> Result<(), JobError> {
-    let job = NewJob::of(&RefundCompensation {
-        booking_id,
-        reason: failure_code(reason, "order_cancelled"),
-    })
-    .map_err(JobError::fatal)?
-    .key(format!("booking:{booking_id}:refund"));
-    enqueuer.enqueue_many(conn, vec![job]).await?;
-    Ok(())
-}
-
-/// A ticketed booking whose order failed or was cancelled later (webhook, operator): moves it
-/// to `cancelled` and enqueues its refund compensation in the same transaction on `conn`
-/// (pass `&mut *tx`). Returns false (and enqueues nothing) if the booking is not ticketed.
-pub async fn cancel_booking_and_request_refund(
-    conn: &mut PgConnection,
-    enqueuer: &dyn Enqueuer,
-    booking_id: Uuid,
-    reason: &str,
-) -> Result<bool, JobError> {
-    let reason = failure_code(reason, "order_cancelled");
-    let done = sqlx::query(
-        "UPDATE bookings SET status = 'cancelled', failure_code = $2, updated_at = now()
-         WHERE id = $1 AND status = 'ticketed' AND captured_at IS NOT NULL",
-    )
-    .bind(booking_id)
-    .bind(&reason)
-    .execute(&mut *conn)
-    .await?;
-    if done.rows_affected() == 0 {
-        return Ok(false);
-    }
-    enqueue_refund(conn, enqueuer, booking_id, &reason).await?;
-    audit::record(
-        conn,
-        ACTOR,
-        "booking.cancelled",
-        "booking",
-        Some(&booking_id.to_string()),
-        &json!({"booking_id": booking_id, "reason": reason, "refund": "enqueued"}),
-    )
-    .await?;
-    Ok(true)
-}
-
 // ─── rows, travelers, helpers ────────────────────────────────────────────────────────────────
-
-/// A booking with what the saga needs of its campaign.
-#[derive(Debug, Clone, sqlx::FromRow)]
-pub(crate) struct BookingRow {
-    pub(crate) id: Uuid,
-    pub(crate) campaign_id: Option<Uuid>,
-    pub(crate) user_id: Option<Uuid>,
-    pub(crate) duffel_offer_id: String,
-    pub(crate) duffel_order_id: Option<String>,
-    pub(crate) stripe_payment_intent_id: Option<String>,
-    pub(crate) pnr: Option<String>,
-    pub(crate) total_amount: String,
-    pub(crate) currency: String,
-    pub(crate) status: String,
-    pub(crate) flight_details: Option<Value>,
-    pub(crate) offer_checked_at: Option<DateTime<Utc>>,
-    pub(crate) order_attempted_at: Option<DateTime<Utc>>,
-    pub(crate) ordered_at: Option<DateTime<Utc>>,
-    pub(crate) captured_at: Option<DateTime<Utc>>,
-    pub(crate) failure_code: Option<String>,
-    pub(crate) origin: Option<String>,
-    pub(crate) destination: Option<String>,
-}
-
-impl BookingRow {
-    /// The amount held/charged, in minor units.
-    pub(crate) fn amount_minor(&self) -> Result<i64, JobError> {
-        money::decimal_to_minor(&self.total_amount, &self.currency).map_err(JobError::fatal)
-    }
-}
-
-pub(crate) async fn load_booking(pool: &PgPool, id: Uuid) -> Result<Option<BookingRow>, JobError> {
-    let row = sqlx::query_as::<_, BookingRow>(
-        "SELECT b.id, b.campaign_id, c.user_id, b.duffel_offer_id, b.duffel_order_id,
-                b.stripe_payment_intent_id, b.pnr, b.total_amount::text AS total_amount,
-                b.currency::text AS currency, b.status, b.flight_details, b.offer_checked_at,
-                b.order_attempted_at, b.ordered_at, b.captured_at, b.failure_code,
-                c.origin::text AS origin, c.destination::text AS destination
-         FROM bookings b LEFT JOIN campaigns c ON c.id = b.campaign_id
-         WHERE b.id = $1",
-    )
-    .bind(id)
-    .fetch_optional(pool)
-    .await?;
-    Ok(row)
-}
 
 /// The traveler as Duffel needs them. Holds PII in memory only: no `Debug`, never logged.
 struct Traveler {
@@ -1323,36 +1037,8 @@ fn itinerary(offer: &Offer) -> Value {
     })
 }
 
-/// A provider code as a `failure_code` (`^[a-z0-9_.]{1,100}$`), or `fallback`.
-pub(crate) fn failure_code(code: &str, fallback: &str) -> String {
-    let cleaned: String = code
-        .trim()
-        .to_ascii_lowercase()
-        .chars()
-        .map(|c| {
-            if c.is_ascii_alphanumeric() || c == '_' || c == '.' {
-                c
-            } else {
-                '_'
-            }
-        })
-        .take(100)
-        .collect();
-    if cleaned.is_empty() {
-        fallback.to_owned()
-    } else {
-        cleaned
-    }
-}
-
-fn is_provider_id(id: &str, prefix: &str) -> bool {
-    id.strip_prefix(prefix).is_some_and(|rest| {
-        !rest.is_empty() && rest.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'_')
-    })
-}
-
 fn is_offer_id(id: &str) -> bool {
-    is_provider_id(id, "off_")
+    is_provider_id(id, &["off_"])
 }
 
 /// One saga per campaign at a time: a session advisory lock held on a connection taken out
@@ -1367,7 +1053,7 @@ impl CampaignLock {
         use sqlx::Connection;
         let mut conn = pool.acquire().await?.detach();
         let got: bool = sqlx::query_scalar("SELECT pg_try_advisory_lock(hashtextextended($1, 0))")
-            .bind(format!("booking_attempt:{campaign_id}"))
+            .bind(attempt_key(campaign_id))
             .fetch_one(&mut conn)
             .await?;
         if got {
@@ -1389,8 +1075,8 @@ impl CampaignLock {
 mod tests {
     use super::*;
 
-    fn row(status: &str) -> BookingRow {
-        BookingRow {
+    fn row(status: &str) -> Booking {
+        Booking {
             id: Uuid::nil(),
             campaign_id: Some(Uuid::nil()),
             user_id: None,
@@ -1400,7 +1086,7 @@ mod tests {
             pnr: None,
             total_amount: "450.00".into(),
             currency: "USD".into(),
-            status: status.into(),
+            status: BookingStatus::try_from(status.to_owned()).unwrap(),
             flight_details: None,
             offer_checked_at: None,
             order_attempted_at: None,
@@ -1425,15 +1111,26 @@ mod tests {
     }
 
     #[test]
+    fn one_attempt_key_per_campaign() {
+        let id = Uuid::new_v4();
+        let job = BookingAttempt::request(id, "off_1").unwrap();
+        assert_eq!(job.kind, "booking_attempt");
+        assert_eq!(
+            job.opts.idempotency_key,
+            Some(format!("booking_attempt:{id}"))
+        );
+    }
+
+    #[test]
     fn the_row_decides_the_next_step() {
-        let now = Some(Utc::now());
+        let now = Some(chrono::Utc::now());
         let mut b = row("pending");
         assert_eq!(next_step(&b), Step::CheckOffer);
         b.offer_checked_at = now;
         assert_eq!(next_step(&b), Step::Authorize);
         b.stripe_payment_intent_id = Some("pi_1".into());
         assert_eq!(next_step(&b), Step::RefreshIntent);
-        b.status = "authorized".into();
+        b.status = BookingStatus::Authorized;
         assert_eq!(next_step(&b), Step::Order);
         b.order_attempted_at = now;
         assert_eq!(
@@ -1448,14 +1145,6 @@ mod tests {
         for s in ["ticketed", "failed", "cancelled", "refunded"] {
             assert_eq!(next_step(&row(s)), Step::Finished);
         }
-    }
-
-    #[test]
-    fn failure_codes_fit_the_schema() {
-        assert_eq!(failure_code("price_changed", "x"), "price_changed");
-        assert_eq!(failure_code("Weird-Code!", "x"), "weird_code_");
-        assert_eq!(failure_code("", "order_rejected"), "order_rejected");
-        assert_eq!(failure_code(&"a".repeat(300), "x").len(), 100);
     }
 
     #[test]
@@ -1495,6 +1184,6 @@ mod tests {
         assert!(!is_offer_id("off_"));
         assert!(!is_offer_id("ord_1"));
         assert!(!is_offer_id("off_1; drop"));
-        assert!(is_provider_id("pi_123", "pi_"));
+        assert!(is_provider_id("pi_123", &["pi_"]));
     }
 }

@@ -1,4 +1,4 @@
-//! The `campaign_scan` job kind (BRIEF §3): the cron fan-out that keeps every active campaign
+//! The `campaign_scan` job kind (docs/domain.md, "The jobs"): the cron fan-out that keeps every active campaign
 //! searching.
 //!
 //! One run:
@@ -117,7 +117,7 @@ pub async fn scan(
     batch: i64,
 ) -> Result<ScanReport, JobError> {
     let mut report = ScanReport {
-        expired: expire_ended(pool, batch).await?,
+        expired: crate::campaign::expire_ended(pool, batch).await?,
         ..ScanReport::default()
     };
     let mut conn = pool.acquire().await?;
@@ -165,34 +165,6 @@ pub async fn scan(
         }
     }
     Ok(report)
-}
-
-/// CampaignExpire: moves campaigns past `expires_at` to `expired`, `batch` per statement,
-/// never one with a booking in flight. Returns how many it moved.
-async fn expire_ended(pool: &PgPool, batch: i64) -> Result<u64, JobError> {
-    let mut total = 0;
-    loop {
-        let n = sqlx::query(
-            "UPDATE campaigns SET status = 'expired', updated_at = now()
-             WHERE id IN (
-                 SELECT c.id FROM campaigns c
-                 WHERE c.status IN ('active', 'paused', 'action_required')
-                   AND c.expires_at <= now()
-                   AND NOT EXISTS (SELECT 1 FROM bookings b WHERE b.campaign_id = c.id
-                                   AND b.status IN ('pending', 'authorized'))
-                 ORDER BY c.expires_at
-                 LIMIT $1
-                 FOR UPDATE SKIP LOCKED)",
-        )
-        .bind(batch)
-        .execute(pool)
-        .await?
-        .rows_affected();
-        total += n;
-        if (n as i64) < batch {
-            return Ok(total);
-        }
-    }
 }
 
 #[cfg(test)]

@@ -23,6 +23,7 @@
 //! the campaign first and then fails the job fatally, so a broken campaign is visible as a dead
 //! job without being searched again every scan.
 
+use crate::deps::HasDeps;
 use std::time::Duration;
 
 use chrono::{DateTime, NaiveDate, Utc};
@@ -31,9 +32,11 @@ use serde_json::json;
 use sqlx::{Connection, PgConnection};
 use uuid::Uuid;
 
+use super::booking_attempt::BookingAttempt;
 use crate::{
+    campaign,
     providers::{money, CabinClass, Offer, OfferSearch, PassengerSpec, SliceSpec},
-    Job, JobContext, JobError, KindDefaults, NewJob,
+    Job, JobContext, JobError, KindDefaults,
 };
 
 /// Time between two searches of a campaign (plus a per-campaign jitter of up to
@@ -47,9 +50,6 @@ pub const OFFER_MIN_VALIDITY: Duration = Duration::from_secs(5 * 60);
 /// The earliest departure searched is today (UTC) plus this many days: a same-day departure
 /// cannot be booked, charged and ticketed in time to be useful.
 pub const MIN_LEAD_DAYS: i64 = 1;
-
-/// Kind of the follow-up job (written by the booking saga's module).
-pub const BOOKING_ATTEMPT_KIND: &str = "booking_attempt";
 
 /// Args of the `campaign_search` job: the campaign id only.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -236,11 +236,6 @@ fn slot(now: DateTime<Utc>) -> u64 {
     (now.timestamp().max(0) as u64) / RESEARCH_INTERVAL.as_secs()
 }
 
-/// The key that makes "one booking attempt per campaign" a queue fact while one is unfinished.
-pub fn booking_attempt_key(campaign_id: Uuid) -> String {
-    format!("booking_attempt:{campaign_id}")
-}
-
 #[derive(sqlx::FromRow)]
 struct CampaignRow {
     status: String,
@@ -355,20 +350,12 @@ pub async fn search(ctx: &JobContext, campaign_id: Uuid) -> Result<SearchOutcome
     let criteria = row.criteria()?;
     let now = Utc::now();
     let Some(dates) = pick_dates(&criteria, now.date_naive(), slot(now)) else {
-        sqlx::query(
-            "UPDATE campaigns SET status = 'expired', updated_at = now()
-             WHERE id = $1 AND status = 'active'
-               AND NOT EXISTS (SELECT 1 FROM bookings b WHERE b.campaign_id = $1
-                               AND b.status IN ('pending', 'authorized'))",
-        )
-        .bind(campaign_id)
-        .execute(&mut *conn)
-        .await?;
+        campaign::expire_unless_booking(&mut conn, campaign_id).await?;
         return Ok(SearchOutcome::WindowOver);
     };
     // The provider calls: no transaction (and no connection) held across them.
     drop(conn);
-    let flights = ctx.deps.flights()?;
+    let flights = ctx.deps()?.flights()?;
     let request = offer_search(&criteria, dates);
     let found = async {
         let id = flights.create_offer_request(&request).await?;
@@ -410,11 +397,7 @@ pub async fn search(ctx: &JobContext, campaign_id: Uuid) -> Result<SearchOutcome
             "campaign stopped being active during the search".into(),
         ));
     }
-    let job = NewJob::raw(
-        BOOKING_ATTEMPT_KIND,
-        json!({"campaign_id": campaign_id, "offer_id": best.id}),
-    )
-    .key(booking_attempt_key(campaign_id));
+    let job = BookingAttempt::request(campaign_id, &best.id)?;
     let enqueued = ctx.enqueuer.enqueue_many(&mut tx, vec![job]).await?;
     reschedule(&mut tx, campaign_id).await?;
     tx.commit().await?;
@@ -427,15 +410,12 @@ pub async fn search(ctx: &JobContext, campaign_id: Uuid) -> Result<SearchOutcome
 
 /// CampaignReschedule: the next search one interval from now (active campaigns only).
 async fn reschedule(conn: &mut PgConnection, campaign_id: Uuid) -> Result<(), sqlx::Error> {
-    sqlx::query(
-        "UPDATE campaigns SET next_search_at = $2, updated_at = now()
-         WHERE id = $1 AND status = 'active'",
+    campaign::set_next_search(
+        conn,
+        campaign_id,
+        next_search_after(campaign_id, Utc::now()),
     )
-    .bind(campaign_id)
-    .bind(next_search_after(campaign_id, Utc::now()))
-    .execute(conn)
-    .await?;
-    Ok(())
+    .await
 }
 
 #[cfg(test)]
@@ -625,6 +605,5 @@ mod tests {
             serde_json::from_value::<CampaignSearch>(json!({"campaign_id": id, "email": "x"}))
                 .is_err()
         );
-        assert_eq!(booking_attempt_key(id), format!("booking_attempt:{id}"));
     }
 }

@@ -24,6 +24,7 @@
 //! definite refusal (e.g. an address Resend rejects) is logged by notification id and left
 //! unsent for the next daily run.
 
+use crate::deps::HasDeps;
 use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
@@ -146,7 +147,7 @@ impl Job for CardExpiryReminder {
 
     async fn run(self, ctx: JobContext) -> Result<(), JobError> {
         let batch = self.batch()?;
-        let email = ctx.deps.email()?;
+        let email = ctx.deps()?.email()?;
         let report = remind(&ctx.pool, email, batch, &ctx.cancel).await?;
         tracing::info!(
             job.id = ctx.job_id,

@@ -10,3 +10,20 @@ pub mod order_reconcile;
 pub mod payment_reconcile;
 pub mod refund_compensation;
 pub mod retention_purge;
+
+use crate::Registrar;
+
+/// Registers every domain kind (and the backfill runner) with the engine: the one list of the
+/// kinds a fleet worker runs.
+pub fn register_all<R: Registrar>(r: &mut R) {
+    r.register::<crate::backfill::RunBackfill>();
+    r.register::<booking_attempt::BookingAttempt>();
+    r.register::<refund_compensation::RefundCompensation>();
+    r.register::<campaign_scan::CampaignScan>();
+    r.register::<campaign_search::CampaignSearch>();
+    r.register::<card_expiry_reminder::CardExpiryReminder>();
+    r.register::<retention_purge::RetentionPurge>();
+    r.register::<card_update::CardUpdate>();
+    r.register::<payment_reconcile::PaymentReconcile>();
+    r.register::<order_reconcile::OrderReconcile>();
+}

@@ -1,14 +1,16 @@
 //! `order_reconcile`: a Duffel event about an order (created, creation failed, airline change).
 //! Re-reads the order from Duffel; a failed creation for a booking that holds money resumes the
-//! saga (which reconciles, then voids the hold on a definite failure); a cancelled order of a
-//! captured booking enqueues the refund
-//! compensation (key `booking:{id}:refund`, shared with the saga, so it runs once whoever asks);
-//! an airline-initiated change e-mails the traveler once per event. Everything is audited.
+//! saga ([`BookingAttempt::request`]: it reconciles, then voids the hold on a definite
+//! failure); a cancelled order of a captured booking requests its refund
+//! ([`RefundCompensation::request`]: one key per booking, so it runs once whoever asks); an
+//! airline-initiated change e-mails the traveler once per event. Everything is audited.
 
+use crate::deps::HasDeps;
 use serde::{Deserialize, Serialize};
 use uuid::Uuid;
 
-use crate::{audit, notify, Job, JobContext, JobError, KindDefaults, NewJob};
+use super::{booking_attempt::BookingAttempt, refund_compensation::RefundCompensation};
+use crate::{audit, notify, Job, JobContext, JobError, KindDefaults};
 
 /// (booking id, user id, status, captured, campaign id, offer id).
 type BookingFacts = (Uuid, Option<Uuid>, String, bool, Option<Uuid>, String);
@@ -40,7 +42,7 @@ impl Job for OrderReconcile {
 
     async fn run(self, ctx: JobContext) -> Result<(), JobError> {
         let order = match &self.order_id {
-            Some(id) => Some(ctx.deps.flights()?.get_order(id).await?),
+            Some(id) => Some(ctx.deps()?.flights()?.get_order(id).await?),
             None => None,
         };
         let row: Option<BookingFacts> = sqlx::query_as(
@@ -61,7 +63,7 @@ impl Job for OrderReconcile {
             if let Some(user) = user {
                 notify::send_once(
                     &ctx.pool,
-                    ctx.deps.email()?,
+                    ctx.deps()?.email()?,
                     user,
                     "order_change",
                     &format!("order-change/{booking}/{}", self.event_id),
@@ -79,30 +81,14 @@ impl Job for OrderReconcile {
         // the key returns it and nothing is added.
         if self.event_type == "order.creation_failed" && status == "authorized" {
             if let Some(campaign) = campaign {
-                ctx.enqueuer
-                    .enqueue_many(
-                        &mut tx,
-                        vec![NewJob::raw(
-                            "booking_attempt",
-                            serde_json::json!({ "campaign_id": campaign, "offer_id": offer }),
-                        )
-                        .key(format!("booking_attempt:{campaign}"))],
-                    )
-                    .await?;
+                let resume = BookingAttempt::request(campaign, &offer)?;
+                ctx.enqueuer.enqueue_many(&mut tx, vec![resume]).await?;
             }
         }
         let cancelled = order.as_ref().is_some_and(|o| o.cancelled_at.is_some());
         if cancelled && captured && status == "ticketed" {
-            ctx.enqueuer
-                .enqueue_many(
-                    &mut tx,
-                    vec![NewJob::raw(
-                        "refund_compensation",
-                        serde_json::json!({ "booking_id": booking, "reason": "order_cancelled" }),
-                    )
-                    .key(format!("booking:{booking}:refund"))],
-                )
-                .await?;
+            let refund = RefundCompensation::request(booking, "order_cancelled")?;
+            ctx.enqueuer.enqueue_many(&mut tx, vec![refund]).await?;
         }
         audit::record(
             &mut tx,

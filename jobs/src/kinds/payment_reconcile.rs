@@ -5,6 +5,7 @@
 //! state transitions stay with the saga and the refund compensation, which hold the row lock
 //! while they act.
 
+use crate::deps::HasDeps;
 use serde::{Deserialize, Serialize};
 
 use crate::{audit, providers::PaymentIntentState, Job, JobContext, JobError, KindDefaults};
@@ -46,19 +47,13 @@ impl Job for PaymentReconcile {
 
     async fn run(self, ctx: JobContext) -> Result<(), JobError> {
         let pi = ctx
-            .deps
+            .deps()?
             .payments()?
             .retrieve_payment_intent(&self.payment_intent_id)
             .await?;
         let mut tx = ctx.pool.begin().await?;
-        let booking: Option<uuid::Uuid> = sqlx::query_scalar(
-            "UPDATE bookings SET payment_intent_status = COALESCE($2, payment_intent_status), updated_at = now()
-             WHERE stripe_payment_intent_id = $1 RETURNING id",
-        )
-        .bind(&pi.id)
-        .bind(status_str(&pi.status))
-        .fetch_optional(&mut *tx)
-        .await?;
+        let booking =
+            crate::booking::observe_payment_intent(&mut tx, &pi.id, status_str(&pi.status)).await?;
         let Some(booking) = booking else {
             tracing::info!(event.type = %self.event_type, "payment event for a PaymentIntent no booking records (yet)");
             return Ok(());

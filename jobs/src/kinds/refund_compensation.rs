@@ -1,9 +1,10 @@
-//! `refund_compensation`: gives a booking's money back and releases its trip (BRIEF §3–4).
+//! `refund_compensation`: gives a booking's money back and releases its trip (docs/saga.md).
 //!
-//! Enqueued by the booking saga (capture impossible after the order), by
-//! [`cancel_booking_and_request_refund`](super::booking_attempt::cancel_booking_and_request_refund)
-//! (an order cancelled after capture: webhook, operator) — always with the key
-//! `booking:{booking_id}:refund`.
+//! This module owns "request a refund": [`RefundCompensation::request`] builds the job with
+//! the key `booking:{booking_id}:refund`, whoever asks — the booking saga (capture impossible
+//! after the order), [`cancel_and_request_refund`] (an order cancelled after capture: webhook
+//! follow-up, operator), `fleet booking refund`. One key per booking, so every producer's
+//! request dedupes with every other's.
 //!
 //! # Contract: safe to run twice (or concurrently)
 //! 1. Re-check the domain first: an unknown booking cancels the job; a `refunded` booking only
@@ -19,18 +20,21 @@
 //!    booking becomes `refunded` — in one transaction with the audit row.
 //! 4. The user is emailed once (`refund/{booking_id}`).
 
+use crate::deps::HasDeps;
 use std::{collections::BTreeMap, time::Duration};
 
 use serde::{Deserialize, Serialize};
 use serde_json::json;
 use uuid::Uuid;
 
-use super::booking_attempt::{load_booking, BookingRow};
+use sqlx::PgConnection;
+
 use crate::notify::send_once;
 use crate::{
     audit,
-    providers::{money, FailureClass, RefundReason, RefundRequest},
-    Job, JobContext, JobError, KindDefaults,
+    booking::{self, failure_code, is_failure_code, Booking, BookingStatus, Change},
+    providers::{is_provider_id, money, FailureClass, RefundReason, RefundRequest},
+    Enqueuer, Job, JobContext, JobError, KindDefaults, NewJob,
 };
 
 const ACTOR: &str = "fleet";
@@ -44,6 +48,50 @@ pub struct RefundCompensation {
     pub booking_id: Uuid,
     /// Why, as a code (`^[a-z0-9_.]{1,100}$`).
     pub reason: String,
+}
+
+impl RefundCompensation {
+    /// The refund of `booking_id` for `reason` (a code; anything else becomes
+    /// `order_cancelled`), with the key `booking:{booking_id}:refund`.
+    pub fn request(booking_id: Uuid, reason: &str) -> Result<NewJob, JobError> {
+        Ok(NewJob::of(&RefundCompensation {
+            booking_id,
+            reason: failure_code(reason, "order_cancelled"),
+        })
+        .map_err(JobError::fatal)?
+        .key(refund_key(booking_id)))
+    }
+}
+
+/// The one idempotency key of a booking's refund, shared by the job and the Stripe call.
+pub fn refund_key(booking_id: Uuid) -> String {
+    format!("booking:{booking_id}:refund")
+}
+
+/// A ticketed booking whose order was cancelled or failed later (webhook, operator): moves it
+/// to `cancelled` and enqueues its refund in the same transaction on `conn` (pass `&mut *tx`).
+/// Returns false, and enqueues nothing, if the booking is not ticketed.
+pub async fn cancel_and_request_refund(
+    conn: &mut PgConnection,
+    enqueuer: &dyn Enqueuer,
+    booking_id: Uuid,
+    reason: &str,
+) -> Result<bool, JobError> {
+    let Some(b) = booking::load(&mut *conn, booking_id).await? else {
+        return Ok(false);
+    };
+    let reason = failure_code(reason, "order_cancelled");
+    let change = Change::CancelledAfterCapture { reason: &reason };
+    if !booking::transition(conn, &b, change).await? {
+        return Ok(false);
+    }
+    enqueuer
+        .enqueue_many(
+            conn,
+            vec![RefundCompensation::request(booking_id, &reason)?],
+        )
+        .await?;
+    Ok(true)
 }
 
 impl Job for RefundCompensation {
@@ -65,21 +113,21 @@ impl Job for RefundCompensation {
     }
 
     async fn run(self, ctx: JobContext) -> Result<(), JobError> {
-        if !is_code(&self.reason) {
+        if !is_failure_code(&self.reason) {
             return Err(JobError::fatal(
                 "refund_compensation: reason must match ^[a-z0-9_.]{1,100}$",
             ));
         }
-        let Some(b) = load_booking(&ctx.pool, self.booking_id).await? else {
+        let Some(b) = booking::load(&ctx.pool, self.booking_id).await? else {
             return Err(JobError::Cancel(format!(
                 "booking {} does not exist",
                 self.booking_id
             )));
         };
-        if b.status == "refunded" {
+        if b.status == BookingStatus::Refunded {
             return notify(&ctx, &b).await;
         }
-        if matches!(b.status.as_str(), "pending" | "authorized") {
+        if b.status.in_flight() {
             // The saga still owns it (it voids holds itself); try again once it is over.
             return Err(JobError::retryable(format!(
                 "booking {} is still {} (saga in flight)",
@@ -94,7 +142,7 @@ impl Job for RefundCompensation {
             return Ok(());
         }
         refund(&ctx, &b, &self.reason).await?;
-        let b = load_booking(&ctx.pool, b.id)
+        let b = booking::load(&ctx.pool, b.id)
             .await?
             .ok_or_else(|| JobError::retryable("booking vanished"))?;
         notify(&ctx, &b).await
@@ -102,9 +150,9 @@ impl Job for RefundCompensation {
 }
 
 /// Cancels the booking's Duffel order unless it already is.
-async fn cancel_order(ctx: &JobContext, b: &BookingRow) -> Result<(), JobError> {
+async fn cancel_order(ctx: &JobContext, b: &Booking) -> Result<(), JobError> {
     let order_id = b.duffel_order_id.as_deref().unwrap_or_default();
-    let flights = ctx.deps.flights()?;
+    let flights = ctx.deps()?.flights()?;
     let order = flights.get_order(order_id).await?;
     if order.cancelled_at.is_some() {
         return Ok(());
@@ -148,17 +196,14 @@ async fn cancel_order(ctx: &JobContext, b: &BookingRow) -> Result<(), JobError> 
 }
 
 /// Records the intent, asks Stripe (`booking:{id}:refund`), records the refund.
-async fn refund(ctx: &JobContext, b: &BookingRow, reason: &str) -> Result<(), JobError> {
+async fn refund(ctx: &JobContext, b: &Booking, reason: &str) -> Result<(), JobError> {
     let pi_id = b.stripe_payment_intent_id.clone().ok_or_else(|| {
         JobError::fatal(format!("booking {}: captured without PaymentIntent", b.id))
     })?;
     // Intent first: one refund row per booking (the Stripe key is per booking too). The
     // booking row lock serialises concurrent runs, so the second sees the first's row.
     let mut tx = ctx.pool.begin().await?;
-    sqlx::query("SELECT 1 FROM bookings WHERE id = $1 FOR UPDATE")
-        .bind(b.id)
-        .execute(&mut *tx)
-        .await?;
+    booking::lock(&mut tx, b.id).await?;
     sqlx::query(
         "INSERT INTO refunds (booking_id, amount, currency, reason, status)
          SELECT b.id, b.total_amount, b.currency, $2, 'pending' FROM bookings b
@@ -175,9 +220,9 @@ async fn refund(ctx: &JobContext, b: &BookingRow, reason: &str) -> Result<(), Jo
         reason: Some(RefundReason::RequestedByCustomer),
         metadata: BTreeMap::from([("booking_id".to_owned(), b.id.to_string())]),
     };
-    let key = format!("booking:{}:refund", b.id);
-    let r = ctx.deps.payments()?.create_refund(&req, &key).await?;
-    if !is_refund_id(&r.id) {
+    let key = refund_key(b.id);
+    let r = ctx.deps()?.payments()?.create_refund(&req, &key).await?;
+    if !is_provider_id(&r.id, &["re_", "pyr_"]) {
         return Err(JobError::fatal("stripe returned a malformed refund id"));
     }
     let status = match r.status.as_str() {
@@ -207,32 +252,20 @@ async fn refund(ctx: &JobContext, b: &BookingRow, reason: &str) -> Result<(), Jo
             b.id, r.id
         )));
     }
-    let done = sqlx::query(
-        "UPDATE bookings SET status = 'refunded', updated_at = now()
-         WHERE id = $1 AND captured_at IS NOT NULL AND status IN ('ticketed', 'cancelled')",
-    )
-    .bind(b.id)
-    .execute(&mut *tx)
-    .await?;
-    if done.rows_affected() == 1 {
-        audit::record(
-            &mut tx,
-            ACTOR,
-            "booking.refunded",
-            "booking",
-            Some(&b.id.to_string()),
-            &json!({"booking_id": b.id, "payment_intent": pi_id, "refund": r.id,
-                    "amount_minor": r.amount, "currency": r.currency, "reason": reason,
-                    "status": status}),
-        )
-        .await?;
-    }
+    let change = Change::Refunded {
+        refund_id: &r.id,
+        amount_minor: r.amount,
+        currency: &r.currency,
+        reason,
+        status,
+    };
+    booking::transition(&mut tx, b, change).await?;
     tx.commit().await?;
     Ok(())
 }
 
 /// The refund email, once per booking.
-async fn notify(ctx: &JobContext, b: &BookingRow) -> Result<(), JobError> {
+async fn notify(ctx: &JobContext, b: &Booking) -> Result<(), JobError> {
     let (Some(user_id), Some(origin), Some(destination)) =
         (b.user_id, b.origin.as_deref(), b.destination.as_deref())
     else {
@@ -246,7 +279,7 @@ async fn notify(ctx: &JobContext, b: &BookingRow) -> Result<(), JobError> {
     );
     send_once(
         &ctx.pool,
-        ctx.deps.email()?,
+        ctx.deps()?.email()?,
         user_id,
         "refund",
         &format!("refund/{}", b.id),
@@ -255,20 +288,6 @@ async fn notify(ctx: &JobContext, b: &BookingRow) -> Result<(), JobError> {
     )
     .await?;
     Ok(())
-}
-
-fn is_code(s: &str) -> bool {
-    (1..=100).contains(&s.len())
-        && s.bytes()
-            .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'_' || b == b'.')
-}
-
-fn is_refund_id(id: &str) -> bool {
-    ["re_", "pyr_"].iter().any(|p| {
-        id.strip_prefix(p).is_some_and(|rest| {
-            !rest.is_empty() && rest.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'_')
-        })
-    })
 }
 
 #[cfg(test)]
@@ -285,9 +304,10 @@ mod tests {
             json!({"booking_id": id, "reason": "x", "amount": 1})
         )
         .is_err());
-        assert!(is_code("order_cancelled"));
-        assert!(!is_code("Order cancelled by Jane"));
-        assert!(!is_code(""));
-        assert!(is_refund_id("re_123") && is_refund_id("pyr_1") && !is_refund_id("re_"));
+        assert!(is_failure_code("order_cancelled"));
+        assert!(!is_failure_code("Order cancelled by Jane"));
+        assert!(!is_failure_code(""));
+        let refund = |id| is_provider_id(id, &["re_", "pyr_"]);
+        assert!(refund("re_123") && refund("pyr_1") && !refund("re_"));
     }
 }

@@ -185,20 +185,8 @@ pub async fn purge(
          ORDER BY p.id LIMIT $3
          FOR UPDATE OF p SKIP LOCKED"
     );
-    let erase_sql = format!(
-        "WITH eligible AS (
-             SELECT p.id FROM traveler_profiles p WHERE p.id = ANY($1) AND {erasable}
-         ), scrubbed AS (
-             UPDATE bookings b SET pnr = NULL, flight_details = NULL, updated_at = now()
-             FROM campaigns c
-             WHERE c.id = b.campaign_id AND c.traveler_profile_id IN (SELECT id FROM eligible)
-               AND (b.pnr IS NOT NULL OR b.flight_details IS NOT NULL)
-             RETURNING b.id
-         ), erased AS (
-             DELETE FROM traveler_profiles p USING eligible e WHERE p.id = e.id RETURNING p.id
-         )
-         SELECT (SELECT count(*) FROM erased), (SELECT count(*) FROM scrubbed)"
-    );
+    let eligible_sql =
+        format!("SELECT p.id FROM traveler_profiles p WHERE p.id = ANY($1) AND {erasable}");
 
     // (a) Profiles, in id order.
     let mut after = Uuid::nil();
@@ -219,15 +207,22 @@ pub async fn purge(
             break;
         };
         after = last;
-        // A second statement: a fresh snapshot re-checks the condition under the locks.
-        let (erased, scrubbed): (i64, i64) = sqlx::query_as(&erase_sql)
+        // A second statement: a fresh snapshot re-checks the condition under the locks. Then,
+        // in the same transaction, the bookings lose their personal data and the profiles go.
+        let eligible: Vec<Uuid> = sqlx::query_scalar(&eligible_sql)
             .bind(&locked)
             .bind(s.pii_after_days as f64)
-            .fetch_one(&mut *tx)
+            .fetch_all(&mut *tx)
             .await?;
+        let scrubbed = crate::booking::scrub_for_erasure(&mut tx, &eligible).await?;
+        let erased = sqlx::query("DELETE FROM traveler_profiles WHERE id = ANY($1)")
+            .bind(&eligible)
+            .execute(&mut *tx)
+            .await?
+            .rows_affected();
         tx.commit().await?;
-        report.profiles_erased += erased as u64;
-        report.bookings_scrubbed += scrubbed as u64;
+        report.profiles_erased += erased;
+        report.bookings_scrubbed += scrubbed;
         if (locked.len() as i64) < s.batch {
             break;
         }
@@ -238,17 +233,8 @@ pub async fn purge(
         if cancel.is_cancelled() {
             return Err(interrupted());
         }
-        let n = sqlx::query(
-            "DELETE FROM webhook_events WHERE (provider, event_id) IN (
-                 SELECT provider, event_id FROM webhook_events
-                 WHERE received_at < now() - $1 * interval '1 day'
-                 ORDER BY received_at LIMIT $2)",
-        )
-        .bind(s.webhook_events_days as f64)
-        .bind(s.batch)
-        .execute(pool)
-        .await?
-        .rows_affected();
+        let n =
+            crate::webhook_events::delete_older_than(pool, s.webhook_events_days, s.batch).await?;
         report.webhook_events_deleted += n;
         if (n as i64) < s.batch {
             break;
@@ -260,17 +246,7 @@ pub async fn purge(
         if cancel.is_cancelled() {
             return Err(interrupted());
         }
-        let n = sqlx::query(
-            "DELETE FROM audit_log WHERE id IN (
-                 SELECT id FROM audit_log
-                 WHERE created_at < now() - $1 * interval '1 day'
-                 ORDER BY created_at LIMIT $2)",
-        )
-        .bind(s.audit_days as f64)
-        .bind(s.batch)
-        .execute(pool)
-        .await?
-        .rows_affected();
+        let n = audit::delete_older_than(pool, s.audit_days, s.batch).await?;
         report.audit_rows_deleted += n;
         if (n as i64) < s.batch {
             break;

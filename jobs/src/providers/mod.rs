@@ -88,6 +88,60 @@ impl Drop for ApiKey {
     }
 }
 
+/// `[providers.*]`: the three clients' settings. Keys come from the environment (e.g.
+/// `FLEET_PROVIDERS__STRIPE__SECRET_KEY`); an empty key leaves that provider unconfigured.
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct ProvidersConfig {
+    /// Stripe.
+    pub stripe: StripeConfig,
+    /// Duffel.
+    pub duffel: DuffelConfig,
+    /// Resend.
+    pub email: EmailConfig,
+}
+
+impl ProvidersConfig {
+    /// All three providers served at one base URL (a loopback stand-in such as the sandbox)
+    /// with the given keys and email sender, other settings at their defaults.
+    pub fn all_at(
+        base_url: &str,
+        stripe_key: &str,
+        duffel_token: &str,
+        email_key: &str,
+        email_from: &str,
+    ) -> Self {
+        Self {
+            stripe: StripeConfig {
+                base_url: base_url.to_owned(),
+                secret_key: ApiKey::new(stripe_key),
+                ..StripeConfig::default()
+            },
+            duffel: DuffelConfig {
+                base_url: base_url.to_owned(),
+                access_token: ApiKey::new(duffel_token),
+                ..DuffelConfig::default()
+            },
+            email: EmailConfig {
+                base_url: base_url.to_owned(),
+                api_key: ApiKey::new(email_key),
+                from: email_from.to_owned(),
+                ..EmailConfig::default()
+            },
+        }
+    }
+}
+
+/// Whether `id` is a provider id with one of `prefixes` (`pi_…`, `off_…`, `re_…`): the prefix,
+/// then one or more of `[A-Za-z0-9_]`. Checked before an id reaches the schema or a log.
+pub fn is_provider_id(id: &str, prefixes: &[&str]) -> bool {
+    prefixes.iter().any(|p| {
+        id.strip_prefix(p).is_some_and(|rest| {
+            !rest.is_empty() && rest.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'_')
+        })
+    })
+}
+
 /// A configuration problem found by a client's `validate` (names the key, never its value).
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 #[error("provider configuration: {0}")]

@@ -22,11 +22,70 @@ use jobs::{Job, JobContext, JobError, KindDefaults, NewJob};
 use serde::{Deserialize, Serialize};
 use tokio_util::sync::CancellationToken;
 
-use crate::{config::WorkerSettings, queue, registry::Registry, testkit::ScratchDb, Queue, Worker};
+use fleet::{
+    config::WorkerSettings, database::ScratchDb, queue, registry::Registry, Queue, Worker,
+};
+
+#[derive(clap::Args)]
+pub struct BenchArgs {
+    /// Jobs to burn down.
+    #[arg(long, default_value_t = 20_000)]
+    jobs: usize,
+    /// Worker concurrency.
+    #[arg(long, default_value_t = 64)]
+    concurrency: usize,
+    /// Claims beyond free slots (default: 3 × --concurrency, so the worker holds 4 × C jobs,
+    /// like the Graphile Worker peer's local queue of max(4 × C, 100)).
+    #[arg(long)]
+    prefetch: Option<usize>,
+    /// Finished jobs inserted before the run.
+    #[arg(long, default_value_t = 0)]
+    history: u64,
+    /// Jobs trickled one at a time into the idle queue to measure pickup latency.
+    #[arg(long, default_value_t = 300)]
+    latency_jobs: usize,
+    /// Only the latency phase's jobs (skip most of the burn-down: --jobs 1).
+    #[arg(long)]
+    latency: bool,
+    /// Print one JSON object as the last line.
+    #[arg(long)]
+    json: bool,
+}
+
+/// `fleet bench`: one run, its figures on stderr (and JSON on stdout), verified.
+pub async fn run(a: BenchArgs) -> anyhow::Result<()> {
+    let params = BenchParams {
+        jobs: if a.latency { 1 } else { a.jobs },
+        concurrency: a.concurrency,
+        prefetch: a.prefetch.unwrap_or(3 * a.concurrency),
+        history: a.history,
+        latency_jobs: a.latency_jobs,
+        latency_gap: Duration::from_millis(20),
+    };
+    let r = burn_down(params).await?;
+    eprintln!(
+        "burn-down: {} jobs, concurrency {}, prefetch {}, history {}\n  enqueue  {:>10.0} jobs/s\n  work     {:>10.0} jobs/s\n  completed {} (ran more than once: {})\n  pickup p50 {:.3} ms, p99 {:.3} ms over {} trickled jobs\n  load average (1m) at start: {:.2}",
+        r.jobs, r.concurrency, r.prefetch, r.history, r.enqueue_jobs_per_s, r.work_jobs_per_s,
+        r.completed, r.ran_more_than_once, r.pickup_p50_ms, r.pickup_p99_ms, r.latency_jobs,
+        r.loadavg_1m
+    );
+    if a.json {
+        println!("{}", serde_json::to_string(&r)?);
+    }
+    if r.completed != r.jobs as u64 || r.ran_more_than_once > 0 {
+        bail!(
+            "benchmark verification failed: {} of {} completed, {} ran more than once",
+            r.completed,
+            r.jobs,
+            r.ran_more_than_once
+        );
+    }
+    Ok(())
+}
 
 /// Benchmark parameters.
 #[derive(Debug, Clone)]
-pub struct BenchParams {
+struct BenchParams {
     /// Jobs to burn down.
     pub jobs: usize,
     /// Worker concurrency.
@@ -43,7 +102,7 @@ pub struct BenchParams {
 
 /// Figures of one run. Field names are the `--json` contract.
 #[derive(Debug, Clone, Serialize)]
-pub struct BenchReport {
+struct BenchReport {
     /// Jobs enqueued for the burn-down.
     pub jobs: usize,
     /// Jobs the database shows completed after the burn-down.
@@ -112,7 +171,7 @@ impl Job for BenchNoop {
 }
 
 /// Runs the benchmark once (a process can run it only once: its counters are static).
-pub async fn run(p: BenchParams) -> anyhow::Result<BenchReport> {
+async fn burn_down(p: BenchParams) -> anyhow::Result<BenchReport> {
     if p.jobs == 0 || p.concurrency == 0 {
         bail!("--jobs and --concurrency must be >= 1");
     }
@@ -134,7 +193,7 @@ pub async fn run(p: BenchParams) -> anyhow::Result<BenchReport> {
         .unwrap_or(f64::NAN);
 
     let db = ScratchDb::new("fleet_bench").await?;
-    let pool = crate::database::connect(&db.url, (p.concurrency as u32 + 10).max(16)).await?;
+    let pool = fleet::database::connect(&db.url, (p.concurrency as u32 + 10).max(16)).await?;
     if p.history > 0 {
         eprintln!("inserting {} finished jobs of history…", p.history);
         let mut conn = pool.acquire().await?;
@@ -212,14 +271,8 @@ pub async fn run(p: BenchParams) -> anyhow::Result<BenchReport> {
 
     // Verify against the database, not just our counters.
     let mut conn = pool.acquire().await?;
-    let (completed, claimed_twice): (i64, i64) = sqlx::query_as(
-        "SELECT count(*) FILTER (WHERE state = 'completed'), count(*) FILTER (WHERE claim_seq > 1)
-         FROM fleet_jobs WHERE kind = $1 AND (args->>'i')::bigint < $2",
-    )
-    .bind(BenchNoop::KIND)
-    .bind(p.jobs as i64)
-    .fetch_one(&mut *conn)
-    .await?;
+    let (completed, claimed_twice) =
+        queue::job_count_completed_once(&mut conn, BenchNoop::KIND, p.jobs as i64).await?;
     drop(conn);
     pool.close().await;
     let ran_twice = st.runs[..p.jobs]

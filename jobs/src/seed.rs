@@ -1,11 +1,79 @@
 //! Seeding valid domain rows — a user, a traveler profile (passport sealed with the keyring), a
-//! saved card and a campaign — for tests and `fleet demo`. One place that knows the schema's
-//! constraints, so fixtures stay valid as the schema evolves.
+//! saved card and a campaign — for tests, `fleet seed` and `fleet demo`. One place that knows
+//! the schema's constraints, so fixtures stay valid as the schema evolves. Staging data only:
+//! every name, address and passport number here is synthetic.
 
 use chrono::{Datelike, Duration, NaiveDate, Utc};
-use jobs::pii::Keyring;
 use sqlx::PgPool;
 use uuid::Uuid;
+
+use crate::pii::{Keyring, PiiError};
+
+/// Why a seed row could not be written (nothing of that user was).
+#[derive(Debug, thiserror::Error)]
+pub enum SeedError {
+    /// The database refused the rows.
+    #[error("database: {0}")]
+    Database(#[from] sqlx::Error),
+    /// The passport could not be sealed.
+    #[error(transparent)]
+    Pii(#[from] PiiError),
+}
+
+/// The distinctive traveler of the demo mix (seed number 0), whose passport and e-mail must
+/// appear in no log, error or page of a run.
+pub const CANARY_PASSPORT: &str = "PZQX9931177";
+/// See [`CANARY_PASSPORT`].
+pub const CANARY_EMAIL: &str = "distinctive.traveler.7741@example.test";
+
+/// The routes of the demo mix, in rotation: every sandbox route scenario (docs/sandbox.md),
+/// and a normal majority.
+pub const DEMO_ROUTES: [(&str, &str); 12] = [
+    ("LHR", "JFK"),
+    ("LHR", "CDG"),
+    ("LHR", "AMS"),
+    ("LHR", "DUB"),
+    ("LHR", "MAD"),
+    ("LHR", "FRA"),
+    ("LHR", "BCN"),
+    ("LHR", "LIS"),
+    ("LHR", "ZRH"),
+    ("MAN", "JFK"),
+    ("EDI", "LAX"),
+    ("LGW", "SFO"),
+];
+
+/// The demo's deterministic mix for user `n`: every sandbox route scenario, scenario cards
+/// (declined, authentication required, insufficient funds), a few campaigns priced below every
+/// fare, a few cards that expire before their campaign ends, and the canary traveler at 0.
+pub fn demo_mix(n: usize) -> CampaignSeed {
+    let mut s = CampaignSeed::new(n);
+    let (o, d) = DEMO_ROUTES[n % DEMO_ROUTES.len()];
+    s.origin = o.into();
+    s.destination = d.into();
+    s.max_price = if n % 17 == 5 {
+        "20.00".into()
+    } else {
+        "2500.00".into()
+    };
+    s.payment_method = match n % 23 {
+        3 => format!("pm_card_chargeDeclined__{n}"),
+        7 => format!("pm_card_authenticationRequired__{n}"),
+        11 => format!("pm_card_chargeDeclinedInsufficientFunds__{n}"),
+        _ => format!("pm_card_visa__{n}"),
+    };
+    if n % 9 == 4 {
+        // A card that expires before the campaign ends: reminder expected.
+        let soon = Utc::now() + Duration::days(20);
+        s.card_exp_month = soon.month() as i16;
+        s.card_exp_year = soon.year() as i16;
+    }
+    if n == 0 {
+        s.email = CANARY_EMAIL.into();
+        s.passport = CANARY_PASSPORT.into();
+    }
+    s
+}
 
 /// What to seed. `CampaignSeed::new(n)` gives a valid, deterministic default for seed number n.
 #[derive(Debug, Clone)]
@@ -78,7 +146,7 @@ pub async fn seed_campaign(
     pool: &PgPool,
     keyring: &Keyring,
     s: &CampaignSeed,
-) -> anyhow::Result<Seeded> {
+) -> Result<Seeded, SeedError> {
     let mut tx = pool.begin().await?;
     let user_id: Uuid = sqlx::query_scalar("INSERT INTO users (email) VALUES ($1) RETURNING id")
         .bind(&s.email)
@@ -139,4 +207,11 @@ pub async fn seed_campaign(
         payment_method_id,
         campaign_id,
     })
+}
+
+/// How many users the database holds (`fleet seed` fills empty databases only).
+pub async fn count_users(pool: &PgPool) -> Result<i64, sqlx::Error> {
+    sqlx::query_scalar("SELECT count(*) FROM users")
+        .fetch_one(pool)
+        .await
 }

@@ -4,10 +4,11 @@
 //! every sandbox scenario (plus cards about to expire), runs the scheduler and two workers, and
 //! ends with a summary and the invariant check.
 //!
-//! The demo's keyring is the fixed test keyring (`testkit::TEST_PII_KEYS`): its data is
-//! synthetic and its database is dropped at the end. Airline cancellations of a few ticketed
-//! bookings are simulated by enqueueing `refund_compensation` jobs, as the Duffel
-//! `order_cancellation.confirmed` webhook follow-up does.
+//! The demo's keyring is its own fixed [`DEMO_PII_KEYS`]: its data is synthetic and its
+//! database is dropped at the end. No other command uses it; a role started without
+//! `FLEET_PII_KEYS` refuses to start. Airline cancellations of a few ticketed bookings are
+//! simulated by requesting their refunds, as the Duffel `order_cancellation.confirmed` webhook
+//! follow-up does.
 
 use std::{
     collections::BTreeMap,
@@ -15,24 +16,39 @@ use std::{
     time::{Duration, Instant},
 };
 
-use anyhow::Context;
-use jobs::NewJob;
+use anyhow::{bail, Context};
+use fleet::{
+    config::{KindOverride, ScheduleSettings, Settings},
+    database::ScratchDb,
+    queue,
+    scheduler::{self, Scheduler},
+    Queue, Worker,
+};
+use jobs::{
+    kinds::refund_compensation::RefundCompensation,
+    providers::ProvidersConfig,
+    seed::{demo_mix, seed_campaign},
+};
 use sandbox::{Sandbox, SandboxConfig};
 use serde::Serialize;
 use tokio_util::sync::CancellationToken;
 
-use crate::{
-    config::{KindOverride, Settings},
-    scheduler::{self, ScheduleSettings, Scheduler},
-    seed::{seed_campaign, CampaignSeed},
-    testkit::{sandbox_deps, ScratchDb, TEST_PII_KEYS},
-    Queue, Worker,
-};
+/// The demo's own keyring (two versions, v2 newest): fixed, because the demo's data is
+/// synthetic and its database is dropped at the end. Never a fallback for any other command.
+const DEMO_PII_KEYS: &str = "v2:QUJDREVGR0hJSktMTU5PUFFSU1RVVldYWVphYmNkZWY=,v1:MDEyMzQ1Njc4OWFiY2RlZjAxMjM0NTY3ODlhYmNkZWY=";
 
-/// The distinctive traveler whose passport and e-mail must appear in no log of a demo run.
-pub const CANARY_PASSPORT: &str = "PZQX9931177";
-/// See [`CANARY_PASSPORT`].
-pub const CANARY_EMAIL: &str = "distinctive.traveler.7741@example.test";
+/// The credentials the demo's clients present to the in-process sandbox.
+const SANDBOX_KEYS: (&str, &str, &str) = ("sk_test_fleet", "duffel_test_fleet", "re_test_fleet");
+
+/// The demo's email sender.
+const EMAIL_FROM: &str = "Parker Flight <bookings@parkerflight.example>";
+
+#[derive(clap::Args)]
+pub struct DemoArgs {
+    /// Print one JSON object as the last line.
+    #[arg(long)]
+    json: bool,
+}
 
 /// Users seeded by the demo.
 const USERS: usize = 300;
@@ -68,55 +84,38 @@ pub struct DemoSummary {
     pub elapsed_ms: u128,
 }
 
-/// The deterministic mix: (route, card, max price) for user n.
-fn mix(n: usize) -> CampaignSeed {
-    let mut s = CampaignSeed::new(n);
-    // Every sandbox route scenario, a normal majority, and a few campaigns priced below every fare.
-    const ROUTES: [(&str, &str); 12] = [
-        ("LHR", "JFK"),
-        ("LHR", "CDG"),
-        ("LHR", "AMS"),
-        ("LHR", "DUB"),
-        ("LHR", "MAD"),
-        ("LHR", "FRA"),
-        ("LHR", "BCN"),
-        ("LHR", "LIS"),
-        ("LHR", "ZRH"),
-        ("MAN", "JFK"),
-        ("EDI", "LAX"),
-        ("LGW", "SFO"),
-    ];
-    let (o, d) = ROUTES[n % ROUTES.len()];
-    s.origin = o.into();
-    s.destination = d.into();
-    s.max_price = if n % 17 == 5 {
-        "20.00".into()
-    } else {
-        "2500.00".into()
-    };
-    s.payment_method = match n % 23 {
-        3 => format!("pm_card_chargeDeclined__{n}"),
-        7 => format!("pm_card_authenticationRequired__{n}"),
-        11 => format!("pm_card_chargeDeclinedInsufficientFunds__{n}"),
-        _ => format!("pm_card_visa__{n}"),
-    };
-    if n % 9 == 4 {
-        // A card that expires before the campaign ends: reminder expected.
-        let soon = chrono::Utc::now() + chrono::Duration::days(20);
-        use chrono::Datelike;
-        s.card_exp_month = soon.month() as i16;
-        s.card_exp_year = soon.year() as i16;
+/// `fleet demo`: runs it, prints the summary, fails on any invariant violation.
+pub async fn run(a: DemoArgs, settings: &Settings) -> anyhow::Result<()> {
+    let s = demo(settings).await?;
+    eprintln!(
+        "demo summary\n  campaigns            {}\n  campaigns searched   {}\n  bookings ticketed    {}\n  bookings failed      {} (holds voided, searches rescheduled)\n  refunds              {}\n  reminders sent       {}\n  retries              {}\n  dead jobs            {}\n  PaymentIntents       {} (at most {} per booking)\n  invariant violations {}\n  elapsed              {} ms",
+        s.campaigns, s.campaigns_searched, s.bookings_ticketed, s.bookings_failed, s.refunds,
+        s.reminders_sent, s.retries, s.dead_jobs, s.payment_intents, s.max_payment_intents_per_booking,
+        s.invariant_violations, s.elapsed_ms
+    );
+    if a.json {
+        println!("{}", serde_json::to_string(&s)?);
     }
-    if n == 0 {
-        s.email = CANARY_EMAIL.into();
-        s.passport = CANARY_PASSPORT.into();
+    if s.invariant_violations > 0 || s.max_payment_intents_per_booking > 1 {
+        bail!("demo: {} invariant violation(s)", s.invariant_violations);
     }
-    s
+    Ok(())
+}
+
+/// Handler extensions whose provider clients (the real ones) point at the sandbox at
+/// `base_url`, with the demo's keyring.
+fn sandbox_extensions(base_url: &str) -> anyhow::Result<jobs::Extensions> {
+    let (stripe, duffel, email) = SANDBOX_KEYS;
+    let providers = ProvidersConfig::all_at(base_url, stripe, duffel, email, EMAIL_FROM);
+    let keyring = jobs::pii::Keyring::parse(DEMO_PII_KEYS)?;
+    let deps = jobs::Deps::from_config(&providers, keyring).map_err(|e| anyhow::anyhow!(e.0))?;
+    Ok(jobs::Extensions::new().with(deps))
 }
 
 /// Runs the demo.
-pub async fn run(settings: &Settings) -> anyhow::Result<DemoSummary> {
+async fn demo(settings: &Settings) -> anyhow::Result<DemoSummary> {
     let started = Instant::now();
+    let began = chrono::Utc::now();
     let db = ScratchDb::new("fleet_demo").await?;
     let sandbox = Sandbox::start(
         SandboxConfig {
@@ -129,9 +128,9 @@ pub async fn run(settings: &Settings) -> anyhow::Result<DemoSummary> {
     .context("starting the sandbox")?;
     eprintln!("demo: database migrated, sandbox on {}", sandbox.base_url);
 
-    let keyring = jobs::pii::Keyring::parse(TEST_PII_KEYS)?;
+    let keyring = jobs::pii::Keyring::parse(DEMO_PII_KEYS)?;
     for n in 0..USERS {
-        seed_campaign(&db.pool, &keyring, &mix(n)).await?;
+        seed_campaign(&db.pool, &keyring, &demo_mix(n)).await?;
     }
     eprintln!("demo: seeded {USERS} users, profiles, cards and campaigns");
 
@@ -153,8 +152,8 @@ pub async fn run(settings: &Settings) -> anyhow::Result<DemoSummary> {
             ..KindOverride::default()
         });
     }
-    let registry = Arc::new(crate::fleet_registry(&s)?);
-    let deps = sandbox_deps(&sandbox.base_url)?;
+    let registry = Arc::new(fleet::fleet_registry(&s)?);
+    let extensions = sandbox_extensions(&sandbox.base_url)?;
     let stop = CancellationToken::new();
     let mut workers = Vec::new();
     for _ in 0..2 {
@@ -162,7 +161,8 @@ pub async fn run(settings: &Settings) -> anyhow::Result<DemoSummary> {
         cfg.concurrency = 16;
         cfg.poll_interval = Duration::from_millis(200);
         cfg.drain_timeout = Duration::from_secs(5);
-        let w = Worker::new(db.pool.clone(), registry.clone(), cfg).with_deps(deps.clone());
+        let w =
+            Worker::new(db.pool.clone(), registry.clone(), cfg).with_extensions(extensions.clone());
         workers.push(tokio::spawn(w.run(stop.clone())));
     }
     let schedules: BTreeMap<String, ScheduleSettings> = [
@@ -202,16 +202,18 @@ pub async fn run(settings: &Settings) -> anyhow::Result<DemoSummary> {
     );
     let q = Queue::new(db.pool.clone(), registry.clone());
     let mut refunds_requested = false;
+    // Cron kinds keep coming back: "busy" counts the work they cause, not them.
+    let cron_kinds = [
+        "card_expiry_reminder".to_owned(),
+        "campaign_scan".to_owned(),
+    ];
     loop {
-        let (resolved, ticketed, busy): (i64, i64, i64) = sqlx::query_as(
-            "SELECT (SELECT count(*) FROM campaigns WHERE status <> 'active' OR next_search_at > $1),
-                    (SELECT count(*) FROM bookings WHERE status = 'ticketed'),
-                    (SELECT count(*) FROM fleet_jobs WHERE state IN ('available', 'running', 'retryable')
-                        AND kind <> 'card_expiry_reminder' AND kind <> 'campaign_scan')",
-        )
-        .bind(chrono::Utc::now() - chrono::Duration::milliseconds(started.elapsed().as_millis() as i64))
-        .fetch_one(&db.pool)
-        .await?;
+        let counts = jobs::report::counts(&db.pool, began).await?;
+        let (resolved, ticketed) = (counts.campaigns_resolved, counts.bookings_ticketed);
+        let busy = {
+            let mut conn = db.pool.acquire().await?;
+            queue::job_count_in_flight(&mut conn, &cron_kinds).await?
+        };
         bar.set_position(resolved as u64);
         bar.set_message(format!("{ticketed} ticketed, {busy} jobs in flight"));
         if resolved >= USERS as i64 && busy == 0 && refunds_requested {
@@ -220,21 +222,11 @@ pub async fn run(settings: &Settings) -> anyhow::Result<DemoSummary> {
         if !refunds_requested && ticketed >= 10 {
             // The airline cancels a few ticketed bookings: refund them, as the Duffel
             // order_cancellation.confirmed webhook's follow-up does.
-            let cancelled: Vec<uuid::Uuid> = sqlx::query_scalar(
-                "SELECT id FROM bookings WHERE status = 'ticketed' ORDER BY id LIMIT 5",
-            )
-            .fetch_all(&db.pool)
-            .await?;
+            let cancelled = jobs::booking::ticketed(&db.pool, 5).await?;
             let jobs = cancelled
                 .iter()
-                .map(|id| {
-                    NewJob::raw(
-                        "refund_compensation",
-                        serde_json::json!({"booking_id": id, "reason": "airline_cancelled"}),
-                    )
-                    .key(format!("booking:{id}:refund"))
-                })
-                .collect();
+                .map(|id| RefundCompensation::request(*id, "airline_cancelled"))
+                .collect::<Result<Vec<_>, _>>()?;
             q.enqueue_many(jobs).await?;
             refunds_requested = true;
         }
@@ -251,22 +243,15 @@ pub async fn run(settings: &Settings) -> anyhow::Result<DemoSummary> {
     }
     sched_task.await??;
 
-    let violations = crate::check::run(&db.pool).await?;
+    let violations = fleet::check::run(&db.pool).await?;
     for v in &violations {
         eprintln!("VIOLATED: {} — ids: {}", v.invariant, v.ids.join(", "));
     }
-    let row: (i64, i64, i64, i64, i64, i64, i64, i64) = sqlx::query_as(
-        "SELECT (SELECT count(*) FROM campaigns),
-                (SELECT count(*) FROM campaigns WHERE status <> 'active' OR next_search_at > created_at + interval '1 second'),
-                (SELECT count(*) FROM bookings WHERE status = 'ticketed'),
-                (SELECT count(*) FROM bookings WHERE status = 'failed'),
-                (SELECT count(*) FROM refunds WHERE status = 'succeeded'),
-                (SELECT count(*) FROM notifications WHERE kind LIKE 'card%' AND sent_at IS NOT NULL),
-                (SELECT COALESCE(sum(jsonb_array_length(errors)), 0)::bigint FROM fleet_jobs WHERE state <> 'dead'),
-                (SELECT count(*) FROM fleet_jobs WHERE state = 'dead')",
-    )
-    .fetch_one(&db.pool)
-    .await?;
+    let counts = jobs::report::counts(&db.pool, began).await?;
+    let retries = {
+        let mut conn = db.pool.acquire().await?;
+        queue::job_count_retries(&mut conn).await?
+    };
     let counters = sandbox.sandbox.counters();
     let payment_intents = counters.payment_intents_created;
     let max_pi_per_booking = counters
@@ -277,14 +262,14 @@ pub async fn run(settings: &Settings) -> anyhow::Result<DemoSummary> {
         .unwrap_or(0);
     sandbox.shutdown().await?;
     Ok(DemoSummary {
-        campaigns: row.0,
-        campaigns_searched: row.1,
-        bookings_ticketed: row.2,
-        bookings_failed: row.3,
-        refunds: row.4,
-        reminders_sent: row.5,
-        retries: row.6,
-        dead_jobs: row.7,
+        campaigns: counts.campaigns,
+        campaigns_searched: counts.campaigns_searched,
+        bookings_ticketed: counts.bookings_ticketed,
+        bookings_failed: counts.bookings_failed,
+        refunds: counts.refunds_succeeded,
+        reminders_sent: counts.reminders_sent,
+        retries: retries.retries,
+        dead_jobs: retries.dead,
         invariant_violations: violations.len(),
         payment_intents,
         max_payment_intents_per_booking: max_pi_per_booking,

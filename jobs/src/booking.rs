@@ -1,0 +1,756 @@
+//! The `bookings` row and its one owner: every write to the table is here, as a [`Change`]
+//! applied by [`transition`], which writes the row and its `audit_log` entry in the same
+//! statement sequence on the caller's connection (pass `&mut *tx`: both commit or neither).
+//!
+//! The saga that drives these changes is [`crate::kinds::booking_attempt`]; the refund that
+//! follows a cancelled booking is [`crate::kinds::refund_compensation`]. docs/saga.md draws the
+//! steps; the table below is the row's life.
+//!
+//! | change | from | to | audit action |
+//! |---|---|---|---|
+//! | [`create`] | ∅ | `pending` (`total_amount` = the campaign's max_price as the ceiling) | `booking.started` |
+//! | [`Change::OfferChecked`] | `pending` | `pending` + `offer_checked_at`, the amount to charge | `booking.offer_checked` |
+//! | [`Change::IntentRecorded`] | `pending` | `pending` + a PaymentIntent without a hold yet | — |
+//! | [`Change::Authorized`] | `pending` | `authorized` (the hold exists) | `booking.authorized` |
+//! | [`Change::Declined`] | `pending` | `failed` (card declined, authentication required) | `booking.payment_declined` |
+//! | [`Change::FailedBeforeHold`] | `pending` (no hold) | `failed` | `booking.failed` |
+//! | [`Change::OrderAttempted`] | `authorized` | + `order_attempted_at`, just before `POST /air/orders` | — |
+//! | [`Change::Ordered`] | `authorized` | + `duffel_order_id`, `pnr` | `booking.ordered` |
+//! | [`Change::FailureDecided`] | `authorized` | + `failure_code` (the hold is still to void) | — |
+//! | [`Change::HoldVoided`] | `authorized` | `failed`, or `cancelled` when an order exists | `booking.failed` |
+//! | [`Change::CaptureFailed`] | `authorized` | `cancelled` (the hold is gone, the order exists) | `booking.capture_failed` |
+//! | [`Change::Ticketed`] | `authorized` + order | `ticketed` (captured) | `booking.ticketed` |
+//! | [`Change::CancelledAfterCapture`] | `ticketed` | `cancelled` (the order went away after capture) | `booking.cancelled` |
+//! | [`Change::Refunded`] | `ticketed`, `cancelled` (captured) | `refunded` | `booking.refunded` |
+//!
+//! Every change is guarded by the state it starts from, so a re-run, a duplicate or a race
+//! applies it at most once: [`transition`] returns whether the row moved, and only a row that
+//! moved gets its audit entry.
+
+use std::fmt;
+
+use chrono::{DateTime, Utc};
+use serde::Serialize;
+use serde_json::{json, Value};
+use sqlx::{PgConnection, PgPool};
+use uuid::Uuid;
+
+use crate::{audit, providers::money, JobError};
+
+/// The actor written on the booking's audit rows.
+const ACTOR: &str = "fleet";
+
+/// Mirror of `bookings.status`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum BookingStatus {
+    /// Created; no hold on the card yet.
+    Pending,
+    /// The card is held (PaymentIntent `requires_capture`).
+    Authorized,
+    /// Ordered and captured.
+    Ticketed,
+    /// The attempt failed and holds no money.
+    Failed,
+    /// An order existed and is (to be) cancelled; a captured one is refunded next.
+    Cancelled,
+    /// The captured money went back.
+    Refunded,
+}
+
+impl BookingStatus {
+    /// Every status, in life order.
+    pub const ALL: [BookingStatus; 6] = [
+        Self::Pending,
+        Self::Authorized,
+        Self::Ticketed,
+        Self::Failed,
+        Self::Cancelled,
+        Self::Refunded,
+    ];
+
+    /// The database spelling.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Pending => "pending",
+            Self::Authorized => "authorized",
+            Self::Ticketed => "ticketed",
+            Self::Failed => "failed",
+            Self::Cancelled => "cancelled",
+            Self::Refunded => "refunded",
+        }
+    }
+
+    /// Whether the saga still owns the booking (it may hold money and act on it).
+    pub fn in_flight(self) -> bool {
+        matches!(self, Self::Pending | Self::Authorized)
+    }
+}
+
+impl fmt::Display for BookingStatus {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+impl TryFrom<String> for BookingStatus {
+    type Error = String;
+    fn try_from(s: String) -> Result<Self, Self::Error> {
+        Self::ALL
+            .into_iter()
+            .find(|st| st.as_str() == s)
+            .ok_or_else(|| format!("unknown booking status {s:?}"))
+    }
+}
+
+/// A booking with what the saga and the refund need of its campaign.
+#[derive(Debug, Clone, sqlx::FromRow)]
+pub struct Booking {
+    /// `bookings.id`.
+    pub id: Uuid,
+    /// `None` once the campaign's user was erased (the booking is detached).
+    pub campaign_id: Option<Uuid>,
+    /// The campaign's user, while attached.
+    pub user_id: Option<Uuid>,
+    /// The offer the attempt books.
+    pub duffel_offer_id: String,
+    /// Set once the order exists.
+    pub duffel_order_id: Option<String>,
+    /// Set once a PaymentIntent exists.
+    pub stripe_payment_intent_id: Option<String>,
+    /// The airline's booking reference.
+    pub pnr: Option<String>,
+    /// Decimal string in `currency`: the ceiling until the offer is checked, then the charge.
+    pub total_amount: String,
+    /// ISO 4217, upper case.
+    pub currency: String,
+    /// Where the row is in its life.
+    #[sqlx(try_from = "String")]
+    pub status: BookingStatus,
+    /// The itinerary (ids, codes and times only).
+    pub flight_details: Option<Value>,
+    /// When the offer was re-read and priced.
+    pub offer_checked_at: Option<DateTime<Utc>>,
+    /// When the order POST was first attempted (Duffel has no idempotency key).
+    pub order_attempted_at: Option<DateTime<Utc>>,
+    /// When the order was recorded.
+    pub ordered_at: Option<DateTime<Utc>>,
+    /// When the hold was captured.
+    pub captured_at: Option<DateTime<Utc>>,
+    /// Why the attempt failed (`^[a-z0-9_.]{1,100}$`).
+    pub failure_code: Option<String>,
+    /// The campaign's origin, while attached.
+    pub origin: Option<String>,
+    /// The campaign's destination, while attached.
+    pub destination: Option<String>,
+}
+
+impl Booking {
+    /// The amount held or charged, in minor units.
+    pub fn amount_minor(&self) -> Result<i64, JobError> {
+        money::decimal_to_minor(&self.total_amount, &self.currency).map_err(JobError::fatal)
+    }
+}
+
+/// BookingLoad: one booking with its campaign's route and user.
+pub async fn load<'e>(
+    db: impl sqlx::PgExecutor<'e>,
+    id: Uuid,
+) -> Result<Option<Booking>, sqlx::Error> {
+    sqlx::query_as::<_, Booking>(
+        "SELECT b.id, b.campaign_id, c.user_id, b.duffel_offer_id, b.duffel_order_id,
+                b.stripe_payment_intent_id, b.pnr, b.total_amount::text AS total_amount,
+                b.currency::text AS currency, b.status, b.flight_details, b.offer_checked_at,
+                b.order_attempted_at, b.ordered_at, b.captured_at, b.failure_code,
+                c.origin::text AS origin, c.destination::text AS destination
+         FROM bookings b LEFT JOIN campaigns c ON c.id = b.campaign_id
+         WHERE b.id = $1",
+    )
+    .bind(id)
+    .fetch_optional(db)
+    .await
+}
+
+/// The booking a (re-)run of the saga resumes for `campaign_id`: the live one, else the failed
+/// attempt of this same offer (which it must not repeat).
+pub async fn find_for_attempt(
+    conn: &mut PgConnection,
+    campaign_id: Uuid,
+    offer_id: &str,
+) -> Result<Option<Uuid>, sqlx::Error> {
+    sqlx::query_scalar(
+        "SELECT id FROM bookings
+         WHERE campaign_id = $1 AND (status <> 'failed' OR duffel_offer_id = $2)
+         ORDER BY (status <> 'failed') DESC, created_at DESC LIMIT 1",
+    )
+    .bind(campaign_id)
+    .bind(offer_id)
+    .fetch_optional(conn)
+    .await
+}
+
+/// The booking of a Duffel order, if we booked it.
+pub async fn find_by_order(
+    conn: &mut PgConnection,
+    order_id: &str,
+) -> Result<Option<Uuid>, sqlx::Error> {
+    sqlx::query_scalar("SELECT id FROM bookings WHERE duffel_order_id = $1")
+        .bind(order_id)
+        .fetch_optional(conn)
+        .await
+}
+
+/// BookingCreate: a `pending` booking of `offer_id` for the campaign, its `total_amount` the
+/// campaign's `max_price` (the ceiling until the offer is priced), audited as
+/// `booking.started`. The unique index on live bookings refuses a second one per campaign.
+pub async fn create(
+    conn: &mut PgConnection,
+    campaign_id: Uuid,
+    offer_id: &str,
+    max_price: &str,
+    currency: &str,
+) -> Result<Uuid, sqlx::Error> {
+    let id = Uuid::new_v4();
+    sqlx::query(
+        "INSERT INTO bookings (id, campaign_id, duffel_offer_id, total_amount, currency)
+         VALUES ($1, $2, $3, $4::numeric, $5)",
+    )
+    .bind(id)
+    .bind(campaign_id)
+    .bind(offer_id)
+    .bind(max_price)
+    .bind(currency)
+    .execute(&mut *conn)
+    .await?;
+    audit::record(
+        conn,
+        ACTOR,
+        "booking.started",
+        "booking",
+        Some(&id.to_string()),
+        &json!({"booking_id": id, "campaign_id": campaign_id, "offer_id": offer_id}),
+    )
+    .await?;
+    Ok(id)
+}
+
+/// What happened to a booking; [`transition`] turns it into the row's update and audit entry.
+#[derive(Debug, Clone, Copy)]
+pub enum Change<'a> {
+    /// The offer was re-read within the campaign's limits: charge `amount_minor` (= the decimal
+    /// `amount`) and keep `itinerary`.
+    OfferChecked {
+        /// Decimal string of the offer's total.
+        amount: &'a str,
+        /// The same total in minor units (for the audit entry).
+        amount_minor: i64,
+        /// The itinerary to keep (ids, codes, times only).
+        itinerary: &'a Value,
+    },
+    /// A PaymentIntent exists but holds nothing yet (e.g. `processing`).
+    IntentRecorded {
+        /// `pi_…`.
+        payment_intent_id: &'a str,
+        /// Its Stripe status.
+        status: &'a str,
+    },
+    /// The PaymentIntent holds the amount (`requires_capture`).
+    Authorized {
+        /// `pi_…`.
+        payment_intent_id: &'a str,
+        /// The amount held, minor units.
+        amount_minor: i64,
+    },
+    /// The card was declined or needs the user.
+    Declined {
+        /// The PaymentIntent the decline created, if Stripe returned one.
+        payment_intent_id: Option<&'a str>,
+        /// `card_declined`, `authentication_required`, `payment_method_unusable`.
+        code: &'a str,
+        /// Stripe's error code, for the audit entry.
+        stripe_code: Option<&'a str>,
+        /// Stripe's decline code, for the audit entry.
+        decline_code: Option<&'a str>,
+    },
+    /// The attempt failed before any hold existed.
+    FailedBeforeHold {
+        /// Why.
+        code: &'a str,
+    },
+    /// The order POST is about to be sent (never twice: Duffel has no idempotency key).
+    OrderAttempted,
+    /// The order exists (answered, or found by reconciliation).
+    Ordered {
+        /// `ord_…`.
+        order_id: &'a str,
+        /// The airline's booking reference (1..=16 characters), when Duffel gave one.
+        pnr: Option<&'a str>,
+        /// Found by reconciliation rather than answered by the POST.
+        reconciled: bool,
+        /// The order's total, minor units (for the audit entry).
+        order_amount_minor: i64,
+        /// The order's currency (for the audit entry).
+        order_currency: &'a str,
+    },
+    /// A definite failure was decided while a hold exists; voiding it comes next.
+    FailureDecided {
+        /// Why.
+        code: &'a str,
+    },
+    /// The hold was voided: `failed`, or `cancelled` when an order exists.
+    HoldVoided {
+        /// The recorded failure code (or `order_failed`).
+        code: &'a str,
+    },
+    /// The capture was impossible (the hold is gone) while the order exists.
+    CaptureFailed,
+    /// The hold was captured: the booking is ticketed.
+    Ticketed {
+        /// Minor units received.
+        amount_received: i64,
+        /// Currency of the capture.
+        currency: &'a str,
+    },
+    /// A ticketed booking's order was cancelled or failed later: its refund is due.
+    CancelledAfterCapture {
+        /// Why, as a code.
+        reason: &'a str,
+    },
+    /// The captured money went back.
+    Refunded {
+        /// `re_…`.
+        refund_id: &'a str,
+        /// Minor units refunded.
+        amount_minor: i64,
+        /// Currency of the refund.
+        currency: &'a str,
+        /// Why, as a code.
+        reason: &'a str,
+        /// Stripe's refund status.
+        status: &'a str,
+    },
+}
+
+/// BookingTransition: applies `change` to booking `b` (as the caller loaded it) on `conn`, and
+/// when the row moved writes its audit entry on the same connection. Returns whether the row
+/// moved; `false` means the guard did not match (the change was applied before, or the row
+/// moved on), and nothing was written.
+pub async fn transition(
+    conn: &mut PgConnection,
+    b: &Booking,
+    change: Change<'_>,
+) -> Result<bool, sqlx::Error> {
+    let (moved, audit_entry) = match change {
+        Change::OfferChecked {
+            amount,
+            amount_minor,
+            itinerary,
+        } => {
+            let n = sqlx::query(
+                "UPDATE bookings SET total_amount = $2::numeric, offer_checked_at = now(),
+                        flight_details = $3, updated_at = now()
+                 WHERE id = $1 AND status = 'pending' AND offer_checked_at IS NULL",
+            )
+            .bind(b.id)
+            .bind(amount)
+            .bind(itinerary)
+            .execute(&mut *conn)
+            .await?;
+            (
+                n.rows_affected() == 1,
+                Some((
+                    "booking.offer_checked",
+                    json!({"booking_id": b.id, "offer_id": b.duffel_offer_id,
+                           "amount_minor": amount_minor, "currency": b.currency}),
+                )),
+            )
+        }
+        Change::IntentRecorded {
+            payment_intent_id,
+            status,
+        } => {
+            let n = sqlx::query(
+                "UPDATE bookings SET stripe_payment_intent_id = $2, payment_intent_status = $3,
+                        updated_at = now()
+                 WHERE id = $1 AND status = 'pending'",
+            )
+            .bind(b.id)
+            .bind(payment_intent_id)
+            .bind(status)
+            .execute(&mut *conn)
+            .await?;
+            (n.rows_affected() == 1, None)
+        }
+        Change::Authorized {
+            payment_intent_id,
+            amount_minor,
+        } => {
+            let n = sqlx::query(
+                "UPDATE bookings SET stripe_payment_intent_id = $2,
+                        payment_intent_status = 'requires_capture', authorized_at = now(),
+                        status = 'authorized', updated_at = now()
+                 WHERE id = $1 AND status = 'pending'",
+            )
+            .bind(b.id)
+            .bind(payment_intent_id)
+            .execute(&mut *conn)
+            .await?;
+            (
+                n.rows_affected() == 1,
+                Some((
+                    "booking.authorized",
+                    json!({"booking_id": b.id, "payment_intent": payment_intent_id,
+                           "amount_minor": amount_minor, "currency": b.currency}),
+                )),
+            )
+        }
+        Change::Declined {
+            payment_intent_id,
+            code,
+            stripe_code,
+            decline_code,
+        } => {
+            let n = sqlx::query(
+                "UPDATE bookings SET status = 'failed', failure_code = $2,
+                        stripe_payment_intent_id = coalesce($3, stripe_payment_intent_id),
+                        payment_intent_status = CASE WHEN coalesce($3, stripe_payment_intent_id) IS NULL
+                                                     THEN payment_intent_status
+                                                     ELSE 'requires_payment_method' END,
+                        updated_at = now()
+                 WHERE id = $1 AND status = 'pending'",
+            )
+            .bind(b.id)
+            .bind(code)
+            .bind(payment_intent_id)
+            .execute(&mut *conn)
+            .await?;
+            (
+                n.rows_affected() == 1,
+                Some((
+                    "booking.payment_declined",
+                    json!({"booking_id": b.id, "campaign_id": b.campaign_id,
+                           "payment_intent": payment_intent_id, "failure_code": code,
+                           "stripe_code": stripe_code, "decline_code": decline_code}),
+                )),
+            )
+        }
+        Change::FailedBeforeHold { code } => {
+            let n = sqlx::query(
+                "UPDATE bookings SET status = 'failed', failure_code = $2, updated_at = now()
+                 WHERE id = $1 AND status = 'pending' AND authorized_at IS NULL",
+            )
+            .bind(b.id)
+            .bind(code)
+            .execute(&mut *conn)
+            .await?;
+            (
+                n.rows_affected() == 1,
+                Some((
+                    "booking.failed",
+                    json!({"booking_id": b.id, "campaign_id": b.campaign_id,
+                           "failure_code": code, "hold": false}),
+                )),
+            )
+        }
+        Change::OrderAttempted => {
+            let n = sqlx::query(
+                "UPDATE bookings SET order_attempted_at = now(), updated_at = now()
+                 WHERE id = $1 AND status = 'authorized' AND order_attempted_at IS NULL
+                   AND failure_code IS NULL",
+            )
+            .bind(b.id)
+            .execute(&mut *conn)
+            .await?;
+            (n.rows_affected() == 1, None)
+        }
+        Change::Ordered {
+            order_id,
+            pnr,
+            reconciled,
+            order_amount_minor,
+            order_currency,
+        } => {
+            let n = sqlx::query(
+                "UPDATE bookings SET duffel_order_id = $2, pnr = $3, ordered_at = now(),
+                        flight_details = coalesce(flight_details, '{}'::jsonb)
+                                         || jsonb_build_object('order_id', $2::text),
+                        updated_at = now()
+                 WHERE id = $1 AND status = 'authorized' AND duffel_order_id IS NULL",
+            )
+            .bind(b.id)
+            .bind(order_id)
+            .bind(pnr)
+            .execute(&mut *conn)
+            .await?;
+            (
+                n.rows_affected() == 1,
+                Some((
+                    "booking.ordered",
+                    json!({"booking_id": b.id, "order_id": order_id,
+                           "offer_id": b.duffel_offer_id, "reconciled": reconciled,
+                           "order_amount_minor": order_amount_minor,
+                           "currency": order_currency}),
+                )),
+            )
+        }
+        Change::FailureDecided { code } => {
+            let n = sqlx::query(
+                "UPDATE bookings SET failure_code = $2, updated_at = now()
+                 WHERE id = $1 AND status = 'authorized' AND failure_code IS NULL",
+            )
+            .bind(b.id)
+            .bind(code)
+            .execute(&mut *conn)
+            .await?;
+            (n.rows_affected() == 1, None)
+        }
+        Change::HoldVoided { code } => {
+            let status = if b.ordered_at.is_some() {
+                "cancelled"
+            } else {
+                "failed"
+            };
+            let n = sqlx::query(
+                "UPDATE bookings SET status = $2, canceled_at = now(),
+                        payment_intent_status = 'canceled', updated_at = now()
+                 WHERE id = $1 AND status = 'authorized' AND captured_at IS NULL",
+            )
+            .bind(b.id)
+            .bind(status)
+            .execute(&mut *conn)
+            .await?;
+            (
+                n.rows_affected() == 1,
+                Some((
+                    "booking.failed",
+                    json!({"booking_id": b.id, "campaign_id": b.campaign_id,
+                           "failure_code": code,
+                           "payment_intent": b.stripe_payment_intent_id,
+                           "hold": "voided", "status": status}),
+                )),
+            )
+        }
+        Change::CaptureFailed => {
+            let n = sqlx::query(
+                "UPDATE bookings SET status = 'cancelled', canceled_at = now(),
+                        payment_intent_status = 'canceled', failure_code = 'capture_failed',
+                        updated_at = now()
+                 WHERE id = $1 AND status = 'authorized' AND captured_at IS NULL",
+            )
+            .bind(b.id)
+            .execute(&mut *conn)
+            .await?;
+            (
+                n.rows_affected() == 1,
+                Some((
+                    "booking.capture_failed",
+                    json!({"booking_id": b.id, "payment_intent": b.stripe_payment_intent_id,
+                           "order_id": b.duffel_order_id}),
+                )),
+            )
+        }
+        Change::Ticketed {
+            amount_received,
+            currency,
+        } => {
+            let n = sqlx::query(
+                "UPDATE bookings SET captured_at = now(), payment_intent_status = 'succeeded',
+                        status = 'ticketed', updated_at = now()
+                 WHERE id = $1 AND status = 'authorized' AND ordered_at IS NOT NULL",
+            )
+            .bind(b.id)
+            .execute(&mut *conn)
+            .await?;
+            (
+                n.rows_affected() == 1,
+                Some((
+                    "booking.ticketed",
+                    json!({"booking_id": b.id, "campaign_id": b.campaign_id,
+                           "order_id": b.duffel_order_id,
+                           "payment_intent": b.stripe_payment_intent_id,
+                           "amount_minor": amount_received, "currency": currency}),
+                )),
+            )
+        }
+        Change::CancelledAfterCapture { reason } => {
+            let n = sqlx::query(
+                "UPDATE bookings SET status = 'cancelled', failure_code = $2, updated_at = now()
+                 WHERE id = $1 AND status = 'ticketed' AND captured_at IS NOT NULL",
+            )
+            .bind(b.id)
+            .bind(reason)
+            .execute(&mut *conn)
+            .await?;
+            (
+                n.rows_affected() == 1,
+                Some((
+                    "booking.cancelled",
+                    json!({"booking_id": b.id, "reason": reason, "refund": "enqueued"}),
+                )),
+            )
+        }
+        Change::Refunded {
+            refund_id,
+            amount_minor,
+            currency,
+            reason,
+            status,
+        } => {
+            let n = sqlx::query(
+                "UPDATE bookings SET status = 'refunded', updated_at = now()
+                 WHERE id = $1 AND captured_at IS NOT NULL AND status IN ('ticketed', 'cancelled')",
+            )
+            .bind(b.id)
+            .execute(&mut *conn)
+            .await?;
+            (
+                n.rows_affected() == 1,
+                Some((
+                    "booking.refunded",
+                    json!({"booking_id": b.id, "payment_intent": b.stripe_payment_intent_id,
+                           "refund": refund_id, "amount_minor": amount_minor,
+                           "currency": currency, "reason": reason, "status": status}),
+                )),
+            )
+        }
+    };
+    if let (true, Some((action, metadata))) = (moved, audit_entry) {
+        audit::record(
+            conn,
+            ACTOR,
+            action,
+            "booking",
+            Some(&b.id.to_string()),
+            &metadata,
+        )
+        .await?;
+    }
+    Ok(moved)
+}
+
+/// Locks booking `id`'s row until the caller's transaction ends: concurrent refunds of one
+/// booking serialise here.
+pub async fn lock(conn: &mut PgConnection, id: Uuid) -> Result<(), sqlx::Error> {
+    sqlx::query("SELECT 1 FROM bookings WHERE id = $1 FOR UPDATE")
+        .bind(id)
+        .execute(conn)
+        .await?;
+    Ok(())
+}
+
+/// Records what Stripe now says of a PaymentIntent (a webhook follow-up re-read it) on the
+/// booking that holds it, without moving the booking: its status is the saga's to decide.
+/// Returns the booking, if one records this PaymentIntent.
+pub async fn observe_payment_intent(
+    conn: &mut PgConnection,
+    payment_intent_id: &str,
+    status: Option<&str>,
+) -> Result<Option<Uuid>, sqlx::Error> {
+    sqlx::query_scalar(
+        "UPDATE bookings SET payment_intent_status = COALESCE($2, payment_intent_status), updated_at = now()
+         WHERE stripe_payment_intent_id = $1 RETURNING id",
+    )
+    .bind(payment_intent_id)
+    .bind(status)
+    .fetch_optional(conn)
+    .await
+}
+
+/// For the GDPR erasure of `profile_ids`: removes the personal data a booking keeps (`pnr`,
+/// `flight_details`) from every booking of those profiles' campaigns; the accounting record
+/// stays. Returns how many bookings were scrubbed.
+pub async fn scrub_for_erasure(
+    conn: &mut PgConnection,
+    profile_ids: &[Uuid],
+) -> Result<u64, sqlx::Error> {
+    let r = sqlx::query(
+        "UPDATE bookings b SET pnr = NULL, flight_details = NULL, updated_at = now()
+         FROM campaigns c
+         WHERE c.id = b.campaign_id AND c.traveler_profile_id = ANY($1)
+           AND (b.pnr IS NOT NULL OR b.flight_details IS NOT NULL)",
+    )
+    .bind(profile_ids)
+    .execute(conn)
+    .await?;
+    Ok(r.rows_affected())
+}
+
+/// A provider code as a `failure_code` (`^[a-z0-9_.]{1,100}$`, the schema's check), or
+/// `fallback` when nothing is left of it.
+pub fn failure_code(code: &str, fallback: &str) -> String {
+    let cleaned: String = code
+        .trim()
+        .to_ascii_lowercase()
+        .chars()
+        .map(|c| {
+            if c.is_ascii_alphanumeric() || c == '_' || c == '.' {
+                c
+            } else {
+                '_'
+            }
+        })
+        .take(100)
+        .collect();
+    if cleaned.is_empty() {
+        fallback.to_owned()
+    } else {
+        cleaned
+    }
+}
+
+/// Whether `s` already is a failure or reason code (`^[a-z0-9_.]{1,100}$`).
+pub fn is_failure_code(s: &str) -> bool {
+    (1..=100).contains(&s.len())
+        && s.bytes()
+            .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'_' || b == b'.')
+}
+
+/// Bookings per status (for the demo's progress and operators).
+pub async fn count_by_status(
+    pool: &PgPool,
+) -> Result<std::collections::BTreeMap<String, i64>, sqlx::Error> {
+    let rows: Vec<(String, i64)> =
+        sqlx::query_as("SELECT status, count(*) FROM bookings GROUP BY status")
+            .fetch_all(pool)
+            .await?;
+    Ok(rows.into_iter().collect())
+}
+
+/// The `limit` oldest ticketed bookings' ids.
+pub async fn ticketed(pool: &PgPool, limit: i64) -> Result<Vec<Uuid>, sqlx::Error> {
+    sqlx::query_scalar("SELECT id FROM bookings WHERE status = 'ticketed' ORDER BY id LIMIT $1")
+        .bind(limit)
+        .fetch_all(pool)
+        .await
+}
+
+/// Failed or cancelled bookings per failure code, most frequent first (why bookings failed).
+pub async fn failures_by_code(pool: &PgPool) -> Result<Vec<(String, i64)>, sqlx::Error> {
+    sqlx::query_as(
+        "SELECT coalesce(failure_code, 'unknown'), count(*) FROM bookings
+         WHERE status IN ('failed', 'cancelled') GROUP BY 1 ORDER BY 2 DESC, 1",
+    )
+    .fetch_all(pool)
+    .await
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn failure_codes_fit_the_schema() {
+        assert_eq!(failure_code("price_changed", "x"), "price_changed");
+        assert_eq!(failure_code("Weird-Code!", "x"), "weird_code_");
+        assert_eq!(failure_code("", "order_rejected"), "order_rejected");
+        assert_eq!(failure_code(&"a".repeat(300), "x").len(), 100);
+    }
+
+    #[test]
+    fn statuses_round_trip_their_database_spelling() {
+        for st in BookingStatus::ALL {
+            assert_eq!(BookingStatus::try_from(st.as_str().to_owned()), Ok(st));
+        }
+        assert!(BookingStatus::try_from("lost".to_owned()).is_err());
+    }
+}

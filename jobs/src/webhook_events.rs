@@ -1,0 +1,42 @@
+//! `webhook_events`: the providers' deliveries we have recorded, one row per `(provider,
+//! event id)`. Providers deliver at least once; this table turns that into "each event's
+//! follow-ups are enqueued once". Its one owner: the ingress records, the retention purge
+//! deletes.
+
+use sqlx::{PgConnection, PgPool};
+
+/// WebhookEventRecord: records a delivery on `conn` (the transaction that also enqueues its
+/// follow-ups). Returns false for a duplicate: the event was recorded before, nothing changed.
+pub async fn record(
+    conn: &mut PgConnection,
+    provider: &str,
+    event_id: &str,
+    event_type: &str,
+) -> Result<bool, sqlx::Error> {
+    let r = sqlx::query(
+        "INSERT INTO webhook_events (provider, event_id, type) VALUES ($1, $2, $3)
+         ON CONFLICT DO NOTHING",
+    )
+    .bind(provider)
+    .bind(event_id)
+    .bind(event_type)
+    .execute(conn)
+    .await?;
+    Ok(r.rows_affected() == 1)
+}
+
+/// WebhookEventDeleteOlderThan: deletes up to `batch` rows received more than `days` ago
+/// (`webhook_events_received_at_idx`), oldest first. Returns how many went.
+pub async fn delete_older_than(pool: &PgPool, days: i64, batch: i64) -> Result<u64, sqlx::Error> {
+    let r = sqlx::query(
+        "DELETE FROM webhook_events WHERE (provider, event_id) IN (
+             SELECT provider, event_id FROM webhook_events
+             WHERE received_at < now() - $1 * interval '1 day'
+             ORDER BY received_at LIMIT $2)",
+    )
+    .bind(days as f64)
+    .bind(batch)
+    .execute(pool)
+    .await?;
+    Ok(r.rows_affected())
+}

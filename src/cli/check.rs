@@ -1,0 +1,31 @@
+//! `fleet check`: the invariants, with each violation's ids.
+
+use anyhow::bail;
+use fleet::config::Settings;
+
+use super::pool_for;
+
+#[derive(clap::Args)]
+pub struct CheckArgs {
+    /// Print JSON instead of text.
+    #[arg(long)]
+    json: bool,
+}
+
+pub async fn run(a: CheckArgs, settings: &Settings) -> anyhow::Result<()> {
+    let pool = pool_for(settings).await?;
+    let violations = fleet::check::run(&pool).await?;
+    if a.json {
+        println!("{}", serde_json::json!({ "violations": violations }));
+    } else if violations.is_empty() {
+        println!("all invariants hold");
+    } else {
+        for v in &violations {
+            println!("VIOLATED: {} — ids: {}", v.invariant, v.ids.join(", "));
+        }
+    }
+    if !violations.is_empty() {
+        bail!("{} invariant(s) violated", violations.len());
+    }
+    Ok(())
+}

@@ -1,0 +1,114 @@
+//! The long-running roles: `fleet worker`, `fleet serve`, `fleet scheduler`, and the
+//! `fleet migrate` deploy step.
+
+use std::sync::Arc;
+
+use anyhow::bail;
+use fleet::{config::Settings, database, fleet_registry, Queue, Worker};
+use tokio_util::sync::CancellationToken;
+
+use super::{pool_for, spawn_signal_handler};
+
+#[derive(clap::Args)]
+pub struct WorkerArgs {
+    /// Handlers at once (overrides worker.concurrency).
+    #[arg(long)]
+    concurrency: Option<usize>,
+    /// Queues to serve, comma-separated (overrides worker.queues; default all).
+    #[arg(long, value_delimiter = ',')]
+    queues: Option<Vec<String>>,
+    /// Also serve /health and /metrics on this address (e.g. 127.0.0.1:9100).
+    #[arg(long)]
+    metrics_bind: Option<std::net::SocketAddr>,
+}
+
+#[derive(clap::Args)]
+pub struct ServeArgs {
+    /// Address to listen on.
+    #[arg(long, default_value = "127.0.0.1:8080")]
+    bind: std::net::SocketAddr,
+}
+
+pub async fn migrate(settings: &Settings) -> anyhow::Result<()> {
+    let pool = pool_for(settings).await?;
+    database::migrate(&pool).await?;
+    println!("migrations applied");
+    Ok(())
+}
+
+/// What a worker gives its handlers: the domain's [`jobs::Deps`] (the keyring from
+/// `FLEET_PII_KEYS`, required; the provider clients from `[providers.*]`).
+fn handler_extensions(settings: &Settings) -> anyhow::Result<jobs::Extensions> {
+    let keyring =
+        jobs::pii::Keyring::from_env().map_err(|e| fleet::config::ConfigError(e.to_string()))?;
+    let deps = jobs::Deps::from_config(&settings.providers, keyring)
+        .map_err(|e| fleet::config::ConfigError(e.0))?;
+    Ok(jobs::Extensions::new().with(deps))
+}
+
+pub async fn worker(a: WorkerArgs, mut settings: Settings) -> anyhow::Result<()> {
+    if let Some(c) = a.concurrency {
+        if c == 0 {
+            bail!("--concurrency must be >= 1");
+        }
+        settings.worker.concurrency = c;
+    }
+    if let Some(q) = a.queues {
+        settings.worker.queues = q;
+    }
+    let registry = Arc::new(fleet_registry(&settings)?);
+    let extensions = handler_extensions(&settings)?;
+    let pool = pool_for(&settings).await?;
+    database::migrate(&pool).await?;
+    let shutdown = CancellationToken::new();
+    spawn_signal_handler(shutdown.clone());
+    if let Some(bind) = a.metrics_bind {
+        let (router, stop) = (fleet::serve::router(pool.clone()), shutdown.clone());
+        tokio::spawn(async move {
+            if let Err(e) = fleet::serve::run(bind, router, stop, None).await {
+                tracing::error!(error = %e, "metrics endpoint failed");
+            }
+        });
+    }
+    let report = Worker::new(pool, registry, settings.worker.clone())
+        .with_extensions(extensions)
+        .run(shutdown)
+        .await;
+    if report.unwritten > 0 {
+        bail!(
+            "{} outcomes could not be written; their jobs will be rescued after their leases expire",
+            report.unwritten
+        );
+    }
+    Ok(())
+}
+
+pub async fn serve(a: ServeArgs, settings: &Settings) -> anyhow::Result<()> {
+    let secrets = fleet::webhooks::WebhookSecrets::from_env()?;
+    let registry = Arc::new(fleet_registry(settings)?);
+    let pool = pool_for(settings).await?;
+    database::migrate(&pool).await?;
+    let shutdown = CancellationToken::new();
+    spawn_signal_handler(shutdown.clone());
+    let router = fleet::serve::router(pool.clone()).merge(fleet::webhooks::router(
+        pool.clone(),
+        Queue::new(pool, registry),
+        secrets,
+    ));
+    fleet::serve::run(a.bind, router, shutdown, None).await
+}
+
+pub async fn scheduler(settings: &Settings) -> anyhow::Result<()> {
+    let registry = Arc::new(fleet_registry(settings)?);
+    let schedules = fleet::scheduler::validate(&settings.schedules, &registry)?;
+    if schedules.is_empty() {
+        tracing::warn!("no [schedules.*] are enabled: the scheduler will idle");
+    }
+    let pool = pool_for(settings).await?;
+    database::migrate(&pool).await?;
+    let shutdown = CancellationToken::new();
+    spawn_signal_handler(shutdown.clone());
+    fleet::scheduler::Scheduler::new(pool, registry, schedules)
+        .run(shutdown)
+        .await
+}
