@@ -1,4 +1,4 @@
-//! `fleet check`: the invariants of BRIEF §6, from the domain ([`jobs::invariants`]) and the
+//! `fleet check`: the invariants of docs/domain.md §6, from the domain ([`jobs::invariants`]) and the
 //! queue (no job stranded, no personal data in payloads).
 
 use std::time::Duration;

@@ -22,13 +22,13 @@ const PRUNE_BATCH: i64 = 10_000;
 /// What a mutating command changed, or would change with `dry_run`.
 #[derive(Debug, Clone, Serialize)]
 pub struct Mutation<T: Serialize> {
-    /// The command.
+    /// The command (`replay`, `cancel`, `pause`, …).
     pub action: &'static str,
     /// Nothing was committed.
     pub dry_run: bool,
-    /// Who.
+    /// Who acted, as written to the audit row.
     pub actor: String,
-    /// What changed.
+    /// What changed (in a dry run: what would have).
     pub result: T,
 }
 

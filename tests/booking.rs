@@ -16,7 +16,7 @@ use common::*;
 use fleet::{
     database::ScratchDb,
     queue::{JobRecord, JobState},
-    Queue, Registry, Worker,
+    Queue, Registry,
 };
 use jobs::{
     kinds::{
@@ -30,7 +30,6 @@ use jobs::{
 };
 use sandbox::{RunningSandbox, Sandbox, SandboxConfig, Scenario};
 use serde_json::Value;
-use tokio_util::sync::CancellationToken;
 use uuid::Uuid;
 
 const SECS: fn(u64) -> Duration = Duration::from_secs;
@@ -90,16 +89,12 @@ impl Harness {
             concurrency: 16,
             ..fast_settings()
         };
-        let w = Worker::new(self.db.pool.clone(), registry(), settings)
-            .with_extensions(extensions_of(self.deps.clone()));
-        let id = w.id().to_owned();
-        let shutdown = CancellationToken::new();
-        let handle = tokio::spawn(w.run(shutdown.clone()));
-        RunningWorker {
-            handle,
-            shutdown,
-            id,
-        }
+        start_worker_with(
+            &self.db.pool,
+            registry(),
+            settings,
+            extensions_of(self.deps.clone()),
+        )
     }
 
     /// A campaign on `origin-destination` charging `card` (a sandbox card, made unique), with

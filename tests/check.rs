@@ -1,4 +1,4 @@
-//! `fleet check`: the BRIEF §6 invariants, run as the binary against real Postgres.
+//! `fleet check`: the docs/domain.md §6 invariants, run as the binary against real Postgres.
 
 mod common;
 

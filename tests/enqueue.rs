@@ -74,10 +74,7 @@ async fn sixteen_concurrent_enqueuers_of_one_key_create_exactly_one_job() {
         1,
         "{results:?}"
     );
-    let n: i64 = sqlx::query_scalar("SELECT count(*) FROM fleet_jobs")
-        .fetch_one(&db.pool)
-        .await
-        .unwrap();
+    let n = job_count(&db.pool).await;
     assert_eq!(n, 1);
 }
 
@@ -144,10 +141,7 @@ async fn one_duplicate_never_fails_a_bulk_insert() {
     assert!(r[3001].duplicate);
     assert!(!r[3002].duplicate);
     assert_eq!(r.iter().filter(|e| !e.duplicate).count(), 3001);
-    let n: i64 = sqlx::query_scalar("SELECT count(*) FROM fleet_jobs")
-        .fetch_one(&db.pool)
-        .await
-        .unwrap();
+    let n = job_count(&db.pool).await;
     assert_eq!(n, 3002, "3000 keyed + 1 keyless + the original holder");
 }
 
@@ -279,10 +273,7 @@ async fn invalid_jobs_are_rejected_with_a_reason_and_nothing_is_written() {
         .await
         .unwrap_err();
     assert!(e.to_string().contains("max_attempts"), "{e}");
-    let n: i64 = sqlx::query_scalar("SELECT count(*) FROM fleet_jobs")
-        .fetch_one(&db.pool)
-        .await
-        .unwrap();
+    let n = job_count(&db.pool).await;
     assert_eq!(n, 0);
 }
 
@@ -314,10 +305,7 @@ async fn enqueue_refuses_an_unknown_kind_or_args_that_do_not_fit_and_writes_noth
         !e.to_string().contains("P-12345678"),
         "values stay out: {e}"
     );
-    let n: i64 = sqlx::query_scalar("SELECT count(*) FROM fleet_jobs")
-        .fetch_one(&db.pool)
-        .await
-        .unwrap();
+    let n = job_count(&db.pool).await;
     assert_eq!(n, 0);
 }
 

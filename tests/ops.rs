@@ -64,6 +64,14 @@ async fn audit_rows(pool: &sqlx::PgPool, action: &str) -> Vec<(String, serde_jso
         .unwrap()
 }
 
+/// The filter selecting job `id` alone.
+fn by_id(id: i64) -> JobFilter {
+    JobFilter {
+        ids: Some(vec![id]),
+        ..JobFilter::default()
+    }
+}
+
 #[tokio::test]
 async fn replay_dry_run_changes_nothing_and_the_real_replay_runs_the_jobs() {
     let db = db().await;
@@ -182,16 +190,7 @@ async fn cancel_stops_a_running_job_at_once_and_the_worker_cannot_overwrite_it()
     wait_state(&db.pool, id, JobState::Running, SECS(5)).await;
 
     let o = ops(&db.pool, &reg);
-    let dry = o
-        .cancel(
-            &JobFilter {
-                ids: Some(vec![id]),
-                ..JobFilter::default()
-            },
-            true,
-        )
-        .await
-        .unwrap();
+    let dry = o.cancel(&by_id(id), true).await.unwrap();
     assert_eq!(dry.result, vec![(id, "running".to_owned())]);
     assert_eq!(
         common::job(&db.pool, id).await.state,
@@ -199,16 +198,7 @@ async fn cancel_stops_a_running_job_at_once_and_the_worker_cannot_overwrite_it()
         "dry run changed nothing"
     );
 
-    let r = o
-        .cancel(
-            &JobFilter {
-                ids: Some(vec![id]),
-                ..JobFilter::default()
-            },
-            false,
-        )
-        .await
-        .unwrap();
+    let r = o.cancel(&by_id(id), false).await.unwrap();
     assert_eq!(r.result, vec![(id, "running".to_owned())]);
     // The handler stops: the worker's refused outcome shows up well before any heartbeat.
     let counters = w.counters.clone();
@@ -416,20 +406,14 @@ async fn prune_deletes_only_finished_jobs_older_than_asked() {
         .await
         .unwrap();
     assert_eq!(dry.result, 25_000);
-    let n: i64 = sqlx::query_scalar("SELECT count(*) FROM fleet_jobs")
-        .fetch_one(&db.pool)
-        .await
-        .unwrap();
+    let n = job_count(&db.pool).await;
     assert_eq!(n, 25_001, "dry run deleted nothing");
     let real = o
         .prune(SECS(3600), &[JobState::Completed], false)
         .await
         .unwrap();
     assert_eq!(real.result, 25_000);
-    let n: i64 = sqlx::query_scalar("SELECT count(*) FROM fleet_jobs")
-        .fetch_one(&db.pool)
-        .await
-        .unwrap();
+    let n = job_count(&db.pool).await;
     assert_eq!(n, 1);
     assert_eq!(
         common::job(&db.pool, fresh).await.state,

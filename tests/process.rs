@@ -178,16 +178,26 @@ async fn sigterm_drains_finishes_running_job_returns_unstarted_claims_and_exits_
     }
 }
 
-#[tokio::test]
-async fn drain_deadline_interrupts_a_handler_and_it_is_retried_at_once() {
-    let db = db().await;
+/// A job that sleeps a minute, running in a fresh worker process started with `env`.
+async fn minute_long_job_running(
+    db: &fleet::database::ScratchDb,
+    env: &[(&str, &str)],
+) -> (i64, std::process::Child) {
     let id = queue(&db.pool)
         .enqueue(&Sleep { ms: 60_000 }, None)
         .await
         .unwrap()
         .id;
-    let mut w = spawn_worker(&db.url, &[("FLEET_WORKER__DRAIN_TIMEOUT", "500ms")]);
+    let w = spawn_worker(&db.url, env);
     wait_state(&db.pool, id, JobState::Running, Duration::from_secs(15)).await;
+    (id, w)
+}
+
+#[tokio::test]
+async fn drain_deadline_interrupts_a_handler_and_it_is_retried_at_once() {
+    let db = db().await;
+    let (id, mut w) =
+        minute_long_job_running(&db, &[("FLEET_WORKER__DRAIN_TIMEOUT", "500ms")]).await;
     signal(&w, libc::SIGTERM);
     assert!(wait_exit(&mut w, Duration::from_secs(15)).success());
     let j = common::job(&db.pool, id).await;
@@ -206,13 +216,7 @@ async fn drain_deadline_interrupts_a_handler_and_it_is_retried_at_once() {
 #[tokio::test]
 async fn second_signal_exits_at_once_and_the_lease_is_left_to_the_rescuer() {
     let db = db().await;
-    let id = queue(&db.pool)
-        .enqueue(&Sleep { ms: 60_000 }, None)
-        .await
-        .unwrap()
-        .id;
-    let mut w = spawn_worker(&db.url, &[]);
-    wait_state(&db.pool, id, JobState::Running, Duration::from_secs(15)).await;
+    let (id, mut w) = minute_long_job_running(&db, &[]).await;
     signal(&w, libc::SIGTERM);
     tokio::time::sleep(Duration::from_millis(200)).await;
     let t = Instant::now();

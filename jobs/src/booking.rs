@@ -340,24 +340,23 @@ pub async fn transition(
     b: &Booking,
     change: Change<'_>,
 ) -> Result<bool, sqlx::Error> {
-    let (moved, audit_entry) = match change {
+    // Each change: its guarded update, and the audit entry written if the row moved.
+    let (update, audit_entry) = match change {
         Change::OfferChecked {
             amount,
             amount_minor,
             itinerary,
         } => {
-            let n = sqlx::query(
+            let q = sqlx::query(
                 "UPDATE bookings SET total_amount = $2::numeric, offer_checked_at = now(),
                         flight_details = $3, updated_at = now()
                  WHERE id = $1 AND status = 'pending' AND offer_checked_at IS NULL",
             )
             .bind(b.id)
             .bind(amount)
-            .bind(itinerary)
-            .execute(&mut *conn)
-            .await?;
+            .bind(itinerary);
             (
-                n.rows_affected() == 1,
+                q,
                 Some((
                     "booking.offer_checked",
                     json!({"booking_id": b.id, "offer_id": b.duffel_offer_id,
@@ -369,34 +368,30 @@ pub async fn transition(
             payment_intent_id,
             status,
         } => {
-            let n = sqlx::query(
+            let q = sqlx::query(
                 "UPDATE bookings SET stripe_payment_intent_id = $2, payment_intent_status = $3,
                         updated_at = now()
                  WHERE id = $1 AND status = 'pending'",
             )
             .bind(b.id)
             .bind(payment_intent_id)
-            .bind(status)
-            .execute(&mut *conn)
-            .await?;
-            (n.rows_affected() == 1, None)
+            .bind(status);
+            (q, None)
         }
         Change::Authorized {
             payment_intent_id,
             amount_minor,
         } => {
-            let n = sqlx::query(
+            let q = sqlx::query(
                 "UPDATE bookings SET stripe_payment_intent_id = $2,
                         payment_intent_status = 'requires_capture', authorized_at = now(),
                         status = 'authorized', updated_at = now()
                  WHERE id = $1 AND status = 'pending'",
             )
             .bind(b.id)
-            .bind(payment_intent_id)
-            .execute(&mut *conn)
-            .await?;
+            .bind(payment_intent_id);
             (
-                n.rows_affected() == 1,
+                q,
                 Some((
                     "booking.authorized",
                     json!({"booking_id": b.id, "payment_intent": payment_intent_id,
@@ -410,7 +405,7 @@ pub async fn transition(
             stripe_code,
             decline_code,
         } => {
-            let n = sqlx::query(
+            let q = sqlx::query(
                 "UPDATE bookings SET status = 'failed', failure_code = $2,
                         stripe_payment_intent_id = coalesce($3, stripe_payment_intent_id),
                         payment_intent_status = CASE WHEN coalesce($3, stripe_payment_intent_id) IS NULL
@@ -421,11 +416,9 @@ pub async fn transition(
             )
             .bind(b.id)
             .bind(code)
-            .bind(payment_intent_id)
-            .execute(&mut *conn)
-            .await?;
+            .bind(payment_intent_id);
             (
-                n.rows_affected() == 1,
+                q,
                 Some((
                     "booking.payment_declined",
                     json!({"booking_id": b.id, "campaign_id": b.campaign_id,
@@ -435,16 +428,14 @@ pub async fn transition(
             )
         }
         Change::FailedBeforeHold { code } => {
-            let n = sqlx::query(
+            let q = sqlx::query(
                 "UPDATE bookings SET status = 'failed', failure_code = $2, updated_at = now()
                  WHERE id = $1 AND status = 'pending' AND authorized_at IS NULL",
             )
             .bind(b.id)
-            .bind(code)
-            .execute(&mut *conn)
-            .await?;
+            .bind(code);
             (
-                n.rows_affected() == 1,
+                q,
                 Some((
                     "booking.failed",
                     json!({"booking_id": b.id, "campaign_id": b.campaign_id,
@@ -453,15 +444,13 @@ pub async fn transition(
             )
         }
         Change::OrderAttempted => {
-            let n = sqlx::query(
+            let q = sqlx::query(
                 "UPDATE bookings SET order_attempted_at = now(), updated_at = now()
                  WHERE id = $1 AND status = 'authorized' AND order_attempted_at IS NULL
                    AND failure_code IS NULL",
             )
-            .bind(b.id)
-            .execute(&mut *conn)
-            .await?;
-            (n.rows_affected() == 1, None)
+            .bind(b.id);
+            (q, None)
         }
         Change::Ordered {
             order_id,
@@ -470,7 +459,7 @@ pub async fn transition(
             order_amount_minor,
             order_currency,
         } => {
-            let n = sqlx::query(
+            let q = sqlx::query(
                 "UPDATE bookings SET duffel_order_id = $2, pnr = $3, ordered_at = now(),
                         flight_details = coalesce(flight_details, '{}'::jsonb)
                                          || jsonb_build_object('order_id', $2::text),
@@ -479,11 +468,9 @@ pub async fn transition(
             )
             .bind(b.id)
             .bind(order_id)
-            .bind(pnr)
-            .execute(&mut *conn)
-            .await?;
+            .bind(pnr);
             (
-                n.rows_affected() == 1,
+                q,
                 Some((
                     "booking.ordered",
                     json!({"booking_id": b.id, "order_id": order_id,
@@ -494,15 +481,13 @@ pub async fn transition(
             )
         }
         Change::FailureDecided { code } => {
-            let n = sqlx::query(
+            let q = sqlx::query(
                 "UPDATE bookings SET failure_code = $2, updated_at = now()
                  WHERE id = $1 AND status = 'authorized' AND failure_code IS NULL",
             )
             .bind(b.id)
-            .bind(code)
-            .execute(&mut *conn)
-            .await?;
-            (n.rows_affected() == 1, None)
+            .bind(code);
+            (q, None)
         }
         Change::HoldVoided { code } => {
             let status = if b.ordered_at.is_some() {
@@ -510,17 +495,15 @@ pub async fn transition(
             } else {
                 "failed"
             };
-            let n = sqlx::query(
+            let q = sqlx::query(
                 "UPDATE bookings SET status = $2, canceled_at = now(),
                         payment_intent_status = 'canceled', updated_at = now()
                  WHERE id = $1 AND status = 'authorized' AND captured_at IS NULL",
             )
             .bind(b.id)
-            .bind(status)
-            .execute(&mut *conn)
-            .await?;
+            .bind(status);
             (
-                n.rows_affected() == 1,
+                q,
                 Some((
                     "booking.failed",
                     json!({"booking_id": b.id, "campaign_id": b.campaign_id,
@@ -531,17 +514,15 @@ pub async fn transition(
             )
         }
         Change::CaptureFailed => {
-            let n = sqlx::query(
+            let q = sqlx::query(
                 "UPDATE bookings SET status = 'cancelled', canceled_at = now(),
                         payment_intent_status = 'canceled', failure_code = 'capture_failed',
                         updated_at = now()
                  WHERE id = $1 AND status = 'authorized' AND captured_at IS NULL",
             )
-            .bind(b.id)
-            .execute(&mut *conn)
-            .await?;
+            .bind(b.id);
             (
-                n.rows_affected() == 1,
+                q,
                 Some((
                     "booking.capture_failed",
                     json!({"booking_id": b.id, "payment_intent": b.stripe_payment_intent_id,
@@ -553,16 +534,14 @@ pub async fn transition(
             amount_received,
             currency,
         } => {
-            let n = sqlx::query(
+            let q = sqlx::query(
                 "UPDATE bookings SET captured_at = now(), payment_intent_status = 'succeeded',
                         status = 'ticketed', updated_at = now()
                  WHERE id = $1 AND status = 'authorized' AND ordered_at IS NOT NULL",
             )
-            .bind(b.id)
-            .execute(&mut *conn)
-            .await?;
+            .bind(b.id);
             (
-                n.rows_affected() == 1,
+                q,
                 Some((
                     "booking.ticketed",
                     json!({"booking_id": b.id, "campaign_id": b.campaign_id,
@@ -573,16 +552,14 @@ pub async fn transition(
             )
         }
         Change::CancelledAfterCapture { reason } => {
-            let n = sqlx::query(
+            let q = sqlx::query(
                 "UPDATE bookings SET status = 'cancelled', failure_code = $2, updated_at = now()
                  WHERE id = $1 AND status = 'ticketed' AND captured_at IS NOT NULL",
             )
             .bind(b.id)
-            .bind(reason)
-            .execute(&mut *conn)
-            .await?;
+            .bind(reason);
             (
-                n.rows_affected() == 1,
+                q,
                 Some((
                     "booking.cancelled",
                     json!({"booking_id": b.id, "reason": reason, "refund": "enqueued"}),
@@ -596,15 +573,13 @@ pub async fn transition(
             reason,
             status,
         } => {
-            let n = sqlx::query(
+            let q = sqlx::query(
                 "UPDATE bookings SET status = 'refunded', updated_at = now()
                  WHERE id = $1 AND captured_at IS NOT NULL AND status IN ('ticketed', 'cancelled')",
             )
-            .bind(b.id)
-            .execute(&mut *conn)
-            .await?;
+            .bind(b.id);
             (
-                n.rows_affected() == 1,
+                q,
                 Some((
                     "booking.refunded",
                     json!({"booking_id": b.id, "payment_intent": b.stripe_payment_intent_id,
@@ -614,6 +589,7 @@ pub async fn transition(
             )
         }
     };
+    let moved = update.execute(&mut *conn).await?.rows_affected() == 1;
     if let (true, Some((action, metadata))) = (moved, audit_entry) {
         audit::record(
             conn,

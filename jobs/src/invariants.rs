@@ -1,4 +1,4 @@
-//! The domain's invariants (BRIEF §6) as queries: each returns the ids that violate it.
+//! The domain's invariants (docs/domain.md §6) as queries: each returns the ids that violate it.
 //! `fleet check` runs these beside the queue's own checks and exits 1 on any violation.
 //! Violations name ids only, never personal data.
 
@@ -8,7 +8,7 @@ use sqlx::PgConnection;
 /// One violated invariant and the rows that break it.
 #[derive(Debug, Clone, Serialize, PartialEq)]
 pub struct Violation {
-    /// The invariant, as BRIEF §6 words it.
+    /// The invariant, as docs/domain.md §6 words it.
     pub invariant: &'static str,
     /// Offending row ids (at most 100).
     pub ids: Vec<String>,

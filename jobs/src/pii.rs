@@ -1,6 +1,6 @@
 //! Field-level encryption of PII (passport numbers and any other column marked sensitive).
 //!
-//! Contract (BRIEF §2, §6):
+//! Contract (docs/domain.md §2, §6):
 //! - **AES-256-GCM**, a fresh random 96-bit nonce per encryption (OS RNG), the **row id as
 //!   associated data**: a ciphertext copied onto another row does not decrypt.
 //! - Stored form: the `bytea` column holds `nonce (12 bytes) || ciphertext || tag (16 bytes)`;

@@ -16,41 +16,41 @@ use super::{
 /// A job row as stored, for inspection.
 #[derive(Debug, Clone, Serialize)]
 pub struct JobRecord {
-    /// Job id.
+    /// Stable across every attempt; what side-effect keys are derived from.
     pub id: i64,
-    /// Kind.
+    /// Which handler runs it (`Job::KIND`).
     pub kind: String,
-    /// Queue.
+    /// Workers serving this queue claim it.
     pub queue: String,
-    /// Payload.
+    /// The handler's args as stored: ids, never PII.
     pub args: Value,
-    /// State.
+    /// Where the job is in its life (docs/architecture.md).
     pub state: JobState,
-    /// Priority.
+    /// Lower is claimed first.
     pub priority: i16,
-    /// Not before.
+    /// Not claimed before this time; for a retry, when its backoff ends.
     pub run_at: DateTime<Utc>,
     /// Attempts charged.
     pub attempt: i32,
-    /// Attempt budget.
+    /// Attempts before the job goes dead (fixed at enqueue).
     pub max_attempts: i32,
     /// Fencing token of the latest claim.
     pub claim_seq: i32,
-    /// Dedup key.
+    /// The key that dedupes enqueues of this kind, if any.
     pub idempotency_key: Option<String>,
     /// Whether the key is taken.
     pub key_held: bool,
-    /// Error history.
+    /// Every failed attempt, oldest first.
     pub errors: Vec<AttemptError>,
     /// Current lease owner.
     pub lease_owner: Option<String>,
     /// Current lease expiry.
     pub lease_expires_at: Option<DateTime<Utc>>,
-    /// Created.
+    /// When it was enqueued.
     pub created_at: DateTime<Utc>,
-    /// Last claimed.
+    /// When the latest claim began.
     pub attempted_at: Option<DateTime<Utc>>,
-    /// Finished.
+    /// When it reached a final state (set exactly then).
     pub finished_at: Option<DateTime<Utc>>,
 }
 
@@ -119,25 +119,25 @@ pub async fn job_count_by_state(
 /// One line of `fleet queue list`.
 #[derive(Debug, Clone, Serialize)]
 pub struct JobSummary {
-    /// Job id.
+    /// Stable across every attempt.
     pub id: i64,
-    /// Kind.
+    /// Which handler runs it.
     pub kind: String,
-    /// Queue.
+    /// Workers serving this queue claim it.
     pub queue: String,
-    /// State.
+    /// Where the job is in its life.
     pub state: String,
     /// Attempts charged.
     pub attempt: i32,
-    /// Budget.
+    /// Attempts before the job goes dead.
     pub max_attempts: i32,
-    /// Not before.
+    /// Not claimed before this time.
     pub run_at: DateTime<Utc>,
-    /// Created.
+    /// When it was enqueued.
     pub created_at: DateTime<Utc>,
-    /// Finished.
+    /// When it reached a final state.
     pub finished_at: Option<DateTime<Utc>>,
-    /// Dedup key.
+    /// The enqueue dedupe key, if any.
     pub idempotency_key: Option<String>,
     /// The latest error's message.
     pub last_error: Option<String>,
@@ -182,7 +182,7 @@ pub async fn job_list(
 /// Per-kind figures for `fleet queue stats`.
 #[derive(Debug, Clone, Default, Serialize)]
 pub struct KindStats {
-    /// Kind.
+    /// The kind these figures are about.
     pub kind: String,
     /// Jobs per state.
     pub states: std::collections::BTreeMap<String, i64>,

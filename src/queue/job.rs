@@ -22,17 +22,17 @@ const ENQUEUE_KEY_ROUNDS: usize = 5;
 /// A job ready to insert: every placement field resolved.
 #[derive(Debug, Clone)]
 pub struct JobInsert {
-    /// Kind name.
+    /// Which handler will run it; must be registered with the enqueuer.
     pub kind: String,
-    /// Queue name.
+    /// Workers serving this queue claim it.
     pub queue: String,
-    /// Payload.
+    /// The handler's args: ids, never PII.
     pub args: Value,
-    /// Lower first.
+    /// Lower is claimed first.
     pub priority: i16,
     /// Not before; `None` = now.
     pub run_at: Option<DateTime<Utc>>,
-    /// Attempt budget.
+    /// Attempts before the job goes dead (≥ 1).
     pub max_attempts: i32,
     /// Per-kind deduplication key.
     pub idempotency_key: Option<String>,
@@ -290,15 +290,15 @@ async fn job_release_expired_keys(
 /// A job as a worker claimed it.
 #[derive(Debug, Clone)]
 pub struct ClaimedJob {
-    /// Job id.
+    /// Stable across every attempt.
     pub id: i64,
-    /// Kind name.
+    /// Which handler runs it.
     pub kind: String,
-    /// Payload.
+    /// The handler's args as stored.
     pub args: Value,
     /// This attempt's number (1-based).
     pub attempt: i32,
-    /// Attempt budget.
+    /// This is the last attempt when `attempt == max_attempts`.
     pub max_attempts: i32,
     /// Fencing token of this claim.
     pub claim_seq: i32,
@@ -319,7 +319,7 @@ pub struct FetchParams<'a> {
     pub limit: i64,
     /// Lease owner recorded on the rows (worker id).
     pub owner: &'a str,
-    /// Lease length.
+    /// How long each claim holds without a heartbeat.
     pub lease: Duration,
     /// The clock of the claim (lease start); `None` = the database's.
     pub now: Now,

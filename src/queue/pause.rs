@@ -93,13 +93,13 @@ pub async fn kind_resume(conn: &mut PgConnection, kind: &str) -> Result<bool, sq
 /// A paused or draining kind.
 #[derive(Debug, Clone, Serialize)]
 pub struct PausedKind {
-    /// The kind.
+    /// The kind no worker claims (beyond a drain's cutoff).
     pub kind: String,
     /// When the pause (or drain) began.
     pub paused_at: DateTime<Utc>,
-    /// Who paused it.
+    /// The operator who paused or drained it.
     pub paused_by: String,
-    /// Why.
+    /// What the operator wrote (free text, audited).
     pub reason: String,
     /// While draining: the highest job id still claimable. `None`: fully paused.
     pub draining_through_id: Option<i64>,

@@ -79,7 +79,17 @@ impl RunningWorker {
 }
 
 pub fn start_worker(pool: &PgPool, registry: Arc<Registry>, cfg: WorkerSettings) -> RunningWorker {
-    let w = Worker::new(pool.clone(), registry, cfg);
+    start_worker_with(pool, registry, cfg, jobs::Extensions::default())
+}
+
+/// A worker whose handlers get `extensions` (e.g. [`extensions_of`] the sandbox's deps).
+pub fn start_worker_with(
+    pool: &PgPool,
+    registry: Arc<Registry>,
+    cfg: WorkerSettings,
+    extensions: jobs::Extensions,
+) -> RunningWorker {
+    let w = Worker::new(pool.clone(), registry, cfg).with_extensions(extensions);
     let id = w.id().to_owned();
     let shutdown = CancellationToken::new();
     let handle = tokio::spawn(w.run(shutdown.clone()));
@@ -141,6 +151,16 @@ pub async fn db_now(pool: &PgPool) -> DateTime<Utc> {
         .fetch_one(pool)
         .await
         .unwrap()
+}
+
+/// How many jobs the queue holds, in any state.
+pub async fn job_count(pool: &PgPool) -> i64 {
+    let mut conn = pool.acquire().await.unwrap();
+    queue::job_count_by_state(&mut conn, None)
+        .await
+        .unwrap()
+        .values()
+        .sum()
 }
 
 /// Claims one job through the queue's SQL (a `work_one` step without a worker).

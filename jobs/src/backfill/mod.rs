@@ -35,8 +35,11 @@ pub struct Batch {
 pub trait Backfill: Send + Sync {
     /// Stable name (the checkpoint's key).
     fn name(&self) -> &'static str;
-    /// Rows the pass will visit (progress denominator).
-    fn count<'a>(&'a self, conn: &'a mut PgConnection) -> BoxFuture<'a, Result<i64, sqlx::Error>>;
+    /// Rows the pass will visit (progress denominator): every traveler profile, unless the
+    /// backfill walks another table.
+    fn count<'a>(&'a self, conn: &'a mut PgConnection) -> BoxFuture<'a, Result<i64, sqlx::Error>> {
+        Box::pin(sqlx::query_scalar("SELECT count(*) FROM traveler_profiles").fetch_one(conn))
+    }
     /// Does up to `limit` rows with id > `after`, on `conn` (inside the batch's transaction).
     fn run_batch<'a>(
         &'a self,

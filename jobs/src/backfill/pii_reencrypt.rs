@@ -16,10 +16,6 @@ impl Backfill for PiiReencrypt {
         "pii_reencrypt"
     }
 
-    fn count<'a>(&'a self, conn: &'a mut PgConnection) -> BoxFuture<'a, Result<i64, sqlx::Error>> {
-        Box::pin(sqlx::query_scalar("SELECT count(*) FROM traveler_profiles").fetch_one(conn))
-    }
-
     fn run_batch<'a>(
         &'a self,
         conn: &'a mut PgConnection,

@@ -1,4 +1,4 @@
-//! The `campaign_scan` job kind (docs/domain.md, "The jobs"): the cron fan-out that keeps every active campaign
+//! The `campaign_scan` job kind (docs/domain.md §3): the cron fan-out that keeps every active campaign
 //! searching.
 //!
 //! One run:

@@ -1,4 +1,4 @@
-//! The `campaign_search` job kind (BRIEF §3): one Duffel search for one campaign; the cheapest
+//! The `campaign_search` job kind (docs/domain.md §3): one Duffel search for one campaign; the cheapest
 //! offer that meets every criterion becomes a `booking_attempt`.
 //!
 //! Steps, none of which holds a transaction across the Duffel calls:

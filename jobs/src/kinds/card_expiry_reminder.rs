@@ -1,4 +1,4 @@
-//! The `card_expiry_reminder` job kind (BRIEF §3, daily cron): tells a user, once per card per
+//! The `card_expiry_reminder` job kind (docs/domain.md §3, daily cron): tells a user, once per card per
 //! expiry, that a card one of their active campaigns will charge expires before the campaign
 //! ends or within [`WITHIN_DAYS`] days.
 //!

@@ -1,4 +1,4 @@
-//! The domain's job kinds, one module per kind (BRIEF §3–4). Each module holds the kind's
+//! The domain's job kinds, one module per kind (docs/domain.md §3–4). Each module holds the kind's
 //! args (ids only, never PII), its handler and its unit tests.
 
 pub mod booking_attempt;
@@ -11,7 +11,18 @@ pub mod payment_reconcile;
 pub mod refund_compensation;
 pub mod retention_purge;
 
-use crate::Registrar;
+use crate::{KindDefaults, Registrar};
+
+/// Defaults of the kinds that re-read a provider object after a webhook (`order_reconcile`,
+/// `payment_reconcile`): on the `bookings` queue beside the saga, 15 attempts (a provider
+/// outage delays the re-read, never drops it).
+pub(crate) fn reconcile_defaults() -> KindDefaults {
+    KindDefaults {
+        queue: "bookings".into(),
+        max_attempts: 15,
+        ..KindDefaults::default()
+    }
+}
 
 /// Registers every domain kind (and the backfill runner) with the engine: the one list of the
 /// kinds a fleet worker runs.

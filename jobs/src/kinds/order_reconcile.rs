@@ -33,11 +33,7 @@ impl Job for OrderReconcile {
     const KIND: &'static str = "order_reconcile";
 
     fn defaults() -> KindDefaults {
-        KindDefaults {
-            queue: "bookings".into(),
-            max_attempts: 15,
-            ..KindDefaults::default()
-        }
+        super::reconcile_defaults()
     }
 
     async fn run(self, ctx: JobContext) -> Result<(), JobError> {

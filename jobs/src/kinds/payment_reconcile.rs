@@ -38,11 +38,7 @@ impl Job for PaymentReconcile {
     const KIND: &'static str = "payment_reconcile";
 
     fn defaults() -> KindDefaults {
-        KindDefaults {
-            queue: "bookings".into(),
-            max_attempts: 15,
-            ..KindDefaults::default()
-        }
+        super::reconcile_defaults()
     }
 
     async fn run(self, ctx: JobContext) -> Result<(), JobError> {

@@ -1,4 +1,4 @@
-//! The `retention_purge` job kind (BRIEF §3, daily cron): GDPR erasure of traveler profiles no
+//! The `retention_purge` job kind (docs/domain.md §3, daily cron): GDPR erasure of traveler profiles no
 //! longer needed, and deletion of webhook dedupe rows and audit rows past their retention.
 //! Finished queue jobs are pruned by the engine, not here.
 //!

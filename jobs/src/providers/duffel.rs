@@ -391,26 +391,18 @@ impl DuffelError {
     }
 
     fn describe(&self) -> String {
-        let mut s = format!("duffel {} {}", self.op, self.class);
-        if let Some(status) = self.status {
-            s.push_str(&format!(": HTTP {status}"));
-        }
-        if let Some(t) = &self.error_type {
-            s.push_str(&format!(" {t}"));
-        }
-        if let Some(c) = &self.code {
-            s.push_str(&format!(" code={c}"));
-        }
-        if let Some(r) = &self.request_id {
-            s.push_str(&format!(" request_id={r}"));
-        }
-        if let Some(at) = self.reset_at {
-            s.push_str(&format!(" reset_at={}", at.to_rfc3339()));
-        }
-        if let Some(d) = self.detail {
-            s.push_str(&format!(": {d}"));
-        }
-        s
+        let reset_at = self.reset_at.map(|at| at.to_rfc3339());
+        super::error::describe(
+            &format!("duffel {} {}", self.op, self.class),
+            self.status,
+            self.error_type.as_deref(),
+            &[
+                ("code", self.code.as_deref()),
+                ("request_id", self.request_id.as_deref()),
+                ("reset_at", reset_at.as_deref()),
+            ],
+            self.detail,
+        )
     }
 
     /// The default job outcome at `now` (see [`FailureClass::job_error`]): a 429 snoozes

@@ -113,17 +113,13 @@ impl EmailError {
     }
 
     fn describe(&self) -> String {
-        let mut s = format!("resend send {}", self.class);
-        if let Some(status) = self.status {
-            s.push_str(&format!(": HTTP {status}"));
-        }
-        if let Some(n) = &self.name {
-            s.push_str(&format!(" {n}"));
-        }
-        if let Some(d) = self.detail {
-            s.push_str(&format!(": {d}"));
-        }
-        s
+        super::error::describe(
+            &format!("resend send {}", self.class),
+            self.status,
+            self.name.as_deref(),
+            &[],
+            self.detail,
+        )
     }
 }
 

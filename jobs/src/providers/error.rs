@@ -19,6 +19,34 @@ pub const MIN_RATE_LIMIT_SNOOZE: Duration = Duration::from_secs(1);
 /// Longest snooze after a rate limit (guards against a wild reset date).
 pub const MAX_RATE_LIMIT_SNOOZE: Duration = Duration::from_secs(3600);
 
+/// The text of a failed call, the same for every client: `{head}: HTTP {status} {name}
+/// k=v … : {detail}`. Only codes, ids and statuses go in (never a provider's message, which can
+/// quote personal data); absent parts are left out.
+pub(crate) fn describe(
+    head: &str,
+    status: Option<u16>,
+    name: Option<&str>,
+    fields: &[(&str, Option<&str>)],
+    detail: Option<&str>,
+) -> String {
+    let mut s = head.to_owned();
+    if let Some(status) = status {
+        s.push_str(&format!(": HTTP {status}"));
+    }
+    if let Some(n) = name {
+        s.push_str(&format!(" {n}"));
+    }
+    for (k, v) in fields {
+        if let Some(v) = v {
+            s.push_str(&format!(" {k}={v}"));
+        }
+    }
+    if let Some(d) = detail {
+        s.push_str(&format!(": {d}"));
+    }
+    s
+}
+
 /// What a failed provider call means, whatever the provider. See the module table.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub enum FailureClass {

@@ -249,26 +249,17 @@ impl StripeApiError {
     }
 
     fn describe(&self) -> String {
-        let mut s = format!("stripe {}", self.class);
-        if let Some(status) = self.status {
-            s.push_str(&format!(": HTTP {status}"));
-        }
-        if let Some(t) = &self.error_type {
-            s.push_str(&format!(" {t}"));
-        }
-        if let Some(c) = &self.code {
-            s.push_str(&format!(" code={c}"));
-        }
-        if let Some(d) = &self.decline_code {
-            s.push_str(&format!(" decline_code={d}"));
-        }
-        if let Some(pi) = &self.payment_intent_id {
-            s.push_str(&format!(" payment_intent={pi}"));
-        }
-        if let Some(d) = self.detail {
-            s.push_str(&format!(": {d}"));
-        }
-        s
+        super::error::describe(
+            &format!("stripe {}", self.class),
+            self.status,
+            self.error_type.as_deref(),
+            &[
+                ("code", self.code.as_deref()),
+                ("decline_code", self.decline_code.as_deref()),
+                ("payment_intent", self.payment_intent_id.as_deref()),
+            ],
+            self.detail,
+        )
     }
 }
 
