@@ -1,11 +1,22 @@
 //! Settings: the embedded `config/default.toml`, then an optional file (`--config`), then
-//! `FLEET_*` environment variables (`FLEET_WORKER__CONCURRENCY=32`, `__` between levels).
+//! `FLEET_*` environment variables.
 //!
-//! A bad value or an unknown key inside a section is a start-up error that names the key and
-//! the value. Top-level `FLEET_*` variables that are not settings (e.g. `FLEET_PII_KEYS`) are
-//! read by their own modules and ignored here.
+//! **Environment encoding.** `FLEET_` + the key's path, segments joined by `__`, in upper case:
+//! `FLEET_WORKER__CONCURRENCY=32` is `worker.concurrency`. A `.` inside a segment (kind names
+//! such as `fleet.sleep`) is written `_DOT_`: `FLEET_KINDS__FLEET_DOT_SLEEP__CONCURRENCY=4` is
+//! `[kinds."fleet.sleep"] concurrency = 4`. `FLEET_WORKER__QUEUES=a,b` is a list.
+//!
+//! **Strict.** An unknown section or key in the file, and a `FLEET_*` variable that is neither a
+//! setting nor one of [`OTHER_VARIABLES`], is a start-up error naming the key and where it came
+//! from (the file or the variable). A bad value names the key, the value and its source.
+//! [`Settings::resolve`] also reports where every value came from, for `fleet config show`.
 
-use std::{collections::BTreeMap, fmt, path::Path, time::Duration};
+use std::{
+    collections::BTreeMap,
+    fmt,
+    path::{Path, PathBuf},
+    time::Duration,
+};
 
 use serde::{Deserialize, Deserializer};
 
@@ -17,12 +28,25 @@ pub const DEFAULT_TOML: &str = include_str!("../config/default.toml");
 #[error("configuration: {0}")]
 pub struct ConfigError(pub String);
 
+/// `FLEET_*` variables that are not settings: each is read by the module it names.
+pub const OTHER_VARIABLES: &[(&str, &str)] = &[
+    (
+        "FLEET_PII_KEYS",
+        "the PII keyring, newest first (jobs::pii::Keyring)",
+    ),
+    (
+        "FLEET_STRIPE_WEBHOOK_SECRET",
+        "Stripe's webhook signing secrets, comma-separated (fleet serve)",
+    ),
+    (
+        "FLEET_DUFFEL_WEBHOOK_SECRET",
+        "Duffel's webhook signing secrets, comma-separated (fleet serve)",
+    ),
+];
+
 /// All settings of a fleet process.
 #[derive(Debug, Clone, Deserialize)]
 pub struct Settings {
-    /// Database URL; `DATABASE_URL` wins; unset: local server, else a throwaway cluster.
-    #[serde(default)]
-    pub database_url: Option<Secret>,
     /// `human` or `json`.
     pub log_format: LogFormat,
     /// Connection pool.
@@ -43,7 +67,6 @@ pub struct Settings {
 
 /// One `[schedules.<name>]` entry.
 #[derive(Debug, Clone, Deserialize)]
-#[serde(deny_unknown_fields)]
 pub struct ScheduleSettings {
     /// Cron pattern with a seconds field: `sec min hour day-of-month month day-of-week`.
     pub cron: String,
@@ -66,9 +89,16 @@ fn yes() -> bool {
 }
 
 /// A string that never prints (database URLs carry passwords).
-#[derive(Clone, Deserialize)]
+#[derive(Clone, Default, Deserialize)]
 #[serde(transparent)]
 pub struct Secret(pub String);
+
+impl Secret {
+    /// The value, for the one place that needs it.
+    pub fn expose(&self) -> &str {
+        &self.0
+    }
+}
 
 impl fmt::Debug for Secret {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
@@ -77,8 +107,7 @@ impl fmt::Debug for Secret {
 }
 
 /// Log output format.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
-#[serde(rename_all = "lowercase")]
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum LogFormat {
     /// Human-readable lines.
     Human,
@@ -86,17 +115,45 @@ pub enum LogFormat {
     Json,
 }
 
+impl<'de> Deserialize<'de> for LogFormat {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        match String::deserialize(d)?.as_str() {
+            "human" => Ok(Self::Human),
+            "json" => Ok(Self::Json),
+            other => Err(serde::de::Error::custom(format!(
+                "{other:?} is not a log format (expected one of: human, json)"
+            ))),
+        }
+    }
+}
+
 /// Connection pool settings.
 #[derive(Debug, Clone, Deserialize)]
-#[serde(deny_unknown_fields)]
 pub struct DatabaseSettings {
+    /// The database of the fleet. `DATABASE_URL` wins. Required by every role that touches
+    /// the fleet's data; only `demo`, `bench` and the tests find or start a server themselves.
+    #[serde(default)]
+    pub url: Option<Secret>,
+    /// How long a first connection may take before the role gives up, naming host and port.
+    #[serde(deserialize_with = "duration")]
+    pub connect_timeout: Duration,
     /// Pool size per process.
     pub max_connections: u32,
 }
 
+impl DatabaseSettings {
+    /// The configured URL: `DATABASE_URL`, else `database.url`; `None` when neither is set.
+    pub fn configured_url(&self) -> Option<String> {
+        std::env::var("DATABASE_URL")
+            .ok()
+            .filter(|u| !u.is_empty())
+            .or_else(|| self.url.as_ref().map(|s| s.0.clone()))
+            .filter(|u| !u.is_empty())
+    }
+}
+
 /// Worker runtime settings. Every field is documented in config/default.toml.
 #[derive(Debug, Clone, Deserialize)]
-#[serde(deny_unknown_fields)]
 pub struct WorkerSettings {
     /// Handlers running at once.
     pub concurrency: usize,
@@ -134,6 +191,9 @@ pub struct WorkerSettings {
     /// How often each worker runs the cleaner.
     #[serde(deserialize_with = "duration")]
     pub clean_interval: Duration,
+    /// A dead worker's registry row is deleted this long after its last heartbeat.
+    #[serde(deserialize_with = "duration")]
+    pub forget_after: Duration,
 }
 
 impl Default for WorkerSettings {
@@ -147,7 +207,6 @@ impl Default for WorkerSettings {
 
 /// Per-kind overrides; unset fields keep the kind's code defaults.
 #[derive(Debug, Clone, Default, Deserialize)]
-#[serde(deny_unknown_fields)]
 pub struct KindOverride {
     /// Queue.
     pub queue: Option<String>,
@@ -187,13 +246,225 @@ fn opt_duration<'de, D: Deserializer<'de>>(d: D) -> Result<Option<Duration>, D::
         .transpose()
 }
 
+/// Where a setting's value came from.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum SettingSource {
+    /// The embedded `config/default.toml`.
+    Default,
+    /// The `--config` file.
+    File(PathBuf),
+    /// A `FLEET_*` variable.
+    Env(String),
+}
+
+impl fmt::Display for SettingSource {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Self::Default => f.write_str("default"),
+            Self::File(p) => write!(f, "{}", p.display()),
+            Self::Env(v) => f.write_str(v),
+        }
+    }
+}
+
+/// One resolved setting, for `fleet config show`.
+#[derive(Debug, Clone)]
+pub struct ResolvedSetting {
+    /// The key, e.g. `worker.concurrency` or `kinds."fleet.sleep".timeout`.
+    pub key: String,
+    /// The value as configured; `***` for secrets.
+    pub value: String,
+    /// Where it came from.
+    pub source: SettingSource,
+}
+
+/// The settings and where each value came from.
+#[derive(Debug, Clone)]
+pub struct Resolved {
+    /// The settings.
+    pub settings: Settings,
+    /// Every configured leaf value, sorted by key.
+    pub values: Vec<ResolvedSetting>,
+}
+
+/// A key path: its segments (a kind name may contain dots).
+type KeyPath = Vec<String>;
+
+fn display_path(path: &[String]) -> String {
+    path.iter()
+        .map(|seg| {
+            if seg.chars().all(|c| c.is_ascii_alphanumeric() || c == '_') {
+                seg.clone()
+            } else {
+                format!("{seg:?}")
+            }
+        })
+        .collect::<Vec<_>>()
+        .join(".")
+}
+
+/// Keys whose values are secrets (never printed).
+fn is_secret_key(path: &[String]) -> bool {
+    path.last().is_some_and(|k| {
+        matches!(
+            k.as_str(),
+            "secret_key" | "access_token" | "api_key" | "url"
+        ) && path.first().map(String::as_str) != Some("schedules")
+    })
+}
+
+/// The `FLEET_*` variables turned into a table, with the variable behind each leaf.
+struct EnvLayer {
+    table: config::Map<String, config::Value>,
+    origins: BTreeMap<KeyPath, String>,
+}
+
+impl EnvLayer {
+    fn from_vars(env: &[(String, String)]) -> Result<Self, ConfigError> {
+        let mut layer = EnvLayer {
+            table: config::Map::new(),
+            origins: BTreeMap::new(),
+        };
+        for (var, value) in env {
+            let Some(rest) = var.strip_prefix("FLEET_") else {
+                continue;
+            };
+            if OTHER_VARIABLES.iter().any(|(v, _)| v == var) {
+                continue;
+            }
+            let path: KeyPath = rest
+                .split("__")
+                .map(|seg| seg.to_ascii_lowercase().replace("_dot_", "."))
+                .collect();
+            if path.iter().any(|seg| seg.is_empty()) {
+                return Err(ConfigError(format!(
+                    "{var}: an empty key segment (levels are joined by `__`, e.g. \
+                     FLEET_WORKER__CONCURRENCY)"
+                )));
+            }
+            let leaf = if path == ["worker", "queues"] {
+                config::ValueKind::Array(
+                    value
+                        .split(',')
+                        .map(str::trim)
+                        .filter(|q| !q.is_empty())
+                        .map(|q| config::Value::new(Some(var), q))
+                        .collect(),
+                )
+            } else {
+                config::ValueKind::String(value.clone())
+            };
+            insert_path(
+                &mut layer.table,
+                &path,
+                config::Value::new(Some(var), leaf),
+                var,
+            )?;
+            layer.origins.insert(path, var.clone());
+        }
+        Ok(layer)
+    }
+}
+
+fn insert_path(
+    table: &mut config::Map<String, config::Value>,
+    path: &[String],
+    leaf: config::Value,
+    var: &str,
+) -> Result<(), ConfigError> {
+    let (first, rest) = path.split_first().expect("non-empty path");
+    if rest.is_empty() {
+        table.insert(first.clone(), leaf);
+        return Ok(());
+    }
+    let entry = table.entry(first.clone()).or_insert_with(|| {
+        config::Value::new(
+            Some(&var.to_owned()),
+            config::ValueKind::Table(Default::default()),
+        )
+    });
+    match &mut entry.kind {
+        config::ValueKind::Table(t) => insert_path(t, rest, leaf, var),
+        _ => Err(ConfigError(format!(
+            "{var}: `{}` is a value, not a section, so it has no `{}`",
+            first, rest[0]
+        ))),
+    }
+}
+
+impl config::Source for EnvLayer {
+    fn clone_into_box(&self) -> Box<dyn config::Source + Send + Sync> {
+        Box::new(EnvLayer {
+            table: self.table.clone(),
+            origins: self.origins.clone(),
+        })
+    }
+
+    fn collect(&self) -> Result<config::Map<String, config::Value>, config::ConfigError> {
+        Ok(self.table.clone())
+    }
+}
+
+impl fmt::Debug for EnvLayer {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "EnvLayer({} variable(s))", self.origins.len())
+    }
+}
+
+/// The leaf paths a TOML table defines.
+fn toml_leaves(table: &toml::Table, prefix: &mut KeyPath, out: &mut Vec<KeyPath>) {
+    for (k, v) in table {
+        prefix.push(k.clone());
+        match v {
+            toml::Value::Table(t) => toml_leaves(t, prefix, out),
+            _ => out.push(prefix.clone()),
+        }
+        prefix.pop();
+    }
+}
+
+/// The leaves of the merged configuration, with their values as text.
+fn config_leaves(v: &config::Value, prefix: &mut KeyPath, out: &mut Vec<(KeyPath, String)>) {
+    match &v.kind {
+        config::ValueKind::Table(t) => {
+            for (k, v) in t {
+                prefix.push(k.clone());
+                config_leaves(v, prefix, out);
+                prefix.pop();
+            }
+        }
+        config::ValueKind::Array(items) => {
+            let texts: Vec<String> = items.iter().map(|i| i.to_string()).collect();
+            out.push((prefix.clone(), format!("[{}]", texts.join(", "))));
+        }
+        config::ValueKind::String(s) => out.push((prefix.clone(), format!("{s:?}"))),
+        _ => out.push((prefix.clone(), v.to_string())),
+    }
+}
+
+/// The segments of a path serde_ignored reports.
+fn ignored_segments(p: &serde_ignored::Path<'_>, out: &mut KeyPath) {
+    use serde_ignored::Path as P;
+    match p {
+        P::Root => {}
+        P::Seq { parent, index } => {
+            ignored_segments(parent, out);
+            out.push(index.to_string());
+        }
+        P::Map { parent, key } => {
+            ignored_segments(parent, out);
+            out.push(key.clone());
+        }
+        P::Some { parent } | P::NewtypeStruct { parent } | P::NewtypeVariant { parent } => {
+            ignored_segments(parent, out)
+        }
+    }
+}
+
 impl Settings {
     /// Loads the layered settings from the process environment.
     pub fn load(file: Option<&Path>) -> Result<Self, ConfigError> {
-        let env: Vec<(String, String)> = std::env::vars()
-            .filter(|(k, _)| k.starts_with("FLEET_"))
-            .collect();
-        Self::from_sources(file, &env)
+        Ok(Self::resolve(file, &fleet_env())?.settings)
     }
 
     /// Loads from the embedded defaults, `file`, then the given `FLEET_*` pairs.
@@ -201,36 +472,92 @@ impl Settings {
         file: Option<&Path>,
         env: &[(String, String)],
     ) -> Result<Self, ConfigError> {
+        Ok(Self::resolve(file, env)?.settings)
+    }
+
+    /// Loads like [`Settings::from_sources`] and reports where each value came from.
+    pub fn resolve(file: Option<&Path>, env: &[(String, String)]) -> Result<Resolved, ConfigError> {
         let mut b = config::Config::builder().add_source(config::File::from_str(
             DEFAULT_TOML,
             config::FileFormat::Toml,
         ));
+        let mut file_leaves = Vec::new();
         if let Some(f) = file {
-            if !f.exists() {
-                return Err(ConfigError(format!(
-                    "config file {} does not exist",
+            let text = std::fs::read_to_string(f).map_err(|e| {
+                ConfigError(format!("config file {} cannot be read: {e}", f.display()))
+            })?;
+            let table: toml::Table = toml::from_str(&text).map_err(|e| {
+                ConfigError(format!(
+                    "config file {} is not valid TOML: {e}",
                     f.display()
-                )));
-            }
-            b = b.add_source(config::File::from(f).format(config::FileFormat::Toml));
+                ))
+            })?;
+            toml_leaves(&table, &mut Vec::new(), &mut file_leaves);
+            b = b.add_source(config::File::from_str(&text, config::FileFormat::Toml));
         }
-        let env_map: config::Map<String, String> = env.iter().cloned().collect();
-        b = b.add_source(
-            config::Environment::with_prefix("FLEET")
-                .prefix_separator("_")
-                .separator("__")
-                .list_separator(",")
-                .with_list_parse_key("worker.queues")
-                .try_parsing(true)
-                .source(Some(env_map)),
-        );
+        let env_layer = EnvLayer::from_vars(env)?;
+        let env_origins = env_layer.origins.clone();
+        b = b.add_source(env_layer);
+        let source_of = |path: &[String]| -> SettingSource {
+            if let Some((_, var)) = env_origins
+                .iter()
+                .find(|(p, _)| p.as_slice() == path || p.starts_with(path) || path.starts_with(p))
+            {
+                return SettingSource::Env(var.clone());
+            }
+            match file {
+                Some(f)
+                    if file_leaves
+                        .iter()
+                        .any(|p| p.starts_with(path) || path.starts_with(p)) =>
+                {
+                    SettingSource::File(f.to_owned())
+                }
+                _ => SettingSource::Default,
+            }
+        };
         let raw = b.build().map_err(|e| ConfigError(e.to_string()))?;
-        let settings: Settings = raw
-            .clone()
-            .try_deserialize()
-            .map_err(|e| ConfigError(with_value(&e.to_string(), &raw, env)))?;
+        let mut unknown: Vec<KeyPath> = Vec::new();
+        let settings: Result<Settings, _> = serde_ignored::deserialize(raw.clone(), |p| {
+            let mut segs = Vec::new();
+            ignored_segments(&p, &mut segs);
+            unknown.push(segs);
+        });
+        if let Some(path) = unknown.first() {
+            let where_ = match source_of(path) {
+                SettingSource::Env(var) => format!("from {var}"),
+                SettingSource::File(f) => format!("in {}", f.display()),
+                SettingSource::Default => "in the embedded defaults".to_owned(),
+            };
+            let hint = if path == &["database_url"] {
+                " (the database is `database.url`, or DATABASE_URL)"
+            } else {
+                ""
+            };
+            return Err(ConfigError(format!(
+                "unknown setting `{}` ({where_}){hint}; see config/default.toml for every key",
+                display_path(path)
+            )));
+        }
+        let settings = settings
+            .map_err(|e| ConfigError(with_value(&e.to_string(), &raw, &env_origins, env)))?;
         settings.validate()?;
-        Ok(settings)
+        let mut leaves = Vec::new();
+        config_leaves(&raw.cache, &mut Vec::new(), &mut leaves);
+        leaves.sort();
+        let values = leaves
+            .into_iter()
+            .map(|(path, value)| ResolvedSetting {
+                key: display_path(&path),
+                value: if is_secret_key(&path) && value != "\"\"" {
+                    "***".to_owned()
+                } else {
+                    value
+                },
+                source: source_of(&path),
+            })
+            .collect();
+        Ok(Resolved { settings, values })
     }
 
     fn validate(&self) -> Result<(), ConfigError> {
@@ -274,6 +601,9 @@ impl Settings {
         if w.completer_batch == 0 {
             return bad("worker.completer_batch", "0".into(), "must be >= 1");
         }
+        if self.database.connect_timeout.is_zero() {
+            return bad("database.connect_timeout", "0s".into(), "must be > 0");
+        }
         if self.database.max_connections < 4 {
             return bad(
                 "database.max_connections",
@@ -304,8 +634,13 @@ impl Settings {
     }
 }
 
-/// Appends the offending value to a deserialization error that names a key.
-fn with_value(msg: &str, raw: &config::Config, env: &[(String, String)]) -> String {
+/// Appends the offending value and its source to a deserialization error that names a key.
+fn with_value(
+    msg: &str,
+    raw: &config::Config,
+    env_origins: &BTreeMap<KeyPath, String>,
+    env: &[(String, String)],
+) -> String {
     let key = msg
         .split("for key `")
         .nth(1)
@@ -314,21 +649,32 @@ fn with_value(msg: &str, raw: &config::Config, env: &[(String, String)]) -> Stri
     let Some(key) = key else {
         return msg.to_owned();
     };
-    let env_name = format!("FLEET_{}", key.to_uppercase().replace('.', "__"));
-    let from_env = env
+    let var = env_origins
         .iter()
-        .find(|(k, _)| *k == env_name)
+        .find(|(p, _)| p.join(".") == key)
+        .map(|(_, v)| v.clone());
+    let from_env = var
+        .as_ref()
+        .and_then(|var| env.iter().find(|(k, _)| k == var))
         .map(|(_, v)| v.clone());
     let value = from_env
         .clone()
         .or_else(|| raw.get_string(&key).ok())
         .unwrap_or_else(|| "?".into());
-    let source = if from_env.is_some() {
-        format!(" (from {env_name})")
-    } else {
-        String::new()
+    let source = match var {
+        Some(var) => format!(" (from {var})"),
+        None => String::new(),
     };
-    format!("{key} = {value:?}{source} is invalid: {msg}")
+    // The crate's message ends with its own "for key `…`": the key is already named first.
+    let reason = msg.split(" for key `").next().unwrap_or(msg);
+    format!("{key} = {value:?}{source} is invalid: {reason}")
+}
+
+/// The process's `FLEET_*` variables.
+pub fn fleet_env() -> Vec<(String, String)> {
+    std::env::vars()
+        .filter(|(k, _)| k.starts_with("FLEET_"))
+        .collect()
 }
 
 #[cfg(test)]
@@ -424,9 +770,113 @@ mod tests {
     fn database_url_never_prints() {
         let s = Settings::from_sources(
             None,
-            &env(&[("FLEET_DATABASE_URL", "postgres://u:hunter2@h/db")]),
+            &env(&[("FLEET_DATABASE__URL", "postgres://u:hunter2@h/db")]),
         )
         .unwrap();
         assert!(!format!("{s:?}").contains("hunter2"));
+    }
+
+    fn file_with(text: &str) -> std::path::PathBuf {
+        let p = std::env::temp_dir().join(format!(
+            "fleet-config-test-{}-{}.toml",
+            std::process::id(),
+            uuid::Uuid::new_v4().simple()
+        ));
+        std::fs::write(&p, text).unwrap();
+        p
+    }
+
+    #[test]
+    fn an_unknown_section_in_the_file_is_an_error_naming_it_and_the_file() {
+        let f = file_with("[wroker]\nconcurrency = 1\n");
+        let e = Settings::from_sources(Some(&f), &[])
+            .unwrap_err()
+            .to_string();
+        assert!(
+            e.contains("`wroker`") && e.contains(&f.display().to_string()),
+            "{e}"
+        );
+    }
+
+    #[test]
+    fn an_unknown_top_level_key_in_the_file_is_an_error() {
+        let f = file_with("lease = \"1s\"\n");
+        let e = Settings::from_sources(Some(&f), &[])
+            .unwrap_err()
+            .to_string();
+        assert!(
+            e.contains("`lease`") && e.contains(&f.display().to_string()),
+            "{e}"
+        );
+    }
+
+    #[test]
+    fn an_unknown_fleet_variable_is_an_error_naming_the_variable() {
+        let e = Settings::from_sources(None, &env(&[("FLEET_FOO", "1")]))
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("FLEET_FOO") && e.contains("`foo`"), "{e}");
+        let e = Settings::from_sources(None, &env(&[("FLEET_WORKER__CONCURENCY", "3")]))
+            .unwrap_err()
+            .to_string();
+        assert!(
+            e.contains("worker.concurency") && e.contains("FLEET_WORKER__CONCURENCY"),
+            "{e}"
+        );
+    }
+
+    #[test]
+    fn variables_that_are_not_settings_are_accepted() {
+        for (var, _) in OTHER_VARIABLES {
+            Settings::from_sources(None, &env(&[(var, "x")])).unwrap();
+        }
+    }
+
+    #[test]
+    fn a_kind_with_a_dot_is_overridable_from_the_environment() {
+        let s = Settings::from_sources(
+            None,
+            &env(&[("FLEET_KINDS__FLEET_DOT_SLEEP__CONCURRENCY", "4")]),
+        )
+        .unwrap();
+        assert_eq!(s.kinds["fleet.sleep"].concurrency, Some(4));
+    }
+
+    #[test]
+    fn a_bad_log_format_lists_the_valid_ones() {
+        let e = Settings::from_sources(None, &env(&[("FLEET_LOG_FORMAT", "xml")]))
+            .unwrap_err()
+            .to_string();
+        assert!(
+            e.contains("FLEET_LOG_FORMAT") && e.contains("human, json"),
+            "{e}"
+        );
+    }
+
+    #[test]
+    fn resolve_names_each_source_and_redacts_secrets() {
+        let f = file_with("[worker]\nconcurrency = 9\n");
+        let r = Settings::resolve(
+            Some(&f),
+            &env(&[
+                ("FLEET_WORKER__LEASE", "20s"),
+                ("FLEET_PROVIDERS__STRIPE__SECRET_KEY", "sk_live_hunter2"),
+                ("FLEET_DATABASE__URL", "postgres://u:hunter2@h/db"),
+            ]),
+        )
+        .unwrap();
+        let get = |k: &str| r.values.iter().find(|v| v.key == k).unwrap();
+        assert_eq!(
+            get("worker.concurrency").source,
+            SettingSource::File(f.clone())
+        );
+        assert_eq!(
+            get("worker.lease").source,
+            SettingSource::Env("FLEET_WORKER__LEASE".into())
+        );
+        assert_eq!(get("worker.prefetch").source, SettingSource::Default);
+        assert_eq!(get("providers.stripe.secret_key").value, "***");
+        assert_eq!(get("database.url").value, "***");
+        assert!(!format!("{:?}", r.values).contains("hunter2"));
     }
 }

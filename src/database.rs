@@ -1,5 +1,16 @@
-//! Finding a Postgres server, connecting, migrating, and scratch databases for the demo, the
-//! benchmarks and the tests ([`ScratchDb`]).
+//! Connecting to the fleet's database, migrating it, checking its schema, and scratch databases
+//! for the demo, the benchmarks and the tests ([`ScratchDb`]).
+//!
+//! **Roles use an explicit database.** [`connect_configured`] takes `DATABASE_URL` or
+//! `database.url` and nothing else; without one it refuses, naming both. The first connection
+//! is bounded by `database.connect_timeout`, and a failure names the host, port, database and
+//! user (never the password) with the server's reason once. **Roles never migrate**: migrating
+//! is the deploy step `fleet migrate`; a role checks the schema at start ([`require_schema`]) and
+//! refuses a database that is behind this binary, and starts (logging which) on one that is
+//! ahead by migrations it does not know, which is what a rollback leaves.
+//!
+//! Auto-discovery (`DATABASE_URL`, else the local server, else a throwaway cluster) is for the
+//! demo, the benchmarks and the tests only ([`resolve_server_url`], [`ScratchDb`]).
 //!
 //! Resolution order ([`resolve_server_url`]): `DATABASE_URL`; else the configured
 //! `database_url`; else the local server at `127.0.0.1:5432` (user `postgres`); else a
@@ -64,7 +75,242 @@ async fn answers(url: &str) -> bool {
     )
 }
 
-/// A pool of `max` connections to `url`, with statement logging quietened.
+/// Why a role could not use its database. [`DatabaseError::NotConfigured`] and
+/// [`DatabaseError::InvalidUrl`] are configuration errors; the rest mean the database cannot be
+/// used as it is.
+#[derive(Debug, thiserror::Error)]
+pub enum DatabaseError {
+    /// No URL anywhere.
+    #[error(
+        "no database configured: set DATABASE_URL (or database.url in the config file); \
+         fleet never picks a database by itself"
+    )]
+    NotConfigured,
+    /// The URL does not parse.
+    #[error("the database URL is not a valid postgres:// URL: {0}")]
+    InvalidUrl(String),
+    /// The first connection failed.
+    #[error("cannot connect to the database at {target}: {reason}")]
+    Unreachable {
+        /// `host:port/database as user`.
+        target: String,
+        /// The server's or the network's reason, once.
+        reason: String,
+    },
+    /// No migration was ever applied.
+    #[error(
+        "the database at {target} has no fleet schema: run `fleet migrate` (the deploy step) first"
+    )]
+    NotMigrated {
+        /// `host:port/database as user`.
+        target: String,
+    },
+    /// Migrations this binary needs are not applied.
+    #[error(
+        "the database schema is behind this binary: {} migration(s) not applied ({}); run \
+         `fleet migrate` (the deploy step) first",
+        missing.len(),
+        missing.join(", ")
+    )]
+    SchemaBehind {
+        /// `version description` of each.
+        missing: Vec<String>,
+    },
+    /// An applied migration differs from this binary's copy.
+    #[error(
+        "migration {0} was changed after it was applied (its checksum differs): the binary and \
+         the database disagree on the schema; deploy the binary that applied it"
+    )]
+    SchemaModified(String),
+    /// A query of the schema check failed.
+    #[error("checking the database schema failed: {0}")]
+    Query(#[source] sqlx::Error),
+}
+
+impl DatabaseError {
+    /// Whether this is a configuration error (exit 2) rather than an unusable database (3).
+    pub fn is_configuration(&self) -> bool {
+        matches!(self, Self::NotConfigured | Self::InvalidUrl(_))
+    }
+}
+
+/// `host:port/database as user` of `opts`: what an error may name (no password).
+pub fn describe_target(opts: &PgConnectOptions) -> String {
+    format!(
+        "{}:{}/{} as {}",
+        opts.get_host(),
+        opts.get_port(),
+        opts.get_database().unwrap_or("(default)"),
+        opts.get_username()
+    )
+}
+
+/// The reason a connection failed, said once (sqlx's texts repeat the server's message).
+fn connect_reason(e: &sqlx::Error) -> String {
+    match e {
+        sqlx::Error::Database(db) => db.message().to_owned(),
+        sqlx::Error::Io(io) => io.to_string(),
+        sqlx::Error::Tls(t) => format!("TLS: {t}"),
+        other => other.to_string(),
+    }
+}
+
+/// A pool on the configured database (`DATABASE_URL`, else `database.url`): the first
+/// connection within `database.connect_timeout`, or an error naming the target and the reason.
+pub async fn connect_configured(
+    db: &crate::config::DatabaseSettings,
+) -> Result<PgPool, DatabaseError> {
+    let url = db.configured_url().ok_or(DatabaseError::NotConfigured)?;
+    connect_within(&url, db.max_connections, db.connect_timeout).await
+}
+
+/// A pool of `max` connections to `url`, the first connection within `timeout`.
+pub async fn connect_within(
+    url: &str,
+    max: u32,
+    timeout: Duration,
+) -> Result<PgPool, DatabaseError> {
+    let opts = PgConnectOptions::from_str(url)
+        .map_err(|e| DatabaseError::InvalidUrl(connect_reason(&e)))?
+        .log_statements(tracing::log::LevelFilter::Trace)
+        .log_slow_statements(tracing::log::LevelFilter::Warn, Duration::from_secs(2));
+    let target = describe_target(&opts);
+    let unreachable = |reason: String| DatabaseError::Unreachable {
+        target: target.clone(),
+        reason,
+    };
+    // One connection first: its error says why, where the pool would only time out.
+    match tokio::time::timeout(timeout, PgConnection::connect_with(&opts)).await {
+        Err(_) => return Err(unreachable(format!("no answer within {timeout:?}"))),
+        Ok(Err(e)) => return Err(unreachable(connect_reason(&e))),
+        Ok(Ok(c)) => {
+            let _ = c.close().await;
+        }
+    }
+    PgPoolOptions::new()
+        .max_connections(max)
+        .acquire_timeout(Duration::from_secs(30))
+        .connect_with(opts)
+        .await
+        .map_err(|e| unreachable(connect_reason(&e)))
+}
+
+/// One migration as the database and this binary see it.
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct MigrationStatus {
+    /// Its version (the file's timestamp).
+    pub version: i64,
+    /// Its description (the file name's rest).
+    pub description: String,
+    /// `applied`, `pending` (this binary has it, the database not), `unknown` (applied by a
+    /// newer binary: a rollback), `modified` (applied, but the binary's copy differs).
+    pub state: &'static str,
+    /// When it was applied.
+    pub applied_on: Option<chrono::DateTime<chrono::Utc>>,
+}
+
+/// Every migration this binary knows or the database has applied, in version order. `None`
+/// when the database has no migrations table at all.
+pub async fn migration_status(pool: &PgPool) -> Result<Option<Vec<MigrationStatus>>, sqlx::Error> {
+    let exists: bool = sqlx::query_scalar("SELECT to_regclass('_sqlx_migrations') IS NOT NULL")
+        .fetch_one(pool)
+        .await?;
+    if !exists {
+        return Ok(None);
+    }
+    let applied: Vec<(i64, String, Vec<u8>, chrono::DateTime<chrono::Utc>)> = sqlx::query_as(
+        "SELECT version, description, checksum, installed_on FROM _sqlx_migrations
+         WHERE success ORDER BY version",
+    )
+    .fetch_all(pool)
+    .await?;
+    let mut out: Vec<MigrationStatus> = MIGRATOR
+        .iter()
+        .map(|m| {
+            let found = applied.iter().find(|a| a.0 == m.version);
+            MigrationStatus {
+                version: m.version,
+                description: m.description.to_string(),
+                state: match found {
+                    None => "pending",
+                    Some(a) if a.2 != m.checksum.as_ref() => "modified",
+                    Some(_) => "applied",
+                },
+                applied_on: found.map(|a| a.3),
+            }
+        })
+        .collect();
+    for a in &applied {
+        if MIGRATOR.iter().all(|m| m.version != a.0) {
+            out.push(MigrationStatus {
+                version: a.0,
+                description: a.1.clone(),
+                state: "unknown",
+                applied_on: Some(a.3),
+            });
+        }
+    }
+    out.sort_by_key(|m| m.version);
+    Ok(Some(out))
+}
+
+/// Refuses a database whose schema this binary cannot run on: never migrated, behind (run
+/// `fleet migrate`), or an applied migration changed. A database ahead by migrations this
+/// binary does not know (a rollback) is accepted; they are returned so the role can log them.
+pub async fn require_schema(pool: &PgPool) -> Result<Vec<MigrationStatus>, DatabaseError> {
+    let status = migration_status(pool).await.map_err(DatabaseError::Query)?;
+    let Some(status) = status else {
+        let target = pool.connect_options();
+        return Err(DatabaseError::NotMigrated {
+            target: describe_target(&target),
+        });
+    };
+    if let Some(m) = status.iter().find(|m| m.state == "modified") {
+        return Err(DatabaseError::SchemaModified(format!(
+            "{} {}",
+            m.version, m.description
+        )));
+    }
+    let missing: Vec<String> = status
+        .iter()
+        .filter(|m| m.state == "pending")
+        .map(|m| format!("{} {}", m.version, m.description))
+        .collect();
+    if !missing.is_empty() {
+        return Err(DatabaseError::SchemaBehind { missing });
+    }
+    let ahead: Vec<MigrationStatus> = status
+        .into_iter()
+        .filter(|m| m.state == "unknown")
+        .collect();
+    for m in &ahead {
+        tracing::warn!(
+            migration.version = m.version,
+            migration.description = %m.description,
+            "the database has a migration this binary does not know (a rollback?): starting anyway"
+        );
+    }
+    Ok(ahead)
+}
+
+/// Applies this binary's pending migrations (the deploy step). Migrations the database has
+/// but this binary does not (a rollback) are left in place. Returns the versions applied.
+pub async fn migrate_pending(pool: &PgPool) -> anyhow::Result<Vec<i64>> {
+    let before: Vec<i64> = match migration_status(pool).await? {
+        None => MIGRATOR.iter().map(|m| m.version).collect(),
+        Some(s) => s
+            .iter()
+            .filter(|m| m.state == "pending")
+            .map(|m| m.version)
+            .collect(),
+    };
+    let mut m: sqlx::migrate::Migrator = sqlx::migrate!("./migrations");
+    m.set_ignore_missing(true);
+    m.run(pool).await.context("running migrations")?;
+    Ok(before)
+}
+
+/// A pool of `max` connections to `url`, with statement logging quietened (scratch databases).
 pub async fn connect(url: &str, max: u32) -> anyhow::Result<PgPool> {
     let opts = PgConnectOptions::from_str(url)
         .with_context(|| "DATABASE_URL is not a valid postgres URL".to_string())?
@@ -79,7 +325,7 @@ pub async fn connect(url: &str, max: u32) -> anyhow::Result<PgPool> {
         .with_context(|| format!("connecting to database {db:?}"))
 }
 
-/// Applies the embedded migrations.
+/// Applies the embedded migrations (scratch databases; roles use `fleet migrate`).
 pub async fn migrate(pool: &PgPool) -> anyhow::Result<()> {
     MIGRATOR.run(pool).await.context("running migrations")?;
     Ok(())

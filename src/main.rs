@@ -20,8 +20,15 @@ fn main() -> std::process::ExitCode {
         .build()
         .expect("tokio runtime");
     // The OTLP batch exporter spawns onto the runtime: initialise inside it.
-    let tracer = rt.block_on(async { telemetry::init(settings.log_format, "info,sqlx=warn") });
-    let result = rt.block_on(cli::run(cli.command, settings));
+    // The cron library logs its own start-up at info ("Uninited", "Job creator created"):
+    // noise for operators, so only its warnings show.
+    let tracer = rt.block_on(async {
+        telemetry::init(
+            settings.log_format,
+            "info,sqlx=warn,tokio_cron_scheduler=warn",
+        )
+    });
+    let result = rt.block_on(cli::run(cli.command, settings, cli.config.as_deref()));
     if let Some(t) = tracer {
         let _ = t.shutdown();
     }
@@ -29,7 +36,7 @@ fn main() -> std::process::ExitCode {
         Ok(()) => std::process::ExitCode::SUCCESS,
         Err(e) => {
             eprintln!("fleet: {e:#}");
-            std::process::ExitCode::FAILURE
+            std::process::ExitCode::from(cli::exit_code(&e))
         }
     }
 }

@@ -5,7 +5,7 @@
 
 use std::time::{Duration, Instant};
 
-use anyhow::{bail, Context};
+use anyhow::Context;
 use serde::Serialize;
 use serde_json::json;
 use sqlx::{Connection, PgPool};
@@ -18,6 +18,19 @@ use crate::queue::{
 
 /// Rows deleted per prune statement (keeps each transaction short).
 const PRUNE_BATCH: i64 = 10_000;
+
+/// The command was asked for something it cannot do as asked (a missing filter, a bad
+/// limit, an unknown kind): a usage error, nothing was changed.
+#[derive(Debug, thiserror::Error)]
+#[error("{0}")]
+pub struct UsageError(pub String);
+
+/// Returns a [`UsageError`] from the enclosing function.
+macro_rules! usage {
+    ($($t:tt)*) => {
+        return Err(UsageError(format!($($t)*)).into())
+    };
+}
 
 /// What a mutating command changed, or would change with `dry_run`.
 #[derive(Debug, Clone, Serialize)]
@@ -58,7 +71,7 @@ impl Ops {
         if queue::kind_exists(&mut conn, kind).await? {
             return Ok(());
         }
-        bail!(
+        usage!(
             "unknown job kind {kind:?}: not registered and no jobs stored (known: {})",
             self.known_kinds.join(", ")
         )
@@ -70,10 +83,48 @@ impl Ops {
         }
         if let (Some(a), Some(b)) = (f.since, f.until) {
             if a >= b {
-                bail!("--since ({a}) must be before --until ({b})");
+                usage!("--since ({a}) must be before --until ({b})");
             }
         }
         Ok(())
+    }
+
+    /// The paused and draining kinds.
+    pub async fn paused(&self) -> anyhow::Result<Vec<queue::PausedKind>> {
+        let mut conn = self.pool.acquire().await?;
+        Ok(queue::kind_list_paused(&mut conn).await?)
+    }
+
+    /// Registered workers; `alive` when the last heartbeat is within `alive_within`.
+    pub async fn workers(&self, alive_within: Duration) -> anyhow::Result<Vec<queue::WorkerRow>> {
+        let mut conn = self.pool.acquire().await?;
+        Ok(queue::worker_list(&mut conn, alive_within, None).await?)
+    }
+
+    /// Of `kinds`, those no live worker claims (by kind and by the kind's queue, from
+    /// `queue_of`; a kind this binary does not know counts as served by any worker running it).
+    pub async fn unserved_kinds(
+        &self,
+        kinds: &[String],
+        queue_of: impl Fn(&str) -> Option<String>,
+        alive_within: Duration,
+    ) -> anyhow::Result<Vec<String>> {
+        let live: Vec<queue::WorkerRow> = self
+            .workers(alive_within)
+            .await?
+            .into_iter()
+            .filter(|w| w.alive)
+            .collect();
+        Ok(kinds
+            .iter()
+            .filter(|k| {
+                !live.iter().any(|w| match queue_of(k) {
+                    Some(q) => w.serves(k, &q),
+                    None => w.kinds.contains(k),
+                })
+            })
+            .cloned()
+            .collect())
     }
 
     /// Per-kind counts.
@@ -91,7 +142,7 @@ impl Ops {
     ) -> anyhow::Result<Vec<JobSummary>> {
         self.check_filter(f).await?;
         if !(1..=10_000).contains(&limit) {
-            bail!("--limit must be 1..=10000, got {limit}");
+            usage!("--limit must be 1..=10000, got {limit}");
         }
         let mut conn = self.pool.acquire().await?;
         Ok(queue::job_list(&mut conn, f, limit, before_id).await?)
@@ -113,14 +164,14 @@ impl Ops {
     ) -> anyhow::Result<Mutation<ReplayResult>> {
         self.check_filter(f).await?;
         if f.is_empty() {
-            bail!("replay needs --id or a filter (--kind, --state, --since, --until, --key)");
+            usage!("replay needs --id or a filter (--kind, --state, --since, --until, --key)");
         }
         if let Some(states) = &f.states {
             if let Some(s) = states
                 .iter()
                 .find(|s| !matches!(s, JobState::Dead | JobState::Cancelled))
             {
-                bail!(
+                usage!(
                     "only dead or cancelled jobs can be replayed; --state {s} is not one of them"
                 );
             }
@@ -138,15 +189,15 @@ impl Ops {
         &self,
         f: &JobFilter,
         dry_run: bool,
-    ) -> anyhow::Result<Mutation<Vec<(i64, String)>>> {
+    ) -> anyhow::Result<Mutation<Vec<queue::CancelledJob>>> {
         self.check_filter(f).await?;
         if f.is_empty() {
-            bail!("cancel needs --id or a filter (--kind, --state, --since, --until, --key)");
+            usage!("cancel needs --id or a filter (--kind, --state, --since, --until, --key)");
         }
         let mut conn = self.pool.acquire().await?;
         let mut tx = conn.begin().await?;
         let result = queue::job_cancel(&mut tx, f, &self.actor, None).await?;
-        let ids: Vec<i64> = result.iter().map(|(id, _)| *id).collect();
+        let ids: Vec<i64> = result.iter().map(|c| c.id).collect();
         self.finish(
             tx,
             dry_run,
@@ -211,7 +262,7 @@ impl Ops {
         mut progress: impl FnMut(&DrainCounts),
     ) -> anyhow::Result<Mutation<DrainResult>> {
         if kinds.is_empty() {
-            bail!("drain needs at least one kind");
+            usage!("drain needs at least one kind");
         }
         for k in kinds {
             self.check_kind(k).await?;
@@ -285,13 +336,13 @@ impl Ops {
                 }
             } else if started.elapsed() >= timeout {
                 queue::kind_drain_end(&mut conn, kinds).await?;
-                bail!(
-                    "drain of {} timed out after {timeout:?}: {} queued and {} running job(s) left; \
-                     the kinds are now fully paused (`fleet queue resume KIND` to lift)",
-                    kinds.join(", "),
-                    counts.backlog,
-                    counts.running
-                );
+                return Err(DrainTimedOut {
+                    kinds: kinds.join(", "),
+                    timeout,
+                    backlog: counts.backlog,
+                    running: counts.running,
+                }
+                .into());
             }
             tokio::time::sleep(Duration::from_millis(200)).await;
         }
@@ -305,10 +356,10 @@ impl Ops {
         dry_run: bool,
     ) -> anyhow::Result<Mutation<u64>> {
         if let Some(s) = states.iter().find(|s| !s.is_final()) {
-            bail!("only finished jobs can be pruned; --state {s} is not final");
+            usage!("only finished jobs can be pruned; --state {s} is not final");
         }
         if older_than < Duration::from_secs(60) {
-            bail!("--older-than must be at least 1m (got {older_than:?})");
+            usage!("--older-than must be at least 1m (got {older_than:?})");
         }
         let mut conn = self.pool.acquire().await?;
         let deleted = if dry_run {
@@ -403,6 +454,24 @@ impl Ops {
         tx.commit().await?;
         Ok(())
     }
+}
+
+/// A drain that ran out of time: the kinds are now fully paused, with work left.
+#[derive(Debug, thiserror::Error)]
+#[error(
+    "drain of {kinds} timed out after {}: {backlog} queued and {running} running job(s) left; \
+     the kinds are now fully paused (`fleet queue resume KIND` to lift)",
+    humantime::format_duration(*timeout)
+)]
+pub struct DrainTimedOut {
+    /// The drained kinds.
+    pub kinds: String,
+    /// How long it waited.
+    pub timeout: Duration,
+    /// Queued jobs it would still have run.
+    pub backlog: i64,
+    /// Jobs still running.
+    pub running: i64,
 }
 
 /// What `drain` saw when it stopped waiting.

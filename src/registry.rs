@@ -113,6 +113,18 @@ impl Registry {
         self.kinds.get(kind).map(|k| &k.settings)
     }
 
+    /// The queues the registered kinds are enqueued on, sorted, each once.
+    pub fn queues(&self) -> Vec<String> {
+        let mut v: Vec<String> = self
+            .kinds
+            .values()
+            .map(|k| k.settings.queue.clone())
+            .collect();
+        v.sort();
+        v.dedup();
+        v
+    }
+
     /// Registered kind names, sorted.
     pub fn kind_names(&self) -> Vec<String> {
         let mut v: Vec<String> = self.kinds.keys().cloned().collect();

@@ -78,9 +78,18 @@ pub fn validate(
         if !s.enabled {
             continue;
         }
+        let fields = s.cron.split_whitespace().count();
+        if fields != 6 {
+            return Err(ConfigError(format!(
+                "schedules.{name}.cron = {:?} has {fields} field(s); a schedule has 6: sec min \
+                 hour day-of-month month day-of-week (e.g. \"0 */10 * * * *\" for every 10 minutes)",
+                s.cron
+            )));
+        }
         let cron = parse_cron(&s.cron).map_err(|e| {
             ConfigError(format!(
-                "schedules.{name}.cron = {:?} is invalid: {e} (expected 6 fields: sec min hour day-of-month month day-of-week)",
+                "schedules.{name}.cron = {:?} is invalid: {e} (fields: sec min hour \
+                 day-of-month month day-of-week)",
                 s.cron
             ))
         })?;

@@ -54,8 +54,14 @@ pub fn init(format: LogFormat, default_filter: &str) -> Option<SdkTracerProvider
         .map(|p| tracing_opentelemetry::layer().with_tracer(p.tracer("fleet")));
     let registry = tracing_subscriber::registry().with(filter).with(otel);
     let _ = match format {
+        // Colour only for a person at a terminal: piped logs stay plain text.
         LogFormat::Human => registry
-            .with(fmt::layer().with_writer(std::io::stderr).with_target(false))
+            .with(
+                fmt::layer()
+                    .with_writer(std::io::stderr)
+                    .with_target(false)
+                    .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr())),
+            )
             .try_init(),
         LogFormat::Json => registry
             .with(

@@ -191,7 +191,13 @@ async fn cancel_stops_a_running_job_at_once_and_the_worker_cannot_overwrite_it()
 
     let o = ops(&db.pool, &reg);
     let dry = o.cancel(&by_id(id), true).await.unwrap();
-    assert_eq!(dry.result, vec![(id, "running".to_owned())]);
+    assert_eq!(
+        dry.result,
+        vec![fleet::queue::CancelledJob {
+            id,
+            was: "running".to_owned()
+        }]
+    );
     assert_eq!(
         common::job(&db.pool, id).await.state,
         JobState::Running,
@@ -199,7 +205,13 @@ async fn cancel_stops_a_running_job_at_once_and_the_worker_cannot_overwrite_it()
     );
 
     let r = o.cancel(&by_id(id), false).await.unwrap();
-    assert_eq!(r.result, vec![(id, "running".to_owned())]);
+    assert_eq!(
+        r.result,
+        vec![fleet::queue::CancelledJob {
+            id,
+            was: "running".to_owned()
+        }]
+    );
     // The handler stops: the worker's refused outcome shows up well before any heartbeat.
     let counters = w.counters.clone();
     let deadline = std::time::Instant::now() + SECS(5);

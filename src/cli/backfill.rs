@@ -1,8 +1,8 @@
 //! `fleet backfill start|status`: resumable, checkpointed passes over a table.
 
+use super::usage;
 use std::sync::Arc;
 
-use anyhow::bail;
 use clap::Subcommand;
 use fleet::{config::Settings, fleet_registry, Queue};
 use jobs::NewJob;
@@ -46,10 +46,10 @@ pub async fn run(a: BackfillArgs, settings: &Settings) -> anyhow::Result<()> {
         } => {
             if jobs::backfill::by_name(&name).is_none() {
                 let known: Vec<&str> = jobs::backfill::all().iter().map(|b| b.name()).collect();
-                bail!("unknown backfill {name:?} (known: {})", known.join(", "));
+                usage!("unknown backfill {name:?} (known: {})", known.join(", "));
             }
             if !(1..=50_000).contains(&batch_size) {
-                bail!("--batch-size must be 1..=50000, got {batch_size}");
+                usage!("--batch-size must be 1..=50000, got {batch_size}");
             }
             let reset = jobs::backfill::reset_if_finished(&mut conn, &name).await?;
             let registry = Arc::new(fleet_registry(settings)?);

@@ -1,6 +1,5 @@
 //! `fleet check`: the invariants, with each violation's ids.
 
-use anyhow::bail;
 use fleet::config::Settings;
 
 use super::pool_for;
@@ -25,7 +24,7 @@ pub async fn run(a: CheckArgs, settings: &Settings) -> anyhow::Result<()> {
         }
     }
     if !violations.is_empty() {
-        bail!("{} invariant(s) violated", violations.len());
+        return Err(super::Finding(format!("{} invariant(s) violated", violations.len())).into());
     }
     Ok(())
 }

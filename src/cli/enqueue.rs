@@ -2,7 +2,6 @@
 
 use std::{sync::Arc, time::Duration};
 
-use anyhow::Context;
 use fleet::{config::Settings, fleet_registry, Queue};
 use jobs::NewJob;
 
@@ -24,13 +23,13 @@ pub struct EnqueueArgs {
 }
 
 pub async fn run(a: EnqueueArgs, settings: &Settings) -> anyhow::Result<()> {
-    let args: serde_json::Value =
-        serde_json::from_str(&a.args).context("--args is not valid JSON")?;
+    let args: serde_json::Value = serde_json::from_str(&a.args)
+        .map_err(|e| fleet::ops::UsageError(format!("--args is not valid JSON: {e}")))?;
     let registry = Arc::new(fleet_registry(settings)?);
     let mut job = NewJob::raw(a.kind, args);
     // Checked before connecting: an unknown kind or bad args is a usage error, not a
     // database one.
-    registry.check(&job).map_err(anyhow::Error::msg)?;
+    registry.check(&job).map_err(fleet::ops::UsageError)?;
     let pool = pool_for(settings).await?;
     job.opts.idempotency_key = a.key;
     if let Some(d) = a.delay {

@@ -7,10 +7,13 @@ mod bench;
 mod check;
 mod demo;
 mod enqueue;
+pub(crate) mod output;
 mod queue;
 mod roles;
 mod sandbox;
 mod seed;
+mod settings;
+mod workers;
 
 use std::path::PathBuf;
 
@@ -32,8 +35,11 @@ pub struct Cli {
 pub enum Command {
     /// Run the fleet end to end on a fresh scratch database and print a summary.
     Demo(demo::DemoArgs),
-    /// Apply database migrations.
-    Migrate,
+    /// Apply the pending database migrations (the deploy step; roles never migrate), or list
+    /// them with --status.
+    Migrate(roles::MigrateArgs),
+    /// Show the settings in effect and where each came from.
+    Config(settings::ConfigArgs),
     /// Run a worker until SIGTERM/SIGINT (first: drain; second: exit at once).
     Worker(roles::WorkerArgs),
     /// Serve /health, /metrics and the webhook ingress (/webhooks/stripe, /webhooks/duffel).
@@ -42,8 +48,11 @@ pub enum Command {
     Scheduler,
     /// Enqueue one job (operators' smoke test).
     Enqueue(enqueue::EnqueueArgs),
-    /// Pause, resume or list paused kinds (the kill switch).
+    /// Inspect and operate the queue: stats, list, show, replay, cancel, pause, resume, paused,
+    /// drain, prune.
     Queue(queue::QueueArgs),
+    /// List the registered workers: alive or stale, their queues, what they hold.
+    Workers(workers::WorkersArgs),
     /// Serve the provider sandbox (Stripe, Duffel and Resend subset) on loopback.
     Sandbox(sandbox::SandboxArgs),
     /// Insert synthetic users with profiles, cards and campaigns (staging and local runs only:
@@ -57,16 +66,22 @@ pub enum Command {
     Bench(bench::BenchArgs),
 }
 
-/// Runs one command to its end.
-pub async fn run(command: Command, settings: Settings) -> anyhow::Result<()> {
+/// Runs one command to its end. `file` is the `--config` file, if any.
+pub async fn run(
+    command: Command,
+    settings: Settings,
+    file: Option<&std::path::Path>,
+) -> anyhow::Result<()> {
     match command {
         Command::Demo(a) => demo::run(a, &settings).await,
-        Command::Migrate => roles::migrate(&settings).await,
+        Command::Migrate(a) => roles::migrate(a, &settings).await,
+        Command::Config(a) => settings::run(a, file),
         Command::Worker(a) => roles::worker(a, settings).await,
         Command::Serve(a) => roles::serve(a, &settings).await,
         Command::Scheduler => roles::scheduler(&settings).await,
         Command::Enqueue(a) => enqueue::run(a, &settings).await,
         Command::Queue(a) => queue::run(a, &settings).await,
+        Command::Workers(a) => workers::run(a, &settings).await,
         Command::Sandbox(a) => sandbox::run(a).await,
         Command::Seed(a) => seed::run(a, &settings).await,
         Command::Check(a) => check::run(a, &settings).await,
@@ -75,11 +90,48 @@ pub async fn run(command: Command, settings: Settings) -> anyhow::Result<()> {
     }
 }
 
-/// A pool on the configured database.
+/// The configured database (`DATABASE_URL`, else `database.url`; never a guess), its schema
+/// checked: every role and operator command runs on it. A database behind this binary is
+/// refused; one ahead of it (a rollback) is accepted and the unknown migrations are logged.
 pub(crate) async fn pool_for(settings: &Settings) -> anyhow::Result<sqlx::PgPool> {
-    let url =
-        database::resolve_server_url(settings.database_url.as_ref().map(|s| s.0.as_str())).await?;
-    database::connect(&url, settings.database.max_connections).await
+    let pool = database::connect_configured(&settings.database).await?;
+    database::require_schema(&pool).await?;
+    Ok(pool)
+}
+
+/// Returns a usage error (exit 2) from the enclosing function: the command was asked for
+/// something it cannot do as asked.
+macro_rules! usage {
+    ($($t:tt)*) => {
+        return Err(fleet::ops::UsageError(format!($($t)*)).into())
+    };
+}
+pub(crate) use usage;
+
+/// A result the command reports as a finding (exit 1): invariants violated, a drain that did
+/// not finish. Distinct from a failure to run (exit 2 or 3).
+#[derive(Debug, thiserror::Error)]
+#[error("{0}")]
+pub struct Finding(pub String);
+
+/// The documented exit codes: 0 ok, 1 a finding (or a failed operation), 2 usage or
+/// configuration error, 3 the database cannot be reached or its schema does not fit.
+pub fn exit_code(e: &anyhow::Error) -> u8 {
+    for cause in e.chain() {
+        if cause.is::<Finding>() {
+            return 1;
+        }
+        if cause.is::<fleet::config::ConfigError>() || cause.is::<fleet::ops::UsageError>() {
+            return 2;
+        }
+        if let Some(db) = cause.downcast_ref::<database::DatabaseError>() {
+            return if db.is_configuration() { 2 } else { 3 };
+        }
+        if cause.is::<sqlx::Error>() {
+            return 3;
+        }
+    }
+    1
 }
 
 /// First SIGTERM/SIGINT: drain. Second: exit at once (leases expire; the rescuer takes over).

@@ -11,7 +11,11 @@ use fleet::{
     queue::{self, JobState},
 };
 
-use super::{os_user, pool_for};
+use super::{
+    os_user,
+    output::{ago, clip, emit, short, table, when},
+    pool_for,
+};
 
 #[derive(clap::Args)]
 pub struct QueueArgs {
@@ -154,84 +158,90 @@ pub async fn run(a: QueueArgs, settings: &Settings) -> anyhow::Result<()> {
     let pool = pool_for(settings).await?;
     let (kinds, action, json) = (registry.kind_names(), a.action, a.json);
     let actor_of = |m: &MutArgs| m.actor.clone().unwrap_or_else(os_user);
-    let print = |v: serde_json::Value, text: String| {
-        if json {
-            println!("{v}");
-        } else {
-            println!("{text}");
-        }
-    };
+    let ops = |actor: String| Ops::new(pool.clone(), kinds.clone(), actor);
     match action {
         QueueAction::Stats => {
-            let stats = Ops::new(pool, kinds, os_user()).stats().await?;
-            let mut text = format!(
-                "{:<28} {:>9} {:>9} {:>9} {:>9} {:>9} {:>9} {:>9} {:>12} {:>8}\n",
+            let stats = ops(os_user()).stats().await?;
+            let mut t = table(&[
                 "kind",
-                "scheduled",
-                "available",
+                "queue",
+                "paused",
+                "ready",
+                "due",
+                "later",
                 "running",
-                "retryable",
-                "completed",
-                "cancelled",
-                "dead",
-                "oldest_ready",
-                "done/1m"
-            );
+                "dead 24h",
+                "done/1m",
+                "oldest ready",
+            ]);
             for k in &stats {
                 let n = |s: &str| k.states.get(s).copied().unwrap_or(0);
-                text.push_str(&format!(
-                    "{:<28} {:>9} {:>9} {:>9} {:>9} {:>9} {:>9} {:>9} {:>12} {:>8}\n",
-                    k.kind,
-                    n("scheduled"),
-                    n("available"),
-                    n("running"),
-                    n("retryable"),
-                    n("completed"),
-                    n("cancelled"),
-                    n("dead"),
+                t.add_row(vec![
+                    k.kind.clone(),
+                    k.queue.clone(),
+                    k.paused.unwrap_or("").to_owned(),
+                    n("available").to_string(),
+                    k.due_now.to_string(),
+                    k.later.to_string(),
+                    n("running").to_string(),
+                    k.dead_last_day.to_string(),
+                    k.completed_last_minute.to_string(),
                     k.oldest_available_age_s
-                        .map(|a| format!("{a:.1}s"))
+                        .map(|a| short(Duration::from_secs_f64(a.max(0.0))))
                         .unwrap_or_else(|| "-".into()),
-                    k.completed_last_minute
-                ));
+                ]);
             }
-            print(serde_json::to_value(&stats)?, text.trim_end().to_owned());
+            let text = if stats.is_empty() {
+                "no jobs, and no kind is paused".to_owned()
+            } else {
+                format!(
+                    "{t}\nready: claimable now · due: scheduled or retrying, claimable at the next \
+                     promotion · later: waiting for its time"
+                )
+            };
+            emit(json, &stats, &text)
         }
         QueueAction::List {
             filter,
             limit,
             before_id,
         } => {
-            let rows = Ops::new(pool, kinds, os_user())
+            let rows = ops(os_user())
                 .list(&filter.into_filter(), limit, before_id)
                 .await?;
-            let mut text = String::new();
+            let mut t = table(&["id", "kind", "state", "try", "run at", "key", "last error"]);
             for r in &rows {
-                text.push_str(&format!(
-                    "{:>10} {:<24} {:<10} {}/{} run_at={} key={} {}\n",
-                    r.id,
-                    r.kind,
-                    r.state,
-                    r.attempt,
-                    r.max_attempts,
-                    r.run_at.format("%Y-%m-%dT%H:%M:%SZ"),
-                    r.idempotency_key.as_deref().unwrap_or("-"),
-                    r.last_error.as_deref().unwrap_or("")
-                ));
+                t.add_row(vec![
+                    r.id.to_string(),
+                    r.kind.clone(),
+                    r.state.clone(),
+                    format!("{}/{}", r.attempt, r.max_attempts),
+                    ago(r.run_at),
+                    r.idempotency_key
+                        .as_deref()
+                        .map(|k| clip(k, 24))
+                        .unwrap_or_else(|| "-".into()),
+                    r.last_error
+                        .as_deref()
+                        .map(|e| clip(e, 40))
+                        .unwrap_or_default(),
+                ]);
             }
-            if let Some(last) = rows.last() {
-                text.push_str(&format!("(next page: --before-id {})", last.id));
-            } else {
-                text.push_str("(no jobs)");
-            }
-            print(serde_json::to_value(&rows)?, text);
+            let text = match rows.last() {
+                None => "no jobs match".to_owned(),
+                Some(last) if rows.len() as i64 == limit => {
+                    format!("{t}\nnext page: --before-id {}", last.id)
+                }
+                Some(_) => t.to_string(),
+            };
+            emit(json, &rows, &text)
         }
         QueueAction::Show { id } => {
-            let j = Ops::new(pool, kinds, os_user()).show(id).await?;
-            print(serde_json::to_value(&j)?, serde_json::to_string_pretty(&j)?);
+            let j = ops(os_user()).show(id).await?;
+            emit(json, &j, &show_text(&j))
         }
         QueueAction::Replay { filter, m } => {
-            let r = Ops::new(pool, kinds, actor_of(&m))
+            let r = ops(actor_of(&m))
                 .replay(&filter.into_filter(), m.dry_run)
                 .await?;
             let verb = if r.dry_run {
@@ -239,18 +249,22 @@ pub async fn run(a: QueueArgs, settings: &Settings) -> anyhow::Result<()> {
             } else {
                 "replayed"
             };
-            let mut text = format!(
-                "{verb} {} job(s): {:?}",
-                r.result.replayed.len(),
-                r.result.replayed
-            );
-            for (id, why) in &r.result.skipped {
-                text.push_str(&format!("\nskipped {id}: {why}"));
+            let mut text = if r.result.replayed.is_empty() {
+                format!("{verb} no job: none of the matching jobs is dead or cancelled")
+            } else {
+                format!(
+                    "{verb} {} job(s): {}",
+                    r.result.replayed.len(),
+                    ids(&r.result.replayed)
+                )
+            };
+            for sk in &r.result.skipped {
+                text.push_str(&format!("\nskipped {}: {}", sk.id, sk.reason));
             }
-            print(serde_json::to_value(&r)?, text);
+            emit(json, &r, &text)
         }
         QueueAction::Cancel { filter, m } => {
-            let r = Ops::new(pool, kinds, actor_of(&m))
+            let r = ops(actor_of(&m))
                 .cancel(&filter.into_filter(), m.dry_run)
                 .await?;
             let verb = if r.dry_run {
@@ -258,69 +272,79 @@ pub async fn run(a: QueueArgs, settings: &Settings) -> anyhow::Result<()> {
             } else {
                 "cancelled"
             };
-            let list: Vec<String> = r
-                .result
-                .iter()
-                .map(|(id, was)| format!("{id} (was {was})"))
-                .collect();
-            print(
-                serde_json::to_value(&r)?,
-                format!("{verb} {} job(s): {}", r.result.len(), list.join(", ")),
-            );
+            let text = if r.result.is_empty() {
+                format!("{verb} no job: none of the matching jobs is unfinished")
+            } else {
+                let list: Vec<String> = r
+                    .result
+                    .iter()
+                    .map(|c| format!("{} (was {})", c.id, c.was))
+                    .collect();
+                format!("{verb} {} job(s): {}", r.result.len(), list.join(", "))
+            };
+            emit(json, &r, &text)
         }
         QueueAction::Pause { kind, reason, m } => {
-            let r = Ops::new(pool, kinds, actor_of(&m))
-                .pause(&kind, &reason, m.dry_run)
-                .await?;
+            let r = ops(actor_of(&m)).pause(&kind, &reason, m.dry_run).await?;
             let what = match (r.dry_run, r.result) {
                 (true, true) => "would pause",
-                (false, true) => "paused",
+                (false, true) => "paused: no worker claims it until `fleet queue resume`",
                 (_, false) => "already paused",
             };
-            print(serde_json::to_value(&r)?, format!("{kind}: {what}"));
+            emit(json, &r, &format!("{kind}: {what}"))
         }
         QueueAction::Resume { kind, m } => {
-            let r = Ops::new(pool, kinds, actor_of(&m))
-                .resume(&kind, m.dry_run)
-                .await?;
+            let r = ops(actor_of(&m)).resume(&kind, m.dry_run).await?;
             let what = match (r.dry_run, r.result) {
                 (true, true) => "would resume",
                 (false, true) => "resumed",
                 (_, false) => "was not paused",
             };
-            print(serde_json::to_value(&r)?, format!("{kind}: {what}"));
+            emit(json, &r, &format!("{kind}: {what}"))
         }
         QueueAction::Paused => {
-            let mut conn = pool.acquire().await?;
-            let paused = queue::kind_list_paused(&mut conn).await?;
-            let text = paused
-                .iter()
-                .map(|p| {
-                    let how = match p.draining_through_id {
+            let paused = ops(os_user()).paused().await?;
+            let mut t = table(&["kind", "how", "since", "by", "reason"]);
+            for p in &paused {
+                t.add_row(vec![
+                    p.kind.clone(),
+                    match p.draining_through_id {
                         Some(id) => format!("draining (jobs up to id {id} still run)"),
                         None => "paused".to_owned(),
-                    };
-                    format!(
-                        "{}\t{how}\tsince {} by {}{}",
-                        p.kind,
-                        p.paused_at.format("%Y-%m-%d %H:%M:%S UTC"),
-                        p.paused_by,
-                        if p.reason.is_empty() {
-                            String::new()
-                        } else {
-                            format!(": {}", p.reason)
-                        }
-                    )
-                })
-                .collect::<Vec<_>>()
-                .join("\n");
-            print(serde_json::to_value(&paused)?, text);
+                    },
+                    when(p.paused_at),
+                    p.paused_by.clone(),
+                    p.reason.clone(),
+                ]);
+            }
+            let text = if paused.is_empty() {
+                "no kind is paused".to_owned()
+            } else {
+                t.to_string()
+            };
+            emit(json, &paused, &text)
         }
         QueueAction::Drain {
             kinds: drain,
             timeout,
             m,
         } => {
+            let o = ops(actor_of(&m));
+            // Say at once if nobody would run the backlog: the drain would only time out.
+            let unserved = o
+                .unserved_kinds(
+                    &drain,
+                    |k| registry.settings(k).map(|s| s.queue.clone()),
+                    settings.worker.lease,
+                )
+                .await?;
+            if !unserved.is_empty() && !m.dry_run {
+                eprintln!(
+                    "fleet: warning: no live worker serves {} (see `fleet workers`): their \
+                     backlog waits for one, or for --timeout",
+                    unserved.join(", ")
+                );
+            }
             let bar = indicatif::ProgressBar::new(0).with_style(
                 indicatif::ProgressStyle::with_template(
                     "{spinner} draining {prefix} [{bar:30}] {pos}/{len} done; {msg}",
@@ -334,7 +358,7 @@ pub async fn run(a: QueueArgs, settings: &Settings) -> anyhow::Result<()> {
             }
             // The bar's length is the most work seen left at once, so it never runs backwards.
             let mut most_left = 0u64;
-            let r = Ops::new(pool, kinds, actor_of(&m))
+            let r = o
                 .drain(&drain, timeout, m.dry_run, |c| {
                     let left = (c.backlog + c.running) as u64;
                     most_left = most_left.max(left);
@@ -347,7 +371,10 @@ pub async fn run(a: QueueArgs, settings: &Settings) -> anyhow::Result<()> {
                 })
                 .await;
             bar.finish_and_clear();
-            let r = r?;
+            let r = r.map_err(|e| match e.downcast::<fleet::ops::DrainTimedOut>() {
+                Ok(t) => anyhow::Error::new(super::Finding(t.to_string())),
+                Err(e) => e,
+            })?;
             let d = &r.result;
             let kept = if d.already_paused.is_empty() {
                 String::new()
@@ -367,32 +394,93 @@ pub async fn run(a: QueueArgs, settings: &Settings) -> anyhow::Result<()> {
                 )
             } else {
                 format!(
-                    "drained {} in {} ms: backlog done, nothing running; now paused, {} job(s) held for `fleet queue resume`{kept}",
+                    "drained {} in {}: backlog done, nothing running; now paused, {} job(s) held \
+                     for `fleet queue resume`{kept}",
                     drain.join(", "),
-                    d.waited_ms,
+                    short(Duration::from_millis(d.waited_ms)),
                     d.held
                 )
             };
-            print(serde_json::to_value(&r)?, text);
+            emit(json, &r, &text)
         }
         QueueAction::Prune {
             older_than,
             state,
             m,
         } => {
-            let r = Ops::new(pool, kinds, actor_of(&m))
+            let r = ops(actor_of(&m))
                 .prune(older_than, &state, m.dry_run)
                 .await?;
             let verb = if r.dry_run { "would delete" } else { "deleted" };
-            print(
-                serde_json::to_value(&r)?,
-                format!(
+            emit(
+                json,
+                &r,
+                &format!(
                     "{verb} {} finished job(s) older than {}",
                     r.result,
-                    humantime::format_duration(older_than)
+                    short(older_than)
                 ),
-            );
+            )
         }
     }
-    Ok(())
+}
+
+/// `1, 2, 3` (at most 20, then `… and N more`).
+fn ids(v: &[i64]) -> String {
+    let shown: Vec<String> = v.iter().take(20).map(i64::to_string).collect();
+    if v.len() > 20 {
+        format!("{} … and {} more", shown.join(", "), v.len() - 20)
+    } else {
+        shown.join(", ")
+    }
+}
+
+/// One job for people: what it is, where it is in its life, and every failed attempt.
+fn show_text(j: &queue::JobRecord) -> String {
+    let mut out = format!(
+        "job {}  {}  (queue {}, priority {})\n",
+        j.id, j.kind, j.queue, j.priority
+    );
+    let mut line = |k: &str, v: String| out.push_str(&format!("  {k:<10} {v}\n"));
+    line(
+        "state",
+        format!(
+            "{}, attempt {} of {}, claim {}",
+            j.state, j.attempt, j.max_attempts, j.claim_seq
+        ),
+    );
+    line("run at", when(j.run_at));
+    line("created", when(j.created_at));
+    if let Some(t) = j.attempted_at {
+        line("claimed", when(t));
+    }
+    if let Some(t) = j.finished_at {
+        line("finished", when(t));
+    }
+    if let (Some(owner), Some(until)) = (&j.lease_owner, j.lease_expires_at) {
+        line("lease", format!("{owner}, until {}", when(until)));
+    }
+    if let Some(k) = &j.idempotency_key {
+        line(
+            "key",
+            format!("{k} ({})", if j.key_held { "held" } else { "released" }),
+        );
+    }
+    line("args", j.args.to_string());
+    if j.errors.is_empty() {
+        out.push_str("  no failed attempt\n");
+    } else {
+        out.push_str("  attempts that failed:\n");
+        let mut t = table(&["attempt", "at", "class", "message"]);
+        for e in &j.errors {
+            t.add_row(vec![
+                e.attempt.to_string(),
+                e.at.map(when).unwrap_or_else(|| "-".into()),
+                e.class.as_str().to_owned(),
+                e.message.clone(),
+            ]);
+        }
+        out.push_str(&t.to_string());
+    }
+    out
 }

@@ -1,13 +1,14 @@
 //! The long-running roles: `fleet worker`, `fleet serve`, `fleet scheduler`, and the
 //! `fleet migrate` deploy step.
 
+use super::usage;
 use std::sync::Arc;
 
 use anyhow::bail;
 use fleet::{config::Settings, database, fleet_registry, Queue, Worker};
 use tokio_util::sync::CancellationToken;
 
-use super::{pool_for, spawn_signal_handler};
+use super::{output, pool_for, spawn_signal_handler};
 
 #[derive(clap::Args)]
 pub struct WorkerArgs {
@@ -29,11 +30,71 @@ pub struct ServeArgs {
     bind: std::net::SocketAddr,
 }
 
-pub async fn migrate(settings: &Settings) -> anyhow::Result<()> {
-    let pool = pool_for(settings).await?;
-    database::migrate(&pool).await?;
-    println!("migrations applied");
-    Ok(())
+#[derive(clap::Args)]
+pub struct MigrateArgs {
+    /// List every migration (applied, pending, unknown to this binary) and change nothing.
+    #[arg(long)]
+    status: bool,
+    /// Print JSON instead of text.
+    #[arg(long)]
+    json: bool,
+    /// Who is acting (recorded in audit_log; default: the OS user).
+    #[arg(long)]
+    actor: Option<String>,
+}
+
+pub async fn migrate(a: MigrateArgs, settings: &Settings) -> anyhow::Result<()> {
+    let pool = database::connect_configured(&settings.database).await?;
+    if a.status {
+        let status = database::migration_status(&pool).await?.unwrap_or_else(|| {
+            // Never migrated: everything this binary has is pending.
+            database::MIGRATOR
+                .iter()
+                .map(|m| database::MigrationStatus {
+                    version: m.version,
+                    description: m.description.to_string(),
+                    state: "pending",
+                    applied_on: None,
+                })
+                .collect()
+        });
+        let mut t = output::table(&["version", "migration", "state", "applied"]);
+        for m in &status {
+            t.add_row(vec![
+                m.version.to_string(),
+                m.description.clone(),
+                m.state.to_owned(),
+                m.applied_on.map(output::when).unwrap_or_else(|| "-".into()),
+            ]);
+        }
+        return output::emit(a.json, &status, &t.to_string());
+    }
+    let applied = database::migrate_pending(&pool).await?;
+    let actor = a.actor.unwrap_or_else(super::os_user);
+    let mut conn = pool.acquire().await?;
+    jobs::audit::record(
+        &mut conn,
+        &actor,
+        "schema.migrate",
+        "schema",
+        None,
+        &serde_json::json!({ "applied": applied }),
+    )
+    .await?;
+    let text = if applied.is_empty() {
+        "the schema is up to date: nothing to apply".to_owned()
+    } else {
+        format!(
+            "applied {} migration(s): {}",
+            applied.len(),
+            applied
+                .iter()
+                .map(i64::to_string)
+                .collect::<Vec<_>>()
+                .join(", ")
+        )
+    };
+    output::emit(a.json, &serde_json::json!({ "applied": applied }), &text)
 }
 
 /// What a worker gives its handlers: the domain's [`jobs::Deps`] (the keyring from
@@ -49,7 +110,7 @@ fn handler_extensions(settings: &Settings) -> anyhow::Result<jobs::Extensions> {
 pub async fn worker(a: WorkerArgs, mut settings: Settings) -> anyhow::Result<()> {
     if let Some(c) = a.concurrency {
         if c == 0 {
-            bail!("--concurrency must be >= 1");
+            usage!("--concurrency must be >= 1");
         }
         settings.worker.concurrency = c;
     }
@@ -57,9 +118,17 @@ pub async fn worker(a: WorkerArgs, mut settings: Settings) -> anyhow::Result<()>
         settings.worker.queues = q;
     }
     let registry = Arc::new(fleet_registry(&settings)?);
+    // A queue no kind uses would start a worker that never claims anything.
+    let used = registry.queues();
+    if let Some(q) = settings.worker.queues.iter().find(|q| !used.contains(q)) {
+        return Err(fleet::config::ConfigError(format!(
+            "worker.queues: no registered kind uses queue {q:?} (queues in use: {})",
+            used.join(", ")
+        ))
+        .into());
+    }
     let extensions = handler_extensions(&settings)?;
     let pool = pool_for(&settings).await?;
-    database::migrate(&pool).await?;
     let shutdown = CancellationToken::new();
     spawn_signal_handler(shutdown.clone());
     if let Some(bind) = a.metrics_bind {
@@ -87,7 +156,6 @@ pub async fn serve(a: ServeArgs, settings: &Settings) -> anyhow::Result<()> {
     let secrets = fleet::webhooks::WebhookSecrets::from_env()?;
     let registry = Arc::new(fleet_registry(settings)?);
     let pool = pool_for(settings).await?;
-    database::migrate(&pool).await?;
     let shutdown = CancellationToken::new();
     spawn_signal_handler(shutdown.clone());
     let router = fleet::serve::router(pool.clone()).merge(fleet::webhooks::router(
@@ -105,7 +173,6 @@ pub async fn scheduler(settings: &Settings) -> anyhow::Result<()> {
         tracing::warn!("no [schedules.*] are enabled: the scheduler will idle");
     }
     let pool = pool_for(settings).await?;
-    database::migrate(&pool).await?;
     let shutdown = CancellationToken::new();
     spawn_signal_handler(shutdown.clone());
     fleet::scheduler::Scheduler::new(pool, registry, schedules)

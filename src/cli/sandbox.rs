@@ -1,6 +1,6 @@
 //! `fleet sandbox`: the provider stand-in, served until SIGTERM/SIGINT.
 
-use anyhow::bail;
+use super::usage;
 use tokio_util::sync::CancellationToken;
 
 use super::spawn_signal_handler;
@@ -17,7 +17,7 @@ pub struct SandboxArgs {
 
 pub async fn run(a: SandboxArgs) -> anyhow::Result<()> {
     if !a.bind.ip().is_loopback() {
-        bail!(
+        usage!(
             "--bind {}: the sandbox only listens on loopback addresses",
             a.bind
         );

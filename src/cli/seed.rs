@@ -1,7 +1,7 @@
 //! `fleet seed`: synthetic users, profiles, cards and campaigns for staging and local runs.
 
 use anyhow::bail;
-use fleet::{config::Settings, database};
+use fleet::config::Settings;
 
 use super::pool_for;
 
@@ -15,7 +15,6 @@ pub struct SeedArgs {
 pub async fn run(a: SeedArgs, settings: &Settings) -> anyhow::Result<()> {
     let keyring = jobs::pii::Keyring::from_env()?;
     let pool = pool_for(settings).await?;
-    database::migrate(&pool).await?;
     let existing = jobs::seed::count_users(&pool).await?;
     if existing > 0 {
         bail!("the database already has {existing} users: fleet seed only fills empty (staging/local) databases");

@@ -44,6 +44,7 @@ impl From<&WorkerSettings> for MaintenanceSettings {
             },
             rescuer: RescuerConfig {
                 interval: w.rescue_interval,
+                forget_workers_after: w.forget_after,
                 ..RescuerConfig::default()
             },
             cleaner: CleanerConfig {

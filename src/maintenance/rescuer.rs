@@ -15,6 +15,9 @@ pub struct RescuerConfig {
     pub interval: Duration,
     /// Rows per statement; a pass loops while full batches come back. Default 1,000.
     pub batch: i64,
+    /// A dead worker's registry row is deleted this long after its last heartbeat. Default
+    /// 10 min.
+    pub forget_workers_after: Duration,
 }
 
 impl Default for RescuerConfig {
@@ -22,11 +25,13 @@ impl Default for RescuerConfig {
         Self {
             interval: Duration::from_secs(5),
             batch: super::DEFAULT_BATCH,
+            forget_workers_after: Duration::from_secs(600),
         }
     }
 }
 
-/// Takes back expired leases. The late outcome of the claim it rescued is refused by the fence.
+/// Takes back expired leases (the late outcome of the claim it rescued is refused by the fence),
+/// and forgets workers that stopped heartbeating long ago.
 pub struct JobRescuer {
     pool: PgPool,
     cfg: RescuerConfig,
@@ -64,6 +69,14 @@ impl JobRescuer {
                 retried = total.retried,
                 dead = total.dead,
                 "rescued jobs whose lease expired"
+            );
+        }
+        let forgotten =
+            queue::worker_forget_stale(&mut conn, self.cfg.forget_workers_after, now).await?;
+        if forgotten > 0 {
+            tracing::info!(
+                workers = forgotten,
+                "forgot workers that stopped heartbeating"
             );
         }
         Ok(total)

@@ -179,47 +179,96 @@ pub async fn job_list(
         .collect())
 }
 
-/// Per-kind figures for `fleet queue stats`.
+/// Per-kind figures for `fleet queue stats` (one row per kind and queue).
 #[derive(Debug, Clone, Default, Serialize)]
 pub struct KindStats {
     /// The kind these figures are about.
     pub kind: String,
-    /// Jobs per state.
+    /// The queue its jobs are on (a kind whose queue changed has a row per queue).
+    pub queue: String,
+    /// Jobs per state (history included).
     pub states: std::collections::BTreeMap<String, i64>,
+    /// Scheduled or retryable jobs whose `run_at` has come: claimable at the next promotion.
+    pub due_now: i64,
+    /// Scheduled or retryable jobs due later.
+    pub later: i64,
+    /// Jobs that went dead in the last 24 hours.
+    pub dead_last_day: i64,
     /// Age of the oldest ready job (seconds since its run_at), if any.
     pub oldest_available_age_s: Option<f64>,
     /// Completions in the last minute.
     pub completed_last_minute: i64,
+    /// `paused`, `draining`, or `None`.
+    pub paused: Option<&'static str>,
 }
 
-/// JobStats: counts per kind and state, oldest ready age, completions in the last minute.
+/// JobStats: per kind and queue, counts by state, due now and later, dead in the last day,
+/// oldest ready age, completions in the last minute, and whether the kind is paused or
+/// draining.
 pub async fn job_stats(conn: &mut PgConnection, now: Now) -> Result<Vec<KindStats>, sqlx::Error> {
     let rows = sqlx::query(
-        "SELECT kind, state::text, count(*),
-                EXTRACT(EPOCH FROM coalesce($1, now())
-                                   - min(run_at) FILTER (WHERE state = 'available'))::float8,
-                count(*) FILTER (WHERE state = 'completed'
-                                   AND finished_at > coalesce($1, now()) - interval '1 minute')
-         FROM fleet_jobs GROUP BY kind, state ORDER BY kind",
+        "WITH t AS (SELECT coalesce($1::timestamptz, now()) AS now)
+         SELECT j.kind, j.queue, j.state::text, count(*),
+                EXTRACT(EPOCH FROM t.now - min(j.run_at) FILTER (WHERE j.state = 'available'))::float8,
+                count(*) FILTER (WHERE j.state = 'completed' AND j.finished_at > t.now - interval '1 minute'),
+                count(*) FILTER (WHERE j.state IN ('scheduled', 'retryable') AND j.run_at <= t.now),
+                count(*) FILTER (WHERE j.state = 'dead' AND j.finished_at > t.now - interval '1 day'),
+                max(CASE WHEN p.kind IS NULL THEN NULL
+                         WHEN p.drain_through_id IS NULL THEN 'paused' ELSE 'draining' END)
+         FROM fleet_jobs j CROSS JOIN t
+         LEFT JOIN fleet_paused_kinds p ON p.kind = j.kind
+         GROUP BY j.kind, j.queue, j.state, t.now ORDER BY j.kind, j.queue",
     )
     .bind(now)
-    .fetch_all(conn)
+    .fetch_all(&mut *conn)
     .await?;
     let mut out: Vec<KindStats> = Vec::new();
     for r in rows {
-        let kind: String = r.get(0);
-        if out.last().map(|k| k.kind != kind).unwrap_or(true) {
+        let (kind, queue): (String, String) = (r.get(0), r.get(1));
+        if out
+            .last()
+            .map(|k| k.kind != kind || k.queue != queue)
+            .unwrap_or(true)
+        {
             out.push(KindStats {
                 kind: kind.clone(),
+                queue: queue.clone(),
                 ..KindStats::default()
             });
         }
         let k = out.last_mut().expect("pushed");
-        k.states.insert(r.get(1), r.get(2));
-        if let Some(age) = r.get::<Option<f64>, _>(3) {
+        let (state, n): (String, i64) = (r.get(2), r.get(3));
+        if let Some(age) = r.get::<Option<f64>, _>(4) {
             k.oldest_available_age_s = Some(age);
         }
-        k.completed_last_minute += r.get::<i64, _>(4);
+        k.completed_last_minute += r.get::<i64, _>(5);
+        let due: i64 = r.get(6);
+        if state == "scheduled" || state == "retryable" {
+            k.due_now += due;
+            k.later += n - due;
+        }
+        k.dead_last_day += r.get::<i64, _>(7);
+        k.paused = match r.get::<Option<String>, _>(8).as_deref() {
+            Some("paused") => Some("paused"),
+            Some("draining") => Some("draining"),
+            _ => k.paused,
+        };
+        k.states.insert(state, n);
+    }
+    // A paused kind with no jobs at all is still worth a row.
+    for p in super::kind_list_paused(conn).await? {
+        if !out.iter().any(|k| k.kind == p.kind) {
+            out.push(KindStats {
+                kind: p.kind,
+                queue: "-".to_owned(),
+                paused: Some(if p.draining_through_id.is_some() {
+                    "draining"
+                } else {
+                    "paused"
+                }),
+                ..KindStats::default()
+            });
+        }
     }
     Ok(out)
 }

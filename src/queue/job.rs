@@ -460,6 +460,7 @@ pub async fn job_set_outcome_many(
                                THEN coalesce($8, now()) END,
             lease_owner = NULL,
             lease_expires_at = NULL,
+            outcome_claim_seq = o.claim_seq,
             key_held = j.key_held AND o.state NOT IN ('cancelled', 'dead')
                        AND (o.state <> 'completed' OR o.key_window_ms > 0),
             key_held_until = CASE WHEN j.key_held AND o.state = 'completed' AND o.key_window_ms > 0
@@ -479,6 +480,29 @@ pub async fn job_set_outcome_many(
     .bind(&errors)
     .bind(&windows)
     .bind(now)
+    .fetch_all(conn)
+    .await
+}
+
+/// JobOutcomeWrittenBy: of `claims`, the jobs whose latest outcome those very claims wrote.
+/// After a write whose acknowledgement was lost (the connection dropped after the commit),
+/// the retried write is refused by the fence; this tells that apart from a job that was
+/// rescued or cancelled meanwhile.
+pub async fn job_outcome_written_by(
+    conn: &mut PgConnection,
+    claims: &[(i64, i32)],
+) -> Result<Vec<i64>, sqlx::Error> {
+    let (ids, seqs): (Vec<i64>, Vec<i32>) = claims.iter().copied().unzip();
+    sqlx::query_scalar(
+        r#"
+        SELECT j.id FROM fleet_jobs j
+        JOIN unnest($1::bigint[], $2::int[]) AS c(id, claim_seq) ON j.id = c.id
+        WHERE j.claim_seq = c.claim_seq AND j.outcome_claim_seq = c.claim_seq
+          AND j.state::text <> 'running'
+        "#,
+    )
+    .bind(&ids)
+    .bind(&seqs)
     .fetch_all(conn)
     .await
 }
@@ -589,7 +613,25 @@ pub struct ReplayResult {
     /// Jobs made available again with a fresh attempt budget.
     pub replayed: Vec<i64>,
     /// Matching dead/cancelled jobs left alone, with why.
-    pub skipped: Vec<(i64, String)>,
+    pub skipped: Vec<SkippedJob>,
+}
+
+/// A job an operator command matched but left alone.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct SkippedJob {
+    /// The job.
+    pub id: i64,
+    /// Why it was left alone.
+    pub reason: String,
+}
+
+/// A job an operator cancelled.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct CancelledJob {
+    /// The job.
+    pub id: i64,
+    /// The state it was in (`running` ones were told to stop).
+    pub was: String,
 }
 
 /// JobReplay: dead or cancelled jobs matching `f` → `available` now, attempt 0 (a fresh budget),
@@ -635,21 +677,24 @@ pub async fn job_replay(
     let skipped = targets
         .into_iter()
         .filter(|id| !done.contains(id))
-        .map(|id| (id, "its idempotency key is held by another job".to_owned()))
+        .map(|id| SkippedJob {
+            id,
+            reason: "its idempotency key is held by another job".to_owned(),
+        })
         .collect();
     Ok(ReplayResult { replayed, skipped })
 }
 
 /// JobCancel: unfinished jobs matching `f` → `cancelled`, with a `cancelled` entry naming the
 /// actor. Running ones are fenced out at once (their worker's outcome write will miss) and their
-/// workers are told over [`CANCEL_CHANNEL`] (at commit) to stop the handlers. Returns
-/// (id, state it was in).
+/// workers are told over [`CANCEL_CHANNEL`](super::CANCEL_CHANNEL) (at commit) to stop the
+/// handlers. Returns each job with the state it was in.
 pub async fn job_cancel(
     conn: &mut PgConnection,
     f: &JobFilter,
     actor: &str,
     now: Now,
-) -> Result<Vec<(i64, String)>, sqlx::Error> {
+) -> Result<Vec<CancelledJob>, sqlx::Error> {
     let sql = format!(
         r#"
         WITH target AS (
@@ -668,18 +713,21 @@ pub async fn job_cancel(
         SELECT id, was FROM cancelled ORDER BY id
         "#
     );
-    let rows: Vec<(i64, String)> = bind_filter(sqlx::query(&sql), f)
+    let rows: Vec<CancelledJob> = bind_filter(sqlx::query(&sql), f)
         .bind(actor)
         .bind(now)
         .fetch_all(&mut *conn)
         .await?
         .into_iter()
-        .map(|r| (r.get(0), r.get(1)))
+        .map(|r| CancelledJob {
+            id: r.get(0),
+            was: r.get(1),
+        })
         .collect();
     let running: Vec<String> = rows
         .iter()
-        .filter(|(_, was)| was == "running")
-        .map(|(id, _)| id.to_string())
+        .filter(|c| c.was == "running")
+        .map(|c| c.id.to_string())
         .collect();
     // NOTIFY payloads are limited to 8000 bytes.
     for chunk in running.chunks(500) {
@@ -715,6 +763,24 @@ pub enum ErrorClass {
     Cancelled,
     /// The worker's drain deadline interrupted the handler.
     Interrupted,
+}
+
+impl ErrorClass {
+    /// The stored and displayed name (also the `class` label of `fleet_jobs_failed_total`).
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Retryable => "retryable",
+            Self::Fatal => "fatal",
+            Self::Timeout => "timeout",
+            Self::Panic => "panic",
+            Self::LeaseExpired => "lease_expired",
+            Self::UnknownKind => "unknown_kind",
+            Self::BadArgs => "bad_args",
+            Self::Snoozed => "snoozed",
+            Self::Cancelled => "cancelled",
+            Self::Interrupted => "interrupted",
+        }
+    }
 }
 
 /// One entry of a job's error history.

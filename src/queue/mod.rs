@@ -1,5 +1,5 @@
 //! The queue's storage: every SQL statement that touches the queue's tables (`fleet_jobs`,
-//! `fleet_paused_kinds`, `fleet_cron_ticks`) lives in this module and nowhere else, as inline
+//! `fleet_paused_kinds`, `fleet_cron_ticks`, `fleet_workers`) lives in this module and nowhere else, as inline
 //! statements (no SQL functions, so every plan is visible and index-driven), named noun-first
 //! after what they do. One file per role:
 //!
@@ -10,6 +10,7 @@
 //! | [`pause`] | the kill switch and drains (`fleet_paused_kinds`) |
 //! | [`retention`] | deleting finished jobs past their retention |
 //! | [`cron`] | cron ticks claimed by schedulers (`fleet_cron_ticks`) |
+//! | [`workers`] | the live-worker registry (`fleet_workers`) |
 //! | [`filter`] | the operator filter shared by lists, replay and cancel |
 //! | [`fixtures`] | bulk history for benchmarks |
 //!
@@ -38,6 +39,7 @@ pub mod inspect;
 pub mod job;
 pub mod pause;
 pub mod retention;
+pub mod workers;
 
 use std::{fmt, str::FromStr};
 
@@ -51,6 +53,7 @@ pub use inspect::*;
 pub use job::*;
 pub use pause::*;
 pub use retention::*;
+pub use workers::*;
 
 /// The clock a statement runs at: `None` is the database's `now()`; tests pass a fixed time.
 pub type Now = Option<DateTime<Utc>>;

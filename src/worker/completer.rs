@@ -27,16 +27,37 @@ pub(crate) async fn run(s: Arc<Shared>, mut rx: mpsc::UnboundedReceiver<Outcome>
             }
         }
         let mut backoff = Duration::from_millis(50);
+        let mut failed_before = false;
         let written = loop {
             let r = async {
                 let mut conn = s.pool.acquire().await?;
-                queue::job_set_outcome_many(&mut conn, &batch, None).await
+                let mut written = queue::job_set_outcome_many(&mut conn, &batch, None).await?;
+                if failed_before && written.len() < batch.len() {
+                    // An earlier try may have committed before its connection dropped: the
+                    // fence now refuses the same outcomes, which are ours, already written.
+                    let refused: Vec<(i64, i32)> = batch
+                        .iter()
+                        .filter(|o| !written.contains(&o.id))
+                        .map(|o| (o.id, o.claim_seq))
+                        .collect();
+                    let ours = queue::job_outcome_written_by(&mut conn, &refused).await?;
+                    if !ours.is_empty() {
+                        tracing::info!(
+                            outcomes = ours.len(),
+                            "outcomes found already written by their own claims (a lost acknowledgement)"
+                        );
+                    }
+                    written.extend(ours);
+                }
+                Ok::<_, sqlx::Error>(written)
             }
             .await;
             match r {
                 Ok(w) => break w,
                 Err(e) => {
-                    tracing::warn!(error = %e, outcomes = batch.len(), retry_in = ?backoff,
+                    failed_before = true;
+                    tracing::warn!(error = %e, outcomes = batch.len(),
+                        retry_in = %humantime::format_duration(backoff),
                         "writing outcomes failed; retrying");
                     tokio::time::sleep(backoff).await;
                     backoff = (backoff * 2).min(Duration::from_secs(5));
@@ -76,7 +97,7 @@ fn record(s: &Shared, batch: &[Outcome], written: &[i64]) {
             }
             NextState::Retry { error, .. } | NextState::Snooze { error, .. } => {
                 m.failed
-                    .with_label_values(&[kind, class_label(error.class)])
+                    .with_label_values(&[kind, error.class.as_str()])
                     .inc();
                 &c.retried
             }
@@ -88,21 +109,5 @@ fn record(s: &Shared, batch: &[Outcome], written: &[i64]) {
             NextState::ReturnUnstarted => &c.returned,
         };
         counter.fetch_add(1, Ordering::Relaxed);
-    }
-}
-
-fn class_label(c: crate::queue::ErrorClass) -> &'static str {
-    use crate::queue::ErrorClass::*;
-    match c {
-        Retryable => "retryable",
-        Fatal => "fatal",
-        Timeout => "timeout",
-        Panic => "panic",
-        LeaseExpired => "lease_expired",
-        UnknownKind => "unknown_kind",
-        BadArgs => "bad_args",
-        Snoozed => "snoozed",
-        Cancelled => "cancelled",
-        Interrupted => "interrupted",
     }
 }

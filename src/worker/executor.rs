@@ -83,6 +83,7 @@ pub(crate) async fn fetch_loop(
                                     claim_seq: j.claim_seq,
                                     kind: j.kind.clone(),
                                     cancel: s.hard_stop.child_token(),
+                                    outcome_queued: false,
                                 },
                             );
                         }
@@ -96,7 +97,8 @@ pub(crate) async fn fetch_loop(
                     }
                 }
                 Err(e) => {
-                    tracing::warn!(error = %e, retry_in = ?db_backoff, "fetching jobs failed");
+                    tracing::warn!(error = %e, retry_in = %humantime::format_duration(db_backoff),
+                        "fetching jobs failed");
                     tokio::select! {
                         _ = tokio::time::sleep(db_backoff) => {}
                         _ = shutdown.cancelled() => return,
@@ -233,6 +235,9 @@ async fn execute(s: Arc<Shared>, job: ClaimedJob, outcomes: mpsc::UnboundedSende
             next
         }
     };
+    if let Some(h) = s.held.lock().unwrap().get_mut(&job.id) {
+        h.outcome_queued = true;
+    }
     // The receiver lives until every job task has finished.
     let _ = outcomes.send(Outcome {
         id: job.id,
@@ -321,7 +326,7 @@ async fn run_attempt(s: &Shared, job: &ClaimedJob, cancel: CancellationToken) ->
             "claim lost while running (rescued or cancelled)".to_owned(),
         )
     };
-    tracing::warn!(error.class = ?class, "{message}");
+    tracing::warn!(error.class = class.as_str(), "{message}");
     retry_or_dead(
         job,
         settings,

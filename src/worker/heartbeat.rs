@@ -1,4 +1,5 @@
-//! Keeps the leases of every job this worker holds alive.
+//! Keeps the leases of every job this worker holds alive, and the worker's own row in the
+//! registry (`fleet_workers`) fresh.
 
 use std::sync::Arc;
 
@@ -19,6 +20,7 @@ pub(crate) async fn run(s: Arc<Shared>, stop: CancellationToken) {
             _ = tick.tick() => {}
             _ = stop.cancelled() => return,
         }
+        beat(&s).await;
         let claims: Vec<(i64, i32)> = s
             .held
             .lock()
@@ -50,8 +52,12 @@ pub(crate) async fn run(s: Arc<Shared>, stop: CancellationToken) {
             if renewed.contains(&id) {
                 continue;
             }
-            // Still held under the same claim (not just finished by the completer): lost.
-            if let Some(h) = held.get(&id).filter(|h| h.claim_seq == seq) {
+            // Still held under the same claim, and its handler has not finished: lost. (A
+            // finished handler's outcome may have landed since the renewal was built.)
+            if let Some(h) = held
+                .get(&id)
+                .filter(|h| h.claim_seq == seq && !h.outcome_queued)
+            {
                 tracing::warn!(
                     job.id = id,
                     claim_seq = seq,
@@ -60,5 +66,63 @@ pub(crate) async fn run(s: Arc<Shared>, stop: CancellationToken) {
                 h.cancel.cancel();
             }
         }
+    }
+}
+
+/// What this worker says of itself in the registry.
+fn info(s: &Shared) -> queue::WorkerInfo {
+    queue::WorkerInfo {
+        id: s.worker_id.clone(),
+        host: super::hostname(),
+        pid: std::process::id() as i32,
+        version: env!("CARGO_PKG_VERSION").to_owned(),
+        queues: s.cfg.queues.clone(),
+        kinds: s.registry.kind_names(),
+        concurrency: s.cfg.concurrency as i32,
+    }
+}
+
+/// Registers the worker before its first claim. A failure is logged, not fatal: the heartbeat
+/// registers it again once the database answers.
+pub(crate) async fn register(s: &Shared) {
+    let r = async {
+        let mut conn = s.pool.acquire().await?;
+        queue::worker_register(&mut conn, &info(s)).await
+    }
+    .await;
+    if let Err(e) = r {
+        tracing::warn!(error = %e, "registering the worker failed; the heartbeat retries");
+    }
+}
+
+/// Renews the worker's row (registering again if it was forgotten during a stall).
+async fn beat(s: &Shared) {
+    let held = s.held.lock().unwrap().len() as i32;
+    let completed = s
+        .counters
+        .completed
+        .load(std::sync::atomic::Ordering::Relaxed) as i64;
+    let r = async {
+        let mut conn = s.pool.acquire().await?;
+        if !queue::worker_heartbeat(&mut conn, &s.worker_id, held, completed).await? {
+            queue::worker_register(&mut conn, &info(s)).await?;
+        }
+        Ok::<_, sqlx::Error>(())
+    }
+    .await;
+    if let Err(e) = r {
+        tracing::warn!(error = %e, "renewing the worker's registry row failed");
+    }
+}
+
+/// Removes the worker's row on a clean stop.
+pub(crate) async fn deregister(s: &Shared) {
+    let r = async {
+        let mut conn = s.pool.acquire().await?;
+        queue::worker_deregister(&mut conn, &s.worker_id).await
+    }
+    .await;
+    if let Err(e) = r {
+        tracing::warn!(error = %e, "removing the worker's registry row failed; it is forgotten later");
     }
 }

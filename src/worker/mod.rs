@@ -41,6 +41,9 @@ pub(crate) struct Held {
     pub kind: String,
     /// Cancelled when the handler must stop (lost lease, timeout, drain deadline).
     pub cancel: CancellationToken,
+    /// The handler is done and its outcome waits for the completer: a lease that no longer
+    /// renews is the outcome landing, not a lost claim.
+    pub outcome_queued: bool,
 }
 
 /// Counters of what a worker did.
@@ -164,8 +167,15 @@ impl Worker {
     /// every outcome and returns.
     pub async fn run(self, shutdown: CancellationToken) -> DrainReport {
         let s = self.shared;
+        let queues = if s.cfg.queues.is_empty() {
+            "all".to_owned()
+        } else {
+            s.cfg.queues.join(",")
+        };
         tracing::info!(worker.id = %s.worker_id, concurrency = s.cfg.concurrency,
-            prefetch = s.cfg.prefetch, kinds = ?s.registry.kind_names(), "worker started");
+            prefetch = s.cfg.prefetch, queues = %queues,
+            kinds = %s.registry.kind_names().join(","), "worker started");
+        heartbeat::register(&s).await;
         let (tx, rx) = mpsc::unbounded_channel::<Outcome>();
         let background = CancellationToken::new();
         let completer = tokio::spawn(completer::run(s.clone(), rx));
@@ -207,12 +217,15 @@ impl Worker {
             interrupted: s.interrupted.load(Ordering::Relaxed),
             unwritten,
         };
-        tracing::info!(worker.id = %s.worker_id, ?report, "worker stopped");
+        heartbeat::deregister(&s).await;
+        tracing::info!(worker.id = %s.worker_id, completed = report.completed,
+            returned_unstarted = report.returned_unstarted, interrupted = report.interrupted,
+            unwritten = report.unwritten, "worker stopped");
         report
     }
 }
 
-fn hostname() -> String {
+pub(crate) fn hostname() -> String {
     std::fs::read_to_string("/proc/sys/kernel/hostname")
         .map(|s| s.trim().to_owned())
         .ok()
