@@ -14,7 +14,6 @@ use jobs::{backfill, pii::Keyring, Deps, JobContext, NewJob};
 use sqlx::{PgPool, Row};
 use uuid::Uuid;
 
-const BIN: &str = env!("CARGO_BIN_EXE_fleet");
 const K1: &str = "v1:MDEyMzQ1Njc4OWFiY2RlZjAxMjM0NTY3ODlhYmNkZWY=";
 const K2_K1: &str = "v2:QUJDREVGR0hJSktMTU5PUFFSU1RVVldYWVphYmNkZWY=,v1:MDEyMzQ1Njc4OWFiY2RlZjAxMjM0NTY3ODlhYmNkZWY=";
 

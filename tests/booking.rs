@@ -690,8 +690,6 @@ async fn refund_compensation_run_twice_refunds_once_and_cancels_the_order_once()
 
 // ─── a real worker process, killed between the charge and the order ──────────────────────
 
-const BIN: &str = env!("CARGO_BIN_EXE_fleet");
-
 /// A `fleet worker` child process, killed when dropped (also when an assertion fails).
 struct WorkerProcess(Option<Child>);
 

@@ -8,8 +8,6 @@ use common::*;
 use fleet::queue;
 use uuid::Uuid;
 
-const BIN: &str = env!("CARGO_BIN_EXE_fleet");
-
 fn check(url: &str) -> (bool, serde_json::Value) {
     let out = Command::new(BIN)
         .args(["check", "--json"])

@@ -22,7 +22,6 @@ use jobs::{Job, JobContext, JobError, KindDefaults, NewJob};
 use serde::{Deserialize, Serialize};
 
 const SECS: fn(u64) -> Duration = Duration::from_secs;
-const BIN: &str = env!("CARGO_BIN_EXE_fleet");
 
 /// Fails until the (test-local) provider outage is over.
 static OUTAGE_OVER: AtomicBool = AtomicBool::new(false);

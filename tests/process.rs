@@ -4,7 +4,7 @@
 mod common;
 
 use std::{
-    process::{Child, Command, Stdio},
+    process::Command,
     sync::Arc,
     time::{Duration, Instant},
 };
@@ -15,46 +15,6 @@ use fleet::{
     queue::{self, ErrorClass, JobState, NextState, Outcome, QueueError},
     Queue, Registry,
 };
-
-const BIN: &str = env!("CARGO_BIN_EXE_fleet");
-/// A test keyring (32 bytes of ASCII, base64): workers refuse to start without one.
-const TEST_PII_KEYS: &str = "v1:MDEyMzQ1Njc4OWFiY2RlZjAxMjM0NTY3ODlhYmNkZWY=";
-
-fn spawn_worker(url: &str, extra_env: &[(&str, &str)]) -> Child {
-    let mut c = Command::new(BIN);
-    c.arg("worker")
-        .env("DATABASE_URL", url)
-        .env("RUST_LOG", "warn")
-        .env("FLEET_PII_KEYS", TEST_PII_KEYS)
-        .env("FLEET_WORKER__LEASE", "2s")
-        .env("FLEET_WORKER__HEARTBEAT_INTERVAL", "500ms")
-        .env("FLEET_WORKER__RESCUE_INTERVAL", "500ms")
-        .env("FLEET_WORKER__POLL_INTERVAL", "100ms")
-        .stdout(Stdio::null())
-        .stderr(Stdio::inherit());
-    for (k, v) in extra_env {
-        c.env(k, v);
-    }
-    c.spawn().expect("spawn fleet worker")
-}
-
-fn signal(child: &Child, sig: libc::c_int) {
-    assert_eq!(unsafe { libc::kill(child.id() as libc::pid_t, sig) }, 0);
-}
-
-fn wait_exit(child: &mut Child, within: Duration) -> std::process::ExitStatus {
-    let deadline = Instant::now() + within;
-    loop {
-        if let Some(s) = child.try_wait().unwrap() {
-            return s;
-        }
-        if Instant::now() > deadline {
-            let _ = child.kill();
-            panic!("worker process did not exit within {within:?}");
-        }
-        std::thread::sleep(Duration::from_millis(20));
-    }
-}
 
 fn queue(pool: &sqlx::PgPool) -> Queue {
     let mut r = Registry::default();

@@ -17,6 +17,48 @@ use sqlx::{PgConnection, PgPool};
 use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 
+// ─── the binary as a process ─────────────────────────────────────────────────────────────────
+
+pub const BIN: &str = env!("CARGO_BIN_EXE_fleet");
+/// A `fleet worker` process on `url` with short lease cadences, the test keyring and `extra_env`.
+pub fn spawn_worker(url: &str, extra_env: &[(&str, &str)]) -> std::process::Child {
+    let mut c = std::process::Command::new(BIN);
+    c.arg("worker")
+        .env("DATABASE_URL", url)
+        .env("RUST_LOG", "warn")
+        .env("FLEET_PII_KEYS", TEST_PII_KEYS)
+        .env("FLEET_WORKER__LEASE", "2s")
+        .env("FLEET_WORKER__HEARTBEAT_INTERVAL", "500ms")
+        .env("FLEET_WORKER__RESCUE_INTERVAL", "500ms")
+        .env("FLEET_WORKER__POLL_INTERVAL", "100ms")
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::inherit());
+    for (k, v) in extra_env {
+        c.env(k, v);
+    }
+    c.spawn().expect("spawn fleet worker")
+}
+
+/// Sends `sig` to `child`.
+pub fn signal(child: &std::process::Child, sig: libc::c_int) {
+    assert_eq!(unsafe { libc::kill(child.id() as libc::pid_t, sig) }, 0);
+}
+
+/// Waits up to `within` for `child` to exit (killing it and panicking otherwise).
+pub fn wait_exit(child: &mut std::process::Child, within: Duration) -> std::process::ExitStatus {
+    let deadline = std::time::Instant::now() + within;
+    loop {
+        if let Some(s) = child.try_wait().unwrap() {
+            return s;
+        }
+        if std::time::Instant::now() > deadline {
+            let _ = child.kill();
+            panic!("worker process did not exit within {within:?}");
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
 /// The tests' keyring (two versions, v2 newest).
 pub const TEST_PII_KEYS: &str = "v2:QUJDREVGR0hJSktMTU5PUFFSU1RVVldYWVphYmNkZWY=,v1:MDEyMzQ1Njc4OWFiY2RlZjAxMjM0NTY3ODlhYmNkZWY=";
 
