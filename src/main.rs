@@ -22,10 +22,12 @@ fn main() -> std::process::ExitCode {
     // The OTLP batch exporter spawns onto the runtime: initialise inside it.
     // The cron library logs its own start-up at info ("Uninited", "Job creator created"):
     // noise for operators, so only its warnings show.
+    let log_file = cli::log_file(&cli.command);
     let tracer = rt.block_on(async {
         telemetry::init(
             settings.log_format,
             "info,sqlx=warn,tokio_cron_scheduler=warn",
+            log_file.as_deref(),
         )
     });
     let result = rt.block_on(cli::run(cli.command, settings, cli.config.as_deref()));

@@ -164,7 +164,7 @@ impl Ops {
     ) -> anyhow::Result<Mutation<ReplayResult>> {
         self.check_filter(f).await?;
         if f.is_empty() {
-            usage!("replay needs --id or a filter (--kind, --state, --since, --until, --key)");
+            usage!("replay needs --id or a filter (--kind, --state, --queue, --since, --until, --key, --args)");
         }
         if let Some(states) = &f.states {
             if let Some(s) = states
@@ -192,7 +192,7 @@ impl Ops {
     ) -> anyhow::Result<Mutation<Vec<queue::CancelledJob>>> {
         self.check_filter(f).await?;
         if f.is_empty() {
-            usage!("cancel needs --id or a filter (--kind, --state, --since, --until, --key)");
+            usage!("cancel needs --id or a filter (--kind, --state, --queue, --since, --until, --key, --args)");
         }
         let mut conn = self.pool.acquire().await?;
         let mut tx = conn.begin().await?;
@@ -392,6 +392,76 @@ impl Ops {
         Ok(self.mutation("prune", dry_run, deleted))
     }
 
+    /// A booking for operators: its domain record (steps, provider ids, refunds, emails, audit;
+    /// no PII) and the jobs behind it.
+    pub async fn booking(&self, id: uuid::Uuid) -> anyhow::Result<BookingReport> {
+        let Some(view) = jobs::booking::view(&self.pool, id).await? else {
+            usage!("no booking with id {id}");
+        };
+        let mut conn = self.pool.acquire().await?;
+        let mut found: Vec<JobSummary> = Vec::new();
+        for sel in jobs::booking::job_selectors(&view) {
+            let f = JobFilter {
+                kind: Some(sel.kind.to_owned()),
+                idempotency_key: sel.key,
+                args_contain: sel.args,
+                ..JobFilter::default()
+            };
+            for j in queue::job_list(&mut conn, &f, 50, None).await? {
+                if !found.iter().any(|x| x.id == j.id) {
+                    found.push(j);
+                }
+            }
+        }
+        found.sort_by_key(|j| j.id);
+        Ok(BookingReport {
+            booking: view,
+            jobs: found,
+        })
+    }
+
+    /// Requests a refund of booking `id` for `reason` (a code), audited under this actor. A dry
+    /// run makes the change and rolls it back, reporting what would happen.
+    pub async fn booking_refund(
+        &self,
+        id: uuid::Uuid,
+        reason: &str,
+        queue: &crate::Queue,
+        dry_run: bool,
+    ) -> anyhow::Result<Mutation<jobs::kinds::refund_compensation::OperatorRefund>> {
+        use jobs::kinds::refund_compensation::{request_by_operator, RefundRefused};
+        let mut conn = self.pool.acquire().await?;
+        let mut tx = conn.begin().await?;
+        let r = match request_by_operator(&mut tx, queue, id, reason).await {
+            Ok(r) => r,
+            Err(RefundRefused::Failed(e)) => return Err(anyhow::anyhow!(e)),
+            Err(refused) => usage!("{refused}"),
+        };
+        let meta = json!({
+            "booking_id": id, "reason": reason, "status_before": r.status_before,
+            "booking_cancelled": r.booking_cancelled, "job_id": r.job_id,
+            "duplicate": r.duplicate,
+        });
+        self.finish_audited(
+            tx,
+            dry_run,
+            "booking.refund_requested",
+            "booking",
+            Some(&id.to_string()),
+            meta,
+        )
+        .await?;
+        Ok(self.mutation("booking_refund", dry_run, r))
+    }
+
+    /// Audit rows, newest first.
+    pub async fn audit(&self, f: &audit::AuditFilter) -> anyhow::Result<Vec<audit::AuditEntry>> {
+        if !(1..=10_000).contains(&f.limit) {
+            usage!("--limit must be 1..=10000, got {}", f.limit);
+        }
+        Ok(audit::list(&self.pool, f).await?)
+    }
+
     fn mutation<T: Serialize>(
         &self,
         action: &'static str,
@@ -454,6 +524,15 @@ impl Ops {
         tx.commit().await?;
         Ok(())
     }
+}
+
+/// A booking and the jobs behind it.
+#[derive(Debug, Clone, Serialize)]
+pub struct BookingReport {
+    /// The domain's record.
+    pub booking: jobs::booking::BookingView,
+    /// Its campaign's searches and attempts, its refund, its webhook follow-ups; by id.
+    pub jobs: Vec<JobSummary>,
 }
 
 /// A drain that ran out of time: the kinds are now fully paused, with work left.

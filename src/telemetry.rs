@@ -16,13 +16,18 @@ use opentelemetry::{
 use opentelemetry_sdk::{propagation::TraceContextPropagator, trace::SdkTracerProvider};
 use serde_json::Value;
 use tracing_opentelemetry::OpenTelemetrySpanExt;
-use tracing_subscriber::{fmt, prelude::*, EnvFilter};
+use tracing_subscriber::{fmt, fmt::writer::BoxMakeWriter, prelude::*, EnvFilter};
 
 use crate::config::LogFormat;
 
-/// Installs the global subscriber. Returns the tracer provider when OTLP export is on; call
-/// `shutdown()` on it before exiting so buffered spans are flushed.
-pub fn init(format: LogFormat, default_filter: &str) -> Option<SdkTracerProvider> {
+/// Installs the global subscriber, writing logs to stderr or, when given, to `file` (appended;
+/// created if missing). Returns the tracer provider when OTLP export is on; call `shutdown()`
+/// on it before exiting so buffered spans are flushed.
+pub fn init(
+    format: LogFormat,
+    default_filter: &str,
+    file: Option<&std::path::Path>,
+) -> Option<SdkTracerProvider> {
     let filter =
         EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new(default_filter));
     let provider = std::env::var("OTEL_EXPORTER_OTLP_ENDPOINT")
@@ -53,21 +58,42 @@ pub fn init(format: LogFormat, default_filter: &str) -> Option<SdkTracerProvider
         .as_ref()
         .map(|p| tracing_opentelemetry::layer().with_tracer(p.tracer("fleet")));
     let registry = tracing_subscriber::registry().with(filter).with(otel);
+    let log_file = file.and_then(|path| {
+        match std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(path)
+        {
+            Ok(f) => Some(std::sync::Arc::new(f)),
+            Err(e) => {
+                eprintln!(
+                    "fleet: cannot open the log file {}: {e}; logging to stderr",
+                    path.display()
+                );
+                None
+            }
+        }
+    });
+    let writer = match log_file {
+        Some(f) => BoxMakeWriter::new(f),
+        None => BoxMakeWriter::new(std::io::stderr),
+    };
+    // Colour only for a person at a terminal: piped or filed logs stay plain text.
+    let ansi = file.is_none() && std::io::IsTerminal::is_terminal(&std::io::stderr());
     let _ = match format {
-        // Colour only for a person at a terminal: piped logs stay plain text.
         LogFormat::Human => registry
             .with(
                 fmt::layer()
-                    .with_writer(std::io::stderr)
+                    .with_writer(writer)
                     .with_target(false)
-                    .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr())),
+                    .with_ansi(ansi),
             )
             .try_init(),
         LogFormat::Json => registry
             .with(
                 fmt::layer()
                     .json()
-                    .with_writer(std::io::stderr)
+                    .with_writer(writer)
                     .with_current_span(true),
             )
             .try_init(),

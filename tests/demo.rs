@@ -1,13 +1,17 @@
 //! `fleet demo`, the README's main command, run as a real process: it ends with bookings,
-//! compensations, refunds and reminders, zero invariant violations, and the distinctive seeded
-//! passport number and e-mail appear nowhere in its (debug-level) output.
+//! compensations, refunds and reminders, zero invariant violations, a summary on stdout that
+//! says what each route injects and why bookings failed, and the distinctive seeded passport
+//! number and e-mail appear nowhere in its output or its (debug-level) log file.
 
 use std::process::Command;
 
 #[test]
 fn demo_books_compensates_refunds_and_reminds_with_no_violation_and_no_pii_in_its_logs() {
+    let log = std::env::temp_dir().join(format!("fleet-demo-test-{}.log", std::process::id()));
+    let _ = std::fs::remove_file(&log);
     let out = Command::new(env!("CARGO_BIN_EXE_fleet"))
-        .args(["demo", "--json"])
+        .args(["demo", "--json", "--log-file"])
+        .arg(&log)
         .env(
             "RUST_LOG",
             "debug,sqlx=debug,hyper=info,reqwest=info,h2=info",
@@ -17,14 +21,15 @@ fn demo_books_compensates_refunds_and_reminds_with_no_violation_and_no_pii_in_it
         .unwrap();
     let stdout = String::from_utf8_lossy(&out.stdout);
     let stderr = String::from_utf8_lossy(&out.stderr);
+    let logs = std::fs::read_to_string(&log).unwrap_or_default();
     assert!(
         out.status.success(),
         "demo failed:\n{}",
-        &stderr[stderr.len().saturating_sub(4000)..]
+        &logs[logs.len().saturating_sub(4000)..]
     );
     for secret in [jobs::seed::CANARY_PASSPORT, jobs::seed::CANARY_EMAIL] {
         assert!(
-            !stdout.contains(secret) && !stderr.contains(secret),
+            !stdout.contains(secret) && !stderr.contains(secret) && !logs.contains(secret),
             "{secret} leaked into the demo's output"
         );
     }
@@ -52,7 +57,27 @@ fn demo_books_compensates_refunds_and_reminds_with_no_violation_and_no_pii_in_it
     }
     assert_eq!(s["max_payment_intents_per_booking"], 1, "{s}");
     assert!(
-        stderr.len() > 10_000,
+        logs.len() > 10_000,
         "debug logs were produced (so the PII check means something)"
     );
+    // The summary is for people, on stdout: what each route injects, and why bookings failed.
+    for expected in [
+        "what each route injects",
+        "LHR-AMS",
+        "offer_gone",
+        "order_created_then_500",
+        "why bookings failed",
+        "card_declined",
+        "invariant violation",
+    ] {
+        assert!(
+            stdout.contains(expected),
+            "the summary lacks {expected:?}:\n{stdout}"
+        );
+    }
+    assert!(
+        stderr.lines().count() < 5,
+        "by default the demo keeps its logs out of the terminal:\n{stderr}"
+    );
+    let _ = std::fs::remove_file(&log);
 }

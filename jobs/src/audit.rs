@@ -1,8 +1,11 @@
 //! The audit trail (`audit_log`): who did what to which resource. Metadata carries ids,
 //! counts and filters — never PII.
 
+use chrono::{DateTime, Utc};
+use serde::Serialize;
 use serde_json::Value;
 use sqlx::{PgConnection, PgPool};
+use uuid::Uuid;
 
 /// AuditRecord: appends one row, on `conn` (typically the transaction that made the change,
 /// so the change and its audit row commit together or not at all).
@@ -42,4 +45,71 @@ pub async fn delete_older_than(pool: &PgPool, days: i64, batch: i64) -> Result<u
     .execute(pool)
     .await?;
     Ok(r.rows_affected())
+}
+
+/// One audit row.
+#[derive(Debug, Clone, Serialize, sqlx::FromRow)]
+pub struct AuditEntry {
+    /// `audit_log.id`.
+    pub id: Uuid,
+    /// Who: an operator's name, or `fleet` for the fleet's own actions.
+    pub actor: String,
+    /// What, e.g. `kind.pause`, `booking.refunded`.
+    pub action: String,
+    /// The kind of thing acted on, e.g. `booking`, `kind`, `job`.
+    pub resource_type: String,
+    /// Which one, when one.
+    pub resource_id: Option<String>,
+    /// Ids, counts and filters (never PII).
+    pub metadata: Value,
+    /// When.
+    pub created_at: DateTime<Utc>,
+}
+
+/// Which audit rows to list. Unset fields do not filter.
+#[derive(Debug, Clone, Default)]
+pub struct AuditFilter {
+    /// Exactly this actor.
+    pub actor: Option<String>,
+    /// Actions starting with this (`booking.` lists every booking action).
+    pub action_prefix: Option<String>,
+    /// Exactly this resource type.
+    pub resource_type: Option<String>,
+    /// Exactly this resource id.
+    pub resource_id: Option<String>,
+    /// At or after.
+    pub since: Option<DateTime<Utc>>,
+    /// Before.
+    pub until: Option<DateTime<Utc>>,
+    /// The next page: rows older than this one.
+    pub before_id: Option<Uuid>,
+    /// Most rows (1..=10000).
+    pub limit: i64,
+}
+
+/// AuditList: rows matching `f`, newest first, paged by `(created_at, id)` keyset.
+pub async fn list(pool: &PgPool, f: &AuditFilter) -> Result<Vec<AuditEntry>, sqlx::Error> {
+    sqlx::query_as(
+        "SELECT id, actor, action, resource_type, resource_id, metadata, created_at
+         FROM audit_log
+         WHERE ($1::text IS NULL OR actor = $1)
+           AND ($2::text IS NULL OR starts_with(action, $2))
+           AND ($3::text IS NULL OR resource_type = $3)
+           AND ($4::text IS NULL OR resource_id = $4)
+           AND ($5::timestamptz IS NULL OR created_at >= $5)
+           AND ($6::timestamptz IS NULL OR created_at < $6)
+           AND ($7::uuid IS NULL OR (created_at, id) <
+                (SELECT created_at, id FROM audit_log WHERE id = $7))
+         ORDER BY created_at DESC, id DESC LIMIT $8",
+    )
+    .bind(&f.actor)
+    .bind(&f.action_prefix)
+    .bind(&f.resource_type)
+    .bind(&f.resource_id)
+    .bind(f.since)
+    .bind(f.until)
+    .bind(f.before_id)
+    .bind(f.limit.clamp(1, 10_000))
+    .fetch_all(pool)
+    .await
 }

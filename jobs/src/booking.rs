@@ -730,3 +730,258 @@ mod tests {
         assert!(BookingStatus::try_from("lost".to_owned()).is_err());
     }
 }
+
+// ─── the operator's view ─────────────────────────────────────────────────────────────────────
+
+/// A booking as operators see it (`fleet booking show`, the console's timeline). No personal
+/// data: no names, emails or passport data, and the PNR is only said to exist.
+#[derive(Debug, Clone, Serialize)]
+pub struct BookingView {
+    /// `bookings.id`.
+    pub id: Uuid,
+    /// Its campaign (`None` once the user was erased).
+    pub campaign_id: Option<Uuid>,
+    /// Where the row is in its life.
+    pub status: String,
+    /// Decimal amount held or charged.
+    pub total_amount: String,
+    /// ISO 4217.
+    pub currency: String,
+    /// The Duffel offer (`off_…`).
+    pub offer_id: String,
+    /// The Duffel order (`ord_…`), once it exists.
+    pub order_id: Option<String>,
+    /// The Stripe PaymentIntent (`pi_…`), once it exists.
+    pub payment_intent_id: Option<String>,
+    /// Stripe's last known status of it.
+    pub payment_intent_status: Option<String>,
+    /// Why the attempt failed, as a code.
+    pub failure_code: Option<String>,
+    /// Whether the airline's booking reference is recorded (it is not shown).
+    pub pnr_recorded: bool,
+    /// The saga's steps that happened, in order, with their times.
+    pub steps: Vec<BookingStep>,
+    /// Refunds of the booking.
+    pub refunds: Vec<RefundView>,
+    /// Emails the booking caused (kinds and dedupe keys; never an address).
+    pub emails: Vec<EmailView>,
+    /// Audit entries of the booking and its campaign, oldest first.
+    pub audit: Vec<crate::audit::AuditEntry>,
+}
+
+/// One step of the saga and when it happened.
+#[derive(Debug, Clone, Serialize)]
+pub struct BookingStep {
+    /// `started`, `offer_checked`, `authorized`, `order_attempted`, `ordered`, `captured`,
+    /// `hold_voided`.
+    pub step: &'static str,
+    /// When.
+    pub at: DateTime<Utc>,
+}
+
+/// A refund of a booking.
+#[derive(Debug, Clone, Serialize, sqlx::FromRow)]
+pub struct RefundView {
+    /// `refunds.id`.
+    pub id: Uuid,
+    /// Stripe's id (`re_…`), once Stripe answered.
+    pub stripe_refund_id: Option<String>,
+    /// Decimal amount.
+    pub amount: String,
+    /// ISO 4217.
+    pub currency: String,
+    /// Why, as a code.
+    pub reason: String,
+    /// Stripe's refund status.
+    pub status: String,
+    /// When the intent was recorded.
+    pub created_at: DateTime<Utc>,
+}
+
+/// An email the outbox recorded for a booking.
+#[derive(Debug, Clone, Serialize, sqlx::FromRow)]
+pub struct EmailView {
+    /// What it is about.
+    pub kind: String,
+    /// Its dedupe key (ids only).
+    pub dedupe_key: String,
+    /// When it went out (`None`: recorded, not yet sent).
+    pub sent_at: Option<DateTime<Utc>>,
+}
+
+/// Which jobs belong to a booking, in the domain's words: a kind and its key, or a kind and
+/// args the job's contain. The engine turns each into a queue filter.
+#[derive(Debug, Clone, PartialEq)]
+pub struct JobSelector {
+    /// The job kind.
+    pub kind: &'static str,
+    /// The idempotency key, if the kind's jobs of this booking share one.
+    pub key: Option<String>,
+    /// Args the jobs contain.
+    pub args: Option<Value>,
+}
+
+/// The bookings row as the view reads it.
+#[derive(sqlx::FromRow)]
+struct ViewRow {
+    id: Uuid,
+    campaign_id: Option<Uuid>,
+    status: String,
+    total_amount: String,
+    currency: String,
+    duffel_offer_id: String,
+    duffel_order_id: Option<String>,
+    stripe_payment_intent_id: Option<String>,
+    payment_intent_status: Option<String>,
+    failure_code: Option<String>,
+    pnr_recorded: bool,
+    created_at: DateTime<Utc>,
+    offer_checked_at: Option<DateTime<Utc>>,
+    authorized_at: Option<DateTime<Utc>>,
+    order_attempted_at: Option<DateTime<Utc>>,
+    ordered_at: Option<DateTime<Utc>>,
+    captured_at: Option<DateTime<Utc>>,
+    canceled_at: Option<DateTime<Utc>>,
+}
+
+/// BookingView: the booking `id` for operators, or `None` if there is none.
+pub async fn view(pool: &PgPool, id: Uuid) -> Result<Option<BookingView>, sqlx::Error> {
+    let row: Option<ViewRow> = sqlx::query_as(
+        "SELECT id, campaign_id, status, total_amount::text AS total_amount,
+                currency::text AS currency, duffel_offer_id, duffel_order_id,
+                stripe_payment_intent_id, payment_intent_status, failure_code,
+                pnr IS NOT NULL AS pnr_recorded, created_at, offer_checked_at, authorized_at,
+                order_attempted_at, ordered_at, captured_at, canceled_at
+         FROM bookings WHERE id = $1",
+    )
+    .bind(id)
+    .fetch_optional(pool)
+    .await?;
+    let Some(r) = row else { return Ok(None) };
+    let mut steps: Vec<BookingStep> = [
+        ("started", Some(r.created_at)),
+        ("offer_checked", r.offer_checked_at),
+        ("authorized", r.authorized_at),
+        ("order_attempted", r.order_attempted_at),
+        ("ordered", r.ordered_at),
+        ("captured", r.captured_at),
+        ("hold_voided", r.canceled_at),
+    ]
+    .into_iter()
+    .filter_map(|(step, at)| at.map(|at| BookingStep { step, at }))
+    .collect();
+    steps.sort_by_key(|s| s.at);
+    let refunds: Vec<RefundView> = sqlx::query_as(
+        "SELECT id, stripe_refund_id, amount::text AS amount, currency::text AS currency, reason,
+                status, created_at
+         FROM refunds WHERE booking_id = $1 ORDER BY created_at",
+    )
+    .bind(id)
+    .fetch_all(pool)
+    .await?;
+    let emails: Vec<EmailView> = sqlx::query_as(
+        "SELECT kind, dedupe_key, sent_at FROM notifications
+         WHERE dedupe_key IN ('booking-confirmed/' || $1, 'action-required/' || $1, 'refund/' || $1)
+            OR dedupe_key LIKE 'order-change/' || $1 || '/%'
+            OR ($2::uuid IS NOT NULL AND dedupe_key LIKE 'campaign-action-required/' || $2 || '/%')
+         ORDER BY created_at",
+    )
+    .bind(id.to_string())
+    .bind(r.campaign_id.map(|c| c.to_string()))
+    .fetch_all(pool)
+    .await?;
+    let mut audit = crate::audit::list(
+        pool,
+        &crate::audit::AuditFilter {
+            resource_type: Some("booking".into()),
+            resource_id: Some(id.to_string()),
+            limit: 500,
+            ..crate::audit::AuditFilter::default()
+        },
+    )
+    .await?;
+    if let Some(c) = r.campaign_id {
+        audit.extend(
+            crate::audit::list(
+                pool,
+                &crate::audit::AuditFilter {
+                    resource_type: Some("campaign".into()),
+                    resource_id: Some(c.to_string()),
+                    limit: 500,
+                    ..crate::audit::AuditFilter::default()
+                },
+            )
+            .await?,
+        );
+    }
+    audit.sort_by_key(|a| a.created_at);
+    Ok(Some(BookingView {
+        id: r.id,
+        campaign_id: r.campaign_id,
+        status: r.status,
+        total_amount: r.total_amount,
+        currency: r.currency,
+        offer_id: r.duffel_offer_id,
+        order_id: r.duffel_order_id,
+        payment_intent_id: r.stripe_payment_intent_id,
+        payment_intent_status: r.payment_intent_status,
+        failure_code: r.failure_code,
+        pnr_recorded: r.pnr_recorded,
+        steps,
+        refunds,
+        emails,
+        audit,
+    }))
+}
+
+/// The jobs behind a booking: its campaign's searches and booking attempts, its refund, and
+/// the webhook follow-ups about its order or PaymentIntent.
+pub fn job_selectors(v: &BookingView) -> Vec<JobSelector> {
+    use crate::kinds::{
+        booking_attempt::BookingAttempt,
+        campaign_search::CampaignSearch,
+        order_reconcile::OrderReconcile,
+        payment_reconcile::PaymentReconcile,
+        refund_compensation::{refund_key, RefundCompensation},
+    };
+    use crate::Job;
+    let mut out = vec![
+        JobSelector {
+            kind: RefundCompensation::KIND,
+            key: Some(refund_key(v.id)),
+            args: None,
+        },
+        JobSelector {
+            kind: OrderReconcile::KIND,
+            key: None,
+            args: Some(serde_json::json!({ "booking_id": v.id })),
+        },
+    ];
+    if let Some(c) = v.campaign_id {
+        out.push(JobSelector {
+            kind: BookingAttempt::KIND,
+            key: None,
+            args: Some(serde_json::json!({ "campaign_id": c, "offer_id": v.offer_id })),
+        });
+        out.push(JobSelector {
+            kind: CampaignSearch::KIND,
+            key: None,
+            args: Some(serde_json::json!({ "campaign_id": c })),
+        });
+    }
+    if let Some(o) = &v.order_id {
+        out.push(JobSelector {
+            kind: OrderReconcile::KIND,
+            key: None,
+            args: Some(serde_json::json!({ "order_id": o })),
+        });
+    }
+    if let Some(pi) = &v.payment_intent_id {
+        out.push(JobSelector {
+            kind: PaymentReconcile::KIND,
+            key: None,
+            args: Some(serde_json::json!({ "payment_intent_id": pi })),
+        });
+    }
+    out
+}

@@ -49,3 +49,76 @@ pub async fn counts(pool: &PgPool, since: DateTime<Utc>) -> Result<DomainCounts,
         reminders_sent: row.6,
     })
 }
+
+/// Where the demo's work is, by phase of the product's story.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize)]
+pub struct Phases {
+    /// Campaigns seeded.
+    pub seeded: i64,
+    /// Active campaigns not yet searched in this run.
+    pub searching: i64,
+    /// Bookings waiting for their card hold (`pending`).
+    pub charging: i64,
+    /// Bookings holding money, ordering or capturing (`authorized`).
+    pub booking: i64,
+    /// Bookings cancelled with money still captured: their refund is under way.
+    pub compensating: i64,
+    /// Campaigns resolved in this run (booked, failed over to a later search, or needing the
+    /// user).
+    pub done: i64,
+}
+
+/// The phases now; `since` is the start of the run.
+pub async fn phases(pool: &PgPool, since: DateTime<Utc>) -> Result<Phases, sqlx::Error> {
+    let r: (i64, i64, i64, i64, i64, i64) = sqlx::query_as(
+        "SELECT (SELECT count(*) FROM campaigns),
+                (SELECT count(*) FROM campaigns WHERE status = 'active' AND next_search_at <= $1),
+                (SELECT count(*) FROM bookings WHERE status = 'pending'),
+                (SELECT count(*) FROM bookings WHERE status = 'authorized'),
+                (SELECT count(*) FROM bookings WHERE status = 'cancelled' AND captured_at IS NOT NULL),
+                (SELECT count(*) FROM campaigns WHERE status <> 'active' OR next_search_at > $1)",
+    )
+    .bind(since)
+    .fetch_one(pool)
+    .await?;
+    Ok(Phases {
+        seeded: r.0,
+        searching: r.1,
+        charging: r.2,
+        booking: r.3,
+        compensating: r.4,
+        done: r.5,
+    })
+}
+
+/// What happened on one route.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, sqlx::FromRow)]
+pub struct RouteOutcome {
+    /// IATA origin.
+    pub origin: String,
+    /// IATA destination.
+    pub destination: String,
+    /// Campaigns on it.
+    pub campaigns: i64,
+    /// Bookings ticketed (refunded ones included).
+    pub ticketed: i64,
+    /// Bookings failed or cancelled.
+    pub failed: i64,
+    /// Campaigns that need the user (card or profile).
+    pub action_required: i64,
+}
+
+/// Outcomes per route, by origin and destination.
+pub async fn by_route(pool: &PgPool) -> Result<Vec<RouteOutcome>, sqlx::Error> {
+    sqlx::query_as(
+        "SELECT c.origin::text AS origin, c.destination::text AS destination,
+                count(DISTINCT c.id) AS campaigns,
+                count(b.id) FILTER (WHERE b.status IN ('ticketed', 'refunded')) AS ticketed,
+                count(b.id) FILTER (WHERE b.status IN ('failed', 'cancelled')) AS failed,
+                count(DISTINCT c.id) FILTER (WHERE c.status = 'action_required') AS action_required
+         FROM campaigns c LEFT JOIN bookings b ON b.campaign_id = c.id
+         GROUP BY 1, 2 ORDER BY 1, 2",
+    )
+    .fetch_all(pool)
+    .await
+}

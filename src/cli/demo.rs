@@ -16,7 +16,7 @@ use std::{
     time::{Duration, Instant},
 };
 
-use anyhow::{bail, Context};
+use anyhow::Context;
 use fleet::{
     config::{KindOverride, ScheduleSettings, Settings},
     database::ScratchDb,
@@ -48,6 +48,27 @@ pub struct DemoArgs {
     /// Print one JSON object as the last line.
     #[arg(long)]
     json: bool,
+    /// Logs on stderr as they happen, instead of in the log file.
+    #[arg(long)]
+    verbose: bool,
+    /// Where the logs go (default: fleet-demo-<time>.log in the temp directory).
+    #[arg(long, value_name = "FILE", conflicts_with = "verbose")]
+    log_file: Option<std::path::PathBuf>,
+}
+
+impl DemoArgs {
+    /// Where this run's logs go: a file, unless `--verbose`.
+    pub fn log_file(&self) -> Option<std::path::PathBuf> {
+        if self.verbose {
+            return None;
+        }
+        Some(self.log_file.clone().unwrap_or_else(|| {
+            std::env::temp_dir().join(format!(
+                "fleet-demo-{}.log",
+                chrono::Utc::now().format("%Y%m%dT%H%M%SZ")
+            ))
+        }))
+    }
 }
 
 /// Users seeded by the demo.
@@ -82,24 +103,105 @@ pub struct DemoSummary {
     pub max_payment_intents_per_booking: u64,
     /// Wall time, ms.
     pub elapsed_ms: u128,
+    /// What happened on each route, with the scenario the sandbox plays there.
+    pub routes: Vec<RouteReport>,
+    /// Failed and cancelled bookings by failure code, most frequent first.
+    pub failures_by_reason: Vec<(String, i64)>,
 }
 
-/// `fleet demo`: runs it, prints the summary, fails on any invariant violation.
+/// One route of the demo.
+#[derive(Debug, Serialize)]
+pub struct RouteReport {
+    /// `LHR-JFK`.
+    pub route: String,
+    /// The sandbox scenario of the route.
+    pub scenario: &'static str,
+    /// What it injects.
+    pub injects: &'static str,
+    /// Its campaigns, tickets, failures.
+    #[serde(flatten)]
+    pub outcome: jobs::report::RouteOutcome,
+}
+
+/// `fleet demo`: runs it, prints the summary on stdout, fails on any invariant violation.
 pub async fn run(a: DemoArgs, settings: &Settings) -> anyhow::Result<()> {
+    let log_file = a.log_file();
+    if let Some(f) = &log_file {
+        eprintln!(
+            "fleet demo: logs go to {} (--verbose shows them here)",
+            f.display()
+        );
+    }
     let s = demo(settings).await?;
-    eprintln!(
-        "demo summary\n  campaigns            {}\n  campaigns searched   {}\n  bookings ticketed    {}\n  bookings failed      {} (holds voided, searches rescheduled)\n  refunds              {}\n  reminders sent       {}\n  retries              {}\n  dead jobs            {}\n  PaymentIntents       {} (at most {} per booking)\n  invariant violations {}\n  elapsed              {} ms",
-        s.campaigns, s.campaigns_searched, s.bookings_ticketed, s.bookings_failed, s.refunds,
-        s.reminders_sent, s.retries, s.dead_jobs, s.payment_intents, s.max_payment_intents_per_booking,
-        s.invariant_violations, s.elapsed_ms
-    );
+    println!("{}", summary_text(&s, log_file.as_deref()));
     if a.json {
         println!("{}", serde_json::to_string(&s)?);
     }
     if s.invariant_violations > 0 || s.max_payment_intents_per_booking > 1 {
-        bail!("demo: {} invariant violation(s)", s.invariant_violations);
+        return Err(super::Finding(format!(
+            "demo: {} invariant violation(s)",
+            s.invariant_violations
+        ))
+        .into());
     }
     Ok(())
+}
+
+/// The demo's story for people: what each route injects and what came of it, why bookings
+/// failed, and the totals.
+fn summary_text(s: &DemoSummary, log_file: Option<&std::path::Path>) -> String {
+    use super::output::{short, table};
+    let mut routes = table(&[
+        "route",
+        "scenario",
+        "campaigns",
+        "ticketed",
+        "failed",
+        "injects",
+    ]);
+    for r in &s.routes {
+        routes.add_row(vec![
+            r.route.clone(),
+            r.scenario.to_owned(),
+            r.outcome.campaigns.to_string(),
+            r.outcome.ticketed.to_string(),
+            r.outcome.failed.to_string(),
+            r.injects.to_owned(),
+        ]);
+    }
+    let mut reasons = table(&["why bookings failed", "bookings"]);
+    for (code, n) in &s.failures_by_reason {
+        reasons.add_row(vec![code.clone(), n.to_string()]);
+    }
+    format!(
+        "fleet demo: {campaigns} campaigns on {nroutes} routes, booked against the provider \
+         sandbox in {elapsed}\n\n\
+         what each route injects (docs/sandbox.md)\n{routes}\n\
+         the seed also injects: 1 card in 23 declined, 1 in 23 needing authentication, 1 in 23 \
+         without funds (the campaign then needs its user); 1 campaign in 17 priced below every \
+         fare (searched, never booked); 1 card in 9 expiring before its campaign ends (a \
+         reminder); and the airline cancels 5 ticketed bookings (refunded)\n\n\
+         {reasons}\n\n\
+         outcome: {ticketed} ticketed, {failed} failed (holds voided, searches rescheduled), \
+         {refunds} refunded, {reminders} reminders sent, {retries} retries, {dead} dead jobs; \
+         {pis} PaymentIntents (at most {max_pi} per booking); {violations} invariant \
+         violation(s){logs}",
+        campaigns = s.campaigns,
+        nroutes = s.routes.len(),
+        elapsed = short(Duration::from_millis(s.elapsed_ms as u64)),
+        ticketed = s.bookings_ticketed,
+        failed = s.bookings_failed,
+        refunds = s.refunds,
+        reminders = s.reminders_sent,
+        retries = s.retries,
+        dead = s.dead_jobs,
+        pis = s.payment_intents,
+        max_pi = s.max_payment_intents_per_booking,
+        violations = s.invariant_violations,
+        logs = log_file
+            .map(|f| format!("\nlogs: {}", f.display()))
+            .unwrap_or_default(),
+    )
 }
 
 /// Handler extensions whose provider clients (the real ones) point at the sandbox at
@@ -115,7 +217,6 @@ fn sandbox_extensions(base_url: &str) -> anyhow::Result<jobs::Extensions> {
 /// Runs the demo.
 async fn demo(settings: &Settings) -> anyhow::Result<DemoSummary> {
     let started = Instant::now();
-    let began = chrono::Utc::now();
     let db = ScratchDb::new("fleet_demo").await?;
     let sandbox = Sandbox::start(
         SandboxConfig {
@@ -126,13 +227,11 @@ async fn demo(settings: &Settings) -> anyhow::Result<DemoSummary> {
     )
     .await
     .context("starting the sandbox")?;
-    eprintln!("demo: database migrated, sandbox on {}", sandbox.base_url);
 
     let keyring = jobs::pii::Keyring::parse(DEMO_PII_KEYS)?;
     for n in 0..USERS {
         seed_campaign(&db.pool, &keyring, &demo_mix(n)).await?;
     }
-    eprintln!("demo: seeded {USERS} users, profiles, cards and campaigns");
 
     // Demo pacing: short backoffs so retries finish inside the demo.
     let mut s = settings.clone();
@@ -193,13 +292,15 @@ async fn demo(settings: &Settings) -> anyhow::Result<DemoSummary> {
     );
     let sched_task = tokio::spawn(sched.run(stop.clone()));
 
-    let bar = indicatif::ProgressBar::new(USERS as u64);
+    // The live view: one line whose counts move, on a terminal only.
+    let bar = indicatif::ProgressBar::new_spinner();
     bar.set_style(
-        indicatif::ProgressStyle::with_template(
-            "{spinner} {bar:40} {pos}/{len} campaigns resolved  {msg}",
-        )
-        .unwrap_or_else(|_| indicatif::ProgressStyle::default_bar()),
+        indicatif::ProgressStyle::with_template("{spinner} {elapsed:>3} {msg}")
+            .unwrap_or_else(|_| indicatif::ProgressStyle::default_spinner()),
     );
+    bar.enable_steady_tick(Duration::from_millis(120));
+    // Resolved means "searched in this run": counted from after the seeding.
+    let began = chrono::Utc::now();
     let q = Queue::new(db.pool.clone(), registry.clone());
     let mut refunds_requested = false;
     // Cron kinds keep coming back: "busy" counts the work they cause, not them.
@@ -214,8 +315,11 @@ async fn demo(settings: &Settings) -> anyhow::Result<DemoSummary> {
             let mut conn = db.pool.acquire().await?;
             queue::job_count_in_flight(&mut conn, &cron_kinds).await?
         };
-        bar.set_position(resolved as u64);
-        bar.set_message(format!("{ticketed} ticketed, {busy} jobs in flight"));
+        let p = jobs::report::phases(&db.pool, began).await?;
+        bar.set_message(format!(
+            "seeded {} │ searching {} │ charging {} │ booking {} │ compensating {} │ done {}/{} │ {ticketed} ticketed",
+            p.seeded, p.searching, p.charging, p.booking, p.compensating, p.done, p.seeded
+        ));
         if resolved >= USERS as i64 && busy == 0 && refunds_requested {
             break;
         }
@@ -252,6 +356,21 @@ async fn demo(settings: &Settings) -> anyhow::Result<DemoSummary> {
         let mut conn = db.pool.acquire().await?;
         queue::job_count_retries(&mut conn).await?
     };
+    let routes = jobs::report::by_route(&db.pool)
+        .await?
+        .into_iter()
+        .map(|o| {
+            let route = format!("{}-{}", o.origin, o.destination);
+            let scenario = sandbox::scenarios::default_scenario(&route);
+            RouteReport {
+                route,
+                scenario: scenario.as_str(),
+                injects: scenario.injects(),
+                outcome: o,
+            }
+        })
+        .collect();
+    let failures_by_reason = jobs::booking::failures_by_code(&db.pool).await?;
     let counters = sandbox.sandbox.counters();
     let payment_intents = counters.payment_intents_created;
     let max_pi_per_booking = counters
@@ -274,5 +393,7 @@ async fn demo(settings: &Settings) -> anyhow::Result<DemoSummary> {
         payment_intents,
         max_payment_intents_per_booking: max_pi_per_booking,
         elapsed_ms: started.elapsed().as_millis(),
+        routes,
+        failures_by_reason,
     })
 }

@@ -2,13 +2,15 @@
 //! dispatches to one file per command group, which does its work through the library and
 //! formats its own output.
 
+mod audit;
 mod backfill;
 mod bench;
+mod booking;
 mod check;
 mod demo;
 mod enqueue;
 pub(crate) mod output;
-mod queue;
+pub(crate) mod queue;
 mod roles;
 mod sandbox;
 mod seed;
@@ -51,6 +53,10 @@ pub enum Command {
     /// Inspect and operate the queue: stats, list, show, replay, cancel, pause, resume, paused,
     /// drain, prune.
     Queue(queue::QueueArgs),
+    /// A booking for operators (show), or its refund (refund).
+    Booking(booking::BookingArgs),
+    /// Who did what: the audit trail, with filters.
+    Audit(audit::AuditArgs),
     /// List the registered workers: alive or stale, their queues, what they hold.
     Workers(workers::WorkersArgs),
     /// Serve the provider sandbox (Stripe, Duffel and Resend subset) on loopback.
@@ -64,6 +70,14 @@ pub enum Command {
     Backfill(backfill::BackfillArgs),
     /// Burn-down benchmark on a fresh scratch database.
     Bench(bench::BenchArgs),
+}
+
+/// Where the command's logs go: a file for the demo (unless `--verbose`), else stderr.
+pub fn log_file(command: &Command) -> Option<std::path::PathBuf> {
+    match command {
+        Command::Demo(a) => a.log_file(),
+        _ => None,
+    }
 }
 
 /// Runs one command to its end. `file` is the `--config` file, if any.
@@ -82,6 +96,8 @@ pub async fn run(
         Command::Enqueue(a) => enqueue::run(a, &settings).await,
         Command::Queue(a) => queue::run(a, &settings).await,
         Command::Workers(a) => workers::run(a, &settings).await,
+        Command::Booking(a) => booking::run(a, &settings).await,
+        Command::Audit(a) => audit::run(a, &settings).await,
         Command::Sandbox(a) => sandbox::run(a).await,
         Command::Seed(a) => seed::run(a, &settings).await,
         Command::Check(a) => check::run(a, &settings).await,

@@ -117,6 +117,20 @@ struct FilterArgs {
     /// Idempotency key.
     #[arg(long)]
     key: Option<String>,
+    /// Queue.
+    #[arg(long)]
+    queue: Option<String>,
+    /// Args containing this JSON object, e.g. '{"booking_id":"…"}'.
+    #[arg(long, value_parser = parse_json_object)]
+    args: Option<serde_json::Value>,
+}
+
+fn parse_json_object(s: &str) -> Result<serde_json::Value, String> {
+    match serde_json::from_str::<serde_json::Value>(s) {
+        Ok(v) if v.is_object() => Ok(v),
+        Ok(_) => Err(format!("{s:?} is not a JSON object")),
+        Err(e) => Err(format!("{s:?} is not JSON: {e}")),
+    }
 }
 
 impl FilterArgs {
@@ -128,6 +142,8 @@ impl FilterArgs {
             since: self.since,
             until: self.until,
             idempotency_key: self.key,
+            queue: self.queue,
+            args_contain: self.args,
         }
     }
 }

@@ -1,5 +1,6 @@
 //! The operator's job filter, shared by `fleet queue list`, `replay` and `cancel` (and the
-//! console): one SQL predicate over parameters `$1..$6`, so every command selects the same rows.
+//! console): one SQL predicate over parameters `$1..$8`, so every command selects the same rows.
+//! Statements that add parameters of their own number them from `$9`.
 
 use chrono::{DateTime, Utc};
 use serde::Serialize;
@@ -21,6 +22,10 @@ pub struct JobFilter {
     pub until: Option<DateTime<Utc>>,
     /// Idempotency key.
     pub idempotency_key: Option<String>,
+    /// One queue.
+    pub queue: Option<String>,
+    /// Args containing this JSON (`args @> …`), e.g. `{"booking_id": "…"}`.
+    pub args_contain: Option<serde_json::Value>,
 }
 
 impl JobFilter {
@@ -32,6 +37,8 @@ impl JobFilter {
             && self.since.is_none()
             && self.until.is_none()
             && self.idempotency_key.is_none()
+            && self.queue.is_none()
+            && self.args_contain.is_none()
     }
 
     fn state_strings(&self) -> Option<Vec<&'static str>> {
@@ -41,13 +48,15 @@ impl JobFilter {
     }
 }
 
-/// The filter as SQL over parameters $1..$6 (see [`bind_filter`]).
+/// The filter as SQL over parameters $1..$8 (see [`bind_filter`]).
 pub(crate) const FILTER_SQL: &str = "($1::bigint[] IS NULL OR id = ANY($1)) \
      AND ($2::text IS NULL OR kind = $2) \
      AND ($3::text[] IS NULL OR state::text = ANY($3)) \
      AND ($4::timestamptz IS NULL OR created_at >= $4) \
      AND ($5::timestamptz IS NULL OR created_at < $5) \
-     AND ($6::text IS NULL OR idempotency_key = $6)";
+     AND ($6::text IS NULL OR idempotency_key = $6) \
+     AND ($7::text IS NULL OR queue = $7) \
+     AND ($8::jsonb IS NULL OR args @> $8)";
 
 pub(crate) fn bind_filter<'q>(
     q: sqlx::query::Query<'q, sqlx::Postgres, sqlx::postgres::PgArguments>,
@@ -59,4 +68,6 @@ pub(crate) fn bind_filter<'q>(
         .bind(f.since)
         .bind(f.until)
         .bind(f.idempotency_key.as_deref())
+        .bind(f.queue.as_deref())
+        .bind(f.args_contain.as_ref())
 }

@@ -153,8 +153,8 @@ pub async fn job_list(
     let sql = format!(
         "SELECT id, kind, queue, state::text, attempt, max_attempts, run_at, created_at,
                 finished_at, idempotency_key, errors -> -1 ->> 'message'
-         FROM fleet_jobs WHERE {FILTER_SQL} AND ($7::bigint IS NULL OR id < $7)
-         ORDER BY id DESC LIMIT $8"
+         FROM fleet_jobs WHERE {FILTER_SQL} AND ($9::bigint IS NULL OR id < $9)
+         ORDER BY id DESC LIMIT $10"
     );
     let rows = bind_filter(sqlx::query(&sql), f)
         .bind(before_id)

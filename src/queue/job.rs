@@ -702,11 +702,11 @@ pub async fn job_cancel(
             WHERE {FILTER_SQL} AND state IN ('scheduled', 'available', 'running', 'retryable')
             FOR UPDATE
         ), cancelled AS (
-            UPDATE fleet_jobs j SET state = 'cancelled', finished_at = coalesce($8, now()),
+            UPDATE fleet_jobs j SET state = 'cancelled', finished_at = coalesce($10, now()),
                 lease_owner = NULL, lease_expires_at = NULL, key_held = false, key_held_until = NULL,
                 errors = j.errors || jsonb_build_array(jsonb_build_object(
-                    'at', coalesce($8, now()), 'attempt', j.attempt, 'class', 'cancelled',
-                    'message', 'cancelled by operator ' || $7))
+                    'at', coalesce($10, now()), 'attempt', j.attempt, 'class', 'cancelled',
+                    'message', 'cancelled by operator ' || $9))
             FROM target t WHERE j.id = t.id
             RETURNING j.id, t.state::text AS was
         )

@@ -57,6 +57,21 @@ impl Scenario {
         }
     }
 
+    /// What the scenario injects and what it tests, in a line for people.
+    pub fn injects(self) -> &'static str {
+        match self {
+            Scenario::Normal => "nothing: every call succeeds",
+            Scenario::PriceRises => "fare +8% on re-read; booked if <= max",
+            Scenario::OfferGone => "offer gone on re-read; no hold taken",
+            Scenario::InsufficientBalance => "order refused: insufficient_balance",
+            Scenario::PriceChanged => "order refused: price_changed",
+            Scenario::RateLimited => "429s first; jobs snooze, then book",
+            Scenario::ServerError => "order 500, nothing made; hold voided",
+            Scenario::Slow => "slow order reply; booked after it",
+            Scenario::OrderCreatedThen500 => "order made, reply 500; reconciled once",
+        }
+    }
+
     /// The scenario named `s`, spelled exactly as [`Scenario::as_str`] spells it.
     pub fn parse(s: &str) -> Option<Scenario> {
         Scenario::ALL.into_iter().find(|sc| sc.as_str() == s)
@@ -74,6 +89,15 @@ pub const DEFAULT_ROUTES: [(&str, Scenario); 8] = [
     ("LHR-LIS", Scenario::Slow),
     ("LHR-ZRH", Scenario::OrderCreatedThen500),
 ];
+
+/// The scenario `route` (`LHR-JFK`) plays out of the box.
+pub fn default_scenario(route: &str) -> Scenario {
+    DEFAULT_ROUTES
+        .iter()
+        .find(|(r, _)| r.eq_ignore_ascii_case(route))
+        .map(|(_, s)| *s)
+        .unwrap_or(Scenario::Normal)
+}
 
 /// Whether `s` looks like `LHR-JFK`: three ASCII letters, `-`, three ASCII letters, any case.
 pub fn is_route(s: &str) -> bool {

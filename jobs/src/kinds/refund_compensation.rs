@@ -94,6 +94,93 @@ pub async fn cancel_and_request_refund(
     Ok(true)
 }
 
+/// What an operator's refund request did.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct OperatorRefund {
+    /// The booking.
+    pub booking_id: Uuid,
+    /// Its status when asked.
+    pub status_before: String,
+    /// A ticketed booking was moved to `cancelled` first (the refund also cancels its order).
+    pub booking_cancelled: bool,
+    /// The refund job (an existing one when `duplicate`).
+    pub job_id: i64,
+    /// A refund of this booking was already queued: no second one.
+    pub duplicate: bool,
+}
+
+/// Why an operator's refund request was refused.
+#[derive(Debug, thiserror::Error)]
+pub enum RefundRefused {
+    /// No such booking.
+    #[error("no booking with id {0}")]
+    NotFound(Uuid),
+    /// The booking's state does not allow it.
+    #[error("booking {id} cannot be refunded: {why}")]
+    NotRefundable {
+        /// The booking.
+        id: Uuid,
+        /// Why, for the operator.
+        why: &'static str,
+    },
+    /// The reason is not a code.
+    #[error("the reason must be a code (^[a-z0-9_.]{{1,100}}$, e.g. customer_request), got {0:?}")]
+    BadReason(String),
+    /// The database or the enqueue failed.
+    #[error(transparent)]
+    Failed(#[from] JobError),
+}
+
+/// An operator asks for booking `booking_id`'s money back, on `conn` (pass `&mut *tx`): a
+/// ticketed booking is cancelled and its refund requested in the same transaction; a cancelled
+/// one that still holds captured money gets its refund requested. The refund's own key makes a
+/// repeated request return the queued job instead of a second one.
+pub async fn request_by_operator(
+    conn: &mut PgConnection,
+    enqueuer: &dyn Enqueuer,
+    booking_id: Uuid,
+    reason: &str,
+) -> Result<OperatorRefund, RefundRefused> {
+    if !is_failure_code(reason) {
+        return Err(RefundRefused::BadReason(reason.to_owned()));
+    }
+    let b = booking::load(&mut *conn, booking_id)
+        .await
+        .map_err(JobError::from)?
+        .ok_or(RefundRefused::NotFound(booking_id))?;
+    let refused = |why| RefundRefused::NotRefundable { id: b.id, why };
+    let booking_cancelled =
+        match b.status {
+            BookingStatus::Ticketed => {
+                let change = Change::CancelledAfterCapture { reason };
+                booking::transition(conn, &b, change)
+                    .await
+                    .map_err(JobError::from)?
+            }
+            BookingStatus::Cancelled if b.captured_at.is_some() => false,
+            BookingStatus::Refunded => return Err(refused("it is already refunded")),
+            BookingStatus::Pending | BookingStatus::Authorized => return Err(refused(
+                "its booking saga is still running and voids its own hold; pause booking_attempt \
+                 first if it must stop",
+            )),
+            BookingStatus::Failed | BookingStatus::Cancelled => {
+                return Err(refused("nothing was captured"))
+            }
+        };
+    let job = RefundCompensation::request(b.id, reason)?;
+    let enqueued = enqueuer
+        .enqueue_many(conn, vec![job])
+        .await
+        .map_err(JobError::from)?;
+    Ok(OperatorRefund {
+        booking_id: b.id,
+        status_before: b.status.as_str().to_owned(),
+        booking_cancelled,
+        job_id: enqueued[0].id,
+        duplicate: enqueued[0].duplicate,
+    })
+}
+
 impl Job for RefundCompensation {
     const KIND: &'static str = "refund_compensation";
 

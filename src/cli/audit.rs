@@ -1,0 +1,78 @@
+//! `fleet audit`: who did what, newest first, from `audit_log`.
+
+use fleet::{config::Settings, ops::Ops};
+use jobs::audit::AuditFilter;
+
+use super::{
+    os_user,
+    output::{clip, emit, table, when},
+    pool_for,
+    queue::parse_time,
+};
+
+#[derive(clap::Args)]
+pub struct AuditArgs {
+    /// Only this actor.
+    #[arg(long)]
+    actor: Option<String>,
+    /// Only actions starting with this, e.g. "kind." or "booking.refund".
+    #[arg(long)]
+    action: Option<String>,
+    /// Only this resource type (job, kind, booking, campaign, schema, …).
+    #[arg(long)]
+    resource_type: Option<String>,
+    /// Only this resource id.
+    #[arg(long)]
+    resource_id: Option<String>,
+    /// At or after: RFC 3339 time or a duration ago ("2h").
+    #[arg(long, value_parser = parse_time)]
+    since: Option<chrono::DateTime<chrono::Utc>>,
+    /// Before: RFC 3339 time or a duration ago.
+    #[arg(long, value_parser = parse_time)]
+    until: Option<chrono::DateTime<chrono::Utc>>,
+    /// Page size.
+    #[arg(long, default_value_t = 50)]
+    limit: i64,
+    /// Next page: rows older than this one.
+    #[arg(long)]
+    before_id: Option<uuid::Uuid>,
+    /// Print JSON instead of a table.
+    #[arg(long)]
+    json: bool,
+}
+
+pub async fn run(a: AuditArgs, settings: &Settings) -> anyhow::Result<()> {
+    let pool = pool_for(settings).await?;
+    let f = AuditFilter {
+        actor: a.actor,
+        action_prefix: a.action,
+        resource_type: a.resource_type,
+        resource_id: a.resource_id,
+        since: a.since,
+        until: a.until,
+        before_id: a.before_id,
+        limit: a.limit,
+    };
+    let rows = Ops::new(pool, Vec::new(), os_user()).audit(&f).await?;
+    let mut t = table(&["at", "actor", "action", "resource", "details"]);
+    for r in &rows {
+        t.add_row(vec![
+            when(r.created_at),
+            r.actor.clone(),
+            r.action.clone(),
+            match &r.resource_id {
+                Some(id) => format!("{} {}", r.resource_type, clip(id, 36)),
+                None => r.resource_type.clone(),
+            },
+            clip(&r.metadata.to_string(), 40),
+        ]);
+    }
+    let text = match rows.last() {
+        None => "no audit rows match".to_owned(),
+        Some(last) if rows.len() as i64 == a.limit => {
+            format!("{t}\nnext page: --before-id {}", last.id)
+        }
+        Some(_) => t.to_string(),
+    };
+    emit(a.json, &rows, &text)
+}

@@ -1,0 +1,192 @@
+//! `fleet booking show|refund`: the domain's view of one booking (saga steps, provider ids,
+//! refunds, emails, audit trail, the jobs behind it; no PII) and an operator's refund, through
+//! the refund kind's own request and key.
+
+use std::sync::Arc;
+
+use clap::Subcommand;
+use fleet::{config::Settings, fleet_registry, ops::Ops, Queue};
+use uuid::Uuid;
+
+use super::{
+    os_user,
+    output::{ago, clip, emit, table, when},
+    pool_for,
+};
+
+#[derive(clap::Args)]
+pub struct BookingArgs {
+    /// Print JSON instead of text.
+    #[arg(long, global = true)]
+    json: bool,
+    #[command(subcommand)]
+    action: BookingAction,
+}
+
+#[derive(Subcommand)]
+enum BookingAction {
+    /// One booking: its saga steps with times, provider ids, refunds, emails sent, audit
+    /// entries and the jobs behind each step. No personal data.
+    Show {
+        /// The booking's id.
+        id: Uuid,
+    },
+    /// Give a booking's money back: a ticketed booking is cancelled (its order too) and
+    /// refunded; a cancelled one still holding captured money is refunded. Idempotent: a
+    /// repeated request returns the queued refund.
+    Refund {
+        /// The booking's id.
+        id: Uuid,
+        /// Why, as a code (e.g. customer_request, airline_cancelled).
+        #[arg(long)]
+        reason: String,
+        /// Show what would change; change nothing.
+        #[arg(long)]
+        dry_run: bool,
+        /// Who is acting (recorded in audit_log; default: the OS user).
+        #[arg(long)]
+        actor: Option<String>,
+    },
+}
+
+pub async fn run(a: BookingArgs, settings: &Settings) -> anyhow::Result<()> {
+    let registry = Arc::new(fleet_registry(settings)?);
+    let pool = pool_for(settings).await?;
+    match a.action {
+        BookingAction::Show { id } => {
+            let r = Ops::new(pool, registry.kind_names(), os_user())
+                .booking(id)
+                .await?;
+            emit(a.json, &r, &show_text(&r))
+        }
+        BookingAction::Refund {
+            id,
+            reason,
+            dry_run,
+            actor,
+        } => {
+            let queue = Queue::new(pool.clone(), registry.clone());
+            let ops = Ops::new(pool, registry.kind_names(), actor.unwrap_or_else(os_user));
+            let r = ops.booking_refund(id, &reason, &queue, dry_run).await?;
+            let x = &r.result;
+            let verb = if r.dry_run {
+                "would request"
+            } else {
+                "requested"
+            };
+            let text = if x.duplicate {
+                format!(
+                    "booking {id}: a refund is already queued (job {}); nothing added",
+                    x.job_id
+                )
+            } else {
+                format!(
+                    "booking {id} ({}): {verb} its refund{} as job {} (key booking:{id}:refund)",
+                    x.status_before,
+                    if x.booking_cancelled {
+                        ", cancelling the booking and its order"
+                    } else {
+                        ""
+                    },
+                    x.job_id
+                )
+            };
+            emit(a.json, &r, &text)
+        }
+    }
+}
+
+fn show_text(r: &fleet::ops::BookingReport) -> String {
+    let b = &r.booking;
+    let mut out = format!(
+        "booking {}  {}  {} {}\n",
+        b.id, b.status, b.total_amount, b.currency
+    );
+    let mut line = |k: &str, v: String| out.push_str(&format!("  {k:<15} {v}\n"));
+    line(
+        "campaign",
+        b.campaign_id
+            .map(|c| c.to_string())
+            .unwrap_or_else(|| "detached (user erased)".into()),
+    );
+    line("offer", b.offer_id.clone());
+    line("order", b.order_id.clone().unwrap_or_else(|| "-".into()));
+    line(
+        "payment intent",
+        match (&b.payment_intent_id, &b.payment_intent_status) {
+            (Some(pi), Some(st)) => format!("{pi} ({st})"),
+            (Some(pi), None) => pi.clone(),
+            _ => "-".into(),
+        },
+    );
+    if let Some(c) = &b.failure_code {
+        line("failure", c.clone());
+    }
+    line(
+        "pnr",
+        if b.pnr_recorded {
+            "recorded (not shown)".into()
+        } else {
+            "-".into()
+        },
+    );
+    out.push_str("\nsaga steps\n");
+    for s in &b.steps {
+        out.push_str(&format!("  {:<16} {}\n", s.step, when(s.at)));
+    }
+    if !b.refunds.is_empty() {
+        let mut t = table(&["refund", "stripe id", "amount", "reason", "status", "at"]);
+        for f in &b.refunds {
+            t.add_row(vec![
+                f.id.to_string(),
+                f.stripe_refund_id.clone().unwrap_or_else(|| "-".into()),
+                format!("{} {}", f.amount, f.currency),
+                f.reason.clone(),
+                f.status.clone(),
+                ago(f.created_at),
+            ]);
+        }
+        out.push_str(&format!("\nrefunds\n{t}\n"));
+    }
+    if !b.emails.is_empty() {
+        let mut t = table(&["email", "dedupe key", "sent"]);
+        for e in &b.emails {
+            t.add_row(vec![
+                e.kind.clone(),
+                e.dedupe_key.clone(),
+                e.sent_at.map(ago).unwrap_or_else(|| "not yet".into()),
+            ]);
+        }
+        out.push_str(&format!("\nemails\n{t}\n"));
+    }
+    let mut t = table(&["job", "kind", "state", "try", "created", "last error"]);
+    for j in &r.jobs {
+        t.add_row(vec![
+            j.id.to_string(),
+            j.kind.clone(),
+            j.state.clone(),
+            format!("{}/{}", j.attempt, j.max_attempts),
+            ago(j.created_at),
+            j.last_error
+                .as_deref()
+                .map(|e| clip(e, 36))
+                .unwrap_or_default(),
+        ]);
+    }
+    out.push_str(&if r.jobs.is_empty() {
+        "\nno jobs found for it (finished jobs are kept for worker.retention_*)\n".to_owned()
+    } else {
+        format!("\njobs\n{t}\n")
+    });
+    let mut t = table(&["audit", "actor", "action", "on"]);
+    for e in &b.audit {
+        t.add_row(vec![
+            ago(e.created_at),
+            e.actor.clone(),
+            e.action.clone(),
+            format!("{}", e.resource_type),
+        ]);
+    }
+    out.push_str(&format!("\naudit trail\n{t}"));
+    out
+}
