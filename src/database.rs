@@ -123,7 +123,7 @@ pub enum DatabaseError {
     )]
     SchemaModified(String),
     /// A query of the schema check failed.
-    #[error("checking the database schema failed: {0}")]
+    #[error("checking the database schema failed")]
     Query(#[source] sqlx::Error),
 }
 

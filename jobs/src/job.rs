@@ -145,7 +145,7 @@ pub enum EnqueueError {
     #[error("invalid job: {0}")]
     Invalid(String),
     /// The database failed; the same enqueue may succeed later.
-    #[error("database: {0}")]
+    #[error(transparent)]
     Database(#[from] sqlx::Error),
 }
 

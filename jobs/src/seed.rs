@@ -13,7 +13,7 @@ use crate::pii::{Keyring, PiiError};
 #[derive(Debug, thiserror::Error)]
 pub enum SeedError {
     /// The database refused the rows.
-    #[error("database: {0}")]
+    #[error(transparent)]
     Database(#[from] sqlx::Error),
     /// The passport could not be sealed.
     #[error(transparent)]
@@ -104,6 +104,8 @@ pub struct CampaignSeed {
     pub status: String,
     /// Days until the campaign expires (≤ 366).
     pub expires_in_days: i64,
+    /// How long from now until its first search is due (0: due at once).
+    pub first_search_in: std::time::Duration,
 }
 
 impl CampaignSeed {
@@ -124,6 +126,7 @@ impl CampaignSeed {
             currency: "USD".into(),
             status: "active".into(),
             expires_in_days: 180,
+            first_search_in: std::time::Duration::ZERO,
         }
     }
 }
@@ -185,7 +188,8 @@ pub async fn seed_campaign(
         "INSERT INTO campaigns (user_id, traveler_profile_id, payment_method_id, origin, destination,
                                 departure_date_start, departure_date_end, max_price, currency, status,
                                 consent_at, next_search_at, expires_at)
-         VALUES ($1, $2, $3, $4, $5, $6, $6 + 7, $7::numeric, $8, $9, now(), now(), now() + $10 * interval '1 day')
+         VALUES ($1, $2, $3, $4, $5, $6, $6 + 7, $7::numeric, $8, $9, now(),
+                 now() + $11 * interval '1 millisecond', now() + $10 * interval '1 day')
          RETURNING id",
     )
     .bind(user_id)
@@ -198,6 +202,7 @@ pub async fn seed_campaign(
     .bind(&s.currency)
     .bind(&s.status)
     .bind(s.expires_in_days as f64)
+    .bind(s.first_search_in.as_millis() as f64)
     .fetch_one(&mut *tx)
     .await?;
     tx.commit().await?;
@@ -209,9 +214,43 @@ pub async fn seed_campaign(
     })
 }
 
-/// How many users the database holds (`fleet seed` fills empty databases only).
-pub async fn count_users(pool: &PgPool) -> Result<i64, sqlx::Error> {
-    sqlx::query_scalar("SELECT count(*) FROM users")
+/// The domain of every seeded address: seed data is recognisable, and never mixed with real
+/// users.
+pub const SEED_EMAIL_DOMAIN: &str = "@example.test";
+
+/// The seed mixes `fleet seed --mix` offers.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Mix {
+    /// LHR→JFK, a good card, $900 max: every campaign books.
+    Simple,
+    /// The demo's mix: every sandbox scenario, scenario cards, unbookable prices, expiring
+    /// cards ([`demo_mix`]).
+    Demo,
+}
+
+impl Mix {
+    /// The seed for user `n`.
+    pub fn seed(self, n: usize) -> CampaignSeed {
+        match self {
+            Mix::Simple => CampaignSeed::new(n),
+            Mix::Demo => demo_mix(n),
+        }
+    }
+}
+
+/// Users that are not seed data (their address is not `…@example.test`): `fleet seed`
+/// refuses a database that holds any.
+pub async fn count_real_users(pool: &PgPool) -> Result<i64, sqlx::Error> {
+    sqlx::query_scalar("SELECT count(*) FROM users WHERE lower(email) NOT LIKE '%' || $1")
+        .bind(SEED_EMAIL_DOMAIN)
+        .fetch_one(pool)
+        .await
+}
+
+/// Whether a user with `email` exists (an interrupted seed resumes past those it wrote).
+pub async fn user_exists(pool: &PgPool, email: &str) -> Result<bool, sqlx::Error> {
+    sqlx::query_scalar("SELECT EXISTS (SELECT 1 FROM users WHERE lower(email) = lower($1))")
+        .bind(email)
         .fetch_one(pool)
         .await
 }

@@ -5,7 +5,7 @@ use jobs::audit::AuditFilter;
 
 use super::{
     os_user,
-    output::{clip, emit, table, when},
+    output::{ago, clip, emit, table},
     pool_for,
     queue::parse_time,
 };
@@ -57,11 +57,11 @@ pub async fn run(a: AuditArgs, settings: &Settings) -> anyhow::Result<()> {
     let mut t = table(&["at", "actor", "action", "resource", "details"]);
     for r in &rows {
         t.add_row(vec![
-            when(r.created_at),
+            ago(r.created_at),
             r.actor.clone(),
             r.action.clone(),
             match &r.resource_id {
-                Some(id) => format!("{} {}", r.resource_type, clip(id, 36)),
+                Some(id) => format!("{} {}", r.resource_type, clip(id, 13)),
                 None => r.resource_type.clone(),
             },
             clip(&r.metadata.to_string(), 40),

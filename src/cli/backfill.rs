@@ -7,10 +7,15 @@ use clap::Subcommand;
 use fleet::{config::Settings, fleet_registry, Queue};
 use jobs::NewJob;
 
-use super::pool_for;
+use sqlx::Connection;
+
+use super::{os_user, output, pool_for};
 
 #[derive(clap::Args)]
 pub struct BackfillArgs {
+    /// Print JSON instead of text.
+    #[arg(long, global = true)]
+    json: bool,
     #[command(subcommand)]
     action: BackfillAction,
 }
@@ -27,12 +32,15 @@ enum BackfillAction {
         /// Pause between batches, ms (throttle).
         #[arg(long, default_value_t = 0)]
         pause_ms: u64,
+        /// Stay and show the progress until the run finishes (a worker runs it).
+        #[arg(long)]
+        wait: bool,
+        /// Who is acting (recorded in audit_log; default: the OS user).
+        #[arg(long)]
+        actor: Option<String>,
     },
     /// Progress of every backfill.
-    Status {
-        #[arg(long)]
-        json: bool,
-    },
+    Status,
 }
 
 pub async fn run(a: BackfillArgs, settings: &Settings) -> anyhow::Result<()> {
@@ -43,6 +51,8 @@ pub async fn run(a: BackfillArgs, settings: &Settings) -> anyhow::Result<()> {
             name,
             batch_size,
             pause_ms,
+            wait,
+            actor,
         } => {
             if jobs::backfill::by_name(&name).is_none() {
                 let known: Vec<&str> = jobs::backfill::all().iter().map(|b| b.name()).collect();
@@ -51,7 +61,6 @@ pub async fn run(a: BackfillArgs, settings: &Settings) -> anyhow::Result<()> {
             if !(1..=50_000).contains(&batch_size) {
                 usage!("--batch-size must be 1..=50000, got {batch_size}");
             }
-            let reset = jobs::backfill::reset_if_finished(&mut conn, &name).await?;
             let registry = Arc::new(fleet_registry(settings)?);
             let job = NewJob::of(&jobs::backfill::RunBackfill {
                 name: name.clone(),
@@ -59,33 +68,95 @@ pub async fn run(a: BackfillArgs, settings: &Settings) -> anyhow::Result<()> {
                 pause_ms,
             })?
             .key(format!("backfill:{name}"));
-            let r = Queue::new(pool.clone(), registry).enqueue_new(job).await?;
-            println!(
-                "{}",
-                serde_json::json!({ "backfill": name, "job_id": r.id, "already_running": r.duplicate, "new_run": reset })
-            );
-        }
-        BackfillAction::Status { json } => {
-            let p = jobs::backfill::progress(&mut conn).await?;
-            if json {
-                println!("{}", serde_json::to_string(&p)?);
+            // The reset, the job and the audit row commit together.
+            let mut tx = conn.begin().await?;
+            let reset = jobs::backfill::reset_if_finished(&mut tx, &name).await?;
+            let r = Queue::new(pool.clone(), registry)
+                .enqueue_many_in(&mut tx, vec![job])
+                .await?[0];
+            let meta = serde_json::json!({
+                "backfill": name, "job_id": r.id, "already_running": r.duplicate,
+                "new_run": reset, "batch_size": batch_size, "pause_ms": pause_ms,
+            });
+            jobs::audit::record(
+                &mut tx,
+                &actor.unwrap_or_else(os_user),
+                "backfill.start",
+                "backfill",
+                Some(&name),
+                &meta,
+            )
+            .await?;
+            tx.commit().await?;
+            let text = if r.duplicate {
+                format!(
+                    "{name} is already running as job {}; follow it with `fleet backfill status`",
+                    r.id
+                )
             } else {
-                for b in p {
-                    println!(
-                        "{:<24} {:>10}/{:<10} {}",
-                        b.name,
-                        b.done_rows,
-                        b.total_rows,
-                        b.finished_at
-                            .map(|t| format!("finished {t}"))
-                            .unwrap_or_else(|| format!(
-                                "running, last checkpoint {}",
-                                b.updated_at
-                            ))
-                    );
-                }
+                format!(
+                    "started {name} as job {} (a worker runs it); follow it with `fleet backfill status`{}",
+                    r.id,
+                    if wait { "" } else { " or --wait" }
+                )
+            };
+            output::emit(a.json, &meta, &text)?;
+            if wait {
+                follow(&mut conn, &name, a.json).await?;
             }
+        }
+        BackfillAction::Status => {
+            let p = jobs::backfill::progress(&mut conn).await?;
+            let mut t = output::table(&["backfill", "rows", "state", "started", "last checkpoint"]);
+            for b in &p {
+                t.add_row(vec![
+                    b.name.clone(),
+                    format!("{}/{}", b.done_rows, b.total_rows),
+                    if b.finished_at.is_some() {
+                        "finished"
+                    } else {
+                        "running"
+                    }
+                    .to_owned(),
+                    output::ago(b.started_at),
+                    output::ago(b.finished_at.unwrap_or(b.updated_at)),
+                ]);
+            }
+            let text = if p.is_empty() {
+                "no backfill has run".to_owned()
+            } else {
+                t.to_string()
+            };
+            output::emit(a.json, &p, &text)?;
         }
     }
     Ok(())
+}
+
+/// Shows `name`'s progress until its run finishes.
+async fn follow(conn: &mut sqlx::PgConnection, name: &str, json: bool) -> anyhow::Result<()> {
+    let bar = indicatif::ProgressBar::new(0).with_style(
+        indicatif::ProgressStyle::with_template("{spinner} {prefix} [{bar:30}] {pos}/{len} rows")
+            .expect("static template")
+            .progress_chars("=> "),
+    );
+    bar.set_prefix(name.to_owned());
+    if json {
+        bar.set_draw_target(indicatif::ProgressDrawTarget::hidden());
+    }
+    loop {
+        let p = jobs::backfill::progress(conn).await?;
+        if let Some(b) = p.iter().find(|b| b.name == name) {
+            bar.set_length(b.total_rows.max(0) as u64);
+            bar.set_position(b.done_rows.max(0) as u64);
+            if b.finished_at.is_some() {
+                bar.finish_and_clear();
+                if !json {
+                    println!("{name} finished: {}/{} rows", b.done_rows, b.total_rows);
+                }
+                return Ok(());
+            }
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(300)).await;
+    }
 }

@@ -179,16 +179,8 @@ pub async fn run(a: QueueArgs, settings: &Settings) -> anyhow::Result<()> {
         QueueAction::Stats => {
             let stats = ops(os_user()).stats().await?;
             let mut t = table(&[
-                "kind",
-                "queue",
-                "paused",
-                "ready",
-                "due",
-                "later",
-                "running",
-                "dead 24h",
-                "done/1m",
-                "oldest ready",
+                "kind", "queue", "paused", "ready", "due", "later", "running", "dead/24h",
+                "done/1m", "oldest",
             ]);
             for k in &stats {
                 let n = |s: &str| k.states.get(s).copied().unwrap_or(0);
@@ -212,7 +204,7 @@ pub async fn run(a: QueueArgs, settings: &Settings) -> anyhow::Result<()> {
             } else {
                 format!(
                     "{t}\nready: claimable now · due: scheduled or retrying, claimable at the next \
-                     promotion · later: waiting for its time"
+                     promotion · later: waiting for its time · oldest: age of the oldest ready job"
                 )
             };
             emit(json, &stats, &text)

@@ -13,6 +13,11 @@ pub struct SandboxArgs {
     /// Seed of the deterministic fares.
     #[arg(long, default_value_t = 42)]
     seed: u64,
+    /// Deliver signed webhook events to a running `fleet serve` at this base URL
+    /// (`{URL}/webhooks/stripe`, `{URL}/webhooks/duffel`), signed with the first secret of
+    /// FLEET_STRIPE_WEBHOOK_SECRET and FLEET_DUFFEL_WEBHOOK_SECRET (the variables serve reads).
+    #[arg(long, value_name = "URL")]
+    webhook_url: Option<String>,
 }
 
 pub async fn run(a: SandboxArgs) -> anyhow::Result<()> {
@@ -22,12 +27,39 @@ pub async fn run(a: SandboxArgs) -> anyhow::Result<()> {
             a.bind
         );
     }
+    let webhook = match &a.webhook_url {
+        None => None,
+        Some(url) => {
+            let base = url.trim_end_matches('/');
+            if !(base.starts_with("http://") || base.starts_with("https://")) {
+                usage!("--webhook-url {url:?} must be an http:// or https:// URL");
+            }
+            let secrets = fleet::webhooks::WebhookSecrets::from_env()?;
+            Some(sandbox::WebhookTarget {
+                stripe_url: format!("{base}/webhooks/stripe"),
+                stripe_secret: secrets.stripe[0].clone(),
+                duffel_url: format!("{base}/webhooks/duffel"),
+                duffel_secret: secrets.duffel[0].clone(),
+            })
+        }
+    };
+    let delivering = webhook.as_ref().map(|w| {
+        format!(
+            "; delivering signed events to {} and {}",
+            w.stripe_url, w.duffel_url
+        )
+    });
     let cfg = sandbox::SandboxConfig {
         seed: a.seed,
+        webhook,
         ..Default::default()
     };
     let running = sandbox::Sandbox::start(cfg, a.bind).await?;
-    println!("sandbox listening on {}", running.base_url);
+    println!(
+        "sandbox listening on {}{}",
+        running.base_url,
+        delivering.unwrap_or_default()
+    );
     let shutdown = CancellationToken::new();
     spawn_signal_handler(shutdown.clone());
     shutdown.cancelled().await;

@@ -1,0 +1,305 @@
+//! The operator commands as a new operator runs them: bulk enqueue, a booking's record and its
+//! refund, the audit trail, and a resumable seed.
+
+mod common;
+
+use std::{io::Write, process::Output, time::Instant};
+
+use common::*;
+use uuid::Uuid;
+
+fn fleet(url: &str, args: &[&str], stdin: Option<&[u8]>) -> Output {
+    let mut c = std::process::Command::new(BIN);
+    c.args(args)
+        .env("DATABASE_URL", url)
+        .env("RUST_LOG", "warn")
+        .env("FLEET_PII_KEYS", TEST_PII_KEYS)
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped());
+    let mut child = c.spawn().unwrap();
+    if let Some(input) = stdin {
+        child.stdin.take().unwrap().write_all(input).unwrap();
+    } else {
+        drop(child.stdin.take());
+    }
+    child.wait_with_output().unwrap()
+}
+
+fn json(o: &Output) -> serde_json::Value {
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    serde_json::from_slice(&o.stdout)
+        .unwrap_or_else(|e| panic!("not JSON ({e}): {}", String::from_utf8_lossy(&o.stdout)))
+}
+
+#[tokio::test]
+async fn bulk_enqueue_writes_a_hundred_thousand_jobs_from_json_lines_and_audits_once() {
+    let db = db().await;
+    let mut lines = String::new();
+    for i in 0..100_000 {
+        lines.push_str(&format!(
+            "{{\"kind\":\"fleet.sleep\",\"args\":{{\"ms\":1}},\"key\":\"load-{i}\"}}\n"
+        ));
+    }
+    let path = std::env::temp_dir().join(format!("fleet-bulk-{}.jsonl", std::process::id()));
+    std::fs::write(&path, &lines).unwrap();
+    let t = Instant::now();
+    let v = json(&fleet(
+        &db.url,
+        &[
+            "enqueue",
+            "--file",
+            path.to_str().unwrap(),
+            "--json",
+            "--actor",
+            "loader",
+        ],
+        None,
+    ));
+    let took = t.elapsed();
+    eprintln!(
+        "bulk enqueue of 100,000 jobs: {:.2}s as a process ({} jobs/s inside it)",
+        took.as_secs_f64(),
+        v["jobs_per_s"]
+    );
+    assert_eq!(v["enqueued"], 100_000);
+    assert_eq!(job_count(&db.pool).await, 100_000);
+    let audited: (i64, serde_json::Value) = sqlx::query_as(
+        "SELECT count(*), max(metadata::text)::jsonb FROM audit_log
+         WHERE action = 'job.enqueue' AND actor = 'loader'",
+    )
+    .fetch_one(&db.pool)
+    .await
+    .unwrap();
+    assert_eq!(audited.0, 1, "one audit row for the whole file");
+    assert_eq!(audited.1["jobs"], 100_000);
+    // The same file again: every key is held, nothing new.
+    let v = json(&fleet(
+        &db.url,
+        &["enqueue", "--file", path.to_str().unwrap(), "--json"],
+        None,
+    ));
+    assert_eq!(
+        (v["enqueued"].as_i64(), v["duplicates"].as_i64()),
+        (Some(0), Some(100_000))
+    );
+    let _ = std::fs::remove_file(&path);
+}
+
+#[tokio::test]
+async fn a_bad_line_in_a_bulk_enqueue_is_named_and_nothing_is_written() {
+    let db = db().await;
+    let input = b"{\"kind\":\"fleet.sleep\",\"args\":{\"ms\":1}}\n{\"kind\":\"fleet.sleep\",\"args\":{\"ms\":\"soon\"}}\n";
+    let out = fleet(&db.url, &["enqueue", "--file", "-"], Some(input));
+    assert_eq!(out.status.code(), Some(2));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.contains("line 2") && err.contains("fleet.sleep"),
+        "{err}"
+    );
+    let out = fleet(&db.url, &["enqueue", "no.such.kind"], None);
+    assert_eq!(out.status.code(), Some(2));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("unknown job kind"));
+    assert_eq!(job_count(&db.pool).await, 0);
+}
+
+/// A seeded user with a ticketed, captured booking; its id.
+async fn ticketed_booking(pool: &sqlx::PgPool) -> Uuid {
+    let keys = jobs::pii::Keyring::parse(TEST_PII_KEYS).unwrap();
+    let s = jobs::seed::seed_campaign(pool, &keys, &jobs::seed::CampaignSeed::new(1))
+        .await
+        .unwrap();
+    sqlx::query_scalar(
+        "INSERT INTO bookings (campaign_id, duffel_offer_id, duffel_order_id, stripe_payment_intent_id,
+                               pnr, total_amount, currency, status, authorized_at, order_attempted_at,
+                               ordered_at, captured_at)
+         VALUES ($1, 'off_1', 'ord_1', 'pi_1', 'PNR123', 350, 'USD', 'ticketed', now(), now(), now(), now())
+         RETURNING id",
+    )
+    .bind(s.campaign_id)
+    .fetch_one(pool)
+    .await
+    .unwrap()
+}
+
+#[tokio::test]
+async fn booking_refund_uses_the_refund_key_once_and_audits_each_request() {
+    let db = db().await;
+    let b = ticketed_booking(&db.pool).await;
+    let id = b.to_string();
+    let dry = json(&fleet(
+        &db.url,
+        &[
+            "booking",
+            "refund",
+            &id,
+            "--reason",
+            "customer_request",
+            "--dry-run",
+            "--json",
+        ],
+        None,
+    ));
+    assert_eq!(dry["dry_run"], true);
+    assert_eq!(job_count(&db.pool).await, 0, "a dry run writes nothing");
+
+    let first = json(&fleet(
+        &db.url,
+        &[
+            "booking",
+            "refund",
+            &id,
+            "--reason",
+            "customer_request",
+            "--json",
+            "--actor",
+            "alice",
+        ],
+        None,
+    ));
+    assert_eq!(first["result"]["booking_cancelled"], true);
+    assert_eq!(first["result"]["duplicate"], false);
+    let again = json(&fleet(
+        &db.url,
+        &[
+            "booking",
+            "refund",
+            &id,
+            "--reason",
+            "customer_request",
+            "--json",
+            "--actor",
+            "alice",
+        ],
+        None,
+    ));
+    assert_eq!(again["result"]["duplicate"], true);
+    assert_eq!(again["result"]["job_id"], first["result"]["job_id"]);
+    let jobs: Vec<(String, Option<String>)> =
+        sqlx::query_as("SELECT kind, idempotency_key FROM fleet_jobs")
+            .fetch_all(&db.pool)
+            .await
+            .unwrap();
+    assert_eq!(
+        jobs,
+        vec![(
+            "refund_compensation".to_owned(),
+            Some(format!("booking:{b}:refund"))
+        )]
+    );
+    let status: String = sqlx::query_scalar("SELECT status FROM bookings WHERE id = $1")
+        .bind(b)
+        .fetch_one(&db.pool)
+        .await
+        .unwrap();
+    assert_eq!(status, "cancelled");
+    let audit = json(&fleet(
+        &db.url,
+        &[
+            "audit",
+            "--actor",
+            "alice",
+            "--action",
+            "booking.refund",
+            "--json",
+        ],
+        None,
+    ));
+    assert_eq!(audit.as_array().unwrap().len(), 2, "{audit}");
+    // A reason that is not a code is refused before anything happens.
+    let out = fleet(
+        &db.url,
+        &["booking", "refund", &id, "--reason", "Jane asked"],
+        None,
+    );
+    assert_eq!(out.status.code(), Some(2));
+}
+
+#[tokio::test]
+async fn booking_show_gives_steps_ids_and_jobs_and_no_personal_data() {
+    let db = db().await;
+    let b = ticketed_booking(&db.pool).await;
+    json(&fleet(
+        &db.url,
+        &[
+            "booking",
+            "refund",
+            &b.to_string(),
+            "--reason",
+            "customer_request",
+            "--json",
+        ],
+        None,
+    ));
+    for args in [
+        vec!["booking", "show", &b.to_string() as &str],
+        vec!["booking", "show", &b.to_string(), "--json"],
+    ] {
+        let args: Vec<String> = args.iter().map(|s| s.to_string()).collect();
+        let args: Vec<&str> = args.iter().map(String::as_str).collect();
+        let out = fleet(&db.url, &args, None);
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        let text = String::from_utf8_lossy(&out.stdout);
+        for expected in [
+            "ord_1",
+            "pi_1",
+            "off_1",
+            "refund_compensation",
+            "booking.cancelled",
+        ] {
+            assert!(text.contains(expected), "{expected} missing:\n{text}");
+        }
+        // The seed's traveler: e-mail, name, passport; and the PNR itself.
+        for secret in ["traveler1@example.test", "Number1", "P10000001", "PNR123"] {
+            assert!(!text.contains(secret), "{secret} shown:\n{text}");
+        }
+    }
+    let out = fleet(
+        &db.url,
+        &["booking", "show", &Uuid::new_v4().to_string()],
+        None,
+    );
+    assert_eq!(out.status.code(), Some(2));
+}
+
+#[tokio::test]
+async fn an_interrupted_seed_finishes_when_run_again_and_real_users_are_never_mixed_in() {
+    let db = db().await;
+    let v = json(&fleet(
+        &db.url,
+        &["seed", "--users", "3", "--mix", "demo", "--json"],
+        None,
+    ));
+    assert_eq!(v["written"], 3);
+    let v = json(&fleet(
+        &db.url,
+        &[
+            "seed", "--users", "5", "--mix", "demo", "--spread", "5m", "--json",
+        ],
+        None,
+    ));
+    assert_eq!(
+        (v["written"].as_i64(), v["skipped"].as_i64()),
+        (Some(2), Some(3))
+    );
+    let (users, later): (i64, i64) = sqlx::query_as(
+        "SELECT (SELECT count(*) FROM users),
+                (SELECT count(*) FROM campaigns WHERE next_search_at > now() + interval '30 seconds')",
+    )
+    .fetch_one(&db.pool)
+    .await
+    .unwrap();
+    assert_eq!(users, 5);
+    assert!(later >= 1, "--spread put some first searches later");
+    sqlx::query("INSERT INTO users (email) VALUES ('real.person@gmail.com')")
+        .execute(&db.pool)
+        .await
+        .unwrap();
+    let out = fleet(&db.url, &["seed", "--users", "1"], None);
+    assert_eq!(out.status.code(), Some(2));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("not seed data"));
+}
