@@ -89,6 +89,9 @@ fn a_refused_port_fails_within_the_connect_timeout_naming_host_and_port_not_the_
         "{err}"
     );
     assert!(!err.contains("hunter2"), "{err}");
+    // `check` that cannot run is not a finding: 3, not 1.
+    let out = fleet(Some("postgres://fleet@127.0.0.1:1/fleet"), &["check"], &[]);
+    assert_eq!(out.status.code(), Some(3), "{}", stderr(&out));
 }
 
 #[tokio::test]

@@ -160,3 +160,23 @@ fn the_default_schedules_name_registered_kinds_and_valid_crons() {
         vec!["campaign_scan", "card_expiry_reminder", "retention_purge"]
     );
 }
+
+#[test]
+fn a_five_field_cron_says_how_many_fields_a_schedule_has() {
+    let e = scheduler::validate(&settings("*/10 * * * *"), &registry())
+        .unwrap_err()
+        .to_string();
+    assert!(
+        e.contains("has 5 field(s)") && e.contains("a schedule has 6"),
+        "{e}"
+    );
+    assert!(!e.contains("expected 6 fields"), "no contradicting second message: {e}");
+}
+
+#[test]
+fn schedule_args_that_do_not_fit_the_kind_are_a_start_up_error() {
+    let mut s = settings("0 */5 * * * *");
+    s.get_mut("canary").unwrap().args = serde_json::json!({"ms": "often"});
+    let e = scheduler::validate(&s, &registry()).unwrap_err().to_string();
+    assert!(e.contains("schedules.canary.args") && e.contains("fleet.sleep"), "{e}");
+}
