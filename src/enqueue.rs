@@ -20,13 +20,28 @@ use crate::{
 pub struct Queue {
     pool: PgPool,
     registry: Arc<Registry>,
+    /// Set on the queue a handler gets: the jobs it enqueues record it as their parent.
+    parent: Option<i64>,
 }
 
 impl Queue {
     /// A queue over `pool` for `registry`'s kinds, filling placement defaults from their
     /// resolved settings.
     pub fn new(pool: PgPool, registry: Arc<Registry>) -> Self {
-        Self { pool, registry }
+        Self {
+            pool,
+            registry,
+            parent: None,
+        }
+    }
+
+    /// This queue, recording `parent` as the parent of every job enqueued through it (the
+    /// queue a handler of job `parent` gets).
+    pub fn child_of(&self, parent: i64) -> Self {
+        Self {
+            parent: Some(parent),
+            ..self.clone()
+        }
     }
 
     /// The pool.
@@ -101,6 +116,7 @@ impl Queue {
             run_at: j.opts.run_at,
             idempotency_key: j.opts.idempotency_key,
             trace_context,
+            parent_id: self.parent,
             kind: j.kind,
             args: j.args,
         }

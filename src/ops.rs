@@ -156,6 +156,12 @@ impl Ops {
             .with_context(|| format!("no job with id {id}"))
     }
 
+    /// The jobs job `id`'s handlers enqueued.
+    pub async fn children(&self, id: i64) -> anyhow::Result<Vec<JobSummary>> {
+        let mut conn = self.pool.acquire().await?;
+        Ok(queue::job_list_children(&mut conn, id).await?)
+    }
+
     /// Dead or cancelled jobs → available with a fresh attempt budget.
     pub async fn replay(
         &self,

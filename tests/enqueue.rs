@@ -24,6 +24,7 @@ fn flaky_insert(key: &str) -> queue::JobInsert {
         max_attempts: 10,
         idempotency_key: Some(key.to_owned()),
         trace_context: None,
+        parent_id: None,
     }
 }
 

@@ -170,13 +170,21 @@ fn a_five_field_cron_says_how_many_fields_a_schedule_has() {
         e.contains("has 5 field(s)") && e.contains("a schedule has 6"),
         "{e}"
     );
-    assert!(!e.contains("expected 6 fields"), "no contradicting second message: {e}");
+    assert!(
+        !e.contains("expected 6 fields"),
+        "no contradicting second message: {e}"
+    );
 }
 
 #[test]
 fn schedule_args_that_do_not_fit_the_kind_are_a_start_up_error() {
     let mut s = settings("0 */5 * * * *");
     s.get_mut("canary").unwrap().args = serde_json::json!({"ms": "often"});
-    let e = scheduler::validate(&s, &registry()).unwrap_err().to_string();
-    assert!(e.contains("schedules.canary.args") && e.contains("fleet.sleep"), "{e}");
+    let e = scheduler::validate(&s, &registry())
+        .unwrap_err()
+        .to_string();
+    assert!(
+        e.contains("schedules.canary.args") && e.contains("fleet.sleep"),
+        "{e}"
+    );
 }

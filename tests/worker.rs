@@ -423,3 +423,43 @@ async fn an_invalid_follow_up_makes_the_job_dead_at_once_with_the_reason() {
     );
     w.stop().await;
 }
+
+/// Enqueues one `test.flaky` follow-up.
+#[derive(Debug, Serialize, Deserialize)]
+struct FollowsUp {}
+impl Job for FollowsUp {
+    const KIND: &'static str = "test.follows_up";
+    async fn run(self, ctx: JobContext) -> Result<(), JobError> {
+        let mut conn = ctx.pool.acquire().await?;
+        let follow_up = NewJob::of(&Flaky { succeed_on: 1 }).map_err(JobError::fatal)?;
+        ctx.enqueuer
+            .enqueue_many(&mut conn, vec![follow_up])
+            .await?;
+        Ok(())
+    }
+}
+
+#[tokio::test]
+async fn a_follow_up_records_the_job_that_enqueued_it() {
+    let db = db().await;
+    let mut r = Registry::default();
+    r.register::<FollowsUp>().register::<Flaky>();
+    let reg = Arc::new(r);
+    let parent = Queue::new(db.pool.clone(), reg.clone())
+        .enqueue(&FollowsUp {}, None)
+        .await
+        .unwrap()
+        .id;
+    let w = start_worker(&db.pool, reg, fast_settings());
+    wait_state(&db.pool, parent, JobState::Completed, SECS(5)).await;
+    let mut conn = db.pool.acquire().await.unwrap();
+    let children = queue::job_list_children(&mut conn, parent).await.unwrap();
+    assert_eq!(children.len(), 1);
+    assert_eq!(children[0].kind, "test.flaky");
+    assert_eq!(
+        common::job(&db.pool, children[0].id).await.parent_id,
+        Some(parent)
+    );
+    assert_eq!(common::job(&db.pool, parent).await.parent_id, None);
+    w.stop().await;
+}

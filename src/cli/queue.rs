@@ -245,8 +245,12 @@ pub async fn run(a: QueueArgs, settings: &Settings) -> anyhow::Result<()> {
             emit(json, &rows, &text)
         }
         QueueAction::Show { id } => {
-            let j = ops(os_user()).show(id).await?;
-            emit(json, &j, &show_text(&j))
+            let o = ops(os_user());
+            let j = o.show(id).await?;
+            let children = o.children(id).await?;
+            let value =
+                serde_json::json!({ "job": j, "trace_id": j.trace_id(), "enqueued": children });
+            emit(json, &value, &show_text(&j, &children))
         }
         QueueAction::Replay { filter, m } => {
             let r = ops(actor_of(&m))
@@ -444,7 +448,7 @@ fn ids(v: &[i64]) -> String {
 }
 
 /// One job for people: what it is, where it is in its life, and every failed attempt.
-fn show_text(j: &queue::JobRecord) -> String {
+fn show_text(j: &queue::JobRecord, children: &[queue::JobSummary]) -> String {
     let mut out = format!(
         "job {}  {}  (queue {}, priority {})\n",
         j.id, j.kind, j.queue, j.priority
@@ -475,6 +479,19 @@ fn show_text(j: &queue::JobRecord) -> String {
         );
     }
     line("args", j.args.to_string());
+    if let Some(p) = j.parent_id {
+        line("enqueued by", format!("job {p}"));
+    }
+    if let Some(t) = j.trace_id() {
+        line("trace", t.to_owned());
+    }
+    if !children.is_empty() {
+        let ids: Vec<String> = children
+            .iter()
+            .map(|c| format!("{} ({}, {})", c.id, c.kind, c.state))
+            .collect();
+        line("enqueued", ids.join(", "));
+    }
     if j.errors.is_empty() {
         out.push_str("  no failed attempt\n");
     } else {

@@ -52,6 +52,18 @@ pub struct JobRecord {
     pub attempted_at: Option<DateTime<Utc>>,
     /// When it reached a final state (set exactly then).
     pub finished_at: Option<DateTime<Utc>>,
+    /// The job whose handler enqueued it, if any.
+    pub parent_id: Option<i64>,
+    /// The W3C trace context it was enqueued under (`traceparent`, `tracestate`).
+    pub trace_context: Option<Value>,
+}
+
+impl JobRecord {
+    /// The trace id of the enqueuing span, from its `traceparent` (`00-<trace id>-…`).
+    pub fn trace_id(&self) -> Option<&str> {
+        let tp = self.trace_context.as_ref()?.get("traceparent")?.as_str()?;
+        tp.split('-').nth(1).filter(|t| t.len() == 32)
+    }
 }
 
 /// JobGet: one job by id.
@@ -60,7 +72,7 @@ pub async fn job_get(conn: &mut PgConnection, id: i64) -> Result<Option<JobRecor
         r#"
         SELECT id, kind, queue, args, state::text, priority, run_at, attempt, max_attempts,
                claim_seq, idempotency_key, key_held, errors, lease_owner, lease_expires_at,
-               created_at, attempted_at, finished_at
+               created_at, attempted_at, finished_at, parent_id, trace_context
         FROM fleet_jobs WHERE id = $1
         "#,
     )
@@ -91,6 +103,8 @@ pub async fn job_get(conn: &mut PgConnection, id: i64) -> Result<Option<JobRecor
         created_at: r.get(15),
         attempted_at: r.get(16),
         finished_at: r.get(17),
+        parent_id: r.get(18),
+        trace_context: r.get(19),
     }))
 }
 
@@ -161,22 +175,39 @@ pub async fn job_list(
         .bind(limit)
         .fetch_all(conn)
         .await?;
-    Ok(rows
-        .into_iter()
-        .map(|r| JobSummary {
-            id: r.get(0),
-            kind: r.get(1),
-            queue: r.get(2),
-            state: r.get(3),
-            attempt: r.get(4),
-            max_attempts: r.get(5),
-            run_at: r.get(6),
-            created_at: r.get(7),
-            finished_at: r.get(8),
-            idempotency_key: r.get(9),
-            last_error: r.get(10),
-        })
-        .collect())
+    Ok(rows.into_iter().map(summary_of).collect())
+}
+
+/// JobListChildren: the jobs job `id`'s handlers enqueued, oldest first (at most 200).
+pub async fn job_list_children(
+    conn: &mut PgConnection,
+    id: i64,
+) -> Result<Vec<JobSummary>, sqlx::Error> {
+    let rows = sqlx::query(
+        "SELECT id, kind, queue, state::text, attempt, max_attempts, run_at, created_at,
+                finished_at, idempotency_key, errors -> -1 ->> 'message'
+         FROM fleet_jobs WHERE parent_id = $1 ORDER BY id LIMIT 200",
+    )
+    .bind(id)
+    .fetch_all(conn)
+    .await?;
+    Ok(rows.into_iter().map(summary_of).collect())
+}
+
+fn summary_of(r: sqlx::postgres::PgRow) -> JobSummary {
+    JobSummary {
+        id: r.get(0),
+        kind: r.get(1),
+        queue: r.get(2),
+        state: r.get(3),
+        attempt: r.get(4),
+        max_attempts: r.get(5),
+        run_at: r.get(6),
+        created_at: r.get(7),
+        finished_at: r.get(8),
+        idempotency_key: r.get(9),
+        last_error: r.get(10),
+    }
 }
 
 /// Per-kind figures for `fleet queue stats` (one row per kind and queue).

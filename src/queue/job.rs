@@ -38,6 +38,8 @@ pub struct JobInsert {
     pub idempotency_key: Option<String>,
     /// W3C trace context of the enqueuing span.
     pub trace_context: Option<Value>,
+    /// The job whose handler enqueued this one, if any.
+    pub parent_id: Option<i64>,
 }
 
 /// Outcome of inserting one job.
@@ -168,6 +170,7 @@ async fn insert_rows(
 ) -> Result<Vec<(i64, bool)>, sqlx::Error> {
     let n = todo.len();
     let mut traces: Vec<Option<&Value>> = Vec::with_capacity(n);
+    let mut parents: Vec<Option<i64>> = Vec::with_capacity(n);
     let (mut kinds, mut queues, mut args, mut prios, mut run_ats, mut maxes, mut keys) = (
         Vec::with_capacity(n),
         Vec::with_capacity(n),
@@ -187,6 +190,7 @@ async fn insert_rows(
         maxes.push(j.max_attempts);
         keys.push(j.idempotency_key.as_deref());
         traces.push(j.trace_context.as_ref());
+        parents.push(j.parent_id);
     }
     // Ids are drawn up front so every input row maps to its outcome by ordinality, whether it
     // was inserted or lost to a held key. The `notified` CTE wakes idle workers at commit.
@@ -195,17 +199,18 @@ async fn insert_rows(
         WITH input AS (
             SELECT nextval('fleet_jobs_id_seq') AS id, t.*
             FROM unnest($1::text[], $2::text[], $3::jsonb[], $4::smallint[],
-                        $5::timestamptz[], $6::int[], $7::text[], $8::jsonb[])
+                        $5::timestamptz[], $6::int[], $7::text[], $8::jsonb[], $10::bigint[])
                  WITH ORDINALITY AS t(kind, queue, args, priority, run_at, max_attempts,
-                                      idempotency_key, trace_context, ord)
+                                      idempotency_key, trace_context, parent_id, ord)
         ), inserted AS (
             INSERT INTO fleet_jobs (id, kind, queue, args, state, priority, run_at,
-                                    max_attempts, idempotency_key, key_held, trace_context)
+                                    max_attempts, idempotency_key, key_held, trace_context,
+                                    parent_id)
             SELECT id, kind, queue, args,
                    CASE WHEN run_at IS NULL OR run_at <= coalesce($9, now()) THEN 'available'
                         ELSE 'scheduled' END::fleet_job_state,
                    priority, COALESCE(run_at, $9, now()), max_attempts, idempotency_key,
-                   idempotency_key IS NOT NULL, trace_context
+                   idempotency_key IS NOT NULL, trace_context, parent_id
             FROM input ORDER BY ord
             ON CONFLICT (kind, idempotency_key) WHERE key_held DO NOTHING
             RETURNING id, queue, state
@@ -229,6 +234,7 @@ async fn insert_rows(
     .bind(&keys)
     .bind(&traces)
     .bind(now)
+    .bind(&parents)
     .fetch_all(&mut *conn)
     .await?;
     Ok(rows

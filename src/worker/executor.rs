@@ -275,7 +275,7 @@ async fn run_attempt(s: &Shared, job: &ClaimedJob, cancel: CancellationToken) ->
         max_attempts: job.max_attempts,
         pool: s.pool.clone(),
         cancel: cancel.clone(),
-        enqueuer: Arc::new(s.queue.clone()),
+        enqueuer: Arc::new(s.queue.child_of(job.id)),
         extensions: s.extensions.clone(),
     };
     let fut = match kind.start(job.args.clone(), ctx) {

@@ -238,6 +238,7 @@ pub async fn insert_unchecked(pool: &PgPool, kind: &str, args: serde_json::Value
         max_attempts: 5,
         idempotency_key: None,
         trace_context: None,
+        parent_id: None,
     };
     queue::job_insert_many(&mut conn, &[row], None)
         .await
