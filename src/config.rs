@@ -63,6 +63,39 @@ pub struct Settings {
     /// Cron schedules run by `fleet scheduler`, keyed by schedule name.
     #[serde(default)]
     pub schedules: BTreeMap<String, ScheduleSettings>,
+    /// The HTTP listeners of `fleet serve` (and the worker's admin endpoints).
+    pub serve: ServeSettings,
+}
+
+/// `[serve]`: the two listeners and the limits that keep strangers from exhausting them.
+/// Every field is documented in config/default.toml.
+#[derive(Debug, Clone, Deserialize)]
+pub struct ServeSettings {
+    /// The public listener: `/webhooks/*` only.
+    pub bind: std::net::SocketAddr,
+    /// The admin listener: `/livez`, `/readyz`, `/metrics` (and the console).
+    pub admin_bind: std::net::SocketAddr,
+    /// Largest webhook body, bytes.
+    pub max_body_bytes: usize,
+    /// A connection has this long to send a request's headers (also between requests).
+    #[serde(deserialize_with = "duration")]
+    pub header_timeout: Duration,
+    /// A request has this long to send its body.
+    #[serde(deserialize_with = "duration")]
+    pub body_timeout: Duration,
+    /// A request has this long in all, answer included.
+    #[serde(deserialize_with = "duration")]
+    pub request_timeout: Duration,
+    /// Requests handled at once per listener; more are shed at once with 503 and Retry-After.
+    pub max_in_flight: usize,
+    /// Open connections per listener; more are closed as they arrive.
+    pub max_connections: usize,
+    /// On SIGTERM, in-flight requests have this long to finish.
+    #[serde(deserialize_with = "duration")]
+    pub shutdown_grace: Duration,
+    /// How often the metrics snapshot of the queue is refreshed.
+    #[serde(deserialize_with = "duration")]
+    pub metrics_refresh: Duration,
 }
 
 /// One `[schedules.<name>]` entry.
@@ -600,6 +633,31 @@ impl Settings {
         }
         if w.completer_batch == 0 {
             return bad("worker.completer_batch", "0".into(), "must be >= 1");
+        }
+        let sv = &self.serve;
+        if sv.max_body_bytes == 0 || sv.max_body_bytes > 16 << 20 {
+            return bad(
+                "serve.max_body_bytes",
+                sv.max_body_bytes.to_string(),
+                "must be 1..=16 MiB",
+            );
+        }
+        if sv.max_in_flight == 0 || sv.max_connections < sv.max_in_flight {
+            return bad(
+                "serve.max_connections",
+                sv.max_connections.to_string(),
+                "must be >= serve.max_in_flight (>= 1)",
+            );
+        }
+        for (key, d) in [
+            ("serve.header_timeout", sv.header_timeout),
+            ("serve.body_timeout", sv.body_timeout),
+            ("serve.request_timeout", sv.request_timeout),
+            ("serve.metrics_refresh", sv.metrics_refresh),
+        ] {
+            if d.is_zero() {
+                return bad(key, "0s".into(), "must be > 0");
+            }
         }
         if self.database.connect_timeout.is_zero() {
             return bad("database.connect_timeout", "0s".into(), "must be > 0");

@@ -1,51 +1,154 @@
-//! `fleet serve`: the HTTP face of the fleet. `/health` and `/metrics` now; the webhook
-//! ingress (Stripe, Duffel) joins this router when the domain's follow-up jobs land.
+//! The fleet's HTTP listeners, hardened for strangers.
+//!
+//! `fleet serve` listens twice:
+//! - the **public** listener (`serve.bind`) serves only the webhook ingress (`/webhooks/*`);
+//! - the **admin** listener (`serve.admin_bind`, loopback by default) serves [`admin_router`]:
+//!   `/livez` (the process answers; never touches the database), `/readyz` (a cheap query and
+//!   the schema check), `/metrics` (the snapshot: never a query) and the operator console.
+//!   Workers serve the same admin endpoints on `--metrics-bind`.
+//!
+//! Every listener ([`run_with`]) closes connections that do not send their headers within
+//! `header_timeout` (also between requests), caps open connections at `max_connections` (more
+//! are closed as they arrive), and stops accepting on shutdown while in-flight requests finish
+//! for `shutdown_grace`. [`harden`] adds the per-request limits as tower layers: a body must
+//! arrive within `body_timeout`, a request must be answered within `request_timeout` (408),
+//! and beyond `max_in_flight` requests at once the excess is shed at once with 503 and
+//! `Retry-After`.
 
-use std::{collections::BTreeMap, net::SocketAddr, time::Duration};
+use std::{collections::BTreeMap, net::SocketAddr, sync::Arc, time::Duration};
 
-use axum::{extract::State, http::StatusCode, response::IntoResponse, routing::get, Json, Router};
+use axum::{
+    error_handling::HandleErrorLayer,
+    extract::State,
+    http::{header, StatusCode},
+    response::{IntoResponse, Response},
+    routing::get,
+    BoxError, Json, Router,
+};
+use hyper_util::{rt::TokioIo, rt::TokioTimer, service::TowerToHyperService};
 use serde::Serialize;
 use sqlx::PgPool;
+use tokio::sync::Semaphore;
 use tokio_util::sync::CancellationToken;
+use tower::ServiceBuilder;
 
-use crate::queue;
+use crate::{config::ServeSettings, queue};
 
-/// Shared state of the HTTP handlers.
+/// The limits of one listener (see the module docs).
+#[derive(Debug, Clone)]
+pub struct Limits {
+    /// Largest webhook body (413 beyond).
+    pub max_body_bytes: usize,
+    /// Headers must arrive within this (also between requests on a kept-alive connection).
+    pub header_timeout: Duration,
+    /// A body must arrive within this.
+    pub body_timeout: Duration,
+    /// A request must be answered within this (408 after).
+    pub request_timeout: Duration,
+    /// Requests at once; more are shed with 503.
+    pub max_in_flight: usize,
+    /// Open connections; more are closed as they arrive.
+    pub max_connections: usize,
+    /// In-flight requests get this long after shutdown begins.
+    pub shutdown_grace: Duration,
+}
+
+impl From<&ServeSettings> for Limits {
+    fn from(s: &ServeSettings) -> Self {
+        Self {
+            max_body_bytes: s.max_body_bytes,
+            header_timeout: s.header_timeout,
+            body_timeout: s.body_timeout,
+            request_timeout: s.request_timeout,
+            max_in_flight: s.max_in_flight,
+            max_connections: s.max_connections,
+            shutdown_grace: s.shutdown_grace,
+        }
+    }
+}
+
+impl Default for Limits {
+    /// The embedded defaults of `[serve]`.
+    fn default() -> Self {
+        let s = crate::config::Settings::from_sources(None, &[])
+            .expect("embedded config/default.toml is valid");
+        Self::from(&s.serve)
+    }
+}
+
+/// Shared state of the admin handlers.
 #[derive(Clone)]
 pub struct AppState {
     /// The fleet's database.
     pub pool: PgPool,
 }
 
-/// The router: `GET /health`, `GET /metrics`.
-pub fn router(pool: PgPool) -> Router {
+/// The admin endpoints: `GET /livez`, `GET /readyz`, `GET /metrics`, and `GET /health` (the
+/// readiness answer with each kind's queue lag, kept for existing probes).
+pub fn admin_router(pool: PgPool) -> Router {
     Router::new()
+        .route("/livez", get(livez))
+        .route("/readyz", get(readyz))
         .route("/health", get(health))
         .route("/metrics", get(metrics))
         .with_state(AppState { pool })
 }
 
-/// What `/health` answers.
+/// The admin endpoints (the router `fleet worker --metrics-bind` serves).
+pub fn router(pool: PgPool) -> Router {
+    admin_router(pool)
+}
+
+async fn livez() -> impl IntoResponse {
+    Json(serde_json::json!({ "status": "alive" }))
+}
+
+/// What `/readyz` and `/health` answer.
 #[derive(Debug, Serialize)]
 pub struct Health {
     /// `ok` or `unavailable`.
     pub status: &'static str,
     /// `ok`, or the failure class (no connection details).
     pub database: String,
-    /// Age of the oldest ready job per kind, seconds.
+    /// Age of the oldest ready job per kind, seconds (`/health` only).
+    #[serde(skip_serializing_if = "BTreeMap::is_empty")]
     pub queue_lag_seconds: BTreeMap<String, f64>,
+}
+
+/// Ready: the database answers within 2 s and its schema fits this binary.
+async fn readyz(State(s): State<AppState>) -> (StatusCode, Json<Health>) {
+    let probe = async {
+        sqlx::query("SELECT 1").execute(&s.pool).await?;
+        crate::database::require_schema(&s.pool)
+            .await
+            .map_err(|e| sqlx::Error::Protocol(e.to_string()))?;
+        Ok::<_, sqlx::Error>(())
+    };
+    match tokio::time::timeout(Duration::from_secs(2), probe).await {
+        Ok(Ok(())) => (
+            StatusCode::OK,
+            Json(Health {
+                status: "ok",
+                database: "ok".into(),
+                queue_lag_seconds: BTreeMap::new(),
+            }),
+        ),
+        Ok(Err(sqlx::Error::Protocol(why))) => unavailable(why),
+        Ok(Err(e)) => unavailable(format!("error: {}", db_error_class(&e))),
+        Err(_) => unavailable("timeout after 2s".into()),
+    }
 }
 
 async fn health(State(s): State<AppState>) -> impl IntoResponse {
     let probe = async {
         let mut conn = s.pool.acquire().await?;
-        queue::job_stats(&mut conn, None).await
+        queue::job_gauges(&mut conn, None).await
     };
     match tokio::time::timeout(Duration::from_secs(2), probe).await {
-        Ok(Ok(stats)) => {
-            let queue_lag_seconds = stats
+        Ok(Ok(gauges)) => {
+            let queue_lag_seconds = gauges
                 .into_iter()
-                .filter_map(|k| Some((k.kind, k.oldest_available_age_s?)))
+                .filter_map(|g| Some((g.kind, g.oldest_age_s?)))
                 .collect();
             (
                 StatusCode::OK,
@@ -82,22 +185,74 @@ fn db_error_class(e: &sqlx::Error) -> &'static str {
     }
 }
 
-async fn metrics(State(s): State<AppState>) -> impl IntoResponse {
-    match crate::metrics::render(Some(&s.pool)).await {
-        Ok(text) => (
-            StatusCode::OK,
-            [("content-type", "text/plain; version=0.0.4")],
-            text,
-        ),
-        Err(e) => (
-            StatusCode::SERVICE_UNAVAILABLE,
-            [("content-type", "text/plain; version=0.0.4")],
-            format!("# database unavailable: {}\n", db_error_class(&e)),
-        ),
-    }
+/// Always 200: the counters and the last snapshot (its age and `fleet_database_up` say how
+/// fresh). Never touches the database.
+async fn metrics() -> impl IntoResponse {
+    (
+        StatusCode::OK,
+        [(header::CONTENT_TYPE, "text/plain; version=0.0.4")],
+        crate::metrics::render_text(),
+    )
 }
 
-/// Binds `bind` and serves `router` until `shutdown`. Returns the bound address via `bound`.
+/// `router` with the per-request limits of `limits` as tower layers (see the module docs).
+pub fn harden(router: Router, limits: &Limits) -> Router {
+    router.layer(
+        ServiceBuilder::new()
+            .layer(HandleErrorLayer::new(overloaded))
+            .load_shed()
+            .concurrency_limit(limits.max_in_flight)
+            .layer(tower_http::timeout::TimeoutLayer::with_status_code(
+                StatusCode::REQUEST_TIMEOUT,
+                limits.request_timeout,
+            ))
+            .layer(tower_http::timeout::RequestBodyTimeoutLayer::new(
+                limits.body_timeout,
+            )),
+    )
+}
+
+/// The answer to a shed request: come back in a second.
+async fn overloaded(err: BoxError) -> Response {
+    let shed = err.is::<tower::load_shed::error::Overloaded>();
+    crate::metrics::metrics()
+        .http_shed
+        .with_label_values(&[if shed { "overloaded" } else { "error" }])
+        .inc();
+    (
+        StatusCode::SERVICE_UNAVAILABLE,
+        [(header::RETRY_AFTER, "1")],
+        Json(serde_json::json!({ "error": if shed { "overloaded" } else { "unavailable" } })),
+    )
+        .into_response()
+}
+
+/// Raises the soft open-files limit to the hard one, so the connection cap (not the kernel)
+/// is what turns connections away. Returns the limit now in effect.
+pub fn raise_open_files_limit() -> u64 {
+    let mut lim = libc::rlimit {
+        rlim_cur: 0,
+        rlim_max: 0,
+    };
+    unsafe {
+        if libc::getrlimit(libc::RLIMIT_NOFILE, &mut lim) != 0 {
+            return 0;
+        }
+        if lim.rlim_cur < lim.rlim_max {
+            let raised = libc::rlimit {
+                rlim_cur: lim.rlim_max,
+                rlim_max: lim.rlim_max,
+            };
+            if libc::setrlimit(libc::RLIMIT_NOFILE, &raised) == 0 {
+                return raised.rlim_cur;
+            }
+        }
+    }
+    lim.rlim_cur
+}
+
+/// Binds `bind` and serves `router` (hardened with the default limits) until `shutdown`.
+/// Reports the bound address through `bound`.
 pub async fn run(
     bind: SocketAddr,
     router: Router,
@@ -105,13 +260,64 @@ pub async fn run(
     bound: Option<tokio::sync::oneshot::Sender<SocketAddr>>,
 ) -> anyhow::Result<()> {
     let listener = tokio::net::TcpListener::bind(bind).await?;
+    if let Some(tx) = bound {
+        let _ = tx.send(listener.local_addr()?);
+    }
+    let limits = Limits::default();
+    run_with(listener, harden(router, &limits), &limits, shutdown).await
+}
+
+/// Serves `router` on `listener` with the connection limits of `limits` until `shutdown`;
+/// then stops accepting and lets in-flight requests finish for `shutdown_grace`.
+pub async fn run_with(
+    listener: tokio::net::TcpListener,
+    router: Router,
+    limits: &Limits,
+    shutdown: CancellationToken,
+) -> anyhow::Result<()> {
     let addr = listener.local_addr()?;
     tracing::info!(%addr, "serving HTTP");
-    if let Some(tx) = bound {
-        let _ = tx.send(addr);
+    let connections = Arc::new(Semaphore::new(limits.max_connections));
+    let graceful = hyper_util::server::graceful::GracefulShutdown::new();
+    let service = TowerToHyperService::new(router);
+    loop {
+        let (stream, _peer) = tokio::select! {
+            accepted = listener.accept() => match accepted {
+                Ok(a) => a,
+                Err(e) => {
+                    // Out of descriptors or a reset before accept: back off a moment.
+                    tracing::warn!(%addr, error = %e, "accepting a connection failed");
+                    tokio::time::sleep(Duration::from_millis(50)).await;
+                    continue;
+                }
+            },
+            _ = shutdown.cancelled() => break,
+        };
+        let Ok(permit) = connections.clone().try_acquire_owned() else {
+            crate::metrics::metrics()
+                .http_shed
+                .with_label_values(&["too_many_connections"])
+                .inc();
+            drop(stream);
+            continue;
+        };
+        let conn = hyper::server::conn::http1::Builder::new()
+            .timer(TokioTimer::new())
+            .header_read_timeout(limits.header_timeout)
+            .serve_connection(TokioIo::new(stream), service.clone());
+        let conn = graceful.watch(conn);
+        tokio::spawn(async move {
+            // Errors here are a client's doing (a reset, a timeout): nothing to report.
+            let _ = conn.await;
+            drop(permit);
+        });
     }
-    axum::serve(listener, router)
-        .with_graceful_shutdown(async move { shutdown.cancelled().await })
-        .await?;
+    tracing::info!(%addr, "shutting down: no new connections, finishing in-flight requests");
+    if tokio::time::timeout(limits.shutdown_grace, graceful.shutdown())
+        .await
+        .is_err()
+    {
+        tracing::warn!(%addr, "in-flight requests outlived the shutdown grace");
+    }
     Ok(())
 }

@@ -66,6 +66,7 @@ async fn webhook_job_and_follow_up_are_one_trace_of_parent_and_children() {
         db.pool.clone(),
         Queue::new(db.pool.clone(), reg.clone()),
         secrets,
+        fleet::serve::Limits::default().max_body_bytes,
     );
     let (base, stop) = serve(router).await;
     let w = start_worker(&db.pool, reg, fast_settings());

@@ -27,6 +27,7 @@ async fn start(pool: &PgPool) -> (String, CancellationToken) {
         pool.clone(),
         Queue::new(pool.clone(), Arc::new(fleet_registry())),
         secrets,
+        fleet::serve::Limits::default().max_body_bytes,
     );
     serve(router).await
 }
@@ -82,7 +83,7 @@ async fn bad_webhooks_get_a_4xx_with_a_reason_and_write_nothing() {
     };
     let mut tampered = body.clone();
     tampered[10] ^= 1;
-    let oversized = vec![b' '; fleet::webhooks::MAX_BODY + 1];
+    let oversized = vec![b' '; fleet::serve::Limits::default().max_body_bytes + 1];
     type Case<'a> = (&'a str, Option<(&'a str, String)>, Vec<u8>, u16, &'a str);
     // Clearly outside the 300 s window: the exact boundary is the unit tests' (fixed clock).
     let cases: Vec<Case> = vec![

@@ -18,16 +18,21 @@ pub struct WorkerArgs {
     /// Queues to serve, comma-separated (overrides worker.queues; default all).
     #[arg(long, value_delimiter = ',')]
     queues: Option<Vec<String>>,
-    /// Also serve /health and /metrics on this address (e.g. 127.0.0.1:9100).
+    /// Also serve the admin endpoints (/livez, /readyz, /metrics) on this address (e.g.
+    /// 127.0.0.1:9100).
     #[arg(long)]
     metrics_bind: Option<std::net::SocketAddr>,
 }
 
 #[derive(clap::Args)]
 pub struct ServeArgs {
-    /// Address to listen on.
-    #[arg(long, default_value = "127.0.0.1:8080")]
-    bind: std::net::SocketAddr,
+    /// Public address: the webhook ingress only (overrides serve.bind).
+    #[arg(long)]
+    bind: Option<std::net::SocketAddr>,
+    /// Admin address: /livez, /readyz, /metrics and the console (overrides serve.admin_bind).
+    /// Keep it off the public network.
+    #[arg(long)]
+    admin_bind: Option<std::net::SocketAddr>,
 }
 
 #[derive(clap::Args)]
@@ -132,10 +137,18 @@ pub async fn worker(a: WorkerArgs, mut settings: Settings) -> anyhow::Result<()>
     let shutdown = CancellationToken::new();
     spawn_signal_handler(shutdown.clone());
     if let Some(bind) = a.metrics_bind {
-        let (router, stop) = (fleet::serve::router(pool.clone()), shutdown.clone());
+        let listener = bind_listener(bind, "--metrics-bind").await?;
+        let limits = fleet::serve::Limits::from(&settings.serve);
+        tokio::spawn(fleet::metrics::run_snapshots(
+            pool.clone(),
+            settings.serve.metrics_refresh,
+            shutdown.clone(),
+        ));
+        let router = fleet::serve::harden(fleet::serve::admin_router(pool.clone()), &limits);
+        let stop = shutdown.clone();
         tokio::spawn(async move {
-            if let Err(e) = fleet::serve::run(bind, router, stop, None).await {
-                tracing::error!(error = %e, "metrics endpoint failed");
+            if let Err(e) = fleet::serve::run_with(listener, router, &limits, stop).await {
+                tracing::error!(error = %e, "admin endpoint failed");
             }
         });
     }
@@ -152,18 +165,59 @@ pub async fn worker(a: WorkerArgs, mut settings: Settings) -> anyhow::Result<()>
     Ok(())
 }
 
+/// Binds `addr` for `what`, naming both when it cannot (in use, not ours to bind).
+async fn bind_listener(
+    addr: std::net::SocketAddr,
+    what: &str,
+) -> anyhow::Result<tokio::net::TcpListener> {
+    tokio::net::TcpListener::bind(addr)
+        .await
+        .map_err(|e| fleet::ops::UsageError(format!("{what}: cannot listen on {addr}: {e}")).into())
+}
+
 pub async fn serve(a: ServeArgs, settings: &Settings) -> anyhow::Result<()> {
     let secrets = fleet::webhooks::WebhookSecrets::from_env()?;
     let registry = Arc::new(fleet_registry(settings)?);
+    let bind = a.bind.unwrap_or(settings.serve.bind);
+    let admin_bind = a.admin_bind.unwrap_or(settings.serve.admin_bind);
+    if bind == admin_bind {
+        usage!("the public and admin listeners cannot share {bind} (serve.bind, serve.admin_bind)");
+    }
     let pool = pool_for(settings).await?;
+    let limits = fleet::serve::Limits::from(&settings.serve);
+    let open_files = fleet::serve::raise_open_files_limit();
+    if (open_files as usize) < limits.max_connections * 2 + 64 {
+        tracing::warn!(
+            open_files,
+            max_connections = limits.max_connections,
+            "the open-files limit is below twice serve.max_connections: the kernel may refuse connections before the cap does"
+        );
+    }
+    let public = bind_listener(bind, "serve.bind").await?;
+    let admin = bind_listener(admin_bind, "serve.admin_bind").await?;
     let shutdown = CancellationToken::new();
     spawn_signal_handler(shutdown.clone());
-    let router = fleet::serve::router(pool.clone()).merge(fleet::webhooks::router(
+    tokio::spawn(fleet::metrics::run_snapshots(
         pool.clone(),
-        Queue::new(pool, registry),
-        secrets,
+        settings.serve.metrics_refresh,
+        shutdown.clone(),
     ));
-    fleet::serve::run(a.bind, router, shutdown, None).await
+    let webhooks = fleet::serve::harden(
+        fleet::webhooks::router(
+            pool.clone(),
+            Queue::new(pool.clone(), registry),
+            secrets,
+            limits.max_body_bytes,
+        ),
+        &limits,
+    );
+    let admin_routes = fleet::serve::harden(fleet::serve::admin_router(pool), &limits);
+    let (public_done, admin_done) = tokio::join!(
+        fleet::serve::run_with(public, webhooks, &limits, shutdown.clone()),
+        fleet::serve::run_with(admin, admin_routes, &limits, shutdown.clone()),
+    );
+    public_done?;
+    admin_done
 }
 
 pub async fn scheduler(settings: &Settings) -> anyhow::Result<()> {

@@ -178,6 +178,51 @@ pub async fn job_list(
     Ok(rows.into_iter().map(summary_of).collect())
 }
 
+/// Unfinished jobs of one kind in one state, for the metrics snapshot.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct QueueGauge {
+    /// The kind.
+    pub kind: String,
+    /// `scheduled`, `available`, `running` or `retryable`.
+    pub state: String,
+    /// How many.
+    pub count: i64,
+    /// For `available`: the age of the oldest, seconds since its `run_at`.
+    pub oldest_age_s: Option<f64>,
+}
+
+/// JobGauges: per kind and unfinished state, the count (and the oldest ready job's age).
+/// Reads unfinished rows only, each state through the partial index that holds exactly it
+/// (`fetch_available`, `promote_due`, `rescue_expired`), so history never enters the query:
+/// its cost follows the backlog, not the table.
+pub async fn job_gauges(conn: &mut PgConnection, now: Now) -> Result<Vec<QueueGauge>, sqlx::Error> {
+    let rows = sqlx::query(
+        "WITH t AS (SELECT coalesce($1::timestamptz, now()) AS now)
+         SELECT kind, 'available', count(*),
+                EXTRACT(EPOCH FROM (SELECT now FROM t) - min(run_at))::float8
+           FROM fleet_jobs WHERE state = 'available' GROUP BY kind
+         UNION ALL
+         SELECT kind, state::text, count(*), NULL
+           FROM fleet_jobs WHERE state IN ('scheduled', 'retryable') GROUP BY kind, state
+         UNION ALL
+         SELECT kind, 'running', count(*), NULL
+           FROM fleet_jobs WHERE state = 'running' GROUP BY kind
+         ORDER BY 1, 2",
+    )
+    .bind(now)
+    .fetch_all(conn)
+    .await?;
+    Ok(rows
+        .into_iter()
+        .map(|r| QueueGauge {
+            kind: r.get(0),
+            state: r.get(1),
+            count: r.get(2),
+            oldest_age_s: r.get(3),
+        })
+        .collect())
+}
+
 /// JobListChildren: the jobs job `id`'s handlers enqueued, oldest first (at most 200).
 pub async fn job_list_children(
     conn: &mut PgConnection,

@@ -1,7 +1,7 @@
 //! Webhook ingress: `POST /webhooks/stripe` and `POST /webhooks/duffel`.
 //!
 //! Contract, per delivery:
-//! - the body is at most 1 MiB; the signature header is verified (300 s tolerance both ways,
+//! - the body is at most `serve.max_body_bytes` (413 beyond); the signature header is verified (300 s tolerance both ways,
 //!   constant-time comparison, several `v1=` values and several secrets allowed) **before**
 //!   the body is parsed; a rejection is a 4xx with a short reason, counted in
 //!   `fleet_webhook_rejections_total{provider,reason}`, and writes nothing;
@@ -12,6 +12,7 @@
 //! - the handler only records and enqueues, so it answers fast; the work happens in jobs. A
 //!   database failure answers 503, so the provider retries, and nothing is half-written.
 
+pub mod event;
 pub mod signature;
 
 use std::sync::Arc;
@@ -25,14 +26,12 @@ use axum::{
     Json, Router,
 };
 use jobs::followups::{self, Event, Provider};
-use serde_json::{json, Value};
+use serde_json::json;
 use sqlx::{Connection, PgPool};
 use tracing::Instrument;
 
 use crate::{config::ConfigError, metrics::metrics, Queue};
 
-/// Largest body accepted.
-pub const MAX_BODY: usize = 1 << 20;
 /// Signature timestamp tolerance, both ways.
 pub const TOLERANCE_SECS: i64 = 300;
 
@@ -98,8 +97,18 @@ struct Ingress {
     secrets: Arc<WebhookSecrets>,
 }
 
-/// The webhook routes.
-pub fn router(pool: PgPool, queue: Queue, secrets: WebhookSecrets) -> Router {
+/// Bodies at least this large are hashed on the blocking pool, so a burst of large valid-size
+/// deliveries cannot stall the runtime's threads (and with them every other connection).
+const HASH_OFF_RUNTIME_BYTES: usize = 64 << 10;
+
+/// The webhook routes, refusing bodies over `max_body_bytes` with 413. Serve them through
+/// [`crate::serve::harden`] for the time and concurrency limits.
+pub fn router(
+    pool: PgPool,
+    queue: Queue,
+    secrets: WebhookSecrets,
+    max_body_bytes: usize,
+) -> Router {
     let state = Ingress {
         pool,
         queue,
@@ -108,7 +117,7 @@ pub fn router(pool: PgPool, queue: Queue, secrets: WebhookSecrets) -> Router {
     Router::new()
         .route("/webhooks/stripe", post(stripe))
         .route("/webhooks/duffel", post(duffel))
-        .layer(DefaultBodyLimit::max(MAX_BODY))
+        .layer(DefaultBodyLimit::max(max_body_bytes))
         .with_state(state)
 }
 
@@ -135,32 +144,6 @@ fn reject(provider: Provider, status: StatusCode, reason: &'static str) -> Respo
         .inc();
     tracing::warn!(provider = provider.as_str(), reason, "webhook rejected");
     (status, Json(json!({ "error": reason }))).into_response()
-}
-
-fn parse(provider: Provider, body: &[u8]) -> Result<Event, &'static str> {
-    let v: Value = serde_json::from_slice(body).map_err(|_| "malformed_json")?;
-    let (id, kind, object) = match provider {
-        Provider::Stripe => (&v["id"], &v["type"], v["data"]["object"].clone()),
-        Provider::Duffel => (
-            &v["data"]["id"],
-            &v["data"]["type"],
-            v["data"]["object"].clone(),
-        ),
-    };
-    let id = id
-        .as_str()
-        .filter(|s| !s.is_empty() && s.len() <= 255)
-        .ok_or("missing_event_id")?;
-    let kind = kind
-        .as_str()
-        .filter(|s| !s.is_empty() && s.len() <= 255)
-        .ok_or("missing_event_type")?;
-    Ok(Event {
-        provider,
-        id: id.to_owned(),
-        kind: kind.to_owned(),
-        object,
-    })
 }
 
 async fn ingest(
@@ -194,16 +177,30 @@ async fn ingest_in_span(
         Provider::Stripe => &s.secrets.stripe,
         Provider::Duffel => &s.secrets.duffel,
     };
-    let header = headers
-        .get(signature_header(provider))
-        .and_then(|h| h.to_str().ok());
-    if let Err(e) = signature::verify(
-        header,
-        secrets,
-        &body,
-        chrono::Utc::now().timestamp(),
-        TOLERANCE_SECS,
-    ) {
+    // A header that is not visible ASCII is malformed, not missing.
+    let header = match headers.get(signature_header(provider)).map(|h| h.to_str()) {
+        None => None,
+        Some(Ok(h)) => Some(h.to_owned()),
+        Some(Err(_)) => {
+            return reject(
+                provider,
+                StatusCode::BAD_REQUEST,
+                signature::SignatureError::Malformed.label(),
+            )
+        }
+    };
+    let now = chrono::Utc::now().timestamp();
+    let verified = if body.len() >= HASH_OFF_RUNTIME_BYTES {
+        let (secrets, body) = (secrets.clone(), body.clone());
+        tokio::task::spawn_blocking(move || {
+            signature::verify(header.as_deref(), &secrets, &body, now, TOLERANCE_SECS)
+        })
+        .await
+        .unwrap_or(Err(signature::SignatureError::Mismatch))
+    } else {
+        signature::verify(header.as_deref(), secrets, &body, now, TOLERANCE_SECS)
+    };
+    if let Err(e) = verified {
         let status = if e == signature::SignatureError::Missing {
             StatusCode::UNAUTHORIZED
         } else {
@@ -211,24 +208,34 @@ async fn ingest_in_span(
         };
         return reject(provider, status, e.label());
     }
-    let event = match parse(provider, &body) {
+    let event = match event::parse(provider, &body) {
         Ok(e) => e,
         Err(reason) => return reject(provider, StatusCode::BAD_REQUEST, reason),
     };
     match record(s, provider, &event).await {
         Ok(Recorded::Duplicate) => {
+            metrics()
+                .webhook_accepted
+                .with_label_values(&[provider.as_str()])
+                .inc();
             (StatusCode::OK, Json(json!({ "status": "duplicate" }))).into_response()
         }
-        Ok(Recorded::Accepted(0)) => {
-            (StatusCode::OK, Json(json!({ "status": "ignored" }))).into_response()
+        Ok(Recorded::Accepted(n)) => {
+            metrics()
+                .webhook_accepted
+                .with_label_values(&[provider.as_str()])
+                .inc();
+            if n == 0 {
+                return (StatusCode::OK, Json(json!({ "status": "ignored" }))).into_response();
+            }
+            (
+                StatusCode::OK,
+                Json(json!({ "status": "accepted", "jobs": n })),
+            )
+                .into_response()
         }
-        Ok(Recorded::Accepted(n)) => (
-            StatusCode::OK,
-            Json(json!({ "status": "accepted", "jobs": n })),
-        )
-            .into_response(),
         Err(e) => {
-            tracing::error!(provider = provider.as_str(), event.id = %event.id, error = %e, "recording a webhook failed");
+            tracing::error!(provider = provider.as_str(), event.id = ?event.id, error = %e, "recording a webhook failed");
             (
                 StatusCode::SERVICE_UNAVAILABLE,
                 Json(json!({ "error": "temporarily_unavailable" })),
@@ -256,6 +263,6 @@ async fn record(s: &Ingress, provider: Provider, e: &Event) -> anyhow::Result<Re
         s.queue.enqueue_many_in(&mut tx, jobs).await?;
     }
     tx.commit().await?;
-    tracing::info!(provider = provider.as_str(), event.id = %e.id, event.type = %e.kind, jobs = n, "webhook recorded");
+    tracing::info!(provider = provider.as_str(), event.id = ?e.id, event.type = ?e.kind, jobs = n, "webhook recorded");
     Ok(Recorded::Accepted(n))
 }

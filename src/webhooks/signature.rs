@@ -58,8 +58,19 @@ pub fn header(secret: &str, timestamp: i64, body: &[u8]) -> String {
     format!("t={timestamp},v1={}", sign(secret, timestamp, body))
 }
 
+/// Longest signature header read; longer is [`SignatureError::Malformed`] before any work.
+pub const MAX_HEADER_LEN: usize = 2048;
+/// Most `v1=` values read; more is [`SignatureError::Malformed`]. A provider sends one per
+/// active secret (two during a rotation), so 8 is generous, and it bounds the comparisons an
+/// attacker can make us do per request.
+pub const MAX_CANDIDATES: usize = 8;
+
 /// Verifies `header` against `body`: the timestamp within `tolerance_secs` of `now` both ways,
 /// and some `v1` equal — compared in constant time — to the HMAC under one of `secrets`.
+///
+/// Cost is bounded whatever the sender does: the header is at most [`MAX_HEADER_LEN`] bytes
+/// with at most [`MAX_CANDIDATES`] values (checked before any hashing), the timestamp is
+/// checked before any hashing, and the body is hashed once per secret (not per candidate).
 pub fn verify(
     header: Option<&str>,
     secrets: &[String],
@@ -67,16 +78,26 @@ pub fn verify(
     now: i64,
     tolerance_secs: i64,
 ) -> Result<(), SignatureError> {
+    use subtle::ConstantTimeEq;
     let header = header.ok_or(SignatureError::Missing)?;
+    if header.len() > MAX_HEADER_LEN {
+        return Err(SignatureError::Malformed);
+    }
     let mut timestamp = None;
-    let mut candidates = Vec::new();
+    let mut candidates: Vec<[u8; 32]> = Vec::new();
     for part in header.split(',') {
         match part.trim().split_once('=') {
             Some(("t", v)) => {
                 timestamp = Some(v.parse::<i64>().map_err(|_| SignatureError::Malformed)?)
             }
             Some(("v1", v)) => {
-                candidates.push(hex::decode(v).map_err(|_| SignatureError::Malformed)?)
+                if candidates.len() == MAX_CANDIDATES {
+                    return Err(SignatureError::Malformed);
+                }
+                let mut digest = [0u8; 32];
+                // A v1 that is not 64 hex digits can never match: refuse it as malformed.
+                hex::decode_to_slice(v, &mut digest).map_err(|_| SignatureError::Malformed)?;
+                candidates.push(digest);
             }
             Some(_) => {} // other schemes (v0, …) are ignored, as the providers document
             None => return Err(SignatureError::Malformed),
@@ -86,18 +107,20 @@ pub fn verify(
     if candidates.is_empty() {
         return Err(SignatureError::Malformed);
     }
-    if now - t > tolerance_secs {
+    if now.saturating_sub(t) > tolerance_secs {
         return Err(SignatureError::Stale);
     }
-    if t - now > tolerance_secs {
+    if t.saturating_sub(now) > tolerance_secs {
         return Err(SignatureError::Future);
     }
-    let matched = secrets.iter().any(|secret| {
-        candidates
-            .iter()
-            .any(|c| mac(secret, t, body).verify_slice(c).is_ok())
-    });
-    if matched {
+    let mut matched = subtle::Choice::from(0u8);
+    for secret in secrets {
+        let expected = mac(secret, t, body).finalize().into_bytes();
+        for c in &candidates {
+            matched |= expected.as_slice().ct_eq(c);
+        }
+    }
+    if bool::from(matched) {
         Ok(())
     } else {
         Err(SignatureError::Mismatch)
@@ -174,6 +197,7 @@ mod tests {
             &format!("t={NOW}"),
             &format!("t={NOW},v1=zz"),
             "garbage",
+            &format!("t={NOW},v1=00"),
         ] {
             assert_eq!(
                 verify(Some(h), &secrets(&["s"]), b"x", NOW, 300),
@@ -185,5 +209,40 @@ mod tests {
             verify(None, &secrets(&["s"]), b"x", NOW, 300),
             Err(SignatureError::Missing)
         );
+    }
+
+    #[test]
+    fn oversized_headers_and_too_many_values_are_refused_before_hashing() {
+        let one = sign("s", NOW, b"x");
+        let nine = format!("t={NOW}{}", format!(",v1={one}").repeat(MAX_CANDIDATES + 1));
+        assert!(nine.len() < MAX_HEADER_LEN);
+        assert_eq!(
+            verify(Some(&nine), &secrets(&["s"]), b"x", NOW, 300),
+            Err(SignatureError::Malformed)
+        );
+        let eight = format!("t={NOW}{}", format!(",v1={one}").repeat(MAX_CANDIDATES));
+        assert_eq!(
+            verify(Some(&eight), &secrets(&["s"]), b"x", NOW, 300),
+            Ok(())
+        );
+        let long = format!("t={NOW},v1={one},{}", "x=1,".repeat(MAX_HEADER_LEN / 4));
+        assert_eq!(
+            verify(Some(&long), &secrets(&["s"]), b"x", NOW, 300),
+            Err(SignatureError::Malformed)
+        );
+    }
+
+    #[test]
+    fn extreme_timestamps_are_stale_or_future_not_an_overflow() {
+        for (t, want) in [
+            (i64::MIN, SignatureError::Stale),
+            (i64::MAX, SignatureError::Future),
+        ] {
+            let h = format!("t={t},v1={}", sign("s", t, b"x"));
+            assert_eq!(
+                verify(Some(&h), &secrets(&["s"]), b"x", NOW, 300),
+                Err(want)
+            );
+        }
     }
 }
