@@ -371,28 +371,32 @@ impl Ops {
         let deleted = if dry_run {
             queue::job_count_prunable(&mut conn, states, older_than, None).await? as u64
         } else {
+            // Each batch commits with its own audit row: a prune interrupted half-way leaves
+            // exactly the deletions it audited.
             let mut total = 0;
-            loop {
+            for batch in 1.. {
                 let mut tx = conn.begin().await?;
                 let n = queue::job_prune_finished(&mut tx, states, older_than, PRUNE_BATCH, None)
                     .await?;
+                if n > 0 || batch == 1 {
+                    audit::record(
+                        &mut tx,
+                        &self.actor,
+                        "job.prune",
+                        "job",
+                        None,
+                        &json!({
+                        "deleted": n, "batch": batch, "older_than_s": older_than.as_secs(),
+                        "states": states.iter().map(|s| s.as_str()).collect::<Vec<_>>() }),
+                    )
+                    .await?;
+                }
                 tx.commit().await?;
                 total += n;
                 if n < PRUNE_BATCH as u64 {
                     break;
                 }
             }
-            audit::record(
-                &mut conn,
-                &self.actor,
-                "job.prune",
-                "job",
-                None,
-                &json!({
-                "deleted": total, "older_than_s": older_than.as_secs(),
-                "states": states.iter().map(|s| s.as_str()).collect::<Vec<_>>() }),
-            )
-            .await?;
             total
         };
         Ok(self.mutation("prune", dry_run, deleted))

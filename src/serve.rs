@@ -34,6 +34,9 @@ use tower::ServiceBuilder;
 
 use crate::{config::ServeSettings, queue};
 
+/// The most a request's head (request line and headers) may take.
+pub const MAX_HEADER_BYTES: usize = 64 << 10;
+
 /// The limits of one listener (see the module docs).
 #[derive(Debug, Clone)]
 pub struct Limits {
@@ -197,7 +200,9 @@ async fn metrics() -> impl IntoResponse {
 
 /// `router` with the per-request limits of `limits` as tower layers (see the module docs).
 pub fn harden(router: Router, limits: &Limits) -> Router {
-    router.layer(
+    // `with_state` turns handlers into routes once. Without it axum builds a route per request
+    // for a stateless router, and each would get a layer (and a concurrency limit) of its own.
+    router.with_state(()).layer(
         ServiceBuilder::new()
             .layer(HandleErrorLayer::new(overloaded))
             .load_shed()
@@ -304,6 +309,8 @@ pub async fn run_with(
         let conn = hyper::server::conn::http1::Builder::new()
             .timer(TokioTimer::new())
             .header_read_timeout(limits.header_timeout)
+            // Headers beyond 64 KiB get 431 before any handler runs (hyper's default is ~400 KiB).
+            .max_header_size(MAX_HEADER_BYTES)
             .serve_connection(TokioIo::new(stream), service.clone());
         let conn = graceful.watch(conn);
         tokio::spawn(async move {

@@ -303,3 +303,42 @@ async fn an_interrupted_seed_finishes_when_run_again_and_real_users_are_never_mi
     assert_eq!(out.status.code(), Some(2));
     assert!(String::from_utf8_lossy(&out.stderr).contains("not seed data"));
 }
+
+#[tokio::test]
+async fn every_state_changing_command_writes_an_audit_row_naming_its_actor() {
+    let db = db().await;
+    let runs: [(&[&str], &str); 4] = [
+        (&["migrate", "--actor", "ana"], "schema.migrate"),
+        (
+            &[
+                "enqueue",
+                "fleet.sleep",
+                "--args",
+                r#"{"ms":1}"#,
+                "--actor",
+                "ana",
+            ],
+            "job.enqueue",
+        ),
+        (&["seed", "--users", "2", "--actor", "ana"], "seed.run"),
+        (
+            &["backfill", "start", "pii_reencrypt", "--actor", "ana"],
+            "backfill.start",
+        ),
+    ];
+    for (args, action) in runs {
+        let out = fleet(&db.url, args, None);
+        assert!(
+            out.status.success(),
+            "{args:?}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        let actors: Vec<String> =
+            sqlx::query_scalar("SELECT actor FROM audit_log WHERE action = $1")
+                .bind(action)
+                .fetch_all(&db.pool)
+                .await
+                .unwrap();
+        assert_eq!(actors, ["ana"], "{args:?} audited as {action}");
+    }
+}

@@ -39,7 +39,13 @@ async fn spans_are_exported_over_otlp_http_when_an_endpoint_is_set() {
         l.local_addr().unwrap().port()
     };
     let mut serve_process = Command::new(env!("CARGO_BIN_EXE_fleet"))
-        .args(["serve", "--bind", &format!("127.0.0.1:{port}")])
+        .args([
+            "serve",
+            "--bind",
+            &format!("127.0.0.1:{port}"),
+            "--admin-bind",
+            "127.0.0.1:0",
+        ])
         .env("DATABASE_URL", &db.url)
         .env("FLEET_STRIPE_WEBHOOK_SECRET", "whsec_otlp")
         .env("FLEET_DUFFEL_WEBHOOK_SECRET", "whsec_otlp_d")

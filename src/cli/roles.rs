@@ -180,7 +180,7 @@ pub async fn serve(a: ServeArgs, settings: &Settings) -> anyhow::Result<()> {
     let registry = Arc::new(fleet_registry(settings)?);
     let bind = a.bind.unwrap_or(settings.serve.bind);
     let admin_bind = a.admin_bind.unwrap_or(settings.serve.admin_bind);
-    if bind == admin_bind {
+    if bind == admin_bind && bind.port() != 0 {
         usage!("the public and admin listeners cannot share {bind} (serve.bind, serve.admin_bind)");
     }
     let pool = pool_for(settings).await?;
