@@ -26,7 +26,7 @@ fn main() -> std::process::ExitCode {
     let tracer = rt.block_on(async {
         telemetry::init(
             settings.log_format,
-            "info,sqlx=warn,tokio_cron_scheduler=warn",
+            cli::default_log_filter(&cli.command),
             log_file.as_deref(),
         )
     });

@@ -18,6 +18,8 @@ use crate::queue;
 /// The process's metrics.
 pub struct Metrics {
     registry: Registry,
+    /// Every registered metric's name.
+    names: Vec<String>,
     /// Jobs enqueued (duplicates excluded), by kind.
     pub enqueued: IntCounterVec,
     /// Jobs completed, by kind.
@@ -49,15 +51,33 @@ pub struct Metrics {
     pub http_shed: IntCounterVec,
     /// Webhook deliveries accepted (stored, or a known duplicate), by provider.
     pub webhook_accepted: IntCounterVec,
+    /// Time to answer a webhook delivery, by provider (every answer, accepted or not).
+    pub webhook_seconds: HistogramVec,
+    /// Jobs cancelled by their handler, by kind (operator cancels are in the audit log).
+    pub cancelled: IntCounterVec,
+    /// Outcomes the fence refused: the claim no longer held the job (rescued after a lease
+    /// expiry, or cancelled). Each is a handler run whose result was discarded.
+    pub outcomes_refused: IntCounter,
+}
+
+/// Registers `c`, noting its names (so the docs test sees metrics that have no series yet).
+fn register(
+    registry: &Registry,
+    names: &std::cell::RefCell<Vec<String>>,
+    c: Box<dyn prometheus::core::Collector>,
+) {
+    names
+        .borrow_mut()
+        .extend(c.desc().iter().map(|d| d.fq_name.clone()));
+    registry.register(c).expect("unique metric");
 }
 
 fn build() -> Metrics {
     let registry = Registry::new();
+    let names = std::cell::RefCell::new(Vec::new());
     let counter = |name: &str, help: &str, labels: &[&str]| {
         let c = IntCounterVec::new(Opts::new(name, help), labels).expect("valid metric");
-        registry
-            .register(Box::new(c.clone()))
-            .expect("unique metric");
+        register(&registry, &names, Box::new(c.clone()));
         c
     };
     let enqueued = counter(
@@ -87,6 +107,29 @@ fn build() -> Metrics {
         "Webhook deliveries accepted (stored, or a known duplicate).",
         &["provider"],
     );
+    let cancelled = counter(
+        "fleet_jobs_cancelled_total",
+        "Jobs cancelled by their handler.",
+        &["kind"],
+    );
+    let webhook_seconds = HistogramVec::new(
+        HistogramOpts::new(
+            "fleet_webhook_request_seconds",
+            "Time to answer a webhook delivery (accepted or not).",
+        )
+        .buckets(vec![
+            0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.2, 0.5, 1.0, 2.5, 5.0,
+        ]),
+        &["provider"],
+    )
+    .expect("valid metric");
+    register(&registry, &names, Box::new(webhook_seconds.clone()));
+    let outcomes_refused = IntCounter::new(
+        "fleet_outcomes_refused_total",
+        "Outcomes refused by the fence: the claim no longer held the job.",
+    )
+    .expect("valid metric");
+    register(&registry, &names, Box::new(outcomes_refused.clone()));
     let run_seconds = HistogramVec::new(
         HistogramOpts::new("fleet_job_run_seconds", "Handler run time.").buckets(vec![
             0.001, 0.005, 0.01, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0, 300.0,
@@ -94,25 +137,19 @@ fn build() -> Metrics {
         &["kind"],
     )
     .expect("valid metric");
-    registry
-        .register(Box::new(run_seconds.clone()))
-        .expect("unique metric");
+    register(&registry, &names, Box::new(run_seconds.clone()));
     let lease_rescues = IntCounter::new(
         "fleet_lease_rescues_total",
         "Running jobs whose lease expired and were taken back.",
     )
     .expect("valid metric");
-    registry
-        .register(Box::new(lease_rescues.clone()))
-        .expect("unique metric");
+    register(&registry, &names, Box::new(lease_rescues.clone()));
     let queue_depth = IntGaugeVec::new(
         Opts::new("fleet_queue_depth", "Unfinished jobs per kind and state."),
         &["kind", "state"],
     )
     .expect("valid metric");
-    registry
-        .register(Box::new(queue_depth.clone()))
-        .expect("unique metric");
+    register(&registry, &names, Box::new(queue_depth.clone()));
     let queue_lag_seconds = GaugeVec::new(
         Opts::new(
             "fleet_queue_lag_seconds",
@@ -121,9 +158,7 @@ fn build() -> Metrics {
         &["kind"],
     )
     .expect("valid metric");
-    registry
-        .register(Box::new(queue_lag_seconds.clone()))
-        .expect("unique metric");
+    register(&registry, &names, Box::new(queue_lag_seconds.clone()));
     let kind_paused = IntGaugeVec::new(
         Opts::new(
             "fleet_kind_paused",
@@ -132,37 +167,33 @@ fn build() -> Metrics {
         &["kind", "how"],
     )
     .expect("valid metric");
-    registry
-        .register(Box::new(kind_paused.clone()))
-        .expect("unique metric");
+    register(&registry, &names, Box::new(kind_paused.clone()));
     let database_up = IntGauge::new(
         "fleet_database_up",
         "1 when the last queue snapshot reached the database, else 0.",
     )
     .expect("valid metric");
-    registry
-        .register(Box::new(database_up.clone()))
-        .expect("unique metric");
+    register(&registry, &names, Box::new(database_up.clone()));
     let snapshot_age_seconds = Gauge::new(
         "fleet_queue_snapshot_age_seconds",
         "Seconds since the queue gauges were read from the database.",
     )
     .expect("valid metric");
-    registry
-        .register(Box::new(snapshot_age_seconds.clone()))
-        .expect("unique metric");
+    register(&registry, &names, Box::new(snapshot_age_seconds.clone()));
     let snapshot_failures = IntCounter::new(
         "fleet_queue_snapshot_failures_total",
         "Queue snapshot refreshes that failed (the database was unreachable or slow).",
     )
     .expect("valid metric");
-    registry
-        .register(Box::new(snapshot_failures.clone()))
-        .expect("unique metric");
+    register(&registry, &names, Box::new(snapshot_failures.clone()));
     Metrics {
         registry,
+        names: names.into_inner(),
         http_shed,
         webhook_accepted,
+        webhook_seconds,
+        cancelled,
+        outcomes_refused,
         kind_paused,
         database_up,
         snapshot_age_seconds,
@@ -176,6 +207,14 @@ fn build() -> Metrics {
         webhook_rejections,
         queue_depth,
         queue_lag_seconds,
+    }
+}
+
+impl Metrics {
+    /// Every registered metric's name, whether or not it has a series yet (docs/metrics.md
+    /// has a row for each).
+    pub fn names(&self) -> &[String] {
+        &self.names
     }
 }
 
@@ -281,4 +320,62 @@ pub async fn render(pool: Option<&PgPool>) -> Result<String, sqlx::Error> {
         refresh_snapshot(pool).await?;
     }
     Ok(render_text())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Every `fleet_*` name in `text` (a metric family, or a histogram's `_bucket`/`_count`/
+    /// `_sum` series reduced to its family).
+    fn names_in(text: &str) -> std::collections::BTreeSet<String> {
+        let mut out = std::collections::BTreeSet::new();
+        let bytes = text.as_bytes();
+        let mut i = 0;
+        while let Some(at) = text[i..].find("fleet_") {
+            let start = i + at;
+            let boundary = start == 0
+                || !(bytes[start - 1].is_ascii_alphanumeric() || bytes[start - 1] == b'_');
+            let mut end = start;
+            while end < bytes.len() && (bytes[end].is_ascii_lowercase() || bytes[end] == b'_') {
+                end += 1;
+            }
+            if boundary {
+                let name = &text[start..end];
+                let family = ["_bucket", "_count", "_sum"]
+                    .iter()
+                    .find_map(|s| name.strip_suffix(s))
+                    .unwrap_or(name);
+                out.insert(family.to_owned());
+            }
+            i = end.max(start + 1);
+        }
+        out
+    }
+
+    #[test]
+    fn every_registered_metric_is_documented_and_every_alert_names_a_real_one() {
+        let registered: std::collections::BTreeSet<String> =
+            metrics().names().iter().cloned().collect();
+        let root = std::path::Path::new(env!("CARGO_MANIFEST_DIR"));
+        let doc = std::fs::read_to_string(root.join("docs/metrics.md")).unwrap();
+        let rows: std::collections::BTreeSet<String> = doc
+            .lines()
+            .filter_map(|l| l.strip_prefix("| `fleet_"))
+            .filter_map(|l| l.split('`').next())
+            .map(|n| format!("fleet_{n}"))
+            .collect();
+        assert_eq!(
+            registered, rows,
+            "docs/metrics.md has one row per registered metric"
+        );
+        let alerts = std::fs::read_to_string(root.join("docs/alerts/fleet.rules.yml")).unwrap();
+        let used = names_in(&alerts);
+        assert!(!used.is_empty());
+        let unknown: Vec<_> = used.difference(&registered).collect();
+        assert!(
+            unknown.is_empty(),
+            "alerts name metrics that do not exist: {unknown:?}"
+        );
+    }
 }

@@ -40,3 +40,20 @@ pub async fn delete_older_than(pool: &PgPool, days: i64, batch: i64) -> Result<u
     .await?;
     Ok(r.rows_affected())
 }
+
+/// WebhookEventCount: how many of `event_ids` are recorded for `provider`, and how many
+/// deliveries are recorded in all.
+pub async fn count_recorded(
+    conn: &mut PgConnection,
+    provider: &str,
+    event_ids: &[String],
+) -> Result<(i64, i64), sqlx::Error> {
+    sqlx::query_as(
+        "SELECT (SELECT count(*) FROM webhook_events WHERE provider = $1 AND event_id = ANY($2)),
+                (SELECT count(*) FROM webhook_events)",
+    )
+    .bind(provider)
+    .bind(event_ids)
+    .fetch_one(conn)
+    .await
+}

@@ -80,6 +80,15 @@ pub fn log_file(command: &Command) -> Option<std::path::PathBuf> {
     }
 }
 
+/// The log filter when `RUST_LOG` is not set. A benchmark logs warnings only: a line per
+/// request or job would be part of what it measures.
+pub fn default_log_filter(command: &Command) -> &'static str {
+    match command {
+        Command::Bench(_) => "warn,sqlx=warn",
+        _ => "info,sqlx=warn,tokio_cron_scheduler=warn",
+    }
+}
+
 /// Runs one command to its end. `file` is the `--config` file, if any.
 pub async fn run(
     command: Command,

@@ -440,3 +440,18 @@ pub async fn job_count_completed_once(
     .fetch_one(conn)
     .await
 }
+
+/// JobCountWithKeys: how many jobs hold one of `keys` as their idempotency key, and how many
+/// jobs there are in all (benchmarks check "exactly these jobs, nothing else").
+pub async fn job_count_with_keys(
+    conn: &mut PgConnection,
+    keys: &[String],
+) -> Result<(i64, i64), sqlx::Error> {
+    sqlx::query_as(
+        "SELECT (SELECT count(*) FROM fleet_jobs WHERE idempotency_key = ANY($1)),
+                (SELECT count(*) FROM fleet_jobs)",
+    )
+    .bind(keys)
+    .fetch_one(conn)
+    .await
+}

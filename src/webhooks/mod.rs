@@ -155,9 +155,15 @@ async fn ingest(
     // The jobs a webhook enqueues carry this span's trace context: one trace from delivery to
     // the last follow-up.
     let span = tracing::info_span!("webhook", provider = provider.as_str());
-    ingest_in_span(s, provider, headers, body)
+    let started = std::time::Instant::now();
+    let answer = ingest_in_span(s, provider, headers, body)
         .instrument(span)
-        .await
+        .await;
+    metrics()
+        .webhook_seconds
+        .with_label_values(&[provider.as_str()])
+        .observe(started.elapsed().as_secs_f64());
+    answer
 }
 
 async fn ingest_in_span(

@@ -83,6 +83,7 @@ fn record(s: &Shared, batch: &[Outcome], written: &[i64]) {
         let kind = kind.as_deref().unwrap_or("unknown");
         if !written.contains(&o.id) {
             c.lost.fetch_add(1, Ordering::Relaxed);
+            m.outcomes_refused.inc();
             tracing::warn!(
                 job.id = o.id,
                 claim_seq = o.claim_seq,
@@ -105,7 +106,10 @@ fn record(s: &Shared, batch: &[Outcome], written: &[i64]) {
                 m.dead.with_label_values(&[kind]).inc();
                 &c.dead
             }
-            NextState::Cancelled { .. } => &c.cancelled,
+            NextState::Cancelled { .. } => {
+                m.cancelled.with_label_values(&[kind]).inc();
+                &c.cancelled
+            }
             NextState::ReturnUnstarted => &c.returned,
         };
         counter.fetch_add(1, Ordering::Relaxed);

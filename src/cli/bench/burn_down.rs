@@ -1,4 +1,4 @@
-//! `fleet bench`: the burn-down benchmark (after River's `river bench`).
+//! `fleet bench` (no mode): the burn-down benchmark (after River's `river bench`).
 //!
 //! 1. a fresh database on the resolved server, optionally pre-filled with `history` finished jobs;
 //! 2. **enqueue**: `jobs` no-op jobs in one bulk call, timed;
@@ -27,7 +27,7 @@ use fleet::{
 };
 
 #[derive(clap::Args)]
-pub struct BenchArgs {
+pub struct BurnDownArgs {
     /// Jobs to burn down.
     #[arg(long, default_value_t = 20_000)]
     jobs: usize,
@@ -53,7 +53,7 @@ pub struct BenchArgs {
 }
 
 /// `fleet bench`: one run, its figures on stderr (and JSON on stdout), verified.
-pub async fn run(a: BenchArgs) -> anyhow::Result<()> {
+pub async fn run(a: BurnDownArgs) -> anyhow::Result<()> {
     let params = BenchParams {
         jobs: if a.latency { 1 } else { a.jobs },
         concurrency: a.concurrency,
@@ -187,10 +187,7 @@ async fn burn_down(p: BenchParams) -> anyhow::Result<BenchReport> {
         bail!("the benchmark can run once per process");
     }
     let st = STATE.get().expect("set");
-    let loadavg_1m = std::fs::read_to_string("/proc/loadavg")
-        .ok()
-        .and_then(|s| s.split_whitespace().next()?.parse().ok())
-        .unwrap_or(f64::NAN);
+    let loadavg_1m = super::loadavg_1m();
 
     let db = ScratchDb::new("fleet_bench").await?;
     let pool = fleet::database::connect(&db.url, (p.concurrency as u32 + 10).max(16)).await?;
@@ -280,13 +277,7 @@ async fn burn_down(p: BenchParams) -> anyhow::Result<BenchReport> {
         .filter(|r| r.load(Ordering::Relaxed) > 1)
         .count() as u64;
     pickups.sort_by(|a, b| a.total_cmp(b));
-    let pct = |q: f64| -> f64 {
-        if pickups.is_empty() {
-            return f64::NAN;
-        }
-        let idx = ((pickups.len() as f64 - 1.0) * q).round() as usize;
-        (pickups[idx] * 1000.0).round() / 1000.0
-    };
+    let pct = |q: f64| super::percentile(&pickups, q);
     let round = |x: f64| x.round();
     Ok(BenchReport {
         jobs: p.jobs,

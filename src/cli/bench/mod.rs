@@ -1,0 +1,52 @@
+//! `fleet bench`: reproducible benchmarks that print their figures (stderr) and, with
+//! `--json`, one JSON object (stdout). Each mode verifies its own result and fails when the
+//! work was not done exactly as asked: a fast wrong answer is not a figure.
+//! - no mode: the queue's burn-down ([`burn_down`]);
+//! - `webhooks`: the webhook ingress under load, and the cost of the worst accepted request
+//!   next to a normal one ([`webhooks`]).
+
+mod burn_down;
+mod webhooks;
+
+/// `fleet bench [MODE]`.
+#[derive(clap::Args)]
+#[command(args_conflicts_with_subcommands = true)]
+pub struct BenchArgs {
+    #[command(subcommand)]
+    mode: Option<BenchMode>,
+    #[command(flatten)]
+    burn_down: burn_down::BurnDownArgs,
+}
+
+#[derive(clap::Subcommand)]
+enum BenchMode {
+    /// The webhook ingress: concurrent clients posting signed events plus invalid ones.
+    Webhooks(webhooks::WebhookBenchArgs),
+}
+
+/// Runs the chosen benchmark.
+pub async fn run(a: BenchArgs) -> anyhow::Result<()> {
+    match a.mode {
+        None => burn_down::run(a.burn_down).await,
+        Some(BenchMode::Webhooks(w)) => webhooks::run(w).await,
+    }
+}
+
+/// The `q` quantile (0..=1) of `sorted` (ascending), nearest rank, rounded to 3 decimals;
+/// NaN when empty.
+fn percentile(sorted: &[f64], q: f64) -> f64 {
+    if sorted.is_empty() {
+        return f64::NAN;
+    }
+    let idx = ((sorted.len() as f64 - 1.0) * q).round() as usize;
+    (sorted[idx] * 1000.0).round() / 1000.0
+}
+
+/// The 1-minute load average (NaN where /proc is not there): printed with every figure, so a
+/// busy machine shows in the record.
+fn loadavg_1m() -> f64 {
+    std::fs::read_to_string("/proc/loadavg")
+        .ok()
+        .and_then(|s| s.split_whitespace().next()?.parse().ok())
+        .unwrap_or(f64::NAN)
+}
