@@ -1,23 +1,16 @@
 //! Black-box tests of the provider sandbox: each starts a sandbox on 127.0.0.1:0 and talks to
 //! it over HTTP with reqwest, exactly as the fleet's clients do.
 
-use std::{
-    net::SocketAddr,
-    sync::{
-        atomic::{AtomicUsize, Ordering},
-        Arc,
-    },
-    time::Duration,
-};
+mod common;
 
-use axum::{body::Bytes, http::HeaderMap, routing::post, Router};
+use std::{net::SocketAddr, time::Duration};
+
 use reqwest::{Client, StatusCode};
 use sandbox::{
     duffel_signature_header, stripe_signature_header, RunningSandbox, Sandbox, SandboxConfig,
     Scenario, WebhookTarget,
 };
 use serde_json::{json, Value};
-use tokio::sync::mpsc;
 
 /// Checks a `t=…,v1=…` header (either provider) against `body` with the fleet's verifier.
 fn verify_signature_header(
@@ -1028,36 +1021,9 @@ async fn resend_idempotency_key_sends_once() {
 // ------------------------------------------------------------------------------------------
 // Webhooks and auth
 
-/// A receiver on port 0 that answers 500 to the first `fail_first` deliveries, then 200,
-/// forwarding (path, headers, body) of accepted ones.
-async fn receiver(
-    fail_first: usize,
-) -> (String, mpsc::UnboundedReceiver<(String, HeaderMap, Bytes)>) {
-    let (tx, rx) = mpsc::unbounded_channel();
-    let seen = Arc::new(AtomicUsize::new(0));
-    let handler = |path: &'static str| {
-        let tx = tx.clone();
-        let seen = seen.clone();
-        move |headers: HeaderMap, body: Bytes| async move {
-            if seen.fetch_add(1, Ordering::SeqCst) < fail_first {
-                return axum::http::StatusCode::INTERNAL_SERVER_ERROR;
-            }
-            let _ = tx.send((path.to_string(), headers, body));
-            axum::http::StatusCode::OK
-        }
-    };
-    let app = Router::new()
-        .route("/stripe", post(handler("stripe")))
-        .route("/duffel", post(handler("duffel")));
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let url = format!("http://{}", listener.local_addr().unwrap());
-    tokio::spawn(async move { axum::serve(listener, app).await });
-    (url, rx)
-}
-
 #[tokio::test]
 async fn stripe_webhook_is_delivered_with_a_signature_that_verifies() {
-    let (url, mut rx) = receiver(1).await;
+    let (url, mut rx) = common::webhook_receiver(1).await;
     let cfg = SandboxConfig {
         webhook: Some(WebhookTarget {
             stripe_url: format!("{url}/stripe"),
@@ -1122,12 +1088,15 @@ async fn stripe_webhook_is_delivered_with_a_signature_that_verifies() {
         chrono::Utc::now().timestamp(),
         300
     ));
+    // Top level, as Duffel delivers it; only API responses are wrapped in `data`.
     let event: Value = serde_json::from_slice(&body).unwrap();
-    assert_eq!(
-        event["data"]["type"],
-        "order.airline_initiated_change_detected"
-    );
-    assert_eq!(event["data"]["live_mode"], false);
+    assert_eq!(event["type"], "order.airline_initiated_change_detected");
+    assert!(event["id"].as_str().unwrap().starts_with("wev_"));
+    assert_eq!(event["live_mode"], false);
+    assert_eq!(event["api_version"], "v2");
+    assert_eq!(event["data"]["object"]["order_id"], "ord_1");
+    assert_eq!(event["idempotency_key"], "oac_1", "the related object's id");
+    assert!(event["data"].get("type").is_none());
 
     // The receiver hands events over before its 200 reaches the sandbox: wait for the count.
     let deadline = tokio::time::Instant::now() + Duration::from_secs(5);

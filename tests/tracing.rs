@@ -71,9 +71,15 @@ async fn webhook_job_and_follow_up_are_one_trace_of_parent_and_children() {
     let (base, stop) = serve(router).await;
     let w = start_worker(&db.pool, reg, fast_settings());
 
+    // The documented delivered shape (tests/contracts/stripe/event.json).
     let body = serde_json::to_vec(&serde_json::json!({
-        "id": "evt_trace", "type": "payment_method.automatically_updated",
-        "data": {"object": {"id": "pm_x", "card": {"exp_month": 1, "exp_year": 2030}}}
+        "id": "evt_trace", "object": "event", "api_version": "2026-09-30.endive",
+        "created": chrono::Utc::now().timestamp(),
+        "data": {"object": {"id": "pm_x", "object": "payment_method", "type": "card",
+            "card": {"exp_month": 1, "exp_year": 2030}}},
+        "livemode": false, "pending_webhooks": 1,
+        "request": {"id": null, "idempotency_key": null},
+        "type": "payment_method.automatically_updated",
     }))
     .unwrap();
     let resp = reqwest::Client::new()

@@ -50,25 +50,30 @@ async fn post(url: &str, header: Option<(&str, String)>, body: Vec<u8>) -> (u16,
 }
 
 async fn counts(pool: &PgPool) -> (i64, i64) {
-    sqlx::query_as(
-        "SELECT (SELECT count(*) FROM webhook_events), (SELECT count(*) FROM fleet_jobs)",
-    )
-    .fetch_one(pool)
-    .await
-    .unwrap()
+    webhook_and_job_counts(pool).await
 }
 
+/// A Stripe event in the documented delivered shape ("The Event object",
+/// tests/contracts/stripe/event.json).
 fn stripe_event(id: &str, kind: &str, object: Value) -> Vec<u8> {
-    serde_json::to_vec(
-        &json!({"id": id, "object": "event", "type": kind, "data": {"object": object}}),
-    )
+    serde_json::to_vec(&json!({
+        "id": id, "object": "event", "api_version": "2026-09-30.endive", "created": now(),
+        "data": {"object": object}, "livemode": false, "pending_webhooks": 1,
+        "request": {"id": null, "idempotency_key": null}, "type": kind,
+    }))
     .unwrap()
 }
 
+/// A Duffel event in the documented delivered shape: every field at the top level, the object
+/// in `data.object` (Duffel's webhooks page, tests/contracts/duffel/webhook_event.*.json).
 fn duffel_event(id: &str, kind: &str, object: Value) -> Vec<u8> {
-    serde_json::to_vec(
-        &json!({"data": {"id": id, "type": kind, "object": object, "live_mode": false}}),
-    )
+    let related = object["id"].as_str().unwrap_or("obj_1").to_owned();
+    serde_json::to_vec(&json!({
+        "id": id, "api_version": "v2", "type": kind, "data": {"object": object},
+        "live_mode": false, "idempotency_key": related,
+        "created_at": "2020-04-11T15:48:11.642000Z",
+        "identity_organisation_id": "org_0000APMFjhs4X2rJ6k7UIE",
+    }))
     .unwrap()
 }
 
@@ -312,7 +317,7 @@ async fn each_handled_event_type_maps_to_its_follow_up_job() {
             duffel_event(
                 "wev_c",
                 "order.airline_initiated_change_detected",
-                json!({"id": "ord_9"}),
+                json!({"id": "ord_9", "aic_id": "aic_1"}),
             ),
             "order_reconcile",
             json!({"order_id": "ord_9", "booking_id": null, "event_type": "order.airline_initiated_change_detected", "event_id": "wev_c"}),

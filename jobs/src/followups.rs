@@ -81,8 +81,17 @@ pub async fn for_event(conn: &mut PgConnection, e: &Event) -> Result<Vec<NewJob>
             }
         }
         (Provider::Stripe, "charge.refunded" | "charge.expired" | "charge.dispute.created") => {
-            if let Some(pi) = str_of(o, &["payment_intent"]) {
-                jobs.push(payment(pi)?.key(key(0)));
+            // A Charge's and a Dispute's `payment_intent` is nullable (Stripe's own Dispute
+            // example has `"payment_intent": null`: a charge made without a PaymentIntent).
+            // Ours are all made through PaymentIntents, so a null one is not our payment; it
+            // is recorded, and said, never dropped in silence.
+            match str_of(o, &["payment_intent"]) {
+                Some(pi) => jobs.push(payment(pi)?.key(key(0))),
+                None => tracing::warn!(
+                    event.id = %e.id, event.type = %e.kind,
+                    charge = str_of(o, &["charge"]).or(str_of(o, &["id"])).unwrap_or(""),
+                    "charge event without a PaymentIntent: recorded, no job"
+                ),
             }
         }
         (Provider::Stripe, "payment_method.automatically_updated") => {
@@ -111,7 +120,14 @@ pub async fn for_event(conn: &mut PgConnection, e: &Event) -> Result<Vec<NewJob>
             Provider::Duffel,
             "order.created" | "order.creation_failed" | "order.airline_initiated_change_detected",
         ) => {
-            let order_id = str_of(o, &["id"]).map(str::to_owned);
+            // The object is the order (`ord_…`). For an airline-initiated change Duffel's v2
+            // migration guide says `data.object.id` is the order and `data.object.aic_id` the
+            // change; should the object be the change itself (`aic_…`, with `order_id`), the
+            // order is its `order_id`.
+            let order_id = str_of(o, &["id"])
+                .filter(|id| id.starts_with("ord_"))
+                .or_else(|| str_of(o, &["order_id"]))
+                .map(str::to_owned);
             let booking_id =
                 str_of(o, &["metadata", "booking_id"]).and_then(|b| Uuid::parse_str(b).ok());
             if order_id.is_some() || booking_id.is_some() {
@@ -123,6 +139,8 @@ pub async fn for_event(conn: &mut PgConnection, e: &Event) -> Result<Vec<NewJob>
                 })
                 .map_err(JobError::fatal)?;
                 jobs.push(job.key(key(0)));
+            } else {
+                tracing::warn!(event.id = %e.id, event.type = %e.kind, "order event naming no order and no booking: recorded, no job");
             }
         }
         (Provider::Duffel, "order_cancellation.confirmed") => {

@@ -1,5 +1,18 @@
 //! A verified delivery's body, read into an [`Event`] — the provider's documented delivered
 //! shape, nothing more. Runs only after the signature verified.
+//!
+//! Both providers put the event's `id` and `type` at the **top level** of the delivered body
+//! and the resource under `data.object`:
+//! - Stripe, "The Event object" (<https://docs.stripe.com/api/events/object>): `id`,
+//!   `object: "event"`, `api_version`, `created`, `data.object`, `livemode`,
+//!   `pending_webhooks`, `request`, `type`;
+//! - Duffel, "Webhooks" (<https://duffel.com/docs/api/v2/webhooks>): `id`, `api_version`,
+//!   `type`, `data.object`, `live_mode`, `idempotency_key`, `created_at`,
+//!   `identity_organisation_id`. Only Duffel's API *responses* are wrapped in `{"data": …}`;
+//!   a delivered event is not.
+//!
+//! The documented examples live in `tests/contracts/`; `tests/contracts.rs` feeds them through
+//! the router.
 
 use jobs::followups::{Event, Provider};
 use serde_json::Value;
@@ -23,14 +36,9 @@ fn field<'a>(v: &'a Value, missing: &'static str) -> Result<&'a str, &'static st
 /// The event in `body`, or the reason (a `fleet_webhook_rejections_total` label) it is not one.
 pub fn parse(provider: Provider, body: &[u8]) -> Result<Event, &'static str> {
     let v: Value = serde_json::from_slice(body).map_err(|_| "malformed_json")?;
-    let (id, kind, object) = match provider {
-        Provider::Stripe => (&v["id"], &v["type"], v["data"]["object"].clone()),
-        Provider::Duffel => (
-            &v["data"]["id"],
-            &v["data"]["type"],
-            v["data"]["object"].clone(),
-        ),
-    };
+    // The same paths for both providers (see the module documentation). Duffel documents
+    // `data` as nullable: an event without one still records, with a null object.
+    let (id, kind, object) = (&v["id"], &v["type"], v["data"]["object"].clone());
     let id = field(id, "missing_event_id")?;
     let kind = field(kind, "missing_event_type")?;
     Ok(Event {
@@ -61,6 +69,35 @@ mod tests {
             parse(Provider::Stripe, body).unwrap_err(),
             "control_characters"
         );
+    }
+
+    #[test]
+    fn both_providers_read_id_and_type_from_the_top_level() {
+        let body = br#"{"id":"wev_1","api_version":"v2","type":"order.created",
+            "data":{"object":{"id":"ord_1"}},"live_mode":false,
+            "idempotency_key":"ord_1","created_at":"2020-04-11T15:48:11.642000Z",
+            "identity_organisation_id":"org_1"}"#;
+        let e = parse(Provider::Duffel, body).unwrap();
+        assert_eq!((e.id.as_str(), e.kind.as_str()), ("wev_1", "order.created"));
+        assert_eq!(e.object["id"], "ord_1");
+        let stripe = parse(Provider::Stripe, body).unwrap();
+        assert_eq!(stripe.id, "wev_1");
+    }
+
+    #[test]
+    fn a_duffel_event_wrapped_in_data_is_not_the_delivered_shape() {
+        // What the fleet used to expect: the API-response envelope around the event.
+        let body = br#"{"data":{"id":"wev_1","type":"order.created","object":{}}}"#;
+        assert_eq!(
+            parse(Provider::Duffel, body).unwrap_err(),
+            "missing_event_id"
+        );
+    }
+
+    #[test]
+    fn a_duffel_event_with_null_data_has_a_null_object() {
+        let body = br#"{"id":"wev_1","type":"order.created","data":null}"#;
+        assert!(parse(Provider::Duffel, body).unwrap().object.is_null());
     }
 
     #[test]

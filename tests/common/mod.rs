@@ -366,3 +366,47 @@ pub async fn serve(router: axum::Router) -> (String, CancellationToken) {
     ));
     (format!("http://{}", rx.await.unwrap()), stop)
 }
+
+// ─── webhooks ────────────────────────────────────────────────────────────────────────────────
+
+/// What a webhook receiver got: its path (`stripe` or `duffel`), the headers and the raw body.
+pub type Delivery = (String, axum::http::HeaderMap, axum::body::Bytes);
+
+/// A webhook receiver on a free loopback port, serving `/stripe` and `/duffel`: it answers 500
+/// to the first `fail_first` deliveries (so the sender retries), then 200, forwarding each
+/// accepted delivery. Returns its base URL.
+pub async fn webhook_receiver(
+    fail_first: usize,
+) -> (String, tokio::sync::mpsc::UnboundedReceiver<Delivery>) {
+    use std::sync::atomic::{AtomicUsize, Ordering};
+    let (tx, rx) = tokio::sync::mpsc::unbounded_channel();
+    let seen = Arc::new(AtomicUsize::new(0));
+    let handler = |path: &'static str| {
+        let tx = tx.clone();
+        let seen = seen.clone();
+        move |headers: axum::http::HeaderMap, body: axum::body::Bytes| async move {
+            if seen.fetch_add(1, Ordering::SeqCst) < fail_first {
+                return axum::http::StatusCode::INTERNAL_SERVER_ERROR;
+            }
+            let _ = tx.send((path.to_string(), headers, body));
+            axum::http::StatusCode::OK
+        }
+    };
+    let app = axum::Router::new()
+        .route("/stripe", axum::routing::post(handler("stripe")))
+        .route("/duffel", axum::routing::post(handler("duffel")));
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let url = format!("http://{}", listener.local_addr().unwrap());
+    tokio::spawn(async move { axum::serve(listener, app).await });
+    (url, rx)
+}
+
+/// (rows in `webhook_events`, rows in `fleet_jobs`).
+pub async fn webhook_and_job_counts(pool: &PgPool) -> (i64, i64) {
+    sqlx::query_as(
+        "SELECT (SELECT count(*) FROM webhook_events), (SELECT count(*) FROM fleet_jobs)",
+    )
+    .fetch_one(pool)
+    .await
+    .unwrap()
+}

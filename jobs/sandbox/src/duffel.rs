@@ -89,11 +89,33 @@ fn data_created(value: Value) -> Response {
     data(StatusCode::CREATED, value)
 }
 
-fn list(values: Vec<Value>) -> Response {
+/// One page of a list, Duffel's pagination: `limit` (1–200, default 50) records from the
+/// `after` cursor on, and `meta {limit, after, before}` where `after` is the next page's cursor
+/// (null on the last page). The sandbox's cursors are opaque to the client, as Duffel's are.
+fn list(values: Vec<Value>, params: &[(String, String)]) -> Response {
+    let param = |name: &str| {
+        params
+            .iter()
+            .find(|(k, _)| k == name)
+            .map(|(_, v)| v.as_str())
+    };
+    let limit = param("limit")
+        .and_then(|l| l.parse::<usize>().ok())
+        .unwrap_or(50)
+        .clamp(1, 200);
+    let start = param("after")
+        .and_then(|c| c.strip_prefix("sbx_"))
+        .and_then(|n| n.parse::<usize>().ok())
+        .unwrap_or(0)
+        .min(values.len());
+    let end = (start + limit).min(values.len());
+    let after = (end < values.len()).then(|| format!("sbx_{end}"));
+    let before = (start > 0).then(|| format!("sbx_{}", start.saturating_sub(limit)));
+    let page: Vec<Value> = values[start..end].to_vec();
     with_request_id(
         Json(json!({
-            "data": values,
-            "meta": {"limit": 50, "after": null, "before": null},
+            "data": page,
+            "meta": {"limit": limit, "after": after, "before": before},
         }))
         .into_response(),
     )
@@ -161,26 +183,42 @@ fn unprocessable(error_type: &str, code: &str, title: &str, message: &str) -> Re
 
 /// Checks the bearer token and `Duffel-Version`.
 fn authenticate(headers: &HeaderMap) -> Result<(), Response> {
+    // Duffel's codes for these (`missing_authorization_header`, `access_token_not_found`,
+    // `missing_version_header`, `unsupported_version`); the status of each is not documented.
     match bearer(headers) {
         Some(token) if token.starts_with("duffel_test_") => {}
-        _ => {
+        Some(_) => return Err(error(
+            StatusCode::UNAUTHORIZED,
+            "authentication_error",
+            "access_token_not_found",
+            "Access token not found",
+            "The sandbox accepts test access tokens (Authorization: Bearer duffel_test_…) only.",
+        )),
+        None => {
             return Err(error(
                 StatusCode::UNAUTHORIZED,
                 "authentication_error",
-                "unauthorized",
-                "Unauthorized",
-                "A valid test access token (Authorization: Bearer duffel_test_…) is required.",
+                "missing_authorization_header",
+                "Missing authorization header",
+                "An access token is required: Authorization: Bearer duffel_test_….",
             ))
         }
     }
     match headers.get("duffel-version").and_then(|v| v.to_str().ok()) {
         Some("v2") => Ok(()),
-        _ => Err(error(
+        Some(_) => Err(error(
             StatusCode::BAD_REQUEST,
             "invalid_request_error",
             "unsupported_version",
             "Unsupported version",
-            "The Duffel-Version header must be present and set to v2.",
+            "The sandbox serves Duffel-Version v2 only.",
+        )),
+        None => Err(error(
+            StatusCode::BAD_REQUEST,
+            "invalid_request_error",
+            "missing_version_header",
+            "Missing version header",
+            "The Duffel-Version header is required (v2).",
         )),
     }
 }
@@ -243,15 +281,18 @@ fn parse_data(body: &[u8]) -> Result<Value, Response> {
         error(
             StatusCode::BAD_REQUEST,
             "invalid_request_error",
-            "malformed_json",
-            "Malformed JSON",
+            "malformed_data_param",
+            "Malformed data",
             "The request body is not valid JSON.",
         )
     })?;
     match value.get("data") {
         Some(d) if d.is_object() => Ok(d.clone()),
-        _ => Err(validation(
-            "validation_required",
+        _ => Err(error(
+            StatusCode::BAD_REQUEST,
+            "invalid_request_error",
+            "missing_data_param",
+            "Missing data",
             "The request body must be an object wrapped in a `data` field.",
         )),
     }
@@ -687,7 +728,7 @@ async fn list_offers(
         Some("-total_amount") => offers.sort_by_key(|(t, _)| std::cmp::Reverse(*t)),
         _ => {}
     }
-    list(offers.into_iter().map(|(_, j)| j).collect())
+    list(offers.into_iter().map(|(_, j)| j).collect(), &params)
 }
 
 async fn get_offer(
@@ -734,7 +775,7 @@ async fn get_offer(
 
 /// Why an order could not be created, decided under the lock.
 enum OrderDecision {
-    Refuse(Response, Option<Value>),
+    Refuse(Response),
     Created { order: Value, scenario: Scenario },
 }
 
@@ -791,12 +832,9 @@ async fn create_order(State(sb): State<Sandbox>, headers: HeaderMap, body: Bytes
         decide_order(&mut st, &offer_id, &route, &data, metadata)
     };
     match decision {
-        OrderDecision::Refuse(resp, failed_event) => {
-            if let Some(object) = failed_event {
-                webhooks::emit_duffel(&sb, "order.creation_failed", object);
-            }
-            resp
-        }
+        // Duffel sends `order.creation_failed` only for a creation it had accepted with a 202
+        // and not yet confirmed; a synchronous refusal is answered, never also announced.
+        OrderDecision::Refuse(resp) => resp,
         OrderDecision::Created { order, scenario } => {
             webhooks::emit_duffel(&sb, "order.created", order.clone());
             match scenario {
@@ -819,35 +857,20 @@ fn decide_order(
     metadata: BTreeMap<String, String>,
 ) -> OrderDecision {
     let scenario = st.scenarios.get(route);
-    let failed = |code: &str| {
-        json!({
-            "id": new_id("ord_"),
-            "selected_offers": [offer_id],
-            "metadata": metadata,
-            "error": {"code": code},
-            "live_mode": false,
-        })
-    };
     if st.orders.iter().any(|o| o.offer_id == offer_id) {
-        return OrderDecision::Refuse(
-            unprocessable(
-                "invalid_state_error",
-                "order_creation_already_attempted",
-                "Order creation already attempted",
-                "An order has already been attempted for this offer. Look the order up instead \
+        return OrderDecision::Refuse(unprocessable(
+            "invalid_state_error",
+            "order_creation_already_attempted",
+            "Order creation already attempted",
+            "An order has already been attempted for this offer. Look the order up instead \
                  of creating it again.",
-            ),
-            None,
-        );
+        ));
     }
     let Some(offer) = st.offers.get(offer_id) else {
-        return OrderDecision::Refuse(not_found(), None);
+        return OrderDecision::Refuse(not_found());
     };
     let refuse = |error_type: &str, code: &str, title: &str, message: &str| {
-        OrderDecision::Refuse(
-            unprocessable(error_type, code, title, message),
-            Some(failed(code)),
-        )
+        OrderDecision::Refuse(unprocessable(error_type, code, title, message))
     };
     match scenario {
         Scenario::OfferGone => {
@@ -875,7 +898,7 @@ fn decide_order(
                  offer again.",
             )
         }
-        Scenario::ServerError => return OrderDecision::Refuse(internal_error(), None),
+        Scenario::ServerError => return OrderDecision::Refuse(internal_error()),
         _ => {}
     }
     if Utc::now() > offer.expires_at {
@@ -890,22 +913,16 @@ fn decide_order(
     // Payment: one balance payment equal to the offer's current total.
     let payments = data.get("payments").and_then(Value::as_array);
     let Some([payment]) = payments.map(Vec::as_slice) else {
-        return OrderDecision::Refuse(
-            validation(
-                "validation_required",
-                "An instant order needs exactly one payment.",
-            ),
-            None,
-        );
+        return OrderDecision::Refuse(validation(
+            "validation_required",
+            "An instant order needs exactly one payment.",
+        ));
     };
     if payment.get("type").and_then(Value::as_str) != Some("balance") {
-        return OrderDecision::Refuse(
-            validation(
-                "validation_format",
-                "The sandbox only supports payments of type 'balance'.",
-            ),
-            None,
-        );
+        return OrderDecision::Refuse(validation(
+            "validation_format",
+            "The sandbox only supports payments of type 'balance'.",
+        ));
     }
     let amount = payment
         .get("amount")
@@ -913,26 +930,23 @@ fn decide_order(
         .and_then(parse_money);
     let currency = payment.get("currency").and_then(Value::as_str);
     if amount != Some(offer.current_total_minor) || currency != Some(CURRENCY) {
-        return OrderDecision::Refuse(
-            unprocessable(
-                "validation_error",
-                "payment_amount_does_not_match_order_amount",
-                "Payment amount does not match order amount",
-                &format!(
-                    "The payment must be {} {CURRENCY}, the total of the selected offer.",
-                    money(offer.current_total_minor)
-                ),
+        return OrderDecision::Refuse(unprocessable(
+            "validation_error",
+            "payment_amount_does_not_match_order_amount",
+            "Payment amount does not match order amount",
+            &format!(
+                "The payment must be {} {CURRENCY}, the total of the selected offer.",
+                money(offer.current_total_minor)
             ),
-            None,
-        );
+        ));
     }
 
     // Passengers: exactly the offer's passenger ids, each with the required fields.
     let Some(passengers) = data.get("passengers").and_then(Value::as_array) else {
-        return OrderDecision::Refuse(
-            validation("validation_required", "Field 'passengers' is required."),
-            None,
-        );
+        return OrderDecision::Refuse(validation(
+            "validation_required",
+            "Field 'passengers' is required.",
+        ));
     };
     let mut given: Vec<&str> = passengers
         .iter()
@@ -942,13 +956,10 @@ fn decide_order(
     let mut expected: Vec<&str> = offer.passenger_ids.iter().map(String::as_str).collect();
     expected.sort_unstable();
     if given != expected {
-        return OrderDecision::Refuse(
-            validation(
-                "invalid_passenger_id",
-                "Passenger ids must be exactly the ids of the offer's passengers.",
-            ),
-            None,
-        );
+        return OrderDecision::Refuse(validation(
+            "invalid_passenger_id",
+            "Passenger ids must be exactly the ids of the offer's passengers.",
+        ));
     }
     for p in passengers {
         for field in [
@@ -963,33 +974,24 @@ fn decide_order(
                 .and_then(Value::as_str)
                 .is_none_or(str::is_empty)
             {
-                return OrderDecision::Refuse(
-                    validation(
-                        "validation_required",
-                        &format!("Field 'passengers[].{field}' is required."),
-                    ),
-                    None,
-                );
+                return OrderDecision::Refuse(validation(
+                    "validation_required",
+                    &format!("Field 'passengers[].{field}' is required."),
+                ));
             }
         }
         if !matches!(p.get("gender").and_then(Value::as_str), Some("m" | "f")) {
-            return OrderDecision::Refuse(
-                validation(
-                    "validation_format",
-                    "Field 'passengers[].gender' must be m or f.",
-                ),
-                None,
-            );
+            return OrderDecision::Refuse(validation(
+                "validation_format",
+                "Field 'passengers[].gender' must be m or f.",
+            ));
         }
         let born_on = p.get("born_on").and_then(Value::as_str).unwrap_or_default();
         if NaiveDate::parse_from_str(born_on, "%Y-%m-%d").is_err() {
-            return OrderDecision::Refuse(
-                validation(
-                    "validation_format",
-                    "Field 'passengers[].born_on' must be a date (YYYY-MM-DD).",
-                ),
-                None,
-            );
+            return OrderDecision::Refuse(validation(
+                "validation_format",
+                "Field 'passengers[].born_on' must be a date (YYYY-MM-DD).",
+            ));
         }
     }
 
@@ -1053,6 +1055,7 @@ fn decide_order(
             "price_guarantee_expires_at": null,
         },
         "conditions": offer_json["conditions"],
+        "airline_initiated_changes": [],
         "available_actions": ["cancel", "change", "update"],
         "cancelled_at": null,
         "cancellation": null,
@@ -1106,7 +1109,7 @@ async fn list_orders(
         })
         .map(|o| o.json.clone())
         .collect();
-    list(found)
+    list(found, &params)
 }
 
 // ---------------------------------------------------------------------------------------------

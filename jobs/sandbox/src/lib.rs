@@ -14,7 +14,8 @@
 //!   the stored response byte for byte (same status, header `Idempotent-Replayed: true`); same
 //!   key with other parameters → 400 `idempotency_error`; a key whose first request is still
 //!   running → 409 `idempotency_key_in_use`. As in Stripe, validation failures (400
-//!   `parameter_missing`/`parameter_invalid`) and 409s are not stored; 402 declines are.
+//!   `parameter_missing`, `parameter_invalid_integer`, or a `param` with no `code` for a value
+//!   outside its enum) and 409s are not stored; 402 declines are.
 //! - Card scenarios by payment method id, ignoring a `__<suffix>` (any other `pm_…` succeeds
 //!   like `pm_card_visa`):
 //!
@@ -33,7 +34,9 @@
 //!
 //! # Duffel (`/air/...`, JSON in `{"data": …}`, `Authorization: Bearer duffel_test_…`, `Duffel-Version: v2`)
 //! - `POST /air/offer_requests[?return_offers=false]`, `GET /air/offer_requests/{id}`
-//! - `GET /air/offers?offer_request_id=…[&sort=total_amount|-total_amount]`, `GET /air/offers/{id}`
+//! - `GET /air/offers?offer_request_id=…[&sort=total_amount|-total_amount][&limit=…&after=…]`,
+//!   `GET /air/offers/{id}` (lists page as Duffel's do: `limit` 1–200, default 50, `meta.after`
+//!   the next page's cursor)
 //! - `POST /air/orders`, `GET /air/orders/{id}`, `GET /air/orders?…` (see below)
 //! - `POST /air/order_cancellations`, `GET /air/order_cancellations/{id}`,
 //!   `POST /air/order_cancellations/{id}/actions/confirm`
@@ -70,17 +73,28 @@
 //! `Idempotency-Key` (kept for the sandbox's lifetime, Resend keeps 24 h): same key and same
 //! payload → the same `{"id"}` again and the email is **not** sent (nor counted) twice; same key
 //! with another payload → 409 `invalid_idempotent_request`, Resend's documented error name.
-//! Errors use Resend's shape `{"statusCode", "message", "name"}`.
+//! Errors use Resend's shape `{"statusCode", "message", "name"}` with the documented statuses
+//! (invalid JSON → 400 `validation_error`, a missing field → 422 `missing_required_field`,
+//! an over-long key → 400 `invalid_idempotency_key`).
 //!
 //! # Webhooks
 //! With [`SandboxConfig::webhook`] set, state changes are delivered as signed events (spawned
 //! task, up to [`WEBHOOK_ATTEMPTS`] attempts with exponential backoff on non-2xx):
 //! Stripe `payment_intent.amount_capturable_updated|succeeded|payment_failed|canceled` and
-//! `charge.refunded` with `Stripe-Signature`; Duffel `order.created`, `order.creation_failed`,
+//! `charge.refunded` with `Stripe-Signature`; Duffel `order.created` and
 //! `order_cancellation.confirmed` with `X-Duffel-Signature`. Both headers are
 //! `t=<unix>,v1=<hex HMAC-SHA256(secret, "{t}.{raw body}")>`, see [`webhooks`]. Arbitrary events
 //! can be emitted through `POST /_sandbox/webhooks/stripe` and `POST /_sandbox/webhooks/duffel`
 //! with `{"type": "...", "object": {...}}`.
+//!
+//! Events have the providers' documented delivered shapes, checked against the documented
+//! examples in `tests/contracts/` by `tests/contracts.rs`: a Stripe Event (`id`,
+//! `object: "event"`, `api_version`, `created`, `data.object`, `livemode`, `pending_webhooks`,
+//! `request`, `type`); a Duffel event with every field at the top level (`id`, `api_version`,
+//! `type`, `data.object`, `live_mode`, `idempotency_key` = the related object's id,
+//! `created_at`, `identity_organisation_id`) — only Duffel's API *responses* are wrapped in
+//! `{"data": …}`. A synchronous order refusal is answered, not also announced: Duffel sends
+//! `order.creation_failed` only after a 202, which the sandbox does not simulate.
 //!
 //! # Admin
 //! `GET /_sandbox/counters` ([`Counters`] as JSON), `POST /_sandbox/scenarios`,

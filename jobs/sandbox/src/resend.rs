@@ -60,14 +60,17 @@ async fn send_email(State(sb): State<Sandbox>, headers: HeaderMap, body: Bytes) 
             )
         }
     };
+    // Resend's errors page: `validation_error` is a 400; a missing field is a 422
+    // `missing_required_field` (https://resend.com/docs/api-reference/errors).
     let Ok(payload) = serde_json::from_slice::<Value>(&body) else {
         return error(
-            StatusCode::UNPROCESSABLE_ENTITY,
+            StatusCode::BAD_REQUEST,
             "validation_error",
             "The request body is not valid JSON.",
         );
     };
-    // Validate: from, to (string or non-empty array), subject, html or text.
+    // Validate: from, to (string or non-empty array), subject, and a body: html, text, or a
+    // template (Resend's `SendEmailRequest` makes each optional; one of them must say something).
     if !non_empty_str(payload.get("from")) {
         return error(
             StatusCode::UNPROCESSABLE_ENTITY,
@@ -96,11 +99,14 @@ async fn send_email(State(sb): State<Sandbox>, headers: HeaderMap, body: Bytes) 
             "The `subject` field is missing.",
         );
     }
-    if !non_empty_str(payload.get("html")) && !non_empty_str(payload.get("text")) {
+    let template = payload
+        .get("template")
+        .is_some_and(|t| non_empty_str(t.get("id")));
+    if !non_empty_str(payload.get("html")) && !non_empty_str(payload.get("text")) && !template {
         return error(
             StatusCode::UNPROCESSABLE_ENTITY,
             "missing_required_field",
-            "Either `html` or `text` must be provided.",
+            "One of `html`, `text` or `template` must be provided.",
         );
     }
 

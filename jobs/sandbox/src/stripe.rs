@@ -148,6 +148,12 @@ impl Outcome {
         Self::new(StatusCode::OK, body)
     }
 
+    /// The same response, not stored under the idempotency key (validation failures).
+    fn unstored(mut self) -> Self {
+        self.store = false;
+        self
+    }
+
     fn with_event(mut self, event_type: &'static str, object: Value) -> Self {
         self.events.push((event_type, object));
         self
@@ -209,6 +215,24 @@ fn invalid_param(param: &str, code: &str, message: &str) -> Outcome {
     }
 }
 
+/// A parameter outside its allowed values: 400 naming the `param`, with no `code` — Stripe's
+/// error codes (<https://docs.stripe.com/error-codes>) have none for it (`code` is nullable:
+/// "for some errors that could be handled programmatically"). Never stored.
+fn invalid_value(param: &str, message: &str) -> Outcome {
+    Outcome::new(
+        StatusCode::BAD_REQUEST,
+        error_body(
+            "invalid_request_error",
+            None,
+            None,
+            message,
+            Some(param),
+            None,
+        ),
+    )
+    .unstored()
+}
+
 fn missing_param(param: &str) -> Outcome {
     invalid_param(
         param,
@@ -265,7 +289,7 @@ fn authenticate(headers: &HeaderMap) -> Result<String, Response> {
         Some(_) => Err(simple_error(
             StatusCode::UNAUTHORIZED,
             "invalid_request_error",
-            Some("api_key_invalid"),
+            None,
             "Invalid API Key provided. The sandbox accepts test keys (sk_test_…) only.",
         )),
         None => Err(simple_error(
@@ -504,7 +528,7 @@ fn create_pi(st: &mut SandboxState, p: &Params) -> Outcome {
         Some(c) if c.len() == 3 && c.chars().all(|ch| ch.is_ascii_alphabetic()) => {
             c.to_ascii_lowercase()
         }
-        Some(_) => return invalid_param("currency", "parameter_invalid", "Invalid currency."),
+        Some(_) => return invalid_value("currency", "Invalid currency."),
         None => return missing_param("currency"),
     };
     let capture_method = p.get("capture_method").unwrap_or("automatic").to_string();
@@ -512,18 +536,16 @@ fn create_pi(st: &mut SandboxState, p: &Params) -> Outcome {
         capture_method.as_str(),
         "automatic" | "automatic_async" | "manual"
     ) {
-        return invalid_param(
+        return invalid_value(
             "capture_method",
-            "parameter_invalid",
             "Invalid capture_method: must be one of automatic, automatic_async, or manual",
         );
     }
     let confirm = p.flag("confirm");
     let off_session = matches!(p.get("off_session"), Some("true" | "one_off" | "recurring"));
     if p.get("off_session").is_some() && !confirm {
-        return invalid_param(
+        return invalid_value(
             "off_session",
-            "parameter_invalid",
             "You may only specify `off_session` when `confirm` is true.",
         );
     }
@@ -687,10 +709,7 @@ fn cancel_pi(st: &mut SandboxState, id: &str, p: &Params) -> Outcome {
             r.as_str(),
             "duplicate" | "fraudulent" | "requested_by_customer" | "abandoned"
         ) {
-            return invalid_param(
-                "cancellation_reason",
-                "parameter_invalid",
-                "Invalid cancellation_reason: must be one of duplicate, fraudulent, requested_by_customer, or abandoned",
+            return invalid_value("cancellation_reason", "Invalid cancellation_reason: must be one of duplicate, fraudulent, requested_by_customer, or abandoned",
             );
         }
     }
@@ -725,9 +744,8 @@ fn refund_pi(st: &mut SandboxState, p: &Params) -> Outcome {
             r.as_str(),
             "duplicate" | "fraudulent" | "requested_by_customer"
         ) {
-            return invalid_param(
+            return invalid_value(
                 "reason",
-                "parameter_invalid",
                 "Invalid reason: must be one of duplicate, fraudulent, or requested_by_customer",
             );
         }

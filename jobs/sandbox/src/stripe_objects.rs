@@ -2,7 +2,9 @@
 //!
 //! Every field of the `PaymentIntent`, `Refund` and `Charge` structs generated in
 //! `async-stripe-shared` 1.0.0-rc.10 is emitted (nullable ones as `null`), so strict
-//! deserializers accept the output.
+//! deserializers accept the output; where Stripe's documented example shows an object
+//! (`amount_details`, `fraud_details`), so does the sandbox. `tests/contracts.rs` checks the
+//! output against the documented examples in `tests/contracts/stripe/`.
 
 use std::collections::BTreeMap;
 
@@ -46,7 +48,8 @@ impl PaymentIntent {
             "allowed_payment_method_types": null,
             "amount": self.amount,
             "amount_capturable": self.amount_capturable,
-            "amount_details": null,
+            // As in Stripe's example for a card PaymentIntent.
+            "amount_details": {"tip": {}},
             "amount_received": self.amount_received,
             "application": null,
             "application_fee_amount": null,
@@ -132,7 +135,7 @@ impl PaymentIntent {
             "failure_balance_transaction": null,
             "failure_code": if failed { failure_code } else { None },
             "failure_message": if failed { failure_message } else { None },
-            "fraud_details": null,
+            "fraud_details": {},
             "level3": null,
             "livemode": false,
             "metadata": self.metadata,

@@ -21,6 +21,9 @@ use crate::{
 /// its webhook parser does not warn about a mismatch.
 pub const STRIPE_API_VERSION: &str = "2026-09-30.endive";
 
+/// The `identity_organisation_id` on every Duffel event: the sandbox is one organisation.
+pub const DUFFEL_ORGANISATION_ID: &str = "org_0000SandboxParkerFlight";
+
 /// Delivery attempts per event before it is counted in `webhooks_failed`.
 pub const WEBHOOK_ATTEMPTS: u32 = 4;
 
@@ -73,6 +76,10 @@ impl Sandbox {
 
 /// Builds a Stripe event around `object` and delivers it if a target is configured.
 /// `request` is `(request id, idempotency key)` of the API call that caused it.
+///
+/// The shape is Stripe's "The Event object" example (<https://docs.stripe.com/api/events/object>,
+/// `tests/contracts/stripe/event.json`), key for key: no Connect `account`/`context` and no
+/// `data.previous_attributes`, which Stripe sends only for Connect and `*.updated` events.
 pub(crate) fn emit_stripe(
     sb: &Sandbox,
     event_type: &str,
@@ -83,11 +90,9 @@ pub(crate) fn emit_stripe(
     let event = json!({
         "id": id,
         "object": "event",
-        "account": null,
         "api_version": STRIPE_API_VERSION,
-        "context": null,
         "created": now_unix(),
-        "data": {"object": object, "previous_attributes": null},
+        "data": {"object": object},
         "livemode": false,
         "pending_webhooks": 1,
         "request": match request {
@@ -104,18 +109,27 @@ pub(crate) fn emit_stripe(
 }
 
 /// Builds a Duffel event around `object` and delivers it if a target is configured.
+///
+/// The shape is the general shape on Duffel's webhooks page
+/// (<https://duffel.com/docs/api/v2/webhooks>, `tests/contracts/duffel/`): every field at the
+/// top level, the resource in `data.object`. Only API *responses* are wrapped in
+/// `{"data": …}`, a delivered event is not. `idempotency_key` is "the related object's id":
+/// the change's `aic_id` for an airline-initiated change, else the object's own `id`.
 pub(crate) fn emit_duffel(sb: &Sandbox, event_type: &str, object: Value) -> String {
     let id = new_id("wev_");
+    let related = ["aic_id", "id"]
+        .iter()
+        .find_map(|k| object.get(*k).and_then(Value::as_str).map(str::to_owned))
+        .unwrap_or_else(|| new_id("obj_"));
     let event = json!({
-        "data": {
-            "id": id,
-            "type": event_type,
-            "object": object,
-            "created_at": chrono::Utc::now().to_rfc3339_opts(chrono::SecondsFormat::Micros, true),
-            "live_mode": false,
-            "api_version": "v2",
-            "idempotency_key": new_id(""),
-        }
+        "id": id,
+        "api_version": "v2",
+        "type": event_type,
+        "data": {"object": object},
+        "live_mode": false,
+        "idempotency_key": related,
+        "created_at": chrono::Utc::now().to_rfc3339_opts(chrono::SecondsFormat::Micros, true),
+        "identity_organisation_id": DUFFEL_ORGANISATION_ID,
     });
     tracing::debug!(event.id = %id, event.type = event_type, "duffel event emitted");
     publish(sb, &id, &event, "X-Duffel-Signature", |t| {

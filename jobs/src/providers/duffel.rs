@@ -301,16 +301,34 @@ pub trait FlightsApi: Send + Sync {
     ) -> BoxFuture<'a, Result<OrderCancellation, DuffelError>>;
 }
 
-/// Duffel codes that are definite business refusals.
+/// Duffel codes that are definite business refusals, whatever the status they come with.
+///
+/// `order_not_created` is a **502** that Duffel guarantees had "no negative side effects … for
+/// example an order being created or payment taken"
+/// (<https://changelog.duffel.com/announcements/we-ve-added-a-new-error-code-for-when-an-order-is-not-created>),
+/// so it is a refusal, not an ambiguous 5xx. The rest are Duffel's order-creation and
+/// cancellation codes (`tests/contracts/duffel/README.md` lists the sources).
 pub const REJECTION_CODES: &[&str] = &[
     "offer_no_longer_available",
     "offer_expired",
     "price_changed",
     "insufficient_balance",
     "payment_amount_does_not_match_order_amount",
+    "payment_currency_does_not_match_order_currency",
     "order_creation_already_attempted",
+    "order_not_created",
+    "offer_request_already_booked",
+    "duplicate_booking",
     "already_cancelled",
     "not_found",
+];
+
+/// Refusals of `POST /air/orders` that say an order for this booking may already exist (an
+/// earlier attempt's): the caller looks it up before anything else.
+pub const MAY_EXIST_CODES: &[&str] = &[
+    "order_creation_already_attempted",
+    "offer_request_already_booked",
+    "duplicate_booking",
 ];
 
 /// Labels a Duffel error answer. Pure, so the table is tested directly.
@@ -318,10 +336,15 @@ pub const REJECTION_CODES: &[&str] = &[
 /// | status / code | class |
 /// |---|---|
 /// | 429 | RateLimited (reset from `ratelimit-reset`) |
-/// | a code in [`REJECTION_CODES`], or 404 | Rejected |
+/// | a code in [`REJECTION_CODES`] (incl. the 502 `order_not_created`), or 404 | Rejected |
 /// | 408 | Transient |
-/// | 5xx | Ambiguous |
+/// | other 5xx | Ambiguous (Duffel: a 500/502 "should not be retried"; the order may exist) |
 /// | other 4xx (401, 403, 400/422 validation) | Invalid |
+///
+/// A **202** on `POST /air/orders` ("processing hasn't been completed. You should not retry")
+/// never reaches this table: the client reports it as [`FailureClass::Ambiguous`] with
+/// detail `accepted, not yet confirmed`, and the outcome arrives as `order.created` or
+/// `order.creation_failed`.
 pub fn classify_duffel(status: u16, code: Option<&str>) -> FailureClass {
     if status == 429 {
         FailureClass::RateLimited
@@ -379,9 +402,13 @@ impl DuffelError {
     }
 
     /// For `create_order`: the order may exist, so reconcile (find it) before any new POST.
-    /// True for ambiguous failures and for `order_creation_already_attempted`.
+    /// True for ambiguous failures (timeouts, 5xx, a 202) and for [`MAY_EXIST_CODES`].
     pub fn order_may_exist(&self) -> bool {
-        self.class == FailureClass::Ambiguous || self.is_code("order_creation_already_attempted")
+        self.class == FailureClass::Ambiguous
+            || self
+                .code
+                .as_deref()
+                .is_some_and(|c| MAY_EXIST_CODES.contains(&c))
     }
 
     /// How long to wait before calling again (rate limits), measured from `now`.
@@ -739,6 +766,18 @@ impl DuffelClient {
             status = status.as_u16(),
             "duffel answered"
         );
+        if status == StatusCode::ACCEPTED {
+            // Accepted, not done: whatever the body holds, it is not a confirmed result.
+            tracing::warn!(
+                provider = "duffel",
+                op,
+                "duffel accepted the request without completing it"
+            );
+            return Err(DuffelError {
+                status: Some(status.as_u16()),
+                ..DuffelError::local(op, FailureClass::Ambiguous, "accepted, not yet confirmed")
+            });
+        }
         if status.is_success() {
             return serde_json::from_slice(&bytes).map_err(|_| {
                 DuffelError::local(op, FailureClass::Ambiguous, "unreadable response")
@@ -1043,6 +1082,17 @@ mod tests {
         }
     }
 
+    /// An instant order of `off_1` for one passenger, without metadata.
+    fn order_of(amount_minor: i64) -> CreateOrder {
+        CreateOrder {
+            offer_id: "off_1".into(),
+            passengers: vec![passenger()],
+            amount_minor,
+            currency: "GBP".into(),
+            metadata: BTreeMap::new(),
+        }
+    }
+
     fn assert_duffel_headers(r: &crate::providers::testing::Recorded) {
         assert_eq!(r.header("authorization"), Some("Bearer duffel_test_abc"));
         assert_eq!(r.header("duffel-version"), Some("v2"));
@@ -1169,13 +1219,7 @@ mod tests {
         });
         let rec = Recorder::start(vec![Reply::json(422, body)]).await;
         let err = client(&rec.base_url())
-            .create_order(&CreateOrder {
-                offer_id: "off_1".into(),
-                passengers: vec![passenger()],
-                amount_minor: 12345,
-                currency: "GBP".into(),
-                metadata: BTreeMap::new(),
-            })
+            .create_order(&order_of(12345))
             .await
             .unwrap_err();
         assert_eq!(err.class, FailureClass::Rejected);
@@ -1199,13 +1243,7 @@ mod tests {
         )])
         .await;
         let err = client(&rec.base_url())
-            .create_order(&CreateOrder {
-                offer_id: "off_1".into(),
-                passengers: vec![passenger()],
-                amount_minor: 100,
-                currency: "GBP".into(),
-                metadata: BTreeMap::new(),
-            })
+            .create_order(&order_of(100))
             .await
             .unwrap_err();
         assert_eq!(err.class, FailureClass::Ambiguous);
@@ -1359,6 +1397,14 @@ mod tests {
                 Rejected,
             ),
             (409, Some("order_creation_already_attempted"), Rejected),
+            (502, Some("order_not_created"), Rejected),
+            (422, Some("duplicate_booking"), Rejected),
+            (422, Some("offer_request_already_booked"), Rejected),
+            (
+                422,
+                Some("payment_currency_does_not_match_order_currency"),
+                Rejected,
+            ),
             (422, Some("already_cancelled"), Rejected),
             (404, Some("not_found"), Rejected),
             (404, None, Rejected),
@@ -1379,6 +1425,37 @@ mod tests {
             ..DuffelError::local("create_order", Rejected, "x")
         };
         assert!(attempted.order_may_exist());
+        for (code, may_exist) in [
+            ("duplicate_booking", true),
+            ("offer_request_already_booked", true),
+            ("order_not_created", false),
+            ("price_changed", false),
+        ] {
+            let e = DuffelError {
+                code: Some(Box::from(code)),
+                ..DuffelError::local("create_order", Rejected, "x")
+            };
+            assert_eq!(e.order_may_exist(), may_exist, "{code}");
+        }
+    }
+
+    #[tokio::test]
+    async fn an_accepted_order_is_ambiguous_whatever_its_body() {
+        let rec = Recorder::start(vec![Reply::json(
+            202,
+            serde_json::json!({"data": order_json("ord_1", "b-1", "off_1")}),
+        )])
+        .await;
+        let err = client(&rec.base_url())
+            .create_order(&order_of(12345))
+            .await
+            .unwrap_err();
+        assert_eq!(err.class, FailureClass::Ambiguous);
+        assert_eq!(err.status, Some(202));
+        assert!(
+            err.order_may_exist(),
+            "look the order up before any new POST"
+        );
     }
 
     #[test]

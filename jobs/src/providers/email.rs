@@ -136,7 +136,7 @@ impl From<EmailError> for JobError {
 ///
 /// | status / name | class |
 /// |---|---|
-/// | 429 (`rate_limit_exceeded`, `daily_quota_exceeded`, …) | RateLimited |
+/// | 429 (`rate_limit_exceeded`, `daily_quota_exceeded`, `monthly_quota_exceeded`) | RateLimited (a quota waits [`QUOTA_SNOOZE`] unless `retry-after` says otherwise) |
 /// | 409 `concurrent_idempotent_requests` | Transient |
 /// | 409 `invalid_idempotent_request` (same key, other payload) and other 4xx | Invalid |
 /// | 5xx | Ambiguous |
@@ -148,6 +148,15 @@ pub fn classify_resend(status: u16, name: Option<&str>) -> FailureClass {
         _ => FailureClass::Invalid,
     }
 }
+
+/// Resend's sending-quota errors (429): "wait until 24 hours have passed" for the daily one
+/// (<https://resend.com/docs/api-reference/errors>). Not a per-second limit, so retrying in
+/// seconds is pointless.
+pub const QUOTA_NAMES: &[&str] = &["daily_quota_exceeded", "monthly_quota_exceeded"];
+
+/// How long a job waits after a quota error without a `retry-after`: the longest snooze
+/// allowed, so a day's quota costs a retry an hour, not one every 30 s.
+pub const QUOTA_SNOOZE: Duration = super::error::MAX_RATE_LIMIT_SNOOZE;
 
 /// The real client.
 #[derive(Clone)]
@@ -244,13 +253,17 @@ impl EmailApi for ResendClient {
             let name = serde_json::from_slice::<WireError>(&bytes)
                 .unwrap_or_default()
                 .name;
+            let quota = name.as_deref().is_some_and(|n| QUOTA_NAMES.contains(&n));
+            let retry_after = match (status == StatusCode::TOO_MANY_REQUESTS, quota) {
+                (false, _) => None,
+                (true, false) => retry_after,
+                (true, true) => retry_after.or(Some(QUOTA_SNOOZE)),
+            };
             let err = EmailError {
                 class: classify_resend(status.as_u16(), name.as_deref()),
                 status: Some(status.as_u16()),
                 name,
-                retry_after: (status == StatusCode::TOO_MANY_REQUESTS)
-                    .then_some(retry_after)
-                    .flatten(),
+                retry_after,
                 detail: None,
             };
             tracing::warn!(provider = "resend", class = %err.class, status = err.status,
@@ -347,6 +360,25 @@ mod tests {
         let e = c.send(&email(), "k").await.unwrap_err();
         assert_eq!(e.class, FailureClass::Ambiguous);
         assert!(matches!(JobError::from(e), JobError::Retryable(_)));
+    }
+
+    #[tokio::test]
+    async fn a_sending_quota_waits_an_hour_not_thirty_seconds() {
+        let rec = Recorder::start(vec![Reply::json(
+            429,
+            serde_json::json!({"statusCode": 429, "name": "daily_quota_exceeded",
+                "message": "You have reached your daily email sending quota."}),
+        )])
+        .await;
+        let e = client(&rec.base_url())
+            .send(&email(), "k")
+            .await
+            .unwrap_err();
+        assert_eq!(e.class, FailureClass::RateLimited);
+        assert_eq!(e.retry_after, Some(QUOTA_SNOOZE));
+        assert!(
+            matches!(JobError::from(e), JobError::Snooze { after, .. } if after == QUOTA_SNOOZE)
+        );
     }
 
     #[test]
