@@ -463,3 +463,65 @@ async fn a_follow_up_records_the_job_that_enqueued_it() {
     assert_eq!(common::job(&db.pool, parent).await.parent_id, None);
     w.stop().await;
 }
+
+/// Index tuples read from the ready index so far (as the statistics last flushed them).
+async fn index_tuples_read(conn: &mut sqlx::PgConnection) -> i64 {
+    sqlx::query_scalar(
+        "SELECT idx_tup_read FROM pg_stat_user_indexes
+         WHERE indexrelname = 'fleet_jobs_fetch_available_idx'",
+    )
+    .fetch_one(conn)
+    .await
+    .unwrap()
+}
+
+#[tokio::test]
+async fn the_first_claim_on_a_never_analyzed_table_walks_the_ready_index_not_the_backlog() {
+    let db = db().await;
+    let q = Queue::new(db.pool.clone(), registry());
+    let backlog: Vec<NewJob> = (0..20_000)
+        .map(|_| NewJob::of(&Sleep { ms: 1 }).unwrap())
+        .collect();
+    q.enqueue_many(backlog).await.unwrap();
+    let mut conn = db.pool.acquire().await.unwrap();
+    let analyzed: Option<chrono::DateTime<Utc>> = sqlx::query_scalar(
+        "SELECT greatest(last_analyze, last_autoanalyze) FROM pg_stat_user_tables
+         WHERE relname = 'fleet_jobs'",
+    )
+    .fetch_one(&mut *conn)
+    .await
+    .unwrap();
+    assert!(analyzed.is_none(), "the table must be fresh for this claim");
+    // Index tuples the claim reads: ~64 for the ordered walk, the whole backlog for a bitmap
+    // scan plus sort.
+    sqlx::query("SELECT pg_stat_force_next_flush()")
+        .execute(&mut *conn)
+        .await
+        .unwrap();
+    let before = index_tuples_read(&mut conn).await;
+    let claimed = queue::job_fetch_available(
+        &mut conn,
+        &queue::FetchParams {
+            queues: None,
+            skip_kinds: &[],
+            limit: 64,
+            owner: "plan-test",
+            lease: SECS(60),
+            now: None,
+        },
+    )
+    .await
+    .unwrap();
+    assert_eq!(claimed.len(), 64);
+    sqlx::query("SELECT pg_stat_force_next_flush()")
+        .execute(&mut *conn)
+        .await
+        .unwrap();
+    // The flush happens at the end of the transaction that asked for it; this is the next one.
+    let after = index_tuples_read(&mut conn).await;
+    assert!(
+        after - before < 1_000,
+        "the claim read {} index tuples for 64 jobs",
+        after - before
+    );
+}
