@@ -2,10 +2,13 @@
 //! `--json`, one JSON object (stdout). Each mode verifies its own result and fails when the
 //! work was not done exactly as asked: a fast wrong answer is not a figure.
 //! - no mode: the queue's burn-down ([`burn_down`]);
+//! - `ceiling`: the claim and outcome statements with no runtime around them, beside the
+//!   engine in the same run ([`ceiling`]);
 //! - `webhooks`: the webhook ingress under load, and the cost of the worst accepted request
 //!   next to a normal one ([`webhooks`]).
 
 mod burn_down;
+mod ceiling;
 mod webhooks;
 
 /// `fleet bench [MODE]`.
@@ -20,6 +23,8 @@ pub struct BenchArgs {
 
 #[derive(clap::Subcommand)]
 enum BenchMode {
+    /// The queue's statements alone, back to back, against the engine in the same run.
+    Ceiling(ceiling::CeilingArgs),
     /// The webhook ingress: concurrent clients posting signed events plus invalid ones.
     Webhooks(webhooks::WebhookBenchArgs),
 }
@@ -28,6 +33,7 @@ enum BenchMode {
 pub async fn run(a: BenchArgs) -> anyhow::Result<()> {
     match a.mode {
         None => burn_down::run(a.burn_down).await,
+        Some(BenchMode::Ceiling(c)) => ceiling::run(c).await,
         Some(BenchMode::Webhooks(w)) => webhooks::run(w).await,
     }
 }
