@@ -682,6 +682,21 @@ async fn the_jobs_list_filters_like_the_cli_pages_by_keyset_and_a_job_shows_its_
         "another kind is filtered out"
     );
     b.screenshot("jobs").await;
+    // Columns sort on click, and say how.
+    b.click("#jobs thead th:first-child button").await;
+    let up = ids_in(&b, "#jobs").await;
+    let mut sorted = up.clone();
+    sorted.sort();
+    assert_eq!(up, sorted, "ascending after one click");
+    let th = b.el("#jobs thead th:first-child").await;
+    assert_eq!(
+        th.attr("aria-sort").await.unwrap().as_deref(),
+        Some("ascending")
+    );
+    b.click("#jobs thead th:first-child button").await;
+    let down = ids_in(&b, "#jobs").await;
+    sorted.reverse();
+    assert_eq!(down, sorted, "descending after two");
 
     // Keyset pages: 5, then the older ones, never a row twice.
     b.goto("/ui/jobs?kind=fleet.sleep&limit=5").await;
@@ -815,7 +830,6 @@ async fn a_booking_timeline_from_a_real_saga_shows_its_steps_provider_ids_and_jo
     for pii in [CANARY_EMAIL, CANARY_PASSPORT, "Zelda", "Quixote"] {
         assert!(!source.contains(pii), "{pii} reached the page");
     }
-    b.screenshot("booking").await;
 
     // Refund it: the preview changes nothing, the confirmation queues the refund, audited.
     b.click_button("section.act", "Refund…").await;
@@ -846,6 +860,21 @@ async fn a_booking_timeline_from_a_real_saga_shows_its_steps_provider_ids_and_jo
         }
     })
     .await;
+    // The compensation is on the timeline: the refund, its Stripe id, its job.
+    b.goto(&format!("/ui/bookings/{booking}")).await;
+    b.wait_h1("Booking").await;
+    let refunds = b.text("#refunds").await;
+    assert!(
+        refunds.contains("re_") && refunds.contains("customer_request"),
+        "{refunds}"
+    );
+    assert!(b.text("#refund-jobs").await.contains("refund_compensation"));
+    assert!(b
+        .text("#timeline")
+        .await
+        .contains("booking.refund_requested by alice"));
+    assert!(!b.c.source().await.unwrap().contains(CANARY_EMAIL));
+    b.screenshot("booking").await;
     w.stop().await;
     b.close().await;
     sandbox.shutdown().await.unwrap();
@@ -914,6 +943,35 @@ async fn pausing_a_kind_shows_a_dry_run_then_pauses_audited_and_the_worker_stops
     b.wait_h1("fleet.sleep resumed").await;
     wait_state(app.pool(), paused_job, JobState::Completed, SECS(10)).await;
     assert_eq!(app.audit("kind.resume").await[0].0, "alice");
+
+    // A drain: its dry run counts the backlog, the confirmed one runs in the background and
+    // leaves the kind paused once nothing is left.
+    b.goto("/ui/").await;
+    b.el("#act-kind")
+        .await
+        .select_by_value("fleet.sleep")
+        .await
+        .unwrap();
+    b.click_button("section.act", "Drain…").await;
+    b.wait_h1("Drain fleet.sleep?").await;
+    assert_eq!(b.text("#backlog").await, "0");
+    assert!(app.paused().await.is_empty());
+    b.click("#confirm").await;
+    b.wait_h1("Draining fleet.sleep").await;
+    let pool = app.pool().clone();
+    wait_until(SECS(10), "the drain leaves fleet.sleep paused", || {
+        let pool = pool.clone();
+        async move {
+            let mut c = pool.acquire().await.unwrap();
+            queue::kind_list_paused(&mut c)
+                .await
+                .unwrap()
+                .iter()
+                .any(|p| p.kind == "fleet.sleep" && p.draining_through_id.is_none())
+        }
+    })
+    .await;
+    assert_eq!(app.audit("kind.drain").await[0].0, "alice");
     w.stop().await;
     b.close().await;
 }
@@ -961,6 +1019,38 @@ async fn replaying_a_dead_job_shows_a_dry_run_then_replays_audited_and_a_worker_
     // The worker runs it again, and this time it completes.
     let j = wait_state(app.pool(), id, JobState::Completed, SECS(10)).await;
     assert_eq!(j.errors.len(), 1, "its history is kept");
+
+    // Cancel a scheduled job the same way, from the list filtered to it.
+    let later = {
+        let mut c = app.pool().acquire().await.unwrap();
+        queue::job_insert_many(
+            &mut c,
+            &[queue::JobInsert {
+                kind: "fleet.sleep".into(),
+                queue: "default".into(),
+                args: json!({"ms": 1}),
+                priority: 0,
+                run_at: Some(chrono::Utc::now() + chrono::Duration::hours(1)),
+                max_attempts: 3,
+                idempotency_key: None,
+                trace_context: None,
+                parent_id: None,
+            }],
+            None,
+        )
+        .await
+        .unwrap()[0]
+            .id
+    };
+    b.goto(&format!("/ui/jobs?id={later}")).await;
+    b.click_button("section.act", "Cancel matching…").await;
+    b.wait_h1("Cancel jobs?").await;
+    assert_eq!(b.text("#count").await, "1");
+    assert_eq!(job(app.pool(), later).await.state, JobState::Scheduled);
+    b.click("#confirm").await;
+    b.wait_h1("Jobs cancelled").await;
+    assert_eq!(job(app.pool(), later).await.state, JobState::Cancelled);
+    assert_eq!(app.audit("job.cancel").await[0].0, "alice");
     w.stop().await;
     b.close().await;
 }

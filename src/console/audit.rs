@@ -85,7 +85,7 @@ pub async fn list(
                 .await
                 .or_page(&s)?;
             let headers = [
-                ("At", true),
+                ("At", false),
                 ("Actor", false),
                 ("Action", false),
                 ("Resource", false),

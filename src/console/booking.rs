@@ -154,7 +154,7 @@ pub async fn show(
                 }
                 section {
                     h2 { "Saga steps" }
-                    (templates::sortable("steps", "The saga's steps and the job behind each", &[("Step", false), ("At", true), ("Job", false)], html! {
+                    (templates::sortable("steps", "The saga's steps and the job behind each", &[("Step", false), ("At", false), ("Job", false)], html! {
                         @for st in &b.steps {
                             tr {
                                 td { (st.step.replace('_', " ")) }
@@ -173,7 +173,7 @@ pub async fn show(
                     @if b.refunds.is_empty() && refund_jobs.is_empty() {
                         p.muted { "No refund was requested." }
                     } @else {
-                        (templates::sortable("refunds", "Refunds of the booking", &[("Stripe refund", false), ("Amount", false), ("Reason", false), ("Status", false), ("Requested", true)], html! {
+                        (templates::sortable("refunds", "Refunds of the booking", &[("Stripe refund", false), ("Amount", false), ("Reason", false), ("Status", false), ("Requested", false)], html! {
                             @for f in &b.refunds {
                                 tr {
                                     td { (opt(&f.stripe_refund_id)) }
@@ -190,7 +190,7 @@ pub async fn show(
                 section {
                     h2 { "Emails" }
                     @if b.emails.is_empty() { p.muted { "No email." } } @else {
-                        (templates::sortable("emails", "Emails the booking caused (no address is stored here)", &[("Email", false), ("Dedupe key", false), ("Sent", true)], html! {
+                        (templates::sortable("emails", "Emails the booking caused (no address is stored here)", &[("Email", false), ("Dedupe key", false), ("Sent", false)], html! {
                             @for e in &b.emails {
                                 tr {
                                     td { (e.kind) }
@@ -203,7 +203,7 @@ pub async fn show(
                 }
                 section {
                     h2 { "Audit entries" }
-                    (templates::sortable("booking-audit", "Audit entries of the booking and its campaign", &[("At", true), ("Actor", false), ("Action", false), ("Details", false)], html! {
+                    (templates::sortable("booking-audit", "Audit entries of the booking and its campaign", &[("At", false), ("Actor", false), ("Action", false), ("Details", false)], html! {
                         @for a in &b.audit {
                             tr {
                                 td data-sort=(a.created_at.timestamp_millis()) { (templates::time(a.created_at)) }

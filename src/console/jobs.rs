@@ -245,8 +245,8 @@ pub fn jobs_table(id: &str, caption: &str, rows: &[JobSummary]) -> Markup {
         ("Queue", false),
         ("State", false),
         ("Attempt", true),
-        ("Run at", true),
-        ("Created", true),
+        ("Run at", false),
+        ("Created", false),
         ("Key", false),
         ("Last error", false),
     ];
@@ -348,7 +348,7 @@ pub async fn show(
                     @if j.errors.is_empty() {
                         p.muted { "No attempt failed." }
                     } @else {
-                        (templates::sortable("attempts", "Every failed attempt, oldest first", &[("Attempt", true), ("At", true), ("Class", false), ("Message", false)], html! {
+                        (templates::sortable("attempts", "Every failed attempt, oldest first", &[("Attempt", true), ("At", false), ("Class", false), ("Message", false)], html! {
                             @for e in &j.errors {
                                 tr {
                                     td.num { (e.attempt) }

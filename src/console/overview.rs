@@ -192,8 +192,7 @@ fn kinds_table(snap: &Snapshot) -> Markup {
         ("Done 15 min", true),
         ("Completed", true),
         ("Cancelled", true),
-        ("Dead", true),
-        ("Dead 24 h", true),
+        ("Dead (24 h)", true),
     ];
     let rows = html! {
         @for k in &snap.stats {
@@ -222,11 +221,9 @@ fn kinds_table(snap: &Snapshot) -> Markup {
                 td.num { (n("cancelled")) }
                 td.num data-sort=(n("dead")) {
                     @if n("dead") > 0 { a href=(jobs_of("dead")) { (n("dead")) } } @else { "0" }
-                }
-                td.num data-sort=(k.dead_last_day) {
                     @if k.dead_last_day > 0 {
-                        (templates::badge("dead", "✕", &k.dead_last_day.to_string()))
-                    } @else { "0" }
+                        " " (templates::badge("dead", "✕", &format!("{} in 24 h", k.dead_last_day)))
+                    }
                 }
             }
         }
@@ -332,7 +329,7 @@ fn running_table(snap: &Snapshot) -> Markup {
         ("Queue", false),
         ("Worker", false),
         ("Attempt", true),
-        ("Running since", true),
+        ("Running since", false),
     ];
     let rows = html! {
         @for j in &snap.running {
@@ -368,8 +365,8 @@ fn workers_table(snap: &Snapshot) -> Markup {
         ("Slots", true),
         ("Held", true),
         ("Completed", true),
-        ("Started", true),
-        ("Last heartbeat", true),
+        ("Started", false),
+        ("Last heartbeat", false),
     ];
     let rows = html! {
         @for w in &snap.workers {

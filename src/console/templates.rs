@@ -165,7 +165,9 @@ pub fn badge(tone: &str, symbol: &str, word: &str) -> Markup {
 }
 
 /// A table whose columns sort on click (console.js; the order of the rows shown, not a new
-/// query). `headers`: the column titles; `numeric` marks columns compared as numbers.
+/// query). `headers`: the column titles; `numeric` marks columns compared as numbers (and
+/// right-aligned); other columns compare their cells' `data-sort` or text as text (times carry
+/// their milliseconds, which compare right as text).
 pub fn sortable(id: &str, caption: &str, headers: &[(&str, bool)], rows: Markup) -> Markup {
     html! {
         div.table-wrap {
@@ -173,9 +175,10 @@ pub fn sortable(id: &str, caption: &str, headers: &[(&str, bool)], rows: Markup)
                 caption { (caption) }
                 thead {
                     tr {
-                        @for (h, numeric) in headers {
+                        @for (i, (h, numeric)) in headers.iter().enumerate() {
                             th scope="col" data-numeric=[numeric.then_some("1")] {
-                                button.sort type="button" { (h) span.arrow aria-hidden="true" {} }
+                                // An id lets htmx give focus back to it after a refresh.
+                                button.sort id=(format!("{id}-sort-{i}")) type="button" { (h) span.arrow aria-hidden="true" {} }
                             }
                         }
                     }

@@ -53,8 +53,6 @@
         var button = th.querySelector("button.sort");
         if (!button || button.dataset.wired) return;
         button.dataset.wired = "1";
-        // An id lets htmx give focus back to this button after a refresh.
-        if (!button.id && table.id) button.id = table.id + "-sort-" + col;
         button.addEventListener("click", function () {
           var dir = th.getAttribute("aria-sort") === "ascending" ? "descending" : "ascending";
           sortTable(table, col, dir);
