@@ -223,6 +223,17 @@ impl Browser {
         self.wait_h1("Overview").await;
     }
 
+    /// From the overview: choose `kind` and press `button` of "Act on a kind".
+    async fn act_on_kind(&self, kind: &str, button: &str) {
+        self.goto("/ui/").await;
+        self.el("#act-kind")
+            .await
+            .select_by_value(kind)
+            .await
+            .unwrap();
+        self.click_button("section.act", button).await;
+    }
+
     /// The page's CSRF token (from its sign-out form).
     async fn csrf(&self) -> String {
         self.el("form[action='/ui/logout'] input[name=csrf]")
@@ -886,12 +897,7 @@ async fn pausing_a_kind_shows_a_dry_run_then_pauses_audited_and_the_worker_stops
     let w = app.worker();
     let b = app.browser().await;
     b.sign_in("alice", ALICE_PW).await;
-    b.el("#act-kind")
-        .await
-        .select_by_value("fleet.sleep")
-        .await
-        .unwrap();
-    b.click_button("section.act", "Pause…").await;
+    b.act_on_kind("fleet.sleep", "Pause…").await;
     b.wait_h1("Pause fleet.sleep?").await;
     assert!(b.text("#preview").await.contains("Would pause fleet.sleep"));
     assert!(app.paused().await.is_empty(), "the dry run paused nothing");
@@ -931,13 +937,7 @@ async fn pausing_a_kind_shows_a_dry_run_then_pauses_audited_and_the_worker_stops
     b.screenshot("audit").await;
 
     // Resume the same way; the worker takes the held job.
-    b.goto("/ui/").await;
-    b.el("#act-kind")
-        .await
-        .select_by_value("fleet.sleep")
-        .await
-        .unwrap();
-    b.click_button("section.act", "Resume…").await;
+    b.act_on_kind("fleet.sleep", "Resume…").await;
     b.wait_h1("Resume fleet.sleep?").await;
     b.click("#confirm").await;
     b.wait_h1("fleet.sleep resumed").await;
@@ -946,13 +946,7 @@ async fn pausing_a_kind_shows_a_dry_run_then_pauses_audited_and_the_worker_stops
 
     // A drain: its dry run counts the backlog, the confirmed one runs in the background and
     // leaves the kind paused once nothing is left.
-    b.goto("/ui/").await;
-    b.el("#act-kind")
-        .await
-        .select_by_value("fleet.sleep")
-        .await
-        .unwrap();
-    b.click_button("section.act", "Drain…").await;
+    b.act_on_kind("fleet.sleep", "Drain…").await;
     b.wait_h1("Drain fleet.sleep?").await;
     assert_eq!(b.text("#backlog").await, "0");
     assert!(app.paused().await.is_empty());
