@@ -65,6 +65,76 @@ pub struct Settings {
     pub schedules: BTreeMap<String, ScheduleSettings>,
     /// The HTTP listeners of `fleet serve` (and the worker's admin endpoints).
     pub serve: ServeSettings,
+    /// The operator console on the admin listener (`/ui/`).
+    pub console: ConsoleSettings,
+}
+
+/// `[console]`: the operator console `fleet serve` serves on the admin listener under `/ui/`.
+/// Every field is documented in config/default.toml.
+#[derive(Debug, Clone, Deserialize)]
+pub struct ConsoleSettings {
+    /// A session ends this long after its login, whatever happens in between.
+    #[serde(deserialize_with = "duration")]
+    pub session_ttl: Duration,
+    /// How often an open overview refreshes itself.
+    #[serde(deserialize_with = "duration")]
+    pub refresh: Duration,
+    /// A tracing UI's page for one trace, with `{trace_id}` where the id goes; empty: trace ids
+    /// are shown, not linked.
+    #[serde(default)]
+    pub tracing_url: String,
+    /// Failed logins per user name, and per client address, within `login_window`; beyond,
+    /// logins are refused (429) until the window has passed.
+    pub login_max_failures: u32,
+    /// The window of `login_max_failures`.
+    #[serde(deserialize_with = "duration")]
+    pub login_window: Duration,
+    /// The people who may sign in, keyed by user name (what the audit trail records).
+    #[serde(default)]
+    pub users: BTreeMap<String, ConsoleUser>,
+}
+
+/// One `[console.users.<name>]` entry.
+#[derive(Debug, Clone, Deserialize)]
+pub struct ConsoleUser {
+    /// `viewer` (reads) or `operator` (reads and acts).
+    pub role: ConsoleRole,
+    /// The password's Argon2 PHC string (`$argon2id$v=19$…`, from `fleet console
+    /// hash-password`); never the password. Usually from the environment:
+    /// `FLEET_CONSOLE__USERS__<NAME>__PASSWORD_HASH`.
+    #[serde(default)]
+    pub password_hash: Secret,
+}
+
+/// What a console user may do.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ConsoleRole {
+    /// Every page; no action.
+    Viewer,
+    /// Every page and every action (pause, resume, drain, replay, cancel, refund).
+    Operator,
+}
+
+impl ConsoleRole {
+    /// The configuration spelling.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Viewer => "viewer",
+            Self::Operator => "operator",
+        }
+    }
+}
+
+impl<'de> Deserialize<'de> for ConsoleRole {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        match String::deserialize(d)?.as_str() {
+            "viewer" => Ok(Self::Viewer),
+            "operator" => Ok(Self::Operator),
+            other => Err(serde::de::Error::custom(format!(
+                "{other:?} is not a console role (expected one of: viewer, operator)"
+            ))),
+        }
+    }
 }
 
 /// `[serve]`: the two listeners and the limits that keep strangers from exhausting them.
@@ -341,7 +411,7 @@ fn is_secret_key(path: &[String]) -> bool {
     path.last().is_some_and(|k| {
         matches!(
             k.as_str(),
-            "secret_key" | "access_token" | "api_key" | "url"
+            "secret_key" | "access_token" | "api_key" | "url" | "password_hash"
         ) && path.first().map(String::as_str) != Some("schedules")
     })
 }
@@ -659,6 +729,7 @@ impl Settings {
                 return bad(key, "0s".into(), "must be > 0");
             }
         }
+        self.console.validate()?;
         if self.database.connect_timeout.is_zero() {
             return bad("database.connect_timeout", "0s".into(), "must be > 0");
         }
@@ -686,6 +757,85 @@ impl Settings {
             }
             if matches!(o.timeout, Some(t) if t.is_zero()) {
                 return bad(&format!("kinds.{kind}.timeout"), "0s".into(), "must be > 0");
+            }
+        }
+        Ok(())
+    }
+}
+
+impl ConsoleSettings {
+    fn validate(&self) -> Result<(), ConfigError> {
+        let bad = |key: &str, val: String, why: &str| {
+            Err(ConfigError(format!("{key} = {val} is invalid: {why}")))
+        };
+        if self.session_ttl < Duration::from_secs(60)
+            || self.session_ttl > Duration::from_secs(7 * 86_400)
+        {
+            return bad(
+                "console.session_ttl",
+                format!("{:?}", self.session_ttl),
+                "must be 1m..=7d",
+            );
+        }
+        if self.refresh < Duration::from_millis(500) || self.refresh > Duration::from_secs(60) {
+            return bad(
+                "console.refresh",
+                format!("{:?}", self.refresh),
+                "must be 500ms..=60s",
+            );
+        }
+        if self.login_max_failures == 0 {
+            return bad("console.login_max_failures", "0".into(), "must be >= 1");
+        }
+        if self.login_window.is_zero() {
+            return bad("console.login_window", "0s".into(), "must be > 0");
+        }
+        let t = &self.tracing_url;
+        if !t.is_empty()
+            && (!(t.starts_with("https://") || t.starts_with("http://"))
+                || !t.contains("{trace_id}"))
+        {
+            return bad(
+                "console.tracing_url",
+                format!("{t:?}"),
+                "must be an http(s) URL with {trace_id} where the trace id goes, or empty",
+            );
+        }
+        for (name, u) in &self.users {
+            let valid_name = name.len() <= 64
+                && name.starts_with(|c: char| c.is_ascii_lowercase() || c.is_ascii_digit())
+                && name
+                    .chars()
+                    .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || "_.-".contains(c));
+            if !valid_name {
+                return Err(ConfigError(format!(
+                    "console.users: {name:?} is not a user name (1..=64 of a-z, 0-9, `_`, `.`, `-`, \
+                     starting with a letter or digit)"
+                )));
+            }
+            let key = format!("console.users.{name}.password_hash");
+            let hash = u.password_hash.expose();
+            if hash.is_empty() {
+                return Err(ConfigError(format!(
+                    "{key} is not set: give the user an Argon2 hash (`fleet console hash-password`), \
+                     e.g. from FLEET_CONSOLE__USERS__{}__PASSWORD_HASH",
+                    name.to_ascii_uppercase().replace('.', "_DOT_")
+                )));
+            }
+            match argon2::password_hash::phc::PasswordHash::new(hash) {
+                Ok(h) if h.algorithm.as_str().starts_with("argon2") => {}
+                Ok(h) => {
+                    return Err(ConfigError(format!(
+                        "{key} is invalid: a {} hash, expected Argon2 (`$argon2id$…`)",
+                        h.algorithm.as_str()
+                    )))
+                }
+                // The hash itself is a secret: name the fault, not the value.
+                Err(e) => {
+                    return Err(ConfigError(format!(
+                        "{key} is invalid: not an Argon2 PHC string like `$argon2id$v=19$m=…` ({e})"
+                    )))
+                }
             }
         }
         Ok(())
@@ -936,5 +1086,79 @@ mod tests {
         assert_eq!(get("providers.stripe.secret_key").value, "***");
         assert_eq!(get("database.url").value, "***");
         assert!(!format!("{:?}", r.values).contains("hunter2"));
+    }
+
+    #[test]
+    fn console_users_come_from_the_environment_and_their_hashes_never_print() {
+        let hash = "$argon2id$v=19$m=19456,t=2,p=1$c2FsdHNhbHRzYWx0$qNbvUiXeSUHuGRkdmlmTTX5hTSEXKthJy0WE1wbIvMM";
+        let r = Settings::resolve(
+            None,
+            &env(&[
+                ("FLEET_CONSOLE__USERS__ALICE__ROLE", "operator"),
+                ("FLEET_CONSOLE__USERS__ALICE__PASSWORD_HASH", hash),
+            ]),
+        )
+        .unwrap();
+        let alice = &r.settings.console.users["alice"];
+        assert_eq!(alice.role, ConsoleRole::Operator);
+        assert_eq!(alice.password_hash.expose(), hash);
+        let shown = r
+            .values
+            .iter()
+            .find(|v| v.key == "console.users.alice.password_hash")
+            .unwrap();
+        assert_eq!(shown.value, "***");
+        assert!(!format!("{:?}", r.settings).contains("qNbvUi"));
+    }
+
+    #[test]
+    fn a_console_user_without_an_argon2_hash_is_an_error_naming_the_key_not_the_value() {
+        for (hash, expect) in [
+            ("", "is not set"),
+            ("hunter2-plaintext", "not an Argon2 PHC string"),
+            (
+                "$pbkdf2-sha256$i=1000$c2FsdHNhbHRzYWx0$aGFzaGhhc2hoYXNo",
+                "expected Argon2",
+            ),
+        ] {
+            let e = Settings::from_sources(
+                None,
+                &env(&[
+                    ("FLEET_CONSOLE__USERS__BOB__ROLE", "viewer"),
+                    ("FLEET_CONSOLE__USERS__BOB__PASSWORD_HASH", hash),
+                ]),
+            )
+            .unwrap_err()
+            .to_string();
+            assert!(
+                e.contains("console.users.bob.password_hash") && e.contains(expect),
+                "{hash:?}: {e}"
+            );
+            assert!(
+                hash.is_empty() || !e.contains(hash),
+                "the value is not echoed: {e}"
+            );
+        }
+    }
+
+    #[test]
+    fn a_bad_console_role_or_tracing_url_is_an_error_naming_it() {
+        let e = Settings::from_sources(None, &env(&[("FLEET_CONSOLE__USERS__BOB__ROLE", "admin")]))
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("viewer, operator"), "{e}");
+        let e = Settings::from_sources(
+            None,
+            &env(&[(
+                "FLEET_CONSOLE__TRACING_URL",
+                "https://jaeger.internal/trace/",
+            )]),
+        )
+        .unwrap_err()
+        .to_string();
+        assert!(
+            e.contains("console.tracing_url") && e.contains("{trace_id}"),
+            "{e}"
+        );
     }
 }

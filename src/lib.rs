@@ -36,6 +36,7 @@
 pub mod builtin;
 pub mod check;
 pub mod config;
+pub mod console;
 pub mod database;
 pub mod enqueue;
 pub mod maintenance;

@@ -133,6 +133,15 @@ impl Ops {
         Ok(queue::job_stats(&mut conn, None).await?)
     }
 
+    /// Per kind, completions in each of the last `minutes` minutes (1..=60), oldest first.
+    pub async fn completions(&self, minutes: i32) -> anyhow::Result<Vec<queue::CompletionMinute>> {
+        if !(1..=60).contains(&minutes) {
+            usage!("minutes must be 1..=60, got {minutes}");
+        }
+        let mut conn = self.pool.acquire().await?;
+        Ok(queue::job_count_completed_by_minute(&mut conn, minutes, None).await?)
+    }
+
     /// A page of jobs, newest first.
     pub async fn list(
         &self,

@@ -30,7 +30,7 @@ use serde::Serialize;
 use sqlx::PgPool;
 use tokio::sync::Semaphore;
 use tokio_util::sync::CancellationToken;
-use tower::ServiceBuilder;
+use tower::{ServiceBuilder, ServiceExt};
 
 use crate::{config::ServeSettings, queue};
 
@@ -95,6 +95,16 @@ pub fn admin_router(pool: PgPool) -> Router {
         .route("/health", get(health))
         .route("/metrics", get(metrics))
         .with_state(AppState { pool })
+}
+
+/// The admin endpoints and the operator console under `/ui/` (what `fleet serve` serves on the
+/// admin listener); `/` and `/ui` lead to `/ui/`.
+pub fn admin_router_with_console(pool: PgPool, console: crate::console::Console) -> Router {
+    let to_console = || async { axum::response::Redirect::to("/ui/") };
+    admin_router(pool)
+        .route("/", get(to_console))
+        .route("/ui", get(to_console))
+        .merge(console.router())
 }
 
 /// The admin endpoints (the router `fleet worker --metrics-bind` serves).
@@ -284,9 +294,9 @@ pub async fn run_with(
     tracing::info!(%addr, "serving HTTP");
     let connections = Arc::new(Semaphore::new(limits.max_connections));
     let graceful = hyper_util::server::graceful::GracefulShutdown::new();
-    let service = TowerToHyperService::new(router);
+    let service = router;
     loop {
-        let (stream, _peer) = tokio::select! {
+        let (stream, peer) = tokio::select! {
             accepted = listener.accept() => match accepted {
                 Ok(a) => a,
                 Err(e) => {
@@ -306,12 +316,21 @@ pub async fn run_with(
             drop(stream);
             continue;
         };
+        // Handlers that need the client's address (the console's login limit) find it as
+        // `ConnectInfo`.
+        let service = service
+            .clone()
+            .map_request(move |mut req: axum::extract::Request<_>| {
+                req.extensions_mut()
+                    .insert(axum::extract::ConnectInfo(peer));
+                req
+            });
         let conn = hyper::server::conn::http1::Builder::new()
             .timer(TokioTimer::new())
             .header_read_timeout(limits.header_timeout)
             // Headers beyond 64 KiB get 431 before any handler runs (hyper's default is ~400 KiB).
             .max_header_size(MAX_HEADER_BYTES)
-            .serve_connection(TokioIo::new(stream), service.clone());
+            .serve_connection(TokioIo::new(stream), TowerToHyperService::new(service));
         let conn = graceful.watch(conn);
         tokio::spawn(async move {
             // Errors here are a client's doing (a reset, a timeout): nothing to report.

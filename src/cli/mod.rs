@@ -7,6 +7,7 @@ mod backfill;
 mod bench;
 mod booking;
 mod check;
+mod console;
 mod demo;
 mod enqueue;
 pub(crate) mod output;
@@ -44,8 +45,11 @@ pub enum Command {
     Config(settings::ConfigArgs),
     /// Run a worker until SIGTERM/SIGINT (first: drain; second: exit at once).
     Worker(roles::WorkerArgs),
-    /// Serve /health, /metrics and the webhook ingress (/webhooks/stripe, /webhooks/duffel).
+    /// Serve the webhook ingress (/webhooks/stripe, /webhooks/duffel) and, on the admin
+    /// listener, /livez, /readyz, /metrics and the operator console (/ui/).
     Serve(roles::ServeArgs),
+    /// The operator console's tools: hash-password.
+    Console(console::ConsoleArgs),
     /// Fire the `[schedules.*]` cron schedules until SIGTERM/SIGINT (any number may run).
     Scheduler,
     /// Enqueue one job (operators' smoke test).
@@ -101,6 +105,7 @@ pub async fn run(
         Command::Config(a) => settings::run(a, file),
         Command::Worker(a) => roles::worker(a, settings).await,
         Command::Serve(a) => roles::serve(a, &settings).await,
+        Command::Console(a) => console::run(a),
         Command::Scheduler => roles::scheduler(&settings).await,
         Command::Enqueue(a) => enqueue::run(a, &settings).await,
         Command::Queue(a) => queue::run(a, &settings).await,

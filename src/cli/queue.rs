@@ -125,14 +125,6 @@ struct FilterArgs {
     args: Option<serde_json::Value>,
 }
 
-fn parse_json_object(s: &str) -> Result<serde_json::Value, String> {
-    match serde_json::from_str::<serde_json::Value>(s) {
-        Ok(v) if v.is_object() => Ok(v),
-        Ok(_) => Err(format!("{s:?} is not a JSON object")),
-        Err(e) => Err(format!("{s:?} is not JSON: {e}")),
-    }
-}
-
 impl FilterArgs {
     fn into_filter(self) -> queue::JobFilter {
         queue::JobFilter {
@@ -158,16 +150,8 @@ struct MutArgs {
     actor: Option<String>,
 }
 
-pub(crate) fn parse_time(s: &str) -> Result<chrono::DateTime<chrono::Utc>, String> {
-    if let Ok(t) = chrono::DateTime::parse_from_rfc3339(s) {
-        return Ok(t.with_timezone(&chrono::Utc));
-    }
-    humantime::parse_duration(s)
-        .ok()
-        .and_then(|d| chrono::Duration::from_std(d).ok())
-        .map(|d| chrono::Utc::now() - d)
-        .ok_or_else(|| format!("{s:?} is neither an RFC 3339 time nor a duration like \"2h\""))
-}
+use fleet::queue::parse_json_object;
+pub(crate) use fleet::queue::parse_time;
 
 pub async fn run(a: QueueArgs, settings: &Settings) -> anyhow::Result<()> {
     let registry = fleet_registry(settings)?;

@@ -205,13 +205,25 @@ pub async fn serve(a: ServeArgs, settings: &Settings) -> anyhow::Result<()> {
     let webhooks = fleet::serve::harden(
         fleet::webhooks::router(
             pool.clone(),
-            Queue::new(pool.clone(), registry),
+            Queue::new(pool.clone(), registry.clone()),
             secrets,
             limits.max_body_bytes,
         ),
         &limits,
     );
-    let admin_routes = fleet::serve::harden(fleet::serve::admin_router(pool), &limits);
+    if settings.console.users.is_empty() {
+        tracing::warn!("no [console.users.*] are configured: nobody can sign in to the console");
+    }
+    let console = fleet::console::Console::new(
+        pool.clone(),
+        registry,
+        settings.console.clone(),
+        settings.worker.lease,
+    );
+    let admin_routes = fleet::serve::harden(
+        fleet::serve::admin_router_with_console(pool, console),
+        &limits,
+    );
     let (public_done, admin_done) = tokio::join!(
         fleet::serve::run_with(public, webhooks, &limits, shutdown.clone()),
         fleet::serve::run_with(admin, admin_routes, &limits, shutdown.clone()),

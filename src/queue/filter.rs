@@ -28,6 +28,28 @@ pub struct JobFilter {
     pub args_contain: Option<serde_json::Value>,
 }
 
+/// A time as operators write it in a filter (`--since`, the console's fields): an RFC 3339
+/// time, or a duration ago (`"2h"`).
+pub fn parse_time(s: &str) -> Result<DateTime<Utc>, String> {
+    if let Ok(t) = chrono::DateTime::parse_from_rfc3339(s) {
+        return Ok(t.with_timezone(&Utc));
+    }
+    humantime::parse_duration(s)
+        .ok()
+        .and_then(|d| chrono::Duration::from_std(d).ok())
+        .map(|d| Utc::now() - d)
+        .ok_or_else(|| format!("{s:?} is neither an RFC 3339 time nor a duration like \"2h\""))
+}
+
+/// Args to match as operators write them (`--args`): a JSON object.
+pub fn parse_json_object(s: &str) -> Result<serde_json::Value, String> {
+    match serde_json::from_str::<serde_json::Value>(s) {
+        Ok(v) if v.is_object() => Ok(v),
+        Ok(_) => Err(format!("{s:?} is not a JSON object")),
+        Err(e) => Err(format!("{s:?} is not JSON: {e}")),
+    }
+}
+
 impl JobFilter {
     /// True when nothing narrows the selection (mutating commands refuse that).
     pub fn is_empty(&self) -> bool {

@@ -155,7 +155,16 @@ pub struct JobSummary {
     pub idempotency_key: Option<String>,
     /// The latest error's message.
     pub last_error: Option<String>,
+    /// The worker holding the job's lease (set while it runs).
+    pub lease_owner: Option<String>,
+    /// When the latest claim began.
+    pub attempted_at: Option<DateTime<Utc>>,
 }
+
+/// The columns [`summary_of`] reads, in its order.
+const SUMMARY_COLUMNS: &str = "id, kind, queue, state::text, attempt, max_attempts, run_at, \
+     created_at, finished_at, idempotency_key, errors -> -1 ->> 'message', lease_owner, \
+     attempted_at";
 
 /// JobList: jobs matching `f`, newest first, `limit` per page, ids below `before_id`.
 pub async fn job_list(
@@ -165,8 +174,7 @@ pub async fn job_list(
     before_id: Option<i64>,
 ) -> Result<Vec<JobSummary>, sqlx::Error> {
     let sql = format!(
-        "SELECT id, kind, queue, state::text, attempt, max_attempts, run_at, created_at,
-                finished_at, idempotency_key, errors -> -1 ->> 'message'
+        "SELECT {SUMMARY_COLUMNS}
          FROM fleet_jobs WHERE {FILTER_SQL} AND ($9::bigint IS NULL OR id < $9)
          ORDER BY id DESC LIMIT $10"
     );
@@ -228,11 +236,9 @@ pub async fn job_list_children(
     conn: &mut PgConnection,
     id: i64,
 ) -> Result<Vec<JobSummary>, sqlx::Error> {
-    let rows = sqlx::query(
-        "SELECT id, kind, queue, state::text, attempt, max_attempts, run_at, created_at,
-                finished_at, idempotency_key, errors -> -1 ->> 'message'
-         FROM fleet_jobs WHERE parent_id = $1 ORDER BY id LIMIT 200",
-    )
+    let rows = sqlx::query(&format!(
+        "SELECT {SUMMARY_COLUMNS} FROM fleet_jobs WHERE parent_id = $1 ORDER BY id LIMIT 200"
+    ))
     .bind(id)
     .fetch_all(conn)
     .await?;
@@ -252,7 +258,51 @@ fn summary_of(r: sqlx::postgres::PgRow) -> JobSummary {
         finished_at: r.get(8),
         idempotency_key: r.get(9),
         last_error: r.get(10),
+        lease_owner: r.get(11),
+        attempted_at: r.get(12),
     }
+}
+
+/// Completions of one kind in one minute.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct CompletionMinute {
+    /// The kind.
+    pub kind: String,
+    /// The minute's start.
+    pub minute: DateTime<Utc>,
+    /// Jobs of `kind` that completed in it.
+    pub completed: i64,
+}
+
+/// JobCountCompletedByMinute: per kind, completions in each of the last `minutes` whole
+/// minutes up to now (the current, partial minute included), oldest first; minutes without a
+/// completion are left out.
+pub async fn job_count_completed_by_minute(
+    conn: &mut PgConnection,
+    minutes: i32,
+    now: Now,
+) -> Result<Vec<CompletionMinute>, sqlx::Error> {
+    let rows: Vec<(String, DateTime<Utc>, i64)> = sqlx::query_as(
+        "WITH t AS (SELECT coalesce($2::timestamptz, now()) AS now)
+         SELECT kind, date_trunc('minute', finished_at) AS minute, count(*)
+         FROM fleet_jobs, t
+         WHERE state = 'completed'
+           AND finished_at >= date_trunc('minute', t.now) - ($1 - 1) * interval '1 minute'
+           AND finished_at <= t.now
+         GROUP BY kind, minute ORDER BY minute, kind",
+    )
+    .bind(minutes)
+    .bind(now)
+    .fetch_all(conn)
+    .await?;
+    Ok(rows
+        .into_iter()
+        .map(|(kind, minute, completed)| CompletionMinute {
+            kind,
+            minute,
+            completed,
+        })
+        .collect())
 }
 
 /// Per-kind figures for `fleet queue stats` (one row per kind and queue).

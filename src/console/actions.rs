@@ -1,0 +1,484 @@
+//! `/ui/actions/*`: pause, resume and drain a kind; replay and cancel one job or a filter;
+//! refund a booking. Operators only ([`super::auth::require_operator`]), CSRF-checked like
+//! every POST.
+//!
+//! Every action is two requests. The first (no `confirm`) runs the CLI's dry run — the change
+//! made inside a transaction and rolled back — and shows what it would change, with a form to
+//! confirm. The second (`confirm=yes`) makes the change through the same [`crate::ops::Ops`]
+//! call as the CLI, which writes the same `audit_log` row, with the signed-in user as the
+//! actor. A bulk replay or cancel is confirmed for the jobs the preview showed: the confirming
+//! request carries their ids and acts on those of them that still match the filter, so jobs
+//! that came to match in between are never swept in unseen.
+
+use std::time::Duration;
+
+use axum::{
+    extract::{Path, State},
+    response::{IntoResponse, Response},
+    Extension,
+};
+use axum_extra::extract::Form;
+use maud::{html, Markup};
+use serde::Deserialize;
+
+use super::{
+    jobs::FilterFields,
+    respond,
+    templates::{self, Nav},
+    ConsoleState, PageError, PageResult, Session, WithSession,
+};
+
+/// The most jobs one confirmed bulk action may touch (the ids travel in the form); beyond,
+/// narrow the filter or use `fleet queue replay|cancel`.
+pub const MAX_CONFIRMED_JOBS: usize = 1000;
+/// How long a drain started here waits for its backlog before it leaves the kinds paused.
+const DEFAULT_DRAIN_TIMEOUT: Duration = Duration::from_secs(600);
+
+/// Every field an action form may send (each action reads its own).
+#[derive(Debug, Default, Deserialize)]
+pub struct ActionForm {
+    #[serde(default)]
+    id: String,
+    #[serde(default)]
+    kind: String,
+    #[serde(default)]
+    state: Vec<String>,
+    #[serde(default)]
+    queue: String,
+    #[serde(default)]
+    since: String,
+    #[serde(default)]
+    until: String,
+    #[serde(default)]
+    key: String,
+    #[serde(default)]
+    args: String,
+    /// Pause: free text; refund: a code.
+    #[serde(default)]
+    reason: String,
+    /// Refund: the booking id.
+    #[serde(default)]
+    booking: String,
+    /// Drain: how long to wait ("10m").
+    #[serde(default)]
+    timeout: String,
+    /// Replay/cancel confirmation: the ids the preview showed.
+    #[serde(default)]
+    only: String,
+    /// `yes` on the confirming request.
+    #[serde(default)]
+    confirm: String,
+}
+
+impl ActionForm {
+    fn confirmed(&self) -> bool {
+        self.confirm == "yes"
+    }
+
+    fn filter_fields(&self) -> FilterFields {
+        FilterFields {
+            id: self.id.clone(),
+            kind: self.kind.clone(),
+            state: self.state.clone(),
+            queue: self.queue.clone(),
+            since: self.since.clone(),
+            until: self.until.clone(),
+            key: self.key.clone(),
+            args: self.args.clone(),
+        }
+    }
+
+    fn kind(&self) -> Result<String, PageError> {
+        let k = self.kind.trim();
+        if k.is_empty() {
+            return Err(PageError::BadRequest("choose a kind".into()));
+        }
+        Ok(k.to_owned())
+    }
+}
+
+/// The page that asks for confirmation: the dry run's result and a form that repeats the
+/// request with `confirm=yes`.
+fn preview_page(
+    s: &Session,
+    title: &str,
+    action: &str,
+    what: Markup,
+    hidden: Markup,
+    extra_fields: Markup,
+    confirm_label: Option<&str>,
+) -> Response {
+    let body = html! {
+        div.page-head { h1 { (title) } }
+        (templates::notice("info", "Dry run:", html! { "nothing has changed yet. This is what confirming would do." }))
+        div.preview #preview { (what) }
+        @match confirm_label {
+            Some(label) => {
+                form.confirm method="post" action=(action) {
+                    (templates::csrf_field(s))
+                    (hidden)
+                    input type="hidden" name="confirm" value="yes";
+                    (extra_fields)
+                    div.buttons {
+                        button.primary.danger #confirm type="submit" { (label) }
+                        a href="/ui/" { "Back, change nothing" }
+                    }
+                }
+            }
+            None => p { a href="/ui/" { "Back to the overview" } },
+        }
+    };
+    templates::page(title, Some(s), Nav::None, body).into_response()
+}
+
+/// The page after a confirmed action.
+fn done_page(s: &Session, title: &str, audit_action: &str, what: Markup) -> Response {
+    let body = html! {
+        div.page-head { h1 { (title) } }
+        (templates::notice("info", "Done:", what))
+        p {
+            "Recorded in the audit trail as " code { (audit_action) } " by " strong { (s.user) } ". "
+            a #audit-link href=(format!("/ui/audit?actor={}", super::overview::enc(&s.user))) { "See the audit trail" }
+            " · " a href="/ui/" { "Overview" }
+        }
+    };
+    templates::page(title, Some(s), Nav::None, body).into_response()
+}
+
+fn kind_hidden(kind: &str) -> Markup {
+    html! { input type="hidden" name="kind" value=(kind); }
+}
+
+/// The words of a kind switch (pause or resume).
+struct Switch {
+    pause: bool,
+    path: &'static str,
+    audit_action: &'static str,
+    title: &'static str,
+    would: &'static str,
+    unchanged: &'static str,
+    label: &'static str,
+    done_title: &'static str,
+    done: &'static str,
+}
+
+const PAUSE: Switch = Switch {
+    pause: true,
+    path: "/ui/actions/pause",
+    audit_action: "kind.pause",
+    title: "Pause",
+    would: "Would pause",
+    unchanged: " is already paused: nothing would change.",
+    label: "Pause it",
+    done_title: "paused",
+    done: " is paused: no worker claims it until it is resumed.",
+};
+
+const RESUME: Switch = Switch {
+    pause: false,
+    path: "/ui/actions/resume",
+    audit_action: "kind.resume",
+    title: "Resume",
+    would: "Would resume",
+    unchanged: " is not paused: nothing would change.",
+    label: "Resume it",
+    done_title: "resumed",
+    done: " is resumed: workers claim its jobs again.",
+};
+
+/// `POST /ui/actions/{action}`: `pause`, `resume`, `drain`, `replay`, `cancel`, `refund`.
+pub async fn act(
+    State(st): State<ConsoleState>,
+    Extension(s): Extension<Session>,
+    Path(action): Path<String>,
+    Form(f): Form<ActionForm>,
+) -> Response {
+    respond(match action.as_str() {
+        "pause" => switch_kind(&st, &s, &f, &PAUSE).await,
+        "resume" => switch_kind(&st, &s, &f, &RESUME).await,
+        "drain" => drain(&st, &s, &f).await,
+        "replay" => replay(&st, &s, &f).await,
+        "cancel" => cancel(&st, &s, &f).await,
+        "refund" => refund(&st, &s, &f).await,
+        _ => Err((
+            PageError::NotFound(format!("there is no action {action:?}")),
+            Some(s.clone()),
+        )),
+    })
+}
+
+async fn switch_kind(st: &ConsoleState, s: &Session, f: &ActionForm, w: &Switch) -> PageResult {
+    let kind = f.kind().or_page(s)?;
+    let ops = st.ops(&s.user);
+    let reason = f.reason.trim();
+    let dry_run = !f.confirmed();
+    let r = if w.pause {
+        ops.pause(&kind, reason, dry_run).await
+    } else {
+        ops.resume(&kind, dry_run).await
+    }
+    .or_page(s)?;
+    if r.dry_run {
+        let what = if r.result {
+            html! { p { (w.would) " " strong { (kind) } ": "
+            @if w.pause { "no worker claims its jobs until it is resumed. Jobs already running finish; queued ones wait." }
+            @else { "workers claim its jobs again at once." } } }
+        } else {
+            html! { p { strong { (kind) } (w.unchanged) } }
+        };
+        let reason_field = if w.pause {
+            templates::field(
+                "reason",
+                "Reason (recorded in the audit trail)",
+                reason,
+                "e.g. provider outage, INC-123",
+            )
+        } else {
+            html! {}
+        };
+        return Ok(preview_page(
+            s,
+            &format!("{} {kind}?", w.title),
+            w.path,
+            what,
+            kind_hidden(&kind),
+            reason_field,
+            r.result.then_some(w.label),
+        ));
+    }
+    Ok(done_page(
+        s,
+        &format!("{kind} {}", w.done_title),
+        w.audit_action,
+        html! { strong { (kind) } @if r.result { (w.done) } @else { (w.unchanged.replace(": nothing would change", "")) } },
+    ))
+}
+
+/// Drain: the preview is the CLI's dry run; the confirmed drain runs in the
+/// background (it waits for the backlog), and the overview shows it as draining, then paused.
+async fn drain(st: &ConsoleState, s: &Session, f: &ActionForm) -> PageResult {
+    async {
+            let kind = f.kind().or_page(s)?;
+            let timeout = match f.timeout.trim() {
+                "" => DEFAULT_DRAIN_TIMEOUT,
+                t => humantime::parse_duration(t)
+                    .map_err(|_| PageError::BadRequest(format!("timeout: {t:?} is not a duration like \"10m\"")))
+                    .or_page(s)?,
+            };
+            let kinds = vec![kind.clone()];
+            let ops = st.ops(&s.user);
+            if !f.confirmed() {
+                let r = ops.drain(&kinds, timeout, true, |_| {}).await.or_page(s)?;
+                let d = &r.result;
+                let what = html! {
+                    p { "Would drain " strong { (kind) } ": hold its new jobs, let the "
+                        strong #backlog { (d.backlog) } " queued job(s) and the " strong { (d.running) }
+                        " running one(s) finish, then leave it paused until it is resumed." }
+                    @if d.held > 0 { p { (d.held) " job(s) would be held for the resume." } }
+                    @if !d.already_paused.is_empty() { p { "It is paused already: its queue stays held, only running jobs are waited for." } }
+                };
+                let timeout_field = templates::field("timeout", "Give up after", &humantime::format_duration(timeout).to_string(), "then the kind is left paused with work left");
+                return Ok(preview_page(s, &format!("Drain {kind}?"), "/ui/actions/drain", what, kind_hidden(&kind), timeout_field, Some("Drain it")));
+            }
+            ops.check_kind(&kind).await.or_page(s)?;
+            let user = s.user.clone();
+            tokio::spawn(async move {
+                match ops.drain(&kinds, timeout, false, |_| {}).await {
+                    Ok(r) => tracing::info!(user = %user, kinds = ?r.result.kinds, waited_ms = r.result.waited_ms, "console: drain finished"),
+                    Err(e) => tracing::warn!(user = %user, error = %e, "console: drain ended without draining"),
+                }
+            });
+            Ok(done_page(s, &format!("Draining {kind}"), "kind.drain", html! {
+                strong { (kind) } " is draining: its backlog runs, new jobs are held. The overview shows "
+                em { "draining" } ", then " em { "paused" } " when it is done (or after "
+                (humantime::format_duration(timeout).to_string()) ")."
+            }))
+        }
+    .await
+}
+
+/// The filter of a replay or cancel; on confirmation narrowed to the ids the preview showed.
+fn bulk_filter(f: &ActionForm) -> Result<crate::queue::JobFilter, PageError> {
+    let mut filter = f.filter_fields().to_filter()?;
+    if f.confirmed() {
+        let only: Vec<i64> = f
+            .only
+            .split(',')
+            .filter(|s| !s.is_empty())
+            .map(|s| s.trim().parse::<i64>())
+            .collect::<Result<_, _>>()
+            .map_err(|_| PageError::BadRequest("the confirmation's job ids are not ids".into()))?;
+        if only.is_empty() {
+            return Err(PageError::BadRequest(
+                "nothing to confirm: the preview matched no job".into(),
+            ));
+        }
+        filter.ids = Some(match filter.ids.take() {
+            Some(ids) => ids.into_iter().filter(|i| only.contains(i)).collect(),
+            None => only,
+        });
+    }
+    Ok(filter)
+}
+
+fn id_list(ids: &[i64]) -> Markup {
+    html! {
+        ul.ids {
+            @for id in ids.iter().take(100) { li { a href=(format!("/ui/jobs/{id}")) { (id) } } }
+            @if ids.len() > 100 { li { "… and " (ids.len() - 100) " more" } }
+        }
+    }
+}
+
+fn bulk_preview(
+    s: &Session,
+    f: &ActionForm,
+    verb: &str,
+    action: &str,
+    ids: &[i64],
+    detail: Markup,
+) -> Response {
+    let fields = f.filter_fields();
+    let what = html! {
+        p { "Filter: " (fields.describe()) "." }
+        p { "Would " (verb) " " strong #count { (ids.len()) } " job(s)." }
+        (detail)
+        @if ids.len() > MAX_CONFIRMED_JOBS {
+            (templates::notice("warn", "Too many to confirm here:", html! {
+                "the console confirms at most " (MAX_CONFIRMED_JOBS) " jobs at once. Narrow the filter, or use "
+                code { "fleet queue " (verb) } "."
+            }))
+        }
+    };
+    let hidden = html! {
+        (fields.hidden())
+        input type="hidden" name="only" value=(ids.iter().map(i64::to_string).collect::<Vec<_>>().join(","));
+    };
+    let can = !ids.is_empty() && ids.len() <= MAX_CONFIRMED_JOBS;
+    let label = format!("{} {} job(s)", capitalise(verb), ids.len());
+    preview_page(
+        s,
+        &format!("{} jobs?", capitalise(verb)),
+        action,
+        what,
+        hidden,
+        html! {},
+        can.then_some(label.as_str()),
+    )
+}
+
+fn capitalise(s: &str) -> String {
+    let mut c = s.chars();
+    c.next()
+        .map(|f| f.to_uppercase().chain(c).collect())
+        .unwrap_or_default()
+}
+
+async fn replay(st: &ConsoleState, s: &Session, f: &ActionForm) -> PageResult {
+    let filter = bulk_filter(f).or_page(s)?;
+    let r = st
+        .ops(&s.user)
+        .replay(&filter, !f.confirmed())
+        .await
+        .or_page(s)?;
+    let skipped = html! {
+        @if !r.result.skipped.is_empty() {
+            p { "Left alone:" }
+            ul { @for sk in &r.result.skipped { li { a href=(format!("/ui/jobs/{}", sk.id)) { (sk.id) } ": " (sk.reason) } } }
+        }
+    };
+    if r.dry_run {
+        let detail = html! {
+            p.muted { "Only dead or cancelled jobs are replayed: each becomes available now with a fresh attempt budget; its error history is kept." }
+            (id_list(&r.result.replayed)) (skipped)
+        };
+        return Ok(bulk_preview(
+            s,
+            f,
+            "replay",
+            "/ui/actions/replay",
+            &r.result.replayed,
+            detail,
+        ));
+    }
+    Ok(done_page(
+        s,
+        "Jobs replayed",
+        "job.replay",
+        html! {
+            "replayed " strong #done-count { (r.result.replayed.len()) } " job(s). "
+            (id_list(&r.result.replayed)) (skipped)
+        },
+    ))
+}
+
+async fn cancel(st: &ConsoleState, s: &Session, f: &ActionForm) -> PageResult {
+    let filter = bulk_filter(f).or_page(s)?;
+    let r = st
+        .ops(&s.user)
+        .cancel(&filter, !f.confirmed())
+        .await
+        .or_page(s)?;
+    let ids: Vec<i64> = r.result.iter().map(|c| c.id).collect();
+    let running = r.result.iter().filter(|c| c.was == "running").count();
+    if r.dry_run {
+        let detail = html! {
+            p.muted { "Only unfinished jobs are cancelled. " @if running > 0 { (running) " of them are running: their handlers are told to stop." } }
+            (id_list(&ids))
+        };
+        return Ok(bulk_preview(
+            s,
+            f,
+            "cancel",
+            "/ui/actions/cancel",
+            &ids,
+            detail,
+        ));
+    }
+    Ok(done_page(
+        s,
+        "Jobs cancelled",
+        "job.cancel",
+        html! { "cancelled " strong #done-count { (ids.len()) } " job(s). " (id_list(&ids)) },
+    ))
+}
+
+/// Refund a booking.
+async fn refund(st: &ConsoleState, s: &Session, f: &ActionForm) -> PageResult {
+    async {
+            let id = uuid::Uuid::parse_str(f.booking.trim())
+                .map_err(|_| PageError::BadRequest("booking: not a booking id".into()))
+                .or_page(s)?;
+            let reason = f.reason.trim();
+            let r = st
+                .ops(&s.user)
+                .booking_refund(id, reason, &st.queue, !f.confirmed())
+                .await
+                .or_page(s)?;
+            let x = &r.result;
+            let back = format!("/ui/bookings/{id}");
+            if r.dry_run {
+                let what = html! {
+                    @if x.duplicate {
+                        p { "A refund is already queued for this booking: nothing would be added." }
+                    } @else {
+                        p { "Booking " code { (id) } " is " strong { (x.status_before) } ". Would "
+                            @if x.booking_cancelled { "cancel it (and its order) and " }
+                            "request its refund (reason " code { (reason) } "), run by a "
+                            code { "refund_compensation" } " job under the key " code { "booking:" (id) ":refund" } "." }
+                    }
+                };
+                let hidden = html! {
+                    input type="hidden" name="booking" value=(id);
+                    input type="hidden" name="reason" value=(reason);
+                };
+                return Ok(preview_page(s, "Refund this booking?", "/ui/actions/refund", what, hidden, html! {}, (!x.duplicate).then_some("Refund it")));
+            }
+            Ok(done_page(s, "Refund requested", "booking.refund_requested", html! {
+                @if x.duplicate { "a refund was already queued (job " (x.job_id) "); nothing added. " }
+                @else { "the refund is queued as " a href=(format!("/ui/jobs/{}", x.job_id)) { "job " (x.job_id) } ". " }
+                a href=(back) { "Back to the booking" }
+            }))
+        }
+    .await
+}

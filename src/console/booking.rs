@@ -1,0 +1,250 @@
+//! `/ui/bookings/{id}`: what happened to one booking, as `fleet booking show` reads it
+//! ([`crate::ops::Ops::booking`]): its campaign's searches, the saga's steps with their times
+//! and the job behind each, the provider ids (PaymentIntent, order, refunds), compensation,
+//! emails sent and audit entries, merged into one timeline. No personal data: the view it
+//! renders carries none (no name, e-mail address, passport or PNR; the PNR is only said to
+//! be recorded).
+
+use axum::{
+    extract::{Path, State},
+    response::{IntoResponse, Redirect, Response},
+    Extension,
+};
+use axum_extra::extract::Query;
+use chrono::{DateTime, Utc};
+use jobs::Job;
+use maud::{html, Markup};
+use serde::Deserialize;
+
+use super::{
+    jobs::jobs_table,
+    respond,
+    templates::{self, Nav},
+    ConsoleState, PageError, Session, WithSession,
+};
+use crate::queue::JobSummary;
+
+/// `GET /ui/bookings?id=…`.
+#[derive(Debug, Deserialize)]
+pub struct FindQuery {
+    #[serde(default)]
+    id: String,
+}
+
+/// `GET /ui/bookings`: look a booking up by id.
+pub async fn find(Extension(s): Extension<Session>, Query(q): Query<FindQuery>) -> Response {
+    let id = q.id.trim();
+    if let Ok(id) = uuid::Uuid::parse_str(id) {
+        return Redirect::to(&format!("/ui/bookings/{id}")).into_response();
+    }
+    let body = html! {
+        div.page-head { h1 { "Bookings" } p.muted { "What happened to a booking: its searches, saga steps, provider ids, refunds, emails and audit trail." } }
+        @if !id.is_empty() {
+            (templates::notice("error", "Not a booking id:", html! { "a booking id is a UUID, like 0b9d…-…" }))
+        }
+        form.filters method="get" action="/ui/bookings" role="search" aria-label="Find a booking" {
+            (templates::field("id", "Booking id", id, "the UUID from support, a job's args or the audit trail"))
+            div.buttons { button.primary type="submit" { "Show" } }
+        }
+    };
+    templates::page("Bookings", Some(&s), Nav::Bookings, body).into_response()
+}
+
+/// One line of the timeline.
+struct Entry {
+    at: DateTime<Utc>,
+    what: &'static str,
+    tone: &'static str,
+    text: Markup,
+}
+
+/// The booking-attempt job whose run covers `at`: the job behind a saga step.
+fn job_behind<'a>(jobs: &'a [JobSummary], kind: &str, at: DateTime<Utc>) -> Option<&'a JobSummary> {
+    jobs.iter()
+        .filter(|j| j.kind == kind && j.created_at <= at && j.finished_at.is_none_or(|f| f >= at))
+        .max_by_key(|j| j.created_at)
+        .or_else(|| {
+            jobs.iter()
+                .filter(|j| j.kind == kind)
+                .max_by_key(|j| j.created_at)
+        })
+}
+
+fn job_link(j: Option<&JobSummary>) -> Markup {
+    match j {
+        Some(j) => {
+            html! { a href=(format!("/ui/jobs/{}", j.id)) { "job " (j.id) } " " (templates::state_badge(&j.state)) }
+        }
+        None => html! { span.muted { "—" } },
+    }
+}
+
+/// `GET /ui/bookings/{id}`.
+pub async fn show(
+    State(st): State<ConsoleState>,
+    Extension(s): Extension<Session>,
+    Path(id): Path<String>,
+) -> Response {
+    use jobs::kinds::{
+        booking_attempt::BookingAttempt, campaign_search::CampaignSearch,
+        refund_compensation::RefundCompensation,
+    };
+    respond(
+        async {
+            let id = uuid::Uuid::parse_str(&id)
+                .map_err(|_| PageError::NotFound(format!("{id:?} is not a booking id")))
+                .or_page(&s)?;
+            let r = st.ops(&s.user).booking(id).await.or_page(&s)?;
+            let b = &r.booking;
+            let searches: Vec<JobSummary> = r.jobs.iter().filter(|j| j.kind == CampaignSearch::KIND).cloned().collect();
+            let refund_jobs: Vec<JobSummary> = r.jobs.iter().filter(|j| j.kind == RefundCompensation::KIND).cloned().collect();
+            let mut timeline: Vec<Entry> = Vec::new();
+            for st in &b.steps {
+                let j = job_behind(&r.jobs, BookingAttempt::KIND, st.at);
+                timeline.push(Entry { at: st.at, what: "saga step", tone: "step", text: html! { strong { (st.step.replace('_', " ")) } " · " (job_link(j)) } });
+            }
+            for j in &r.jobs {
+                timeline.push(Entry { at: j.created_at, what: "job", tone: "job", text: html! {
+                    a href=(format!("/ui/jobs/{}", j.id)) { (j.kind) " " (j.id) } " enqueued · " (templates::state_badge(&j.state))
+                    @if let Some(e) = &j.last_error { " · " span.error { (e) } }
+                }});
+            }
+            for f in &b.refunds {
+                timeline.push(Entry { at: f.created_at, what: "refund", tone: "refund", text: html! {
+                    "refund of " (f.amount) " " (f.currency) " (" (f.reason) "), " (f.status)
+                    @if let Some(re) = &f.stripe_refund_id { " · " code { (re) } }
+                }});
+            }
+            for e in &b.emails {
+                if let Some(at) = e.sent_at {
+                    timeline.push(Entry { at, what: "email", tone: "email", text: html! { (e.kind) " sent · " code { (e.dedupe_key) } } });
+                }
+            }
+            for a in &b.audit {
+                timeline.push(Entry { at: a.created_at, what: "audit", tone: "audit", text: html! { code { (a.action) } " by " (a.actor) } });
+            }
+            timeline.sort_by_key(|e| e.at);
+            let refundable = matches!(b.status.as_str(), "ticketed" | "cancelled");
+            let row = |k: &str, v: Markup| html! { dt { (k) } dd { (v) } };
+            let opt = |v: &Option<String>| match v { Some(v) => html! { code { (v) } }, None => html! { span.muted { "—" } } };
+            let body = html! {
+                div.page-head {
+                    h1 { "Booking " code { (b.id) } }
+                    p { (booking_badge(&b.status)) " " strong { (b.total_amount) " " (b.currency) } }
+                }
+                dl.facts {
+                    (row("Campaign", match b.campaign_id { Some(c) => html! { code { (c) } }, None => html! { "detached (the user was erased)" } }))
+                    (row("Offer", html! { code { (b.offer_id) } }))
+                    (row("Order", opt(&b.order_id)))
+                    (row("PaymentIntent", html! { (opt(&b.payment_intent_id)) @if let Some(st) = &b.payment_intent_status { " (" (st) ")" } }))
+                    (row("Failure", opt(&b.failure_code)))
+                    (row("PNR", html! { @if b.pnr_recorded { "recorded (not shown)" } @else { span.muted { "none" } } }))
+                }
+                section {
+                    h2 { "Timeline" }
+                    ol.timeline #timeline {
+                        @for e in &timeline {
+                            li class=(format!("tl tl-{}", e.tone)) {
+                                span.tl-when { span.abs { (e.at.format("%H:%M:%S")) } (templates::time(e.at)) }
+                                span class=(format!("badge tone-{}", e.tone)) { (e.what) }
+                                span.tl-what { (e.text) }
+                            }
+                        }
+                    }
+                }
+                section {
+                    h2 { "Saga steps" }
+                    (templates::sortable("steps", "The saga's steps and the job behind each", &[("Step", false), ("At", false), ("Job", false)], html! {
+                        @for st in &b.steps {
+                            tr {
+                                td { (st.step.replace('_', " ")) }
+                                td data-sort=(st.at.timestamp_millis()) { (templates::time(st.at)) }
+                                td { (job_link(job_behind(&r.jobs, BookingAttempt::KIND, st.at))) }
+                            }
+                        }
+                    }))
+                }
+                section {
+                    h2 { "Searches" }
+                    (jobs_table("searches", "The campaign's searches", &searches))
+                }
+                section {
+                    h2 { "Compensation" }
+                    @if b.refunds.is_empty() && refund_jobs.is_empty() {
+                        p.muted { "No refund was requested." }
+                    } @else {
+                        (templates::sortable("refunds", "Refunds of the booking", &[("Stripe refund", false), ("Amount", false), ("Reason", false), ("Status", false), ("Requested", false)], html! {
+                            @for f in &b.refunds {
+                                tr {
+                                    td { (opt(&f.stripe_refund_id)) }
+                                    td { (f.amount) " " (f.currency) }
+                                    td { (f.reason) }
+                                    td { (f.status) }
+                                    td data-sort=(f.created_at.timestamp_millis()) { (templates::time(f.created_at)) }
+                                }
+                            }
+                        }))
+                        (jobs_table("refund-jobs", "The refund jobs", &refund_jobs))
+                    }
+                }
+                section {
+                    h2 { "Emails" }
+                    @if b.emails.is_empty() { p.muted { "No email." } } @else {
+                        (templates::sortable("emails", "Emails the booking caused (no address is stored here)", &[("Email", false), ("Dedupe key", false), ("Sent", false)], html! {
+                            @for e in &b.emails {
+                                tr {
+                                    td { (e.kind) }
+                                    td { code { (e.dedupe_key) } }
+                                    td data-sort=(e.sent_at.map(|t| t.timestamp_millis()).unwrap_or(0)) { @match e.sent_at { Some(t) => (templates::time(t)), None => span.muted { "not yet" } } }
+                                }
+                            }
+                        }))
+                    }
+                }
+                section {
+                    h2 { "Audit entries" }
+                    (templates::sortable("booking-audit", "Audit entries of the booking and its campaign", &[("At", false), ("Actor", false), ("Action", false), ("Details", false)], html! {
+                        @for a in &b.audit {
+                            tr {
+                                td data-sort=(a.created_at.timestamp_millis()) { (templates::time(a.created_at)) }
+                                td { (a.actor) }
+                                td { code { (a.action) } }
+                                td { code.clip title=(a.metadata.to_string()) { (a.metadata.to_string()) } }
+                            }
+                        }
+                    }))
+                }
+                section {
+                    h2 { "Every job behind it" }
+                    (jobs_table("booking-jobs", "Searches, attempts, refunds and webhook follow-ups of this booking", &r.jobs))
+                }
+                @if s.can_act() && refundable {
+                    section.act {
+                        h2 { "Refund this booking" }
+                        p.muted { "A ticketed booking is cancelled (its order too) and refunded; a cancelled one holding captured money is refunded. You see what it would do first." }
+                        form method="post" action="/ui/actions/refund" {
+                            (templates::csrf_field(&s))
+                            input type="hidden" name="booking" value=(b.id);
+                            (templates::field("reason", "Reason (a code)", "customer_request", "e.g. customer_request, airline_cancelled"))
+                            div.buttons { button type="submit" { "Refund…" } }
+                        }
+                    }
+                }
+            };
+            Ok(templates::page("Booking", Some(&s), Nav::Bookings, body).into_response())
+        }
+        .await,
+    )
+}
+
+fn booking_badge(status: &str) -> Markup {
+    let (tone, symbol) = match status {
+        "ticketed" => ("completed", "✓"),
+        "refunded" => ("cancelled", "↩"),
+        "failed" => ("dead", "✕"),
+        "cancelled" => ("cancelled", "⊘"),
+        "authorized" => ("running", "◐"),
+        _ => ("available", "●"),
+    };
+    templates::badge(tone, symbol, status)
+}

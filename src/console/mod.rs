@@ -1,0 +1,214 @@
+//! The operator console: a web page for the fleet, served by `fleet serve` on the admin
+//! listener under `/ui/` (docs/console.md).
+//!
+//! It reads and acts through the same functions as the CLI ([`crate::ops::Ops`] over
+//! `src/queue/` and the domain's booking view): no query of its own, apart from its sessions
+//! table. Every action is shown first as the CLI's dry run, then confirmed, then written with
+//! the same `audit_log` row as the CLI, the signed-in user as its actor.
+//!
+//! | page | module |
+//! |---|---|
+//! | sign-in, sessions, CSRF, roles | [`auth`] |
+//! | `/ui/` live overview | `overview` |
+//! | `/ui/jobs`, `/ui/jobs/{id}` | `jobs` |
+//! | `/ui/bookings/{id}` timeline | `booking` |
+//! | `/ui/actions/*` preview, confirm, result | `actions` |
+//! | `/ui/audit` | `audit` |
+//! | page frame, badges, times, static files | `templates` |
+//!
+//! Access: every route but the login page and the static files needs a session
+//! ([`auth::require_session`]); every state-changing request needs the session's CSRF token
+//! ([`auth::require_csrf`]); every action needs the operator role ([`auth::require_operator`]).
+
+mod actions;
+mod audit;
+pub mod auth;
+mod booking;
+mod jobs;
+mod overview;
+mod templates;
+
+use std::{sync::Arc, time::Duration};
+
+use axum::{
+    http::StatusCode,
+    middleware,
+    response::{IntoResponse, Response},
+    routing::{get, post},
+    Router,
+};
+use sqlx::PgPool;
+
+use crate::{config::ConsoleSettings, ops::Ops, Queue, Registry};
+
+pub use auth::{hash_password, Session};
+
+/// Everything the console's handlers share (behind [`ConsoleState`]).
+pub struct Inner {
+    pool: PgPool,
+    registry: Arc<Registry>,
+    queue: Queue,
+    settings: ConsoleSettings,
+    /// A worker whose last heartbeat is older than this is shown as stale (`worker.lease`,
+    /// as `fleet workers` does).
+    alive_within: Duration,
+    limiter: auth::LoginLimiter,
+    overview: overview::Cache,
+}
+
+/// The console's shared state.
+#[derive(Clone)]
+pub struct ConsoleState(Arc<Inner>);
+
+impl std::ops::Deref for ConsoleState {
+    type Target = Inner;
+    fn deref(&self) -> &Inner {
+        &self.0
+    }
+}
+
+impl ConsoleState {
+    /// The CLI's operator commands, acting as `actor` (the signed-in user).
+    fn ops(&self, actor: &str) -> Ops {
+        Ops::new(self.pool.clone(), self.registry.kind_names(), actor)
+    }
+}
+
+/// The console, ready to be served.
+pub struct Console {
+    state: ConsoleState,
+}
+
+impl Console {
+    /// A console over `pool` for the kinds of `registry`; `alive_within`: how recent a
+    /// worker's heartbeat must be for it to count as alive (`worker.lease`).
+    pub fn new(
+        pool: PgPool,
+        registry: Arc<Registry>,
+        settings: ConsoleSettings,
+        alive_within: Duration,
+    ) -> Self {
+        let queue = Queue::new(pool.clone(), registry.clone());
+        let limiter = auth::limiter_for(&settings);
+        let overview = overview::Cache::new(settings.refresh);
+        Self {
+            state: ConsoleState(Arc::new(Inner {
+                pool,
+                registry,
+                queue,
+                settings,
+                alive_within,
+                limiter,
+                overview,
+            })),
+        }
+    }
+
+    /// The console's routes, with absolute paths under `/ui/` (merge it into the admin
+    /// router; [`crate::serve::admin_router_with_console`] does).
+    pub fn router(self) -> Router {
+        let st = self.state;
+        let act = Router::new()
+            .route("/ui/actions/{action}", post(actions::act))
+            .route_layer(middleware::from_fn(auth::require_operator));
+        let signed_in = Router::new()
+            .route("/ui/", get(overview::page))
+            .route("/ui/overview/live", get(overview::live))
+            .route("/ui/jobs", get(jobs::list))
+            .route("/ui/jobs/{id}", get(jobs::show))
+            .route("/ui/bookings", get(booking::find))
+            .route("/ui/bookings/{id}", get(booking::show))
+            .route("/ui/audit", get(audit::list))
+            .route("/ui/logout", post(auth::logout))
+            .merge(act)
+            // Outermost first: the session, then the CSRF check that needs it.
+            .route_layer(middleware::from_fn(auth::require_csrf))
+            .route_layer(middleware::from_fn_with_state(
+                st.clone(),
+                auth::require_session,
+            ));
+        Router::new()
+            .route("/ui/login", get(auth::login_page).post(auth::login))
+            .route("/ui/static/{file}", get(templates::asset))
+            .merge(signed_in)
+            .fallback(not_found)
+            .layer(middleware::from_fn(auth::security_headers))
+            .with_state(st)
+    }
+}
+
+async fn not_found() -> Response {
+    templates::error_page(StatusCode::NOT_FOUND, "there is no such page", None)
+}
+
+/// What a console handler can fail with; each variant names its status.
+#[derive(Debug)]
+pub(crate) enum PageError {
+    /// 404: the thing asked for does not exist.
+    NotFound(String),
+    /// 400: the request cannot be done as asked (a bad filter, an unknown kind); nothing
+    /// changed. The message is the CLI's usage message.
+    BadRequest(String),
+    /// 500: the database or a bug; the details go to the log, not the page.
+    Internal(anyhow::Error),
+}
+
+impl From<anyhow::Error> for PageError {
+    fn from(e: anyhow::Error) -> Self {
+        match e.downcast::<crate::ops::UsageError>() {
+            Ok(u) => Self::BadRequest(u.0),
+            Err(e) => Self::Internal(e),
+        }
+    }
+}
+
+impl From<sqlx::Error> for PageError {
+    fn from(e: sqlx::Error) -> Self {
+        Self::Internal(e.into())
+    }
+}
+
+impl PageError {
+    fn into_page(self, session: Option<&Session>) -> Response {
+        match self {
+            Self::NotFound(m) => templates::error_page(StatusCode::NOT_FOUND, &m, session),
+            Self::BadRequest(m) => templates::error_page(StatusCode::BAD_REQUEST, &m, session),
+            Self::Internal(e) => {
+                tracing::error!(error = %format!("{e:#}"), "console: a page failed");
+                templates::error_page(
+                    StatusCode::INTERNAL_SERVER_ERROR,
+                    "something failed on our side; the log has the details",
+                    session,
+                )
+            }
+        }
+    }
+}
+
+/// A handler's result: a page, or an error page for the signed-in user.
+pub(crate) type PageResult = Result<Response, (PageError, Option<Session>)>;
+
+/// Attaches the session to an error, so its page keeps the nav.
+pub(crate) trait WithSession<T> {
+    fn or_page(self, s: &Session) -> Result<T, (PageError, Option<Session>)>;
+}
+
+impl<T, E: Into<PageError>> WithSession<T> for Result<T, E> {
+    fn or_page(self, s: &Session) -> Result<T, (PageError, Option<Session>)> {
+        self.map_err(|e| (e.into(), Some(s.clone())))
+    }
+}
+
+/// Turns a [`PageResult`] into the response.
+pub(crate) fn respond(r: PageResult) -> Response {
+    match r {
+        Ok(res) => res,
+        Err((e, s)) => e.into_page(s.as_ref()),
+    }
+}
+
+impl IntoResponse for PageError {
+    fn into_response(self) -> Response {
+        self.into_page(None)
+    }
+}

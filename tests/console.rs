@@ -1,0 +1,1098 @@
+//! The operator console in a real browser: Debian's headless Chromium driven over WebDriver
+//! (chromedriver) against the console served the way `fleet serve` serves it (the admin router
+//! with the console, the hardened listener), on a scratch database, with in-process workers and
+//! the provider sandbox.
+//!
+//! These tests need `chromium` and `chromedriver` (`apt-get install -y chromium
+//! chromium-driver`; `.ci/run` installs them). Without them they fail, saying so.
+//!
+//! With `FLEET_CONSOLE_SCREENSHOTS=docs/console` they also save a screenshot of each main page
+//! there (docs/console.md).
+
+mod common;
+
+use std::{
+    path::PathBuf,
+    process::{Child, Command, Stdio},
+    sync::{
+        atomic::{AtomicBool, Ordering},
+        Arc, OnceLock,
+    },
+    time::Duration,
+};
+
+use common::*;
+use fantoccini::{elements::Element, Client, ClientBuilder, Locator};
+use fleet::{
+    console::Console,
+    database::ScratchDb,
+    queue::{self, JobState},
+    Queue, Registry,
+};
+use jobs::{Job, JobContext, JobError};
+use serde::{Deserialize, Serialize};
+use serde_json::{json, Value};
+use sqlx::PgPool;
+use tokio_util::sync::CancellationToken;
+
+const SECS: fn(u64) -> Duration = Duration::from_secs;
+
+/// The operator's and the viewer's passwords (hashed with the console's own Argon2 at start).
+const ALICE_PW: &str = "alice-operator-pw-1";
+const VIV_PW: &str = "viv-viewer-pw-22";
+/// The trace UI the test console links to.
+const TRACING_URL: &str = "https://traces.example.test/trace/{trace_id}";
+
+// ─── a browser ──────────────────────────────────────────────────────────────────────────────
+
+fn chromium_binary() -> PathBuf {
+    let candidates = ["/usr/bin/chromium", "/usr/bin/chromium-browser"];
+    candidates
+        .iter()
+        .map(PathBuf::from)
+        .find(|p| p.exists())
+        .unwrap_or_else(|| {
+            panic!(
+                "the console's browser tests need Chromium, and none is installed (looked for {}): \
+                 `apt-get install -y chromium chromium-driver` (.ci/run does this)",
+                candidates.join(", ")
+            )
+        })
+}
+
+fn chromedriver_binary() -> PathBuf {
+    let p = PathBuf::from("/usr/bin/chromedriver");
+    assert!(
+        p.exists(),
+        "the console's browser tests need chromedriver, and /usr/bin/chromedriver is missing: \
+         `apt-get install -y chromium-driver` (.ci/run does this)"
+    );
+    p
+}
+
+/// Headless Chromium with a fresh profile, driven by its own chromedriver process group.
+struct Browser {
+    c: Client,
+    driver: Child,
+    profile: PathBuf,
+    /// The console's base URL (`http://127.0.0.1:port`).
+    base: String,
+}
+
+impl Browser {
+    async fn open(base: &str) -> Browser {
+        let chromium = chromium_binary();
+        let driver_bin = chromedriver_binary();
+        let port = {
+            let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+            l.local_addr().unwrap().port()
+        };
+        let profile = std::env::temp_dir().join(format!(
+            "fleet-console-chromium-{}-{}",
+            std::process::id(),
+            uuid::Uuid::new_v4().simple()
+        ));
+        std::fs::create_dir_all(&profile).unwrap();
+        let mut cmd = Command::new(driver_bin);
+        cmd.arg(format!("--port={port}"))
+            .stdout(Stdio::null())
+            .stderr(Stdio::null());
+        std::os::unix::process::CommandExt::process_group(&mut cmd, 0);
+        let driver = cmd.spawn().expect("start chromedriver");
+        let mut caps = serde_json::Map::new();
+        caps.insert(
+            "goog:chromeOptions".into(),
+            json!({
+                "binary": chromium,
+                "args": [
+                    "--headless", "--no-sandbox", "--disable-gpu",
+                    "--disable-background-networking", "--disable-component-update",
+                    "--no-first-run", "--disable-dev-shm-usage", "--hide-scrollbars",
+                    "--force-device-scale-factor=1", "--window-size=1360,900",
+                    format!("--user-data-dir={}", profile.display()),
+                ],
+            }),
+        );
+        let url = format!("http://127.0.0.1:{port}");
+        let deadline = std::time::Instant::now() + SECS(20);
+        let c = loop {
+            match ClientBuilder::new(hyper_util::client::legacy::connect::HttpConnector::new())
+                .capabilities(caps.clone())
+                .connect(&url)
+                .await
+            {
+                Ok(c) => break c,
+                Err(e) if std::time::Instant::now() > deadline => {
+                    panic!("chromedriver on {url} did not start Chromium: {e}")
+                }
+                Err(_) => tokio::time::sleep(Duration::from_millis(100)).await,
+            }
+        };
+        Browser {
+            c,
+            driver,
+            profile,
+            base: base.to_owned(),
+        }
+    }
+
+    async fn goto(&self, path: &str) {
+        self.c.goto(&format!("{}{path}", self.base)).await.unwrap();
+    }
+
+    /// The element matching `css`, waiting up to 10 s for it.
+    async fn el(&self, css: &str) -> Element {
+        self.c
+            .wait()
+            .at_most(SECS(10))
+            .for_element(Locator::Css(css))
+            .await
+            .unwrap_or_else(|e| panic!("no {css:?} on the page: {e}"))
+    }
+
+    async fn text(&self, css: &str) -> String {
+        self.el(css).await.text().await.unwrap()
+    }
+
+    async fn main_text(&self) -> String {
+        self.text("main").await
+    }
+
+    async fn has(&self, css: &str) -> bool {
+        self.c.find(Locator::Css(css)).await.is_ok()
+    }
+
+    async fn click(&self, css: &str) {
+        self.el(css).await.click().await.unwrap();
+    }
+
+    async fn fill(&self, css: &str, value: &str) {
+        let e = self.el(css).await;
+        e.clear().await.unwrap();
+        e.send_keys(value).await.unwrap();
+    }
+
+    /// The button whose text is `label` inside `scope`.
+    async fn click_button(&self, scope: &str, label: &str) {
+        let buttons = self
+            .c
+            .find_all(Locator::Css(&format!("{scope} button")))
+            .await
+            .unwrap();
+        for b in buttons {
+            if b.text().await.unwrap().trim() == label {
+                b.click().await.unwrap();
+                return;
+            }
+        }
+        panic!("no button {label:?} in {scope}");
+    }
+
+    /// Waits until the page's `<h1>` contains `what`.
+    async fn wait_h1(&self, what: &str) {
+        let deadline = tokio::time::Instant::now() + SECS(10);
+        loop {
+            if let Ok(h) = self.c.find(Locator::Css("h1")).await {
+                if h.text().await.unwrap_or_default().contains(what) {
+                    return;
+                }
+            }
+            if tokio::time::Instant::now() > deadline {
+                panic!(
+                    "no <h1> with {what:?}; page: {}",
+                    self.c.source().await.unwrap_or_default()
+                );
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+
+    async fn path(&self) -> String {
+        let u = self.c.current_url().await.unwrap();
+        match u.query() {
+            Some(q) => format!("{}?{q}", u.path()),
+            None => u.path().to_owned(),
+        }
+    }
+
+    async fn sign_in(&self, user: &str, password: &str) {
+        self.goto("/ui/login").await;
+        self.fill("#username", user).await;
+        self.fill("#password", password).await;
+        self.click(".login button[type=submit]").await;
+        self.wait_h1("Overview").await;
+    }
+
+    /// From the overview: choose `kind` and press `button` of "Act on a kind".
+    async fn act_on_kind(&self, kind: &str, button: &str) {
+        self.goto("/ui/").await;
+        self.el("#act-kind")
+            .await
+            .select_by_value(kind)
+            .await
+            .unwrap();
+        self.click_button("section.act", button).await;
+    }
+
+    /// The page's CSRF token (from its sign-out form).
+    async fn csrf(&self) -> String {
+        self.el("form[action='/ui/logout'] input[name=csrf]")
+            .await
+            .attr("value")
+            .await
+            .unwrap()
+            .expect("a csrf value")
+    }
+
+    /// POSTs `body` (form-encoded) from inside the page, with its cookies; returns the status.
+    async fn post_from_page(&self, path: &str, body: &str) -> u64 {
+        let v = self
+            .c
+            .execute(
+                "return fetch(arguments[0], {method: 'POST', headers: \
+                 {'content-type': 'application/x-www-form-urlencoded'}, body: arguments[1], \
+                 redirect: 'manual'}).then(r => r.status)",
+                vec![json!(path), json!(body)],
+            )
+            .await
+            .unwrap();
+        v.as_u64().unwrap()
+    }
+
+    /// With `FLEET_CONSOLE_SCREENSHOTS=DIR`: the whole page as `DIR/name.png`.
+    async fn screenshot(&self, name: &str) {
+        let Ok(dir) = std::env::var("FLEET_CONSOLE_SCREENSHOTS") else {
+            return;
+        };
+        let h = self
+            .c
+            .execute("return document.documentElement.scrollHeight", vec![])
+            .await
+            .unwrap()
+            .as_u64()
+            .unwrap_or(900)
+            .clamp(600, 4000);
+        self.c.set_window_size(1360, h as u32 + 90).await.unwrap();
+        tokio::time::sleep(Duration::from_millis(150)).await;
+        let png = self.c.screenshot().await.unwrap();
+        std::fs::create_dir_all(&dir).unwrap();
+        std::fs::write(format!("{dir}/{name}.png"), png).unwrap();
+        self.c.set_window_size(1360, 900).await.unwrap();
+    }
+
+    async fn close(self) {
+        let c = self.c.clone();
+        let _ = c.close().await;
+        drop(self);
+    }
+}
+
+impl Drop for Browser {
+    fn drop(&mut self) {
+        // The process group this test started: chromedriver and the Chromium it launched.
+        unsafe {
+            libc::kill(-(self.driver.id() as i32), libc::SIGKILL);
+        }
+        let _ = self.driver.wait();
+        let _ = std::fs::remove_dir_all(&self.profile);
+    }
+}
+
+// ─── the console under test ─────────────────────────────────────────────────────────────────
+
+fn hashes() -> &'static (String, String) {
+    static H: OnceLock<(String, String)> = OnceLock::new();
+    H.get_or_init(|| {
+        (
+            fleet::console::hash_password(ALICE_PW).unwrap(),
+            fleet::console::hash_password(VIV_PW).unwrap(),
+        )
+    })
+}
+
+/// The settings `fleet serve` would load with alice (operator) and viv (viewer) configured
+/// through the environment, a quick refresh and a tracing UI.
+fn settings() -> fleet::config::Settings {
+    let (alice, viv) = hashes();
+    let env: Vec<(String, String)> = [
+        ("FLEET_CONSOLE__USERS__ALICE__ROLE", "operator"),
+        ("FLEET_CONSOLE__USERS__ALICE__PASSWORD_HASH", alice.as_str()),
+        ("FLEET_CONSOLE__USERS__VIV__ROLE", "viewer"),
+        ("FLEET_CONSOLE__USERS__VIV__PASSWORD_HASH", viv.as_str()),
+        ("FLEET_CONSOLE__REFRESH", "500ms"),
+        ("FLEET_CONSOLE__TRACING_URL", TRACING_URL),
+        ("FLEET_CONSOLE__LOGIN_MAX_FAILURES", "3"),
+    ]
+    .iter()
+    .map(|(k, v)| (k.to_string(), v.to_string()))
+    .collect();
+    fleet::config::Settings::from_sources(None, &env).unwrap()
+}
+
+/// Fails until the test says the bug is fixed (then succeeds): a dead job worth replaying.
+#[derive(Debug, Serialize, Deserialize)]
+struct FixedLater {}
+static FIXED: AtomicBool = AtomicBool::new(false);
+impl Job for FixedLater {
+    const KIND: &'static str = "test.fixed_later";
+    async fn run(self, _ctx: JobContext) -> Result<(), JobError> {
+        if FIXED.load(Ordering::SeqCst) {
+            Ok(())
+        } else {
+            Err(JobError::fatal("upstream rejected the request: bug 4711"))
+        }
+    }
+}
+
+/// Every kind of the fleet plus the tests' own.
+fn registry() -> Arc<Registry> {
+    let mut r = fleet_registry();
+    r.register::<FixedLater>()
+        .register::<Stubborn>()
+        .register::<Discards>();
+    Arc::new(r)
+}
+
+struct App {
+    db: ScratchDb,
+    base: String,
+    registry: Arc<Registry>,
+    stop: CancellationToken,
+}
+
+impl App {
+    async fn start() -> App {
+        let db = db().await;
+        let registry = registry();
+        let s = settings();
+        let console = Console::new(
+            db.pool.clone(),
+            registry.clone(),
+            s.console.clone(),
+            Duration::from_secs(2),
+        );
+        let (base, stop) = serve(fleet::serve::admin_router_with_console(
+            db.pool.clone(),
+            console,
+        ))
+        .await;
+        App {
+            db,
+            base,
+            registry,
+            stop,
+        }
+    }
+
+    fn pool(&self) -> &PgPool {
+        &self.db.pool
+    }
+
+    fn queue(&self) -> Queue {
+        Queue::new(self.db.pool.clone(), self.registry.clone())
+    }
+
+    fn worker(&self) -> RunningWorker {
+        start_worker(self.pool(), self.registry.clone(), fast_settings())
+    }
+
+    async fn browser(&self) -> Browser {
+        Browser::open(&self.base).await
+    }
+
+    /// Audit rows of `action`: (actor, resource_id, metadata).
+    async fn audit(&self, action: &str) -> Vec<(String, Option<String>, Value)> {
+        sqlx::query_as(
+            "SELECT actor, resource_id, metadata FROM audit_log WHERE action = $1
+             ORDER BY created_at",
+        )
+        .bind(action)
+        .fetch_all(self.pool())
+        .await
+        .unwrap()
+    }
+
+    async fn paused(&self) -> Vec<String> {
+        let mut c = self.pool().acquire().await.unwrap();
+        queue::kind_list_paused(&mut c)
+            .await
+            .unwrap()
+            .into_iter()
+            .map(|p| p.kind)
+            .collect()
+    }
+}
+
+impl Drop for App {
+    fn drop(&mut self) {
+        self.stop.cancel();
+    }
+}
+
+fn http() -> reqwest::Client {
+    reqwest::Client::builder()
+        .redirect(reqwest::redirect::Policy::none())
+        .build()
+        .unwrap()
+}
+
+// ─── the tests ──────────────────────────────────────────────────────────────────────────────
+
+#[tokio::test]
+async fn without_a_session_every_page_leads_to_sign_in_and_only_the_right_password_lets_you_in() {
+    let app = App::start().await;
+    // No cookie: pages redirect to the login, htmx refreshes and actions are refused.
+    let h = http();
+    for path in ["/ui/", "/ui/jobs", "/ui/audit", "/ui/bookings"] {
+        let r = h.get(format!("{}{path}", app.base)).send().await.unwrap();
+        assert_eq!(r.status(), 303, "{path}");
+        let to = r.headers()["location"].to_str().unwrap().to_owned();
+        assert!(to.starts_with("/ui/login"), "{path} -> {to}");
+    }
+    let r = h
+        .get(format!("{}/ui/overview/live", app.base))
+        .header("hx-request", "true")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 401);
+    let r = h
+        .post(format!("{}/ui/actions/pause", app.base))
+        .form(&[("kind", "fleet.sleep"), ("confirm", "yes")])
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 401, "an action without a session");
+    assert!(app.paused().await.is_empty());
+    // `/` and `/ui` lead to the console.
+    let r = h.get(format!("{}/", app.base)).send().await.unwrap();
+    assert_eq!(r.headers()["location"], "/ui/");
+
+    let b = app.browser().await;
+    b.goto("/ui/jobs?kind=fleet.sleep").await;
+    b.wait_h1("Sign in").await;
+    assert!(
+        b.path().await.starts_with("/ui/login?next="),
+        "{}",
+        b.path().await
+    );
+    b.screenshot("login").await;
+    // A wrong password: refused, told so, still signed out.
+    b.fill("#username", "alice").await;
+    b.fill("#password", "not-her-password").await;
+    b.click(".login button[type=submit]").await;
+    b.wait_h1("Sign in").await;
+    assert!(b.main_text().await.contains("wrong user name or password"));
+    assert!(b
+        .c
+        .get_named_cookie(fleet::console::auth::SESSION_COOKIE)
+        .await
+        .is_err());
+    // The right one: in, and on the page asked for first.
+    b.fill("#username", "alice").await;
+    b.fill("#password", ALICE_PW).await;
+    b.click(".login button[type=submit]").await;
+    b.wait_h1("Jobs").await;
+    assert_eq!(b.path().await, "/ui/jobs?kind=fleet.sleep");
+    let cookie =
+        b.c.get_named_cookie(fleet::console::auth::SESSION_COOKIE)
+            .await
+            .unwrap();
+    assert_eq!(cookie.http_only(), Some(true));
+    assert_eq!(cookie.secure(), Some(true));
+    assert_eq!(format!("{:?}", cookie.same_site()), "Some(Strict)");
+    // The database holds the token's hash, never the token.
+    let stored: Vec<u8> = sqlx::query_scalar(
+        "SELECT token_sha256 FROM fleet_console_sessions WHERE username = 'alice'",
+    )
+    .fetch_one(app.pool())
+    .await
+    .unwrap();
+    assert_ne!(stored, cookie.value().as_bytes());
+    // Signing out ends the session.
+    b.click("form[action='/ui/logout'] button").await;
+    b.wait_h1("Sign in").await;
+    b.goto("/ui/").await;
+    b.wait_h1("Sign in").await;
+
+    // Failed logins are limited: after 3, even the right password is refused for a while.
+    for _ in 0..3 {
+        b.goto("/ui/login").await;
+        b.fill("#username", "viv").await;
+        b.fill("#password", "guess").await;
+        b.click(".login button[type=submit]").await;
+        b.wait_h1("Sign in").await;
+    }
+    b.fill("#username", "viv").await;
+    b.fill("#password", VIV_PW).await;
+    b.click(".login button[type=submit]").await;
+    b.wait_h1("Sign in").await;
+    assert!(
+        b.main_text().await.contains("too many failed sign-ins"),
+        "{}",
+        b.main_text().await
+    );
+    b.close().await;
+}
+
+#[tokio::test]
+async fn a_viewer_sees_every_page_but_no_action_and_is_refused_when_acting() {
+    let app = App::start().await;
+    let id = insert_unchecked(app.pool(), "fleet.sleep", json!({"ms": 1})).await;
+    let b = app.browser().await;
+    b.sign_in("viv", VIV_PW).await;
+    assert!(b.text(".who").await.contains("viewer"));
+    assert!(!b.has("section.act").await, "no action on the overview");
+    b.goto(&format!("/ui/jobs/{id}")).await;
+    b.wait_h1(&format!("Job {id}")).await;
+    assert!(!b.has("section.act").await, "no action on a job");
+    // Acting anyway, with a valid session and CSRF token: refused, nothing changed.
+    let csrf = b.csrf().await;
+    let status = b
+        .post_from_page(
+            "/ui/actions/pause",
+            &format!("kind=fleet.sleep&confirm=yes&csrf={csrf}"),
+        )
+        .await;
+    assert_eq!(status, 403);
+    let status = b
+        .post_from_page(
+            "/ui/actions/cancel",
+            &format!("id={id}&confirm=yes&only={id}&csrf={csrf}"),
+        )
+        .await;
+    assert_eq!(status, 403);
+    assert!(app.paused().await.is_empty());
+    assert_eq!(job(app.pool(), id).await.state, JobState::Available);
+    assert!(app.audit("kind.pause").await.is_empty());
+    assert!(app.audit("job.cancel").await.is_empty());
+    b.close().await;
+}
+
+#[tokio::test]
+async fn the_overview_shows_the_jobs_a_worker_is_running_and_updates_without_a_reload() {
+    let app = App::start().await;
+    let w = app.worker();
+    // Some history: 40 completions spread over the last minutes (back-dated, not waited
+    // for), a dead job, and a kind paused by someone else.
+    let mut done = Vec::new();
+    for i in 0..40 {
+        done.push(app.queue().enqueue(&jobs_sleep(1), None).await.unwrap().id);
+        if i == 39 {
+            wait_state(app.pool(), done[i], JobState::Completed, SECS(10)).await;
+        }
+    }
+    for id in &done {
+        wait_state(app.pool(), *id, JobState::Completed, SECS(10)).await;
+    }
+    sqlx::query(
+        "UPDATE fleet_jobs SET created_at = created_at - d, run_at = run_at - d,
+                attempted_at = attempted_at - d, finished_at = finished_at - d
+         FROM (SELECT id AS jid, ((id * 7) % 13) * interval '1 minute' AS d
+               FROM fleet_jobs) shift
+         WHERE id = shift.jid AND kind = 'fleet.sleep'",
+    )
+    .execute(app.pool())
+    .await
+    .unwrap();
+    let dead = app.queue().enqueue(&Discards {}, None).await.unwrap().id;
+    wait_state(app.pool(), dead, JobState::Dead, SECS(10)).await;
+    {
+        let mut c = app.pool().acquire().await.unwrap();
+        queue::kind_pause(&mut c, "card_update", "bob", "waiting for Stripe")
+            .await
+            .unwrap();
+    }
+    let b = app.browser().await;
+    b.sign_in("alice", ALICE_PW).await;
+    b.el("#running-none").await;
+    assert!(
+        b.text("#chart-total").await.starts_with("40 completed"),
+        "{}",
+        b.text("#chart-total").await
+    );
+    assert!(b.text("#kinds").await.contains("paused"));
+    assert_eq!(b.text("#card-dead .card-value").await, "1");
+    b.c.execute("window.__sameDocument = 'yes'", vec![])
+        .await
+        .unwrap();
+    let id = app
+        .queue()
+        .enqueue(&Stubborn { ms: 2_500 }, None)
+        .await
+        .unwrap()
+        .id;
+    // The refresh brings the running job, its worker and the worker row, on the same page.
+    let cell = format!("#running a[href='/ui/jobs/{id}']");
+    b.el(&cell).await;
+    let running = b.text("#running").await;
+    assert!(running.contains("test.stubborn"), "{running}");
+    assert!(running.contains(&w.id), "the worker holding it: {running}");
+    assert!(b.text("#workers").await.contains("alive"));
+    assert_eq!(b.text("#card-running .card-value").await, "1");
+    b.screenshot("overview").await;
+    // When it completes, the page says so and counts it, still without a reload.
+    b.el("#running-none").await;
+    let kinds = b.text("#kinds").await;
+    assert!(kinds.contains("test.stubborn"), "{kinds}");
+    let same: Value =
+        b.c.execute("return window.__sameDocument || null", vec![])
+            .await
+            .unwrap();
+    assert_eq!(same, json!("yes"), "the page was never reloaded");
+    w.stop().await;
+    b.close().await;
+}
+
+#[tokio::test]
+async fn the_jobs_list_filters_like_the_cli_pages_by_keyset_and_a_job_shows_its_detail() {
+    let app = App::start().await;
+    let mut a_ids = Vec::new();
+    for i in 0..7 {
+        a_ids.push(insert_unchecked(app.pool(), "fleet.sleep", json!({ "ms": i })).await);
+    }
+    let other = insert_unchecked(app.pool(), "card_update", json!({})).await;
+    // A child with a parent and a trace.
+    let trace = "4bf92f3577b34da6a3ce929d0e0e4736";
+    let child = {
+        let mut c = app.pool().acquire().await.unwrap();
+        queue::job_insert_many(
+            &mut c,
+            &[queue::JobInsert {
+                kind: "fleet.sleep".into(),
+                queue: "default".into(),
+                args: json!({"ms": 99}),
+                priority: 0,
+                run_at: None,
+                max_attempts: 3,
+                idempotency_key: Some("sleep:child".into()),
+                trace_context: Some(
+                    json!({"traceparent": format!("00-{trace}-00f067aa0ba902b7-01")}),
+                ),
+                parent_id: Some(a_ids[0]),
+            }],
+            None,
+        )
+        .await
+        .unwrap()[0]
+            .id
+    };
+    let b = app.browser().await;
+    b.sign_in("alice", ALICE_PW).await;
+    b.goto("/ui/jobs").await;
+    b.fill("#f-kind", "fleet.sleep").await;
+    b.click("input[name=state][value=available]").await;
+    b.click_button("form.filters", "Filter").await;
+    b.wait_h1("Jobs").await;
+    let list = b.text("#jobs").await;
+    for id in a_ids.iter().chain([&child]) {
+        assert!(list.contains(&id.to_string()), "{id} listed: {list}");
+    }
+    assert!(
+        !b.has(&format!("#jobs a[href='/ui/jobs/{other}']")).await,
+        "another kind is filtered out"
+    );
+    b.screenshot("jobs").await;
+    // Columns sort on click, and say how.
+    b.click("#jobs thead th:first-child button").await;
+    let up = ids_in(&b, "#jobs").await;
+    let mut sorted = up.clone();
+    sorted.sort();
+    assert_eq!(up, sorted, "ascending after one click");
+    let th = b.el("#jobs thead th:first-child").await;
+    assert_eq!(
+        th.attr("aria-sort").await.unwrap().as_deref(),
+        Some("ascending")
+    );
+    b.click("#jobs thead th:first-child button").await;
+    let down = ids_in(&b, "#jobs").await;
+    sorted.reverse();
+    assert_eq!(down, sorted, "descending after two");
+
+    // Keyset pages: 5, then the older ones, never a row twice.
+    b.goto("/ui/jobs?kind=fleet.sleep&limit=5").await;
+    let first: Vec<i64> = ids_in(&b, "#jobs").await;
+    assert_eq!(first.len(), 5);
+    b.click("#older").await;
+    b.wait_h1("Jobs").await;
+    let second: Vec<i64> = ids_in(&b, "#jobs").await;
+    assert_eq!(second.len(), 3, "{second:?}");
+    assert!(second.iter().all(|id| id < first.iter().min().unwrap()));
+    assert!(b.path().await.contains("before_id="));
+
+    // A job's detail: args, key, parent, trace linked to the tracing UI.
+    b.goto(&format!("/ui/jobs/{child}")).await;
+    b.wait_h1(&format!("Job {child}")).await;
+    let main = b.main_text().await;
+    assert!(main.contains("\"ms\": 99"), "{main}");
+    assert!(main.contains("sleep:child"), "{main}");
+    let link = b.el("#trace").await.attr("href").await.unwrap().unwrap();
+    assert_eq!(link, TRACING_URL.replace("{trace_id}", trace));
+    b.click("#parent").await;
+    b.wait_h1(&format!("Job {}", a_ids[0])).await;
+    assert!(b.text("#children").await.contains(&child.to_string()));
+    b.close().await;
+}
+
+async fn ids_in(b: &Browser, table: &str) -> Vec<i64> {
+    let mut out = Vec::new();
+    for a in
+        b.c.find_all(Locator::Css(&format!("{table} tbody tr td:first-child a")))
+            .await
+            .unwrap()
+    {
+        out.push(a.text().await.unwrap().trim().parse().unwrap());
+    }
+    out
+}
+
+#[tokio::test]
+async fn a_booking_timeline_from_a_real_saga_shows_its_steps_provider_ids_and_jobs_and_no_pii() {
+    use jobs::{
+        kinds::campaign_search::CampaignSearch,
+        seed::{seed_campaign, CampaignSeed, CANARY_EMAIL, CANARY_PASSPORT},
+    };
+    let app = App::start().await;
+    let sandbox = sandbox::Sandbox::start(Default::default(), "127.0.0.1:0".parse().unwrap())
+        .await
+        .unwrap();
+    let keyring = jobs::pii::Keyring::parse(TEST_PII_KEYS).unwrap();
+    let mut seed = CampaignSeed::new(0);
+    seed.email = CANARY_EMAIL.into();
+    seed.passport = CANARY_PASSPORT.into();
+    seed.full_name = "Zelda Quixote-Canary".into();
+    seed.max_price = "5000.00".into();
+    let seeded = seed_campaign(app.pool(), &keyring, &seed).await.unwrap();
+    // Duffel books only M/F travelers; the seed's default is X.
+    sqlx::query("UPDATE traveler_profiles SET gender = 'F' WHERE id = $1")
+        .bind(seeded.profile_id)
+        .execute(app.pool())
+        .await
+        .unwrap();
+    let w = start_worker_with(
+        app.pool(),
+        app.registry.clone(),
+        fleet::config::WorkerSettings {
+            concurrency: 8,
+            ..fast_settings()
+        },
+        extensions_of(sandbox_deps(&sandbox.base_url).unwrap()),
+    );
+    let campaign = seeded.campaign_id;
+    app.queue()
+        .enqueue(
+            &CampaignSearch {
+                campaign_id: campaign,
+            },
+            None,
+        )
+        .await
+        .unwrap();
+    let pool = app.pool().clone();
+    wait_until(SECS(30), "the saga tickets the booking", || {
+        let pool = pool.clone();
+        async move {
+            sqlx::query_scalar::<_, String>("SELECT status FROM bookings WHERE campaign_id = $1")
+                .bind(campaign)
+                .fetch_optional(&pool)
+                .await
+                .unwrap()
+                .as_deref()
+                == Some("ticketed")
+        }
+    })
+    .await;
+    let (booking, pi, order): (uuid::Uuid, String, String) = sqlx::query_as(
+        "SELECT id, stripe_payment_intent_id, duffel_order_id FROM bookings WHERE campaign_id = $1",
+    )
+    .bind(campaign)
+    .fetch_one(app.pool())
+    .await
+    .unwrap();
+
+    let b = app.browser().await;
+    b.sign_in("alice", ALICE_PW).await;
+    b.goto("/ui/bookings").await;
+    b.fill("#f-id", &booking.to_string()).await;
+    b.click_button("form.filters", "Show").await;
+    b.wait_h1("Booking").await;
+    let main = b.main_text().await;
+    assert!(main.contains("ticketed"), "{main}");
+    assert!(
+        main.contains(&pi) && main.contains(&order),
+        "provider ids: {main}"
+    );
+    let steps = b.text("#steps").await;
+    for step in [
+        "started",
+        "offer checked",
+        "authorized",
+        "ordered",
+        "captured",
+    ] {
+        assert!(steps.contains(step), "step {step}: {steps}");
+    }
+    assert!(steps.contains("job "), "the job behind each step: {steps}");
+    assert!(b.text("#searches").await.contains("campaign_search"));
+    let timeline = b.text("#timeline").await;
+    assert!(timeline.contains("booking.ticketed"), "{timeline}");
+    assert!(timeline.contains("booking_attempt"), "{timeline}");
+    let source = b.c.source().await.unwrap();
+    for pii in [CANARY_EMAIL, CANARY_PASSPORT, "Zelda", "Quixote"] {
+        assert!(!source.contains(pii), "{pii} reached the page");
+    }
+
+    // Refund it: the preview changes nothing, the confirmation queues the refund, audited.
+    b.click_button("section.act", "Refund…").await;
+    b.wait_h1("Refund this booking?").await;
+    assert!(b.text("#preview").await.contains("ticketed"));
+    let status: String = sqlx::query_scalar("SELECT status FROM bookings WHERE id = $1")
+        .bind(booking)
+        .fetch_one(app.pool())
+        .await
+        .unwrap();
+    assert_eq!(status, "ticketed", "the dry run changed nothing");
+    assert!(app.audit("booking.refund_requested").await.is_empty());
+    b.click("#confirm").await;
+    b.wait_h1("Refund requested").await;
+    let rows = app.audit("booking.refund_requested").await;
+    assert_eq!(rows.len(), 1);
+    assert_eq!(rows[0].0, "alice");
+    assert_eq!(rows[0].1.as_deref(), Some(booking.to_string().as_str()));
+    wait_until(SECS(30), "the worker refunds the booking", || {
+        let pool = pool.clone();
+        async move {
+            sqlx::query_scalar::<_, String>("SELECT status FROM bookings WHERE id = $1")
+                .bind(booking)
+                .fetch_one(&pool)
+                .await
+                .unwrap()
+                == "refunded"
+        }
+    })
+    .await;
+    // The compensation is on the timeline: the refund, its Stripe id, its job.
+    b.goto(&format!("/ui/bookings/{booking}")).await;
+    b.wait_h1("Booking").await;
+    let refunds = b.text("#refunds").await;
+    assert!(
+        refunds.contains("re_") && refunds.contains("customer_request"),
+        "{refunds}"
+    );
+    assert!(b.text("#refund-jobs").await.contains("refund_compensation"));
+    assert!(b
+        .text("#timeline")
+        .await
+        .contains("booking.refund_requested by alice"));
+    assert!(!b.c.source().await.unwrap().contains(CANARY_EMAIL));
+    b.screenshot("booking").await;
+    w.stop().await;
+    b.close().await;
+    sandbox.shutdown().await.unwrap();
+}
+
+#[tokio::test]
+async fn pausing_a_kind_shows_a_dry_run_then_pauses_audited_and_the_worker_stops_claiming_it() {
+    let app = App::start().await;
+    let w = app.worker();
+    let b = app.browser().await;
+    b.sign_in("alice", ALICE_PW).await;
+    b.act_on_kind("fleet.sleep", "Pause…").await;
+    b.wait_h1("Pause fleet.sleep?").await;
+    assert!(b.text("#preview").await.contains("Would pause fleet.sleep"));
+    assert!(app.paused().await.is_empty(), "the dry run paused nothing");
+    assert!(app.audit("kind.pause").await.is_empty());
+    b.fill("#f-reason", "INC-42 provider outage").await;
+    b.screenshot("pause-preview").await;
+    b.click("#confirm").await;
+    b.wait_h1("fleet.sleep paused").await;
+    assert_eq!(app.paused().await, vec!["fleet.sleep"]);
+    let rows = app.audit("kind.pause").await;
+    assert_eq!(rows.len(), 1, "{rows:?}");
+    assert_eq!(rows[0].0, "alice");
+    assert_eq!(rows[0].1.as_deref(), Some("fleet.sleep"));
+    assert_eq!(rows[0].2["reason"], "INC-42 provider outage");
+
+    // The worker claims other kinds, not this one.
+    let paused_job = app.queue().enqueue(&jobs_sleep(1), None).await.unwrap().id;
+    let other = app
+        .queue()
+        .enqueue(&Stubborn { ms: 1 }, None)
+        .await
+        .unwrap()
+        .id;
+    wait_state(app.pool(), other, JobState::Completed, SECS(10)).await;
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    assert_eq!(job(app.pool(), paused_job).await.state, JobState::Available);
+
+    // The overview says so in words, and the audit view shows who did it.
+    b.goto("/ui/").await;
+    assert!(b.text("#kinds").await.contains("paused"));
+    b.goto("/ui/audit?action=kind.").await;
+    let audit = b.text("#audit").await;
+    assert!(
+        audit.contains("alice") && audit.contains("kind.pause"),
+        "{audit}"
+    );
+    b.screenshot("audit").await;
+
+    // Resume the same way; the worker takes the held job.
+    b.act_on_kind("fleet.sleep", "Resume…").await;
+    b.wait_h1("Resume fleet.sleep?").await;
+    b.click("#confirm").await;
+    b.wait_h1("fleet.sleep resumed").await;
+    wait_state(app.pool(), paused_job, JobState::Completed, SECS(10)).await;
+    assert_eq!(app.audit("kind.resume").await[0].0, "alice");
+
+    // A drain: its dry run counts the backlog, the confirmed one runs in the background and
+    // leaves the kind paused once nothing is left.
+    b.act_on_kind("fleet.sleep", "Drain…").await;
+    b.wait_h1("Drain fleet.sleep?").await;
+    assert_eq!(b.text("#backlog").await, "0");
+    assert!(app.paused().await.is_empty());
+    b.click("#confirm").await;
+    b.wait_h1("Draining fleet.sleep").await;
+    let pool = app.pool().clone();
+    wait_until(SECS(10), "the drain leaves fleet.sleep paused", || {
+        let pool = pool.clone();
+        async move {
+            let mut c = pool.acquire().await.unwrap();
+            queue::kind_list_paused(&mut c)
+                .await
+                .unwrap()
+                .iter()
+                .any(|p| p.kind == "fleet.sleep" && p.draining_through_id.is_none())
+        }
+    })
+    .await;
+    assert_eq!(app.audit("kind.drain").await[0].0, "alice");
+    w.stop().await;
+    b.close().await;
+}
+
+fn jobs_sleep(ms: u64) -> fleet::builtin::Sleep {
+    fleet::builtin::Sleep { ms }
+}
+
+#[tokio::test]
+async fn replaying_a_dead_job_shows_a_dry_run_then_replays_audited_and_a_worker_runs_it() {
+    let app = App::start().await;
+    let w = app.worker();
+    let id = app.queue().enqueue(&FixedLater {}, None).await.unwrap().id;
+    wait_state(app.pool(), id, JobState::Dead, SECS(10)).await;
+    FIXED.store(true, Ordering::SeqCst);
+
+    let b = app.browser().await;
+    b.sign_in("alice", ALICE_PW).await;
+    b.goto("/ui/jobs?kind=test.fixed_later&state=dead").await;
+    b.click(&format!("#jobs a[href='/ui/jobs/{id}']")).await;
+    b.wait_h1(&format!("Job {id}")).await;
+    let attempts = b.text("#attempts").await;
+    assert!(
+        attempts.contains("bug 4711") && attempts.contains("fatal"),
+        "{attempts}"
+    );
+    b.screenshot("job").await;
+    b.click_button("section.act", "Replay…").await;
+    b.wait_h1("Replay jobs?").await;
+    assert_eq!(b.text("#count").await, "1");
+    assert!(b.text("#preview").await.contains(&id.to_string()));
+    assert_eq!(
+        job(app.pool(), id).await.state,
+        JobState::Dead,
+        "the dry run replayed nothing"
+    );
+    assert!(app.audit("job.replay").await.is_empty());
+    b.click("#confirm").await;
+    b.wait_h1("Jobs replayed").await;
+    assert_eq!(b.text("#done-count").await, "1");
+    let rows = app.audit("job.replay").await;
+    assert_eq!(rows.len(), 1);
+    assert_eq!(rows[0].0, "alice");
+    assert_eq!(rows[0].2["ids"], json!([id]));
+    // The worker runs it again, and this time it completes.
+    let j = wait_state(app.pool(), id, JobState::Completed, SECS(10)).await;
+    assert_eq!(j.errors.len(), 1, "its history is kept");
+
+    // Cancel a scheduled job the same way, from the list filtered to it.
+    let later = {
+        let mut c = app.pool().acquire().await.unwrap();
+        queue::job_insert_many(
+            &mut c,
+            &[queue::JobInsert {
+                kind: "fleet.sleep".into(),
+                queue: "default".into(),
+                args: json!({"ms": 1}),
+                priority: 0,
+                run_at: Some(chrono::Utc::now() + chrono::Duration::hours(1)),
+                max_attempts: 3,
+                idempotency_key: None,
+                trace_context: None,
+                parent_id: None,
+            }],
+            None,
+        )
+        .await
+        .unwrap()[0]
+            .id
+    };
+    b.goto(&format!("/ui/jobs?id={later}")).await;
+    b.click_button("section.act", "Cancel matching…").await;
+    b.wait_h1("Cancel jobs?").await;
+    assert_eq!(b.text("#count").await, "1");
+    assert_eq!(job(app.pool(), later).await.state, JobState::Scheduled);
+    b.click("#confirm").await;
+    b.wait_h1("Jobs cancelled").await;
+    assert_eq!(job(app.pool(), later).await.state, JobState::Cancelled);
+    assert_eq!(app.audit("job.cancel").await[0].0, "alice");
+    w.stop().await;
+    b.close().await;
+}
+
+#[tokio::test]
+async fn a_state_changing_request_without_its_csrf_token_is_refused() {
+    let app = App::start().await;
+    let b = app.browser().await;
+    b.sign_in("alice", ALICE_PW).await;
+    let good = b.csrf().await;
+    for body in [
+        "kind=fleet.sleep&confirm=yes".to_owned(),
+        "kind=fleet.sleep&confirm=yes&csrf=0000".to_owned(),
+        format!(
+            "kind=fleet.sleep&confirm=yes&csrf={}",
+            "a".repeat(good.len())
+        ),
+    ] {
+        assert_eq!(
+            b.post_from_page("/ui/actions/pause", &body).await,
+            403,
+            "{body}"
+        );
+    }
+    assert_eq!(
+        b.post_from_page("/ui/logout", "").await,
+        403,
+        "sign-out too"
+    );
+    assert!(app.paused().await.is_empty());
+    assert!(app.audit("kind.pause").await.is_empty());
+    // With the token the same request goes through (so the refusal was the token's).
+    let with = format!("kind=fleet.sleep&confirm=yes&csrf={good}");
+    assert_eq!(b.post_from_page("/ui/actions/pause", &with).await, 200);
+    assert_eq!(app.paused().await, vec!["fleet.sleep"]);
+    // The login form carries its own token: a login posted from elsewhere is refused.
+    let r = http()
+        .post(format!("{}/ui/login", app.base))
+        .form(&[("username", "alice"), ("password", ALICE_PW)])
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 403);
+    let session = format!("{}=", fleet::console::auth::SESSION_COOKIE);
+    assert!(r
+        .headers()
+        .get_all("set-cookie")
+        .iter()
+        .all(|c| !c.to_str().unwrap().starts_with(&session)));
+    b.close().await;
+}
