@@ -51,6 +51,11 @@ pub struct Settings {
     pub log_format: LogFormat,
     /// Connection pool.
     pub database: DatabaseSettings,
+    /// More databases, each holding the jobs of the kinds it names (split by function:
+    /// docs/scaling.md), keyed by name. The main database (`database`) keeps every other kind
+    /// and every domain table.
+    #[serde(default)]
+    pub databases: BTreeMap<String, ExtraDatabase>,
     /// Worker runtime.
     pub worker: WorkerSettings,
     /// Per-kind overrides of the code defaults, keyed by kind name.
@@ -242,7 +247,30 @@ pub struct DatabaseSettings {
     pub connect_timeout: Duration,
     /// Pool size per process.
     pub max_connections: u32,
+    /// A hot standby of the database (Postgres streaming replication) for operator reads:
+    /// `fleet queue stats/list/show`, the console's pages and the metrics snapshot read there
+    /// when it is set; writes and the claim never do. `DATABASE_READ_URL` wins.
+    #[serde(default)]
+    pub read_url: Option<Secret>,
 }
+
+/// One `[databases.<name>]` entry: a database of its own for the jobs of `kinds`.
+#[derive(Debug, Clone, Deserialize)]
+pub struct ExtraDatabase {
+    /// The database (same form as `database.url`). Required.
+    #[serde(default)]
+    pub url: Option<Secret>,
+    /// A hot standby of it for operator reads, like `database.read_url`.
+    #[serde(default)]
+    pub read_url: Option<Secret>,
+    /// The kinds whose jobs live here (each kind lives in exactly one database).
+    #[serde(default)]
+    pub kinds: Vec<String>,
+}
+
+/// The name of the main database (`[database]`) where names are shown; `[databases.*]` may
+/// not use it.
+pub const MAIN_DATABASE: &str = "main";
 
 impl DatabaseSettings {
     /// The configured URL: `DATABASE_URL`, else `database.url`; `None` when neither is set.
@@ -252,6 +280,35 @@ impl DatabaseSettings {
             .filter(|u| !u.is_empty())
             .or_else(|| self.url.as_ref().map(|s| s.0.clone()))
             .filter(|u| !u.is_empty())
+    }
+
+    /// The configured read replica: `DATABASE_READ_URL`, else `database.read_url`; `None`
+    /// when neither is set (reads go to the primary).
+    pub fn configured_read_url(&self) -> Option<String> {
+        std::env::var("DATABASE_READ_URL")
+            .ok()
+            .filter(|u| !u.is_empty())
+            .or_else(|| self.read_url.as_ref().map(|s| s.0.clone()))
+            .filter(|u| !u.is_empty())
+    }
+}
+
+/// Checks that `url` (the value of `key`) is a postgres URL; the error names the key and
+/// the parser's reason, never the value (it may carry a password).
+fn check_database_url(key: &str, url: &str) -> Result<(), ConfigError> {
+    use std::str::FromStr;
+    let reason = if !(url.starts_with("postgres://") || url.starts_with("postgresql://")) {
+        Some("it does not start with postgres:// or postgresql://".to_owned())
+    } else {
+        sqlx::postgres::PgConnectOptions::from_str(url)
+            .err()
+            .map(|e| e.to_string())
+    };
+    match reason {
+        None => Ok(()),
+        Some(why) => Err(ConfigError(format!(
+            "{key} is not a valid database URL like postgres://user@host:5432/db: {why}"
+        ))),
     }
 }
 
@@ -411,7 +468,7 @@ fn is_secret_key(path: &[String]) -> bool {
     path.last().is_some_and(|k| {
         matches!(
             k.as_str(),
-            "secret_key" | "access_token" | "api_key" | "url" | "password_hash"
+            "secret_key" | "access_token" | "api_key" | "url" | "read_url" | "password_hash"
         ) && path.first().map(String::as_str) != Some("schedules")
     })
 }
@@ -445,7 +502,9 @@ impl EnvLayer {
                      FLEET_WORKER__CONCURRENCY)"
                 )));
             }
-            let leaf = if path == ["worker", "queues"] {
+            let is_list = path == ["worker", "queues"]
+                || (path.len() == 3 && path[0] == "databases" && path[2] == "kinds");
+            let leaf = if is_list {
                 config::ValueKind::Array(
                     value
                         .split(',')
@@ -732,6 +791,49 @@ impl Settings {
         self.console.validate()?;
         if self.database.connect_timeout.is_zero() {
             return bad("database.connect_timeout", "0s".into(), "must be > 0");
+        }
+        if let Some(u) = self.database.read_url.as_ref().filter(|u| !u.0.is_empty()) {
+            check_database_url("database.read_url", u.expose())?;
+        }
+        let mut homes: BTreeMap<&str, &str> = BTreeMap::new();
+        for (name, d) in &self.databases {
+            let valid_name = !name.is_empty()
+                && name.len() <= 32
+                && name
+                    .chars()
+                    .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '_');
+            if !valid_name || name == MAIN_DATABASE {
+                return Err(ConfigError(format!(
+                    "databases.{name}: {name:?} is not a database name (1..=32 of a-z, 0-9, `_`; \
+                     `{MAIN_DATABASE}` is the [database] section)"
+                )));
+            }
+            match d.url.as_ref().filter(|u| !u.0.is_empty()) {
+                None => {
+                    return Err(ConfigError(format!(
+                        "databases.{name}.url is not set: every [databases.*] entry needs its \
+                         database, e.g. from FLEET_DATABASES__{}__URL",
+                        name.to_ascii_uppercase()
+                    )))
+                }
+                Some(u) => check_database_url(&format!("databases.{name}.url"), u.expose())?,
+            }
+            if let Some(u) = d.read_url.as_ref().filter(|u| !u.0.is_empty()) {
+                check_database_url(&format!("databases.{name}.read_url"), u.expose())?;
+            }
+            if d.kinds.is_empty() {
+                return Err(ConfigError(format!(
+                    "databases.{name}.kinds is empty: name the kinds whose jobs live there"
+                )));
+            }
+            for k in &d.kinds {
+                if let Some(other) = homes.insert(k, name) {
+                    return Err(ConfigError(format!(
+                        "kind {k:?} is in databases.{other}.kinds and databases.{name}.kinds: \
+                         a kind's jobs live in one database"
+                    )));
+                }
+            }
         }
         if self.database.max_connections < 4 {
             return bad(
@@ -1160,5 +1262,83 @@ mod tests {
             e.contains("console.tracing_url") && e.contains("{trace_id}"),
             "{e}"
         );
+    }
+
+    #[test]
+    fn a_bad_read_url_is_an_error_naming_the_key_not_the_value() {
+        for bad in [
+            "mysql://u:hunter2@h/db",
+            "postgres://u:hunter2@h:notaport/db",
+        ] {
+            let e = Settings::from_sources(None, &env(&[("FLEET_DATABASE__READ_URL", bad)]))
+                .unwrap_err()
+                .to_string();
+            assert!(e.contains("database.read_url"), "{e}");
+            assert!(!e.contains("hunter2"), "the URL is not echoed: {e}");
+        }
+        let r = Settings::resolve(
+            None,
+            &env(&[(
+                "FLEET_DATABASE__READ_URL",
+                "postgres://u:hunter2@replica/db",
+            )]),
+        )
+        .unwrap();
+        let shown = r
+            .values
+            .iter()
+            .find(|v| v.key == "database.read_url")
+            .unwrap();
+        assert_eq!(shown.value, "***");
+    }
+
+    #[test]
+    fn extra_databases_need_a_url_and_kinds_and_each_kind_lives_in_one() {
+        let ok = Settings::from_sources(
+            None,
+            &env(&[
+                ("FLEET_DATABASES__SEARCH__URL", "postgres://h/search"),
+                (
+                    "FLEET_DATABASES__SEARCH__KINDS",
+                    "campaign_search, campaign_scan",
+                ),
+            ]),
+        )
+        .unwrap();
+        assert_eq!(
+            ok.databases["search"].kinds,
+            vec!["campaign_search", "campaign_scan"]
+        );
+        for (vars, expect) in [
+            (
+                vec![("FLEET_DATABASES__SEARCH__KINDS", "campaign_search")],
+                "databases.search.url is not set",
+            ),
+            (
+                vec![("FLEET_DATABASES__SEARCH__URL", "postgres://h/search")],
+                "databases.search.kinds is empty",
+            ),
+            (
+                vec![
+                    ("FLEET_DATABASES__MAIN__URL", "postgres://h/x"),
+                    ("FLEET_DATABASES__MAIN__KINDS", "a"),
+                ],
+                "not a database name",
+            ),
+            (
+                vec![
+                    ("FLEET_DATABASES__A__URL", "postgres://h/a"),
+                    ("FLEET_DATABASES__A__KINDS", "k"),
+                    ("FLEET_DATABASES__B__URL", "postgres://h/b"),
+                    ("FLEET_DATABASES__B__KINDS", "k"),
+                ],
+                "a kind's jobs live in one database",
+            ),
+        ] {
+            let e = Settings::from_sources(None, &env(&vars))
+                .unwrap_err()
+                .to_string();
+            assert!(e.contains(expect), "{vars:?}: {e}");
+        }
     }
 }

@@ -464,7 +464,9 @@ fn path_str(p: &Path) -> anyhow::Result<&str> {
     p.to_str().context("non-UTF-8 temp path")
 }
 
-fn postgres_bindir() -> anyhow::Result<PathBuf> {
+/// The directory of `initdb`, `pg_ctl`, `pg_basebackup`: `pg_config --bindir`, else the
+/// newest `/usr/lib/postgresql/*/bin`.
+pub(crate) fn postgres_bindir() -> anyhow::Result<PathBuf> {
     if let Ok(out) = Command::new("pg_config").arg("--bindir").output() {
         let dir = PathBuf::from(String::from_utf8_lossy(&out.stdout).trim());
         if dir.join("initdb").exists() {
@@ -489,7 +491,7 @@ fn postgres_bindir() -> anyhow::Result<PathBuf> {
         )
 }
 
-fn chown_to_postgres(dir: &Path) -> anyhow::Result<()> {
+pub(crate) fn chown_to_postgres(dir: &Path) -> anyhow::Result<()> {
     let status = Command::new("chown")
         .args(["-R", "postgres:postgres"])
         .arg(dir)
@@ -568,6 +570,13 @@ impl ScratchDb {
             name,
             server,
         })
+    }
+}
+
+impl ScratchDb {
+    /// The database's name.
+    pub fn name(&self) -> &str {
+        &self.name
     }
 }
 

@@ -4,8 +4,14 @@
 //! Nothing is written for a batch that holds an invalid job: every job's kind must be
 //! registered with this process and a raw job's args must deserialize into the kind's type, so
 //! a typo or a stale producer fails where it happens, never as a dead job later.
+//!
+//! **More than one database** ([`Routes`], [`crate::databases`]): a job of a kind that lives in
+//! another database than the queue's own is inserted there, on that database's pool, in a
+//! statement of its own. Beside a caller's connection ([`Queue::enqueue_many_in`]) such a job
+//! commits before (and whatever becomes of) the caller's transaction, so it must carry an
+//! idempotency key: the caller's retry then finds the job it already made.
 
-use std::sync::Arc;
+use std::{collections::HashMap, sync::Arc};
 
 use jobs::{BoxFuture, EnqueueError, Enqueued, Enqueuer, Job, NewJob};
 use sqlx::{PgConnection, PgPool};
@@ -15,13 +21,51 @@ use crate::{
     registry::Registry,
 };
 
+/// Where the jobs of kinds that do not live in the queue's own database go.
+#[derive(Clone, Debug)]
+pub struct Routes {
+    /// The name of the queue's own database (that of its pool and of callers' connections).
+    home: String,
+    /// kind → (database name, its pool).
+    by_kind: HashMap<String, (String, PgPool)>,
+}
+
+impl Routes {
+    /// No route: every kind lives in `home`.
+    pub fn new(home: &str) -> Self {
+        Self {
+            home: home.to_owned(),
+            by_kind: HashMap::new(),
+        }
+    }
+
+    /// Sends `kind`'s jobs to the database `name` on `pool`.
+    pub fn insert(&mut self, kind: &str, name: &str, pool: PgPool) {
+        self.by_kind
+            .insert(kind.to_owned(), (name.to_owned(), pool));
+    }
+
+    /// The database `kind`'s jobs go to: `None` for the queue's own.
+    fn of(&self, kind: &str) -> Option<&(String, PgPool)> {
+        self.by_kind.get(kind)
+    }
+}
+
+impl Default for Routes {
+    fn default() -> Self {
+        Self::new(crate::config::MAIN_DATABASE)
+    }
+}
+
 /// Enqueues jobs. Cheap to clone.
 #[derive(Clone)]
 pub struct Queue {
     pool: PgPool,
     registry: Arc<Registry>,
-    /// Set on the queue a handler gets: the jobs it enqueues record it as their parent.
-    parent: Option<i64>,
+    /// Set on the queue a handler gets: the jobs it enqueues record it as their parent, when
+    /// they land in the parent's database (ids are per database).
+    parent: Option<(i64, Arc<str>)>,
+    routes: Arc<Routes>,
 }
 
 impl Queue {
@@ -32,14 +76,28 @@ impl Queue {
             pool,
             registry,
             parent: None,
+            routes: Arc::new(Routes::default()),
         }
     }
 
+    /// This queue, sending the jobs of `routes`' kinds to their own databases.
+    pub fn with_routes(mut self, routes: Routes) -> Self {
+        self.routes = Arc::new(routes);
+        self
+    }
+
     /// This queue, recording `parent` as the parent of every job enqueued through it (the
-    /// queue a handler of job `parent` gets).
+    /// queue a handler of job `parent` gets; `parent` lives in the queue's own database).
     pub fn child_of(&self, parent: i64) -> Self {
+        let home: Arc<str> = self.routes.home.as_str().into();
+        self.child_of_in(parent, home)
+    }
+
+    /// Like [`Queue::child_of`] for a parent job that lives in the database `database`: its
+    /// children record it as their parent only when they land in that database too.
+    pub fn child_of_in(&self, parent: i64, database: impl Into<Arc<str>>) -> Self {
         Self {
-            parent: Some(parent),
+            parent: Some((parent, database.into())),
             ..self.clone()
         }
     }
@@ -62,25 +120,34 @@ impl Queue {
 
     /// Enqueues one untyped job.
     pub async fn enqueue_new(&self, job: NewJob) -> Result<Enqueued, QueueError> {
-        let mut conn = self.pool.acquire().await?;
-        let mut v = self.enqueue_many_in(&mut conn, vec![job]).await?;
+        let mut v = self.enqueue_many(vec![job]).await?;
         Ok(v.remove(0))
     }
 
     /// Enqueues many jobs (bulk: thousands per statement). Results in input order; a duplicate
-    /// key returns its holder and never fails the batch.
+    /// key returns its holder and never fails the batch. No caller transaction: a job of a kind
+    /// that lives in another database needs no key here.
     pub async fn enqueue_many(&self, jobs: Vec<NewJob>) -> Result<Vec<Enqueued>, QueueError> {
+        let rows = self.prepare(jobs)?;
         let mut conn = self.pool.acquire().await?;
-        self.enqueue_many_in(&mut conn, jobs).await
+        self.insert_routed(&mut conn, rows, false).await
     }
 
-    /// Enqueues on the caller's connection, typically `&mut *tx`: the jobs exist only if the
-    /// caller commits, and workers are woken at that commit.
+    /// Enqueues on the caller's connection (on the queue's own database), typically `&mut *tx`:
+    /// the jobs exist only if the caller commits, and workers are woken at that commit. A job
+    /// of a kind that lives in another database is the exception (see the module docs): it is
+    /// written there at once, and refused without an idempotency key.
     pub async fn enqueue_many_in(
         &self,
         conn: &mut PgConnection,
         jobs: Vec<NewJob>,
     ) -> Result<Vec<Enqueued>, QueueError> {
+        let rows = self.prepare(jobs)?;
+        self.insert_routed(conn, rows, true).await
+    }
+
+    /// Resolves and validates every job: nothing is written for a batch that holds a bad one.
+    fn prepare(&self, jobs: Vec<NewJob>) -> Result<Vec<JobInsert>, QueueError> {
         let typed: Vec<bool> = jobs.iter().map(NewJob::is_typed).collect();
         // One call, one enqueuing span: its trace context is the same for every job.
         let trace = crate::telemetry::current_trace_context();
@@ -95,7 +162,64 @@ impl Queue {
                 .check_parts(&row.kind, &row.args, typed)
                 .map_err(QueueError::InvalidJob)?;
         }
-        let out = queue::job_insert_many(conn, &rows, None).await?;
+        Ok(rows)
+    }
+
+    /// Inserts `rows`: those of the queue's own database on `conn`, the others on their own
+    /// database's pool, first (so a failure there leaves nothing on `conn`). `beside_tx`: the
+    /// caller may hold a transaction on `conn`, so routed jobs need a key.
+    async fn insert_routed(
+        &self,
+        conn: &mut PgConnection,
+        rows: Vec<JobInsert>,
+        beside_tx: bool,
+    ) -> Result<Vec<Enqueued>, QueueError> {
+        let out = if self.routes.by_kind.is_empty() {
+            queue::job_insert_many(conn, &rows, None).await?
+        } else {
+            // Group by target database, keeping each job's input position.
+            let mut local: Vec<usize> = Vec::new();
+            let mut remote: Vec<(&str, &PgPool, Vec<usize>)> = Vec::new();
+            for (i, row) in rows.iter().enumerate() {
+                match self.routes.of(&row.kind) {
+                    None => local.push(i),
+                    Some((name, pool)) => {
+                        if beside_tx && row.idempotency_key.is_none() {
+                            return Err(QueueError::InvalidJob(format!(
+                                "kind {:?} lives in database {name:?}, not in the caller's ({:?}): \
+                                 enqueued beside the caller's transaction it commits on its own, \
+                                 so it needs an idempotency key",
+                                row.kind, self.routes.home
+                            )));
+                        }
+                        match remote.iter_mut().find(|(n, _, _)| *n == name.as_str()) {
+                            Some((_, _, v)) => v.push(i),
+                            None => remote.push((name.as_str(), pool, vec![i])),
+                        }
+                    }
+                }
+            }
+            let mut out: Vec<Option<Enqueued>> = vec![None; rows.len()];
+            let pick = |idx: &[usize]| -> Vec<JobInsert> {
+                idx.iter().map(|&i| rows[i].clone()).collect()
+            };
+            for (_, pool, idx) in &remote {
+                let mut c = pool.acquire().await?;
+                let got = queue::job_insert_many(&mut c, &pick(idx), None).await?;
+                for (&i, e) in idx.iter().zip(got) {
+                    out[i] = Some(e);
+                }
+            }
+            if !local.is_empty() {
+                let got = queue::job_insert_many(conn, &pick(&local), None).await?;
+                for (&i, e) in local.iter().zip(got) {
+                    out[i] = Some(e);
+                }
+            }
+            out.into_iter()
+                .map(|e| e.expect("every job was inserted in one database"))
+                .collect()
+        };
         // Counted at the statement, not the commit: a caller's rollback still counts.
         let m = &crate::metrics::metrics().enqueued;
         for (row, r) in rows.iter().zip(&out) {
@@ -109,6 +233,17 @@ impl Queue {
     fn resolve(&self, j: NewJob, trace_context: Option<serde_json::Value>) -> JobInsert {
         // An unknown kind gets the code defaults here and is refused by the caller's check.
         let d = self.registry.settings(&j.kind).cloned().unwrap_or_default();
+        // The parent id only means something in the parent's own database.
+        let target = self
+            .routes
+            .of(&j.kind)
+            .map(|(name, _)| name.as_str())
+            .unwrap_or(self.routes.home.as_str());
+        let parent_id = self
+            .parent
+            .as_ref()
+            .filter(|(_, db)| &**db == target)
+            .map(|(id, _)| *id);
         JobInsert {
             queue: j.opts.queue.unwrap_or(d.queue),
             priority: j.opts.priority.unwrap_or(d.priority),
@@ -116,7 +251,7 @@ impl Queue {
             run_at: j.opts.run_at,
             idempotency_key: j.opts.idempotency_key,
             trace_context,
-            parent_id: self.parent,
+            parent_id,
             kind: j.kind,
             args: j.args,
         }

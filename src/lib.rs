@@ -9,7 +9,9 @@
 //! - [`scheduler`], [`webhooks`], [`serve`], [`ops`]: the scheduler, the webhook ingress, the
 //!   HTTP face and the operator commands;
 //! - [`config`], [`database`], [`telemetry`], [`metrics`]: settings, connections and scratch
-//!   databases, logs and traces, Prometheus metrics.
+//!   databases, logs and traces, Prometheus metrics;
+//! - [`databases`]: past one Postgres: read replicas for operator reads, and kinds whose jobs
+//!   live in a database of their own (docs/scaling.md).
 //!
 //! Delivery is **at least once** with fenced completion: a job's handler may run more than
 //! once (after a crash or a lost lease), but a stale claim can never write an outcome. Side
@@ -38,7 +40,9 @@ pub mod check;
 pub mod config;
 pub mod console;
 pub mod database;
+pub mod databases;
 pub mod enqueue;
+pub mod local_cluster;
 pub mod maintenance;
 pub mod metrics;
 pub mod ops;
@@ -61,5 +65,13 @@ pub fn fleet_registry(settings: &config::Settings) -> Result<Registry, config::C
     builtin::register(&mut r);
     jobs::kinds::register_all(&mut r);
     r.check_overrides()?;
+    for (name, d) in &settings.databases {
+        if let Some(k) = d.kinds.iter().find(|k| r.get(k).is_none()) {
+            return Err(config::ConfigError(format!(
+                "databases.{name}.kinds: {k:?} is not a registered kind (known: {})",
+                r.kind_names().join(", ")
+            )));
+        }
+    }
     Ok(r)
 }

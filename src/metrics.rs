@@ -13,7 +13,7 @@ use prometheus::{
 };
 use sqlx::PgPool;
 
-use crate::queue;
+use crate::{config::MAIN_DATABASE, databases::Database, queue};
 
 /// The process's metrics.
 pub struct Metrics {
@@ -58,6 +58,9 @@ pub struct Metrics {
     /// Outcomes the fence refused: the claim no longer held the job (rescued after a lease
     /// expiry, or cancelled). Each is a handler run whose result was discarded.
     pub outcomes_refused: IntCounter,
+    /// Seconds the read replica of each database is behind its primary (from the snapshot;
+    /// only for databases with a `read_url`).
+    pub replica_lag_seconds: GaugeVec,
 }
 
 /// Registers `c`, noting its names (so the docs test sees metrics that have no series yet).
@@ -186,7 +189,17 @@ fn build() -> Metrics {
     )
     .expect("valid metric");
     register(&registry, &names, Box::new(snapshot_failures.clone()));
+    let replica_lag_seconds = GaugeVec::new(
+        Opts::new(
+            "fleet_database_replica_lag_seconds",
+            "Seconds the read replica is behind its primary (LSN-based: 0 when caught up).",
+        ),
+        &["database"],
+    )
+    .expect("valid metric");
+    register(&registry, &names, Box::new(replica_lag_seconds.clone()));
     Metrics {
+        replica_lag_seconds,
         registry,
         names: names.into_inner(),
         http_shed,
@@ -230,27 +243,58 @@ static SNAPSHOT_AT: std::sync::Mutex<Option<std::time::Instant>> = std::sync::Mu
 /// Reads the queue gauges from the database (unfinished jobs only) into the metrics. On error
 /// the previous values stay and `fleet_database_up` is 0.
 pub async fn refresh_snapshot(pool: &PgPool) -> Result<(), sqlx::Error> {
+    refresh_snapshot_of(&[Database::primary_only(MAIN_DATABASE, pool.clone())]).await
+}
+
+/// Reads the queue gauges of every database in `dbs` (each from its read replica when it has
+/// one, with the replica's lag) into the metrics; a kind's figures are summed over databases.
+/// On any error the previous values stay and `fleet_database_up` is 0.
+pub async fn refresh_snapshot_of(dbs: &[Database]) -> Result<(), sqlx::Error> {
     let m = metrics();
     let read = async {
-        let mut conn = pool.acquire().await?;
-        let gauges = queue::job_gauges(&mut conn, None).await?;
-        let paused = queue::kind_list_paused(&mut conn).await?;
-        Ok::<_, sqlx::Error>((gauges, paused))
+        let mut gauges = Vec::new();
+        let mut paused = Vec::new();
+        let mut lags = Vec::new();
+        for db in dbs {
+            let mut conn = db.reads.acquire().await?;
+            gauges.extend(queue::job_gauges(&mut conn, None).await?);
+            paused.extend(queue::kind_list_paused(&mut conn).await?);
+            drop(conn);
+            if let Some(lag) = db.replica_lag().await? {
+                lags.push((db.name.clone(), lag));
+            }
+        }
+        Ok::<_, sqlx::Error>((gauges, paused, lags))
     };
     match tokio::time::timeout(std::time::Duration::from_secs(5), read).await {
-        Ok(Ok((gauges, paused))) => {
+        Ok(Ok((gauges, paused, lags))) => {
             m.queue_depth.reset();
             m.queue_lag_seconds.reset();
             m.kind_paused.reset();
+            m.replica_lag_seconds.reset();
+            let mut depth: std::collections::BTreeMap<(&str, &str), i64> = Default::default();
+            let mut oldest: std::collections::BTreeMap<&str, f64> = Default::default();
             for g in &gauges {
-                m.queue_depth
-                    .with_label_values(&[&g.kind, &g.state])
-                    .set(g.count);
+                *depth
+                    .entry((g.kind.as_str(), g.state.as_str()))
+                    .or_default() += g.count;
                 if let Some(age) = g.oldest_age_s {
-                    m.queue_lag_seconds
-                        .with_label_values(&[&g.kind])
-                        .set(age.max(0.0));
+                    let e = oldest.entry(g.kind.as_str()).or_insert(0.0);
+                    *e = e.max(age.max(0.0));
                 }
+            }
+            for ((kind, state), n) in depth {
+                m.queue_depth.with_label_values(&[kind, state]).set(n);
+            }
+            for (kind, age) in oldest {
+                m.queue_lag_seconds.with_label_values(&[kind]).set(age);
+            }
+            for (db, lag) in &lags {
+                // Unknown lag (no transaction replayed yet, or not a standby) is NaN: an
+                // alert on `> N` stays quiet, an absent-series alert does not fire.
+                m.replica_lag_seconds
+                    .with_label_values(&[db])
+                    .set(lag.seconds.unwrap_or(f64::NAN));
             }
             for p in &paused {
                 let how = if p.draining_through_id.is_some() {
@@ -277,9 +321,9 @@ pub async fn refresh_snapshot(pool: &PgPool) -> Result<(), sqlx::Error> {
     }
 }
 
-/// Refreshes the snapshot now and then every `every` until `stop`.
+/// Refreshes the snapshot of `dbs` now and then every `every` until `stop`.
 pub async fn run_snapshots(
-    pool: PgPool,
+    dbs: Vec<Database>,
     every: std::time::Duration,
     stop: tokio_util::sync::CancellationToken,
 ) {
@@ -288,7 +332,7 @@ pub async fn run_snapshots(
     loop {
         tokio::select! {
             _ = tick.tick() => {
-                if let Err(e) = refresh_snapshot(&pool).await {
+                if let Err(e) = refresh_snapshot_of(&dbs).await {
                     tracing::warn!(error = %e, "refreshing the metrics snapshot failed; serving the last one");
                 }
             }

@@ -45,9 +45,13 @@ pub struct Mutation<T: Serialize> {
     pub result: T,
 }
 
-/// Operator commands over one database.
+/// Operator commands over one database. Reads go to [`Ops::with_reads`]'s pool (a read
+/// replica) when one is given; every write, dry run and the drain's own counting go to the
+/// primary.
 pub struct Ops {
     pool: PgPool,
+    reads: PgPool,
+    replica: bool,
     known_kinds: Vec<String>,
     actor: String,
 }
@@ -56,10 +60,45 @@ impl Ops {
     /// `known_kinds`: the kinds this binary registers (others are accepted only if stored).
     pub fn new(pool: PgPool, known_kinds: Vec<String>, actor: impl Into<String>) -> Self {
         Self {
+            reads: pool.clone(),
             pool,
+            replica: false,
             known_kinds,
             actor: actor.into(),
         }
+    }
+
+    /// These commands over `db`: reads on its replica when it has one.
+    pub fn on(db: &crate::databases::Database, known_kinds: Vec<String>, actor: &str) -> Self {
+        let ops = Self::new(db.pool.clone(), known_kinds, actor);
+        if db.replica.is_some() {
+            ops.with_reads(db.reads.clone())
+        } else {
+            ops
+        }
+    }
+
+    /// Sends the reads (stats, lists, one job, paused kinds, workers, bookings, audit) to
+    /// `reads`, a hot standby of the primary: they show the replica's state, up to its lag.
+    pub fn with_reads(mut self, reads: PgPool) -> Self {
+        self.reads = reads;
+        self.replica = true;
+        self
+    }
+
+    /// How far the read replica is behind the primary; `None` without a replica.
+    pub async fn replica_lag(&self) -> anyhow::Result<Option<crate::databases::ReplicaLag>> {
+        if !self.replica {
+            return Ok(None);
+        }
+        let lag = crate::databases::replica_lag(
+            &self.pool,
+            &self.reads,
+            crate::databases::LAG_PROBE_BUDGET,
+        )
+        .await
+        .context("measuring the read replica's lag (database.read_url)")?;
+        Ok(Some(lag))
     }
 
     /// Fails unless `kind` is registered here or has jobs stored.
@@ -67,7 +106,7 @@ impl Ops {
         if self.known_kinds.iter().any(|k| k == kind) {
             return Ok(());
         }
-        let mut conn = self.pool.acquire().await?;
+        let mut conn = self.read_conn().await?;
         if queue::kind_exists(&mut conn, kind).await? {
             return Ok(());
         }
@@ -91,13 +130,13 @@ impl Ops {
 
     /// The paused and draining kinds.
     pub async fn paused(&self) -> anyhow::Result<Vec<queue::PausedKind>> {
-        let mut conn = self.pool.acquire().await?;
+        let mut conn = self.read_conn().await?;
         Ok(queue::kind_list_paused(&mut conn).await?)
     }
 
     /// Registered workers; `alive` when the last heartbeat is within `alive_within`.
     pub async fn workers(&self, alive_within: Duration) -> anyhow::Result<Vec<queue::WorkerRow>> {
-        let mut conn = self.pool.acquire().await?;
+        let mut conn = self.read_conn().await?;
         Ok(queue::worker_list(&mut conn, alive_within, None).await?)
     }
 
@@ -129,7 +168,7 @@ impl Ops {
 
     /// Per-kind counts.
     pub async fn stats(&self) -> anyhow::Result<Vec<KindStats>> {
-        let mut conn = self.pool.acquire().await?;
+        let mut conn = self.read_conn().await?;
         Ok(queue::job_stats(&mut conn, None).await?)
     }
 
@@ -138,7 +177,7 @@ impl Ops {
         if !(1..=60).contains(&minutes) {
             usage!("minutes must be 1..=60, got {minutes}");
         }
-        let mut conn = self.pool.acquire().await?;
+        let mut conn = self.read_conn().await?;
         Ok(queue::job_count_completed_by_minute(&mut conn, minutes, None).await?)
     }
 
@@ -153,13 +192,13 @@ impl Ops {
         if !(1..=10_000).contains(&limit) {
             usage!("--limit must be 1..=10000, got {limit}");
         }
-        let mut conn = self.pool.acquire().await?;
+        let mut conn = self.read_conn().await?;
         Ok(queue::job_list(&mut conn, f, limit, before_id).await?)
     }
 
     /// One job with its error history.
     pub async fn show(&self, id: i64) -> anyhow::Result<JobRecord> {
-        let mut conn = self.pool.acquire().await?;
+        let mut conn = self.read_conn().await?;
         queue::job_get(&mut conn, id)
             .await?
             .with_context(|| format!("no job with id {id}"))
@@ -167,7 +206,7 @@ impl Ops {
 
     /// The jobs job `id`'s handlers enqueued.
     pub async fn children(&self, id: i64) -> anyhow::Result<Vec<JobSummary>> {
-        let mut conn = self.pool.acquire().await?;
+        let mut conn = self.read_conn().await?;
         Ok(queue::job_list_children(&mut conn, id).await?)
     }
 
@@ -414,10 +453,10 @@ impl Ops {
     /// A booking for operators: its domain record (steps, provider ids, refunds, emails, audit;
     /// no PII) and the jobs behind it.
     pub async fn booking(&self, id: uuid::Uuid) -> anyhow::Result<BookingReport> {
-        let Some(view) = jobs::booking::view(&self.pool, id).await? else {
+        let Some(view) = jobs::booking::view(&self.reads, id).await? else {
             usage!("no booking with id {id}");
         };
-        let mut conn = self.pool.acquire().await?;
+        let mut conn = self.read_conn().await?;
         let mut found: Vec<JobSummary> = Vec::new();
         for sel in jobs::booking::job_selectors(&view) {
             let f = JobFilter {
@@ -478,7 +517,19 @@ impl Ops {
         if !(1..=10_000).contains(&f.limit) {
             usage!("--limit must be 1..=10000, got {}", f.limit);
         }
-        Ok(audit::list(&self.pool, f).await?)
+        Ok(audit::list(&self.reads, f).await?)
+    }
+
+    /// A connection for reads: on the replica when there is one, named when it fails.
+    async fn read_conn(&self) -> anyhow::Result<sqlx::pool::PoolConnection<sqlx::Postgres>> {
+        if !self.replica {
+            return Ok(self.pool.acquire().await?);
+        }
+        let target = crate::database::describe_target(&self.reads.connect_options());
+        self.reads
+            .acquire()
+            .await
+            .with_context(|| format!("cannot reach the read replica at {target} (read_url)"))
     }
 
     fn mutation<T: Serialize>(

@@ -137,6 +137,13 @@ impl Scheduler {
         }
     }
 
+    /// Enqueues through `queue` (on the same database as the scheduler's pool), e.g. one that
+    /// routes kinds to their own databases ([`crate::databases::Databases::queue`]).
+    pub fn with_queue(mut self, queue: Queue) -> Self {
+        self.queue = queue;
+        self
+    }
+
     /// The schedules.
     pub fn schedules(&self) -> &[Schedule] {
         &self.schedules

@@ -4,9 +4,8 @@ use fleet::{config::Settings, ops::Ops};
 use jobs::audit::AuditFilter;
 
 use super::{
-    os_user,
+    databases_for, os_user,
     output::{ago, clip, emit, table},
-    pool_for,
     queue::parse_time,
 };
 
@@ -42,7 +41,7 @@ pub struct AuditArgs {
 }
 
 pub async fn run(a: AuditArgs, settings: &Settings) -> anyhow::Result<()> {
-    let pool = pool_for(settings).await?;
+    let dbs = databases_for(settings).await?;
     let f = AuditFilter {
         actor: a.actor,
         action_prefix: a.action,
@@ -53,7 +52,7 @@ pub async fn run(a: AuditArgs, settings: &Settings) -> anyhow::Result<()> {
         before_id: a.before_id,
         limit: a.limit,
     };
-    let rows = Ops::new(pool, Vec::new(), os_user()).audit(&f).await?;
+    let rows = Ops::on(&dbs.main, Vec::new(), &os_user()).audit(&f).await?;
     let mut t = table(&["at", "actor", "action", "resource", "details"]);
     for r in &rows {
         t.add_row(vec![

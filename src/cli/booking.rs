@@ -5,13 +5,12 @@
 use std::sync::Arc;
 
 use clap::Subcommand;
-use fleet::{config::Settings, fleet_registry, ops::Ops, Queue};
+use fleet::{config::Settings, fleet_registry, ops::Ops};
 use uuid::Uuid;
 
 use super::{
-    os_user,
+    databases_for, os_user,
     output::{ago, clip, emit, table, when},
-    pool_for,
 };
 
 #[derive(clap::Args)]
@@ -51,10 +50,11 @@ enum BookingAction {
 
 pub async fn run(a: BookingArgs, settings: &Settings) -> anyhow::Result<()> {
     let registry = Arc::new(fleet_registry(settings)?);
-    let pool = pool_for(settings).await?;
+    let dbs = databases_for(settings).await?;
+    let pool = dbs.main.pool.clone();
     match a.action {
         BookingAction::Show { id } => {
-            let r = Ops::new(pool, registry.kind_names(), os_user())
+            let r = Ops::on(&dbs.main, registry.kind_names(), &os_user())
                 .booking(id)
                 .await?;
             emit(a.json, &r, &show_text(&r))
@@ -65,7 +65,7 @@ pub async fn run(a: BookingArgs, settings: &Settings) -> anyhow::Result<()> {
             dry_run,
             actor,
         } => {
-            let queue = Queue::new(pool.clone(), registry.clone());
+            let queue = dbs.queue(registry.clone());
             let ops = Ops::new(pool, registry.kind_names(), actor.unwrap_or_else(os_user));
             let r = ops.booking_refund(id, &reason, &queue, dry_run).await?;
             let x = &r.result;

@@ -4,12 +4,12 @@
 
 use std::{io::BufRead, sync::Arc, time::Duration};
 
-use fleet::{config::Settings, fleet_registry, ops::UsageError, Queue};
+use fleet::{config::Settings, fleet_registry, ops::UsageError};
 use jobs::NewJob;
 use serde::Deserialize;
 use sqlx::Connection;
 
-use super::{os_user, output::emit, pool_for, usage};
+use super::{databases_for, os_user, output::emit, usage};
 
 /// Jobs per insert statement in the bulk form.
 const CHUNK: usize = 5_000;
@@ -140,8 +140,9 @@ pub async fn run(a: EnqueueArgs, settings: &Settings) -> anyhow::Result<()> {
     };
     let total = jobs.len();
     let single = a.file.is_none();
-    let pool = pool_for(settings).await?;
-    let queue = Queue::new(pool.clone(), registry);
+    let dbs = databases_for(settings).await?;
+    let pool = dbs.main.pool.clone();
+    let queue = dbs.queue(registry);
     let bar = indicatif::ProgressBar::new(total as u64).with_style(
         indicatif::ProgressStyle::with_template("{spinner} enqueueing [{bar:30}] {pos}/{len}")
             .expect("static template")

@@ -21,7 +21,7 @@ mod workers;
 use std::path::PathBuf;
 
 use clap::{Parser, Subcommand};
-use fleet::{config::Settings, database};
+use fleet::{config::Settings, database, databases::Databases};
 use tokio_util::sync::CancellationToken;
 
 #[derive(Parser)]
@@ -127,6 +127,13 @@ pub(crate) async fn pool_for(settings: &Settings) -> anyhow::Result<sqlx::PgPool
     let pool = database::connect_configured(&settings.database).await?;
     database::require_schema(&pool).await?;
     Ok(pool)
+}
+
+/// Every configured database (`main` from [`pool_for`], each `[databases.*]` one checked the
+/// same way) with its read replica, if any.
+pub(crate) async fn databases_for(settings: &Settings) -> anyhow::Result<Databases> {
+    let main = pool_for(settings).await?;
+    Ok(Databases::connect(settings, main).await?)
 }
 
 /// Returns a usage error (exit 2) from the enclosing function: the command was asked for

@@ -12,9 +12,9 @@ use fleet::{
 };
 
 use super::{
-    os_user,
+    databases_for, os_user,
     output::{ago, clip, emit, short, table, when},
-    pool_for,
+    usage,
 };
 
 #[derive(clap::Args)]
@@ -22,6 +22,10 @@ pub struct QueueArgs {
     /// Print JSON instead of text.
     #[arg(long, global = true)]
     json: bool,
+    /// The database to act on: `main` (default) or a `[databases.*]` name. `stats` without it
+    /// shows every database.
+    #[arg(long, global = true)]
+    database: Option<String>,
     #[command(subcommand)]
     action: QueueAction,
 }
@@ -155,43 +159,60 @@ pub(crate) use fleet::queue::parse_time;
 
 pub async fn run(a: QueueArgs, settings: &Settings) -> anyhow::Result<()> {
     let registry = fleet_registry(settings)?;
-    let pool = pool_for(settings).await?;
+    let dbs = databases_for(settings).await?;
     let (kinds, action, json) = (registry.kind_names(), a.action, a.json);
+    let db = match &a.database {
+        None => &dbs.main,
+        Some(name) => match dbs.get(name) {
+            Some(d) => d,
+            None => usage!(
+                "--database {name:?} is not configured (databases: {})",
+                dbs.names().join(", ")
+            ),
+        },
+    };
+    // A kind's jobs, keys and pause switch live in its own database only.
+    let homed_here = |kind: &str| -> anyhow::Result<()> {
+        let home = &dbs.home_of(kind).name;
+        if *home != db.name {
+            usage!(
+                "kind {kind:?} lives in database {home:?}, not {:?}: add --database {home}",
+                db.name
+            );
+        }
+        Ok(())
+    };
     let actor_of = |m: &MutArgs| m.actor.clone().unwrap_or_else(os_user);
-    let ops = |actor: String| Ops::new(pool.clone(), kinds.clone(), actor);
+    let ops = |actor: String| Ops::on(db, kinds.clone(), &actor);
     match action {
         QueueAction::Stats => {
-            let stats = ops(os_user()).stats().await?;
-            let mut t = table(&[
-                "kind", "queue", "paused", "ready", "due", "later", "running", "dead/24h",
-                "done/1m", "oldest",
-            ]);
-            for k in &stats {
-                let n = |s: &str| k.states.get(s).copied().unwrap_or(0);
-                t.add_row(vec![
-                    k.kind.clone(),
-                    k.queue.clone(),
-                    k.paused.unwrap_or("").to_owned(),
-                    n("available").to_string(),
-                    k.due_now.to_string(),
-                    k.later.to_string(),
-                    n("running").to_string(),
-                    k.dead_last_day.to_string(),
-                    k.completed_last_minute.to_string(),
-                    k.oldest_available_age_s
-                        .map(|a| short(Duration::from_secs_f64(a.max(0.0))))
-                        .unwrap_or_else(|| "-".into()),
-                ]);
-            }
-            let text = if stats.is_empty() {
-                "no jobs, and no kind is paused".to_owned()
-            } else {
-                format!(
-                    "{t}\nready: claimable now · due: scheduled or retrying, claimable at the next \
-                     promotion · later: waiting for its time · oldest: age of the oldest ready job"
-                )
+            let shown: Vec<&fleet::databases::Database> = match &a.database {
+                Some(_) => vec![db],
+                None => dbs.all().collect(),
             };
-            emit(json, &stats, &text)
+            let mut rows = Vec::new();
+            let mut text = String::new();
+            for d in &shown {
+                let o = Ops::on(d, kinds.clone(), &os_user());
+                let stats = o.stats().await?;
+                let lag = o.replica_lag().await?;
+                if shown.len() > 1 {
+                    text.push_str(&format!("database {}\n", d.name));
+                }
+                text.push_str(&stats_text(&stats));
+                if let (Some(lag), Some(replica)) = (&lag, &d.replica) {
+                    text.push_str(&format!(
+                        "\nread from the replica at {replica}: {}",
+                        lag.describe()
+                    ));
+                }
+                text.push_str(if shown.len() > 1 { "\n\n" } else { "" });
+                rows.extend(stats.into_iter().map(|s| StatsRow {
+                    stats: s,
+                    database: d.name.clone(),
+                }));
+            }
+            emit(json, &rows, text.trim_end())
         }
         QueueAction::List {
             filter,
@@ -237,6 +258,9 @@ pub async fn run(a: QueueArgs, settings: &Settings) -> anyhow::Result<()> {
             emit(json, &value, &show_text(&j, &children))
         }
         QueueAction::Replay { filter, m } => {
+            if let Some(k) = &filter.kind {
+                homed_here(k)?;
+            }
             let r = ops(actor_of(&m))
                 .replay(&filter.into_filter(), m.dry_run)
                 .await?;
@@ -260,6 +284,9 @@ pub async fn run(a: QueueArgs, settings: &Settings) -> anyhow::Result<()> {
             emit(json, &r, &text)
         }
         QueueAction::Cancel { filter, m } => {
+            if let Some(k) = &filter.kind {
+                homed_here(k)?;
+            }
             let r = ops(actor_of(&m))
                 .cancel(&filter.into_filter(), m.dry_run)
                 .await?;
@@ -281,6 +308,7 @@ pub async fn run(a: QueueArgs, settings: &Settings) -> anyhow::Result<()> {
             emit(json, &r, &text)
         }
         QueueAction::Pause { kind, reason, m } => {
+            homed_here(&kind)?;
             let r = ops(actor_of(&m)).pause(&kind, &reason, m.dry_run).await?;
             let what = match (r.dry_run, r.result) {
                 (true, true) => "would pause",
@@ -290,6 +318,7 @@ pub async fn run(a: QueueArgs, settings: &Settings) -> anyhow::Result<()> {
             emit(json, &r, &format!("{kind}: {what}"))
         }
         QueueAction::Resume { kind, m } => {
+            homed_here(&kind)?;
             let r = ops(actor_of(&m)).resume(&kind, m.dry_run).await?;
             let what = match (r.dry_run, r.result) {
                 (true, true) => "would resume",
@@ -325,6 +354,9 @@ pub async fn run(a: QueueArgs, settings: &Settings) -> anyhow::Result<()> {
             timeout,
             m,
         } => {
+            for k in &drain {
+                homed_here(k)?;
+            }
             let o = ops(actor_of(&m));
             // Say at once if nobody would run the backlog: the drain would only time out.
             let unserved = o
@@ -419,6 +451,48 @@ pub async fn run(a: QueueArgs, settings: &Settings) -> anyhow::Result<()> {
             )
         }
     }
+}
+
+/// Rows of `fleet queue stats --json`: each kind's figures and the database they live in.
+#[derive(serde::Serialize)]
+struct StatsRow {
+    #[serde(flatten)]
+    stats: queue::KindStats,
+    database: String,
+}
+
+/// The stats table of one database, for people.
+fn stats_text(stats: &[queue::KindStats]) -> String {
+    let mut t = table(&[
+        "kind", "queue", "paused", "ready", "due", "later", "running", "dead/24h", "done/1m",
+        "oldest",
+    ]);
+    for k in stats {
+        let n = |s: &str| k.states.get(s).copied().unwrap_or(0);
+        t.add_row(vec![
+            k.kind.clone(),
+            k.queue.clone(),
+            k.paused.unwrap_or("").to_owned(),
+            n("available").to_string(),
+            k.due_now.to_string(),
+            k.later.to_string(),
+            n("running").to_string(),
+            k.dead_last_day.to_string(),
+            k.completed_last_minute.to_string(),
+            k.oldest_available_age_s
+                .map(|a| short(Duration::from_secs_f64(a.max(0.0))))
+                .unwrap_or_else(|| "-".into()),
+        ]);
+    }
+    let text = if stats.is_empty() {
+        "no jobs, and no kind is paused".to_owned()
+    } else {
+        format!(
+            "{t}\nready: claimable now · due: scheduled or retrying, claimable at the next \
+                     promotion · later: waiting for its time · oldest: age of the oldest ready job"
+        )
+    };
+    text
 }
 
 /// `1, 2, 3` (at most 20, then `… and N more`).

@@ -5,10 +5,10 @@ use super::usage;
 use std::sync::Arc;
 
 use anyhow::bail;
-use fleet::{config::Settings, database, fleet_registry, Queue, Worker};
+use fleet::{config::Settings, database, fleet_registry, Worker};
 use tokio_util::sync::CancellationToken;
 
-use super::{output, pool_for, spawn_signal_handler};
+use super::{databases_for, output, spawn_signal_handler};
 
 #[derive(clap::Args)]
 pub struct WorkerArgs {
@@ -22,6 +22,10 @@ pub struct WorkerArgs {
     /// 127.0.0.1:9100).
     #[arg(long)]
     metrics_bind: Option<std::net::SocketAddr>,
+    /// Databases to claim jobs from, comma-separated: `main` and `[databases.*]` names
+    /// (default: every configured database). Handlers always use `main` for domain tables.
+    #[arg(long, value_delimiter = ',')]
+    databases: Option<Vec<String>>,
 }
 
 #[derive(clap::Args)]
@@ -50,6 +54,16 @@ pub struct MigrateArgs {
 
 pub async fn migrate(a: MigrateArgs, settings: &Settings) -> anyhow::Result<()> {
     let pool = database::connect_configured(&settings.database).await?;
+    if !settings.databases.is_empty() && !a.status {
+        // The same migrations everywhere: a jobs-only database carries the domain tables too,
+        // empty, so one binary checks one schema.
+        for (name, d) in &settings.databases {
+            let url = d.url.as_ref().map(|u| u.expose()).unwrap_or_default();
+            let p = database::connect_within(url, 2, settings.database.connect_timeout).await?;
+            let applied = database::migrate_pending(&p).await?;
+            eprintln!("databases.{name}: applied {} migration(s)", applied.len());
+        }
+    }
     if a.status {
         let status = database::migration_status(&pool).await?.unwrap_or_else(|| {
             // Never migrated: everything this binary has is pending.
@@ -133,14 +147,31 @@ pub async fn worker(a: WorkerArgs, mut settings: Settings) -> anyhow::Result<()>
         .into());
     }
     let extensions = handler_extensions(&settings)?;
-    let pool = pool_for(&settings).await?;
+    let dbs = databases_for(&settings).await?;
+    let served: Vec<fleet::databases::Database> = match &a.databases {
+        None => dbs.all().cloned().collect(),
+        Some(names) => {
+            let mut v = Vec::new();
+            for n in names {
+                match dbs.get(n) {
+                    Some(d) => v.push(d.clone()),
+                    None => usage!(
+                        "--databases: {n:?} is not configured (databases: {})",
+                        dbs.names().join(", ")
+                    ),
+                }
+            }
+            v
+        }
+    };
+    let pool = dbs.main.pool.clone();
     let shutdown = CancellationToken::new();
     spawn_signal_handler(shutdown.clone());
     if let Some(bind) = a.metrics_bind {
         let listener = bind_listener(bind, "--metrics-bind").await?;
         let limits = fleet::serve::Limits::from(&settings.serve);
         tokio::spawn(fleet::metrics::run_snapshots(
-            pool.clone(),
+            served.clone(),
             settings.serve.metrics_refresh,
             shutdown.clone(),
         ));
@@ -152,14 +183,28 @@ pub async fn worker(a: WorkerArgs, mut settings: Settings) -> anyhow::Result<()>
             }
         });
     }
-    let report = Worker::new(pool, registry, settings.worker.clone())
-        .with_extensions(extensions)
-        .run(shutdown)
-        .await;
-    if report.unwritten > 0 {
+    // One runtime per served database: its own claims, leases, heartbeat and maintenance;
+    // every handler gets the main database and the routing queue.
+    let queue = dbs.queue(registry.clone());
+    let runs: Vec<_> = served
+        .iter()
+        .map(|d| {
+            let w = Worker::new(d.pool.clone(), registry.clone(), settings.worker.clone())
+                .with_extensions(extensions.clone())
+                .serving_database(&d.name, pool.clone(), queue.clone());
+            tokio::spawn(w.run(shutdown.clone()))
+        })
+        .collect();
+    let mut unwritten = 0;
+    for r in futures::future::join_all(runs).await {
+        match r {
+            Ok(r) => unwritten += r.unwritten,
+            Err(e) => bail!("a worker runtime failed: {e}"),
+        }
+    }
+    if unwritten > 0 {
         bail!(
-            "{} outcomes could not be written; their jobs will be rescued after their leases expire",
-            report.unwritten
+            "{unwritten} outcomes could not be written; their jobs will be rescued after their leases expire"
         );
     }
     Ok(())
@@ -183,7 +228,8 @@ pub async fn serve(a: ServeArgs, settings: &Settings) -> anyhow::Result<()> {
     if bind == admin_bind && bind.port() != 0 {
         usage!("the public and admin listeners cannot share {bind} (serve.bind, serve.admin_bind)");
     }
-    let pool = pool_for(settings).await?;
+    let dbs = databases_for(settings).await?;
+    let pool = dbs.main.pool.clone();
     let limits = fleet::serve::Limits::from(&settings.serve);
     let open_files = fleet::serve::raise_open_files_limit();
     if (open_files as usize) < limits.max_connections * 2 + 64 {
@@ -198,14 +244,14 @@ pub async fn serve(a: ServeArgs, settings: &Settings) -> anyhow::Result<()> {
     let shutdown = CancellationToken::new();
     spawn_signal_handler(shutdown.clone());
     tokio::spawn(fleet::metrics::run_snapshots(
-        pool.clone(),
+        dbs.all().cloned().collect(),
         settings.serve.metrics_refresh,
         shutdown.clone(),
     ));
     let webhooks = fleet::serve::harden(
         fleet::webhooks::router(
             pool.clone(),
-            Queue::new(pool.clone(), registry.clone()),
+            dbs.queue(registry.clone()),
             secrets,
             limits.max_body_bytes,
         ),
@@ -214,12 +260,15 @@ pub async fn serve(a: ServeArgs, settings: &Settings) -> anyhow::Result<()> {
     if settings.console.users.is_empty() {
         tracing::warn!("no [console.users.*] are configured: nobody can sign in to the console");
     }
-    let console = fleet::console::Console::new(
+    let mut console = fleet::console::Console::new(
         pool.clone(),
         registry,
         settings.console.clone(),
         settings.worker.lease,
     );
+    if dbs.main.replica.is_some() {
+        console = console.with_reads(dbs.main.reads.clone());
+    }
     let admin_routes = fleet::serve::harden(
         fleet::serve::admin_router_with_console(pool, console),
         &limits,
@@ -238,10 +287,11 @@ pub async fn scheduler(settings: &Settings) -> anyhow::Result<()> {
     if schedules.is_empty() {
         tracing::warn!("no [schedules.*] are enabled: the scheduler will idle");
     }
-    let pool = pool_for(settings).await?;
+    let dbs = databases_for(settings).await?;
     let shutdown = CancellationToken::new();
     spawn_signal_handler(shutdown.clone());
-    fleet::scheduler::Scheduler::new(pool, registry, schedules)
+    fleet::scheduler::Scheduler::new(dbs.main.pool.clone(), registry.clone(), schedules)
+        .with_queue(dbs.queue(registry))
         .run(shutdown)
         .await
 }

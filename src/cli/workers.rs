@@ -5,9 +5,8 @@ use chrono::Utc;
 use fleet::{config::Settings, ops::Ops};
 
 use super::{
-    os_user,
+    databases_for, os_user,
     output::{ago, emit, short, table},
-    pool_for,
 };
 
 #[derive(clap::Args)]
@@ -18,11 +17,17 @@ pub struct WorkersArgs {
 }
 
 pub async fn run(a: WorkersArgs, settings: &Settings) -> anyhow::Result<()> {
-    let pool = pool_for(settings).await?;
+    let dbs = databases_for(settings).await?;
     // A worker renews its row every heartbeat; one silent for a lease is not running jobs.
-    let workers = Ops::new(pool, Vec::new(), os_user())
-        .workers(settings.worker.lease)
-        .await?;
+    // Each database has its own registry: a worker serving two databases is listed in both.
+    let mut workers = Vec::new();
+    for db in dbs.all() {
+        workers.extend(
+            Ops::on(db, Vec::new(), &os_user())
+                .workers(settings.worker.lease)
+                .await?,
+        );
+    }
     let mut t = table(&[
         "worker", "status", "version", "queues", "conc.", "held", "done", "up", "seen",
     ]);

@@ -45,7 +45,10 @@ pub use auth::{hash_password, Session};
 
 /// Everything the console's handlers share (behind [`ConsoleState`]).
 pub struct Inner {
+    /// The primary: sessions, and every action.
     pool: PgPool,
+    /// A read replica for the pages, when configured ([`Console::with_reads`]).
+    reads: Option<PgPool>,
     registry: Arc<Registry>,
     queue: Queue,
     settings: ConsoleSettings,
@@ -70,7 +73,11 @@ impl std::ops::Deref for ConsoleState {
 impl ConsoleState {
     /// The CLI's operator commands, acting as `actor` (the signed-in user).
     fn ops(&self, actor: &str) -> Ops {
-        Ops::new(self.pool.clone(), self.registry.kind_names(), actor)
+        let ops = Ops::new(self.pool.clone(), self.registry.kind_names(), actor);
+        match &self.reads {
+            Some(r) => ops.with_reads(r.clone()),
+            None => ops,
+        }
     }
 }
 
@@ -94,6 +101,7 @@ impl Console {
         Self {
             state: ConsoleState(Arc::new(Inner {
                 pool,
+                reads: None,
                 registry,
                 queue,
                 settings,
@@ -102,6 +110,16 @@ impl Console {
                 overview,
             })),
         }
+    }
+
+    /// Reads the pages from `reads`, a hot standby of the primary (`database.read_url`); the
+    /// overview says so, with the replica's lag. Actions (and their previews, which are dry
+    /// runs), sign-ins and sessions stay on the primary.
+    pub fn with_reads(mut self, reads: PgPool) -> Self {
+        Arc::get_mut(&mut self.state.0)
+            .expect("with_reads is called before router")
+            .reads = Some(reads);
+        self
     }
 
     /// The console's routes, with absolute paths under `/ui/` (merge it into the admin

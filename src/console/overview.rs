@@ -39,6 +39,8 @@ pub struct Snapshot {
     workers: Vec<WorkerRow>,
     running: Vec<JobSummary>,
     paused: Vec<PausedKind>,
+    /// When the figures come from a read replica: how far behind it is.
+    replica: Option<crate::databases::ReplicaLag>,
 }
 
 /// The last snapshot and when it was read (one query set per half refresh, whoever asks).
@@ -77,6 +79,7 @@ async fn snapshot(st: &ConsoleState, s: &Session) -> Result<Arc<Snapshot>, PageE
         workers: ops.workers(st.alive_within).await?,
         running: ops.list(&running, RUNNING_SHOWN, None).await?,
         paused: ops.paused().await?,
+        replica: ops.replica_lag().await?,
     });
     *last = Some((Instant::now(), snap.clone()));
     Ok(snap)
@@ -119,6 +122,12 @@ fn live_region(st: &ConsoleState, snap: &Snapshot) -> Markup {
     html! {
         div #live hx-get="/ui/overview/live" hx-trigger=(every) hx-swap="outerHTML" {
             p.updated { "Figures as of " (templates::time(snap.taken_at)) }
+            @if let Some(lag) = &snap.replica {
+                p.updated #replica-lag {
+                    "Read from a replica: " (lag.describe())
+                    ". Actions go to the primary."
+                }
+            }
             (cards(snap))
             (kinds_table(snap))
             (chart(snap))

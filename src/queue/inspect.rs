@@ -505,3 +505,32 @@ pub async fn job_count_with_keys(
     .fetch_one(conn)
     .await
 }
+
+/// What the jobs table takes on disk, and how many rows it holds.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+pub struct JobTableSize {
+    /// Rows (every state).
+    pub rows: i64,
+    /// The heap (`pg_relation_size`).
+    pub heap_bytes: i64,
+    /// Every index (`pg_indexes_size`).
+    pub index_bytes: i64,
+    /// Heap, indexes and TOAST (`pg_total_relation_size`).
+    pub total_bytes: i64,
+}
+
+/// JobTableSize: the jobs table's size on disk and row count (benchmarks: bytes per job).
+pub async fn job_table_size(conn: &mut PgConnection) -> Result<JobTableSize, sqlx::Error> {
+    let (rows, heap_bytes, index_bytes, total_bytes) = sqlx::query_as(
+        "SELECT (SELECT count(*) FROM fleet_jobs), pg_relation_size('fleet_jobs'),
+                pg_indexes_size('fleet_jobs'), pg_total_relation_size('fleet_jobs')",
+    )
+    .fetch_one(conn)
+    .await?;
+    Ok(JobTableSize {
+        rows,
+        heap_bytes,
+        index_bytes,
+        total_bytes,
+    })
+}

@@ -273,9 +273,9 @@ async fn run_attempt(s: &Shared, job: &ClaimedJob, cancel: CancellationToken) ->
         kind: job.kind.clone(),
         attempt: job.attempt,
         max_attempts: job.max_attempts,
-        pool: s.pool.clone(),
+        pool: s.domain_pool.clone(),
         cancel: cancel.clone(),
-        enqueuer: Arc::new(s.queue.child_of(job.id)),
+        enqueuer: Arc::new(s.queue.child_of_in(job.id, s.db_name.clone())),
         extensions: s.extensions.clone(),
     };
     let fut = match kind.start(job.args.clone(), ctx) {

@@ -80,7 +80,13 @@ pub struct DrainReport {
 }
 
 pub(crate) struct Shared {
+    /// The database this worker claims from (and heartbeats, rescues, promotes in).
     pub pool: PgPool,
+    /// Its name (`main`, or a `[databases.*]` name).
+    pub db_name: Arc<str>,
+    /// What handlers get as [`jobs::JobContext::pool`]: the main database, home of the domain
+    /// tables (the same as `pool` unless this worker serves another database).
+    pub domain_pool: PgPool,
     pub registry: Arc<Registry>,
     pub queue: Queue,
     pub cfg: WorkerSettings,
@@ -125,6 +131,8 @@ impl Worker {
         Self {
             shared: Arc::new(Shared {
                 slots: Arc::new(Semaphore::new(cfg.concurrency)),
+                domain_pool: pool.clone(),
+                db_name: crate::config::MAIN_DATABASE.into(),
                 pool,
                 registry,
                 queue,
@@ -148,6 +156,18 @@ impl Worker {
         Arc::get_mut(&mut self.shared)
             .expect("with_extensions is called before run")
             .extensions = extensions;
+        self
+    }
+
+    /// Makes this worker one of a fleet with several databases: it claims from its own pool
+    /// (the database `db_name`), while its handlers get `domain_pool` (the main database, home
+    /// of the domain tables) and enqueue follow-ups through `queue` (on the main database,
+    /// routing each kind to its own). Call before [`Worker::run`].
+    pub fn serving_database(mut self, db_name: &str, domain_pool: PgPool, queue: Queue) -> Self {
+        let s = Arc::get_mut(&mut self.shared).expect("serving_database is called before run");
+        s.db_name = db_name.into();
+        s.domain_pool = domain_pool;
+        s.queue = queue;
         self
     }
 

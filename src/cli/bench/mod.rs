@@ -5,10 +5,13 @@
 //! - `ceiling`: the claim and outcome statements with no runtime around them, beside the
 //!   engine in the same run ([`ceiling`]);
 //! - `webhooks`: the webhook ingress under load, and the cost of the worst accepted request
-//!   next to a normal one ([`webhooks`]).
+//!   next to a normal one ([`webhooks`]);
+//! - `processes`: the burn-down with 1, 2, 4 worker processes, with the CPU each side used
+//!   ([`processes`]).
 
 mod burn_down;
 mod ceiling;
+mod processes;
 mod webhooks;
 
 /// `fleet bench [MODE]`.
@@ -27,6 +30,11 @@ enum BenchMode {
     Ceiling(ceiling::CeilingArgs),
     /// The webhook ingress: concurrent clients posting signed events plus invalid ones.
     Webhooks(webhooks::WebhookBenchArgs),
+    /// The burn-down worked by N worker processes (default 1, 2, 4), interleaved over rounds.
+    Processes(processes::ProcessesArgs),
+    /// One worker process of `bench processes` (started by it).
+    #[command(hide = true)]
+    ProcessesChild(processes::ChildArgs),
 }
 
 /// Runs the chosen benchmark.
@@ -35,6 +43,8 @@ pub async fn run(a: BenchArgs) -> anyhow::Result<()> {
         None => burn_down::run(a.burn_down).await,
         Some(BenchMode::Ceiling(c)) => ceiling::run(c).await,
         Some(BenchMode::Webhooks(w)) => webhooks::run(w).await,
+        Some(BenchMode::Processes(p)) => processes::run(p).await,
+        Some(BenchMode::ProcessesChild(c)) => processes::child(c).await,
     }
 }
 

@@ -1,0 +1,212 @@
+//! Throwaway Postgres clusters on loopback for tests and benchmarks that need a server of their
+//! own: a primary, and hot standbys of it made with `pg_basebackup -R` (streaming
+//! replication). Each lives in a fresh directory under the system temp directory, on a free
+//! port, and is stopped and deleted when dropped.
+//!
+//! `initdb` and `postgres` refuse to run as root: when the process is root (as CI is), every
+//! server command runs as the unprivileged `postgres` user (`runuser -u postgres --`), as the
+//! shared throwaway cluster of [`crate::database`] does. The primary trusts loopback, for
+//! replication too (`initdb --auth=trust` writes `host replication all 127.0.0.1/32 trust`),
+//! and runs with `wal_level=replica`; durability is off (`fsync=off`): these are scratch data.
+
+use std::{
+    path::{Path, PathBuf},
+    process::Command,
+};
+
+use anyhow::{bail, Context};
+
+use crate::database::{chown_to_postgres, postgres_bindir};
+
+/// A Postgres server this process started; stopped (fast) and deleted on drop.
+pub struct LocalCluster {
+    /// Its port on 127.0.0.1.
+    pub port: u16,
+    root: PathBuf,
+    bin: PathBuf,
+    as_root: bool,
+    running: bool,
+}
+
+impl LocalCluster {
+    /// `initdb` in a fresh directory, then start it as a primary that accepts replication.
+    pub fn start_primary(label: &str) -> anyhow::Result<Self> {
+        let mut c = Self::prepare(label)?;
+        let data = c.data();
+        c.run(
+            "initdb",
+            &[
+                "-D",
+                path_str(&data)?,
+                "-U",
+                "postgres",
+                "--auth=trust",
+                "--no-sync",
+                "-E",
+                "UTF8",
+            ],
+        )?;
+        c.start()?;
+        Ok(c)
+    }
+
+    /// A hot standby of `primary`: `pg_basebackup -R` (which writes `standby.signal` and
+    /// `primary_conninfo`) from it, then start it on a port of its own. It replays the
+    /// primary's WAL as it streams in and answers read-only queries.
+    pub fn start_standby_of(primary: &LocalCluster, label: &str) -> anyhow::Result<Self> {
+        let mut c = Self::prepare(label)?;
+        let data = c.data();
+        let port = primary.port.to_string();
+        c.run(
+            "pg_basebackup",
+            &[
+                "-h",
+                "127.0.0.1",
+                "-p",
+                &port,
+                "-U",
+                "postgres",
+                "-D",
+                path_str(&data)?,
+                "-R",
+                "-X",
+                "stream",
+                "--checkpoint=fast",
+                "--no-sync",
+            ],
+        )?;
+        c.start()?;
+        Ok(c)
+    }
+
+    /// The URL of database `db` on this server (user `postgres`, trust).
+    pub fn url(&self, db: &str) -> String {
+        format!("postgres://postgres@127.0.0.1:{}/{db}", self.port)
+    }
+
+    /// Stops the server (fast shutdown); the directory stays until drop.
+    pub fn stop(&mut self) -> anyhow::Result<()> {
+        if !self.running {
+            return Ok(());
+        }
+        let data = self.data();
+        self.run(
+            "pg_ctl",
+            &["-D", path_str(&data)?, "-m", "fast", "-w", "stop"],
+        )?;
+        self.running = false;
+        Ok(())
+    }
+
+    fn prepare(label: &str) -> anyhow::Result<Self> {
+        let root = std::env::temp_dir().join(format!(
+            "fleet-cluster-{label}-{}-{}",
+            std::process::id(),
+            &uuid::Uuid::new_v4().simple().to_string()[..8]
+        ));
+        std::fs::create_dir_all(&root).with_context(|| format!("creating {}", root.display()))?;
+        let as_root = unsafe { libc::geteuid() } == 0;
+        if as_root {
+            chown_to_postgres(&root)?;
+        }
+        Ok(Self {
+            port: free_port()?,
+            root,
+            bin: postgres_bindir()?,
+            as_root,
+            running: false,
+        })
+    }
+
+    fn data(&self) -> PathBuf {
+        self.root.join("data")
+    }
+
+    fn start(&mut self) -> anyhow::Result<()> {
+        let data = self.data();
+        let log = self.root.join("postgres.log");
+        let opts = format!(
+            "-p {} -k {} -c listen_addresses=127.0.0.1 -c max_connections=60 -c fsync=off \
+             -c wal_level=replica -c max_wal_senders=5 -c hot_standby=on \
+             -c wal_receiver_status_interval=1s",
+            self.port,
+            path_str(&self.root)?
+        );
+        let started = self.run(
+            "pg_ctl",
+            &[
+                "-D",
+                path_str(&data)?,
+                "-o",
+                &opts,
+                "-l",
+                path_str(&log)?,
+                "-w",
+                "-t",
+                "30",
+                "start",
+            ],
+        );
+        if let Err(e) = started {
+            let tail = std::fs::read_to_string(&log).unwrap_or_default();
+            let tail: Vec<&str> = tail.lines().rev().take(15).collect();
+            let tail: Vec<&str> = tail.into_iter().rev().collect();
+            bail!(
+                "{e:#}\nserver log ({}):\n{}",
+                log.display(),
+                tail.join("\n")
+            );
+        }
+        self.running = true;
+        Ok(())
+    }
+
+    /// Runs a server tool (as `postgres` when we are root), failing with its output.
+    fn run(&self, tool: &str, args: &[&str]) -> anyhow::Result<()> {
+        let exe = self.bin.join(tool);
+        let mut c = if self.as_root {
+            let mut c = Command::new("runuser");
+            c.args(["-u", "postgres", "--"]).arg(&exe);
+            c
+        } else {
+            Command::new(&exe)
+        };
+        // The tools' own cwd must be readable by the postgres user.
+        let out = c
+            .args(args)
+            .current_dir(&self.root)
+            .output()
+            .with_context(|| format!("running {}", exe.display()))?;
+        if !out.status.success() {
+            bail!(
+                "{tool} failed ({}): {}{}",
+                out.status,
+                String::from_utf8_lossy(&out.stderr).trim(),
+                String::from_utf8_lossy(&out.stdout).trim()
+            );
+        }
+        Ok(())
+    }
+}
+
+impl Drop for LocalCluster {
+    fn drop(&mut self) {
+        if self.running {
+            let data = self.data();
+            if let Ok(d) = path_str(&data) {
+                let _ = self.run("pg_ctl", &["-D", d, "-m", "immediate", "-w", "stop"]);
+            }
+        }
+        let _ = std::fs::remove_dir_all(&self.root);
+    }
+}
+
+fn path_str(p: &Path) -> anyhow::Result<&str> {
+    p.to_str().context("non-UTF-8 temp path")
+}
+
+/// A loopback port nobody listens on right now.
+fn free_port() -> anyhow::Result<u16> {
+    let l = std::net::TcpListener::bind("127.0.0.1:0").context("finding a free port")?;
+    Ok(l.local_addr()?.port())
+}
