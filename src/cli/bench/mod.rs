@@ -5,10 +5,15 @@
 //! - `ceiling`: the claim and outcome statements with no runtime around them, beside the
 //!   engine in the same run ([`ceiling`]);
 //! - `webhooks`: the webhook ingress under load, and the cost of the worst accepted request
-//!   next to a normal one ([`webhooks`]).
+//!   next to a normal one ([`webhooks`]);
+//! - `fanout`: one campaign scan over 100,000+ due campaigns, and its re-run ([`fanout`]);
+//! - `booking`: fare found → ticketed under provider latency, at a steady rate, with worker
+//!   processes and the search fan-out beside it ([`booking`]).
 
+mod booking;
 mod burn_down;
 mod ceiling;
+mod fanout;
 mod webhooks;
 
 /// `fleet bench [MODE]`.
@@ -27,6 +32,10 @@ enum BenchMode {
     Ceiling(ceiling::CeilingArgs),
     /// The webhook ingress: concurrent clients posting signed events plus invalid ones.
     Webhooks(webhooks::WebhookBenchArgs),
+    /// One campaign scan over N due campaigns: time to enqueue every search, and its re-run.
+    Fanout(fanout::FanoutArgs),
+    /// Booking latency (fare found → ticketed) at a steady rate under provider latency.
+    Booking(booking::BookingBenchArgs),
 }
 
 /// Runs the chosen benchmark.
@@ -35,6 +44,8 @@ pub async fn run(a: BenchArgs) -> anyhow::Result<()> {
         None => burn_down::run(a.burn_down).await,
         Some(BenchMode::Ceiling(c)) => ceiling::run(c).await,
         Some(BenchMode::Webhooks(w)) => webhooks::run(w).await,
+        Some(BenchMode::Fanout(f)) => fanout::run(f).await,
+        Some(BenchMode::Booking(b)) => booking::run(b).await,
     }
 }
 
