@@ -1186,7 +1186,11 @@ async fn provider_latency_delays_every_stripe_and_duffel_call_but_not_email_or_a
     let t = std::time::Instant::now();
     let offers = search(&c, &base, "LHR", "JFK", "2031-03-04").await;
     // Two Duffel calls, each at least 300 ms.
-    assert!(t.elapsed() >= Duration::from_millis(600), "{:?}", t.elapsed());
+    assert!(
+        t.elapsed() >= Duration::from_millis(600),
+        "{:?}",
+        t.elapsed()
+    );
     assert!(!offers.is_empty());
 
     let t = std::time::Instant::now();
@@ -1211,8 +1215,10 @@ async fn provider_latency_delays_every_stripe_and_duffel_call_but_not_email_or_a
         .post(format!("{base}/emails"))
         .bearer_auth(RESEND)
         .header("Idempotency-Key", "lat/1")
-        .json(&json!({"from": "a@parkerflight.test", "to": ["t@example.com"],
-            "subject": "s", "html": "<p>h</p>", "text": "t"}))
+        .json(
+            &json!({"from": "a@parkerflight.test", "to": ["t@example.com"],
+            "subject": "s", "html": "<p>h</p>", "text": "t"}),
+        )
         .send()
         .await
         .unwrap();
@@ -1221,5 +1227,9 @@ async fn provider_latency_delays_every_stripe_and_duffel_call_but_not_email_or_a
         .send()
         .await
         .unwrap();
-    assert!(t.elapsed() < Duration::from_millis(300), "{:?}", t.elapsed());
+    assert!(
+        t.elapsed() < Duration::from_millis(300),
+        "{:?}",
+        t.elapsed()
+    );
 }

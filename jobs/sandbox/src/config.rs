@@ -56,9 +56,8 @@ impl std::str::FromStr for LatencyRange {
 
     fn from_str(s: &str) -> Result<Self, String> {
         let one = |part: &str| {
-            humantime::parse_duration(part.trim()).map_err(|e| {
-                format!("latency {s:?}: {part:?} is not a duration like 100ms ({e})")
-            })
+            humantime::parse_duration(part.trim())
+                .map_err(|e| format!("latency {s:?}: {part:?} is not a duration like 100ms ({e})"))
         };
         let (min, max) = match s.split_once("..") {
             Some((lo, hi)) => (one(lo)?, one(hi)?),

@@ -195,7 +195,10 @@ pub async fn run(a: BookingBenchArgs) -> anyhow::Result<()> {
         Utc::now().format("%Y%m%dT%H%M%SZ")
     ));
     let log = std::fs::File::create(&log_path)?;
-    eprintln!("booking bench: worker and scheduler logs go to {}", log_path.display());
+    eprintln!(
+        "booking bench: worker and scheduler logs go to {}",
+        log_path.display()
+    );
     let (sk, duffel, email) = SANDBOX_KEYS;
     let env: Vec<(String, String)> = [
         ("DATABASE_URL", db.url.as_str()),

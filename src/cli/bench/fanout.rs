@@ -28,8 +28,8 @@ use jobs::{
     seed::{copy_campaigns, seed_campaign, CampaignSeed},
     Job as _, NewJob,
 };
-use uuid::Uuid;
 use serde::Serialize;
+use uuid::Uuid;
 
 use fleet::{database::ScratchDb, queue, registry::Registry, Queue};
 
@@ -136,7 +136,8 @@ async fn round(campaigns: u64, batch: i64) -> anyhow::Result<Round> {
         let jobs = (0..n)
             .map(|_| {
                 let id = Uuid::new_v4();
-                NewJob::of(&CampaignSearch { campaign_id: id }).map(|j| j.key(search_key(id, window)))
+                NewJob::of(&CampaignSearch { campaign_id: id })
+                    .map(|j| j.key(search_key(id, window)))
             })
             .collect::<Result<Vec<_>, _>>()?;
         q.enqueue_many(jobs).await?;
