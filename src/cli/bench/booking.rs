@@ -162,7 +162,7 @@ async fn stop_all(children: &mut [tokio::process::Child], grace: Duration) {
 
 /// Runs the bench and prints its figures.
 pub async fn run(a: BookingBenchArgs) -> anyhow::Result<()> {
-    if !(a.rate > 0.0 && a.rate <= 1000.0) || !(0.0..=5000.0).contains(&a.search_rate) {
+    if !(a.rate > 0.0 && a.rate <= 1000.0 && (0.0..=5000.0).contains(&a.search_rate)) {
         bail!("--rate must be in (0, 1000] and --search-rate in [0, 5000]");
     }
     if a.workers == 0 || a.concurrency == 0 || a.search_concurrency == 0 {
