@@ -23,7 +23,7 @@ use jobs::{
         card_expiry_reminder::{dedupe_key, CardExpiryReminder},
         retention_purge::RetentionPurge,
     },
-    seed::{seed_campaign, CampaignSeed, Seeded},
+    seed::{copy_campaigns, seed_campaign, CampaignSeed, Seeded},
     BoxFuture, EnqueueError, Enqueued, Enqueuer, Job, KindDefaults, NewJob,
 };
 use sandbox::{RunningSandbox, Sandbox};
@@ -252,6 +252,123 @@ async fn scan_fans_out_one_search_per_due_campaign_and_a_second_scan_enqueues_no
     );
     assert_eq!(jobs_of(&pool, "campaign_search").await.len(), 3);
     env.stop().await;
+}
+
+/// The engine's enqueuer until `ok_calls` bulk calls went through; then every call fails as a
+/// dropped database connection would (the scan's process dying between two batches).
+struct FailingAfter {
+    inner: Queue,
+    ok_calls: usize,
+    calls: Mutex<usize>,
+}
+
+impl Enqueuer for FailingAfter {
+    fn enqueue_many<'a>(
+        &'a self,
+        conn: &'a mut PgConnection,
+        jobs: Vec<NewJob>,
+    ) -> BoxFuture<'a, Result<Vec<Enqueued>, EnqueueError>> {
+        let call = {
+            let mut c = self.calls.lock().unwrap();
+            *c += 1;
+            *c
+        };
+        if call > self.ok_calls {
+            return Box::pin(async { Err(EnqueueError::Database(sqlx::Error::PoolClosed)) });
+        }
+        Enqueuer::enqueue_many(&self.inner, conn, jobs)
+    }
+}
+
+/// A scratch database with `n` active campaigns due in one and the same window (copies of one
+/// template that is not due itself), so the scan's keyset must break ties on the id.
+async fn due_in_one_window(n: u64) -> (ScratchDb, Queue, Vec<Uuid>) {
+    let db = db().await;
+    let keyring = jobs::pii::Keyring::parse(TEST_PII_KEYS).unwrap();
+    let template = seed_campaign(
+        &db.pool,
+        &keyring,
+        &CampaignSeed {
+            first_search_in: SECS(3600),
+            ..CampaignSeed::new(1)
+        },
+    )
+    .await
+    .unwrap()
+    .campaign_id;
+    let window = Utc::now() - chrono::Duration::minutes(1);
+    let copied = copy_campaigns(&db.pool, &[template], n, window, Duration::ZERO)
+        .await
+        .unwrap();
+    assert_eq!(copied, n);
+    let due: Vec<Uuid> = sqlx::query_scalar("SELECT id FROM campaigns WHERE id <> $1")
+        .bind(template)
+        .fetch_all(&db.pool)
+        .await
+        .unwrap();
+    let q = Queue::new(db.pool.clone(), registry());
+    (db, q, due)
+}
+
+/// Every due campaign has exactly one search, keyed by its window; nothing else was enqueued.
+async fn assert_one_search_each(pool: &PgPool, due: &[Uuid]) {
+    let searches = jobs_of(pool, "campaign_search").await;
+    assert_eq!(searches.len(), due.len(), "{searches:#?}");
+    for id in due {
+        let window = next_search_at(pool, *id).await;
+        let hit: Vec<_> = searches
+            .iter()
+            .filter(|(_, args, _, _)| args == &json!({"campaign_id": id}))
+            .collect();
+        assert_eq!(hit.len(), 1, "one search for {id}");
+        assert_eq!(hit[0].3.as_deref(), Some(search_key(*id, window).as_str()));
+    }
+}
+
+#[tokio::test]
+async fn scan_that_died_after_some_batches_resumes_and_enqueues_only_the_missing_searches() {
+    let (db, q, due) = due_in_one_window(25).await;
+    let pool = db.pool.clone();
+    // Batches of 4: three commit, the fourth dies.
+    let dying = FailingAfter {
+        inner: q.clone(),
+        ok_calls: 3,
+        calls: Mutex::new(0),
+    };
+    let err = campaign_scan::scan(&pool, &dying, 4).await.unwrap_err();
+    assert!(err.is_retryable(), "{err:?}");
+    assert_eq!(jobs_of(&pool, "campaign_search").await.len(), 12);
+
+    // The retry walks the same window: the 12 committed are duplicates, the 13 others new.
+    let report = campaign_scan::scan(&pool, &q, 4).await.unwrap();
+    assert_eq!(
+        (report.due, report.enqueued, report.duplicates),
+        (25, 13, 12)
+    );
+    assert_one_search_each(&pool, &due).await;
+
+    // And a third run, as after a crash right at the end, enqueues nothing.
+    let report = campaign_scan::scan(&pool, &q, 1000).await.unwrap();
+    assert_eq!(
+        (report.due, report.enqueued, report.duplicates),
+        (25, 0, 25)
+    );
+    assert_one_search_each(&pool, &due).await;
+}
+
+#[tokio::test]
+async fn two_scans_racing_over_one_window_enqueue_one_search_per_campaign() {
+    let (db, q, due) = due_in_one_window(40).await;
+    let pool = db.pool.clone();
+    let (a, b) = tokio::join!(
+        campaign_scan::scan(&pool, &q, 3),
+        campaign_scan::scan(&pool, &q, 5)
+    );
+    let (a, b) = (a.unwrap(), b.unwrap());
+    assert_eq!((a.due, b.due), (40, 40));
+    assert_eq!(a.enqueued + b.enqueued, 40, "{a:?} {b:?}");
+    assert_eq!(a.duplicates + b.duplicates, 40, "{a:?} {b:?}");
+    assert_one_search_each(&pool, &due).await;
 }
 
 #[tokio::test]

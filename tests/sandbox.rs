@@ -1173,3 +1173,63 @@ async fn missing_auth_is_rejected_with_401() {
     );
     sb.shutdown().await.expect("clean shutdown");
 }
+
+#[tokio::test]
+async fn provider_latency_delays_every_stripe_and_duffel_call_but_not_email_or_admin() {
+    let (sb, c) = start(SandboxConfig {
+        provider_latency: Some("300ms..400ms".parse().unwrap()),
+        ..SandboxConfig::default()
+    })
+    .await;
+    let base = sb.base_url.clone();
+
+    let t = std::time::Instant::now();
+    let offers = search(&c, &base, "LHR", "JFK", "2031-03-04").await;
+    // Two Duffel calls, each at least 300 ms.
+    assert!(
+        t.elapsed() >= Duration::from_millis(600),
+        "{:?}",
+        t.elapsed()
+    );
+    assert!(!offers.is_empty());
+
+    let t = std::time::Instant::now();
+    let pi = stripe_post(
+        &c,
+        &base,
+        "/v1/payment_intents",
+        Some("lat-1"),
+        &pi_form("pm_card_visa", "bk_lat", "1000"),
+    )
+    .await;
+    assert_eq!(pi.status, StatusCode::OK, "{}", pi.body);
+    let stripe = t.elapsed();
+    assert!(
+        (Duration::from_millis(300)..Duration::from_millis(1500)).contains(&stripe),
+        "{stripe:?}"
+    );
+
+    // Email and the admin endpoints answer at once.
+    let t = std::time::Instant::now();
+    let sent = c
+        .post(format!("{base}/emails"))
+        .bearer_auth(RESEND)
+        .header("Idempotency-Key", "lat/1")
+        .json(
+            &json!({"from": "a@parkerflight.test", "to": ["t@example.com"],
+            "subject": "s", "html": "<p>h</p>", "text": "t"}),
+        )
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(sent.status(), StatusCode::OK);
+    c.get(format!("{base}/_sandbox/counters"))
+        .send()
+        .await
+        .unwrap();
+    assert!(
+        t.elapsed() < Duration::from_millis(300),
+        "{:?}",
+        t.elapsed()
+    );
+}

@@ -700,6 +700,19 @@ pub async fn ticketed(pool: &PgPool, limit: i64) -> Result<Vec<Uuid>, sqlx::Erro
         .await
 }
 
+/// (campaign id, captured_at) of every ticketed booking: `captured_at` is written by the
+/// same statement that makes the booking `ticketed` ([`Change::Ticketed`]).
+pub async fn ticketed_at_by_campaign(
+    pool: &PgPool,
+) -> Result<Vec<(Uuid, DateTime<Utc>)>, sqlx::Error> {
+    sqlx::query_as(
+        "SELECT campaign_id, captured_at FROM bookings
+         WHERE status = 'ticketed' AND campaign_id IS NOT NULL",
+    )
+    .fetch_all(pool)
+    .await
+}
+
 /// Failed or cancelled bookings per failure code, most frequent first (why bookings failed).
 pub async fn failures_by_code(pool: &PgPool) -> Result<Vec<(String, i64)>, sqlx::Error> {
     sqlx::query_as(

@@ -274,6 +274,14 @@ impl Keyring {
         Ok(Self { ciphers, newest })
     }
 
+    /// A keyring of one fresh random key (`v1`), in [`KEYS_ENV`]'s format, for a throwaway
+    /// scratch database whose processes must share it (benchmarks). Never for real data: the
+    /// key exists only in this value and the processes given it.
+    pub fn fresh_spec() -> Zeroizing<String> {
+        let key = Aes256Gcm::generate_key(&mut OsRng);
+        Zeroizing::new(format!("v1:{}", STANDARD.encode(key)))
+    }
+
     /// The version [`Keyring::encrypt`] seals under.
     pub fn newest_version(&self) -> i32 {
         self.newest

@@ -3,7 +3,7 @@
 //! the schema's constraints, so fixtures stay valid as the schema evolves. Staging data only:
 //! every name, address and passport number here is synthetic.
 
-use chrono::{Datelike, Duration, NaiveDate, Utc};
+use chrono::{DateTime, Datelike, Duration, NaiveDate, Utc};
 use sqlx::PgPool;
 use uuid::Uuid;
 
@@ -253,4 +253,45 @@ pub async fn user_exists(pool: &PgPool, email: &str) -> Result<bool, sqlx::Error
         .bind(email)
         .fetch_one(pool)
         .await
+}
+
+/// Inserts `n` campaigns copied from `templates` (round robin: copy `g` takes template
+/// `g % templates.len()`'s user, profile, card, route, dates, price, currency, cabin, status
+/// and expiry), in one statement, with fresh ids, consent given now, and `next_search_at =
+/// first_due + g · gap`, so every copy has its own search window. For benchmarks at 100,000+
+/// campaigns, where one transaction per seeded user would take longer than what is measured.
+/// Then analyzes the table, as one should after a bulk load (autovacuum would, within its
+/// naptime), so what runs next is planned on the new row count. Returns the rows inserted.
+pub async fn copy_campaigns(
+    pool: &PgPool,
+    templates: &[Uuid],
+    n: u64,
+    first_due: DateTime<Utc>,
+    gap: std::time::Duration,
+) -> Result<u64, sqlx::Error> {
+    if templates.is_empty() || n == 0 {
+        return Ok(0);
+    }
+    let r = sqlx::query(
+        "INSERT INTO campaigns (user_id, traveler_profile_id, payment_method_id, origin, destination,
+                                departure_date_start, departure_date_end, return_date_start,
+                                return_date_end, max_price, currency, cabin_class, status,
+                                consent_at, next_search_at, expires_at)
+         SELECT c.user_id, c.traveler_profile_id, c.payment_method_id, c.origin, c.destination,
+                c.departure_date_start, c.departure_date_end, c.return_date_start,
+                c.return_date_end, c.max_price, c.currency, c.cabin_class, c.status,
+                now(), $2 + g * $3 * interval '1 microsecond', c.expires_at
+         FROM generate_series(0::bigint, $4 - 1) AS g
+         JOIN unnest($1::uuid[]) WITH ORDINALITY AS t(id, ord)
+           ON t.ord = g % cardinality($1::uuid[]) + 1
+         JOIN campaigns c ON c.id = t.id",
+    )
+    .bind(templates)
+    .bind(first_due)
+    .bind(gap.as_micros() as f64)
+    .bind(n as i64)
+    .execute(pool)
+    .await?;
+    sqlx::query("ANALYZE campaigns").execute(pool).await?;
+    Ok(r.rows_affected())
 }

@@ -18,6 +18,10 @@ pub struct SandboxArgs {
     /// FLEET_STRIPE_WEBHOOK_SECRET and FLEET_DUFFEL_WEBHOOK_SECRET (the variables serve reads).
     #[arg(long, value_name = "URL")]
     webhook_url: Option<String>,
+    /// Delay every Stripe and Duffel request by a time drawn uniformly from this range, like a
+    /// real provider's latency: `100ms..400ms`, or one fixed duration (`250ms`). Default: none.
+    #[arg(long, value_name = "RANGE")]
+    latency: Option<sandbox::LatencyRange>,
 }
 
 pub async fn run(a: SandboxArgs) -> anyhow::Result<()> {
@@ -52,13 +56,17 @@ pub async fn run(a: SandboxArgs) -> anyhow::Result<()> {
     let cfg = sandbox::SandboxConfig {
         seed: a.seed,
         webhook,
+        provider_latency: a.latency,
         ..Default::default()
     };
     let running = sandbox::Sandbox::start(cfg, a.bind).await?;
     println!(
-        "sandbox listening on {}{}",
+        "sandbox listening on {}{}{}",
         running.base_url,
-        delivering.unwrap_or_default()
+        delivering.unwrap_or_default(),
+        a.latency
+            .map(|l| format!("; provider calls take {:?}..{:?}", l.min, l.max))
+            .unwrap_or_default()
     );
     let shutdown = CancellationToken::new();
     spawn_signal_handler(shutdown.clone());

@@ -534,3 +534,43 @@ pub async fn job_table_size(conn: &mut PgConnection) -> Result<JobTableSize, sql
         total_bytes,
     })
 }
+
+/// How many jobs of one kind there are, and how many distinct idempotency keys and distinct
+/// args they carry (a fan-out bench checks "one job per target, none twice").
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize)]
+pub struct KindDistinct {
+    /// Jobs of the kind.
+    pub jobs: i64,
+    /// Distinct idempotency keys among them.
+    pub keys: i64,
+    /// Distinct args among them.
+    pub args: i64,
+}
+
+/// JobCountDistinct: see [`KindDistinct`].
+pub async fn job_count_distinct(
+    conn: &mut PgConnection,
+    kind: &str,
+) -> Result<KindDistinct, sqlx::Error> {
+    let (jobs, keys, args): (i64, i64, i64) = sqlx::query_as(
+        "SELECT count(*), count(DISTINCT idempotency_key), count(DISTINCT args)
+         FROM fleet_jobs WHERE kind = $1",
+    )
+    .bind(kind)
+    .fetch_one(conn)
+    .await?;
+    Ok(KindDistinct { jobs, keys, args })
+}
+
+/// JobListCreated: every job of `kind` as (args, created_at), oldest first. `created_at` is
+/// the enqueuing transaction's `now()`: for a follow-up enqueued as an outbox, the moment its
+/// producer decided (the booking bench reads "fare found" from it).
+pub async fn job_list_created(
+    conn: &mut PgConnection,
+    kind: &str,
+) -> Result<Vec<(Value, DateTime<Utc>)>, sqlx::Error> {
+    sqlx::query_as("SELECT args, created_at FROM fleet_jobs WHERE kind = $1 ORDER BY id")
+        .bind(kind)
+        .fetch_all(conn)
+        .await
+}

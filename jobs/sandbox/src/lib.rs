@@ -127,7 +127,7 @@ mod stripe_objects;
 mod util;
 pub mod webhooks;
 
-pub use config::{SandboxConfig, WebhookTarget};
+pub use config::{LatencyRange, SandboxConfig, WebhookTarget};
 pub use handle::Sandbox;
 pub use scenarios::Scenario;
 pub use server::RunningSandbox;

@@ -15,6 +15,11 @@ impl Sandbox {
         Router::new()
             .merge(stripe::routes())
             .merge(duffel::routes())
+            // Only the provider calls the fleet makes over the network pay the latency.
+            .route_layer(axum::middleware::from_fn_with_state(
+                self.clone(),
+                provider_latency,
+            ))
             .merge(resend::routes())
             .merge(admin::routes())
             .with_state(self.clone())
@@ -43,6 +48,18 @@ impl Sandbox {
             handle,
         })
     }
+}
+
+/// Waits [`SandboxConfig::provider_latency`] (a fresh draw per request), then handles it.
+async fn provider_latency(
+    axum::extract::State(sb): axum::extract::State<Sandbox>,
+    req: axum::extract::Request,
+    next: axum::middleware::Next,
+) -> axum::response::Response {
+    if let Some(l) = sb.config().provider_latency {
+        tokio::time::sleep(l.sample()).await;
+    }
+    next.run(req).await
 }
 
 /// A sandbox served on a spawned task. Dropping it does not stop the server; call

@@ -6,8 +6,9 @@
 //!    `expired`), in bounded batches, skipping a campaign whose booking saga is still in flight
 //!    (`pending`/`authorized`: the saga owns it until it finishes; a later scan expires it);
 //! 2. **fans out** one `campaign_search` per due campaign (`status = 'active' AND
-//!    next_search_at <= now AND expires_at > now`, walked through `campaigns_scan_due_idx` in
-//!    `(next_search_at, id)` order), one bulk [`Enqueuer::enqueue_many`] call per batch.
+//!    next_search_at <= now AND expires_at > now`, walked through `campaigns_scan_due_keyset_idx`
+//!    in `(next_search_at, id)` keyset order, so each batch reads only its own index entries),
+//!    one bulk [`Enqueuer::enqueue_many`] call per batch, each committed on its own.
 //!
 //! Contract: each search carries the idempotency key `campaign_search:{campaign_id}:{window}`,
 //! where the window is the campaign's current `next_search_at` (RFC 3339, microseconds). The
@@ -15,6 +16,12 @@
 //! scan twice, or two scans racing, yields one search per campaign per window: the second
 //! enqueue meets the held key and is counted as a duplicate. A search that died releases its
 //! key, so the next scan retries the same window — nothing is lost.
+//!
+//! A scan that stops part-way (killed, a database error on batch k) leaves batches 1..k-1
+//! committed and their keys held; the next run walks the same due campaigns, meets those keys
+//! as duplicates and enqueues only the rest. The key names the campaign's window, not the
+//! scan's tick: two ticks that both find a campaign still due (its search not run yet, a
+//! backlog) enqueue one search, not two (docs/decisions.md).
 //!
 //! `now` is read once from the database at the start of a run, so a run terminates even while
 //! searches are rescheduling campaigns underneath it.
@@ -128,7 +135,7 @@ pub async fn scan(
     // the epoch).
     let mut cursor: (DateTime<Utc>, Uuid) = (DateTime::<Utc>::UNIX_EPOCH, Uuid::nil());
     loop {
-        // CampaignScanDue (campaigns_scan_due_idx).
+        // CampaignScanDue (campaigns_scan_due_keyset_idx: the row comparison is its index bound).
         let rows: Vec<(Uuid, DateTime<Utc>)> = sqlx::query_as(
             "SELECT id, next_search_at FROM campaigns
              WHERE status = 'active' AND next_search_at <= $1 AND expires_at > $1

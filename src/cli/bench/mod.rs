@@ -7,11 +7,16 @@
 //! - `webhooks`: the webhook ingress under load, and the cost of the worst accepted request
 //!   next to a normal one ([`webhooks`]);
 //! - `processes`: the burn-down with 1, 2, 4 worker processes, with the CPU each side used
-//!   ([`processes`]).
+//!   ([`processes`]);
+//! - `fanout`: one campaign scan over 100,000+ due campaigns, and its re-run ([`fanout`]);
+//! - `booking`: fare found → ticketed under provider latency, at a steady rate, with worker
+//!   processes and the search fan-out beside it ([`booking`]).
 
+mod booking;
 mod burn_down;
 mod ceiling;
 mod processes;
+mod fanout;
 mod webhooks;
 
 /// `fleet bench [MODE]`.
@@ -35,6 +40,10 @@ enum BenchMode {
     /// One worker process of `bench processes` (started by it).
     #[command(hide = true)]
     ProcessesChild(processes::ChildArgs),
+    /// One campaign scan over N due campaigns: time to enqueue every search, and its re-run.
+    Fanout(fanout::FanoutArgs),
+    /// Booking latency (fare found → ticketed) at a steady rate under provider latency.
+    Booking(booking::BookingBenchArgs),
 }
 
 /// Runs the chosen benchmark.
@@ -45,6 +54,8 @@ pub async fn run(a: BenchArgs) -> anyhow::Result<()> {
         Some(BenchMode::Webhooks(w)) => webhooks::run(w).await,
         Some(BenchMode::Processes(p)) => processes::run(p).await,
         Some(BenchMode::ProcessesChild(c)) => processes::child(c).await,
+        Some(BenchMode::Fanout(f)) => fanout::run(f).await,
+        Some(BenchMode::Booking(b)) => booking::run(b).await,
     }
 }
 
