@@ -24,7 +24,7 @@
 //! let registry = Arc::new(fleet::fleet_registry(&settings)?);
 //! // Enqueue…
 //! let queue = fleet::Queue::new(pool.clone(), registry.clone());
-//! queue.enqueue(&fleet::builtin::Sleep { ms: 10 }, Some("smoke-test")).await?;
+//! queue.enqueue(&fleet::builtin::Sleep { ms: 10, key: None }, Some("smoke-test")).await?;
 //! // …and work, until the token is cancelled (then drain).
 //! let stop = CancellationToken::new();
 //! fleet::Worker::new(pool, registry, settings.worker.clone()).run(stop).await;
@@ -57,7 +57,8 @@ pub use worker::Worker;
 /// The registry a `fleet` process runs: the engine's own kinds plus the domain's, with the
 /// `[kinds.*]` overrides of `settings` (an override of an unknown kind is an error).
 pub fn fleet_registry(settings: &config::Settings) -> Result<Registry, config::ConfigError> {
-    let mut r = Registry::new(settings.kinds.clone());
+    let mut r =
+        Registry::new(settings.kinds.clone()).with_budget_overrides(settings.budgets.clone());
     builtin::register(&mut r);
     jobs::kinds::register_all(&mut r);
     r.check_overrides()?;

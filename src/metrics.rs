@@ -58,6 +58,13 @@ pub struct Metrics {
     /// Outcomes the fence refused: the claim no longer held the job (rescued after a lease
     /// expiry, or cancelled). Each is a handler run whose result was discarded.
     pub outcomes_refused: IntCounter,
+    /// Provider 429s that emptied a rate budget fleet-wide, by budget (this process's).
+    pub budget_blocks: IntCounterVec,
+    /// Tokens a rate budget holds now, by budget (from the snapshot).
+    pub budget_tokens: GaugeVec,
+    /// Seconds left on a provider's block of a budget, by budget; 0 when not blocked (from
+    /// the snapshot).
+    pub budget_blocked_seconds: GaugeVec,
 }
 
 /// Registers `c`, noting its names (so the docs test sees metrics that have no series yet).
@@ -106,6 +113,24 @@ fn build() -> Metrics {
         "fleet_webhook_accepted_total",
         "Webhook deliveries accepted (stored, or a known duplicate).",
         &["provider"],
+    );
+    let budget_blocks = counter(
+        "fleet_budget_blocks_total",
+        "Provider 429s that emptied a rate budget fleet-wide until the provider's reset.",
+        &["budget"],
+    );
+    let gauge = |name: &str, help: &str| {
+        let g = GaugeVec::new(Opts::new(name, help), &["budget"]).expect("valid metric");
+        register(&registry, &names, Box::new(g.clone()));
+        g
+    };
+    let budget_tokens = gauge(
+        "fleet_budget_tokens",
+        "Tokens a rate budget holds now (0 while a provider's block lasts).",
+    );
+    let budget_blocked_seconds = gauge(
+        "fleet_budget_blocked_seconds",
+        "Seconds left on a provider's block of a rate budget; 0 when not blocked.",
     );
     let cancelled = counter(
         "fleet_jobs_cancelled_total",
@@ -194,6 +219,9 @@ fn build() -> Metrics {
         webhook_seconds,
         cancelled,
         outcomes_refused,
+        budget_blocks,
+        budget_tokens,
+        budget_blocked_seconds,
         kind_paused,
         database_up,
         snapshot_age_seconds,
@@ -224,6 +252,15 @@ pub fn metrics() -> &'static Metrics {
     M.get_or_init(build)
 }
 
+/// The rate budgets whose levels the snapshot reads (set by the process from its registry).
+static BUDGETS: OnceLock<Vec<crate::registry::BudgetSpec>> = OnceLock::new();
+
+/// Makes the snapshot report `budgets` (`fleet_budget_tokens`, `fleet_budget_blocked_seconds`).
+/// The first call wins.
+pub fn watch_budgets(budgets: Vec<crate::registry::BudgetSpec>) {
+    let _ = BUDGETS.set(budgets);
+}
+
 /// When the snapshot was last taken (None: never).
 static SNAPSHOT_AT: std::sync::Mutex<Option<std::time::Instant>> = std::sync::Mutex::new(None);
 
@@ -235,10 +272,25 @@ pub async fn refresh_snapshot(pool: &PgPool) -> Result<(), sqlx::Error> {
         let mut conn = pool.acquire().await?;
         let gauges = queue::job_gauges(&mut conn, None).await?;
         let paused = queue::kind_list_paused(&mut conn).await?;
-        Ok::<_, sqlx::Error>((gauges, paused))
+        let budgets = match BUDGETS.get() {
+            Some(b) if !b.is_empty() => queue::budget_list(&mut conn, b, None).await?,
+            _ => Vec::new(),
+        };
+        Ok::<_, sqlx::Error>((gauges, paused, budgets))
     };
     match tokio::time::timeout(std::time::Duration::from_secs(5), read).await {
-        Ok(Ok((gauges, paused))) => {
+        Ok(Ok((gauges, paused, budgets))) => {
+            let now = chrono::Utc::now();
+            for b in &budgets {
+                m.budget_tokens.with_label_values(&[&b.name]).set(b.level);
+                let left = b
+                    .blocked_until
+                    .map(|t| (t - now).num_milliseconds().max(0) as f64 / 1000.0)
+                    .unwrap_or(0.0);
+                m.budget_blocked_seconds
+                    .with_label_values(&[&b.name])
+                    .set(left);
+            }
             m.queue_depth.reset();
             m.queue_lag_seconds.reset();
             m.kind_paused.reset();

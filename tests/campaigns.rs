@@ -268,7 +268,13 @@ async fn search_under_a_max_price_above_the_cheapest_fare_enqueues_one_booking_a
     let id = s.campaign_id;
     let before = Utc::now();
     let j = env
-        .run(&CampaignSearch { campaign_id: id }, "search-1")
+        .run(
+            &CampaignSearch {
+                campaign_id: id,
+                user_id: None,
+            },
+            "search-1",
+        )
         .await;
     assert_eq!(j.state, JobState::Completed, "{j:#?}");
 
@@ -312,7 +318,13 @@ async fn search_under_a_max_price_above_the_cheapest_fare_enqueues_one_booking_a
     )
     .await;
     let j = env
-        .run(&CampaignSearch { campaign_id: id }, "search-2")
+        .run(
+            &CampaignSearch {
+                campaign_id: id,
+                user_id: None,
+            },
+            "search-2",
+        )
         .await;
     assert_eq!(j.state, JobState::Completed, "{j:#?}");
     assert_eq!(jobs_of(&pool, "booking_attempt").await.len(), 1);
@@ -332,7 +344,13 @@ async fn search_under_a_max_price_below_every_fare_only_reschedules() {
         .campaign_id;
     let before = Utc::now();
     let j = env
-        .run(&CampaignSearch { campaign_id: id }, "search-1")
+        .run(
+            &CampaignSearch {
+                campaign_id: id,
+                user_id: None,
+            },
+            "search-1",
+        )
         .await;
     assert_eq!(j.state, JobState::Completed, "{j:#?}");
     assert!(jobs_of(&pool, "booking_attempt").await.is_empty());
@@ -356,7 +374,13 @@ async fn search_on_a_rate_limited_route_snoozes_until_the_reset_without_charging
         .campaign_id;
     let job = env
         .queue
-        .enqueue(&CampaignSearch { campaign_id: id }, Some("search-1"))
+        .enqueue(
+            &CampaignSearch {
+                campaign_id: id,
+                user_id: None,
+            },
+            Some("search-1"),
+        )
         .await
         .unwrap()
         .id;

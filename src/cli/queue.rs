@@ -161,18 +161,23 @@ pub async fn run(a: QueueArgs, settings: &Settings) -> anyhow::Result<()> {
     let ops = |actor: String| Ops::new(pool.clone(), kinds.clone(), actor);
     match action {
         QueueAction::Stats => {
-            let stats = ops(os_user()).stats().await?;
+            let o = ops(os_user());
+            let mut stats = o.stats().await?;
+            let limits = o.limits(&registry).await?;
+            limits.annotate(&mut stats);
             let mut t = table(&[
-                "kind", "queue", "paused", "ready", "due", "later", "running", "dead/24h",
-                "done/1m", "oldest",
+                "kind", "queue", "paused", "ready", "limited", "due", "later", "running",
+                "dead/24h", "done/1m", "oldest",
             ]);
             for k in &stats {
                 let n = |s: &str| k.states.get(s).copied().unwrap_or(0);
+                let limited = k.waiting_on_limit;
                 t.add_row(vec![
                     k.kind.clone(),
                     k.queue.clone(),
                     k.paused.unwrap_or("").to_owned(),
-                    n("available").to_string(),
+                    (n("available") - limited).to_string(),
+                    limited.to_string(),
                     k.due_now.to_string(),
                     k.later.to_string(),
                     n("running").to_string(),
@@ -183,12 +188,54 @@ pub async fn run(a: QueueArgs, settings: &Settings) -> anyhow::Result<()> {
                         .unwrap_or_else(|| "-".into()),
                 ]);
             }
+            let mut lt = table(&[
+                "limited kind",
+                "running",
+                "limit",
+                "per key",
+                "budgets",
+                "held by",
+            ]);
+            for k in &limits.kinds {
+                lt.add_row(vec![
+                    k.kind.clone(),
+                    k.running.to_string(),
+                    k.global_concurrency
+                        .map(|n| n.to_string())
+                        .unwrap_or_else(|| "-".into()),
+                    k.key_concurrency
+                        .map(|n| n.to_string())
+                        .unwrap_or_else(|| "-".into()),
+                    k.budgets.join(","),
+                    k.reason.clone().unwrap_or_default(),
+                ]);
+            }
+            let mut bt = table(&[
+                "budget",
+                "tokens",
+                "burst",
+                "rate/s",
+                "blocked until",
+                "blocks",
+            ]);
+            for b in &limits.budgets {
+                bt.add_row(vec![
+                    b.name.clone(),
+                    format!("{:.1}", b.level),
+                    format!("{}", b.burst),
+                    format!("{}", b.per_second),
+                    b.blocked_until.map(when).unwrap_or_else(|| "-".into()),
+                    b.blocks.to_string(),
+                ]);
+            }
             let text = if stats.is_empty() {
                 "no jobs, and no kind is paused".to_owned()
             } else {
                 format!(
-                    "{t}\nready: claimable now · due: scheduled or retrying, claimable at the next \
-                     promotion · later: waiting for its time · oldest: age of the oldest ready job"
+                    "{t}\nready: claimable now, waiting for a worker · limited: ready but held by a \
+                     fleet-wide limit or an empty rate budget · due: scheduled or retrying, claimable \
+                     at the next promotion · later: waiting for its time · oldest: age of the oldest \
+                     ready job\n\n{lt}\n\n{bt}"
                 )
             };
             emit(json, &stats, &text)

@@ -269,7 +269,8 @@ impl StripeApiError {
 impl From<StripeApiError> for JobError {
     fn from(e: StripeApiError) -> Self {
         let after = (e.class == FailureClass::RateLimited).then_some(STRIPE_RATE_LIMIT_SNOOZE);
-        e.class.job_error(after, e.to_string())
+        e.class
+            .job_error_on(crate::job::budgets::STRIPE, after, e.to_string())
     }
 }
 
