@@ -138,7 +138,8 @@ async fn a_per_key_limit_holds_across_worker_processes_while_keys_run_side_by_si
     let q = Queue::new(db.pool.clone(), registry_with(&cfg));
     enqueue_sleeps(
         &q,
-        (0..32).map(|i| json!({"ms": 60, "key": format!("campaign-{}", i % 4)})),
+        // Each key's jobs one after another: the plain claim would take them together.
+        (0..32).map(|i| json!({"ms": 60, "key": format!("campaign-{}", i / 8)})),
     )
     .await;
     let procs = workers(
