@@ -209,16 +209,26 @@ async fn scan_fans_out_one_search_per_due_campaign_and_a_second_scan_enqueues_no
         let window = next_search_at(&pool, *id).await;
         let hit: Vec<_> = searches
             .iter()
-            .filter(|(_, args, _, _)| args == &json!({"campaign_id": id}))
+            .filter(|(_, args, _, _)| args["campaign_id"] == json!(id))
             .collect();
         assert_eq!(hit.len(), 1, "one search for {id}");
+        let owner: Uuid = sqlx::query_scalar("SELECT user_id FROM campaigns WHERE id = $1")
+            .bind(id)
+            .fetch_one(&pool)
+            .await
+            .unwrap();
+        assert_eq!(
+            hit[0].1,
+            json!({"campaign_id": id, "user_id": owner}),
+            "ids only: the campaign, and its owner for fairness"
+        );
         assert_eq!(hit[0].3.as_deref(), Some(search_key(*id, window).as_str()));
     }
     for id in [later, paused, ended] {
         assert!(
             !searches
                 .iter()
-                .any(|(_, a, _, _)| a == &json!({"campaign_id": id})),
+                .any(|(_, a, _, _)| a["campaign_id"] == json!(id)),
             "no search for {id}"
         );
     }
