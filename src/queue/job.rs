@@ -375,10 +375,7 @@ pub async fn job_fetch_available(
     conn: &mut PgConnection,
     p: &FetchParams<'_>,
 ) -> Result<Vec<ClaimedJob>, sqlx::Error> {
-    let mut tx = conn.begin().await?;
-    sqlx::query("SELECT set_config('enable_seqscan', 'off', true), set_config('enable_bitmapscan', 'off', true)")
-        .execute(&mut *tx)
-        .await?;
+    let mut tx = begin_pinned(conn).await?;
     let rows = sqlx::query(
         r#"
         WITH picked AS (
@@ -413,6 +410,18 @@ pub async fn job_fetch_available(
     .await?;
     tx.commit().await?;
     Ok(rows.iter().map(claimed_from_row).collect())
+}
+
+/// A transaction whose plans cannot use sequential or bitmap scans, so they walk the ready
+/// indexes from the very first claim on a never-analyzed table (decisions.md 23).
+pub(super) async fn begin_pinned(
+    conn: &mut PgConnection,
+) -> Result<sqlx::Transaction<'_, sqlx::Postgres>, sqlx::Error> {
+    let mut tx = conn.begin().await?;
+    sqlx::query("SELECT set_config('enable_seqscan', 'off', true), set_config('enable_bitmapscan', 'off', true)")
+        .execute(&mut *tx)
+        .await?;
+    Ok(tx)
 }
 
 /// A claim's `RETURNING id, kind, args, attempt, max_attempts, claim_seq, run_at,

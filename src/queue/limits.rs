@@ -23,7 +23,10 @@ use chrono::{DateTime, Utc};
 use serde::Serialize;
 use sqlx::{Connection, PgConnection, Row};
 
-use super::{job::claimed_from_row, ClaimedJob, Now};
+use super::{
+    job::{begin_pinned, claimed_from_row},
+    ClaimedJob, Now,
+};
 use crate::registry::BudgetSpec;
 
 /// The advisory lock class (first key) of the per-kind claim lock; the second key is
@@ -214,10 +217,7 @@ pub async fn kind_list_ready(
     kinds: &[String],
     queues: Option<&[String]>,
 ) -> Result<Vec<String>, sqlx::Error> {
-    let mut tx = conn.begin().await?;
-    sqlx::query("SELECT set_config('enable_seqscan', 'off', true), set_config('enable_bitmapscan', 'off', true)")
-        .execute(&mut *tx)
-        .await?;
+    let mut tx = begin_pinned(conn).await?;
     let ready = sqlx::query_scalar(
         r#"
         SELECT k FROM unnest($1::text[]) AS k

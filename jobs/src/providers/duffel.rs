@@ -1132,6 +1132,19 @@ mod tests {
         assert_eq!(r.header("duffel-version"), Some("v2"));
     }
 
+    /// A one-way LHR→JFK search on 2030-06-13.
+    fn lhr_jfk(passengers: Vec<PassengerSpec>, cabin_class: CabinClass) -> OfferSearch {
+        OfferSearch {
+            slices: vec![SliceSpec {
+                origin: "LHR".into(),
+                destination: "JFK".into(),
+                departure_date: NaiveDate::from_ymd_opt(2030, 6, 13).unwrap(),
+            }],
+            passengers,
+            cabin_class,
+        }
+    }
+
     #[tokio::test]
     async fn a_success_with_no_requests_remaining_reports_the_budget_exhausted_until_the_reset() {
         let reset = Utc::now() + chrono::Duration::seconds(20);
@@ -1145,15 +1158,7 @@ mod tests {
         ])
         .await;
         let c = client(&rec.base_url());
-        let search = OfferSearch {
-            slices: vec![SliceSpec {
-                origin: "LHR".into(),
-                destination: "JFK".into(),
-                departure_date: NaiveDate::from_ymd_opt(2030, 6, 13).unwrap(),
-            }],
-            passengers: vec![PassengerSpec::Adult],
-            cabin_class: CabinClass::Economy,
-        };
+        let search = lhr_jfk(vec![PassengerSpec::Adult], CabinClass::Economy);
         let sink = crate::rate_feedback::Sink::default();
         crate::rate_feedback::scope(sink.clone(), async {
             assert_eq!(c.create_offer_request(&search).await.unwrap(), "orq_1");
@@ -1186,15 +1191,10 @@ mod tests {
         ])
         .await;
         let c = client(&rec.base_url());
-        let search = OfferSearch {
-            slices: vec![SliceSpec {
-                origin: "LHR".into(),
-                destination: "JFK".into(),
-                departure_date: NaiveDate::from_ymd_opt(2030, 6, 13).unwrap(),
-            }],
-            passengers: vec![PassengerSpec::Adult, PassengerSpec::Age(7)],
-            cabin_class: CabinClass::PremiumEconomy,
-        };
+        let search = lhr_jfk(
+            vec![PassengerSpec::Adult, PassengerSpec::Age(7)],
+            CabinClass::PremiumEconomy,
+        );
         let orq = c.create_offer_request(&search).await.unwrap();
         assert_eq!(orq, "orq_1");
         let offers = c.list_offers(&orq).await.unwrap();
