@@ -12,6 +12,10 @@ use serde::{Deserialize, Serialize};
 pub struct Sleep {
     /// How long to sleep.
     pub ms: u64,
+    /// A key for per-key limits and fairness, when config sets
+    /// `[kinds."fleet.sleep"] limit_key = "key"` (smoke-testing limits; docs/limits.md).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub key: Option<String>,
 }
 
 impl Job for Sleep {

@@ -61,6 +61,10 @@ pub struct Settings {
     /// Per-kind overrides of the code defaults, keyed by kind name.
     #[serde(default)]
     pub kinds: BTreeMap<String, KindOverride>,
+    /// Rate budgets (`[budgets.<name>]`): overrides of the code defaults, or budgets of
+    /// config's own (then both `rate` and `burst` are required). See docs/limits.md.
+    #[serde(default)]
+    pub budgets: BTreeMap<String, BudgetOverride>,
     /// Provider clients (base URLs, keys, timeouts). Keys come from the environment, e.g.
     /// `FLEET_PROVIDERS__STRIPE__SECRET_KEY`; an empty key leaves that provider unconfigured.
     #[serde(default)]
@@ -388,6 +392,64 @@ pub struct KindOverride {
     pub idempotency_window: Option<Duration>,
     /// Priority (lower first).
     pub priority: Option<i16>,
+    /// Most jobs of this kind running at once across the whole fleet.
+    pub global_concurrency: Option<usize>,
+    /// Most jobs of this kind running at once per `limit_key` value, fleet-wide.
+    pub key_concurrency: Option<usize>,
+    /// The args field whose value keys `key_concurrency` and fairness.
+    pub limit_key: Option<String>,
+    /// The rate budgets an attempt of this kind spends (replaces the code's list).
+    pub budgets: Option<Vec<String>>,
+}
+
+/// One `[budgets.<name>]` entry; unset fields keep the code default.
+#[derive(Debug, Clone, Default, Deserialize)]
+pub struct BudgetOverride {
+    /// Sustained rate, e.g. `"10/s"`, `"600/m"`, `"2.5/s"`, `"1000/h"`.
+    #[serde(default, deserialize_with = "opt_rate")]
+    pub rate: Option<Rate>,
+    /// Most tokens the bucket holds: the largest burst after a quiet spell (>= 1).
+    pub burst: Option<u32>,
+}
+
+/// A rate: events per second.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct Rate {
+    /// Events per second (> 0).
+    pub per_second: f64,
+}
+
+impl std::str::FromStr for Rate {
+    type Err = String;
+    /// `<count>/<unit>`: a positive number, then `s`, `m` or `h` (also `sec`, `min`, `hour`).
+    fn from_str(s: &str) -> Result<Self, String> {
+        let bad = || {
+            format!(
+                "{s:?} is not a rate like \"10/s\", \"600/m\" or \"1000/h\" (a positive count, \
+                 `/`, then s, m or h)"
+            )
+        };
+        let (n, unit) = s.split_once('/').ok_or_else(bad)?;
+        let n: f64 = n.trim().parse().map_err(|_| bad())?;
+        let secs = match unit.trim() {
+            "s" | "sec" | "second" => 1.0,
+            "m" | "min" | "minute" => 60.0,
+            "h" | "hour" => 3600.0,
+            _ => return Err(bad()),
+        };
+        if !(n.is_finite() && n > 0.0) {
+            return Err(bad());
+        }
+        Ok(Rate {
+            per_second: n / secs,
+        })
+    }
+}
+
+fn opt_rate<'de, D: Deserializer<'de>>(d: D) -> Result<Option<Rate>, D::Error> {
+    Option::<String>::deserialize(d)?
+        .map(|s| s.parse::<Rate>().map_err(serde::de::Error::custom))
+        .transpose()
 }
 
 fn parse_duration(s: &str) -> Result<Duration, String> {
@@ -503,7 +565,8 @@ impl EnvLayer {
                 )));
             }
             let is_list = path == ["worker", "queues"]
-                || (path.len() == 3 && path[0] == "databases" && path[2] == "kinds");
+                || (path.len() == 3 && path[0] == "databases" && path[2] == "kinds")
+                || (path.len() == 3 && path[0] == "kinds" && path[2] == "budgets");
             let leaf = if is_list {
                 config::ValueKind::Array(
                     value
@@ -860,6 +923,30 @@ impl Settings {
             if matches!(o.timeout, Some(t) if t.is_zero()) {
                 return bad(&format!("kinds.{kind}.timeout"), "0s".into(), "must be > 0");
             }
+            for (key, v) in [
+                ("global_concurrency", o.global_concurrency),
+                ("key_concurrency", o.key_concurrency),
+            ] {
+                if v == Some(0) {
+                    return bad(
+                        &format!("kinds.{kind}.{key}"),
+                        "0".into(),
+                        "must be >= 1 (pause a kind with `fleet queue pause`)",
+                    );
+                }
+            }
+            if matches!(&o.limit_key, Some(k) if k.is_empty()) {
+                return bad(
+                    &format!("kinds.{kind}.limit_key"),
+                    "\"\"".into(),
+                    "must name an args field",
+                );
+            }
+        }
+        for (name, b) in &self.budgets {
+            if b.burst == Some(0) {
+                return bad(&format!("budgets.{name}.burst"), "0".into(), "must be >= 1");
+            }
         }
         Ok(())
     }
@@ -996,6 +1083,73 @@ mod tests {
             .iter()
             .map(|(k, v)| (k.to_string(), v.to_string()))
             .collect()
+    }
+
+    #[test]
+    fn rates_read_as_count_per_unit() {
+        for (text, per_second) in [
+            ("10/s", 10.0),
+            ("600/m", 10.0),
+            ("2.5/s", 2.5),
+            ("3600/h", 1.0),
+            (" 5 / min ", 5.0 / 60.0),
+        ] {
+            assert_eq!(
+                text.parse::<Rate>().unwrap().per_second,
+                per_second,
+                "{text}"
+            );
+        }
+        for bad in [
+            "",
+            "10",
+            "10/d",
+            "-1/s",
+            "0/s",
+            "x/s",
+            "10 per second",
+            "inf/s",
+        ] {
+            let e = bad.parse::<Rate>().unwrap_err();
+            assert!(e.contains("\"10/s\""), "{bad}: {e}");
+        }
+    }
+
+    #[test]
+    fn budgets_and_kind_limits_come_from_the_environment() {
+        let s = Settings::from_sources(
+            None,
+            &env(&[
+                ("FLEET_BUDGETS__DUFFEL_SEARCH__RATE", "600/m"),
+                ("FLEET_BUDGETS__DUFFEL_SEARCH__BURST", "30"),
+                ("FLEET_KINDS__CAMPAIGN_SEARCH__GLOBAL_CONCURRENCY", "7"),
+                (
+                    "FLEET_KINDS__CAMPAIGN_SEARCH__BUDGETS",
+                    "duffel_search, stripe",
+                ),
+            ]),
+        )
+        .unwrap();
+        let b = &s.budgets["duffel_search"];
+        assert_eq!(b.rate.unwrap().per_second, 10.0);
+        assert_eq!(b.burst, Some(30));
+        let k = &s.kinds["campaign_search"];
+        assert_eq!(k.global_concurrency, Some(7));
+        assert_eq!(
+            k.budgets.as_deref(),
+            Some(&["duffel_search".to_owned(), "stripe".to_owned()][..])
+        );
+        let e = Settings::from_sources(
+            None,
+            &env(&[("FLEET_KINDS__BOOKING_ATTEMPT__KEY_CONCURRENCY", "0")]),
+        )
+        .unwrap_err()
+        .to_string();
+        assert!(e.contains("kinds.booking_attempt.key_concurrency"), "{e}");
+        let e = Settings::from_sources(None, &env(&[("FLEET_BUDGETS__STRIPE__BURST", "0")]))
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("budgets.stripe.burst"), "{e}");
     }
 
     #[test]

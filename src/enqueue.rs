@@ -252,6 +252,7 @@ impl Queue {
             idempotency_key: j.opts.idempotency_key,
             trace_context,
             parent_id,
+            limit_key: self.registry.limit_key_of(&j.kind, &j.args),
             kind: j.kind,
             args: j.args,
         }

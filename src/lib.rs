@@ -26,7 +26,7 @@
 //! let registry = Arc::new(fleet::fleet_registry(&settings)?);
 //! // Enqueue…
 //! let queue = fleet::Queue::new(pool.clone(), registry.clone());
-//! queue.enqueue(&fleet::builtin::Sleep { ms: 10 }, Some("smoke-test")).await?;
+//! queue.enqueue(&fleet::builtin::Sleep { ms: 10, key: None }, Some("smoke-test")).await?;
 //! // …and work, until the token is cancelled (then drain).
 //! let stop = CancellationToken::new();
 //! fleet::Worker::new(pool, registry, settings.worker.clone()).run(stop).await;
@@ -61,7 +61,8 @@ pub use worker::Worker;
 /// The registry a `fleet` process runs: the engine's own kinds plus the domain's, with the
 /// `[kinds.*]` overrides of `settings` (an override of an unknown kind is an error).
 pub fn fleet_registry(settings: &config::Settings) -> Result<Registry, config::ConfigError> {
-    let mut r = Registry::new(settings.kinds.clone());
+    let mut r =
+        Registry::new(settings.kinds.clone()).with_budget_overrides(settings.budgets.clone());
     builtin::register(&mut r);
     jobs::kinds::register_all(&mut r);
     r.check_overrides()?;
@@ -70,6 +71,35 @@ pub fn fleet_registry(settings: &config::Settings) -> Result<Registry, config::C
             return Err(config::ConfigError(format!(
                 "databases.{name}.kinds: {k:?} is not a registered kind (known: {})",
                 r.kind_names().join(", ")
+            )));
+        }
+    }
+    // A budget's token bucket is a row in the database of the claims that debit it, in their
+    // own transaction; spenders in two databases would each get the whole rate.
+    let home = |kind: &str| {
+        settings
+            .databases
+            .iter()
+            .find(|(_, d)| d.kinds.iter().any(|k| k == kind))
+            .map_or(config::MAIN_DATABASE, |(name, _)| name.as_str())
+    };
+    for b in r.budgets() {
+        let mut spent_in: std::collections::BTreeMap<&str, String> = Default::default();
+        for kind in r.kind_names() {
+            if r.budgets_of(&kind).iter().any(|s| s.name == b.name) {
+                spent_in.entry(home(&kind)).or_insert(kind);
+            }
+        }
+        if spent_in.len() > 1 {
+            let homes: Vec<String> = spent_in
+                .iter()
+                .map(|(db, kind)| format!("{kind} in database {db}"))
+                .collect();
+            return Err(config::ConfigError(format!(
+                "budget {:?} is spent by kinds in different databases ({}): a budget lives in one \
+                 database, so keep its kinds together or give each database its own budget",
+                b.name,
+                homes.join(", ")
             )));
         }
     }

@@ -61,6 +61,13 @@ pub struct Metrics {
     /// Seconds the read replica of each database is behind its primary (from the snapshot;
     /// only for databases with a `read_url`).
     pub replica_lag_seconds: GaugeVec,
+    /// Provider 429s that emptied a rate budget fleet-wide, by budget (this process's).
+    pub budget_blocks: IntCounterVec,
+    /// Tokens a rate budget holds now, by budget (from the snapshot).
+    pub budget_tokens: GaugeVec,
+    /// Seconds left on a provider's block of a budget, by budget; 0 when not blocked (from
+    /// the snapshot).
+    pub budget_blocked_seconds: GaugeVec,
 }
 
 /// Registers `c`, noting its names (so the docs test sees metrics that have no series yet).
@@ -109,6 +116,24 @@ fn build() -> Metrics {
         "fleet_webhook_accepted_total",
         "Webhook deliveries accepted (stored, or a known duplicate).",
         &["provider"],
+    );
+    let budget_blocks = counter(
+        "fleet_budget_blocks_total",
+        "Provider 429s that emptied a rate budget fleet-wide until the provider's reset.",
+        &["budget"],
+    );
+    let gauge = |name: &str, help: &str| {
+        let g = GaugeVec::new(Opts::new(name, help), &["budget"]).expect("valid metric");
+        register(&registry, &names, Box::new(g.clone()));
+        g
+    };
+    let budget_tokens = gauge(
+        "fleet_budget_tokens",
+        "Tokens a rate budget holds now (0 while a provider's block lasts).",
+    );
+    let budget_blocked_seconds = gauge(
+        "fleet_budget_blocked_seconds",
+        "Seconds left on a provider's block of a rate budget; 0 when not blocked.",
     );
     let cancelled = counter(
         "fleet_jobs_cancelled_total",
@@ -207,6 +232,9 @@ fn build() -> Metrics {
         webhook_seconds,
         cancelled,
         outcomes_refused,
+        budget_blocks,
+        budget_tokens,
+        budget_blocked_seconds,
         kind_paused,
         database_up,
         snapshot_age_seconds,
@@ -237,6 +265,15 @@ pub fn metrics() -> &'static Metrics {
     M.get_or_init(build)
 }
 
+/// The rate budgets whose levels the snapshot reads (set by the process from its registry).
+static BUDGETS: OnceLock<Vec<crate::registry::BudgetSpec>> = OnceLock::new();
+
+/// Makes the snapshot report `budgets` (`fleet_budget_tokens`, `fleet_budget_blocked_seconds`).
+/// The first call wins.
+pub fn watch_budgets(budgets: Vec<crate::registry::BudgetSpec>) {
+    let _ = BUDGETS.set(budgets);
+}
+
 /// When the snapshot was last taken (None: never).
 static SNAPSHOT_AT: std::sync::Mutex<Option<std::time::Instant>> = std::sync::Mutex::new(None);
 
@@ -255,19 +292,45 @@ pub async fn refresh_snapshot_of(dbs: &[Database]) -> Result<(), sqlx::Error> {
         let mut gauges = Vec::new();
         let mut paused = Vec::new();
         let mut lags = Vec::new();
+        let mut budgets: Vec<queue::BudgetState> = Vec::new();
         for db in dbs {
             let mut conn = db.reads.acquire().await?;
             gauges.extend(queue::job_gauges(&mut conn, None).await?);
             paused.extend(queue::kind_list_paused(&mut conn).await?);
+            // A budget lives in the one database its spenders share (checked at start); the
+            // others report it untouched (full), so the lowest level is the real one.
+            if let Some(specs) = BUDGETS.get().filter(|b| !b.is_empty()) {
+                for b in queue::budget_list(&mut conn, specs, None).await? {
+                    match budgets
+                        .iter_mut()
+                        .find(|o: &&mut queue::BudgetState| o.name == b.name)
+                    {
+                        Some(o) if b.level < o.level || b.blocked_until.is_some() => *o = b,
+                        Some(_) => {}
+                        None => budgets.push(b),
+                    }
+                }
+            }
             drop(conn);
             if let Some(lag) = db.replica_lag().await? {
                 lags.push((db.name.clone(), lag));
             }
         }
-        Ok::<_, sqlx::Error>((gauges, paused, lags))
+        Ok::<_, sqlx::Error>((gauges, paused, lags, budgets))
     };
     match tokio::time::timeout(std::time::Duration::from_secs(5), read).await {
-        Ok(Ok((gauges, paused, lags))) => {
+        Ok(Ok((gauges, paused, lags, budgets))) => {
+            let now = chrono::Utc::now();
+            for b in &budgets {
+                m.budget_tokens.with_label_values(&[&b.name]).set(b.level);
+                let left = b
+                    .blocked_until
+                    .map(|t| (t - now).num_milliseconds().max(0) as f64 / 1000.0)
+                    .unwrap_or(0.0);
+                m.budget_blocked_seconds
+                    .with_label_values(&[&b.name])
+                    .set(left);
+            }
             m.queue_depth.reset();
             m.queue_lag_seconds.reset();
             m.kind_paused.reset();

@@ -45,6 +45,55 @@ pub struct Mutation<T: Serialize> {
     pub result: T,
 }
 
+/// What [`Ops::limits`] found.
+#[derive(Debug, Clone, Default, Serialize)]
+pub struct LimitsReport {
+    /// One per limited kind.
+    pub kinds: Vec<KindLimitState>,
+    /// Every declared budget.
+    pub budgets: Vec<queue::BudgetState>,
+}
+
+impl LimitsReport {
+    /// Fills `waiting_on_limit` and `limited_by` of `stats` (a kind on several queues: on its
+    /// first row, at most that row's ready count).
+    pub fn annotate(&self, stats: &mut [KindStats]) {
+        let mut seen = std::collections::HashSet::new();
+        for s in stats.iter_mut() {
+            let Some(k) = self.kinds.iter().find(|k| k.kind == s.kind) else {
+                continue;
+            };
+            if !seen.insert(s.kind.clone()) {
+                continue;
+            }
+            let ready = s.states.get("available").copied().unwrap_or(0);
+            s.waiting_on_limit = k.waiting_on_limit.min(ready);
+            s.limited_by = k.reason.clone().filter(|_| s.waiting_on_limit > 0);
+        }
+    }
+}
+
+/// A limited kind as it stands.
+#[derive(Debug, Clone, Serialize)]
+pub struct KindLimitState {
+    /// The kind.
+    pub kind: String,
+    /// Running under a live lease, fleet-wide.
+    pub running: i64,
+    /// Its fleet-wide limit.
+    pub global_concurrency: Option<i64>,
+    /// Its per-key limit.
+    pub key_concurrency: Option<i64>,
+    /// The budgets it spends.
+    pub budgets: Vec<String>,
+    /// Ready jobs.
+    pub ready: i64,
+    /// Of those, held back by a limit or a budget (the rest wait for a worker).
+    pub waiting_on_limit: i64,
+    /// What holds them.
+    pub reason: Option<String>,
+}
+
 /// Operator commands over one database. Reads go to [`Ops::with_reads`]'s pool (a read
 /// replica) when one is given; every write, dry run and the drain's own counting go to the
 /// primary.
@@ -164,6 +213,75 @@ impl Ops {
             })
             .cloned()
             .collect())
+    }
+
+    /// What waits on a fleet-wide limit or a rate budget (separately from what waits for a
+    /// worker), per limited kind of `registry`, and every declared budget's level.
+    pub async fn limits(&self, registry: &crate::Registry) -> anyhow::Result<LimitsReport> {
+        let specs: Vec<queue::KindLimitSpec> = registry
+            .limited_kinds()
+            .into_iter()
+            .map(|k| {
+                let st = registry.settings(&k).expect("registered");
+                queue::KindLimitSpec {
+                    global_concurrency: st.global_concurrency.map(|n| n as i64),
+                    key_concurrency: st.key_concurrency.map(|n| n as i64),
+                    kind: k,
+                }
+            })
+            .collect();
+        let mut conn = self.read_conn().await?;
+        let counts = queue::kind_limit_counts(&mut conn, &specs, None).await?;
+        let budgets = queue::budget_list(&mut conn, &registry.budgets(), None).await?;
+        let kinds = specs
+            .iter()
+            .zip(counts)
+            .map(|(spec, c)| {
+                let spent: Vec<String> = registry
+                    .budgets_of(&spec.kind)
+                    .into_iter()
+                    .map(|b| b.name)
+                    .collect();
+                let empty = budgets
+                    .iter()
+                    .find(|b| spent.contains(&b.name) && b.level < 1.0);
+                let (waiting, reason) = if c.ready == 0 {
+                    (0, None)
+                } else if let Some(g) = spec.global_concurrency.filter(|g| c.running >= *g) {
+                    (
+                        c.ready,
+                        Some(format!("global_concurrency {}/{g}", c.running)),
+                    )
+                } else if let Some(b) = empty {
+                    let why = match b.blocked_until {
+                        Some(t) => format!("budget {} blocked until {}", b.name, t.to_rfc3339()),
+                        None => format!("budget {} empty (refills {}/s)", b.name, b.per_second),
+                    };
+                    (c.ready, Some(why))
+                } else if c.ready_key_at_limit > 0 {
+                    (
+                        c.ready_key_at_limit,
+                        Some(format!(
+                            "key_concurrency {} reached for some keys",
+                            spec.key_concurrency.unwrap_or_default()
+                        )),
+                    )
+                } else {
+                    (0, None)
+                };
+                KindLimitState {
+                    kind: spec.kind.clone(),
+                    running: c.running,
+                    global_concurrency: spec.global_concurrency,
+                    key_concurrency: spec.key_concurrency,
+                    budgets: spent,
+                    ready: c.ready,
+                    waiting_on_limit: waiting,
+                    reason,
+                }
+            })
+            .collect();
+        Ok(LimitsReport { kinds, budgets })
     }
 
     /// Per-kind counts.

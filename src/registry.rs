@@ -3,10 +3,10 @@
 
 use std::{collections::BTreeMap, collections::HashMap, sync::Arc};
 
-use jobs::{BoxFuture, Job, JobContext, JobError, KindDefaults, NewJob, Registrar};
+use jobs::{BoxFuture, BudgetDefaults, Job, JobContext, JobError, KindDefaults, NewJob, Registrar};
 use serde_json::Value;
 
-use crate::config::{ConfigError, KindOverride};
+use crate::config::{BudgetOverride, ConfigError, KindOverride};
 
 /// A kind's settings after config overrides.
 pub type KindSettings = KindDefaults;
@@ -46,6 +46,20 @@ impl RegisteredKind {
 pub struct Registry {
     kinds: HashMap<String, RegisteredKind>,
     overrides: BTreeMap<String, KindOverride>,
+    /// Declared rate budgets, config applied.
+    budgets: BTreeMap<String, BudgetDefaults>,
+    budget_overrides: BTreeMap<String, BudgetOverride>,
+}
+
+/// A rate budget as the claim spends it.
+#[derive(Debug, Clone, PartialEq)]
+pub struct BudgetSpec {
+    /// Its name (the `fleet_budgets` row).
+    pub name: String,
+    /// Tokens per second.
+    pub per_second: f64,
+    /// Bucket size.
+    pub burst: f64,
 }
 
 impl Registry {
@@ -54,7 +68,86 @@ impl Registry {
         Self {
             kinds: HashMap::new(),
             overrides,
+            budgets: BTreeMap::new(),
+            budget_overrides: BTreeMap::new(),
         }
+    }
+
+    /// Applies `[budgets.*]` config: to the budgets code declares (now and later), and a budget
+    /// of config's own where both `rate` and `burst` are given.
+    pub fn with_budget_overrides(mut self, overrides: BTreeMap<String, BudgetOverride>) -> Self {
+        for (name, o) in &overrides {
+            if let (Some(rate), Some(burst)) = (o.rate, o.burst) {
+                self.budgets.insert(
+                    name.clone(),
+                    BudgetDefaults {
+                        per_second: rate.per_second,
+                        burst,
+                    },
+                );
+            }
+        }
+        self.budget_overrides = overrides;
+        self
+    }
+
+    /// Declares budget `name` (code defaults, config on top). Declaring it again replaces it.
+    pub fn declare_budget(&mut self, name: &str, mut d: BudgetDefaults) -> &mut Self {
+        if let Some(o) = self.budget_overrides.get(name) {
+            if let Some(r) = o.rate {
+                d.per_second = r.per_second;
+            }
+            if let Some(b) = o.burst {
+                d.burst = b;
+            }
+        }
+        self.budgets.insert(name.to_owned(), d);
+        self
+    }
+
+    /// A declared budget's settings.
+    pub fn budget_spec(&self, name: &str) -> Option<BudgetSpec> {
+        self.budgets.get(name).map(|d| BudgetSpec {
+            name: name.to_owned(),
+            per_second: d.per_second,
+            burst: f64::from(d.burst),
+        })
+    }
+
+    /// Every declared budget, by name.
+    pub fn budgets(&self) -> Vec<BudgetSpec> {
+        self.budgets
+            .keys()
+            .filter_map(|n| self.budget_spec(n))
+            .collect()
+    }
+
+    /// The kinds claimed under a fleet-wide limit, budget or fairness key (see
+    /// [`KindDefaults::is_limited`]), sorted.
+    pub fn limited_kinds(&self) -> Vec<String> {
+        self.kind_names()
+            .into_iter()
+            .filter(|k| self.kinds[k].settings.is_limited())
+            .collect()
+    }
+
+    /// The budgets kind `kind` spends, declared ones only. An undeclared name is refused by
+    /// [`Registry::check_overrides`], which every `fleet` process runs; a registry built in
+    /// code without it (tests, benches) spends only what it declared.
+    pub fn budgets_of(&self, kind: &str) -> Vec<BudgetSpec> {
+        let Some(k) = self.kinds.get(kind) else {
+            return Vec::new();
+        };
+        let mut v: Vec<BudgetSpec> = k
+            .settings
+            .budgets
+            .iter()
+            .filter_map(|n| self.budget_spec(n))
+            .collect();
+        // Locked in name order by every claim: no two claims wait on each other's rows.
+        v.sort_by(|a, b| a.name.cmp(&b.name));
+        v.dedup_by(|a, b| a.name == b.name);
+        v
     }
 
     /// Registers kind `J`. Panics if the kind name is registered twice (a programming error).
@@ -103,6 +196,17 @@ impl Registry {
         (k.check_args)(args)
     }
 
+    /// The value kind `kind`'s per-key limit and fairness count `args` by: its `limit_key`
+    /// field, as text (`None` when the kind has no key or the field is absent or null).
+    pub fn limit_key_of(&self, kind: &str, args: &Value) -> Option<String> {
+        let field = self.kinds.get(kind)?.settings.limit_key.as_deref()?;
+        match args.get(field)? {
+            Value::Null => None,
+            Value::String(s) => Some(s.clone()),
+            v => Some(v.to_string()),
+        }
+    }
+
     /// The kind, if registered.
     pub fn get(&self, kind: &str) -> Option<&RegisteredKind> {
         self.kinds.get(kind)
@@ -143,6 +247,35 @@ impl Registry {
                 )));
             }
         }
+        let known = || {
+            let v: Vec<&str> = self.budgets.keys().map(String::as_str).collect();
+            if v.is_empty() {
+                "none".to_owned()
+            } else {
+                v.join(", ")
+            }
+        };
+        for (name, o) in &self.budget_overrides {
+            if !self.budgets.contains_key(name) {
+                let missing = if o.rate.is_none() { "rate" } else { "burst" };
+                return Err(ConfigError(format!(
+                    "budgets.{name} is not a budget the code declares (known: {}), so it needs both \
+                     rate and burst; `{missing}` is missing",
+                    known()
+                )));
+            }
+        }
+        for kind in self.kind_names() {
+            for b in &self.kinds[&kind].settings.budgets {
+                if !self.budgets.contains_key(b) {
+                    return Err(ConfigError(format!(
+                        "kinds.{kind}.budgets names an unknown budget {b:?} (known: {}); declare it \
+                         with [budgets.{b}] rate and burst",
+                        known()
+                    )));
+                }
+            }
+        }
         Ok(())
     }
 }
@@ -150,6 +283,10 @@ impl Registry {
 impl Registrar for Registry {
     fn register<J: Job>(&mut self) -> &mut Self {
         Registry::register::<J>(self)
+    }
+
+    fn budget(&mut self, name: &str, defaults: BudgetDefaults) -> &mut Self {
+        self.declare_budget(name, defaults)
     }
 }
 
@@ -189,6 +326,18 @@ fn apply(mut d: KindDefaults, o: Option<&KindOverride>) -> KindDefaults {
     }
     if let Some(v) = o.priority {
         d.priority = v;
+    }
+    if o.global_concurrency.is_some() {
+        d.global_concurrency = o.global_concurrency;
+    }
+    if o.key_concurrency.is_some() {
+        d.key_concurrency = o.key_concurrency;
+    }
+    if o.limit_key.is_some() {
+        d.limit_key = o.limit_key.clone();
+    }
+    if let Some(v) = &o.budgets {
+        d.budgets = v.clone();
     }
     d
 }

@@ -209,16 +209,26 @@ async fn scan_fans_out_one_search_per_due_campaign_and_a_second_scan_enqueues_no
         let window = next_search_at(&pool, *id).await;
         let hit: Vec<_> = searches
             .iter()
-            .filter(|(_, args, _, _)| args == &json!({"campaign_id": id}))
+            .filter(|(_, args, _, _)| args["campaign_id"] == json!(id))
             .collect();
         assert_eq!(hit.len(), 1, "one search for {id}");
+        let owner: Uuid = sqlx::query_scalar("SELECT user_id FROM campaigns WHERE id = $1")
+            .bind(id)
+            .fetch_one(&pool)
+            .await
+            .unwrap();
+        assert_eq!(
+            hit[0].1,
+            json!({"campaign_id": id, "user_id": owner}),
+            "ids only: the campaign, and its owner for fairness"
+        );
         assert_eq!(hit[0].3.as_deref(), Some(search_key(*id, window).as_str()));
     }
     for id in [later, paused, ended] {
         assert!(
             !searches
                 .iter()
-                .any(|(_, a, _, _)| a == &json!({"campaign_id": id})),
+                .any(|(_, a, _, _)| a["campaign_id"] == json!(id)),
             "no search for {id}"
         );
     }
@@ -385,7 +395,13 @@ async fn search_under_a_max_price_above_the_cheapest_fare_enqueues_one_booking_a
     let id = s.campaign_id;
     let before = Utc::now();
     let j = env
-        .run(&CampaignSearch { campaign_id: id }, "search-1")
+        .run(
+            &CampaignSearch {
+                campaign_id: id,
+                user_id: None,
+            },
+            "search-1",
+        )
         .await;
     assert_eq!(j.state, JobState::Completed, "{j:#?}");
 
@@ -429,7 +445,13 @@ async fn search_under_a_max_price_above_the_cheapest_fare_enqueues_one_booking_a
     )
     .await;
     let j = env
-        .run(&CampaignSearch { campaign_id: id }, "search-2")
+        .run(
+            &CampaignSearch {
+                campaign_id: id,
+                user_id: None,
+            },
+            "search-2",
+        )
         .await;
     assert_eq!(j.state, JobState::Completed, "{j:#?}");
     assert_eq!(jobs_of(&pool, "booking_attempt").await.len(), 1);
@@ -449,7 +471,13 @@ async fn search_under_a_max_price_below_every_fare_only_reschedules() {
         .campaign_id;
     let before = Utc::now();
     let j = env
-        .run(&CampaignSearch { campaign_id: id }, "search-1")
+        .run(
+            &CampaignSearch {
+                campaign_id: id,
+                user_id: None,
+            },
+            "search-1",
+        )
         .await;
     assert_eq!(j.state, JobState::Completed, "{j:#?}");
     assert!(jobs_of(&pool, "booking_attempt").await.is_empty());
@@ -473,7 +501,13 @@ async fn search_on_a_rate_limited_route_snoozes_until_the_reset_without_charging
         .campaign_id;
     let job = env
         .queue
-        .enqueue(&CampaignSearch { campaign_id: id }, Some("search-1"))
+        .enqueue(
+            &CampaignSearch {
+                campaign_id: id,
+                user_id: None,
+            },
+            Some("search-1"),
+        )
         .await
         .unwrap()
         .id;

@@ -670,6 +670,7 @@ async fn the_jobs_list_filters_like_the_cli_pages_by_keyset_and_a_job_shows_its_
                     json!({"traceparent": format!("00-{trace}-00f067aa0ba902b7-01")}),
                 ),
                 parent_id: Some(a_ids[0]),
+                limit_key: None,
             }],
             None,
         )
@@ -783,6 +784,7 @@ async fn a_booking_timeline_from_a_real_saga_shows_its_steps_provider_ids_and_jo
         .enqueue(
             &CampaignSearch {
                 campaign_id: campaign,
+                user_id: None,
             },
             None,
         )
@@ -971,7 +973,7 @@ async fn pausing_a_kind_shows_a_dry_run_then_pauses_audited_and_the_worker_stops
 }
 
 fn jobs_sleep(ms: u64) -> fleet::builtin::Sleep {
-    fleet::builtin::Sleep { ms }
+    fleet::builtin::Sleep { ms, key: None }
 }
 
 #[tokio::test]
@@ -1029,6 +1031,7 @@ async fn replaying_a_dead_job_shows_a_dry_run_then_replays_audited_and_a_worker_
                 idempotency_key: None,
                 trace_context: None,
                 parent_id: None,
+                limit_key: None,
             }],
             None,
         )

@@ -25,6 +25,7 @@ fn flaky_insert(key: &str) -> queue::JobInsert {
         idempotency_key: Some(key.to_owned()),
         trace_context: None,
         parent_id: None,
+        limit_key: None,
     }
 }
 

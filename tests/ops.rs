@@ -174,7 +174,13 @@ async fn cancel_stops_a_running_job_at_once_and_the_worker_cannot_overwrite_it()
     let db = db().await;
     let reg = registry();
     let id = Queue::new(db.pool.clone(), reg.clone())
-        .enqueue(&Sleep { ms: 60_000 }, None)
+        .enqueue(
+            &Sleep {
+                ms: 60_000,
+                key: None,
+            },
+            None,
+        )
         .await
         .unwrap()
         .id;
@@ -241,7 +247,7 @@ async fn drain_finishes_the_backlog_holds_new_intake_and_other_kinds_keep_runnin
     let backlog: Vec<i64> = q
         .enqueue_many(
             (0..10)
-                .map(|_| NewJob::of(&Sleep { ms: 400 }).unwrap())
+                .map(|_| NewJob::of(&Sleep { ms: 400, key: None }).unwrap())
                 .collect(),
         )
         .await
@@ -272,7 +278,11 @@ async fn drain_finishes_the_backlog_holds_new_intake_and_other_kinds_keep_runnin
         }
     })
     .await;
-    let late = q.enqueue(&Sleep { ms: 1 }, None).await.unwrap().id;
+    let late = q
+        .enqueue(&Sleep { ms: 1, key: None }, None)
+        .await
+        .unwrap()
+        .id;
     // Another kind keeps flowing during the drain.
     let other = q.enqueue(&Flaky { succeed_on: 1 }, None).await.unwrap().id;
     wait_state(&db.pool, other, JobState::Completed, SECS(3)).await;
@@ -323,7 +333,11 @@ async fn drain_of_a_paused_kind_holds_its_queue_instead_of_running_it() {
     let q = Queue::new(db.pool.clone(), reg.clone());
     let o = ops(&db.pool, &reg);
     o.pause("fleet.sleep", "incident 7", false).await.unwrap();
-    let queued = q.enqueue(&Sleep { ms: 1 }, None).await.unwrap().id;
+    let queued = q
+        .enqueue(&Sleep { ms: 1, key: None }, None)
+        .await
+        .unwrap()
+        .id;
     let w = start_worker(&db.pool, reg.clone(), fast_settings());
     let dry = o
         .drain(&["fleet.sleep".to_owned()], SECS(10), true, |_| {})
@@ -357,7 +371,11 @@ async fn pause_overrides_a_drain_and_a_timed_out_drain_leaves_the_kind_paused() 
     let reg = registry();
     let q = Queue::new(db.pool.clone(), reg.clone());
     let mut conn = db.pool.acquire().await.unwrap();
-    let before = q.enqueue(&Sleep { ms: 1 }, None).await.unwrap().id;
+    let before = q
+        .enqueue(&Sleep { ms: 1, key: None }, None)
+        .await
+        .unwrap()
+        .id;
     let cutoff = queue::kind_drain_start(&mut conn, "fleet.sleep", "bob")
         .await
         .unwrap();
@@ -501,7 +519,7 @@ async fn cli_speaks_json_and_names_bad_flags() {
     let db = db().await;
     let reg = registry();
     let id = Queue::new(db.pool.clone(), reg)
-        .enqueue(&Sleep { ms: 1 }, None)
+        .enqueue(&Sleep { ms: 1, key: None }, None)
         .await
         .unwrap()
         .id;

@@ -27,7 +27,13 @@ async fn killed_worker_process_job_is_rescued_and_completed_by_another_and_late_
 {
     let db = db().await;
     let id = queue(&db.pool)
-        .enqueue(&Sleep { ms: 4_000 }, None)
+        .enqueue(
+            &Sleep {
+                ms: 4_000,
+                key: None,
+            },
+            None,
+        )
         .await
         .unwrap()
         .id;
@@ -100,7 +106,18 @@ async fn sigterm_drains_finishes_running_job_returns_unstarted_claims_and_exits_
     let q = queue(&db.pool);
     let mut ids = Vec::new();
     for _ in 0..3 {
-        ids.push(q.enqueue(&Sleep { ms: 1_500 }, None).await.unwrap().id);
+        ids.push(
+            q.enqueue(
+                &Sleep {
+                    ms: 1_500,
+                    key: None,
+                },
+                None,
+            )
+            .await
+            .unwrap()
+            .id,
+        );
     }
     let mut w = spawn_worker(
         &db.url,
@@ -144,7 +161,13 @@ async fn minute_long_job_running(
     env: &[(&str, &str)],
 ) -> (i64, std::process::Child) {
     let id = queue(&db.pool)
-        .enqueue(&Sleep { ms: 60_000 }, None)
+        .enqueue(
+            &Sleep {
+                ms: 60_000,
+                key: None,
+            },
+            None,
+        )
         .await
         .unwrap()
         .id;

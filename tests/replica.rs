@@ -151,9 +151,12 @@ async fn operator_reads_come_from_the_hot_standby_with_its_lag_shown_while_write
     // A job enqueued on the primary shows in the stats read on the replica, once replayed.
     let registry = std::sync::Arc::new(common::fleet_registry());
     let q = fleet::Queue::new(pool_p.clone(), registry);
-    q.enqueue(&fleet::builtin::Sleep { ms: 1 }, Some("replica-1"))
-        .await
-        .unwrap();
+    q.enqueue(
+        &fleet::builtin::Sleep { ms: 1, key: None },
+        Some("replica-1"),
+    )
+    .await
+    .unwrap();
     wait_for(
         "the first job reaching the replica",
         Duration::from_secs(10),
@@ -173,9 +176,12 @@ async fn operator_reads_come_from_the_hot_standby_with_its_lag_shown_while_write
         .execute(&pool_r)
         .await
         .unwrap();
-    q.enqueue(&fleet::builtin::Sleep { ms: 1 }, Some("replica-2"))
-        .await
-        .unwrap();
+    q.enqueue(
+        &fleet::builtin::Sleep { ms: 1, key: None },
+        Some("replica-2"),
+    )
+    .await
+    .unwrap();
     tokio::time::sleep(Duration::from_millis(300)).await;
     assert_eq!(
         ready_sleeps(&url_p, &url_r),

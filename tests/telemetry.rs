@@ -55,7 +55,12 @@ async fn metrics_parse_as_prometheus_exposition_and_count_outcomes() {
     let q = Queue::new(db.pool.clone(), reg.clone());
     let mut ids = Vec::new();
     for _ in 0..5 {
-        ids.push(q.enqueue(&Sleep { ms: 1 }, None).await.unwrap().id);
+        ids.push(
+            q.enqueue(&Sleep { ms: 1, key: None }, None)
+                .await
+                .unwrap()
+                .id,
+        );
     }
     let dead = insert_unchecked(&db.pool, "test.metrics_unknown_kind", serde_json::json!({})).await;
     q.enqueue_new(

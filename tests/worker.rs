@@ -287,7 +287,11 @@ async fn paused_kind_is_not_claimed_by_any_worker_until_resumed() {
             .unwrap()
     );
     let paused = q.enqueue(&Flaky { succeed_on: 1 }, None).await.unwrap().id;
-    let other = q.enqueue(&Sleep { ms: 1 }, None).await.unwrap().id;
+    let other = q
+        .enqueue(&Sleep { ms: 1, key: None }, None)
+        .await
+        .unwrap()
+        .id;
     // Other kinds keep running while one is paused.
     wait_state(&db.pool, other, JobState::Completed, SECS(3)).await;
     tokio::time::sleep(SECS(2)).await;
@@ -315,7 +319,7 @@ async fn pause_is_obeyed_within_two_seconds_by_a_busy_worker() {
     let q = Queue::new(db.pool.clone(), reg);
     // Keep the kind flowing, then pause it mid-stream.
     for _ in 0..20 {
-        q.enqueue(&Sleep { ms: 5 }, None).await.unwrap();
+        q.enqueue(&Sleep { ms: 5, key: None }, None).await.unwrap();
     }
     let mut conn = db.pool.acquire().await.unwrap();
     queue::kind_pause(&mut conn, "fleet.sleep", "tester", "")
@@ -325,7 +329,12 @@ async fn pause_is_obeyed_within_two_seconds_by_a_busy_worker() {
     let ids: Vec<i64> = {
         let mut v = Vec::new();
         for _ in 0..10 {
-            v.push(q.enqueue(&Sleep { ms: 5 }, None).await.unwrap().id);
+            v.push(
+                q.enqueue(&Sleep { ms: 5, key: None }, None)
+                    .await
+                    .unwrap()
+                    .id,
+            );
         }
         v
     };
@@ -351,10 +360,26 @@ async fn heartbeat_keeps_a_ten_second_job_and_waiting_claims_alive() {
     let db = db().await;
     let reg = registry();
     let q = Queue::new(db.pool.clone(), reg.clone());
-    let long = q.enqueue(&Sleep { ms: 10_000 }, None).await.unwrap().id;
+    let long = q
+        .enqueue(
+            &Sleep {
+                ms: 10_000,
+                key: None,
+            },
+            None,
+        )
+        .await
+        .unwrap()
+        .id;
     let waiting: Vec<i64> = vec![
-        q.enqueue(&Sleep { ms: 50 }, None).await.unwrap().id,
-        q.enqueue(&Sleep { ms: 50 }, None).await.unwrap().id,
+        q.enqueue(&Sleep { ms: 50, key: None }, None)
+            .await
+            .unwrap()
+            .id,
+        q.enqueue(&Sleep { ms: 50, key: None }, None)
+            .await
+            .unwrap()
+            .id,
     ];
     let cfg = fleet::config::WorkerSettings {
         concurrency: 1,
@@ -480,7 +505,7 @@ async fn the_first_claim_on_a_never_analyzed_table_walks_the_ready_index_not_the
     let db = db().await;
     let q = Queue::new(db.pool.clone(), registry());
     let backlog: Vec<NewJob> = (0..20_000)
-        .map(|_| NewJob::of(&Sleep { ms: 1 }).unwrap())
+        .map(|_| NewJob::of(&Sleep { ms: 1, key: None }).unwrap())
         .collect();
     q.enqueue_many(backlog).await.unwrap();
     let mut conn = db.pool.acquire().await.unwrap();

@@ -51,6 +51,53 @@ pub struct KindDefaults {
     pub idempotency_window: Duration,
     /// Lower runs first.
     pub priority: i16,
+    /// Most jobs of this kind running at once across the whole fleet (every worker process),
+    /// counted from the queue's running rows under a live lease; `None` = no fleet-wide limit.
+    pub global_concurrency: Option<usize>,
+    /// Most jobs of this kind running at once per value of [`limit_key`](Self::limit_key),
+    /// fleet-wide (e.g. one booking attempt per campaign); `None` = no per-key limit.
+    pub key_concurrency: Option<usize>,
+    /// The top-level args field whose value is the job's key for `key_concurrency` and for
+    /// fairness: ready jobs are taken round-robin by key, so one key's burst does not starve
+    /// the others. `None` = no key.
+    pub limit_key: Option<String>,
+    /// Rate budgets (by name, see [`BudgetDefaults`]) one attempt of this kind spends a token
+    /// of: a job is claimed only when every one of them has a token.
+    pub budgets: Vec<String>,
+}
+
+impl KindDefaults {
+    /// Whether the kind is claimed under a fleet-wide limit, a budget or fairness (the
+    /// serialized per-kind claim) rather than by the plain claim.
+    pub fn is_limited(&self) -> bool {
+        self.global_concurrency.is_some()
+            || self.key_concurrency.is_some()
+            || self.limit_key.is_some()
+            || !self.budgets.is_empty()
+    }
+}
+
+/// Code defaults of one rate budget: a token bucket kept in the queue's database, shared by
+/// the fleet. `[budgets.<name>]` config overrides them.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct BudgetDefaults {
+    /// Tokens added per second (the sustained rate).
+    pub per_second: f64,
+    /// Most tokens the bucket holds (the largest burst after a quiet spell), >= 1.
+    pub burst: u32,
+}
+
+/// The domain's rate budgets, named once: what kinds list in [`KindDefaults::budgets`] and what
+/// the provider clients name when a 429 empties one.
+pub mod budgets {
+    /// Duffel's search endpoints (offer requests, offers).
+    pub const DUFFEL_SEARCH: &str = "duffel_search";
+    /// Duffel's order endpoints (orders, cancellations).
+    pub const DUFFEL_ORDER: &str = "duffel_order";
+    /// Stripe's API (one account-wide limit).
+    pub const STRIPE: &str = "stripe";
+    /// Resend's email API.
+    pub const RESEND: &str = "resend";
 }
 
 impl Default for KindDefaults {
@@ -64,6 +111,10 @@ impl Default for KindDefaults {
             timeout: Duration::from_secs(300),
             idempotency_window: Duration::ZERO,
             priority: 0,
+            global_concurrency: None,
+            key_concurrency: None,
+            limit_key: None,
+            budgets: Vec::new(),
         }
     }
 }
@@ -105,6 +156,18 @@ pub enum JobError {
     /// Stop for good, state `cancelled` (nothing left to do and nothing went wrong).
     #[error("{0}")]
     Cancel(String),
+    /// A provider refused for its rate limit: the engine empties rate budget `budget` for the
+    /// whole fleet until `after` has passed (no job spending it is claimed before), and this
+    /// job runs again then, without using up an attempt.
+    #[error("rate limited on {budget} for {after:?}: {reason}")]
+    RateLimited {
+        /// The budget the refused call spends (see [`budgets`]).
+        budget: String,
+        /// Until the provider's reset.
+        after: Duration,
+        /// Why, for the job's history (no PII).
+        reason: String,
+    },
 }
 
 impl JobError {
@@ -125,7 +188,10 @@ impl JobError {
     }
     /// Whether another attempt may follow this error.
     pub fn is_retryable(&self) -> bool {
-        matches!(self, Self::Retryable(_) | Self::Snooze { .. })
+        matches!(
+            self,
+            Self::Retryable(_) | Self::Snooze { .. } | Self::RateLimited { .. }
+        )
     }
 }
 
@@ -364,4 +430,8 @@ pub trait Enqueuer: Send + Sync {
 pub trait Registrar {
     /// Registers kind `J` with its code defaults.
     fn register<J: Job>(&mut self) -> &mut Self;
+
+    /// Declares rate budget `name` with its code defaults (config may override them). A
+    /// kind may list only declared budgets.
+    fn budget(&mut self, name: &str, defaults: BudgetDefaults) -> &mut Self;
 }

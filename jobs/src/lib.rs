@@ -15,12 +15,13 @@ pub mod kinds;
 pub mod notify;
 pub mod pii;
 pub mod providers;
+pub mod rate_feedback;
 pub mod report;
 pub mod seed;
 pub mod webhook_events;
 
 pub use deps::Deps;
 pub use job::{
-    BoxFuture, EnqueueError, EnqueueOptions, Enqueued, Enqueuer, Extensions, Job, JobContext,
-    JobError, KindDefaults, NewJob, Registrar,
+    BoxFuture, BudgetDefaults, EnqueueError, EnqueueOptions, Enqueued, Enqueuer, Extensions, Job,
+    JobContext, JobError, KindDefaults, NewJob, Registrar,
 };

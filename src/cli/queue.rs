@@ -194,12 +194,22 @@ pub async fn run(a: QueueArgs, settings: &Settings) -> anyhow::Result<()> {
             let mut text = String::new();
             for d in &shown {
                 let o = Ops::on(d, kinds.clone(), &os_user());
-                let stats = o.stats().await?;
+                let mut stats = o.stats().await?;
+                let mut limits = o.limits(&registry).await?;
+                // Each limited kind, and each budget, lives in its kinds' one database.
+                limits.kinds.retain(|k| dbs.home_of(&k.kind).name == d.name);
+                limits.budgets.retain(|b| {
+                    registry.kind_names().iter().any(|k| {
+                        dbs.home_of(k).name == d.name
+                            && registry.budgets_of(k).iter().any(|s| s.name == b.name)
+                    })
+                });
+                limits.annotate(&mut stats);
                 let lag = o.replica_lag().await?;
                 if shown.len() > 1 {
                     text.push_str(&format!("database {}\n", d.name));
                 }
-                text.push_str(&stats_text(&stats));
+                text.push_str(&stats_text(&stats, &limits));
                 if let (Some(lag), Some(replica)) = (&lag, &d.replica) {
                     text.push_str(&format!(
                         "\nread from the replica at {replica}: {}",
@@ -462,18 +472,20 @@ struct StatsRow {
 }
 
 /// The stats table of one database, for people.
-fn stats_text(stats: &[queue::KindStats]) -> String {
+fn stats_text(stats: &[queue::KindStats], limits: &fleet::ops::LimitsReport) -> String {
     let mut t = table(&[
-        "kind", "queue", "paused", "ready", "due", "later", "running", "dead/24h", "done/1m",
-        "oldest",
+        "kind", "queue", "paused", "ready", "limited", "due", "later", "running", "dead/24h",
+        "done/1m", "oldest",
     ]);
     for k in stats {
         let n = |s: &str| k.states.get(s).copied().unwrap_or(0);
+        let limited = k.waiting_on_limit;
         t.add_row(vec![
             k.kind.clone(),
             k.queue.clone(),
             k.paused.unwrap_or("").to_owned(),
-            n("available").to_string(),
+            (n("available") - limited).to_string(),
+            limited.to_string(),
             k.due_now.to_string(),
             k.later.to_string(),
             n("running").to_string(),
@@ -484,15 +496,56 @@ fn stats_text(stats: &[queue::KindStats]) -> String {
                 .unwrap_or_else(|| "-".into()),
         ]);
     }
-    let text = if stats.is_empty() {
+    let mut lt = table(&[
+        "limited kind",
+        "running",
+        "limit",
+        "per key",
+        "budgets",
+        "held by",
+    ]);
+    for k in &limits.kinds {
+        lt.add_row(vec![
+            k.kind.clone(),
+            k.running.to_string(),
+            k.global_concurrency
+                .map(|n| n.to_string())
+                .unwrap_or_else(|| "-".into()),
+            k.key_concurrency
+                .map(|n| n.to_string())
+                .unwrap_or_else(|| "-".into()),
+            k.budgets.join(","),
+            k.reason.clone().unwrap_or_default(),
+        ]);
+    }
+    let mut bt = table(&[
+        "budget",
+        "tokens",
+        "burst",
+        "rate/s",
+        "blocked until",
+        "blocks",
+    ]);
+    for b in &limits.budgets {
+        bt.add_row(vec![
+            b.name.clone(),
+            format!("{:.1}", b.level),
+            format!("{}", b.burst),
+            format!("{}", b.per_second),
+            b.blocked_until.map(when).unwrap_or_else(|| "-".into()),
+            b.blocks.to_string(),
+        ]);
+    }
+    if stats.is_empty() {
         "no jobs, and no kind is paused".to_owned()
     } else {
         format!(
-            "{t}\nready: claimable now · due: scheduled or retrying, claimable at the next \
-                     promotion · later: waiting for its time · oldest: age of the oldest ready job"
+            "{t}\nready: claimable now, waiting for a worker · limited: ready but held by a \
+             fleet-wide limit or an empty rate budget · due: scheduled or retrying, claimable \
+             at the next promotion · later: waiting for its time · oldest: age of the oldest \
+             ready job\n\n{lt}\n\n{bt}"
         )
-    };
-    text
+    }
 }
 
 /// `1, 2, 3` (at most 20, then `… and N more`).

@@ -170,6 +170,7 @@ pub async fn worker(a: WorkerArgs, mut settings: Settings) -> anyhow::Result<()>
     if let Some(bind) = a.metrics_bind {
         let listener = bind_listener(bind, "--metrics-bind").await?;
         let limits = fleet::serve::Limits::from(&settings.serve);
+        fleet::metrics::watch_budgets(registry.budgets());
         tokio::spawn(fleet::metrics::run_snapshots(
             served.clone(),
             settings.serve.metrics_refresh,
@@ -243,6 +244,7 @@ pub async fn serve(a: ServeArgs, settings: &Settings) -> anyhow::Result<()> {
     let admin = bind_listener(admin_bind, "serve.admin_bind").await?;
     let shutdown = CancellationToken::new();
     spawn_signal_handler(shutdown.clone());
+    fleet::metrics::watch_budgets(registry.budgets());
     tokio::spawn(fleet::metrics::run_snapshots(
         dbs.all().cloned().collect(),
         settings.serve.metrics_refresh,

@@ -41,6 +41,7 @@ pub struct Snapshot {
     paused: Vec<PausedKind>,
     /// When the figures come from a read replica: how far behind it is.
     replica: Option<crate::databases::ReplicaLag>,
+    limits: crate::ops::LimitsReport,
 }
 
 /// The last snapshot and when it was read (one query set per half refresh, whoever asks).
@@ -72,9 +73,13 @@ async fn snapshot(st: &ConsoleState, s: &Session) -> Result<Arc<Snapshot>, PageE
         states: Some(vec![JobState::Running]),
         ..JobFilter::default()
     };
+    let mut stats = ops.stats().await?;
+    let limits = ops.limits(&st.registry).await?;
+    limits.annotate(&mut stats);
     let snap = Arc::new(Snapshot {
         taken_at: Utc::now(),
-        stats: ops.stats().await?,
+        stats,
+        limits,
         completions: ops.completions(CHART_MINUTES).await?,
         workers: ops.workers(st.alive_within).await?,
         running: ops.list(&running, RUNNING_SHOWN, None).await?,
@@ -130,6 +135,7 @@ fn live_region(st: &ConsoleState, snap: &Snapshot) -> Markup {
             }
             (cards(snap))
             (kinds_table(snap))
+            (limits_table(snap))
             (chart(snap))
             (running_table(snap))
             (workers_table(snap))
@@ -194,6 +200,7 @@ fn kinds_table(snap: &Snapshot) -> Markup {
         ("Queue", false),
         ("Status", false),
         ("Ready", true),
+        ("Held by a limit", true),
         ("Due now", true),
         ("Later", true),
         ("Running", true),
@@ -213,7 +220,8 @@ fn kinds_table(snap: &Snapshot) -> Markup {
                 td { a href=(format!("/ui/jobs?kind={}", enc(&k.kind))) { (k.kind) } }
                 td { (k.queue) }
                 td data-sort=(k.paused.unwrap_or("active")) { (status_badge(k.paused)) }
-                td.num { (n("available")) }
+                td.num { (n("available") - k.waiting_on_limit) }
+                td.num title=(k.limited_by.clone().unwrap_or_default()) { (k.waiting_on_limit) }
                 td.num { (k.due_now) }
                 td.num { (k.later) }
                 td.num { (n("running")) }
@@ -243,7 +251,7 @@ fn kinds_table(snap: &Snapshot) -> Markup {
             @if snap.stats.is_empty() {
                 p.muted { "No jobs yet, and no kind is paused." }
             } @else {
-                (templates::sortable("kinds", "Jobs per kind and queue, by state. Ready: claimable now; due now: scheduled or retrying, claimable at the next promotion; later: waiting for its time.", &headers, rows))
+                (templates::sortable("kinds", "Jobs per kind and queue, by state. Ready: claimable now, waiting for a worker; held by a limit: ready, but a fleet-wide limit or an empty rate budget holds them; due now: scheduled or retrying, claimable at the next promotion; later: waiting for its time.", &headers, rows))
             }
             @if !snap.paused.is_empty() {
                 ul.paused-list {
@@ -252,6 +260,59 @@ fn kinds_table(snap: &Snapshot) -> Markup {
                             (status_badge(Some(if p.draining_through_id.is_some() { "draining" } else { "paused" })))
                             " " strong { (p.kind) } " by " (p.paused_by) " " (templates::time(p.paused_at))
                             @if !p.reason.is_empty() { ": " (p.reason) }
+                        }
+                    }
+                }
+            }
+        }
+    }
+}
+
+/// The limited kinds (fleet-wide and per-key limits, budgets) and the rate budgets' levels.
+fn limits_table(snap: &Snapshot) -> Markup {
+    let l = &snap.limits;
+    let opt = |v: Option<i64>| v.map(|n| n.to_string()).unwrap_or_else(|| "—".into());
+    html! {
+        @if !l.kinds.is_empty() || !l.budgets.is_empty() {
+            section #limits {
+                h2 { "Limits and rate budgets" }
+                @if !l.kinds.is_empty() {
+                    table.limits {
+                        thead { tr { th { "Kind" } th.num { "Running" } th.num { "Fleet limit" } th.num { "Per key" } th { "Budgets" } th.num { "Held" } th { "Held by" } } }
+                        tbody {
+                            @for k in &l.kinds {
+                                tr {
+                                    td { (k.kind) }
+                                    td.num { (k.running) }
+                                    td.num { (opt(k.global_concurrency)) }
+                                    td.num { (opt(k.key_concurrency)) }
+                                    td { (k.budgets.join(", ")) }
+                                    td.num { (k.waiting_on_limit) }
+                                    td { (k.reason.clone().unwrap_or_default()) }
+                                }
+                            }
+                        }
+                    }
+                }
+                @if !l.budgets.is_empty() {
+                    table.budgets {
+                        thead { tr { th { "Budget" } th.num { "Tokens" } th.num { "Burst" } th.num { "Rate / s" } th { "Blocked until" } th.num { "Provider 429s" } } }
+                        tbody {
+                            @for b in &l.budgets {
+                                tr id=(format!("budget-{}", b.name)) {
+                                    td { (b.name) }
+                                    td.num { (format!("{:.1}", b.level)) }
+                                    td.num { (b.burst) }
+                                    td.num { (b.per_second) }
+                                    td {
+                                        @match b.blocked_until {
+                                            Some(t) => { (templates::time(t)) @if let Some(r) = &b.blocked_reason { " — " (r) } },
+                                            None => span.muted { "—" },
+                                        }
+                                    }
+                                    td.num { (b.blocks) }
+                                }
+                            }
                         }
                     }
                 }

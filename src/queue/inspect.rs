@@ -326,6 +326,11 @@ pub struct KindStats {
     pub completed_last_minute: i64,
     /// `paused`, `draining`, or `None`.
     pub paused: Option<&'static str>,
+    /// Of the ready jobs, those held back by a fleet-wide limit or an empty rate budget (the
+    /// rest wait for a worker). Filled by `Ops::limits` (it needs the kinds' settings).
+    pub waiting_on_limit: i64,
+    /// What holds them (`global_concurrency 20/20`, `budget duffel_search blocked until …`).
+    pub limited_by: Option<String>,
 }
 
 /// JobStats: per kind and queue, counts by state, due now and later, dead in the last day,

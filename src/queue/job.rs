@@ -40,6 +40,8 @@ pub struct JobInsert {
     pub trace_context: Option<Value>,
     /// The job whose handler enqueued this one, if any.
     pub parent_id: Option<i64>,
+    /// The value per-key limits and fairness count by (the kind's `limit_key` args field).
+    pub limit_key: Option<String>,
 }
 
 /// Outcome of inserting one job.
@@ -85,6 +87,12 @@ pub fn validate_insert(j: &JobInsert) -> Result<(), QueueError> {
         return Err(QueueError::InvalidJob(format!(
             "max_attempts of kind {:?} must be >= 1, got {}",
             j.kind, j.max_attempts
+        )));
+    }
+    if matches!(&j.limit_key, Some(k) if k.len() > 512) {
+        return Err(QueueError::InvalidJob(format!(
+            "limit key of kind {:?} must be at most 512 bytes",
+            j.kind
         )));
     }
     if let Some(k) = &j.idempotency_key {
@@ -171,6 +179,7 @@ async fn insert_rows(
     let n = todo.len();
     let mut traces: Vec<Option<&Value>> = Vec::with_capacity(n);
     let mut parents: Vec<Option<i64>> = Vec::with_capacity(n);
+    let mut limit_keys: Vec<Option<&str>> = Vec::with_capacity(n);
     let (mut kinds, mut queues, mut args, mut prios, mut run_ats, mut maxes, mut keys) = (
         Vec::with_capacity(n),
         Vec::with_capacity(n),
@@ -191,27 +200,45 @@ async fn insert_rows(
         keys.push(j.idempotency_key.as_deref());
         traces.push(j.trace_context.as_ref());
         parents.push(j.parent_id);
+        limit_keys.push(j.limit_key.as_deref());
     }
+    // A keyed job's fair rank is its turn within its key: 1 + the key's unfinished jobs of
+    // the kind (one index probe per key of the chunk), then its place among the chunk's jobs
+    // of that key. Chunks without keys skip the ranking and insert rank 0.
+    let ranked = if limit_keys.iter().any(Option::is_some) {
+        r#"ranked AS (
+            SELECT input.*, CASE WHEN input.limit_key IS NULL THEN 0 ELSE (
+                       SELECT count(*) FROM fleet_jobs f
+                       WHERE f.kind = input.kind AND f.limit_key = input.limit_key
+                         AND f.state IN ('scheduled', 'available', 'running', 'retryable'))
+                   + row_number() OVER (PARTITION BY input.kind, input.limit_key ORDER BY input.ord)
+                   END::int AS fair_rank
+            FROM input
+        )"#
+    } else {
+        "ranked AS (SELECT input.*, 0 AS fair_rank FROM input)"
+    };
     // Ids are drawn up front so every input row maps to its outcome by ordinality, whether it
     // was inserted or lost to a held key. The `notified` CTE wakes idle workers at commit.
-    let rows = sqlx::query(
+    let sql = format!(
         r#"
         WITH input AS (
             SELECT nextval('fleet_jobs_id_seq') AS id, t.*
             FROM unnest($1::text[], $2::text[], $3::jsonb[], $4::smallint[],
-                        $5::timestamptz[], $6::int[], $7::text[], $8::jsonb[], $10::bigint[])
+                        $5::timestamptz[], $6::int[], $7::text[], $8::jsonb[], $10::bigint[],
+                        $11::text[])
                  WITH ORDINALITY AS t(kind, queue, args, priority, run_at, max_attempts,
-                                      idempotency_key, trace_context, parent_id, ord)
-        ), inserted AS (
+                                      idempotency_key, trace_context, parent_id, limit_key, ord)
+        ), {ranked}, inserted AS (
             INSERT INTO fleet_jobs (id, kind, queue, args, state, priority, run_at,
                                     max_attempts, idempotency_key, key_held, trace_context,
-                                    parent_id)
+                                    parent_id, limit_key, fair_rank)
             SELECT id, kind, queue, args,
                    CASE WHEN run_at IS NULL OR run_at <= coalesce($9, now()) THEN 'available'
                         ELSE 'scheduled' END::fleet_job_state,
                    priority, COALESCE(run_at, $9, now()), max_attempts, idempotency_key,
-                   idempotency_key IS NOT NULL, trace_context, parent_id
-            FROM input ORDER BY ord
+                   idempotency_key IS NOT NULL, trace_context, parent_id, limit_key, fair_rank
+            FROM ranked ORDER BY ord
             ON CONFLICT (kind, idempotency_key) WHERE key_held DO NOTHING
             RETURNING id, queue, state
         ), notified AS (
@@ -223,20 +250,22 @@ async fn insert_rows(
                (SELECT count(*) FROM notified) AS notified
         FROM input LEFT JOIN inserted ON inserted.id = input.id
         ORDER BY input.ord
-        "#,
-    )
-    .bind(&kinds)
-    .bind(&queues)
-    .bind(&args)
-    .bind(&prios)
-    .bind(&run_ats)
-    .bind(&maxes)
-    .bind(&keys)
-    .bind(&traces)
-    .bind(now)
-    .bind(&parents)
-    .fetch_all(&mut *conn)
-    .await?;
+        "#
+    );
+    let rows = sqlx::query(&sql)
+        .bind(&kinds)
+        .bind(&queues)
+        .bind(&args)
+        .bind(&prios)
+        .bind(&run_ats)
+        .bind(&maxes)
+        .bind(&keys)
+        .bind(&traces)
+        .bind(now)
+        .bind(&parents)
+        .bind(&limit_keys)
+        .fetch_all(&mut *conn)
+        .await?;
     Ok(rows
         .into_iter()
         .map(|r| (r.get::<i64, _>(0), r.get::<bool, _>(1)))
@@ -346,10 +375,7 @@ pub async fn job_fetch_available(
     conn: &mut PgConnection,
     p: &FetchParams<'_>,
 ) -> Result<Vec<ClaimedJob>, sqlx::Error> {
-    let mut tx = conn.begin().await?;
-    sqlx::query("SELECT set_config('enable_seqscan', 'off', true), set_config('enable_bitmapscan', 'off', true)")
-        .execute(&mut *tx)
-        .await?;
+    let mut tx = begin_pinned(conn).await?;
     let rows = sqlx::query(
         r#"
         WITH picked AS (
@@ -383,19 +409,34 @@ pub async fn job_fetch_available(
     .fetch_all(&mut *tx)
     .await?;
     tx.commit().await?;
-    Ok(rows
-        .into_iter()
-        .map(|r| ClaimedJob {
-            id: r.get(0),
-            kind: r.get(1),
-            args: r.get(2),
-            attempt: r.get(3),
-            max_attempts: r.get(4),
-            claim_seq: r.get(5),
-            run_at: r.get(6),
-            trace_context: r.get(7),
-        })
-        .collect())
+    Ok(rows.iter().map(claimed_from_row).collect())
+}
+
+/// A transaction whose plans cannot use sequential or bitmap scans, so they walk the ready
+/// indexes from the very first claim on a never-analyzed table (decisions.md 23).
+pub(super) async fn begin_pinned(
+    conn: &mut PgConnection,
+) -> Result<sqlx::Transaction<'_, sqlx::Postgres>, sqlx::Error> {
+    let mut tx = conn.begin().await?;
+    sqlx::query("SELECT set_config('enable_seqscan', 'off', true), set_config('enable_bitmapscan', 'off', true)")
+        .execute(&mut *tx)
+        .await?;
+    Ok(tx)
+}
+
+/// A claim's `RETURNING id, kind, args, attempt, max_attempts, claim_seq, run_at,
+/// trace_context`.
+pub(super) fn claimed_from_row(r: &sqlx::postgres::PgRow) -> ClaimedJob {
+    ClaimedJob {
+        id: r.get(0),
+        kind: r.get(1),
+        args: r.get(2),
+        attempt: r.get(3),
+        max_attempts: r.get(4),
+        claim_seq: r.get(5),
+        run_at: r.get(6),
+        trace_context: r.get(7),
+    }
 }
 
 /// JobExtendLeases: renews the leases of the given claims; returns the ids still held.

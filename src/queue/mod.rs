@@ -1,11 +1,12 @@
 //! The queue's storage: every SQL statement that touches the queue's tables (`fleet_jobs`,
-//! `fleet_paused_kinds`, `fleet_cron_ticks`, `fleet_workers`) lives in this module and nowhere else, as inline
+//! `fleet_paused_kinds`, `fleet_cron_ticks`, `fleet_workers`, `fleet_budgets`) lives in this module and nowhere else, as inline
 //! statements (no SQL functions, so every plan is visible and index-driven), named noun-first
 //! after what they do. One file per role:
 //!
 //! | file | what |
 //! |---|---|
 //! | [`job`] | every transition of a job row: insert, claim, lease, outcome, promote, rescue, replay, cancel |
+//! | [`limits`] | the claim of limited kinds (fleet-wide concurrency, per-key limits, fairness) and the rate budgets (`fleet_budgets`) |
 //! | [`inspect`] | operator reads: one job, lists, per-kind stats, checks |
 //! | [`pause`] | the kill switch and drains (`fleet_paused_kinds`) |
 //! | [`retention`] | deleting finished jobs past their retention |
@@ -37,6 +38,7 @@ pub mod filter;
 pub mod fixtures;
 pub mod inspect;
 pub mod job;
+pub mod limits;
 pub mod pause;
 pub mod retention;
 pub mod workers;
@@ -51,6 +53,7 @@ pub use filter::*;
 pub use fixtures::*;
 pub use inspect::*;
 pub use job::*;
+pub use limits::*;
 pub use pause::*;
 pub use retention::*;
 pub use workers::*;

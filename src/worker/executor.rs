@@ -15,7 +15,9 @@ use tokio_util::{sync::CancellationToken, task::TaskTracker};
 use tracing::Instrument;
 
 use super::{Held, Shared};
-use crate::queue::{self, AttemptError, ClaimedJob, ErrorClass, FetchParams, NextState, Outcome};
+use crate::queue::{
+    self, AttemptError, ClaimedJob, ErrorClass, FetchParams, LimitedFetch, NextState, Outcome,
+};
 
 /// How long a cancelled handler gets to return on its own before it is aborted.
 pub const CANCEL_GRACE: Duration = Duration::from_secs(2);
@@ -32,13 +34,23 @@ pub(crate) async fn fetch_loop(
     // claims under load, no wait when idle.
     let threshold = (capacity / 4).max(1);
     let queues = (!s.cfg.queues.is_empty()).then(|| s.cfg.queues.clone());
+    let limited_names: Vec<String> = s.limited.iter().map(|l| l.kind.clone()).collect();
     let mut db_backoff = Duration::from_millis(100);
+    // Which limited kind is tried first this round: rotates, so no limited kind takes every
+    // free slot round after round.
+    let mut first_limited = 0usize;
     loop {
         if shutdown.is_cancelled() {
             return;
         }
-        let (free, skip_kinds) = {
+        let (free, skip_kinds, held_by_kind) = {
             let held = s.held.lock().unwrap();
+            let mut held_by_kind: std::collections::HashMap<String, usize> = Default::default();
+            if !s.limited.is_empty() {
+                for h in held.values() {
+                    *held_by_kind.entry(h.kind.clone()).or_default() += 1;
+                }
+            }
             let free = capacity.saturating_sub(held.len());
             let full = if held.is_empty() || free < threshold {
                 Vec::new()
@@ -50,23 +62,74 @@ pub(crate) async fn fetch_loop(
             } else {
                 0
             };
-            (free, full)
+            (free, full, held_by_kind)
         };
         if free > 0 {
+            first_limited = first_limited.wrapping_add(1);
             let fetched = async {
                 let mut conn = s.pool.acquire().await?;
-                queue::job_fetch_available(
-                    &mut conn,
-                    &FetchParams {
-                        queues: queues.as_deref(),
-                        skip_kinds: &skip_kinds,
-                        limit: free as i64,
-                        owner: &s.worker_id,
-                        lease: s.cfg.lease,
-                        now: None,
-                    },
-                )
-                .await
+                let mut jobs = Vec::new();
+                // Limited kinds first, each under its fleet-wide limits. They are claimed into
+                // prefetch like the others: a prefetched claim is `running`, so it counts
+                // against the limit (and has spent its token): prefetch can hold slots back,
+                // never exceed a limit.
+                if !s.limited.is_empty() {
+                    let ready =
+                        queue::kind_list_ready(&mut conn, &limited_names, queues.as_deref())
+                            .await?;
+                    let n = s.limited.len();
+                    for i in 0..n {
+                        let l = &s.limited[(first_limited + i) % n];
+                        if !ready.contains(&l.kind) || skip_kinds.contains(&l.kind) {
+                            continue;
+                        }
+                        let mut room = free.saturating_sub(jobs.len());
+                        if let Some(c) = s.registry.settings(&l.kind).and_then(|st| st.concurrency)
+                        {
+                            let held = held_by_kind.get(&l.kind).copied().unwrap_or(0);
+                            room = room.min(c.saturating_sub(held));
+                        }
+                        if room == 0 {
+                            continue;
+                        }
+                        let got = queue::job_fetch_limited(
+                            &mut conn,
+                            &LimitedFetch {
+                                kind: &l.kind,
+                                queues: queues.as_deref(),
+                                global_concurrency: l.global_concurrency,
+                                key_concurrency: l.key_concurrency,
+                                budgets: &l.budgets,
+                                limit: room as i64,
+                                owner: &s.worker_id,
+                                lease: s.cfg.lease,
+                                now: None,
+                            },
+                        )
+                        .await?;
+                        jobs.extend(got);
+                    }
+                }
+                let rest = free.saturating_sub(jobs.len());
+                if rest > 0 {
+                    let mut skip = skip_kinds.clone();
+                    skip.extend(limited_names.iter().cloned());
+                    jobs.extend(
+                        queue::job_fetch_available(
+                            &mut conn,
+                            &FetchParams {
+                                queues: queues.as_deref(),
+                                skip_kinds: &skip,
+                                limit: rest as i64,
+                                owner: &s.worker_id,
+                                lease: s.cfg.lease,
+                                now: None,
+                            },
+                        )
+                        .await?,
+                    );
+                }
+                Ok::<_, sqlx::Error>(jobs)
             }
             .await;
             match fetched {
@@ -288,7 +351,12 @@ async fn run_attempt(s: &Shared, job: &ClaimedJob, cancel: CancellationToken) ->
         }
     };
     // The handler runs in its own task so a panic is caught and the timeout can abort it.
-    let mut handle = tokio::spawn(AssertUnwindSafe(fut).catch_unwind().in_current_span());
+    // Provider clients report exhausted budgets of successful answers into `feedback`.
+    let feedback = jobs::rate_feedback::Sink::default();
+    let mut handle = tokio::spawn(
+        jobs::rate_feedback::scope(feedback.clone(), AssertUnwindSafe(fut).catch_unwind())
+            .in_current_span(),
+    );
     // Cancellation is checked first: a cooperative handler returns its own error the moment
     // its token fires, and that must be recorded as the cancellation (interrupted, timeout),
     // not as an ordinary failure with backoff.
@@ -296,7 +364,15 @@ async fn run_attempt(s: &Shared, job: &ClaimedJob, cancel: CancellationToken) ->
         biased;
         _ = cancel.cancelled() => false,
         _ = tokio::time::sleep(settings.timeout) => true,
-        r = &mut handle => return decide(job, settings, r, fail),
+        r = &mut handle => {
+            for e in jobs::rate_feedback::drain(&feedback) {
+                block_budget(s, &e.budget, e.after, &e.reason).await;
+            }
+            if let Ok(Ok(Err(JobError::RateLimited { budget, after, reason }))) = &r {
+                block_budget(s, budget, *after, reason).await;
+            }
+            return decide(job, settings, r, fail);
+        }
     };
     cancel.cancel();
     // Give the handler a moment to return on its own; a success inside the grace counts.
@@ -365,6 +441,19 @@ fn decide(
                 JobError::Cancel(m) => NextState::Cancelled {
                     error: fail(ErrorClass::Cancelled, m),
                 },
+                // The budget is already emptied fleet-wide (`block_budget`); the job waits
+                // for the same reset.
+                JobError::RateLimited {
+                    budget,
+                    after,
+                    reason,
+                } => NextState::Snooze {
+                    delay: after,
+                    error: fail(
+                        ErrorClass::Snoozed,
+                        format!("rate limited on budget {budget}: {reason}"),
+                    ),
+                },
             }
         }
         Ok(Err(panic)) => {
@@ -387,6 +476,26 @@ fn decide(
             fail(ErrorClass::Panic, format!("handler task failed: {join}")),
             false,
         ),
+    }
+}
+
+/// A provider's 429: budget `budget` is empty for the whole fleet until `after` from now, so
+/// no worker claims a job that spends it before the provider's reset. A failed write is
+/// logged and the job still waits (the budget then only holds its own rate).
+async fn block_budget(s: &Shared, budget: &str, after: Duration, reason: &str) {
+    crate::metrics::metrics()
+        .budget_blocks
+        .with_label_values(&[budget])
+        .inc();
+    let written = async {
+        let mut conn = s.pool.acquire().await?;
+        queue::budget_block(&mut conn, budget, after, reason, None).await
+    }
+    .await;
+    match written {
+        Ok(until) => tracing::warn!(budget, blocked_until = %until.to_rfc3339(),
+            "provider rate limit: budget emptied fleet-wide until its reset"),
+        Err(e) => tracing::warn!(budget, error = %e, "recording a provider rate limit failed"),
     }
 }
 

@@ -96,6 +96,9 @@ pub(crate) struct Shared {
     pub wake: Notify,
     pub slots: Arc<Semaphore>,
     pub kind_slots: HashMap<String, Arc<Semaphore>>,
+    /// The kinds claimed one at a time under their fleet-wide limits, budgets or fairness
+    /// ([`crate::queue::job_fetch_limited`]); the plain claim skips them.
+    pub limited: Vec<LimitedKind>,
     /// Drain begun: claims that have not started go back.
     pub stop_starting: CancellationToken,
     /// Drain deadline passed: running handlers are cancelled.
@@ -103,6 +106,15 @@ pub(crate) struct Shared {
     pub counters: Arc<WorkerCounters>,
     pub interrupted: AtomicU64,
     pub extensions: jobs::Extensions,
+}
+
+/// A limited kind's settings, resolved once for the fetch loop.
+#[derive(Debug, Clone)]
+pub(crate) struct LimitedKind {
+    pub kind: String,
+    pub global_concurrency: Option<i64>,
+    pub key_concurrency: Option<i64>,
+    pub budgets: Vec<crate::registry::BudgetSpec>,
 }
 
 /// A worker: build it, then [`Worker::run`] it until its shutdown token is cancelled.
@@ -128,6 +140,19 @@ impl Worker {
             &uuid::Uuid::new_v4().simple().to_string()[..8]
         );
         let queue = Queue::new(pool.clone(), registry.clone());
+        let limited = registry
+            .limited_kinds()
+            .into_iter()
+            .map(|k| {
+                let st = registry.settings(&k).expect("registered");
+                LimitedKind {
+                    global_concurrency: st.global_concurrency.map(|n| n as i64),
+                    key_concurrency: st.key_concurrency.map(|n| n as i64),
+                    budgets: registry.budgets_of(&k),
+                    kind: k,
+                }
+            })
+            .collect();
         Self {
             shared: Arc::new(Shared {
                 slots: Arc::new(Semaphore::new(cfg.concurrency)),
@@ -141,6 +166,7 @@ impl Worker {
                 held: Mutex::new(HashMap::new()),
                 wake: Notify::new(),
                 kind_slots,
+                limited,
                 stop_starting: CancellationToken::new(),
                 hard_stop: CancellationToken::new(),
                 counters: Arc::new(WorkerCounters::default()),

@@ -239,6 +239,7 @@ pub async fn insert_unchecked(pool: &PgPool, kind: &str, args: serde_json::Value
         idempotency_key: None,
         trace_context: None,
         parent_id: None,
+        limit_key: None,
     };
     queue::job_insert_many(&mut conn, &[row], None)
         .await

@@ -32,6 +32,7 @@
 //! next good fare).
 
 use crate::deps::HasDeps;
+use crate::job::budgets;
 use std::{collections::BTreeMap, time::Duration};
 
 use chrono::NaiveDate;
@@ -124,6 +125,13 @@ impl Job for BookingAttempt {
             timeout: Duration::from_secs(120),
             idempotency_window: Duration::ZERO,
             priority: 0,
+            // One saga per campaign at a time, fleet-wide: two attempts for one campaign would
+            // race for its one booking (the row lock decides, but the loser's Stripe hold and
+            // Duffel calls are wasted).
+            key_concurrency: Some(1),
+            limit_key: Some("campaign_id".to_owned()),
+            budgets: vec![budgets::STRIPE.to_owned(), budgets::DUFFEL_ORDER.to_owned()],
+            ..KindDefaults::default()
         }
     }
 

@@ -136,8 +136,8 @@ pub async fn scan(
     let mut cursor: (DateTime<Utc>, Uuid) = (DateTime::<Utc>::UNIX_EPOCH, Uuid::nil());
     loop {
         // CampaignScanDue (campaigns_scan_due_keyset_idx: the row comparison is its index bound).
-        let rows: Vec<(Uuid, DateTime<Utc>)> = sqlx::query_as(
-            "SELECT id, next_search_at FROM campaigns
+        let rows: Vec<(Uuid, DateTime<Utc>, Uuid)> = sqlx::query_as(
+            "SELECT id, next_search_at, user_id FROM campaigns
              WHERE status = 'active' AND next_search_at <= $1 AND expires_at > $1
                AND (next_search_at, id) > ($2, $3)
              ORDER BY next_search_at, id
@@ -149,15 +149,18 @@ pub async fn scan(
         .bind(batch)
         .fetch_all(&mut *conn)
         .await?;
-        let Some(&(last_id, last_at)) = rows.last() else {
+        let Some(&(last_id, last_at, _)) = rows.last() else {
             break;
         };
         cursor = (last_at, last_id);
         let jobs = rows
             .iter()
-            .map(|&(campaign_id, window)| {
-                NewJob::of(&CampaignSearch { campaign_id })
-                    .map(|j| j.key(search_key(campaign_id, window)))
+            .map(|&(campaign_id, window, user_id)| {
+                NewJob::of(&CampaignSearch {
+                    campaign_id,
+                    user_id: Some(user_id),
+                })
+                .map(|j| j.key(search_key(campaign_id, window)))
             })
             .collect::<Result<Vec<_>, _>>()
             .map_err(JobError::fatal)?;

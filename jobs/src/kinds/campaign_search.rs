@@ -24,6 +24,7 @@
 //! job without being searched again every scan.
 
 use crate::deps::HasDeps;
+use crate::job::budgets;
 use std::time::Duration;
 
 use chrono::{DateTime, NaiveDate, Utc};
@@ -51,12 +52,17 @@ pub const OFFER_MIN_VALIDITY: Duration = Duration::from_secs(5 * 60);
 /// cannot be booked, charged and ticketed in time to be useful.
 pub const MIN_LEAD_DAYS: i64 = 1;
 
-/// Args of the `campaign_search` job: the campaign id only.
+/// Args of the `campaign_search` job: ids only.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct CampaignSearch {
     /// `campaigns.id`.
     pub campaign_id: Uuid,
+    /// The campaign's owner (`campaigns.user_id`): searches take turns by user, so one
+    /// user's many campaigns do not starve the others' (docs/limits.md, fairness). Absent in
+    /// jobs enqueued before it was added; they simply have no key.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub user_id: Option<Uuid>,
 }
 
 /// What one search decided (returned for tests and logs).
@@ -285,6 +291,10 @@ impl Job for CampaignSearch {
             backoff_cap: Duration::from_secs(1800),
             timeout: Duration::from_secs(120),
             idempotency_window: Duration::from_secs(3600),
+            // A scan's fan-out must not outrun Duffel's search limit, whatever the fleet's size.
+            global_concurrency: Some(20),
+            limit_key: Some("user_id".to_owned()),
+            budgets: vec![budgets::DUFFEL_SEARCH.to_owned()],
             ..KindDefaults::default()
         }
     }
@@ -597,9 +607,13 @@ mod tests {
     }
 
     #[test]
-    fn args_carry_the_campaign_id_only() {
+    fn args_carry_ids_only() {
         let id = Uuid::new_v4();
-        let v = serde_json::to_value(CampaignSearch { campaign_id: id }).unwrap();
+        let v = serde_json::to_value(CampaignSearch {
+            campaign_id: id,
+            user_id: None,
+        })
+        .unwrap();
         assert_eq!(v, json!({"campaign_id": id}));
         assert!(
             serde_json::from_value::<CampaignSearch>(json!({"campaign_id": id, "email": "x"}))

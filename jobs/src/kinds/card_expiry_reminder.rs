@@ -25,6 +25,7 @@
 //! unsent for the next daily run.
 
 use crate::deps::HasDeps;
+use crate::job::budgets;
 use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
@@ -141,6 +142,7 @@ impl Job for CardExpiryReminder {
             backoff_base: Duration::from_secs(30),
             backoff_cap: Duration::from_secs(3600),
             timeout: Duration::from_secs(1800),
+            budgets: vec![budgets::RESEND.to_owned()],
             ..KindDefaults::default()
         }
     }

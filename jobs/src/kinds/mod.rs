@@ -24,9 +24,56 @@ pub(crate) fn reconcile_defaults() -> KindDefaults {
     }
 }
 
+/// The domain's rate budgets, with code defaults (`[budgets.<name>]` overrides them). A token
+/// is one job attempt, which may make a few calls: the rates sit below the providers' limits.
+/// - Duffel publishes no fixed figures ("limits vary by endpoint and account", reported in
+///   `ratelimit-limit`/`-remaining`/`-reset`): set these to the account's.
+/// - Stripe: 100 requests/s in live mode, 25 in test mode, per account (docs.stripe.com/rate-limits).
+/// - Resend: 2 requests/s per team by default (resend.com/docs/api-reference, "Rate limit").
+pub fn register_budgets<R: Registrar>(r: &mut R) {
+    use crate::job::{budgets, BudgetDefaults};
+    r.budget(
+        budgets::DUFFEL_SEARCH,
+        BudgetDefaults {
+            per_second: 5.0,
+            burst: 10,
+        },
+    );
+    r.budget(
+        budgets::DUFFEL_ORDER,
+        BudgetDefaults {
+            per_second: 2.0,
+            burst: 4,
+        },
+    );
+    r.budget(
+        budgets::STRIPE,
+        BudgetDefaults {
+            per_second: 20.0,
+            burst: 20,
+        },
+    );
+    r.budget(
+        budgets::RESEND,
+        BudgetDefaults {
+            per_second: 2.0,
+            burst: 2,
+        },
+    );
+}
+
+/// Budgets that order reconciles spend.
+pub(crate) fn reconcile_budget_defaults(budget: &str) -> KindDefaults {
+    KindDefaults {
+        budgets: vec![budget.to_owned()],
+        ..reconcile_defaults()
+    }
+}
+
 /// Registers every domain kind (and the backfill runner) with the engine: the one list of the
 /// kinds a fleet worker runs.
 pub fn register_all<R: Registrar>(r: &mut R) {
+    register_budgets(r);
     r.register::<crate::backfill::RunBackfill>();
     r.register::<booking_attempt::BookingAttempt>();
     r.register::<refund_compensation::RefundCompensation>();

@@ -33,7 +33,7 @@ impl Job for OrderReconcile {
     const KIND: &'static str = "order_reconcile";
 
     fn defaults() -> KindDefaults {
-        super::reconcile_defaults()
+        super::reconcile_budget_defaults(crate::job::budgets::DUFFEL_ORDER)
     }
 
     async fn run(self, ctx: JobContext) -> Result<(), JobError> {

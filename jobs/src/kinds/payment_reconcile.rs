@@ -38,7 +38,7 @@ impl Job for PaymentReconcile {
     const KIND: &'static str = "payment_reconcile";
 
     fn defaults() -> KindDefaults {
-        super::reconcile_defaults()
+        super::reconcile_budget_defaults(crate::job::budgets::STRIPE)
     }
 
     async fn run(self, ctx: JobContext) -> Result<(), JobError> {

@@ -21,6 +21,7 @@
 //! 4. The user is emailed once (`refund/{booking_id}`).
 
 use crate::deps::HasDeps;
+use crate::job::budgets;
 use std::{collections::BTreeMap, time::Duration};
 
 use serde::{Deserialize, Serialize};
@@ -196,6 +197,8 @@ impl Job for RefundCompensation {
             timeout: Duration::from_secs(60),
             idempotency_window: Duration::ZERO,
             priority: 0,
+            budgets: vec![budgets::STRIPE.to_owned()],
+            ..KindDefaults::default()
         }
     }
 

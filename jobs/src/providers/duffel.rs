@@ -432,11 +432,16 @@ impl DuffelError {
         )
     }
 
-    /// The default job outcome at `now` (see [`FailureClass::job_error`]): a 429 snoozes
-    /// until its reset.
+    /// The rate budget the failed call spends (see [`budget_of`]).
+    pub fn budget(&self) -> &'static str {
+        budget_of(self.op)
+    }
+
+    /// The default job outcome at `now` (see [`FailureClass::job_error_on`]): a 429 empties
+    /// the call's budget fleet-wide until its reset, and the job waits for it.
     pub fn to_job_error(&self, now: DateTime<Utc>) -> JobError {
         self.class
-            .job_error(self.retry_after(now), self.to_string())
+            .job_error_on(self.budget(), self.retry_after(now), self.to_string())
     }
 }
 
@@ -447,6 +452,34 @@ impl From<DuffelError> for JobError {
     fn from(e: DuffelError) -> Self {
         e.to_job_error(Utc::now())
     }
+}
+
+/// The rate budget a call spends: the order endpoints' (orders, cancellations) or the search
+/// endpoints' (offer requests, offers).
+pub fn budget_of(op: &str) -> &'static str {
+    if op.contains("order") || op.contains("cancel") {
+        crate::job::budgets::DUFFEL_ORDER
+    } else {
+        crate::job::budgets::DUFFEL_SEARCH
+    }
+}
+
+/// On a successful answer: `ratelimit-remaining: 0` with a `ratelimit-reset` means the next
+/// call of this budget would be refused until the reset, so the budget is reported exhausted
+/// (the engine empties it fleet-wide, [`crate::rate_feedback`]).
+fn report_if_exhausted(op: &'static str, headers: &HeaderMap, now: DateTime<Utc>) {
+    let header = |name: &str| headers.get(name).and_then(|v| v.to_str().ok());
+    if header("ratelimit-remaining").map(str::trim) != Some("0") {
+        return;
+    }
+    let Some(reset) = header("ratelimit-reset").and_then(|v| parse_ratelimit_reset(v, now)) else {
+        return;
+    };
+    crate::rate_feedback::report(crate::rate_feedback::Exhausted {
+        budget: budget_of(op).to_owned(),
+        after: super::error::clamp_snooze(Some((reset - now).to_std().unwrap_or_default())),
+        reason: format!("duffel {op}: ratelimit-remaining 0"),
+    });
 }
 
 /// Parses a `ratelimit-reset` value: an HTTP date (Duffel), or delta seconds (the IETF
@@ -779,6 +812,7 @@ impl DuffelClient {
             });
         }
         if status.is_success() {
+            report_if_exhausted(op, &headers, Utc::now());
             return serde_json::from_slice(&bytes).map_err(|_| {
                 DuffelError::local(op, FailureClass::Ambiguous, "unreadable response")
             });
@@ -1098,6 +1132,53 @@ mod tests {
         assert_eq!(r.header("duffel-version"), Some("v2"));
     }
 
+    /// A one-way LHR→JFK search on 2030-06-13.
+    fn lhr_jfk(passengers: Vec<PassengerSpec>, cabin_class: CabinClass) -> OfferSearch {
+        OfferSearch {
+            slices: vec![SliceSpec {
+                origin: "LHR".into(),
+                destination: "JFK".into(),
+                departure_date: NaiveDate::from_ymd_opt(2030, 6, 13).unwrap(),
+            }],
+            passengers,
+            cabin_class,
+        }
+    }
+
+    #[tokio::test]
+    async fn a_success_with_no_requests_remaining_reports_the_budget_exhausted_until_the_reset() {
+        let reset = Utc::now() + chrono::Duration::seconds(20);
+        let rec = Recorder::start(vec![
+            Reply::json(201, serde_json::json!({"data": {"id": "orq_1"}}))
+                .header("ratelimit-remaining", "0")
+                .header("ratelimit-reset", &httpdate::fmt_http_date(reset.into())),
+            Reply::json(201, serde_json::json!({"data": {"id": "orq_2"}}))
+                .header("ratelimit-remaining", "7")
+                .header("ratelimit-reset", &httpdate::fmt_http_date(reset.into())),
+        ])
+        .await;
+        let c = client(&rec.base_url());
+        let search = lhr_jfk(vec![PassengerSpec::Adult], CabinClass::Economy);
+        let sink = crate::rate_feedback::Sink::default();
+        crate::rate_feedback::scope(sink.clone(), async {
+            assert_eq!(c.create_offer_request(&search).await.unwrap(), "orq_1");
+            assert_eq!(c.create_offer_request(&search).await.unwrap(), "orq_2");
+        })
+        .await;
+        let got = crate::rate_feedback::drain(&sink);
+        assert_eq!(
+            got.len(),
+            1,
+            "only the answer with nothing remaining: {got:?}"
+        );
+        assert_eq!(got[0].budget, crate::job::budgets::DUFFEL_SEARCH);
+        assert!(
+            got[0].after > Duration::from_secs(15) && got[0].after <= Duration::from_secs(21),
+            "{:?}",
+            got[0].after
+        );
+    }
+
     #[tokio::test]
     async fn search_sends_enveloped_request_with_duffel_headers_and_parses_offers() {
         let rec = Recorder::start(vec![
@@ -1110,15 +1191,10 @@ mod tests {
         ])
         .await;
         let c = client(&rec.base_url());
-        let search = OfferSearch {
-            slices: vec![SliceSpec {
-                origin: "LHR".into(),
-                destination: "JFK".into(),
-                departure_date: NaiveDate::from_ymd_opt(2030, 6, 13).unwrap(),
-            }],
-            passengers: vec![PassengerSpec::Adult, PassengerSpec::Age(7)],
-            cabin_class: CabinClass::PremiumEconomy,
-        };
+        let search = lhr_jfk(
+            vec![PassengerSpec::Adult, PassengerSpec::Age(7)],
+            CabinClass::PremiumEconomy,
+        );
         let orq = c.create_offer_request(&search).await.unwrap();
         assert_eq!(orq, "orq_1");
         let offers = c.list_offers(&orq).await.unwrap();
@@ -1268,7 +1344,8 @@ mod tests {
         assert_eq!(err.class, FailureClass::RateLimited);
         assert_eq!(err.reset_at.map(|t| t.timestamp()), Some(reset.timestamp()));
         match JobError::from(err) {
-            JobError::Snooze { after, .. } => {
+            JobError::RateLimited { after, budget, .. } => {
+                assert_eq!(budget, crate::job::budgets::DUFFEL_SEARCH);
                 assert!(
                     after > Duration::from_secs(80) && after <= Duration::from_secs(91),
                     "{after:?}"
@@ -1479,18 +1556,22 @@ mod tests {
         assert_eq!(err.retry_after(now), Some(Duration::from_secs(30)));
         assert_eq!(
             err.to_job_error(now),
-            JobError::snooze(Duration::from_secs(30), err.to_string())
+            JobError::RateLimited {
+                budget: crate::job::budgets::DUFFEL_SEARCH.to_owned(),
+                after: Duration::from_secs(30),
+                reason: err.to_string()
+            }
         );
         // A reset in the past still snoozes the minimum, never zero.
         let later = now + chrono::Duration::seconds(600);
         assert_eq!(err.retry_after(later), Some(Duration::ZERO));
         assert!(
-            matches!(err.to_job_error(later), JobError::Snooze { after, .. } if after == clamp_snooze(Some(Duration::ZERO)))
+            matches!(err.to_job_error(later), JobError::RateLimited { after, .. } if after == clamp_snooze(Some(Duration::ZERO)))
         );
         // No reset header: the default snooze.
         let bare = DuffelError::local("get_offer", FailureClass::RateLimited, "x");
         assert!(
-            matches!(bare.to_job_error(now), JobError::Snooze { after, .. } if after == clamp_snooze(None))
+            matches!(bare.to_job_error(now), JobError::RateLimited { after, .. } if after == clamp_snooze(None))
         );
     }
 

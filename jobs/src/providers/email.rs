@@ -128,7 +128,8 @@ impl EmailError {
 /// result instead of sending again.
 impl From<EmailError> for JobError {
     fn from(e: EmailError) -> Self {
-        e.class.job_error(e.retry_after, e.to_string())
+        e.class
+            .job_error_on(crate::job::budgets::RESEND, e.retry_after, e.to_string())
     }
 }
 
@@ -352,10 +353,11 @@ mod tests {
         assert_eq!(e.class, FailureClass::RateLimited);
         assert_eq!(
             JobError::from(e),
-            JobError::snooze(
-                Duration::from_secs(7),
-                "resend send rate_limited: HTTP 429 rate_limit_exceeded"
-            )
+            JobError::RateLimited {
+                budget: crate::job::budgets::RESEND.to_owned(),
+                after: Duration::from_secs(7),
+                reason: "resend send rate_limited: HTTP 429 rate_limit_exceeded".to_owned()
+            }
         );
         let e = c.send(&email(), "k").await.unwrap_err();
         assert_eq!(e.class, FailureClass::Ambiguous);
@@ -377,7 +379,7 @@ mod tests {
         assert_eq!(e.class, FailureClass::RateLimited);
         assert_eq!(e.retry_after, Some(QUOTA_SNOOZE));
         assert!(
-            matches!(JobError::from(e), JobError::Snooze { after, .. } if after == QUOTA_SNOOZE)
+            matches!(JobError::from(e), JobError::RateLimited { after, .. } if after == QUOTA_SNOOZE)
         );
     }
 

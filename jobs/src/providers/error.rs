@@ -80,6 +80,25 @@ impl FailureClass {
         self == Self::Ambiguous
     }
 
+    /// [`FailureClass::job_error`], except that a rate limit empties rate budget `budget` for
+    /// the whole fleet until the reset ([`JobError::RateLimited`]) instead of snoozing only
+    /// this job.
+    pub fn job_error_on(
+        self,
+        budget: &str,
+        retry_after: Option<Duration>,
+        text: String,
+    ) -> JobError {
+        match self {
+            Self::RateLimited => JobError::RateLimited {
+                budget: budget.to_owned(),
+                after: clamp_snooze(retry_after),
+                reason: text,
+            },
+            other => other.job_error(retry_after, text),
+        }
+    }
+
     /// The default job outcome for this class; `retry_after` is used for rate limits (clamped
     /// to [`MIN_RATE_LIMIT_SNOOZE`]..=[`MAX_RATE_LIMIT_SNOOZE`], default
     /// [`DEFAULT_RATE_LIMIT_SNOOZE`]). `text` must already be free of PII and secrets.

@@ -269,7 +269,8 @@ impl StripeApiError {
 impl From<StripeApiError> for JobError {
     fn from(e: StripeApiError) -> Self {
         let after = (e.class == FailureClass::RateLimited).then_some(STRIPE_RATE_LIMIT_SNOOZE);
-        e.class.job_error(after, e.to_string())
+        e.class
+            .job_error_on(crate::job::budgets::STRIPE, after, e.to_string())
     }
 }
 
@@ -669,7 +670,7 @@ mod tests {
     }
 
     #[tokio::test]
-    async fn rate_limit_snoozes_and_idempotency_conflict_is_fatal() {
+    async fn rate_limit_empties_the_stripe_budget_and_idempotency_conflict_is_fatal() {
         let rl =
             serde_json::json!({"error": {"type": "invalid_request_error", "code": "rate_limit"}});
         let idem = serde_json::json!({"error": {"type": "idempotency_error", "message": "Keys for idempotent requests can only be used with the same parameters"}});
@@ -679,10 +680,12 @@ mod tests {
         assert_eq!(e1.class, FailureClass::RateLimited);
         assert_eq!(
             JobError::from(e1),
-            JobError::snooze(
-                STRIPE_RATE_LIMIT_SNOOZE,
-                "stripe rate_limited: HTTP 429 invalid_request_error code=rate_limit"
-            )
+            JobError::RateLimited {
+                budget: crate::job::budgets::STRIPE.to_owned(),
+                after: STRIPE_RATE_LIMIT_SNOOZE,
+                reason: "stripe rate_limited: HTTP 429 invalid_request_error code=rate_limit"
+                    .to_owned()
+            }
         );
         let e2 = c.cancel_payment_intent("pi_1", "k2").await.unwrap_err();
         assert_eq!(e2.class, FailureClass::Invalid);

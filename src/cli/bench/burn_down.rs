@@ -47,6 +47,22 @@ pub struct BurnDownArgs {
     /// Only the latency phase's jobs (skip most of the burn-down: --jobs 1).
     #[arg(long)]
     latency: bool,
+    /// Claim the jobs under a fleet-wide limit of N running (the limited claim:
+    /// docs/limits.md); compare with the run without it for the limit's cost.
+    #[arg(long)]
+    global_concurrency: Option<usize>,
+    /// Before the burn-down, enqueue N jobs of a second kind whose rate budget (1/s) keeps
+    /// them waiting, ahead of the burn-down's jobs: does a throttled kind slow the others?
+    #[arg(long, default_value_t = 0)]
+    throttled_jobs: usize,
+    /// The burn-down's jobs spend a rate budget of this many tokens per second (burst the
+    /// same): the cost of the budget row every claim locks and debits.
+    #[arg(long)]
+    budget_rate: Option<f64>,
+    /// Workers (in this process, each with its own fetch loop, sharing the pool): claims of a
+    /// limited kind contend for its lock and budget row.
+    #[arg(long, default_value_t = 1)]
+    workers: usize,
     /// Print one JSON object as the last line.
     #[arg(long)]
     json: bool,
@@ -61,11 +77,17 @@ pub async fn run(a: BurnDownArgs) -> anyhow::Result<()> {
         history: a.history,
         latency_jobs: a.latency_jobs,
         latency_gap: Duration::from_millis(20),
+        global_concurrency: a.global_concurrency,
+        throttled_jobs: a.throttled_jobs,
+        budget_rate: a.budget_rate,
+        workers: a.workers.max(1),
     };
     let r = burn_down(params).await?;
     eprintln!(
-        "burn-down: {} jobs, concurrency {}, prefetch {}, history {}\n  enqueue  {:>10.0} jobs/s\n  work     {:>10.0} jobs/s\n  completed {} (ran more than once: {})\n  pickup p50 {:.3} ms, p99 {:.3} ms over {} trickled jobs\n  load average (1m) at start: {:.2}",
-        r.jobs, r.concurrency, r.prefetch, r.history, r.enqueue_jobs_per_s, r.work_jobs_per_s,
+        "burn-down: {} jobs, {} worker(s) at concurrency {}, prefetch {}, history {}, global_concurrency {:?}, budget {:?}/s, throttled jobs ahead {}\n  enqueue  {:>10.0} jobs/s\n  work     {:>10.0} jobs/s\n  completed {} (ran more than once: {})\n  pickup p50 {:.3} ms, p99 {:.3} ms over {} trickled jobs\n  load average (1m) at start: {:.2}",
+        r.jobs, r.workers, r.concurrency, r.prefetch, r.history, r.global_concurrency,
+        r.budget_rate, r.throttled_jobs,
+        r.enqueue_jobs_per_s, r.work_jobs_per_s,
         r.completed, r.ran_more_than_once, r.pickup_p50_ms, r.pickup_p99_ms, r.latency_jobs,
         r.loadavg_1m
     );
@@ -98,6 +120,14 @@ struct BenchParams {
     pub latency_jobs: usize,
     /// Pause between trickled jobs, so the queue is idle each time.
     pub latency_gap: Duration,
+    /// The burn-down kind's fleet-wide limit (the limited claim), if any.
+    pub global_concurrency: Option<usize>,
+    /// Throttled jobs of another kind waiting ahead of the burn-down.
+    pub throttled_jobs: usize,
+    /// The burn-down kind's budget, tokens per second.
+    pub budget_rate: Option<f64>,
+    /// Workers sharing the burn-down.
+    pub workers: usize,
 }
 
 /// Figures of one run. Field names are the `--json` contract.
@@ -127,6 +157,14 @@ struct BenchReport {
     pub latency_jobs: usize,
     /// 1-minute load average when the run started.
     pub loadavg_1m: f64,
+    /// The burn-down kind's fleet-wide limit, if any.
+    pub global_concurrency: Option<usize>,
+    /// Throttled jobs of another kind that waited ahead of the burn-down.
+    pub throttled_jobs: usize,
+    /// The burn-down kind's budget, tokens per second, if any.
+    pub budget_rate: Option<f64>,
+    /// Workers sharing the burn-down.
+    pub workers: usize,
 }
 
 struct BenchState {
@@ -170,6 +208,18 @@ impl Job for BenchNoop {
     }
 }
 
+/// A job of a kind whose budget keeps it waiting (`--throttled-jobs`); does nothing.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct BenchThrottled {}
+
+impl Job for BenchThrottled {
+    const KIND: &'static str = "fleet.bench_throttled";
+
+    async fn run(self, _ctx: JobContext) -> Result<(), JobError> {
+        Ok(())
+    }
+}
+
 /// Runs the benchmark once (a process can run it only once: its counters are static).
 async fn burn_down(p: BenchParams) -> anyhow::Result<BenchReport> {
     if p.jobs == 0 || p.concurrency == 0 {
@@ -190,7 +240,11 @@ async fn burn_down(p: BenchParams) -> anyhow::Result<BenchReport> {
     let loadavg_1m = super::loadavg_1m();
 
     let db = ScratchDb::new("fleet_bench").await?;
-    let pool = fleet::database::connect(&db.url, (p.concurrency as u32 + 10).max(16)).await?;
+    let pool = fleet::database::connect(
+        &db.url,
+        ((p.concurrency as u32 + 10) * p.workers as u32).max(16),
+    )
+    .await?;
     if p.history > 0 {
         eprintln!("inserting {} finished jobs of history…", p.history);
         let mut conn = pool.acquire().await?;
@@ -200,12 +254,47 @@ async fn burn_down(p: BenchParams) -> anyhow::Result<BenchReport> {
     }
 
     let mut registry = Registry::default();
+    if let Some(rate) = p.budget_rate {
+        registry.declare_budget(
+            "bench_budget",
+            jobs::BudgetDefaults {
+                per_second: rate,
+                burst: rate.ceil().max(1.0) as u32,
+            },
+        );
+    }
     registry.register_with::<BenchNoop>(KindDefaults {
         max_attempts: 1,
+        global_concurrency: p.global_concurrency,
+        budgets: p
+            .budget_rate
+            .map(|_| vec!["bench_budget".to_owned()])
+            .unwrap_or_default(),
         ..KindDefaults::default()
     });
+    // Registered only when asked for: a limited kind in the registry adds the limited
+    // claim's probe to every fetch round, which the plain run must not pay.
+    if p.throttled_jobs > 0 {
+        registry.declare_budget(
+            "bench_throttle",
+            jobs::BudgetDefaults {
+                per_second: 1.0,
+                burst: 1,
+            },
+        );
+        registry.register_with::<BenchThrottled>(KindDefaults {
+            budgets: vec!["bench_throttle".to_owned()],
+            ..KindDefaults::default()
+        });
+    }
     let registry = Arc::new(registry);
     let q = Queue::new(pool.clone(), registry.clone());
+    if p.throttled_jobs > 0 {
+        let ahead: Vec<NewJob> = (0..p.throttled_jobs)
+            .map(|_| NewJob::of(&BenchThrottled {}).expect("serializable"))
+            .collect();
+        q.enqueue_many(ahead).await?;
+    }
 
     // Enqueue.
     let batch: Vec<NewJob> = (0..p.jobs)
@@ -224,17 +313,27 @@ async fn burn_down(p: BenchParams) -> anyhow::Result<BenchReport> {
         prefetch: p.prefetch,
         ..WorkerSettings::default()
     };
-    let worker = Worker::new(pool.clone(), registry.clone(), cfg);
-    let counters = worker.counters();
     let shutdown = CancellationToken::new();
+    let mut counters = Vec::new();
+    let mut handles = Vec::new();
     let t1 = Instant::now();
-    let handle = tokio::spawn(worker.run(shutdown.clone()));
+    for _ in 0..p.workers {
+        let worker = Worker::new(pool.clone(), registry.clone(), cfg.clone());
+        counters.push(worker.counters());
+        handles.push(tokio::spawn(worker.run(shutdown.clone())));
+    }
+    let completed = || -> u64 {
+        counters
+            .iter()
+            .map(|c| c.completed.load(Ordering::Relaxed))
+            .sum()
+    };
     let deadline = Instant::now() + Duration::from_secs(600);
-    while counters.completed.load(Ordering::Relaxed) < p.jobs as u64 {
-        if Instant::now() > deadline || handle.is_finished() {
+    while completed() < p.jobs as u64 {
+        if Instant::now() > deadline || handles.iter().any(|h| h.is_finished()) {
             bail!(
                 "burn-down stalled at {} of {} completions",
-                counters.completed.load(Ordering::Relaxed),
+                completed(),
                 p.jobs
             );
         }
@@ -264,7 +363,9 @@ async fn burn_down(p: BenchParams) -> anyhow::Result<BenchReport> {
         pickups.push(started.saturating_sub(began) as f64 / 1e6);
     }
     shutdown.cancel();
-    let _ = handle.await;
+    for h in handles {
+        let _ = h.await;
+    }
 
     // Verify against the database, not just our counters.
     let mut conn = pool.acquire().await?;
@@ -292,5 +393,9 @@ async fn burn_down(p: BenchParams) -> anyhow::Result<BenchReport> {
         history: p.history,
         latency_jobs: p.latency_jobs,
         loadavg_1m,
+        global_concurrency: p.global_concurrency,
+        throttled_jobs: p.throttled_jobs,
+        budget_rate: p.budget_rate,
+        workers: p.workers,
     })
 }

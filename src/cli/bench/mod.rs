@@ -15,8 +15,8 @@
 mod booking;
 mod burn_down;
 mod ceiling;
-mod processes;
 mod fanout;
+mod processes;
 mod webhooks;
 
 /// `fleet bench [MODE]`.

@@ -1,0 +1,403 @@
+//! Fleet-wide limits in the claim (docs/limits.md): the serialized per-kind claim of limited
+//! kinds, the rate budgets (`fleet_budgets`, token buckets), and the reads that show what
+//! waits on a limit.
+//!
+//! **Why a limit is never exceeded.** A kind with a fleet-wide or per-key concurrency limit
+//! is claimed only by [`job_fetch_limited`], which first takes a transaction-level advisory
+//! lock on the kind and only then, in a *new statement* (so with a snapshot taken after the
+//! lock), counts the kind's running rows under a live lease and claims at most what is left.
+//! The lock is released at commit, after the claimed rows are visible, so the next claimer of
+//! that kind counts them. Everything else only lowers the count (outcomes, rescues, cancels).
+//! Two workers racing for the last slot therefore queue on the lock, and the second one sees
+//! the first one's claim.
+//!
+//! **Budgets.** A budget's row is locked `FOR UPDATE` by every claim that spends it (in name
+//! order, so two claims never wait on each other's rows in a cycle), refilled from the elapsed
+//! time, and debited by the number of jobs claimed, in the claim's own transaction: a job is
+//! claimed only with a token in hand, never claimed to snooze. A provider's 429 empties the
+//! row until the provider's reset ([`budget_block`]).
+
+use std::time::Duration;
+
+use chrono::{DateTime, Utc};
+use serde::Serialize;
+use sqlx::{Connection, PgConnection, Row};
+
+use super::{
+    job::{begin_pinned, claimed_from_row},
+    ClaimedJob, Now,
+};
+use crate::registry::BudgetSpec;
+
+/// The advisory lock class (first key) of the per-kind claim lock; the second key is
+/// `hashtext(kind)`. A hash collision between two kinds only serializes their claims.
+const KIND_LOCK_CLASS: i32 = 0x666c_6d74; // "flmt"
+
+/// Parameters of [`job_fetch_limited`].
+#[derive(Debug, Clone)]
+pub struct LimitedFetch<'a> {
+    /// The one kind claimed.
+    pub kind: &'a str,
+    /// Queues to serve; `None` = all.
+    pub queues: Option<&'a [String]>,
+    /// Most running jobs of the kind fleet-wide.
+    pub global_concurrency: Option<i64>,
+    /// Most running jobs per `limit_key` value fleet-wide.
+    pub key_concurrency: Option<i64>,
+    /// Budgets every claimed job spends a token of, sorted by name.
+    pub budgets: &'a [BudgetSpec],
+    /// Most jobs to claim (the worker's free slots for the kind).
+    pub limit: i64,
+    /// Lease owner (worker id).
+    pub owner: &'a str,
+    /// Lease length.
+    pub lease: Duration,
+    /// The claim's clock; `None` = the database's.
+    pub now: Now,
+}
+
+impl LimitedFetch<'_> {
+    fn counts_running(&self) -> bool {
+        self.global_concurrency.is_some() || self.key_concurrency.is_some()
+    }
+}
+
+/// JobFetchLimited: claims up to `limit` ready jobs of one kind such that, fleet-wide, the
+/// kind's running jobs stay within `global_concurrency`, each key's within
+/// `key_concurrency`, and every budget in `budgets` has a token per claimed job (debited
+/// here). Jobs are taken in (priority, fair_rank, run_at, id) order: rank 1 of every key
+/// before rank 2 of any, so keys take turns. Paused kinds and drain cutoffs apply as in
+/// [`super::job_fetch_available`]. See the module docs for why no limit can be exceeded.
+///
+/// Cost: the advisory lock serializes the claims of one kind (not of other kinds), and a
+/// budget's row serializes the claims of the kinds that spend it. The plan is pinned to the
+/// ready indexes the same way as the plain claim.
+pub async fn job_fetch_limited(
+    conn: &mut PgConnection,
+    p: &LimitedFetch<'_>,
+) -> Result<Vec<ClaimedJob>, sqlx::Error> {
+    if p.limit <= 0 {
+        return Ok(Vec::new());
+    }
+    let names: Vec<&str> = p.budgets.iter().map(|b| b.name.as_str()).collect();
+    let rates: Vec<f64> = p.budgets.iter().map(|b| b.per_second).collect();
+    let bursts: Vec<f64> = p.budgets.iter().map(|b| b.burst).collect();
+    let mut tx = conn.begin().await?;
+    // The lock (when the kind counts running jobs) and the missing budget rows (a new
+    // budget starts full), before the statement whose snapshot must follow the lock.
+    let ensure = r#"
+        WITH ensured AS (
+            INSERT INTO fleet_budgets (name, tokens)
+            SELECT n, b FROM unnest($1::text[], $2::float8[]) AS t(n, b)
+            ON CONFLICT (name) DO NOTHING
+            RETURNING 1
+        )
+        SELECT set_config('enable_seqscan', 'off', true),
+               set_config('enable_bitmapscan', 'off', true),
+               (SELECT count(*) FROM ensured)"#;
+    if p.counts_running() {
+        sqlx::query(&format!(
+            "{ensure}, pg_advisory_xact_lock($3, hashtext($4))"
+        ))
+        .bind(&names)
+        .bind(&bursts)
+        .bind(KIND_LOCK_CLASS)
+        .bind(p.kind)
+        .execute(&mut *tx)
+        .await?;
+    } else {
+        sqlx::query(ensure)
+            .bind(&names)
+            .bind(&bursts)
+            .execute(&mut *tx)
+            .await?;
+    }
+    // Keyed kinds look a little past `limit` so that a key at its limit does not hide the
+    // next key's jobs; the fair order keeps a key's jobs spread out, so this stays small.
+    let window = if p.key_concurrency.is_some() {
+        p.limit * 4 + 64
+    } else {
+        p.limit
+    };
+    let rows = sqlx::query(
+        r#"
+        WITH clock AS MATERIALIZED (
+            SELECT coalesce($9::timestamptz, now()) AS now
+        ), running AS MATERIALIZED (
+            SELECT j.limit_key FROM fleet_jobs j, clock
+            WHERE j.state = 'running' AND j.kind = $1 AND j.lease_expires_at > clock.now
+              AND ($2::bigint IS NOT NULL OR $3::bigint IS NOT NULL)
+        ), budget AS MATERIALIZED (
+            SELECT b.name,
+                   CASE WHEN b.blocked_until > clock.now THEN 0::float8
+                        ELSE least(c.burst, b.tokens + c.rate * greatest(0::float8,
+                             extract(epoch FROM clock.now
+                                     - greatest(b.refilled_at, coalesce(b.blocked_until, b.refilled_at)))::float8))
+                   END AS level
+            FROM fleet_budgets b
+            JOIN unnest($6::text[], $7::float8[], $8::float8[]) AS c(name, rate, burst)
+                 ON c.name = b.name
+            CROSS JOIN clock
+            ORDER BY b.name
+            FOR UPDATE OF b
+        ), room AS MATERIALIZED (
+            SELECT CASE WHEN (SELECT count(*) FROM budget) < cardinality($6::text[]) THEN 0
+                        ELSE greatest(0, least(
+                            $4::bigint,
+                            coalesce($2::bigint - (SELECT count(*) FROM running), $4::bigint),
+                            coalesce((SELECT floor(min(level))::bigint FROM budget), $4::bigint)))
+                   END AS n
+        ), candidates AS MATERIALIZED (
+            SELECT j.id, j.limit_key, j.priority, j.fair_rank, j.run_at
+            FROM fleet_jobs j
+            WHERE j.state = 'available' AND j.kind = $1
+              AND ($5::text[] IS NULL OR j.queue = ANY($5))
+              AND (SELECT n FROM room) > 0
+              AND NOT EXISTS (
+                  SELECT 1 FROM fleet_paused_kinds p
+                  WHERE p.kind = j.kind AND (p.drain_through_id IS NULL OR j.id > p.drain_through_id))
+            ORDER BY j.priority, j.fair_rank, j.run_at, j.id
+            LIMIT $10
+            FOR UPDATE SKIP LOCKED
+        ), picked AS (
+            SELECT c.id FROM (
+                SELECT c.*, row_number() OVER (
+                    PARTITION BY c.limit_key ORDER BY c.priority, c.fair_rank, c.run_at, c.id) AS nth
+                FROM candidates c
+            ) c
+            WHERE $3::bigint IS NULL OR c.limit_key IS NULL
+               OR c.nth + (SELECT count(*) FROM running r WHERE r.limit_key = c.limit_key) <= $3
+            ORDER BY c.priority, c.fair_rank, c.run_at, c.id
+            LIMIT (SELECT n FROM room)
+        ), claimed AS (
+            UPDATE fleet_jobs j
+            SET state = 'running', attempt = j.attempt + 1, claim_seq = j.claim_seq + 1,
+                lease_owner = $11,
+                lease_expires_at = clock.now + $12 * interval '1 millisecond',
+                attempted_at = clock.now
+            FROM picked, clock WHERE j.id = picked.id
+            RETURNING j.id, j.kind, j.args, j.attempt, j.max_attempts, j.claim_seq, j.run_at,
+                      j.trace_context
+        ), spent AS (
+            UPDATE fleet_budgets b
+            SET tokens = greatest(0::float8, budget.level - (SELECT count(*) FROM claimed)),
+                -- never backwards: a claim whose transaction began before the previous
+                -- holder's (it waited for the row) must not refill that interval twice
+                refilled_at = greatest(b.refilled_at, clock.now)
+            FROM budget, clock WHERE b.name = budget.name
+            RETURNING b.name
+        )
+        SELECT claimed.*, (SELECT count(*) FROM spent) AS budgets_spent FROM claimed
+        "#,
+    )
+    .bind(p.kind)
+    .bind(p.global_concurrency)
+    .bind(p.key_concurrency)
+    .bind(p.limit)
+    .bind(p.queues)
+    .bind(&names)
+    .bind(&rates)
+    .bind(&bursts)
+    .bind(p.now)
+    .bind(window)
+    .bind(p.owner)
+    .bind(p.lease.as_millis() as i64)
+    .fetch_all(&mut *tx)
+    .await?;
+    tx.commit().await?;
+    Ok(rows.iter().map(claimed_from_row).collect())
+}
+
+/// KindListReady: of `kinds`, those with at least one ready job on `queues` (one probe of
+/// `fleet_jobs_fetch_limited_idx` each): the worker runs [`job_fetch_limited`] only for these.
+/// Pinned to the index like the claims (on a never-analyzed table the planner would otherwise
+/// build a bitmap of every ready job of the kind).
+pub async fn kind_list_ready(
+    conn: &mut PgConnection,
+    kinds: &[String],
+    queues: Option<&[String]>,
+) -> Result<Vec<String>, sqlx::Error> {
+    let mut tx = begin_pinned(conn).await?;
+    let ready = sqlx::query_scalar(
+        r#"
+        SELECT k FROM unnest($1::text[]) AS k
+        WHERE EXISTS (
+            SELECT 1 FROM fleet_jobs j
+            WHERE j.kind = k AND j.state = 'available' AND ($2::text[] IS NULL OR j.queue = ANY($2)))
+        "#,
+    )
+    .bind(kinds)
+    .bind(queues)
+    .fetch_all(&mut *tx)
+    .await?;
+    tx.commit().await?;
+    Ok(ready)
+}
+
+/// BudgetBlock: a provider refused for its rate limit: budget `name` is empty for the whole
+/// fleet until `after` from now (a later block already recorded is kept), and refills from
+/// zero after that. `reason` is the provider error's text (no PII). Returns the time the
+/// budget is blocked until.
+pub async fn budget_block(
+    conn: &mut PgConnection,
+    name: &str,
+    after: Duration,
+    reason: &str,
+    now: Now,
+) -> Result<DateTime<Utc>, sqlx::Error> {
+    sqlx::query_scalar(
+        r#"
+        INSERT INTO fleet_budgets AS b (name, tokens, refilled_at, blocked_until, blocked_reason, blocks)
+        VALUES ($1, 0, coalesce($4, now()),
+                coalesce($4, now()) + $2 * interval '1 millisecond', $3, 1)
+        ON CONFLICT (name) DO UPDATE SET
+            tokens = 0,
+            refilled_at = greatest(b.refilled_at, excluded.refilled_at),
+            blocked_until = greatest(b.blocked_until, excluded.blocked_until),
+            blocked_reason = excluded.blocked_reason,
+            blocks = b.blocks + 1
+        RETURNING b.blocked_until
+        "#,
+    )
+    .bind(name)
+    .bind(after.as_millis().min(i64::MAX as u128) as i64)
+    .bind(reason)
+    .bind(now)
+    .fetch_one(conn)
+    .await
+}
+
+/// A budget as it stands.
+#[derive(Debug, Clone, Serialize)]
+pub struct BudgetState {
+    /// Its name.
+    pub name: String,
+    /// Tokens per second (this process's settings).
+    pub per_second: f64,
+    /// Bucket size.
+    pub burst: f64,
+    /// Tokens available now (0 while blocked).
+    pub level: f64,
+    /// A provider's 429 emptied it until then (only while in the future).
+    pub blocked_until: Option<DateTime<Utc>>,
+    /// The provider's refusal (operation, status, code).
+    pub blocked_reason: Option<String>,
+    /// How many times a provider's 429 emptied it.
+    pub blocks: i64,
+}
+
+/// BudgetList: the budgets in `specs` as they stand at `now` (a budget never spent is full).
+pub async fn budget_list(
+    conn: &mut PgConnection,
+    specs: &[BudgetSpec],
+    now: Now,
+) -> Result<Vec<BudgetState>, sqlx::Error> {
+    let names: Vec<&str> = specs.iter().map(|b| b.name.as_str()).collect();
+    let rates: Vec<f64> = specs.iter().map(|b| b.per_second).collect();
+    let bursts: Vec<f64> = specs.iter().map(|b| b.burst).collect();
+    let rows = sqlx::query(
+        r#"
+        WITH clock AS (SELECT coalesce($4::timestamptz, now()) AS now)
+        SELECT c.name, c.rate, c.burst,
+               CASE WHEN b.name IS NULL THEN c.burst
+                    WHEN b.blocked_until > clock.now THEN 0::float8
+                    ELSE least(c.burst, b.tokens + c.rate * greatest(0::float8,
+                         extract(epoch FROM clock.now
+                                 - greatest(b.refilled_at, coalesce(b.blocked_until, b.refilled_at)))::float8))
+               END,
+               CASE WHEN b.blocked_until > clock.now THEN b.blocked_until END,
+               CASE WHEN b.blocked_until > clock.now THEN b.blocked_reason END,
+               coalesce(b.blocks, 0)
+        FROM unnest($1::text[], $2::float8[], $3::float8[]) AS c(name, rate, burst)
+        CROSS JOIN clock
+        LEFT JOIN fleet_budgets b ON b.name = c.name
+        ORDER BY c.name
+        "#,
+    )
+    .bind(&names)
+    .bind(&rates)
+    .bind(&bursts)
+    .bind(now)
+    .fetch_all(conn)
+    .await?;
+    Ok(rows
+        .into_iter()
+        .map(|r| BudgetState {
+            name: r.get(0),
+            per_second: r.get(1),
+            burst: r.get(2),
+            level: r.get(3),
+            blocked_until: r.get(4),
+            blocked_reason: r.get(5),
+            blocks: r.get(6),
+        })
+        .collect())
+}
+
+/// A limited kind's limits, as [`kind_limit_counts`] takes them.
+#[derive(Debug, Clone)]
+pub struct KindLimitSpec {
+    /// The kind.
+    pub kind: String,
+    /// Fleet-wide running limit.
+    pub global_concurrency: Option<i64>,
+    /// Per-key running limit.
+    pub key_concurrency: Option<i64>,
+}
+
+/// What [`kind_limit_counts`] found for one kind.
+#[derive(Debug, Clone, Default, Serialize)]
+pub struct KindLimitCounts {
+    /// The kind.
+    pub kind: String,
+    /// Running under a live lease (what the limits count).
+    pub running: i64,
+    /// Ready jobs.
+    pub ready: i64,
+    /// Ready jobs whose key is at its per-key limit.
+    pub ready_key_at_limit: i64,
+}
+
+/// KindLimitCounts: per limited kind, its running jobs under a live lease, its ready jobs,
+/// and the ready ones whose key is at its per-key limit. Reads only unfinished rows.
+pub async fn kind_limit_counts(
+    conn: &mut PgConnection,
+    specs: &[KindLimitSpec],
+    now: Now,
+) -> Result<Vec<KindLimitCounts>, sqlx::Error> {
+    let kinds: Vec<&str> = specs.iter().map(|s| s.kind.as_str()).collect();
+    let keys: Vec<Option<i64>> = specs.iter().map(|s| s.key_concurrency).collect();
+    let rows = sqlx::query(
+        r#"
+        WITH clock AS (SELECT coalesce($3::timestamptz, now()) AS now)
+        SELECT k.kind,
+               (SELECT count(*) FROM fleet_jobs j
+                WHERE j.kind = k.kind AND j.state = 'running' AND j.lease_expires_at > clock.now),
+               (SELECT count(*) FROM fleet_jobs j WHERE j.kind = k.kind AND j.state = 'available'),
+               CASE WHEN k.key_limit IS NULL THEN 0 ELSE (
+                   SELECT count(*) FROM fleet_jobs j
+                   WHERE j.kind = k.kind AND j.state = 'available' AND j.limit_key IS NOT NULL
+                     AND (SELECT count(*) FROM fleet_jobs r
+                          WHERE r.kind = j.kind AND r.limit_key = j.limit_key
+                            AND r.state = 'running' AND r.lease_expires_at > clock.now) >= k.key_limit)
+               END
+        FROM unnest($1::text[], $2::bigint[]) AS k(kind, key_limit)
+        CROSS JOIN clock
+        ORDER BY k.kind
+        "#,
+    )
+    .bind(&kinds)
+    .bind(&keys)
+    .bind(now)
+    .fetch_all(conn)
+    .await?;
+    Ok(rows
+        .into_iter()
+        .map(|r| KindLimitCounts {
+            kind: r.get(0),
+            running: r.get(1),
+            ready: r.get(2),
+            ready_key_at_limit: r.get(3),
+        })
+        .collect())
+}

@@ -1,0 +1,586 @@
+//! Fleet-wide limits (docs/limits.md), proven with several real `fleet worker` processes on one
+//! database: a kind's global concurrency and a per-key limit are never exceeded (the running
+//! count is sampled every 10 ms under load), a rate budget holds its rate, a provider's 429
+//! empties a budget for every worker until the reset, and one key's burst does not delay
+//! another key's job. Plus the configuration's errors.
+//!
+//! The rate test runs 5 s (a longer run is `fleet bench --limits`).
+
+mod common;
+
+use std::{
+    sync::{Arc, Mutex},
+    time::{Duration, Instant},
+};
+
+use chrono::{DateTime, Utc};
+use common::*;
+use fleet::{config::Settings, Queue, Registry};
+use jobs::{
+    providers::duffel::{CabinClass, OfferSearch, PassengerSpec, SliceSpec},
+    BudgetDefaults, Job, JobContext, JobError, KindDefaults, NewJob,
+};
+use serde::{Deserialize, Serialize};
+use serde_json::json;
+use sqlx::PgPool;
+
+/// `FLEET_*` pairs as the settings loader takes them.
+fn env(pairs: &[(&str, &str)]) -> Vec<(String, String)> {
+    pairs
+        .iter()
+        .map(|(k, v)| (k.to_string(), v.to_string()))
+        .collect()
+}
+
+/// The registry a `fleet worker` started with `pairs` runs: the enqueuer must resolve keys the
+/// same way.
+fn registry_with(pairs: &[(&str, &str)]) -> Arc<Registry> {
+    let settings = Settings::from_sources(None, &env(pairs)).unwrap();
+    Arc::new(fleet::fleet_registry(&settings).unwrap())
+}
+
+/// `n` worker processes with `pairs` on top of the tests' fast cadences, few connections each.
+fn workers(url: &str, n: usize, pairs: &[(&str, &str)]) -> Vec<std::process::Child> {
+    let mut all = vec![("FLEET_DATABASE__MAX_CONNECTIONS", "6")];
+    all.extend_from_slice(pairs);
+    (0..n).map(|_| spawn_worker(url, &all)).collect()
+}
+
+fn stop(children: Vec<std::process::Child>) {
+    for mut c in children {
+        signal(&c, libc::SIGTERM);
+        wait_exit(&mut c, Duration::from_secs(15));
+    }
+}
+
+async fn enqueue_sleeps(q: &Queue, jobs: impl IntoIterator<Item = serde_json::Value>) -> Vec<i64> {
+    let jobs: Vec<NewJob> = jobs
+        .into_iter()
+        .map(|args| NewJob::raw("fleet.sleep", args))
+        .collect();
+    q.enqueue_many(jobs)
+        .await
+        .unwrap()
+        .into_iter()
+        .map(|e| e.id)
+        .collect()
+}
+
+async fn count_in(pool: &PgPool, state: &str) -> i64 {
+    sqlx::query_scalar(
+        "SELECT count(*) FROM fleet_jobs WHERE kind = 'fleet.sleep' AND state::text = $1",
+    )
+    .bind(state)
+    .fetch_one(pool)
+    .await
+    .unwrap()
+}
+
+/// Samples `sql` (one bigint) every 10 ms until every `fleet.sleep` job completed; returns the
+/// samples' maximum and the time it took.
+async fn sample_until_done(pool: &PgPool, sql: &str, total: i64, within: Duration) -> (i64, usize) {
+    let started = Instant::now();
+    let mut max = 0;
+    let mut samples = 0;
+    loop {
+        let v: i64 = sqlx::query_scalar(sql).fetch_one(pool).await.unwrap();
+        max = max.max(v);
+        samples += 1;
+        if count_in(pool, "completed").await == total {
+            return (max, samples);
+        }
+        assert!(
+            started.elapsed() < within,
+            "the jobs did not finish within {within:?}"
+        );
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_kinds_global_concurrency_is_never_exceeded_across_worker_processes() {
+    let db = db().await;
+    let limit = [("FLEET_KINDS__FLEET_DOT_SLEEP__GLOBAL_CONCURRENCY", "3")];
+    let q = Queue::new(db.pool.clone(), registry_with(&limit));
+    enqueue_sleeps(&q, (0..60).map(|_| json!({"ms": 120}))).await;
+    // Three processes of four slots each: twelve could run at once without the limit.
+    let procs = workers(&db.url, 3, &[limit[0], ("FLEET_WORKER__CONCURRENCY", "4")]);
+    let (max, samples) = sample_until_done(
+        &db.pool,
+        "SELECT count(*) FROM fleet_jobs WHERE kind = 'fleet.sleep' AND state = 'running'",
+        60,
+        Duration::from_secs(60),
+    )
+    .await;
+    stop(procs);
+    assert!(
+        max <= 3,
+        "at most 3 running at once fleet-wide, saw {max} ({samples} samples)"
+    );
+    assert_eq!(
+        max, 3,
+        "the limit was reached: the load was real ({samples} samples)"
+    );
+    let twice: i64 = sqlx::query_scalar("SELECT count(*) FROM fleet_jobs WHERE claim_seq <> 1")
+        .fetch_one(&db.pool)
+        .await
+        .unwrap();
+    assert_eq!(twice, 0, "every job ran once");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_per_key_limit_holds_across_worker_processes_while_keys_run_side_by_side() {
+    let db = db().await;
+    let cfg = [
+        ("FLEET_KINDS__FLEET_DOT_SLEEP__KEY_CONCURRENCY", "1"),
+        ("FLEET_KINDS__FLEET_DOT_SLEEP__LIMIT_KEY", "key"),
+    ];
+    let q = Queue::new(db.pool.clone(), registry_with(&cfg));
+    enqueue_sleeps(
+        &q,
+        // Each key's jobs one after another: the plain claim would take them together.
+        (0..32).map(|i| json!({"ms": 60, "key": format!("campaign-{}", i / 8)})),
+    )
+    .await;
+    let procs = workers(
+        &db.url,
+        3,
+        &[cfg[0], cfg[1], ("FLEET_WORKER__CONCURRENCY", "4")],
+    );
+    let started = Instant::now();
+    let mut max_per_key = 0;
+    let mut max_keys = 0;
+    loop {
+        let (per_key, keys): (i64, i64) = sqlx::query_as(
+            "SELECT coalesce(max(n), 0), count(*) FROM (
+                 SELECT count(*) AS n FROM fleet_jobs
+                 WHERE kind = 'fleet.sleep' AND state = 'running' GROUP BY limit_key) r",
+        )
+        .fetch_one(&db.pool)
+        .await
+        .unwrap();
+        max_per_key = max_per_key.max(per_key);
+        max_keys = max_keys.max(keys);
+        if count_in(&db.pool, "completed").await == 32 {
+            break;
+        }
+        assert!(
+            started.elapsed() < Duration::from_secs(60),
+            "did not finish"
+        );
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    stop(procs);
+    assert_eq!(max_per_key, 1, "never two jobs of one key at once");
+    assert!(
+        max_keys >= 2,
+        "different keys ran side by side (saw at most {max_keys})"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_rate_budget_holds_its_rate_across_worker_processes() {
+    let db = db().await;
+    let cfg = [
+        ("FLEET_BUDGETS__PROBE__RATE", "20/s"),
+        ("FLEET_BUDGETS__PROBE__BURST", "5"),
+        ("FLEET_KINDS__FLEET_DOT_SLEEP__BUDGETS", "probe"),
+    ];
+    let q = Queue::new(db.pool.clone(), registry_with(&cfg));
+    enqueue_sleeps(&q, (0..400).map(|_| json!({"ms": 1}))).await;
+    let procs = workers(&db.url, 3, &[cfg[0], cfg[1], cfg[2]]);
+    // 5 s of claims: the first burst (5) plus 20/s.
+    tokio::time::sleep(Duration::from_secs(6)).await;
+    stop(procs);
+    let times: Vec<DateTime<Utc>> = sqlx::query_scalar(
+        "SELECT attempted_at FROM fleet_jobs WHERE attempted_at IS NOT NULL ORDER BY attempted_at",
+    )
+    .fetch_all(&db.pool)
+    .await
+    .unwrap();
+    let first = times[0];
+    let within = |secs: f64| {
+        times
+            .iter()
+            .filter(|t| (**t - first).num_milliseconds() as f64 / 1000.0 < secs)
+            .count() as f64
+    };
+    // Over the 4 s after the first second: 80 claims at 20/s.
+    let steady = within(5.0) - within(1.0);
+    assert!(
+        (76.0..=84.0).contains(&steady),
+        "20/s held within 5 %: {steady} claims in 4 s"
+    );
+    assert!(
+        within(5.0) <= 5.0 + 20.0 * 5.0 + 1.0,
+        "never above burst + rate × t"
+    );
+}
+
+/// Records when each probe started and searches Duffel (the sandbox) for its route.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+struct ProbeSearch {
+    route: (String, String),
+}
+
+static PROBE_STARTS: Mutex<Vec<(String, DateTime<Utc>)>> = Mutex::new(Vec::new());
+
+impl Job for ProbeSearch {
+    const KIND: &'static str = "test.probe_search";
+
+    fn defaults() -> KindDefaults {
+        KindDefaults {
+            budgets: vec![jobs::job::budgets::DUFFEL_SEARCH.to_owned()],
+            ..KindDefaults::default()
+        }
+    }
+
+    async fn run(self, ctx: JobContext) -> Result<(), JobError> {
+        PROBE_STARTS
+            .lock()
+            .unwrap()
+            .push((format!("{}-{}", self.route.0, self.route.1), Utc::now()));
+        let search = OfferSearch {
+            slices: vec![SliceSpec {
+                origin: self.route.0.clone(),
+                destination: self.route.1.clone(),
+                departure_date: (Utc::now() + chrono::Duration::days(30)).date_naive(),
+            }],
+            passengers: vec![PassengerSpec::Adult],
+            cabin_class: CabinClass::Economy,
+        };
+        let deps = ctx.extension::<jobs::Deps>()?;
+        deps.flights()?.create_offer_request(&search).await?;
+        Ok(())
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_429_from_the_provider_empties_the_budget_for_every_worker_until_its_reset() {
+    let db = db().await;
+    let sb = sandbox::Sandbox::start(
+        sandbox::SandboxConfig {
+            rate_limit_burst: 1,
+            ..Default::default()
+        },
+        "127.0.0.1:0".parse().unwrap(),
+    )
+    .await
+    .unwrap();
+    sb.sandbox
+        .set_scenario("LHR-FRA", sandbox::Scenario::RateLimited);
+    let mut r = Registry::default();
+    r.declare_budget(
+        jobs::job::budgets::DUFFEL_SEARCH,
+        BudgetDefaults {
+            per_second: 100.0,
+            burst: 100,
+        },
+    );
+    r.register::<ProbeSearch>();
+    let r = Arc::new(r);
+    let ext = extensions_of(sandbox_deps(&sb.base_url).unwrap());
+    // Two workers: the fleet.
+    let w1 = start_worker_with(&db.pool, r.clone(), fast_settings(), ext.clone());
+    let w2 = start_worker_with(&db.pool, r.clone(), fast_settings(), ext);
+    let q = Queue::new(db.pool.clone(), r.clone());
+    let blocked = q
+        .enqueue(
+            &ProbeSearch {
+                route: ("LHR".into(), "FRA".into()),
+            },
+            None,
+        )
+        .await
+        .unwrap()
+        .id;
+    wait_for(
+        &db.pool,
+        blocked,
+        Duration::from_secs(10),
+        "the 429's snooze",
+        |j| !j.errors.is_empty(),
+    )
+    .await;
+    let (until, blocks): (DateTime<Utc>, i64) =
+        sqlx::query_as("SELECT blocked_until, blocks FROM fleet_budgets WHERE name = $1")
+            .bind(jobs::job::budgets::DUFFEL_SEARCH)
+            .fetch_one(&db.pool)
+            .await
+            .unwrap();
+    assert_eq!(blocks, 1);
+    let left = until - Utc::now();
+    assert!(
+        left > chrono::Duration::milliseconds(500) && left <= chrono::Duration::seconds(4),
+        "blocked until the sandbox's ratelimit-reset (2-3 s ahead): {left:?}"
+    );
+    // Jobs of another route, which Duffel would not refuse, wait for the reset all the same.
+    let others: Vec<i64> = {
+        let mut v = Vec::new();
+        for _ in 0..4 {
+            let job = ProbeSearch {
+                route: ("LHR".into(), "CDG".into()),
+            };
+            v.push(q.enqueue(&job, None).await.unwrap().id);
+        }
+        v
+    };
+    for id in &others {
+        wait_state(
+            &db.pool,
+            *id,
+            fleet::queue::JobState::Completed,
+            Duration::from_secs(15),
+        )
+        .await;
+    }
+    wait_state(
+        &db.pool,
+        blocked,
+        fleet::queue::JobState::Completed,
+        Duration::from_secs(15),
+    )
+    .await;
+    w1.stop().await;
+    w2.stop().await;
+    let starts = PROBE_STARTS.lock().unwrap().clone();
+    let cdg: Vec<DateTime<Utc>> = starts
+        .iter()
+        .filter(|(r, _)| r == "LHR-CDG")
+        .map(|(_, t)| *t)
+        .collect();
+    assert_eq!(cdg.len(), 4, "each ran once: {starts:?}");
+    for t in &cdg {
+        // The sandbox's reset is whole seconds: allow the clock's rounding, not a claim.
+        assert!(
+            *t >= until - chrono::Duration::milliseconds(20),
+            "no worker claimed a job of the blocked budget before its reset: started {t}, blocked until {until}"
+        );
+    }
+    let text = fleet::metrics::render_text();
+    assert!(
+        text.contains("fleet_budget_blocks_total{budget=\"duffel_search\"} 1"),
+        "the block is counted"
+    );
+    sb.shutdown().await.unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn one_keys_burst_does_not_delay_another_keys_job() {
+    let db = db().await;
+    let cfg = [
+        ("FLEET_KINDS__FLEET_DOT_SLEEP__LIMIT_KEY", "key"),
+        ("FLEET_KINDS__FLEET_DOT_SLEEP__GLOBAL_CONCURRENCY", "2"),
+    ];
+    let q = Queue::new(db.pool.clone(), registry_with(&cfg));
+    // One user's burst of 200 searches, then another user's one.
+    enqueue_sleeps(&q, (0..200).map(|_| json!({"ms": 50, "key": "user-a"}))).await;
+    let b = enqueue_sleeps(&q, [json!({"ms": 50, "key": "user-b"})]).await[0];
+    let procs = workers(&db.url, 2, &[cfg[0], cfg[1]]);
+    let done = wait_state(
+        &db.pool,
+        b,
+        fleet::queue::JobState::Completed,
+        Duration::from_secs(20),
+    )
+    .await;
+    let ahead: i64 = sqlx::query_scalar(
+        "SELECT count(*) FROM fleet_jobs WHERE limit_key = 'user-a' AND attempted_at < $1",
+    )
+    .bind(done.attempted_at)
+    .fetch_one(&db.pool)
+    .await
+    .unwrap();
+    stop(procs);
+    // Without fairness all 200 would go first (about 5 s at 2 at a time).
+    assert!(
+        ahead <= 2,
+        "user-b's job waited for {ahead} of user-a's burst"
+    );
+}
+
+#[test]
+fn a_bad_rate_is_an_error_naming_the_key_and_value() {
+    let e = Settings::from_sources(
+        None,
+        &env(&[("FLEET_BUDGETS__STRIPE__RATE", "10 per second")]),
+    )
+    .unwrap_err()
+    .to_string();
+    assert!(
+        e.contains("budgets.stripe.rate") && e.contains("10 per second") && e.contains("10/s"),
+        "{e}"
+    );
+    let e = Settings::from_sources(None, &env(&[("FLEET_BUDGETS__STRIPE__RATE", "0/s")]))
+        .unwrap_err()
+        .to_string();
+    assert!(e.contains("budgets.stripe.rate"), "{e}");
+}
+
+#[test]
+fn a_kind_listing_an_unknown_budget_is_an_error_naming_both() {
+    let settings = Settings::from_sources(
+        None,
+        &env(&[("FLEET_KINDS__BOOKING_ATTEMPT__BUDGETS", "stripe,strpie")]),
+    )
+    .unwrap();
+    let e = fleet::fleet_registry(&settings)
+        .err()
+        .expect("refused")
+        .to_string();
+    assert!(
+        e.contains("kinds.booking_attempt.budgets")
+            && e.contains("\"strpie\"")
+            && e.contains("stripe"),
+        "{e}"
+    );
+    let settings =
+        Settings::from_sources(None, &env(&[("FLEET_BUDGETS__PROBE__BURST", "3")])).unwrap();
+    let e = fleet::fleet_registry(&settings)
+        .err()
+        .expect("refused")
+        .to_string();
+    assert!(e.contains("budgets.probe") && e.contains("rate"), "{e}");
+}
+
+#[test]
+fn a_budget_spent_by_kinds_homed_in_two_databases_is_refused_naming_both() {
+    let search = [
+        (
+            "FLEET_DATABASES__SEARCH__URL",
+            "postgres://fleet@127.0.0.1:1/search",
+        ),
+        ("FLEET_DATABASES__SEARCH__KINDS", "campaign_search"),
+    ];
+    // The documented split: the searches (the only spender of duffel_search) on their own.
+    let settings = Settings::from_sources(None, &env(&search)).unwrap();
+    fleet::fleet_registry(&settings).expect("the documented split is accepted");
+    // A main-database kind spending the search database's budget would get a second bucket.
+    let mut vars = search.to_vec();
+    vars.push((
+        "FLEET_KINDS__BOOKING_ATTEMPT__BUDGETS",
+        "stripe,duffel_order,duffel_search",
+    ));
+    let settings = Settings::from_sources(None, &env(&vars)).unwrap();
+    let e = fleet::fleet_registry(&settings)
+        .err()
+        .expect("refused")
+        .to_string();
+    assert!(
+        e.contains("\"duffel_search\"")
+            && e.contains("booking_attempt in database main")
+            && e.contains("campaign_search in database search"),
+        "{e}"
+    );
+}
+
+#[test]
+fn the_domain_declares_its_limits_and_budgets_in_code() {
+    let r = fleet_registry();
+    let b = r.settings("booking_attempt").unwrap();
+    assert_eq!(
+        b.key_concurrency,
+        Some(1),
+        "one booking attempt per campaign at a time"
+    );
+    assert_eq!(b.limit_key.as_deref(), Some("campaign_id"));
+    assert!(
+        b.budgets.contains(&"stripe".to_owned()) && b.budgets.contains(&"duffel_order".to_owned())
+    );
+    let s = r.settings("campaign_search").unwrap();
+    assert!(s.global_concurrency.is_some());
+    assert_eq!(
+        s.limit_key.as_deref(),
+        Some("user_id"),
+        "searches take turns by user"
+    );
+    assert_eq!(s.budgets, vec!["duffel_search".to_owned()]);
+    for name in ["duffel_search", "duffel_order", "stripe", "resend"] {
+        assert!(r.budget_spec(name).is_some(), "{name} is declared");
+    }
+    assert_eq!(
+        r.settings("card_expiry_reminder").unwrap().budgets,
+        vec!["resend".to_owned()]
+    );
+}
+
+#[tokio::test]
+async fn queue_stats_shows_jobs_held_by_a_limit_apart_from_jobs_waiting_for_a_worker() {
+    let db = db().await;
+    let cfg = [
+        ("FLEET_KINDS__FLEET_DOT_SLEEP__GLOBAL_CONCURRENCY", "1"),
+        ("FLEET_KINDS__FLEET_DOT_SLEEP__BUDGETS", "stripe"),
+    ];
+    let r = registry_with(&cfg);
+    let q = Queue::new(db.pool.clone(), r.clone());
+    enqueue_sleeps(&q, (0..3).map(|_| json!({"ms": 1}))).await;
+    // One runs (a claim under the limit); the other two are held by the limit of 1.
+    let mut conn = db.pool.acquire().await.unwrap();
+    let budgets = r.budgets_of("fleet.sleep");
+    let claimed = fleet::queue::job_fetch_limited(
+        &mut conn,
+        &fleet::queue::LimitedFetch {
+            kind: "fleet.sleep",
+            queues: None,
+            global_concurrency: Some(1),
+            key_concurrency: None,
+            budgets: &budgets,
+            limit: 3,
+            owner: "test",
+            lease: Duration::from_secs(60),
+            now: None,
+        },
+    )
+    .await
+    .unwrap();
+    assert_eq!(claimed.len(), 1, "the limit of 1 holds in the claim itself");
+    fleet::queue::budget_block(
+        &mut conn,
+        "stripe",
+        Duration::from_secs(120),
+        "stripe create_payment_intent rate_limited: HTTP 429",
+        None,
+    )
+    .await
+    .unwrap();
+    let run = |json: bool| {
+        let mut c = std::process::Command::new(BIN);
+        c.args(["queue", "stats"]).env("DATABASE_URL", &db.url);
+        if json {
+            c.arg("--json");
+        }
+        for (k, v) in cfg {
+            c.env(k, v);
+        }
+        let out = c.output().unwrap();
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        String::from_utf8(out.stdout).unwrap()
+    };
+    let stats: serde_json::Value = serde_json::from_str(&run(true)).unwrap();
+    let sleep = stats
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|k| k["kind"] == "fleet.sleep")
+        .unwrap();
+    assert_eq!(sleep["states"]["available"], 2);
+    assert_eq!(sleep["waiting_on_limit"], 2, "{sleep}");
+    assert_eq!(sleep["limited_by"], "global_concurrency 1/1", "{sleep}");
+    let text = run(false);
+    assert!(text.contains("limited"), "{text}");
+    let row = text
+        .lines()
+        .map(|l| {
+            l.split(|c: char| c.is_whitespace() || "│|┃".contains(c))
+                .filter(|t| !t.is_empty())
+                .collect::<Vec<_>>()
+        })
+        .find(|t| t.first() == Some(&"stripe"))
+        .unwrap_or_else(|| panic!("a row for the stripe budget: {text}"));
+    assert_eq!(row[1], "0.0", "emptied by the 429: {row:?}");
+    assert!(row.contains(&"(in"), "blocked until a time ahead: {row:?}");
+}
