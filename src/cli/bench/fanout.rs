@@ -136,8 +136,11 @@ async fn round(campaigns: u64, batch: i64) -> anyhow::Result<Round> {
         let jobs = (0..n)
             .map(|_| {
                 let id = Uuid::new_v4();
-                NewJob::of(&CampaignSearch { campaign_id: id })
-                    .map(|j| j.key(search_key(id, window)))
+                NewJob::of(&CampaignSearch {
+                    campaign_id: id,
+                    user_id: Some(Uuid::new_v4()),
+                })
+                .map(|j| j.key(search_key(id, window)))
             })
             .collect::<Result<Vec<_>, _>>()?;
         q.enqueue_many(jobs).await?;
