@@ -328,7 +328,7 @@ async fn assert_one_search_each(pool: &PgPool, due: &[Uuid]) {
         let window = next_search_at(pool, *id).await;
         let hit: Vec<_> = searches
             .iter()
-            .filter(|(_, args, _, _)| args == &json!({"campaign_id": id}))
+            .filter(|(_, args, _, _)| args["campaign_id"] == json!(id))
             .collect();
         assert_eq!(hit.len(), 1, "one search for {id}");
         assert_eq!(hit[0].3.as_deref(), Some(search_key(*id, window).as_str()));
