@@ -47,6 +47,10 @@ pub struct BurnDownArgs {
     /// Only the latency phase's jobs (skip most of the burn-down: --jobs 1).
     #[arg(long)]
     latency: bool,
+    /// A storage parameter of `fleet_jobs` for this run, `name=value` (`value` = `default`
+    /// resets it), e.g. `fillfactor=100`; repeatable. Set before the history is inserted.
+    #[arg(long = "table-setting", value_parser = queue::parse_table_setting)]
+    table_settings: Vec<(String, Option<String>)>,
     /// Print one JSON object as the last line.
     #[arg(long)]
     json: bool,
@@ -61,6 +65,7 @@ pub async fn run(a: BurnDownArgs) -> anyhow::Result<()> {
         history: a.history,
         latency_jobs: a.latency_jobs,
         latency_gap: Duration::from_millis(20),
+        table_settings: a.table_settings,
     };
     let r = burn_down(params).await?;
     eprintln!(
@@ -98,6 +103,8 @@ struct BenchParams {
     pub latency_jobs: usize,
     /// Pause between trickled jobs, so the queue is idle each time.
     pub latency_gap: Duration,
+    /// Storage parameters of `fleet_jobs` for this run.
+    pub table_settings: Vec<(String, Option<String>)>,
 }
 
 /// Figures of one run. Field names are the `--json` contract.
@@ -191,12 +198,20 @@ async fn burn_down(p: BenchParams) -> anyhow::Result<BenchReport> {
 
     let db = ScratchDb::new("fleet_bench").await?;
     let pool = fleet::database::connect(&db.url, (p.concurrency as u32 + 10).max(16)).await?;
+    {
+        let mut conn = pool.acquire().await?;
+        queue::job_table_set_storage(&mut conn, &p.table_settings)
+            .await
+            .map_err(|e| anyhow::anyhow!("--table-setting: {e}"))?;
+    }
     if p.history > 0 {
         eprintln!("inserting {} finished jobs of history…", p.history);
+        let t = Instant::now();
         let mut conn = pool.acquire().await?;
         queue::job_insert_finished_history(&mut conn, "fleet.bench_history", p.history as i64)
             .await
             .context("inserting history")?;
+        eprintln!("  history ready in {:.1} s", t.elapsed().as_secs_f64());
     }
 
     let mut registry = Registry::default();
