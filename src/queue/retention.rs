@@ -34,7 +34,9 @@ pub struct PruneBatch {
 /// key is still held (its window has not elapsed: deleting it would free the key early).
 /// Call again with [`PruneBatch::next_after_id`] until it is `None`.
 ///
-/// The conditions are tested on the row being deleted, so a job replayed or re-keyed while the
+/// Only rows created before the cutoff are looked up (a job finishes after it was created), so
+/// a window of recent jobs costs one index range read. The conditions are tested on the row
+/// being deleted, so a job replayed or re-keyed while the
 /// batch waited for its lock is re-checked in its new version and kept. The window's ids reach
 /// the delete as an array, so its plan is one primary-key lookup per id: a join with the window
 /// let the planner pick a hash join over a sequential scan of the whole table (2.7 s with a
@@ -61,7 +63,8 @@ pub async fn job_prune_finished(
             SELECT id, created_at FROM fleet_jobs WHERE id > $5 ORDER BY id LIMIT $3
         ), deleted AS (
             DELETE FROM fleet_jobs j
-            WHERE j.id = ANY (ARRAY(SELECT id FROM scanned))
+            WHERE j.id = ANY (ARRAY(SELECT id FROM scanned
+                                    WHERE created_at < (SELECT cutoff FROM t)))
               AND j.state::text = ANY($1)
               AND j.finished_at < (SELECT cutoff FROM t)
               AND (NOT j.key_held OR j.key_held_until <= (SELECT now FROM t))

@@ -277,11 +277,13 @@ pub async fn run(a: SoakArgs) -> anyhow::Result<()> {
                     _ = stop.cancelled() => return Ok::<_, anyhow::Error>(()),
                 }
                 let mut conn = pool.acquire().await?;
-                while release_keys {
-                    let n = queue::job_release_elapsed_keys(&mut conn, batch, None).await?;
-                    tally.lock().expect("tally").keys_released += n;
-                    if n < batch as u64 {
-                        break;
+                if release_keys {
+                    loop {
+                        let n = queue::job_release_elapsed_keys(&mut conn, batch, None).await?;
+                        tally.lock().expect("tally").keys_released += n;
+                        if n < batch as u64 {
+                            break;
+                        }
                     }
                 }
                 let mut after_id = Some(0);
