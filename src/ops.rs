@@ -540,10 +540,19 @@ impl Ops {
             // Each batch commits with its own audit row: a prune interrupted half-way leaves
             // exactly the deletions it audited.
             let mut total = 0;
+            let mut after_id = 0;
             for batch in 1.. {
                 let mut tx = conn.begin().await?;
-                let n = queue::job_prune_finished(&mut tx, states, older_than, PRUNE_BATCH, None)
-                    .await?;
+                let b = queue::job_prune_finished(
+                    &mut tx,
+                    states,
+                    older_than,
+                    PRUNE_BATCH,
+                    after_id,
+                    None,
+                )
+                .await?;
+                let n = b.deleted;
                 if n > 0 || batch == 1 {
                     audit::record(
                         &mut tx,
@@ -559,8 +568,9 @@ impl Ops {
                 }
                 tx.commit().await?;
                 total += n;
-                if n < PRUNE_BATCH as u64 {
-                    break;
+                match b.next_after_id {
+                    Some(next) => after_id = next,
+                    None => break,
                 }
             }
             total

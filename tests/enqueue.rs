@@ -413,3 +413,188 @@ async fn cleaner_deletes_only_finished_jobs_past_their_states_retention() {
         "unfinished job kept"
     );
 }
+
+/// A dead job of `test.flaky`, created and finished now.
+async fn dead_job(q: &Queue, conn: &mut PgConnection) -> i64 {
+    let id = q
+        .enqueue_new(NewJob::of(&Flaky { succeed_on: 1 }).unwrap())
+        .await
+        .unwrap()
+        .id;
+    let c = claim_one(conn, Duration::from_secs(30)).await;
+    assert_eq!(c.id, id);
+    let error = queue::AttemptError {
+        attempt: c.attempt,
+        class: ErrorClass::Fatal,
+        message: "gave up".to_owned(),
+        at: None,
+    };
+    let next = queue::NextState::Dead { error };
+    let o = queue::Outcome {
+        id,
+        claim_seq: c.claim_seq,
+        next,
+    };
+    queue::job_set_outcome(conn, o, None).await.unwrap();
+    id
+}
+
+#[tokio::test]
+async fn purge_keeps_a_completed_job_whose_key_window_is_still_open() {
+    let db = db().await;
+    let hour = Duration::from_secs(3600);
+    let q = queue_with(&db.pool, hour);
+    let a = q
+        .enqueue_new(NewJob::of(&Flaky { succeed_on: 1 }).unwrap().key("k"))
+        .await
+        .unwrap();
+    let mut conn = db.pool.acquire().await.unwrap();
+    let c = claim_one(&mut conn, Duration::from_secs(30)).await;
+    queue::job_set_outcome(&mut conn, completion(&c, hour), None)
+        .await
+        .unwrap();
+    let done = db_now(&db.pool).await;
+    // Ten minutes on, retention of one minute: past retention, but inside the key's window.
+    let at = Some(done + chrono::Duration::minutes(10));
+    let minute = Duration::from_secs(60);
+    let b = queue::job_prune_finished(&mut conn, &[JobState::Completed], minute, 1000, 0, at)
+        .await
+        .unwrap();
+    assert_eq!(b.deleted, 0, "deleting it would free the key early");
+    let n = queue::job_count_prunable(&mut conn, &[JobState::Completed], minute, at)
+        .await
+        .unwrap();
+    assert_eq!(n, 0, "the dry run agrees");
+    let dup = queue::job_insert_many(&mut conn, &[flaky_insert("k")], at)
+        .await
+        .unwrap()[0];
+    assert_eq!(
+        (dup.id, dup.duplicate),
+        (a.id, true),
+        "the key is still taken"
+    );
+    // Two hours on, the window has elapsed: the job goes.
+    let later = Some(done + chrono::Duration::hours(2));
+    let b = queue::job_prune_finished(&mut conn, &[JobState::Completed], minute, 1000, 0, later)
+        .await
+        .unwrap();
+    assert_eq!(b.deleted, 1);
+}
+
+#[tokio::test]
+async fn cleaner_frees_elapsed_key_windows_and_only_those() {
+    let db = db().await;
+    let minute = Duration::from_secs(60);
+    let q = queue_with(&db.pool, minute);
+    let mut conn = db.pool.acquire().await.unwrap();
+    let done = q
+        .enqueue_new(NewJob::of(&Flaky { succeed_on: 1 }).unwrap().key("done"))
+        .await
+        .unwrap()
+        .id;
+    let c = claim_one(&mut conn, Duration::from_secs(30)).await;
+    queue::job_set_outcome(&mut conn, completion(&c, minute), None)
+        .await
+        .unwrap();
+    let waiting = q
+        .enqueue_new(NewJob::of(&Flaky { succeed_on: 1 }).unwrap().key("waiting"))
+        .await
+        .unwrap()
+        .id;
+    let now = db_now(&db.pool).await;
+    let inside = Some(now + chrono::Duration::seconds(30));
+    assert_eq!(
+        queue::job_release_elapsed_keys(&mut conn, 100, inside)
+            .await
+            .unwrap(),
+        0,
+        "inside the window nothing is freed"
+    );
+    let after = Some(now + chrono::Duration::minutes(2));
+    assert_eq!(
+        queue::job_release_elapsed_keys(&mut conn, 100, after)
+            .await
+            .unwrap(),
+        1
+    );
+    assert!(!common::job(&db.pool, done).await.key_held);
+    assert!(
+        common::job(&db.pool, waiting).await.key_held,
+        "an unfinished job keeps its key"
+    );
+    let again = queue::job_insert_many(&mut conn, &[flaky_insert("done")], after)
+        .await
+        .unwrap()[0];
+    assert!(!again.duplicate, "the freed key is taken by a new job");
+}
+
+#[tokio::test]
+async fn purge_stops_at_the_first_window_created_after_the_cutoff() {
+    let db = db().await;
+    let mut conn = db.pool.acquire().await.unwrap();
+    queue::job_insert_finished_history(&mut conn, "test.old", 1_000)
+        .await
+        .unwrap(); // created and completed a day ago
+    let q = queue_with(&db.pool, Duration::ZERO);
+    let fresh: Vec<NewJob> = (0..3_000)
+        .map(|_| NewJob::of(&Flaky { succeed_on: 1 }).unwrap())
+        .collect();
+    q.enqueue_many(fresh).await.unwrap();
+    let hour = Duration::from_secs(3600);
+    let first = queue::job_prune_finished(&mut conn, &[JobState::Completed], hour, 1_000, 0, None)
+        .await
+        .unwrap();
+    assert_eq!(first.deleted, 1_000);
+    let after = first
+        .next_after_id
+        .expect("the first window was old: go on");
+    let second =
+        queue::job_prune_finished(&mut conn, &[JobState::Completed], hour, 1_000, after, None)
+            .await
+            .unwrap();
+    assert_eq!(
+        (second.deleted, second.next_after_id),
+        (0, None),
+        "a window created after the cutoff ends the walk: the 2,000 jobs behind it are not read"
+    );
+    assert_eq!(job_count(&db.pool).await, 3_000);
+}
+
+#[tokio::test]
+async fn a_dead_job_replayed_while_a_purge_waits_for_its_row_is_kept() {
+    let db = db().await;
+    let q = queue_with(&db.pool, Duration::ZERO);
+    let mut conn = db.pool.acquire().await.unwrap();
+    let id = dead_job(&q, &mut conn).await;
+    // The operator's replay holds the row, uncommitted.
+    let mut replay = PgConnection::connect(&db.url).await.unwrap();
+    let mut tx = replay.begin().await.unwrap();
+    let filter = queue::JobFilter {
+        ids: Some(vec![id]),
+        ..queue::JobFilter::default()
+    };
+    let r = queue::job_replay(&mut tx, &filter, None).await.unwrap();
+    assert_eq!(r.replayed, [id]);
+    // A purge two days on (retention one day) finds the job dead in its snapshot and waits.
+    let later = Some(db_now(&db.pool).await + chrono::Duration::days(2));
+    let url = db.url.clone();
+    let purge = tokio::spawn(async move {
+        let mut conn = PgConnection::connect(&url).await.unwrap();
+        let day = Duration::from_secs(24 * 3600);
+        queue::job_prune_finished(&mut conn, &[JobState::Dead], day, 1_000, 0, later)
+            .await
+            .unwrap()
+    });
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    assert!(
+        !purge.is_finished(),
+        "the purge waits for the replay's row lock"
+    );
+    tx.commit().await.unwrap();
+    let b = purge.await.unwrap();
+    assert_eq!(
+        b.deleted, 0,
+        "the replayed job is re-checked in its new version"
+    );
+    assert_eq!(common::job(&db.pool, id).await.state, JobState::Available);
+}

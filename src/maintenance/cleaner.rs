@@ -63,22 +63,42 @@ impl JobCleaner {
         &self.cfg
     }
 
-    /// One pass at `now` (`None`: the database's clock). Returns how many jobs were deleted.
+    /// One pass at `now` (`None`: the database's clock): releases elapsed key windows, then
+    /// purges each final state past its retention, batch by batch (each batch its own short
+    /// statement, so no lock is held across the pass). Returns how many jobs were deleted.
     pub async fn run_once(&self, now: Now) -> Result<u64, sqlx::Error> {
         let mut conn = self.pool.acquire().await?;
-        let mut total = 0;
-        for (state, keep) in self.cfg.retention() {
-            loop {
-                let n = queue::job_prune_finished(&mut conn, &[state], keep, self.cfg.batch, now)
-                    .await?;
-                total += n;
-                if n < self.cfg.batch as u64 {
-                    break;
-                }
+        let mut released = 0;
+        loop {
+            let n = queue::job_release_elapsed_keys(&mut conn, self.cfg.batch, now).await?;
+            released += n;
+            if n < self.cfg.batch as u64 {
+                break;
             }
         }
-        if total > 0 {
-            tracing::info!(deleted = total, "cleaned finished jobs past retention");
+        let mut total = 0;
+        for (state, keep) in self.cfg.retention() {
+            let mut after_id = Some(0);
+            while let Some(after) = after_id {
+                let b = queue::job_prune_finished(
+                    &mut conn,
+                    &[state],
+                    keep,
+                    self.cfg.batch,
+                    after,
+                    now,
+                )
+                .await?;
+                total += b.deleted;
+                after_id = b.next_after_id;
+            }
+        }
+        if total > 0 || released > 0 {
+            tracing::info!(
+                deleted = total,
+                keys_released = released,
+                "cleaned finished jobs past retention"
+            );
         }
         Ok(total)
     }

@@ -31,3 +31,65 @@ pub async fn job_insert_finished_history(
     sqlx::query("CHECKPOINT").execute(conn).await?;
     Ok(())
 }
+
+/// The storage parameters a benchmark may set on `fleet_jobs` (A/B runs of table settings).
+const BENCH_STORAGE_PARAMS: &[&str] = &[
+    "fillfactor",
+    "autovacuum_vacuum_scale_factor",
+    "autovacuum_vacuum_threshold",
+    "autovacuum_vacuum_insert_scale_factor",
+    "autovacuum_vacuum_insert_threshold",
+    "autovacuum_analyze_scale_factor",
+    "autovacuum_analyze_threshold",
+    "autovacuum_vacuum_cost_delay",
+];
+
+/// JobTableSetStorage: sets storage parameters of `fleet_jobs` for a benchmark's A/B run
+/// (`value = None`: back to the server's default, `RESET`). Names must be one of a fixed list
+/// and values plain numbers, so nothing but a storage parameter can be set.
+pub async fn job_table_set_storage(
+    conn: &mut PgConnection,
+    params: &[(String, Option<String>)],
+) -> Result<(), String> {
+    let (mut set, mut reset) = (Vec::new(), Vec::new());
+    for (name, value) in params {
+        if !BENCH_STORAGE_PARAMS.contains(&name.as_str()) {
+            return Err(format!(
+                "unknown table setting {name:?} (expected one of: {})",
+                BENCH_STORAGE_PARAMS.join(", ")
+            ));
+        }
+        match value {
+            None => reset.push(name.clone()),
+            Some(v) if !v.is_empty() && v.chars().all(|c| c.is_ascii_digit() || c == '.') => {
+                set.push(format!("{name} = {v}"))
+            }
+            Some(v) => {
+                return Err(format!(
+                    "table setting {name} needs a number or \"default\", got {v:?}"
+                ))
+            }
+        }
+    }
+    for (verb, parts) in [("SET", set), ("RESET", reset)] {
+        if !parts.is_empty() {
+            sqlx::query(&format!(
+                "ALTER TABLE fleet_jobs {verb} ({})",
+                parts.join(", ")
+            ))
+            .execute(&mut *conn)
+            .await
+            .map_err(|e| e.to_string())?;
+        }
+    }
+    Ok(())
+}
+
+/// Parses `name=value` (value `default` = reset) as [`job_table_set_storage`] takes it.
+pub fn parse_table_setting(s: &str) -> Result<(String, Option<String>), String> {
+    let (name, value) = s
+        .split_once('=')
+        .ok_or_else(|| format!("{s:?} is not name=value"))?;
+    let value = (value != "default").then(|| value.to_owned());
+    Ok((name.trim().to_owned(), value.map(|v| v.trim().to_owned())))
+}

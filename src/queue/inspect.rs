@@ -579,3 +579,51 @@ pub async fn job_list_created(
         .fetch_all(conn)
         .await
 }
+
+/// The queue table's storage, for benchmarks and capacity checks.
+#[derive(Debug, Clone, Default, Serialize)]
+pub struct JobTableSizes {
+    /// Heap bytes of `fleet_jobs` (without TOAST and indexes).
+    pub heap_bytes: i64,
+    /// TOAST bytes (large `args` / `errors`).
+    pub toast_bytes: i64,
+    /// Each index of `fleet_jobs`: name and bytes, by name.
+    pub indexes: Vec<(String, i64)>,
+    /// Live rows, as the statistics collector estimates them.
+    pub live_rows: i64,
+    /// Dead row versions not yet vacuumed (estimate).
+    pub dead_rows: i64,
+    /// Autovacuum runs on the table since statistics were reset.
+    pub autovacuum_count: i64,
+    /// Autoanalyze runs on the table.
+    pub autoanalyze_count: i64,
+}
+
+/// JobTableSizes: see [`JobTableSizes`]. Reads catalog sizes only, never the rows.
+pub async fn job_table_sizes(conn: &mut PgConnection) -> Result<JobTableSizes, sqlx::Error> {
+    let row = sqlx::query(
+        "SELECT pg_relation_size('fleet_jobs'),
+                coalesce(pg_total_relation_size(nullif(c.reltoastrelid, 0)), 0),
+                coalesce(s.n_live_tup, 0), coalesce(s.n_dead_tup, 0),
+                coalesce(s.autovacuum_count, 0), coalesce(s.autoanalyze_count, 0)
+         FROM pg_class c LEFT JOIN pg_stat_user_tables s ON s.relid = c.oid
+         WHERE c.oid = 'fleet_jobs'::regclass",
+    )
+    .fetch_one(&mut *conn)
+    .await?;
+    let indexes: Vec<(String, i64)> = sqlx::query_as(
+        "SELECT i.indexrelid::regclass::text, pg_relation_size(i.indexrelid)
+         FROM pg_index i WHERE i.indrelid = 'fleet_jobs'::regclass ORDER BY 1",
+    )
+    .fetch_all(&mut *conn)
+    .await?;
+    Ok(JobTableSizes {
+        heap_bytes: row.get(0),
+        toast_bytes: row.get(1),
+        indexes,
+        live_rows: row.get(2),
+        dead_rows: row.get(3),
+        autovacuum_count: row.get(4),
+        autoanalyze_count: row.get(5),
+    })
+}

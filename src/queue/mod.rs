@@ -7,13 +7,13 @@
 //! |---|---|
 //! | [`job`] | every transition of a job row: insert, claim, lease, outcome, promote, rescue, replay, cancel |
 //! | [`limits`] | the claim of limited kinds (fleet-wide concurrency, per-key limits, fairness) and the rate budgets (`fleet_budgets`) |
-//! | [`inspect`] | operator reads: one job, lists, per-kind stats, checks |
+//! | [`inspect`] | operator reads: one job, lists, per-kind stats, checks, table sizes |
 //! | [`pause`] | the kill switch and drains (`fleet_paused_kinds`) |
-//! | [`retention`] | deleting finished jobs past their retention |
+//! | [`retention`] | deleting finished jobs past their retention; freeing elapsed key windows |
 //! | [`cron`] | cron ticks claimed by schedulers (`fleet_cron_ticks`) |
 //! | [`workers`] | the live-worker registry (`fleet_workers`) |
 //! | [`filter`] | the operator filter shared by lists, replay and cancel |
-//! | [`fixtures`] | bulk history for benchmarks |
+//! | [`fixtures`] | bulk history and table settings for benchmarks |
 //!
 //! **Time.** Every statement whose effect depends on the clock takes `now: Option<DateTime<Utc>>`
 //! ([`Now`]): `None` is the database's `now()` (what the runtime always passes); `Some(t)` lets

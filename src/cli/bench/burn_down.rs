@@ -63,6 +63,10 @@ pub struct BurnDownArgs {
     /// limited kind contend for its lock and budget row.
     #[arg(long, default_value_t = 1)]
     workers: usize,
+    /// A storage parameter of `fleet_jobs` for this run, `name=value` (`value` = `default`
+    /// resets it), e.g. `fillfactor=100`; repeatable. Set before the history is inserted.
+    #[arg(long = "table-setting", value_parser = queue::parse_table_setting)]
+    table_settings: Vec<(String, Option<String>)>,
     /// Print one JSON object as the last line.
     #[arg(long)]
     json: bool,
@@ -81,6 +85,7 @@ pub async fn run(a: BurnDownArgs) -> anyhow::Result<()> {
         throttled_jobs: a.throttled_jobs,
         budget_rate: a.budget_rate,
         workers: a.workers.max(1),
+        table_settings: a.table_settings,
     };
     let r = burn_down(params).await?;
     eprintln!(
@@ -128,6 +133,8 @@ struct BenchParams {
     pub budget_rate: Option<f64>,
     /// Workers sharing the burn-down.
     pub workers: usize,
+    /// Storage parameters of `fleet_jobs` for this run.
+    pub table_settings: Vec<(String, Option<String>)>,
 }
 
 /// Figures of one run. Field names are the `--json` contract.
@@ -245,12 +252,20 @@ async fn burn_down(p: BenchParams) -> anyhow::Result<BenchReport> {
         ((p.concurrency as u32 + 10) * p.workers as u32).max(16),
     )
     .await?;
+    {
+        let mut conn = pool.acquire().await?;
+        queue::job_table_set_storage(&mut conn, &p.table_settings)
+            .await
+            .map_err(|e| anyhow::anyhow!("--table-setting: {e}"))?;
+    }
     if p.history > 0 {
         eprintln!("inserting {} finished jobs of history…", p.history);
+        let t = Instant::now();
         let mut conn = pool.acquire().await?;
         queue::job_insert_finished_history(&mut conn, "fleet.bench_history", p.history as i64)
             .await
             .context("inserting history")?;
+        eprintln!("  history ready in {:.1} s", t.elapsed().as_secs_f64());
     }
 
     let mut registry = Registry::default();

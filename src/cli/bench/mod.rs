@@ -4,6 +4,8 @@
 //! - no mode: the queue's burn-down ([`burn_down`]);
 //! - `ceiling`: the claim and outcome statements with no runtime around them, beside the
 //!   engine in the same run ([`ceiling`]);
+//! - `soak`: a steady rate for a while with retention beside it, printing rates, purge batch
+//!   times and the table's and indexes' sizes at intervals ([`soak`]);
 //! - `webhooks`: the webhook ingress under load, and the cost of the worst accepted request
 //!   next to a normal one ([`webhooks`]);
 //! - `processes`: the burn-down with 1, 2, 4 worker processes, with the CPU each side used
@@ -17,6 +19,7 @@ mod burn_down;
 mod ceiling;
 mod fanout;
 mod processes;
+mod soak;
 mod webhooks;
 
 /// `fleet bench [MODE]`.
@@ -33,6 +36,8 @@ pub struct BenchArgs {
 enum BenchMode {
     /// The queue's statements alone, back to back, against the engine in the same run.
     Ceiling(ceiling::CeilingArgs),
+    /// A steady rate for a while with retention beside it: rates, purge batch times, sizes.
+    Soak(soak::SoakArgs),
     /// The webhook ingress: concurrent clients posting signed events plus invalid ones.
     Webhooks(webhooks::WebhookBenchArgs),
     /// The burn-down worked by N worker processes (default 1, 2, 4), interleaved over rounds.
@@ -51,6 +56,7 @@ pub async fn run(a: BenchArgs) -> anyhow::Result<()> {
     match a.mode {
         None => burn_down::run(a.burn_down).await,
         Some(BenchMode::Ceiling(c)) => ceiling::run(c).await,
+        Some(BenchMode::Soak(s)) => soak::run(s).await,
         Some(BenchMode::Webhooks(w)) => webhooks::run(w).await,
         Some(BenchMode::Processes(p)) => processes::run(p).await,
         Some(BenchMode::ProcessesChild(c)) => processes::child(c).await,
