@@ -150,8 +150,18 @@ impl Browser {
             .unwrap_or_else(|e| panic!("no {css:?} on the page: {e}"))
     }
 
+    /// The text of the element matching `css`. The overview's live region replaces itself on
+    /// every refresh, so an element found just before a swap can be gone when it is read:
+    /// find it again.
     async fn text(&self, css: &str) -> String {
-        self.el(css).await.text().await.unwrap()
+        for _ in 0..50 {
+            match self.el(css).await.text().await {
+                Ok(t) => return t,
+                Err(e) if is_stale(&e) => continue,
+                Err(e) => panic!("text of {css:?}: {e}"),
+            }
+        }
+        panic!("{css:?} kept being replaced while it was read")
     }
 
     async fn main_text(&self) -> String {
@@ -163,7 +173,14 @@ impl Browser {
     }
 
     async fn click(&self, css: &str) {
-        self.el(css).await.click().await.unwrap();
+        for _ in 0..50 {
+            match self.el(css).await.click().await {
+                Ok(_) => return,
+                Err(e) if is_stale(&e) => continue,
+                Err(e) => panic!("click on {css:?}: {e}"),
+            }
+        }
+        panic!("{css:?} kept being replaced while it was clicked")
     }
 
     async fn fill(&self, css: &str, value: &str) {
@@ -1098,4 +1115,10 @@ async fn a_state_changing_request_without_its_csrf_token_is_refused() {
         .iter()
         .all(|c| !c.to_str().unwrap().starts_with(&session)));
     b.close().await;
+}
+
+/// The element was replaced in the page (an htmx swap) between finding and using it.
+fn is_stale(e: &fantoccini::error::CmdError) -> bool {
+    matches!(e, fantoccini::error::CmdError::Standard(w)
+        if w.error == fantoccini::error::ErrorStatus::StaleElementReference)
 }
