@@ -968,7 +968,11 @@ async fn the_stripe_client_classifies_stripes_documented_errors() {
         let job = JobError::from(err.clone());
         match class {
             Rejected | Invalid => assert!(matches!(job, JobError::Fatal(_)), "{case}"),
-            RateLimited => assert!(matches!(job, JobError::Snooze { .. }), "{case}"),
+            // A 429 empties the fleet's Stripe budget until the reset (docs/limits.md).
+            RateLimited => assert!(
+                matches!(&job, JobError::RateLimited { budget, .. } if budget == "stripe"),
+                "{case}: {job:?}"
+            ),
             Transient | Ambiguous => assert!(matches!(job, JobError::Retryable(_)), "{case}"),
         }
         if case == "card_declined" {
@@ -1100,7 +1104,11 @@ async fn the_resend_client_classifies_resends_documented_errors() {
         if let Some(after) = snooze {
             assert_eq!(
                 JobError::from(err),
-                JobError::snooze(after, format!("resend send rate_limited: HTTP 429 {case}"))
+                JobError::RateLimited {
+                    budget: "resend".into(),
+                    after,
+                    reason: format!("resend send rate_limited: HTTP 429 {case}"),
+                }
             );
         }
     }
