@@ -409,16 +409,7 @@ fn ensure_throwaway_cluster() -> anyhow::Result<String> {
         let status = as_postgres(
             running_as_root,
             &bin.join("initdb"),
-            &[
-                "-D",
-                path_str(&data)?,
-                "-U",
-                "postgres",
-                "--auth=trust",
-                "--no-sync",
-                "-E",
-                "UTF8",
-            ],
+            &crate::database::initdb_args(path_str(&data)?),
         )?;
         if !status {
             bail!(
@@ -594,6 +585,21 @@ impl Drop for ScratchDb {
         })
         .join();
     }
+}
+
+/// `initdb`'s arguments for a scratch cluster in `data`: superuser `postgres`, trust auth on
+/// loopback, UTF-8, no fsync at init (the cluster is thrown away).
+pub(crate) fn initdb_args(data: &str) -> [&str; 8] {
+    [
+        "-D",
+        data,
+        "-U",
+        "postgres",
+        "--auth=trust",
+        "--no-sync",
+        "-E",
+        "UTF8",
+    ]
 }
 
 #[cfg(test)]

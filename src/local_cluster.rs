@@ -33,19 +33,7 @@ impl LocalCluster {
     pub fn start_primary(label: &str) -> anyhow::Result<Self> {
         let mut c = Self::prepare(label)?;
         let data = c.data();
-        c.run(
-            "initdb",
-            &[
-                "-D",
-                path_str(&data)?,
-                "-U",
-                "postgres",
-                "--auth=trust",
-                "--no-sync",
-                "-E",
-                "UTF8",
-            ],
-        )?;
+        c.run("initdb", &crate::database::initdb_args(path_str(&data)?))?;
         c.start()?;
         Ok(c)
     }
