@@ -206,14 +206,22 @@ async fn insert_rows(
     // the kind (one index probe per key of the chunk), then its place among the chunk's jobs
     // of that key. Chunks without keys skip the ranking and insert rank 0.
     let ranked = if limit_keys.iter().any(Option::is_some) {
-        r#"ranked AS (
-            SELECT input.*, CASE WHEN input.limit_key IS NULL THEN 0 ELSE (
-                       SELECT count(*) FROM fleet_jobs f
-                       WHERE f.kind = input.kind AND f.limit_key = input.limit_key
-                         AND f.state IN ('scheduled', 'available', 'running', 'retryable'))
-                   + row_number() OVER (PARTITION BY input.kind, input.limit_key ORDER BY input.ord)
+        // The count runs once per distinct key of the chunk (`keyed`), not once per row: per
+        // row it was quadratic in a key's backlog (a 10,000-job burst from one user counted
+        // the user's jobs 10,000 times).
+        r#"keyed AS MATERIALIZED (
+            SELECT k.kind, k.limit_key,
+                   (SELECT count(*) FROM fleet_jobs f
+                    WHERE f.kind = k.kind AND f.limit_key = k.limit_key
+                      AND f.state IN ('scheduled', 'available', 'running', 'retryable')) AS unfinished
+            FROM (SELECT DISTINCT kind, limit_key FROM input WHERE limit_key IS NOT NULL) k
+        ), ranked AS (
+            SELECT input.*, CASE WHEN input.limit_key IS NULL THEN 0 ELSE
+                       keyed.unfinished
+                       + row_number() OVER (PARTITION BY input.kind, input.limit_key ORDER BY input.ord)
                    END::int AS fair_rank
             FROM input
+            LEFT JOIN keyed ON keyed.kind = input.kind AND keyed.limit_key = input.limit_key
         )"#
     } else {
         "ranked AS (SELECT input.*, 0 AS fair_rank FROM input)"
