@@ -233,6 +233,14 @@ pub async fn run(a: BookingBenchArgs) -> anyhow::Result<()> {
             a.search_concurrency.to_string(),
         ),
     ])
+    // The code's provider budgets are sized for a default account (Duffel search 5/s, order
+    // 2/s, Stripe 20/s: docs/limits.md) and would hold the offered load back; this bench
+    // measures the fleet, so it sizes the account to the load: 4 × the offered rate, each.
+    .chain(budget_env(
+        a.rate,
+        a.search_rate,
+        a.workers * a.search_concurrency,
+    ))
     .collect();
     let mut children = Vec::new();
     for _ in 0..a.workers {
@@ -359,4 +367,28 @@ async fn measure(
         tokio::time::sleep(Duration::from_millis(500)).await;
     }
     Ok((n_book, start))
+}
+
+/// `FLEET_*` settings that give the bench's provider account room for the offered load: every
+/// budget at 4 × the calls per second the load makes of it, and the fleet-wide search limit at
+/// the bench's workers' search slots together.
+fn budget_env(rate: f64, search_rate: f64, search_slots: usize) -> Vec<(String, String)> {
+    let per_s = |calls: f64| format!("{}/s", (4.0 * calls).ceil().max(1.0));
+    let burst = |calls: f64| ((4.0 * calls).ceil().max(1.0) as u64).to_string();
+    let mut v = Vec::new();
+    // A booking search and a background search each make one Duffel search; a booking makes
+    // one Duffel order and a few Stripe calls (create/confirm, capture).
+    for (name, calls) in [
+        ("DUFFEL_SEARCH", rate + search_rate),
+        ("DUFFEL_ORDER", rate),
+        ("STRIPE", 3.0 * rate),
+    ] {
+        v.push((format!("FLEET_BUDGETS__{name}__RATE"), per_s(calls)));
+        v.push((format!("FLEET_BUDGETS__{name}__BURST"), burst(calls)));
+    }
+    v.push((
+        "FLEET_KINDS__CAMPAIGN_SEARCH__GLOBAL_CONCURRENCY".to_owned(),
+        search_slots.to_string(),
+    ));
+    v
 }
