@@ -18,7 +18,7 @@ use std::{
 
 use anyhow::Context;
 use fleet::{
-    config::{KindOverride, ScheduleSettings, Settings},
+    config::{BudgetOverride, KindOverride, Rate, ScheduleSettings, Settings},
     database::ScratchDb,
     queue,
     scheduler::{self, Scheduler},
@@ -249,6 +249,20 @@ async fn demo(settings: &Settings) -> anyhow::Result<DemoSummary> {
             // fail the booking) inside the demo; production keeps its two-day budget.
             max_attempts: (kind == "booking_attempt").then_some(6),
             ..KindOverride::default()
+        });
+    }
+    // The sandbox is an account of our own: the code's provider budgets (sized for a default
+    // Duffel/Stripe/Resend account, docs/limits.md) would stretch the demo to minutes. Give it
+    // room; the budgets still run, and the rate_limited route's 429s still empty them.
+    for (name, per_second) in [
+        ("duffel_search", 200.0),
+        ("duffel_order", 50.0),
+        ("stripe", 100.0),
+        ("resend", 50.0),
+    ] {
+        s.budgets.entry(name.to_owned()).or_insert(BudgetOverride {
+            rate: Some(Rate { per_second }),
+            burst: Some(per_second as u32),
         });
     }
     let registry = Arc::new(fleet::fleet_registry(&s)?);
