@@ -56,6 +56,8 @@ fn demo_books_compensates_refunds_and_reminds_with_no_violation_and_no_pii_in_it
         assert!(s[key].as_i64().unwrap() > 0, "{key} is zero: {s}");
     }
     assert_eq!(s["max_payment_intents_per_booking"], 1, "{s}");
+    // Every campaign is searched within the demo: nothing (a budget, a limit) holds it back.
+    assert_eq!(s["campaigns_searched"], s["campaigns"], "{s}");
     assert!(
         logs.len() > 10_000,
         "debug logs were produced (so the PII check means something)"
