@@ -224,6 +224,25 @@ impl Browser {
         }
     }
 
+    /// Waits until the text of `css` is `want`. The live region shows what its last refresh
+    /// read, so a figure written just before the page was opened may appear one refresh later.
+    async fn wait_text(&self, css: &str, want: &str) {
+        let deadline = tokio::time::Instant::now() + SECS(10);
+        loop {
+            let got = self.text(css).await;
+            if got == want {
+                return;
+            }
+            if tokio::time::Instant::now() > deadline {
+                panic!(
+                    "{css:?} reads {got:?}, not {want:?}; the kinds table: {}",
+                    self.text("#kinds").await
+                );
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    }
+
     async fn path(&self) -> String {
         let u = self.c.current_url().await.unwrap();
         match u.query() {
@@ -629,7 +648,7 @@ async fn the_overview_shows_the_jobs_a_worker_is_running_and_updates_without_a_r
         b.text("#chart-total").await
     );
     assert!(b.text("#kinds").await.contains("paused"));
-    assert_eq!(b.text("#card-dead .card-value").await, "1");
+    b.wait_text("#card-dead .card-value", "1").await;
     b.c.execute("window.__sameDocument = 'yes'", vec![])
         .await
         .unwrap();
