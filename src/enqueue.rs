@@ -253,6 +253,7 @@ impl Queue {
             trace_context,
             parent_id,
             limit_key: self.registry.limit_key_of(&j.kind, &j.args),
+            limited: d.is_limited(),
             kind: j.kind,
             args: j.args,
         }

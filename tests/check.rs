@@ -88,6 +88,7 @@ async fn check_passes_clean_data_and_names_each_violation_by_id() {
         &queue::FetchParams {
             queues: None,
             skip_kinds: &["test.leaky".into()],
+            limited_kinds: &[],
             limit: 1,
             owner: "gone",
             lease: Duration::from_secs(1),

@@ -707,6 +707,7 @@ async fn the_jobs_list_filters_like_the_cli_pages_by_keyset_and_a_job_shows_its_
                 ),
                 parent_id: Some(a_ids[0]),
                 limit_key: None,
+                limited: false,
             }],
             None,
         )
@@ -1068,6 +1069,7 @@ async fn replaying_a_dead_job_shows_a_dry_run_then_replays_audited_and_a_worker_
                 trace_context: None,
                 parent_id: None,
                 limit_key: None,
+                limited: false,
             }],
             None,
         )

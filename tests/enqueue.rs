@@ -26,6 +26,7 @@ fn flaky_insert(key: &str) -> queue::JobInsert {
         trace_context: None,
         parent_id: None,
         limit_key: None,
+        limited: false,
     }
 }
 
@@ -360,6 +361,7 @@ async fn fetch_plan_stays_on_the_ready_index_with_a_million_finished_jobs() {
         &FetchParams {
             queues: None,
             skip_kinds: &[],
+            limited_kinds: &[],
             limit: 64,
             owner: "t",
             lease: Duration::from_secs(30),

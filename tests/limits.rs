@@ -366,6 +366,106 @@ async fn a_429_from_the_provider_empties_the_budget_for_every_worker_until_its_r
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn jobs_enqueued_before_their_kind_got_a_limit_are_held_to_it() {
+    let db = db().await;
+    // Enqueued by a fleet without the limit: filed for the plain claim.
+    let q = Queue::new(db.pool.clone(), registry_with(&[]));
+    enqueue_sleeps(&q, (0..60).map(|_| json!({"ms": 120}))).await;
+    let limit = [("FLEET_KINDS__FLEET_DOT_SLEEP__GLOBAL_CONCURRENCY", "3")];
+    let procs = workers(&db.url, 3, &[limit[0], ("FLEET_WORKER__CONCURRENCY", "4")]);
+    // The workers know the limit: their plain claims re-file the rows instead of running
+    // them, and the limited claims run them 3 at a time. Without the re-filing they would
+    // either run 12 at once (claimed plain) or never (claimed by nobody).
+    let (max, samples) = sample_until_done(
+        &db.pool,
+        "SELECT count(*) FROM fleet_jobs WHERE kind = 'fleet.sleep' AND state = 'running'",
+        60,
+        Duration::from_secs(60),
+    )
+    .await;
+    stop(procs);
+    assert!(
+        max <= 3,
+        "at most 3 running at once fleet-wide, saw {max} ({samples} samples)"
+    );
+    let plain: i64 = sqlx::query_scalar("SELECT count(*) FROM fleet_jobs WHERE NOT limited")
+        .fetch_one(&db.pool)
+        .await
+        .unwrap();
+    assert_eq!(plain, 0, "every job was re-filed as limited before it ran");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn jobs_enqueued_while_their_kind_had_a_limit_still_run_once_it_has_none() {
+    let db = db().await;
+    let limit = [("FLEET_KINDS__FLEET_DOT_SLEEP__GLOBAL_CONCURRENCY", "1")];
+    let q = Queue::new(db.pool.clone(), registry_with(&limit));
+    let ids = enqueue_sleeps(&q, (0..40).map(|_| json!({"ms": 1}))).await;
+    // A worker without the limit never runs the limited claim for the kind: it re-files
+    // the rows for its plain claim.
+    let procs = workers(&db.url, 1, &[]);
+    for id in &ids {
+        wait_state(
+            &db.pool,
+            *id,
+            fleet::queue::JobState::Completed,
+            Duration::from_secs(30),
+        )
+        .await;
+    }
+    stop(procs);
+}
+
+#[tokio::test]
+async fn the_plain_claim_reads_none_of_a_throttled_backlog_of_limited_jobs() {
+    let db = db().await;
+    // 5,000 jobs of a limited kind (held back by its limit, or its budget), ahead of 64
+    // plain ones in claim order.
+    let throttled = [("FLEET_KINDS__FLEET_DOT_SLEEP__GLOBAL_CONCURRENCY", "1")];
+    let limited_q = Queue::new(db.pool.clone(), registry_with(&throttled));
+    enqueue_sleeps(&limited_q, (0..5_000).map(|_| json!({"ms": 1}))).await;
+    let plain_q = Queue::new(db.pool.clone(), registry_with(&[]));
+    let plain = enqueue_sleeps(&plain_q, (0..64).map(|_| json!({"ms": 1}))).await;
+    let mut conn = db.pool.acquire().await.unwrap();
+    sqlx::query("SELECT pg_stat_force_next_flush()")
+        .execute(&mut *conn)
+        .await
+        .unwrap();
+    let before = ready_index_tuples_read(&mut conn).await;
+    let claimed = fleet::queue::job_fetch_available(
+        &mut conn,
+        &fleet::queue::FetchParams {
+            queues: None,
+            skip_kinds: &[],
+            limited_kinds: &[],
+            limit: 64,
+            owner: "plan-test",
+            lease: Duration::from_secs(60),
+            now: None,
+        },
+    )
+    .await
+    .unwrap();
+    let mut got: Vec<i64> = claimed.iter().map(|c| c.id).collect();
+    got.sort();
+    assert_eq!(
+        got, plain,
+        "the plain claim takes the plain jobs, none of the limited"
+    );
+    sqlx::query("SELECT pg_stat_force_next_flush()")
+        .execute(&mut *conn)
+        .await
+        .unwrap();
+    // The flush happens at the end of the transaction that asked for it; this is the next one.
+    let read = ready_index_tuples_read(&mut conn).await - before;
+    // Walking past the backlog (the claim before `limited` was filed) reads 5,064.
+    assert!(
+        read < 1_000,
+        "the claim read {read} index tuples for 64 jobs"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn one_keys_burst_does_not_delay_another_keys_job() {
     let db = db().await;
     let cfg = [

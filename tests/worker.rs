@@ -489,17 +489,6 @@ async fn a_follow_up_records_the_job_that_enqueued_it() {
     w.stop().await;
 }
 
-/// Index tuples read from the ready index so far (as the statistics last flushed them).
-async fn index_tuples_read(conn: &mut sqlx::PgConnection) -> i64 {
-    sqlx::query_scalar(
-        "SELECT idx_tup_read FROM pg_stat_user_indexes
-         WHERE indexrelname = 'fleet_jobs_fetch_available_idx'",
-    )
-    .fetch_one(conn)
-    .await
-    .unwrap()
-}
-
 #[tokio::test]
 async fn the_first_claim_on_a_never_analyzed_table_walks_the_ready_index_not_the_backlog() {
     let db = db().await;
@@ -523,12 +512,13 @@ async fn the_first_claim_on_a_never_analyzed_table_walks_the_ready_index_not_the
         .execute(&mut *conn)
         .await
         .unwrap();
-    let before = index_tuples_read(&mut conn).await;
+    let before = ready_index_tuples_read(&mut conn).await;
     let claimed = queue::job_fetch_available(
         &mut conn,
         &queue::FetchParams {
             queues: None,
             skip_kinds: &[],
+            limited_kinds: &[],
             limit: 64,
             owner: "plan-test",
             lease: SECS(60),
@@ -543,7 +533,7 @@ async fn the_first_claim_on_a_never_analyzed_table_walks_the_ready_index_not_the
         .await
         .unwrap();
     // The flush happens at the end of the transaction that asked for it; this is the next one.
-    let after = index_tuples_read(&mut conn).await;
+    let after = ready_index_tuples_read(&mut conn).await;
     assert!(
         after - before < 1_000,
         "the claim read {} index tuples for 64 jobs",

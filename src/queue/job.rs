@@ -42,6 +42,10 @@ pub struct JobInsert {
     pub parent_id: Option<i64>,
     /// The value per-key limits and fairness count by (the kind's `limit_key` args field).
     pub limit_key: Option<String>,
+    /// Whether the kind is claimed under a fleet-wide limit, budget or fairness key
+    /// ([`jobs::KindDefaults::is_limited`]): such a row is filed for
+    /// [`super::job_fetch_limited`] and never taken by the plain claim.
+    pub limited: bool,
 }
 
 /// Outcome of inserting one job.
@@ -180,6 +184,7 @@ async fn insert_rows(
     let mut traces: Vec<Option<&Value>> = Vec::with_capacity(n);
     let mut parents: Vec<Option<i64>> = Vec::with_capacity(n);
     let mut limit_keys: Vec<Option<&str>> = Vec::with_capacity(n);
+    let mut limiteds: Vec<bool> = Vec::with_capacity(n);
     let (mut kinds, mut queues, mut args, mut prios, mut run_ats, mut maxes, mut keys) = (
         Vec::with_capacity(n),
         Vec::with_capacity(n),
@@ -201,6 +206,7 @@ async fn insert_rows(
         traces.push(j.trace_context.as_ref());
         parents.push(j.parent_id);
         limit_keys.push(j.limit_key.as_deref());
+        limiteds.push(j.limited);
     }
     // A keyed job's fair rank is its turn within its key: 1 + the key's unfinished jobs of
     // the kind (one index probe per key of the chunk), then its place among the chunk's jobs
@@ -234,18 +240,20 @@ async fn insert_rows(
             SELECT nextval('fleet_jobs_id_seq') AS id, t.*
             FROM unnest($1::text[], $2::text[], $3::jsonb[], $4::smallint[],
                         $5::timestamptz[], $6::int[], $7::text[], $8::jsonb[], $10::bigint[],
-                        $11::text[])
+                        $11::text[], $12::bool[])
                  WITH ORDINALITY AS t(kind, queue, args, priority, run_at, max_attempts,
-                                      idempotency_key, trace_context, parent_id, limit_key, ord)
+                                      idempotency_key, trace_context, parent_id, limit_key,
+                                      limited, ord)
         ), {ranked}, inserted AS (
             INSERT INTO fleet_jobs (id, kind, queue, args, state, priority, run_at,
                                     max_attempts, idempotency_key, key_held, trace_context,
-                                    parent_id, limit_key, fair_rank)
+                                    parent_id, limit_key, fair_rank, limited)
             SELECT id, kind, queue, args,
                    CASE WHEN run_at IS NULL OR run_at <= coalesce($9, now()) THEN 'available'
                         ELSE 'scheduled' END::fleet_job_state,
                    priority, COALESCE(run_at, $9, now()), max_attempts, idempotency_key,
-                   idempotency_key IS NOT NULL, trace_context, parent_id, limit_key, fair_rank
+                   idempotency_key IS NOT NULL, trace_context, parent_id, limit_key, fair_rank,
+                   limited
             FROM ranked ORDER BY ord
             ON CONFLICT (kind, idempotency_key) WHERE key_held DO NOTHING
             RETURNING id, queue, state
@@ -272,6 +280,7 @@ async fn insert_rows(
         .bind(now)
         .bind(&parents)
         .bind(&limit_keys)
+        .bind(&limiteds)
         .fetch_all(&mut *conn)
         .await?;
     Ok(rows
@@ -358,6 +367,10 @@ pub struct FetchParams<'a> {
     pub queues: Option<&'a [String]>,
     /// Kinds not to claim now (at their per-kind concurrency limit).
     pub skip_kinds: &'a [String],
+    /// The kinds this worker claims with [`super::job_fetch_limited`]. A ready row of one of
+    /// them that is still filed as unlimited (enqueued before its kind got a limit) is never
+    /// claimed here: the claim re-files it for the limited claim instead.
+    pub limited_kinds: &'a [String],
     /// Most jobs to claim.
     pub limit: i64,
     /// Lease owner recorded on the rows (worker id).
@@ -369,10 +382,16 @@ pub struct FetchParams<'a> {
 }
 
 /// JobFetchAvailable: claims up to `limit` ready jobs in (priority, run_at, id) order with
-/// `FOR UPDATE SKIP LOCKED`, never a paused kind (a draining kind only up to its cutoff id).
-/// Each claim charges an attempt, bumps `claim_seq` and starts a lease. The scan is on
-/// `fleet_jobs_fetch_available_idx`, which holds only `available` rows, so finished history
-/// does not slow it down.
+/// `FOR UPDATE SKIP LOCKED`, never a paused kind (a draining kind only up to its cutoff id),
+/// never a row filed as limited (those are [`super::job_fetch_limited`]'s). Each claim charges
+/// an attempt, bumps `claim_seq` and starts a lease. The scan is the `limited = false` part of
+/// `fleet_jobs_fetch_available_idx`, which holds only `available` rows, so neither finished
+/// history nor a backlog of throttled limited jobs slows it down.
+///
+/// A row of one of `limited_kinds` still filed as unlimited (enqueued before its kind got a
+/// limit, or by a binary without it) is re-filed as limited instead of claimed, in the same
+/// statement: this worker knows the kind's limit, so it must not run it past the limit.
+/// Statements repeat while they re-file rows, so re-filing never costs a claim its jobs.
 ///
 /// The claim runs in its own transaction with sequential and bitmap scans off, so its plan is
 /// the ordered walk of that index from the very first claim. On a table autovacuum has not
@@ -383,41 +402,100 @@ pub async fn job_fetch_available(
     conn: &mut PgConnection,
     p: &FetchParams<'_>,
 ) -> Result<Vec<ClaimedJob>, sqlx::Error> {
-    let mut tx = begin_pinned(conn).await?;
-    let rows = sqlx::query(
-        r#"
-        WITH picked AS (
-            SELECT id FROM fleet_jobs j
-            WHERE state = 'available'
-              AND ($1::text[] IS NULL OR queue = ANY($1))
-              AND kind <> ALL($2::text[])
-              AND NOT EXISTS (
-                  SELECT 1 FROM fleet_paused_kinds p
-                  WHERE p.kind = j.kind AND (p.drain_through_id IS NULL OR j.id > p.drain_through_id))
-            ORDER BY priority, run_at, id
-            LIMIT $3
-            FOR UPDATE SKIP LOCKED
+    let mut out = Vec::new();
+    // Each round re-files at most `limit` rows; a misfiled backlog is re-filed a statement
+    // at a time, and the rounds stop once a statement re-files nothing.
+    for _ in 0..REFILE_ROUNDS {
+        let want = p.limit - out.len() as i64;
+        if want <= 0 {
+            break;
+        }
+        let mut tx = begin_pinned(conn).await?;
+        let rows = sqlx::query(
+            r#"
+            WITH picked AS (
+                SELECT id, kind = ANY($7::text[]) AS misfiled FROM fleet_jobs j
+                WHERE state = 'available' AND NOT limited
+                  AND ($1::text[] IS NULL OR queue = ANY($1))
+                  AND kind <> ALL($2::text[])
+                  AND NOT EXISTS (
+                      SELECT 1 FROM fleet_paused_kinds p
+                      WHERE p.kind = j.kind AND (p.drain_through_id IS NULL OR j.id > p.drain_through_id))
+                ORDER BY priority, run_at, id
+                LIMIT $3
+                FOR UPDATE SKIP LOCKED
+            ), refiled AS (
+                UPDATE fleet_jobs j SET limited = true
+                FROM picked WHERE j.id = picked.id AND picked.misfiled
+                RETURNING j.id
+            ), claimed AS (
+                UPDATE fleet_jobs j
+                SET state = 'running', attempt = j.attempt + 1, claim_seq = j.claim_seq + 1,
+                    lease_owner = $4,
+                    lease_expires_at = coalesce($6, now()) + $5 * interval '1 millisecond',
+                    attempted_at = coalesce($6, now())
+                FROM picked WHERE j.id = picked.id AND NOT picked.misfiled
+                RETURNING j.id, j.kind, j.args, j.attempt, j.max_attempts, j.claim_seq, j.run_at,
+                          j.trace_context
+            )
+            SELECT claimed.*, r.refiled
+            FROM (SELECT count(*) AS refiled FROM refiled) r LEFT JOIN claimed ON true
+            "#,
         )
-        UPDATE fleet_jobs j
-        SET state = 'running', attempt = j.attempt + 1, claim_seq = j.claim_seq + 1,
-            lease_owner = $4,
-            lease_expires_at = coalesce($6, now()) + $5 * interval '1 millisecond',
-            attempted_at = coalesce($6, now())
-        FROM picked WHERE j.id = picked.id
-        RETURNING j.id, j.kind, j.args, j.attempt, j.max_attempts, j.claim_seq, j.run_at,
-                  j.trace_context
+        .bind(p.queues)
+        .bind(p.skip_kinds)
+        .bind(want)
+        .bind(p.owner)
+        .bind(p.lease.as_millis() as i64)
+        .bind(p.now)
+        .bind(p.limited_kinds)
+        .fetch_all(&mut *tx)
+        .await?;
+        tx.commit().await?;
+        let refiled: i64 = rows.first().map(|r| r.get(8)).unwrap_or(0);
+        out.extend(
+            rows.iter()
+                .filter(|r| r.get::<Option<i64>, _>(0).is_some())
+                .map(claimed_from_row),
+        );
+        if refiled == 0 {
+            break;
+        }
+    }
+    Ok(out)
+}
+
+/// Most statements one [`job_fetch_available`] call runs while it re-files misfiled rows.
+const REFILE_ROUNDS: usize = 16;
+
+/// JobRefileUnlimited: ready rows of `kinds` still filed as limited (enqueued while the kind
+/// had a limit, budget or fairness key, which it no longer has here) → filed for the plain
+/// claim, at most `limit` per call. Without it they would wait for a limited claim that this
+/// worker no longer runs for their kind. One probe of `fleet_jobs_fetch_limited_idx` per kind
+/// when there is nothing to do. Returns how many rows were re-filed.
+pub async fn job_refile_unlimited(
+    conn: &mut PgConnection,
+    kinds: &[String],
+    limit: i64,
+) -> Result<u64, sqlx::Error> {
+    let mut tx = begin_pinned(conn).await?;
+    let n = sqlx::query(
+        r#"
+        UPDATE fleet_jobs j SET limited = false
+        FROM (SELECT id FROM fleet_jobs
+              WHERE state = 'available' AND limited AND kind = ANY($1::text[])
+              LIMIT $2
+              FOR UPDATE SKIP LOCKED) m
+        WHERE j.id = m.id
         "#,
     )
-    .bind(p.queues)
-    .bind(p.skip_kinds)
-    .bind(p.limit)
-    .bind(p.owner)
-    .bind(p.lease.as_millis() as i64)
-    .bind(p.now)
-    .fetch_all(&mut *tx)
-    .await?;
+    .bind(kinds)
+    .bind(limit)
+    .execute(&mut *tx)
+    .await?
+    .rows_affected();
     tx.commit().await?;
-    Ok(rows.iter().map(claimed_from_row).collect())
+    Ok(n)
 }
 
 /// A transaction whose plans cannot use sequential or bitmap scans, so they walk the ready

@@ -150,7 +150,7 @@ pub async fn job_fetch_limited(
         ), candidates AS MATERIALIZED (
             SELECT j.id, j.limit_key, j.priority, j.fair_rank, j.run_at
             FROM fleet_jobs j
-            WHERE j.state = 'available' AND j.kind = $1
+            WHERE j.state = 'available' AND j.limited AND j.kind = $1
               AND ($5::text[] IS NULL OR j.queue = ANY($5))
               AND (SELECT n FROM room) > 0
               AND NOT EXISTS (
@@ -208,7 +208,8 @@ pub async fn job_fetch_limited(
     Ok(rows.iter().map(claimed_from_row).collect())
 }
 
-/// KindListReady: of `kinds`, those with at least one ready job on `queues` (one probe of
+/// KindListReady: of `kinds`, those with at least one ready job filed as limited on `queues`
+/// (one probe of
 /// `fleet_jobs_fetch_limited_idx` each): the worker runs [`job_fetch_limited`] only for these.
 /// Pinned to the index like the claims (on a never-analyzed table the planner would otherwise
 /// build a bitmap of every ready job of the kind).
@@ -223,7 +224,8 @@ pub async fn kind_list_ready(
         SELECT k FROM unnest($1::text[]) AS k
         WHERE EXISTS (
             SELECT 1 FROM fleet_jobs j
-            WHERE j.kind = k AND j.state = 'available' AND ($2::text[] IS NULL OR j.queue = ANY($2)))
+            WHERE j.kind = k AND j.state = 'available' AND j.limited
+              AND ($2::text[] IS NULL OR j.queue = ANY($2)))
         "#,
     )
     .bind(kinds)
@@ -352,7 +354,8 @@ pub struct KindLimitCounts {
     pub kind: String,
     /// Running under a live lease (what the limits count).
     pub running: i64,
-    /// Ready jobs.
+    /// Ready jobs filed as limited (a row enqueued before the kind got its limit counts once
+    /// the plain claim has re-filed it).
     pub ready: i64,
     /// Ready jobs whose key is at its per-key limit.
     pub ready_key_at_limit: i64,
@@ -373,10 +376,12 @@ pub async fn kind_limit_counts(
         SELECT k.kind,
                (SELECT count(*) FROM fleet_jobs j
                 WHERE j.kind = k.kind AND j.state = 'running' AND j.lease_expires_at > clock.now),
-               (SELECT count(*) FROM fleet_jobs j WHERE j.kind = k.kind AND j.state = 'available'),
+               (SELECT count(*) FROM fleet_jobs j
+                WHERE j.kind = k.kind AND j.state = 'available' AND j.limited),
                CASE WHEN k.key_limit IS NULL THEN 0 ELSE (
                    SELECT count(*) FROM fleet_jobs j
-                   WHERE j.kind = k.kind AND j.state = 'available' AND j.limit_key IS NOT NULL
+                   WHERE j.kind = k.kind AND j.state = 'available' AND j.limited
+                     AND j.limit_key IS NOT NULL
                      AND (SELECT count(*) FROM fleet_jobs r
                           WHERE r.kind = j.kind AND r.limit_key = j.limit_key
                             AND r.state = 'running' AND r.lease_expires_at > clock.now) >= k.key_limit)

@@ -35,6 +35,16 @@ pub(crate) async fn fetch_loop(
     let threshold = (capacity / 4).max(1);
     let queues = (!s.cfg.queues.is_empty()).then(|| s.cfg.queues.clone());
     let limited_names: Vec<String> = s.limited.iter().map(|l| l.kind.clone()).collect();
+    // This worker's kinds without a limit: ready rows of theirs still filed as limited (the
+    // kind had a limit when they were enqueued) are re-filed for the plain claim, at start
+    // and then every REFILE_EVERY.
+    let unlimited_names: Vec<String> = s
+        .registry
+        .kind_names()
+        .into_iter()
+        .filter(|k| !limited_names.contains(k))
+        .collect();
+    let mut refile_due = tokio::time::Instant::now();
     let mut db_backoff = Duration::from_millis(100);
     // Which limited kind is tried first this round: rotates, so no limited kind takes every
     // free slot round after round.
@@ -64,6 +74,17 @@ pub(crate) async fn fetch_loop(
             };
             (free, full, held_by_kind)
         };
+        if tokio::time::Instant::now() >= refile_due && !unlimited_names.is_empty() {
+            match refile_unlimited(&s, &unlimited_names).await {
+                Ok(0) => {}
+                Ok(n) => tracing::info!(
+                    jobs = n,
+                    "re-filed ready jobs of kinds without a limit here for the plain claim"
+                ),
+                Err(e) => tracing::warn!(error = %e, "re-filing ready jobs failed"),
+            }
+            refile_due = tokio::time::Instant::now() + REFILE_EVERY;
+        }
         if free > 0 {
             first_limited = first_limited.wrapping_add(1);
             let fetched = async {
@@ -112,14 +133,13 @@ pub(crate) async fn fetch_loop(
                 }
                 let rest = free.saturating_sub(jobs.len());
                 if rest > 0 {
-                    let mut skip = skip_kinds.clone();
-                    skip.extend(limited_names.iter().cloned());
                     jobs.extend(
                         queue::job_fetch_available(
                             &mut conn,
                             &FetchParams {
                                 queues: queues.as_deref(),
-                                skip_kinds: &skip,
+                                skip_kinds: &skip_kinds,
+                                limited_kinds: &limited_names,
                                 limit: rest as i64,
                                 owner: &s.worker_id,
                                 lease: s.cfg.lease,
@@ -175,6 +195,23 @@ pub(crate) async fn fetch_loop(
             _ = s.wake.notified() => {}
             _ = tokio::time::sleep(s.cfg.poll_interval) => {}
             _ = shutdown.cancelled() => return,
+        }
+    }
+}
+
+/// How often a worker looks for ready rows of its unlimited kinds still filed as limited.
+const REFILE_EVERY: Duration = Duration::from_secs(5);
+
+/// Re-files, in batches, the ready rows of `kinds` still filed as limited.
+async fn refile_unlimited(s: &Shared, kinds: &[String]) -> Result<u64, sqlx::Error> {
+    const BATCH: i64 = 1_000;
+    let mut conn = s.pool.acquire().await?;
+    let mut total = 0;
+    loop {
+        let n = queue::job_refile_unlimited(&mut conn, kinds, BATCH).await?;
+        total += n;
+        if n < BATCH as u64 {
+            return Ok(total);
         }
     }
 }

@@ -97,7 +97,8 @@ pub(crate) struct Shared {
     pub slots: Arc<Semaphore>,
     pub kind_slots: HashMap<String, Arc<Semaphore>>,
     /// The kinds claimed one at a time under their fleet-wide limits, budgets or fairness
-    /// ([`crate::queue::job_fetch_limited`]); the plain claim skips them.
+    /// ([`crate::queue::job_fetch_limited`]); their rows are filed apart (`limited`), so the
+    /// plain claim never reads them.
     pub limited: Vec<LimitedKind>,
     /// Drain begun: claims that have not started go back.
     pub stop_starting: CancellationToken,

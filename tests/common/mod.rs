@@ -212,6 +212,7 @@ pub async fn claim_one(conn: &mut PgConnection, lease: Duration) -> ClaimedJob {
         &FetchParams {
             queues: None,
             skip_kinds: &[],
+            limited_kinds: &[],
             limit: 1,
             owner: "test-owner",
             lease,
@@ -240,6 +241,7 @@ pub async fn insert_unchecked(pool: &PgPool, kind: &str, args: serde_json::Value
         trace_context: None,
         parent_id: None,
         limit_key: None,
+        limited: false,
     };
     queue::job_insert_many(&mut conn, &[row], None)
         .await
@@ -259,6 +261,18 @@ pub fn completion(c: &ClaimedJob, key_window: Duration) -> Outcome {
 /// Completes claim `c` (no key window), fenced on the claim.
 pub async fn complete(conn: &mut PgConnection, c: &ClaimedJob) -> Result<(), QueueError> {
     queue::job_set_outcome(conn, completion(c, Duration::ZERO), None).await
+}
+
+/// Index tuples read from the plain claim's ready index so far, as statistics last flushed
+/// them (`SELECT pg_stat_force_next_flush()` in the transaction before).
+pub async fn ready_index_tuples_read(conn: &mut sqlx::PgConnection) -> i64 {
+    sqlx::query_scalar(
+        "SELECT idx_tup_read FROM pg_stat_user_indexes
+         WHERE indexrelname = 'fleet_jobs_fetch_available_idx'",
+    )
+    .fetch_one(conn)
+    .await
+    .unwrap()
 }
 
 pub async fn wait_state(pool: &PgPool, id: i64, state: JobState, within: Duration) -> JobRecord {

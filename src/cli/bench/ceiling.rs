@@ -89,6 +89,7 @@ async fn statement_loop(pool: sqlx::PgPool, batch: usize, owner: String) -> anyh
             &FetchParams {
                 queues: None,
                 skip_kinds: &[],
+                limited_kinds: &[],
                 limit: batch as i64,
                 owner: &owner,
                 lease: std::time::Duration::from_secs(60),
