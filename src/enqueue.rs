@@ -233,6 +233,7 @@ impl Queue {
     fn resolve(&self, j: NewJob, trace_context: Option<serde_json::Value>) -> JobInsert {
         // An unknown kind gets the code defaults here and is refused by the caller's check.
         let d = self.registry.settings(&j.kind).cloned().unwrap_or_default();
+        let limited = d.is_limited();
         // The parent id only means something in the parent's own database.
         let target = self
             .routes
@@ -253,7 +254,7 @@ impl Queue {
             trace_context,
             parent_id,
             limit_key: self.registry.limit_key_of(&j.kind, &j.args),
-            limited: d.is_limited(),
+            limited,
             kind: j.kind,
             args: j.args,
         }
