@@ -633,7 +633,11 @@ async fn queue_stats_shows_jobs_held_by_a_limit_apart_from_jobs_waiting_for_a_wo
     )
     .await
     .unwrap();
-    assert_eq!(claimed.len(), 1, "the limit of 1 holds in the claim itself");
+    assert_eq!(
+        claimed.jobs.len(),
+        1,
+        "the limit of 1 holds in the claim itself"
+    );
     fleet::queue::budget_block(
         &mut conn,
         "stripe",
@@ -683,4 +687,65 @@ async fn queue_stats_shows_jobs_held_by_a_limit_apart_from_jobs_waiting_for_a_wo
         .unwrap_or_else(|| panic!("a row for the stripe budget: {text}"));
     assert_eq!(row[1], "0.0", "emptied by the 429: {row:?}");
     assert!(row.contains(&"(in"), "blocked until a time ahead: {row:?}");
+}
+
+#[tokio::test]
+async fn a_claim_that_empties_a_budget_says_when_its_next_token_is_due() {
+    let db = db().await;
+    let cfg = [
+        ("FLEET_BUDGETS__PROBE__RATE", "2/s"),
+        ("FLEET_BUDGETS__PROBE__BURST", "3"),
+        ("FLEET_KINDS__FLEET_DOT_SLEEP__BUDGETS", "probe"),
+    ];
+    let r = registry_with(&cfg);
+    let q = Queue::new(db.pool.clone(), r.clone());
+    enqueue_sleeps(&q, (0..10).map(|_| json!({"ms": 1}))).await;
+    let mut conn = db.pool.acquire().await.unwrap();
+    let budgets = r.budgets_of("fleet.sleep");
+    let fetch = |limit: i64| fleet::queue::LimitedFetch {
+        kind: "fleet.sleep",
+        queues: None,
+        global_concurrency: None,
+        key_concurrency: None,
+        budgets: &budgets,
+        limit,
+        owner: "test",
+        lease: Duration::from_secs(60),
+        now: None,
+    };
+    let some_left = fleet::queue::job_fetch_limited(&mut conn, &fetch(1))
+        .await
+        .unwrap();
+    assert_eq!(some_left.jobs.len(), 1);
+    assert_eq!(
+        some_left.budget_wait, None,
+        "two tokens are left: nothing to wait for"
+    );
+    let emptied = fleet::queue::job_fetch_limited(&mut conn, &fetch(5))
+        .await
+        .unwrap();
+    assert_eq!(emptied.jobs.len(), 2, "the burst's last two tokens");
+    let wait = emptied.budget_wait.expect("the budget is empty");
+    assert!(
+        wait > Duration::from_millis(300) && wait <= Duration::from_millis(500),
+        "a whole token at 2/s is at most 500 ms away: {wait:?}"
+    );
+    fleet::queue::budget_block(
+        &mut conn,
+        "probe",
+        Duration::from_secs(120),
+        "test 429",
+        None,
+    )
+    .await
+    .unwrap();
+    let blocked = fleet::queue::job_fetch_limited(&mut conn, &fetch(5))
+        .await
+        .unwrap();
+    assert!(blocked.jobs.is_empty(), "a blocked budget claims nothing");
+    let wait = blocked.budget_wait.expect("the budget is blocked");
+    assert!(
+        wait > Duration::from_secs(119) && wait <= Duration::from_millis(120_500),
+        "the block's end plus one token's refill: {wait:?}"
+    );
 }

@@ -75,9 +75,12 @@ impl LimitedFetch<'_> {
 pub async fn job_fetch_limited(
     conn: &mut PgConnection,
     p: &LimitedFetch<'_>,
-) -> Result<Vec<ClaimedJob>, sqlx::Error> {
+) -> Result<LimitedClaim, sqlx::Error> {
     if p.limit <= 0 {
-        return Ok(Vec::new());
+        return Ok(LimitedClaim {
+            jobs: Vec::new(),
+            budget_wait: None,
+        });
     }
     let names: Vec<&str> = p.budgets.iter().map(|b| b.name.as_str()).collect();
     let rates: Vec<f64> = p.budgets.iter().map(|b| b.per_second).collect();
@@ -128,7 +131,7 @@ pub async fn job_fetch_limited(
             WHERE j.state = 'running' AND j.kind = $1 AND j.lease_expires_at > clock.now
               AND ($2::bigint IS NOT NULL OR $3::bigint IS NOT NULL)
         ), budget AS MATERIALIZED (
-            SELECT b.name,
+            SELECT b.name, b.blocked_until,
                    CASE WHEN b.blocked_until > clock.now THEN 0::float8
                         ELSE least(c.burst, b.tokens + c.rate * greatest(0::float8,
                              extract(epoch FROM clock.now
@@ -186,8 +189,24 @@ pub async fn job_fetch_limited(
                 refilled_at = greatest(b.refilled_at, clock.now)
             FROM budget, clock WHERE b.name = budget.name
             RETURNING b.name
+        ), wait AS (
+            -- How long until every budget holds a whole token again, after this claim's
+            -- debit: the caller need not try the kind before then. A blocked budget
+            -- refills from zero at blocked_until.
+            SELECT max(CASE
+                       WHEN b.blocked_until > clock.now THEN
+                            extract(epoch FROM b.blocked_until - clock.now)::float8 * 1000
+                            + 1000 / nullif(c.rate, 0)
+                       WHEN b.level - (SELECT count(*) FROM claimed) >= 1 THEN 0::float8
+                       ELSE (1 - (b.level - (SELECT count(*) FROM claimed))) * 1000
+                            / nullif(c.rate, 0)
+                   END) AS ms
+            FROM budget b
+            JOIN unnest($6::text[], $7::float8[]) AS c(name, rate) ON c.name = b.name
+            CROSS JOIN clock
         )
-        SELECT claimed.*, (SELECT count(*) FROM spent) AS budgets_spent FROM claimed
+        SELECT claimed.*, w.ms AS budget_wait_ms, (SELECT count(*) FROM spent) AS budgets_spent
+        FROM wait w LEFT JOIN claimed ON true
         "#,
     )
     .bind(p.kind)
@@ -205,7 +224,29 @@ pub async fn job_fetch_limited(
     .fetch_all(&mut *tx)
     .await?;
     tx.commit().await?;
-    Ok(rows.iter().map(claimed_from_row).collect())
+    let wait_ms: Option<f64> = rows.first().and_then(|r| r.get("budget_wait_ms"));
+    Ok(LimitedClaim {
+        jobs: rows
+            .iter()
+            .filter(|r| r.get::<Option<i64>, _>(0).is_some())
+            .map(claimed_from_row)
+            .collect(),
+        budget_wait: wait_ms
+            .filter(|ms| *ms > 0.0 && ms.is_finite())
+            .map(|ms| Duration::from_secs_f64(ms / 1000.0)),
+    })
+}
+
+/// What [`job_fetch_limited`] claimed, and when its budgets next have room.
+#[derive(Debug)]
+pub struct LimitedClaim {
+    /// The claimed jobs.
+    pub jobs: Vec<ClaimedJob>,
+    /// After this claim's debit, how long until every budget the kind spends holds a whole
+    /// token again (`None`: one is there now, or the kind spends none). Until then a claim of
+    /// the kind can only come back empty, so the caller need not try: a kind throttled by its
+    /// budget costs nothing between refills.
+    pub budget_wait: Option<Duration>,
 }
 
 /// KindListReady: of `kinds`, those with at least one ready job filed as limited on `queues`

@@ -49,6 +49,10 @@ pub(crate) async fn fetch_loop(
     // Which limited kind is tried first this round: rotates, so no limited kind takes every
     // free slot round after round.
     let mut first_limited = 0usize;
+    // Limited kinds whose budgets were empty at their last claim, and when they next hold a
+    // token: not tried (nor probed for ready jobs) before then.
+    let mut budget_wait: std::collections::HashMap<String, tokio::time::Instant> =
+        Default::default();
     loop {
         if shutdown.is_cancelled() {
             return;
@@ -87,6 +91,13 @@ pub(crate) async fn fetch_loop(
         }
         if free > 0 {
             first_limited = first_limited.wrapping_add(1);
+            let now = tokio::time::Instant::now();
+            budget_wait.retain(|_, until| *until > now);
+            let due: Vec<String> = limited_names
+                .iter()
+                .filter(|k| !budget_wait.contains_key(*k) && !skip_kinds.contains(k))
+                .cloned()
+                .collect();
             let fetched = async {
                 let mut conn = s.pool.acquire().await?;
                 let mut jobs = Vec::new();
@@ -94,14 +105,24 @@ pub(crate) async fn fetch_loop(
                 // prefetch like the others: a prefetched claim is `running`, so it counts
                 // against the limit (and has spent its token): prefetch can hold slots back,
                 // never exceed a limit.
-                if !s.limited.is_empty() {
-                    let ready =
-                        queue::kind_list_ready(&mut conn, &limited_names, queues.as_deref())
-                            .await?;
+                if !due.is_empty() {
+                    // One due kind that spends no budget is claimed without the probe: its
+                    // claim of nothing costs the same probe plus an advisory lock, and writes
+                    // nothing. A kind that spends a budget keeps the probe: its claim locks the
+                    // budget's row, which other workers' claims wait on.
+                    let unprobed = due.len() == 1
+                        && s.limited
+                            .iter()
+                            .any(|l| l.kind == due[0] && l.budgets.is_empty());
+                    let ready = if unprobed {
+                        due.clone()
+                    } else {
+                        queue::kind_list_ready(&mut conn, &due, queues.as_deref()).await?
+                    };
                     let n = s.limited.len();
                     for i in 0..n {
                         let l = &s.limited[(first_limited + i) % n];
-                        if !ready.contains(&l.kind) || skip_kinds.contains(&l.kind) {
+                        if !ready.contains(&l.kind) {
                             continue;
                         }
                         let mut room = free.saturating_sub(jobs.len());
@@ -128,7 +149,13 @@ pub(crate) async fn fetch_loop(
                             },
                         )
                         .await?;
-                        jobs.extend(got);
+                        if let Some(w) = got.budget_wait {
+                            budget_wait.insert(
+                                l.kind.clone(),
+                                tokio::time::Instant::now() + w.min(BUDGET_WAIT_MAX),
+                            );
+                        }
+                        jobs.extend(got.jobs);
                     }
                 }
                 let rest = free.saturating_sub(jobs.len());
@@ -191,13 +218,20 @@ pub(crate) async fn fetch_loop(
                 }
             }
         }
+        // A kind waiting for a token is tried again as soon as one is due.
+        let next_token = budget_wait.values().min().copied();
+        let poll = tokio::time::Instant::now() + s.cfg.poll_interval;
         tokio::select! {
             _ = s.wake.notified() => {}
-            _ = tokio::time::sleep(s.cfg.poll_interval) => {}
+            _ = tokio::time::sleep_until(next_token.map_or(poll, |t| t.min(poll))) => {}
             _ = shutdown.cancelled() => return,
         }
     }
 }
+
+/// The longest a worker leaves a budget-throttled kind untried, whatever the budget said: a
+/// budget's settings can change under it (another binary, a cleared block).
+const BUDGET_WAIT_MAX: Duration = Duration::from_secs(1);
 
 /// How often a worker looks for ready rows of its unlimited kinds still filed as limited.
 const REFILE_EVERY: Duration = Duration::from_secs(5);
