@@ -3,7 +3,7 @@
 //! at send time and never travel in job args.
 
 use chrono::{DateTime, Utc};
-use sqlx::PgPool;
+use sqlx::{PgConnection, PgPool};
 use uuid::Uuid;
 
 use crate::{
@@ -30,14 +30,12 @@ pub async fn send_once(
     subject: &str,
     text: &str,
 ) -> Result<bool, JobError> {
-    sqlx::query(
-        "INSERT INTO notifications (user_id, kind, dedupe_key) VALUES ($1, $2, $3)
-         ON CONFLICT (dedupe_key) DO NOTHING",
+    claim_outbox_rows(
+        &mut *pool.acquire().await?,
+        &[user_id],
+        &[dedupe_key.to_owned()],
+        kind,
     )
-    .bind(user_id)
-    .bind(kind)
-    .bind(dedupe_key)
-    .execute(pool)
     .await?;
     let row: Option<(Option<DateTime<Utc>>, String)> = sqlx::query_as(
         "SELECT n.sent_at, u.email FROM notifications n JOIN users u ON u.id = n.user_id
@@ -59,11 +57,47 @@ pub async fn send_once(
         text: text.to_owned(),
     };
     let sent = email.send(&message, dedupe_key).await?;
-    let provider_id: String = sent.id.chars().take(200).collect();
-    let provider_id = if provider_id.is_empty() {
+    record_sent(pool, dedupe_key, &sent.id).await?;
+    tracing::info!(notification.kind = kind, "email sent");
+    Ok(true)
+}
+
+/// NotificationsClaim: an outbox row of `kind` for each `(users[i], keys[i])` whose key has
+/// none yet (`ON CONFLICT (dedupe_key) DO NOTHING`): the claim before a send. A row already
+/// there, sent or not, is left as it is.
+pub(crate) async fn claim_outbox_rows(
+    conn: &mut PgConnection,
+    users: &[Uuid],
+    keys: &[String],
+    kind: &str,
+) -> Result<(), sqlx::Error> {
+    sqlx::query(
+        "INSERT INTO notifications (user_id, kind, dedupe_key)
+         SELECT u, $3, k FROM unnest($1::uuid[], $2::text[]) AS t(u, k)
+         ON CONFLICT (dedupe_key) DO NOTHING",
+    )
+    .bind(users)
+    .bind(keys)
+    .bind(kind)
+    .execute(conn)
+    .await?;
+    Ok(())
+}
+
+/// NotificationSent: the outbox row of `dedupe_key` was sent, as the provider's message
+/// `provider_id` (clipped to 200 characters; `unknown` when the provider gave none). Only the
+/// first record counts: a second sender's (same email, replayed by the provider's idempotency)
+/// changes nothing.
+pub(crate) async fn record_sent(
+    pool: &PgPool,
+    dedupe_key: &str,
+    provider_id: &str,
+) -> Result<(), sqlx::Error> {
+    let clipped: String = provider_id.chars().take(200).collect();
+    let provider_id = if clipped.is_empty() {
         "unknown".to_owned()
     } else {
-        provider_id
+        clipped
     };
     sqlx::query(
         "UPDATE notifications SET sent_at = now(), provider_message_id = $2
@@ -73,8 +107,7 @@ pub async fn send_once(
     .bind(provider_id)
     .execute(pool)
     .await?;
-    tracing::info!(notification.kind = kind, "email sent");
-    Ok(true)
+    Ok(())
 }
 
 fn text_to_html(text: &str) -> String {

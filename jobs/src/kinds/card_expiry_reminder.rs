@@ -29,7 +29,7 @@ use crate::job::budgets;
 use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
-use sqlx::{Connection, PgPool};
+use sqlx::PgPool;
 use uuid::Uuid;
 
 use crate::{
@@ -234,18 +234,7 @@ pub async fn remind(
             .map(|c| dedupe_key(c.payment_method_id, c.exp_year, c.exp_month))
             .collect();
         let users: Vec<Uuid> = cards.iter().map(|c| c.user_id).collect();
-        let mut tx = conn.begin().await?;
-        sqlx::query(
-            "INSERT INTO notifications (user_id, kind, dedupe_key)
-             SELECT u, $3, k FROM unnest($1::uuid[], $2::text[]) AS t(u, k)
-             ON CONFLICT (dedupe_key) DO NOTHING",
-        )
-        .bind(&users)
-        .bind(&keys)
-        .bind(NOTIFICATION_KIND)
-        .execute(&mut *tx)
-        .await?;
-        tx.commit().await?;
+        crate::notify::claim_outbox_rows(&mut conn, &users, &keys, NOTIFICATION_KIND).await?;
 
         // 2. What is still unsent, with what the email needs.
         let ids: Vec<Uuid> = cards.iter().map(|c| c.payment_method_id).collect();
@@ -281,14 +270,7 @@ pub async fn remind(
             );
             match email.send(&msg, &n.dedupe_key).await {
                 Ok(sent) => {
-                    sqlx::query(
-                        "UPDATE notifications SET sent_at = now(), provider_message_id = $2
-                         WHERE dedupe_key = $1 AND sent_at IS NULL",
-                    )
-                    .bind(&n.dedupe_key)
-                    .bind(&sent.id)
-                    .execute(pool)
-                    .await?;
+                    crate::notify::record_sent(pool, &n.dedupe_key, &sent.id).await?;
                     report.sent += 1;
                 }
                 Err(e) if e.class == FailureClass::RateLimited => {
