@@ -81,14 +81,15 @@ pub async fn run(a: BookingArgs, settings: &Settings) -> anyhow::Result<()> {
                 )
             } else {
                 format!(
-                    "booking {id} ({}): {verb} its refund{} as job {} (key booking:{id}:refund)",
+                    "booking {id} ({}): {verb} its refund{} as job {} (key {})",
                     x.status_before,
                     if x.booking_cancelled {
                         ", cancelling the booking and its order"
                     } else {
                         ""
                     },
-                    x.job_id
+                    x.job_id,
+                    jobs::kinds::refund_compensation::refund_key(id)
                 )
             };
             emit(a.json, &r, &text)

@@ -25,9 +25,15 @@ use fleet::{
     Queue, Worker,
 };
 use jobs::{
-    kinds::refund_compensation::RefundCompensation,
+    job::budgets,
+    kinds::{
+        booking_attempt::BookingAttempt, campaign_scan::CampaignScan,
+        campaign_search::CampaignSearch, card_expiry_reminder::CardExpiryReminder,
+        refund_compensation::RefundCompensation,
+    },
     providers::ProvidersConfig,
     seed::{demo_mix, seed_campaign},
+    Job,
 };
 use sandbox::{Sandbox, SandboxConfig};
 use serde::Serialize;
@@ -236,18 +242,18 @@ async fn demo(settings: &Settings) -> anyhow::Result<DemoSummary> {
     // Demo pacing: short backoffs so retries finish inside the demo.
     let mut s = settings.clone();
     for kind in [
-        "campaign_search",
-        "booking_attempt",
-        "refund_compensation",
-        "card_expiry_reminder",
-        "campaign_scan",
+        CampaignSearch::KIND,
+        BookingAttempt::KIND,
+        RefundCompensation::KIND,
+        CardExpiryReminder::KIND,
+        CampaignScan::KIND,
     ] {
         s.kinds.entry(kind.to_owned()).or_insert(KindOverride {
             backoff_base: Some(Duration::from_millis(200)),
             backoff_cap: Some(Duration::from_secs(2)),
             // A short budget so outage routes reach the saga's last-attempt path (void the hold,
             // fail the booking) inside the demo; production keeps its two-day budget.
-            max_attempts: (kind == "booking_attempt").then_some(6),
+            max_attempts: (kind == BookingAttempt::KIND).then_some(6),
             ..KindOverride::default()
         });
     }
@@ -255,10 +261,10 @@ async fn demo(settings: &Settings) -> anyhow::Result<DemoSummary> {
     // Duffel/Stripe/Resend account, docs/limits.md) would stretch the demo to minutes. Give it
     // room; the budgets still run, and the rate_limited route's 429s still empty them.
     for (name, per_second) in [
-        ("duffel_search", 200.0),
-        ("duffel_order", 50.0),
-        ("stripe", 100.0),
-        ("resend", 50.0),
+        (budgets::DUFFEL_SEARCH, 200.0),
+        (budgets::DUFFEL_ORDER, 50.0),
+        (budgets::STRIPE, 100.0),
+        (budgets::RESEND, 50.0),
     ] {
         s.budgets.entry(name.to_owned()).or_insert(BudgetOverride {
             rate: Some(Rate { per_second }),
@@ -279,11 +285,11 @@ async fn demo(settings: &Settings) -> anyhow::Result<DemoSummary> {
         workers.push(tokio::spawn(w.run(stop.clone())));
     }
     let schedules: BTreeMap<String, ScheduleSettings> = [
-        ("campaign_scan", "*/2 * * * * *", "campaign_scan"),
+        (CampaignScan::KIND, "*/2 * * * * *", CampaignScan::KIND),
         (
-            "card_expiry_reminder",
+            CardExpiryReminder::KIND,
             "*/5 * * * * *",
-            "card_expiry_reminder",
+            CardExpiryReminder::KIND,
         ),
     ]
     .into_iter()
@@ -319,8 +325,8 @@ async fn demo(settings: &Settings) -> anyhow::Result<DemoSummary> {
     let mut refunds_requested = false;
     // Cron kinds keep coming back: "busy" counts the work they cause, not them.
     let cron_kinds = [
-        "card_expiry_reminder".to_owned(),
-        "campaign_scan".to_owned(),
+        CardExpiryReminder::KIND.to_owned(),
+        CampaignScan::KIND.to_owned(),
     ];
     loop {
         let counts = jobs::report::counts(&db.pool, began).await?;

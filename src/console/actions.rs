@@ -465,7 +465,7 @@ async fn refund(st: &ConsoleState, s: &Session, f: &ActionForm) -> PageResult {
                         p { "Booking " code { (id) } " is " strong { (x.status_before) } ". Would "
                             @if x.booking_cancelled { "cancel it (and its order) and " }
                             "request its refund (reason " code { (reason) } "), run by a "
-                            code { "refund_compensation" } " job under the key " code { "booking:" (id) ":refund" } "." }
+                            code { (<jobs::kinds::refund_compensation::RefundCompensation as jobs::Job>::KIND) } " job under the key " code { (jobs::kinds::refund_compensation::refund_key(id)) } "." }
                     }
                 };
                 let hidden = html! {
