@@ -243,6 +243,34 @@ impl Browser {
         }
     }
 
+    /// The cells' texts of the row of `table` (a CSS selector) whose first cell reads `first`;
+    /// waits for the row up to 10 s (a refresh may swap it out), then panics naming the table.
+    async fn row(&self, table: &str, first: &str) -> Vec<String> {
+        let deadline = tokio::time::Instant::now() + SECS(10);
+        loop {
+            let got = self
+                .c
+                .execute(
+                    "const r = [...document.querySelectorAll(arguments[0] + ' tbody tr')]\
+                     .find(r => r.cells[0] && r.cells[0].textContent.trim() === arguments[1]);\
+                     return r ? [...r.cells].map(c => c.textContent.trim()) : null;",
+                    vec![json!(table), json!(first)],
+                )
+                .await
+                .unwrap();
+            if let Some(cells) = got.as_array() {
+                return cells
+                    .iter()
+                    .map(|c| c.as_str().unwrap_or_default().to_owned())
+                    .collect();
+            }
+            if tokio::time::Instant::now() > deadline {
+                panic!("no row {first:?} in {table:?}: {}", self.text(table).await);
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    }
+
     async fn path(&self) -> String {
         let u = self.c.current_url().await.unwrap();
         match u.query() {
@@ -677,6 +705,55 @@ async fn the_overview_shows_the_jobs_a_worker_is_running_and_updates_without_a_r
             .unwrap();
     assert_eq!(same, json!("yes"), "the page was never reloaded");
     w.stop().await;
+    b.close().await;
+}
+
+/// Searches enqueued while a provider's 429 blocks Duffel's search budget: the overview counts
+/// them as held by a limit, not as ready for a worker, and says which budget holds them, its
+/// level, the provider's refusal and the 429 count.
+#[tokio::test]
+async fn the_overview_shows_jobs_held_by_a_blocked_budget_apart_from_jobs_ready_for_a_worker() {
+    let app = App::start().await;
+    {
+        let mut c = app.pool().acquire().await.unwrap();
+        queue::budget_block(
+            &mut c,
+            "duffel_search",
+            SECS(600),
+            "duffel create_offer_request rate_limited: HTTP 429",
+            None,
+        )
+        .await
+        .unwrap();
+    }
+    let searches = (0..3)
+        .map(|_| {
+            jobs::NewJob::raw(
+                "campaign_search",
+                json!({"campaign_id": uuid::Uuid::new_v4()}),
+            )
+        })
+        .collect();
+    app.queue().enqueue_many(searches).await.unwrap();
+    // No worker runs: this one waits for a worker, nothing else.
+    app.queue().enqueue(&jobs_sleep(1), None).await.unwrap();
+    let b = app.browser().await;
+    b.sign_in("alice", ALICE_PW).await;
+    // Kind, Queue, Status, Ready, Held by a limit, …
+    let search = b.row("#kinds", "campaign_search").await;
+    assert_eq!((&*search[3], &*search[4]), ("0", "3"), "{search:?}");
+    let sleep = b.row("#kinds", "fleet.sleep").await;
+    assert_eq!((&*sleep[3], &*sleep[4]), ("1", "0"), "{sleep:?}");
+    // Kind, Running, Fleet limit, Per key, Budgets, Held, Held by
+    let limit = b.row("#limits table.limits", "campaign_search").await;
+    assert_eq!(&*limit[5], "3", "{limit:?}");
+    assert!(limit[6].contains("duffel_search"), "{limit:?}");
+    // Budget, Tokens, Burst, Rate / s, Blocked until, Provider 429s
+    let budget = b.row("#limits table.budgets", "duffel_search").await;
+    assert_eq!(&*budget[1], "0.0", "{budget:?}");
+    assert!(budget[4].contains("HTTP 429"), "{budget:?}");
+    assert_eq!(&*budget[5], "1", "{budget:?}");
+    b.screenshot("overview-limits").await;
     b.close().await;
 }
 
