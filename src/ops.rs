@@ -586,7 +586,7 @@ impl Ops {
         };
         let mut conn = self.read_conn().await?;
         let mut found: Vec<JobSummary> = Vec::new();
-        for sel in jobs::booking::job_selectors(&view) {
+        for sel in jobs::kinds::jobs_of_booking(&view) {
             let f = JobFilter {
                 kind: Some(sel.kind.to_owned()),
                 idempotency_key: sel.key,

@@ -46,10 +46,11 @@ use sqlx::PgConnection;
 use subtle::ConstantTimeEq;
 
 use super::{
+    session::Session,
     templates::{self, Nav},
     ConsoleState,
 };
-use crate::config::{ConsoleRole, ConsoleSettings};
+use crate::config::ConsoleSettings;
 
 /// The session cookie. `__Host-`: the browser keeps it only if it is `Secure`, has `Path=/`
 /// and no `Domain`, so no other host or path can plant or read it.
@@ -60,24 +61,6 @@ pub const LOGIN_COOKIE: &str = "__Host-fleet_console_login";
 pub const CSRF_HEADER: &str = "x-csrf-token";
 /// Largest form the CSRF check reads (the console's forms are a few hundred bytes).
 const MAX_FORM_BYTES: usize = 64 * 1024;
-
-/// A signed-in user, as every page after login sees them.
-#[derive(Debug, Clone)]
-pub struct Session {
-    /// The user name: what the audit trail records as the actor.
-    pub user: String,
-    /// What they may do (from the configuration, now).
-    pub role: ConsoleRole,
-    /// The synchronizer token their state-changing requests must carry.
-    pub csrf: String,
-}
-
-impl Session {
-    /// Whether the user may act (pause, replay, refund, …).
-    pub fn can_act(&self) -> bool {
-        self.role == ConsoleRole::Operator
-    }
-}
 
 /// The Argon2id hash (PHC string) of `password`, with a random salt and the crate's default
 /// (OWASP-recommended) cost: what `[console.users.<name>] password_hash` takes.

@@ -26,6 +26,7 @@ pub mod auth;
 mod booking;
 mod jobs;
 mod overview;
+mod session;
 mod templates;
 
 use std::{sync::Arc, time::Duration};
@@ -41,7 +42,8 @@ use sqlx::PgPool;
 
 use crate::{config::ConsoleSettings, ops::Ops, Queue, Registry};
 
-pub use auth::{hash_password, Session};
+pub use auth::hash_password;
+pub use session::Session;
 
 /// Everything the console's handlers share (behind [`ConsoleState`]).
 pub struct Inner {

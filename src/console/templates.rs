@@ -14,7 +14,7 @@ use axum::{
 use chrono::{DateTime, Utc};
 use maud::{html, Markup, DOCTYPE};
 
-use super::auth::Session;
+use super::session::Session;
 
 /// The vendored htmx (npm package `htmx.org`, licence 0BSD; see docs/console.md).
 pub const HTMX_VERSION: &str = "2.0.11";

@@ -85,3 +85,57 @@ pub fn register_all<R: Registrar>(r: &mut R) {
     r.register::<payment_reconcile::PaymentReconcile>();
     r.register::<order_reconcile::OrderReconcile>();
 }
+
+/// The jobs behind a booking: its campaign's searches and booking attempts, its refund, and
+/// the webhook follow-ups about its order or PaymentIntent.
+///
+/// Here, beside the kinds, rather than in `booking` (which the kinds use): the domain table's
+/// owner does not depend on the jobs that act on it.
+pub fn jobs_of_booking(v: &crate::booking::BookingView) -> Vec<crate::booking::JobSelector> {
+    use crate::booking::JobSelector;
+    use crate::Job;
+    use booking_attempt::BookingAttempt;
+    use campaign_search::CampaignSearch;
+    use order_reconcile::OrderReconcile;
+    use payment_reconcile::PaymentReconcile;
+    use refund_compensation::{refund_key, RefundCompensation};
+    let mut out = vec![
+        JobSelector {
+            kind: RefundCompensation::KIND,
+            key: Some(refund_key(v.id)),
+            args: None,
+        },
+        JobSelector {
+            kind: OrderReconcile::KIND,
+            key: None,
+            args: Some(serde_json::json!({ "booking_id": v.id })),
+        },
+    ];
+    if let Some(c) = v.campaign_id {
+        out.push(JobSelector {
+            kind: BookingAttempt::KIND,
+            key: None,
+            args: Some(serde_json::json!({ "campaign_id": c, "offer_id": v.offer_id })),
+        });
+        out.push(JobSelector {
+            kind: CampaignSearch::KIND,
+            key: None,
+            args: Some(serde_json::json!({ "campaign_id": c })),
+        });
+    }
+    if let Some(o) = &v.order_id {
+        out.push(JobSelector {
+            kind: OrderReconcile::KIND,
+            key: None,
+            args: Some(serde_json::json!({ "order_id": o })),
+        });
+    }
+    if let Some(pi) = &v.payment_intent_id {
+        out.push(JobSelector {
+            kind: PaymentReconcile::KIND,
+            key: None,
+            args: Some(serde_json::json!({ "payment_intent_id": pi })),
+        });
+    }
+    out
+}
