@@ -454,3 +454,31 @@ async fn an_outcome_whose_acknowledgement_was_lost_is_counted_written_not_refuse
     stop.cancel();
     handle.await.unwrap();
 }
+
+#[tokio::test]
+async fn a_worker_warns_at_start_when_autovacuum_will_not_clean_the_jobs_table() {
+    let db = db().await;
+    sqlx::query("ALTER TABLE fleet_jobs SET (autovacuum_enabled = false)")
+        .execute(&db.pool)
+        .await
+        .unwrap();
+    let mut w = spawn_worker_logging(&db.url, &[]);
+    wait_until(Duration::from_secs(15), "the worker registers", || async {
+        live_workers(&db.pool).await == 1
+    })
+    .await;
+    signal(&w, libc::SIGTERM);
+    assert!(wait_exit(&mut w, Duration::from_secs(15)).success());
+    let mut err = String::new();
+    use std::io::Read;
+    w.stderr.take().unwrap().read_to_string(&mut err).unwrap();
+    assert!(
+        err.contains("autovacuum will not clean fleet_jobs"),
+        "the worker says so: {err}"
+    );
+    // Whichever reason this server gives first (CI's runs with autovacuum = off), it is named.
+    assert!(
+        err.contains("autovacuum = off") || err.contains("autovacuum_enabled = false"),
+        "{err}"
+    );
+}

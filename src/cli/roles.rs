@@ -184,6 +184,15 @@ pub async fn worker(a: WorkerArgs, mut settings: Settings) -> anyhow::Result<()>
             }
         });
     }
+    for d in &served {
+        let mut conn = d.pool.acquire().await?;
+        if let Some(why) = fleet::queue::job_table_autovacuum_off(&mut conn).await? {
+            tracing::warn!(
+                database = %d.name,
+                "autovacuum will not clean fleet_jobs: {why}; every job leaves dead row versions, so the queue slows down as they pile up (docs/operations.md, \"Vacuum\")"
+            );
+        }
+    }
     // One runtime per served database: its own claims, leases, heartbeat and maintenance;
     // every handler gets the main database and the routing queue.
     let queue = dbs.queue(registry.clone());

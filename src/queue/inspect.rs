@@ -627,3 +627,33 @@ pub async fn job_table_sizes(conn: &mut PgConnection) -> Result<JobTableSizes, s
         autoanalyze_count: row.get(5),
     })
 }
+
+/// JobTableAutovacuumOff: why autovacuum will not clean `fleet_jobs` here, if it will not:
+/// `autovacuum` or `track_counts` off server-wide, or `autovacuum_enabled = false` on the
+/// table. `None` when it runs. Every transition leaves a dead row version, so without vacuum
+/// the table and its indexes only grow, and the statements that walk them (the key windows'
+/// release, the purge, the claims) slow down with every job (docs/operations.md).
+pub async fn job_table_autovacuum_off(
+    conn: &mut PgConnection,
+) -> Result<Option<String>, sqlx::Error> {
+    let (server, counts, table): (bool, bool, Option<bool>) = sqlx::query_as(
+        r#"
+        SELECT current_setting('autovacuum')::bool,
+               current_setting('track_counts')::bool,
+               (SELECT o.option_value::bool
+                FROM pg_class c, pg_options_to_table(c.reloptions) o
+                WHERE c.oid = 'fleet_jobs'::regclass AND o.option_name = 'autovacuum_enabled')
+        "#,
+    )
+    .fetch_one(conn)
+    .await?;
+    Ok(if !server {
+        Some("the server runs with autovacuum = off".to_owned())
+    } else if !counts {
+        Some("the server runs with track_counts = off (autovacuum needs it)".to_owned())
+    } else if table == Some(false) {
+        Some("fleet_jobs has autovacuum_enabled = false".to_owned())
+    } else {
+        None
+    })
+}

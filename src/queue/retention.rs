@@ -127,11 +127,16 @@ pub async fn job_count_prunable(
 /// the holder's window); doing it in the cleaner keeps finished jobs out of the unique key
 /// index, which every keyed enqueue descends, so it holds unfinished jobs and open windows
 /// only instead of every keyed job in retention. Returns how many were freed.
+///
+/// Pinned to the held-key index (`fleet_jobs_idempotency_key_held_idx`, partial on
+/// `key_held`) like the claims: on a table not yet analyzed after a large load of history the
+/// planner may otherwise read the whole heap for the few held keys.
 pub async fn job_release_elapsed_keys(
     conn: &mut PgConnection,
     limit: i64,
     now: Now,
 ) -> Result<u64, sqlx::Error> {
+    let mut tx = super::job::begin_pinned(conn).await?;
     let r = sqlx::query(
         r#"
         WITH elapsed AS (
@@ -147,7 +152,8 @@ pub async fn job_release_elapsed_keys(
     )
     .bind(limit)
     .bind(now)
-    .execute(conn)
+    .execute(&mut *tx)
     .await?;
+    tx.commit().await?;
     Ok(r.rows_affected())
 }
