@@ -739,6 +739,12 @@ async fn the_overview_shows_jobs_held_by_a_blocked_budget_apart_from_jobs_ready_
     app.queue().enqueue(&jobs_sleep(1), None).await.unwrap();
     let b = app.browser().await;
     b.sign_in("alice", ALICE_PW).await;
+    assert_eq!(b.text("#card-ready .card-value").await, "1");
+    assert!(
+        b.text("#card-ready .card-label").await.contains("3 more held by a limit"),
+        "{}",
+        b.text("#card-ready").await
+    );
     // Kind, Queue, Status, Ready, Held by a limit, …
     let search = b.row("#kinds", "campaign_search").await;
     assert_eq!((&*search[3], &*search[4]), ("0", "3"), "{search:?}");

@@ -154,6 +154,15 @@ fn cards(snap: &Snapshot) -> Markup {
     let alive = snap.workers.iter().filter(|w| w.alive).count();
     let dead_day: i64 = snap.stats.iter().map(|k| k.dead_last_day).sum();
     let due: i64 = snap.stats.iter().map(|k| k.due_now).sum();
+    // Ready means claimable by a worker now, as in the kinds table: jobs held by a fleet-wide
+    // limit or an empty budget are counted apart.
+    let held: i64 = snap.stats.iter().map(|k| k.waiting_on_limit).sum();
+    let ready = sum_state(snap, "available") - held;
+    let ready_label = if held > 0 {
+        format!("ready now; {held} more held by a limit")
+    } else {
+        "ready now".to_owned()
+    };
     let card = |id: &str, label: &str, value: String, tone: &str| {
         html! {
             div class=(format!("card tone-{tone}")) id=(format!("card-{id}")) {
@@ -164,7 +173,7 @@ fn cards(snap: &Snapshot) -> Markup {
     };
     html! {
         section.cards aria-label="Totals" {
-            (card("ready", "ready now", sum_state(snap, "available").to_string(), "available"))
+            (card("ready", &ready_label, ready.to_string(), "available"))
             (card("running", "running", sum_state(snap, "running").to_string(), "running"))
             (card("due", "due (retries, scheduled)", due.to_string(), "retryable"))
             (card("dead", "dead in the last 24 h", dead_day.to_string(), if dead_day > 0 { "dead" } else { "neutral" }))
