@@ -741,7 +741,9 @@ async fn the_overview_shows_jobs_held_by_a_blocked_budget_apart_from_jobs_ready_
     b.sign_in("alice", ALICE_PW).await;
     assert_eq!(b.text("#card-ready .card-value").await, "1");
     assert!(
-        b.text("#card-ready .card-label").await.contains("3 more held by a limit"),
+        b.text("#card-ready .card-label")
+            .await
+            .contains("3 more held by a limit"),
         "{}",
         b.text("#card-ready").await
     );
@@ -1137,29 +1139,7 @@ async fn replaying_a_dead_job_shows_a_dry_run_then_replays_audited_and_a_worker_
     assert_eq!(j.errors.len(), 1, "its history is kept");
 
     // Cancel a scheduled job the same way, from the list filtered to it.
-    let later = {
-        let mut c = app.pool().acquire().await.unwrap();
-        queue::job_insert_many(
-            &mut c,
-            &[queue::JobInsert {
-                kind: "fleet.sleep".into(),
-                queue: "default".into(),
-                args: json!({"ms": 1}),
-                priority: 0,
-                run_at: Some(chrono::Utc::now() + chrono::Duration::hours(1)),
-                max_attempts: 3,
-                idempotency_key: None,
-                trace_context: None,
-                parent_id: None,
-                limit_key: None,
-                limited: false,
-            }],
-            None,
-        )
-        .await
-        .unwrap()[0]
-            .id
-    };
+    let later = sleep_in_an_hour(app.pool(), 1).await;
     b.goto(&format!("/ui/jobs?id={later}")).await;
     b.click_button("section.act", "Cancel matching…").await;
     b.wait_h1("Cancel jobs?").await;
@@ -1170,6 +1150,74 @@ async fn replaying_a_dead_job_shows_a_dry_run_then_replays_audited_and_a_worker_
     assert_eq!(job(app.pool(), later).await.state, JobState::Cancelled);
     assert_eq!(app.audit("job.cancel").await[0].0, "alice");
     w.stop().await;
+    b.close().await;
+}
+
+/// A `fleet.sleep` of `ms` scheduled an hour from now (no worker takes it meanwhile).
+async fn sleep_in_an_hour(pool: &PgPool, ms: u64) -> i64 {
+    let mut c = pool.acquire().await.unwrap();
+    queue::job_insert_many(
+        &mut c,
+        &[queue::JobInsert {
+            kind: "fleet.sleep".into(),
+            queue: "default".into(),
+            args: json!({ "ms": ms }),
+            priority: 0,
+            run_at: Some(chrono::Utc::now() + chrono::Duration::hours(1)),
+            max_attempts: 3,
+            idempotency_key: None,
+            trace_context: None,
+            parent_id: None,
+            limit_key: None,
+            limited: false,
+        }],
+        None,
+    )
+    .await
+    .unwrap()[0]
+        .id
+}
+
+/// A bulk cancel filtered by kind, state, queue and args: the preview counts the matching
+/// jobs, and the confirmation cancels those, not a job that came to match in between.
+#[tokio::test]
+async fn a_bulk_cancel_cancels_the_jobs_its_preview_showed_and_not_one_that_matched_later() {
+    let app = App::start().await;
+    let mut shown = Vec::new();
+    for _ in 0..3 {
+        shown.push(sleep_in_an_hour(app.pool(), 7).await);
+    }
+    let other_args = sleep_in_an_hour(app.pool(), 8).await;
+    let b = app.browser().await;
+    b.sign_in("alice", ALICE_PW).await;
+    b.goto("/ui/jobs?kind=fleet.sleep&state=scheduled&queue=default&args=%7B%22ms%22%3A7%7D")
+        .await;
+    let listed = ids_in(&b, "#jobs").await;
+    assert_eq!(
+        listed.iter().rev().copied().collect::<Vec<_>>(),
+        shown,
+        "the args filter lists the three, newest first"
+    );
+    b.click_button("section.act", "Cancel matching…").await;
+    b.wait_h1("Cancel jobs?").await;
+    assert_eq!(b.text("#count").await, "3");
+    // Matches the same filter, but was not in the preview.
+    let late = sleep_in_an_hour(app.pool(), 7).await;
+    b.click("#confirm").await;
+    b.wait_h1("Jobs cancelled").await;
+    assert_eq!(b.text("#done-count").await, "3");
+    for id in &shown {
+        assert_eq!(job(app.pool(), *id).await.state, JobState::Cancelled);
+    }
+    assert_eq!(
+        job(app.pool(), late).await.state,
+        JobState::Scheduled,
+        "a job that came to match after the preview is left alone"
+    );
+    assert_eq!(job(app.pool(), other_args).await.state, JobState::Scheduled);
+    let audit = app.audit("job.cancel").await;
+    assert_eq!(audit.len(), 1);
+    assert_eq!(audit[0].2["ids"], json!(shown), "{:?}", audit[0].2);
     b.close().await;
 }
 
