@@ -342,3 +342,22 @@ async fn every_state_changing_command_writes_an_audit_row_naming_its_actor() {
         assert_eq!(actors, ["ana"], "{args:?} audited as {action}");
     }
 }
+
+#[tokio::test]
+async fn a_command_piped_into_a_reader_that_stops_early_exits_cleanly() {
+    let db = db().await;
+    // A reader that has gone before the command writes (`fleet queue stats | head -0`).
+    let (reader, writer) = std::io::pipe().unwrap();
+    drop(reader);
+    let out = std::process::Command::new(BIN)
+        .args(["queue", "stats"])
+        .env("DATABASE_URL", &db.url)
+        .env("RUST_LOG", "warn")
+        .stdout(writer)
+        .stderr(std::process::Stdio::piped())
+        .output()
+        .unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(!err.contains("panicked"), "no panic, no backtrace: {err}");
+    assert!(out.status.success(), "exit {:?}: {err}", out.status.code());
+}

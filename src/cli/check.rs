@@ -2,7 +2,7 @@
 
 use fleet::config::Settings;
 
-use super::pool_for;
+use super::{output::print_line, pool_for};
 
 #[derive(clap::Args)]
 pub struct CheckArgs {
@@ -15,12 +15,16 @@ pub async fn run(a: CheckArgs, settings: &Settings) -> anyhow::Result<()> {
     let pool = pool_for(settings).await?;
     let violations = fleet::check::run(&pool).await?;
     if a.json {
-        println!("{}", serde_json::json!({ "violations": violations }));
+        print_line(&serde_json::json!({ "violations": violations }).to_string())?;
     } else if violations.is_empty() {
-        println!("all invariants hold");
+        print_line("all invariants hold")?;
     } else {
         for v in &violations {
-            println!("VIOLATED: {} — ids: {}", v.invariant, v.ids.join(", "));
+            print_line(&format!(
+                "VIOLATED: {} — ids: {}",
+                v.invariant,
+                v.ids.join(", ")
+            ))?;
         }
     }
     if !violations.is_empty() {

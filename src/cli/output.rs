@@ -1,11 +1,12 @@
 //! How every command writes for people: one time format (UTC, with the age beside it), human
-//! durations, tables with headers that fit 100 columns, a line saying so when a result is
-//! empty, and `--json` objects with named fields for scripts. No colour: output is often piped.
+//! durations, tables with headers that fit 100 columns (tables of figures unwrapped instead),
+//! a line saying so when a result is empty, and `--json` objects with named fields for
+//! scripts. No colour: output is often piped.
 
 use std::time::Duration;
 
 use chrono::{DateTime, Utc};
-use comfy_table::{ContentArrangement, Table};
+use comfy_table::{ColumnConstraint, ContentArrangement, Table};
 use serde::Serialize;
 
 /// The widest a table may be.
@@ -15,13 +16,27 @@ pub const WIDTH: u16 = 100;
 /// columns, one `-` rule under the header (position 5: the header line).
 const STYLE: &str = "     -             ";
 
-/// A table with `headers`, in the house style, wrapped to [`WIDTH`] columns.
+/// A table with `headers`, in the house style, wrapped to [`WIDTH`] columns. The first column
+/// names the row (a kind, a job id, a worker) and is never wrapped, so it can be read, copied
+/// and grepped whole; the other columns wrap to make room.
 pub fn table(headers: &[&str]) -> Table {
     let mut t = Table::new();
     t.load_preset(STYLE)
         .set_content_arrangement(ContentArrangement::Dynamic)
         .set_width(WIDTH)
         .set_header(headers.iter().copied());
+    if let Some(c) = t.column_mut(0) {
+        c.set_constraint(ColumnConstraint::ContentWidth);
+    }
+    t
+}
+
+/// A table of names and figures only (no free text), in the house style, never wrapped: a
+/// number or a name broken over two lines reads as two values. Wider than [`WIDTH`] when its
+/// content is.
+pub fn figures_table(headers: &[&str]) -> Table {
+    let mut t = table(headers);
+    t.set_content_arrangement(ContentArrangement::Disabled);
     t
 }
 
@@ -84,16 +99,74 @@ pub fn clip(s: &str, max: usize) -> String {
 /// Prints `value` as one JSON line, or `text` for people.
 pub fn emit<T: Serialize>(json: bool, value: &T, text: &str) -> anyhow::Result<()> {
     if json {
-        println!("{}", serde_json::to_string(value)?);
+        print_line(&serde_json::to_string(value)?)
     } else {
-        println!("{}", text.trim_end());
+        print_line(text.trim_end())
     }
-    Ok(())
+}
+
+/// Writes `line` and a newline to standard output. A reader that went away (`fleet queue
+/// stats | head`) is not an error: what it did not read it did not want, and the command's
+/// work is done either way. (`println!` would panic with a backtrace.)
+pub fn print_line(line: &str) -> anyhow::Result<()> {
+    use std::io::Write;
+    let mut out = std::io::stdout().lock();
+    match writeln!(out, "{line}").and_then(|()| out.flush()) {
+        Err(e) if e.kind() == std::io::ErrorKind::BrokenPipe => Ok(()),
+        r => Ok(r?),
+    }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_figures_table_wraps_no_cell() {
+        let mut t = figures_table(&["kind", "queue", "dead/24h"]);
+        t.add_row(["card_expiry_reminder", "maintenance", "0"]);
+        t.add_row(["x".repeat(120).as_str(), "q", "1"]);
+        let out = t.to_string();
+        assert_eq!(
+            out.lines().count(),
+            4,
+            "a header, its rule, two rows:\n{out}"
+        );
+        assert!(
+            out.contains("maintenance") && out.contains("dead/24h"),
+            "{out}"
+        );
+    }
+
+    #[test]
+    fn a_tables_first_column_is_never_wrapped_and_the_table_keeps_to_its_width() {
+        let mut t = table(&[
+            "kind", "queue", "paused", "ready", "limited", "due", "later", "running", "dead/24h",
+            "done/1m", "oldest",
+        ]);
+        t.add_row([
+            "card_expiry_reminder",
+            "maintenance",
+            "",
+            "0",
+            "0",
+            "0",
+            "0",
+            "0",
+            "0",
+            "1",
+            "-",
+        ]);
+        let out = t.to_string();
+        assert!(
+            out.lines().any(|l| l.contains("card_expiry_reminder")),
+            "the kind is on one line:\n{out}"
+        );
+        assert!(
+            out.lines().all(|l| l.chars().count() <= WIDTH as usize),
+            "{out}"
+        );
+    }
 
     #[test]
     fn durations_read_as_people_say_them() {

@@ -13,7 +13,7 @@ use fleet::{
 
 use super::{
     databases_for, os_user,
-    output::{ago, clip, emit, short, table, when},
+    output::{ago, clip, emit, figures_table, short, table, when},
     usage,
 };
 
@@ -473,7 +473,7 @@ struct StatsRow {
 
 /// The stats table of one database, for people.
 fn stats_text(stats: &[queue::KindStats], limits: &fleet::ops::LimitsReport) -> String {
-    let mut t = table(&[
+    let mut t = figures_table(&[
         "kind", "queue", "paused", "ready", "limited", "due", "later", "running", "dead/24h",
         "done/1m", "oldest",
     ]);
@@ -518,7 +518,7 @@ fn stats_text(stats: &[queue::KindStats], limits: &fleet::ops::LimitsReport) -> 
             k.reason.clone().unwrap_or_default(),
         ]);
     }
-    let mut bt = table(&[
+    let mut bt = figures_table(&[
         "budget",
         "tokens",
         "burst",
