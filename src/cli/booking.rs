@@ -10,7 +10,7 @@ use uuid::Uuid;
 
 use super::{
     databases_for, os_user,
-    output::{ago, clip, emit, table, when},
+    output::{ago, clip, emit, figures_table, table, when},
 };
 
 #[derive(clap::Args)]
@@ -136,7 +136,7 @@ fn show_text(r: &fleet::ops::BookingReport) -> String {
         out.push_str(&format!("  {:<16} {}\n", s.step, when(s.at)));
     }
     if !b.refunds.is_empty() {
-        let mut t = table(&["refund", "stripe id", "amount", "reason", "status", "at"]);
+        let mut t = figures_table(&["refund", "stripe id", "amount", "reason", "status", "at"]);
         for f in &b.refunds {
             t.add_row(vec![
                 f.id.to_string(),
