@@ -1004,6 +1004,14 @@ async fn a_booking_timeline_from_a_real_saga_shows_its_steps_provider_ids_and_jo
         "{refunds}"
     );
     assert!(b.text("#refund-jobs").await.contains("refund_compensation"));
+    // The emails it caused, by kind and dedupe key: never an address.
+    let emails = b.text("#emails").await;
+    assert!(emails.contains("booking-confirmed"), "{emails}");
+    assert!(
+        emails.contains(&format!("booking-confirmed/{booking}")),
+        "{emails}"
+    );
+    assert!(!emails.contains('@'), "no address on the page: {emails}");
     assert!(b
         .text("#timeline")
         .await
