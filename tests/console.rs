@@ -775,31 +775,16 @@ async fn the_jobs_list_filters_like_the_cli_pages_by_keyset_and_a_job_shows_its_
     let other = insert_unchecked(app.pool(), "card_update", json!({})).await;
     // A child with a parent and a trace.
     let trace = "4bf92f3577b34da6a3ce929d0e0e4736";
-    let child = {
-        let mut c = app.pool().acquire().await.unwrap();
-        queue::job_insert_many(
-            &mut c,
-            &[queue::JobInsert {
-                kind: "fleet.sleep".into(),
-                queue: "default".into(),
-                args: json!({"ms": 99}),
-                priority: 0,
-                run_at: None,
-                max_attempts: 3,
-                idempotency_key: Some("sleep:child".into()),
-                trace_context: Some(
-                    json!({"traceparent": format!("00-{trace}-00f067aa0ba902b7-01")}),
-                ),
-                parent_id: Some(a_ids[0]),
-                limit_key: None,
-                limited: false,
-            }],
-            None,
-        )
-        .await
-        .unwrap()[0]
-            .id
-    };
+    let child = insert_one(
+        app.pool(),
+        queue::JobInsert {
+            idempotency_key: Some("sleep:child".into()),
+            trace_context: Some(json!({"traceparent": format!("00-{trace}-00f067aa0ba902b7-01")})),
+            parent_id: Some(a_ids[0]),
+            ..sleep_row(99)
+        },
+    )
+    .await;
     let b = app.browser().await;
     b.sign_in("alice", ALICE_PW).await;
     b.goto("/ui/jobs").await;
@@ -1161,29 +1146,40 @@ async fn replaying_a_dead_job_shows_a_dry_run_then_replays_audited_and_a_worker_
     b.close().await;
 }
 
+/// A ready `fleet.sleep` of `ms`, as the enqueuer would file it.
+fn sleep_row(ms: u64) -> queue::JobInsert {
+    queue::JobInsert {
+        kind: "fleet.sleep".into(),
+        queue: "default".into(),
+        args: json!({ "ms": ms }),
+        priority: 0,
+        run_at: None,
+        max_attempts: 3,
+        idempotency_key: None,
+        trace_context: None,
+        parent_id: None,
+        limit_key: None,
+        limited: false,
+    }
+}
+
+/// Inserts `row` as it is (no registry in between); returns its id.
+async fn insert_one(pool: &PgPool, row: queue::JobInsert) -> i64 {
+    let mut c = pool.acquire().await.unwrap();
+    queue::job_insert_many(&mut c, &[row], None).await.unwrap()[0].id
+}
+
 /// A `fleet.sleep` of `ms` scheduled an hour from now (no worker takes it meanwhile).
 async fn sleep_in_an_hour(pool: &PgPool, ms: u64) -> i64 {
-    let mut c = pool.acquire().await.unwrap();
-    queue::job_insert_many(
-        &mut c,
-        &[queue::JobInsert {
-            kind: "fleet.sleep".into(),
-            queue: "default".into(),
-            args: json!({ "ms": ms }),
-            priority: 0,
-            run_at: Some(chrono::Utc::now() + chrono::Duration::hours(1)),
-            max_attempts: 3,
-            idempotency_key: None,
-            trace_context: None,
-            parent_id: None,
-            limit_key: None,
-            limited: false,
-        }],
-        None,
+    let run_at = Some(chrono::Utc::now() + chrono::Duration::hours(1));
+    insert_one(
+        pool,
+        queue::JobInsert {
+            run_at,
+            ..sleep_row(ms)
+        },
     )
     .await
-    .unwrap()[0]
-        .id
 }
 
 /// A bulk cancel filtered by kind, state, queue and args: the preview counts the matching

@@ -188,6 +188,18 @@ async fn after_a_rollback_a_worker_starts_on_a_schema_ahead_of_it_and_logs_the_u
     .execute(&db.pool)
     .await
     .unwrap();
+    let err = stderr_of_a_worker_run(&db).await;
+    assert!(err.contains("29991231000001"), "{err}");
+    // fleet migrate leaves the unknown migration alone and succeeds.
+    let out = fleet(Some(&db.url), &["migrate"], &[]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    let out = fleet(Some(&db.url), &["migrate", "--status"], &[]);
+    assert!(String::from_utf8_lossy(&out.stdout).contains("unknown"));
+}
+
+/// What a worker logs (at warn) from its start until a SIGTERM after it registered; it must
+/// exit cleanly.
+async fn stderr_of_a_worker_run(db: &fleet::database::ScratchDb) -> String {
     let mut w = spawn_worker_logging(&db.url, &[]);
     wait_until(Duration::from_secs(15), "the worker registers", || async {
         live_workers(&db.pool).await == 1
@@ -198,12 +210,7 @@ async fn after_a_rollback_a_worker_starts_on_a_schema_ahead_of_it_and_logs_the_u
     let mut err = String::new();
     use std::io::Read;
     w.stderr.take().unwrap().read_to_string(&mut err).unwrap();
-    assert!(err.contains("29991231000001"), "{err}");
-    // fleet migrate leaves the unknown migration alone and succeeds.
-    let out = fleet(Some(&db.url), &["migrate"], &[]);
-    assert!(out.status.success(), "{}", stderr(&out));
-    let out = fleet(Some(&db.url), &["migrate", "--status"], &[]);
-    assert!(String::from_utf8_lossy(&out.stdout).contains("unknown"));
+    err
 }
 
 /// Like `spawn_worker`, with its stderr captured.
@@ -462,16 +469,7 @@ async fn a_worker_warns_at_start_when_autovacuum_will_not_clean_the_jobs_table()
         .execute(&db.pool)
         .await
         .unwrap();
-    let mut w = spawn_worker_logging(&db.url, &[]);
-    wait_until(Duration::from_secs(15), "the worker registers", || async {
-        live_workers(&db.pool).await == 1
-    })
-    .await;
-    signal(&w, libc::SIGTERM);
-    assert!(wait_exit(&mut w, Duration::from_secs(15)).success());
-    let mut err = String::new();
-    use std::io::Read;
-    w.stderr.take().unwrap().read_to_string(&mut err).unwrap();
+    let err = stderr_of_a_worker_run(&db).await;
     assert!(
         err.contains("autovacuum will not clean fleet_jobs"),
         "the worker says so: {err}"
