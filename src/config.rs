@@ -748,20 +748,33 @@ impl Settings {
             ignored_segments(&p, &mut segs);
             unknown.push(segs);
         });
-        if let Some(path) = unknown.first() {
-            let where_ = match source_of(path) {
-                SettingSource::Env(var) => format!("from {var}"),
-                SettingSource::File(f) => format!("in {}", f.display()),
-                SettingSource::Default => "in the embedded defaults".to_owned(),
-            };
-            let hint = if path == &["database_url"] {
-                " (the database is `database.url`, or DATABASE_URL)"
+        if !unknown.is_empty() {
+            // Every misspelling at once, each with where it came from: fixing them one start
+            // at a time is how a 3 a.m. config change takes an hour.
+            let named: Vec<String> = unknown
+                .iter()
+                .map(|path| {
+                    let where_ = match source_of(path) {
+                        SettingSource::Env(var) => format!("from {var}"),
+                        SettingSource::File(f) => format!("in {}", f.display()),
+                        SettingSource::Default => "in the embedded defaults".to_owned(),
+                    };
+                    let hint = if path == &["database_url"] {
+                        " (the database is `database.url`, or DATABASE_URL)"
+                    } else {
+                        ""
+                    };
+                    format!("`{}` ({where_}){hint}", display_path(path))
+                })
+                .collect();
+            let what = if named.len() == 1 {
+                "unknown setting"
             } else {
-                ""
+                "unknown settings"
             };
             return Err(ConfigError(format!(
-                "unknown setting `{}` ({where_}){hint}; see config/default.toml for every key",
-                display_path(path)
+                "{what} {}; see config/default.toml for every key",
+                named.join(", ")
             )));
         }
         let settings = settings
@@ -1258,6 +1271,29 @@ mod tests {
             .to_string();
         assert!(
             e.contains("`wroker`") && e.contains(&f.display().to_string()),
+            "{e}"
+        );
+    }
+
+    #[test]
+    fn a_misspelt_key_inside_a_file_section_is_an_error_naming_the_key_and_the_file() {
+        let f = file_with("[worker]\nconcurency = 4\n\n[kinds.booking_attempt]\nmax_attempt = 3\n");
+        let e = Settings::from_sources(Some(&f), &[])
+            .unwrap_err()
+            .to_string();
+        assert!(
+            e.contains("unknown settings")
+                && e.contains("`worker.concurency`")
+                && e.contains("`kinds.booking_attempt.max_attempt`")
+                && e.contains(&f.display().to_string()),
+            "both misspellings, at once: {e}"
+        );
+        let f = file_with("[kinds.booking_attempt]\nmax_attempt = 3\n");
+        let e = Settings::from_sources(Some(&f), &[])
+            .unwrap_err()
+            .to_string();
+        assert!(
+            e.contains("max_attempt") && e.contains(&f.display().to_string()),
             "{e}"
         );
     }
