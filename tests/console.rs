@@ -1225,6 +1225,76 @@ async fn a_bulk_cancel_cancels_the_jobs_its_preview_showed_and_not_one_that_matc
     b.close().await;
 }
 
+/// A bulk action over more jobs than the console confirms at once shows how many, says to
+/// narrow the filter or use the CLI, and offers no confirmation; a forged confirmation of them
+/// is refused too.
+#[tokio::test]
+async fn a_bulk_cancel_beyond_the_console_cap_offers_no_confirmation() {
+    let app = App::start().await;
+    let n = fleet::console::MAX_CONFIRMED_JOBS + 1;
+    let rows: Vec<queue::JobInsert> = (0..n)
+        .map(|_| queue::JobInsert {
+            run_at: Some(chrono::Utc::now() + chrono::Duration::hours(1)),
+            ..sleep_row(1)
+        })
+        .collect();
+    let ids: Vec<i64> = {
+        let mut c = app.pool().acquire().await.unwrap();
+        queue::job_insert_many(&mut c, &rows, None)
+            .await
+            .unwrap()
+            .iter()
+            .map(|e| e.id)
+            .collect()
+    };
+    let b = app.browser().await;
+    b.sign_in("alice", ALICE_PW).await;
+    b.goto("/ui/jobs?kind=fleet.sleep&state=scheduled").await;
+    b.click_button("section.act", "Cancel matching…").await;
+    b.wait_h1("Cancel jobs?").await;
+    assert_eq!(b.text("#count").await, n.to_string());
+    let preview = b.text("#preview").await;
+    assert!(
+        preview.contains("Too many to confirm here") && preview.contains("fleet queue cancel"),
+        "{preview}"
+    );
+    assert!(!b.has("#confirm").await, "no confirmation is offered");
+    let only: Vec<String> = ids.iter().map(i64::to_string).collect();
+    let status = b
+        .post_from_page(
+            "/ui/actions/cancel",
+            &format!(
+                "kind=fleet.sleep&state=scheduled&confirm=yes&only={}&csrf={}",
+                only.join("%2C"),
+                b.csrf().await
+            ),
+        )
+        .await;
+    assert_eq!(status, 400, "a forged confirmation past the cap is refused");
+    let cancelled = || async {
+        sqlx::query_scalar::<_, i64>("SELECT count(*) FROM fleet_jobs WHERE state = 'cancelled'")
+            .fetch_one(app.pool())
+            .await
+            .unwrap()
+    };
+    assert_eq!(cancelled().await, 0);
+    assert!(app.audit("job.cancel").await.is_empty());
+    // The same confirmation at the cap goes through: the count was what was refused.
+    let status = b
+        .post_from_page(
+            "/ui/actions/cancel",
+            &format!(
+                "kind=fleet.sleep&state=scheduled&confirm=yes&only={}&csrf={}",
+                only[..n - 1].join("%2C"),
+                b.csrf().await
+            ),
+        )
+        .await;
+    assert_eq!(status, 200);
+    assert_eq!(cancelled().await, (n - 1) as i64);
+    b.close().await;
+}
+
 #[tokio::test]
 async fn a_state_changing_request_without_its_csrf_token_is_refused() {
     let app = App::start().await;

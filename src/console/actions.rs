@@ -313,6 +313,12 @@ fn bulk_filter(f: &ActionForm) -> Result<crate::queue::JobFilter, PageError> {
                 "nothing to confirm: the preview matched no job".into(),
             ));
         }
+        if only.len() > MAX_CONFIRMED_JOBS {
+            return Err(PageError::BadRequest(format!(
+                "the console confirms at most {MAX_CONFIRMED_JOBS} jobs at once, not {}: narrow the filter or use the CLI",
+                only.len()
+            )));
+        }
         filter.ids = Some(match filter.ids.take() {
             Some(ids) => ids.into_iter().filter(|i| only.contains(i)).collect(),
             None => only,

@@ -42,6 +42,7 @@ use sqlx::PgPool;
 
 use crate::{config::ConsoleSettings, ops::Ops, Queue, Registry};
 
+pub use actions::MAX_CONFIRMED_JOBS;
 pub use auth::hash_password;
 pub use session::Session;
 
