@@ -3,7 +3,7 @@
 //! at send time and never travel in job args.
 
 use chrono::{DateTime, Utc};
-use sqlx::{PgConnection, PgPool};
+use sqlx::PgPool;
 use uuid::Uuid;
 
 use crate::{
@@ -30,13 +30,7 @@ pub async fn send_once(
     subject: &str,
     text: &str,
 ) -> Result<bool, JobError> {
-    claim_outbox_rows(
-        &mut *pool.acquire().await?,
-        &[user_id],
-        &[dedupe_key.to_owned()],
-        kind,
-    )
-    .await?;
+    claim_outbox_rows(pool, &[user_id], &[dedupe_key.to_owned()], kind).await?;
     let row: Option<(Option<DateTime<Utc>>, String)> = sqlx::query_as(
         "SELECT n.sent_at, u.email FROM notifications n JOIN users u ON u.id = n.user_id
          WHERE n.dedupe_key = $1",
@@ -66,7 +60,7 @@ pub async fn send_once(
 /// none yet (`ON CONFLICT (dedupe_key) DO NOTHING`): the claim before a send. A row already
 /// there, sent or not, is left as it is.
 pub(crate) async fn claim_outbox_rows(
-    conn: &mut PgConnection,
+    conn: impl sqlx::PgExecutor<'_>,
     users: &[Uuid],
     keys: &[String],
     kind: &str,

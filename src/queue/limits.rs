@@ -131,7 +131,7 @@ pub async fn job_fetch_limited(
             WHERE j.state = 'running' AND j.kind = $1 AND j.lease_expires_at > clock.now
               AND ($2::bigint IS NOT NULL OR $3::bigint IS NOT NULL)
         ), budget AS MATERIALIZED (
-            SELECT b.name, b.blocked_until,
+            SELECT b.name, b.blocked_until, c.rate,
                    CASE WHEN b.blocked_until > clock.now THEN 0::float8
                         ELSE least(c.burst, b.tokens + c.rate * greatest(0::float8,
                              extract(epoch FROM clock.now
@@ -196,14 +196,11 @@ pub async fn job_fetch_limited(
             SELECT max(CASE
                        WHEN b.blocked_until > clock.now THEN
                             extract(epoch FROM b.blocked_until - clock.now)::float8 * 1000
-                            + 1000 / nullif(c.rate, 0)
-                       WHEN b.level - (SELECT count(*) FROM claimed) >= 1 THEN 0::float8
-                       ELSE (1 - (b.level - (SELECT count(*) FROM claimed))) * 1000
-                            / nullif(c.rate, 0)
+                            + 1000 / nullif(b.rate, 0)
+                       WHEN b.level - k.n >= 1 THEN 0::float8
+                       ELSE (1 - (b.level - k.n)) * 1000 / nullif(b.rate, 0)
                    END) AS ms
-            FROM budget b
-            JOIN unnest($6::text[], $7::float8[]) AS c(name, rate) ON c.name = b.name
-            CROSS JOIN clock
+            FROM budget b, clock, (SELECT count(*) AS n FROM claimed) k
         )
         SELECT claimed.*, w.ms AS budget_wait_ms, (SELECT count(*) FROM spent) AS budgets_spent
         FROM wait w LEFT JOIN claimed ON true

@@ -234,7 +234,7 @@ pub async fn remind(
             .map(|c| dedupe_key(c.payment_method_id, c.exp_year, c.exp_month))
             .collect();
         let users: Vec<Uuid> = cards.iter().map(|c| c.user_id).collect();
-        crate::notify::claim_outbox_rows(&mut conn, &users, &keys, NOTIFICATION_KIND).await?;
+        crate::notify::claim_outbox_rows(&mut *conn, &users, &keys, NOTIFICATION_KIND).await?;
 
         // 2. What is still unsent, with what the email needs.
         let ids: Vec<Uuid> = cards.iter().map(|c| c.payment_method_id).collect();
