@@ -520,6 +520,45 @@ async fn one_keys_burst_does_not_delay_another_keys_job() {
     );
 }
 
+/// The fair rank counts a key's backlog only up to the cap, so enqueueing for a key with a
+/// long backlog costs a bounded walk; a short-backlog key still ranks ahead of it.
+#[tokio::test]
+async fn a_fair_rank_counts_a_keys_backlog_up_to_the_cap_and_a_new_key_still_ranks_first() {
+    let db = db().await;
+    let cfg = [
+        ("FLEET_KINDS__FLEET_DOT_SLEEP__LIMIT_KEY", "key"),
+        ("FLEET_KINDS__FLEET_DOT_SLEEP__GLOBAL_CONCURRENCY", "2"),
+    ];
+    let q = Queue::new(db.pool.clone(), registry_with(&cfg));
+    let cap = fleet::queue::FAIR_RANK_BACKLOG_CAP as usize;
+    enqueue_sleeps(&q, (0..cap + 50).map(|_| json!({"ms": 1, "key": "user-a"}))).await;
+    let later = enqueue_sleeps(&q, (0..2).map(|_| json!({"ms": 1, "key": "user-a"}))).await;
+    let b = enqueue_sleeps(&q, [json!({"ms": 1, "key": "user-b"})]).await[0];
+    let rank = |id: i64| {
+        let pool = db.pool.clone();
+        async move {
+            sqlx::query_scalar::<_, i32>("SELECT fair_rank FROM fleet_jobs WHERE id = $1")
+                .bind(id)
+                .fetch_one(&pool)
+                .await
+                .unwrap()
+        }
+    };
+    let max_first: i32 = sqlx::query_scalar(
+        "SELECT max(fair_rank) FROM fleet_jobs WHERE limit_key = 'user-a' AND id < $1",
+    )
+    .bind(later[0])
+    .fetch_one(&db.pool)
+    .await
+    .unwrap();
+    // One call ranks its own jobs of a key 1..n, whatever the cap.
+    assert_eq!(max_first as usize, cap + 50);
+    // The next call counts user-a's 150 unfinished jobs as the cap.
+    assert_eq!(rank(later[0]).await as usize, cap + 1);
+    assert_eq!(rank(later[1]).await as usize, cap + 2);
+    assert_eq!(rank(b).await, 1);
+}
+
 #[test]
 fn a_bad_rate_is_an_error_naming_the_key_and_value() {
     let e = Settings::from_sources(
