@@ -539,4 +539,39 @@ async fn the_first_claim_on_a_never_analyzed_table_walks_the_ready_index_not_the
         "the claim read {} index tuples for 64 jobs",
         after - before
     );
+
+    // The workers' claim session: its plans are pinned for the whole session, so its
+    // one-statement claim (no transaction of its own) walks the same index.
+    let mut session = queue::ClaimSession::open(&db.pool).await.unwrap();
+    let before = ready_index_tuples_read(&mut conn).await;
+    let claimed = queue::job_fetch_available_on(
+        &mut session,
+        &queue::FetchParams {
+            queues: None,
+            skip_kinds: &[],
+            limited_kinds: &[],
+            limit: 64,
+            owner: "plan-test",
+            lease: SECS(60),
+            now: None,
+        },
+    )
+    .await
+    .unwrap();
+    assert_eq!(claimed.len(), 64);
+    for flush in ["SELECT pg_stat_force_next_flush()", "SELECT 1"] {
+        sqlx::query(flush).execute(session.conn()).await.unwrap();
+    }
+    let after = ready_index_tuples_read(&mut conn).await;
+    assert!(
+        after - before < 1_000,
+        "the session's claim read {} index tuples for 64 jobs",
+        after - before
+    );
+    // The session's settings stay on its own connection: the pool's are untouched.
+    let pool_seqscan: String = sqlx::query_scalar("SHOW enable_seqscan")
+        .fetch_one(&db.pool)
+        .await
+        .unwrap();
+    assert_eq!(pool_seqscan, "on");
 }

@@ -413,9 +413,56 @@ pub struct FetchParams<'a> {
 /// analyzed yet the planner otherwise picks a bitmap scan plus a sort of the whole backlog:
 /// 7.6 ms per claim at 20,000 ready jobs against 0.12 ms (docs/benchmarks.md). The claim's
 /// commit stays synchronous: a claim lost in a crash would let two runs share a fencing token.
+/// Workers claim through [`job_fetch_available_on`] instead, whose session is pinned once, so
+/// the claim needs no transaction of its own (decision 39).
 pub async fn job_fetch_available(
     conn: &mut PgConnection,
     p: &FetchParams<'_>,
+) -> Result<Vec<ClaimedJob>, sqlx::Error> {
+    fetch_available(conn, p, false).await
+}
+
+/// A connection of the claim's own, out of the pool, whose whole session has sequential and
+/// bitmap scans off ([`begin_pinned`]'s settings, for good): a claim on it is one statement in
+/// one round trip instead of four (`BEGIN`, the settings, the claim, `COMMIT`). Every worker's
+/// fetch loop claims on one of these; nothing else runs on it, so the settings reach no other
+/// statement, and it never returns to the pool (dropping it closes it).
+pub struct ClaimSession {
+    conn: PgConnection,
+}
+
+impl ClaimSession {
+    /// Takes a connection out of `pool` for good and pins its plans.
+    pub async fn open(pool: &sqlx::PgPool) -> Result<Self, sqlx::Error> {
+        let mut conn = pool.acquire().await?.detach();
+        sqlx::query(
+            "SELECT set_config('enable_seqscan', 'off', false), \
+                    set_config('enable_bitmapscan', 'off', false)",
+        )
+        .execute(&mut conn)
+        .await?;
+        Ok(Self { conn })
+    }
+
+    /// The connection, for the limited claims (each runs in its own transaction).
+    pub fn conn(&mut self) -> &mut PgConnection {
+        &mut self.conn
+    }
+}
+
+/// [`job_fetch_available`] on a [`ClaimSession`], in one autocommit statement per round: the
+/// same claim, the same plan, the same synchronous commit.
+pub async fn job_fetch_available_on(
+    session: &mut ClaimSession,
+    p: &FetchParams<'_>,
+) -> Result<Vec<ClaimedJob>, sqlx::Error> {
+    fetch_available(&mut session.conn, p, true).await
+}
+
+async fn fetch_available(
+    conn: &mut PgConnection,
+    p: &FetchParams<'_>,
+    session_pinned: bool,
 ) -> Result<Vec<ClaimedJob>, sqlx::Error> {
     let mut out = Vec::new();
     // Each round re-files at most `limit` rows; a misfiled backlog is re-filed a statement
@@ -425,48 +472,14 @@ pub async fn job_fetch_available(
         if want <= 0 {
             break;
         }
-        let mut tx = begin_pinned(conn).await?;
-        let rows = sqlx::query(
-            r#"
-            WITH picked AS (
-                SELECT id, kind = ANY($7::text[]) AS misfiled FROM fleet_jobs j
-                WHERE state = 'available' AND NOT limited
-                  AND ($1::text[] IS NULL OR queue = ANY($1))
-                  AND kind <> ALL($2::text[])
-                  AND NOT EXISTS (
-                      SELECT 1 FROM fleet_paused_kinds p
-                      WHERE p.kind = j.kind AND (p.drain_through_id IS NULL OR j.id > p.drain_through_id))
-                ORDER BY priority, run_at, id
-                LIMIT $3
-                FOR UPDATE SKIP LOCKED
-            ), refiled AS (
-                UPDATE fleet_jobs j SET limited = true
-                FROM picked WHERE j.id = picked.id AND picked.misfiled
-                RETURNING j.id
-            ), claimed AS (
-                UPDATE fleet_jobs j
-                SET state = 'running', attempt = j.attempt + 1, claim_seq = j.claim_seq + 1,
-                    lease_owner = $4,
-                    lease_expires_at = coalesce($6, now()) + $5 * interval '1 millisecond',
-                    attempted_at = coalesce($6, now())
-                FROM picked WHERE j.id = picked.id AND NOT picked.misfiled
-                RETURNING j.id, j.kind, j.args, j.attempt, j.max_attempts, j.claim_seq, j.run_at,
-                          j.trace_context
-            )
-            SELECT claimed.*, r.refiled
-            FROM (SELECT count(*) AS refiled FROM refiled) r LEFT JOIN claimed ON true
-            "#,
-        )
-        .bind(p.queues)
-        .bind(p.skip_kinds)
-        .bind(want)
-        .bind(p.owner)
-        .bind(p.lease.as_millis() as i64)
-        .bind(p.now)
-        .bind(p.limited_kinds)
-        .fetch_all(&mut *tx)
-        .await?;
-        tx.commit().await?;
+        let rows = if session_pinned {
+            claim_statement(p, want).fetch_all(&mut *conn).await?
+        } else {
+            let mut tx = begin_pinned(conn).await?;
+            let rows = claim_statement(p, want).fetch_all(&mut *tx).await?;
+            tx.commit().await?;
+            rows
+        };
         let refiled: i64 = rows.first().map(|r| r.get(8)).unwrap_or(0);
         out.extend(
             rows.iter()
@@ -478,6 +491,51 @@ pub async fn job_fetch_available(
         }
     }
     Ok(out)
+}
+
+/// The plain claim's statement (see [`job_fetch_available`]), claiming up to `want` jobs.
+fn claim_statement<'q>(
+    p: &'q FetchParams<'q>,
+    want: i64,
+) -> sqlx::query::Query<'q, sqlx::Postgres, sqlx::postgres::PgArguments> {
+    sqlx::query(
+        r#"
+        WITH picked AS (
+            SELECT id, kind = ANY($7::text[]) AS misfiled FROM fleet_jobs j
+            WHERE state = 'available' AND NOT limited
+              AND ($1::text[] IS NULL OR queue = ANY($1))
+              AND kind <> ALL($2::text[])
+              AND NOT EXISTS (
+                  SELECT 1 FROM fleet_paused_kinds p
+                  WHERE p.kind = j.kind AND (p.drain_through_id IS NULL OR j.id > p.drain_through_id))
+            ORDER BY priority, run_at, id
+            LIMIT $3
+            FOR UPDATE SKIP LOCKED
+        ), refiled AS (
+            UPDATE fleet_jobs j SET limited = true
+            FROM picked WHERE j.id = picked.id AND picked.misfiled
+            RETURNING j.id
+        ), claimed AS (
+            UPDATE fleet_jobs j
+            SET state = 'running', attempt = j.attempt + 1, claim_seq = j.claim_seq + 1,
+                lease_owner = $4,
+                lease_expires_at = coalesce($6, now()) + $5 * interval '1 millisecond',
+                attempted_at = coalesce($6, now())
+            FROM picked WHERE j.id = picked.id AND NOT picked.misfiled
+            RETURNING j.id, j.kind, j.args, j.attempt, j.max_attempts, j.claim_seq, j.run_at,
+                      j.trace_context
+        )
+        SELECT claimed.*, r.refiled
+        FROM (SELECT count(*) AS refiled FROM refiled) r LEFT JOIN claimed ON true
+        "#,
+    )
+    .bind(p.queues)
+    .bind(p.skip_kinds)
+    .bind(want)
+    .bind(p.owner)
+    .bind(p.lease.as_millis() as i64)
+    .bind(p.now)
+    .bind(p.limited_kinds)
 }
 
 /// Most statements one [`job_fetch_available`] call runs while it re-files misfiled rows.

@@ -53,6 +53,9 @@ pub(crate) async fn fetch_loop(
     // token: not tried (nor probed for ready jobs) before then.
     let mut budget_wait: std::collections::HashMap<String, tokio::time::Instant> =
         Default::default();
+    // The claims' own connection, opened on first use and dropped (closed) on any error, so
+    // a broken session is never reused.
+    let mut session: Option<queue::ClaimSession> = None;
     loop {
         if shutdown.is_cancelled() {
             return;
@@ -98,8 +101,12 @@ pub(crate) async fn fetch_loop(
                 .filter(|k| !budget_wait.contains_key(*k) && !skip_kinds.contains(k))
                 .cloned()
                 .collect();
+            let taken = session.take();
             let fetched = async {
-                let mut conn = s.pool.acquire().await?;
+                let mut session = match taken {
+                    Some(c) => c,
+                    None => queue::ClaimSession::open(&s.pool).await?,
+                };
                 let mut jobs = Vec::new();
                 // Limited kinds first, each under its fleet-wide limits. They are claimed into
                 // prefetch like the others: a prefetched claim is `running`, so it counts
@@ -117,7 +124,7 @@ pub(crate) async fn fetch_loop(
                     let ready = if unprobed {
                         due.clone()
                     } else {
-                        queue::kind_list_ready(&mut conn, &due, queues.as_deref()).await?
+                        queue::kind_list_ready(session.conn(), &due, queues.as_deref()).await?
                     };
                     let n = s.limited.len();
                     for i in 0..n {
@@ -135,7 +142,7 @@ pub(crate) async fn fetch_loop(
                             continue;
                         }
                         let got = queue::job_fetch_limited(
-                            &mut conn,
+                            session.conn(),
                             &LimitedFetch {
                                 kind: &l.kind,
                                 queues: queues.as_deref(),
@@ -161,8 +168,8 @@ pub(crate) async fn fetch_loop(
                 let rest = free.saturating_sub(jobs.len());
                 if rest > 0 {
                     jobs.extend(
-                        queue::job_fetch_available(
-                            &mut conn,
+                        queue::job_fetch_available_on(
+                            &mut session,
                             &FetchParams {
                                 queues: queues.as_deref(),
                                 skip_kinds: &skip_kinds,
@@ -176,11 +183,12 @@ pub(crate) async fn fetch_loop(
                         .await?,
                     );
                 }
-                Ok::<_, sqlx::Error>(jobs)
+                Ok::<_, sqlx::Error>((jobs, session))
             }
             .await;
             match fetched {
-                Ok(jobs) => {
+                Ok((jobs, kept)) => {
+                    session = Some(kept);
                     db_backoff = Duration::from_millis(100);
                     let n = jobs.len();
                     s.counters.claimed.fetch_add(n as u64, Ordering::Relaxed);

@@ -1,6 +1,6 @@
 //! `fleet bench ceiling`: what the queue's own statements can do with no runtime around them.
 //!
-//! The same claim ([`queue::job_fetch_available`]) and outcome ([`queue::job_set_outcome_many`])
+//! The same claim ([`queue::job_fetch_available_on`], on a [`queue::ClaimSession`]) and outcome ([`queue::job_set_outcome_many`])
 //! statements the worker uses, called back to back: claim `batch` jobs, write them all
 //! completed, repeat, on one connection and then on two in parallel, over `jobs` no-op jobs
 //! each time. No handler, no channel, no heartbeat, no task per job. Then, in the same run and
@@ -81,11 +81,12 @@ async fn fresh(jobs: usize) -> anyhow::Result<(ScratchDb, sqlx::PgPool, Queue)> 
 
 /// Claims and completes until nothing is left; returns the jobs this loop completed.
 async fn statement_loop(pool: sqlx::PgPool, batch: usize, owner: String) -> anyhow::Result<usize> {
-    let mut conn = pool.acquire().await?;
+    // The engine's own claim path: a claim session, one statement per claim.
+    let mut session = queue::ClaimSession::open(&pool).await?;
     let mut done = 0;
     loop {
-        let claimed = queue::job_fetch_available(
-            &mut conn,
+        let claimed = queue::job_fetch_available_on(
+            &mut session,
             &FetchParams {
                 queues: None,
                 skip_kinds: &[],
@@ -110,7 +111,7 @@ async fn statement_loop(pool: sqlx::PgPool, batch: usize, owner: String) -> anyh
                 },
             })
             .collect();
-        let written = queue::job_set_outcome_many(&mut conn, &outcomes, None).await?;
+        let written = queue::job_set_outcome_many(session.conn(), &outcomes, None).await?;
         if written.len() != outcomes.len() {
             bail!("{} of {} outcomes written", written.len(), outcomes.len());
         }
