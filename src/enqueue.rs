@@ -21,6 +21,10 @@ use crate::{
     registry::Registry,
 };
 
+/// How long a bulk [`Queue::enqueue_many`] waits for its second connection before it inserts
+/// everything on its first.
+const SECOND_CONNECTION_WAIT: std::time::Duration = std::time::Duration::from_millis(250);
+
 /// Where the jobs of kinds that do not live in the queue's own database go.
 #[derive(Clone, Debug)]
 pub struct Routes {
@@ -127,9 +131,43 @@ impl Queue {
     /// Enqueues many jobs (bulk: thousands per statement). Results in input order; a duplicate
     /// key returns its holder and never fails the batch. No caller transaction: a job of a kind
     /// that lives in another database needs no key here.
+    ///
+    /// A batch of more than one statement's worth ([`queue::ENQUEUE_CHUNK`]) whose jobs carry
+    /// no idempotency key and no limit key is split in two halves inserted side by side on two
+    /// connections: one insert keeps one Postgres backend, so one core, busy (a profile of a
+    /// 200,000-job enqueue: `postgres` 47 %, idle 45 % on two cores). Keys keep the one
+    /// connection: the earlier of two jobs with one key must be the one that holds it, and a
+    /// fair rank counts the jobs queued before it. Either way every statement commits on its
+    /// own, so a failure part way leaves the statements before it written, as it always did.
     pub async fn enqueue_many(&self, jobs: Vec<NewJob>) -> Result<Vec<Enqueued>, QueueError> {
-        let rows = self.prepare(jobs)?;
+        let mut rows = self.prepare(jobs)?;
+        let unkeyed = rows
+            .iter()
+            .all(|r| r.idempotency_key.is_none() && r.limit_key.is_none());
         let mut conn = self.pool.acquire().await?;
+        if unkeyed && self.routes.by_kind.is_empty() && rows.len() > queue::ENQUEUE_CHUNK {
+            // A second connection only if one comes quickly: a small or busy pool inserts on
+            // the one it gave.
+            let other = if self.pool.options().get_max_connections() >= 2 {
+                tokio::time::timeout(SECOND_CONNECTION_WAIT, self.pool.acquire())
+                    .await
+                    .ok()
+                    .and_then(Result::ok)
+            } else {
+                None
+            };
+            if let Some(mut other) = other {
+                // Halves on a statement boundary, so neither side runs a short extra statement.
+                let chunks = rows.len().div_ceil(queue::ENQUEUE_CHUNK);
+                let second = rows.split_off(chunks.div_ceil(2) * queue::ENQUEUE_CHUNK);
+                let (mut first, second) = tokio::try_join!(
+                    self.insert_routed(&mut conn, rows, false),
+                    self.insert_routed(&mut other, second, false)
+                )?;
+                first.extend(second);
+                return Ok(first);
+            }
+        }
         self.insert_routed(&mut conn, rows, false).await
     }
 

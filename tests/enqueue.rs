@@ -600,3 +600,47 @@ async fn a_dead_job_replayed_while_a_purge_waits_for_its_row_is_kept() {
     );
     assert_eq!(common::job(&db.pool, id).await.state, JobState::Available);
 }
+
+/// A bulk enqueue of more than one statement's worth, without keys, is split over two
+/// connections; its results still come back in input order, one job each, and a pool of one
+/// connection still takes it (on that one).
+#[tokio::test]
+async fn a_bulk_enqueue_split_over_two_connections_returns_every_job_in_input_order() {
+    let db = db().await;
+    let n = fleet::queue::ENQUEUE_CHUNK * 2 + 1_234;
+    for max_connections in [8, 1] {
+        let pool = sqlx::postgres::PgPoolOptions::new()
+            .max_connections(max_connections)
+            .connect(&db.url)
+            .await
+            .unwrap();
+        let q = queue_with(&pool, Duration::ZERO);
+        let jobs: Vec<NewJob> = (0..n)
+            .map(|i| NewJob::raw("test.flaky", serde_json::json!({"succeed_on": 1, "i": i})))
+            .collect();
+        let out = q.enqueue_many(jobs).await.unwrap();
+        assert_eq!(out.len(), n);
+        assert!(out.iter().all(|e| !e.duplicate));
+        let ids: Vec<i64> = out.iter().map(|e| e.id).collect();
+        let rows: Vec<(i64, i64)> = sqlx::query_as(
+            "SELECT id, (args->>'i')::bigint FROM fleet_jobs WHERE id = ANY($1) ORDER BY id",
+        )
+        .bind(&ids)
+        .fetch_all(&pool)
+        .await
+        .unwrap();
+        assert_eq!(
+            rows.len(),
+            n,
+            "pool of {max_connections}: every job written once"
+        );
+        let position: std::collections::HashMap<i64, i64> = rows.into_iter().collect();
+        for (i, id) in ids.iter().enumerate() {
+            assert_eq!(
+                position[id], i as i64,
+                "pool of {max_connections}: result {i} names another job"
+            );
+        }
+        pool.close().await;
+    }
+}

@@ -14,7 +14,7 @@ use super::{filter::bind_filter, JobFilter, Now, QueueError};
 use crate::queue::filter::FILTER_SQL;
 
 /// Rows per enqueue statement: keeps one statement's parameters and memory bounded.
-const ENQUEUE_CHUNK: usize = 5_000;
+pub const ENQUEUE_CHUNK: usize = 5_000;
 
 /// How often a bulk enqueue re-tries the rows whose key holder vanished or expired mid-call.
 const ENQUEUE_KEY_ROUNDS: usize = 5;
