@@ -534,16 +534,6 @@ async fn a_fair_rank_counts_a_keys_backlog_up_to_the_cap_and_a_new_key_still_ran
     enqueue_sleeps(&q, (0..cap + 50).map(|_| json!({"ms": 1, "key": "user-a"}))).await;
     let later = enqueue_sleeps(&q, (0..2).map(|_| json!({"ms": 1, "key": "user-a"}))).await;
     let b = enqueue_sleeps(&q, [json!({"ms": 1, "key": "user-b"})]).await[0];
-    let rank = |id: i64| {
-        let pool = db.pool.clone();
-        async move {
-            sqlx::query_scalar::<_, i32>("SELECT fair_rank FROM fleet_jobs WHERE id = $1")
-                .bind(id)
-                .fetch_one(&pool)
-                .await
-                .unwrap()
-        }
-    };
     let max_first: i32 = sqlx::query_scalar(
         "SELECT max(fair_rank) FROM fleet_jobs WHERE limit_key = 'user-a' AND id < $1",
     )
@@ -553,10 +543,15 @@ async fn a_fair_rank_counts_a_keys_backlog_up_to_the_cap_and_a_new_key_still_ran
     .unwrap();
     // One call ranks its own jobs of a key 1..n, whatever the cap.
     assert_eq!(max_first as usize, cap + 50);
+    // Ids grow in enqueue order: user-a's two later jobs, then user-b's.
+    let ranks: Vec<i32> =
+        sqlx::query_scalar("SELECT fair_rank FROM fleet_jobs WHERE id = ANY($1) ORDER BY id")
+            .bind([later[0], later[1], b])
+            .fetch_all(&db.pool)
+            .await
+            .unwrap();
     // The next call counts user-a's 150 unfinished jobs as the cap.
-    assert_eq!(rank(later[0]).await as usize, cap + 1);
-    assert_eq!(rank(later[1]).await as usize, cap + 2);
-    assert_eq!(rank(b).await, 1);
+    assert_eq!(ranks, [cap as i32 + 1, cap as i32 + 2, 1]);
 }
 
 #[test]

@@ -512,21 +512,19 @@ async fn the_first_claim_on_a_never_analyzed_table_walks_the_ready_index_not_the
         .execute(&mut *conn)
         .await
         .unwrap();
+    let params = queue::FetchParams {
+        queues: None,
+        skip_kinds: &[],
+        limited_kinds: &[],
+        limit: 64,
+        owner: "plan-test",
+        lease: SECS(60),
+        now: None,
+    };
     let before = ready_index_tuples_read(&mut conn).await;
-    let claimed = queue::job_fetch_available(
-        &mut conn,
-        &queue::FetchParams {
-            queues: None,
-            skip_kinds: &[],
-            limited_kinds: &[],
-            limit: 64,
-            owner: "plan-test",
-            lease: SECS(60),
-            now: None,
-        },
-    )
-    .await
-    .unwrap();
+    let claimed = queue::job_fetch_available(&mut conn, &params)
+        .await
+        .unwrap();
     assert_eq!(claimed.len(), 64);
     sqlx::query("SELECT pg_stat_force_next_flush()")
         .execute(&mut *conn)
@@ -544,20 +542,9 @@ async fn the_first_claim_on_a_never_analyzed_table_walks_the_ready_index_not_the
     // one-statement claim (no transaction of its own) walks the same index.
     let mut session = queue::ClaimSession::open(&db.pool).await.unwrap();
     let before = ready_index_tuples_read(&mut conn).await;
-    let claimed = queue::job_fetch_available_on(
-        &mut session,
-        &queue::FetchParams {
-            queues: None,
-            skip_kinds: &[],
-            limited_kinds: &[],
-            limit: 64,
-            owner: "plan-test",
-            lease: SECS(60),
-            now: None,
-        },
-    )
-    .await
-    .unwrap();
+    let claimed = queue::job_fetch_available_on(&mut session, &params)
+        .await
+        .unwrap();
     assert_eq!(claimed.len(), 64);
     for flush in ["SELECT pg_stat_force_next_flush()", "SELECT 1"] {
         sqlx::query(flush).execute(session.conn()).await.unwrap();

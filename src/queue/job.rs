@@ -435,12 +435,7 @@ impl ClaimSession {
     /// Takes a connection out of `pool` for good and pins its plans.
     pub async fn open(pool: &sqlx::PgPool) -> Result<Self, sqlx::Error> {
         let mut conn = pool.acquire().await?.detach();
-        sqlx::query(
-            "SELECT set_config('enable_seqscan', 'off', false), \
-                    set_config('enable_bitmapscan', 'off', false)",
-        )
-        .execute(&mut conn)
-        .await?;
+        pin_plans(&mut conn, false).await?;
         Ok(Self { conn })
     }
 
@@ -577,10 +572,20 @@ pub(super) async fn begin_pinned(
     conn: &mut PgConnection,
 ) -> Result<sqlx::Transaction<'_, sqlx::Postgres>, sqlx::Error> {
     let mut tx = conn.begin().await?;
-    sqlx::query("SELECT set_config('enable_seqscan', 'off', true), set_config('enable_bitmapscan', 'off', true)")
-        .execute(&mut *tx)
-        .await?;
+    pin_plans(&mut tx, true).await?;
     Ok(tx)
+}
+
+/// Turns sequential and bitmap scans off: for the current transaction only (`local`), or for
+/// the rest of the session ([`ClaimSession`]).
+async fn pin_plans(conn: &mut PgConnection, local: bool) -> Result<(), sqlx::Error> {
+    sqlx::query(
+        "SELECT set_config('enable_seqscan', 'off', $1), set_config('enable_bitmapscan', 'off', $1)",
+    )
+    .bind(local)
+    .execute(conn)
+    .await?;
+    Ok(())
 }
 
 /// A claim's `RETURNING id, kind, args, attempt, max_attempts, claim_seq, run_at,

@@ -101,6 +101,8 @@ pub(crate) async fn fetch_loop(
                 .filter(|k| !budget_wait.contains_key(*k) && !skip_kinds.contains(k))
                 .cloned()
                 .collect();
+            // Taken out for the round and put back only when it succeeds: a failed round
+            // drops (closes) it.
             let taken = session.take();
             let fetched = async {
                 let mut session = match taken {

@@ -1,9 +1,9 @@
 //! `fleet bench ceiling`: what the queue's own statements can do with no runtime around them.
 //!
-//! The same claim ([`queue::job_fetch_available_on`], on a [`queue::ClaimSession`]) and outcome ([`queue::job_set_outcome_many`])
-//! statements the worker uses, called back to back: claim `batch` jobs, write them all
-//! completed, repeat, on one connection and then on two in parallel, over `jobs` no-op jobs
-//! each time. No handler, no channel, no heartbeat, no task per job. Then, in the same run and
+//! The same claim ([`queue::job_fetch_available_on`], on a [`queue::ClaimSession`]) and outcome
+//! ([`queue::job_set_outcome_many`]) statements the worker uses, called back to back: claim
+//! `batch` jobs, write them all completed, repeat, on one connection and then on two in
+//! parallel, over `jobs` no-op jobs each time. No handler, no channel, no heartbeat, no task per job. Then, in the same run and
 //! the same database server, the engine's burn-down (`fleet bench`'s work phase) at
 //! `concurrency` with the bench's prefetch, so its rate can be read as a share of the ceiling.
 //! Rounds alternate ceiling and engine, so a noisy machine hits both alike.
