@@ -31,12 +31,13 @@ use std::sync::atomic::{AtomicU32, Ordering};
 use anyhow::{bail, Context};
 use sqlx::{
     postgres::{PgConnectOptions, PgPoolOptions},
-    ConnectOptions, Connection, PgConnection, PgPool,
+    AssertSqlSafe, ConnectOptions, Connection, PgConnection, PgPool,
 };
 use tokio::sync::OnceCell;
 
-/// The local server tried when no URL is configured.
-pub const LOCAL_SERVER_URL: &str = "postgres://postgres@127.0.0.1:5432/postgres";
+/// The local server tried when no URL is configured (demo, bench, tests). Plain TCP: it is
+/// loopback, and the figures in docs/benchmarks.md were measured without TLS.
+pub const LOCAL_SERVER_URL: &str = "postgres://postgres@127.0.0.1:5432/postgres?sslmode=disable";
 
 /// Port of the throwaway cluster.
 const THROWAWAY_PORT: u16 = 55439;
@@ -357,7 +358,7 @@ pub async fn create_database(server_url: &str, name: &str) -> anyhow::Result<Str
     let mut admin = PgConnection::connect(&url_with_database(server_url, "postgres"))
         .await
         .context("connecting to the server's postgres database")?;
-    sqlx::query(&format!("CREATE DATABASE \"{name}\""))
+    sqlx::query(AssertSqlSafe(format!("CREATE DATABASE \"{name}\"")))
         .execute(&mut admin)
         .await
         .with_context(|| format!("creating database {name}"))?;
@@ -372,9 +373,11 @@ pub async fn create_database(server_url: &str, name: &str) -> anyhow::Result<Str
 pub async fn drop_database(server_url: &str, name: &str) -> anyhow::Result<()> {
     validate_db_name(name)?;
     let mut admin = PgConnection::connect(&url_with_database(server_url, "postgres")).await?;
-    sqlx::query(&format!("DROP DATABASE IF EXISTS \"{name}\" WITH (FORCE)"))
-        .execute(&mut admin)
-        .await?;
+    sqlx::query(AssertSqlSafe(format!(
+        "DROP DATABASE IF EXISTS \"{name}\" WITH (FORCE)"
+    )))
+    .execute(&mut admin)
+    .await?;
     Ok(())
 }
 
@@ -392,7 +395,7 @@ fn validate_db_name(name: &str) -> anyhow::Result<()> {
 fn ensure_throwaway_cluster() -> anyhow::Result<String> {
     let root = std::env::temp_dir().join("fleet-throwaway-pg");
     let data = root.join("data");
-    let url = format!("postgres://postgres@127.0.0.1:{THROWAWAY_PORT}/postgres");
+    let url = format!("postgres://postgres@127.0.0.1:{THROWAWAY_PORT}/postgres?sslmode=disable");
     std::fs::create_dir_all(&root)?;
     let running_as_root = unsafe { libc::geteuid() } == 0;
     let lock = std::fs::File::create(root.join("lock"))?;

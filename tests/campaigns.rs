@@ -135,7 +135,7 @@ async fn next_search_at(pool: &PgPool, campaign: Uuid) -> DateTime<Utc> {
         .unwrap()
 }
 
-async fn exec(pool: &PgPool, sql: &str, id: Uuid) {
+async fn exec(pool: &PgPool, sql: &'static str, id: Uuid) {
     sqlx::query(sql).bind(id).execute(pool).await.unwrap();
 }
 

@@ -78,7 +78,12 @@ async fn count_in(pool: &PgPool, state: &str) -> i64 {
 
 /// Samples `sql` (one bigint) every 10 ms until every `fleet.sleep` job completed; returns the
 /// samples' maximum and the time it took.
-async fn sample_until_done(pool: &PgPool, sql: &str, total: i64, within: Duration) -> (i64, usize) {
+async fn sample_until_done(
+    pool: &PgPool,
+    sql: &'static str,
+    total: i64,
+    within: Duration,
+) -> (i64, usize) {
     let started = Instant::now();
     let mut max = 0;
     let mut samples = 0;

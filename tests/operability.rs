@@ -114,14 +114,19 @@ async fn an_unknown_role_is_named_once_and_exits_three() {
 async fn an_unmigrated_database_is_refused_with_a_hint_to_migrate_then_migrate_applies_it() {
     let server = fleet::database::server_url().await;
     let name = format!("fleet_unmigrated_{}", std::process::id());
-    let mut admin: sqlx::PgConnection = sqlx::Connection::connect(&server).await.unwrap();
+    let mut admin: sqlx::PgConnection =
+        <sqlx::PgConnection as sqlx::Connection>::connect(server.as_str())
+            .await
+            .unwrap();
     use sqlx::Executor;
     admin
-        .execute(format!("DROP DATABASE IF EXISTS {name}").as_str())
+        .execute(sqlx::AssertSqlSafe(format!(
+            "DROP DATABASE IF EXISTS {name}"
+        )))
         .await
         .unwrap();
     admin
-        .execute(format!("CREATE DATABASE {name}").as_str())
+        .execute(sqlx::AssertSqlSafe(format!("CREATE DATABASE {name}")))
         .await
         .unwrap();
     let url = fleet::database::url_with_database(&server, &name);
@@ -419,7 +424,11 @@ async fn an_outcome_whose_acknowledgement_was_lost_is_counted_written_not_refuse
     let opts: sqlx::postgres::PgConnectOptions = db.url.parse().unwrap();
     let server: std::net::SocketAddr = format!("127.0.0.1:{}", opts.get_port()).parse().unwrap();
     let proxy = AckDropper::start(server).await;
-    let via_proxy = opts.host("127.0.0.1").port(proxy.addr.port());
+    // The proxy reads the protocol, so the path through it is plain TCP.
+    let via_proxy = opts
+        .host("127.0.0.1")
+        .port(proxy.addr.port())
+        .ssl_mode(sqlx::postgres::PgSslMode::Disable);
     let worker_pool = sqlx::postgres::PgPoolOptions::new()
         .max_connections(8)
         .connect_with(via_proxy)

@@ -229,6 +229,7 @@ async fn operator_reads_come_from_the_hot_standby_with_its_lag_shown_while_write
     assert!(out.contains("paused"), "{out}");
     let mut conn = pool_p.acquire().await.unwrap();
     let on_primary = queue::kind_list_paused(&mut conn).await.unwrap();
+    drop(conn);
     assert!(on_primary.iter().any(|p| p.kind == "fleet.sleep"));
     let (_, out, _) = fleet_queue(&url_p, &url_r, &["paused"]);
     assert!(

@@ -51,7 +51,7 @@ const CHECKS: &[(&str, &str)] = &[
 pub async fn check(conn: &mut PgConnection) -> Result<Vec<Violation>, sqlx::Error> {
     let mut out = Vec::new();
     for (invariant, sql) in CHECKS {
-        let ids: Vec<String> = sqlx::query_scalar(sql).fetch_all(&mut *conn).await?;
+        let ids: Vec<String> = sqlx::query_scalar(*sql).fetch_all(&mut *conn).await?;
         if !ids.is_empty() {
             out.push(Violation { invariant, ids });
         }

@@ -1,6 +1,6 @@
 //! Bulk rows for benchmarks: history that a burn-down runs beside.
 
-use sqlx::PgConnection;
+use sqlx::{AssertSqlSafe, PgConnection};
 
 /// JobInsertFinishedHistory: inserts `n` completed jobs of `kind` (benchmarks' history), in
 /// one statement, then refreshes statistics and checkpoints.
@@ -73,10 +73,10 @@ pub async fn job_table_set_storage(
     }
     for (verb, parts) in [("SET", set), ("RESET", reset)] {
         if !parts.is_empty() {
-            sqlx::query(&format!(
+            sqlx::query(AssertSqlSafe(format!(
                 "ALTER TABLE fleet_jobs {verb} ({})",
                 parts.join(", ")
-            ))
+            )))
             .execute(&mut *conn)
             .await
             .map_err(|e| e.to_string())?;

@@ -6,7 +6,7 @@ use std::{collections::HashMap, time::Duration};
 use chrono::{DateTime, Utc};
 use serde::Serialize;
 use serde_json::Value;
-use sqlx::{PgConnection, Row};
+use sqlx::{AssertSqlSafe, PgConnection, Row};
 
 use super::{
     filter::{bind_filter, FILTER_SQL},
@@ -178,7 +178,7 @@ pub async fn job_list(
          FROM fleet_jobs WHERE {FILTER_SQL} AND ($9::bigint IS NULL OR id < $9)
          ORDER BY id DESC LIMIT $10"
     );
-    let rows = bind_filter(sqlx::query(&sql), f)
+    let rows = bind_filter(sqlx::query(AssertSqlSafe(sql)), f)
         .bind(before_id)
         .bind(limit)
         .fetch_all(conn)
@@ -236,9 +236,9 @@ pub async fn job_list_children(
     conn: &mut PgConnection,
     id: i64,
 ) -> Result<Vec<JobSummary>, sqlx::Error> {
-    let rows = sqlx::query(&format!(
+    let rows = sqlx::query(AssertSqlSafe(format!(
         "SELECT {SUMMARY_COLUMNS} FROM fleet_jobs WHERE parent_id = $1 ORDER BY id LIMIT 200"
-    ))
+    )))
     .bind(id)
     .fetch_all(conn)
     .await?;

@@ -8,7 +8,7 @@ use std::{collections::HashMap, time::Duration};
 use chrono::{DateTime, Utc};
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
-use sqlx::{Connection, PgConnection, Row};
+use sqlx::{AssertSqlSafe, Connection, PgConnection, Row};
 
 use super::{filter::bind_filter, JobFilter, Now, QueueError};
 use crate::queue::filter::FILTER_SQL;
@@ -281,7 +281,7 @@ async fn insert_rows(
         ORDER BY input.ord
         "#
     );
-    let mut query = sqlx::query(&sql)
+    let mut query = sqlx::query(AssertSqlSafe(sql))
         .bind(&kinds)
         .bind(&queues)
         .bind(&args)
@@ -882,7 +882,7 @@ pub async fn job_replay(
         "SELECT id FROM fleet_jobs WHERE {FILTER_SQL} AND state IN ('dead', 'cancelled')
          ORDER BY id FOR UPDATE"
     );
-    let targets: Vec<i64> = bind_filter(sqlx::query(&sql), f)
+    let targets: Vec<i64> = bind_filter(sqlx::query(AssertSqlSafe(sql)), f)
         .fetch_all(&mut *conn)
         .await?
         .into_iter()
@@ -949,7 +949,7 @@ pub async fn job_cancel(
         SELECT id, was FROM cancelled ORDER BY id
         "#
     );
-    let rows: Vec<CancelledJob> = bind_filter(sqlx::query(&sql), f)
+    let rows: Vec<CancelledJob> = bind_filter(sqlx::query(AssertSqlSafe(sql)), f)
         .bind(actor)
         .bind(now)
         .fetch_all(&mut *conn)

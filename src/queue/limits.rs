@@ -21,7 +21,7 @@ use std::time::Duration;
 
 use chrono::{DateTime, Utc};
 use serde::Serialize;
-use sqlx::{Connection, PgConnection, Row};
+use sqlx::{AssertSqlSafe, Connection, PgConnection, Row};
 
 use super::{
     job::{begin_pinned, claimed_from_row},
@@ -99,9 +99,9 @@ pub async fn job_fetch_limited(
                set_config('enable_bitmapscan', 'off', true),
                (SELECT count(*) FROM ensured)"#;
     if p.counts_running() {
-        sqlx::query(&format!(
+        sqlx::query(AssertSqlSafe(format!(
             "{ensure}, pg_advisory_xact_lock($3, hashtext($4))"
-        ))
+        )))
         .bind(&names)
         .bind(&bursts)
         .bind(KIND_LOCK_CLASS)

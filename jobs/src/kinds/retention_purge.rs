@@ -32,7 +32,7 @@ use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
 use serde_json::json;
-use sqlx::{Connection, PgPool};
+use sqlx::{AssertSqlSafe, Connection, PgPool};
 use tokio_util::sync::CancellationToken;
 use uuid::Uuid;
 
@@ -196,7 +196,7 @@ pub async fn purge(
         }
         let mut conn = pool.acquire().await?;
         let mut tx = conn.begin().await?;
-        let locked: Vec<Uuid> = sqlx::query_scalar(&select_sql)
+        let locked: Vec<Uuid> = sqlx::query_scalar(AssertSqlSafe(select_sql.as_str()))
             .bind(after)
             .bind(s.pii_after_days as f64)
             .bind(s.batch)
@@ -209,7 +209,7 @@ pub async fn purge(
         after = last;
         // A second statement: a fresh snapshot re-checks the condition under the locks. Then,
         // in the same transaction, the bookings lose their personal data and the profiles go.
-        let eligible: Vec<Uuid> = sqlx::query_scalar(&eligible_sql)
+        let eligible: Vec<Uuid> = sqlx::query_scalar(AssertSqlSafe(eligible_sql.as_str()))
             .bind(&locked)
             .bind(s.pii_after_days as f64)
             .fetch_all(&mut *tx)
