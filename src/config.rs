@@ -256,6 +256,126 @@ pub struct DatabaseSettings {
     /// when it is set; writes and the claim never do. `DATABASE_READ_URL` wins.
     #[serde(default)]
     pub read_url: Option<Secret>,
+    // TLS for every URL of this section (`url`, `read_url`) that does not set its own
+    // `sslmode`, `sslrootcert`, `sslcert` or `sslkey` query parameter; `[databases.*]` entries
+    // inherit it field by field ([`DatabaseSettings::tls`]). (Not a flattened struct: serde's
+    // flatten loses the key's path in error messages.)
+    /// `disable`, `prefer` (libpq's default: TLS if the server offers it, certificate not
+    /// checked), `require` (TLS, certificate not checked; checked against `sslrootcert` when
+    /// one is given, as libpq does), `verify-ca` (TLS, certificate signed by a trusted CA) or
+    /// `verify-full` (and issued for the host connected to).
+    #[serde(default)]
+    pub sslmode: Option<SslMode>,
+    /// A PEM file of the CA certificates to trust (beside the built-in public roots).
+    #[serde(default)]
+    pub sslrootcert: Option<PathBuf>,
+    /// A PEM client certificate (chain), for servers that authenticate clients by
+    /// certificate. Needs `sslkey`.
+    #[serde(default)]
+    pub sslcert: Option<PathBuf>,
+    /// The PEM private key of `sslcert`.
+    #[serde(default)]
+    pub sslkey: Option<PathBuf>,
+}
+
+/// TLS to Postgres, as libpq names it (the `ssl*` keys of `[database]` and `[databases.*]`).
+/// A URL's own query parameters (`?sslmode=verify-full&sslrootcert=...`) win over these for
+/// that URL.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct TlsSettings {
+    /// `disable`, `prefer` (libpq's default: TLS if the server offers it, certificate not
+    /// checked), `require` (TLS, certificate not checked; checked against `sslrootcert` when
+    /// one is given, as libpq does), `verify-ca` (TLS, certificate signed by a trusted CA) or
+    /// `verify-full` (and issued for the host connected to).
+    pub sslmode: Option<SslMode>,
+    /// A PEM file of the CA certificates to trust (beside the built-in public roots).
+    pub sslrootcert: Option<PathBuf>,
+    /// A PEM client certificate (chain), for servers that authenticate clients by
+    /// certificate. Needs `sslkey`.
+    pub sslcert: Option<PathBuf>,
+    /// The PEM private key of `sslcert`.
+    pub sslkey: Option<PathBuf>,
+}
+
+impl TlsSettings {
+    /// These settings with each unset field taken from `base`.
+    pub fn or(&self, base: &TlsSettings) -> TlsSettings {
+        TlsSettings {
+            sslmode: self.sslmode.or(base.sslmode),
+            sslrootcert: self
+                .sslrootcert
+                .clone()
+                .or_else(|| base.sslrootcert.clone()),
+            sslcert: self.sslcert.clone().or_else(|| base.sslcert.clone()),
+            sslkey: self.sslkey.clone().or_else(|| base.sslkey.clone()),
+        }
+    }
+}
+
+/// libpq's `sslmode`, without `allow` (plain first, TLS only if refused: never what a managed
+/// database wants, and not something the driver can do).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum SslMode {
+    /// Plain TCP.
+    Disable,
+    /// TLS when the server offers it; the certificate is not checked.
+    Prefer,
+    /// TLS or no connection; the certificate is not checked unless a CA file is given.
+    Require,
+    /// TLS with a certificate signed by a trusted CA, for any host name.
+    VerifyCa,
+    /// TLS with a certificate signed by a trusted CA and issued for the host connected to.
+    VerifyFull,
+}
+
+impl SslMode {
+    /// The libpq spelling.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Disable => "disable",
+            Self::Prefer => "prefer",
+            Self::Require => "require",
+            Self::VerifyCa => "verify-ca",
+            Self::VerifyFull => "verify-full",
+        }
+    }
+}
+
+impl fmt::Display for SslMode {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+impl std::str::FromStr for SslMode {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, String> {
+        match s {
+            "disable" => Ok(Self::Disable),
+            "prefer" => Ok(Self::Prefer),
+            "require" => Ok(Self::Require),
+            "verify-ca" => Ok(Self::VerifyCa),
+            "verify-full" => Ok(Self::VerifyFull),
+            "allow" => Err(
+                "sslmode \"allow\" is not supported (it tries plain TCP first): use prefer, \
+                 require or a verify mode"
+                    .to_owned(),
+            ),
+            other => Err(format!(
+                "{other:?} is not an sslmode (expected one of: disable, prefer, require, \
+                 verify-ca, verify-full)"
+            )),
+        }
+    }
+}
+
+impl<'de> Deserialize<'de> for SslMode {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        String::deserialize(d)?
+            .parse()
+            .map_err(serde::de::Error::custom)
+    }
 }
 
 /// One `[databases.<name>]` entry: a database of its own for the jobs of `kinds`.
@@ -267,9 +387,35 @@ pub struct ExtraDatabase {
     /// A hot standby of it for operator reads, like `database.read_url`.
     #[serde(default)]
     pub read_url: Option<Secret>,
+    // TLS for its URLs; each unset field is `[database]`'s ([`ExtraDatabase::tls`]).
+    /// Like `database.sslmode`, for this database's URLs.
+    #[serde(default)]
+    pub sslmode: Option<SslMode>,
+    /// Like `database.sslrootcert`.
+    #[serde(default)]
+    pub sslrootcert: Option<PathBuf>,
+    /// Like `database.sslcert`.
+    #[serde(default)]
+    pub sslcert: Option<PathBuf>,
+    /// Like `database.sslkey`.
+    #[serde(default)]
+    pub sslkey: Option<PathBuf>,
     /// The kinds whose jobs live here (each kind lives in exactly one database).
     #[serde(default)]
     pub kinds: Vec<String>,
+}
+
+impl ExtraDatabase {
+    /// Its TLS settings: its own, each unset field taken from `[database]` (`main`).
+    pub fn tls(&self, main: &DatabaseSettings) -> TlsSettings {
+        TlsSettings {
+            sslmode: self.sslmode,
+            sslrootcert: self.sslrootcert.clone(),
+            sslcert: self.sslcert.clone(),
+            sslkey: self.sslkey.clone(),
+        }
+        .or(&main.tls())
+    }
 }
 
 /// The name of the main database (`[database]`) where names are shown; `[databases.*]` may
@@ -277,6 +423,16 @@ pub struct ExtraDatabase {
 pub const MAIN_DATABASE: &str = "main";
 
 impl DatabaseSettings {
+    /// The TLS settings of this section.
+    pub fn tls(&self) -> TlsSettings {
+        TlsSettings {
+            sslmode: self.sslmode,
+            sslrootcert: self.sslrootcert.clone(),
+            sslcert: self.sslcert.clone(),
+            sslkey: self.sslkey.clone(),
+        }
+    }
+
     /// The configured URL: `DATABASE_URL`, else `database.url`; `None` when neither is set.
     pub fn configured_url(&self) -> Option<String> {
         std::env::var("DATABASE_URL")
@@ -1163,6 +1319,52 @@ mod tests {
             .unwrap_err()
             .to_string();
         assert!(e.contains("budgets.stripe.burst"), "{e}");
+    }
+
+    #[test]
+    fn tls_settings_come_from_file_and_environment_and_databases_inherit_them() {
+        let f = file_with(
+            "[database]\nsslmode = \"verify-full\"\nsslrootcert = \"/etc/fleet/ca.pem\"\n\n\
+             [databases.search]\nurl = \"postgres://h/s\"\nkinds = [\"campaign_search\"]\n\
+             sslmode = \"require\"\n",
+        );
+        let s = Settings::from_sources(
+            Some(&f),
+            &env(&[("FLEET_DATABASE__SSLCERT", "/etc/fleet/client.pem")]),
+        )
+        .unwrap();
+        assert_eq!(s.database.sslmode, Some(SslMode::VerifyFull));
+        assert_eq!(
+            s.database.sslcert.as_deref(),
+            Some(Path::new("/etc/fleet/client.pem"))
+        );
+        let search = s.databases["search"].tls(&s.database);
+        assert_eq!(search.sslmode, Some(SslMode::Require), "its own mode wins");
+        assert_eq!(
+            search.sslrootcert.as_deref(),
+            Some(Path::new("/etc/fleet/ca.pem")),
+            "the CA is inherited"
+        );
+    }
+
+    #[test]
+    fn a_bad_or_misspelt_tls_setting_is_an_error_naming_it() {
+        let e = Settings::from_sources(None, &env(&[("FLEET_DATABASE__SSLMODE", "verify")]))
+            .unwrap_err()
+            .to_string();
+        assert!(
+            e.contains("database.sslmode") && e.contains("verify-full"),
+            "names the key and the valid modes: {e}"
+        );
+        let e = Settings::from_sources(None, &env(&[("FLEET_DATABASE__SSLMODE", "allow")]))
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("not supported"), "{e}");
+        let f = file_with("[database]\nsslrootcrt = \"/ca.pem\"\n");
+        let e = Settings::from_sources(Some(&f), &[])
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("`database.sslrootcrt`"), "{e}");
     }
 
     #[test]

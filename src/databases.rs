@@ -16,13 +16,10 @@
 //! [`crate::Queue::enqueue_many_in`]); a retry of the caller then meets the held key instead of
 //! creating a second job, and its handler re-reads the domain state it acts on.
 
-use std::{collections::HashMap, str::FromStr, time::Duration, time::Instant};
+use std::{collections::HashMap, time::Duration, time::Instant};
 
 use serde::Serialize;
-use sqlx::{
-    postgres::{PgConnectOptions, PgPoolOptions},
-    ConnectOptions, PgPool, Row,
-};
+use sqlx::{postgres::PgPoolOptions, PgPool, Row};
 
 use crate::{
     config::{Settings, MAIN_DATABASE},
@@ -102,22 +99,19 @@ impl Databases {
             pool: main_pool,
             replica: None,
         }
-        .with_replica(db.configured_read_url().as_deref(), db.connect_timeout)?;
+        .with_replica(database::Endpoint::main_reads(db)?, db.connect_timeout);
         let mut others = Vec::new();
         let mut homes = HashMap::new();
         for (name, extra) in &settings.databases {
-            let url = extra
-                .url
-                .as_ref()
-                .map(|u| u.expose().to_owned())
-                .ok_or(DatabaseError::NotConfigured)?;
+            let endpoint = database::Endpoint::of(name, extra, db)?;
             let pool =
-                database::connect_within(&url, db.max_connections, db.connect_timeout).await?;
+                database::connect_endpoint(&endpoint, db.max_connections, db.connect_timeout)
+                    .await?;
             database::require_schema(&pool).await?;
             let d = Database::primary_only(name, pool).with_replica(
-                extra.read_url.as_ref().map(|u| u.expose()),
+                database::Endpoint::reads_of(name, extra, db)?,
                 db.connect_timeout,
-            )?;
+            );
             for k in &extra.kinds {
                 homes.insert(k.clone(), others.len());
             }
@@ -171,20 +165,19 @@ impl Databases {
 }
 
 impl Database {
-    fn with_replica(mut self, url: Option<&str>, timeout: Duration) -> Result<Self, DatabaseError> {
-        let Some(url) = url.filter(|u| !u.is_empty()) else {
-            return Ok(self);
+    fn with_replica(mut self, endpoint: Option<database::Endpoint>, timeout: Duration) -> Self {
+        let Some(endpoint) = endpoint else {
+            return self;
         };
-        let opts = PgConnectOptions::from_str(url)
-            .map_err(|e| DatabaseError::InvalidUrl(format!("read_url of {}: {e}", self.name)))?
-            .log_statements(tracing::log::LevelFilter::Trace)
-            .log_slow_statements(tracing::log::LevelFilter::Warn, Duration::from_secs(2));
-        self.replica = Some(database::describe_target(&opts));
+        tracing::info!(database = %self.name, setting = %endpoint.setting,
+            target = %endpoint.target(), tls = %endpoint.tls,
+            "operator reads go to a read replica (connected on first use)");
+        self.replica = Some(endpoint.target());
         self.reads = PgPoolOptions::new()
             .max_connections(READ_POOL_SIZE)
             .acquire_timeout(timeout)
-            .connect_lazy_with(opts);
-        Ok(self)
+            .connect_lazy_with(endpoint.options);
+        self
     }
 }
 

@@ -20,22 +20,82 @@ use crate::database::{chown_to_postgres, postgres_bindir};
 
 /// A Postgres server this process started; stopped (fast) and deleted on drop.
 pub struct LocalCluster {
-    /// Its port on 127.0.0.1.
+    /// Its port on 127.0.0.1 (and on [::1] when [`ClusterConfig::ipv6`] is set).
     pub port: u16,
     root: PathBuf,
     bin: PathBuf,
     as_root: bool,
     running: bool,
+    config: ClusterConfig,
+}
+
+/// What a cluster is started with beyond the defaults (tests of TLS, limits, roles).
+#[derive(Debug, Clone, Default)]
+pub struct ClusterConfig {
+    /// `-c name=value` server settings, after the defaults (so they win).
+    pub settings: Vec<(String, String)>,
+    /// `pg_hba.conf` lines put before initdb's own (the first match wins).
+    pub hba: Vec<String>,
+    /// Files written into the data directory before the start, owned by the server's user,
+    /// mode 0600 (certificates and keys): `(name, contents)`.
+    pub files: Vec<(String, Vec<u8>)>,
+    /// Listen on [::1] as well as 127.0.0.1.
+    pub ipv6: bool,
 }
 
 impl LocalCluster {
     /// `initdb` in a fresh directory, then start it as a primary that accepts replication.
     pub fn start_primary(label: &str) -> anyhow::Result<Self> {
+        Self::start_configured(label, ClusterConfig::default())
+    }
+
+    /// Like [`LocalCluster::start_primary`], with `config`'s files, `pg_hba.conf` lines and
+    /// settings.
+    pub fn start_configured(label: &str, config: ClusterConfig) -> anyhow::Result<Self> {
         let mut c = Self::prepare(label)?;
+        c.config = config;
         let data = c.data();
         c.run("initdb", &crate::database::initdb_args(path_str(&data)?))?;
+        if !c.config.hba.is_empty() {
+            let hba = data.join("pg_hba.conf");
+            let initdb_own = std::fs::read_to_string(&hba).context("reading pg_hba.conf")?;
+            let mut text = c.config.hba.join("\n");
+            text.push('\n');
+            text.push_str(&initdb_own);
+            std::fs::write(&hba, text).context("writing pg_hba.conf")?;
+        }
+        for (name, contents) in c.config.files.clone() {
+            c.write_file(&name, &contents)?;
+        }
         c.start()?;
         Ok(c)
+    }
+
+    /// Writes `name` into the data directory (mode 0600, owned by the server's user): a
+    /// certificate to swap in before [`LocalCluster::reload`].
+    pub fn write_file(&self, name: &str, contents: &[u8]) -> anyhow::Result<()> {
+        use std::os::unix::fs::PermissionsExt;
+        let path = self.data().join(name);
+        std::fs::write(&path, contents).with_context(|| format!("writing {}", path.display()))?;
+        std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o600))?;
+        if self.as_root {
+            chown_to_postgres(&path)?;
+        }
+        Ok(())
+    }
+
+    /// Makes the server re-read its configuration files and certificates (`pg_ctl reload`).
+    pub fn reload(&self) -> anyhow::Result<()> {
+        let data = self.data();
+        self.run("pg_ctl", &["-D", path_str(&data)?, "reload"])
+    }
+
+    /// Starts a server stopped by [`LocalCluster::stop`] again, on the same port.
+    pub fn restart(&mut self) -> anyhow::Result<()> {
+        if self.running {
+            return Ok(());
+        }
+        self.start()
     }
 
     /// A hot standby of `primary`: `pg_basebackup -R` (which writes `standby.signal` and
@@ -103,6 +163,7 @@ impl LocalCluster {
             bin: postgres_bindir()?,
             as_root,
             running: false,
+            config: ClusterConfig::default(),
         })
     }
 
@@ -113,13 +174,21 @@ impl LocalCluster {
     fn start(&mut self) -> anyhow::Result<()> {
         let data = self.data();
         let log = self.root.join("postgres.log");
-        let opts = format!(
-            "-p {} -k {} -c listen_addresses=127.0.0.1 -c max_connections=60 -c fsync=off \
+        let listen = if self.config.ipv6 {
+            "127.0.0.1,::1"
+        } else {
+            "127.0.0.1"
+        };
+        let mut opts = format!(
+            "-p {} -k {} -c listen_addresses={listen} -c max_connections=60 -c fsync=off \
              -c wal_level=replica -c max_wal_senders=5 -c hot_standby=on \
              -c wal_receiver_status_interval=1s",
             self.port,
             path_str(&self.root)?
         );
+        for (k, v) in &self.config.settings {
+            opts.push_str(&format!(" -c {k}={v}"));
+        }
         let started = self.run(
             "pg_ctl",
             &[

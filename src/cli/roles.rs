@@ -58,8 +58,9 @@ pub async fn migrate(a: MigrateArgs, settings: &Settings) -> anyhow::Result<()> 
         // The same migrations everywhere: a jobs-only database carries the domain tables too,
         // empty, so one binary checks one schema.
         for (name, d) in &settings.databases {
-            let url = d.url.as_ref().map(|u| u.expose()).unwrap_or_default();
-            let p = database::connect_within(url, 2, settings.database.connect_timeout).await?;
+            let endpoint = database::Endpoint::of(name, d, &settings.database)?;
+            let p =
+                database::connect_endpoint(&endpoint, 2, settings.database.connect_timeout).await?;
             let applied = database::migrate_pending(&p).await?;
             eprintln!("databases.{name}: applied {} migration(s)", applied.len());
         }

@@ -4,7 +4,7 @@
 use std::path::Path;
 
 use clap::Subcommand;
-use fleet::{config::Settings, fleet_registry};
+use fleet::{config::Settings, database, fleet_registry};
 use serde_json::json;
 
 use super::output::{emit, short, table};
@@ -71,12 +71,66 @@ pub fn run(a: ConfigArgs, file: Option<&Path>) -> anyhow::Result<()> {
             "priority": k.priority, "overridden_by_config": overridden,
         }));
     }
+    let mut connections = table(&["setting", "target", "TLS in effect"]);
+    let mut connections_json = Vec::new();
+    for (setting, endpoint) in endpoints(&resolved.settings) {
+        let (target, tls, error) = match &endpoint {
+            Ok(e) => (e.target(), e.tls.to_string(), None),
+            Err(e) => ("-".to_owned(), "-".to_owned(), Some(e.to_string())),
+        };
+        connections.add_row(vec![
+            setting.clone(),
+            target.clone(),
+            error.clone().map_or(tls.clone(), |e| format!("error: {e}")),
+        ]);
+        connections_json.push(json!({
+            "setting": setting, "target": target,
+            "tls": endpoint.as_ref().ok().map(|e| &e.tls), "error": error,
+        }));
+    }
     let value = json!({
         "settings": resolved.values.iter().map(|v| json!({
             "key": v.key, "value": v.value, "source": v.source.to_string(),
         })).collect::<Vec<_>>(),
+        "connections": connections_json,
         "kinds": kinds_json,
     });
-    let text = format!("{settings}\n\nkinds (code defaults; * = overridden in [kinds.*])\n{kinds}");
+    let text = format!(
+        "{settings}\n\nconnections (URL parameters over [database] settings; no password shown)\n\
+         {connections}\n\nkinds (code defaults; * = overridden in [kinds.*])\n{kinds}"
+    );
     emit(json, &value, &text)
+}
+
+/// Every database URL configured, with what it resolves to (or why it does not).
+fn endpoints(s: &Settings) -> Vec<(String, Result<database::Endpoint, database::DatabaseError>)> {
+    let db = &s.database;
+    let mut out = Vec::new();
+    match database::Endpoint::main(db) {
+        Err(database::DatabaseError::NotConfigured) => {}
+        r => out.push((
+            r.as_ref()
+                .map_or("database.url".into(), |e| e.setting.clone()),
+            r,
+        )),
+    }
+    match database::Endpoint::main_reads(db) {
+        Ok(None) => {}
+        Ok(Some(e)) => out.push((e.setting.clone(), Ok(e))),
+        Err(e) => out.push(("database.read_url".into(), Err(e))),
+    }
+    for (name, d) in &s.databases {
+        out.push((
+            format!("databases.{name}.url"),
+            database::Endpoint::of(name, d, db),
+        ));
+        match database::Endpoint::reads_of(name, d, db) {
+            Ok(None) => {}
+            r => out.push((
+                format!("databases.{name}.read_url"),
+                r.map(|e| e.expect("some")),
+            )),
+        }
+    }
+    out
 }

@@ -35,6 +35,12 @@ use sqlx::{
 };
 use tokio::sync::OnceCell;
 
+pub mod tls;
+
+pub use tls::TlsInEffect;
+
+use crate::config::TlsSettings;
+
 /// The local server tried when no URL is configured (demo, bench, tests). Plain TCP: it is
 /// loopback, and the figures in docs/benchmarks.md were measured without TLS.
 pub const LOCAL_SERVER_URL: &str = "postgres://postgres@127.0.0.1:5432/postgres?sslmode=disable";
@@ -87,8 +93,8 @@ pub enum DatabaseError {
          fleet never picks a database by itself"
     )]
     NotConfigured,
-    /// The URL does not parse.
-    #[error("the database URL is not a valid postgres:// URL: {0}")]
+    /// The URL does not parse, or its TLS settings are wrong (a mode, a missing file).
+    #[error("{0}")]
     InvalidUrl(String),
     /// The first connection failed.
     #[error("cannot connect to the database at {target}: {reason}")]
@@ -135,19 +141,29 @@ impl DatabaseError {
     }
 }
 
-/// `host:port/database as user` of `opts`: what an error may name (no password).
+/// `host:port/database as user` of `opts`: what an error may name (no password). An IPv6
+/// host is bracketed, as in a URL.
 pub fn describe_target(opts: &PgConnectOptions) -> String {
+    let host = opts.get_host();
+    let host = if host.contains(':') && !host.starts_with('[') {
+        format!("[{host}]")
+    } else {
+        host.to_owned()
+    };
     format!(
-        "{}:{}/{} as {}",
-        opts.get_host(),
+        "{host}:{}/{} as {}",
         opts.get_port(),
         opts.get_database().unwrap_or("(default)"),
         opts.get_username()
     )
 }
 
-/// The reason a connection failed, said once (sqlx's texts repeat the server's message).
-fn connect_reason(e: &sqlx::Error) -> String {
+/// The reason a connection failed, said once (sqlx's texts repeat the server's message), with
+/// a failed TLS handshake explained ([`tls::explain`]).
+fn connect_reason(e: &sqlx::Error, host: &str, tls: Option<&TlsInEffect>) -> String {
+    if let Some(why) = tls.and_then(|t| tls::explain(e, host, t)) {
+        return why;
+    }
     match e {
         sqlx::Error::Database(db) => db.message().to_owned(),
         sqlx::Error::Io(io) => io.to_string(),
@@ -156,44 +172,176 @@ fn connect_reason(e: &sqlx::Error) -> String {
     }
 }
 
+/// One URL the fleet connects to, parsed, with its TLS resolved ([`tls::apply`]).
+#[derive(Debug, Clone)]
+pub struct Endpoint {
+    /// The setting it comes from (`database.url`, `databases.search.read_url`), named in errors.
+    pub setting: String,
+    /// The driver's options (with the password: never printed).
+    pub options: PgConnectOptions,
+    /// The TLS it uses.
+    pub tls: TlsInEffect,
+}
+
+impl Endpoint {
+    /// Parses `url` (the value of `setting`, in the section `section` whose TLS settings are
+    /// `tls_settings`). The error names the setting, never the URL.
+    pub fn parse(
+        setting: &str,
+        section: &str,
+        url: &str,
+        tls_settings: &TlsSettings,
+    ) -> Result<Self, DatabaseError> {
+        let options = PgConnectOptions::from_str(url)
+            .map_err(|e| {
+                DatabaseError::InvalidUrl(format!(
+                    "{setting} is not a valid postgres:// URL: {}",
+                    connect_reason(&e, "", None)
+                ))
+            })?
+            .log_statements(tracing::log::LevelFilter::Trace)
+            .log_slow_statements(tracing::log::LevelFilter::Warn, Duration::from_secs(2));
+        let (options, tls) = tls::apply(setting, section, url, tls_settings, options)
+            .map_err(DatabaseError::InvalidUrl)?;
+        Ok(Self {
+            setting: setting.to_owned(),
+            options,
+            tls,
+        })
+    }
+
+    /// `host:port/database as user`.
+    pub fn target(&self) -> String {
+        describe_target(&self.options)
+    }
+
+    /// The main database's primary: `DATABASE_URL`, else `database.url`.
+    pub fn main(db: &crate::config::DatabaseSettings) -> Result<Self, DatabaseError> {
+        let url = db.configured_url().ok_or(DatabaseError::NotConfigured)?;
+        let setting = if std::env::var("DATABASE_URL").is_ok_and(|u| !u.is_empty()) {
+            "DATABASE_URL"
+        } else {
+            "database.url"
+        };
+        Self::parse(setting, "database", &url, &db.tls())
+    }
+
+    /// The main database's read replica (`DATABASE_READ_URL`, else `database.read_url`), if any.
+    pub fn main_reads(db: &crate::config::DatabaseSettings) -> Result<Option<Self>, DatabaseError> {
+        let Some(url) = db.configured_read_url() else {
+            return Ok(None);
+        };
+        let setting = if std::env::var("DATABASE_READ_URL").is_ok_and(|u| !u.is_empty()) {
+            "DATABASE_READ_URL"
+        } else {
+            "database.read_url"
+        };
+        Self::parse(setting, "database", &url, &db.tls()).map(Some)
+    }
+
+    /// The primary of `[databases.<name>]` (TLS: its own settings over `[database]`'s).
+    pub fn of(
+        name: &str,
+        d: &crate::config::ExtraDatabase,
+        main: &crate::config::DatabaseSettings,
+    ) -> Result<Self, DatabaseError> {
+        let url = d
+            .url
+            .as_ref()
+            .map(|u| u.expose().to_owned())
+            .filter(|u| !u.is_empty())
+            .ok_or(DatabaseError::NotConfigured)?;
+        Self::parse(
+            &format!("databases.{name}.url"),
+            &format!("databases.{name}"),
+            &url,
+            &d.tls(main),
+        )
+    }
+
+    /// The read replica of `[databases.<name>]`, if any.
+    pub fn reads_of(
+        name: &str,
+        d: &crate::config::ExtraDatabase,
+        main: &crate::config::DatabaseSettings,
+    ) -> Result<Option<Self>, DatabaseError> {
+        let Some(url) = d
+            .read_url
+            .as_ref()
+            .map(|u| u.expose().to_owned())
+            .filter(|u| !u.is_empty())
+        else {
+            return Ok(None);
+        };
+        Self::parse(
+            &format!("databases.{name}.read_url"),
+            &format!("databases.{name}"),
+            &url,
+            &d.tls(main),
+        )
+        .map(Some)
+    }
+
+    /// The first connection to it, within `timeout`: its error names the target and why.
+    async fn first_connection(&self, timeout: Duration) -> Result<PgConnection, DatabaseError> {
+        let unreachable = |reason: String| DatabaseError::Unreachable {
+            target: self.target(),
+            reason,
+        };
+        match tokio::time::timeout(timeout, PgConnection::connect_with(&self.options)).await {
+            Err(_) => Err(unreachable(format!(
+                "no answer within {} (database.connect_timeout)",
+                humantime::format_duration(timeout)
+            ))),
+            Ok(Err(e)) => Err(unreachable(connect_reason(
+                &e,
+                self.options.get_host(),
+                Some(&self.tls),
+            ))),
+            Ok(Ok(c)) => Ok(c),
+        }
+    }
+}
+
 /// A pool on the configured database (`DATABASE_URL`, else `database.url`): the first
 /// connection within `database.connect_timeout`, or an error naming the target and the reason.
 pub async fn connect_configured(
     db: &crate::config::DatabaseSettings,
 ) -> Result<PgPool, DatabaseError> {
-    let url = db.configured_url().ok_or(DatabaseError::NotConfigured)?;
-    connect_within(&url, db.max_connections, db.connect_timeout).await
+    connect_endpoint(&Endpoint::main(db)?, db.max_connections, db.connect_timeout).await
 }
 
-/// A pool of `max` connections to `url`, the first connection within `timeout`.
-pub async fn connect_within(
-    url: &str,
+/// A pool of `max` connections to `endpoint`, the first connection within `timeout`. Logs,
+/// once, where it connected and with which TLS.
+pub async fn connect_endpoint(
+    endpoint: &Endpoint,
     max: u32,
     timeout: Duration,
 ) -> Result<PgPool, DatabaseError> {
-    let opts = PgConnectOptions::from_str(url)
-        .map_err(|e| DatabaseError::InvalidUrl(connect_reason(&e)))?
-        .log_statements(tracing::log::LevelFilter::Trace)
-        .log_slow_statements(tracing::log::LevelFilter::Warn, Duration::from_secs(2));
-    let target = describe_target(&opts);
-    let unreachable = |reason: String| DatabaseError::Unreachable {
-        target: target.clone(),
-        reason,
-    };
     // One connection first: its error says why, where the pool would only time out.
-    match tokio::time::timeout(timeout, PgConnection::connect_with(&opts)).await {
-        Err(_) => return Err(unreachable(format!("no answer within {timeout:?}"))),
-        Ok(Err(e)) => return Err(unreachable(connect_reason(&e))),
-        Ok(Ok(c)) => {
-            let _ = c.close().await;
-        }
-    }
-    PgPoolOptions::new()
+    let first = endpoint.first_connection(timeout).await?;
+    let _ = first.close().await;
+    let pool = PgPoolOptions::new()
         .max_connections(max)
         .acquire_timeout(Duration::from_secs(30))
-        .connect_with(opts)
+        .connect_with(endpoint.options.clone())
         .await
-        .map_err(|e| unreachable(connect_reason(&e)))
+        .map_err(|e| DatabaseError::Unreachable {
+            target: endpoint.target(),
+            reason: connect_reason(&e, endpoint.options.get_host(), Some(&endpoint.tls)),
+        })?;
+    if endpoint.tls.mode == crate::config::SslMode::Prefer {
+        tracing::info!(
+            setting = %endpoint.setting, target = %endpoint.target(), tls = %endpoint.tls,
+            "connected to the database (sslmode=prefer: set verify-full for a managed database)"
+        );
+    } else {
+        tracing::info!(
+            setting = %endpoint.setting, target = %endpoint.target(), tls = %endpoint.tls,
+            "connected to the database"
+        );
+    }
+    Ok(pool)
 }
 
 /// One migration as the database and this binary see it.
