@@ -251,6 +251,27 @@ pub struct DatabaseSettings {
     pub connect_timeout: Duration,
     /// Pool size per process.
     pub max_connections: u32,
+    /// What `url` reaches: `none` (Postgres itself), `session` (a pooler in session mode:
+    /// each connection is a session, as with none) or `transaction` (a pooler in transaction
+    /// mode, e.g. PgBouncer `pool_mode = transaction` or Supavisor's port 6543: no named
+    /// prepared statements, every statement in a transaction, no session state; see
+    /// docs/operations.md, "Managed Postgres").
+    #[serde(default = "default_pooler")]
+    pub pooler: jobs::Pooler,
+    /// A direct connection (or a session-mode pooler) beside a transaction pooler `url`, for
+    /// what needs a session: `LISTEN`, the workers' claim sessions, the booking saga's campaign
+    /// lock, and `fleet migrate`. Without it, behind a transaction pooler, workers poll and
+    /// claim in a transaction per round, and `fleet migrate` refuses. `DATABASE_DIRECT_URL`
+    /// wins.
+    #[serde(default)]
+    pub direct_url: Option<Secret>,
+    /// The longest any statement the engine runs on its own (a claim, an outcome, a
+    /// heartbeat, an operator read) may go unanswered before it fails and its connection is
+    /// closed: a network that drops packets without a reset would otherwise hold a caller for
+    /// as long as TCP retransmits. Statements inside a handler's transactions are bounded by
+    /// the job's timeout instead.
+    #[serde(deserialize_with = "duration")]
+    pub statement_timeout: Duration,
     /// A hot standby of the database (Postgres streaming replication) for operator reads:
     /// `fleet queue stats/list/show`, the console's pages and the metrics snapshot read there
     /// when it is set; writes and the claim never do. `DATABASE_READ_URL` wins.
@@ -310,6 +331,10 @@ impl TlsSettings {
             sslkey: self.sslkey.clone().or_else(|| base.sslkey.clone()),
         }
     }
+}
+
+fn default_pooler() -> jobs::Pooler {
+    jobs::Pooler::None
 }
 
 /// libpq's `sslmode`, without `allow` (plain first, TLS only if refused: never what a managed
@@ -387,6 +412,12 @@ pub struct ExtraDatabase {
     /// A hot standby of it for operator reads, like `database.read_url`.
     #[serde(default)]
     pub read_url: Option<Secret>,
+    /// What its `url` reaches, like `database.pooler` (unset: `[database]`'s).
+    #[serde(default)]
+    pub pooler: Option<jobs::Pooler>,
+    /// Its direct connection, like `database.direct_url`.
+    #[serde(default)]
+    pub direct_url: Option<Secret>,
     // TLS for its URLs; each unset field is `[database]`'s ([`ExtraDatabase::tls`]).
     /// Like `database.sslmode`, for this database's URLs.
     #[serde(default)]
@@ -439,6 +470,16 @@ impl DatabaseSettings {
             .ok()
             .filter(|u| !u.is_empty())
             .or_else(|| self.url.as_ref().map(|s| s.0.clone()))
+            .filter(|u| !u.is_empty())
+    }
+
+    /// The configured direct connection: `DATABASE_DIRECT_URL`, else `database.direct_url`;
+    /// `None` when neither is set.
+    pub fn configured_direct_url(&self) -> Option<String> {
+        std::env::var("DATABASE_DIRECT_URL")
+            .ok()
+            .filter(|u| !u.is_empty())
+            .or_else(|| self.direct_url.as_ref().map(|s| s.0.clone()))
             .filter(|u| !u.is_empty())
     }
 
@@ -686,7 +727,13 @@ fn is_secret_key(path: &[String]) -> bool {
     path.last().is_some_and(|k| {
         matches!(
             k.as_str(),
-            "secret_key" | "access_token" | "api_key" | "url" | "read_url" | "password_hash"
+            "secret_key"
+                | "access_token"
+                | "api_key"
+                | "url"
+                | "read_url"
+                | "direct_url"
+                | "password_hash"
         ) && path.first().map(String::as_str) != Some("schedules")
     })
 }
@@ -1027,6 +1074,21 @@ impl Settings {
         if let Some(u) = self.database.read_url.as_ref().filter(|u| !u.0.is_empty()) {
             check_database_url("database.read_url", u.expose())?;
         }
+        if let Some(u) = self
+            .database
+            .direct_url
+            .as_ref()
+            .filter(|u| !u.0.is_empty())
+        {
+            check_database_url("database.direct_url", u.expose())?;
+        }
+        if self.database.statement_timeout < Duration::from_secs(1) {
+            return bad(
+                "database.statement_timeout",
+                format!("{:?}", self.database.statement_timeout),
+                "must be at least 1s (it bounds every engine statement, bulk ones included)",
+            );
+        }
         let mut homes: BTreeMap<&str, &str> = BTreeMap::new();
         for (name, d) in &self.databases {
             let valid_name = !name.is_empty()
@@ -1052,6 +1114,9 @@ impl Settings {
             }
             if let Some(u) = d.read_url.as_ref().filter(|u| !u.0.is_empty()) {
                 check_database_url(&format!("databases.{name}.read_url"), u.expose())?;
+            }
+            if let Some(u) = d.direct_url.as_ref().filter(|u| !u.0.is_empty()) {
+                check_database_url(&format!("databases.{name}.direct_url"), u.expose())?;
             }
             if d.kinds.is_empty() {
                 return Err(ConfigError(format!(

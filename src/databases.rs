@@ -18,8 +18,9 @@
 
 use std::{collections::HashMap, time::Duration, time::Instant};
 
+use jobs::{Db, Pooler};
 use serde::Serialize;
-use sqlx::{postgres::PgPoolOptions, PgPool, Row};
+use sqlx::{postgres::PgPoolOptions, Row};
 
 use crate::{
     config::{Settings, MAIN_DATABASE},
@@ -37,20 +38,21 @@ pub struct Database {
     /// `main`, or the `[databases.<name>]` name.
     pub name: String,
     /// The primary: writes, the claim, operator actions.
-    pub pool: PgPool,
+    pub db: Db,
     /// Operator reads: the replica when `read_url` is set, else the primary.
-    pub reads: PgPool,
+    pub reads: Db,
     /// `host:port/database as user` of the replica, when there is one (never a password).
     pub replica: Option<String>,
 }
 
 impl Database {
     /// A database with no replica (reads on the primary).
-    pub fn primary_only(name: &str, pool: PgPool) -> Self {
+    pub fn primary_only(name: &str, db: impl Into<Db>) -> Self {
+        let db = db.into();
         Self {
             name: name.to_owned(),
-            reads: pool.clone(),
-            pool,
+            reads: db.clone(),
+            db,
             replica: None,
         }
     }
@@ -60,7 +62,7 @@ impl Database {
         if self.replica.is_none() {
             return Ok(None);
         }
-        replica_lag(&self.pool, &self.reads, LAG_PROBE_BUDGET)
+        replica_lag(&self.db, &self.reads, LAG_PROBE_BUDGET)
             .await
             .map(Some)
     }
@@ -91,25 +93,22 @@ impl Databases {
     /// the caller), each `[databases.*]` one checked the same way (its schema must fit this
     /// binary), and the read replicas (lazily: a replica that is down fails the reads that
     /// need it, naming it, never the start of a role).
-    pub async fn connect(settings: &Settings, main_pool: PgPool) -> Result<Self, DatabaseError> {
+    pub async fn connect(settings: &Settings, main_db: Db) -> Result<Self, DatabaseError> {
         let db = &settings.database;
-        let main = Database {
-            name: MAIN_DATABASE.to_owned(),
-            reads: main_pool.clone(),
-            pool: main_pool,
-            replica: None,
-        }
-        .with_replica(database::Endpoint::main_reads(db)?, db.connect_timeout);
+        let main = Database::primary_only(MAIN_DATABASE, main_db).with_replica(
+            database::Endpoint::main_reads(db)?,
+            db.pooler,
+            db.connect_timeout,
+        );
         let mut others = Vec::new();
         let mut homes = HashMap::new();
         for (name, extra) in &settings.databases {
-            let endpoint = database::Endpoint::of(name, extra, db)?;
-            let pool =
-                database::connect_endpoint(&endpoint, db.max_connections, db.connect_timeout)
-                    .await?;
-            database::require_schema(&pool).await?;
-            let d = Database::primary_only(name, pool).with_replica(
+            let reach = database::Reach::of(name, extra, db)?;
+            let opened = reach.open().await?;
+            database::require_schema(&opened).await?;
+            let d = Database::primary_only(name, opened).with_replica(
                 database::Endpoint::reads_of(name, extra, db)?,
+                reach.pooler,
                 db.connect_timeout,
             );
             for k in &extra.kinds {
@@ -152,7 +151,7 @@ impl Databases {
         let mut r = Routes::new(MAIN_DATABASE);
         for (kind, &i) in &self.homes {
             let d = &self.others[i];
-            r.insert(kind, &d.name, d.pool.clone());
+            r.insert(kind, &d.name, d.db.clone());
         }
         r
     }
@@ -160,23 +159,39 @@ impl Databases {
     /// The enqueue API of a process of this fleet: callers' connections are on `main`, and
     /// jobs of kinds homed elsewhere go to their own database.
     pub fn queue(&self, registry: std::sync::Arc<Registry>) -> Queue {
-        Queue::new(self.main.pool.clone(), registry).with_routes(self.routes())
+        Queue::new(self.main.db.clone(), registry).with_routes(self.routes())
     }
 }
 
 impl Database {
-    fn with_replica(mut self, endpoint: Option<database::Endpoint>, timeout: Duration) -> Self {
-        let Some(endpoint) = endpoint else {
+    fn with_replica(
+        mut self,
+        endpoint: Option<database::Endpoint>,
+        pooler: Pooler,
+        timeout: Duration,
+    ) -> Self {
+        let Some(mut endpoint) = endpoint else {
             return self;
         };
+        if pooler == Pooler::Transaction {
+            endpoint.options = endpoint
+                .options
+                .statement_cache_capacity(0)
+                .extra_float_digits(None);
+        }
         tracing::info!(database = %self.name, setting = %endpoint.setting,
             target = %endpoint.target(), tls = %endpoint.tls,
             "operator reads go to a read replica (connected on first use)");
         self.replica = Some(endpoint.target());
-        self.reads = PgPoolOptions::new()
+        let pool = PgPoolOptions::new()
             .max_connections(READ_POOL_SIZE)
             .acquire_timeout(timeout)
             .connect_lazy_with(endpoint.options);
+        self.reads = match pooler {
+            Pooler::Transaction => Db::behind_transaction_pooler(pool, None),
+            _ => Db::direct(pool),
+        }
+        .with_statement_timeout(self.db.statement_timeout());
         self
     }
 }
@@ -204,8 +219,8 @@ pub struct ReplicaLag {
 /// Reads the primary's flushed WAL position, then polls the replica until it has replayed
 /// past it (a caught-up replica answers at the first look: lag 0), for at most `budget`.
 pub async fn replica_lag(
-    primary: &PgPool,
-    replica: &PgPool,
+    primary: &Db,
+    replica: &Db,
     budget: Duration,
 ) -> Result<ReplicaLag, sqlx::Error> {
     let target: String = sqlx::query_scalar("SELECT pg_current_wal_flush_lsn()::text")

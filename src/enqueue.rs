@@ -13,8 +13,9 @@
 
 use std::{collections::HashMap, sync::Arc};
 
+use jobs::Db;
 use jobs::{BoxFuture, EnqueueError, Enqueued, Enqueuer, Job, NewJob};
-use sqlx::{PgConnection, PgPool};
+use sqlx::PgConnection;
 
 use crate::{
     queue::{self, JobInsert, QueueError},
@@ -30,8 +31,8 @@ const SECOND_CONNECTION_WAIT: std::time::Duration = std::time::Duration::from_mi
 pub struct Routes {
     /// The name of the queue's own database (that of its pool and of callers' connections).
     home: String,
-    /// kind → (database name, its pool).
-    by_kind: HashMap<String, (String, PgPool)>,
+    /// kind → (database name, its handle).
+    by_kind: HashMap<String, (String, Db)>,
 }
 
 impl Routes {
@@ -43,14 +44,13 @@ impl Routes {
         }
     }
 
-    /// Sends `kind`'s jobs to the database `name` on `pool`.
-    pub fn insert(&mut self, kind: &str, name: &str, pool: PgPool) {
-        self.by_kind
-            .insert(kind.to_owned(), (name.to_owned(), pool));
+    /// Sends `kind`'s jobs to the database `name` on `db`.
+    pub fn insert(&mut self, kind: &str, name: &str, db: Db) {
+        self.by_kind.insert(kind.to_owned(), (name.to_owned(), db));
     }
 
     /// The database `kind`'s jobs go to: `None` for the queue's own.
-    fn of(&self, kind: &str) -> Option<&(String, PgPool)> {
+    fn of(&self, kind: &str) -> Option<&(String, Db)> {
         self.by_kind.get(kind)
     }
 }
@@ -64,7 +64,7 @@ impl Default for Routes {
 /// Enqueues jobs. Cheap to clone.
 #[derive(Clone)]
 pub struct Queue {
-    pool: PgPool,
+    db: Db,
     registry: Arc<Registry>,
     /// Set on the queue a handler gets: the jobs it enqueues record it as their parent, when
     /// they land in the parent's database (ids are per database).
@@ -73,11 +73,11 @@ pub struct Queue {
 }
 
 impl Queue {
-    /// A queue over `pool` for `registry`'s kinds, filling placement defaults from their
+    /// A queue over `db` for `registry`'s kinds, filling placement defaults from their
     /// resolved settings.
-    pub fn new(pool: PgPool, registry: Arc<Registry>) -> Self {
+    pub fn new(db: impl Into<Db>, registry: Arc<Registry>) -> Self {
         Self {
-            pool,
+            db: db.into(),
             registry,
             parent: None,
             routes: Arc::new(Routes::default()),
@@ -106,9 +106,9 @@ impl Queue {
         }
     }
 
-    /// The pool.
-    pub fn pool(&self) -> &PgPool {
-        &self.pool
+    /// The database it enqueues in (and whose connections callers' transactions are on).
+    pub fn db(&self) -> &Db {
+        &self.db
     }
 
     /// Enqueues one typed job with an optional idempotency key.
@@ -139,19 +139,29 @@ impl Queue {
     /// connection: the earlier of two jobs with one key must be the one that holds it, and a
     /// fair rank counts the jobs queued before it. Either way every statement commits on its
     /// own, so a failure part way leaves the statements before it written, as it always did.
+    ///
+    /// Behind a transaction pooler the whole call is one transaction (its statements must
+    /// share a server connection): all of it is written, or none.
     pub async fn enqueue_many(&self, jobs: Vec<NewJob>) -> Result<Vec<Enqueued>, QueueError> {
         let mut rows = self.prepare(jobs)?;
+        let Some(conn) = self.db.acquire_session().await else {
+            let mut tx = self.db.begin().await?;
+            let out = self.insert_routed(&mut tx, rows, false).await?;
+            tx.commit().await?;
+            return Ok(out);
+        };
+        let mut conn = conn?;
         let unkeyed = rows
             .iter()
             .all(|r| r.idempotency_key.is_none() && r.limit_key.is_none());
-        let mut conn = self.pool.acquire().await?;
         if unkeyed && self.routes.by_kind.is_empty() && rows.len() > queue::ENQUEUE_CHUNK {
             // A second connection only if one comes quickly: a small or busy pool inserts on
             // the one it gave.
-            let other = if self.pool.options().get_max_connections() >= 2 {
-                tokio::time::timeout(SECOND_CONNECTION_WAIT, self.pool.acquire())
+            let other = if self.db.max_connections() >= 2 {
+                tokio::time::timeout(SECOND_CONNECTION_WAIT, self.db.acquire_session())
                     .await
                     .ok()
+                    .flatten()
                     .and_then(Result::ok)
             } else {
                 None
@@ -217,11 +227,11 @@ impl Queue {
         } else {
             // Group by target database, keeping each job's input position.
             let mut local: Vec<usize> = Vec::new();
-            let mut remote: Vec<(&str, &PgPool, Vec<usize>)> = Vec::new();
+            let mut remote: Vec<(&str, &Db, Vec<usize>)> = Vec::new();
             for (i, row) in rows.iter().enumerate() {
                 match self.routes.of(&row.kind) {
                     None => local.push(i),
-                    Some((name, pool)) => {
+                    Some((name, db)) => {
                         if beside_tx && row.idempotency_key.is_none() {
                             return Err(QueueError::InvalidJob(format!(
                                 "kind {:?} lives in database {name:?}, not in the caller's ({:?}): \
@@ -232,7 +242,7 @@ impl Queue {
                         }
                         match remote.iter_mut().find(|(n, _, _)| *n == name.as_str()) {
                             Some((_, _, v)) => v.push(i),
-                            None => remote.push((name.as_str(), pool, vec![i])),
+                            None => remote.push((name.as_str(), db, vec![i])),
                         }
                     }
                 }
@@ -241,9 +251,11 @@ impl Queue {
             let pick = |idx: &[usize]| -> Vec<JobInsert> {
                 idx.iter().map(|&i| rows[i].clone()).collect()
             };
-            for (_, pool, idx) in &remote {
-                let mut c = pool.acquire().await?;
-                let got = queue::job_insert_many(&mut c, &pick(idx), None).await?;
+            for (_, db, idx) in &remote {
+                // Their own transaction on their own database: all of them or none.
+                let mut tx = db.begin().await?;
+                let got = queue::job_insert_many(&mut tx, &pick(idx), None).await?;
+                tx.commit().await?;
                 for (&i, e) in idx.iter().zip(got) {
                     out[i] = Some(e);
                 }

@@ -7,11 +7,11 @@
 
 use std::sync::OnceLock;
 
+use jobs::Db;
 use prometheus::{
     Encoder, Gauge, GaugeVec, HistogramOpts, HistogramVec, IntCounter, IntCounterVec, IntGauge,
     IntGaugeVec, Opts, Registry, TextEncoder,
 };
-use sqlx::PgPool;
 
 use crate::{config::MAIN_DATABASE, databases::Database, queue};
 
@@ -279,8 +279,8 @@ static SNAPSHOT_AT: std::sync::Mutex<Option<std::time::Instant>> = std::sync::Mu
 
 /// Reads the queue gauges from the database (unfinished jobs only) into the metrics. On error
 /// the previous values stay and `fleet_database_up` is 0.
-pub async fn refresh_snapshot(pool: &PgPool) -> Result<(), sqlx::Error> {
-    refresh_snapshot_of(&[Database::primary_only(MAIN_DATABASE, pool.clone())]).await
+pub async fn refresh_snapshot(db: &Db) -> Result<(), sqlx::Error> {
+    refresh_snapshot_of(&[Database::primary_only(MAIN_DATABASE, db.clone())]).await
 }
 
 /// Reads the queue gauges of every database in `dbs` (each from its read replica when it has
@@ -294,13 +294,13 @@ pub async fn refresh_snapshot_of(dbs: &[Database]) -> Result<(), sqlx::Error> {
         let mut lags = Vec::new();
         let mut budgets: Vec<queue::BudgetState> = Vec::new();
         for db in dbs {
-            let mut conn = db.reads.acquire().await?;
-            gauges.extend(queue::job_gauges(&mut conn, None).await?);
-            paused.extend(queue::kind_list_paused(&mut conn).await?);
+            let reads = &db.reads;
+            gauges.extend(queue::job_gauges(reads, None).await?);
+            paused.extend(queue::kind_list_paused(reads).await?);
             // A budget lives in the one database its spenders share (checked at start); the
             // others report it untouched (full), so the lowest level is the real one.
             if let Some(specs) = BUDGETS.get().filter(|b| !b.is_empty()) {
-                for b in queue::budget_list(&mut conn, specs, None).await? {
+                for b in queue::budget_list(reads, specs, None).await? {
                     match budgets
                         .iter_mut()
                         .find(|o: &&mut queue::BudgetState| o.name == b.name)
@@ -311,7 +311,6 @@ pub async fn refresh_snapshot_of(dbs: &[Database]) -> Result<(), sqlx::Error> {
                     }
                 }
             }
-            drop(conn);
             if let Some(lag) = db.replica_lag().await? {
                 lags.push((db.name.clone(), lag));
             }
@@ -422,9 +421,9 @@ pub fn render_text() -> String {
 
 /// Refreshes the snapshot (when a pool is given) and renders the text exposition (tests and
 /// one-off scrapes).
-pub async fn render(pool: Option<&PgPool>) -> Result<String, sqlx::Error> {
-    if let Some(pool) = pool {
-        refresh_snapshot(pool).await?;
+pub async fn render(db: Option<&Db>) -> Result<String, sqlx::Error> {
+    if let Some(db) = db {
+        refresh_snapshot(db).await?;
     }
     Ok(render_text())
 }

@@ -6,9 +6,9 @@
 use std::time::{Duration, Instant};
 
 use anyhow::Context;
+use jobs::Db;
 use serde::Serialize;
 use serde_json::json;
-use sqlx::{Connection, PgPool};
 
 use jobs::audit;
 
@@ -94,12 +94,12 @@ pub struct KindLimitState {
     pub reason: Option<String>,
 }
 
-/// Operator commands over one database. Reads go to [`Ops::with_reads`]'s pool (a read
+/// Operator commands over one database. Reads go to [`Ops::with_reads`]'s database (a read
 /// replica) when one is given; every write, dry run and the drain's own counting go to the
 /// primary.
 pub struct Ops {
-    pool: PgPool,
-    reads: PgPool,
+    db: Db,
+    reads: Db,
     replica: bool,
     known_kinds: Vec<String>,
     actor: String,
@@ -107,10 +107,11 @@ pub struct Ops {
 
 impl Ops {
     /// `known_kinds`: the kinds this binary registers (others are accepted only if stored).
-    pub fn new(pool: PgPool, known_kinds: Vec<String>, actor: impl Into<String>) -> Self {
+    pub fn new(db: impl Into<Db>, known_kinds: Vec<String>, actor: impl Into<String>) -> Self {
+        let db = db.into();
         Self {
-            reads: pool.clone(),
-            pool,
+            reads: db.clone(),
+            db,
             replica: false,
             known_kinds,
             actor: actor.into(),
@@ -119,7 +120,7 @@ impl Ops {
 
     /// These commands over `db`: reads on its replica when it has one.
     pub fn on(db: &crate::databases::Database, known_kinds: Vec<String>, actor: &str) -> Self {
-        let ops = Self::new(db.pool.clone(), known_kinds, actor);
+        let ops = Self::new(db.db.clone(), known_kinds, actor);
         if db.replica.is_some() {
             ops.with_reads(db.reads.clone())
         } else {
@@ -129,7 +130,7 @@ impl Ops {
 
     /// Sends the reads (stats, lists, one job, paused kinds, workers, bookings, audit) to
     /// `reads`, a hot standby of the primary: they show the replica's state, up to its lag.
-    pub fn with_reads(mut self, reads: PgPool) -> Self {
+    pub fn with_reads(mut self, reads: Db) -> Self {
         self.reads = reads;
         self.replica = true;
         self
@@ -141,7 +142,7 @@ impl Ops {
             return Ok(None);
         }
         let lag = crate::databases::replica_lag(
-            &self.pool,
+            &self.db,
             &self.reads,
             crate::databases::LAG_PROBE_BUDGET,
         )
@@ -155,8 +156,7 @@ impl Ops {
         if self.known_kinds.iter().any(|k| k == kind) {
             return Ok(());
         }
-        let mut conn = self.read_conn().await?;
-        if queue::kind_exists(&mut conn, kind).await? {
+        if self.read(queue::kind_exists(&self.reads, kind)).await? {
             return Ok(());
         }
         usage!(
@@ -179,14 +179,13 @@ impl Ops {
 
     /// The paused and draining kinds.
     pub async fn paused(&self) -> anyhow::Result<Vec<queue::PausedKind>> {
-        let mut conn = self.read_conn().await?;
-        Ok(queue::kind_list_paused(&mut conn).await?)
+        self.read(queue::kind_list_paused(&self.reads)).await
     }
 
     /// Registered workers; `alive` when the last heartbeat is within `alive_within`.
     pub async fn workers(&self, alive_within: Duration) -> anyhow::Result<Vec<queue::WorkerRow>> {
-        let mut conn = self.read_conn().await?;
-        Ok(queue::worker_list(&mut conn, alive_within, None).await?)
+        self.read(queue::worker_list(&self.reads, alive_within, None))
+            .await
     }
 
     /// Of `kinds`, those no live worker claims (by kind and by the kind's queue, from
@@ -230,9 +229,12 @@ impl Ops {
                 }
             })
             .collect();
-        let mut conn = self.read_conn().await?;
-        let counts = queue::kind_limit_counts(&mut conn, &specs, None).await?;
-        let budgets = queue::budget_list(&mut conn, &registry.budgets(), None).await?;
+        let counts = self
+            .read(queue::kind_limit_counts(&self.reads, &specs, None))
+            .await?;
+        let budgets = self
+            .read(queue::budget_list(&self.reads, &registry.budgets(), None))
+            .await?;
         let kinds = specs
             .iter()
             .zip(counts)
@@ -286,8 +288,7 @@ impl Ops {
 
     /// Per-kind counts.
     pub async fn stats(&self) -> anyhow::Result<Vec<KindStats>> {
-        let mut conn = self.read_conn().await?;
-        Ok(queue::job_stats(&mut conn, None).await?)
+        self.read(queue::job_stats(&self.reads, None)).await
     }
 
     /// Per kind, completions in each of the last `minutes` minutes (1..=60), oldest first.
@@ -295,8 +296,12 @@ impl Ops {
         if !(1..=60).contains(&minutes) {
             usage!("minutes must be 1..=60, got {minutes}");
         }
-        let mut conn = self.read_conn().await?;
-        Ok(queue::job_count_completed_by_minute(&mut conn, minutes, None).await?)
+        self.read(queue::job_count_completed_by_minute(
+            &self.reads,
+            minutes,
+            None,
+        ))
+        .await
     }
 
     /// A page of jobs, newest first.
@@ -310,22 +315,20 @@ impl Ops {
         if !(1..=10_000).contains(&limit) {
             usage!("--limit must be 1..=10000, got {limit}");
         }
-        let mut conn = self.read_conn().await?;
-        Ok(queue::job_list(&mut conn, f, limit, before_id).await?)
+        self.read(queue::job_list(&self.reads, f, limit, before_id))
+            .await
     }
 
     /// One job with its error history.
     pub async fn show(&self, id: i64) -> anyhow::Result<JobRecord> {
-        let mut conn = self.read_conn().await?;
-        queue::job_get(&mut conn, id)
+        self.read(queue::job_get(&self.reads, id))
             .await?
             .with_context(|| format!("no job with id {id}"))
     }
 
     /// The jobs job `id`'s handlers enqueued.
     pub async fn children(&self, id: i64) -> anyhow::Result<Vec<JobSummary>> {
-        let mut conn = self.read_conn().await?;
-        Ok(queue::job_list_children(&mut conn, id).await?)
+        self.read(queue::job_list_children(&self.reads, id)).await
     }
 
     /// Dead or cancelled jobs → available with a fresh attempt budget.
@@ -348,8 +351,7 @@ impl Ops {
                 );
             }
         }
-        let mut conn = self.pool.acquire().await?;
-        let mut tx = conn.begin().await?;
+        let mut tx = self.db.begin().await?;
         let result = queue::job_replay(&mut tx, f, None).await?;
         self.finish(tx, dry_run, "job.replay", json!({ "filter": f, "replayed": result.replayed.len(), "ids": capped(&result.replayed) }))
             .await?;
@@ -366,8 +368,7 @@ impl Ops {
         if f.is_empty() {
             usage!("cancel needs --id or a filter (--kind, --state, --queue, --since, --until, --key, --args)");
         }
-        let mut conn = self.pool.acquire().await?;
-        let mut tx = conn.begin().await?;
+        let mut tx = self.db.begin().await?;
         let result = queue::job_cancel(&mut tx, f, &self.actor, None).await?;
         let ids: Vec<i64> = result.iter().map(|c| c.id).collect();
         self.finish(
@@ -388,9 +389,8 @@ impl Ops {
         dry_run: bool,
     ) -> anyhow::Result<Mutation<bool>> {
         self.check_kind(kind).await?;
-        let mut conn = self.pool.acquire().await?;
-        let mut tx = conn.begin().await?;
-        let changed = queue::kind_pause(&mut tx, kind, &self.actor, reason).await?;
+        let mut tx = self.db.begin().await?;
+        let changed = queue::kind_pause(&mut *tx, kind, &self.actor, reason).await?;
         self.finish_on(
             tx,
             dry_run,
@@ -405,9 +405,8 @@ impl Ops {
     /// Lets workers claim `kind` again.
     pub async fn resume(&self, kind: &str, dry_run: bool) -> anyhow::Result<Mutation<bool>> {
         self.check_kind(kind).await?;
-        let mut conn = self.pool.acquire().await?;
-        let mut tx = conn.begin().await?;
-        let changed = queue::kind_resume(&mut tx, kind).await?;
+        let mut tx = self.db.begin().await?;
+        let changed = queue::kind_resume(&mut *tx, kind).await?;
         self.finish_on(
             tx,
             dry_run,
@@ -440,7 +439,7 @@ impl Ops {
             self.check_kind(k).await?;
         }
         let started = Instant::now();
-        let mut conn = self.pool.acquire().await?;
+        let conn = &self.db;
         let result = |counts: DrainCounts,
                       already_paused: &[String],
                       drained: bool,
@@ -454,13 +453,13 @@ impl Ops {
             waited_ms,
         };
         if dry_run {
-            let already_paused: Vec<String> = queue::kind_list_paused(&mut conn)
+            let already_paused: Vec<String> = queue::kind_list_paused(conn)
                 .await?
                 .into_iter()
                 .filter(|p| p.draining_through_id.is_none() && kinds.contains(&p.kind))
                 .map(|p| p.kind)
                 .collect();
-            let counts = queue::job_count_draining(&mut conn, kinds).await?;
+            let counts = queue::job_count_draining(conn, kinds).await?;
             let r = result(counts, &already_paused, false, 0);
             return Ok(self.mutation("drain", true, r));
         }
@@ -468,17 +467,17 @@ impl Ops {
         // set their cutoff is the one that decides, so no separate read can race with a pause.
         let mut already_paused = Vec::new();
         {
-            let mut tx = conn.begin().await?;
+            let mut tx = self.db.begin().await?;
             let mut cutoffs = serde_json::Map::new();
             for k in kinds {
-                let cutoff = queue::kind_drain_start(&mut tx, k, &self.actor).await?;
+                let cutoff = queue::kind_drain_start(&mut *tx, k, &self.actor).await?;
                 if cutoff.is_none() {
                     already_paused.push(k.clone());
                 }
                 cutoffs.insert(k.clone(), json!(cutoff));
             }
             audit::record(
-                &mut tx,
+                &mut *tx,
                 &self.actor,
                 "kind.drain",
                 "kind",
@@ -493,21 +492,21 @@ impl Ops {
             tx.commit().await?;
         }
         loop {
-            let counts = queue::job_count_draining(&mut conn, kinds).await?;
+            let counts = queue::job_count_draining(conn, kinds).await?;
             progress(&counts);
             if counts.backlog == 0 && counts.running == 0 {
                 // End the drain, then look once more: a backlog retry that came due between
                 // the count and this statement may have been claimed. Anything still queued is
                 // now held, so only running jobs can remain to wait for.
-                queue::kind_drain_end(&mut conn, kinds).await?;
-                let after = queue::job_count_draining(&mut conn, kinds).await?;
+                queue::kind_drain_end(conn, kinds).await?;
+                let after = queue::job_count_draining(conn, kinds).await?;
                 if after.running == 0 {
                     let waited_ms = started.elapsed().as_millis() as u64;
                     let r = result(after, &already_paused, true, waited_ms);
                     return Ok(self.mutation("drain", false, r));
                 }
             } else if started.elapsed() >= timeout {
-                queue::kind_drain_end(&mut conn, kinds).await?;
+                queue::kind_drain_end(conn, kinds).await?;
                 return Err(DrainTimedOut {
                     kinds: kinds.join(", "),
                     timeout,
@@ -533,18 +532,17 @@ impl Ops {
         if older_than < Duration::from_secs(60) {
             usage!("--older-than must be at least 1m (got {older_than:?})");
         }
-        let mut conn = self.pool.acquire().await?;
         let deleted = if dry_run {
-            queue::job_count_prunable(&mut conn, states, older_than, None).await? as u64
+            queue::job_count_prunable(&self.db, states, older_than, None).await? as u64
         } else {
             // Each batch commits with its own audit row: a prune interrupted half-way leaves
             // exactly the deletions it audited.
             let mut total = 0;
             let mut after_id = 0;
             for batch in 1.. {
-                let mut tx = conn.begin().await?;
+                let mut tx = self.db.begin().await?;
                 let b = queue::job_prune_finished(
-                    &mut tx,
+                    &mut *tx,
                     states,
                     older_than,
                     PRUNE_BATCH,
@@ -555,7 +553,7 @@ impl Ops {
                 let n = b.deleted;
                 if n > 0 || batch == 1 {
                     audit::record(
-                        &mut tx,
+                        &mut *tx,
                         &self.actor,
                         "job.prune",
                         "job",
@@ -584,7 +582,6 @@ impl Ops {
         let Some(view) = jobs::booking::view(&self.reads, id).await? else {
             usage!("no booking with id {id}");
         };
-        let mut conn = self.read_conn().await?;
         let mut found: Vec<JobSummary> = Vec::new();
         for sel in jobs::kinds::jobs_of_booking(&view) {
             let f = JobFilter {
@@ -593,7 +590,10 @@ impl Ops {
                 args_contain: sel.args,
                 ..JobFilter::default()
             };
-            for j in queue::job_list(&mut conn, &f, 50, None).await? {
+            for j in self
+                .read(queue::job_list(&self.reads, &f, 50, None))
+                .await?
+            {
                 if !found.iter().any(|x| x.id == j.id) {
                     found.push(j);
                 }
@@ -616,8 +616,7 @@ impl Ops {
         dry_run: bool,
     ) -> anyhow::Result<Mutation<jobs::kinds::refund_compensation::OperatorRefund>> {
         use jobs::kinds::refund_compensation::{request_by_operator, RefundRefused};
-        let mut conn = self.pool.acquire().await?;
-        let mut tx = conn.begin().await?;
+        let mut tx = self.db.begin().await?;
         let r = match request_by_operator(&mut tx, queue, id, reason).await {
             Ok(r) => r,
             Err(RefundRefused::Failed(e)) => return Err(anyhow::anyhow!(e)),
@@ -648,16 +647,20 @@ impl Ops {
         Ok(audit::list(&self.reads, f).await?)
     }
 
-    /// A connection for reads: on the replica when there is one, named when it fails.
-    async fn read_conn(&self) -> anyhow::Result<sqlx::pool::PoolConnection<sqlx::Postgres>> {
+    /// Runs a read (on [`Ops::reads`]): a failure on the replica names it.
+    async fn read<T>(
+        &self,
+        read: impl std::future::Future<Output = Result<T, sqlx::Error>>,
+    ) -> anyhow::Result<T> {
         if !self.replica {
-            return Ok(self.pool.acquire().await?);
+            return Ok(read.await?);
         }
-        let target = crate::database::describe_target(&self.reads.connect_options());
-        self.reads
-            .acquire()
-            .await
-            .with_context(|| format!("cannot reach the read replica at {target} (read_url)"))
+        read.await.with_context(|| {
+            let target = crate::database::describe_target(
+                &self.reads.session_independent_pool().connect_options(),
+            );
+            format!("cannot read from the read replica at {target} (read_url)")
+        })
     }
 
     fn mutation<T: Serialize>(
@@ -711,7 +714,7 @@ impl Ops {
             return Ok(());
         }
         audit::record(
-            &mut tx,
+            &mut *tx,
             &self.actor,
             action,
             resource_type,

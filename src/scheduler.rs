@@ -16,8 +16,8 @@ use std::{collections::BTreeMap, sync::Arc};
 
 use chrono::{DateTime, SubsecRound, Utc};
 use croner::{parser::CronParser, Cron};
+use jobs::Db;
 use jobs::NewJob;
-use sqlx::{Connection, PgPool};
 use tokio_util::sync::CancellationToken;
 
 use crate::{
@@ -122,22 +122,23 @@ pub fn validate(
 /// Enqueues cron ticks.
 #[derive(Clone)]
 pub struct Scheduler {
-    pool: PgPool,
+    db: Db,
     queue: Queue,
     schedules: Arc<Vec<Schedule>>,
 }
 
 impl Scheduler {
     /// A scheduler for validated `schedules`.
-    pub fn new(pool: PgPool, registry: Arc<Registry>, schedules: Vec<Schedule>) -> Self {
+    pub fn new(db: impl Into<Db>, registry: Arc<Registry>, schedules: Vec<Schedule>) -> Self {
+        let db = db.into();
         Self {
-            queue: Queue::new(pool.clone(), registry),
-            pool,
+            queue: Queue::new(db.clone(), registry),
+            db,
             schedules: Arc::new(schedules),
         }
     }
 
-    /// Enqueues through `queue` (on the same database as the scheduler's pool), e.g. one that
+    /// Enqueues through `queue` (on the same database as the scheduler's), e.g. one that
     /// routes kinds to their own databases ([`crate::databases::Databases::queue`]).
     pub fn with_queue(mut self, queue: Queue) -> Self {
         self.queue = queue;
@@ -156,15 +157,14 @@ impl Scheduler {
         schedule: &Schedule,
         tick: DateTime<Utc>,
     ) -> anyhow::Result<Option<i64>> {
-        let mut conn = self.pool.acquire().await?;
-        let mut tx = conn.begin().await?;
-        if !queue::cron_tick_claim(&mut tx, &schedule.name, tick).await? {
+        let mut tx = self.db.begin().await?;
+        if !queue::cron_tick_claim(&mut *tx, &schedule.name, tick).await? {
             tx.rollback().await?;
             return Ok(None);
         }
         let job = NewJob::raw(schedule.kind.clone(), schedule.args.clone()).key(schedule.key(tick));
         let enqueued = self.queue.enqueue_many_in(&mut tx, vec![job]).await?;
-        queue::cron_tick_set_job(&mut tx, &schedule.name, tick, enqueued[0].id).await?;
+        queue::cron_tick_set_job(&mut *tx, &schedule.name, tick, enqueued[0].id).await?;
         tx.commit().await?;
         tracing::info!(schedule = %schedule.name, tick = %tick, job.id = enqueued[0].id, job.kind = %schedule.kind, "cron tick enqueued");
         Ok(Some(enqueued[0].id))

@@ -26,8 +26,8 @@ use axum::{
     BoxError, Json, Router,
 };
 use hyper_util::{rt::TokioIo, rt::TokioTimer, service::TowerToHyperService};
+use jobs::Db;
 use serde::Serialize;
-use sqlx::PgPool;
 use tokio::sync::Semaphore;
 use tokio_util::sync::CancellationToken;
 use tower::{ServiceBuilder, ServiceExt};
@@ -83,33 +83,33 @@ impl Default for Limits {
 #[derive(Clone)]
 pub struct AppState {
     /// The fleet's database.
-    pub pool: PgPool,
+    pub db: Db,
 }
 
 /// The admin endpoints: `GET /livez`, `GET /readyz`, `GET /metrics`, and `GET /health` (the
 /// readiness answer with each kind's queue lag, kept for existing probes).
-pub fn admin_router(pool: PgPool) -> Router {
+pub fn admin_router(db: impl Into<Db>) -> Router {
     Router::new()
         .route("/livez", get(livez))
         .route("/readyz", get(readyz))
         .route("/health", get(health))
         .route("/metrics", get(metrics))
-        .with_state(AppState { pool })
+        .with_state(AppState { db: db.into() })
 }
 
 /// The admin endpoints and the operator console under `/ui/` (what `fleet serve` serves on the
 /// admin listener); `/` and `/ui` lead to `/ui/`.
-pub fn admin_router_with_console(pool: PgPool, console: crate::console::Console) -> Router {
+pub fn admin_router_with_console(db: impl Into<Db>, console: crate::console::Console) -> Router {
     let to_console = || async { axum::response::Redirect::to("/ui/") };
-    admin_router(pool)
+    admin_router(db)
         .route("/", get(to_console))
         .route("/ui", get(to_console))
         .merge(console.router())
 }
 
 /// The admin endpoints (the router `fleet worker --metrics-bind` serves).
-pub fn router(pool: PgPool) -> Router {
-    admin_router(pool)
+pub fn router(db: impl Into<Db>) -> Router {
+    admin_router(db)
 }
 
 async fn livez() -> impl IntoResponse {
@@ -131,8 +131,8 @@ pub struct Health {
 /// Ready: the database answers within 2 s and its schema fits this binary.
 async fn readyz(State(s): State<AppState>) -> (StatusCode, Json<Health>) {
     let probe = async {
-        sqlx::query("SELECT 1").execute(&s.pool).await?;
-        crate::database::require_schema(&s.pool)
+        sqlx::query("SELECT 1").execute(&s.db).await?;
+        crate::database::require_schema(&s.db)
             .await
             .map_err(|e| sqlx::Error::Protocol(e.to_string()))?;
         Ok::<_, sqlx::Error>(())
@@ -153,10 +153,7 @@ async fn readyz(State(s): State<AppState>) -> (StatusCode, Json<Health>) {
 }
 
 async fn health(State(s): State<AppState>) -> impl IntoResponse {
-    let probe = async {
-        let mut conn = s.pool.acquire().await?;
-        queue::job_gauges(&mut conn, None).await
-    };
+    let probe = async { queue::job_gauges(&s.db, None).await };
     match tokio::time::timeout(Duration::from_secs(2), probe).await {
         Ok(Ok(gauges)) => {
             let queue_lag_seconds = gauges

@@ -112,7 +112,7 @@ fn ctx(pool: &PgPool, keys: Keyring) -> JobContext {
         kind: "backfill".into(),
         attempt: 1,
         max_attempts: 1,
-        pool: pool.clone(),
+        db: pool.clone().into(),
         cancel: tokio_util::sync::CancellationToken::new(),
         enqueuer: Arc::new(Queue::new(pool.clone(), Arc::new(Registry::default()))),
         extensions: jobs::Extensions::new().with(Deps {

@@ -105,7 +105,7 @@ impl Harness {
         s.destination = destination.into();
         s.payment_method = format!("{card}__{n}");
         s.max_price = "5000.00".into();
-        let seeded = seed_campaign(self.pool(), &self.keyring, &s)
+        let seeded = seed_campaign(&self.db.db(), &self.keyring, &s)
             .await
             .expect("seed");
         sqlx::query("UPDATE traveler_profiles SET gender = 'F' WHERE id = $1")
@@ -191,7 +191,7 @@ impl Harness {
     }
 
     async fn assert_invariants(&self) {
-        let violations = fleet::check::run(self.pool()).await.unwrap();
+        let violations = fleet::check::run(&self.db.db()).await.unwrap();
         assert!(
             violations.is_empty(),
             "invariants violated: {violations:#?}"

@@ -75,7 +75,7 @@ impl Env {
         let reg = registry();
         // booking_attempt is another module's kind: keep its jobs where the test can read them.
         let mut c = db.pool.acquire().await.unwrap();
-        queue::kind_pause(&mut c, "booking_attempt", "test", "not under test")
+        queue::kind_pause(&mut *c, "booking_attempt", "test", "not under test")
             .await
             .unwrap();
         let w = Worker::new(db.pool.clone(), reg.clone(), fast_settings())
@@ -97,7 +97,9 @@ impl Env {
     }
 
     async fn seed(&self, s: CampaignSeed) -> Seeded {
-        seed_campaign(self.pool(), &self.keyring, &s).await.unwrap()
+        seed_campaign(&self.db.db(), &self.keyring, &s)
+            .await
+            .unwrap()
     }
 
     /// Enqueues `job` and waits until it is finished; returns its final record.
@@ -162,7 +164,7 @@ async fn scan_fans_out_one_search_per_due_campaign_and_a_second_scan_enqueues_no
     let pool = env.pool().clone();
     {
         let mut c = pool.acquire().await.unwrap();
-        queue::kind_pause(&mut c, "campaign_search", "test", "count, do not run")
+        queue::kind_pause(&mut *c, "campaign_search", "test", "count, do not run")
             .await
             .unwrap();
     }
@@ -244,7 +246,9 @@ async fn scan_fans_out_one_search_per_due_campaign_and_a_second_scan_enqueues_no
         inner: env.queue.clone(),
         calls: Mutex::new(Vec::new()),
     };
-    let report = campaign_scan::scan(&pool, &counting, 1000).await.unwrap();
+    let report = campaign_scan::scan(&jobs::Db::from(pool.clone()), &counting, 1000)
+        .await
+        .unwrap();
     assert_eq!(
         (
             report.due,
@@ -296,7 +300,7 @@ async fn due_in_one_window(n: u64) -> (ScratchDb, Queue, Vec<Uuid>) {
     let db = db().await;
     let keyring = jobs::pii::Keyring::parse(TEST_PII_KEYS).unwrap();
     let template = seed_campaign(
-        &db.pool,
+        &db.db(),
         &keyring,
         &CampaignSeed {
             first_search_in: SECS(3600),
@@ -307,7 +311,7 @@ async fn due_in_one_window(n: u64) -> (ScratchDb, Queue, Vec<Uuid>) {
     .unwrap()
     .campaign_id;
     let window = Utc::now() - chrono::Duration::minutes(1);
-    let copied = copy_campaigns(&db.pool, &[template], n, window, Duration::ZERO)
+    let copied = copy_campaigns(&db.db(), &[template], n, window, Duration::ZERO)
         .await
         .unwrap();
     assert_eq!(copied, n);
@@ -345,12 +349,16 @@ async fn scan_that_died_after_some_batches_resumes_and_enqueues_only_the_missing
         ok_calls: 3,
         calls: Mutex::new(0),
     };
-    let err = campaign_scan::scan(&pool, &dying, 4).await.unwrap_err();
+    let err = campaign_scan::scan(&jobs::Db::from(pool.clone()), &dying, 4)
+        .await
+        .unwrap_err();
     assert!(err.is_retryable(), "{err:?}");
     assert_eq!(jobs_of(&pool, "campaign_search").await.len(), 12);
 
     // The retry walks the same window: the 12 committed are duplicates, the 13 others new.
-    let report = campaign_scan::scan(&pool, &q, 4).await.unwrap();
+    let report = campaign_scan::scan(&jobs::Db::from(pool.clone()), &q, 4)
+        .await
+        .unwrap();
     assert_eq!(
         (report.due, report.enqueued, report.duplicates),
         (25, 13, 12)
@@ -358,7 +366,9 @@ async fn scan_that_died_after_some_batches_resumes_and_enqueues_only_the_missing
     assert_one_search_each(&pool, &due).await;
 
     // And a third run, as after a crash right at the end, enqueues nothing.
-    let report = campaign_scan::scan(&pool, &q, 1000).await.unwrap();
+    let report = campaign_scan::scan(&jobs::Db::from(pool.clone()), &q, 1000)
+        .await
+        .unwrap();
     assert_eq!(
         (report.due, report.enqueued, report.duplicates),
         (25, 0, 25)
@@ -370,9 +380,10 @@ async fn scan_that_died_after_some_batches_resumes_and_enqueues_only_the_missing
 async fn two_scans_racing_over_one_window_enqueue_one_search_per_campaign() {
     let (db, q, due) = due_in_one_window(40).await;
     let pool = db.pool.clone();
+    let db_handle = db.db();
     let (a, b) = tokio::join!(
-        campaign_scan::scan(&pool, &q, 3),
-        campaign_scan::scan(&pool, &q, 5)
+        campaign_scan::scan(&db_handle, &q, 3),
+        campaign_scan::scan(&db_handle, &q, 5)
     );
     let (a, b) = (a.unwrap(), b.unwrap());
     assert_eq!((a.due, b.due), (40, 40));

@@ -142,7 +142,7 @@ async fn seeded_campaigns_satisfy_the_schema_and_the_invariants() {
     let keys =
         jobs::pii::Keyring::parse("v1:MDEyMzQ1Njc4OWFiY2RlZjAxMjM0NTY3ODlhYmNkZWY=").unwrap();
     for n in 0..3 {
-        jobs::seed::seed_campaign(&db.pool, &keys, &jobs::seed::CampaignSeed::new(n))
+        jobs::seed::seed_campaign(&db.db(), &keys, &jobs::seed::CampaignSeed::new(n))
             .await
             .unwrap();
     }

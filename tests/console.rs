@@ -478,7 +478,7 @@ impl App {
 
     async fn paused(&self) -> Vec<String> {
         let mut c = self.pool().acquire().await.unwrap();
-        queue::kind_list_paused(&mut c)
+        queue::kind_list_paused(&mut *c)
             .await
             .unwrap()
             .into_iter()
@@ -663,7 +663,7 @@ async fn the_overview_shows_the_jobs_a_worker_is_running_and_updates_without_a_r
     wait_state(app.pool(), dead, JobState::Dead, SECS(10)).await;
     {
         let mut c = app.pool().acquire().await.unwrap();
-        queue::kind_pause(&mut c, "card_update", "bob", "waiting for Stripe")
+        queue::kind_pause(&mut *c, "card_update", "bob", "waiting for Stripe")
             .await
             .unwrap();
     }
@@ -717,7 +717,7 @@ async fn the_overview_shows_jobs_held_by_a_blocked_budget_apart_from_jobs_ready_
     {
         let mut c = app.pool().acquire().await.unwrap();
         queue::budget_block(
-            &mut c,
+            &mut *c,
             "duffel_search",
             SECS(600),
             "duffel create_offer_request rate_limited: HTTP 429",
@@ -870,7 +870,7 @@ async fn a_booking_timeline_from_a_real_saga_shows_its_steps_provider_ids_and_jo
     seed.passport = CANARY_PASSPORT.into();
     seed.full_name = "Zelda Quixote-Canary".into();
     seed.max_price = "5000.00".into();
-    let seeded = seed_campaign(app.pool(), &keyring, &seed).await.unwrap();
+    let seeded = seed_campaign(&app.db.db(), &keyring, &seed).await.unwrap();
     // Duffel books only M/F travelers; the seed's default is X.
     sqlx::query("UPDATE traveler_profiles SET gender = 'F' WHERE id = $1")
         .bind(seeded.profile_id)
@@ -1074,7 +1074,7 @@ async fn pausing_a_kind_shows_a_dry_run_then_pauses_audited_and_the_worker_stops
         let pool = pool.clone();
         async move {
             let mut c = pool.acquire().await.unwrap();
-            queue::kind_list_paused(&mut c)
+            queue::kind_list_paused(&mut *c)
                 .await
                 .unwrap()
                 .iter()

@@ -314,9 +314,13 @@ async fn counts(pool: &PgPool) -> (i64, i64) {
 /// A ticketed booking of the documented order id, as the saga leaves it.
 async fn ticketed_booking(pool: &PgPool, order_id: &str) -> uuid::Uuid {
     let keys = jobs::pii::Keyring::parse(TEST_PII_KEYS).unwrap();
-    let seeded = jobs::seed::seed_campaign(pool, &keys, &jobs::seed::CampaignSeed::new(1))
-        .await
-        .unwrap();
+    let seeded = jobs::seed::seed_campaign(
+        &jobs::Db::from(pool.clone()),
+        &keys,
+        &jobs::seed::CampaignSeed::new(1),
+    )
+    .await
+    .unwrap();
     sqlx::query_scalar(
         "INSERT INTO bookings (campaign_id, duffel_offer_id, duffel_order_id, stripe_payment_intent_id, total_amount, currency,
                                status, authorized_at, order_attempted_at, ordered_at, captured_at)

@@ -96,7 +96,7 @@ async fn rolled_back_transactional_enqueue_leaves_no_job() {
         .await
         .unwrap();
     tx.rollback().await.unwrap();
-    assert!(queue::job_get(&mut conn, r[0].id).await.unwrap().is_none());
+    assert!(queue::job_get(&mut *conn, r[0].id).await.unwrap().is_none());
 
     let mut tx = conn.begin().await.unwrap();
     let r2 = q
@@ -111,7 +111,7 @@ async fn rolled_back_transactional_enqueue_leaves_no_job() {
         !r2[0].duplicate,
         "the rolled-back job must not hold the key"
     );
-    let j = queue::job_get(&mut conn, r2[0].id).await.unwrap().unwrap();
+    let j = queue::job_get(&mut *conn, r2[0].id).await.unwrap().unwrap();
     assert_eq!(j.state, JobState::Available);
 }
 
@@ -218,7 +218,7 @@ async fn late_completion_after_rescue_is_refused() {
     let stale = claim_one(&mut conn, Duration::from_millis(1)).await;
     // Rescue as of 20 ms later: the 1 ms lease has expired by then.
     let later = db_now(&db.pool).await + chrono::Duration::milliseconds(20);
-    let rescued = queue::job_rescue_expired(&mut conn, 100, Some(later))
+    let rescued = queue::job_rescue_expired(&mut *conn, 100, Some(later))
         .await
         .unwrap();
     assert_eq!(rescued.retried, 1);
@@ -233,7 +233,7 @@ async fn late_completion_after_rescue_is_refused() {
         "{late:?}"
     );
     let hb = queue::job_extend_leases(
-        &mut conn,
+        &mut *conn,
         &[(stale.id, stale.claim_seq)],
         Duration::from_secs(30),
         None,
@@ -243,7 +243,7 @@ async fn late_completion_after_rescue_is_refused() {
     assert!(hb.is_empty());
 
     // A new claim gets a new fencing token, and the old one stays refused even while running.
-    queue::job_promote_due(&mut conn, 100, Some(later))
+    queue::job_promote_due(&mut *conn, 100, Some(later))
         .await
         .unwrap();
     let fresh = claim_one(&mut conn, Duration::from_secs(30)).await;
@@ -407,11 +407,11 @@ async fn cleaner_deletes_only_finished_jobs_past_their_states_retention() {
     let deleted = cleaner.run_once(None).await.unwrap();
     assert_eq!(deleted, 2_500);
     assert!(
-        queue::job_get(&mut conn, pending).await.unwrap().is_some(),
+        queue::job_get(&mut *conn, pending).await.unwrap().is_some(),
         "recently completed job kept"
     );
     assert!(
-        queue::job_get(&mut conn, recent).await.unwrap().is_some(),
+        queue::job_get(&mut *conn, recent).await.unwrap().is_some(),
         "unfinished job kept"
     );
 }
@@ -459,11 +459,11 @@ async fn purge_keeps_a_completed_job_whose_key_window_is_still_open() {
     // Ten minutes on, retention of one minute: past retention, but inside the key's window.
     let at = Some(done + chrono::Duration::minutes(10));
     let minute = Duration::from_secs(60);
-    let b = queue::job_prune_finished(&mut conn, &[JobState::Completed], minute, 1000, 0, at)
+    let b = queue::job_prune_finished(&mut *conn, &[JobState::Completed], minute, 1000, 0, at)
         .await
         .unwrap();
     assert_eq!(b.deleted, 0, "deleting it would free the key early");
-    let n = queue::job_count_prunable(&mut conn, &[JobState::Completed], minute, at)
+    let n = queue::job_count_prunable(&mut *conn, &[JobState::Completed], minute, at)
         .await
         .unwrap();
     assert_eq!(n, 0, "the dry run agrees");
@@ -477,7 +477,7 @@ async fn purge_keeps_a_completed_job_whose_key_window_is_still_open() {
     );
     // Two hours on, the window has elapsed: the job goes.
     let later = Some(done + chrono::Duration::hours(2));
-    let b = queue::job_prune_finished(&mut conn, &[JobState::Completed], minute, 1000, 0, later)
+    let b = queue::job_prune_finished(&mut *conn, &[JobState::Completed], minute, 1000, 0, later)
         .await
         .unwrap();
     assert_eq!(b.deleted, 1);
@@ -506,7 +506,7 @@ async fn cleaner_frees_elapsed_key_windows_and_only_those() {
     let now = db_now(&db.pool).await;
     let inside = Some(now + chrono::Duration::seconds(30));
     assert_eq!(
-        queue::job_release_elapsed_keys(&mut conn, 100, inside)
+        queue::job_release_elapsed_keys(&db.db(), 100, inside)
             .await
             .unwrap(),
         0,
@@ -514,7 +514,7 @@ async fn cleaner_frees_elapsed_key_windows_and_only_those() {
     );
     let after = Some(now + chrono::Duration::minutes(2));
     assert_eq!(
-        queue::job_release_elapsed_keys(&mut conn, 100, after)
+        queue::job_release_elapsed_keys(&db.db(), 100, after)
             .await
             .unwrap(),
         1
@@ -543,7 +543,7 @@ async fn purge_stops_at_the_first_window_created_after_the_cutoff() {
         .collect();
     q.enqueue_many(fresh).await.unwrap();
     let hour = Duration::from_secs(3600);
-    let first = queue::job_prune_finished(&mut conn, &[JobState::Completed], hour, 1_000, 0, None)
+    let first = queue::job_prune_finished(&mut *conn, &[JobState::Completed], hour, 1_000, 0, None)
         .await
         .unwrap();
     assert_eq!(first.deleted, 1_000);
@@ -551,7 +551,7 @@ async fn purge_stops_at_the_first_window_created_after_the_cutoff() {
         .next_after_id
         .expect("the first window was old: go on");
     let second =
-        queue::job_prune_finished(&mut conn, &[JobState::Completed], hour, 1_000, after, None)
+        queue::job_prune_finished(&mut *conn, &[JobState::Completed], hour, 1_000, after, None)
             .await
             .unwrap();
     assert_eq!(

@@ -43,9 +43,13 @@ async fn follow_ups_record_provider_state_and_notify_the_traveler_once() {
         .unwrap();
     let deps = sandbox_deps(&sb.base_url).unwrap();
     let keys = jobs::pii::Keyring::parse(TEST_PII_KEYS).unwrap();
-    let s = seed::seed_campaign(p, &keys, &seed::CampaignSeed::new(5))
-        .await
-        .unwrap();
+    let s = seed::seed_campaign(
+        &jobs::Db::from(p.clone()),
+        &keys,
+        &seed::CampaignSeed::new(5),
+    )
+    .await
+    .unwrap();
     let reg = registry();
     let q = Queue::new(p.clone(), reg.clone());
     let w = fleet::Worker::new(p.clone(), reg, fast_settings())
@@ -168,9 +172,13 @@ async fn order_creation_failed_for_a_held_booking_resumes_the_saga_to_compensate
     let db = db().await;
     let p = &db.pool;
     let keys = jobs::pii::Keyring::parse(TEST_PII_KEYS).unwrap();
-    let s = seed::seed_campaign(p, &keys, &seed::CampaignSeed::new(6))
-        .await
-        .unwrap();
+    let s = seed::seed_campaign(
+        &jobs::Db::from(p.clone()),
+        &keys,
+        &seed::CampaignSeed::new(6),
+    )
+    .await
+    .unwrap();
     let booking: uuid::Uuid = sqlx::query_scalar(
         "INSERT INTO bookings (campaign_id, duffel_offer_id, stripe_payment_intent_id, total_amount, currency, status, authorized_at)
          VALUES ($1, 'off_held', 'pi_held', 300, 'USD', 'authorized', now()) RETURNING id",
@@ -187,7 +195,7 @@ async fn order_creation_failed_for_a_held_booking_resumes_the_saga_to_compensate
     let reg = registry();
     let q = Queue::new(p.clone(), reg.clone());
     let mut conn = p.acquire().await.unwrap();
-    fleet::queue::kind_pause(&mut conn, "booking_attempt", "test", "inspect")
+    fleet::queue::kind_pause(&mut *conn, "booking_attempt", "test", "inspect")
         .await
         .unwrap();
     let w = fleet::Worker::new(p.clone(), reg, fast_settings())

@@ -686,7 +686,7 @@ async fn queue_stats_shows_jobs_held_by_a_limit_apart_from_jobs_waiting_for_a_wo
         "the limit of 1 holds in the claim itself"
     );
     fleet::queue::budget_block(
-        &mut conn,
+        &mut *conn,
         "stripe",
         Duration::from_secs(120),
         "stripe create_payment_intent rate_limited: HTTP 429",
@@ -768,7 +768,7 @@ async fn a_claim_that_empties_a_budget_says_when_its_next_token_is_due() {
         "a whole token at 2/s is at most 500 ms away: {wait:?}"
     );
     fleet::queue::budget_block(
-        &mut conn,
+        &mut *conn,
         "probe",
         Duration::from_secs(120),
         "test 429",

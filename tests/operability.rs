@@ -239,7 +239,7 @@ fn spawn_worker_logging(url: &str, env: &[(&str, &str)]) -> std::process::Child 
 
 async fn registry_rows(pool: &sqlx::PgPool) -> Vec<queue::WorkerRow> {
     let mut conn = pool.acquire().await.unwrap();
-    queue::worker_list(&mut conn, Duration::from_secs(2), None)
+    queue::worker_list(&mut *conn, Duration::from_secs(2), None)
         .await
         .unwrap()
 }

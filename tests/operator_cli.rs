@@ -106,9 +106,13 @@ async fn a_bad_line_in_a_bulk_enqueue_is_named_and_nothing_is_written() {
 /// A seeded user with a ticketed, captured booking; its id.
 async fn ticketed_booking(pool: &sqlx::PgPool) -> Uuid {
     let keys = jobs::pii::Keyring::parse(TEST_PII_KEYS).unwrap();
-    let s = jobs::seed::seed_campaign(pool, &keys, &jobs::seed::CampaignSeed::new(1))
-        .await
-        .unwrap();
+    let s = jobs::seed::seed_campaign(
+        &jobs::Db::from(pool.clone()),
+        &keys,
+        &jobs::seed::CampaignSeed::new(1),
+    )
+    .await
+    .unwrap();
     sqlx::query_scalar(
         "INSERT INTO bookings (campaign_id, duffel_offer_id, duffel_order_id, stripe_payment_intent_id,
                                pnr, total_amount, currency, status, authorized_at, order_attempted_at,

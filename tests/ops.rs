@@ -270,12 +270,7 @@ async fn drain_finishes_the_backlog_holds_new_intake_and_other_kinds_keep_runnin
     let pool = db.pool.clone();
     common::wait_until(SECS(5), "the drain to begin", move || {
         let pool = pool.clone();
-        async move {
-            !queue::kind_list_paused(&mut pool.acquire().await.unwrap())
-                .await
-                .unwrap()
-                .is_empty()
-        }
+        async move { !queue::kind_list_paused(&pool).await.unwrap().is_empty() }
     })
     .await;
     let late = q
@@ -309,9 +304,7 @@ async fn drain_finishes_the_backlog_holds_new_intake_and_other_kinds_keep_runnin
         "intake during the drain is held, durable"
     );
     // After the drain the kind is fully paused, so nothing more of it starts.
-    let paused = queue::kind_list_paused(&mut db.pool.acquire().await.unwrap())
-        .await
-        .unwrap();
+    let paused = queue::kind_list_paused(&db.pool).await.unwrap();
     assert_eq!(paused.len(), 1);
     assert_eq!(paused[0].draining_through_id, None);
     let audit = audit_rows(&db.pool, "kind.drain").await;
@@ -356,9 +349,7 @@ async fn drain_of_a_paused_kind_holds_its_queue_instead_of_running_it() {
         common::job(&db.pool, queued).await.state,
         JobState::Available
     );
-    let paused = queue::kind_list_paused(&mut db.pool.acquire().await.unwrap())
-        .await
-        .unwrap();
+    let paused = queue::kind_list_paused(&db.pool).await.unwrap();
     assert_eq!(paused[0].reason, "incident 7", "the pause is untouched");
     w.stop().await;
 }
@@ -376,12 +367,12 @@ async fn pause_overrides_a_drain_and_a_timed_out_drain_leaves_the_kind_paused() 
         .await
         .unwrap()
         .id;
-    let cutoff = queue::kind_drain_start(&mut conn, "fleet.sleep", "bob")
+    let cutoff = queue::kind_drain_start(&mut *conn, "fleet.sleep", "bob")
         .await
         .unwrap();
     assert_eq!(cutoff, Some(before));
     assert!(
-        queue::kind_pause(&mut conn, "fleet.sleep", "carol", "stop it")
+        queue::kind_pause(&mut *conn, "fleet.sleep", "carol", "stop it")
             .await
             .unwrap()
     );
@@ -393,7 +384,7 @@ async fn pause_overrides_a_drain_and_a_timed_out_drain_leaves_the_kind_paused() 
         "a paused kind's backlog does not run"
     );
     w.stop().await;
-    assert!(queue::kind_resume(&mut conn, "fleet.sleep").await.unwrap());
+    assert!(queue::kind_resume(&mut *conn, "fleet.sleep").await.unwrap());
 
     // No worker at all: the backlog cannot finish, so the drain times out, fully paused.
     let o = ops(&db.pool, &reg);
@@ -411,7 +402,7 @@ async fn pause_overrides_a_drain_and_a_timed_out_drain_leaves_the_kind_paused() 
         err.contains("timed out") && err.contains("1 queued"),
         "{err}"
     );
-    let paused = queue::kind_list_paused(&mut conn).await.unwrap();
+    let paused = queue::kind_list_paused(&mut *conn).await.unwrap();
     assert_eq!(paused.len(), 1);
     assert_eq!(paused[0].draining_through_id, None);
 }

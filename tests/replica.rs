@@ -71,7 +71,7 @@ async fn console_overview(primary: &sqlx::PgPool, reads: &sqlx::PgPool) -> Strin
         settings.console.clone(),
         Duration::from_secs(15),
     )
-    .with_reads(reads.clone());
+    .with_reads(reads.clone().into());
     let (base, stop) = common::serve(fleet::serve::admin_router_with_console(
         primary.clone(),
         console,
@@ -196,8 +196,8 @@ async fn operator_reads_come_from_the_hot_standby_with_its_lag_shown_while_write
     );
     let db = Database {
         name: "main".into(),
-        pool: pool_p.clone(),
-        reads: pool_r.clone(),
+        db: pool_p.clone().into(),
+        reads: pool_r.clone().into(),
         replica: Some(format!("127.0.0.1:{}/fleet as postgres", standby.port)),
     };
     let lag: ReplicaLag = db.replica_lag().await.unwrap().expect("a replica");
@@ -228,7 +228,7 @@ async fn operator_reads_come_from_the_hot_standby_with_its_lag_shown_while_write
     assert!(ok, "pause goes to the primary: {err}");
     assert!(out.contains("paused"), "{out}");
     let mut conn = pool_p.acquire().await.unwrap();
-    let on_primary = queue::kind_list_paused(&mut conn).await.unwrap();
+    let on_primary = queue::kind_list_paused(&mut *conn).await.unwrap();
     drop(conn);
     assert!(on_primary.iter().any(|p| p.kind == "fleet.sleep"));
     let (_, out, _) = fleet_queue(&url_p, &url_r, &["paused"]);

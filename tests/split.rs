@@ -23,10 +23,9 @@ struct Search {
 impl Job for Search {
     const KIND: &'static str = "test.search";
     async fn run(self, ctx: JobContext) -> Result<(), JobError> {
-        let mut conn = ctx.pool.acquire().await?;
-        let mut tx = conn.begin().await?;
+        let mut tx = ctx.db.begin().await?;
         jobs::audit::record(
-            &mut tx,
+            &mut *tx,
             "test",
             "search.matched",
             "campaign",
@@ -66,7 +65,7 @@ fn registry() -> Arc<Registry> {
 
 fn routed(main: &PgPool, search: &PgPool, registry: Arc<Registry>) -> Queue {
     let mut routes = Routes::new("main");
-    routes.insert(Search::KIND, "search", search.clone());
+    routes.insert(Search::KIND, "search", search.clone().into());
     Queue::new(main.clone(), registry).with_routes(routes)
 }
 
@@ -83,7 +82,7 @@ async fn states(pool: &PgPool, kind: &str) -> Vec<String> {
         kind: Some(kind.to_owned()),
         ..Default::default()
     };
-    queue::job_list(&mut conn, &f, 100, None)
+    queue::job_list(&mut *conn, &f, 100, None)
         .await
         .unwrap()
         .into_iter()
@@ -113,7 +112,7 @@ async fn a_kind_homed_in_a_second_database_is_claimed_there_and_its_follow_up_co
             .into_iter()
             .map(|(name, pool)| {
                 let w = Worker::new(pool.clone(), registry.clone(), fast_settings())
-                    .serving_database(name, main.pool.clone(), q.clone());
+                    .serving_database(name, main.pool.clone().into(), q.clone());
                 tokio::spawn(w.run(stop.clone()))
             })
             .collect();
@@ -143,7 +142,7 @@ async fn a_kind_homed_in_a_second_database_is_claimed_there_and_its_follow_up_co
     // A parent id means a job of the child's own database: not recorded across databases.
     let mut conn = main.pool.acquire().await.unwrap();
     let bookings = queue::job_list(
-        &mut conn,
+        &mut *conn,
         &queue::JobFilter {
             kind: Some(Booking::KIND.into()),
             ..Default::default()
@@ -154,7 +153,7 @@ async fn a_kind_homed_in_a_second_database_is_claimed_there_and_its_follow_up_co
     .await
     .unwrap();
     for b in bookings {
-        let j = queue::job_get(&mut conn, b.id).await.unwrap().unwrap();
+        let j = queue::job_get(&mut *conn, b.id).await.unwrap().unwrap();
         assert_eq!(
             j.parent_id, None,
             "job {} has a parent from another database",
@@ -215,7 +214,7 @@ async fn a_job_for_another_database_beside_a_transaction_needs_a_key_and_a_retry
     assert_eq!(job_count(&search.pool).await, 2);
     let mut c = search.pool.acquire().await.unwrap();
     assert_eq!(
-        queue::job_get(&mut c, out[1].id)
+        queue::job_get(&mut *c, out[1].id)
             .await
             .unwrap()
             .unwrap()
@@ -252,7 +251,7 @@ async fn operator_commands_act_on_the_database_a_kind_lives_in() {
         String::from_utf8_lossy(&out.stderr)
     );
     let mut conn = search.pool.acquire().await.unwrap();
-    let paused = queue::kind_list_paused(&mut conn).await.unwrap();
+    let paused = queue::kind_list_paused(&mut *conn).await.unwrap();
     assert!(paused.iter().any(|p| p.kind == "campaign_search"));
     let out = fleet(&["queue", "stats"]);
     let text = String::from_utf8_lossy(&out.stdout);

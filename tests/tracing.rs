@@ -23,13 +23,14 @@ struct CardUpdateThatFollowsUp {
 impl Job for CardUpdateThatFollowsUp {
     const KIND: &'static str = "card_update";
     async fn run(self, ctx: JobContext) -> Result<(), JobError> {
-        let mut conn = ctx.pool.acquire().await?;
+        let mut conn = ctx.db.begin().await?;
         ctx.enqueuer
             .enqueue_many(
                 &mut conn,
                 vec![NewJob::raw("test.follow_up", serde_json::json!({}))],
             )
             .await?;
+        conn.commit().await?;
         Ok(())
     }
 }

@@ -222,9 +222,13 @@ async fn each_handled_event_type_maps_to_its_follow_up_job() {
     let p = &db.pool;
     // A ticketed booking whose order the airline cancels.
     let keys = jobs::pii::Keyring::parse(TEST_PII_KEYS).unwrap();
-    let seeded = jobs::seed::seed_campaign(p, &keys, &jobs::seed::CampaignSeed::new(1))
-        .await
-        .unwrap();
+    let seeded = jobs::seed::seed_campaign(
+        &jobs::Db::from(p.clone()),
+        &keys,
+        &jobs::seed::CampaignSeed::new(1),
+    )
+    .await
+    .unwrap();
     let booking: uuid::Uuid = sqlx::query_scalar(
         "INSERT INTO bookings (campaign_id, duffel_offer_id, duffel_order_id, stripe_payment_intent_id, total_amount, currency,
                                status, authorized_at, order_attempted_at, ordered_at, captured_at)

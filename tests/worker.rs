@@ -277,12 +277,12 @@ async fn paused_kind_is_not_claimed_by_any_worker_until_resumed() {
     let q = Queue::new(db.pool.clone(), reg);
     let mut conn = db.pool.acquire().await.unwrap();
     assert!(
-        queue::kind_pause(&mut conn, "test.flaky", "tester", "incident 12")
+        queue::kind_pause(&mut *conn, "test.flaky", "tester", "incident 12")
             .await
             .unwrap()
     );
     assert!(
-        !queue::kind_pause(&mut conn, "test.flaky", "tester", "again")
+        !queue::kind_pause(&mut *conn, "test.flaky", "tester", "again")
             .await
             .unwrap()
     );
@@ -301,7 +301,7 @@ async fn paused_kind_is_not_claimed_by_any_worker_until_resumed() {
     );
 
     let resumed_at = Utc::now();
-    assert!(queue::kind_resume(&mut conn, "test.flaky").await.unwrap());
+    assert!(queue::kind_resume(&mut *conn, "test.flaky").await.unwrap());
     let j = wait_state(&db.pool, paused, JobState::Completed, SECS(3)).await;
     let lag = (j.attempted_at.unwrap() - resumed_at)
         .to_std()
@@ -322,7 +322,7 @@ async fn pause_is_obeyed_within_two_seconds_by_a_busy_worker() {
         q.enqueue(&Sleep { ms: 5, key: None }, None).await.unwrap();
     }
     let mut conn = db.pool.acquire().await.unwrap();
-    queue::kind_pause(&mut conn, "fleet.sleep", "tester", "")
+    queue::kind_pause(&mut *conn, "fleet.sleep", "tester", "")
         .await
         .unwrap();
     let paused_at = Utc::now();
@@ -413,11 +413,12 @@ struct FollowsUpWithAnUnknownKind {}
 impl Job for FollowsUpWithAnUnknownKind {
     const KIND: &'static str = "test.follows_up_with_an_unknown_kind";
     async fn run(self, ctx: JobContext) -> Result<(), JobError> {
-        let mut conn = ctx.pool.acquire().await?;
+        let mut conn = ctx.db.begin().await?;
         let follow_up = NewJob::raw("test.never_registered", serde_json::json!({}));
         ctx.enqueuer
             .enqueue_many(&mut conn, vec![follow_up])
             .await?;
+        conn.commit().await?;
         Ok(())
     }
 }
@@ -455,11 +456,12 @@ struct FollowsUp {}
 impl Job for FollowsUp {
     const KIND: &'static str = "test.follows_up";
     async fn run(self, ctx: JobContext) -> Result<(), JobError> {
-        let mut conn = ctx.pool.acquire().await?;
+        let mut conn = ctx.db.begin().await?;
         let follow_up = NewJob::of(&Flaky { succeed_on: 1 }).map_err(JobError::fatal)?;
         ctx.enqueuer
             .enqueue_many(&mut conn, vec![follow_up])
             .await?;
+        conn.commit().await?;
         Ok(())
     }
 }
@@ -478,7 +480,7 @@ async fn a_follow_up_records_the_job_that_enqueued_it() {
     let w = start_worker(&db.pool, reg, fast_settings());
     wait_state(&db.pool, parent, JobState::Completed, SECS(5)).await;
     let mut conn = db.pool.acquire().await.unwrap();
-    let children = queue::job_list_children(&mut conn, parent).await.unwrap();
+    let children = queue::job_list_children(&mut *conn, parent).await.unwrap();
     assert_eq!(children.len(), 1);
     assert_eq!(children[0].kind, "test.flaky");
     assert_eq!(
@@ -540,7 +542,7 @@ async fn the_first_claim_on_a_never_analyzed_table_walks_the_ready_index_not_the
 
     // The workers' claim session: its plans are pinned for the whole session, so its
     // one-statement claim (no transaction of its own) walks the same index.
-    let mut session = queue::ClaimSession::open(&db.pool).await.unwrap();
+    let mut session = queue::ClaimSession::open(&db.db()).await.unwrap();
     let before = ready_index_tuples_read(&mut conn).await;
     let claimed = queue::job_fetch_available_on(&mut session, &params)
         .await

@@ -4,13 +4,14 @@
 use chrono::{DateTime, Utc};
 use serde::Serialize;
 use serde_json::Value;
-use sqlx::{PgConnection, PgPool};
+
+use crate::Db;
 use uuid::Uuid;
 
 /// AuditRecord: appends one row, on `conn` (typically the transaction that made the change,
 /// so the change and its audit row commit together or not at all).
 pub async fn record(
-    conn: &mut PgConnection,
+    conn: impl sqlx::PgExecutor<'_>,
     actor: &str,
     action: &str,
     resource_type: &str,
@@ -33,7 +34,7 @@ pub async fn record(
 
 /// AuditDeleteOlderThan: deletes up to `batch` rows older than `days` (retention), oldest
 /// first, on `audit_log_created_at_idx`. Returns how many went; call until fewer than `batch`.
-pub async fn delete_older_than(pool: &PgPool, days: i64, batch: i64) -> Result<u64, sqlx::Error> {
+pub async fn delete_older_than(db: &Db, days: i64, batch: i64) -> Result<u64, sqlx::Error> {
     let r = sqlx::query(
         "DELETE FROM audit_log WHERE id IN (
              SELECT id FROM audit_log
@@ -42,7 +43,7 @@ pub async fn delete_older_than(pool: &PgPool, days: i64, batch: i64) -> Result<u
     )
     .bind(days as f64)
     .bind(batch)
-    .execute(pool)
+    .execute(db)
     .await?;
     Ok(r.rows_affected())
 }
@@ -88,7 +89,7 @@ pub struct AuditFilter {
 }
 
 /// AuditList: rows matching `f`, newest first, paged by `(created_at, id)` keyset.
-pub async fn list(pool: &PgPool, f: &AuditFilter) -> Result<Vec<AuditEntry>, sqlx::Error> {
+pub async fn list(db: &Db, f: &AuditFilter) -> Result<Vec<AuditEntry>, sqlx::Error> {
     sqlx::query_as(
         "SELECT id, actor, action, resource_type, resource_id, metadata, created_at
          FROM audit_log
@@ -110,6 +111,6 @@ pub async fn list(pool: &PgPool, f: &AuditFilter) -> Result<Vec<AuditEntry>, sql
     .bind(f.until)
     .bind(f.before_id)
     .bind(f.limit.clamp(1, 10_000))
-    .fetch_all(pool)
+    .fetch_all(db)
     .await
 }

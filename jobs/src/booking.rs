@@ -29,10 +29,11 @@
 
 use std::fmt;
 
+use crate::Db;
 use chrono::{DateTime, Utc};
 use serde::Serialize;
 use serde_json::{json, Value};
-use sqlx::{PgConnection, PgPool};
+use sqlx::PgConnection;
 use uuid::Uuid;
 
 use crate::{audit, providers::money, JobError};
@@ -329,6 +330,18 @@ pub enum Change<'a> {
         /// Stripe's refund status.
         status: &'a str,
     },
+}
+
+/// [`transition`] in a transaction of its own: the row and its audit entry commit together.
+pub async fn transition_alone(
+    db: &Db,
+    b: &Booking,
+    change: Change<'_>,
+) -> Result<bool, sqlx::Error> {
+    let mut tx = db.begin().await?;
+    let moved = transition(&mut tx, b, change).await?;
+    tx.commit().await?;
+    Ok(moved)
 }
 
 /// BookingTransition: applies `change` to booking `b` (as the caller loaded it) on `conn`, and
@@ -683,43 +696,41 @@ pub fn is_failure_code(s: &str) -> bool {
 
 /// Bookings per status (for the demo's progress and operators).
 pub async fn count_by_status(
-    pool: &PgPool,
+    db: &Db,
 ) -> Result<std::collections::BTreeMap<String, i64>, sqlx::Error> {
     let rows: Vec<(String, i64)> =
         sqlx::query_as("SELECT status, count(*) FROM bookings GROUP BY status")
-            .fetch_all(pool)
+            .fetch_all(db)
             .await?;
     Ok(rows.into_iter().collect())
 }
 
 /// The `limit` oldest ticketed bookings' ids.
-pub async fn ticketed(pool: &PgPool, limit: i64) -> Result<Vec<Uuid>, sqlx::Error> {
+pub async fn ticketed(db: &Db, limit: i64) -> Result<Vec<Uuid>, sqlx::Error> {
     sqlx::query_scalar("SELECT id FROM bookings WHERE status = 'ticketed' ORDER BY id LIMIT $1")
         .bind(limit)
-        .fetch_all(pool)
+        .fetch_all(db)
         .await
 }
 
 /// (campaign id, captured_at) of every ticketed booking: `captured_at` is written by the
 /// same statement that makes the booking `ticketed` ([`Change::Ticketed`]).
-pub async fn ticketed_at_by_campaign(
-    pool: &PgPool,
-) -> Result<Vec<(Uuid, DateTime<Utc>)>, sqlx::Error> {
+pub async fn ticketed_at_by_campaign(db: &Db) -> Result<Vec<(Uuid, DateTime<Utc>)>, sqlx::Error> {
     sqlx::query_as(
         "SELECT campaign_id, captured_at FROM bookings
          WHERE status = 'ticketed' AND campaign_id IS NOT NULL",
     )
-    .fetch_all(pool)
+    .fetch_all(db)
     .await
 }
 
 /// Failed or cancelled bookings per failure code, most frequent first (why bookings failed).
-pub async fn failures_by_code(pool: &PgPool) -> Result<Vec<(String, i64)>, sqlx::Error> {
+pub async fn failures_by_code(db: &Db) -> Result<Vec<(String, i64)>, sqlx::Error> {
     sqlx::query_as(
         "SELECT coalesce(failure_code, 'unknown'), count(*) FROM bookings
          WHERE status IN ('failed', 'cancelled') GROUP BY 1 ORDER BY 2 DESC, 1",
     )
-    .fetch_all(pool)
+    .fetch_all(db)
     .await
 }
 
@@ -858,7 +869,7 @@ struct ViewRow {
 }
 
 /// BookingView: the booking `id` for operators, or `None` if there is none.
-pub async fn view(pool: &PgPool, id: Uuid) -> Result<Option<BookingView>, sqlx::Error> {
+pub async fn view(db: &Db, id: Uuid) -> Result<Option<BookingView>, sqlx::Error> {
     let row: Option<ViewRow> = sqlx::query_as(
         "SELECT id, campaign_id, status, total_amount::text AS total_amount,
                 currency::text AS currency, duffel_offer_id, duffel_order_id,
@@ -868,7 +879,7 @@ pub async fn view(pool: &PgPool, id: Uuid) -> Result<Option<BookingView>, sqlx::
          FROM bookings WHERE id = $1",
     )
     .bind(id)
-    .fetch_optional(pool)
+    .fetch_optional(db)
     .await?;
     let Some(r) = row else { return Ok(None) };
     let mut steps: Vec<BookingStep> = [
@@ -890,7 +901,7 @@ pub async fn view(pool: &PgPool, id: Uuid) -> Result<Option<BookingView>, sqlx::
          FROM refunds WHERE booking_id = $1 ORDER BY created_at",
     )
     .bind(id)
-    .fetch_all(pool)
+    .fetch_all(db)
     .await?;
     let emails: Vec<EmailView> = sqlx::query_as(
         "SELECT kind, dedupe_key, sent_at FROM notifications
@@ -901,10 +912,10 @@ pub async fn view(pool: &PgPool, id: Uuid) -> Result<Option<BookingView>, sqlx::
     )
     .bind(id.to_string())
     .bind(r.campaign_id.map(|c| c.to_string()))
-    .fetch_all(pool)
+    .fetch_all(db)
     .await?;
     let mut audit = crate::audit::list(
-        pool,
+        db,
         &crate::audit::AuditFilter {
             resource_type: Some("booking".into()),
             resource_id: Some(id.to_string()),
@@ -916,7 +927,7 @@ pub async fn view(pool: &PgPool, id: Uuid) -> Result<Option<BookingView>, sqlx::
     if let Some(c) = r.campaign_id {
         audit.extend(
             crate::audit::list(
-                pool,
+                db,
                 &crate::audit::AuditFilter {
                     resource_type: Some("campaign".into()),
                     resource_id: Some(c.to_string()),

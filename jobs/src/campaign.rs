@@ -14,13 +14,14 @@
 
 use std::time::Duration;
 
+use crate::Db;
 use chrono::{DateTime, Utc};
-use sqlx::{PgConnection, PgPool};
+use sqlx::PgExecutor;
 use uuid::Uuid;
 
 /// CampaignRequireAction: the user must act (fix the card or the profile) before the campaign
 /// searches again. Returns whether it moved.
-pub async fn require_action(conn: &mut PgConnection, id: Uuid) -> Result<bool, sqlx::Error> {
+pub async fn require_action(conn: impl PgExecutor<'_>, id: Uuid) -> Result<bool, sqlx::Error> {
     let r = sqlx::query(
         "UPDATE campaigns SET status = 'action_required', updated_at = now()
          WHERE id = $1 AND status IN ('active', 'paused')",
@@ -32,7 +33,7 @@ pub async fn require_action(conn: &mut PgConnection, id: Uuid) -> Result<bool, s
 }
 
 /// CampaignMarkBooked: the campaign's trip is booked; it searches no more.
-pub async fn mark_booked(conn: &mut PgConnection, id: Uuid) -> Result<(), sqlx::Error> {
+pub async fn mark_booked(conn: impl PgExecutor<'_>, id: Uuid) -> Result<(), sqlx::Error> {
     sqlx::query(
         "UPDATE campaigns SET status = 'booked', updated_at = now()
          WHERE id = $1 AND status <> 'booked'",
@@ -46,7 +47,7 @@ pub async fn mark_booked(conn: &mut PgConnection, id: Uuid) -> Result<(), sqlx::
 /// CampaignPushNextSearch: the next search no earlier than `by` from the database's now
 /// (active campaigns only).
 pub async fn push_next_search(
-    conn: &mut PgConnection,
+    conn: impl PgExecutor<'_>,
     id: Uuid,
     by: Duration,
 ) -> Result<(), sqlx::Error> {
@@ -64,7 +65,7 @@ pub async fn push_next_search(
 
 /// CampaignSetNextSearch: the next search at `at` (active campaigns only).
 pub async fn set_next_search(
-    conn: &mut PgConnection,
+    conn: impl PgExecutor<'_>,
     id: Uuid,
     at: DateTime<Utc>,
 ) -> Result<(), sqlx::Error> {
@@ -81,7 +82,7 @@ pub async fn set_next_search(
 
 /// CampaignExpire: an active campaign with nothing left to search expires, unless its booking
 /// saga is in flight.
-pub async fn expire_unless_booking(conn: &mut PgConnection, id: Uuid) -> Result<(), sqlx::Error> {
+pub async fn expire_unless_booking(conn: impl PgExecutor<'_>, id: Uuid) -> Result<(), sqlx::Error> {
     sqlx::query(
         "UPDATE campaigns SET status = 'expired', updated_at = now()
          WHERE id = $1 AND status = 'active'
@@ -96,7 +97,7 @@ pub async fn expire_unless_booking(conn: &mut PgConnection, id: Uuid) -> Result<
 
 /// CampaignExpireEnded: moves campaigns past `expires_at` to `expired`, `batch` per statement,
 /// never one with a booking in flight. Returns how many it moved.
-pub async fn expire_ended(pool: &PgPool, batch: i64) -> Result<u64, sqlx::Error> {
+pub async fn expire_ended(db: &Db, batch: i64) -> Result<u64, sqlx::Error> {
     let mut total = 0;
     loop {
         let n = sqlx::query(
@@ -112,7 +113,7 @@ pub async fn expire_ended(pool: &PgPool, batch: i64) -> Result<u64, sqlx::Error>
                  FOR UPDATE SKIP LOCKED)",
         )
         .bind(batch)
-        .execute(pool)
+        .execute(db)
         .await?
         .rows_affected();
         total += n;

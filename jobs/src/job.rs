@@ -27,8 +27,10 @@ use std::{
 
 use chrono::{DateTime, Utc};
 use serde::{de::DeserializeOwned, Serialize};
-use sqlx::{PgConnection, PgPool};
+use sqlx::PgConnection;
 use tokio_util::sync::CancellationToken;
+
+use crate::Db;
 
 /// Code defaults of one job kind. The engine layers `[kinds.<kind>]` config over them.
 #[derive(Debug, Clone, PartialEq)]
@@ -268,8 +270,9 @@ pub struct JobContext {
     pub attempt: i32,
     /// Attempts allowed in all.
     pub max_attempts: i32,
-    /// The fleet's database pool (domain tables; queue writes only through `enqueuer`).
-    pub pool: PgPool,
+    /// The fleet's database (domain tables; queue writes only through `enqueuer`). Behind a
+    /// transaction pooler, statements on it run in transactions of their own (see [`Db`]).
+    pub db: Db,
     /// Cancelled when the handler must stop: timeout, lost lease, operator cancel or the
     /// worker's drain deadline. Long handlers should check it between steps.
     pub cancel: CancellationToken,

@@ -7,6 +7,7 @@ pub mod audit;
 pub mod backfill;
 pub mod booking;
 pub mod campaign;
+pub mod db;
 pub mod deps;
 pub mod followups;
 pub mod invariants;
@@ -20,6 +21,7 @@ pub mod report;
 pub mod seed;
 pub mod webhook_events;
 
+pub use db::{Db, Pooler};
 pub use deps::Deps;
 pub use job::{
     BoxFuture, BudgetDefaults, EnqueueError, EnqueueOptions, Enqueued, Enqueuer, Extensions, Job,

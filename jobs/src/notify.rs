@@ -2,8 +2,8 @@
 //! row's unique key and the provider's `Idempotency-Key`. Addresses are read from the user row
 //! at send time and never travel in job args.
 
+use crate::Db;
 use chrono::{DateTime, Utc};
-use sqlx::PgPool;
 use uuid::Uuid;
 
 use crate::{
@@ -22,7 +22,7 @@ use crate::{
 /// must be the same on every call with the same key (Resend refuses a key reused with
 /// another payload) and are never logged.
 pub async fn send_once(
-    pool: &PgPool,
+    db: &Db,
     email: &dyn EmailApi,
     user_id: Uuid,
     kind: &str,
@@ -30,13 +30,13 @@ pub async fn send_once(
     subject: &str,
     text: &str,
 ) -> Result<bool, JobError> {
-    claim_outbox_rows(pool, &[user_id], &[dedupe_key.to_owned()], kind).await?;
+    claim_outbox_rows(db, &[user_id], &[dedupe_key.to_owned()], kind).await?;
     let row: Option<(Option<DateTime<Utc>>, String)> = sqlx::query_as(
         "SELECT n.sent_at, u.email FROM notifications n JOIN users u ON u.id = n.user_id
          WHERE n.dedupe_key = $1",
     )
     .bind(dedupe_key)
-    .fetch_optional(pool)
+    .fetch_optional(db)
     .await?;
     let Some((sent_at, address)) = row else {
         return Ok(false); // the user was erased meanwhile
@@ -51,7 +51,7 @@ pub async fn send_once(
         text: text.to_owned(),
     };
     let sent = email.send(&message, dedupe_key).await?;
-    record_sent(pool, dedupe_key, &sent.id).await?;
+    record_sent(db, dedupe_key, &sent.id).await?;
     tracing::info!(notification.kind = kind, "email sent");
     Ok(true)
 }
@@ -83,7 +83,7 @@ pub(crate) async fn claim_outbox_rows(
 /// first record counts: a second sender's (same email, replayed by the provider's idempotency)
 /// changes nothing.
 pub(crate) async fn record_sent(
-    pool: &PgPool,
+    db: &Db,
     dedupe_key: &str,
     provider_id: &str,
 ) -> Result<(), sqlx::Error> {
@@ -99,7 +99,7 @@ pub(crate) async fn record_sent(
     )
     .bind(dedupe_key)
     .bind(provider_id)
-    .execute(pool)
+    .execute(db)
     .await?;
     Ok(())
 }

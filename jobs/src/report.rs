@@ -1,9 +1,9 @@
 //! Domain figures for the demo's summary and progress: what the fleet did to campaigns,
 //! bookings, refunds and emails. Read only.
 
+use crate::Db;
 use chrono::{DateTime, Utc};
 use serde::Serialize;
-use sqlx::PgPool;
 
 /// Counts over the domain tables.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize)]
@@ -26,7 +26,7 @@ pub struct DomainCounts {
 }
 
 /// The counts now; `since` dates "resolved" (typically the start of a run).
-pub async fn counts(pool: &PgPool, since: DateTime<Utc>) -> Result<DomainCounts, sqlx::Error> {
+pub async fn counts(db: &Db, since: DateTime<Utc>) -> Result<DomainCounts, sqlx::Error> {
     let row: (i64, i64, i64, i64, i64, i64, i64) = sqlx::query_as(
         "SELECT (SELECT count(*) FROM campaigns),
                 (SELECT count(*) FROM campaigns WHERE status <> 'active' OR next_search_at > created_at + interval '1 second'),
@@ -37,7 +37,7 @@ pub async fn counts(pool: &PgPool, since: DateTime<Utc>) -> Result<DomainCounts,
                 (SELECT count(*) FROM notifications WHERE kind LIKE 'card%' AND sent_at IS NOT NULL)",
     )
     .bind(since)
-    .fetch_one(pool)
+    .fetch_one(db)
     .await?;
     Ok(DomainCounts {
         campaigns: row.0,
@@ -69,7 +69,7 @@ pub struct Phases {
 }
 
 /// The phases now; `since` is the start of the run.
-pub async fn phases(pool: &PgPool, since: DateTime<Utc>) -> Result<Phases, sqlx::Error> {
+pub async fn phases(db: &Db, since: DateTime<Utc>) -> Result<Phases, sqlx::Error> {
     let r: (i64, i64, i64, i64, i64, i64) = sqlx::query_as(
         "SELECT (SELECT count(*) FROM campaigns),
                 (SELECT count(*) FROM campaigns WHERE status = 'active' AND next_search_at <= $1),
@@ -79,7 +79,7 @@ pub async fn phases(pool: &PgPool, since: DateTime<Utc>) -> Result<Phases, sqlx:
                 (SELECT count(*) FROM campaigns WHERE status <> 'active' OR next_search_at > $1)",
     )
     .bind(since)
-    .fetch_one(pool)
+    .fetch_one(db)
     .await?;
     Ok(Phases {
         seeded: r.0,
@@ -109,7 +109,7 @@ pub struct RouteOutcome {
 }
 
 /// Outcomes per route, by origin and destination.
-pub async fn by_route(pool: &PgPool) -> Result<Vec<RouteOutcome>, sqlx::Error> {
+pub async fn by_route(db: &Db) -> Result<Vec<RouteOutcome>, sqlx::Error> {
     sqlx::query_as(
         "SELECT c.origin::text AS origin, c.destination::text AS destination,
                 count(DISTINCT c.id) AS campaigns,
@@ -119,6 +119,6 @@ pub async fn by_route(pool: &PgPool) -> Result<Vec<RouteOutcome>, sqlx::Error> {
          FROM campaigns c LEFT JOIN bookings b ON b.campaign_id = c.id
          GROUP BY 1, 2 ORDER BY 1, 2",
     )
-    .fetch_all(pool)
+    .fetch_all(db)
     .await
 }

@@ -3,8 +3,8 @@
 //! the schema's constraints, so fixtures stay valid as the schema evolves. Staging data only:
 //! every name, address and passport number here is synthetic.
 
+use crate::Db;
 use chrono::{DateTime, Datelike, Duration, NaiveDate, Utc};
-use sqlx::PgPool;
 use uuid::Uuid;
 
 use crate::pii::{Keyring, PiiError};
@@ -146,11 +146,11 @@ pub struct Seeded {
 
 /// Inserts one user with a profile, a card and a campaign (consent given, search due now).
 pub async fn seed_campaign(
-    pool: &PgPool,
+    db: &Db,
     keyring: &Keyring,
     s: &CampaignSeed,
 ) -> Result<Seeded, SeedError> {
-    let mut tx = pool.begin().await?;
+    let mut tx = db.begin().await?;
     let user_id: Uuid = sqlx::query_scalar("INSERT INTO users (email) VALUES ($1) RETURNING id")
         .bind(&s.email)
         .fetch_one(&mut *tx)
@@ -240,18 +240,18 @@ impl Mix {
 
 /// Users that are not seed data (their address is not `…@example.test`): `fleet seed`
 /// refuses a database that holds any.
-pub async fn count_real_users(pool: &PgPool) -> Result<i64, sqlx::Error> {
+pub async fn count_real_users(db: &Db) -> Result<i64, sqlx::Error> {
     sqlx::query_scalar("SELECT count(*) FROM users WHERE lower(email) NOT LIKE '%' || $1")
         .bind(SEED_EMAIL_DOMAIN)
-        .fetch_one(pool)
+        .fetch_one(db)
         .await
 }
 
 /// Whether a user with `email` exists (an interrupted seed resumes past those it wrote).
-pub async fn user_exists(pool: &PgPool, email: &str) -> Result<bool, sqlx::Error> {
+pub async fn user_exists(db: &Db, email: &str) -> Result<bool, sqlx::Error> {
     sqlx::query_scalar("SELECT EXISTS (SELECT 1 FROM users WHERE lower(email) = lower($1))")
         .bind(email)
-        .fetch_one(pool)
+        .fetch_one(db)
         .await
 }
 
@@ -263,7 +263,7 @@ pub async fn user_exists(pool: &PgPool, email: &str) -> Result<bool, sqlx::Error
 /// Then analyzes the table, as one should after a bulk load (autovacuum would, within its
 /// naptime), so what runs next is planned on the new row count. Returns the rows inserted.
 pub async fn copy_campaigns(
-    pool: &PgPool,
+    db: &Db,
     templates: &[Uuid],
     n: u64,
     first_due: DateTime<Utc>,
@@ -290,8 +290,8 @@ pub async fn copy_campaigns(
     .bind(first_due)
     .bind(gap.as_micros() as f64)
     .bind(n as i64)
-    .execute(pool)
+    .execute(db)
     .await?;
-    sqlx::query("ANALYZE campaigns").execute(pool).await?;
+    sqlx::query("ANALYZE campaigns").execute(db).await?;
     Ok(r.rows_affected())
 }

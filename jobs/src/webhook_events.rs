@@ -3,7 +3,8 @@
 //! follow-ups are enqueued once". Its one owner: the ingress records, the retention purge
 //! deletes.
 
-use sqlx::{PgConnection, PgPool};
+use crate::Db;
+use sqlx::PgConnection;
 
 /// WebhookEventRecord: records a delivery on `conn` (the transaction that also enqueues its
 /// follow-ups). Returns false for a duplicate: the event was recorded before, nothing changed.
@@ -27,7 +28,7 @@ pub async fn record(
 
 /// WebhookEventDeleteOlderThan: deletes up to `batch` rows received more than `days` ago
 /// (`webhook_events_received_at_idx`), oldest first. Returns how many went.
-pub async fn delete_older_than(pool: &PgPool, days: i64, batch: i64) -> Result<u64, sqlx::Error> {
+pub async fn delete_older_than(db: &Db, days: i64, batch: i64) -> Result<u64, sqlx::Error> {
     let r = sqlx::query(
         "DELETE FROM webhook_events WHERE (provider, event_id) IN (
              SELECT provider, event_id FROM webhook_events
@@ -36,7 +37,7 @@ pub async fn delete_older_than(pool: &PgPool, days: i64, batch: i64) -> Result<u
     )
     .bind(days as f64)
     .bind(batch)
-    .execute(pool)
+    .execute(db)
     .await?;
     Ok(r.rows_affected())
 }

@@ -7,9 +7,7 @@ use clap::Subcommand;
 use fleet::{config::Settings, fleet_registry, Queue};
 use jobs::NewJob;
 
-use sqlx::Connection;
-
-use super::{os_user, output, pool_for};
+use super::{db_for, os_user, output};
 
 #[derive(clap::Args)]
 pub struct BackfillArgs {
@@ -44,8 +42,7 @@ enum BackfillAction {
 }
 
 pub async fn run(a: BackfillArgs, settings: &Settings) -> anyhow::Result<()> {
-    let pool = pool_for(settings).await?;
-    let mut conn = pool.acquire().await?;
+    let db = db_for(settings).await?;
     match a.action {
         BackfillAction::Start {
             name,
@@ -69,9 +66,9 @@ pub async fn run(a: BackfillArgs, settings: &Settings) -> anyhow::Result<()> {
             })?
             .key(format!("backfill:{name}"));
             // The reset, the job and the audit row commit together.
-            let mut tx = conn.begin().await?;
+            let mut tx = db.begin().await?;
             let reset = jobs::backfill::reset_if_finished(&mut tx, &name).await?;
-            let r = Queue::new(pool.clone(), registry)
+            let r = Queue::new(db.clone(), registry)
                 .enqueue_many_in(&mut tx, vec![job])
                 .await?[0];
             let meta = serde_json::json!({
@@ -79,7 +76,7 @@ pub async fn run(a: BackfillArgs, settings: &Settings) -> anyhow::Result<()> {
                 "new_run": reset, "batch_size": batch_size, "pause_ms": pause_ms,
             });
             jobs::audit::record(
-                &mut tx,
+                &mut *tx,
                 &actor.unwrap_or_else(os_user),
                 "backfill.start",
                 "backfill",
@@ -102,11 +99,11 @@ pub async fn run(a: BackfillArgs, settings: &Settings) -> anyhow::Result<()> {
             };
             output::emit(a.json, &meta, &text)?;
             if wait {
-                follow(&mut conn, &name, a.json).await?;
+                follow(&db, &name, a.json).await?;
             }
         }
         BackfillAction::Status => {
-            let p = jobs::backfill::progress(&mut conn).await?;
+            let p = jobs::backfill::progress(&db).await?;
             let mut t = output::table(&["backfill", "rows", "state", "started", "last checkpoint"]);
             for b in &p {
                 t.add_row(vec![
@@ -134,7 +131,7 @@ pub async fn run(a: BackfillArgs, settings: &Settings) -> anyhow::Result<()> {
 }
 
 /// Shows `name`'s progress until its run finishes.
-async fn follow(conn: &mut sqlx::PgConnection, name: &str, json: bool) -> anyhow::Result<()> {
+async fn follow(db: &jobs::Db, name: &str, json: bool) -> anyhow::Result<()> {
     let bar = indicatif::ProgressBar::new(0).with_style(
         indicatif::ProgressStyle::with_template("{spinner} {prefix} [{bar:30}] {pos}/{len} rows")
             .expect("static template")
@@ -145,7 +142,7 @@ async fn follow(conn: &mut sqlx::PgConnection, name: &str, json: bool) -> anyhow
         bar.set_draw_target(indicatif::ProgressDrawTarget::hidden());
     }
     loop {
-        let p = jobs::backfill::progress(conn).await?;
+        let p = jobs::backfill::progress(db).await?;
         if let Some(b) = p.iter().find(|b| b.name == name) {
             bar.set_length(b.total_rows.max(0) as u64);
             bar.set_position(b.done_rows.max(0) as u64);

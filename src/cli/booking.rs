@@ -51,7 +51,6 @@ enum BookingAction {
 pub async fn run(a: BookingArgs, settings: &Settings) -> anyhow::Result<()> {
     let registry = Arc::new(fleet_registry(settings)?);
     let dbs = databases_for(settings).await?;
-    let pool = dbs.main.pool.clone();
     match a.action {
         BookingAction::Show { id } => {
             let r = Ops::on(&dbs.main, registry.kind_names(), &os_user())
@@ -66,7 +65,11 @@ pub async fn run(a: BookingArgs, settings: &Settings) -> anyhow::Result<()> {
             actor,
         } => {
             let queue = dbs.queue(registry.clone());
-            let ops = Ops::new(pool, registry.kind_names(), actor.unwrap_or_else(os_user));
+            let ops = Ops::new(
+                dbs.main.db.clone(),
+                registry.kind_names(),
+                actor.unwrap_or_else(os_user),
+            );
             let r = ops.booking_refund(id, &reason, &queue, dry_run).await?;
             let x = &r.result;
             let verb = if r.dry_run {

@@ -2,7 +2,7 @@
 
 use fleet::config::Settings;
 
-use super::{output::print_line, pool_for};
+use super::{db_for, output::print_line};
 
 #[derive(clap::Args)]
 pub struct CheckArgs {
@@ -12,8 +12,8 @@ pub struct CheckArgs {
 }
 
 pub async fn run(a: CheckArgs, settings: &Settings) -> anyhow::Result<()> {
-    let pool = pool_for(settings).await?;
-    let violations = fleet::check::run(&pool).await?;
+    let db = db_for(settings).await?;
+    let violations = fleet::check::run(&db).await?;
     if a.json {
         print_line(&serde_json::json!({ "violations": violations }).to_string())?;
     } else if violations.is_empty() {

@@ -236,7 +236,7 @@ async fn demo(settings: &Settings) -> anyhow::Result<DemoSummary> {
 
     let keyring = jobs::pii::Keyring::parse(DEMO_PII_KEYS)?;
     for n in 0..USERS {
-        seed_campaign(&db.pool, &keyring, &demo_mix(n)).await?;
+        seed_campaign(&db.db(), &keyring, &demo_mix(n)).await?;
     }
 
     // Demo pacing: short backoffs so retries finish inside the demo.
@@ -280,8 +280,7 @@ async fn demo(settings: &Settings) -> anyhow::Result<DemoSummary> {
         cfg.concurrency = 16;
         cfg.poll_interval = Duration::from_millis(200);
         cfg.drain_timeout = Duration::from_secs(5);
-        let w =
-            Worker::new(db.pool.clone(), registry.clone(), cfg).with_extensions(extensions.clone());
+        let w = Worker::new(db.db(), registry.clone(), cfg).with_extensions(extensions.clone());
         workers.push(tokio::spawn(w.run(stop.clone())));
     }
     let schedules: BTreeMap<String, ScheduleSettings> = [
@@ -306,7 +305,7 @@ async fn demo(settings: &Settings) -> anyhow::Result<DemoSummary> {
     })
     .collect();
     let sched = Scheduler::new(
-        db.pool.clone(),
+        db.db(),
         registry.clone(),
         scheduler::validate(&schedules, &registry)?,
     );
@@ -321,7 +320,7 @@ async fn demo(settings: &Settings) -> anyhow::Result<DemoSummary> {
     bar.enable_steady_tick(Duration::from_millis(120));
     // Resolved means "searched in this run": counted from after the seeding.
     let began = chrono::Utc::now();
-    let q = Queue::new(db.pool.clone(), registry.clone());
+    let q = Queue::new(db.db(), registry.clone());
     let mut refunds_requested = false;
     // Cron kinds keep coming back: "busy" counts the work they cause, not them.
     let cron_kinds = [
@@ -329,13 +328,13 @@ async fn demo(settings: &Settings) -> anyhow::Result<DemoSummary> {
         CampaignScan::KIND.to_owned(),
     ];
     loop {
-        let counts = jobs::report::counts(&db.pool, began).await?;
+        let counts = jobs::report::counts(&db.db(), began).await?;
         let (resolved, ticketed) = (counts.campaigns_resolved, counts.bookings_ticketed);
         let busy = {
             let mut conn = db.pool.acquire().await?;
-            queue::job_count_in_flight(&mut conn, &cron_kinds).await?
+            queue::job_count_in_flight(&mut *conn, &cron_kinds).await?
         };
-        let p = jobs::report::phases(&db.pool, began).await?;
+        let p = jobs::report::phases(&db.db(), began).await?;
         bar.set_message(format!(
             "seeded {} │ searching {} │ charging {} │ booking {} │ compensating {} │ done {}/{} │ {ticketed} ticketed",
             p.seeded, p.searching, p.charging, p.booking, p.compensating, p.done, p.seeded
@@ -346,7 +345,7 @@ async fn demo(settings: &Settings) -> anyhow::Result<DemoSummary> {
         if !refunds_requested && ticketed >= 10 {
             // The airline cancels a few ticketed bookings: refund them, as the Duffel
             // order_cancellation.confirmed webhook's follow-up does.
-            let cancelled = jobs::booking::ticketed(&db.pool, 5).await?;
+            let cancelled = jobs::booking::ticketed(&db.db(), 5).await?;
             let jobs = cancelled
                 .iter()
                 .map(|id| RefundCompensation::request(*id, "airline_cancelled"))
@@ -367,16 +366,16 @@ async fn demo(settings: &Settings) -> anyhow::Result<DemoSummary> {
     }
     sched_task.await??;
 
-    let violations = fleet::check::run(&db.pool).await?;
+    let violations = fleet::check::run(&db.db()).await?;
     for v in &violations {
         eprintln!("VIOLATED: {} — ids: {}", v.invariant, v.ids.join(", "));
     }
-    let counts = jobs::report::counts(&db.pool, began).await?;
+    let counts = jobs::report::counts(&db.db(), began).await?;
     let retries = {
         let mut conn = db.pool.acquire().await?;
-        queue::job_count_retries(&mut conn).await?
+        queue::job_count_retries(&mut *conn).await?
     };
-    let routes = jobs::report::by_route(&db.pool)
+    let routes = jobs::report::by_route(&db.db())
         .await?
         .into_iter()
         .map(|o| {
@@ -390,7 +389,7 @@ async fn demo(settings: &Settings) -> anyhow::Result<DemoSummary> {
             }
         })
         .collect();
-    let failures_by_reason = jobs::booking::failures_by_code(&db.pool).await?;
+    let failures_by_reason = jobs::booking::failures_by_code(&db.db()).await?;
     let counters = sandbox.sandbox.counters();
     let payment_intents = counters.payment_intents_created;
     let max_pi_per_booking = counters

@@ -7,7 +7,6 @@ use std::{io::BufRead, sync::Arc, time::Duration};
 use fleet::{config::Settings, fleet_registry, ops::UsageError};
 use jobs::NewJob;
 use serde::Deserialize;
-use sqlx::Connection;
 
 use super::{databases_for, os_user, output::emit, usage};
 
@@ -141,7 +140,6 @@ pub async fn run(a: EnqueueArgs, settings: &Settings) -> anyhow::Result<()> {
     let total = jobs.len();
     let single = a.file.is_none();
     let dbs = databases_for(settings).await?;
-    let pool = dbs.main.pool.clone();
     let queue = dbs.queue(registry);
     let bar = indicatif::ProgressBar::new(total as u64).with_style(
         indicatif::ProgressStyle::with_template("{spinner} enqueueing [{bar:30}] {pos}/{len}")
@@ -151,8 +149,7 @@ pub async fn run(a: EnqueueArgs, settings: &Settings) -> anyhow::Result<()> {
     if single || a.json {
         bar.set_draw_target(indicatif::ProgressDrawTarget::hidden());
     }
-    let mut conn = pool.acquire().await?;
-    let mut tx = conn.begin().await?;
+    let mut tx = dbs.main.db.begin().await?;
     let mut results = Vec::with_capacity(total);
     let started = std::time::Instant::now();
     let mut jobs = jobs.into_iter().peekable();
@@ -169,7 +166,7 @@ pub async fn run(a: EnqueueArgs, settings: &Settings) -> anyhow::Result<()> {
     let duplicates = results.iter().filter(|r| r.duplicate).count();
     let actor = a.actor.unwrap_or_else(os_user);
     jobs::audit::record(
-        &mut tx,
+        &mut *tx,
         &actor,
         "job.enqueue",
         "job",

@@ -123,16 +123,16 @@ pub async fn run(
 /// The configured database (`DATABASE_URL`, else `database.url`; never a guess), its schema
 /// checked: every role and operator command runs on it. A database behind this binary is
 /// refused; one ahead of it (a rollback) is accepted and the unknown migrations are logged.
-pub(crate) async fn pool_for(settings: &Settings) -> anyhow::Result<sqlx::PgPool> {
-    let pool = database::connect_configured(&settings.database).await?;
-    database::require_schema(&pool).await?;
-    Ok(pool)
+pub(crate) async fn db_for(settings: &Settings) -> anyhow::Result<jobs::Db> {
+    let db = database::connect_configured(&settings.database).await?;
+    database::require_schema(&db).await?;
+    Ok(db)
 }
 
-/// Every configured database (`main` from [`pool_for`], each `[databases.*]` one checked the
+/// Every configured database (`main` from [`db_for`], each `[databases.*]` one checked the
 /// same way) with its read replica, if any.
 pub(crate) async fn databases_for(settings: &Settings) -> anyhow::Result<Databases> {
-    let main = pool_for(settings).await?;
+    let main = db_for(settings).await?;
     Ok(Databases::connect(settings, main).await?)
 }
 

@@ -53,14 +53,23 @@ pub struct MigrateArgs {
 }
 
 pub async fn migrate(a: MigrateArgs, settings: &Settings) -> anyhow::Result<()> {
-    let pool = database::connect_configured(&settings.database).await?;
+    // Migrations hold a session advisory lock: behind a transaction pooler they run on the
+    // direct connection (and refuse without one).
+    let main = database::Reach::main(&settings.database)?;
+    let pool =
+        database::connect_endpoint(main.for_migrations()?, 2, settings.database.connect_timeout)
+            .await?;
     if !settings.databases.is_empty() && !a.status {
         // The same migrations everywhere: a jobs-only database carries the domain tables too,
         // empty, so one binary checks one schema.
         for (name, d) in &settings.databases {
-            let endpoint = database::Endpoint::of(name, d, &settings.database)?;
-            let p =
-                database::connect_endpoint(&endpoint, 2, settings.database.connect_timeout).await?;
+            let reach = database::Reach::of(name, d, &settings.database)?;
+            let p = database::connect_endpoint(
+                reach.for_migrations()?,
+                2,
+                settings.database.connect_timeout,
+            )
+            .await?;
             let applied = database::migrate_pending(&p).await?;
             eprintln!("databases.{name}: applied {} migration(s)", applied.len());
         }
@@ -91,9 +100,8 @@ pub async fn migrate(a: MigrateArgs, settings: &Settings) -> anyhow::Result<()> 
     }
     let applied = database::migrate_pending(&pool).await?;
     let actor = a.actor.unwrap_or_else(super::os_user);
-    let mut conn = pool.acquire().await?;
     jobs::audit::record(
-        &mut conn,
+        &pool,
         &actor,
         "schema.migrate",
         "schema",
@@ -165,7 +173,7 @@ pub async fn worker(a: WorkerArgs, mut settings: Settings) -> anyhow::Result<()>
             v
         }
     };
-    let pool = dbs.main.pool.clone();
+    let main_db = dbs.main.db.clone();
     let shutdown = CancellationToken::new();
     spawn_signal_handler(shutdown.clone());
     if let Some(bind) = a.metrics_bind {
@@ -177,7 +185,7 @@ pub async fn worker(a: WorkerArgs, mut settings: Settings) -> anyhow::Result<()>
             settings.serve.metrics_refresh,
             shutdown.clone(),
         ));
-        let router = fleet::serve::harden(fleet::serve::admin_router(pool.clone()), &limits);
+        let router = fleet::serve::harden(fleet::serve::admin_router(main_db.clone()), &limits);
         let stop = shutdown.clone();
         tokio::spawn(async move {
             if let Err(e) = fleet::serve::run_with(listener, router, &limits, stop).await {
@@ -186,8 +194,7 @@ pub async fn worker(a: WorkerArgs, mut settings: Settings) -> anyhow::Result<()>
         });
     }
     for d in &served {
-        let mut conn = d.pool.acquire().await?;
-        if let Some(why) = fleet::queue::job_table_autovacuum_off(&mut conn).await? {
+        if let Some(why) = fleet::queue::job_table_autovacuum_off(&d.db).await? {
             tracing::warn!(
                 database = %d.name,
                 "autovacuum will not clean fleet_jobs: {why}; every job leaves dead row versions, so the queue slows down as they pile up (docs/operations.md, \"Vacuum\")"
@@ -200,9 +207,9 @@ pub async fn worker(a: WorkerArgs, mut settings: Settings) -> anyhow::Result<()>
     let runs: Vec<_> = served
         .iter()
         .map(|d| {
-            let w = Worker::new(d.pool.clone(), registry.clone(), settings.worker.clone())
+            let w = Worker::new(d.db.clone(), registry.clone(), settings.worker.clone())
                 .with_extensions(extensions.clone())
-                .serving_database(&d.name, pool.clone(), queue.clone());
+                .serving_database(&d.name, main_db.clone(), queue.clone());
             tokio::spawn(w.run(shutdown.clone()))
         })
         .collect();
@@ -240,7 +247,7 @@ pub async fn serve(a: ServeArgs, settings: &Settings) -> anyhow::Result<()> {
         usage!("the public and admin listeners cannot share {bind} (serve.bind, serve.admin_bind)");
     }
     let dbs = databases_for(settings).await?;
-    let pool = dbs.main.pool.clone();
+    let main_db = dbs.main.db.clone();
     let limits = fleet::serve::Limits::from(&settings.serve);
     let open_files = fleet::serve::raise_open_files_limit();
     if (open_files as usize) < limits.max_connections * 2 + 64 {
@@ -262,7 +269,7 @@ pub async fn serve(a: ServeArgs, settings: &Settings) -> anyhow::Result<()> {
     ));
     let webhooks = fleet::serve::harden(
         fleet::webhooks::router(
-            pool.clone(),
+            main_db.clone(),
             dbs.queue(registry.clone()),
             secrets,
             limits.max_body_bytes,
@@ -273,7 +280,7 @@ pub async fn serve(a: ServeArgs, settings: &Settings) -> anyhow::Result<()> {
         tracing::warn!("no [console.users.*] are configured: nobody can sign in to the console");
     }
     let mut console = fleet::console::Console::new(
-        pool.clone(),
+        main_db.clone(),
         registry,
         settings.console.clone(),
         settings.worker.lease,
@@ -282,7 +289,7 @@ pub async fn serve(a: ServeArgs, settings: &Settings) -> anyhow::Result<()> {
         console = console.with_reads(dbs.main.reads.clone());
     }
     let admin_routes = fleet::serve::harden(
-        fleet::serve::admin_router_with_console(pool, console),
+        fleet::serve::admin_router_with_console(main_db, console),
         &limits,
     );
     let (public_done, admin_done) = tokio::join!(
@@ -302,7 +309,7 @@ pub async fn scheduler(settings: &Settings) -> anyhow::Result<()> {
     let dbs = databases_for(settings).await?;
     let shutdown = CancellationToken::new();
     spawn_signal_handler(shutdown.clone());
-    fleet::scheduler::Scheduler::new(dbs.main.pool.clone(), registry.clone(), schedules)
+    fleet::scheduler::Scheduler::new(dbs.main.db.clone(), registry.clone(), schedules)
         .with_queue(dbs.queue(registry))
         .run(shutdown)
         .await

@@ -7,7 +7,7 @@ use std::time::Duration;
 use fleet::config::Settings;
 use jobs::seed::Mix;
 
-use super::{os_user, output::emit, pool_for, usage};
+use super::{db_for, os_user, output::emit, usage};
 
 #[derive(clap::Args)]
 pub struct SeedArgs {
@@ -40,8 +40,8 @@ pub async fn run(a: SeedArgs, settings: &Settings) -> anyhow::Result<()> {
     } else {
         Mix::Simple
     };
-    let pool = pool_for(settings).await?;
-    let real = jobs::seed::count_real_users(&pool).await?;
+    let db = db_for(settings).await?;
+    let real = jobs::seed::count_real_users(&db).await?;
     if real > 0 {
         usage!(
             "the database holds {real} user(s) that are not seed data (addresses outside {}): \
@@ -63,23 +63,22 @@ pub async fn run(a: SeedArgs, settings: &Settings) -> anyhow::Result<()> {
         if let Some(spread) = a.spread {
             s.first_search_in = spread.mul_f64(n as f64 / a.users as f64);
         }
-        if jobs::seed::user_exists(&pool, &s.email).await? {
+        if jobs::seed::user_exists(&db, &s.email).await? {
             skipped += 1;
         } else {
-            jobs::seed::seed_campaign(&pool, &keyring, &s).await?;
+            jobs::seed::seed_campaign(&db, &keyring, &s).await?;
             written += 1;
         }
         bar.inc(1);
     }
     bar.finish_and_clear();
-    let mut conn = pool.acquire().await?;
     let meta = serde_json::json!({
         "users": a.users, "written": written, "skipped": skipped, "mix": a.mix,
         "spread_s": a.spread.map(|d| d.as_secs()),
         "key_version": keyring.newest_version(),
     });
     jobs::audit::record(
-        &mut conn,
+        &db,
         &a.actor.unwrap_or_else(os_user),
         "seed.run",
         "seed",

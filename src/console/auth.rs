@@ -42,7 +42,6 @@ use maud::html;
 use rand::RngCore;
 use serde::Deserialize;
 use sha2::{Digest, Sha256};
-use sqlx::PgConnection;
 use subtle::ConstantTimeEq;
 
 use super::{
@@ -108,7 +107,7 @@ fn same(a: &str, b: &str) -> bool {
 
 /// ConsoleSessionInsert: a session for `user` until `expires_at`, stored by its token's hash.
 async fn session_insert(
-    conn: &mut PgConnection,
+    conn: impl sqlx::PgExecutor<'_>,
     token: &str,
     user: &str,
     csrf: &str,
@@ -129,7 +128,7 @@ async fn session_insert(
 
 /// ConsoleSessionGet: the user and CSRF token of the unexpired session of `token`.
 async fn session_get(
-    conn: &mut PgConnection,
+    conn: impl sqlx::PgExecutor<'_>,
     token: &str,
 ) -> Result<Option<(String, String)>, sqlx::Error> {
     sqlx::query_as(
@@ -142,7 +141,7 @@ async fn session_get(
 }
 
 /// ConsoleSessionDelete: ends the session of `token` (sign-out).
-async fn session_delete(conn: &mut PgConnection, token: &str) -> Result<(), sqlx::Error> {
+async fn session_delete(conn: impl sqlx::PgExecutor<'_>, token: &str) -> Result<(), sqlx::Error> {
     sqlx::query("DELETE FROM fleet_console_sessions WHERE token_sha256 = $1")
         .bind(sha256(token))
         .execute(conn)
@@ -151,7 +150,7 @@ async fn session_delete(conn: &mut PgConnection, token: &str) -> Result<(), sqlx
 }
 
 /// ConsoleSessionDeleteExpired: forgets sessions past their expiry (run at each login).
-async fn session_delete_expired(conn: &mut PgConnection) -> Result<u64, sqlx::Error> {
+async fn session_delete_expired(conn: impl sqlx::PgExecutor<'_>) -> Result<u64, sqlx::Error> {
     let r = sqlx::query("DELETE FROM fleet_console_sessions WHERE expires_at <= now()")
         .execute(conn)
         .await?;
@@ -239,8 +238,7 @@ async fn session_of(st: &ConsoleState, jar: &CookieJar) -> Result<Option<Session
     if token.len() != 64 {
         return Ok(None);
     }
-    let mut conn = st.pool.acquire().await?;
-    let Some((user, csrf)) = session_get(&mut conn, &token).await? else {
+    let Some((user, csrf)) = session_get(&st.db, &token).await? else {
         return Ok(None);
     };
     // The configuration decides, now: a removed user's sessions are dead.
@@ -553,26 +551,16 @@ pub async fn login(
 
 async fn start_session(st: &ConsoleState, user: &str) -> Result<String, sqlx::Error> {
     let token = random_hex();
-    let mut conn = st.pool.acquire().await?;
-    session_delete_expired(&mut conn).await?;
-    session_insert(
-        &mut conn,
-        &token,
-        user,
-        &random_hex(),
-        st.settings.session_ttl,
-    )
-    .await?;
+    session_delete_expired(&st.db).await?;
+    session_insert(&st.db, &token, user, &random_hex(), st.settings.session_ttl).await?;
     Ok(token)
 }
 
 /// `POST /ui/logout` (CSRF-checked like every POST): ends the session.
 pub async fn logout(State(st): State<ConsoleState>, jar: CookieJar) -> Response {
     if let Some(token) = jar.get(SESSION_COOKIE).map(|c| c.value().to_owned()) {
-        if let Ok(mut conn) = st.pool.acquire().await {
-            if let Err(e) = session_delete(&mut conn, &token).await {
-                tracing::error!(error = %e, "console: ending a session failed");
-            }
+        if let Err(e) = session_delete(&st.db, &token).await {
+            tracing::error!(error = %e, "console: ending a session failed");
         }
     }
     let jar = jar.remove(Cookie::build(SESSION_COOKIE).path("/"));

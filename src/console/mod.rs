@@ -31,6 +31,7 @@ mod templates;
 
 use std::{sync::Arc, time::Duration};
 
+use ::jobs::Db;
 use axum::{
     http::StatusCode,
     middleware,
@@ -38,7 +39,6 @@ use axum::{
     routing::{get, post},
     Router,
 };
-use sqlx::PgPool;
 
 use crate::{config::ConsoleSettings, ops::Ops, Queue, Registry};
 
@@ -49,9 +49,9 @@ pub use session::Session;
 /// Everything the console's handlers share (behind [`ConsoleState`]).
 pub struct Inner {
     /// The primary: sessions, and every action.
-    pool: PgPool,
+    db: Db,
     /// A read replica for the pages, when configured ([`Console::with_reads`]).
-    reads: Option<PgPool>,
+    reads: Option<Db>,
     registry: Arc<Registry>,
     queue: Queue,
     settings: ConsoleSettings,
@@ -76,7 +76,7 @@ impl std::ops::Deref for ConsoleState {
 impl ConsoleState {
     /// The CLI's operator commands, acting as `actor` (the signed-in user).
     fn ops(&self, actor: &str) -> Ops {
-        let ops = Ops::new(self.pool.clone(), self.registry.kind_names(), actor);
+        let ops = Ops::new(self.db.clone(), self.registry.kind_names(), actor);
         match &self.reads {
             Some(r) => ops.with_reads(r.clone()),
             None => ops,
@@ -90,20 +90,21 @@ pub struct Console {
 }
 
 impl Console {
-    /// A console over `pool` for the kinds of `registry`; `alive_within`: how recent a
+    /// A console over `db` for the kinds of `registry`; `alive_within`: how recent a
     /// worker's heartbeat must be for it to count as alive (`worker.lease`).
     pub fn new(
-        pool: PgPool,
+        db: impl Into<Db>,
         registry: Arc<Registry>,
         settings: ConsoleSettings,
         alive_within: Duration,
     ) -> Self {
-        let queue = Queue::new(pool.clone(), registry.clone());
+        let db = db.into();
+        let queue = Queue::new(db.clone(), registry.clone());
         let limiter = auth::limiter_for(&settings);
         let overview = overview::Cache::new(settings.refresh);
         Self {
             state: ConsoleState(Arc::new(Inner {
-                pool,
+                db,
                 reads: None,
                 registry,
                 queue,
@@ -118,7 +119,7 @@ impl Console {
     /// Reads the pages from `reads`, a hot standby of the primary (`database.read_url`); the
     /// overview says so, with the replica's lag. Actions (and their previews, which are dry
     /// runs), sign-ins and sessions stay on the primary.
-    pub fn with_reads(mut self, reads: PgPool) -> Self {
+    pub fn with_reads(mut self, reads: Db) -> Self {
         Arc::get_mut(&mut self.state.0)
             .expect("with_reads is called before router")
             .reads = Some(reads);

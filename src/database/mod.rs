@@ -31,7 +31,7 @@ use std::sync::atomic::{AtomicU32, Ordering};
 use anyhow::{bail, Context};
 use sqlx::{
     postgres::{PgConnectOptions, PgPoolOptions},
-    AssertSqlSafe, ConnectOptions, Connection, PgConnection, PgPool,
+    AssertSqlSafe, ConnectOptions, Connection, PgConnection, PgExecutor, PgPool,
 };
 use tokio::sync::OnceCell;
 
@@ -40,6 +40,7 @@ pub mod tls;
 pub use tls::TlsInEffect;
 
 use crate::config::TlsSettings;
+use jobs::{Db, Pooler};
 
 /// The local server tried when no URL is configured (demo, bench, tests). Plain TCP: it is
 /// loopback, and the figures in docs/benchmarks.md were measured without TLS.
@@ -303,12 +304,150 @@ impl Endpoint {
     }
 }
 
-/// A pool on the configured database (`DATABASE_URL`, else `database.url`): the first
-/// connection within `database.connect_timeout`, or an error naming the target and the reason.
-pub async fn connect_configured(
-    db: &crate::config::DatabaseSettings,
-) -> Result<PgPool, DatabaseError> {
-    connect_endpoint(&Endpoint::main(db)?, db.max_connections, db.connect_timeout).await
+/// How one of the fleet's databases is reached: its primary's URL, what that URL reaches, the
+/// direct connection beside it, and the statement bound. Built from `[database]` or a
+/// `[databases.*]` entry ([`Reach::main`], [`Reach::of`]).
+#[derive(Debug, Clone)]
+pub struct Reach {
+    /// The primary's URL.
+    pub primary: Endpoint,
+    /// What that URL reaches.
+    pub pooler: Pooler,
+    /// A direct connection beside a transaction pooler (sessions), if configured.
+    pub direct: Option<Endpoint>,
+    /// Pool size.
+    pub max_connections: u32,
+    /// The first connection's bound.
+    pub connect_timeout: Duration,
+    /// Every engine statement's bound.
+    pub statement_timeout: Duration,
+}
+
+impl Reach {
+    /// The main database (`[database]`, `DATABASE_URL`, `DATABASE_DIRECT_URL`).
+    pub fn main(db: &crate::config::DatabaseSettings) -> Result<Self, DatabaseError> {
+        let direct = match db.configured_direct_url() {
+            None => None,
+            Some(url) => {
+                let setting = if std::env::var("DATABASE_DIRECT_URL").is_ok_and(|u| !u.is_empty()) {
+                    "DATABASE_DIRECT_URL"
+                } else {
+                    "database.direct_url"
+                };
+                Some(Endpoint::parse(setting, "database", &url, &db.tls())?)
+            }
+        };
+        Ok(Self {
+            primary: Endpoint::main(db)?,
+            pooler: db.pooler,
+            direct,
+            max_connections: db.max_connections,
+            connect_timeout: db.connect_timeout,
+            statement_timeout: db.statement_timeout,
+        })
+    }
+
+    /// `[databases.<name>]` (its pooler, else `[database]`'s; pool sizes and bounds are
+    /// `[database]`'s).
+    pub fn of(
+        name: &str,
+        d: &crate::config::ExtraDatabase,
+        main: &crate::config::DatabaseSettings,
+    ) -> Result<Self, DatabaseError> {
+        let direct = d
+            .direct_url
+            .as_ref()
+            .map(|u| u.expose().to_owned())
+            .filter(|u| !u.is_empty())
+            .map(|url| {
+                Endpoint::parse(
+                    &format!("databases.{name}.direct_url"),
+                    &format!("databases.{name}"),
+                    &url,
+                    &d.tls(main),
+                )
+            })
+            .transpose()?;
+        Ok(Self {
+            primary: Endpoint::of(name, d, main)?,
+            pooler: d.pooler.unwrap_or(main.pooler),
+            direct,
+            max_connections: main.max_connections,
+            connect_timeout: main.connect_timeout,
+            statement_timeout: main.statement_timeout,
+        })
+    }
+
+    /// Where migrations run: they hold a session advisory lock while they apply, so behind a
+    /// transaction pooler they need the direct connection.
+    pub fn for_migrations(&self) -> Result<&Endpoint, DatabaseError> {
+        match (&self.direct, self.pooler) {
+            (Some(d), _) => Ok(d),
+            (None, Pooler::Transaction) => Err(DatabaseError::InvalidUrl(format!(
+                "{} reaches a transaction pooler (pooler = \"transaction\"), where migrations \
+                 cannot hold their lock: set the direct connection (database.direct_url or \
+                 DATABASE_DIRECT_URL; on Supabase, the direct connection or the session pooler \
+                 on port 5432)",
+                self.primary.setting
+            ))),
+            (None, _) => Ok(&self.primary),
+        }
+    }
+
+    /// Opens it: the pool (its statement cache off behind a transaction pooler, so only the
+    /// unnamed statement is used), the session pool on the direct connection (connected on
+    /// first use), the statement bound. Logs, once, where it connected, how, and with which
+    /// TLS.
+    pub async fn open(&self) -> Result<Db, DatabaseError> {
+        let pooled = self.pooler == Pooler::Transaction;
+        let mut primary = self.primary.clone();
+        if pooled {
+            // No named statements; and no `extra_float_digits` startup parameter, which
+            // PgBouncer refuses unless told to ignore it (Postgres 12+ prints floats exactly
+            // without it).
+            primary.options = primary
+                .options
+                .statement_cache_capacity(0)
+                .extra_float_digits(None);
+        }
+        let pool = connect_endpoint(&primary, self.max_connections, self.connect_timeout).await?;
+        let db = if pooled {
+            let sessions = self.direct.as_ref().map(|d| {
+                tracing::info!(setting = %d.setting, target = %d.target(), tls = %d.tls,
+                    "sessions (LISTEN, claim sessions, campaign locks) use the direct connection");
+                PgPoolOptions::new()
+                    .max_connections(DIRECT_POOL_SIZE)
+                    .acquire_timeout(self.connect_timeout)
+                    .connect_lazy_with(d.options.clone())
+            });
+            if sessions.is_none() {
+                tracing::warn!(
+                    setting = %primary.setting,
+                    "behind a transaction pooler with no direct connection: workers poll for \
+                     new jobs instead of listening, claim in a transaction per round, and the \
+                     booking saga takes no campaign lock (database.direct_url)"
+                );
+            }
+            Db::behind_transaction_pooler(pool, sessions)
+        } else if self.pooler == Pooler::Session {
+            Db::direct(pool).through_session_pooler()
+        } else {
+            Db::direct(pool)
+        };
+        Ok(db.with_statement_timeout(Some(self.statement_timeout)))
+    }
+}
+
+/// Connections of a session pool beside a transaction pooler. Its users take connections out
+/// of it for good (claim sessions, campaign locks) or open their own (`LISTEN`), so this bounds
+/// only what is waiting in it.
+const DIRECT_POOL_SIZE: u32 = 4;
+
+/// The configured main database (`DATABASE_URL`, else `database.url`), opened
+/// ([`Reach::open`]): the first connection within `database.connect_timeout`, or an error
+/// naming the target and the reason.
+pub async fn connect_configured(db: &crate::config::DatabaseSettings) -> Result<Db, DatabaseError> {
+    Reach::main(db)?.open().await
 }
 
 /// A pool of `max` connections to `endpoint`, the first connection within `timeout`. Logs,
@@ -360,7 +499,9 @@ pub struct MigrationStatus {
 
 /// Every migration this binary knows or the database has applied, in version order. `None`
 /// when the database has no migrations table at all.
-pub async fn migration_status(pool: &PgPool) -> Result<Option<Vec<MigrationStatus>>, sqlx::Error> {
+pub async fn migration_status(
+    pool: impl PgExecutor<'_> + Copy,
+) -> Result<Option<Vec<MigrationStatus>>, sqlx::Error> {
     let exists: bool = sqlx::query_scalar("SELECT to_regclass('_sqlx_migrations') IS NOT NULL")
         .fetch_one(pool)
         .await?;
@@ -406,10 +547,10 @@ pub async fn migration_status(pool: &PgPool) -> Result<Option<Vec<MigrationStatu
 /// Refuses a database whose schema this binary cannot run on: never migrated, behind (run
 /// `fleet migrate`), or an applied migration changed. A database ahead by migrations this
 /// binary does not know (a rollback) is accepted; they are returned so the role can log them.
-pub async fn require_schema(pool: &PgPool) -> Result<Vec<MigrationStatus>, DatabaseError> {
-    let status = migration_status(pool).await.map_err(DatabaseError::Query)?;
+pub async fn require_schema(db: &Db) -> Result<Vec<MigrationStatus>, DatabaseError> {
+    let status = migration_status(db).await.map_err(DatabaseError::Query)?;
     let Some(status) = status else {
-        let target = pool.connect_options();
+        let target = db.session_independent_pool().connect_options();
         return Err(DatabaseError::NotMigrated {
             target: describe_target(&target),
         });
@@ -716,6 +857,11 @@ impl ScratchDb {
 }
 
 impl ScratchDb {
+    /// Its pool as a [`Db`] (its connections are sessions).
+    pub fn db(&self) -> Db {
+        Db::direct(self.pool.clone())
+    }
+
     /// The database's name.
     pub fn name(&self) -> &str {
         &self.name

@@ -3,7 +3,7 @@
 
 use std::time::Duration;
 
-use sqlx::PgPool;
+use jobs::Db;
 
 use crate::queue::{self, JobState, Now};
 
@@ -48,14 +48,14 @@ impl CleanerConfig {
 
 /// Deletes finished jobs past retention.
 pub struct JobCleaner {
-    pool: PgPool,
+    db: Db,
     cfg: CleanerConfig,
 }
 
 impl JobCleaner {
-    /// A cleaner over `pool`.
-    pub fn new(pool: PgPool, cfg: CleanerConfig) -> Self {
-        Self { pool, cfg }
+    /// A cleaner over `db`.
+    pub fn new(db: impl Into<Db>, cfg: CleanerConfig) -> Self {
+        Self { db: db.into(), cfg }
     }
 
     /// Its settings.
@@ -67,10 +67,9 @@ impl JobCleaner {
     /// purges each final state past its retention, batch by batch (each batch its own short
     /// statement, so no lock is held across the pass). Returns how many jobs were deleted.
     pub async fn run_once(&self, now: Now) -> Result<u64, sqlx::Error> {
-        let mut conn = self.pool.acquire().await?;
         let mut released = 0;
         loop {
-            let n = queue::job_release_elapsed_keys(&mut conn, self.cfg.batch, now).await?;
+            let n = queue::job_release_elapsed_keys(&self.db, self.cfg.batch, now).await?;
             released += n;
             if n < self.cfg.batch as u64 {
                 break;
@@ -80,15 +79,9 @@ impl JobCleaner {
         for (state, keep) in self.cfg.retention() {
             let mut after_id = Some(0);
             while let Some(after) = after_id {
-                let b = queue::job_prune_finished(
-                    &mut conn,
-                    &[state],
-                    keep,
-                    self.cfg.batch,
-                    after,
-                    now,
-                )
-                .await?;
+                let b =
+                    queue::job_prune_finished(&self.db, &[state], keep, self.cfg.batch, after, now)
+                        .await?;
                 total += b.deleted;
                 after_id = b.next_after_id;
             }

@@ -12,7 +12,7 @@ pub mod cleaner;
 pub mod promoter;
 pub mod rescuer;
 
-use sqlx::PgPool;
+use jobs::Db;
 use tokio_util::sync::CancellationToken;
 
 pub use cleaner::{CleanerConfig, JobCleaner};
@@ -59,10 +59,10 @@ impl From<&WorkerSettings> for MaintenanceSettings {
 }
 
 /// Runs the three services until `stop`. A failed pass is logged and retried at the next tick.
-pub async fn run(pool: PgPool, cfg: MaintenanceSettings, stop: CancellationToken) {
-    let promoter = JobPromoter::new(pool.clone(), cfg.promoter);
-    let rescuer = JobRescuer::new(pool.clone(), cfg.rescuer);
-    let cleaner = JobCleaner::new(pool, cfg.cleaner);
+pub async fn run(db: Db, cfg: MaintenanceSettings, stop: CancellationToken) {
+    let promoter = JobPromoter::new(db.clone(), cfg.promoter);
+    let rescuer = JobRescuer::new(db.clone(), cfg.rescuer);
+    let cleaner = JobCleaner::new(db, cfg.cleaner);
     let tick = |d| {
         let mut i = tokio::time::interval(d);
         i.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);

@@ -2,7 +2,7 @@
 
 use std::time::Duration;
 
-use sqlx::PgPool;
+use jobs::Db;
 
 use crate::queue::{self, Now};
 
@@ -27,14 +27,14 @@ impl Default for PromoterConfig {
 
 /// Moves due jobs to `available` and wakes idle workers (the statement notifies).
 pub struct JobPromoter {
-    pool: PgPool,
+    db: Db,
     cfg: PromoterConfig,
 }
 
 impl JobPromoter {
-    /// A promoter over `pool`.
-    pub fn new(pool: PgPool, cfg: PromoterConfig) -> Self {
-        Self { pool, cfg }
+    /// A promoter over `db`.
+    pub fn new(db: impl Into<Db>, cfg: PromoterConfig) -> Self {
+        Self { db: db.into(), cfg }
     }
 
     /// Its settings.
@@ -45,10 +45,9 @@ impl JobPromoter {
     /// One pass at `now` (`None`: the database's clock). Returns how many jobs became
     /// available.
     pub async fn run_once(&self, now: Now) -> Result<u64, sqlx::Error> {
-        let mut conn = self.pool.acquire().await?;
         let mut total = 0;
         loop {
-            let n = queue::job_promote_due(&mut conn, self.cfg.batch, now).await?;
+            let n = queue::job_promote_due(&self.db, self.cfg.batch, now).await?;
             total += n;
             if n < self.cfg.batch as u64 {
                 return Ok(total);

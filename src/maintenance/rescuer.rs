@@ -3,7 +3,7 @@
 
 use std::time::Duration;
 
-use sqlx::PgPool;
+use jobs::Db;
 
 use crate::queue::{self, Now, RescueCount};
 
@@ -33,14 +33,14 @@ impl Default for RescuerConfig {
 /// Takes back expired leases (the late outcome of the claim it rescued is refused by the fence),
 /// and forgets workers that stopped heartbeating long ago.
 pub struct JobRescuer {
-    pool: PgPool,
+    db: Db,
     cfg: RescuerConfig,
 }
 
 impl JobRescuer {
-    /// A rescuer over `pool`.
-    pub fn new(pool: PgPool, cfg: RescuerConfig) -> Self {
-        Self { pool, cfg }
+    /// A rescuer over `db`.
+    pub fn new(db: impl Into<Db>, cfg: RescuerConfig) -> Self {
+        Self { db: db.into(), cfg }
     }
 
     /// Its settings.
@@ -51,10 +51,9 @@ impl JobRescuer {
     /// One pass at `now` (`None`: the database's clock): how many jobs went back to
     /// `retryable` and how many went `dead`.
     pub async fn run_once(&self, now: Now) -> Result<RescueCount, sqlx::Error> {
-        let mut conn = self.pool.acquire().await?;
         let mut total = RescueCount::default();
         loop {
-            let n = queue::job_rescue_expired(&mut conn, self.cfg.batch, now).await?;
+            let n = queue::job_rescue_expired(&self.db, self.cfg.batch, now).await?;
             total.retried += n.retried;
             total.dead += n.dead;
             if n.retried + n.dead < self.cfg.batch as u64 {
@@ -72,7 +71,7 @@ impl JobRescuer {
             );
         }
         let forgotten =
-            queue::worker_forget_stale(&mut conn, self.cfg.forget_workers_after, now).await?;
+            queue::worker_forget_stale(&self.db, self.cfg.forget_workers_after, now).await?;
         if forgotten > 0 {
             tracing::info!(
                 workers = forgotten,

@@ -2,13 +2,13 @@
 //! tick.
 
 use chrono::{DateTime, Utc};
-use sqlx::PgConnection;
+use sqlx::PgExecutor;
 
 /// CronTickClaim: records that `schedule`'s tick at `tick_at` is being enqueued, inside the
 /// caller's transaction. Returns false when another scheduler already claimed it (the insert
 /// waits for that scheduler's transaction, so the answer is final).
 pub async fn cron_tick_claim(
-    conn: &mut PgConnection,
+    conn: impl PgExecutor<'_>,
     schedule: &str,
     tick_at: DateTime<Utc>,
 ) -> Result<bool, sqlx::Error> {
@@ -24,7 +24,7 @@ pub async fn cron_tick_claim(
 
 /// CronTickSetJob: notes which job a claimed tick enqueued.
 pub async fn cron_tick_set_job(
-    conn: &mut PgConnection,
+    conn: impl PgExecutor<'_>,
     schedule: &str,
     tick_at: DateTime<Utc>,
     job_id: i64,

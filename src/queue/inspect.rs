@@ -6,7 +6,7 @@ use std::{collections::HashMap, time::Duration};
 use chrono::{DateTime, Utc};
 use serde::Serialize;
 use serde_json::Value;
-use sqlx::{AssertSqlSafe, PgConnection, Row};
+use sqlx::{AssertSqlSafe, PgExecutor, Row};
 
 use super::{
     filter::{bind_filter, FILTER_SQL},
@@ -67,7 +67,7 @@ impl JobRecord {
 }
 
 /// JobGet: one job by id.
-pub async fn job_get(conn: &mut PgConnection, id: i64) -> Result<Option<JobRecord>, sqlx::Error> {
+pub async fn job_get(conn: impl PgExecutor<'_>, id: i64) -> Result<Option<JobRecord>, sqlx::Error> {
     let row = sqlx::query(
         r#"
         SELECT id, kind, queue, args, state::text, priority, run_at, attempt, max_attempts,
@@ -110,7 +110,7 @@ pub async fn job_get(conn: &mut PgConnection, id: i64) -> Result<Option<JobRecor
 
 /// JobCountByState: how many jobs are in each state (optionally of one kind).
 pub async fn job_count_by_state(
-    conn: &mut PgConnection,
+    conn: impl PgExecutor<'_>,
     kind: Option<&str>,
 ) -> Result<HashMap<JobState, i64>, sqlx::Error> {
     let rows = sqlx::query(
@@ -168,7 +168,7 @@ const SUMMARY_COLUMNS: &str = "id, kind, queue, state::text, attempt, max_attemp
 
 /// JobList: jobs matching `f`, newest first, `limit` per page, ids below `before_id`.
 pub async fn job_list(
-    conn: &mut PgConnection,
+    conn: impl PgExecutor<'_>,
     f: &JobFilter,
     limit: i64,
     before_id: Option<i64>,
@@ -203,7 +203,10 @@ pub struct QueueGauge {
 /// Reads unfinished rows only, each state through the partial index that holds exactly it
 /// (`fetch_available`, `promote_due`, `rescue_expired`), so history never enters the query:
 /// its cost follows the backlog, not the table.
-pub async fn job_gauges(conn: &mut PgConnection, now: Now) -> Result<Vec<QueueGauge>, sqlx::Error> {
+pub async fn job_gauges(
+    conn: impl PgExecutor<'_>,
+    now: Now,
+) -> Result<Vec<QueueGauge>, sqlx::Error> {
     let rows = sqlx::query(
         "WITH t AS (SELECT coalesce($1::timestamptz, now()) AS now)
          SELECT kind, 'available', count(*),
@@ -233,7 +236,7 @@ pub async fn job_gauges(conn: &mut PgConnection, now: Now) -> Result<Vec<QueueGa
 
 /// JobListChildren: the jobs job `id`'s handlers enqueued, oldest first (at most 200).
 pub async fn job_list_children(
-    conn: &mut PgConnection,
+    conn: impl PgExecutor<'_>,
     id: i64,
 ) -> Result<Vec<JobSummary>, sqlx::Error> {
     let rows = sqlx::query(AssertSqlSafe(format!(
@@ -278,7 +281,7 @@ pub struct CompletionMinute {
 /// minutes up to now (the current, partial minute included), oldest first; minutes without a
 /// completion are left out.
 pub async fn job_count_completed_by_minute(
-    conn: &mut PgConnection,
+    conn: impl PgExecutor<'_>,
     minutes: i32,
     now: Now,
 ) -> Result<Vec<CompletionMinute>, sqlx::Error> {
@@ -336,7 +339,10 @@ pub struct KindStats {
 /// JobStats: per kind and queue, counts by state, due now and later, dead in the last day,
 /// oldest ready age, completions in the last minute, and whether the kind is paused or
 /// draining.
-pub async fn job_stats(conn: &mut PgConnection, now: Now) -> Result<Vec<KindStats>, sqlx::Error> {
+pub async fn job_stats<'c>(
+    conn: impl PgExecutor<'c> + Copy,
+    now: Now,
+) -> Result<Vec<KindStats>, sqlx::Error> {
     let rows = sqlx::query(
         "WITH t AS (SELECT coalesce($1::timestamptz, now()) AS now)
          SELECT j.kind, j.queue, j.state::text, count(*),
@@ -351,7 +357,7 @@ pub async fn job_stats(conn: &mut PgConnection, now: Now) -> Result<Vec<KindStat
          GROUP BY j.kind, j.queue, j.state, t.now ORDER BY j.kind, j.queue",
     )
     .bind(now)
-    .fetch_all(&mut *conn)
+    .fetch_all(conn)
     .await?;
     let mut out: Vec<KindStats> = Vec::new();
     for r in rows {
@@ -406,7 +412,7 @@ pub async fn job_stats(conn: &mut PgConnection, now: Now) -> Result<Vec<KindStat
 
 /// KindExists: whether any job of `kind` is stored (operators may address kinds this binary no
 /// longer registers).
-pub async fn kind_exists(conn: &mut PgConnection, kind: &str) -> Result<bool, sqlx::Error> {
+pub async fn kind_exists(conn: impl PgExecutor<'_>, kind: &str) -> Result<bool, sqlx::Error> {
     sqlx::query_scalar("SELECT EXISTS (SELECT 1 FROM fleet_jobs WHERE kind = $1)")
         .bind(kind)
         .fetch_one(conn)
@@ -416,7 +422,7 @@ pub async fn kind_exists(conn: &mut PgConnection, kind: &str) -> Result<bool, sq
 /// JobListStranded: running jobs whose lease expired more than `grace` ago — nobody is
 /// rescuing them (no worker runs), so they would never finish. Ids, at most 100.
 pub async fn job_list_stranded(
-    conn: &mut PgConnection,
+    conn: impl PgExecutor<'_>,
     grace: Duration,
     now: Now,
 ) -> Result<Vec<i64>, sqlx::Error> {
@@ -433,7 +439,7 @@ pub async fn job_list_stranded(
 
 /// JobListPiiLikeArgs: jobs whose payload looks like it carries personal data (an e-mail
 /// address, or a key naming a personal field). Payloads must carry ids only. At most 100.
-pub async fn job_list_pii_like_args(conn: &mut PgConnection) -> Result<Vec<i64>, sqlx::Error> {
+pub async fn job_list_pii_like_args(conn: impl PgExecutor<'_>) -> Result<Vec<i64>, sqlx::Error> {
     sqlx::query_scalar(
         r#"SELECT id FROM fleet_jobs
            WHERE args::text ~* '"(passport[a-z_]*|full_name|given_name|family_name|date_of_birth|born_on|email|phone[a-z_]*)"\s*:'
@@ -446,7 +452,7 @@ pub async fn job_list_pii_like_args(conn: &mut PgConnection) -> Result<Vec<i64>,
 
 /// JobCountInFlight: jobs available, running or retryable, of kinds other than `except`.
 pub async fn job_count_in_flight(
-    conn: &mut PgConnection,
+    conn: impl PgExecutor<'_>,
     except: &[String],
 ) -> Result<i64, sqlx::Error> {
     sqlx::query_scalar(
@@ -468,7 +474,7 @@ pub struct RetryCounts {
 }
 
 /// JobCountRetries: see [`RetryCounts`].
-pub async fn job_count_retries(conn: &mut PgConnection) -> Result<RetryCounts, sqlx::Error> {
+pub async fn job_count_retries(conn: impl PgExecutor<'_>) -> Result<RetryCounts, sqlx::Error> {
     let (retries, dead): (i64, i64) = sqlx::query_as(
         "SELECT (SELECT COALESCE(sum(jsonb_array_length(errors)), 0)::bigint FROM fleet_jobs
                  WHERE state <> 'dead'),
@@ -482,7 +488,7 @@ pub async fn job_count_retries(conn: &mut PgConnection) -> Result<RetryCounts, s
 /// JobCountCompletedOnce: of the jobs of `kind` whose `args.i` is below `below` (the bench's
 /// burn-down), how many completed and how many were claimed more than once.
 pub async fn job_count_completed_once(
-    conn: &mut PgConnection,
+    conn: impl PgExecutor<'_>,
     kind: &str,
     below: i64,
 ) -> Result<(i64, i64), sqlx::Error> {
@@ -499,7 +505,7 @@ pub async fn job_count_completed_once(
 /// JobCountWithKeys: how many jobs hold one of `keys` as their idempotency key, and how many
 /// jobs there are in all (benchmarks check "exactly these jobs, nothing else").
 pub async fn job_count_with_keys(
-    conn: &mut PgConnection,
+    conn: impl PgExecutor<'_>,
     keys: &[String],
 ) -> Result<(i64, i64), sqlx::Error> {
     sqlx::query_as(
@@ -525,7 +531,7 @@ pub struct JobTableSize {
 }
 
 /// JobTableSize: the jobs table's size on disk and row count (benchmarks: bytes per job).
-pub async fn job_table_size(conn: &mut PgConnection) -> Result<JobTableSize, sqlx::Error> {
+pub async fn job_table_size(conn: impl PgExecutor<'_>) -> Result<JobTableSize, sqlx::Error> {
     let (rows, heap_bytes, index_bytes, total_bytes) = sqlx::query_as(
         "SELECT (SELECT count(*) FROM fleet_jobs), pg_relation_size('fleet_jobs'),
                 pg_indexes_size('fleet_jobs'), pg_total_relation_size('fleet_jobs')",
@@ -554,7 +560,7 @@ pub struct KindDistinct {
 
 /// JobCountDistinct: see [`KindDistinct`].
 pub async fn job_count_distinct(
-    conn: &mut PgConnection,
+    conn: impl PgExecutor<'_>,
     kind: &str,
 ) -> Result<KindDistinct, sqlx::Error> {
     let (jobs, keys, args): (i64, i64, i64) = sqlx::query_as(
@@ -571,7 +577,7 @@ pub async fn job_count_distinct(
 /// the enqueuing transaction's `now()`: for a follow-up enqueued as an outbox, the moment its
 /// producer decided (the booking bench reads "fare found" from it).
 pub async fn job_list_created(
-    conn: &mut PgConnection,
+    conn: impl PgExecutor<'_>,
     kind: &str,
 ) -> Result<Vec<(Value, DateTime<Utc>)>, sqlx::Error> {
     sqlx::query_as("SELECT args, created_at FROM fleet_jobs WHERE kind = $1 ORDER BY id")
@@ -600,7 +606,9 @@ pub struct JobTableSizes {
 }
 
 /// JobTableSizes: see [`JobTableSizes`]. Reads catalog sizes only, never the rows.
-pub async fn job_table_sizes(conn: &mut PgConnection) -> Result<JobTableSizes, sqlx::Error> {
+pub async fn job_table_sizes<'c>(
+    conn: impl PgExecutor<'c> + Copy,
+) -> Result<JobTableSizes, sqlx::Error> {
     let row = sqlx::query(
         "SELECT pg_relation_size('fleet_jobs'),
                 coalesce(pg_total_relation_size(nullif(c.reltoastrelid, 0)), 0),
@@ -609,13 +617,13 @@ pub async fn job_table_sizes(conn: &mut PgConnection) -> Result<JobTableSizes, s
          FROM pg_class c LEFT JOIN pg_stat_user_tables s ON s.relid = c.oid
          WHERE c.oid = 'fleet_jobs'::regclass",
     )
-    .fetch_one(&mut *conn)
+    .fetch_one(conn)
     .await?;
     let indexes: Vec<(String, i64)> = sqlx::query_as(
         "SELECT i.indexrelid::regclass::text, pg_relation_size(i.indexrelid)
          FROM pg_index i WHERE i.indrelid = 'fleet_jobs'::regclass ORDER BY 1",
     )
-    .fetch_all(&mut *conn)
+    .fetch_all(conn)
     .await?;
     Ok(JobTableSizes {
         heap_bytes: row.get(0),
@@ -634,7 +642,7 @@ pub async fn job_table_sizes(conn: &mut PgConnection) -> Result<JobTableSizes, s
 /// the table and its indexes only grow, and the statements that walk them (the key windows'
 /// release, the purge, the claims) slow down with every job (docs/operations.md).
 pub async fn job_table_autovacuum_off(
-    conn: &mut PgConnection,
+    conn: impl PgExecutor<'_>,
 ) -> Result<Option<String>, sqlx::Error> {
     let (server, counts, table): (bool, bool, Option<bool>) = sqlx::query_as(
         r#"

@@ -6,9 +6,10 @@
 use std::{collections::HashMap, time::Duration};
 
 use chrono::{DateTime, Utc};
+use jobs::Db;
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
-use sqlx::{AssertSqlSafe, Connection, PgConnection, Row};
+use sqlx::{AssertSqlSafe, Connection, PgConnection, PgExecutor, Row};
 
 use super::{filter::bind_filter, JobFilter, Now, QueueError};
 use crate::queue::filter::FILTER_SQL;
@@ -129,7 +130,7 @@ async fn insert_chunk(
         if todo.is_empty() {
             break;
         }
-        let rows = insert_rows(conn, chunk, &todo, now).await?;
+        let rows = insert_rows(&mut *conn, chunk, &todo, now).await?;
         let mut conflicted = Vec::new();
         for (pos, (id, inserted)) in rows.into_iter().enumerate() {
             let idx = todo[pos];
@@ -147,7 +148,7 @@ async fn insert_chunk(
             break;
         }
         // Resolve each conflict to its current holder; release holders past their window.
-        let holders = key_holders(conn, chunk, &conflicted, now).await?;
+        let holders = key_holders(&mut *conn, chunk, &conflicted, now).await?;
         let mut expired = Vec::new();
         let mut retry = Vec::new();
         for idx in conflicted {
@@ -167,7 +168,7 @@ async fn insert_chunk(
             }
         }
         if !expired.is_empty() {
-            job_release_expired_keys(conn, &expired, now).await?;
+            job_release_expired_keys(&mut *conn, &expired, now).await?;
         }
         todo = retry;
     }
@@ -182,7 +183,7 @@ async fn insert_chunk(
 
 /// Inserts `chunk[todo]`; returns (id, inserted) per row in `todo` order.
 async fn insert_rows(
-    conn: &mut PgConnection,
+    conn: impl PgExecutor<'_>,
     chunk: &[JobInsert],
     todo: &[usize],
     now: Now,
@@ -297,7 +298,7 @@ async fn insert_rows(
     if keyed {
         query = query.bind(FAIR_RANK_BACKLOG_CAP);
     }
-    let rows = query.fetch_all(&mut *conn).await?;
+    let rows = query.fetch_all(conn).await?;
     Ok(rows
         .into_iter()
         .map(|r| (r.get::<i64, _>(0), r.get::<bool, _>(1)))
@@ -306,7 +307,7 @@ async fn insert_rows(
 
 /// For `chunk[idx]` rows that conflicted: idx → (holder id, holder's window has elapsed).
 async fn key_holders(
-    conn: &mut PgConnection,
+    conn: impl PgExecutor<'_>,
     chunk: &[JobInsert],
     idxs: &[usize],
     now: Now,
@@ -326,7 +327,7 @@ async fn key_holders(
     .bind(&kinds)
     .bind(&keys)
     .bind(now)
-    .fetch_all(&mut *conn)
+    .fetch_all(conn)
     .await?;
     Ok(rows
         .into_iter()
@@ -339,7 +340,7 @@ async fn key_holders(
 
 /// JobReleaseExpiredKeys: frees keys of completed jobs whose window has elapsed.
 async fn job_release_expired_keys(
-    conn: &mut PgConnection,
+    conn: impl PgExecutor<'_>,
     ids: &[i64],
     now: Now,
 ) -> Result<(), sqlx::Error> {
@@ -419,45 +420,83 @@ pub async fn job_fetch_available(
     conn: &mut PgConnection,
     p: &FetchParams<'_>,
 ) -> Result<Vec<ClaimedJob>, sqlx::Error> {
-    fetch_available(conn, p, false).await
+    let mut tx = begin_pinned(conn).await?;
+    let out = fetch_available(&mut tx, p).await?;
+    tx.commit().await?;
+    Ok(out)
 }
 
-/// A connection of the claim's own, out of the pool, whose whole session has sequential and
-/// bitmap scans off ([`begin_pinned`]'s settings, for good): a claim on it is one statement in
-/// one round trip instead of four (`BEGIN`, the settings, the claim, `COMMIT`). Every worker's
-/// fetch loop claims on one of these; nothing else runs on it, so the settings reach no other
-/// statement, and it never returns to the pool (dropping it closes it).
+/// The connection a worker's fetch loop claims on, with its plans pinned (sequential and
+/// bitmap scans off) so every claim walks the ready indexes (decisions 23 and 39):
+/// - **a session of its own** when the database offers sessions ([`Db::session_pool`]): a
+///   connection taken out of the session pool for good, pinned once; each claim is then one
+///   autocommit statement in one round trip. Nothing else runs on it, so the settings reach
+///   no other statement, and it never returns to the pool (dropping it closes it);
+/// - **a transaction per round** behind a transaction pooler with no direct connection: the
+///   round's claims run in one transaction pinned with `SET LOCAL`-style settings, committed by
+///   [`ClaimSession::end_round`] before any claimed job starts; nothing outlives it.
 pub struct ClaimSession {
-    conn: PgConnection,
+    conn: ClaimConn,
+}
+
+enum ClaimConn {
+    Session(PgConnection),
+    Round(sqlx::Transaction<'static, sqlx::Postgres>),
 }
 
 impl ClaimSession {
-    /// Takes a connection out of `pool` for good and pins its plans.
-    pub async fn open(pool: &sqlx::PgPool) -> Result<Self, sqlx::Error> {
-        let mut conn = pool.acquire().await?.detach();
-        pin_plans(&mut conn, false).await?;
+    /// A claim session on `db`: a pinned session of its own if `db` offers sessions, else one
+    /// round's pinned transaction.
+    pub async fn open(db: &Db) -> Result<Self, sqlx::Error> {
+        let conn = match db.session_pool() {
+            Some(sessions) => {
+                let mut conn = sessions.acquire().await?.detach();
+                pin_plans(&mut conn, false).await?;
+                ClaimConn::Session(conn)
+            }
+            None => ClaimConn::Round(begin_pinned_in(db).await?),
+        };
         Ok(Self { conn })
     }
 
-    /// The connection, for the limited claims (each runs in its own transaction).
+    /// The connection, for the limited claims (each runs in its own transaction, nested in
+    /// the round's when there is one).
     pub fn conn(&mut self) -> &mut PgConnection {
-        &mut self.conn
+        match &mut self.conn {
+            ClaimConn::Session(c) => c,
+            ClaimConn::Round(tx) => tx,
+        }
+    }
+
+    /// Ends a round of claims: commits the round's transaction (its claims become the
+    /// worker's) and gives the session back to keep for the next round, or `None` when the
+    /// next round needs a new one.
+    pub async fn end_round(self) -> Result<Option<Self>, sqlx::Error> {
+        match self.conn {
+            ClaimConn::Session(_) => Ok(Some(self)),
+            ClaimConn::Round(tx) => {
+                tx.commit().await?;
+                Ok(None)
+            }
+        }
     }
 }
 
-/// [`job_fetch_available`] on a [`ClaimSession`], in one autocommit statement per round: the
-/// same claim, the same plan, the same synchronous commit.
+/// The plain claim ([`job_fetch_available`]) on a [`ClaimSession`], one statement per round
+/// trip: the same claim, the same plan, the same synchronous commit (the round's, for a
+/// per-round session).
 pub async fn job_fetch_available_on(
     session: &mut ClaimSession,
     p: &FetchParams<'_>,
 ) -> Result<Vec<ClaimedJob>, sqlx::Error> {
-    fetch_available(&mut session.conn, p, true).await
+    fetch_available(session.conn(), p).await
 }
 
+/// The plain claim's rounds on `conn`, whose plans are pinned (a pinned session or a pinned
+/// transaction).
 async fn fetch_available(
     conn: &mut PgConnection,
     p: &FetchParams<'_>,
-    session_pinned: bool,
 ) -> Result<Vec<ClaimedJob>, sqlx::Error> {
     let mut out = Vec::new();
     // Each round re-files at most `limit` rows; a misfiled backlog is re-filed a statement
@@ -467,14 +506,7 @@ async fn fetch_available(
         if want <= 0 {
             break;
         }
-        let rows = if session_pinned {
-            claim_statement(p, want).fetch_all(&mut *conn).await?
-        } else {
-            let mut tx = begin_pinned(conn).await?;
-            let rows = claim_statement(p, want).fetch_all(&mut *tx).await?;
-            tx.commit().await?;
-            rows
-        };
+        let rows = claim_statement(p, want).fetch_all(&mut *conn).await?;
         let refiled: i64 = rows.first().map(|r| r.get(8)).unwrap_or(0);
         out.extend(
             rows.iter()
@@ -542,11 +574,11 @@ const REFILE_ROUNDS: usize = 16;
 /// worker no longer runs for their kind. One probe of `fleet_jobs_fetch_limited_idx` per kind
 /// when there is nothing to do. Returns how many rows were re-filed.
 pub async fn job_refile_unlimited(
-    conn: &mut PgConnection,
+    db: &Db,
     kinds: &[String],
     limit: i64,
 ) -> Result<u64, sqlx::Error> {
-    let mut tx = begin_pinned(conn).await?;
+    let mut tx = begin_pinned_in(db).await?;
     let n = sqlx::query(
         r#"
         UPDATE fleet_jobs j SET limited = false
@@ -572,6 +604,15 @@ pub(super) async fn begin_pinned(
     conn: &mut PgConnection,
 ) -> Result<sqlx::Transaction<'_, sqlx::Postgres>, sqlx::Error> {
     let mut tx = conn.begin().await?;
+    pin_plans(&mut tx, true).await?;
+    Ok(tx)
+}
+
+/// [`begin_pinned`] on a connection of `db`'s pool.
+pub(super) async fn begin_pinned_in(
+    db: &Db,
+) -> Result<sqlx::Transaction<'static, sqlx::Postgres>, sqlx::Error> {
+    let mut tx = db.begin().await?;
     pin_plans(&mut tx, true).await?;
     Ok(tx)
 }
@@ -606,7 +647,7 @@ pub(super) fn claimed_from_row(r: &sqlx::postgres::PgRow) -> ClaimedJob {
 /// JobExtendLeases: renews the leases of the given claims; returns the ids still held.
 /// A claim missing from the result lost its lease (rescued or cancelled): its handler must stop.
 pub async fn job_extend_leases(
-    conn: &mut PgConnection,
+    conn: impl PgExecutor<'_>,
     claims: &[(i64, i32)],
     lease: Duration,
     now: Now,
@@ -642,7 +683,7 @@ pub async fn job_extend_leases(
 /// (idempotency keys, domain re-checks). Nothing is lost; enqueues, claims and domain writes
 /// stay synchronous (decisions.md).
 pub async fn job_set_outcome_many(
-    conn: &mut PgConnection,
+    conn: impl PgExecutor<'_>,
     outcomes: &[Outcome],
     now: Now,
 ) -> Result<Vec<i64>, sqlx::Error> {
@@ -725,7 +766,7 @@ pub async fn job_set_outcome_many(
 /// the retried write is refused by the fence; this tells that apart from a job that was
 /// rescued or cancelled meanwhile.
 pub async fn job_outcome_written_by(
-    conn: &mut PgConnection,
+    conn: impl PgExecutor<'_>,
     claims: &[(i64, i32)],
 ) -> Result<Vec<i64>, sqlx::Error> {
     let (ids, seqs): (Vec<i64>, Vec<i32>) = claims.iter().copied().unzip();
@@ -760,7 +801,7 @@ pub async fn job_set_outcome(
 /// JobPromoteDue: moves up to `limit` scheduled/retryable jobs whose `run_at` has come to
 /// `available`, and wakes workers if any moved. Returns how many moved.
 pub async fn job_promote_due(
-    conn: &mut PgConnection,
+    conn: impl PgExecutor<'_>,
     limit: i64,
     now: Now,
 ) -> Result<u64, sqlx::Error> {
@@ -802,7 +843,7 @@ pub struct RescueCount {
 /// `lease_expired` error. Bumping nothing else is enough: the next claim bumps `claim_seq`,
 /// and the dead worker's late writes already miss on `state = 'running'`.
 pub async fn job_rescue_expired(
-    conn: &mut PgConnection,
+    conn: impl PgExecutor<'_>,
     limit: i64,
     now: Now,
 ) -> Result<RescueCount, sqlx::Error> {

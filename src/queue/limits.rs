@@ -21,7 +21,7 @@ use std::time::Duration;
 
 use chrono::{DateTime, Utc};
 use serde::Serialize;
-use sqlx::{AssertSqlSafe, Connection, PgConnection, Row};
+use sqlx::{AssertSqlSafe, Connection, PgConnection, PgExecutor, Row};
 
 use super::{
     job::{begin_pinned, claimed_from_row},
@@ -279,7 +279,7 @@ pub async fn kind_list_ready(
 /// zero after that. `reason` is the provider error's text (no PII). Returns the time the
 /// budget is blocked until.
 pub async fn budget_block(
-    conn: &mut PgConnection,
+    conn: impl PgExecutor<'_>,
     name: &str,
     after: Duration,
     reason: &str,
@@ -328,7 +328,7 @@ pub struct BudgetState {
 
 /// BudgetList: the budgets in `specs` as they stand at `now` (a budget never spent is full).
 pub async fn budget_list(
-    conn: &mut PgConnection,
+    conn: impl PgExecutor<'_>,
     specs: &[BudgetSpec],
     now: Now,
 ) -> Result<Vec<BudgetState>, sqlx::Error> {
@@ -402,7 +402,7 @@ pub struct KindLimitCounts {
 /// KindLimitCounts: per limited kind, its running jobs under a live lease, its ready jobs,
 /// and the ready ones whose key is at its per-key limit. Reads only unfinished rows.
 pub async fn kind_limit_counts(
-    conn: &mut PgConnection,
+    conn: impl PgExecutor<'_>,
     specs: &[KindLimitSpec],
     now: Now,
 ) -> Result<Vec<KindLimitCounts>, sqlx::Error> {

@@ -1,14 +1,14 @@
 //! The kill switch and drains: `fleet_paused_kinds`, read by the claim in [`super::job`].
 
 use serde::Serialize;
-use sqlx::{PgConnection, Row};
+use sqlx::{PgExecutor, Row};
 
 use chrono::{DateTime, Utc};
 
 /// KindPause: records `kind` as paused (the kill switch). A drain in progress on `kind` becomes
 /// a full pause. Returns false if the kind was already fully paused.
 pub async fn kind_pause(
-    conn: &mut PgConnection,
+    conn: impl PgExecutor<'_>,
     kind: &str,
     actor: &str,
     reason: &str,
@@ -33,7 +33,7 @@ pub async fn kind_pause(
 /// when the kind is already fully paused: a drain never loosens the kill switch. Draining a
 /// draining kind moves its cutoff forward.
 pub async fn kind_drain_start(
-    conn: &mut PgConnection,
+    conn: impl PgExecutor<'_>,
     kind: &str,
     actor: &str,
 ) -> Result<Option<i64>, sqlx::Error> {
@@ -63,7 +63,10 @@ pub async fn kind_drain_start(
 
 /// KindDrainEnd: turns the drains of `kinds` into full pauses, so backlog jobs that come due
 /// later (retries) wait for resume too. Returns how many drains ended.
-pub async fn kind_drain_end(conn: &mut PgConnection, kinds: &[String]) -> Result<u64, sqlx::Error> {
+pub async fn kind_drain_end(
+    conn: impl PgExecutor<'_>,
+    kinds: &[String],
+) -> Result<u64, sqlx::Error> {
     let r = sqlx::query(
         "UPDATE fleet_paused_kinds SET drain_through_id = NULL
          WHERE kind = ANY($1) AND drain_through_id IS NOT NULL",
@@ -76,7 +79,7 @@ pub async fn kind_drain_end(conn: &mut PgConnection, kinds: &[String]) -> Result
 
 /// KindResume: lifts a pause or drain and wakes workers. Returns false if the kind was not
 /// paused.
-pub async fn kind_resume(conn: &mut PgConnection, kind: &str) -> Result<bool, sqlx::Error> {
+pub async fn kind_resume(conn: impl PgExecutor<'_>, kind: &str) -> Result<bool, sqlx::Error> {
     let resumed: Option<String> = sqlx::query_scalar(
         r#"
         WITH resumed AS (DELETE FROM fleet_paused_kinds WHERE kind = $1 RETURNING kind),
@@ -106,7 +109,7 @@ pub struct PausedKind {
 }
 
 /// KindListPaused: the paused and draining kinds.
-pub async fn kind_list_paused(conn: &mut PgConnection) -> Result<Vec<PausedKind>, sqlx::Error> {
+pub async fn kind_list_paused(conn: impl PgExecutor<'_>) -> Result<Vec<PausedKind>, sqlx::Error> {
     let rows = sqlx::query(
         "SELECT kind, paused_at, paused_by, reason, drain_through_id
          FROM fleet_paused_kinds ORDER BY kind",
@@ -140,7 +143,7 @@ pub struct DrainCounts {
 /// JobCountDraining: the drained kinds' available jobs, split into backlog and held, and their
 /// running jobs.
 pub async fn job_count_draining(
-    conn: &mut PgConnection,
+    conn: impl PgExecutor<'_>,
     kinds: &[String],
 ) -> Result<DrainCounts, sqlx::Error> {
     let row = sqlx::query(

@@ -15,7 +15,8 @@
 
 use std::time::Duration;
 
-use sqlx::{PgConnection, Row};
+use jobs::Db;
+use sqlx::{PgExecutor, Row};
 
 use super::{JobState, Now};
 
@@ -42,7 +43,7 @@ pub struct PruneBatch {
 /// let the planner pick a hash join over a sequential scan of the whole table (2.7 s with a
 /// million finished jobs, measured).
 pub async fn job_prune_finished(
-    conn: &mut PgConnection,
+    conn: impl PgExecutor<'_>,
     states: &[JobState],
     older_than: Duration,
     limit: i64,
@@ -99,7 +100,7 @@ pub async fn job_prune_finished(
 
 /// JobCountPrunable: how many jobs a purge by [`job_prune_finished`] would delete.
 pub async fn job_count_prunable(
-    conn: &mut PgConnection,
+    conn: impl PgExecutor<'_>,
     states: &[JobState],
     older_than: Duration,
     now: Now,
@@ -131,12 +132,8 @@ pub async fn job_count_prunable(
 /// Pinned to the held-key index (`fleet_jobs_idempotency_key_held_idx`, partial on
 /// `key_held`) like the claims: on a table not yet analyzed after a large load of history the
 /// planner may otherwise read the whole heap for the few held keys.
-pub async fn job_release_elapsed_keys(
-    conn: &mut PgConnection,
-    limit: i64,
-    now: Now,
-) -> Result<u64, sqlx::Error> {
-    let mut tx = super::job::begin_pinned(conn).await?;
+pub async fn job_release_elapsed_keys(db: &Db, limit: i64, now: Now) -> Result<u64, sqlx::Error> {
+    let mut tx = super::job::begin_pinned_in(db).await?;
     let r = sqlx::query(
         r#"
         WITH elapsed AS (

@@ -7,7 +7,7 @@
 
 use chrono::{DateTime, Utc};
 use serde::Serialize;
-use sqlx::PgConnection;
+use sqlx::PgExecutor;
 
 use super::Now;
 
@@ -68,7 +68,7 @@ impl WorkerRow {
 }
 
 /// WorkerRegister: records (or replaces) worker `w`, seen now.
-pub async fn worker_register(conn: &mut PgConnection, w: &WorkerInfo) -> Result<(), sqlx::Error> {
+pub async fn worker_register(conn: impl PgExecutor<'_>, w: &WorkerInfo) -> Result<(), sqlx::Error> {
     sqlx::query(
         "INSERT INTO fleet_workers (id, host, pid, version, queues, kinds, concurrency)
          VALUES ($1, $2, $3, $4, $5, $6, $7)
@@ -90,7 +90,7 @@ pub async fn worker_register(conn: &mut PgConnection, w: &WorkerInfo) -> Result<
 /// WorkerHeartbeat: renews worker `id`'s row with its current figures. Returns false when the
 /// row is gone (pruned while the worker stalled): the caller registers again.
 pub async fn worker_heartbeat(
-    conn: &mut PgConnection,
+    conn: impl PgExecutor<'_>,
     id: &str,
     held: i32,
     completed: i64,
@@ -107,7 +107,7 @@ pub async fn worker_heartbeat(
 }
 
 /// WorkerDeregister: a worker that stopped cleanly removes its row.
-pub async fn worker_deregister(conn: &mut PgConnection, id: &str) -> Result<(), sqlx::Error> {
+pub async fn worker_deregister(conn: impl PgExecutor<'_>, id: &str) -> Result<(), sqlx::Error> {
     sqlx::query("DELETE FROM fleet_workers WHERE id = $1")
         .bind(id)
         .execute(conn)
@@ -118,7 +118,7 @@ pub async fn worker_deregister(conn: &mut PgConnection, id: &str) -> Result<(), 
 /// WorkerForgetStale: deletes rows whose last heartbeat is older than `after` (their workers
 /// died). Returns how many.
 pub async fn worker_forget_stale(
-    conn: &mut PgConnection,
+    conn: impl PgExecutor<'_>,
     after: std::time::Duration,
     now: Now,
 ) -> Result<u64, sqlx::Error> {
@@ -136,7 +136,7 @@ pub async fn worker_forget_stale(
 /// WorkerList: every registered worker, oldest first; `alive` when its last heartbeat is
 /// within `alive_within` of now.
 pub async fn worker_list(
-    conn: &mut PgConnection,
+    conn: impl PgExecutor<'_>,
     alive_within: std::time::Duration,
     now: Now,
 ) -> Result<Vec<WorkerRow>, sqlx::Error> {

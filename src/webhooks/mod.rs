@@ -26,8 +26,8 @@ use axum::{
     Json, Router,
 };
 use jobs::followups::{self, Event, Provider};
+use jobs::Db;
 use serde_json::json;
-use sqlx::{Connection, PgPool};
 use tracing::Instrument;
 
 use crate::{config::ConfigError, metrics::metrics, Queue};
@@ -92,7 +92,7 @@ impl WebhookSecrets {
 
 #[derive(Clone)]
 struct Ingress {
-    pool: PgPool,
+    db: Db,
     queue: Queue,
     secrets: Arc<WebhookSecrets>,
 }
@@ -104,13 +104,13 @@ const HASH_OFF_RUNTIME_BYTES: usize = 64 << 10;
 /// The webhook routes, refusing bodies over `max_body_bytes` with 413. Serve them through
 /// [`crate::serve::harden`] for the time and concurrency limits.
 pub fn router(
-    pool: PgPool,
+    db: impl Into<Db>,
     queue: Queue,
     secrets: WebhookSecrets,
     max_body_bytes: usize,
 ) -> Router {
     let state = Ingress {
-        pool,
+        db: db.into(),
         queue,
         secrets: Arc::new(secrets),
     };
@@ -257,8 +257,7 @@ enum Recorded {
 }
 
 async fn record(s: &Ingress, provider: Provider, e: &Event) -> anyhow::Result<Recorded> {
-    let mut conn = s.pool.acquire().await?;
-    let mut tx = conn.begin().await?;
+    let mut tx = s.db.begin().await?;
     if !jobs::webhook_events::record(&mut tx, provider.as_str(), &e.id, &e.kind).await? {
         tx.commit().await?;
         return Ok(Recorded::Duplicate);

@@ -30,8 +30,7 @@ pub(crate) async fn run(s: Arc<Shared>, mut rx: mpsc::UnboundedReceiver<Outcome>
         let mut failed_before = false;
         let written = loop {
             let r = async {
-                let mut conn = s.pool.acquire().await?;
-                let mut written = queue::job_set_outcome_many(&mut conn, &batch, None).await?;
+                let mut written = queue::job_set_outcome_many(&s.db, &batch, None).await?;
                 if failed_before && written.len() < batch.len() {
                     // An earlier try may have committed before its connection dropped: the
                     // fence now refuses the same outcomes, which are ours, already written.
@@ -40,7 +39,7 @@ pub(crate) async fn run(s: Arc<Shared>, mut rx: mpsc::UnboundedReceiver<Outcome>
                         .filter(|o| !written.contains(&o.id))
                         .map(|o| (o.id, o.claim_seq))
                         .collect();
-                    let ours = queue::job_outcome_written_by(&mut conn, &refused).await?;
+                    let ours = queue::job_outcome_written_by(&s.db, &refused).await?;
                     if !ours.is_empty() {
                         tracing::info!(
                             outcomes = ours.len(),

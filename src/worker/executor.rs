@@ -107,7 +107,7 @@ pub(crate) async fn fetch_loop(
             let fetched = async {
                 let mut session = match taken {
                     Some(c) => c,
-                    None => queue::ClaimSession::open(&s.pool).await?,
+                    None => queue::ClaimSession::open(&s.db).await?,
                 };
                 let mut jobs = Vec::new();
                 // Limited kinds first, each under its fleet-wide limits. They are claimed into
@@ -185,12 +185,14 @@ pub(crate) async fn fetch_loop(
                         .await?,
                     );
                 }
-                Ok::<_, sqlx::Error>((jobs, session))
+                // Claims count once the round's transaction (if any) has committed.
+                let kept = session.end_round().await?;
+                Ok::<_, sqlx::Error>((jobs, kept))
             }
             .await;
             match fetched {
                 Ok((jobs, kept)) => {
-                    session = Some(kept);
+                    session = kept;
                     db_backoff = Duration::from_millis(100);
                     let n = jobs.len();
                     s.counters.claimed.fetch_add(n as u64, Ordering::Relaxed);
@@ -249,10 +251,9 @@ const REFILE_EVERY: Duration = Duration::from_secs(5);
 /// Re-files, in batches, the ready rows of `kinds` still filed as limited.
 async fn refile_unlimited(s: &Shared, kinds: &[String]) -> Result<u64, sqlx::Error> {
     const BATCH: i64 = 1_000;
-    let mut conn = s.pool.acquire().await?;
     let mut total = 0;
     loop {
-        let n = queue::job_refile_unlimited(&mut conn, kinds, BATCH).await?;
+        let n = queue::job_refile_unlimited(&s.db, kinds, BATCH).await?;
         total += n;
         if n < BATCH as u64 {
             return Ok(total);
@@ -301,10 +302,20 @@ fn cancel_held(s: &Shared, payload: &str) {
 
 /// Keeps a `LISTEN` connection open: job notifications wake the fetch loop; cancel
 /// notifications stop held handlers (the heartbeat would also notice, one interval later).
+/// `LISTEN` needs a session: behind a transaction pooler with no direct connection the worker
+/// only polls (every `poll_interval`), and says so once.
 pub(crate) async fn listen(s: Arc<Shared>, stop: CancellationToken) {
+    let Some(sessions) = s.db.session_pool().cloned() else {
+        tracing::info!(
+            poll_interval = %humantime::format_duration(s.cfg.poll_interval),
+            "no direct connection behind the transaction pooler (database.direct_url): not \
+             listening for new jobs, polling instead"
+        );
+        return;
+    };
     loop {
         let listener = async {
-            let mut l = PgListener::connect_with(&s.pool).await?;
+            let mut l = PgListener::connect_with(&sessions).await?;
             l.listen_all([queue::JOBS_CHANNEL, queue::CANCEL_CHANNEL])
                 .await?;
             Ok::<_, sqlx::Error>(l)
@@ -417,7 +428,7 @@ async fn run_attempt(s: &Shared, job: &ClaimedJob, cancel: CancellationToken) ->
         kind: job.kind.clone(),
         attempt: job.attempt,
         max_attempts: job.max_attempts,
-        pool: s.domain_pool.clone(),
+        db: s.domain_db.clone(),
         cancel: cancel.clone(),
         enqueuer: Arc::new(s.queue.child_of_in(job.id, s.db_name.clone())),
         extensions: s.extensions.clone(),
@@ -568,11 +579,7 @@ async fn block_budget(s: &Shared, budget: &str, after: Duration, reason: &str) {
         .budget_blocks
         .with_label_values(&[budget])
         .inc();
-    let written = async {
-        let mut conn = s.pool.acquire().await?;
-        queue::budget_block(&mut conn, budget, after, reason, None).await
-    }
-    .await;
+    let written = queue::budget_block(&s.db, budget, after, reason, None).await;
     match written {
         Ok(until) => tracing::warn!(budget, blocked_until = %until.to_rfc3339(),
             "provider rate limit: budget emptied fleet-wide until its reset"),

@@ -31,11 +31,7 @@ pub(crate) async fn run(s: Arc<Shared>, stop: CancellationToken) {
         if claims.is_empty() {
             continue;
         }
-        let renewed = async {
-            let mut conn = s.pool.acquire().await?;
-            queue::job_extend_leases(&mut conn, &claims, s.cfg.lease, None).await
-        }
-        .await;
+        let renewed = queue::job_extend_leases(&s.db, &claims, s.cfg.lease, None).await;
         let renewed = match renewed {
             Ok(r) => r,
             Err(e) => {
@@ -85,11 +81,7 @@ fn info(s: &Shared) -> queue::WorkerInfo {
 /// Registers the worker before its first claim. A failure is logged, not fatal: the heartbeat
 /// registers it again once the database answers.
 pub(crate) async fn register(s: &Shared) {
-    let r = async {
-        let mut conn = s.pool.acquire().await?;
-        queue::worker_register(&mut conn, &info(s)).await
-    }
-    .await;
+    let r = queue::worker_register(&s.db, &info(s)).await;
     if let Err(e) = r {
         tracing::warn!(error = %e, "registering the worker failed; the heartbeat retries");
     }
@@ -103,9 +95,8 @@ async fn beat(s: &Shared) {
         .completed
         .load(std::sync::atomic::Ordering::Relaxed) as i64;
     let r = async {
-        let mut conn = s.pool.acquire().await?;
-        if !queue::worker_heartbeat(&mut conn, &s.worker_id, held, completed).await? {
-            queue::worker_register(&mut conn, &info(s)).await?;
+        if !queue::worker_heartbeat(&s.db, &s.worker_id, held, completed).await? {
+            queue::worker_register(&s.db, &info(s)).await?;
         }
         Ok::<_, sqlx::Error>(())
     }
@@ -117,11 +108,7 @@ async fn beat(s: &Shared) {
 
 /// Removes the worker's row on a clean stop.
 pub(crate) async fn deregister(s: &Shared) {
-    let r = async {
-        let mut conn = s.pool.acquire().await?;
-        queue::worker_deregister(&mut conn, &s.worker_id).await
-    }
-    .await;
+    let r = queue::worker_deregister(&s.db, &s.worker_id).await;
     if let Err(e) = r {
         tracing::warn!(error = %e, "removing the worker's registry row failed; it is forgotten later");
     }

@@ -28,9 +28,10 @@ use std::{
     time::Duration,
 };
 
-use sqlx::PgPool;
 use tokio::sync::{mpsc, Notify, Semaphore};
 use tokio_util::{sync::CancellationToken, task::TaskTracker};
+
+use jobs::Db;
 
 use crate::{config::WorkerSettings, enqueue::Queue, queue::Outcome, registry::Registry};
 
@@ -81,12 +82,12 @@ pub struct DrainReport {
 
 pub(crate) struct Shared {
     /// The database this worker claims from (and heartbeats, rescues, promotes in).
-    pub pool: PgPool,
+    pub db: Db,
     /// Its name (`main`, or a `[databases.*]` name).
     pub db_name: Arc<str>,
-    /// What handlers get as [`jobs::JobContext::pool`]: the main database, home of the domain
-    /// tables (the same as `pool` unless this worker serves another database).
-    pub domain_pool: PgPool,
+    /// What handlers get as [`jobs::JobContext::db`]: the main database, home of the domain
+    /// tables (the same as `db` unless this worker serves another database).
+    pub domain_db: Db,
     pub registry: Arc<Registry>,
     pub queue: Queue,
     pub cfg: WorkerSettings,
@@ -124,8 +125,9 @@ pub struct Worker {
 }
 
 impl Worker {
-    /// A worker over `pool` running `registry`'s kinds with `cfg`.
-    pub fn new(pool: PgPool, registry: Arc<Registry>, cfg: WorkerSettings) -> Self {
+    /// A worker over `db` running `registry`'s kinds with `cfg`.
+    pub fn new(db: impl Into<Db>, registry: Arc<Registry>, cfg: WorkerSettings) -> Self {
+        let db = db.into();
         let kind_slots = registry
             .kind_names()
             .into_iter()
@@ -140,7 +142,7 @@ impl Worker {
             std::process::id(),
             &uuid::Uuid::new_v4().simple().to_string()[..8]
         );
-        let queue = Queue::new(pool.clone(), registry.clone());
+        let queue = Queue::new(db.clone(), registry.clone());
         let limited = registry
             .limited_kinds()
             .into_iter()
@@ -157,9 +159,9 @@ impl Worker {
         Self {
             shared: Arc::new(Shared {
                 slots: Arc::new(Semaphore::new(cfg.concurrency)),
-                domain_pool: pool.clone(),
+                domain_db: db.clone(),
                 db_name: crate::config::MAIN_DATABASE.into(),
-                pool,
+                db,
                 registry,
                 queue,
                 cfg,
@@ -186,14 +188,14 @@ impl Worker {
         self
     }
 
-    /// Makes this worker one of a fleet with several databases: it claims from its own pool
-    /// (the database `db_name`), while its handlers get `domain_pool` (the main database, home
-    /// of the domain tables) and enqueue follow-ups through `queue` (on the main database,
-    /// routing each kind to its own). Call before [`Worker::run`].
-    pub fn serving_database(mut self, db_name: &str, domain_pool: PgPool, queue: Queue) -> Self {
+    /// Makes this worker one of a fleet with several databases: it claims from its own
+    /// database (`db_name`), while its handlers get `domain_db` (the main database, home of the
+    /// domain tables) and enqueue follow-ups through `queue` (on the main database, routing
+    /// each kind to its own). Call before [`Worker::run`].
+    pub fn serving_database(mut self, db_name: &str, domain_db: Db, queue: Queue) -> Self {
         let s = Arc::get_mut(&mut self.shared).expect("serving_database is called before run");
         s.db_name = db_name.into();
-        s.domain_pool = domain_pool;
+        s.domain_db = domain_db;
         s.queue = queue;
         self
     }
@@ -229,7 +231,7 @@ impl Worker {
         let heartbeat = tokio::spawn(heartbeat::run(s.clone(), background.clone()));
         let listener = tokio::spawn(executor::listen(s.clone(), background.clone()));
         let maintenance = tokio::spawn(crate::maintenance::run(
-            s.pool.clone(),
+            s.db.clone(),
             crate::maintenance::MaintenanceSettings::from(&s.cfg),
             background.clone(),
         ));

@@ -144,7 +144,7 @@ pub fn start_worker_with(
 
 pub async fn job(pool: &PgPool, id: i64) -> JobRecord {
     let mut c = pool.acquire().await.unwrap();
-    queue::job_get(&mut c, id)
+    queue::job_get(&mut *c, id)
         .await
         .unwrap()
         .expect("job exists")
@@ -198,7 +198,7 @@ pub async fn db_now(pool: &PgPool) -> DateTime<Utc> {
 /// How many jobs the queue holds, in any state.
 pub async fn job_count(pool: &PgPool) -> i64 {
     let mut conn = pool.acquire().await.unwrap();
-    queue::job_count_by_state(&mut conn, None)
+    queue::job_count_by_state(&mut *conn, None)
         .await
         .unwrap()
         .values()

@@ -17,7 +17,7 @@ use crate::deps::HasDeps;
 use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
-use sqlx::{Connection, PgConnection};
+use sqlx::PgConnection;
 use uuid::Uuid;
 
 use crate::{BoxFuture, Deps, Job, JobContext, JobError, KindDefaults};
@@ -139,7 +139,7 @@ pub struct Progress {
 }
 
 /// All checkpoints.
-pub async fn progress(conn: &mut PgConnection) -> Result<Vec<Progress>, sqlx::Error> {
+pub async fn progress(conn: impl sqlx::PgExecutor<'_>) -> Result<Vec<Progress>, sqlx::Error> {
     sqlx::query_as(
         "SELECT name, done_rows, total_rows, started_at, updated_at, finished_at FROM backfills ORDER BY name",
     )
@@ -168,8 +168,8 @@ pub async fn run(
     batch: i64,
     pause: Duration,
 ) -> Result<(), JobError> {
-    let mut conn = ctx.pool.acquire().await?;
     {
+        let mut conn = ctx.db.begin().await?;
         let total = b.count(&mut conn).await?;
         // A run that has not started yet (new, or reset by `fleet backfill start`) takes the
         // current row count as its progress denominator.
@@ -182,6 +182,7 @@ pub async fn run(
         .bind(total)
         .execute(&mut *conn)
         .await?;
+        conn.commit().await?;
     }
     loop {
         if ctx.cancel.is_cancelled() {
@@ -189,7 +190,7 @@ pub async fn run(
                 "backfill interrupted; it resumes from its checkpoint",
             ));
         }
-        let mut tx = conn.begin().await?;
+        let mut tx = ctx.db.begin().await?;
         let cp: (Option<Uuid>, i64, i64, Option<chrono::DateTime<chrono::Utc>>) = sqlx::query_as(
             "SELECT cursor, done_rows, total_rows, finished_at FROM backfills WHERE name = $1 FOR UPDATE",
         )

@@ -35,10 +35,11 @@ use crate::deps::HasDeps;
 use crate::job::budgets;
 use std::{collections::BTreeMap, time::Duration};
 
+use crate::Db;
 use chrono::NaiveDate;
 use serde::{Deserialize, Serialize};
 use serde_json::{json, Value};
-use sqlx::{PgConnection, PgPool};
+use sqlx::PgConnection;
 use uuid::Uuid;
 
 use crate::{
@@ -141,7 +142,7 @@ impl Job for BookingAttempt {
                 "booking_attempt: offer_id is not an off_… id",
             ));
         }
-        let Some(lock) = CampaignLock::try_acquire(&ctx.pool, self.campaign_id).await? else {
+        let Some(lock) = CampaignLock::try_acquire(&ctx.db, self.campaign_id).await? else {
             return Err(JobError::snooze(
                 LOCK_BUSY_SNOOZE,
                 format!(
@@ -173,7 +174,7 @@ async fn saga(ctx: &JobContext, args: &BookingAttempt) -> Result<(), JobError> {
         if ctx.cancel.is_cancelled() {
             return Err(JobError::retryable("booking attempt interrupted"));
         }
-        let b = booking::load(&ctx.pool, booking_id)
+        let b = booking::load(&ctx.db, booking_id)
             .await?
             .ok_or_else(|| JobError::retryable(format!("booking {booking_id} vanished")))?;
         let step = next_step(&b);
@@ -241,7 +242,7 @@ struct CampaignRow {
 /// Step 1: lock the campaign; resume its booking, or check eligibility and create one.
 async fn claim(ctx: &JobContext, args: &BookingAttempt) -> Result<Claim, JobError> {
     let keyring = ctx.deps()?.keyring()?;
-    let mut tx = ctx.pool.begin().await?;
+    let mut tx = ctx.db.begin().await?;
     let campaign: Option<CampaignRow> = sqlx::query_as(
         "SELECT c.user_id, c.status, c.consent_at IS NOT NULL AS consented,
                 c.expires_at > now() AS unexpired, c.max_price::text AS max_price,
@@ -279,9 +280,9 @@ async fn claim(ctx: &JobContext, args: &BookingAttempt) -> Result<Claim, JobErro
         }
     };
     if let Some(code) = problem {
-        campaign::require_action(&mut tx, args.campaign_id).await?;
+        campaign::require_action(&mut *tx, args.campaign_id).await?;
         audit::record(
-            &mut tx,
+            &mut *tx,
             ACTOR,
             "campaign.action_required",
             "campaign",
@@ -292,7 +293,7 @@ async fn claim(ctx: &JobContext, args: &BookingAttempt) -> Result<Claim, JobErro
         tx.commit().await?;
         let key = format!("campaign-action-required/{}/{code}", args.campaign_id);
         send_once(
-            &ctx.pool,
+            &ctx.db,
             ctx.deps()?.email()?,
             c.user_id,
             "campaign-action-required",
@@ -338,16 +339,12 @@ async fn check_offer(ctx: &JobContext, b: &Booking) -> Result<(), JobError> {
                 .as_deref()
                 .filter(|c| *c != "not_found")
                 .unwrap_or("offer_no_longer_available");
-            return fail_before_hold(
-                &ctx.pool,
-                b,
-                &failure_code(code, "offer_no_longer_available"),
-            )
-            .await;
+            return fail_before_hold(&ctx.db, b, &failure_code(code, "offer_no_longer_available"))
+                .await;
         }
         Err(e) => return Err(e.into()),
     };
-    let mut tx = ctx.pool.begin().await?;
+    let mut tx = ctx.db.begin().await?;
     // Lock the campaign so its max_price cannot move between the check and the write.
     let limit: Option<(String, String)> = sqlx::query_as(
         "SELECT max_price::text, currency::text FROM campaigns WHERE id = $1 FOR UPDATE",
@@ -375,7 +372,7 @@ async fn check_offer(ctx: &JobContext, b: &Booking) -> Result<(), JobError> {
     };
     if let Some(code) = problem {
         drop(tx);
-        return fail_before_hold(&ctx.pool, b, code).await;
+        return fail_before_hold(&ctx.db, b, code).await;
     }
     let amount = money::minor_to_decimal(offer.total_amount_minor, &offer.currency)
         .map_err(JobError::fatal)?;
@@ -403,15 +400,15 @@ async fn authorize(ctx: &JobContext, b: &Booking) -> Result<(), JobError> {
          WHERE c.id = $1",
     )
     .bind(b.campaign_id)
-    .fetch_optional(&ctx.pool)
+    .fetch_optional(&ctx.db)
     .await?;
     let (customer_id, payment_method_id) = match campaign {
         Some((status, _, _)) if status != "active" => {
-            return fail_before_hold(&ctx.pool, b, "campaign_not_active").await
+            return fail_before_hold(&ctx.db, b, "campaign_not_active").await
         }
         Some((_, Some(cus), Some(pm))) => (cus, pm),
-        Some(_) => return fail_before_hold(&ctx.pool, b, "card_missing").await,
-        None => return fail_before_hold(&ctx.pool, b, "campaign_not_active").await,
+        Some(_) => return fail_before_hold(&ctx.db, b, "card_missing").await,
+        None => return fail_before_hold(&ctx.db, b, "campaign_not_active").await,
     };
     let req = AuthorizePayment {
         customer_id,
@@ -423,7 +420,7 @@ async fn authorize(ctx: &JobContext, b: &Booking) -> Result<(), JobError> {
     };
     let key = format!("booking:{}:pi", b.id);
     match ctx.deps()?.payments()?.authorize_payment(&req, &key).await {
-        Ok(pi) => apply_intent(&ctx.pool, b, &pi).await,
+        Ok(pi) => apply_intent(&ctx.db, b, &pi).await,
         Err(e) if e.is_decline() || e.class == FailureClass::Rejected => {
             let code = if e.requires_authentication() {
                 "authentication_required"
@@ -433,7 +430,7 @@ async fn authorize(ctx: &JobContext, b: &Booking) -> Result<(), JobError> {
                 // Refused for another business reason (e.g. the card or customer is gone).
                 "payment_method_unusable"
             };
-            record_decline(&ctx.pool, b, e.payment_intent_id.as_deref(), code, Some(&e)).await
+            record_decline(&ctx.db, b, e.payment_intent_id.as_deref(), code, Some(&e)).await
         }
         Err(e) => Err(e.into()),
     }
@@ -447,15 +444,11 @@ async fn refresh_intent(ctx: &JobContext, b: &Booking) -> Result<(), JobError> {
         .payments()?
         .retrieve_payment_intent(pi_id)
         .await?;
-    apply_intent(&ctx.pool, b, &pi).await
+    apply_intent(&ctx.db, b, &pi).await
 }
 
 /// Records what a PaymentIntent says about the hold.
-async fn apply_intent(
-    pool: &PgPool,
-    b: &Booking,
-    pi: &PaymentIntentSummary,
-) -> Result<(), JobError> {
+async fn apply_intent(db: &Db, b: &Booking, pi: &PaymentIntentSummary) -> Result<(), JobError> {
     if !is_provider_id(&pi.id, &["pi_"]) {
         return Err(JobError::fatal(
             "stripe returned a malformed PaymentIntent id",
@@ -470,7 +463,7 @@ async fn apply_intent(
                     b.id, pi.id, pi.amount_capturable, pi.currency, amount, b.currency
                 )));
             }
-            let mut tx = pool.begin().await?;
+            let mut tx = db.begin().await?;
             booking::transition(
                 &mut tx,
                 b,
@@ -484,14 +477,14 @@ async fn apply_intent(
             Ok(())
         }
         PaymentIntentState::RequiresAction => {
-            record_decline(pool, b, Some(&pi.id), "authentication_required", None).await
+            record_decline(db, b, Some(&pi.id), "authentication_required", None).await
         }
         PaymentIntentState::RequiresPaymentMethod => {
-            record_decline(pool, b, Some(&pi.id), "card_declined", None).await
+            record_decline(db, b, Some(&pi.id), "card_declined", None).await
         }
         PaymentIntentState::Canceled => {
-            record_intent_id(pool, b, &pi.id, "canceled").await?;
-            fail_before_hold(pool, b, "payment_intent_canceled").await
+            record_intent_id(db, b, &pi.id, "canceled").await?;
+            fail_before_hold(db, b, "payment_intent_canceled").await
         }
         PaymentIntentState::Succeeded => Err(JobError::fatal(format!(
             "booking {}: PaymentIntent {} was captured before any order (manual capture expected)",
@@ -503,7 +496,7 @@ async fn apply_intent(
                 PaymentIntentState::RequiresConfirmation => "requires_confirmation",
                 _ => "processing",
             };
-            record_intent_id(pool, b, &pi.id, status).await?;
+            record_intent_id(db, b, &pi.id, status).await?;
             Err(JobError::retryable(format!(
                 "booking {}: PaymentIntent {} is {status}, not requires_capture yet",
                 b.id, pi.id
@@ -512,32 +505,26 @@ async fn apply_intent(
     }
 }
 
-async fn record_intent_id(
-    pool: &PgPool,
-    b: &Booking,
-    pi_id: &str,
-    status: &str,
-) -> Result<(), JobError> {
-    let mut conn = pool.acquire().await?;
+async fn record_intent_id(db: &Db, b: &Booking, pi_id: &str, status: &str) -> Result<(), JobError> {
     let change = Change::IntentRecorded {
         payment_intent_id: pi_id,
         status,
     };
-    booking::transition(&mut conn, b, change).await?;
+    booking::transition_alone(db, b, change).await?;
     Ok(())
 }
 
 /// A declined card: booking `failed`, campaign `action_required` (the email follows in
 /// [`finish`], so a crash between the two still sends it).
 async fn record_decline(
-    pool: &PgPool,
+    db: &Db,
     b: &Booking,
     pi_id: Option<&str>,
     code: &str,
     err: Option<&StripeApiError>,
 ) -> Result<(), JobError> {
     let pi_id = pi_id.filter(|id| is_provider_id(id, &["pi_"]));
-    let mut tx = pool.begin().await?;
+    let mut tx = db.begin().await?;
     let change = Change::Declined {
         payment_intent_id: pi_id,
         code,
@@ -546,7 +533,7 @@ async fn record_decline(
     };
     if booking::transition(&mut tx, b, change).await? {
         if let Some(c) = b.campaign_id {
-            campaign::require_action(&mut tx, c).await?;
+            campaign::require_action(&mut *tx, c).await?;
         }
     }
     tx.commit().await?;
@@ -555,8 +542,8 @@ async fn record_decline(
 
 /// A failure before any hold exists: booking `failed`, campaign rescheduled (or
 /// `action_required` when the user must act).
-async fn fail_before_hold(pool: &PgPool, b: &Booking, code: &str) -> Result<(), JobError> {
-    let mut tx = pool.begin().await?;
+async fn fail_before_hold(db: &Db, b: &Booking, code: &str) -> Result<(), JobError> {
+    let mut tx = db.begin().await?;
     if booking::transition(&mut tx, b, Change::FailedBeforeHold { code }).await? {
         apply_campaign_effect(&mut tx, b, code).await?;
     }
@@ -610,14 +597,14 @@ async fn place_order(ctx: &JobContext, b: &Booking, first: bool) -> Result<(), J
     let campaign: Option<(String, Option<Uuid>)> =
         sqlx::query_as("SELECT status, traveler_profile_id FROM campaigns WHERE id = $1")
             .bind(b.campaign_id)
-            .fetch_optional(&ctx.pool)
+            .fetch_optional(&ctx.db)
             .await?;
     let profile_id = match campaign {
         Some((status, _)) if status != "active" => {
-            return decide_failure(&ctx.pool, b, "campaign_not_active").await
+            return decide_failure(&ctx.db, b, "campaign_not_active").await
         }
-        None => return decide_failure(&ctx.pool, b, "campaign_not_active").await,
-        Some((_, None)) => return decide_failure(&ctx.pool, b, "profile_missing").await,
+        None => return decide_failure(&ctx.db, b, "campaign_not_active").await,
+        Some((_, None)) => return decide_failure(&ctx.db, b, "profile_missing").await,
         Some((_, Some(profile_id))) => profile_id,
     };
     let passenger_id = b
@@ -632,17 +619,16 @@ async fn place_order(ctx: &JobContext, b: &Booking, first: bool) -> Result<(), J
             JobError::fatal(format!("booking {}: no offer passenger id recorded", b.id))
         })?;
     let traveler = {
-        let mut conn = ctx.pool.acquire().await?;
-        match load_traveler(&mut conn, ctx.deps()?.keyring()?, profile_id).await? {
+        let mut tx = ctx.db.begin().await?;
+        let loaded = load_traveler(&mut tx, ctx.deps()?.keyring()?, profile_id).await?;
+        tx.commit().await?;
+        match loaded {
             Ok(t) => t,
-            Err(code) => return decide_failure(&ctx.pool, b, code).await,
+            Err(code) => return decide_failure(&ctx.db, b, code).await,
         }
     };
-    if first {
-        let mut conn = ctx.pool.acquire().await?;
-        if !booking::transition(&mut conn, b, Change::OrderAttempted).await? {
-            return Ok(()); // the row moved on; the loop re-reads it
-        }
+    if first && !booking::transition_alone(&ctx.db, b, Change::OrderAttempted).await? {
+        return Ok(()); // the row moved on; the loop re-reads it
     }
     let order = CreateOrder {
         offer_id: b.duffel_offer_id.clone(),
@@ -656,13 +642,13 @@ async fn place_order(ctx: &JobContext, b: &Booking, first: bool) -> Result<(), J
     drop(order); // the passenger's PII leaves memory here
     drop(traveler);
     match result {
-        Ok(order) => record_order(&ctx.pool, b, &order, false).await,
+        Ok(order) => record_order(&ctx.db, b, &order, false).await,
         Err(e) if e.order_may_exist() => match find_order(ctx, b).await? {
-            Some(order) => record_order(&ctx.pool, b, &order, true).await,
+            Some(order) => record_order(&ctx.db, b, &order, true).await,
             None if ctx.attempt >= ctx.max_attempts => {
                 // Out of attempts and Duffel confirms there is no order: give the money back
                 // rather than leave a hold to expire.
-                decide_failure(&ctx.pool, b, "order_not_created").await
+                decide_failure(&ctx.db, b, "order_not_created").await
             }
             None => Err(JobError::retryable(format!(
                 "{e}; no order found by reconciliation, the next attempt looks again"
@@ -670,14 +656,14 @@ async fn place_order(ctx: &JobContext, b: &Booking, first: bool) -> Result<(), J
         },
         Err(e) if e.class == FailureClass::Rejected => {
             let code = failure_code(e.code.as_deref().unwrap_or(""), "order_rejected");
-            decide_failure(&ctx.pool, b, &code).await
+            decide_failure(&ctx.db, b, &code).await
         }
         Err(e) if e.class == FailureClass::Invalid => {
             // Our request or config is wrong: void the hold (nothing was booked), then let
             // the job die visibly for a fix and replay.
             let code = failure_code(e.code.as_deref().unwrap_or(""), "order_invalid");
-            decide_failure(&ctx.pool, b, &code).await?;
-            let b = booking::load(&ctx.pool, b.id)
+            decide_failure(&ctx.db, b, &code).await?;
+            let b = booking::load(&ctx.db, b.id)
                 .await?
                 .ok_or_else(|| JobError::retryable(format!("booking {} vanished", b.id)))?;
             compensate(ctx, &b).await?;
@@ -691,7 +677,7 @@ async fn place_order(ctx: &JobContext, b: &Booking, first: bool) -> Result<(), J
 /// says it does not exist.
 async fn reconcile_or_order(ctx: &JobContext, b: &Booking) -> Result<(), JobError> {
     match find_order(ctx, b).await? {
-        Some(order) => record_order(&ctx.pool, b, &order, true).await,
+        Some(order) => record_order(&ctx.db, b, &order, true).await,
         None => place_order(ctx, b, false).await,
     }
 }
@@ -714,7 +700,7 @@ async fn find_order(ctx: &JobContext, b: &Booking) -> Result<Option<Order>, JobE
 
 /// Step 5 (first half): the order exists.
 async fn record_order(
-    pool: &PgPool,
+    db: &Db,
     b: &Booking,
     order: &Order,
     reconciled: bool,
@@ -727,7 +713,6 @@ async fn record_order(
         .as_deref()
         .map(str::trim)
         .filter(|p| (1..=16).contains(&p.len()));
-    let mut conn = pool.acquire().await?;
     let change = Change::Ordered {
         order_id: &order.id,
         pnr,
@@ -735,20 +720,18 @@ async fn record_order(
         order_amount_minor: order.total_amount_minor,
         order_currency: &order.currency,
     };
-    booking::transition(&mut conn, b, change).await?;
-    drop(conn);
+    booking::transition_alone(db, b, change).await?;
     if order.cancelled_at.is_some() {
         // Found, but already cancelled: nothing to capture for.
-        return decide_failure(pool, b, "order_cancelled").await;
+        return decide_failure(db, b, "order_cancelled").await;
     }
     Ok(())
 }
 
 /// Records that the attempt has failed while a hold exists; [`compensate`] voids it next.
 /// Recorded first so a crash between the decision and the void never leads to a new order.
-async fn decide_failure(pool: &PgPool, b: &Booking, code: &str) -> Result<(), JobError> {
-    let mut conn = pool.acquire().await?;
-    booking::transition(&mut conn, b, Change::FailureDecided { code }).await?;
+async fn decide_failure(db: &Db, b: &Booking, code: &str) -> Result<(), JobError> {
+    booking::transition_alone(db, b, Change::FailureDecided { code }).await?;
     Ok(())
 }
 
@@ -784,7 +767,7 @@ async fn compensate(ctx: &JobContext, b: &Booking) -> Result<(), JobError> {
         }
         Err(e) => return Err(e.into()),
     }
-    let mut tx = ctx.pool.begin().await?;
+    let mut tx = ctx.db.begin().await?;
     if booking::transition(&mut tx, b, Change::HoldVoided { code: &code }).await? {
         apply_campaign_effect(&mut tx, b, &code).await?;
     }
@@ -810,7 +793,7 @@ async fn capture(ctx: &JobContext, b: &Booking) -> Result<(), JobError> {
         PaymentIntentState::Canceled => {
             // The hold is gone (expired or voided) but the order exists: cancel the booking
             // and let the compensation cancel the order (nothing was captured).
-            let mut tx = ctx.pool.begin().await?;
+            let mut tx = ctx.db.begin().await?;
             if booking::transition(&mut tx, b, Change::CaptureFailed).await? {
                 let refund = RefundCompensation::request(b.id, "capture_failed")?;
                 ctx.enqueuer.enqueue_many(&mut tx, vec![refund]).await?;
@@ -830,14 +813,14 @@ async fn finalize_ticketed(
     b: &Booking,
     pi: &PaymentIntentSummary,
 ) -> Result<(), JobError> {
-    let mut tx = ctx.pool.begin().await?;
+    let mut tx = ctx.db.begin().await?;
     let change = Change::Ticketed {
         amount_received: pi.amount_received,
         currency: &pi.currency,
     };
     if booking::transition(&mut tx, b, change).await? {
         if let Some(c) = b.campaign_id {
-            campaign::mark_booked(&mut tx, c).await?;
+            campaign::mark_booked(&mut *tx, c).await?;
         }
     }
     tx.commit().await?;
@@ -867,7 +850,7 @@ async fn finish(ctx: &JobContext, b: &Booking) -> Result<(), JobError> {
                 b.currency
             );
             send_once(
-                &ctx.pool,
+                &ctx.db,
                 ctx.deps()?.email()?,
                 user_id,
                 "booking-confirmed",
@@ -895,7 +878,7 @@ async fn finish(ctx: &JobContext, b: &Booking) -> Result<(), JobError> {
                 b.total_amount, b.currency
             );
             send_once(
-                &ctx.pool,
+                &ctx.db,
                 ctx.deps()?.email()?,
                 user_id,
                 "action-required",
@@ -1050,22 +1033,32 @@ fn is_offer_id(id: &str) -> bool {
 }
 
 /// One saga per campaign at a time: a session advisory lock held on a connection taken out
-/// of the pool (no transaction, so nothing is held open in the database's MVCC sense).
+/// of the session pool (no transaction, so nothing is held open in the database's MVCC sense).
 /// Closing the connection releases the lock, also when the process dies.
+///
+/// Behind a transaction pooler with no direct connection ([`Db::session_pool`] is `None`)
+/// there is no session to hold it, and no lock is taken: the kind's fleet-wide key concurrency
+/// of 1 still keeps two attempts of one campaign from being claimed at once, and the booking
+/// row's guards keep the money safe. What is lost is the lock's hold on an attempt whose lease
+/// expired while its handler still runs (a partitioned worker): a second attempt may then
+/// spend provider calls the first already made (docs/operations.md, "Managed Postgres").
 struct CampaignLock {
-    conn: PgConnection,
+    conn: Option<PgConnection>,
 }
 
 impl CampaignLock {
-    async fn try_acquire(pool: &PgPool, campaign_id: Uuid) -> Result<Option<Self>, JobError> {
+    async fn try_acquire(db: &Db, campaign_id: Uuid) -> Result<Option<Self>, JobError> {
         use sqlx::Connection;
-        let mut conn = pool.acquire().await?.detach();
+        let Some(sessions) = db.session_pool() else {
+            return Ok(Some(Self { conn: None }));
+        };
+        let mut conn = sessions.acquire().await?.detach();
         let got: bool = sqlx::query_scalar("SELECT pg_try_advisory_lock(hashtextextended($1, 0))")
             .bind(attempt_key(campaign_id))
             .fetch_one(&mut conn)
             .await?;
         if got {
-            Ok(Some(Self { conn }))
+            Ok(Some(Self { conn: Some(conn) }))
         } else {
             let _ = conn.close().await;
             Ok(None)
@@ -1075,7 +1068,9 @@ impl CampaignLock {
     async fn release(self) {
         use sqlx::Connection;
         // Closing the session releases its advisory locks.
-        let _ = self.conn.close().await;
+        if let Some(conn) = self.conn {
+            let _ = conn.close().await;
+        }
     }
 }
 

@@ -28,9 +28,9 @@
 
 use std::time::Duration;
 
+use crate::Db;
 use chrono::{DateTime, SecondsFormat, Utc};
 use serde::{Deserialize, Serialize};
-use sqlx::PgPool;
 use uuid::Uuid;
 
 use crate::{Enqueuer, Job, JobContext, JobError, KindDefaults, NewJob};
@@ -102,7 +102,7 @@ impl Job for CampaignScan {
 
     async fn run(self, ctx: JobContext) -> Result<(), JobError> {
         let batch = self.batch()?;
-        let report = scan(&ctx.pool, ctx.enqueuer.as_ref(), batch).await?;
+        let report = scan(&ctx.db, ctx.enqueuer.as_ref(), batch).await?;
         tracing::info!(
             job.id = ctx.job_id,
             expired = report.expired,
@@ -118,23 +118,19 @@ impl Job for CampaignScan {
 
 /// CampaignScan: expires what is past its end, then enqueues one search per due campaign,
 /// `batch` campaigns per bulk enqueue. See the module docs for the contract.
-pub async fn scan(
-    pool: &PgPool,
-    enqueuer: &dyn Enqueuer,
-    batch: i64,
-) -> Result<ScanReport, JobError> {
+pub async fn scan(db: &Db, enqueuer: &dyn Enqueuer, batch: i64) -> Result<ScanReport, JobError> {
     let mut report = ScanReport {
-        expired: crate::campaign::expire_ended(pool, batch).await?,
+        expired: crate::campaign::expire_ended(db, batch).await?,
         ..ScanReport::default()
     };
-    let mut conn = pool.acquire().await?;
-    let now: DateTime<Utc> = sqlx::query_scalar("SELECT now()")
-        .fetch_one(&mut *conn)
-        .await?;
+    let now: DateTime<Utc> = sqlx::query_scalar("SELECT now()").fetch_one(db).await?;
     // Keyset cursor over (next_search_at, id); starts before every row (no campaign predates
     // the epoch).
     let mut cursor: (DateTime<Utc>, Uuid) = (DateTime::<Utc>::UNIX_EPOCH, Uuid::nil());
     loop {
+        // One transaction per batch: its searches commit together (a scan that dies after
+        // batch k leaves k batches enqueued, and its retry meets their keys).
+        let mut tx = db.begin().await?;
         // CampaignScanDue (campaigns_scan_due_keyset_idx: the row comparison is its index bound).
         let rows: Vec<(Uuid, DateTime<Utc>, Uuid)> = sqlx::query_as(
             "SELECT id, next_search_at, user_id FROM campaigns
@@ -147,9 +143,10 @@ pub async fn scan(
         .bind(cursor.0)
         .bind(cursor.1)
         .bind(batch)
-        .fetch_all(&mut *conn)
+        .fetch_all(&mut *tx)
         .await?;
         let Some(&(last_id, last_at, _)) = rows.last() else {
+            tx.commit().await?;
             break;
         };
         cursor = (last_at, last_id);
@@ -164,7 +161,8 @@ pub async fn scan(
             })
             .collect::<Result<Vec<_>, _>>()
             .map_err(JobError::fatal)?;
-        let out = enqueuer.enqueue_many(&mut conn, jobs).await?;
+        let out = enqueuer.enqueue_many(&mut tx, jobs).await?;
+        tx.commit().await?;
         report.batches += 1;
         report.due += rows.len() as u64;
         let dup = out.iter().filter(|e| e.duplicate).count() as u64;

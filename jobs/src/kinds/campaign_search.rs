@@ -30,7 +30,6 @@ use std::time::Duration;
 use chrono::{DateTime, NaiveDate, Utc};
 use serde::{Deserialize, Serialize};
 use serde_json::json;
-use sqlx::{Connection, PgConnection};
 use uuid::Uuid;
 
 use super::booking_attempt::BookingAttempt;
@@ -321,7 +320,9 @@ impl Job for CampaignSearch {
 
 /// Runs one search of `campaign_id` (see the module docs).
 pub async fn search(ctx: &JobContext, campaign_id: Uuid) -> Result<SearchOutcome, JobError> {
-    let mut conn = ctx.pool.acquire().await?;
+    // The checks and the writes they lead to, in one transaction, committed before any
+    // provider call: no transaction (and no connection) is held across them.
+    let mut tx = ctx.db.begin().await?;
     let row: Option<CampaignRow> = sqlx::query_as(
         "SELECT c.status, c.origin::text AS origin, c.destination::text AS destination,
                 c.departure_date_start, c.departure_date_end, c.return_date_start,
@@ -334,7 +335,7 @@ pub async fn search(ctx: &JobContext, campaign_id: Uuid) -> Result<SearchOutcome
          FROM campaigns c WHERE c.id = $1",
     )
     .bind(campaign_id)
-    .fetch_optional(&mut *conn)
+    .fetch_optional(&mut *tx)
     .await?;
     let Some(row) = row else {
         return Err(JobError::Cancel("campaign no longer exists".into()));
@@ -354,17 +355,18 @@ pub async fn search(ctx: &JobContext, campaign_id: Uuid) -> Result<SearchOutcome
         return Ok(SearchOutcome::Skipped("window already searched"));
     }
     if row.has_booking {
-        reschedule(&mut conn, campaign_id).await?;
+        reschedule(&mut *tx, campaign_id).await?;
+        tx.commit().await?;
         return Ok(SearchOutcome::Skipped("campaign already has a booking"));
     }
     let criteria = row.criteria()?;
     let now = Utc::now();
     let Some(dates) = pick_dates(&criteria, now.date_naive(), slot(now)) else {
-        campaign::expire_unless_booking(&mut conn, campaign_id).await?;
+        campaign::expire_unless_booking(&mut *tx, campaign_id).await?;
+        tx.commit().await?;
         return Ok(SearchOutcome::WindowOver);
     };
-    // The provider calls: no transaction (and no connection) held across them.
-    drop(conn);
+    tx.commit().await?;
     let flights = ctx.deps()?.flights()?;
     let request = offer_search(&criteria, dates);
     let found = async {
@@ -378,23 +380,20 @@ pub async fn search(ctx: &JobContext, campaign_id: Uuid) -> Result<SearchOutcome
             let err = e.to_job_error(Utc::now());
             if !err.is_retryable() {
                 // A definite refusal repeats on every scan: push the campaign out first.
-                let mut conn = ctx.pool.acquire().await?;
-                reschedule(&mut conn, campaign_id).await?;
+                reschedule(&ctx.db, campaign_id).await?;
             }
             return Err(err);
         }
     };
     let Some(best) = cheapest_match(&offers, &criteria, Utc::now()) else {
-        let mut conn = ctx.pool.acquire().await?;
-        reschedule(&mut conn, campaign_id).await?;
+        reschedule(&ctx.db, campaign_id).await?;
         return Ok(SearchOutcome::NoMatch {
             offers: offers.len(),
         });
     };
 
     // Outbox: the booking attempt and the reschedule commit together, or neither does.
-    let mut conn = ctx.pool.acquire().await?;
-    let mut tx = conn.begin().await?;
+    let mut tx = ctx.db.begin().await?;
     let still_active: Option<bool> = sqlx::query_scalar(
         "SELECT status = 'active' AND expires_at > now() FROM campaigns WHERE id = $1 FOR UPDATE",
     )
@@ -409,7 +408,7 @@ pub async fn search(ctx: &JobContext, campaign_id: Uuid) -> Result<SearchOutcome
     }
     let job = BookingAttempt::request(campaign_id, &best.id)?;
     let enqueued = ctx.enqueuer.enqueue_many(&mut tx, vec![job]).await?;
-    reschedule(&mut tx, campaign_id).await?;
+    reschedule(&mut *tx, campaign_id).await?;
     tx.commit().await?;
     Ok(SearchOutcome::Matched {
         offer_id: best.id.clone(),
@@ -419,7 +418,7 @@ pub async fn search(ctx: &JobContext, campaign_id: Uuid) -> Result<SearchOutcome
 }
 
 /// CampaignReschedule: the next search one interval from now (active campaigns only).
-async fn reschedule(conn: &mut PgConnection, campaign_id: Uuid) -> Result<(), sqlx::Error> {
+async fn reschedule(conn: impl sqlx::PgExecutor<'_>, campaign_id: Uuid) -> Result<(), sqlx::Error> {
     campaign::set_next_search(
         conn,
         campaign_id,

@@ -28,8 +28,8 @@ use crate::deps::HasDeps;
 use crate::job::budgets;
 use std::time::Duration;
 
+use crate::Db;
 use serde::{Deserialize, Serialize};
-use sqlx::PgPool;
 use uuid::Uuid;
 
 use crate::{
@@ -150,7 +150,7 @@ impl Job for CardExpiryReminder {
     async fn run(self, ctx: JobContext) -> Result<(), JobError> {
         let batch = self.batch()?;
         let email = ctx.deps()?.email()?;
-        let report = remind(&ctx.pool, email, batch, &ctx.cancel).await?;
+        let report = remind(&ctx.db, email, batch, &ctx.cancel).await?;
         tracing::info!(
             job.id = ctx.job_id,
             due = report.due,
@@ -191,7 +191,7 @@ struct Unsent {
 /// CardExpiryRemind: one pass over the due cards, `batch` at a time. Transient failures are
 /// counted in the report (the caller retries); a rate limit returns `Snooze` at once.
 pub async fn remind(
-    pool: &PgPool,
+    db: &Db,
     email: &dyn EmailApi,
     batch: i64,
     cancel: &tokio_util::sync::CancellationToken,
@@ -202,7 +202,8 @@ pub async fn remind(
         if cancel.is_cancelled() {
             return Err(JobError::retryable("interrupted; the next run resumes"));
         }
-        let mut conn = pool.acquire().await?;
+        // Steps 1–2 in one short transaction, committed before any email goes out.
+        let mut conn = db.begin().await?;
         // CardExpiryDue: cards of active campaigns expiring before the campaign ends or soon.
         let cards: Vec<DueCard> = sqlx::query_as(
             "SELECT pm.id AS payment_method_id, pm.user_id, pm.exp_year, pm.exp_month
@@ -223,6 +224,7 @@ pub async fn remind(
         .fetch_all(&mut *conn)
         .await?;
         let Some(last) = cards.last() else {
+            conn.commit().await?;
             return Ok(report);
         };
         after = last.payment_method_id;
@@ -257,7 +259,7 @@ pub async fn remind(
         .fetch_all(&mut *conn)
         .await?;
         report.already_sent += cards.len().saturating_sub(unsent.len()) as u64;
-        drop(conn);
+        conn.commit().await?;
 
         // 3–4. Send (no transaction held), then record.
         for n in unsent {
@@ -270,7 +272,7 @@ pub async fn remind(
             );
             match email.send(&msg, &n.dedupe_key).await {
                 Ok(sent) => {
-                    crate::notify::record_sent(pool, &n.dedupe_key, &sent.id).await?;
+                    crate::notify::record_sent(db, &n.dedupe_key, &sent.id).await?;
                     report.sent += 1;
                 }
                 Err(e) if e.class == FailureClass::RateLimited => {

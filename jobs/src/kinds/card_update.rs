@@ -35,7 +35,7 @@ impl Job for CardUpdate {
                 self.exp_month, self.exp_year
             )));
         }
-        let mut tx = ctx.pool.begin().await?;
+        let mut tx = ctx.db.begin().await?;
         let card: Option<uuid::Uuid> = sqlx::query_scalar(
             "UPDATE payment_methods SET exp_month = $2, exp_year = $3 WHERE stripe_payment_method_id = $1 RETURNING id",
         )
@@ -49,7 +49,7 @@ impl Job for CardUpdate {
             return Ok(());
         };
         audit::record(
-            &mut tx,
+            &mut *tx,
             "fleet",
             "card.expiry_updated",
             "payment_method",

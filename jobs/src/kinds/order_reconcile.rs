@@ -55,7 +55,7 @@ impl Job for OrderReconcile {
         )
         .bind(&self.order_id)
         .bind(self.booking_id)
-        .fetch_optional(&ctx.pool)
+        .fetch_optional(&ctx.db)
         .await?;
         let Some((booking, user, status, captured, campaign, offer)) = row else {
             tracing::info!(event.type = %self.event_type, "order event for a booking we do not know (yet)");
@@ -64,7 +64,7 @@ impl Job for OrderReconcile {
         if self.event_type == "order.airline_initiated_change_detected" {
             if let Some(user) = user {
                 notify::send_once(
-                    &ctx.pool,
+                    &ctx.db,
                     ctx.deps()?.email()?,
                     user,
                     "order_change",
@@ -76,7 +76,7 @@ impl Job for OrderReconcile {
                 .await?;
             }
         }
-        let mut tx = ctx.pool.begin().await?;
+        let mut tx = ctx.db.begin().await?;
         // Order creation failed while the booking holds money: resume the saga now. It
         // reconciles (is there an order after all?) and, on a definite failure, voids the hold
         // — the compensation — under its own lock and keys. If an attempt is already queued,
@@ -93,7 +93,7 @@ impl Job for OrderReconcile {
             ctx.enqueuer.enqueue_many(&mut tx, vec![refund]).await?;
         }
         audit::record(
-            &mut tx,
+            &mut *tx,
             "fleet",
             "order.event_reconciled",
             "booking",

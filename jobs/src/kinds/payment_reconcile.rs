@@ -47,7 +47,7 @@ impl Job for PaymentReconcile {
             .payments()?
             .retrieve_payment_intent(&self.payment_intent_id)
             .await?;
-        let mut tx = ctx.pool.begin().await?;
+        let mut tx = ctx.db.begin().await?;
         let booking =
             crate::booking::observe_payment_intent(&mut tx, &pi.id, status_str(&pi.status)).await?;
         let Some(booking) = booking else {
@@ -60,7 +60,7 @@ impl Job for PaymentReconcile {
             "payment.event_reconciled"
         };
         audit::record(
-            &mut tx,
+            &mut *tx,
             "fleet",
             action,
             "booking",

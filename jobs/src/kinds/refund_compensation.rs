@@ -208,7 +208,7 @@ impl Job for RefundCompensation {
                 "refund_compensation: reason must match ^[a-z0-9_.]{1,100}$",
             ));
         }
-        let Some(b) = booking::load(&ctx.pool, self.booking_id).await? else {
+        let Some(b) = booking::load(&ctx.db, self.booking_id).await? else {
             return Err(JobError::Cancel(format!(
                 "booking {} does not exist",
                 self.booking_id
@@ -232,7 +232,7 @@ impl Job for RefundCompensation {
             return Ok(());
         }
         refund(&ctx, &b, &self.reason).await?;
-        let b = booking::load(&ctx.pool, b.id)
+        let b = booking::load(&ctx.db, b.id)
             .await?
             .ok_or_else(|| JobError::retryable("booking vanished"))?;
         notify(&ctx, &b).await
@@ -257,9 +257,8 @@ async fn cancel_order(ctx: &JobContext, b: &Booking) -> Result<(), JobError> {
         Err(e) if e.class == FailureClass::Rejected => {
             // The airline will not cancel (or the order is gone): refund the customer anyway
             // and leave a trace for operators.
-            let mut conn = ctx.pool.acquire().await?;
             audit::record(
-                &mut conn,
+                &ctx.db,
                 ACTOR,
                 "booking.order_cancel_refused",
                 "booking",
@@ -272,9 +271,8 @@ async fn cancel_order(ctx: &JobContext, b: &Booking) -> Result<(), JobError> {
         }
         Err(e) => return Err(e.into()),
     }
-    let mut conn = ctx.pool.acquire().await?;
     audit::record(
-        &mut conn,
+        &ctx.db,
         ACTOR,
         "booking.order_cancelled",
         "booking",
@@ -292,7 +290,7 @@ async fn refund(ctx: &JobContext, b: &Booking, reason: &str) -> Result<(), JobEr
     })?;
     // Intent first: one refund row per booking (the Stripe key is per booking too). The
     // booking row lock serialises concurrent runs, so the second sees the first's row.
-    let mut tx = ctx.pool.begin().await?;
+    let mut tx = ctx.db.begin().await?;
     booking::lock(&mut tx, b.id).await?;
     sqlx::query(
         "INSERT INTO refunds (booking_id, amount, currency, reason, status)
@@ -320,7 +318,7 @@ async fn refund(ctx: &JobContext, b: &Booking, reason: &str) -> Result<(), JobEr
         _ => "pending",
     };
     let amount = money::minor_to_decimal(r.amount, &r.currency).map_err(JobError::fatal)?;
-    let mut tx = ctx.pool.begin().await?;
+    let mut tx = ctx.db.begin().await?;
     sqlx::query(
         "UPDATE refunds SET stripe_refund_id = $2, status = $3,
                 amount = CASE WHEN $4::numeric > 0 THEN $4::numeric ELSE amount END,
@@ -368,7 +366,7 @@ async fn notify(ctx: &JobContext, b: &Booking) -> Result<(), JobError> {
         b.total_amount, b.currency
     );
     send_once(
-        &ctx.pool,
+        &ctx.db,
         ctx.deps()?.email()?,
         user_id,
         "refund",

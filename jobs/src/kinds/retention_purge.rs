@@ -30,9 +30,10 @@
 
 use std::time::Duration;
 
+use crate::Db;
 use serde::{Deserialize, Serialize};
 use serde_json::json;
-use sqlx::{AssertSqlSafe, Connection, PgPool};
+use sqlx::AssertSqlSafe;
 use tokio_util::sync::CancellationToken;
 use uuid::Uuid;
 
@@ -117,10 +118,9 @@ impl Job for RetentionPurge {
 
     async fn run(self, ctx: JobContext) -> Result<(), JobError> {
         self.validate()?;
-        let report = purge(&ctx.pool, &self, &ctx.cancel).await?;
-        let mut conn = ctx.pool.acquire().await?;
+        let report = purge(&ctx.db, &self, &ctx.cancel).await?;
         audit::record(
-            &mut conn,
+            &ctx.db,
             "fleet",
             "retention.purge",
             "fleet_job",
@@ -172,7 +172,7 @@ fn profile_erasable_sql() -> String {
 /// RetentionPurge: steps (a)–(c), each batched; stops at a batch boundary when `cancel` fires
 /// (retryable: the re-run continues where this one stopped).
 pub async fn purge(
-    pool: &PgPool,
+    db: &Db,
     s: &RetentionPurge,
     cancel: &CancellationToken,
 ) -> Result<PurgeReport, JobError> {
@@ -194,8 +194,7 @@ pub async fn purge(
         if cancel.is_cancelled() {
             return Err(interrupted());
         }
-        let mut conn = pool.acquire().await?;
-        let mut tx = conn.begin().await?;
+        let mut tx = db.begin().await?;
         let locked: Vec<Uuid> = sqlx::query_scalar(AssertSqlSafe(select_sql.as_str()))
             .bind(after)
             .bind(s.pii_after_days as f64)
@@ -234,7 +233,7 @@ pub async fn purge(
             return Err(interrupted());
         }
         let n =
-            crate::webhook_events::delete_older_than(pool, s.webhook_events_days, s.batch).await?;
+            crate::webhook_events::delete_older_than(db, s.webhook_events_days, s.batch).await?;
         report.webhook_events_deleted += n;
         if (n as i64) < s.batch {
             break;
@@ -246,7 +245,7 @@ pub async fn purge(
         if cancel.is_cancelled() {
             return Err(interrupted());
         }
-        let n = audit::delete_older_than(pool, s.audit_days, s.batch).await?;
+        let n = audit::delete_older_than(db, s.audit_days, s.batch).await?;
         report.audit_rows_deleted += n;
         if (n as i64) < s.batch {
             break;

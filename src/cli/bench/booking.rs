@@ -111,7 +111,7 @@ struct Report {
 /// Seeds `TEMPLATES` users with campaigns priced at `max_price` that are not due, and returns
 /// the campaigns to copy.
 async fn templates(
-    pool: &sqlx::PgPool,
+    pool: &jobs::Db,
     keyring: &jobs::pii::Keyring,
     first_seed: usize,
     max_price: &str,
@@ -173,7 +173,7 @@ pub async fn run(a: BookingBenchArgs) -> anyhow::Result<()> {
     }
     let loadavg_1m_start = super::loadavg_1m();
     let db = ScratchDb::new("fleet_bench_booking").await?;
-    let pool = fleet::database::connect(&db.url, 8).await?;
+    let pool = jobs::Db::from(fleet::database::connect(&db.url, 8).await?);
     let keys = jobs::pii::Keyring::fresh_spec();
     let keyring = jobs::pii::Keyring::parse(&keys)?;
     let sb = Sandbox::start(
@@ -252,9 +252,9 @@ pub async fn run(a: BookingBenchArgs) -> anyhow::Result<()> {
     let (booking_campaigns, window_started) = result?;
 
     // Figures.
-    let mut conn = pool.acquire().await?;
+    let mut conn = db.pool.acquire().await?;
     let found: HashMap<Uuid, DateTime<Utc>> =
-        queue::job_list_created(&mut conn, BookingAttempt::KIND)
+        queue::job_list_created(&mut *conn, BookingAttempt::KIND)
             .await?
             .into_iter()
             .filter_map(|(args, at)| {
@@ -273,7 +273,7 @@ pub async fn run(a: BookingBenchArgs) -> anyhow::Result<()> {
         found.values().max().copied().unwrap_or(window_started),
     );
     let span = (last - first).num_milliseconds().max(1) as f64 / 1000.0;
-    let searches_completed = queue::job_count_by_state(&mut conn, Some(CampaignSearch::KIND))
+    let searches_completed = queue::job_count_by_state(&mut *conn, Some(CampaignSearch::KIND))
         .await?
         .get(&JobState::Completed)
         .copied()
@@ -335,7 +335,7 @@ pub async fn run(a: BookingBenchArgs) -> anyhow::Result<()> {
 /// began.
 async fn measure(
     a: &BookingBenchArgs,
-    pool: &sqlx::PgPool,
+    pool: &jobs::Db,
     bookers: &[Uuid],
     background: &[Uuid],
 ) -> anyhow::Result<(u64, DateTime<Utc>)> {

@@ -385,7 +385,7 @@ async fn burn_down(p: BenchParams) -> anyhow::Result<BenchReport> {
     // Verify against the database, not just our counters.
     let mut conn = pool.acquire().await?;
     let (completed, claimed_twice) =
-        queue::job_count_completed_once(&mut conn, BenchNoop::KIND, p.jobs as i64).await?;
+        queue::job_count_completed_once(&mut *conn, BenchNoop::KIND, p.jobs as i64).await?;
     drop(conn);
     pool.close().await;
     let ran_twice = st.runs[..p.jobs]

@@ -82,7 +82,7 @@ async fn fresh(jobs: usize) -> anyhow::Result<(ScratchDb, sqlx::PgPool, Queue)> 
 /// Claims and completes until nothing is left; returns the jobs this loop completed.
 async fn statement_loop(pool: sqlx::PgPool, batch: usize, owner: String) -> anyhow::Result<usize> {
     // The engine's own claim path: a claim session, one statement per claim.
-    let mut session = queue::ClaimSession::open(&pool).await?;
+    let mut session = queue::ClaimSession::open(&jobs::Db::from(pool.clone())).await?;
     let mut done = 0;
     loop {
         let claimed = queue::job_fetch_available_on(

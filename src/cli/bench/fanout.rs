@@ -77,7 +77,7 @@ fn secs(d: Duration) -> f64 {
 async fn round(campaigns: u64, batch: i64) -> anyhow::Result<Round> {
     let loadavg_1m = super::loadavg_1m();
     let db = ScratchDb::new("fleet_bench_fanout").await?;
-    let pool = fleet::database::connect(&db.url, 8).await?;
+    let pool = jobs::Db::from(fleet::database::connect(&db.url, 8).await?);
     let keyring = jobs::pii::Keyring::parse(&jobs::pii::Keyring::fresh_spec())?;
 
     let t = Instant::now();
@@ -107,8 +107,8 @@ async fn round(campaigns: u64, batch: i64) -> anyhow::Result<Round> {
     let t = Instant::now();
     let first = campaign_scan::scan(&pool, &q, batch).await?;
     let scan = t.elapsed();
-    let mut conn = pool.acquire().await?;
-    let d = queue::job_count_distinct(&mut conn, CampaignSearch::KIND).await?;
+    let mut conn = db.pool.acquire().await?;
+    let d = queue::job_count_distinct(&mut *conn, CampaignSearch::KIND).await?;
     let n = campaigns as i64;
     if (first.due, first.enqueued, first.duplicates) != (campaigns, campaigns, 0)
         || (d.jobs, d.keys, d.args) != (n, n, n)
@@ -121,7 +121,7 @@ async fn round(campaigns: u64, batch: i64) -> anyhow::Result<Round> {
     let t = Instant::now();
     let again = campaign_scan::scan(&pool, &q, batch).await?;
     let rerun = t.elapsed();
-    let d2 = queue::job_count_distinct(&mut conn, CampaignSearch::KIND).await?;
+    let d2 = queue::job_count_distinct(&mut *conn, CampaignSearch::KIND).await?;
     if again.enqueued != 0 || again.duplicates != campaigns || d2 != d {
         bail!("the re-run enqueued again: report {again:?}, queue {d2:?}");
     }

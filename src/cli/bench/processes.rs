@@ -157,7 +157,7 @@ async fn one_run(round: usize, n: usize, a: &ProcessesArgs) -> anyhow::Result<Ru
     let q = Queue::new(db.pool.clone(), registry.clone());
     let mut conn = db.pool.acquire().await?;
     queue::kind_pause(
-        &mut conn,
+        &mut *conn,
         ProcNoop::KIND,
         "bench",
         "held until the workers are up",
@@ -215,7 +215,7 @@ async fn one_run(round: usize, n: usize, a: &ProcessesArgs) -> anyhow::Result<Ru
         .fetch_one(&mut *conn)
         .await?;
     let t0 = Instant::now();
-    queue::kind_resume(&mut conn, ProcNoop::KIND).await?;
+    queue::kind_resume(&mut *conn, ProcNoop::KIND).await?;
     let mut done = vec![0u64; n];
     let deadline = Instant::now() + Duration::from_secs(600);
     while done.iter().sum::<u64>() < a.jobs as u64 {
@@ -244,14 +244,14 @@ async fn one_run(round: usize, n: usize, a: &ProcessesArgs) -> anyhow::Result<Ru
         let _ = c.wait();
     }
     let (completed, claimed_twice) =
-        queue::job_count_completed_once(&mut conn, ProcNoop::KIND, a.jobs as i64).await?;
+        queue::job_count_completed_once(&mut *conn, ProcNoop::KIND, a.jobs as i64).await?;
     if completed != a.jobs as i64 || claimed_twice != 0 {
         bail!(
             "verification failed: {completed} of {} completed, {claimed_twice} claimed more than once",
             a.jobs
         );
     }
-    let table = queue::job_table_size(&mut conn).await?;
+    let table = queue::job_table_size(&mut *conn).await?;
     drop(conn);
     let postgres_cpu_s = cpu_after.0 - cpu_before.0;
     let workers_cpu_s = cpu_after.1 - cpu_before.1;

@@ -279,7 +279,12 @@ pub async fn run(a: SoakArgs) -> anyhow::Result<()> {
                 let mut conn = pool.acquire().await?;
                 if release_keys {
                     loop {
-                        let n = queue::job_release_elapsed_keys(&mut conn, batch, None).await?;
+                        let n = queue::job_release_elapsed_keys(
+                            &jobs::Db::from(pool.clone()),
+                            batch,
+                            None,
+                        )
+                        .await?;
                         tally.lock().expect("tally").keys_released += n;
                         if n < batch as u64 {
                             break;
@@ -293,7 +298,7 @@ pub async fn run(a: SoakArgs) -> anyhow::Result<()> {
                     }
                     let t0 = Instant::now();
                     let b = queue::job_prune_finished(
-                        &mut conn,
+                        &mut *conn,
                         &[queue::JobState::Completed],
                         retention,
                         batch,
@@ -340,13 +345,13 @@ pub async fn run(a: SoakArgs) -> anyhow::Result<()> {
         let mut pickups = std::mem::take(&mut *st.pickups.lock().expect("pickups"));
         pickups.sort_by(|x, y| x.total_cmp(y));
         let tallied = std::mem::take(&mut *tally.lock().expect("tally"));
-        let backlog: i64 = queue::job_gauges(&mut conn, None)
+        let backlog: i64 = queue::job_gauges(&mut *conn, None)
             .await?
             .iter()
             .filter(|g| g.state == "available")
             .map(|g| g.count)
             .sum();
-        let sizes = queue::job_table_sizes(&mut conn).await?;
+        let sizes = queue::job_table_sizes(&pool).await?;
         let s = SoakSample {
             t_s: (started.elapsed().as_secs_f64() * 10.0).round() / 10.0,
             work_jobs_per_s: ((done - interval_start_done) as f64

@@ -305,7 +305,7 @@ pub async fn run(a: WebhookBenchArgs) -> anyhow::Result<()> {
         .map(|id| format!("stripe:{id}:0"))
         .chain(duffel_ids.iter().map(|id| format!("duffel:{id}:0")))
         .collect();
-    let (followups, all_jobs) = fleet::queue::job_count_with_keys(&mut conn, &keys).await?;
+    let (followups, all_jobs) = fleet::queue::job_count_with_keys(&mut *conn, &keys).await?;
     drop(conn);
 
     // Cost: one request at a time, classes interleaved.
