@@ -267,3 +267,138 @@ fn free_port() -> anyhow::Result<u16> {
     let l = std::net::TcpListener::bind("127.0.0.1:0").context("finding a free port")?;
     Ok(l.local_addr()?.port())
 }
+
+/// A PgBouncer (Debian's `pgbouncer`) this process started on a free loopback port in front of
+/// a server, trusting the listed users (the server authenticates nothing either: tests only);
+/// killed and its directory deleted on drop. Like the clusters it runs as `postgres` when the
+/// process is root (PgBouncer refuses root).
+pub struct PgBouncer {
+    /// Its port on 127.0.0.1.
+    pub port: u16,
+    root: PathBuf,
+    child: Option<std::process::Child>,
+}
+
+/// How a [`PgBouncer`] pools.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum PoolMode {
+    /// A server connection per client connection, for the client's whole session.
+    Session,
+    /// A server connection per transaction.
+    Transaction,
+}
+
+impl PgBouncer {
+    /// The `pgbouncer` executable: `PGBOUNCER`, else on the `PATH`, else Debian's
+    /// `/usr/sbin/pgbouncer`; `None` when there is none.
+    pub fn executable() -> Option<PathBuf> {
+        if let Some(p) = std::env::var_os("PGBOUNCER") {
+            return Some(PathBuf::from(p));
+        }
+        let on_path = std::env::var_os("PATH").and_then(|paths| {
+            std::env::split_paths(&paths)
+                .map(|d| d.join("pgbouncer"))
+                .find(|p| p.is_file())
+        });
+        on_path.or_else(|| {
+            let debian = PathBuf::from("/usr/sbin/pgbouncer");
+            debian.is_file().then_some(debian)
+        })
+    }
+
+    /// Starts one in `mode` in front of the server at `127.0.0.1:server_port`, admitting
+    /// `users`, with at most `pool_size` server connections per database and user, and
+    /// `extra` lines added to its `[pgbouncer]` section.
+    pub fn start(
+        server_port: u16,
+        mode: PoolMode,
+        users: &[&str],
+        pool_size: u32,
+        extra: &[&str],
+    ) -> anyhow::Result<Self> {
+        let exe = Self::executable().context(
+            "no pgbouncer (set PGBOUNCER, or `apt-get install pgbouncer`; .ci/run does)",
+        )?;
+        let root = std::env::temp_dir().join(format!(
+            "fleet-pgbouncer-{}-{}",
+            std::process::id(),
+            &uuid::Uuid::new_v4().simple().to_string()[..8]
+        ));
+        std::fs::create_dir_all(&root)?;
+        let port = free_port()?;
+        let userlist: String = users.iter().map(|u| format!("\"{u}\" \"\"\n")).collect();
+        std::fs::write(root.join("userlist.txt"), userlist)?;
+        let mode = match mode {
+            PoolMode::Session => "session",
+            PoolMode::Transaction => "transaction",
+        };
+        let ini = format!(
+            "[databases]\n* = host=127.0.0.1 port={server_port}\n\n[pgbouncer]\n\
+             listen_addr = 127.0.0.1\nlisten_port = {port}\nunix_socket_dir =\n\
+             auth_type = trust\nauth_file = {root}/userlist.txt\npool_mode = {mode}\n\
+             max_client_conn = 1000\ndefault_pool_size = {pool_size}\n\
+             ignore_startup_parameters = extra_float_digits\n\
+             logfile = {root}/pgbouncer.log\npidfile = {root}/pgbouncer.pid\n{}\n",
+            extra.join("\n"),
+            root = root.display(),
+        );
+        std::fs::write(root.join("pgbouncer.ini"), ini)?;
+        let as_root = unsafe { libc::geteuid() } == 0;
+        if as_root {
+            chown_to_postgres(&root)?;
+        }
+        let mut cmd = if as_root {
+            let mut c = Command::new("runuser");
+            c.args(["-u", "postgres", "--"]).arg(&exe);
+            c
+        } else {
+            Command::new(&exe)
+        };
+        let child = cmd
+            .arg(root.join("pgbouncer.ini"))
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::null())
+            .spawn()
+            .with_context(|| format!("starting {}", exe.display()))?;
+        let me = Self {
+            port,
+            root,
+            child: Some(child),
+        };
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+        while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
+            if std::time::Instant::now() > deadline {
+                bail!("pgbouncer did not listen within 10s; log:\n{}", me.log());
+            }
+            std::thread::sleep(std::time::Duration::from_millis(50));
+        }
+        Ok(me)
+    }
+
+    /// The URL of database `db` through it, as `user`.
+    pub fn url(&self, user: &str, db: &str) -> String {
+        format!("postgres://{user}@127.0.0.1:{}/{db}", self.port)
+    }
+
+    /// Its log so far.
+    pub fn log(&self) -> String {
+        std::fs::read_to_string(self.root.join("pgbouncer.log")).unwrap_or_default()
+    }
+}
+
+impl Drop for PgBouncer {
+    fn drop(&mut self) {
+        // Killing `runuser` would leave pgbouncer running: kill pgbouncer itself, by its pid
+        // file.
+        if let Ok(pid) = std::fs::read_to_string(self.root.join("pgbouncer.pid")) {
+            if let Ok(pid) = pid.trim().parse::<libc::pid_t>() {
+                unsafe { libc::kill(pid, libc::SIGKILL) };
+            }
+        }
+        if let Some(mut c) = self.child.take() {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+        let _ = std::fs::remove_dir_all(&self.root);
+    }
+}

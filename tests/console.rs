@@ -12,7 +12,7 @@
 mod common;
 
 use std::{
-    path::PathBuf,
+    path::{Path, PathBuf},
     process::{Child, Command, Stdio},
     sync::{
         atomic::{AtomicBool, Ordering},
@@ -44,6 +44,19 @@ const VIV_PW: &str = "viv-viewer-pw-22";
 const TRACING_URL: &str = "https://traces.example.test/trace/{trace_id}";
 
 // ─── a browser ──────────────────────────────────────────────────────────────────────────────
+
+/// Whether Debian's Chromium and chromedriver are installed; without them the console's
+/// browser tests skip, saying so (or fail, under `.ci/run`: see [`tool_available`]).
+fn browser_available() -> bool {
+    tool_available(
+        "chromium",
+        Path::new("/usr/bin/chromedriver").exists()
+            && ["/usr/bin/chromium", "/usr/bin/chromium-browser"]
+                .iter()
+                .any(|p| Path::new(p).exists()),
+        "apt-get install -y chromium chromium-driver",
+    )
+}
 
 fn chromium_binary() -> PathBuf {
     let candidates = ["/usr/bin/chromium", "/usr/bin/chromium-browser"];
@@ -504,6 +517,9 @@ fn http() -> reqwest::Client {
 
 #[tokio::test]
 async fn without_a_session_every_page_leads_to_sign_in_and_only_the_right_password_lets_you_in() {
+    if !browser_available() {
+        return;
+    }
     let app = App::start().await;
     // No cookie: pages redirect to the login, htmx refreshes and actions are refused.
     let h = http();
@@ -601,6 +617,9 @@ async fn without_a_session_every_page_leads_to_sign_in_and_only_the_right_passwo
 
 #[tokio::test]
 async fn a_viewer_sees_every_page_but_no_action_and_is_refused_when_acting() {
+    if !browser_available() {
+        return;
+    }
     let app = App::start().await;
     let id = insert_unchecked(app.pool(), "fleet.sleep", json!({"ms": 1})).await;
     let b = app.browser().await;
@@ -635,6 +654,9 @@ async fn a_viewer_sees_every_page_but_no_action_and_is_refused_when_acting() {
 
 #[tokio::test]
 async fn the_overview_shows_the_jobs_a_worker_is_running_and_updates_without_a_reload() {
+    if !browser_available() {
+        return;
+    }
     let app = App::start().await;
     let w = app.worker();
     // Some history: 40 completions spread over the last minutes (back-dated, not waited
@@ -713,6 +735,9 @@ async fn the_overview_shows_the_jobs_a_worker_is_running_and_updates_without_a_r
 /// level, the provider's refusal and the 429 count.
 #[tokio::test]
 async fn the_overview_shows_jobs_held_by_a_blocked_budget_apart_from_jobs_ready_for_a_worker() {
+    if !browser_available() {
+        return;
+    }
     let app = App::start().await;
     {
         let mut c = app.pool().acquire().await.unwrap();
@@ -767,6 +792,9 @@ async fn the_overview_shows_jobs_held_by_a_blocked_budget_apart_from_jobs_ready_
 
 #[tokio::test]
 async fn the_jobs_list_filters_like_the_cli_pages_by_keyset_and_a_job_shows_its_detail() {
+    if !browser_available() {
+        return;
+    }
     let app = App::start().await;
     let mut a_ids = Vec::new();
     for i in 0..7 {
@@ -856,6 +884,9 @@ async fn ids_in(b: &Browser, table: &str) -> Vec<i64> {
 
 #[tokio::test]
 async fn a_booking_timeline_from_a_real_saga_shows_its_steps_provider_ids_and_jobs_and_no_pii() {
+    if !browser_available() {
+        return;
+    }
     use jobs::{
         kinds::campaign_search::CampaignSearch,
         seed::{seed_campaign, CampaignSeed, CANARY_EMAIL, CANARY_PASSPORT},
@@ -1010,6 +1041,9 @@ async fn a_booking_timeline_from_a_real_saga_shows_its_steps_provider_ids_and_jo
 
 #[tokio::test]
 async fn pausing_a_kind_shows_a_dry_run_then_pauses_audited_and_the_worker_stops_claiming_it() {
+    if !browser_available() {
+        return;
+    }
     let app = App::start().await;
     let w = app.worker();
     let b = app.browser().await;
@@ -1093,6 +1127,9 @@ fn jobs_sleep(ms: u64) -> fleet::builtin::Sleep {
 
 #[tokio::test]
 async fn replaying_a_dead_job_shows_a_dry_run_then_replays_audited_and_a_worker_runs_it() {
+    if !browser_available() {
+        return;
+    }
     let app = App::start().await;
     let w = app.worker();
     let id = app.queue().enqueue(&FixedLater {}, None).await.unwrap().id;
@@ -1186,6 +1223,9 @@ async fn sleep_in_an_hour(pool: &PgPool, ms: u64) -> i64 {
 /// jobs, and the confirmation cancels those, not a job that came to match in between.
 #[tokio::test]
 async fn a_bulk_cancel_cancels_the_jobs_its_preview_showed_and_not_one_that_matched_later() {
+    if !browser_available() {
+        return;
+    }
     let app = App::start().await;
     let mut shown = Vec::new();
     for _ in 0..3 {
@@ -1230,6 +1270,9 @@ async fn a_bulk_cancel_cancels_the_jobs_its_preview_showed_and_not_one_that_matc
 /// is refused too.
 #[tokio::test]
 async fn a_bulk_cancel_beyond_the_console_cap_offers_no_confirmation() {
+    if !browser_available() {
+        return;
+    }
     let app = App::start().await;
     let n = fleet::console::MAX_CONFIRMED_JOBS + 1;
     let rows: Vec<queue::JobInsert> = (0..n)
@@ -1297,6 +1340,9 @@ async fn a_bulk_cancel_beyond_the_console_cap_offers_no_confirmation() {
 
 #[tokio::test]
 async fn a_state_changing_request_without_its_csrf_token_is_refused() {
+    if !browser_available() {
+        return;
+    }
     let app = App::start().await;
     let b = app.browser().await;
     b.sign_in("alice", ALICE_PW).await;
