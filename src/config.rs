@@ -265,6 +265,14 @@ pub struct DatabaseSettings {
     /// wins.
     #[serde(default)]
     pub direct_url: Option<Secret>,
+    /// The schema that holds the fleet's tables (everything `fleet migrate` creates), beside
+    /// the product's tables in `public`. `public` (the default) changes nothing. Any other:
+    /// `fleet migrate` creates the schema if it may and migrates into it; sessions put it first
+    /// on their `search_path`; behind a transaction pooler (no session to set), the role's own
+    /// `search_path` must name it (`ALTER ROLE … SET search_path = fleet, public`), which every
+    /// role checks at start. docs/operations.md, "Its own schema".
+    #[serde(default = "default_schema")]
+    pub schema: String,
     /// The longest any statement the engine runs on its own (a claim, an outcome, a
     /// heartbeat, an operator read) may go unanswered before it fails and its connection is
     /// closed: a network that drops packets without a reset would otherwise hold a caller for
@@ -331,6 +339,20 @@ impl TlsSettings {
             sslkey: self.sslkey.clone().or_else(|| base.sslkey.clone()),
         }
     }
+}
+
+fn default_schema() -> String {
+    "public".to_owned()
+}
+
+/// Whether `name` can be a schema of the fleet's: an unquoted lower-case identifier, so it
+/// never needs quoting in a `search_path`.
+pub fn is_schema_name(name: &str) -> bool {
+    let mut chars = name.chars();
+    matches!(chars.next(), Some(c) if c.is_ascii_lowercase() || c == '_')
+        && chars.all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '_')
+        && name.len() <= 63
+        && !name.starts_with("pg_")
 }
 
 fn default_pooler() -> jobs::Pooler {
@@ -1081,6 +1103,14 @@ impl Settings {
             .filter(|u| !u.0.is_empty())
         {
             check_database_url("database.direct_url", u.expose())?;
+        }
+        if !is_schema_name(&self.database.schema) {
+            return bad(
+                "database.schema",
+                format!("{:?}", self.database.schema),
+                "must be a lower-case identifier (a-z, 0-9, `_`; not starting with a digit or \
+                 pg_), at most 63 bytes",
+            );
         }
         if self.database.statement_timeout < Duration::from_secs(1) {
             return bad(

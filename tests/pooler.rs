@@ -85,6 +85,7 @@ async fn pooled_db(s: &Setup) -> Db {
         max_connections: 8,
         connect_timeout: Duration::from_secs(5),
         statement_timeout: Duration::from_secs(30),
+        schema: "public".to_owned(),
     }
     .open()
     .await

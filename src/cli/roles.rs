@@ -56,20 +56,13 @@ pub async fn migrate(a: MigrateArgs, settings: &Settings) -> anyhow::Result<()> 
     // Migrations hold a session advisory lock: behind a transaction pooler they run on the
     // direct connection (and refuse without one).
     let main = database::Reach::main(&settings.database)?;
-    let pool =
-        database::connect_endpoint(main.for_migrations()?, 2, settings.database.connect_timeout)
-            .await?;
+    let pool = main.open_for_migrations().await?;
     if !settings.databases.is_empty() && !a.status {
         // The same migrations everywhere: a jobs-only database carries the domain tables too,
         // empty, so one binary checks one schema.
         for (name, d) in &settings.databases {
             let reach = database::Reach::of(name, d, &settings.database)?;
-            let p = database::connect_endpoint(
-                reach.for_migrations()?,
-                2,
-                settings.database.connect_timeout,
-            )
-            .await?;
+            let p = reach.open_for_migrations().await?;
             let applied = database::migrate_pending(&p).await?;
             eprintln!("databases.{name}: applied {} migration(s)", applied.len());
         }

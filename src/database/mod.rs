@@ -130,6 +130,9 @@ pub enum DatabaseError {
          the database disagree on the schema; deploy the binary that applied it"
     )]
     SchemaModified(String),
+    /// The fleet's tables are not where `database.schema` says, on this connection.
+    #[error("{0}")]
+    WrongSchema(String),
     /// A query of the schema check failed.
     #[error("checking the database schema failed")]
     Query(#[source] sqlx::Error),
@@ -321,6 +324,8 @@ pub struct Reach {
     pub connect_timeout: Duration,
     /// Every engine statement's bound.
     pub statement_timeout: Duration,
+    /// The schema of the fleet's tables.
+    pub schema: String,
 }
 
 impl Reach {
@@ -344,6 +349,7 @@ impl Reach {
             max_connections: db.max_connections,
             connect_timeout: db.connect_timeout,
             statement_timeout: db.statement_timeout,
+            schema: db.schema.clone(),
         })
     }
 
@@ -375,6 +381,7 @@ impl Reach {
             max_connections: main.max_connections,
             connect_timeout: main.connect_timeout,
             statement_timeout: main.statement_timeout,
+            schema: main.schema.clone(),
         })
     }
 
@@ -410,12 +417,19 @@ impl Reach {
                 .statement_cache_capacity(0)
                 .extra_float_digits(None);
         }
-        let pool = connect_endpoint(&primary, self.max_connections, self.connect_timeout).await?;
+        let sessions_schema = Some(self.schema.as_str());
+        let pool = connect_endpoint_in(
+            &primary,
+            self.max_connections,
+            self.connect_timeout,
+            if pooled { None } else { sessions_schema },
+        )
+        .await?;
         let db = if pooled {
             let sessions = self.direct.as_ref().map(|d| {
                 tracing::info!(setting = %d.setting, target = %d.target(), tls = %d.tls,
                     "sessions (LISTEN, claim sessions, campaign locks) use the direct connection");
-                PgPoolOptions::new()
+                session_pool_options(sessions_schema)
                     .max_connections(DIRECT_POOL_SIZE)
                     .acquire_timeout(self.connect_timeout)
                     .connect_lazy_with(d.options.clone())
@@ -434,7 +448,54 @@ impl Reach {
         } else {
             Db::direct(pool)
         };
-        Ok(db.with_statement_timeout(Some(self.statement_timeout)))
+        let db = db.with_statement_timeout(Some(self.statement_timeout));
+        require_search_path(&db, &self.schema).await?;
+        match tables_hidden_by_row_security(&db).await {
+            Ok(hidden) if !hidden.is_empty() => tracing::warn!(
+                setting = %self.primary.setting, tables = %hidden.join(", "),
+                "row-level security is on for these tables and this role has no policy on them \
+                 (nor BYPASSRLS): it reads and writes none of their rows; see \
+                 docs/operations.md, \"Row-level security\""
+            ),
+            Ok(_) => {}
+            Err(e) => tracing::warn!(error = %e, "checking row-level security failed"),
+        }
+        Ok(db)
+    }
+
+    /// A pool for `fleet migrate` (on [`Reach::for_migrations`]), in the fleet's schema: created
+    /// first if missing and the role may; its sessions put it first on their `search_path`, so
+    /// everything the migrations create lands in it (their table of applied migrations too).
+    pub async fn open_for_migrations(&self) -> Result<PgPool, DatabaseError> {
+        let endpoint = self.for_migrations()?;
+        let pool =
+            connect_endpoint_in(endpoint, 2, self.connect_timeout, Some(&self.schema)).await?;
+        if self.schema != "public" {
+            let exists: bool = sqlx::query_scalar("SELECT to_regnamespace($1) IS NOT NULL")
+                .bind(&self.schema)
+                .fetch_one(&pool)
+                .await
+                .map_err(DatabaseError::Query)?;
+            if !exists {
+                // A validated identifier (config::is_schema_name): safe to splice.
+                let create = format!("CREATE SCHEMA {}", self.schema);
+                sqlx::query(AssertSqlSafe(create))
+                    .execute(&pool)
+                    .await
+                    .map_err(|e| {
+                        DatabaseError::WrongSchema(format!(
+                        "database.schema is {:?} and it does not exist, and the migrating role \
+                         may not create it ({}): run CREATE SCHEMA {} AUTHORIZATION <the \
+                         migrating role> as a role that may, then migrate again",
+                        self.schema,
+                        connect_reason(&e, "", None),
+                        self.schema
+                    ))
+                    })?;
+                tracing::info!(schema = %self.schema, "created the fleet's schema");
+            }
+        }
+        Ok(pool)
     }
 }
 
@@ -457,10 +518,21 @@ pub async fn connect_endpoint(
     max: u32,
     timeout: Duration,
 ) -> Result<PgPool, DatabaseError> {
+    connect_endpoint_in(endpoint, max, timeout, None).await
+}
+
+/// [`connect_endpoint`], each connection's session putting `schema` first on its
+/// `search_path` (only where connections are sessions: never behind a transaction pooler).
+async fn connect_endpoint_in(
+    endpoint: &Endpoint,
+    max: u32,
+    timeout: Duration,
+    schema: Option<&str>,
+) -> Result<PgPool, DatabaseError> {
     // One connection first: its error says why, where the pool would only time out.
     let first = endpoint.first_connection(timeout).await?;
     let _ = first.close().await;
-    let pool = PgPoolOptions::new()
+    let pool = session_pool_options(schema)
         .max_connections(max)
         .acquire_timeout(Duration::from_secs(30))
         .connect_with(endpoint.options.clone())
@@ -481,6 +553,89 @@ pub async fn connect_endpoint(
         );
     }
     Ok(pool)
+}
+
+/// Pool options whose connections put `schema` (a validated identifier) first on their
+/// session's `search_path`, then `public`.
+fn session_pool_options(schema: Option<&str>) -> PgPoolOptions {
+    let options = PgPoolOptions::new();
+    let Some(schema) = schema.filter(|s| *s != "public") else {
+        return options;
+    };
+    let path = format!("{schema}, public");
+    options.after_connect(move |conn, _| {
+        let path = path.clone();
+        Box::pin(async move {
+            sqlx::query("SELECT set_config('search_path', $1, false)")
+                .bind(path)
+                .execute(conn)
+                .await?;
+            Ok(())
+        })
+    })
+}
+
+/// Tables on the connection's `search_path` that this role may read but whose rows
+/// row-level security hides from it entirely: RLS on (or forced on their owner), no policy
+/// naming the role (or `PUBLIC`, or a role it belongs to), and the role neither a superuser,
+/// nor `BYPASSRLS`, nor one with its owner's privileges. A fleet in that state sees no campaign
+/// and books nothing, silently; the roles say so at start.
+pub async fn tables_hidden_by_row_security(db: &Db) -> Result<Vec<String>, sqlx::Error> {
+    sqlx::query_scalar(
+        "SELECT c.relname::text
+         FROM pg_class c
+         JOIN pg_namespace n ON n.oid = c.relnamespace
+         JOIN pg_roles me ON me.rolname = current_user
+         WHERE c.relkind IN ('r', 'p') AND c.relrowsecurity
+           AND n.nspname = ANY (current_schemas(false))
+           AND NOT me.rolsuper AND NOT me.rolbypassrls
+           AND (NOT pg_has_role(me.oid, c.relowner, 'USAGE') OR c.relforcerowsecurity)
+           AND has_table_privilege(me.oid, c.oid, 'SELECT')
+           AND NOT EXISTS (
+               SELECT 1 FROM pg_policy p
+               WHERE p.polrelid = c.oid
+                 AND (0 = ANY (p.polroles)
+                      OR EXISTS (SELECT 1 FROM unnest(p.polroles) r
+                                 WHERE pg_has_role(me.oid, r, 'MEMBER'))))
+         ORDER BY 1",
+    )
+    .fetch_all(db)
+    .await
+}
+
+/// Checks that `db`'s connections find the fleet's tables in `schema`: first on their
+/// `search_path` (set by the session, or behind a transaction pooler by the role). The error
+/// says what to run.
+pub async fn require_search_path(db: &Db, schema: &str) -> Result<(), DatabaseError> {
+    if schema == "public" {
+        return Ok(());
+    }
+    let (schemas, exists, user): (Vec<String>, bool, String) = sqlx::query_as(
+        "SELECT current_schemas(false)::text[], to_regnamespace($1) IS NOT NULL, current_user::text",
+    )
+    .bind(schema)
+    .fetch_one(db)
+    .await
+    .map_err(DatabaseError::Query)?;
+    if !exists {
+        return Err(DatabaseError::WrongSchema(format!(
+            "database.schema is {schema:?}, and the database has no such schema: run `fleet \
+             migrate` (it creates it when its role may; else CREATE SCHEMA {schema} \
+             AUTHORIZATION <the migrating role>)"
+        )));
+    }
+    if schemas.first().map(String::as_str) != Some(schema) {
+        return Err(DatabaseError::WrongSchema(format!(
+            "database.schema is {schema:?}, but this connection's search_path starts with {} \
+             (behind a transaction pooler no session can set it): run ALTER ROLE {user} SET \
+             search_path = {schema}, public",
+            schemas
+                .first()
+                .map(|s| format!("{s:?}"))
+                .unwrap_or_else(|| "nothing".to_owned())
+        )));
+    }
+    Ok(())
 }
 
 /// One migration as the database and this binary see it.
