@@ -68,6 +68,11 @@ pub struct Metrics {
     /// Seconds left on a provider's block of a budget, by budget; 0 when not blocked (from
     /// the snapshot).
     pub budget_blocked_seconds: GaugeVec,
+    /// 1 while this process's health check of a database gets an answer, else 0, by database
+    /// (`main`, a `[databases.*]` name).
+    pub database_reachable: IntGaugeVec,
+    /// Times this process found a database stopped answering, by database.
+    pub database_outages: IntCounterVec,
 }
 
 /// Registers `c`, noting its names (so the docs test sees metrics that have no series yet).
@@ -122,6 +127,20 @@ fn build() -> Metrics {
         "Provider 429s that emptied a rate budget fleet-wide until the provider's reset.",
         &["budget"],
     );
+    let database_outages = counter(
+        "fleet_database_outages_total",
+        "Times this process found a database stopped answering its health check.",
+        &["database"],
+    );
+    let database_reachable = IntGaugeVec::new(
+        Opts::new(
+            "fleet_database_reachable",
+            "1 while this process's health check of a database gets an answer, else 0.",
+        ),
+        &["database"],
+    )
+    .expect("valid metric");
+    register(&registry, &names, Box::new(database_reachable.clone()));
     let gauge = |name: &str, help: &str| {
         let g = GaugeVec::new(Opts::new(name, help), &["budget"]).expect("valid metric");
         register(&registry, &names, Box::new(g.clone()));
@@ -235,6 +254,8 @@ fn build() -> Metrics {
         budget_blocks,
         budget_tokens,
         budget_blocked_seconds,
+        database_reachable,
+        database_outages,
         kind_paused,
         database_up,
         snapshot_age_seconds,

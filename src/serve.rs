@@ -128,8 +128,14 @@ pub struct Health {
     pub queue_lag_seconds: BTreeMap<String, f64>,
 }
 
-/// Ready: the database answers within 2 s and its schema fits this binary.
+/// Ready: the process's health monitor has not seen the database stop answering, and it
+/// answers a probe within 2 s with a schema that fits this binary.
 async fn readyz(State(s): State<AppState>) -> (StatusCode, Json<Health>) {
+    if !s.db.health().is_up() {
+        return unavailable(
+            "does not answer (the health check has failed since the last success)".into(),
+        );
+    }
     let probe = async {
         sqlx::query("SELECT 1").execute(&s.db).await?;
         crate::database::require_schema(&s.db)

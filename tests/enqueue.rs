@@ -218,7 +218,7 @@ async fn late_completion_after_rescue_is_refused() {
     let stale = claim_one(&mut conn, Duration::from_millis(1)).await;
     // Rescue as of 20 ms later: the 1 ms lease has expired by then.
     let later = db_now(&db.pool).await + chrono::Duration::milliseconds(20);
-    let rescued = queue::job_rescue_expired(&mut *conn, 100, Some(later))
+    let rescued = queue::job_rescue_expired(&mut *conn, 100, &[], Some(later))
         .await
         .unwrap();
     assert_eq!(rescued.retried, 1);

@@ -219,7 +219,7 @@ async fn second_signal_exits_at_once_and_the_lease_is_left_to_the_rescuer() {
     let mut conn = db.pool.acquire().await.unwrap();
     // As of 2.1 s from now the 2 s lease (renewed by nobody) has run out.
     let later = db_now(&db.pool).await + chrono::Duration::milliseconds(2_100);
-    let r = queue::job_rescue_expired(&mut *conn, 10, Some(later))
+    let r = queue::job_rescue_expired(&mut *conn, 10, &[], Some(later))
         .await
         .unwrap();
     assert_eq!(r.retried, 1);

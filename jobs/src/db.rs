@@ -73,6 +73,82 @@ struct Inner {
     /// pooler; then the direct connection's pool, if one is configured.
     session: Option<PgPool>,
     statement_timeout: Option<Duration>,
+    health: Arc<Health>,
+}
+
+/// Whether the database answers, as this process last saw it: one value per database a process
+/// uses, shared by every clone of its [`Db`]. A health monitor (the engine's
+/// `database::health`) sets it; the worker stops claiming while it is down, its loops stop
+/// logging each failed statement, `/readyz` answers 503, and the rescuer waits a lease after it
+/// comes back before it takes any lease back (other workers' heartbeats renew theirs first).
+#[derive(Debug)]
+pub struct Health {
+    state: tokio::sync::watch::Sender<HealthState>,
+}
+
+/// A [`Health`] reading.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct HealthState {
+    /// The last check got an answer.
+    pub up: bool,
+    /// When `up` last changed (or the process started).
+    pub since: std::time::Instant,
+    /// How many times it went down.
+    pub outages: u64,
+}
+
+impl HealthState {
+    /// Whether the database answers and has for at least `grace` since it last came back
+    /// from an outage (at once when it never had one).
+    pub fn up_for_at_least(&self, grace: Duration) -> bool {
+        self.up && (self.outages == 0 || self.since.elapsed() >= grace)
+    }
+}
+
+impl Default for Health {
+    fn default() -> Self {
+        Self {
+            state: tokio::sync::watch::channel(HealthState {
+                up: true,
+                since: std::time::Instant::now(),
+                outages: 0,
+            })
+            .0,
+        }
+    }
+}
+
+impl Health {
+    /// The last reading.
+    pub fn get(&self) -> HealthState {
+        *self.state.borrow()
+    }
+
+    /// Whether the database answered at the last check.
+    pub fn is_up(&self) -> bool {
+        self.state.borrow().up
+    }
+
+    /// Records a check; returns whether it changed the state.
+    pub fn set(&self, up: bool) -> bool {
+        self.state.send_if_modified(|s| {
+            if s.up == up {
+                return false;
+            }
+            *s = HealthState {
+                up,
+                since: std::time::Instant::now(),
+                outages: s.outages + u64::from(!up),
+            };
+            true
+        })
+    }
+
+    /// Waits until the database answers again (at once if it does).
+    pub async fn wait_up(&self) {
+        let mut rx = self.state.subscribe();
+        let _ = rx.wait_for(|s| s.up).await;
+    }
 }
 
 impl fmt::Debug for Db {
@@ -103,6 +179,7 @@ impl Db {
                 pool,
                 pooler: Pooler::None,
                 statement_timeout: None,
+                health: Arc::default(),
             }),
         }
     }
@@ -117,6 +194,7 @@ impl Db {
                 pooler: Pooler::Transaction,
                 session,
                 statement_timeout: None,
+                health: Arc::default(),
             }),
         }
     }
@@ -131,6 +209,7 @@ impl Db {
                 pooler: i.pooler,
                 session: i.session.clone(),
                 statement_timeout: timeout,
+                health: i.health.clone(),
             }),
         }
     }
@@ -149,8 +228,14 @@ impl Db {
                 },
                 session: i.session.clone(),
                 statement_timeout: i.statement_timeout,
+                health: i.health.clone(),
             }),
         }
+    }
+
+    /// Whether the database answers, as this process last saw it.
+    pub fn health(&self) -> &Health {
+        &self.inner.health
     }
 
     /// What the pool's URL reaches.

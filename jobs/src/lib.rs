@@ -21,7 +21,7 @@ pub mod report;
 pub mod seed;
 pub mod webhook_events;
 
-pub use db::{Db, Pooler};
+pub use db::{Db, Health, HealthState, Pooler};
 pub use deps::Deps;
 pub use job::{
     BoxFuture, BudgetDefaults, EnqueueError, EnqueueOptions, Enqueued, Enqueuer, Extensions, Job,

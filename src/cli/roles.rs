@@ -254,6 +254,13 @@ pub async fn serve(a: ServeArgs, settings: &Settings) -> anyhow::Result<()> {
     let admin = bind_listener(admin_bind, "serve.admin_bind").await?;
     let shutdown = CancellationToken::new();
     spawn_signal_handler(shutdown.clone());
+    for d in dbs.all() {
+        tokio::spawn(fleet::database::health::watch(
+            d.db.clone(),
+            d.name.clone(),
+            shutdown.clone(),
+        ));
+    }
     fleet::metrics::watch_budgets(registry.budgets());
     tokio::spawn(fleet::metrics::run_snapshots(
         dbs.all().cloned().collect(),

@@ -35,6 +35,7 @@ use sqlx::{
 };
 use tokio::sync::OnceCell;
 
+pub mod health;
 pub mod tls;
 
 pub use tls::TlsInEffect;

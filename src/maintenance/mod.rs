@@ -17,9 +17,9 @@ use tokio_util::sync::CancellationToken;
 
 pub use cleaner::{CleanerConfig, JobCleaner};
 pub use promoter::{JobPromoter, PromoterConfig};
-pub use rescuer::{JobRescuer, RescuerConfig};
+pub use rescuer::{HeldClaims, JobRescuer, RescuerConfig};
 
-use crate::config::WorkerSettings;
+use crate::{config::WorkerSettings, database::health::FailureStreak};
 
 /// Rows handled per statement by each service unless configured otherwise.
 pub const DEFAULT_BATCH: i64 = 1_000;
@@ -45,6 +45,7 @@ impl From<&WorkerSettings> for MaintenanceSettings {
             rescuer: RescuerConfig {
                 interval: w.rescue_interval,
                 forget_workers_after: w.forget_after,
+                after_outage: w.lease,
                 ..RescuerConfig::default()
             },
             cleaner: CleanerConfig {
@@ -58,11 +59,20 @@ impl From<&WorkerSettings> for MaintenanceSettings {
     }
 }
 
-/// Runs the three services until `stop`. A failed pass is logged and retried at the next tick.
-pub async fn run(db: Db, cfg: MaintenanceSettings, stop: CancellationToken) {
+/// Runs the three services until `stop`, the rescuer sparing the claims `held` returns (the
+/// worker's own). A failed pass is logged and retried at the next tick.
+pub async fn run(
+    db: Db,
+    cfg: MaintenanceSettings,
+    held: Option<HeldClaims>,
+    stop: CancellationToken,
+) {
     let promoter = JobPromoter::new(db.clone(), cfg.promoter);
-    let rescuer = JobRescuer::new(db.clone(), cfg.rescuer);
-    let cleaner = JobCleaner::new(db, cfg.cleaner);
+    let mut rescuer = JobRescuer::new(db.clone(), cfg.rescuer);
+    if let Some(h) = held {
+        rescuer = rescuer.sparing(h);
+    }
+    let cleaner = JobCleaner::new(db.clone(), cfg.cleaner);
     let tick = |d| {
         let mut i = tokio::time::interval(d);
         i.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
@@ -73,28 +83,46 @@ pub async fn run(db: Db, cfg: MaintenanceSettings, stop: CancellationToken) {
         tick(rescuer.config().interval),
         tick(cleaner.config().interval),
     );
+    let mut promote_failures = FailureStreak::new("promoting due jobs failed");
+    let mut rescue_failures = FailureStreak::new("rescuing expired leases failed");
+    let mut clean_failures = FailureStreak::new("cleaning finished jobs failed");
     loop {
         tokio::select! {
             _ = promote.tick() => {
-                if let Err(e) = promoter.run_once(None).await {
-                    tracing::warn!(error = %e, "promoting due jobs failed");
+                if !db.health().is_up() {
+                    continue;
+                }
+                match promoter.run_once(None).await {
+                    Ok(_) => promote_failures.succeeded(),
+                    Err(e) => promote_failures.failed(&db, &e),
                 }
             }
             _ = rescue.tick() => {
+                // Not while the database is away, nor for a lease after it comes back: the
+                // workers cut off with this one renew their leases first.
+                if !db.health().get().up_for_at_least(rescuer.config().after_outage) {
+                    continue;
+                }
                 match rescuer.run_once(None).await {
                     // Rescued jobs are retryable with run_at = now: promote them right away.
-                    Ok(n) if n.retried > 0 => {
-                        if let Err(e) = promoter.run_once(None).await {
-                            tracing::warn!(error = %e, "promoting rescued jobs failed");
+                    Ok(n) => {
+                        rescue_failures.succeeded();
+                        if n.retried > 0 {
+                            if let Err(e) = promoter.run_once(None).await {
+                                promote_failures.failed(&db, &e);
+                            }
                         }
                     }
-                    Ok(_) => {}
-                    Err(e) => tracing::warn!(error = %e, "rescuing expired leases failed"),
+                    Err(e) => rescue_failures.failed(&db, &e),
                 }
             }
             _ = clean.tick() => {
-                if let Err(e) = cleaner.run_once(None).await {
-                    tracing::warn!(error = %e, "cleaning finished jobs failed");
+                if !db.health().is_up() {
+                    continue;
+                }
+                match cleaner.run_once(None).await {
+                    Ok(_) => clean_failures.succeeded(),
+                    Err(e) => clean_failures.failed(&db, &e),
                 }
             }
             _ = stop.cancelled() => return,

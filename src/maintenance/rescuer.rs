@@ -8,7 +8,7 @@ use jobs::Db;
 use crate::queue::{self, Now, RescueCount};
 
 /// Settings of the [`JobRescuer`].
-#[derive(Debug, Clone, Copy)]
+#[derive(Debug, Clone)]
 pub struct RescuerConfig {
     /// Time between passes. A dead worker's jobs come back at most `lease + interval` after
     /// its last heartbeat. Default 5 s.
@@ -18,6 +18,10 @@ pub struct RescuerConfig {
     /// A dead worker's registry row is deleted this long after its last heartbeat. Default
     /// 10 min.
     pub forget_workers_after: Duration,
+    /// After the database comes back from an outage, no rescue for this long (a worker's
+    /// lease): every worker cut off with this one renews its leases first, so the rescue takes
+    /// back only the claims of workers that did not come back. Default 15 s.
+    pub after_outage: Duration,
 }
 
 impl Default for RescuerConfig {
@@ -26,6 +30,7 @@ impl Default for RescuerConfig {
             interval: Duration::from_secs(5),
             batch: super::DEFAULT_BATCH,
             forget_workers_after: Duration::from_secs(600),
+            after_outage: Duration::from_secs(15),
         }
     }
 }
@@ -35,12 +40,27 @@ impl Default for RescuerConfig {
 pub struct JobRescuer {
     db: Db,
     cfg: RescuerConfig,
+    held: Option<HeldClaims>,
 }
+
+/// The ids of the claims a worker holds right now.
+pub type HeldClaims = std::sync::Arc<dyn Fn() -> Vec<i64> + Send + Sync>;
 
 impl JobRescuer {
     /// A rescuer over `db`.
     pub fn new(db: impl Into<Db>, cfg: RescuerConfig) -> Self {
-        Self { db: db.into(), cfg }
+        Self {
+            db: db.into(),
+            cfg,
+            held: None,
+        }
+    }
+
+    /// This rescuer, never taking back the claims `held` returns: those its own worker holds
+    /// (see [`queue::job_rescue_expired`]).
+    pub fn sparing(mut self, held: HeldClaims) -> Self {
+        self.held = Some(held);
+        self
     }
 
     /// Its settings.
@@ -52,8 +72,9 @@ impl JobRescuer {
     /// `retryable` and how many went `dead`.
     pub async fn run_once(&self, now: Now) -> Result<RescueCount, sqlx::Error> {
         let mut total = RescueCount::default();
+        let spare = self.held.as_ref().map(|h| h()).unwrap_or_default();
         loop {
-            let n = queue::job_rescue_expired(&self.db, self.cfg.batch, now).await?;
+            let n = queue::job_rescue_expired(&self.db, self.cfg.batch, &spare, now).await?;
             total.retried += n.retried;
             total.dead += n.dead;
             if n.retried + n.dead < self.cfg.batch as u64 {

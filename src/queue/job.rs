@@ -842,9 +842,16 @@ pub struct RescueCount {
 /// died or stalled) — `retryable` at once, or `dead` when out of attempts — recording a
 /// `lease_expired` error. Bumping nothing else is enough: the next claim bumps `claim_seq`,
 /// and the dead worker's late writes already miss on `state = 'running'`.
+///
+/// Jobs in `spare` are left alone: a rescuer passes the claims its own worker holds, which are
+/// alive by definition (the worker holds them until their outcomes are written; after an
+/// outage its heartbeat renews their leases and its completer writes what finished meanwhile).
+/// Rescuing them would re-run work whose outcome is merely waiting to be written. A claim the
+/// worker does not hold (its acknowledgement was lost) is not spared: nobody would run it.
 pub async fn job_rescue_expired(
     conn: impl PgExecutor<'_>,
     limit: i64,
+    spare: &[i64],
     now: Now,
 ) -> Result<RescueCount, sqlx::Error> {
     let row = sqlx::query(
@@ -852,6 +859,7 @@ pub async fn job_rescue_expired(
         WITH expired AS (
             SELECT id FROM fleet_jobs
             WHERE state = 'running' AND lease_expires_at < coalesce($2, now())
+              AND id <> ALL($3::bigint[])
             ORDER BY lease_expires_at
             LIMIT $1
             FOR UPDATE SKIP LOCKED
@@ -876,6 +884,7 @@ pub async fn job_rescue_expired(
     )
     .bind(limit)
     .bind(now)
+    .bind(spare)
     .fetch_one(conn)
     .await?;
     Ok(RescueCount {

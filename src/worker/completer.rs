@@ -17,6 +17,8 @@ use crate::queue::{self, NextState, Outcome};
 /// outcome is written; whatever is still in `held` when the caller stops waiting is unwritten.
 pub(crate) async fn run(s: Arc<Shared>, mut rx: mpsc::UnboundedReceiver<Outcome>) {
     let max = s.cfg.completer_batch;
+    let mut failures =
+        crate::database::health::FailureStreak::new("writing outcomes failed (they are kept)");
     let mut batch: Vec<Outcome> = Vec::with_capacity(max);
     while let Some(first) = rx.recv().await {
         batch.push(first);
@@ -52,12 +54,13 @@ pub(crate) async fn run(s: Arc<Shared>, mut rx: mpsc::UnboundedReceiver<Outcome>
             }
             .await;
             match r {
-                Ok(w) => break w,
+                Ok(w) => {
+                    failures.succeeded();
+                    break w;
+                }
                 Err(e) => {
                     failed_before = true;
-                    tracing::warn!(error = %e, outcomes = batch.len(),
-                        retry_in = %humantime::format_duration(backoff),
-                        "writing outcomes failed; retrying");
+                    failures.failed(&s.db, &e);
                     tokio::time::sleep(backoff).await;
                     backoff = (backoff * 2).min(Duration::from_secs(5));
                 }

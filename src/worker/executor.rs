@@ -15,6 +15,7 @@ use tokio_util::{sync::CancellationToken, task::TaskTracker};
 use tracing::Instrument;
 
 use super::{Held, Shared};
+use crate::database::health::FailureStreak;
 use crate::queue::{
     self, AttemptError, ClaimedJob, ErrorClass, FetchParams, LimitedFetch, NextState, Outcome,
 };
@@ -56,9 +57,21 @@ pub(crate) async fn fetch_loop(
     // The claims' own connection, opened on first use and dropped (closed) on any error, so
     // a broken session is never reused.
     let mut session: Option<queue::ClaimSession> = None;
+    let mut fetch_failures = FailureStreak::new("fetching jobs failed");
+    let mut refile_failures = FailureStreak::new("re-filing ready jobs failed");
     loop {
         if shutdown.is_cancelled() {
             return;
+        }
+        if !s.db.health().is_up() {
+            // The monitor said so once; nothing is claimed until the database answers (the
+            // claims a round would start could not be run to an outcome anyway).
+            session = None;
+            tokio::select! {
+                _ = s.db.health().wait_up() => {}
+                _ = shutdown.cancelled() => return,
+            }
+            continue;
         }
         let (free, skip_kinds, held_by_kind) = {
             let held = s.held.lock().unwrap();
@@ -83,12 +96,15 @@ pub(crate) async fn fetch_loop(
         };
         if tokio::time::Instant::now() >= refile_due && !unlimited_names.is_empty() {
             match refile_unlimited(&s, &unlimited_names).await {
-                Ok(0) => {}
-                Ok(n) => tracing::info!(
-                    jobs = n,
-                    "re-filed ready jobs of kinds without a limit here for the plain claim"
-                ),
-                Err(e) => tracing::warn!(error = %e, "re-filing ready jobs failed"),
+                Ok(0) => refile_failures.succeeded(),
+                Ok(n) => {
+                    refile_failures.succeeded();
+                    tracing::info!(
+                        jobs = n,
+                        "re-filed ready jobs of kinds without a limit here for the plain claim"
+                    )
+                }
+                Err(e) => refile_failures.failed(&s.db, &e),
             }
             refile_due = tokio::time::Instant::now() + REFILE_EVERY;
         }
@@ -104,7 +120,7 @@ pub(crate) async fn fetch_loop(
             // Taken out for the round and put back only when it succeeds: a failed round
             // drops (closes) it.
             let taken = session.take();
-            let fetched = async {
+            let round = async {
                 let mut session = match taken {
                     Some(c) => c,
                     None => queue::ClaimSession::open(&s.db).await?,
@@ -188,10 +204,24 @@ pub(crate) async fn fetch_loop(
                 // Claims count once the round's transaction (if any) has committed.
                 let kept = session.end_round().await?;
                 Ok::<_, sqlx::Error>((jobs, kept))
-            }
-            .await;
+            };
+            // Bounded like every engine statement: the claim session is a connection of its
+            // own, outside the handle's bound. On a timeout it is dropped (closed) mid-round;
+            // a claim that committed meanwhile is rescued after its lease, like a crash's.
+            let fetched = match s.db.statement_timeout() {
+                None => round.await,
+                Some(limit) => tokio::time::timeout(limit, round)
+                    .await
+                    .unwrap_or_else(|_| {
+                        Err(sqlx::Error::Io(std::io::Error::new(
+                            std::io::ErrorKind::TimedOut,
+                            "no answer to the claim within database.statement_timeout",
+                        )))
+                    }),
+            };
             match fetched {
                 Ok((jobs, kept)) => {
+                    fetch_failures.succeeded();
                     session = kept;
                     db_backoff = Duration::from_millis(100);
                     let n = jobs.len();
@@ -219,8 +249,7 @@ pub(crate) async fn fetch_loop(
                     }
                 }
                 Err(e) => {
-                    tracing::warn!(error = %e, retry_in = %humantime::format_duration(db_backoff),
-                        "fetching jobs failed");
+                    fetch_failures.failed(&s.db, &e);
                     tokio::select! {
                         _ = tokio::time::sleep(db_backoff) => {}
                         _ = shutdown.cancelled() => return,
@@ -313,6 +342,8 @@ pub(crate) async fn listen(s: Arc<Shared>, stop: CancellationToken) {
         );
         return;
     };
+    let mut listen_failures =
+        FailureStreak::new("LISTEN failed: polling until it is back (every poll_interval)");
     loop {
         let listener = async {
             let mut l = PgListener::connect_with(&sessions).await?;
@@ -324,7 +355,7 @@ pub(crate) async fn listen(s: Arc<Shared>, stop: CancellationToken) {
             r = listener => match r {
                 Ok(l) => l,
                 Err(e) => {
-                    tracing::warn!(error = %e, "LISTEN failed; polling until it is back");
+                    listen_failures.failed(&s.db, &e);
                     tokio::select! {
                         _ = tokio::time::sleep(Duration::from_secs(1)) => continue,
                         _ = stop.cancelled() => return,
@@ -333,6 +364,7 @@ pub(crate) async fn listen(s: Arc<Shared>, stop: CancellationToken) {
             },
             _ = stop.cancelled() => return,
         };
+        listen_failures.succeeded();
         // Anything notified while we were not listening is caught by this wake.
         s.wake.notify_one();
         loop {
@@ -345,7 +377,7 @@ pub(crate) async fn listen(s: Arc<Shared>, stop: CancellationToken) {
                         s.wake.notify_one();
                     }
                     Err(e) => {
-                        tracing::warn!(error = %e, "LISTEN connection failed; reconnecting");
+                        listen_failures.failed(&s.db, &e);
                         break;
                     }
                 },

@@ -6,7 +6,7 @@ use std::sync::Arc;
 use tokio_util::sync::CancellationToken;
 
 use super::Shared;
-use crate::queue;
+use crate::{database::health::FailureStreak, queue};
 
 /// Every `heartbeat_interval`, renews the lease of every held claim — running *or* still
 /// waiting for a slot, so a worker holding more claims than slots never loses the waiting ones.
@@ -15,12 +15,14 @@ use crate::queue;
 pub(crate) async fn run(s: Arc<Shared>, stop: CancellationToken) {
     let mut tick = tokio::time::interval(s.cfg.heartbeat_interval);
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    let mut registry_failures = FailureStreak::new("renewing the worker's registry row failed");
+    let mut lease_failures = FailureStreak::new("the heartbeat failed: leases not renewed");
     loop {
         tokio::select! {
             _ = tick.tick() => {}
             _ = stop.cancelled() => return,
         }
-        beat(&s).await;
+        beat(&s, &mut registry_failures).await;
         let claims: Vec<(i64, i32)> = s
             .held
             .lock()
@@ -33,9 +35,12 @@ pub(crate) async fn run(s: Arc<Shared>, stop: CancellationToken) {
         }
         let renewed = queue::job_extend_leases(&s.db, &claims, s.cfg.lease, None).await;
         let renewed = match renewed {
-            Ok(r) => r,
+            Ok(r) => {
+                lease_failures.succeeded();
+                r
+            }
             Err(e) => {
-                tracing::warn!(error = %e, held = claims.len(), "heartbeat failed; leases not renewed");
+                lease_failures.failed(&s.db, &e);
                 continue;
             }
         };
@@ -88,7 +93,7 @@ pub(crate) async fn register(s: &Shared) {
 }
 
 /// Renews the worker's row (registering again if it was forgotten during a stall).
-async fn beat(s: &Shared) {
+async fn beat(s: &Shared, failures: &mut FailureStreak) {
     let held = s.held.lock().unwrap().len() as i32;
     let completed = s
         .counters
@@ -101,8 +106,9 @@ async fn beat(s: &Shared) {
         Ok::<_, sqlx::Error>(())
     }
     .await;
-    if let Err(e) = r {
-        tracing::warn!(error = %e, "renewing the worker's registry row failed");
+    match r {
+        Ok(()) => failures.succeeded(),
+        Err(e) => failures.failed(&s.db, &e),
     }
 }
 

@@ -230,9 +230,20 @@ impl Worker {
         let completer = tokio::spawn(completer::run(s.clone(), rx));
         let heartbeat = tokio::spawn(heartbeat::run(s.clone(), background.clone()));
         let listener = tokio::spawn(executor::listen(s.clone(), background.clone()));
+        let monitor = tokio::spawn(crate::database::health::watch(
+            s.db.clone(),
+            s.db_name.to_string(),
+            background.clone(),
+        ));
+        // This worker's own claims are alive: its rescuer never takes them back.
+        let held_claims: crate::maintenance::HeldClaims = {
+            let s = s.clone();
+            Arc::new(move || s.held.lock().unwrap().keys().copied().collect())
+        };
         let maintenance = tokio::spawn(crate::maintenance::run(
             s.db.clone(),
             crate::maintenance::MaintenanceSettings::from(&s.cfg),
+            Some(held_claims),
             background.clone(),
         ));
         let tasks = TaskTracker::new();
@@ -258,7 +269,7 @@ impl Worker {
         let _ = tokio::time::timeout(Duration::from_secs(30), completer).await;
         let unwritten = s.held.lock().unwrap().len() as u64;
         background.cancel();
-        let _ = tokio::join!(heartbeat, listener, maintenance);
+        let _ = tokio::join!(heartbeat, listener, maintenance, monitor);
         let c = &s.counters;
         let report = DrainReport {
             completed: c.completed.load(Ordering::Relaxed),

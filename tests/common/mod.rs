@@ -458,3 +458,125 @@ pub async fn webhook_and_job_counts(pool: &PgPool) -> (i64, i64) {
     .await
     .unwrap()
 }
+
+// ─── a faulty network ────────────────────────────────────────────────────────────────────────
+
+/// What a [`FaultyProxy`] does to the bytes between the fleet and Postgres.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Fault {
+    /// Passes them.
+    None,
+    /// Holds them: connections stay open, nothing moves either way, nothing is reset (what a
+    /// dropped route or a stuck NAT does). New connections are accepted and left waiting.
+    /// Held bytes flow again when the fault ends, as TCP's retransmissions would deliver them.
+    BlackHole,
+    /// Resets every connection (RST) and every one that arrives.
+    Reset,
+    /// Delays every chunk by this long, each way.
+    Slow(Duration),
+}
+
+/// A TCP proxy of the test's own on loopback, between the fleet and Postgres, whose [`Fault`]
+/// the test switches. Stops with the test's runtime.
+pub struct FaultyProxy {
+    /// Where to point the fleet.
+    pub addr: std::net::SocketAddr,
+    fault: Arc<tokio::sync::watch::Sender<Fault>>,
+}
+
+impl FaultyProxy {
+    pub async fn start(upstream: std::net::SocketAddr) -> Self {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let fault = Arc::new(tokio::sync::watch::channel(Fault::None).0);
+        let f = fault.clone();
+        tokio::spawn(async move {
+            while let Ok((client, _)) = listener.accept().await {
+                let mode = f.subscribe();
+                if *mode.borrow() == Fault::Reset {
+                    reset(client);
+                    continue;
+                }
+                tokio::spawn(proxy_one(client, upstream, mode));
+            }
+        });
+        Self { addr, fault }
+    }
+
+    pub fn set(&self, fault: Fault) {
+        self.fault.send_replace(fault);
+    }
+}
+
+#[allow(deprecated)] // SO_LINGER 0: the close is a reset, at once (no blocking)
+fn reset(s: tokio::net::TcpStream) {
+    let _ = s.set_linger(Some(Duration::ZERO));
+    drop(s);
+}
+
+/// Waits while the fault holds bytes; `false` once the connection must be reset.
+async fn may_move(mode: &mut tokio::sync::watch::Receiver<Fault>) -> bool {
+    loop {
+        let now = *mode.borrow_and_update();
+        match now {
+            Fault::None => return true,
+            Fault::Slow(d) => {
+                tokio::time::sleep(d).await;
+                return true;
+            }
+            Fault::Reset => return false,
+            Fault::BlackHole => {
+                if mode.changed().await.is_err() {
+                    return false;
+                }
+            }
+        }
+    }
+}
+
+async fn proxy_one(
+    client: tokio::net::TcpStream,
+    upstream: std::net::SocketAddr,
+    mut mode: tokio::sync::watch::Receiver<Fault>,
+) {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    // A black hole swallows the handshake too: connect upstream only when bytes may move.
+    if !may_move(&mut mode).await {
+        return reset(client);
+    }
+    let Ok(server) = tokio::net::TcpStream::connect(upstream).await else {
+        return reset(client);
+    };
+    let (mut client, mut server) = (client, server);
+    let (mut cb, mut sb) = (vec![0u8; 32 * 1024], vec![0u8; 32 * 1024]);
+    loop {
+        if !may_move(&mut mode).await {
+            reset(client);
+            reset(server);
+            return;
+        }
+        // Read from whichever side speaks, unless the fault changes first.
+        let (from_client, n) = tokio::select! {
+            r = client.read(&mut cb) => (true, r.unwrap_or(0)),
+            r = server.read(&mut sb) => (false, r.unwrap_or(0)),
+            _ = mode.changed() => continue,
+        };
+        if n == 0 {
+            return;
+        }
+        // What was read in flight when a fault began waits for its end.
+        if !may_move(&mut mode).await {
+            reset(client);
+            reset(server);
+            return;
+        }
+        let written = if from_client {
+            server.write_all(&cb[..n]).await
+        } else {
+            client.write_all(&sb[..n]).await
+        };
+        if written.is_err() {
+            return;
+        }
+    }
+}
