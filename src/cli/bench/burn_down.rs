@@ -67,9 +67,29 @@ pub struct BurnDownArgs {
     /// resets it), e.g. `fillfactor=100`; repeatable. Set before the history is inserted.
     #[arg(long = "table-setting", value_parser = queue::parse_table_setting)]
     table_settings: Vec<(String, Option<String>)>,
+    /// How the worker and the enqueue reach Postgres: `direct`; or through a PgBouncer of the
+    /// bench's own (Debian's `pgbouncer`) in `session` mode, in `transaction` mode with the
+    /// direct connection beside it (LISTEN, the claim session), or in `transaction` mode with
+    /// no direct connection at all (`transaction-only`: polling, a claim transaction per round).
+    #[arg(long, value_enum, default_value = "direct")]
+    through: Through,
     /// Print one JSON object as the last line.
     #[arg(long)]
     json: bool,
+}
+
+/// What the benchmark's connections go through (`--through`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum, Serialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum Through {
+    /// Postgres itself.
+    Direct,
+    /// PgBouncer in session mode.
+    Session,
+    /// PgBouncer in transaction mode, the direct connection beside it.
+    Transaction,
+    /// PgBouncer in transaction mode, no direct connection.
+    TransactionOnly,
 }
 
 /// `fleet bench`: one run, its figures on stderr (and JSON on stdout), verified.
@@ -86,11 +106,12 @@ pub async fn run(a: BurnDownArgs) -> anyhow::Result<()> {
         budget_rate: a.budget_rate,
         workers: a.workers.max(1),
         table_settings: a.table_settings,
+        through: a.through,
     };
     let r = burn_down(params).await?;
     eprintln!(
-        "burn-down: {} jobs, {} worker(s) at concurrency {}, prefetch {}, history {}, global_concurrency {:?}, budget {:?}/s, throttled jobs ahead {}\n  enqueue  {:>10.0} jobs/s\n  work     {:>10.0} jobs/s\n  completed {} (ran more than once: {})\n  pickup p50 {:.3} ms, p99 {:.3} ms over {} trickled jobs\n  load average (1m) at start: {:.2}",
-        r.jobs, r.workers, r.concurrency, r.prefetch, r.history, r.global_concurrency,
+        "burn-down through {:?}: {} jobs, {} worker(s) at concurrency {}, prefetch {}, history {}, global_concurrency {:?}, budget {:?}/s, throttled jobs ahead {}\n  enqueue  {:>10.0} jobs/s\n  work     {:>10.0} jobs/s\n  completed {} (ran more than once: {})\n  pickup p50 {:.3} ms, p99 {:.3} ms over {} trickled jobs\n  load average (1m) at start: {:.2}",
+        r.through, r.jobs, r.workers, r.concurrency, r.prefetch, r.history, r.global_concurrency,
         r.budget_rate, r.throttled_jobs,
         r.enqueue_jobs_per_s, r.work_jobs_per_s,
         r.completed, r.ran_more_than_once, r.pickup_p50_ms, r.pickup_p99_ms, r.latency_jobs,
@@ -135,6 +156,8 @@ struct BenchParams {
     pub workers: usize,
     /// Storage parameters of `fleet_jobs` for this run.
     pub table_settings: Vec<(String, Option<String>)>,
+    /// What the connections go through.
+    pub through: Through,
 }
 
 /// Figures of one run. Field names are the `--json` contract.
@@ -172,6 +195,8 @@ struct BenchReport {
     pub budget_rate: Option<f64>,
     /// Workers sharing the burn-down.
     pub workers: usize,
+    /// What the connections went through.
+    pub through: Through,
 }
 
 struct BenchState {
@@ -303,7 +328,11 @@ async fn burn_down(p: BenchParams) -> anyhow::Result<BenchReport> {
         });
     }
     let registry = Arc::new(registry);
-    let q = Queue::new(pool.clone(), registry.clone());
+    // The worker's and the enqueue's database, opened as the roles open theirs (statement
+    // bound included), through the path asked for.
+    let pool_size = ((p.concurrency as u32 + 10) * p.workers as u32).max(16);
+    let (_bouncer, db_handle) = open_through(&db.url, p.through, pool_size).await?;
+    let q = Queue::new(db_handle.clone(), registry.clone());
     if p.throttled_jobs > 0 {
         let ahead: Vec<NewJob> = (0..p.throttled_jobs)
             .map(|_| NewJob::of(&BenchThrottled {}).expect("serializable"))
@@ -333,7 +362,7 @@ async fn burn_down(p: BenchParams) -> anyhow::Result<BenchReport> {
     let mut handles = Vec::new();
     let t1 = Instant::now();
     for _ in 0..p.workers {
-        let worker = Worker::new(pool.clone(), registry.clone(), cfg.clone());
+        let worker = Worker::new(db_handle.clone(), registry.clone(), cfg.clone());
         counters.push(worker.counters());
         handles.push(tokio::spawn(worker.run(shutdown.clone())));
     }
@@ -412,5 +441,70 @@ async fn burn_down(p: BenchParams) -> anyhow::Result<BenchReport> {
         throttled_jobs: p.throttled_jobs,
         budget_rate: p.budget_rate,
         workers: p.workers,
+        through: p.through,
     })
+}
+
+/// The benchmark's handle on `url`'s database through `through` (and the PgBouncer it started
+/// for it, kept alive by the caller).
+async fn open_through(
+    url: &str,
+    through: Through,
+    max_connections: u32,
+) -> anyhow::Result<(Option<fleet::local_cluster::PgBouncer>, jobs::Db)> {
+    use fleet::{
+        config::TlsSettings,
+        database::{Endpoint, Reach},
+        local_cluster::{PgBouncer, PoolMode},
+    };
+    let direct = Endpoint::parse("database.url", "database", url, &TlsSettings::default())?;
+    let mode = match through {
+        Through::Direct => None,
+        Through::Session => Some(PoolMode::Session),
+        Through::Transaction | Through::TransactionOnly => Some(PoolMode::Transaction),
+    };
+    let bouncer = match mode {
+        None => None,
+        Some(mode) => {
+            let opts = &direct.options;
+            if opts.get_host() != "127.0.0.1" && opts.get_host() != "localhost" {
+                bail!("--through pgbouncer needs a server on this machine (127.0.0.1)");
+            }
+            // As many server connections as a direct run would open: the pooler's cost, not
+            // a smaller pool's.
+            Some(PgBouncer::start(
+                opts.get_port(),
+                mode,
+                &[opts.get_username()],
+                max_connections,
+                &[],
+            )?)
+        }
+    };
+    let primary = match &bouncer {
+        None => direct.clone(),
+        Some(b) => Endpoint::parse(
+            "database.url",
+            "database",
+            &b.url(
+                direct.options.get_username(),
+                direct.options.get_database().unwrap_or("postgres"),
+            ),
+            &TlsSettings::default(),
+        )?,
+    };
+    let reach = Reach {
+        primary,
+        pooler: match through {
+            Through::Direct => jobs::Pooler::None,
+            Through::Session => jobs::Pooler::Session,
+            _ => jobs::Pooler::Transaction,
+        },
+        direct: (through == Through::Transaction).then_some(direct),
+        max_connections,
+        connect_timeout: Duration::from_secs(5),
+        statement_timeout: Duration::from_secs(30),
+        schema: "public".to_owned(),
+    };
+    Ok((bouncer, reach.open().await?))
 }
