@@ -20,7 +20,7 @@ use crate::database::{chown_to_postgres, postgres_bindir};
 
 /// A Postgres server this process started; stopped (fast) and deleted on drop.
 pub struct LocalCluster {
-    /// Its port on 127.0.0.1 (and on [::1] when [`ClusterConfig::ipv6`] is set).
+    /// Its port on 127.0.0.1 (and on `[::1]` when [`ClusterConfig::ipv6`] is set).
     pub port: u16,
     root: PathBuf,
     bin: PathBuf,
@@ -39,7 +39,7 @@ pub struct ClusterConfig {
     /// Files written into the data directory before the start, owned by the server's user,
     /// mode 0600 (certificates and keys): `(name, contents)`.
     pub files: Vec<(String, Vec<u8>)>,
-    /// Listen on [::1] as well as 127.0.0.1.
+    /// Listen on `[::1]` as well as 127.0.0.1.
     pub ipv6: bool,
 }
 

@@ -171,7 +171,7 @@ impl From<PgPool> for Db {
 
 impl Db {
     /// A pool whose connections are sessions: a direct connection to Postgres (`pooler`
-    /// [`Pooler::None`]; [`Db::with_pooler`] says [`Pooler::Session`]).
+    /// [`Pooler::None`]; [`Db::through_session_pooler`] says [`Pooler::Session`]).
     pub fn direct(pool: PgPool) -> Self {
         Self {
             inner: Arc::new(Inner {

@@ -177,7 +177,7 @@ fn connect_reason(e: &sqlx::Error, host: &str, tls: Option<&TlsInEffect>) -> Str
     }
 }
 
-/// One URL the fleet connects to, parsed, with its TLS resolved ([`tls::apply`]).
+/// One URL the fleet connects to, parsed, with its TLS resolved (`tls.rs`).
 #[derive(Debug, Clone)]
 pub struct Endpoint {
     /// The setting it comes from (`database.url`, `databases.search.read_url`), named in errors.

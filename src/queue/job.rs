@@ -64,7 +64,7 @@ pub use jobs::Enqueued;
 ///
 /// A job whose kind+key is held returns the holder's id with `duplicate = true`; it never fails
 /// the rest of the batch. A holder whose post-completion window has elapsed is released and the
-/// job inserted. Ready jobs `NOTIFY` [`JOBS_CHANNEL`] (delivered at the caller's commit).
+/// job inserted. Ready jobs `NOTIFY` [`super::JOBS_CHANNEL`] (delivered at the caller's commit).
 pub async fn job_insert_many(
     conn: &mut PgConnection,
     jobs: &[JobInsert],

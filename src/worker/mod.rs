@@ -9,7 +9,11 @@
 //! - the **completer** ([`completer`]) writes outcomes in batches, fenced on the claim;
 //! - the **heartbeat** ([`heartbeat`]) renews the lease of *every* held job — running or still
 //!   waiting for a slot — and cancels handlers whose claim was lost;
-//! - **maintenance** ([`crate::maintenance`]) promotes due jobs and rescues expired leases.
+//! - **maintenance** ([`crate::maintenance`]) promotes due jobs and rescues expired leases
+//!   (never the claims this worker holds);
+//! - the **health monitor** ([`crate::database::health`]) checks once a second that the
+//!   database answers: while it does not, nothing is claimed and the loops stop logging each
+//!   failed statement.
 //!
 //! A job is *held* from its claim until its outcome is written; `held` is the single source of
 //! what this worker owns. Delivery is at least once: an outcome lost to a crash is redone by
