@@ -61,19 +61,19 @@ pub fn wait_exit(child: &mut std::process::Child, within: Duration) -> std::proc
 
 /// Whether a test that needs an outside tool (`pgbouncer`, `chromium`) can run. A tool that is
 /// missing skips the test, saying so on stderr, so `cargo test` passes on a fresh machine;
-/// unless `FLEET_TESTS_REQUIRE` (a comma-separated list, set by `.ci/run`) names it, where its
+/// unless `TESTS_REQUIRE` (a comma-separated list, set by `.ci/run`) names it, where its
 /// absence fails the test with how to install it.
 pub fn tool_available(tool: &str, found: bool, install: &str) -> bool {
     if found {
         return true;
     }
-    let required = std::env::var("FLEET_TESTS_REQUIRE")
+    let required = std::env::var("TESTS_REQUIRE")
         .unwrap_or_default()
         .split(',')
         .any(|t| t.trim() == tool);
     assert!(
         !required,
-        "FLEET_TESTS_REQUIRE names {tool}, and it is not installed: {install}"
+        "TESTS_REQUIRE names {tool}, and it is not installed: {install}"
     );
     // Once per test binary, and past the test harness's capture (a skipped test passes, and
     // a passing test's own output is never shown).
@@ -85,7 +85,7 @@ pub fn tool_available(tool: &str, found: bool, install: &str) -> bool {
         let _ = writeln!(
             std::io::stderr(),
             "SKIPPED: the tests here that need {tool} are skipped: it is not installed \
-             ({install}; .ci/run installs it and sets FLEET_TESTS_REQUIRE so that its absence \
+             ({install}; .ci/run installs it and sets TESTS_REQUIRE so that its absence \
              fails)"
         );
     }
