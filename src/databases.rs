@@ -13,7 +13,7 @@
 //! idempotency keys, pause switch and drain are that database's. A job enqueued for a kind of
 //! another database than the caller's connection commits on its own, before the caller's
 //! transaction does, so it must carry an idempotency key (the engine refuses it otherwise:
-//! [`crate::Queue::enqueue_many_in`]); a retry of the caller then meets the held key instead of
+//! `Queue::enqueue_many_in`); a retry of the caller then meets the held key instead of
 //! creating a second job, and its handler re-reads the domain state it acts on.
 
 use std::{collections::HashMap, time::Duration, time::Instant};
@@ -25,8 +25,6 @@ use sqlx::{postgres::PgPoolOptions, Row};
 use crate::{
     config::{Settings, MAIN_DATABASE},
     database::{self, DatabaseError},
-    enqueue::Routes,
-    Queue, Registry,
 };
 
 /// Connections of a read pool: operator reads are few and short.
@@ -146,20 +144,11 @@ impl Databases {
         }
     }
 
-    /// Where [`Queue`] sends each kind whose jobs do not live in `main`.
-    pub fn routes(&self) -> Routes {
-        let mut r = Routes::new(MAIN_DATABASE);
-        for (kind, &i) in &self.homes {
-            let d = &self.others[i];
-            r.insert(kind, &d.name, d.db.clone());
-        }
-        r
-    }
-
-    /// The enqueue API of a process of this fleet: callers' connections are on `main`, and
-    /// jobs of kinds homed elsewhere go to their own database.
-    pub fn queue(&self, registry: std::sync::Arc<Registry>) -> Queue {
-        Queue::new(self.main.db.clone(), registry).with_routes(self.routes())
+    /// Each kind whose jobs live in a `[databases.*]` database, with that database.
+    pub fn homes(&self) -> impl Iterator<Item = (&str, &Database)> {
+        self.homes
+            .iter()
+            .map(|(kind, &i)| (kind.as_str(), &self.others[i]))
     }
 }
 

@@ -55,6 +55,17 @@ impl Routes {
     }
 }
 
+impl Routes {
+    /// Where a process of this fleet sends each kind whose jobs do not live in `main`.
+    pub fn of_fleet(dbs: &crate::databases::Databases) -> Self {
+        let mut r = Routes::new(crate::config::MAIN_DATABASE);
+        for (kind, d) in dbs.homes() {
+            r.insert(kind, &d.name, d.db.clone());
+        }
+        r
+    }
+}
+
 impl Default for Routes {
     fn default() -> Self {
         Self::new(crate::config::MAIN_DATABASE)
@@ -82,6 +93,12 @@ impl Queue {
             parent: None,
             routes: Arc::new(Routes::default()),
         }
+    }
+
+    /// The enqueue API of a process of this fleet: callers' connections are on `main`, and
+    /// jobs of kinds homed elsewhere go to their own database.
+    pub fn of_fleet(dbs: &crate::databases::Databases, registry: Arc<Registry>) -> Self {
+        Queue::new(dbs.main.db.clone(), registry).with_routes(Routes::of_fleet(dbs))
     }
 
     /// This queue, sending the jobs of `routes`' kinds to their own databases.

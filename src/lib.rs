@@ -50,6 +50,7 @@ pub mod queue;
 pub mod registry;
 pub mod scheduler;
 pub mod serve;
+pub mod snapshot;
 pub mod telemetry;
 pub mod webhooks;
 pub mod worker;

@@ -1,19 +1,16 @@
 //! Prometheus metrics of a fleet process (docs/metrics.md lists every one). Counters are per
 //! process (scrape every worker and server). The queue gauges come from a snapshot that a
 //! background task refreshes every `serve.metrics_refresh` with queries over unfinished jobs
-//! only ([`refresh_snapshot`]); a scrape never touches the database. When the database is
+//! only ([`crate::snapshot`]); a scrape never touches the database. When the database is
 //! down the last snapshot is served, with its age and `fleet_database_up 0`, and every process
 //! counter stays. Labels are kinds, states, classes and reasons — never ids or PII.
 
 use std::sync::OnceLock;
 
-use jobs::Db;
 use prometheus::{
     Encoder, Gauge, GaugeVec, HistogramOpts, HistogramVec, IntCounter, IntCounterVec, IntGauge,
     IntGaugeVec, Opts, Registry, TextEncoder,
 };
-
-use crate::{config::MAIN_DATABASE, databases::Database, queue};
 
 /// The process's metrics.
 pub struct Metrics {
@@ -286,142 +283,13 @@ pub fn metrics() -> &'static Metrics {
     M.get_or_init(build)
 }
 
-/// The rate budgets whose levels the snapshot reads (set by the process from its registry).
-static BUDGETS: OnceLock<Vec<crate::registry::BudgetSpec>> = OnceLock::new();
-
-/// Makes the snapshot report `budgets` (`fleet_budget_tokens`, `fleet_budget_blocked_seconds`).
-/// The first call wins.
-pub fn watch_budgets(budgets: Vec<crate::registry::BudgetSpec>) {
-    let _ = BUDGETS.set(budgets);
-}
-
-/// When the snapshot was last taken (None: never).
+/// When the queue snapshot was last taken (None: never): [`crate::snapshot`] sets it, a render
+/// reports its age.
 static SNAPSHOT_AT: std::sync::Mutex<Option<std::time::Instant>> = std::sync::Mutex::new(None);
 
-/// Reads the queue gauges from the database (unfinished jobs only) into the metrics. On error
-/// the previous values stay and `fleet_database_up` is 0.
-pub async fn refresh_snapshot(db: &Db) -> Result<(), sqlx::Error> {
-    refresh_snapshot_of(&[Database::primary_only(MAIN_DATABASE, db.clone())]).await
-}
-
-/// Reads the queue gauges of every database in `dbs` (each from its read replica when it has
-/// one, with the replica's lag) into the metrics; a kind's figures are summed over databases.
-/// On any error the previous values stay and `fleet_database_up` is 0.
-pub async fn refresh_snapshot_of(dbs: &[Database]) -> Result<(), sqlx::Error> {
-    let m = metrics();
-    let read = async {
-        let mut gauges = Vec::new();
-        let mut paused = Vec::new();
-        let mut lags = Vec::new();
-        let mut budgets: Vec<queue::BudgetState> = Vec::new();
-        for db in dbs {
-            let reads = &db.reads;
-            gauges.extend(queue::job_gauges(reads, None).await?);
-            paused.extend(queue::kind_list_paused(reads).await?);
-            // A budget lives in the one database its spenders share (checked at start); the
-            // others report it untouched (full), so the lowest level is the real one.
-            if let Some(specs) = BUDGETS.get().filter(|b| !b.is_empty()) {
-                for b in queue::budget_list(reads, specs, None).await? {
-                    match budgets
-                        .iter_mut()
-                        .find(|o: &&mut queue::BudgetState| o.name == b.name)
-                    {
-                        Some(o) if b.level < o.level || b.blocked_until.is_some() => *o = b,
-                        Some(_) => {}
-                        None => budgets.push(b),
-                    }
-                }
-            }
-            if let Some(lag) = db.replica_lag().await? {
-                lags.push((db.name.clone(), lag));
-            }
-        }
-        Ok::<_, sqlx::Error>((gauges, paused, lags, budgets))
-    };
-    match tokio::time::timeout(std::time::Duration::from_secs(5), read).await {
-        Ok(Ok((gauges, paused, lags, budgets))) => {
-            let now = chrono::Utc::now();
-            for b in &budgets {
-                m.budget_tokens.with_label_values(&[&b.name]).set(b.level);
-                let left = b
-                    .blocked_until
-                    .map(|t| (t - now).num_milliseconds().max(0) as f64 / 1000.0)
-                    .unwrap_or(0.0);
-                m.budget_blocked_seconds
-                    .with_label_values(&[&b.name])
-                    .set(left);
-            }
-            m.queue_depth.reset();
-            m.queue_lag_seconds.reset();
-            m.kind_paused.reset();
-            m.replica_lag_seconds.reset();
-            let mut depth: std::collections::BTreeMap<(&str, &str), i64> = Default::default();
-            let mut oldest: std::collections::BTreeMap<&str, f64> = Default::default();
-            for g in &gauges {
-                *depth
-                    .entry((g.kind.as_str(), g.state.as_str()))
-                    .or_default() += g.count;
-                if let Some(age) = g.oldest_age_s {
-                    let e = oldest.entry(g.kind.as_str()).or_insert(0.0);
-                    *e = e.max(age.max(0.0));
-                }
-            }
-            for ((kind, state), n) in depth {
-                m.queue_depth.with_label_values(&[kind, state]).set(n);
-            }
-            for (kind, age) in oldest {
-                m.queue_lag_seconds.with_label_values(&[kind]).set(age);
-            }
-            for (db, lag) in &lags {
-                // Unknown lag (no transaction replayed yet, or not a standby) is NaN: an
-                // alert on `> N` stays quiet, an absent-series alert does not fire.
-                m.replica_lag_seconds
-                    .with_label_values(&[db])
-                    .set(lag.seconds.unwrap_or(f64::NAN));
-            }
-            for p in &paused {
-                let how = if p.draining_through_id.is_some() {
-                    "draining"
-                } else {
-                    "paused"
-                };
-                m.kind_paused.with_label_values(&[&p.kind, how]).set(1);
-            }
-            m.database_up.set(1);
-            *SNAPSHOT_AT.lock().unwrap() = Some(std::time::Instant::now());
-            Ok(())
-        }
-        Ok(Err(e)) => {
-            m.database_up.set(0);
-            m.snapshot_failures.inc();
-            Err(e)
-        }
-        Err(_) => {
-            m.database_up.set(0);
-            m.snapshot_failures.inc();
-            Err(sqlx::Error::PoolTimedOut)
-        }
-    }
-}
-
-/// Refreshes the snapshot of `dbs` now and then every `every` until `stop`.
-pub async fn run_snapshots(
-    dbs: Vec<Database>,
-    every: std::time::Duration,
-    stop: tokio_util::sync::CancellationToken,
-) {
-    let mut tick = tokio::time::interval(every);
-    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-    loop {
-        tokio::select! {
-            _ = tick.tick() => {
-                if let Err(e) = refresh_snapshot_of(&dbs).await {
-                    tracing::warn!(error = %e, "refreshing the metrics snapshot failed; serving the last one");
-                }
-            }
-            _ = stop.cancelled() => return,
-        }
-    }
+/// Records that the queue snapshot was just taken.
+pub(crate) fn snapshot_taken() {
+    *SNAPSHOT_AT.lock().unwrap() = Some(std::time::Instant::now());
 }
 
 /// The text exposition of every metric. Never touches the database.
@@ -438,15 +306,6 @@ pub fn render_text() -> String {
         .encode(&m.registry.gather(), &mut buf)
         .expect("text encoding cannot fail");
     String::from_utf8(buf).expect("prometheus text is UTF-8")
-}
-
-/// Refreshes the snapshot (when a pool is given) and renders the text exposition (tests and
-/// one-off scrapes).
-pub async fn render(db: Option<&Db>) -> Result<String, sqlx::Error> {
-    if let Some(db) = db {
-        refresh_snapshot(db).await?;
-    }
-    Ok(render_text())
 }
 
 #[cfg(test)]

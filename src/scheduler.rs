@@ -139,7 +139,7 @@ impl Scheduler {
     }
 
     /// Enqueues through `queue` (on the same database as the scheduler's), e.g. one that
-    /// routes kinds to their own databases ([`crate::databases::Databases::queue`]).
+    /// routes kinds to their own databases ([`Queue::of_fleet`]).
     pub fn with_queue(mut self, queue: Queue) -> Self {
         self.queue = queue;
         self

@@ -211,7 +211,7 @@ async fn operator_reads_come_from_the_hot_standby_with_its_lag_shown_while_write
             && overview.contains("Actions go to the primary"),
         "the console's overview shows the replica's lag: {overview}"
     );
-    fleet::metrics::refresh_snapshot_of(std::slice::from_ref(&db))
+    fleet::snapshot::refresh_snapshot_of(std::slice::from_ref(&db))
         .await
         .unwrap();
     let text = fleet::metrics::render_text();

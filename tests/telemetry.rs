@@ -76,7 +76,7 @@ async fn metrics_parse_as_prometheus_exposition_and_count_outcomes() {
     wait_state(&db.pool, dead, JobState::Dead, Duration::from_secs(5)).await;
     tokio::time::sleep(Duration::from_millis(100)).await;
     // What the serve role's snapshot task does every serve.metrics_refresh.
-    fleet::metrics::refresh_snapshot(&db.db()).await.unwrap();
+    fleet::snapshot::refresh_snapshot(&db.db()).await.unwrap();
 
     let (base, stop) = serve(fleet::serve::admin_router(db.pool.clone())).await;
     let resp = reqwest::get(format!("{base}/metrics")).await.unwrap();
@@ -192,7 +192,7 @@ async fn with_the_database_down_livez_answers_readyz_refuses_and_metrics_serve_t
     q.enqueue_new(NewJob::raw("fleet.sleep", serde_json::json!({"ms": 1})).queue("snapshot_q"))
         .await
         .unwrap();
-    fleet::metrics::refresh_snapshot(&db.db()).await.unwrap();
+    fleet::snapshot::refresh_snapshot(&db.db()).await.unwrap();
     let failures_before = fleet::metrics::metrics().snapshot_failures.get();
 
     let gone = sqlx::postgres::PgPoolOptions::new()
@@ -200,7 +200,7 @@ async fn with_the_database_down_livez_answers_readyz_refuses_and_metrics_serve_t
         .connect_lazy("postgres://postgres:secret-password@127.0.0.1:1/nowhere")
         .unwrap();
     assert!(
-        fleet::metrics::refresh_snapshot(&jobs::Db::from(gone.clone()))
+        fleet::snapshot::refresh_snapshot(&jobs::Db::from(gone.clone()))
             .await
             .is_err()
     );

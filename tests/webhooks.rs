@@ -162,7 +162,7 @@ async fn bad_webhooks_get_a_4xx_with_a_reason_and_write_nothing() {
             "{name}: nothing written, nothing enqueued"
         );
     }
-    let text = fleet::metrics::render(None).await.unwrap();
+    let text = fleet::snapshot::render(None).await.unwrap();
     for reason in [
         "missing_signature",
         "stale_timestamp",

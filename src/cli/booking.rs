@@ -64,7 +64,7 @@ pub async fn run(a: BookingArgs, settings: &Settings) -> anyhow::Result<()> {
             dry_run,
             actor,
         } => {
-            let queue = dbs.queue(registry.clone());
+            let queue = fleet::Queue::of_fleet(&dbs, registry.clone());
             let ops = Ops::new(
                 dbs.main.db.clone(),
                 registry.kind_names(),

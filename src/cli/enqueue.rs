@@ -140,7 +140,7 @@ pub async fn run(a: EnqueueArgs, settings: &Settings) -> anyhow::Result<()> {
     let total = jobs.len();
     let single = a.file.is_none();
     let dbs = databases_for(settings).await?;
-    let queue = dbs.queue(registry);
+    let queue = fleet::Queue::of_fleet(&dbs, registry);
     let bar = indicatif::ProgressBar::new(total as u64).with_style(
         indicatif::ProgressStyle::with_template("{spinner} enqueueing [{bar:30}] {pos}/{len}")
             .expect("static template")

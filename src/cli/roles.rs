@@ -172,8 +172,8 @@ pub async fn worker(a: WorkerArgs, mut settings: Settings) -> anyhow::Result<()>
     if let Some(bind) = a.metrics_bind {
         let listener = bind_listener(bind, "--metrics-bind").await?;
         let limits = fleet::serve::Limits::from(&settings.serve);
-        fleet::metrics::watch_budgets(registry.budgets());
-        tokio::spawn(fleet::metrics::run_snapshots(
+        fleet::snapshot::watch_budgets(registry.budgets());
+        tokio::spawn(fleet::snapshot::run_snapshots(
             served.clone(),
             settings.serve.metrics_refresh,
             shutdown.clone(),
@@ -196,7 +196,7 @@ pub async fn worker(a: WorkerArgs, mut settings: Settings) -> anyhow::Result<()>
     }
     // One runtime per served database: its own claims, leases, heartbeat and maintenance;
     // every handler gets the main database and the routing queue.
-    let queue = dbs.queue(registry.clone());
+    let queue = fleet::Queue::of_fleet(&dbs, registry.clone());
     let runs: Vec<_> = served
         .iter()
         .map(|d| {
@@ -261,8 +261,8 @@ pub async fn serve(a: ServeArgs, settings: &Settings) -> anyhow::Result<()> {
             shutdown.clone(),
         ));
     }
-    fleet::metrics::watch_budgets(registry.budgets());
-    tokio::spawn(fleet::metrics::run_snapshots(
+    fleet::snapshot::watch_budgets(registry.budgets());
+    tokio::spawn(fleet::snapshot::run_snapshots(
         dbs.all().cloned().collect(),
         settings.serve.metrics_refresh,
         shutdown.clone(),
@@ -270,7 +270,7 @@ pub async fn serve(a: ServeArgs, settings: &Settings) -> anyhow::Result<()> {
     let webhooks = fleet::serve::harden(
         fleet::webhooks::router(
             main_db.clone(),
-            dbs.queue(registry.clone()),
+            fleet::Queue::of_fleet(&dbs, registry.clone()),
             secrets,
             limits.max_body_bytes,
         ),
@@ -310,7 +310,7 @@ pub async fn scheduler(settings: &Settings) -> anyhow::Result<()> {
     let shutdown = CancellationToken::new();
     spawn_signal_handler(shutdown.clone());
     fleet::scheduler::Scheduler::new(dbs.main.db.clone(), registry.clone(), schedules)
-        .with_queue(dbs.queue(registry))
+        .with_queue(fleet::Queue::of_fleet(&dbs, registry))
         .run(shutdown)
         .await
 }
