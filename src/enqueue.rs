@@ -18,6 +18,7 @@ use jobs::{BoxFuture, EnqueueError, Enqueued, Enqueuer, Job, NewJob};
 use sqlx::PgConnection;
 
 use crate::{
+    clock::Clock,
     queue::{self, JobInsert, QueueError},
     registry::Registry,
 };
@@ -81,6 +82,8 @@ pub struct Queue {
     /// they land in the parent's database (ids are per database).
     parent: Option<(i64, Arc<str>)>,
     routes: Arc<Routes>,
+    /// The time jobs are enqueued at (a job without `run_at` is due at it).
+    clock: Clock,
 }
 
 impl Queue {
@@ -92,7 +95,15 @@ impl Queue {
             registry,
             parent: None,
             routes: Arc::new(Routes::default()),
+            clock: Clock::System,
         }
+    }
+
+    /// This queue, enqueueing at `clock`'s time (a test's [`crate::clock::ManualClock`])
+    /// instead of the database's.
+    pub fn with_clock(mut self, clock: impl Into<Clock>) -> Self {
+        self.clock = clock.into();
+        self
     }
 
     /// The enqueue API of a process of this fleet: callers' connections are on `main`, and
@@ -240,7 +251,7 @@ impl Queue {
         beside_tx: bool,
     ) -> Result<Vec<Enqueued>, QueueError> {
         let out = if self.routes.by_kind.is_empty() {
-            queue::job_insert_many(conn, &rows, None).await?
+            queue::job_insert_many(conn, &rows, self.clock.now()).await?
         } else {
             // Group by target database, keeping each job's input position.
             let mut local: Vec<usize> = Vec::new();
@@ -271,14 +282,14 @@ impl Queue {
             for (_, db, idx) in &remote {
                 // Their own transaction on their own database: all of them or none.
                 let mut tx = db.begin().await?;
-                let got = queue::job_insert_many(&mut tx, &pick(idx), None).await?;
+                let got = queue::job_insert_many(&mut tx, &pick(idx), self.clock.now()).await?;
                 tx.commit().await?;
                 for (&i, e) in idx.iter().zip(got) {
                     out[i] = Some(e);
                 }
             }
             if !local.is_empty() {
-                let got = queue::job_insert_many(conn, &pick(&local), None).await?;
+                let got = queue::job_insert_many(conn, &pick(&local), self.clock.now()).await?;
                 for (&i, e) in local.iter().zip(got) {
                     out[i] = Some(e);
                 }

@@ -37,6 +37,7 @@
 
 pub mod builtin;
 pub mod check;
+pub mod clock;
 pub mod config;
 pub mod console;
 pub mod database;

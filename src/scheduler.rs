@@ -21,6 +21,7 @@ use jobs::NewJob;
 use tokio_util::sync::CancellationToken;
 
 use crate::{
+    clock::Clock,
     config::{ConfigError, ScheduleSettings},
     queue,
     registry::Registry,
@@ -125,6 +126,7 @@ pub struct Scheduler {
     db: Db,
     queue: Queue,
     schedules: Arc<Vec<Schedule>>,
+    clock: Clock,
 }
 
 impl Scheduler {
@@ -135,13 +137,22 @@ impl Scheduler {
             queue: Queue::new(db.clone(), registry),
             db,
             schedules: Arc::new(schedules),
+            clock: Clock::System,
         }
+    }
+
+    /// This scheduler, reading which tick is due from `clock` (a test's
+    /// [`crate::clock::ManualClock`]) and enqueueing at its time.
+    pub fn with_clock(mut self, clock: impl Into<Clock>) -> Self {
+        self.clock = clock.into();
+        self.queue = self.queue.with_clock(self.clock.clone());
+        self
     }
 
     /// Enqueues through `queue` (on the same database as the scheduler's), e.g. one that
     /// routes kinds to their own databases ([`Queue::of_fleet`]).
     pub fn with_queue(mut self, queue: Queue) -> Self {
-        self.queue = queue;
+        self.queue = queue.with_clock(self.clock.clone());
         self
     }
 
@@ -176,11 +187,21 @@ impl Scheduler {
         &self,
         now: DateTime<Utc>,
     ) -> anyhow::Result<Vec<(String, DateTime<Utc>, i64)>> {
+        let out = self.fire_latest(now).await?;
+        for (name, tick, _) in &out {
+            tracing::warn!(schedule = %name, tick = %tick, "enqueued a tick missed while no scheduler ran");
+        }
+        Ok(out)
+    }
+
+    async fn fire_latest(
+        &self,
+        now: DateTime<Utc>,
+    ) -> anyhow::Result<Vec<(String, DateTime<Utc>, i64)>> {
         let mut out = Vec::new();
         for s in self.schedules.iter() {
             if let Some(tick) = s.latest_tick(now) {
                 if let Some(id) = self.enqueue_tick(s, tick).await? {
-                    tracing::warn!(schedule = %s.name, tick = %tick, "enqueued a tick missed while no scheduler ran");
                     out.push((s.name.clone(), tick, id));
                 }
             }
@@ -188,9 +209,19 @@ impl Scheduler {
         Ok(out)
     }
 
-    /// Catches up, then fires every schedule until `shutdown`.
+    /// What one firing of every schedule at the clock's time does, as [`Scheduler::run`]
+    /// does when the cron timer fires: enqueues each schedule's latest tick at or before the
+    /// clock's time unless some scheduler did. Returns what this call enqueued. A test steps a
+    /// scheduler with it (advance a manual clock, call `tick`) instead of waiting for the
+    /// timer.
+    pub async fn tick(&self) -> anyhow::Result<Vec<(String, DateTime<Utc>, i64)>> {
+        self.fire_latest(self.clock.wall()).await
+    }
+
+    /// Catches up, then fires every schedule until `shutdown`. The timer runs in real time
+    /// (tokio-cron-scheduler); the tick it records is read from the scheduler's clock.
     pub async fn run(self, shutdown: CancellationToken) -> anyhow::Result<()> {
-        self.catch_up(Utc::now()).await?;
+        self.catch_up(self.clock.wall()).await?;
         let mut sched = tokio_cron_scheduler::JobScheduler::new().await?;
         for (i, s) in self.schedules.iter().enumerate() {
             let me = self.clone();
@@ -204,7 +235,7 @@ impl Scheduler {
                         return;
                     }
                     let s = &me.schedules[i];
-                    let Some(tick) = s.latest_tick(Utc::now()) else {
+                    let Some(tick) = s.latest_tick(me.clock.wall()) else {
                         return;
                     };
                     // A failure here (database down) is retried by the next scheduler start's

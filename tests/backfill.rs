@@ -119,6 +119,7 @@ fn ctx(pool: &PgPool, keys: Keyring) -> JobContext {
             keyring: Some(Arc::new(keys)),
             ..Deps::default()
         }),
+        rate_limits: Default::default(),
     }
 }
 

@@ -431,13 +431,13 @@ async fn dead_job(q: &Queue, conn: &mut PgConnection) -> i64 {
         message: "gave up".to_owned(),
         at: None,
     };
-    let next = queue::NextState::Dead { error };
-    let o = queue::Outcome {
+    let next = fleet::worker::NextState::Dead { error };
+    let o = fleet::worker::Outcome {
         id,
         claim_seq: c.claim_seq,
         next,
     };
-    queue::job_set_outcome(conn, o, None).await.unwrap();
+    queue::job_set_outcome(conn, o.row(), None).await.unwrap();
     id
 }
 
@@ -587,7 +587,20 @@ async fn a_dead_job_replayed_while_a_purge_waits_for_its_row_is_kept() {
             .await
             .unwrap()
     });
-    tokio::time::sleep(Duration::from_millis(300)).await;
+    wait_until(
+        Duration::from_secs(10),
+        "the purge waits on a lock",
+        || async {
+            sqlx::query_scalar::<_, bool>(
+                "SELECT exists(SELECT FROM pg_stat_activity
+                           WHERE datname = current_database() AND wait_event_type = 'Lock')",
+            )
+            .fetch_one(&db.pool)
+            .await
+            .unwrap()
+        },
+    )
+    .await;
     assert!(
         !purge.is_finished(),
         "the purge waits for the replay's row lock"

@@ -217,6 +217,9 @@ async fn through_a_black_hole_a_reset_and_a_slow_path_workers_say_so_once_and_ru
         "SELECT count(*) FROM fleet_jobs WHERE kind = 'test.counted' AND attempted_at IS NOT NULL",
     )
     .await;
+    // Real time is the claim (here and in the faults below): a network outage lasts wall-clock
+    // seconds, through the monitors', pools' and leases' own timers, none of which a test
+    // clock can stand in for.
     tokio::time::sleep(Duration::from_secs(9)).await;
     let claimed_during: i64 = count(
         &db.pool,
@@ -398,6 +401,8 @@ async fn a_server_out_of_connections_is_said_once_and_the_fleet_recovers_losing_
         .cloned()
         .collect::<Vec<_>>();
     eprintln!("{said:#?}");
+    // Real time is the claim: an outage of five leases, through the pools' and the monitor's
+    // own timers, named once and survived.
     tokio::time::sleep(Duration::from_secs(20) - hog_started.elapsed().min(Duration::from_secs(5)))
         .await;
     drop(hogs);

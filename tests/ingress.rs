@@ -174,10 +174,12 @@ async fn connections_beyond_the_cap_are_closed_on_arrival_and_a_freed_slot_is_re
     let (addr, stop) = listen(webhooks(&db.pool, 64 << 10), limits).await;
     let (refused, reused) = tokio::task::spawn_blocking(move || {
         let held: Vec<TcpStream> = (0..4).map(|_| TcpStream::connect(addr).unwrap()).collect();
+        // The server accepts in its own task: real time for it to take the four.
         std::thread::sleep(Duration::from_millis(200));
         let extra = TcpStream::connect(addr).unwrap();
         let refused = closed_after(extra, Duration::from_secs(3));
         drop(held);
+        // …and to see them closed.
         std::thread::sleep(Duration::from_millis(200));
         let mut again = TcpStream::connect(addr).unwrap();
         again
@@ -289,12 +291,17 @@ async fn in_flight_requests_finish_after_shutdown_begins_and_new_connections_are
             .body("{}")
             .send(),
     );
+    // The request must be in flight (inside its handler) when shutdown begins: real time.
     tokio::time::sleep(Duration::from_millis(150)).await;
     stop.cancel();
     let r = in_flight.await.unwrap().unwrap();
     assert_eq!(r.status(), 200);
     assert_eq!(r.text().await.unwrap(), "finished");
-    tokio::time::sleep(Duration::from_millis(100)).await;
+    // The listener closes as the server task winds down: give it up to a second.
+    let deadline = std::time::Instant::now() + Duration::from_secs(1);
+    while TcpStream::connect(addr).is_ok() && std::time::Instant::now() < deadline {
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
     assert!(
         TcpStream::connect(addr).is_err(),
         "the listener is closed once shutdown began"

@@ -538,7 +538,8 @@ async fn timeouts_the_role_sets_do_not_wedge_a_worker() {
     m.wait_count(&w, SLEEPS_DONE, 400, Duration::from_secs(90))
         .await;
     // An idle spell: the server closes every idle session of the worker's (its pool's, its
-    // LISTEN connection, its claim session)...
+    // LISTEN connection, its claim session)... Real time is the claim: the server's own
+    // idle_session_timeout runs on the server's clock.
     tokio::time::sleep(Duration::from_secs(4)).await;
     let closed: i64 =
         sqlx::query_scalar("SELECT count(*) FROM pg_stat_activity WHERE usename = 'fleet_app'")

@@ -705,6 +705,8 @@ async fn a_session_mode_pooler_and_a_direct_ipv6_address_just_work() {
         .collect();
     queue.enqueue_many(jobs).await.unwrap();
     wait_until_count(&s.check, COMPLETED_ONCE, 1_000, Duration::from_secs(60)).await;
+    // Let the worker go idle, so the pickup measured is a NOTIFY's wake-up, not the tail of
+    // the busy loop: an idle spell in real time is the condition of the claim.
     tokio::time::sleep(Duration::from_millis(300)).await;
     let p = pickup(&db, &s.check).await;
     assert!(

@@ -12,7 +12,8 @@ use std::{
 use common::*;
 use fleet::{
     builtin::Sleep,
-    queue::{self, ErrorClass, JobState, NextState, Outcome, QueueError},
+    queue::{self, ErrorClass, JobState, QueueError},
+    worker::{NextState, Outcome},
     Queue, Registry,
 };
 
@@ -85,7 +86,8 @@ async fn killed_worker_process_job_is_rescued_and_completed_by_another_and_late_
             next: NextState::Completed {
                 key_window: Duration::ZERO,
             },
-        },
+        }
+        .row(),
         None,
     )
     .await;
@@ -130,7 +132,9 @@ async fn sigterm_drains_finishes_running_job_returns_unstarted_claims_and_exits_
     for &id in &ids {
         wait_state(&db.pool, id, JobState::Running, Duration::from_secs(15)).await;
     }
-    tokio::time::sleep(Duration::from_millis(300)).await; // one handler is now mid-sleep
+    // Real time is the claim: the drain must wait for a handler that is mid-run, so let one
+    // get into its sleep (no row says a handler has started).
+    tokio::time::sleep(Duration::from_millis(300)).await;
     signal(&w, libc::SIGTERM);
     let status = wait_exit(&mut w, Duration::from_secs(15));
     assert!(status.success(), "drain exits 0: {status:?}");
@@ -201,6 +205,8 @@ async fn second_signal_exits_at_once_and_the_lease_is_left_to_the_rescuer() {
     let db = db().await;
     let (id, mut w) = minute_long_job_running(&db, &[]).await;
     signal(&w, libc::SIGTERM);
+    // The second signal must reach a process already draining (the first handled), not two
+    // signals coalesced into one: a pause in real time is the only way to order them.
     tokio::time::sleep(Duration::from_millis(200)).await;
     let t = Instant::now();
     signal(&w, libc::SIGTERM);

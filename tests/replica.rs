@@ -182,6 +182,7 @@ async fn operator_reads_come_from_the_hot_standby_with_its_lag_shown_while_write
     )
     .await
     .unwrap();
+    // Real time is the claim: a standby replaying normally would have the row within this.
     tokio::time::sleep(Duration::from_millis(300)).await;
     assert_eq!(
         ready_sleeps(&url_p, &url_r),

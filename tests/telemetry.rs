@@ -74,6 +74,7 @@ async fn metrics_parse_as_prometheus_exposition_and_count_outcomes() {
         wait_state(&db.pool, id, JobState::Completed, Duration::from_secs(5)).await;
     }
     wait_state(&db.pool, dead, JobState::Dead, Duration::from_secs(5)).await;
+    // The completer counts an outcome just after its commit, which the test saw: let it.
     tokio::time::sleep(Duration::from_millis(100)).await;
     // What the serve role's snapshot task does every serve.metrics_refresh.
     fleet::snapshot::refresh_snapshot(&db.db()).await.unwrap();
@@ -161,6 +162,7 @@ async fn health_reports_database_and_lag_and_503_when_the_database_is_gone() {
     q.enqueue_new(NewJob::raw("fleet.sleep", serde_json::json!({"ms": 1})))
         .await
         .unwrap();
+    // Real time is the claim: the lag of a ready job is how long it has waited.
     tokio::time::sleep(Duration::from_millis(50)).await;
     let (base, stop) = serve(fleet::serve::admin_router(db.pool.clone())).await;
     let resp = reqwest::get(format!("{base}/health")).await.unwrap();

@@ -229,10 +229,17 @@ async fn verify_full_connects_by_name_and_refuses_a_wrong_ca_host_or_expired_cer
     server.write_file("server.crt", cert.as_bytes()).unwrap();
     server.write_file("server.key", key.as_bytes()).unwrap();
     server.reload().unwrap();
-    tokio::time::sleep(Duration::from_millis(500)).await;
-    let e = try_connect(&by_name, &tls(SslMode::VerifyFull, Some(&ca_file)))
-        .await
-        .unwrap_err();
+    // The reload is asynchronous (a signal to the postmaster): try until it took.
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    let e = loop {
+        match try_connect(&by_name, &tls(SslMode::VerifyFull, Some(&ca_file))).await {
+            Err(e) => break e,
+            Ok(_) if std::time::Instant::now() < deadline => {
+                tokio::time::sleep(Duration::from_millis(50)).await
+            }
+            Ok(_) => panic!("the expired certificate was never served"),
+        }
+    };
     assert!(
         e.contains("certificate expired at") && e.contains("UTC"),
         "an expired certificate is named with its date: {e}"

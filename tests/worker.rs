@@ -10,7 +10,7 @@ use common::*;
 use fleet::{
     builtin::Sleep,
     queue::{self, ErrorClass, JobState},
-    Queue, Registry,
+    Queue, Registry, Worker,
 };
 use jobs::{Job, JobContext, JobError, KindDefaults, NewJob};
 use serde::{Deserialize, Serialize};
@@ -53,59 +53,79 @@ fn registry() -> Arc<Registry> {
 #[tokio::test]
 async fn retry_then_succeed_writes_exponential_backoff_into_run_at() {
     let db = db().await;
-    let reg = registry();
-    let q = Queue::new(db.pool.clone(), reg.clone());
+    let (w, q, clock) = stepped_worker(&db.pool, registry());
     let id = q.enqueue(&Flaky { succeed_on: 3 }, None).await.unwrap().id;
-    let w = start_worker(&db.pool, reg, fast_settings());
 
-    // After attempt 1 fails: retryable, run_at = failure time + backoff in [0.5s, 1s].
-    let j = wait_for(&db.pool, id, SECS(5), "first failure", |j| {
-        j.errors.len() == 1
-    })
-    .await;
+    // Attempt 1 fails: retryable, run_at = failure time + backoff in [0.5 s, 1 s] (base 1 s).
+    let ran = w.work_one().await.unwrap().expect("due");
+    assert_eq!(
+        (ran.id, ran.attempt, ran.state),
+        (id, 1, JobState::Retryable)
+    );
+    let j = common::job(&db.pool, id).await;
     assert_eq!(j.state, JobState::Retryable, "{j:#?}");
-    let gap = (j.run_at - j.errors[0].at.unwrap()).to_std().unwrap();
+    assert_eq!(
+        j.errors[0].at,
+        Some(clock.get()),
+        "written at the clock's time"
+    );
+    let gap = (j.run_at - clock.get()).to_std().unwrap();
     assert!(
         gap >= Duration::from_millis(500) && gap <= SECS(1),
         "backoff after attempt 1: {gap:?}"
     );
-
-    // After attempt 2 fails: backoff in [1s, 2s].
-    let j = wait_for(&db.pool, id, SECS(5), "second failure", |j| {
-        j.errors.len() == 2
-    })
-    .await;
-    if j.state == JobState::Retryable {
-        let gap = (j.run_at - j.errors[1].at.unwrap()).to_std().unwrap();
-        assert!(
-            gap >= SECS(1) && gap <= SECS(2),
-            "backoff after attempt 2: {gap:?}"
-        );
-    }
-    let j = wait_state(&db.pool, id, JobState::Completed, SECS(6)).await;
-    assert_eq!(j.attempt, 3);
+    // Not due before its run_at…
+    clock.set(j.run_at - chrono::Duration::milliseconds(1));
+    assert!(w.work_until_idle().await.unwrap().is_empty(), "ran early");
+    // …due at it. Attempt 2 fails: backoff in [1 s, 2 s].
+    clock.set(j.run_at);
+    assert_eq!(w.work_one().await.unwrap().unwrap().attempt, 2);
+    let j = common::job(&db.pool, id).await;
+    let gap = (j.run_at - clock.get()).to_std().unwrap();
+    assert!(
+        gap >= SECS(1) && gap <= SECS(2),
+        "backoff after attempt 2: {gap:?}"
+    );
+    clock.advance(SECS(2));
+    let ran = w.work_until_idle().await.unwrap();
+    assert_eq!(ran.len(), 1);
+    assert_eq!((ran[0].attempt, ran[0].state), (3, JobState::Completed));
+    let j = common::job(&db.pool, id).await;
+    assert_eq!(j.state, JobState::Completed);
     assert_eq!(
         j.errors.iter().map(|e| e.attempt).collect::<Vec<_>>(),
         vec![1, 2]
     );
     assert!(j.errors.iter().all(|e| e.class == ErrorClass::Retryable));
-    // The retry did not run before its run_at.
-    assert!(j.attempted_at.unwrap() >= j.errors[1].at.unwrap() + chrono::Duration::seconds(1));
-    w.stop().await;
 }
 
 #[tokio::test]
 async fn dead_after_max_attempts_keeps_every_attempts_error() {
     let db = db().await;
-    let reg = registry();
-    let q = Queue::new(db.pool.clone(), reg.clone());
+    let (w, q, clock) = stepped_worker(&db.pool, registry());
     let id = q
         .enqueue(&AlwaysFails {}, Some("only-once"))
         .await
         .unwrap()
         .id;
-    let w = start_worker(&db.pool, reg, fast_settings());
-    let j = wait_state(&db.pool, id, JobState::Dead, SECS(10)).await;
+    let mut nexts = Vec::new();
+    for _ in 0..5 {
+        nexts.extend(
+            w.work_until_idle()
+                .await
+                .unwrap()
+                .into_iter()
+                .map(|r| r.state),
+        );
+        clock.advance(SECS(1)); // the kind's backoff cap
+    }
+    assert_eq!(
+        nexts,
+        [JobState::Retryable, JobState::Retryable, JobState::Dead],
+        "three attempts (max_attempts = 3), then nothing more is due"
+    );
+    let j = common::job(&db.pool, id).await;
+    assert_eq!(j.state, JobState::Dead);
     assert_eq!(j.attempt, 3);
     assert_eq!(j.errors.len(), 3);
     for (i, e) in j.errors.iter().enumerate() {
@@ -115,7 +135,6 @@ async fn dead_after_max_attempts_keeps_every_attempts_error() {
     }
     assert!(j.finished_at.is_some());
     assert!(!j.key_held, "a dead job releases its key");
-    w.stop().await;
 }
 
 #[tokio::test]
@@ -175,11 +194,15 @@ async fn handler_discard_is_dead_at_once_with_its_reason() {
 #[tokio::test]
 async fn panic_is_caught_recorded_and_treated_as_a_failure() {
     let db = db().await;
-    let reg = registry();
-    let q = Queue::new(db.pool.clone(), reg.clone());
+    let (w, q, clock) = stepped_worker(&db.pool, registry());
     let id = q.enqueue(&Panics {}, None).await.unwrap().id;
-    let w = start_worker(&db.pool, reg, fast_settings());
-    let j = wait_state(&db.pool, id, JobState::Dead, SECS(8)).await;
+    assert_eq!(
+        w.work_one().await.unwrap().unwrap().state,
+        JobState::Retryable
+    );
+    clock.advance(SECS(1));
+    assert_eq!(w.work_one().await.unwrap().unwrap().state, JobState::Dead);
+    let j = common::job(&db.pool, id).await;
     assert_eq!(j.errors.len(), 2);
     assert!(j.errors.iter().all(|e| e.class == ErrorClass::Panic));
     assert!(
@@ -189,8 +212,8 @@ async fn panic_is_caught_recorded_and_treated_as_a_failure() {
     );
     // The worker survived its handlers' panics and keeps working.
     let ok = q.enqueue(&Flaky { succeed_on: 1 }, None).await.unwrap().id;
-    wait_state(&db.pool, ok, JobState::Completed, SECS(5)).await;
-    w.stop().await;
+    let ran = w.work_one().await.unwrap().unwrap();
+    assert_eq!((ran.id, ran.state), (ok, JobState::Completed));
 }
 
 #[tokio::test]
@@ -221,60 +244,53 @@ async fn per_kind_timeout_cancels_the_handler_and_fails_the_attempt() {
 #[tokio::test]
 async fn snooze_retries_later_without_charging_an_attempt() {
     let db = db().await;
-    let reg = registry();
-    let id = Queue::new(db.pool.clone(), reg.clone())
-        .enqueue(&Snoozes {}, None)
-        .await
-        .unwrap()
-        .id;
-    let w = start_worker(&db.pool, reg, fast_settings());
-    let j = wait_for(&db.pool, id, SECS(5), "snoozed", |j| !j.errors.is_empty()).await;
+    let (w, q, clock) = stepped_worker(&db.pool, registry());
+    let id = q.enqueue(&Snoozes {}, None).await.unwrap().id;
+    assert_eq!(
+        w.work_one().await.unwrap().unwrap().state,
+        JobState::Retryable
+    );
+    let j = common::job(&db.pool, id).await;
     assert_eq!(j.state, JobState::Retryable);
     assert_eq!(j.attempt, 0, "a snooze gives the attempt back");
     assert_eq!(j.errors[0].class, ErrorClass::Snoozed);
-    let gap = (j.run_at - j.errors[0].at.unwrap()).to_std().unwrap();
-    assert!(gap >= SECS(29) && gap <= SECS(31), "{gap:?}");
-    w.stop().await;
+    assert_eq!(j.run_at, clock.get() + chrono::Duration::seconds(30));
+    clock.advance(SECS(29));
+    assert!(w.work_one().await.unwrap().is_none(), "snoozed for 30 s");
+    clock.advance(SECS(1));
+    let ran = w.work_one().await.unwrap().unwrap();
+    assert_eq!(ran.attempt, 1, "the snoozed run is still the first attempt");
 }
 
 #[tokio::test]
-async fn job_scheduled_two_seconds_ahead_runs_two_seconds_later_give_or_take_one() {
+async fn a_job_scheduled_ahead_is_claimed_at_its_run_at_and_not_before() {
     let db = db().await;
-    let reg = registry();
-    let w = start_worker(
-        &db.pool,
-        reg.clone(),
-        fleet::config::WorkerSettings::default(),
-    );
-    let q = Queue::new(db.pool.clone(), reg);
-    let t0 = Utc::now();
+    let (w, q, clock) = stepped_worker(&db.pool, registry());
+    let run_at = clock.get() + chrono::Duration::seconds(2);
     let id = q
-        .enqueue_new(
-            NewJob::of(&Flaky { succeed_on: 1 })
-                .unwrap()
-                .run_at(t0 + chrono::Duration::seconds(2)),
-        )
+        .enqueue_new(NewJob::of(&Flaky { succeed_on: 1 }).unwrap().run_at(run_at))
         .await
         .unwrap()
         .id;
     assert_eq!(common::job(&db.pool, id).await.state, JobState::Scheduled);
-    let j = wait_state(&db.pool, id, JobState::Completed, SECS(6)).await;
-    let ran_after = (j.attempted_at.unwrap() - t0).to_std().unwrap();
+    clock.set(run_at - chrono::Duration::milliseconds(1));
     assert!(
-        ran_after >= SECS(1) && ran_after <= SECS(3),
-        "ran {ran_after:?} after enqueue"
+        w.work_one().await.unwrap().is_none(),
+        "claimed before run_at"
     );
-    assert!(j.attempted_at.unwrap() >= j.run_at, "never before run_at");
-    w.stop().await;
+    assert_eq!(common::job(&db.pool, id).await.state, JobState::Scheduled);
+    clock.set(run_at);
+    let ran = w.work_one().await.unwrap().expect("due at run_at");
+    assert_eq!((ran.id, ran.state), (id, JobState::Completed));
+    assert_eq!(common::job(&db.pool, id).await.attempted_at, Some(run_at));
 }
 
 #[tokio::test]
 async fn paused_kind_is_not_claimed_by_any_worker_until_resumed() {
     let db = db().await;
     let reg = registry();
-    let w1 = start_worker(&db.pool, reg.clone(), fast_settings());
-    let w2 = start_worker(&db.pool, reg.clone(), fast_settings());
-    let q = Queue::new(db.pool.clone(), reg);
+    let (w1, q, _clock) = stepped_worker(&db.pool, reg.clone());
+    let w2 = Worker::new(db.pool.clone(), reg, fast_settings());
     let mut conn = db.pool.acquire().await.unwrap();
     assert!(
         queue::kind_pause(&mut *conn, "test.flaky", "tester", "incident 12")
@@ -292,14 +308,35 @@ async fn paused_kind_is_not_claimed_by_any_worker_until_resumed() {
         .await
         .unwrap()
         .id;
-    // Other kinds keep running while one is paused.
-    wait_state(&db.pool, other, JobState::Completed, SECS(3)).await;
-    tokio::time::sleep(SECS(2)).await;
+    // Other kinds keep running while one is paused; no worker takes the paused one.
+    let ran = w1.work_until_idle().await.unwrap();
+    assert_eq!(ran.iter().map(|r| r.id).collect::<Vec<_>>(), [other]);
+    assert!(w2.work_until_idle().await.unwrap().is_empty());
     assert_eq!(
         common::job(&db.pool, paused).await.state,
         JobState::Available
     );
+    assert!(queue::kind_resume(&mut *conn, "test.flaky").await.unwrap());
+    let ran = w2.work_until_idle().await.unwrap();
+    assert_eq!(ran.iter().map(|r| r.id).collect::<Vec<_>>(), [paused]);
+}
 
+/// A running worker notices a resume on its own (the resume's NOTIFY or the next poll): real
+/// time is the claim, so this waits, at most 2 s, for the claim.
+#[tokio::test]
+async fn a_running_worker_claims_a_resumed_kind_within_two_seconds() {
+    let db = db().await;
+    let reg = registry();
+    let mut conn = db.pool.acquire().await.unwrap();
+    queue::kind_pause(&mut *conn, "test.flaky", "tester", "incident 12")
+        .await
+        .unwrap();
+    let paused = Queue::new(db.pool.clone(), reg.clone())
+        .enqueue(&Flaky { succeed_on: 1 }, None)
+        .await
+        .unwrap()
+        .id;
+    let w = start_worker(&db.pool, reg, fast_settings());
     let resumed_at = Utc::now();
     assert!(queue::kind_resume(&mut *conn, "test.flaky").await.unwrap());
     let j = wait_state(&db.pool, paused, JobState::Completed, SECS(3)).await;
@@ -307,8 +344,7 @@ async fn paused_kind_is_not_claimed_by_any_worker_until_resumed() {
         .to_std()
         .unwrap_or_default();
     assert!(lag <= SECS(2), "claimed {lag:?} after resume");
-    w1.stop().await;
-    w2.stop().await;
+    w.stop().await;
 }
 
 #[tokio::test]
@@ -338,6 +374,7 @@ async fn pause_is_obeyed_within_two_seconds_by_a_busy_worker() {
         }
         v
     };
+    // Real time is the claim (a busy worker obeys a pause within 2 s): no clock can stand in.
     tokio::time::sleep(SECS(2)).await;
     let late_claims: i64 = sqlx::query_scalar(
         "SELECT count(*) FROM fleet_jobs WHERE kind = 'fleet.sleep' AND attempted_at > $1 + interval '2 seconds'",
@@ -353,17 +390,77 @@ async fn pause_is_obeyed_within_two_seconds_by_a_busy_worker() {
     w.stop().await;
 }
 
-/// The apalis failure mode: a worker holding more claimed jobs than slots must keep every
-/// claim's lease alive, so nothing is re-run by another worker.
+/// A claim whose lease lapses on the clock (its worker stopped renewing it) goes back to the
+/// queue at the rescuer's next pass, runs again under a new claim, and the first claim's late
+/// outcome is refused by the fence.
 #[tokio::test]
-async fn heartbeat_keeps_a_ten_second_job_and_waiting_claims_alive() {
+async fn a_lapsed_lease_is_rescued_on_the_clock_and_the_late_outcome_is_fenced_off() {
+    let db = db().await;
+    let (w, q, clock) = stepped_worker(&db.pool, registry());
+    let id = q.enqueue(&Flaky { succeed_on: 1 }, None).await.unwrap().id;
+    // A worker claims it (lease 2 s at the clock) and goes silent.
+    let mut conn = db.pool.acquire().await.unwrap();
+    let lost = queue::job_fetch_available(
+        &mut conn,
+        &queue::FetchParams {
+            queues: None,
+            skip_kinds: &[],
+            limited_kinds: &[],
+            limit: 1,
+            owner: "silent-worker",
+            lease: SECS(2),
+            now: Some(clock.get()),
+        },
+    )
+    .await
+    .unwrap()
+    .pop()
+    .unwrap();
+    let rescuer = fleet::maintenance::JobRescuer::new(db.pool.clone(), Default::default());
+    clock.advance(SECS(2));
+    assert_eq!(
+        rescuer.run_once(Some(clock.get())).await.unwrap().retried,
+        0,
+        "lease still held"
+    );
+    clock.advance(Duration::from_millis(1));
+    assert_eq!(
+        rescuer.run_once(Some(clock.get())).await.unwrap().retried,
+        1,
+        "lease lapsed"
+    );
+    // A rescued job is due at once.
+    let ran = w.work_one().await.unwrap().expect("the rescued job is due");
+    assert_eq!(
+        (ran.id, ran.attempt, ran.state),
+        (id, 2, JobState::Completed)
+    );
+    // The silent worker comes back with its outcome: fenced off by claim_seq.
+    let late = completion(&lost, Duration::ZERO);
+    let refused = queue::job_set_outcome(&mut conn, late, Some(clock.get())).await;
+    assert!(
+        matches!(
+            refused,
+            Err(queue::QueueError::LostLease { claim_seq: 1, .. })
+        ),
+        "the first claim's outcome must not overwrite the second's: {refused:?}"
+    );
+    let j = common::job(&db.pool, id).await;
+    assert_eq!((j.state, j.claim_seq), (JobState::Completed, 2));
+}
+
+/// The apalis failure mode: a worker holding more claimed jobs than slots must keep every
+/// claim's lease alive, so nothing is re-run by another worker. Real time is the claim (the
+/// heartbeat renews leases on its own timer while a handler runs 2.5 leases long).
+#[tokio::test]
+async fn heartbeat_keeps_a_long_job_and_waiting_claims_alive() {
     let db = db().await;
     let reg = registry();
     let q = Queue::new(db.pool.clone(), reg.clone());
     let long = q
         .enqueue(
             &Sleep {
-                ms: 10_000,
+                ms: 5_000,
                 key: None,
             },
             None,

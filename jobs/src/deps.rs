@@ -102,11 +102,24 @@ impl Deps {
 pub trait HasDeps {
     /// The registered [`Deps`], or a fatal error when the worker registered none.
     fn deps(&self) -> Result<&Deps, JobError>;
+
+    /// The flights client bound to this attempt: budgets its successful answers say are used
+    /// up are reported to the attempt's [`RateLimits`](crate::RateLimits), so the engine empties
+    /// them fleet-wide when the attempt ends. Handlers call Duffel through this, never through
+    /// [`Deps::flights`] (whose reports would reach no one).
+    fn flights(&self) -> Result<Arc<dyn FlightsApi>, JobError>;
 }
 
 impl HasDeps for JobContext {
     fn deps(&self) -> Result<&Deps, JobError> {
         self.extension::<Deps>()
+    }
+
+    fn flights(&self) -> Result<Arc<dyn FlightsApi>, JobError> {
+        Ok(self
+            .deps()?
+            .flights()?
+            .reporting_to(self.rate_limits.clone()))
     }
 }
 

@@ -21,7 +21,7 @@ use std::{
     fmt,
     future::Future,
     pin::Pin,
-    sync::Arc,
+    sync::{Arc, Mutex},
     time::Duration,
 };
 
@@ -280,6 +280,10 @@ pub struct JobContext {
     pub enqueuer: Arc<dyn Enqueuer>,
     /// What the process registered for handlers (see [`JobContext::extension`]).
     pub extensions: Extensions,
+    /// Budgets the providers said are used up during this attempt, reported by the provider
+    /// clients the handler reached through this context (see [`RateLimits`]). The engine reads
+    /// them with the handler's result once the attempt is over.
+    pub rate_limits: RateLimits,
 }
 
 impl fmt::Debug for JobContext {
@@ -311,6 +315,43 @@ impl JobContext {
                 std::any::type_name::<T>()
             ))
         })
+    }
+}
+
+/// A budget a provider said is used up on a *successful* answer (Duffel's
+/// `ratelimit-remaining: 0` with its `ratelimit-reset`), and for how long from now.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Exhausted {
+    /// The budget (see [`budgets`]).
+    pub budget: String,
+    /// Until the provider's reset.
+    pub after: Duration,
+    /// Why (operation and header; no PII).
+    pub reason: String,
+}
+
+/// What one attempt learned of the providers' rate limits, beside its [`JobError`].
+///
+/// A 429 is an error and travels as [`JobError::RateLimited`]. A *successful* answer that says
+/// nothing is left of a budget is not: the call worked and the handler goes on. Such answers
+/// are reported here by the provider clients the handler got from its [`JobContext`] (a client
+/// is bound to the attempt's `RateLimits`, so reports from tasks the handler spawns count too).
+/// When the attempt is over the engine takes them with the handler's result and empties each
+/// budget for the whole fleet until the reset, so the next call is not a 429.
+///
+/// Cloning shares the collection: every clone reports into the same attempt.
+#[derive(Debug, Clone, Default)]
+pub struct RateLimits(Arc<Mutex<Vec<Exhausted>>>);
+
+impl RateLimits {
+    /// Records that `e.budget` is used up.
+    pub fn report(&self, e: Exhausted) {
+        self.0.lock().expect("not poisoned").push(e);
+    }
+
+    /// Takes every report so far (the engine, after the attempt).
+    pub fn take(&self) -> Vec<Exhausted> {
+        std::mem::take(&mut *self.0.lock().expect("not poisoned"))
     }
 }
 

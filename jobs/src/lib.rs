@@ -16,7 +16,6 @@ pub mod kinds;
 pub mod notify;
 pub mod pii;
 pub mod providers;
-pub mod rate_feedback;
 pub mod report;
 pub mod seed;
 pub mod webhook_events;
@@ -24,6 +23,6 @@ pub mod webhook_events;
 pub use db::{Db, Health, HealthState, Pooler};
 pub use deps::Deps;
 pub use job::{
-    BoxFuture, BudgetDefaults, EnqueueError, EnqueueOptions, Enqueued, Enqueuer, Extensions, Job,
-    JobContext, JobError, KindDefaults, NewJob, Registrar,
+    BoxFuture, BudgetDefaults, EnqueueError, EnqueueOptions, Enqueued, Enqueuer, Exhausted,
+    Extensions, Job, JobContext, JobError, KindDefaults, NewJob, RateLimits, Registrar,
 };

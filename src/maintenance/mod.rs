@@ -19,7 +19,7 @@ pub use cleaner::{CleanerConfig, JobCleaner};
 pub use promoter::{JobPromoter, PromoterConfig};
 pub use rescuer::{HeldClaims, JobRescuer, RescuerConfig};
 
-use crate::{config::WorkerSettings, database::health::FailureStreak};
+use crate::{clock::Clock, config::WorkerSettings, database::health::FailureStreak};
 
 /// Rows handled per statement by each service unless configured otherwise.
 pub const DEFAULT_BATCH: i64 = 1_000;
@@ -59,12 +59,14 @@ impl From<&WorkerSettings> for MaintenanceSettings {
     }
 }
 
-/// Runs the three services until `stop`, the rescuer sparing the claims `held` returns (the
-/// worker's own). A failed pass is logged and retried at the next tick.
+/// Runs the three services until `stop`, each pass at `clock`'s time, the rescuer sparing the
+/// claims `held` returns (the worker's own). A failed pass is logged and retried at the next
+/// tick.
 pub async fn run(
     db: Db,
     cfg: MaintenanceSettings,
     held: Option<HeldClaims>,
+    clock: Clock,
     stop: CancellationToken,
 ) {
     let promoter = JobPromoter::new(db.clone(), cfg.promoter);
@@ -92,7 +94,7 @@ pub async fn run(
                 if !db.health().is_up() {
                     continue;
                 }
-                match promoter.run_once(None).await {
+                match promoter.run_once(clock.now()).await {
                     Ok(_) => promote_failures.succeeded(),
                     Err(e) => promote_failures.failed(&db, &e),
                 }
@@ -103,12 +105,12 @@ pub async fn run(
                 if !db.health().get().up_for_at_least(rescuer.config().after_outage) {
                     continue;
                 }
-                match rescuer.run_once(None).await {
+                match rescuer.run_once(clock.now()).await {
                     // Rescued jobs are retryable with run_at = now: promote them right away.
                     Ok(n) => {
                         rescue_failures.succeeded();
                         if n.retried > 0 {
-                            if let Err(e) = promoter.run_once(None).await {
+                            if let Err(e) = promoter.run_once(clock.now()).await {
                                 promote_failures.failed(&db, &e);
                             }
                         }
@@ -120,7 +122,7 @@ pub async fn run(
                 if !db.health().is_up() {
                     continue;
                 }
-                match cleaner.run_once(None).await {
+                match cleaner.run_once(clock.now()).await {
                     Ok(_) => clean_failures.succeeded(),
                     Err(e) => clean_failures.failed(&db, &e),
                 }

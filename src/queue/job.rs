@@ -7,11 +7,11 @@ use std::{collections::HashMap, time::Duration};
 
 use chrono::{DateTime, Utc};
 use jobs::Db;
-use serde::{Deserialize, Serialize};
+use serde::Serialize;
 use serde_json::Value;
 use sqlx::{AssertSqlSafe, Connection, PgConnection, PgExecutor, Row};
 
-use super::{filter::bind_filter, JobFilter, Now, QueueError};
+use super::{filter::bind_filter, AttemptError, JobFilter, JobState, Now, QueueError};
 use crate::queue::filter::FILTER_SQL;
 
 /// Rows per enqueue statement: keeps one statement's parameters and memory bounded.
@@ -684,7 +684,7 @@ pub async fn job_extend_leases(
 /// stay synchronous (decisions.md).
 pub async fn job_set_outcome_many(
     conn: impl PgExecutor<'_>,
-    outcomes: &[Outcome],
+    outcomes: &[OutcomeRow],
     now: Now,
 ) -> Result<Vec<i64>, sqlx::Error> {
     let n = outcomes.len();
@@ -696,27 +696,18 @@ pub async fn job_set_outcome_many(
     let mut errors: Vec<Option<Value>> = Vec::with_capacity(n);
     let mut windows = Vec::with_capacity(n);
     for o in outcomes {
+        let ms = |d: Duration| d.as_millis().min(i64::MAX as u128) as i64;
         ids.push(o.id);
         seqs.push(o.claim_seq);
-        let ms = |d: &Duration| d.as_millis().min(i64::MAX as u128) as i64;
-        let err = |e: &AttemptError| serde_json::to_value(e).expect("serializable");
-        let (state, delta, delay, error, window) = match &o.next {
-            NextState::Completed { key_window } => ("completed", 0, None, None, ms(key_window)),
-            NextState::Retry { delay, error } => {
-                ("retryable", 0, Some(ms(delay)), Some(err(error)), 0)
-            }
-            NextState::Snooze { delay, error } => {
-                ("retryable", -1, Some(ms(delay)), Some(err(error)), 0)
-            }
-            NextState::Dead { error } => ("dead", 0, None, Some(err(error)), 0),
-            NextState::Cancelled { error } => ("cancelled", 0, None, Some(err(error)), 0),
-            NextState::ReturnUnstarted => ("available", -1, None, None, 0),
-        };
-        states.push(state);
-        deltas.push(delta);
-        delays.push(delay);
-        errors.push(error);
-        windows.push(window);
+        states.push(o.state.as_str());
+        deltas.push(if o.attempt_charged { 0 } else { -1 });
+        delays.push(o.run_in.map(ms));
+        errors.push(
+            o.error
+                .as_ref()
+                .map(|e| serde_json::to_value(e).expect("serializable")),
+        );
+        windows.push(ms(o.key_window));
     }
     sqlx::query_scalar(
         r#"
@@ -787,7 +778,7 @@ pub async fn job_outcome_written_by(
 /// Writes one claim's outcome; [`QueueError::LostLease`] if the claim no longer holds the job.
 pub async fn job_set_outcome(
     conn: &mut PgConnection,
-    outcome: Outcome,
+    outcome: OutcomeRow,
     now: Now,
 ) -> Result<(), QueueError> {
     let (id, claim_seq) = (outcome.id, outcome.claim_seq);
@@ -1025,107 +1016,23 @@ pub async fn job_cancel(
     Ok(rows)
 }
 
-/// Why an attempt failed, as kept in the job's `errors` history.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(rename_all = "snake_case")]
-pub enum ErrorClass {
-    /// The handler returned a retryable error.
-    Retryable,
-    /// The handler discarded the job (fatal error).
-    Fatal,
-    /// The handler ran past the kind's timeout.
-    Timeout,
-    /// The handler panicked.
-    Panic,
-    /// The worker stopped heartbeating (crash, kill) and the rescuer took the job back.
-    LeaseExpired,
-    /// No handler for the kind in this worker.
-    UnknownKind,
-    /// The payload did not deserialize into the kind's args.
-    BadArgs,
-    /// The handler asked to run later without charging an attempt.
-    Snoozed,
-    /// The handler or an operator cancelled the job.
-    Cancelled,
-    /// The worker's drain deadline interrupted the handler.
-    Interrupted,
-}
-
-impl ErrorClass {
-    /// The stored and displayed name (also the `class` label of `fleet_jobs_failed_total`).
-    pub fn as_str(self) -> &'static str {
-        match self {
-            Self::Retryable => "retryable",
-            Self::Fatal => "fatal",
-            Self::Timeout => "timeout",
-            Self::Panic => "panic",
-            Self::LeaseExpired => "lease_expired",
-            Self::UnknownKind => "unknown_kind",
-            Self::BadArgs => "bad_args",
-            Self::Snoozed => "snoozed",
-            Self::Cancelled => "cancelled",
-            Self::Interrupted => "interrupted",
-        }
-    }
-}
-
-/// One entry of a job's error history.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-pub struct AttemptError {
-    /// Attempt that failed.
-    pub attempt: i32,
-    /// Failure class.
-    pub class: ErrorClass,
-    /// Reason (never PII).
-    pub message: String,
-    /// When (database time); absent before the row is written.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub at: Option<DateTime<Utc>>,
-}
-
-/// What a claim's outcome does to the job.
+/// One claim's outcome as [`job_set_outcome_many`] writes it: what the row becomes. The worker
+/// decides it ([`crate::worker::outcome`]); this is only its shape in the table.
 #[derive(Debug, Clone, PartialEq)]
-pub enum NextState {
-    /// Success; the key stays held for `key_window` (zero: released now).
-    Completed {
-        /// The kind's idempotency window.
-        key_window: Duration,
-    },
-    /// Failed; run again after `delay` (attempt charged).
-    Retry {
-        /// Backoff.
-        delay: Duration,
-        /// What failed.
-        error: AttemptError,
-    },
-    /// Run again after `delay` without charging the attempt.
-    Snooze {
-        /// Delay.
-        delay: Duration,
-        /// Why (class `snoozed`).
-        error: AttemptError,
-    },
-    /// Final failure.
-    Dead {
-        /// Why.
-        error: AttemptError,
-    },
-    /// Final cancellation.
-    Cancelled {
-        /// Why (class `cancelled`).
-        error: AttemptError,
-    },
-    /// The claim never started its handler: back to `available`, attempt not charged.
-    ReturnUnstarted,
-}
-
-/// One fenced outcome write.
-#[derive(Debug, Clone, PartialEq)]
-pub struct Outcome {
+pub struct OutcomeRow {
     /// Job id.
     pub id: i64,
-    /// The claim that produced it.
+    /// The claim that produced it: the write is fenced on it.
     pub claim_seq: i32,
-    /// What to do.
-    pub next: NextState,
+    /// `completed`, `retryable`, `dead`, `cancelled`, or `available` (given back unstarted).
+    pub state: JobState,
+    /// Whether the attempt the claim charged stays charged (`false`: a snooze or a claim given
+    /// back unstarted, which must not count against `max_attempts`).
+    pub attempt_charged: bool,
+    /// For `retryable`: runs again this long after the write.
+    pub run_in: Option<Duration>,
+    /// Appended to the job's error history.
+    pub error: Option<AttemptError>,
+    /// For `completed`: how long the idempotency key stays held (zero: released now).
+    pub key_window: Duration,
 }

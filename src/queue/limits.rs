@@ -90,8 +90,8 @@ pub async fn job_fetch_limited(
     // budget starts full), before the statement whose snapshot must follow the lock.
     let ensure = r#"
         WITH ensured AS (
-            INSERT INTO fleet_budgets (name, tokens)
-            SELECT n, b FROM unnest($1::text[], $2::float8[]) AS t(n, b)
+            INSERT INTO fleet_budgets (name, tokens, refilled_at)
+            SELECT n, b, coalesce($3::timestamptz, now()) FROM unnest($1::text[], $2::float8[]) AS t(n, b)
             ON CONFLICT (name) DO NOTHING
             RETURNING 1
         )
@@ -100,10 +100,11 @@ pub async fn job_fetch_limited(
                (SELECT count(*) FROM ensured)"#;
     if p.counts_running() {
         sqlx::query(AssertSqlSafe(format!(
-            "{ensure}, pg_advisory_xact_lock($3, hashtext($4))"
+            "{ensure}, pg_advisory_xact_lock($4, hashtext($5))"
         )))
         .bind(&names)
         .bind(&bursts)
+        .bind(p.now)
         .bind(KIND_LOCK_CLASS)
         .bind(p.kind)
         .execute(&mut *tx)
@@ -112,6 +113,7 @@ pub async fn job_fetch_limited(
         sqlx::query(ensure)
             .bind(&names)
             .bind(&bursts)
+            .bind(p.now)
             .execute(&mut *tx)
             .await?;
     }

@@ -6,6 +6,7 @@
 //! | file | what |
 //! |---|---|
 //! | [`job`] | every transition of a job row: insert, claim, lease, outcome, promote, rescue, replay, cancel |
+//! | [`history`] | a job's error history (`errors`): one entry per failed attempt, with its class |
 //! | [`limits`] | the claim of limited kinds (fleet-wide concurrency, per-key limits, fairness) and the rate budgets (`fleet_budgets`) |
 //! | [`inspect`] | operator reads: one job, lists, per-kind stats, checks, table sizes |
 //! | [`pause`] | the kill switch and drains (`fleet_paused_kinds`) |
@@ -36,6 +37,7 @@
 pub mod cron;
 pub mod filter;
 pub mod fixtures;
+pub mod history;
 pub mod inspect;
 pub mod job;
 pub mod limits;
@@ -51,6 +53,7 @@ use serde::{Deserialize, Serialize};
 pub use cron::*;
 pub use filter::*;
 pub use fixtures::*;
+pub use history::*;
 pub use inspect::*;
 pub use job::*;
 pub use limits::*;

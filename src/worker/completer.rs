@@ -1,4 +1,14 @@
-//! Writes outcomes in batches, each fenced on its claim.
+//! The completer: the last step of a job's life inside a worker. It writes the outcomes the
+//! [executor](super::executor) decided ([`super::outcome`]) in batches, each row fenced on its
+//! claim ([`crate::queue::job_set_outcome_many`]), and only then lets the claim go.
+//!
+//! Contract:
+//! - a claim leaves `held` only once its outcome is written or refused, so its lease is renewed
+//!   until then;
+//! - a refused outcome (the claim was rescued or cancelled meanwhile) changes nothing and is
+//!   counted as lost; an outcome whose write committed but whose acknowledgement was lost is
+//!   recognised as ours on the retry ([`crate::queue::job_outcome_written_by`]);
+//! - a failing database is retried with backoff: outcomes are kept, never dropped.
 
 use std::{
     sync::{atomic::Ordering, Arc},
@@ -7,8 +17,11 @@ use std::{
 
 use tokio::sync::mpsc;
 
-use super::Shared;
-use crate::queue::{self, NextState, Outcome};
+use super::{
+    outcome::{NextState, Outcome},
+    Shared,
+};
+use crate::queue;
 
 /// Drains `rx` until every sender is gone, writing whatever has queued up in one statement
 /// (no artificial delay: batches form while the previous write is in flight). A claim leaves
@@ -20,6 +33,7 @@ pub(crate) async fn run(s: Arc<Shared>, mut rx: mpsc::UnboundedReceiver<Outcome>
     let mut failures =
         crate::database::health::FailureStreak::new("writing outcomes failed (they are kept)");
     let mut batch: Vec<Outcome> = Vec::with_capacity(max);
+    let mut rows = Vec::with_capacity(max);
     while let Some(first) = rx.recv().await {
         batch.push(first);
         while batch.len() < max {
@@ -28,11 +42,13 @@ pub(crate) async fn run(s: Arc<Shared>, mut rx: mpsc::UnboundedReceiver<Outcome>
                 Err(_) => break,
             }
         }
+        rows.clear();
+        rows.extend(batch.iter().map(Outcome::row));
         let mut backoff = Duration::from_millis(50);
         let mut failed_before = false;
         let written = loop {
             let r = async {
-                let mut written = queue::job_set_outcome_many(&s.db, &batch, None).await?;
+                let mut written = queue::job_set_outcome_many(&s.db, &rows, s.clock.now()).await?;
                 if failed_before && written.len() < batch.len() {
                     // An earlier try may have committed before its connection dropped: the
                     // fence now refuses the same outcomes, which are ours, already written.
@@ -72,7 +88,9 @@ pub(crate) async fn run(s: Arc<Shared>, mut rx: mpsc::UnboundedReceiver<Outcome>
     }
 }
 
-fn record(s: &Shared, batch: &[Outcome], written: &[i64]) {
+/// Lets the claims of `batch` go and counts what happened to each: written, or refused by the
+/// fence (lost).
+pub(crate) fn record(s: &Shared, batch: &[Outcome], written: &[i64]) {
     let written: std::collections::HashSet<i64> = written.iter().copied().collect();
     let c = &s.counters;
     let mut held = s.held.lock().unwrap();

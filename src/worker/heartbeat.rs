@@ -33,7 +33,7 @@ pub(crate) async fn run(s: Arc<Shared>, stop: CancellationToken) {
         if claims.is_empty() {
             continue;
         }
-        let renewed = queue::job_extend_leases(&s.db, &claims, s.cfg.lease, None).await;
+        let renewed = queue::job_extend_leases(&s.db, &claims, s.cfg.lease, s.clock.now()).await;
         let renewed = match renewed {
             Ok(r) => {
                 lease_failures.succeeded();

@@ -1,12 +1,15 @@
 //! A worker process's runtime: claims jobs, runs their handlers, writes their outcomes, keeps
 //! their leases alive, and drains on request.
 //!
-//! Tasks inside one [`Worker`]:
-//! - the **fetch loop** ([`executor`]) claims ready jobs in batches when woken by `NOTIFY`, a
-//!   freed slot, or the poll, and spawns one task per claimed job;
-//! - each **job task** waits for a slot (the kind's and the worker's), runs the handler under its
-//!   timeout with panics caught, and hands the outcome to the completer;
-//! - the **completer** ([`completer`]) writes outcomes in batches, fenced on the claim;
+//! A claim goes forward through four files, each with its contract in its module doc:
+//! 1. the **fetch loop** ([`fetcher`]) claims ready jobs in batches when woken by `NOTIFY`
+//!    ([`listener`]), a freed slot, or the poll, and spawns one task per claimed job;
+//! 2. that task is the **executor** ([`executor`]): it waits for a slot (the kind's and the
+//!    worker's), runs the handler under its timeout with panics caught, and
+//! 3. turns how the attempt ended into the job's next state ([`outcome`]), which
+//! 4. the **completer** ([`completer`]) writes in batches, fenced on the claim.
+//!
+//! Beside them:
 //! - the **heartbeat** ([`heartbeat`]) renews the lease of *every* held job — running or still
 //!   waiting for a slot — and cancels handlers whose claim was lost;
 //! - **maintenance** ([`crate::maintenance`]) promotes due jobs and rescues expired leases
@@ -18,10 +21,19 @@
 //! A job is *held* from its claim until its outcome is written; `held` is the single source of
 //! what this worker owns. Delivery is at least once: an outcome lost to a crash is redone by
 //! the rescuer, and a late outcome from a lost claim is refused by the fence.
+//!
+//! [`Worker::work_one`] and [`Worker::work_until_idle`] run the same steps one claim at a time
+//! in the caller's task, at the worker's [`Clock`]: what a test uses instead of starting a
+//! worker and waiting.
 
 pub mod completer;
 pub mod executor;
+pub mod fetcher;
 pub mod heartbeat;
+pub mod listener;
+pub mod outcome;
+
+pub use outcome::{backoff, NextState, Outcome};
 
 use std::{
     collections::HashMap,
@@ -37,7 +49,13 @@ use tokio_util::{sync::CancellationToken, task::TaskTracker};
 
 use jobs::Db;
 
-use crate::{config::WorkerSettings, enqueue::Queue, queue::Outcome, registry::Registry};
+use crate::{
+    clock::Clock,
+    config::WorkerSettings,
+    enqueue::Queue,
+    queue::{self, ClaimedJob},
+    registry::Registry,
+};
 
 /// A claim this worker holds until its outcome is written.
 #[derive(Debug, Clone)]
@@ -112,6 +130,8 @@ pub(crate) struct Shared {
     pub counters: Arc<WorkerCounters>,
     pub interrupted: AtomicU64,
     pub extensions: jobs::Extensions,
+    /// The time claims, leases, outcomes, budgets and maintenance act at.
+    pub clock: Clock,
 }
 
 /// A limited kind's settings, resolved once for the fetch loop.
@@ -179,6 +199,7 @@ impl Worker {
                 counters: Arc::new(WorkerCounters::default()),
                 interrupted: AtomicU64::new(0),
                 extensions: jobs::Extensions::default(),
+                clock: Clock::System,
             }),
         }
     }
@@ -201,6 +222,16 @@ impl Worker {
         s.db_name = db_name.into();
         s.domain_db = domain_db;
         s.queue = queue;
+        self
+    }
+
+    /// Runs claims, leases, outcomes, budgets and maintenance at `clock`'s time (a test's
+    /// [`crate::clock::ManualClock`]) instead of the database's. Call before [`Worker::run`].
+    pub fn with_clock(mut self, clock: impl Into<Clock>) -> Self {
+        let s = Arc::get_mut(&mut self.shared).expect("with_clock is called before run");
+        s.clock = clock.into();
+        // Follow-ups its handlers enqueue are due at the same time.
+        s.queue = s.queue.clone().with_clock(s.clock.clone());
         self
     }
 
@@ -233,7 +264,7 @@ impl Worker {
         let background = CancellationToken::new();
         let completer = tokio::spawn(completer::run(s.clone(), rx));
         let heartbeat = tokio::spawn(heartbeat::run(s.clone(), background.clone()));
-        let listener = tokio::spawn(executor::listen(s.clone(), background.clone()));
+        let listener = tokio::spawn(listener::run(s.clone(), background.clone()));
         let monitor = tokio::spawn(crate::database::health::watch(
             s.db.clone(),
             s.db_name.to_string(),
@@ -248,11 +279,12 @@ impl Worker {
             s.db.clone(),
             crate::maintenance::MaintenanceSettings::from(&s.cfg),
             Some(held_claims),
+            s.clock.clone(),
             background.clone(),
         ));
         let tasks = TaskTracker::new();
 
-        executor::fetch_loop(s.clone(), tx.clone(), &tasks, shutdown).await;
+        fetcher::run(s.clone(), tx.clone(), &tasks, shutdown).await;
 
         // Drain.
         tracing::info!(worker.id = %s.worker_id, held = s.held.lock().unwrap().len(), "draining");
@@ -286,6 +318,78 @@ impl Worker {
             returned_unstarted = report.returned_unstarted, interrupted = report.interrupted,
             unwritten = report.unwritten, "worker stopped");
         report
+    }
+}
+
+/// One claim [`Worker::work_one`] ran to its outcome.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Worked {
+    /// The job.
+    pub id: i64,
+    /// Its kind.
+    pub kind: String,
+    /// The attempt that ran (1-based).
+    pub attempt: i32,
+    /// The state the outcome leaves the job in.
+    pub state: queue::JobState,
+    /// What the attempt decided for the job (its delay, its error).
+    pub next: NextState,
+    /// Whether the outcome was written; `false` when the fence refused it (the claim was
+    /// rescued or cancelled while it ran).
+    pub written: bool,
+}
+
+impl Worker {
+    /// Runs one job to its outcome in the caller's task, the way [`Worker::run`] runs each of
+    /// its claims, at the worker's [`Clock`]: promotes the jobs that are due, claims one ready
+    /// job (limited kinds first, under their limits and budgets, then the rest), runs its
+    /// handler under the kind's timeout with panics caught, writes the outcome fenced on the
+    /// claim, and returns what happened. `None` when nothing is due.
+    ///
+    /// No heartbeat, listener or maintenance runs meanwhile: a handler must finish within the
+    /// lease unless the test means it not to, and a test runs the rescuer itself
+    /// ([`crate::maintenance::JobRescuer::run_once`]).
+    pub async fn work_one(&self) -> Result<Option<Worked>, sqlx::Error> {
+        let s = &self.shared;
+        crate::maintenance::JobPromoter::new(s.db.clone(), Default::default())
+            .run_once(s.clock.now())
+            .await?;
+        let room = fetcher::Room {
+            free: 1,
+            skip_kinds: Vec::new(),
+            held_by_kind: HashMap::new(),
+        };
+        let Some(job) = fetcher::Fetcher::new(s).claim(s, &room).await?.pop() else {
+            return Ok(None);
+        };
+        fetcher::hold(s, std::slice::from_ref(&job));
+        let ClaimedJob {
+            id, kind, attempt, ..
+        } = job.clone();
+        let outcome = executor::execute(s.clone(), job).await;
+        let row = outcome.row();
+        let state = row.state;
+        let written = queue::job_set_outcome_many(&s.db, &[row], s.clock.now()).await?;
+        completer::record(s, std::slice::from_ref(&outcome), &written);
+        Ok(Some(Worked {
+            id,
+            kind,
+            attempt,
+            state,
+            next: outcome.next,
+            written: !written.is_empty(),
+        }))
+    }
+
+    /// [`Worker::work_one`] until nothing is due at the worker's clock; returns every claim
+    /// run, in order. A retry whose backoff has not elapsed on the clock is not due: advance a
+    /// manual clock and call again to run it.
+    pub async fn work_until_idle(&self) -> Result<Vec<Worked>, sqlx::Error> {
+        let mut worked = Vec::new();
+        while let Some(w) = self.work_one().await? {
+            worked.push(w);
+        }
+        Ok(worked)
     }
 }
 

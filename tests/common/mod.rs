@@ -8,7 +8,8 @@ use chrono::{DateTime, Utc};
 use fleet::{
     config::WorkerSettings,
     database::ScratchDb,
-    queue::{self, ClaimedJob, FetchParams, JobRecord, JobState, NextState, Outcome, QueueError},
+    queue::{self, ClaimedJob, FetchParams, JobRecord, JobState, OutcomeRow, QueueError},
+    worker::Outcome,
     Registry, Worker,
 };
 use jobs::{Job, JobContext, JobError};
@@ -175,6 +176,20 @@ pub fn start_worker_with(
     }
 }
 
+/// A worker a test steps ([`Worker::work_one`]) and the queue that feeds it, both on a manual
+/// clock that starts at the host's time: a retry, a schedule or a lapsed lease becomes due when
+/// the test advances the clock, not when time passes.
+pub fn stepped_worker(
+    pool: &PgPool,
+    registry: Arc<Registry>,
+) -> (Worker, fleet::Queue, fleet::clock::ManualClock) {
+    let clock = fleet::clock::ManualClock::starting_now();
+    let worker =
+        Worker::new(pool.clone(), registry.clone(), fast_settings()).with_clock(clock.clone());
+    let queue = fleet::Queue::new(pool.clone(), registry).with_clock(clock.clone());
+    (worker, queue, clock)
+}
+
 pub async fn job(pool: &PgPool, id: i64) -> JobRecord {
     let mut c = pool.acquire().await.unwrap();
     queue::job_get(&mut *c, id)
@@ -283,12 +298,8 @@ pub async fn insert_unchecked(pool: &PgPool, kind: &str, args: serde_json::Value
 }
 
 /// The completion of claim `c`, keeping its key for `key_window` afterwards.
-pub fn completion(c: &ClaimedJob, key_window: Duration) -> Outcome {
-    Outcome {
-        id: c.id,
-        claim_seq: c.claim_seq,
-        next: NextState::Completed { key_window },
-    }
+pub fn completion(c: &ClaimedJob, key_window: Duration) -> OutcomeRow {
+    Outcome::completed(c, key_window).row()
 }
 
 /// Completes claim `c` (no key window), fenced on the claim.

@@ -331,7 +331,7 @@ async fn claim(ctx: &JobContext, args: &BookingAttempt) -> Result<Claim, JobErro
 
 /// Step 2: re-read the offer; record the amount to charge, or fail the attempt.
 async fn check_offer(ctx: &JobContext, b: &Booking) -> Result<(), JobError> {
-    let offer = match ctx.deps()?.flights()?.get_offer(&b.duffel_offer_id).await {
+    let offer = match ctx.flights()?.get_offer(&b.duffel_offer_id).await {
         Ok(offer) => offer,
         Err(e) if e.class == FailureClass::Rejected => {
             let code = e
@@ -637,7 +637,7 @@ async fn place_order(ctx: &JobContext, b: &Booking, first: bool) -> Result<(), J
         currency: b.currency.clone(),
         metadata: BTreeMap::from([("booking_id".to_owned(), b.id.to_string())]),
     };
-    let flights = ctx.deps()?.flights()?;
+    let flights = ctx.flights()?;
     let result = flights.create_order(&order).await;
     drop(order); // the passenger's PII leaves memory here
     drop(traveler);
@@ -688,7 +688,6 @@ async fn find_order(ctx: &JobContext, b: &Booking) -> Result<Option<Order>, JobE
         offer_id: Some(b.duffel_offer_id.clone()),
     };
     let mut found = ctx
-        .deps()?
         .flights()?
         .find_orders(&lookup)
         .await

@@ -367,7 +367,7 @@ pub async fn search(ctx: &JobContext, campaign_id: Uuid) -> Result<SearchOutcome
         return Ok(SearchOutcome::WindowOver);
     };
     tx.commit().await?;
-    let flights = ctx.deps()?.flights()?;
+    let flights = ctx.flights()?;
     let request = offer_search(&criteria, dates);
     let found = async {
         let id = flights.create_offer_request(&request).await?;

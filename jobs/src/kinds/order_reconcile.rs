@@ -40,7 +40,7 @@ impl Job for OrderReconcile {
         // A creation that failed may name an order Duffel never made: "not found" is an
         // answer (no order), not a failure of this job.
         let order = match &self.order_id {
-            Some(id) => match ctx.deps()?.flights()?.get_order(id).await {
+            Some(id) => match ctx.flights()?.get_order(id).await {
                 Ok(o) => Some(o),
                 Err(e) if e.is_code("not_found") => None,
                 Err(e) => return Err(e.into()),

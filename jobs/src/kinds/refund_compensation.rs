@@ -242,7 +242,7 @@ impl Job for RefundCompensation {
 /// Cancels the booking's Duffel order unless it already is.
 async fn cancel_order(ctx: &JobContext, b: &Booking) -> Result<(), JobError> {
     let order_id = b.duffel_order_id.as_deref().unwrap_or_default();
-    let flights = ctx.deps()?.flights()?;
+    let flights = ctx.flights()?;
     let order = flights.get_order(order_id).await?;
     if order.cancelled_at.is_some() {
         return Ok(());

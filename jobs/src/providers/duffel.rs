@@ -18,7 +18,7 @@ use serde::{de::DeserializeOwned, Deserialize, Serialize};
 use super::{
     error::transport_class, money, normalize_base_url, ApiKey, FailureClass, ProviderConfigError,
 };
-use crate::{BoxFuture, JobError};
+use crate::{BoxFuture, Exhausted, JobError, RateLimits};
 
 /// Duffel client settings.
 #[derive(Clone, Debug, Deserialize)]
@@ -299,6 +299,11 @@ pub trait FlightsApi: Send + Sync {
         &'a self,
         cancellation_id: &'a str,
     ) -> BoxFuture<'a, Result<OrderCancellation, DuffelError>>;
+
+    /// This client, reporting budgets a successful answer says are used up to `limits` (one
+    /// attempt's; see [`RateLimits`]). A handler gets it bound through
+    /// [`HasDeps::flights`](crate::deps::HasDeps::flights).
+    fn reporting_to(&self, limits: RateLimits) -> std::sync::Arc<dyn FlightsApi>;
 }
 
 /// Duffel codes that are definite business refusals, whatever the status they come with.
@@ -466,8 +471,17 @@ pub fn budget_of(op: &str) -> &'static str {
 
 /// On a successful answer: `ratelimit-remaining: 0` with a `ratelimit-reset` means the next
 /// call of this budget would be refused until the reset, so the budget is reported exhausted
-/// (the engine empties it fleet-wide, [`crate::rate_feedback`]).
-fn report_if_exhausted(op: &'static str, headers: &HeaderMap, now: DateTime<Utc>) {
+/// to the attempt the client is bound to (the engine empties it fleet-wide,
+/// [`RateLimits`]); a client bound to no attempt has no one to tell.
+fn report_if_exhausted(
+    limits: Option<&RateLimits>,
+    op: &'static str,
+    headers: &HeaderMap,
+    now: DateTime<Utc>,
+) {
+    let Some(limits) = limits else {
+        return;
+    };
     let header = |name: &str| headers.get(name).and_then(|v| v.to_str().ok());
     if header("ratelimit-remaining").map(str::trim) != Some("0") {
         return;
@@ -475,7 +489,7 @@ fn report_if_exhausted(op: &'static str, headers: &HeaderMap, now: DateTime<Utc>
     let Some(reset) = header("ratelimit-reset").and_then(|v| parse_ratelimit_reset(v, now)) else {
         return;
     };
-    crate::rate_feedback::report(crate::rate_feedback::Exhausted {
+    limits.report(Exhausted {
         budget: budget_of(op).to_owned(),
         after: super::error::clamp_snooze(Some((reset - now).to_std().unwrap_or_default())),
         reason: format!("duffel {op}: ratelimit-remaining 0"),
@@ -500,6 +514,9 @@ pub struct DuffelClient {
     base: String,
     token: ApiKey,
     offers_limit: u32,
+    /// Where successful answers that exhaust a budget are reported: the attempt this client
+    /// was bound to ([`FlightsApi::reporting_to`]), none for the process-wide client.
+    rate_limits: Option<RateLimits>,
 }
 
 impl fmt::Debug for DuffelClient {
@@ -756,6 +773,7 @@ impl DuffelClient {
             base,
             token: config.access_token.clone(),
             offers_limit: config.offers_limit.clamp(1, 200),
+            rate_limits: None,
         })
     }
 
@@ -812,7 +830,7 @@ impl DuffelClient {
             });
         }
         if status.is_success() {
-            report_if_exhausted(op, &headers, Utc::now());
+            report_if_exhausted(self.rate_limits.as_ref(), op, &headers, Utc::now());
             return serde_json::from_slice(&bytes).map_err(|_| {
                 DuffelError::local(op, FailureClass::Ambiguous, "unreadable response")
             });
@@ -862,6 +880,13 @@ fn error_from_answer(
 }
 
 impl FlightsApi for DuffelClient {
+    fn reporting_to(&self, limits: RateLimits) -> std::sync::Arc<dyn FlightsApi> {
+        std::sync::Arc::new(Self {
+            rate_limits: Some(limits),
+            ..self.clone()
+        })
+    }
+
     fn create_offer_request<'a>(
         &'a self,
         search: &'a OfferSearch,
@@ -1159,13 +1184,11 @@ mod tests {
         .await;
         let c = client(&rec.base_url());
         let search = lhr_jfk(vec![PassengerSpec::Adult], CabinClass::Economy);
-        let sink = crate::rate_feedback::Sink::default();
-        crate::rate_feedback::scope(sink.clone(), async {
-            assert_eq!(c.create_offer_request(&search).await.unwrap(), "orq_1");
-            assert_eq!(c.create_offer_request(&search).await.unwrap(), "orq_2");
-        })
-        .await;
-        let got = crate::rate_feedback::drain(&sink);
+        let limits = RateLimits::default();
+        let bound = c.reporting_to(limits.clone());
+        assert_eq!(bound.create_offer_request(&search).await.unwrap(), "orq_1");
+        assert_eq!(bound.create_offer_request(&search).await.unwrap(), "orq_2");
+        let got = limits.take();
         assert_eq!(
             got.len(),
             1,

@@ -17,7 +17,7 @@ use serde::{Deserialize, Serialize};
 use fleet::{
     config::WorkerSettings,
     database::ScratchDb,
-    queue::{self, FetchParams, NextState, Outcome},
+    queue::{self, FetchParams},
     registry::Registry,
     Queue, Worker,
 };
@@ -101,15 +101,9 @@ async fn statement_loop(pool: sqlx::PgPool, batch: usize, owner: String) -> anyh
         if claimed.is_empty() {
             return Ok(done);
         }
-        let outcomes: Vec<Outcome> = claimed
+        let outcomes: Vec<queue::OutcomeRow> = claimed
             .iter()
-            .map(|c| Outcome {
-                id: c.id,
-                claim_seq: c.claim_seq,
-                next: NextState::Completed {
-                    key_window: std::time::Duration::ZERO,
-                },
-            })
+            .map(|c| fleet::worker::Outcome::completed(c, std::time::Duration::ZERO).row())
             .collect();
         let written = queue::job_set_outcome_many(session.conn(), &outcomes, None).await?;
         if written.len() != outcomes.len() {
