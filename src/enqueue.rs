@@ -14,7 +14,7 @@
 use std::{collections::HashMap, sync::Arc};
 
 use jobs::Db;
-use jobs::{BoxFuture, EnqueueError, Enqueued, Enqueuer, Job, NewJob};
+use jobs::{BoxFuture, Enqueued, Enqueuer, Job, NewJob};
 use sqlx::PgConnection;
 
 use crate::{
@@ -22,6 +22,78 @@ use crate::{
     queue::{self, JobInsert, QueueError},
     registry::Registry,
 };
+
+/// Why an enqueue wrote nothing (of the batch, or of the statement that failed: see
+/// [`Queue::enqueue_many`]). Every variant but `Database` is the caller's to fix: retrying the
+/// same jobs cannot help.
+#[derive(Debug, thiserror::Error)]
+pub enum EnqueueError {
+    /// No kind of that name is registered with this process.
+    #[error("invalid job: unknown job kind {kind:?} (known: {})", known.join(", "))]
+    UnknownKind {
+        /// The kind asked for.
+        kind: String,
+        /// The kinds this process has.
+        known: Vec<String>,
+    },
+    /// The args do not fit the kind (they do not deserialize into its type).
+    #[error("invalid job: {reason}")]
+    BadArgs {
+        /// The kind.
+        kind: String,
+        /// What does not fit (field names, never values).
+        reason: String,
+    },
+    /// An option the table refuses: an empty or overlong queue, key or limit key, no attempts.
+    #[error("invalid job: {reason}")]
+    BadOption {
+        /// The kind.
+        kind: String,
+        /// Which option and why.
+        reason: String,
+    },
+    /// A kind that lives in another database, enqueued beside the caller's transaction without
+    /// an idempotency key (see the module docs).
+    #[error(
+        "invalid job: kind {kind:?} lives in database {database:?}, not in the caller's \
+         ({home:?}): enqueued beside the caller's transaction it commits on its own, so it needs \
+         an idempotency key"
+    )]
+    NeedsKey {
+        /// The kind.
+        kind: String,
+        /// Its database.
+        database: String,
+        /// The caller's.
+        home: String,
+    },
+    /// An idempotency key kept changing hands until the insert gave up; the same enqueue may
+    /// succeed later.
+    #[error("idempotency key of kind {kind:?} kept changing hands; try again")]
+    KeyContended {
+        /// The kind.
+        kind: String,
+    },
+    /// The database failed; the same enqueue may succeed later.
+    #[error(transparent)]
+    Database(#[from] sqlx::Error),
+}
+
+impl From<QueueError> for EnqueueError {
+    fn from(e: QueueError) -> Self {
+        match e {
+            QueueError::Database(d) => Self::Database(d),
+            QueueError::KeyContended { kind, .. } => Self::KeyContended { kind },
+            // `prepare` checked every row against the same rules before any statement, so
+            // the insert's own check cannot refuse one; should it, the message names the kind.
+            QueueError::InvalidJob(reason) => Self::BadOption {
+                kind: String::new(),
+                reason,
+            },
+            QueueError::LostLease { .. } => unreachable!("an insert holds no claim"),
+        }
+    }
+}
 
 /// How long a bulk [`Queue::enqueue_many`] waits for its second connection before it inserts
 /// everything on its first.
@@ -144,14 +216,17 @@ impl Queue {
         &self,
         args: &J,
         key: Option<&str>,
-    ) -> Result<Enqueued, QueueError> {
-        let mut job = NewJob::of(args).map_err(|e| QueueError::InvalidJob(e.to_string()))?;
+    ) -> Result<Enqueued, EnqueueError> {
+        let mut job = NewJob::of(args).map_err(|e| EnqueueError::BadArgs {
+            kind: J::KIND.to_owned(),
+            reason: e.to_string(),
+        })?;
         job.opts.idempotency_key = key.map(str::to_owned);
         self.enqueue_new(job).await
     }
 
     /// Enqueues one untyped job.
-    pub async fn enqueue_new(&self, job: NewJob) -> Result<Enqueued, QueueError> {
+    pub async fn enqueue_new(&self, job: NewJob) -> Result<Enqueued, EnqueueError> {
         let mut v = self.enqueue_many(vec![job]).await?;
         Ok(v.remove(0))
     }
@@ -160,7 +235,7 @@ impl Queue {
     /// key returns its holder and never fails the batch. No caller transaction: a job of a kind
     /// that lives in another database needs no key here.
     ///
-    /// A batch of more than one statement's worth ([`queue::ENQUEUE_CHUNK`]) whose jobs carry
+    /// A batch of more than one statement's worth (5,000 jobs) whose jobs carry
     /// no idempotency key and no limit key is split in two halves inserted side by side on two
     /// connections: one insert keeps one Postgres backend, so one core, busy (a profile of a
     /// 200,000-job enqueue: `postgres` 47 %, idle 45 % on two cores). Keys keep the one
@@ -170,7 +245,7 @@ impl Queue {
     ///
     /// Behind a transaction pooler the whole call is one transaction (its statements must
     /// share a server connection): all of it is written, or none.
-    pub async fn enqueue_many(&self, jobs: Vec<NewJob>) -> Result<Vec<Enqueued>, QueueError> {
+    pub async fn enqueue_many(&self, jobs: Vec<NewJob>) -> Result<Vec<Enqueued>, EnqueueError> {
         let mut rows = self.prepare(jobs)?;
         let Some(conn) = self.db.acquire_session().await else {
             let mut tx = self.db.begin().await?;
@@ -217,13 +292,13 @@ impl Queue {
         &self,
         conn: &mut PgConnection,
         jobs: Vec<NewJob>,
-    ) -> Result<Vec<Enqueued>, QueueError> {
+    ) -> Result<Vec<Enqueued>, EnqueueError> {
         let rows = self.prepare(jobs)?;
         self.insert_routed(conn, rows, true).await
     }
 
     /// Resolves and validates every job: nothing is written for a batch that holds a bad one.
-    fn prepare(&self, jobs: Vec<NewJob>) -> Result<Vec<JobInsert>, QueueError> {
+    fn prepare(&self, jobs: Vec<NewJob>) -> Result<Vec<JobInsert>, EnqueueError> {
         let typed: Vec<bool> = jobs.iter().map(NewJob::is_typed).collect();
         // One call, one enqueuing span: its trace context is the same for every job.
         let trace = crate::telemetry::current_trace_context();
@@ -233,10 +308,25 @@ impl Queue {
             .collect();
         // What the schema refuses first, then what this process's kinds refuse.
         for (row, typed) in rows.iter().zip(typed) {
-            queue::validate_insert(row)?;
+            queue::validate_insert(row).map_err(|e| EnqueueError::BadOption {
+                kind: row.kind.clone(),
+                reason: match e {
+                    QueueError::InvalidJob(m) => m,
+                    other => other.to_string(),
+                },
+            })?;
+            if self.registry.get(&row.kind).is_none() {
+                return Err(EnqueueError::UnknownKind {
+                    kind: row.kind.clone(),
+                    known: self.registry.kind_names(),
+                });
+            }
             self.registry
                 .check_parts(&row.kind, &row.args, typed)
-                .map_err(QueueError::InvalidJob)?;
+                .map_err(|reason| EnqueueError::BadArgs {
+                    kind: row.kind.clone(),
+                    reason,
+                })?;
         }
         Ok(rows)
     }
@@ -249,7 +339,7 @@ impl Queue {
         conn: &mut PgConnection,
         rows: Vec<JobInsert>,
         beside_tx: bool,
-    ) -> Result<Vec<Enqueued>, QueueError> {
+    ) -> Result<Vec<Enqueued>, EnqueueError> {
         let out = if self.routes.by_kind.is_empty() {
             queue::job_insert_many(conn, &rows, self.clock.now()).await?
         } else {
@@ -261,12 +351,11 @@ impl Queue {
                     None => local.push(i),
                     Some((name, db)) => {
                         if beside_tx && row.idempotency_key.is_none() {
-                            return Err(QueueError::InvalidJob(format!(
-                                "kind {:?} lives in database {name:?}, not in the caller's ({:?}): \
-                                 enqueued beside the caller's transaction it commits on its own, \
-                                 so it needs an idempotency key",
-                                row.kind, self.routes.home
-                            )));
+                            return Err(EnqueueError::NeedsKey {
+                                kind: row.kind.clone(),
+                                database: name.clone(),
+                                home: self.routes.home.clone(),
+                            });
                         }
                         match remote.iter_mut().find(|(n, _, _)| *n == name.as_str()) {
                             Some((_, _, v)) => v.push(i),
@@ -344,12 +433,18 @@ impl Enqueuer for Queue {
         &'a self,
         conn: &'a mut PgConnection,
         jobs: Vec<NewJob>,
-    ) -> BoxFuture<'a, Result<Vec<Enqueued>, EnqueueError>> {
+    ) -> BoxFuture<'a, Result<Vec<Enqueued>, jobs::EnqueueError>> {
         Box::pin(async move {
             self.enqueue_many_in(conn, jobs).await.map_err(|e| match e {
-                QueueError::Database(d) => EnqueueError::Database(d),
-                QueueError::InvalidJob(m) => EnqueueError::Invalid(m),
-                other => EnqueueError::Invalid(other.to_string()),
+                EnqueueError::Database(d) => jobs::EnqueueError::Database(d),
+                // Contention is transient: the handler's retry (with backoff) re-runs it.
+                e @ EnqueueError::KeyContended { .. } => jobs::EnqueueError::Busy(e.to_string()),
+                invalid => jobs::EnqueueError::Invalid(
+                    invalid
+                        .to_string()
+                        .trim_start_matches("invalid job: ")
+                        .to_owned(),
+                ),
             })
         })
     }

@@ -9,16 +9,19 @@
 //! replication too (`initdb --auth=trust` writes `host replication all 127.0.0.1/32 trust`),
 //! and runs with `wal_level=replica`; durability is off (`fsync=off`): these are scratch data.
 
-use std::{
-    path::{Path, PathBuf},
-    process::Command,
-};
+use std::{path::PathBuf, process::Command};
 
 use anyhow::{bail, Context};
 
-use crate::database::{chown_to_postgres, postgres_bindir};
+use crate::database::scratch::chown_to_postgres;
+#[cfg(feature = "testkit")]
+use {
+    crate::database::scratch::{initdb_args, postgres_bindir},
+    std::path::Path,
+};
 
 /// A Postgres server this process started; stopped (fast) and deleted on drop.
+#[cfg(feature = "testkit")]
 pub struct LocalCluster {
     /// Its port on 127.0.0.1 (and on `[::1]` when [`ClusterConfig::ipv6`] is set).
     pub port: u16,
@@ -31,6 +34,7 @@ pub struct LocalCluster {
 
 /// What a cluster is started with beyond the defaults (tests of TLS, limits, roles).
 #[derive(Debug, Clone, Default)]
+#[cfg(feature = "testkit")]
 pub struct ClusterConfig {
     /// `-c name=value` server settings, after the defaults (so they win).
     pub settings: Vec<(String, String)>,
@@ -43,6 +47,7 @@ pub struct ClusterConfig {
     pub ipv6: bool,
 }
 
+#[cfg(feature = "testkit")]
 impl LocalCluster {
     /// `initdb` in a fresh directory, then start it as a primary that accepts replication.
     pub fn start_primary(label: &str) -> anyhow::Result<Self> {
@@ -55,7 +60,7 @@ impl LocalCluster {
         let mut c = Self::prepare(label)?;
         c.config = config;
         let data = c.data();
-        c.run("initdb", &crate::database::initdb_args(path_str(&data)?))?;
+        c.run("initdb", &initdb_args(path_str(&data)?))?;
         if !c.config.hba.is_empty() {
             let hba = data.join("pg_hba.conf");
             let initdb_own = std::fs::read_to_string(&hba).context("reading pg_hba.conf")?;
@@ -246,6 +251,7 @@ impl LocalCluster {
     }
 }
 
+#[cfg(feature = "testkit")]
 impl Drop for LocalCluster {
     fn drop(&mut self) {
         if self.running {
@@ -258,6 +264,7 @@ impl Drop for LocalCluster {
     }
 }
 
+#[cfg(feature = "testkit")]
 fn path_str(p: &Path) -> anyhow::Result<&str> {
     p.to_str().context("non-UTF-8 temp path")
 }

@@ -5,7 +5,6 @@
 
 use std::time::{Duration, Instant};
 
-use anyhow::Context;
 use jobs::Db;
 use serde::Serialize;
 use serde_json::json;
@@ -19,16 +18,47 @@ use crate::queue::{
 /// Rows deleted per prune statement (keeps each transaction short).
 const PRUNE_BATCH: i64 = 10_000;
 
-/// The command was asked for something it cannot do as asked (a missing filter, a bad
-/// limit, an unknown kind): a usage error, nothing was changed.
+/// Why an operator command did not do what it was asked. Whatever the variant, a command
+/// that fails changed nothing, except a timed-out drain (its kinds are left fully paused, as
+/// the message says). The CLI maps each variant to an exit code and the console to an HTTP
+/// status, each in one place (`cli::exit_code`, the console's `PageError`).
 #[derive(Debug, thiserror::Error)]
-#[error("{0}")]
-pub struct UsageError(pub String);
+pub enum OpsError {
+    /// The command cannot be done as asked: a missing filter, a bad limit, an unknown kind, a
+    /// booking that does not exist or cannot be refunded. The message says what to change.
+    #[error("{0}")]
+    Usage(String),
+    /// The job asked for does not exist.
+    #[error("no job with id {0}")]
+    NoSuchJob(i64),
+    /// A drain ran out of time with work left; its kinds are now fully paused.
+    #[error(transparent)]
+    DrainTimedOut(#[from] DrainTimedOut),
+    /// The read replica (`database.read_url`) could not be read; `target` names it (host,
+    /// port, database, user; never the password).
+    #[error("cannot read from the read replica at {target} (read_url)")]
+    Replica {
+        /// Where the replica is.
+        target: String,
+        /// What the read failed with.
+        #[source]
+        source: sqlx::Error,
+    },
+    /// A domain command failed (the database or the enqueue under it).
+    #[error(transparent)]
+    Domain(#[from] jobs::JobError),
+    /// The database failed.
+    #[error(transparent)]
+    Database(#[from] sqlx::Error),
+}
 
-/// Returns a [`UsageError`] from the enclosing function.
+/// What an operator command returns.
+pub type Result<T, E = OpsError> = std::result::Result<T, E>;
+
+/// Returns an [`OpsError::Usage`] from the enclosing function.
 macro_rules! usage {
     ($($t:tt)*) => {
-        return Err(UsageError(format!($($t)*)).into())
+        return Err(OpsError::Usage(format!($($t)*)))
     };
 }
 
@@ -137,7 +167,7 @@ impl Ops {
     }
 
     /// How far the read replica is behind the primary; `None` without a replica.
-    pub async fn replica_lag(&self) -> anyhow::Result<Option<crate::databases::ReplicaLag>> {
+    pub async fn replica_lag(&self) -> Result<Option<crate::databases::ReplicaLag>> {
         if !self.replica {
             return Ok(None);
         }
@@ -147,12 +177,12 @@ impl Ops {
             crate::databases::LAG_PROBE_BUDGET,
         )
         .await
-        .context("measuring the read replica's lag (database.read_url)")?;
+        .map_err(|source| self.replica_error(source))?;
         Ok(Some(lag))
     }
 
     /// Fails unless `kind` is registered here or has jobs stored.
-    pub async fn check_kind(&self, kind: &str) -> anyhow::Result<()> {
+    pub async fn check_kind(&self, kind: &str) -> Result<()> {
         if self.known_kinds.iter().any(|k| k == kind) {
             return Ok(());
         }
@@ -165,7 +195,7 @@ impl Ops {
         )
     }
 
-    async fn check_filter(&self, f: &JobFilter) -> anyhow::Result<()> {
+    async fn check_filter(&self, f: &JobFilter) -> Result<()> {
         if let Some(k) = &f.kind {
             self.check_kind(k).await?;
         }
@@ -178,12 +208,12 @@ impl Ops {
     }
 
     /// The paused and draining kinds.
-    pub async fn paused(&self) -> anyhow::Result<Vec<queue::PausedKind>> {
+    pub async fn paused(&self) -> Result<Vec<queue::PausedKind>> {
         self.read(queue::kind_list_paused(&self.reads)).await
     }
 
     /// Registered workers; `alive` when the last heartbeat is within `alive_within`.
-    pub async fn workers(&self, alive_within: Duration) -> anyhow::Result<Vec<queue::WorkerRow>> {
+    pub async fn workers(&self, alive_within: Duration) -> Result<Vec<queue::WorkerRow>> {
         self.read(queue::worker_list(&self.reads, alive_within, None))
             .await
     }
@@ -195,7 +225,7 @@ impl Ops {
         kinds: &[String],
         queue_of: impl Fn(&str) -> Option<String>,
         alive_within: Duration,
-    ) -> anyhow::Result<Vec<String>> {
+    ) -> Result<Vec<String>> {
         let live: Vec<queue::WorkerRow> = self
             .workers(alive_within)
             .await?
@@ -216,7 +246,7 @@ impl Ops {
 
     /// What waits on a fleet-wide limit or a rate budget (separately from what waits for a
     /// worker), per limited kind of `registry`, and every declared budget's level.
-    pub async fn limits(&self, registry: &crate::Registry) -> anyhow::Result<LimitsReport> {
+    pub async fn limits(&self, registry: &crate::Registry) -> Result<LimitsReport> {
         let specs: Vec<queue::KindLimitSpec> = registry
             .limited_kinds()
             .into_iter()
@@ -287,12 +317,12 @@ impl Ops {
     }
 
     /// Per-kind counts.
-    pub async fn stats(&self) -> anyhow::Result<Vec<KindStats>> {
+    pub async fn stats(&self) -> Result<Vec<KindStats>> {
         self.read(queue::job_stats(&self.reads, None)).await
     }
 
     /// Per kind, completions in each of the last `minutes` minutes (1..=60), oldest first.
-    pub async fn completions(&self, minutes: i32) -> anyhow::Result<Vec<queue::CompletionMinute>> {
+    pub async fn completions(&self, minutes: i32) -> Result<Vec<queue::CompletionMinute>> {
         if !(1..=60).contains(&minutes) {
             usage!("minutes must be 1..=60, got {minutes}");
         }
@@ -310,7 +340,7 @@ impl Ops {
         f: &JobFilter,
         limit: i64,
         before_id: Option<i64>,
-    ) -> anyhow::Result<Vec<JobSummary>> {
+    ) -> Result<Vec<JobSummary>> {
         self.check_filter(f).await?;
         if !(1..=10_000).contains(&limit) {
             usage!("--limit must be 1..=10000, got {limit}");
@@ -320,23 +350,19 @@ impl Ops {
     }
 
     /// One job with its error history.
-    pub async fn show(&self, id: i64) -> anyhow::Result<JobRecord> {
+    pub async fn show(&self, id: i64) -> Result<JobRecord> {
         self.read(queue::job_get(&self.reads, id))
             .await?
-            .with_context(|| format!("no job with id {id}"))
+            .ok_or(OpsError::NoSuchJob(id))
     }
 
     /// The jobs job `id`'s handlers enqueued.
-    pub async fn children(&self, id: i64) -> anyhow::Result<Vec<JobSummary>> {
+    pub async fn children(&self, id: i64) -> Result<Vec<JobSummary>> {
         self.read(queue::job_list_children(&self.reads, id)).await
     }
 
     /// Dead or cancelled jobs → available with a fresh attempt budget.
-    pub async fn replay(
-        &self,
-        f: &JobFilter,
-        dry_run: bool,
-    ) -> anyhow::Result<Mutation<ReplayResult>> {
+    pub async fn replay(&self, f: &JobFilter, dry_run: bool) -> Result<Mutation<ReplayResult>> {
         self.check_filter(f).await?;
         if f.is_empty() {
             usage!("replay needs --id or a filter (--kind, --state, --queue, --since, --until, --key, --args)");
@@ -363,7 +389,7 @@ impl Ops {
         &self,
         f: &JobFilter,
         dry_run: bool,
-    ) -> anyhow::Result<Mutation<Vec<queue::CancelledJob>>> {
+    ) -> Result<Mutation<Vec<queue::CancelledJob>>> {
         self.check_filter(f).await?;
         if f.is_empty() {
             usage!("cancel needs --id or a filter (--kind, --state, --queue, --since, --until, --key, --args)");
@@ -382,12 +408,7 @@ impl Ops {
     }
 
     /// Stops every worker from claiming `kind`. Result: whether it changed anything.
-    pub async fn pause(
-        &self,
-        kind: &str,
-        reason: &str,
-        dry_run: bool,
-    ) -> anyhow::Result<Mutation<bool>> {
+    pub async fn pause(&self, kind: &str, reason: &str, dry_run: bool) -> Result<Mutation<bool>> {
         self.check_kind(kind).await?;
         let mut tx = self.db.begin().await?;
         let changed = queue::kind_pause(&mut *tx, kind, &self.actor, reason).await?;
@@ -403,7 +424,7 @@ impl Ops {
     }
 
     /// Lets workers claim `kind` again.
-    pub async fn resume(&self, kind: &str, dry_run: bool) -> anyhow::Result<Mutation<bool>> {
+    pub async fn resume(&self, kind: &str, dry_run: bool) -> Result<Mutation<bool>> {
         self.check_kind(kind).await?;
         let mut tx = self.db.begin().await?;
         let changed = queue::kind_resume(&mut *tx, kind).await?;
@@ -431,7 +452,7 @@ impl Ops {
         timeout: Duration,
         dry_run: bool,
         mut progress: impl FnMut(&DrainCounts),
-    ) -> anyhow::Result<Mutation<DrainResult>> {
+    ) -> Result<Mutation<DrainResult>> {
         if kinds.is_empty() {
             usage!("drain needs at least one kind");
         }
@@ -476,7 +497,7 @@ impl Ops {
                 }
                 cutoffs.insert(k.clone(), json!(cutoff));
             }
-            audit::record(
+            queue::audit_record(
                 &mut *tx,
                 &self.actor,
                 "kind.drain",
@@ -507,13 +528,12 @@ impl Ops {
                 }
             } else if started.elapsed() >= timeout {
                 queue::kind_drain_end(conn, kinds).await?;
-                return Err(DrainTimedOut {
+                return Err(OpsError::DrainTimedOut(DrainTimedOut {
                     kinds: kinds.join(", "),
                     timeout,
                     backlog: counts.backlog,
                     running: counts.running,
-                }
-                .into());
+                }));
             }
             tokio::time::sleep(Duration::from_millis(200)).await;
         }
@@ -525,7 +545,7 @@ impl Ops {
         older_than: Duration,
         states: &[JobState],
         dry_run: bool,
-    ) -> anyhow::Result<Mutation<u64>> {
+    ) -> Result<Mutation<u64>> {
         if let Some(s) = states.iter().find(|s| !s.is_final()) {
             usage!("only finished jobs can be pruned; --state {s} is not final");
         }
@@ -552,7 +572,7 @@ impl Ops {
                 .await?;
                 let n = b.deleted;
                 if n > 0 || batch == 1 {
-                    audit::record(
+                    queue::audit_record(
                         &mut *tx,
                         &self.actor,
                         "job.prune",
@@ -577,13 +597,16 @@ impl Ops {
     }
 
     /// A booking for operators: its domain record (steps, provider ids, refunds, emails, audit;
-    /// no PII) and the jobs behind it.
-    pub async fn booking(&self, id: uuid::Uuid) -> anyhow::Result<BookingReport> {
-        let Some(view) = jobs::booking::view(&self.reads, id).await? else {
+    /// no PII, from the domain's [`jobs::operator::booking_show`]) and the jobs behind it.
+    pub async fn booking(&self, id: uuid::Uuid) -> Result<BookingReport> {
+        let Some((view, selectors)) = self
+            .read(jobs::operator::booking_show(&self.reads, id))
+            .await?
+        else {
             usage!("no booking with id {id}");
         };
         let mut found: Vec<JobSummary> = Vec::new();
-        for sel in jobs::kinds::jobs_of_booking(&view) {
+        for sel in selectors {
             let f = JobFilter {
                 kind: Some(sel.kind.to_owned()),
                 idempotency_key: sel.key,
@@ -606,61 +629,74 @@ impl Ops {
         })
     }
 
-    /// Requests a refund of booking `id` for `reason` (a code), audited under this actor. A dry
-    /// run makes the change and rolls it back, reporting what would happen.
+    /// Requests a refund of booking `id` for `reason` (a code), under this actor: the domain's
+    /// command ([`jobs::operator::booking_refund`]), which audits it in the domain's trail. A
+    /// dry run makes the change and rolls it back, reporting what would happen.
     pub async fn booking_refund(
         &self,
         id: uuid::Uuid,
         reason: &str,
         queue: &crate::Queue,
         dry_run: bool,
-    ) -> anyhow::Result<Mutation<jobs::kinds::refund_compensation::OperatorRefund>> {
-        use jobs::kinds::refund_compensation::{request_by_operator, RefundRefused};
-        let mut tx = self.db.begin().await?;
-        let r = match request_by_operator(&mut tx, queue, id, reason).await {
-            Ok(r) => r,
-            Err(RefundRefused::Failed(e)) => return Err(anyhow::anyhow!(e)),
-            Err(refused) => usage!("{refused}"),
-        };
-        let meta = json!({
-            "booking_id": id, "reason": reason, "status_before": r.status_before,
-            "booking_cancelled": r.booking_cancelled, "job_id": r.job_id,
-            "duplicate": r.duplicate,
-        });
-        self.finish_audited(
-            tx,
-            dry_run,
-            "booking.refund_requested",
-            "booking",
-            Some(&id.to_string()),
-            meta,
-        )
-        .await?;
+    ) -> Result<Mutation<jobs::kinds::refund_compensation::OperatorRefund>> {
+        use jobs::kinds::refund_compensation::RefundRefused;
+        let r =
+            match jobs::operator::booking_refund(&self.db, queue, &self.actor, id, reason, dry_run)
+                .await
+            {
+                Ok(r) => r,
+                Err(RefundRefused::Failed(e)) => return Err(OpsError::Domain(e)),
+                Err(refused) => usage!("{refused}"),
+            };
         Ok(self.mutation("booking_refund", dry_run, r))
     }
 
-    /// Audit rows, newest first.
-    pub async fn audit(&self, f: &audit::AuditFilter) -> anyhow::Result<Vec<audit::AuditEntry>> {
+    /// Audit rows, newest first: the engine's own (`fleet_audit`: queue and schema actions)
+    /// and the domain's (`audit_log`: bookings, refunds, backfills, purges), merged by time.
+    /// `f.before_id` may name a row of either.
+    pub async fn audit(&self, f: &audit::AuditFilter) -> Result<Vec<audit::AuditEntry>> {
         if !(1..=10_000).contains(&f.limit) {
             usage!("--limit must be 1..=10000, got {}", f.limit);
         }
-        Ok(audit::list(&self.reads, f).await?)
+        let before = match f.before_id {
+            None => None,
+            Some(id) => {
+                let at = match self.read(queue::audit_position(&self.reads, id)).await? {
+                    Some(at) => Some(at),
+                    None => self.read(audit::position(&self.reads, id)).await?,
+                };
+                match at {
+                    Some(at) => Some((at, id)),
+                    // A cursor past every row (or a row since purged): nothing older.
+                    None => return Ok(Vec::new()),
+                }
+            }
+        };
+        let engine = self.read(queue::audit_list(&self.reads, f, before)).await?;
+        let domain = self
+            .read(audit::list_before(&self.reads, f, before))
+            .await?;
+        Ok(newest_first(engine, domain, f.limit as usize))
     }
 
     /// Runs a read (on [`Ops::reads`]): a failure on the replica names it.
     async fn read<T>(
         &self,
         read: impl std::future::Future<Output = Result<T, sqlx::Error>>,
-    ) -> anyhow::Result<T> {
+    ) -> Result<T> {
         if !self.replica {
             return Ok(read.await?);
         }
-        read.await.with_context(|| {
-            let target = crate::database::describe_target(
+        read.await.map_err(|source| self.replica_error(source))
+    }
+
+    fn replica_error(&self, source: sqlx::Error) -> OpsError {
+        OpsError::Replica {
+            target: crate::database::describe_target(
                 &self.reads.session_independent_pool().connect_options(),
-            );
-            format!("cannot read from the read replica at {target} (read_url)")
-        })
+            ),
+            source,
+        }
     }
 
     fn mutation<T: Serialize>(
@@ -683,7 +719,7 @@ impl Ops {
         dry_run: bool,
         action: &str,
         meta: serde_json::Value,
-    ) -> anyhow::Result<()> {
+    ) -> Result<()> {
         self.finish_audited(tx, dry_run, action, "job", None, meta)
             .await
     }
@@ -695,7 +731,7 @@ impl Ops {
         action: &str,
         kind: &str,
         meta: serde_json::Value,
-    ) -> anyhow::Result<()> {
+    ) -> Result<()> {
         self.finish_audited(tx, dry_run, action, "kind", Some(kind), meta)
             .await
     }
@@ -708,12 +744,12 @@ impl Ops {
         resource_type: &str,
         resource_id: Option<&str>,
         meta: serde_json::Value,
-    ) -> anyhow::Result<()> {
+    ) -> Result<()> {
         if dry_run {
             tx.rollback().await?;
             return Ok(());
         }
-        audit::record(
+        queue::audit_record(
             &mut *tx,
             &self.actor,
             action,
@@ -773,6 +809,18 @@ pub struct DrainResult {
     pub drained: bool,
     /// How long it waited.
     pub waited_ms: u64,
+}
+
+/// The newest `limit` of two lists each newest first by `(created_at, id)`.
+fn newest_first(
+    a: Vec<audit::AuditEntry>,
+    b: Vec<audit::AuditEntry>,
+    limit: usize,
+) -> Vec<audit::AuditEntry> {
+    let mut all: Vec<audit::AuditEntry> = a.into_iter().chain(b).collect();
+    all.sort_by_key(|e| std::cmp::Reverse((e.created_at, e.id)));
+    all.truncate(limit);
+    all
 }
 
 /// At most 1,000 ids in an audit row.

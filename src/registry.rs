@@ -241,10 +241,13 @@ impl Registry {
     pub fn check_overrides(&self) -> Result<(), ConfigError> {
         for kind in self.overrides.keys() {
             if !self.kinds.contains_key(kind) {
-                return Err(ConfigError(format!(
-                    "kinds.{kind:?} overrides an unknown job kind (known: {})",
-                    self.kind_names().join(", ")
-                )));
+                return Err(ConfigError::new(
+                    format!("kinds.{kind}"),
+                    format!(
+                        "kinds.{kind:?} overrides an unknown job kind (known: {})",
+                        self.kind_names().join(", ")
+                    ),
+                ));
             }
         }
         let known = || {
@@ -258,7 +261,7 @@ impl Registry {
         for (name, o) in &self.budget_overrides {
             if !self.budgets.contains_key(name) {
                 let missing = if o.rate.is_none() { "rate" } else { "burst" };
-                return Err(ConfigError(format!(
+                return Err(ConfigError::new(format!("budgets.{name}"), format!(
                     "budgets.{name} is not a budget the code declares (known: {}), so it needs both \
                      rate and burst; `{missing}` is missing",
                     known()
@@ -268,7 +271,7 @@ impl Registry {
         for kind in self.kind_names() {
             for b in &self.kinds[&kind].settings.budgets {
                 if !self.budgets.contains_key(b) {
-                    return Err(ConfigError(format!(
+                    return Err(ConfigError::new(format!("kinds.{kind}.budgets"), format!(
                         "kinds.{kind}.budgets names an unknown budget {b:?} (known: {}); declare it \
                          with [budgets.{b}] rate and burst",
                         known()

@@ -28,6 +28,21 @@ use crate::{
     Queue,
 };
 
+/// Why a scheduler could not enqueue a tick or run its timer.
+#[derive(Debug, thiserror::Error)]
+pub enum SchedulerError {
+    /// The database failed (the tick is enqueued by the next firing or the next start's
+    /// catch-up).
+    #[error(transparent)]
+    Database(#[from] sqlx::Error),
+    /// The tick's job could not be enqueued.
+    #[error(transparent)]
+    Enqueue(#[from] crate::enqueue::EnqueueError),
+    /// The cron timer (tokio-cron-scheduler) failed to start or stop.
+    #[error("the cron timer failed: {0}")]
+    Timer(#[from] tokio_cron_scheduler::JobSchedulerError),
+}
+
 /// A validated schedule.
 #[derive(Debug, Clone)]
 pub struct Schedule {
@@ -81,34 +96,46 @@ pub fn validate(
         }
         let fields = s.cron.split_whitespace().count();
         if fields != 6 {
-            return Err(ConfigError(format!(
+            return Err(ConfigError::new(format!("schedules.{name}.cron"), format!(
                 "schedules.{name}.cron = {:?} has {fields} field(s); a schedule has 6: sec min \
                  hour day-of-month month day-of-week (e.g. \"0 */10 * * * *\" for every 10 minutes)",
                 s.cron
             )));
         }
         let cron = parse_cron(&s.cron).map_err(|e| {
-            ConfigError(format!(
-                "schedules.{name}.cron = {:?} is invalid: {e} (fields: sec min hour \
+            ConfigError::new(
+                format!("schedules.{name}.cron"),
+                format!(
+                    "schedules.{name}.cron = {:?} is invalid: {e} (fields: sec min hour \
                  day-of-month month day-of-week)",
-                s.cron
-            ))
+                    s.cron
+                ),
+            )
         })?;
         if registry.get(&s.kind).is_none() {
-            return Err(ConfigError(format!(
-                "schedules.{name}.kind = {:?} is not a registered job kind (known: {})",
-                s.kind,
-                registry.kind_names().join(", ")
-            )));
+            return Err(ConfigError::new(
+                format!("schedules.{name}.kind"),
+                format!(
+                    "schedules.{name}.kind = {:?} is not a registered job kind (known: {})",
+                    s.kind,
+                    registry.kind_names().join(", ")
+                ),
+            ));
         }
         if !s.args.is_object() {
-            return Err(ConfigError(format!(
-                "schedules.{name}.args must be a table"
-            )));
+            return Err(ConfigError::new(
+                format!("schedules.{name}.args"),
+                format!("schedules.{name}.args must be a table"),
+            ));
         }
         registry
             .check(&NewJob::raw(s.kind.clone(), s.args.clone()))
-            .map_err(|why| ConfigError(format!("schedules.{name}.args: {why}")))?;
+            .map_err(|why| {
+                ConfigError::new(
+                    format!("schedules.{name}.args"),
+                    format!("schedules.{name}.args: {why}"),
+                )
+            })?;
         out.push(Schedule {
             name: name.clone(),
             expr: s.cron.clone(),
@@ -167,7 +194,7 @@ impl Scheduler {
         &self,
         schedule: &Schedule,
         tick: DateTime<Utc>,
-    ) -> anyhow::Result<Option<i64>> {
+    ) -> Result<Option<i64>, SchedulerError> {
         let mut tx = self.db.begin().await?;
         if !queue::cron_tick_claim(&mut *tx, &schedule.name, tick).await? {
             tx.rollback().await?;
@@ -186,7 +213,7 @@ impl Scheduler {
     pub async fn catch_up(
         &self,
         now: DateTime<Utc>,
-    ) -> anyhow::Result<Vec<(String, DateTime<Utc>, i64)>> {
+    ) -> Result<Vec<(String, DateTime<Utc>, i64)>, SchedulerError> {
         let out = self.fire_latest(now).await?;
         for (name, tick, _) in &out {
             tracing::warn!(schedule = %name, tick = %tick, "enqueued a tick missed while no scheduler ran");
@@ -197,7 +224,7 @@ impl Scheduler {
     async fn fire_latest(
         &self,
         now: DateTime<Utc>,
-    ) -> anyhow::Result<Vec<(String, DateTime<Utc>, i64)>> {
+    ) -> Result<Vec<(String, DateTime<Utc>, i64)>, SchedulerError> {
         let mut out = Vec::new();
         for s in self.schedules.iter() {
             if let Some(tick) = s.latest_tick(now) {
@@ -214,13 +241,13 @@ impl Scheduler {
     /// clock's time unless some scheduler did. Returns what this call enqueued. A test steps a
     /// scheduler with it (advance a manual clock, call `tick`) instead of waiting for the
     /// timer.
-    pub async fn tick(&self) -> anyhow::Result<Vec<(String, DateTime<Utc>, i64)>> {
+    pub async fn tick(&self) -> Result<Vec<(String, DateTime<Utc>, i64)>, SchedulerError> {
         self.fire_latest(self.clock.wall()).await
     }
 
     /// Catches up, then fires every schedule until `shutdown`. The timer runs in real time
     /// (tokio-cron-scheduler); the tick it records is read from the scheduler's clock.
-    pub async fn run(self, shutdown: CancellationToken) -> anyhow::Result<()> {
+    pub async fn run(self, shutdown: CancellationToken) -> Result<(), SchedulerError> {
         self.catch_up(self.clock.wall()).await?;
         let mut sched = tokio_cron_scheduler::JobScheduler::new().await?;
         for (i, s) in self.schedules.iter().enumerate() {

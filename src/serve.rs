@@ -15,7 +15,7 @@
 //! and beyond `max_in_flight` requests at once the excess is shed at once with 503 and
 //! `Retry-After`.
 
-use std::{collections::BTreeMap, net::SocketAddr, sync::Arc, time::Duration};
+use std::{collections::BTreeMap, sync::Arc, time::Duration};
 
 use axum::{
     error_handling::HandleErrorLayer,
@@ -108,6 +108,7 @@ pub fn admin_router_with_console(db: impl Into<Db>, console: crate::console::Con
 }
 
 /// The admin endpoints (the router `fleet worker --metrics-bind` serves).
+#[cfg(feature = "testkit")]
 pub fn router(db: impl Into<Db>) -> Router {
     admin_router(db)
 }
@@ -271,11 +272,12 @@ pub fn raise_open_files_limit() -> u64 {
 
 /// Binds `bind` and serves `router` (hardened with the default limits) until `shutdown`.
 /// Reports the bound address through `bound`.
+#[cfg(feature = "testkit")]
 pub async fn run(
-    bind: SocketAddr,
+    bind: std::net::SocketAddr,
     router: Router,
     shutdown: CancellationToken,
-    bound: Option<tokio::sync::oneshot::Sender<SocketAddr>>,
+    bound: Option<tokio::sync::oneshot::Sender<std::net::SocketAddr>>,
 ) -> anyhow::Result<()> {
     let listener = tokio::net::TcpListener::bind(bind).await?;
     if let Some(tx) = bound {

@@ -5,14 +5,7 @@
 
 use std::sync::OnceLock;
 
-use jobs::Db;
-
-use crate::{
-    config::MAIN_DATABASE,
-    databases::Database,
-    metrics::{metrics, render_text},
-    queue,
-};
+use crate::{databases::Database, metrics::metrics, queue};
 
 /// The rate budgets whose levels the snapshot reads (set by the process from its registry).
 static BUDGETS: OnceLock<Vec<crate::registry::BudgetSpec>> = OnceLock::new();
@@ -25,8 +18,13 @@ pub fn watch_budgets(budgets: Vec<crate::registry::BudgetSpec>) {
 
 /// Reads the queue gauges from the database (unfinished jobs only) into the metrics. On error
 /// the previous values stay and `fleet_database_up` is 0.
-pub async fn refresh_snapshot(db: &Db) -> Result<(), sqlx::Error> {
-    refresh_snapshot_of(&[Database::primary_only(MAIN_DATABASE, db.clone())]).await
+#[cfg(any(test, feature = "testkit"))]
+pub async fn refresh_snapshot(db: &jobs::Db) -> Result<(), sqlx::Error> {
+    refresh_snapshot_of(&[Database::primary_only(
+        crate::config::MAIN_DATABASE,
+        db.clone(),
+    )])
+    .await
 }
 
 /// Reads the queue gauges of every database in `dbs` (each from its read replica when it has
@@ -151,9 +149,10 @@ pub async fn run_snapshots(
 
 /// Refreshes the snapshot (when a pool is given) and renders the text exposition (tests and
 /// one-off scrapes).
-pub async fn render(db: Option<&Db>) -> Result<String, sqlx::Error> {
+#[cfg(any(test, feature = "testkit"))]
+pub async fn render(db: Option<&jobs::Db>) -> Result<String, sqlx::Error> {
     if let Some(db) = db {
         refresh_snapshot(db).await?;
     }
-    Ok(render_text())
+    Ok(crate::metrics::render_text())
 }

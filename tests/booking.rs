@@ -14,8 +14,8 @@ use std::{
 use chrono::NaiveDate;
 use common::*;
 use fleet::{
-    database::ScratchDb,
     queue::{JobRecord, JobState},
+    testkit::ScratchDb,
     Queue, Registry,
 };
 use jobs::{

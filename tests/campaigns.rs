@@ -12,8 +12,8 @@ use std::{
 use chrono::{DateTime, Datelike, Utc};
 use common::*;
 use fleet::{
-    database::ScratchDb,
     queue::{self, ErrorClass, JobState},
+    testkit::ScratchDb,
     Queue, Registry, Worker,
 };
 use jobs::{

@@ -25,8 +25,8 @@ use common::*;
 use fantoccini::{elements::Element, Client, ClientBuilder, Locator};
 use fleet::{
     console::Console,
-    database::ScratchDb,
     queue::{self, JobState},
+    testkit::ScratchDb,
     Queue, Registry,
 };
 use jobs::{Job, JobContext, JobError};
@@ -477,12 +477,18 @@ impl App {
         Browser::open(&self.base).await
     }
 
-    /// Audit rows of `action`: (actor, resource_id, metadata).
+    /// Audit rows of `action`: (actor, resource_id, metadata), from the trail that owns it:
+    /// the domain's for booking actions, the engine's for the rest.
     async fn audit(&self, action: &str) -> Vec<(String, Option<String>, Value)> {
-        sqlx::query_as(
-            "SELECT actor, resource_id, metadata FROM audit_log WHERE action = $1
-             ORDER BY created_at",
-        )
+        let table = if action.starts_with("booking.") {
+            "audit_log"
+        } else {
+            "fleet_audit"
+        };
+        sqlx::query_as(sqlx::AssertSqlSafe(format!(
+            "SELECT actor, resource_id, metadata FROM {table} WHERE action = $1
+             ORDER BY created_at"
+        )))
         .bind(action)
         .fetch_all(self.pool())
         .await

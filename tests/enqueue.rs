@@ -296,6 +296,11 @@ async fn enqueue_refuses_an_unknown_kind_or_args_that_do_not_fit_and_writes_noth
             .contains("unknown job kind \"test.no_such_kind\""),
         "{e}"
     );
+    assert!(
+        matches!(&e, fleet::EnqueueError::UnknownKind { kind, known }
+            if kind == "test.no_such_kind" && known.iter().any(|k| k == "test.flaky")),
+        "the error says which kind, as a field: {e:?}"
+    );
     let e = q
         .enqueue_new(NewJob::raw(
             "test.flaky",
@@ -305,8 +310,12 @@ async fn enqueue_refuses_an_unknown_kind_or_args_that_do_not_fit_and_writes_noth
         .unwrap_err();
     assert!(e.to_string().contains("test.flaky"), "{e}");
     assert!(
-        !e.to_string().contains("P-12345678"),
-        "values stay out: {e}"
+        matches!(&e, fleet::EnqueueError::BadArgs { kind, .. } if kind == "test.flaky"),
+        "{e:?}"
+    );
+    assert!(
+        !format!("{e:?}").contains("P-12345678"),
+        "values stay out: {e:?}"
     );
     let n = job_count(&db.pool).await;
     assert_eq!(n, 0);

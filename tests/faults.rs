@@ -15,7 +15,7 @@ use std::{
 use common::*;
 use fleet::{
     database::health::NOTICE_WITHIN,
-    local_cluster::{ClusterConfig, LocalCluster},
+    testkit::{ClusterConfig, LocalCluster},
     Registry, Worker,
 };
 use jobs::{Db, Job, JobContext, JobError};

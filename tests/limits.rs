@@ -106,7 +106,7 @@ async fn sample_until_done(
 /// Three worker processes of four slots each (twelve could run at once without the limit),
 /// with `fleet.sleep` limited to 3 running fleet-wide, work the 60 enqueued sleeps: the most
 /// that ran at once (sampled every 10 ms), and how many samples were taken.
-async fn most_running_with_a_limit_of_3(db: &fleet::database::ScratchDb) -> (i64, usize) {
+async fn most_running_with_a_limit_of_3(db: &fleet::testkit::ScratchDb) -> (i64, usize) {
     let limit = ("FLEET_KINDS__FLEET_DOT_SLEEP__GLOBAL_CONCURRENCY", "3");
     let procs = workers(&db.url, 3, &[limit, ("FLEET_WORKER__CONCURRENCY", "4")]);
     let seen = sample_until_done(

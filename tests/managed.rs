@@ -12,7 +12,7 @@ use std::{
 };
 
 use common::*;
-use fleet::local_cluster::{LocalCluster, PgBouncer, PoolMode};
+use fleet::testkit::{LocalCluster, PgBouncer, PoolMode};
 use sqlx::{AssertSqlSafe, Executor};
 
 /// The SQL block of docs/operations.md headed `-- fleet: {name}`.

@@ -112,7 +112,7 @@ async fn an_unknown_role_is_named_once_and_exits_three() {
 
 #[tokio::test]
 async fn an_unmigrated_database_is_refused_with_a_hint_to_migrate_then_migrate_applies_it() {
-    let server = fleet::database::server_url().await;
+    let server = fleet::testkit::server_url().await;
     let name = format!("fleet_unmigrated_{}", std::process::id());
     let mut admin: sqlx::PgConnection =
         <sqlx::PgConnection as sqlx::Connection>::connect(server.as_str())
@@ -129,7 +129,7 @@ async fn an_unmigrated_database_is_refused_with_a_hint_to_migrate_then_migrate_a
         .execute(sqlx::AssertSqlSafe(format!("CREATE DATABASE {name}")))
         .await
         .unwrap();
-    let url = fleet::database::url_with_database(&server, &name);
+    let url = fleet::testkit::url_with_database(&server, &name);
     let out = fleet(Some(&url), &["queue", "stats"], &[]);
     assert_eq!(out.status.code(), Some(3), "{}", stderr(&out));
     assert!(stderr(&out).contains("fleet migrate"), "{}", stderr(&out));
@@ -149,14 +149,14 @@ async fn an_unmigrated_database_is_refused_with_a_hint_to_migrate_then_migrate_a
     assert!(out.status.success(), "{}", stderr(&out));
     let pool = fleet::database::connect(&url, 2).await.unwrap();
     let audited: i64 = sqlx::query_scalar(
-        "SELECT count(*) FROM audit_log WHERE action = 'schema.migrate' AND actor = 'deployer'",
+        "SELECT count(*) FROM fleet_audit WHERE action = 'schema.migrate' AND actor = 'deployer'",
     )
     .fetch_one(&pool)
     .await
     .unwrap();
     assert_eq!(audited, 1);
     pool.close().await;
-    let _ = fleet::database::drop_database(&server, &name).await;
+    let _ = fleet::testkit::drop_database(&server, &name).await;
 }
 
 #[tokio::test]
@@ -204,7 +204,7 @@ async fn after_a_rollback_a_worker_starts_on_a_schema_ahead_of_it_and_logs_the_u
 
 /// What a worker logs (at warn) from its start until a SIGTERM after it registered; it must
 /// exit cleanly.
-async fn stderr_of_a_worker_run(db: &fleet::database::ScratchDb) -> String {
+async fn stderr_of_a_worker_run(db: &fleet::testkit::ScratchDb) -> String {
     let mut w = spawn_worker_logging(&db.url, &[]);
     wait_until(Duration::from_secs(15), "the worker registers", || async {
         live_workers(&db.pool).await == 1

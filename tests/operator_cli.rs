@@ -65,7 +65,7 @@ async fn bulk_enqueue_writes_a_hundred_thousand_jobs_from_json_lines_and_audits_
     assert_eq!(v["enqueued"], 100_000);
     assert_eq!(job_count(&db.pool).await, 100_000);
     let audited: (i64, serde_json::Value) = sqlx::query_as(
-        "SELECT count(*), max(metadata::text)::jsonb FROM audit_log
+        "SELECT count(*), max(metadata::text)::jsonb FROM fleet_audit
          WHERE action = 'job.enqueue' AND actor = 'loader'",
     )
     .fetch_one(&db.pool)
@@ -311,8 +311,13 @@ async fn an_interrupted_seed_finishes_when_run_again_and_real_users_are_never_mi
 #[tokio::test]
 async fn every_state_changing_command_writes_an_audit_row_naming_its_actor() {
     let db = db().await;
-    let runs: [(&[&str], &str); 4] = [
-        (&["migrate", "--actor", "ana"], "schema.migrate"),
+    // The engine's actions in its trail, the domain's in the domain's.
+    let runs: [(&[&str], &str, &str); 4] = [
+        (
+            &["migrate", "--actor", "ana"],
+            "schema.migrate",
+            "fleet_audit",
+        ),
         (
             &[
                 "enqueue",
@@ -323,26 +328,33 @@ async fn every_state_changing_command_writes_an_audit_row_naming_its_actor() {
                 "ana",
             ],
             "job.enqueue",
+            "fleet_audit",
         ),
-        (&["seed", "--users", "2", "--actor", "ana"], "seed.run"),
+        (
+            &["seed", "--users", "2", "--actor", "ana"],
+            "seed.run",
+            "audit_log",
+        ),
         (
             &["backfill", "start", "pii_reencrypt", "--actor", "ana"],
             "backfill.start",
+            "audit_log",
         ),
     ];
-    for (args, action) in runs {
+    for (args, action, table) in runs {
         let out = fleet(&db.url, args, None);
         assert!(
             out.status.success(),
             "{args:?}: {}",
             String::from_utf8_lossy(&out.stderr)
         );
-        let actors: Vec<String> =
-            sqlx::query_scalar("SELECT actor FROM audit_log WHERE action = $1")
-                .bind(action)
-                .fetch_all(&db.pool)
-                .await
-                .unwrap();
+        let actors: Vec<String> = sqlx::query_scalar(sqlx::AssertSqlSafe(format!(
+            "SELECT actor FROM {table} WHERE action = $1"
+        )))
+        .bind(action)
+        .fetch_all(&db.pool)
+        .await
+        .unwrap();
         assert_eq!(actors, ["ana"], "{args:?} audited as {action}");
     }
 }

@@ -55,8 +55,9 @@ fn ops(pool: &sqlx::PgPool, reg: &Registry) -> Ops {
     Ops::new(pool.clone(), reg.kind_names(), "alice")
 }
 
+/// The engine's audit rows of `action` (its own table: the domain's `audit_log` has none).
 async fn audit_rows(pool: &sqlx::PgPool, action: &str) -> Vec<(String, serde_json::Value)> {
-    sqlx::query_as("SELECT actor, metadata FROM audit_log WHERE action = $1 ORDER BY created_at")
+    sqlx::query_as("SELECT actor, metadata FROM fleet_audit WHERE action = $1 ORDER BY created_at")
         .bind(action)
         .fetch_all(pool)
         .await
@@ -588,4 +589,45 @@ impl Worker {
     async fn stop(self) {
         self.inner.stop().await;
     }
+}
+
+/// Operators read one trail: the engine's rows (`fleet_audit`) and the domain's (`audit_log`)
+/// merged newest first, and a page cursor taken from either table continues the merge.
+#[tokio::test]
+async fn the_audit_merges_the_engines_and_the_domains_trails_by_time_across_pages() {
+    let db = db().await;
+    let reg = registry();
+    // Six rows, alternating tables, a minute apart (t0 - 1 min … t0 - 6 min).
+    for i in 1..=6 {
+        let table = if i % 2 == 0 {
+            "fleet_audit"
+        } else {
+            "audit_log"
+        };
+        sqlx::query(sqlx::AssertSqlSafe(format!(
+            "INSERT INTO {table} (actor, action, resource_type, created_at)
+             VALUES ('alice', 'test.{i}', 'x', now() - $1 * interval '1 minute')"
+        )))
+        .bind(i as f64)
+        .execute(&db.pool)
+        .await
+        .unwrap();
+    }
+    let o = ops(&db.pool, &reg);
+    let mut f = jobs::audit::AuditFilter {
+        action_prefix: Some("test.".into()),
+        limit: 4,
+        ..Default::default()
+    };
+    let first = o.audit(&f).await.unwrap();
+    let actions: Vec<&str> = first.iter().map(|e| e.action.as_str()).collect();
+    assert_eq!(actions, ["test.1", "test.2", "test.3", "test.4"]);
+    f.before_id = Some(first.last().unwrap().id); // a row of the engine's table
+    let second = o.audit(&f).await.unwrap();
+    let actions: Vec<&str> = second.iter().map(|e| e.action.as_str()).collect();
+    assert_eq!(actions, ["test.5", "test.6"]);
+    f.before_id = Some(second[0].id); // a row of the domain's table
+    let third = o.audit(&f).await.unwrap();
+    assert_eq!(third.len(), 1);
+    assert_eq!(third[0].action, "test.6");
 }

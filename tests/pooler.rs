@@ -16,7 +16,7 @@ use common::*;
 use fleet::{
     config::TlsSettings,
     database::{self, Endpoint, Reach},
-    local_cluster::{ClusterConfig, LocalCluster, PgBouncer, PoolMode},
+    testkit::{ClusterConfig, LocalCluster, PgBouncer, PoolMode},
 };
 use jobs::{Db, Pooler};
 use serde_json::json;
@@ -53,7 +53,7 @@ async fn setup(mode: PoolMode, ipv6: bool) -> Option<Setup> {
         },
     )
     .expect("a server");
-    let direct = database::create_database(&cluster.url("postgres"), "fleet")
+    let direct = fleet::testkit::create_database(&cluster.url("postgres"), "fleet")
         .await
         .expect("a migrated database");
     let bouncer =
@@ -435,7 +435,7 @@ async fn through_pgbouncer_in_transaction_mode_every_role_works_and_20000_jobs_c
     assert_eq!(
         count(
             &s.check,
-            "SELECT count(*) FROM audit_log WHERE action IN ('kind.pause', 'kind.resume')"
+            "SELECT count(*) FROM fleet_audit WHERE action IN ('kind.pause', 'kind.resume')"
         )
         .await,
         2,

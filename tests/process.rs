@@ -161,7 +161,7 @@ async fn sigterm_drains_finishes_running_job_returns_unstarted_claims_and_exits_
 
 /// A job that sleeps a minute, running in a fresh worker process started with `env`.
 async fn minute_long_job_running(
-    db: &fleet::database::ScratchDb,
+    db: &fleet::testkit::ScratchDb,
     env: &[(&str, &str)],
 ) -> (i64, std::process::Child) {
     let id = queue(&db.pool)

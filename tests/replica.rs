@@ -1,7 +1,7 @@
 //! Read replicas (docs/scaling.md): with `database.read_url` set, operator reads come from a
 //! real hot standby, which this test makes itself: a scratch primary (`initdb`), a standby
 //! cloned from it with `pg_basebackup -R` streaming on another loopback port, both stopped and
-//! deleted when the test ends ([`fleet::local_cluster::LocalCluster`]). Replay on the standby
+//! deleted when the test ends ([`fleet::testkit::LocalCluster`]). Replay on the standby
 //! is paused (`pg_wal_replay_pause()`) to make the lag visible and deterministic.
 
 mod common;
@@ -11,8 +11,8 @@ use std::{process::Command, time::Duration};
 use common::{BIN, TEST_PII_KEYS};
 use fleet::{
     databases::{Database, ReplicaLag},
-    local_cluster::LocalCluster,
     queue,
+    testkit::LocalCluster,
 };
 use serde_json::Value;
 
@@ -135,7 +135,7 @@ async fn wait_for(what: &str, within: Duration, mut cond: impl FnMut() -> bool) 
 async fn operator_reads_come_from_the_hot_standby_with_its_lag_shown_while_writes_go_to_the_primary(
 ) {
     let primary = LocalCluster::start_primary("replica-primary").expect("scratch primary");
-    let url_p = fleet::database::create_database(&primary.url("postgres"), "fleet")
+    let url_p = fleet::testkit::create_database(&primary.url("postgres"), "fleet")
         .await
         .expect("migrated database on the primary");
     let standby = LocalCluster::start_standby_of(&primary, "replica-standby").expect("standby");

@@ -152,9 +152,13 @@ async fn a_finished_ticks_job_does_not_free_the_tick() {
 #[test]
 fn bad_schedules_are_config_errors_naming_the_key() {
     let reg = registry();
-    let e = scheduler::validate(&settings("every tuesday"), &reg)
-        .unwrap_err()
-        .to_string();
+    let err = scheduler::validate(&settings("every tuesday"), &reg).unwrap_err();
+    assert_eq!(
+        err.key.as_deref(),
+        Some("schedules.canary.cron"),
+        "the key, as a field"
+    );
+    let e = err.to_string();
     assert!(
         e.contains("schedules.canary.cron") && e.contains("every tuesday"),
         "{e}"

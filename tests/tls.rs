@@ -9,7 +9,7 @@ use std::{path::PathBuf, process::Command, time::Duration, time::Instant};
 use fleet::{
     config::{SslMode, TlsSettings},
     database::{self, DatabaseError, Endpoint},
-    local_cluster::{ClusterConfig, LocalCluster},
+    testkit::{ClusterConfig, LocalCluster},
 };
 use rcgen::{
     BasicConstraints, CertificateParams, CertifiedIssuer, DnType, IsCa, KeyPair, KeyUsagePurpose,

@@ -88,8 +88,30 @@ pub struct AuditFilter {
     pub limit: i64,
 }
 
+/// AuditPosition: when row `id` was written, if it is one of the domain's (a page cursor).
+pub async fn position(db: &Db, id: Uuid) -> Result<Option<DateTime<Utc>>, sqlx::Error> {
+    sqlx::query_scalar("SELECT created_at FROM audit_log WHERE id = $1")
+        .bind(id)
+        .fetch_optional(db)
+        .await
+}
+
 /// AuditList: rows matching `f`, newest first, paged by `(created_at, id)` keyset.
 pub async fn list(db: &Db, f: &AuditFilter) -> Result<Vec<AuditEntry>, sqlx::Error> {
+    let before = match f.before_id {
+        Some(id) => position(db, id).await?.map(|at| (at, id)),
+        None => None,
+    };
+    list_before(db, f, before).await
+}
+
+/// AuditList from an explicit `(created_at, id)` cursor (`f.before_id` is not read): what a
+/// reader merging this trail with another one pages with.
+pub async fn list_before(
+    db: &Db,
+    f: &AuditFilter,
+    before: Option<(DateTime<Utc>, Uuid)>,
+) -> Result<Vec<AuditEntry>, sqlx::Error> {
     sqlx::query_as(
         "SELECT id, actor, action, resource_type, resource_id, metadata, created_at
          FROM audit_log
@@ -99,9 +121,8 @@ pub async fn list(db: &Db, f: &AuditFilter) -> Result<Vec<AuditEntry>, sqlx::Err
            AND ($4::text IS NULL OR resource_id = $4)
            AND ($5::timestamptz IS NULL OR created_at >= $5)
            AND ($6::timestamptz IS NULL OR created_at < $6)
-           AND ($7::uuid IS NULL OR (created_at, id) <
-                (SELECT created_at, id FROM audit_log WHERE id = $7))
-         ORDER BY created_at DESC, id DESC LIMIT $8",
+           AND ($7::timestamptz IS NULL OR (created_at, id) < ($7, $8))
+         ORDER BY created_at DESC, id DESC LIMIT $9",
     )
     .bind(&f.actor)
     .bind(&f.action_prefix)
@@ -109,7 +130,8 @@ pub async fn list(db: &Db, f: &AuditFilter) -> Result<Vec<AuditEntry>, sqlx::Err
     .bind(&f.resource_id)
     .bind(f.since)
     .bind(f.until)
-    .bind(f.before_id)
+    .bind(before.map(|b| b.0))
+    .bind(before.map(|b| b.1))
     .bind(f.limit.clamp(1, 10_000))
     .fetch_all(db)
     .await

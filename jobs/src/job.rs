@@ -215,15 +215,20 @@ pub enum EnqueueError {
     /// The database failed; the same enqueue may succeed later.
     #[error(transparent)]
     Database(#[from] sqlx::Error),
+    /// The enqueue gave up on contention (an idempotency key changing hands); the same enqueue
+    /// may succeed later.
+    #[error("{0}")]
+    Busy(String),
 }
 
 /// A follow-up that can never be enqueued is a bug no retry fixes: the handler's job is dead at
-/// once with the reason. A database failure is retried with backoff.
+/// once with the reason. A database failure or contention is retried with backoff.
 impl From<EnqueueError> for JobError {
     fn from(e: EnqueueError) -> Self {
         match e {
             EnqueueError::Invalid(m) => Self::Fatal(format!("invalid follow-up job: {m}")),
             EnqueueError::Database(d) => d.into(),
+            EnqueueError::Busy(m) => Self::retryable(m),
         }
     }
 }

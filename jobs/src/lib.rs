@@ -3,6 +3,8 @@
 //!
 //! The engine depends on this crate, never the reverse.
 
+#![warn(missing_docs)]
+
 pub mod audit;
 pub mod backfill;
 pub mod booking;
@@ -14,6 +16,7 @@ pub mod invariants;
 pub mod job;
 pub mod kinds;
 pub mod notify;
+pub mod operator;
 pub mod pii;
 pub mod providers;
 pub mod report;

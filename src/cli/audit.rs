@@ -1,6 +1,6 @@
 //! `fleet audit`: who did what, newest first, from `audit_log`.
 
-use fleet::{config::Settings, ops::Ops};
+use crate::{config::Settings, ops::Ops};
 use jobs::audit::AuditFilter;
 
 use super::{

@@ -3,8 +3,8 @@
 use super::usage;
 use std::sync::Arc;
 
+use crate::{config::Settings, fleet_registry, Queue};
 use clap::Subcommand;
-use fleet::{config::Settings, fleet_registry, Queue};
 use jobs::NewJob;
 
 use super::{db_for, os_user, output};

@@ -4,8 +4,8 @@
 
 use std::sync::Arc;
 
+use crate::{config::Settings, fleet_registry, ops::Ops};
 use clap::Subcommand;
-use fleet::{config::Settings, fleet_registry, ops::Ops};
 use uuid::Uuid;
 
 use super::{
@@ -64,7 +64,7 @@ pub async fn run(a: BookingArgs, settings: &Settings) -> anyhow::Result<()> {
             dry_run,
             actor,
         } => {
-            let queue = fleet::Queue::of_fleet(&dbs, registry.clone());
+            let queue = crate::Queue::of_fleet(&dbs, registry.clone());
             let ops = Ops::new(
                 dbs.main.db.clone(),
                 registry.kind_names(),
@@ -100,7 +100,7 @@ pub async fn run(a: BookingArgs, settings: &Settings) -> anyhow::Result<()> {
     }
 }
 
-fn show_text(r: &fleet::ops::BookingReport) -> String {
+fn show_text(r: &crate::ops::BookingReport) -> String {
     let b = &r.booking;
     let mut out = format!(
         "booking {}  {}  {} {}\n",

@@ -1,6 +1,6 @@
 //! `fleet check`: the invariants, with each violation's ids.
 
-use fleet::config::Settings;
+use crate::config::Settings;
 
 use super::{db_for, output::print_line};
 
@@ -13,7 +13,7 @@ pub struct CheckArgs {
 
 pub async fn run(a: CheckArgs, settings: &Settings) -> anyhow::Result<()> {
     let db = db_for(settings).await?;
-    let violations = fleet::check::run(&db).await?;
+    let violations = crate::check::run(&db).await?;
     if a.json {
         print_line(&serde_json::json!({ "violations": violations }).to_string())?;
     } else if violations.is_empty() {

@@ -28,7 +28,7 @@ pub fn run(a: ConsoleArgs) -> anyhow::Result<()> {
             if password.chars().count() < 12 {
                 super::usage!("the password must have at least 12 characters");
             }
-            println!("{}", fleet::console::hash_password(password)?);
+            println!("{}", crate::console::hash_password(password)?);
             Ok(())
         }
     }

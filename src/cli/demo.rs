@@ -16,14 +16,14 @@ use std::{
     time::{Duration, Instant},
 };
 
-use anyhow::Context;
-use fleet::{
+use crate::{
     config::{BudgetOverride, KindOverride, Rate, ScheduleSettings, Settings},
-    database::ScratchDb,
+    database::scratch::ScratchDb,
     queue,
     scheduler::{self, Scheduler},
     Queue, Worker,
 };
+use anyhow::Context;
 use jobs::{
     job::budgets,
     kinds::{
@@ -271,7 +271,7 @@ async fn demo(settings: &Settings) -> anyhow::Result<DemoSummary> {
             burst: Some(per_second as u32),
         });
     }
-    let registry = Arc::new(fleet::fleet_registry(&s)?);
+    let registry = Arc::new(crate::fleet_registry(&s)?);
     let extensions = sandbox_extensions(&sandbox.base_url)?;
     let stop = CancellationToken::new();
     let mut workers = Vec::new();
@@ -366,7 +366,7 @@ async fn demo(settings: &Settings) -> anyhow::Result<DemoSummary> {
     }
     sched_task.await??;
 
-    let violations = fleet::check::run(&db.db()).await?;
+    let violations = crate::check::run(&db.db()).await?;
     for v in &violations {
         eprintln!("VIOLATED: {} — ids: {}", v.invariant, v.ids.join(", "));
     }

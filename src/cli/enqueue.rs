@@ -4,7 +4,8 @@
 
 use std::{io::BufRead, sync::Arc, time::Duration};
 
-use fleet::{config::Settings, fleet_registry, ops::UsageError};
+use super::UsageError;
+use crate::{config::Settings, fleet_registry};
 use jobs::NewJob;
 use serde::Deserialize;
 
@@ -87,7 +88,7 @@ fn job_of(
 }
 
 /// Reads and checks every line before anything is written: a bad line names its number.
-fn read_lines(source: &str, registry: &fleet::Registry) -> anyhow::Result<Vec<NewJob>> {
+fn read_lines(source: &str, registry: &crate::Registry) -> anyhow::Result<Vec<NewJob>> {
     let reader: Box<dyn BufRead> = if source == "-" {
         Box::new(std::io::BufReader::new(std::io::stdin()))
     } else {
@@ -140,7 +141,7 @@ pub async fn run(a: EnqueueArgs, settings: &Settings) -> anyhow::Result<()> {
     let total = jobs.len();
     let single = a.file.is_none();
     let dbs = databases_for(settings).await?;
-    let queue = fleet::Queue::of_fleet(&dbs, registry);
+    let queue = crate::Queue::of_fleet(&dbs, registry);
     let bar = indicatif::ProgressBar::new(total as u64).with_style(
         indicatif::ProgressStyle::with_template("{spinner} enqueueing [{bar:30}] {pos}/{len}")
             .expect("static template")
@@ -165,7 +166,7 @@ pub async fn run(a: EnqueueArgs, settings: &Settings) -> anyhow::Result<()> {
     }
     let duplicates = results.iter().filter(|r| r.duplicate).count();
     let actor = a.actor.unwrap_or_else(os_user);
-    jobs::audit::record(
+    crate::queue::audit_record(
         &mut *tx,
         &actor,
         "job.enqueue",

@@ -1,6 +1,10 @@
-//! The `fleet` command line. `main.rs` parses it, loads settings and starts telemetry; [`run`]
-//! dispatches to one file per command group, which does its work through the library and
-//! formats its own output.
+//! The `fleet` command line (the `cli` feature, on by default): [`main`] parses it, loads
+//! settings and starts telemetry; `run` dispatches to one file per command group, which does
+//! its work through the engine and formats its own output. `src/main.rs` only calls [`main`].
+//!
+//! It lives in the library so that the binary reaches the engine's internals (the benchmarks'
+//! raw statements and scratch databases, the demo's throwaway cluster) without making them
+//! public API; the library built without `cli` links none of it (nor the provider sandbox).
 
 mod audit;
 mod backfill;
@@ -20,22 +24,22 @@ mod workers;
 
 use std::path::PathBuf;
 
+use crate::{config::Settings, database, databases::Databases, telemetry};
 use clap::{Parser, Subcommand};
-use fleet::{config::Settings, database, databases::Databases};
 use tokio_util::sync::CancellationToken;
 
 #[derive(Parser)]
 #[command(name = "fleet", version, about = "Parker Flight worker fleet")]
-pub struct Cli {
+pub(crate) struct Cli {
     /// Settings file layered over the embedded defaults (FLEET_* variables override both).
     #[arg(long, global = true, value_name = "FILE")]
-    pub config: Option<PathBuf>,
+    pub(crate) config: Option<PathBuf>,
     #[command(subcommand)]
-    pub command: Command,
+    pub(crate) command: Command,
 }
 
 #[derive(Subcommand)]
-pub enum Command {
+pub(crate) enum Command {
     /// Run the fleet end to end on a fresh scratch database and print a summary.
     Demo(demo::DemoArgs),
     /// Apply the pending database migrations (the deploy step; roles never migrate), or list
@@ -76,8 +80,47 @@ pub enum Command {
     Bench(bench::BenchArgs),
 }
 
+/// The `fleet` binary: parses the command line, loads settings, starts telemetry, runs one
+/// command and maps its error to the documented exit code (0 ok, 1 a finding, 2 usage or
+/// configuration, 3 the database cannot be used).
+pub fn main() -> std::process::ExitCode {
+    let cli = Cli::parse();
+    let settings = match Settings::load(cli.config.as_deref()) {
+        Ok(s) => s,
+        Err(e) => {
+            // With its cause (a file that cannot be read says why), as `{:#}` prints anyhow's.
+            eprintln!("fleet: {:#}", anyhow::Error::new(e));
+            return std::process::ExitCode::from(2);
+        }
+    };
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .expect("tokio runtime");
+    // The OTLP batch exporter spawns onto the runtime: initialise inside it.
+    let log_file = log_file(&cli.command);
+    let tracer = rt.block_on(async {
+        telemetry::init(
+            settings.log_format,
+            default_log_filter(&cli.command),
+            log_file.as_deref(),
+        )
+    });
+    let result = rt.block_on(run(cli.command, settings, cli.config.as_deref()));
+    if let Some(t) = tracer {
+        let _ = t.shutdown();
+    }
+    match result {
+        Ok(()) => std::process::ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("fleet: {e:#}");
+            std::process::ExitCode::from(exit_code(&e))
+        }
+    }
+}
+
 /// Where the command's logs go: a file for the demo (unless `--verbose`), else stderr.
-pub fn log_file(command: &Command) -> Option<std::path::PathBuf> {
+pub(crate) fn log_file(command: &Command) -> Option<std::path::PathBuf> {
     match command {
         Command::Demo(a) => a.log_file(),
         _ => None,
@@ -85,8 +128,9 @@ pub fn log_file(command: &Command) -> Option<std::path::PathBuf> {
 }
 
 /// The log filter when `RUST_LOG` is not set. A benchmark logs warnings only: a line per
-/// request or job would be part of what it measures.
-pub fn default_log_filter(command: &Command) -> &'static str {
+/// request or job would be part of what it measures. The cron library logs its own start-up at
+/// info ("Uninited", "Job creator created"): noise for operators, so only its warnings show.
+pub(crate) fn default_log_filter(command: &Command) -> &'static str {
     match command {
         Command::Bench(_) => "warn,sqlx=warn",
         _ => "info,sqlx=warn,tokio_cron_scheduler=warn",
@@ -94,7 +138,7 @@ pub fn default_log_filter(command: &Command) -> &'static str {
 }
 
 /// Runs one command to its end. `file` is the `--config` file, if any.
-pub async fn run(
+pub(crate) async fn run(
     command: Command,
     settings: Settings,
     file: Option<&std::path::Path>,
@@ -136,11 +180,17 @@ pub(crate) async fn databases_for(settings: &Settings) -> anyhow::Result<Databas
     Ok(Databases::connect(settings, main).await?)
 }
 
+/// The command line asked for something that cannot be done as asked (a bad flag value, a
+/// missing argument, unreadable input): exit 2, nothing was changed.
+#[derive(Debug, thiserror::Error)]
+#[error("{0}")]
+pub(crate) struct UsageError(pub String);
+
 /// Returns a usage error (exit 2) from the enclosing function: the command was asked for
 /// something it cannot do as asked.
 macro_rules! usage {
     ($($t:tt)*) => {
-        return Err(fleet::ops::UsageError(format!($($t)*)).into())
+        return Err($crate::cli::UsageError(format!($($t)*)).into())
     };
 }
 pub(crate) use usage;
@@ -149,17 +199,33 @@ pub(crate) use usage;
 /// not finish. Distinct from a failure to run (exit 2 or 3).
 #[derive(Debug, thiserror::Error)]
 #[error("{0}")]
-pub struct Finding(pub String);
+pub(crate) struct Finding(pub String);
 
 /// The documented exit codes: 0 ok, 1 a finding (or a failed operation), 2 usage or
-/// configuration error, 3 the database cannot be reached or its schema does not fit.
-pub fn exit_code(e: &anyhow::Error) -> u8 {
+/// configuration error, 3 the database cannot be reached or its schema does not fit. The one
+/// place an error becomes an exit code: by its type, the first in the chain that decides.
+pub(crate) fn exit_code(e: &anyhow::Error) -> u8 {
+    use crate::ops::OpsError;
     for cause in e.chain() {
         if cause.is::<Finding>() {
             return 1;
         }
-        if cause.is::<fleet::config::ConfigError>() || cause.is::<fleet::ops::UsageError>() {
+        if cause.is::<crate::config::ConfigError>() || cause.is::<UsageError>() {
             return 2;
+        }
+        if let Some(op) = cause.downcast_ref::<OpsError>() {
+            return match op {
+                OpsError::Usage(_) => 2,
+                OpsError::NoSuchJob(_) | OpsError::DrainTimedOut(_) | OpsError::Domain(_) => 1,
+                OpsError::Replica { .. } | OpsError::Database(_) => 3,
+            };
+        }
+        if let Some(e) = cause.downcast_ref::<crate::EnqueueError>() {
+            return match e {
+                crate::EnqueueError::Database(_) => 3,
+                crate::EnqueueError::KeyContended { .. } => 1,
+                _ => 2,
+            };
         }
         if let Some(db) = cause.downcast_ref::<database::DatabaseError>() {
             return if db.is_configuration() { 2 } else { 3 };

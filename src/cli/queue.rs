@@ -1,15 +1,15 @@
 //! `fleet queue …`: the operators' commands over the queue (stats, list, show, replay,
-//! cancel, pause, resume, paused, drain, prune), through [`fleet::ops::Ops`].
+//! cancel, pause, resume, paused, drain, prune), through [`crate::ops::Ops`].
 
 use std::time::Duration;
 
-use clap::Subcommand;
-use fleet::{
+use crate::{
     config::Settings,
     fleet_registry,
     ops::Ops,
     queue::{self, JobState},
 };
+use clap::Subcommand;
 
 use super::{
     databases_for, os_user,
@@ -154,8 +154,8 @@ struct MutArgs {
     actor: Option<String>,
 }
 
-use fleet::queue::parse_json_object;
-pub(crate) use fleet::queue::parse_time;
+use crate::queue::parse_json_object;
+pub(crate) use crate::queue::parse_time;
 
 pub async fn run(a: QueueArgs, settings: &Settings) -> anyhow::Result<()> {
     let registry = fleet_registry(settings)?;
@@ -186,7 +186,7 @@ pub async fn run(a: QueueArgs, settings: &Settings) -> anyhow::Result<()> {
     let ops = |actor: String| Ops::on(db, kinds.clone(), &actor);
     match action {
         QueueAction::Stats => {
-            let shown: Vec<&fleet::databases::Database> = match &a.database {
+            let shown: Vec<&crate::databases::Database> = match &a.database {
                 Some(_) => vec![db],
                 None => dbs.all().collect(),
             };
@@ -409,9 +409,11 @@ pub async fn run(a: QueueArgs, settings: &Settings) -> anyhow::Result<()> {
                 })
                 .await;
             bar.finish_and_clear();
-            let r = r.map_err(|e| match e.downcast::<fleet::ops::DrainTimedOut>() {
-                Ok(t) => anyhow::Error::new(super::Finding(t.to_string())),
-                Err(e) => e,
+            let r = r.map_err(|e| match e {
+                crate::ops::OpsError::DrainTimedOut(t) => {
+                    anyhow::Error::new(super::Finding(t.to_string()))
+                }
+                e => e.into(),
             })?;
             let d = &r.result;
             let kept = if d.already_paused.is_empty() {
@@ -472,7 +474,7 @@ struct StatsRow {
 }
 
 /// The stats table of one database, for people.
-fn stats_text(stats: &[queue::KindStats], limits: &fleet::ops::LimitsReport) -> String {
+fn stats_text(stats: &[queue::KindStats], limits: &crate::ops::LimitsReport) -> String {
     let mut t = figures_table(&[
         "kind", "queue", "paused", "ready", "limited", "due", "later", "running", "dead/24h",
         "done/1m", "oldest",

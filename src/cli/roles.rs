@@ -4,8 +4,8 @@
 use super::usage;
 use std::sync::Arc;
 
+use crate::{config::Settings, database, fleet_registry, Worker};
 use anyhow::bail;
-use fleet::{config::Settings, database, fleet_registry, Worker};
 use tokio_util::sync::CancellationToken;
 
 use super::{databases_for, output, spawn_signal_handler};
@@ -93,7 +93,7 @@ pub async fn migrate(a: MigrateArgs, settings: &Settings) -> anyhow::Result<()> 
     }
     let applied = database::migrate_pending(&pool).await?;
     let actor = a.actor.unwrap_or_else(super::os_user);
-    jobs::audit::record(
+    crate::queue::audit_record(
         &pool,
         &actor,
         "schema.migrate",
@@ -121,10 +121,10 @@ pub async fn migrate(a: MigrateArgs, settings: &Settings) -> anyhow::Result<()> 
 /// What a worker gives its handlers: the domain's [`jobs::Deps`] (the keyring from
 /// `FLEET_PII_KEYS`, required; the provider clients from `[providers.*]`).
 fn handler_extensions(settings: &Settings) -> anyhow::Result<jobs::Extensions> {
-    let keyring =
-        jobs::pii::Keyring::from_env().map_err(|e| fleet::config::ConfigError(e.to_string()))?;
+    let keyring = jobs::pii::Keyring::from_env()
+        .map_err(|e| crate::config::ConfigError::new("FLEET_PII_KEYS", e.to_string()))?;
     let deps = jobs::Deps::from_config(&settings.providers, keyring)
-        .map_err(|e| fleet::config::ConfigError(e.0))?;
+        .map_err(|e| crate::config::ConfigError::general(e.0))?;
     Ok(jobs::Extensions::new().with(deps))
 }
 
@@ -142,15 +142,18 @@ pub async fn worker(a: WorkerArgs, mut settings: Settings) -> anyhow::Result<()>
     // A queue no kind uses would start a worker that never claims anything.
     let used = registry.queues();
     if let Some(q) = settings.worker.queues.iter().find(|q| !used.contains(q)) {
-        return Err(fleet::config::ConfigError(format!(
-            "worker.queues: no registered kind uses queue {q:?} (queues in use: {})",
-            used.join(", ")
-        ))
+        return Err(crate::config::ConfigError::new(
+            "worker.queues",
+            format!(
+                "worker.queues: no registered kind uses queue {q:?} (queues in use: {})",
+                used.join(", ")
+            ),
+        )
         .into());
     }
     let extensions = handler_extensions(&settings)?;
     let dbs = databases_for(&settings).await?;
-    let served: Vec<fleet::databases::Database> = match &a.databases {
+    let served: Vec<crate::databases::Database> = match &a.databases {
         None => dbs.all().cloned().collect(),
         Some(names) => {
             let mut v = Vec::new();
@@ -171,23 +174,23 @@ pub async fn worker(a: WorkerArgs, mut settings: Settings) -> anyhow::Result<()>
     spawn_signal_handler(shutdown.clone());
     if let Some(bind) = a.metrics_bind {
         let listener = bind_listener(bind, "--metrics-bind").await?;
-        let limits = fleet::serve::Limits::from(&settings.serve);
-        fleet::snapshot::watch_budgets(registry.budgets());
-        tokio::spawn(fleet::snapshot::run_snapshots(
+        let limits = crate::serve::Limits::from(&settings.serve);
+        crate::snapshot::watch_budgets(registry.budgets());
+        tokio::spawn(crate::snapshot::run_snapshots(
             served.clone(),
             settings.serve.metrics_refresh,
             shutdown.clone(),
         ));
-        let router = fleet::serve::harden(fleet::serve::admin_router(main_db.clone()), &limits);
+        let router = crate::serve::harden(crate::serve::admin_router(main_db.clone()), &limits);
         let stop = shutdown.clone();
         tokio::spawn(async move {
-            if let Err(e) = fleet::serve::run_with(listener, router, &limits, stop).await {
+            if let Err(e) = crate::serve::run_with(listener, router, &limits, stop).await {
                 tracing::error!(error = %e, "admin endpoint failed");
             }
         });
     }
     for d in &served {
-        if let Some(why) = fleet::queue::job_table_autovacuum_off(&d.db).await? {
+        if let Some(why) = crate::queue::job_table_autovacuum_off(&d.db).await? {
             tracing::warn!(
                 database = %d.name,
                 "autovacuum will not clean fleet_jobs: {why}; every job leaves dead row versions, so the queue slows down as they pile up (docs/operations.md, \"Vacuum\")"
@@ -196,7 +199,7 @@ pub async fn worker(a: WorkerArgs, mut settings: Settings) -> anyhow::Result<()>
     }
     // One runtime per served database: its own claims, leases, heartbeat and maintenance;
     // every handler gets the main database and the routing queue.
-    let queue = fleet::Queue::of_fleet(&dbs, registry.clone());
+    let queue = crate::Queue::of_fleet(&dbs, registry.clone());
     let runs: Vec<_> = served
         .iter()
         .map(|d| {
@@ -228,11 +231,11 @@ async fn bind_listener(
 ) -> anyhow::Result<tokio::net::TcpListener> {
     tokio::net::TcpListener::bind(addr)
         .await
-        .map_err(|e| fleet::ops::UsageError(format!("{what}: cannot listen on {addr}: {e}")).into())
+        .map_err(|e| crate::cli::UsageError(format!("{what}: cannot listen on {addr}: {e}")).into())
 }
 
 pub async fn serve(a: ServeArgs, settings: &Settings) -> anyhow::Result<()> {
-    let secrets = fleet::webhooks::WebhookSecrets::from_env()?;
+    let secrets = crate::webhooks::WebhookSecrets::from_env()?;
     let registry = Arc::new(fleet_registry(settings)?);
     let bind = a.bind.unwrap_or(settings.serve.bind);
     let admin_bind = a.admin_bind.unwrap_or(settings.serve.admin_bind);
@@ -241,8 +244,8 @@ pub async fn serve(a: ServeArgs, settings: &Settings) -> anyhow::Result<()> {
     }
     let dbs = databases_for(settings).await?;
     let main_db = dbs.main.db.clone();
-    let limits = fleet::serve::Limits::from(&settings.serve);
-    let open_files = fleet::serve::raise_open_files_limit();
+    let limits = crate::serve::Limits::from(&settings.serve);
+    let open_files = crate::serve::raise_open_files_limit();
     if (open_files as usize) < limits.max_connections * 2 + 64 {
         tracing::warn!(
             open_files,
@@ -255,22 +258,22 @@ pub async fn serve(a: ServeArgs, settings: &Settings) -> anyhow::Result<()> {
     let shutdown = CancellationToken::new();
     spawn_signal_handler(shutdown.clone());
     for d in dbs.all() {
-        tokio::spawn(fleet::database::health::watch(
+        tokio::spawn(crate::database::health::watch(
             d.db.clone(),
             d.name.clone(),
             shutdown.clone(),
         ));
     }
-    fleet::snapshot::watch_budgets(registry.budgets());
-    tokio::spawn(fleet::snapshot::run_snapshots(
+    crate::snapshot::watch_budgets(registry.budgets());
+    tokio::spawn(crate::snapshot::run_snapshots(
         dbs.all().cloned().collect(),
         settings.serve.metrics_refresh,
         shutdown.clone(),
     ));
-    let webhooks = fleet::serve::harden(
-        fleet::webhooks::router(
+    let webhooks = crate::serve::harden(
+        crate::webhooks::router(
             main_db.clone(),
-            fleet::Queue::of_fleet(&dbs, registry.clone()),
+            crate::Queue::of_fleet(&dbs, registry.clone()),
             secrets,
             limits.max_body_bytes,
         ),
@@ -279,7 +282,7 @@ pub async fn serve(a: ServeArgs, settings: &Settings) -> anyhow::Result<()> {
     if settings.console.users.is_empty() {
         tracing::warn!("no [console.users.*] are configured: nobody can sign in to the console");
     }
-    let mut console = fleet::console::Console::new(
+    let mut console = crate::console::Console::new(
         main_db.clone(),
         registry,
         settings.console.clone(),
@@ -288,13 +291,13 @@ pub async fn serve(a: ServeArgs, settings: &Settings) -> anyhow::Result<()> {
     if dbs.main.replica.is_some() {
         console = console.with_reads(dbs.main.reads.clone());
     }
-    let admin_routes = fleet::serve::harden(
-        fleet::serve::admin_router_with_console(main_db, console),
+    let admin_routes = crate::serve::harden(
+        crate::serve::admin_router_with_console(main_db, console),
         &limits,
     );
     let (public_done, admin_done) = tokio::join!(
-        fleet::serve::run_with(public, webhooks, &limits, shutdown.clone()),
-        fleet::serve::run_with(admin, admin_routes, &limits, shutdown.clone()),
+        crate::serve::run_with(public, webhooks, &limits, shutdown.clone()),
+        crate::serve::run_with(admin, admin_routes, &limits, shutdown.clone()),
     );
     public_done?;
     admin_done
@@ -302,15 +305,16 @@ pub async fn serve(a: ServeArgs, settings: &Settings) -> anyhow::Result<()> {
 
 pub async fn scheduler(settings: &Settings) -> anyhow::Result<()> {
     let registry = Arc::new(fleet_registry(settings)?);
-    let schedules = fleet::scheduler::validate(&settings.schedules, &registry)?;
+    let schedules = crate::scheduler::validate(&settings.schedules, &registry)?;
     if schedules.is_empty() {
         tracing::warn!("no [schedules.*] are enabled: the scheduler will idle");
     }
     let dbs = databases_for(settings).await?;
     let shutdown = CancellationToken::new();
     spawn_signal_handler(shutdown.clone());
-    fleet::scheduler::Scheduler::new(dbs.main.db.clone(), registry.clone(), schedules)
-        .with_queue(fleet::Queue::of_fleet(&dbs, registry))
+    crate::scheduler::Scheduler::new(dbs.main.db.clone(), registry.clone(), schedules)
+        .with_queue(crate::Queue::of_fleet(&dbs, registry))
         .run(shutdown)
-        .await
+        .await?;
+    Ok(())
 }

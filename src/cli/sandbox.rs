@@ -38,7 +38,7 @@ pub async fn run(a: SandboxArgs) -> anyhow::Result<()> {
             if !(base.starts_with("http://") || base.starts_with("https://")) {
                 usage!("--webhook-url {url:?} must be an http:// or https:// URL");
             }
-            let secrets = fleet::webhooks::WebhookSecrets::from_env()?;
+            let secrets = crate::webhooks::WebhookSecrets::from_env()?;
             Some(sandbox::WebhookTarget {
                 stripe_url: format!("{base}/webhooks/stripe"),
                 stripe_secret: secrets.stripe[0].clone(),

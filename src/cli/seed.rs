@@ -4,7 +4,7 @@
 
 use std::time::Duration;
 
-use fleet::config::Settings;
+use crate::config::Settings;
 use jobs::seed::Mix;
 
 use super::{db_for, os_user, output::emit, usage};

@@ -3,8 +3,8 @@
 
 use std::path::Path;
 
+use crate::{config::Settings, database, fleet_registry};
 use clap::Subcommand;
-use fleet::{config::Settings, database, fleet_registry};
 use serde_json::json;
 
 use super::output::{emit, short, table};
@@ -28,7 +28,7 @@ enum ConfigAction {
 
 pub fn run(a: ConfigArgs, file: Option<&Path>) -> anyhow::Result<()> {
     let ConfigAction::Show { json } = a.action;
-    let resolved = Settings::resolve(file, &fleet::config::fleet_env())?;
+    let resolved = Settings::resolve(file, &crate::config::fleet_env())?;
     let registry = fleet_registry(&resolved.settings)?;
     let mut settings = table(&["setting", "value", "source"]);
     for v in &resolved.values {

@@ -1,8 +1,8 @@
 //! `fleet workers`: the live (and recently dead) workers, from the registry every worker keeps
 //! fresh with its heartbeat.
 
+use crate::{config::Settings, ops::Ops};
 use chrono::Utc;
-use fleet::{config::Settings, ops::Ops};
 
 use super::{
     databases_for, os_user,

@@ -31,7 +31,7 @@ use argon2::{
 use axum::{
     body::Body,
     extract::{ConnectInfo, Query, Request, State},
-    http::{header, HeaderMap, Method, StatusCode},
+    http::{header, Method, StatusCode},
     middleware::Next,
     response::{IntoResponse, Redirect, Response},
     Form,
@@ -570,11 +570,6 @@ pub async fn logout(State(st): State<ConsoleState>, jar: CookieJar) -> Response 
 /// The settings' users as the limiter's configuration.
 pub fn limiter_for(s: &ConsoleSettings) -> LoginLimiter {
     LoginLimiter::new(s.login_max_failures, s.login_window)
-}
-
-/// The headers of a request, for handlers that only need to know whether htmx sent it.
-pub fn is_htmx(h: &HeaderMap) -> bool {
-    h.contains_key("hx-request")
 }
 
 #[cfg(test)]

@@ -281,14 +281,7 @@ pub async fn show(
                 .map_err(|_| PageError::NotFound(format!("{id:?} is not a job id")))
                 .or_page(&s)?;
             let ops = st.ops(&s.user);
-            let j = ops
-                .show(id)
-                .await
-                .map_err(|e| match e.downcast_ref::<sqlx::Error>() {
-                    Some(_) => PageError::from(e),
-                    None => PageError::NotFound(format!("no job with id {id}")),
-                })
-                .or_page(&s)?;
+            let j = ops.show(id).await.or_page(&s)?;
             let children = ops.children(id).await.or_page(&s)?;
             let trace = j.trace_id().map(str::to_owned);
             let booking = j

@@ -42,6 +42,7 @@ use axum::{
 
 use crate::{config::ConsoleSettings, ops::Ops, Queue, Registry};
 
+#[cfg(feature = "testkit")]
 pub use actions::MAX_CONFIRMED_JOBS;
 pub use auth::hash_password;
 pub use session::Session;
@@ -163,24 +164,40 @@ async fn not_found() -> Response {
     templates::error_page(StatusCode::NOT_FOUND, "there is no such page", None)
 }
 
-/// What a console handler can fail with; each variant names its status.
+/// What a console handler can fail with; each variant names its status. The one place an
+/// operator command's error ([`crate::ops::OpsError`]) becomes a status.
 #[derive(Debug)]
 pub(crate) enum PageError {
     /// 404: the thing asked for does not exist.
     NotFound(String),
     /// 400: the request cannot be done as asked (a bad filter, an unknown kind); nothing
-    /// changed. The message is the CLI's usage message.
+    /// changed. The message is the operator command's.
     BadRequest(String),
+    /// 409: the command ran but could not finish as asked (a drain that ran out of time); the
+    /// message says what state it left.
+    Conflict(String),
+    /// 503: the read replica cannot be read; the details go to the log.
+    Unavailable(anyhow::Error),
     /// 500: the database or a bug; the details go to the log, not the page.
     Internal(anyhow::Error),
 }
 
+impl From<crate::ops::OpsError> for PageError {
+    fn from(e: crate::ops::OpsError) -> Self {
+        use crate::ops::OpsError;
+        match e {
+            OpsError::Usage(m) => Self::BadRequest(m),
+            e @ OpsError::NoSuchJob(_) => Self::NotFound(e.to_string()),
+            e @ OpsError::DrainTimedOut(_) => Self::Conflict(e.to_string()),
+            e @ OpsError::Replica { .. } => Self::Unavailable(e.into()),
+            e @ (OpsError::Domain(_) | OpsError::Database(_)) => Self::Internal(e.into()),
+        }
+    }
+}
+
 impl From<anyhow::Error> for PageError {
     fn from(e: anyhow::Error) -> Self {
-        match e.downcast::<crate::ops::UsageError>() {
-            Ok(u) => Self::BadRequest(u.0),
-            Err(e) => Self::Internal(e),
-        }
+        Self::Internal(e)
     }
 }
 
@@ -195,6 +212,15 @@ impl PageError {
         match self {
             Self::NotFound(m) => templates::error_page(StatusCode::NOT_FOUND, &m, session),
             Self::BadRequest(m) => templates::error_page(StatusCode::BAD_REQUEST, &m, session),
+            Self::Conflict(m) => templates::error_page(StatusCode::CONFLICT, &m, session),
+            Self::Unavailable(e) => {
+                tracing::error!(error = %format!("{e:#}"), "console: the read replica failed");
+                templates::error_page(
+                    StatusCode::SERVICE_UNAVAILABLE,
+                    "the read replica cannot be read right now; the log has the details",
+                    session,
+                )
+            }
             Self::Internal(e) => {
                 tracing::error!(error = %format!("{e:#}"), "console: a page failed");
                 templates::error_page(

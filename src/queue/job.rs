@@ -173,10 +173,10 @@ async fn insert_chunk(
         todo = retry;
     }
     if !todo.is_empty() {
-        return Err(QueueError::InvalidJob(format!(
-            "idempotency key of kind {:?} kept changing hands; giving up after {} rounds",
-            chunk[todo[0]].kind, ENQUEUE_KEY_ROUNDS
-        )));
+        return Err(QueueError::KeyContended {
+            kind: chunk[todo[0]].kind.clone(),
+            rounds: ENQUEUE_KEY_ROUNDS,
+        });
     }
     Ok(result.into_iter().map(|r| r.expect("resolved")).collect())
 }
@@ -370,8 +370,6 @@ pub struct ClaimedJob {
     pub max_attempts: i32,
     /// Fencing token of this claim.
     pub claim_seq: i32,
-    /// When the job became due (for pickup latency).
-    pub run_at: DateTime<Utc>,
     /// W3C trace context of the enqueuing span.
     pub trace_context: Option<Value>,
 }
@@ -416,6 +414,7 @@ pub struct FetchParams<'a> {
 /// commit stays synchronous: a claim lost in a crash would let two runs share a fencing token.
 /// Workers claim through [`job_fetch_available_on`] instead, whose session is pinned once, so
 /// the claim needs no transaction of its own (decision 39).
+#[cfg(any(test, feature = "testkit"))]
 pub async fn job_fetch_available(
     conn: &mut PgConnection,
     p: &FetchParams<'_>,
@@ -507,7 +506,7 @@ async fn fetch_available(
             break;
         }
         let rows = claim_statement(p, want).fetch_all(&mut *conn).await?;
-        let refiled: i64 = rows.first().map(|r| r.get(8)).unwrap_or(0);
+        let refiled: i64 = rows.first().map(|r| r.get("refiled")).unwrap_or(0);
         out.extend(
             rows.iter()
                 .filter(|r| r.get::<Option<i64>, _>(0).is_some())
@@ -549,7 +548,7 @@ fn claim_statement<'q>(
                 lease_expires_at = coalesce($6, now()) + $5 * interval '1 millisecond',
                 attempted_at = coalesce($6, now())
             FROM picked WHERE j.id = picked.id AND NOT picked.misfiled
-            RETURNING j.id, j.kind, j.args, j.attempt, j.max_attempts, j.claim_seq, j.run_at,
+            RETURNING j.id, j.kind, j.args, j.attempt, j.max_attempts, j.claim_seq,
                       j.trace_context
         )
         SELECT claimed.*, r.refiled
@@ -629,7 +628,7 @@ async fn pin_plans(conn: &mut PgConnection, local: bool) -> Result<(), sqlx::Err
     Ok(())
 }
 
-/// A claim's `RETURNING id, kind, args, attempt, max_attempts, claim_seq, run_at,
+/// A claim's `RETURNING id, kind, args, attempt, max_attempts, claim_seq,
 /// trace_context`.
 pub(super) fn claimed_from_row(r: &sqlx::postgres::PgRow) -> ClaimedJob {
     ClaimedJob {
@@ -639,8 +638,7 @@ pub(super) fn claimed_from_row(r: &sqlx::postgres::PgRow) -> ClaimedJob {
         attempt: r.get(3),
         max_attempts: r.get(4),
         claim_seq: r.get(5),
-        run_at: r.get(6),
-        trace_context: r.get(7),
+        trace_context: r.get(6),
     }
 }
 
@@ -776,6 +774,7 @@ pub async fn job_outcome_written_by(
 }
 
 /// Writes one claim's outcome; [`QueueError::LostLease`] if the claim no longer holds the job.
+#[cfg(any(test, feature = "testkit"))]
 pub async fn job_set_outcome(
     conn: &mut PgConnection,
     outcome: OutcomeRow,
@@ -884,7 +883,7 @@ pub async fn job_rescue_expired(
     })
 }
 
-/// What [`job_replay`] did.
+/// What a replay did ([`crate::Ops::replay`]).
 #[derive(Debug, Clone, Default, Serialize)]
 pub struct ReplayResult {
     /// Jobs made available again with a fresh attempt budget.

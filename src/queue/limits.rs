@@ -181,7 +181,7 @@ pub async fn job_fetch_limited(
                 lease_expires_at = clock.now + $12 * interval '1 millisecond',
                 attempted_at = clock.now
             FROM picked, clock WHERE j.id = picked.id
-            RETURNING j.id, j.kind, j.args, j.attempt, j.max_attempts, j.claim_seq, j.run_at,
+            RETURNING j.id, j.kind, j.args, j.attempt, j.max_attempts, j.claim_seq,
                       j.trace_context
         ), spent AS (
             UPDATE fleet_budgets b

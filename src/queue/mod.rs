@@ -1,5 +1,5 @@
-//! The queue's storage: every SQL statement that touches the queue's tables (`fleet_jobs`,
-//! `fleet_paused_kinds`, `fleet_cron_ticks`, `fleet_workers`, `fleet_budgets`) lives in this module and nowhere else, as inline
+//! The queue's storage: every SQL statement that touches the engine's tables (`fleet_jobs`,
+//! `fleet_paused_kinds`, `fleet_cron_ticks`, `fleet_workers`, `fleet_budgets`, `fleet_audit`) lives in this module and nowhere else, as inline
 //! statements (no SQL functions, so every plan is visible and index-driven), named noun-first
 //! after what they do. One file per role:
 //!
@@ -14,6 +14,7 @@
 //! | [`cron`] | cron ticks claimed by schedulers (`fleet_cron_ticks`) |
 //! | [`workers`] | the live-worker registry (`fleet_workers`) |
 //! | [`filter`] | the operator filter shared by lists, replay and cancel |
+//! | [`audit`] | the engine's operator audit (`fleet_audit`) |
 //! | [`fixtures`] | bulk history and table settings for benchmarks |
 //!
 //! **Time.** Every statement whose effect depends on the clock takes `now: Option<DateTime<Utc>>`
@@ -34,8 +35,14 @@
 //! - an idempotency key is *held* (`key_held`) by at most one job per kind, enforced by a unique
 //!   partial index, so concurrent enqueuers of one key create exactly one job.
 
+// The statements serve the roles and operator tools of the `fleet` binary as well as the
+// engine: a build of the engine alone (no `cli`, no `testkit`) leaves some of them unused.
+#![cfg_attr(not(any(feature = "cli", feature = "testkit")), allow(dead_code))]
+
+pub mod audit;
 pub mod cron;
 pub mod filter;
+#[cfg(any(feature = "cli", feature = "testkit"))]
 pub mod fixtures;
 pub mod history;
 pub mod inspect;
@@ -50,8 +57,10 @@ use std::{fmt, str::FromStr};
 use chrono::{DateTime, Utc};
 use serde::{Deserialize, Serialize};
 
+pub use audit::*;
 pub use cron::*;
 pub use filter::*;
+#[cfg(any(feature = "cli", feature = "testkit"))]
 pub use fixtures::*;
 pub use history::*;
 pub use inspect::*;
@@ -85,6 +94,16 @@ pub enum QueueError {
     /// A job to enqueue is invalid; nothing was written.
     #[error("invalid job: {0}")]
     InvalidJob(String),
+    /// An idempotency key kept changing hands (its holders finishing and new ones inserted
+    /// between the statement's rounds) until the insert gave up; the same enqueue may succeed
+    /// later. The statements before it in the call are written.
+    #[error("idempotency key of kind {kind:?} kept changing hands; giving up after {rounds} rounds")]
+    KeyContended {
+        /// The kind.
+        kind: String,
+        /// How many rounds it tried.
+        rounds: usize,
+    },
     /// The database failed.
     #[error(transparent)]
     Database(#[from] sqlx::Error),

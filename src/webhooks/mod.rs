@@ -68,7 +68,7 @@ impl WebhookSecrets {
     pub fn from_env() -> Result<Self, ConfigError> {
         let read = |var: &str| -> Result<Vec<String>, ConfigError> {
             let v = std::env::var(var).map_err(|_| {
-                ConfigError(format!("{var} is not set (the webhook signing secret)"))
+                ConfigError::new(var, format!("{var} is not set (the webhook signing secret)"))
             })?;
             let secrets: Vec<String> = v
                 .split(',')
@@ -77,7 +77,7 @@ impl WebhookSecrets {
                 .map(str::to_owned)
                 .collect();
             if secrets.is_empty() {
-                return Err(ConfigError(format!(
+                return Err(ConfigError::new(var, format!(
                     "{var} is empty (the webhook signing secret)"
                 )));
             }

@@ -2,17 +2,17 @@
 //! their leases alive, and drains on request.
 //!
 //! A claim goes forward through four files, each with its contract in its module doc:
-//! 1. the **fetch loop** ([`fetcher`]) claims ready jobs in batches when woken by `NOTIFY`
-//!    ([`listener`]), a freed slot, or the poll, and spawns one task per claimed job;
-//! 2. that task is the **executor** ([`executor`]): it waits for a slot (the kind's and the
+//! 1. the **fetch loop** (`worker/fetcher.rs`) claims ready jobs in batches when woken by `NOTIFY`
+//!    (`worker/listener.rs`), a freed slot, or the poll, and spawns one task per claimed job;
+//! 2. that task is the **executor** (`worker/executor.rs`): it waits for a slot (the kind's and the
 //!    worker's), runs the handler under its timeout with panics caught, and
-//! 3. turns how the attempt ended into the job's next state ([`outcome`]), which
-//! 4. the **completer** ([`completer`]) writes in batches, fenced on the claim.
+//! 3. turns how the attempt ended into the job's next state (`worker/outcome.rs`), which
+//! 4. the **completer** (`worker/completer.rs`) writes in batches, fenced on the claim.
 //!
 //! Beside them:
-//! - the **heartbeat** ([`heartbeat`]) renews the lease of *every* held job — running or still
+//! - the **heartbeat** (`worker/heartbeat.rs`) renews the lease of *every* held job — running or still
 //!   waiting for a slot — and cancels handlers whose claim was lost;
-//! - **maintenance** ([`crate::maintenance`]) promotes due jobs and rescues expired leases
+//! - **maintenance** (`maintenance/`) promotes due jobs and rescues expired leases
 //!   (never the claims this worker holds);
 //! - the **health monitor** ([`crate::database::health`]) checks once a second that the
 //!   database answers: while it does not, nothing is claimed and the loops stop logging each
@@ -26,14 +26,20 @@
 //! in the caller's task, at the worker's [`Clock`]: what a test uses instead of starting a
 //! worker and waiting.
 
-pub mod completer;
-pub mod executor;
-pub mod fetcher;
-pub mod heartbeat;
-pub mod listener;
-pub mod outcome;
+mod completer;
+mod executor;
+mod fetcher;
+mod heartbeat;
+mod listener;
+mod outcome;
 
-pub use outcome::{backoff, NextState, Outcome};
+pub use outcome::{backoff, NextState};
+// What a claim's outcome is, as the completer writes it: the engine's own, and the tests' and
+// the ceiling benchmark's (which write outcomes without running handlers).
+#[cfg(feature = "testkit")]
+pub use outcome::Outcome;
+#[cfg(not(feature = "testkit"))]
+pub(crate) use outcome::Outcome;
 
 use std::{
     collections::HashMap,
@@ -348,7 +354,7 @@ impl Worker {
     ///
     /// No heartbeat, listener or maintenance runs meanwhile: a handler must finish within the
     /// lease unless the test means it not to, and a test runs the rescuer itself
-    /// ([`crate::maintenance::JobRescuer::run_once`]).
+    /// (the rescuer's pass, under the `testkit` feature).
     pub async fn work_one(&self) -> Result<Option<Worked>, sqlx::Error> {
         let s = &self.shared;
         crate::maintenance::JobPromoter::new(s.db.clone(), Default::default())

@@ -7,8 +7,8 @@ use std::{sync::Arc, time::Duration};
 use chrono::{DateTime, Utc};
 use fleet::{
     config::WorkerSettings,
-    database::ScratchDb,
     queue::{self, ClaimedJob, FetchParams, JobRecord, JobState, OutcomeRow, QueueError},
+    testkit::ScratchDb,
     worker::Outcome,
     Registry, Worker,
 };

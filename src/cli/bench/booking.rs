@@ -40,8 +40,8 @@ use sandbox::{LatencyRange, Sandbox, SandboxConfig};
 use serde::Serialize;
 use uuid::Uuid;
 
-use fleet::{
-    database::ScratchDb,
+use crate::{
+    database::scratch::ScratchDb,
     queue::{self, JobState},
 };
 
@@ -173,7 +173,7 @@ pub async fn run(a: BookingBenchArgs) -> anyhow::Result<()> {
     }
     let loadavg_1m_start = super::loadavg_1m();
     let db = ScratchDb::new("fleet_bench_booking").await?;
-    let pool = jobs::Db::from(fleet::database::connect(&db.url, 8).await?);
+    let pool = jobs::Db::from(crate::database::connect(&db.url, 8).await?);
     let keys = jobs::pii::Keyring::fresh_spec();
     let keyring = jobs::pii::Keyring::parse(&keys)?;
     let sb = Sandbox::start(
@@ -279,7 +279,7 @@ pub async fn run(a: BookingBenchArgs) -> anyhow::Result<()> {
         .copied()
         .unwrap_or(0);
     drop(conn);
-    let violations = fleet::check::run(&pool).await?;
+    let violations = crate::check::run(&pool).await?;
     for v in &violations {
         eprintln!("VIOLATED: {} — ids: {}", v.invariant, v.ids.join(", "));
     }

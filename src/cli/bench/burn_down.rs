@@ -22,8 +22,8 @@ use jobs::{Job, JobContext, JobError, KindDefaults, NewJob};
 use serde::{Deserialize, Serialize};
 use tokio_util::sync::CancellationToken;
 
-use fleet::{
-    config::WorkerSettings, database::ScratchDb, queue, registry::Registry, Queue, Worker,
+use crate::{
+    config::WorkerSettings, database::scratch::ScratchDb, queue, registry::Registry, Queue, Worker,
 };
 
 #[derive(clap::Args)]
@@ -272,7 +272,7 @@ async fn burn_down(p: BenchParams) -> anyhow::Result<BenchReport> {
     let loadavg_1m = super::loadavg_1m();
 
     let db = ScratchDb::new("fleet_bench").await?;
-    let pool = fleet::database::connect(
+    let pool = crate::database::connect(
         &db.url,
         ((p.concurrency as u32 + 10) * p.workers as u32).max(16),
     )
@@ -451,8 +451,8 @@ async fn open_through(
     url: &str,
     through: Through,
     max_connections: u32,
-) -> anyhow::Result<(Option<fleet::local_cluster::PgBouncer>, jobs::Db)> {
-    use fleet::{
+) -> anyhow::Result<(Option<crate::local_cluster::PgBouncer>, jobs::Db)> {
+    use crate::{
         config::TlsSettings,
         database::{Endpoint, Reach},
         local_cluster::{PgBouncer, PoolMode},

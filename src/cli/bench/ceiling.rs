@@ -14,9 +14,9 @@ use anyhow::bail;
 use jobs::{Job, JobContext, JobError, KindDefaults, NewJob};
 use serde::{Deserialize, Serialize};
 
-use fleet::{
+use crate::{
     config::WorkerSettings,
-    database::ScratchDb,
+    database::scratch::ScratchDb,
     queue::{self, FetchParams},
     registry::Registry,
     Queue, Worker,
@@ -65,7 +65,7 @@ struct Round {
 
 async fn fresh(jobs: usize) -> anyhow::Result<(ScratchDb, sqlx::PgPool, Queue)> {
     let db = ScratchDb::new("fleet_bench_ceiling").await?;
-    let pool = fleet::database::connect(&db.url, 80).await?;
+    let pool = crate::database::connect(&db.url, 80).await?;
     let mut r = Registry::default();
     r.register_with::<CeilingNoop>(KindDefaults {
         max_attempts: 1,
@@ -103,7 +103,7 @@ async fn statement_loop(pool: sqlx::PgPool, batch: usize, owner: String) -> anyh
         }
         let outcomes: Vec<queue::OutcomeRow> = claimed
             .iter()
-            .map(|c| fleet::worker::Outcome::completed(c, std::time::Duration::ZERO).row())
+            .map(|c| crate::worker::Outcome::completed(c, std::time::Duration::ZERO).row())
             .collect();
         let written = queue::job_set_outcome_many(session.conn(), &outcomes, None).await?;
         if written.len() != outcomes.len() {

@@ -31,7 +31,7 @@ use jobs::{
 use serde::Serialize;
 use uuid::Uuid;
 
-use fleet::{database::ScratchDb, queue, registry::Registry, Queue};
+use crate::{database::scratch::ScratchDb, queue, registry::Registry, Queue};
 
 #[derive(clap::Args)]
 pub struct FanoutArgs {
@@ -77,7 +77,7 @@ fn secs(d: Duration) -> f64 {
 async fn round(campaigns: u64, batch: i64) -> anyhow::Result<Round> {
     let loadavg_1m = super::loadavg_1m();
     let db = ScratchDb::new("fleet_bench_fanout").await?;
-    let pool = jobs::Db::from(fleet::database::connect(&db.url, 8).await?);
+    let pool = jobs::Db::from(crate::database::connect(&db.url, 8).await?);
     let keyring = jobs::pii::Keyring::parse(&jobs::pii::Keyring::fresh_spec())?;
 
     let t = Instant::now();

@@ -30,8 +30,8 @@ use jobs::{Job, JobContext, JobError, KindDefaults, NewJob};
 use serde::{Deserialize, Serialize};
 use tokio_util::sync::CancellationToken;
 
-use fleet::{
-    config::WorkerSettings, database::ScratchDb, queue, registry::Registry, Queue, Worker,
+use crate::{
+    config::WorkerSettings, database::scratch::ScratchDb, queue, registry::Registry, Queue, Worker,
 };
 
 #[derive(clap::Args)]
@@ -333,7 +333,7 @@ fn backend_cpu_s(db: &str) -> f64 {
 /// One worker process: works the benchmark's kind until its stdin closes, printing `ready`
 /// once connected and `completed N` whenever its count moves (at most every 5 ms).
 pub async fn child(a: ChildArgs) -> anyhow::Result<()> {
-    let pool = fleet::database::connect(&a.url, (a.concurrency as u32 / 2 + 8).max(12)).await?;
+    let pool = crate::database::connect(&a.url, (a.concurrency as u32 / 2 + 8).max(12)).await?;
     let cfg = WorkerSettings {
         concurrency: a.concurrency,
         prefetch: 3 * a.concurrency,

@@ -31,8 +31,8 @@ use jobs::{Job, JobContext, JobError, KindDefaults, NewJob};
 use serde::{Deserialize, Serialize};
 use tokio_util::sync::CancellationToken;
 
-use fleet::{
-    config::WorkerSettings, database::ScratchDb, queue, registry::Registry, Queue, Worker,
+use crate::{
+    config::WorkerSettings, database::scratch::ScratchDb, queue, registry::Registry, Queue, Worker,
 };
 
 #[derive(clap::Args)]
@@ -197,7 +197,7 @@ pub async fn run(a: SoakArgs) -> anyhow::Result<()> {
     let st = STATE.get().expect("set");
 
     let db = ScratchDb::new("fleet_soak").await?;
-    let pool = fleet::database::connect(&db.url, (a.concurrency as u32 + 12).max(20)).await?;
+    let pool = crate::database::connect(&db.url, (a.concurrency as u32 + 12).max(20)).await?;
     {
         let mut conn = pool.acquire().await?;
         queue::job_table_set_storage(&mut conn, &a.table_settings)

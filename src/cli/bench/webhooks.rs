@@ -1,7 +1,7 @@
 //! `fleet bench webhooks`: the webhook ingress as the providers and strangers meet it.
 //!
 //! A scratch database and the public listener exactly as `fleet serve` builds it (the webhook
-//! router, [`fleet::serve::harden`] and [`fleet::serve::run_with`] with the `[serve]`
+//! router, [`crate::serve::harden`] and [`crate::serve::run_with`] with the `[serve]`
 //! defaults, two signing secrets as during a rotation) in this process, on loopback.
 //! 1. **load**: `clients` concurrent clients post `events` distinct correctly signed events
 //!    (half Stripe `payment_intent.payment_failed`, half Duffel `order.created`, in the
@@ -25,13 +25,13 @@ use std::{
     time::{Duration, Instant},
 };
 
-use anyhow::bail;
-use fleet::{
-    database::ScratchDb,
+use crate::{
+    database::scratch::ScratchDb,
     serve::Limits,
     webhooks::{signature, WebhookSecrets},
     Queue,
 };
+use anyhow::bail;
 use serde::Serialize;
 use serde_json::{json, Value};
 use tokio_util::sync::CancellationToken;
@@ -223,13 +223,13 @@ pub async fn run(a: WebhookBenchArgs) -> anyhow::Result<()> {
         bail!("--events and --clients must be >= 1 and --invalid-share 0..=10");
     }
     let loadavg_1m = super::loadavg_1m();
-    let defaults = fleet::config::Settings::from_sources(None, &[])?;
+    let defaults = crate::config::Settings::from_sources(None, &[])?;
     let limits = Limits::from(&defaults.serve);
     let db = ScratchDb::new("fleet_bench_webhooks").await?;
-    let pool = fleet::database::connect(&db.url, defaults.database.max_connections).await?;
-    let registry = Arc::new(fleet::fleet_registry(&defaults)?);
-    let router = fleet::serve::harden(
-        fleet::webhooks::router(
+    let pool = crate::database::connect(&db.url, defaults.database.max_connections).await?;
+    let registry = Arc::new(crate::fleet_registry(&defaults)?);
+    let router = crate::serve::harden(
+        crate::webhooks::router(
             pool.clone(),
             Queue::new(pool.clone(), registry),
             WebhookSecrets {
@@ -245,7 +245,7 @@ pub async fn run(a: WebhookBenchArgs) -> anyhow::Result<()> {
     let stop = CancellationToken::new();
     let server = {
         let (stop, limits) = (stop.clone(), limits.clone());
-        tokio::spawn(async move { fleet::serve::run_with(listener, router, &limits, stop).await })
+        tokio::spawn(async move { crate::serve::run_with(listener, router, &limits, stop).await })
     };
 
     // Load.
@@ -305,7 +305,7 @@ pub async fn run(a: WebhookBenchArgs) -> anyhow::Result<()> {
         .map(|id| format!("stripe:{id}:0"))
         .chain(duffel_ids.iter().map(|id| format!("duffel:{id}:0")))
         .collect();
-    let (followups, all_jobs) = fleet::queue::job_count_with_keys(&mut *conn, &keys).await?;
+    let (followups, all_jobs) = crate::queue::job_count_with_keys(&mut *conn, &keys).await?;
     drop(conn);
 
     // Cost: one request at a time, classes interleaved.

@@ -1,15 +1,7 @@
-//! Settings: the embedded `config/default.toml`, then an optional file (`--config`), then
-//! `FLEET_*` environment variables.
-//!
-//! **Environment encoding.** `FLEET_` + the key's path, segments joined by `__`, in upper case:
-//! `FLEET_WORKER__CONCURRENCY=32` is `worker.concurrency`. A `.` inside a segment (kind names
-//! such as `fleet.sleep`) is written `_DOT_`: `FLEET_KINDS__FLEET_DOT_SLEEP__CONCURRENCY=4` is
-//! `[kinds."fleet.sleep"] concurrency = 4`. `FLEET_WORKER__QUEUES=a,b` is a list.
-//!
-//! **Strict.** An unknown section or key in the file, and a `FLEET_*` variable that is neither a
-//! setting nor one of [`OTHER_VARIABLES`], is a start-up error naming the key and where it came
-//! from (the file or the variable). A bad value names the key, the value and its source.
-//! [`Settings::resolve`] also reports where every value came from, for `fleet config show`.
+//! Loading the settings: the embedded defaults, the `--config` file and the `FLEET_*`
+//! variables layered in that order, strictly (an unknown key or variable is an error naming
+//! where it came from); every value validated; and where each came from
+//! ([`Settings::resolve`], for `fleet config show`).
 
 use std::{
     collections::BTreeMap,
@@ -18,503 +10,7 @@ use std::{
     time::Duration,
 };
 
-use serde::{Deserialize, Deserializer};
-
-/// The defaults compiled into the binary, so `fleet` runs from any directory.
-pub const DEFAULT_TOML: &str = include_str!("../config/default.toml");
-
-/// A configuration error, naming the key and value at fault.
-#[derive(Debug, thiserror::Error)]
-#[error("configuration: {0}")]
-pub struct ConfigError(pub String);
-
-/// `FLEET_*` variables that are not settings: each is read by the module it names.
-pub const OTHER_VARIABLES: &[(&str, &str)] = &[
-    (
-        "FLEET_PII_KEYS",
-        "the PII keyring, newest first (jobs::pii::Keyring)",
-    ),
-    (
-        "FLEET_STRIPE_WEBHOOK_SECRET",
-        "Stripe's webhook signing secrets, comma-separated (fleet serve)",
-    ),
-    (
-        "FLEET_DUFFEL_WEBHOOK_SECRET",
-        "Duffel's webhook signing secrets, comma-separated (fleet serve)",
-    ),
-];
-
-/// All settings of a fleet process.
-#[derive(Debug, Clone, Deserialize)]
-pub struct Settings {
-    /// `human` or `json`.
-    pub log_format: LogFormat,
-    /// Connection pool.
-    pub database: DatabaseSettings,
-    /// More databases, each holding the jobs of the kinds it names (split by function:
-    /// docs/scaling.md), keyed by name. The main database (`database`) keeps every other kind
-    /// and every domain table.
-    #[serde(default)]
-    pub databases: BTreeMap<String, ExtraDatabase>,
-    /// Worker runtime.
-    pub worker: WorkerSettings,
-    /// Per-kind overrides of the code defaults, keyed by kind name.
-    #[serde(default)]
-    pub kinds: BTreeMap<String, KindOverride>,
-    /// Rate budgets (`[budgets.<name>]`): overrides of the code defaults, or budgets of
-    /// config's own (then both `rate` and `burst` are required). See docs/limits.md.
-    #[serde(default)]
-    pub budgets: BTreeMap<String, BudgetOverride>,
-    /// Provider clients (base URLs, keys, timeouts). Keys come from the environment, e.g.
-    /// `FLEET_PROVIDERS__STRIPE__SECRET_KEY`; an empty key leaves that provider unconfigured.
-    #[serde(default)]
-    pub providers: jobs::providers::ProvidersConfig,
-    /// Cron schedules run by `fleet scheduler`, keyed by schedule name.
-    #[serde(default)]
-    pub schedules: BTreeMap<String, ScheduleSettings>,
-    /// The HTTP listeners of `fleet serve` (and the worker's admin endpoints).
-    pub serve: ServeSettings,
-    /// The operator console on the admin listener (`/ui/`).
-    pub console: ConsoleSettings,
-}
-
-/// `[console]`: the operator console `fleet serve` serves on the admin listener under `/ui/`.
-/// Every field is documented in config/default.toml.
-#[derive(Debug, Clone, Deserialize)]
-pub struct ConsoleSettings {
-    /// A session ends this long after its login, whatever happens in between.
-    #[serde(deserialize_with = "duration")]
-    pub session_ttl: Duration,
-    /// How often an open overview refreshes itself.
-    #[serde(deserialize_with = "duration")]
-    pub refresh: Duration,
-    /// A tracing UI's page for one trace, with `{trace_id}` where the id goes; empty: trace ids
-    /// are shown, not linked.
-    #[serde(default)]
-    pub tracing_url: String,
-    /// Failed logins per user name, and per client address, within `login_window`; beyond,
-    /// logins are refused (429) until the window has passed.
-    pub login_max_failures: u32,
-    /// The window of `login_max_failures`.
-    #[serde(deserialize_with = "duration")]
-    pub login_window: Duration,
-    /// The people who may sign in, keyed by user name (what the audit trail records).
-    #[serde(default)]
-    pub users: BTreeMap<String, ConsoleUser>,
-}
-
-/// One `[console.users.<name>]` entry.
-#[derive(Debug, Clone, Deserialize)]
-pub struct ConsoleUser {
-    /// `viewer` (reads) or `operator` (reads and acts).
-    pub role: ConsoleRole,
-    /// The password's Argon2 PHC string (`$argon2id$v=19$…`, from `fleet console
-    /// hash-password`); never the password. Usually from the environment:
-    /// `FLEET_CONSOLE__USERS__<NAME>__PASSWORD_HASH`.
-    #[serde(default)]
-    pub password_hash: Secret,
-}
-
-/// What a console user may do.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum ConsoleRole {
-    /// Every page; no action.
-    Viewer,
-    /// Every page and every action (pause, resume, drain, replay, cancel, refund).
-    Operator,
-}
-
-impl ConsoleRole {
-    /// The configuration spelling.
-    pub fn as_str(self) -> &'static str {
-        match self {
-            Self::Viewer => "viewer",
-            Self::Operator => "operator",
-        }
-    }
-}
-
-impl<'de> Deserialize<'de> for ConsoleRole {
-    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
-        match String::deserialize(d)?.as_str() {
-            "viewer" => Ok(Self::Viewer),
-            "operator" => Ok(Self::Operator),
-            other => Err(serde::de::Error::custom(format!(
-                "{other:?} is not a console role (expected one of: viewer, operator)"
-            ))),
-        }
-    }
-}
-
-/// `[serve]`: the two listeners and the limits that keep strangers from exhausting them.
-/// Every field is documented in config/default.toml.
-#[derive(Debug, Clone, Deserialize)]
-pub struct ServeSettings {
-    /// The public listener: `/webhooks/*` only.
-    pub bind: std::net::SocketAddr,
-    /// The admin listener: `/livez`, `/readyz`, `/metrics` (and the console).
-    pub admin_bind: std::net::SocketAddr,
-    /// Largest webhook body, bytes.
-    pub max_body_bytes: usize,
-    /// A connection has this long to send a request's headers (also between requests).
-    #[serde(deserialize_with = "duration")]
-    pub header_timeout: Duration,
-    /// A request has this long to send its body.
-    #[serde(deserialize_with = "duration")]
-    pub body_timeout: Duration,
-    /// A request has this long in all, answer included.
-    #[serde(deserialize_with = "duration")]
-    pub request_timeout: Duration,
-    /// Requests handled at once per listener; more are shed at once with 503 and Retry-After.
-    pub max_in_flight: usize,
-    /// Open connections per listener; more are closed as they arrive.
-    pub max_connections: usize,
-    /// On SIGTERM, in-flight requests have this long to finish.
-    #[serde(deserialize_with = "duration")]
-    pub shutdown_grace: Duration,
-    /// How often the metrics snapshot of the queue is refreshed.
-    #[serde(deserialize_with = "duration")]
-    pub metrics_refresh: Duration,
-}
-
-/// One `[schedules.<name>]` entry.
-#[derive(Debug, Clone, Deserialize)]
-pub struct ScheduleSettings {
-    /// Cron pattern with a seconds field: `sec min hour day-of-month month day-of-week`.
-    pub cron: String,
-    /// Job kind to enqueue.
-    pub kind: String,
-    /// Job args (a table).
-    #[serde(default = "empty_args")]
-    pub args: serde_json::Value,
-    /// Off switch that keeps the entry in config.
-    #[serde(default = "yes")]
-    pub enabled: bool,
-}
-
-fn empty_args() -> serde_json::Value {
-    serde_json::json!({})
-}
-
-fn yes() -> bool {
-    true
-}
-
-/// A string that never prints (database URLs carry passwords).
-#[derive(Clone, Default, Deserialize)]
-#[serde(transparent)]
-pub struct Secret(pub String);
-
-impl Secret {
-    /// The value, for the one place that needs it.
-    pub fn expose(&self) -> &str {
-        &self.0
-    }
-}
-
-impl fmt::Debug for Secret {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str("Secret(***)")
-    }
-}
-
-/// Log output format.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum LogFormat {
-    /// Human-readable lines.
-    Human,
-    /// One JSON object per line.
-    Json,
-}
-
-impl<'de> Deserialize<'de> for LogFormat {
-    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
-        match String::deserialize(d)?.as_str() {
-            "human" => Ok(Self::Human),
-            "json" => Ok(Self::Json),
-            other => Err(serde::de::Error::custom(format!(
-                "{other:?} is not a log format (expected one of: human, json)"
-            ))),
-        }
-    }
-}
-
-/// Connection pool settings.
-#[derive(Debug, Clone, Deserialize)]
-pub struct DatabaseSettings {
-    /// The database of the fleet. `DATABASE_URL` wins. Required by every role that touches
-    /// the fleet's data; only `demo`, `bench` and the tests find or start a server themselves.
-    #[serde(default)]
-    pub url: Option<Secret>,
-    /// How long a first connection may take before the role gives up, naming host and port.
-    #[serde(deserialize_with = "duration")]
-    pub connect_timeout: Duration,
-    /// Pool size per process.
-    pub max_connections: u32,
-    /// What `url` reaches: `none` (Postgres itself), `session` (a pooler in session mode:
-    /// each connection is a session, as with none) or `transaction` (a pooler in transaction
-    /// mode, e.g. PgBouncer `pool_mode = transaction` or Supavisor's port 6543: no named
-    /// prepared statements, every statement in a transaction, no session state; see
-    /// docs/operations.md, "Managed Postgres").
-    #[serde(default = "default_pooler")]
-    pub pooler: jobs::Pooler,
-    /// A direct connection (or a session-mode pooler) beside a transaction pooler `url`, for
-    /// what needs a session: `LISTEN`, the workers' claim sessions, the booking saga's campaign
-    /// lock, and `fleet migrate`. Without it, behind a transaction pooler, workers poll and
-    /// claim in a transaction per round, and `fleet migrate` refuses. `DATABASE_DIRECT_URL`
-    /// wins.
-    #[serde(default)]
-    pub direct_url: Option<Secret>,
-    /// The schema that holds the fleet's tables (everything `fleet migrate` creates), beside
-    /// the product's tables in `public`. `public` (the default) changes nothing. Any other:
-    /// `fleet migrate` creates the schema if it may and migrates into it; sessions put it first
-    /// on their `search_path`; behind a transaction pooler (no session to set), the role's own
-    /// `search_path` must name it (`ALTER ROLE … SET search_path = fleet, public`), which every
-    /// role checks at start. docs/operations.md, "Its own schema".
-    #[serde(default = "default_schema")]
-    pub schema: String,
-    /// The longest any statement the engine runs on its own (a claim, an outcome, a
-    /// heartbeat, an operator read) may go unanswered before it fails and its connection is
-    /// closed: a network that drops packets without a reset would otherwise hold a caller for
-    /// as long as TCP retransmits. Statements inside a handler's transactions are bounded by
-    /// the job's timeout instead.
-    #[serde(deserialize_with = "duration")]
-    pub statement_timeout: Duration,
-    /// A hot standby of the database (Postgres streaming replication) for operator reads:
-    /// `fleet queue stats/list/show`, the console's pages and the metrics snapshot read there
-    /// when it is set; writes and the claim never do. `DATABASE_READ_URL` wins.
-    #[serde(default)]
-    pub read_url: Option<Secret>,
-    // TLS for every URL of this section (`url`, `read_url`) that does not set its own
-    // `sslmode`, `sslrootcert`, `sslcert` or `sslkey` query parameter; `[databases.*]` entries
-    // inherit it field by field ([`DatabaseSettings::tls`]). (Not a flattened struct: serde's
-    // flatten loses the key's path in error messages.)
-    /// `disable`, `prefer` (libpq's default: TLS if the server offers it, certificate not
-    /// checked), `require` (TLS, certificate not checked; checked against `sslrootcert` when
-    /// one is given, as libpq does), `verify-ca` (TLS, certificate signed by a trusted CA) or
-    /// `verify-full` (and issued for the host connected to).
-    #[serde(default)]
-    pub sslmode: Option<SslMode>,
-    /// A PEM file of the CA certificates to trust (beside the built-in public roots).
-    #[serde(default)]
-    pub sslrootcert: Option<PathBuf>,
-    /// A PEM client certificate (chain), for servers that authenticate clients by
-    /// certificate. Needs `sslkey`.
-    #[serde(default)]
-    pub sslcert: Option<PathBuf>,
-    /// The PEM private key of `sslcert`.
-    #[serde(default)]
-    pub sslkey: Option<PathBuf>,
-}
-
-/// TLS to Postgres, as libpq names it (the `ssl*` keys of `[database]` and `[databases.*]`).
-/// A URL's own query parameters (`?sslmode=verify-full&sslrootcert=...`) win over these for
-/// that URL.
-#[derive(Debug, Clone, Default, PartialEq)]
-pub struct TlsSettings {
-    /// `disable`, `prefer` (libpq's default: TLS if the server offers it, certificate not
-    /// checked), `require` (TLS, certificate not checked; checked against `sslrootcert` when
-    /// one is given, as libpq does), `verify-ca` (TLS, certificate signed by a trusted CA) or
-    /// `verify-full` (and issued for the host connected to).
-    pub sslmode: Option<SslMode>,
-    /// A PEM file of the CA certificates to trust (beside the built-in public roots).
-    pub sslrootcert: Option<PathBuf>,
-    /// A PEM client certificate (chain), for servers that authenticate clients by
-    /// certificate. Needs `sslkey`.
-    pub sslcert: Option<PathBuf>,
-    /// The PEM private key of `sslcert`.
-    pub sslkey: Option<PathBuf>,
-}
-
-impl TlsSettings {
-    /// These settings with each unset field taken from `base`.
-    pub fn or(&self, base: &TlsSettings) -> TlsSettings {
-        TlsSettings {
-            sslmode: self.sslmode.or(base.sslmode),
-            sslrootcert: self
-                .sslrootcert
-                .clone()
-                .or_else(|| base.sslrootcert.clone()),
-            sslcert: self.sslcert.clone().or_else(|| base.sslcert.clone()),
-            sslkey: self.sslkey.clone().or_else(|| base.sslkey.clone()),
-        }
-    }
-}
-
-fn default_schema() -> String {
-    "public".to_owned()
-}
-
-/// Whether `name` can be a schema of the fleet's: an unquoted lower-case identifier, so it
-/// never needs quoting in a `search_path`.
-pub fn is_schema_name(name: &str) -> bool {
-    let mut chars = name.chars();
-    matches!(chars.next(), Some(c) if c.is_ascii_lowercase() || c == '_')
-        && chars.all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '_')
-        && name.len() <= 63
-        && !name.starts_with("pg_")
-}
-
-fn default_pooler() -> jobs::Pooler {
-    jobs::Pooler::None
-}
-
-/// libpq's `sslmode`, without `allow` (plain first, TLS only if refused: never what a managed
-/// database wants, and not something the driver can do).
-#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize)]
-#[serde(rename_all = "kebab-case")]
-pub enum SslMode {
-    /// Plain TCP.
-    Disable,
-    /// TLS when the server offers it; the certificate is not checked.
-    Prefer,
-    /// TLS or no connection; the certificate is not checked unless a CA file is given.
-    Require,
-    /// TLS with a certificate signed by a trusted CA, for any host name.
-    VerifyCa,
-    /// TLS with a certificate signed by a trusted CA and issued for the host connected to.
-    VerifyFull,
-}
-
-impl SslMode {
-    /// The libpq spelling.
-    pub fn as_str(self) -> &'static str {
-        match self {
-            Self::Disable => "disable",
-            Self::Prefer => "prefer",
-            Self::Require => "require",
-            Self::VerifyCa => "verify-ca",
-            Self::VerifyFull => "verify-full",
-        }
-    }
-}
-
-impl fmt::Display for SslMode {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(self.as_str())
-    }
-}
-
-impl std::str::FromStr for SslMode {
-    type Err = String;
-    fn from_str(s: &str) -> Result<Self, String> {
-        match s {
-            "disable" => Ok(Self::Disable),
-            "prefer" => Ok(Self::Prefer),
-            "require" => Ok(Self::Require),
-            "verify-ca" => Ok(Self::VerifyCa),
-            "verify-full" => Ok(Self::VerifyFull),
-            "allow" => Err(
-                "sslmode \"allow\" is not supported (it tries plain TCP first): use prefer, \
-                 require or a verify mode"
-                    .to_owned(),
-            ),
-            other => Err(format!(
-                "{other:?} is not an sslmode (expected one of: disable, prefer, require, \
-                 verify-ca, verify-full)"
-            )),
-        }
-    }
-}
-
-impl<'de> Deserialize<'de> for SslMode {
-    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
-        String::deserialize(d)?
-            .parse()
-            .map_err(serde::de::Error::custom)
-    }
-}
-
-/// One `[databases.<name>]` entry: a database of its own for the jobs of `kinds`.
-#[derive(Debug, Clone, Deserialize)]
-pub struct ExtraDatabase {
-    /// The database (same form as `database.url`). Required.
-    #[serde(default)]
-    pub url: Option<Secret>,
-    /// A hot standby of it for operator reads, like `database.read_url`.
-    #[serde(default)]
-    pub read_url: Option<Secret>,
-    /// What its `url` reaches, like `database.pooler` (unset: `[database]`'s).
-    #[serde(default)]
-    pub pooler: Option<jobs::Pooler>,
-    /// Its direct connection, like `database.direct_url`.
-    #[serde(default)]
-    pub direct_url: Option<Secret>,
-    // TLS for its URLs; each unset field is `[database]`'s ([`ExtraDatabase::tls`]).
-    /// Like `database.sslmode`, for this database's URLs.
-    #[serde(default)]
-    pub sslmode: Option<SslMode>,
-    /// Like `database.sslrootcert`.
-    #[serde(default)]
-    pub sslrootcert: Option<PathBuf>,
-    /// Like `database.sslcert`.
-    #[serde(default)]
-    pub sslcert: Option<PathBuf>,
-    /// Like `database.sslkey`.
-    #[serde(default)]
-    pub sslkey: Option<PathBuf>,
-    /// The kinds whose jobs live here (each kind lives in exactly one database).
-    #[serde(default)]
-    pub kinds: Vec<String>,
-}
-
-impl ExtraDatabase {
-    /// Its TLS settings: its own, each unset field taken from `[database]` (`main`).
-    pub fn tls(&self, main: &DatabaseSettings) -> TlsSettings {
-        TlsSettings {
-            sslmode: self.sslmode,
-            sslrootcert: self.sslrootcert.clone(),
-            sslcert: self.sslcert.clone(),
-            sslkey: self.sslkey.clone(),
-        }
-        .or(&main.tls())
-    }
-}
-
-/// The name of the main database (`[database]`) where names are shown; `[databases.*]` may
-/// not use it.
-pub const MAIN_DATABASE: &str = "main";
-
-impl DatabaseSettings {
-    /// The TLS settings of this section.
-    pub fn tls(&self) -> TlsSettings {
-        TlsSettings {
-            sslmode: self.sslmode,
-            sslrootcert: self.sslrootcert.clone(),
-            sslcert: self.sslcert.clone(),
-            sslkey: self.sslkey.clone(),
-        }
-    }
-
-    /// The configured URL: `DATABASE_URL`, else `database.url`; `None` when neither is set.
-    pub fn configured_url(&self) -> Option<String> {
-        std::env::var("DATABASE_URL")
-            .ok()
-            .filter(|u| !u.is_empty())
-            .or_else(|| self.url.as_ref().map(|s| s.0.clone()))
-            .filter(|u| !u.is_empty())
-    }
-
-    /// The configured direct connection: `DATABASE_DIRECT_URL`, else `database.direct_url`;
-    /// `None` when neither is set.
-    pub fn configured_direct_url(&self) -> Option<String> {
-        std::env::var("DATABASE_DIRECT_URL")
-            .ok()
-            .filter(|u| !u.is_empty())
-            .or_else(|| self.direct_url.as_ref().map(|s| s.0.clone()))
-            .filter(|u| !u.is_empty())
-    }
-
-    /// The configured read replica: `DATABASE_READ_URL`, else `database.read_url`; `None`
-    /// when neither is set (reads go to the primary).
-    pub fn configured_read_url(&self) -> Option<String> {
-        std::env::var("DATABASE_READ_URL")
-            .ok()
-            .filter(|u| !u.is_empty())
-            .or_else(|| self.read_url.as_ref().map(|s| s.0.clone()))
-            .filter(|u| !u.is_empty())
-    }
-}
+use super::*;
 
 /// Checks that `url` (the value of `key`) is a postgres URL; the error names the key and
 /// the parser's reason, never the value (it may carry a password).
@@ -529,162 +25,11 @@ fn check_database_url(key: &str, url: &str) -> Result<(), ConfigError> {
     };
     match reason {
         None => Ok(()),
-        Some(why) => Err(ConfigError(format!(
-            "{key} is not a valid database URL like postgres://user@host:5432/db: {why}"
-        ))),
+        Some(why) => Err(ConfigError::new(
+            key,
+            format!("{key} is not a valid database URL like postgres://user@host:5432/db: {why}"),
+        )),
     }
-}
-
-/// Worker runtime settings. Every field is documented in config/default.toml.
-#[derive(Debug, Clone, Deserialize)]
-pub struct WorkerSettings {
-    /// Handlers running at once.
-    pub concurrency: usize,
-    /// Extra jobs claimed beyond free slots (kept alive by the heartbeat until they start).
-    pub prefetch: usize,
-    /// Queues served; empty = all.
-    pub queues: Vec<String>,
-    /// Fallback poll for new work when no notification arrives; also the cadence at which
-    /// scheduled and retryable jobs coming due are promoted.
-    #[serde(deserialize_with = "duration")]
-    pub poll_interval: Duration,
-    /// Lease length of a claim.
-    #[serde(deserialize_with = "duration")]
-    pub lease: Duration,
-    /// How often held leases are renewed (well under `lease`).
-    #[serde(deserialize_with = "duration")]
-    pub heartbeat_interval: Duration,
-    /// How often expired leases are rescued.
-    #[serde(deserialize_with = "duration")]
-    pub rescue_interval: Duration,
-    /// How long a draining worker lets in-flight handlers finish.
-    #[serde(deserialize_with = "duration")]
-    pub drain_timeout: Duration,
-    /// Most outcomes written per statement.
-    pub completer_batch: usize,
-    /// Completed jobs are deleted this long after they finished.
-    #[serde(deserialize_with = "duration")]
-    pub retention_completed: Duration,
-    /// Cancelled jobs are deleted this long after they finished.
-    #[serde(deserialize_with = "duration")]
-    pub retention_cancelled: Duration,
-    /// Dead jobs (the replayable record of failures) are deleted this long after they died.
-    #[serde(deserialize_with = "duration")]
-    pub retention_dead: Duration,
-    /// How often each worker runs the cleaner.
-    #[serde(deserialize_with = "duration")]
-    pub clean_interval: Duration,
-    /// A dead worker's registry row is deleted this long after its last heartbeat.
-    #[serde(deserialize_with = "duration")]
-    pub forget_after: Duration,
-}
-
-impl Default for WorkerSettings {
-    /// The embedded defaults.
-    fn default() -> Self {
-        Settings::from_sources(None, &[])
-            .expect("embedded config/default.toml is valid")
-            .worker
-    }
-}
-
-/// Per-kind overrides; unset fields keep the kind's code defaults.
-#[derive(Debug, Clone, Default, Deserialize)]
-pub struct KindOverride {
-    /// Queue.
-    pub queue: Option<String>,
-    /// Handlers of this kind per worker.
-    pub concurrency: Option<usize>,
-    /// Attempt budget.
-    pub max_attempts: Option<i32>,
-    /// Backoff base.
-    #[serde(default, deserialize_with = "opt_duration")]
-    pub backoff_base: Option<Duration>,
-    /// Backoff cap.
-    #[serde(default, deserialize_with = "opt_duration")]
-    pub backoff_cap: Option<Duration>,
-    /// Handler timeout.
-    #[serde(default, deserialize_with = "opt_duration")]
-    pub timeout: Option<Duration>,
-    /// Key window after completion.
-    #[serde(default, deserialize_with = "opt_duration")]
-    pub idempotency_window: Option<Duration>,
-    /// Priority (lower first).
-    pub priority: Option<i16>,
-    /// Most jobs of this kind running at once across the whole fleet.
-    pub global_concurrency: Option<usize>,
-    /// Most jobs of this kind running at once per `limit_key` value, fleet-wide.
-    pub key_concurrency: Option<usize>,
-    /// The args field whose value keys `key_concurrency` and fairness.
-    pub limit_key: Option<String>,
-    /// The rate budgets an attempt of this kind spends (replaces the code's list).
-    pub budgets: Option<Vec<String>>,
-}
-
-/// One `[budgets.<name>]` entry; unset fields keep the code default.
-#[derive(Debug, Clone, Default, Deserialize)]
-pub struct BudgetOverride {
-    /// Sustained rate, e.g. `"10/s"`, `"600/m"`, `"2.5/s"`, `"1000/h"`.
-    #[serde(default, deserialize_with = "opt_rate")]
-    pub rate: Option<Rate>,
-    /// Most tokens the bucket holds: the largest burst after a quiet spell (>= 1).
-    pub burst: Option<u32>,
-}
-
-/// A rate: events per second.
-#[derive(Debug, Clone, Copy, PartialEq)]
-pub struct Rate {
-    /// Events per second (> 0).
-    pub per_second: f64,
-}
-
-impl std::str::FromStr for Rate {
-    type Err = String;
-    /// `<count>/<unit>`: a positive number, then `s`, `m` or `h` (also `sec`, `min`, `hour`).
-    fn from_str(s: &str) -> Result<Self, String> {
-        let bad = || {
-            format!(
-                "{s:?} is not a rate like \"10/s\", \"600/m\" or \"1000/h\" (a positive count, \
-                 `/`, then s, m or h)"
-            )
-        };
-        let (n, unit) = s.split_once('/').ok_or_else(bad)?;
-        let n: f64 = n.trim().parse().map_err(|_| bad())?;
-        let secs = match unit.trim() {
-            "s" | "sec" | "second" => 1.0,
-            "m" | "min" | "minute" => 60.0,
-            "h" | "hour" => 3600.0,
-            _ => return Err(bad()),
-        };
-        if !(n.is_finite() && n > 0.0) {
-            return Err(bad());
-        }
-        Ok(Rate {
-            per_second: n / secs,
-        })
-    }
-}
-
-fn opt_rate<'de, D: Deserializer<'de>>(d: D) -> Result<Option<Rate>, D::Error> {
-    Option::<String>::deserialize(d)?
-        .map(|s| s.parse::<Rate>().map_err(serde::de::Error::custom))
-        .transpose()
-}
-
-fn parse_duration(s: &str) -> Result<Duration, String> {
-    humantime::parse_duration(s)
-        .map_err(|e| format!("{s:?} is not a duration like \"500ms\", \"15s\" or \"5m\" ({e})"))
-}
-
-fn duration<'de, D: Deserializer<'de>>(d: D) -> Result<Duration, D::Error> {
-    let s = String::deserialize(d)?;
-    parse_duration(&s).map_err(serde::de::Error::custom)
-}
-
-fn opt_duration<'de, D: Deserializer<'de>>(d: D) -> Result<Option<Duration>, D::Error> {
-    Option::<String>::deserialize(d)?
-        .map(|s| parse_duration(&s).map_err(serde::de::Error::custom))
-        .transpose()
 }
 
 /// Where a setting's value came from.
@@ -784,10 +129,13 @@ impl EnvLayer {
                 .map(|seg| seg.to_ascii_lowercase().replace("_dot_", "."))
                 .collect();
             if path.iter().any(|seg| seg.is_empty()) {
-                return Err(ConfigError(format!(
-                    "{var}: an empty key segment (levels are joined by `__`, e.g. \
-                     FLEET_WORKER__CONCURRENCY)"
-                )));
+                return Err(ConfigError::new(
+                    var.as_str(),
+                    format!(
+                        "{var}: an empty key segment (levels are joined by `__`, e.g. \
+                         FLEET_WORKER__CONCURRENCY)"
+                    ),
+                ));
             }
             let is_list = path == ["worker", "queues"]
                 || (path.len() == 3 && path[0] == "databases" && path[2] == "kinds")
@@ -835,10 +183,13 @@ fn insert_path(
     });
     match &mut entry.kind {
         config::ValueKind::Table(t) => insert_path(t, rest, leaf, var),
-        _ => Err(ConfigError(format!(
-            "{var}: `{}` is a value, not a section, so it has no `{}`",
-            first, rest[0]
-        ))),
+        _ => Err(ConfigError::new(
+            var,
+            format!(
+                "{var}: `{}` is a value, not a section, so it has no `{}`",
+                first, rest[0]
+            ),
+        )),
     }
 }
 
@@ -934,13 +285,12 @@ impl Settings {
         let mut file_leaves = Vec::new();
         if let Some(f) = file {
             let text = std::fs::read_to_string(f).map_err(|e| {
-                ConfigError(format!("config file {} cannot be read: {e}", f.display()))
+                ConfigError::general(format!("config file {} cannot be read", f.display()))
+                    .caused_by(e)
             })?;
             let table: toml::Table = toml::from_str(&text).map_err(|e| {
-                ConfigError(format!(
-                    "config file {} is not valid TOML: {e}",
-                    f.display()
-                ))
+                ConfigError::general(format!("config file {} is not valid TOML", f.display()))
+                    .caused_by(e)
             })?;
             toml_leaves(&table, &mut Vec::new(), &mut file_leaves);
             b = b.add_source(config::File::from_str(&text, config::FileFormat::Toml));
@@ -966,7 +316,7 @@ impl Settings {
                 _ => SettingSource::Default,
             }
         };
-        let raw = b.build().map_err(|e| ConfigError(e.to_string()))?;
+        let raw = b.build().map_err(|e| ConfigError::general(e.to_string()))?;
         let mut unknown: Vec<KeyPath> = Vec::new();
         let settings: Result<Settings, _> = serde_ignored::deserialize(raw.clone(), |p| {
             let mut segs = Vec::new();
@@ -997,13 +347,18 @@ impl Settings {
             } else {
                 "unknown settings"
             };
-            return Err(ConfigError(format!(
+            let message = format!(
                 "{what} {}; see config/default.toml for every key",
                 named.join(", ")
-            )));
+            );
+            return Err(match unknown.as_slice() {
+                [one] => ConfigError::new(display_path(one), message),
+                _ => ConfigError::general(message),
+            });
         }
-        let settings = settings
-            .map_err(|e| ConfigError(with_value(&e.to_string(), &raw, &env_origins, env)))?;
+        let settings = settings.map_err(|e| {
+            ConfigError::general(with_value(&e.to_string(), &raw, &env_origins, env))
+        })?;
         settings.validate()?;
         let mut leaves = Vec::new();
         config_leaves(&raw.cache, &mut Vec::new(), &mut leaves);
@@ -1026,7 +381,10 @@ impl Settings {
     fn validate(&self) -> Result<(), ConfigError> {
         let w = &self.worker;
         let bad = |key: &str, val: String, why: &str| {
-            Err(ConfigError(format!("{key} = {val} is invalid: {why}")))
+            Err(ConfigError::new(
+                key,
+                format!("{key} = {val} is invalid: {why}"),
+            ))
         };
         if w.concurrency == 0 || w.concurrency > 10_000 {
             return bad(
@@ -1127,18 +485,24 @@ impl Settings {
                     .chars()
                     .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '_');
             if !valid_name || name == MAIN_DATABASE {
-                return Err(ConfigError(format!(
-                    "databases.{name}: {name:?} is not a database name (1..=32 of a-z, 0-9, `_`; \
-                     `{MAIN_DATABASE}` is the [database] section)"
-                )));
+                return Err(ConfigError::new(
+                    format!("databases.{name}"),
+                    format!(
+                        "databases.{name}: {name:?} is not a database name (1..=32 of a-z, 0-9, \
+                         `_`; `{MAIN_DATABASE}` is the [database] section)"
+                    ),
+                ));
             }
             match d.url.as_ref().filter(|u| !u.0.is_empty()) {
                 None => {
-                    return Err(ConfigError(format!(
-                        "databases.{name}.url is not set: every [databases.*] entry needs its \
-                         database, e.g. from FLEET_DATABASES__{}__URL",
-                        name.to_ascii_uppercase()
-                    )))
+                    return Err(ConfigError::new(
+                        format!("databases.{name}.url"),
+                        format!(
+                            "databases.{name}.url is not set: every [databases.*] entry needs its \
+                             database, e.g. from FLEET_DATABASES__{}__URL",
+                            name.to_ascii_uppercase()
+                        ),
+                    ))
                 }
                 Some(u) => check_database_url(&format!("databases.{name}.url"), u.expose())?,
             }
@@ -1149,16 +513,22 @@ impl Settings {
                 check_database_url(&format!("databases.{name}.direct_url"), u.expose())?;
             }
             if d.kinds.is_empty() {
-                return Err(ConfigError(format!(
-                    "databases.{name}.kinds is empty: name the kinds whose jobs live there"
-                )));
+                return Err(ConfigError::new(
+                    format!("databases.{name}.kinds"),
+                    format!(
+                        "databases.{name}.kinds is empty: name the kinds whose jobs live there"
+                    ),
+                ));
             }
             for k in &d.kinds {
                 if let Some(other) = homes.insert(k, name) {
-                    return Err(ConfigError(format!(
-                        "kind {k:?} is in databases.{other}.kinds and databases.{name}.kinds: \
-                         a kind's jobs live in one database"
-                    )));
+                    return Err(ConfigError::new(
+                        format!("databases.{name}.kinds"),
+                        format!(
+                            "kind {k:?} is in databases.{other}.kinds and databases.{name}.kinds: \
+                             a kind's jobs live in one database"
+                        ),
+                    ));
                 }
             }
         }
@@ -1219,7 +589,10 @@ impl Settings {
 impl ConsoleSettings {
     fn validate(&self) -> Result<(), ConfigError> {
         let bad = |key: &str, val: String, why: &str| {
-            Err(ConfigError(format!("{key} = {val} is invalid: {why}")))
+            Err(ConfigError::new(
+                key,
+                format!("{key} = {val} is invalid: {why}"),
+            ))
         };
         if self.session_ttl < Duration::from_secs(60)
             || self.session_ttl > Duration::from_secs(7 * 86_400)
@@ -1261,33 +634,46 @@ impl ConsoleSettings {
                     .chars()
                     .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || "_.-".contains(c));
             if !valid_name {
-                return Err(ConfigError(format!(
-                    "console.users: {name:?} is not a user name (1..=64 of a-z, 0-9, `_`, `.`, `-`, \
-                     starting with a letter or digit)"
-                )));
+                return Err(ConfigError::new(
+                    format!("console.users.{name}"),
+                    format!(
+                        "console.users: {name:?} is not a user name (1..=64 of a-z, 0-9, `_`, \
+                         `.`, `-`, starting with a letter or digit)"
+                    ),
+                ));
             }
             let key = format!("console.users.{name}.password_hash");
             let hash = u.password_hash.expose();
             if hash.is_empty() {
-                return Err(ConfigError(format!(
-                    "{key} is not set: give the user an Argon2 hash (`fleet console hash-password`), \
-                     e.g. from FLEET_CONSOLE__USERS__{}__PASSWORD_HASH",
-                    name.to_ascii_uppercase().replace('.', "_DOT_")
-                )));
+                return Err(ConfigError::new(
+                    key.as_str(),
+                    format!(
+                        "{key} is not set: give the user an Argon2 hash (`fleet console \
+                         hash-password`), e.g. from FLEET_CONSOLE__USERS__{}__PASSWORD_HASH",
+                        name.to_ascii_uppercase().replace('.', "_DOT_")
+                    ),
+                ));
             }
             match argon2::password_hash::phc::PasswordHash::new(hash) {
                 Ok(h) if h.algorithm.as_str().starts_with("argon2") => {}
                 Ok(h) => {
-                    return Err(ConfigError(format!(
-                        "{key} is invalid: a {} hash, expected Argon2 (`$argon2id$…`)",
-                        h.algorithm.as_str()
-                    )))
+                    return Err(ConfigError::new(
+                        key.as_str(),
+                        format!(
+                            "{key} is invalid: a {} hash, expected Argon2 (`$argon2id$…`)",
+                            h.algorithm.as_str()
+                        ),
+                    ))
                 }
                 // The hash itself is a secret: name the fault, not the value.
                 Err(e) => {
-                    return Err(ConfigError(format!(
-                        "{key} is invalid: not an Argon2 PHC string like `$argon2id$v=19$m=…` ({e})"
-                    )))
+                    return Err(ConfigError::new(
+                        key.as_str(),
+                        format!(
+                            "{key} is invalid: not an Argon2 PHC string like `$argon2id$v=19$m=…` \
+                             ({e})"
+                        ),
+                    ))
                 }
             }
         }
@@ -1341,6 +727,24 @@ pub fn fleet_env() -> Vec<(String, String)> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_config_error_carries_its_key_and_the_error_underneath() {
+        let e =
+            Settings::from_sources(None, &env(&[("FLEET_WORKER__CONCURRENCY", "0")])).unwrap_err();
+        assert_eq!(e.key.as_deref(), Some("worker.concurrency"));
+        assert!(e.source.is_none());
+        let missing = Path::new("/nonexistent/fleet.toml");
+        let e = Settings::from_sources(Some(missing), &[]).unwrap_err();
+        assert_eq!(e.key, None, "a file is not one key");
+        let io = std::error::Error::source(&e).expect("the I/O error underneath");
+        assert!(io.to_string().contains("No such file"), "{io}");
+        assert!(
+            e.to_string().contains("/nonexistent/fleet.toml")
+                && !e.to_string().contains("No such file"),
+            "the message names the file; the cause is its source: {e}"
+        );
+    }
 
     fn env(pairs: &[(&str, &str)]) -> Vec<(String, String)> {
         pairs

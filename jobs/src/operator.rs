@@ -1,0 +1,64 @@
+//! The domain's operator commands: what an operator may do to a traveler's booking. The
+//! engine's `Ops` runs them behind the same interface as its own queue commands (an actor, a
+//! dry run, a usage error for what cannot be done as asked), but the change, its checks and its
+//! audit row (in the domain's `audit_log`) are the domain's, here.
+
+use serde_json::json;
+use uuid::Uuid;
+
+use crate::{
+    audit,
+    booking::{self, BookingView, JobSelector},
+    kinds::refund_compensation::{request_by_operator, OperatorRefund, RefundRefused},
+    Db, Enqueuer, JobError,
+};
+
+/// A booking as operators see it (steps, provider ids, refunds, emails, audit; no PII) and how
+/// to find the jobs behind it in the queue (the engine lists them). `None`: no such booking.
+pub async fn booking_show(
+    reads: &Db,
+    id: Uuid,
+) -> Result<Option<(BookingView, Vec<JobSelector>)>, sqlx::Error> {
+    Ok(booking::view(reads, id).await?.map(|v| {
+        let jobs = crate::kinds::jobs_of_booking(&v);
+        (v, jobs)
+    }))
+}
+
+/// Requests a refund of booking `id` for `reason` (a code), as `actor`: a ticketed booking is
+/// cancelled and its refund enqueued (through `enqueuer`, in the same transaction), audited as
+/// `booking.refund_requested`. With `dry_run` the change is made and rolled back, and the
+/// report says what would happen; nothing is audited.
+pub async fn booking_refund(
+    db: &Db,
+    enqueuer: &dyn Enqueuer,
+    actor: &str,
+    id: Uuid,
+    reason: &str,
+    dry_run: bool,
+) -> Result<OperatorRefund, RefundRefused> {
+    let failed = |e: sqlx::Error| RefundRefused::Failed(JobError::from(e));
+    let mut tx = db.begin().await.map_err(failed)?;
+    let r = request_by_operator(&mut tx, enqueuer, id, reason).await?;
+    if dry_run {
+        tx.rollback().await.map_err(failed)?;
+        return Ok(r);
+    }
+    let meta = json!({
+        "booking_id": id, "reason": reason, "status_before": r.status_before,
+        "booking_cancelled": r.booking_cancelled, "job_id": r.job_id,
+        "duplicate": r.duplicate,
+    });
+    audit::record(
+        &mut *tx,
+        actor,
+        "booking.refund_requested",
+        "booking",
+        Some(&id.to_string()),
+        &meta,
+    )
+    .await
+    .map_err(failed)?;
+    tx.commit().await.map_err(failed)?;
+    Ok(r)
+}
