@@ -103,11 +103,14 @@ fn warnings() -> Vec<String> {
         .collect()
 }
 
-/// One test at a time: they share the log capture. Holds the lock and clears the capture.
+/// One test at a time: they share the log capture and the run counts (job ids start at 1 in
+/// each test's database, so under `cargo test`, where both run in one process, the second
+/// test would count the first one's runs as its own). Holds the lock and clears both.
 async fn one_at_a_time() -> tokio::sync::MutexGuard<'static, ()> {
     static SERIAL: OnceLock<tokio::sync::Mutex<()>> = OnceLock::new();
     let guard = SERIAL.get_or_init(Default::default).lock().await;
     logs().lock().unwrap().clear();
+    runs().lock().unwrap().clear();
     guard
 }
 
