@@ -20,7 +20,7 @@ use sqlx::PgConnection;
 use crate::{
     clock::Clock,
     queue::{self, JobInsert, QueueError},
-    registry::Registry,
+    registry::{Refused, Registry},
 };
 
 /// Why an enqueue wrote nothing (of the batch, or of the statement that failed: see
@@ -315,17 +315,16 @@ impl Queue {
                     other => other.to_string(),
                 },
             })?;
-            if self.registry.get(&row.kind).is_none() {
-                return Err(EnqueueError::UnknownKind {
-                    kind: row.kind.clone(),
-                    known: self.registry.kind_names(),
-                });
-            }
             self.registry
                 .check_parts(&row.kind, &row.args, typed)
-                .map_err(|reason| EnqueueError::BadArgs {
-                    kind: row.kind.clone(),
-                    reason,
+                .map_err(|refused| match refused {
+                    Refused::UnknownKind { kind, known } => {
+                        EnqueueError::UnknownKind { kind, known }
+                    }
+                    Refused::BadArgs(reason) => EnqueueError::BadArgs {
+                        kind: row.kind.clone(),
+                        reason,
+                    },
                 })?;
         }
         Ok(rows)

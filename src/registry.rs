@@ -41,6 +41,22 @@ impl RegisteredKind {
     }
 }
 
+/// Why the registry refuses a job ([`Registry::check`]); neither quotes an arg value.
+#[derive(Debug, Clone, PartialEq, thiserror::Error)]
+pub enum Refused {
+    /// No kind of that name is registered here.
+    #[error("unknown job kind {kind:?} (known: {})", known.join(", "))]
+    UnknownKind {
+        /// The kind asked for.
+        kind: String,
+        /// The kinds registered here.
+        known: Vec<String>,
+    },
+    /// The args do not deserialize into the kind's type (the message names the kind).
+    #[error("{0}")]
+    BadArgs(String),
+}
+
 /// The kinds this process runs, with their settings.
 #[derive(Clone, Default)]
 pub struct Registry {
@@ -178,22 +194,22 @@ impl Registry {
     /// Whether `job` can be enqueued as given: its kind is registered here and its args fit
     /// the kind's type (checked only for [`NewJob::raw`] jobs: typed ones fit by
     /// construction). `Err` names the problem without quoting arg values.
-    pub fn check(&self, job: &NewJob) -> Result<(), String> {
+    pub fn check(&self, job: &NewJob) -> Result<(), Refused> {
         self.check_parts(&job.kind, &job.args, job.is_typed())
     }
 
     /// [`Registry::check`] on a job's parts: `typed` args fit by construction.
-    pub fn check_parts(&self, kind: &str, args: &Value, typed: bool) -> Result<(), String> {
+    pub fn check_parts(&self, kind: &str, args: &Value, typed: bool) -> Result<(), Refused> {
         let Some(k) = self.kinds.get(kind) else {
-            return Err(format!(
-                "unknown job kind {kind:?} (known: {})",
-                self.kind_names().join(", ")
-            ));
+            return Err(Refused::UnknownKind {
+                kind: kind.to_owned(),
+                known: self.kind_names(),
+            });
         };
         if typed {
             return Ok(());
         }
-        (k.check_args)(args)
+        (k.check_args)(args).map_err(Refused::BadArgs)
     }
 
     /// The value kind `kind`'s per-key limit and fairness count `args` by: its `limit_key`

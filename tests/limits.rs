@@ -337,7 +337,7 @@ async fn a_budget_a_handler_reports_used_up_is_empty_for_every_worker_until_its_
     let w2 = fleet::Worker::new(db.pool.clone(), r, fast_settings()).with_clock(clock.clone());
     q.enqueue(&SpendsTheLastToken {}, None).await.unwrap();
     let ran = w1.work_one().await.unwrap().unwrap();
-    assert_eq!(ran.state, JobState::Completed, "the call worked");
+    assert_eq!(ran.next.state(), JobState::Completed, "the call worked");
     let until: DateTime<Utc> =
         sqlx::query_scalar("SELECT blocked_until FROM fleet_budgets WHERE name = 'probe'")
             .fetch_one(&db.pool)
@@ -356,7 +356,7 @@ async fn a_budget_a_handler_reports_used_up_is_empty_for_every_worker_until_its_
     // The budget refills from zero at the reset: 100/s is a token each 10 ms after it.
     clock.advance(Duration::from_millis(1_010));
     assert_eq!(
-        w2.work_one().await.unwrap().unwrap().state,
+        w2.work_one().await.unwrap().unwrap().next.state(),
         JobState::Completed
     );
 }

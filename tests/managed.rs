@@ -94,6 +94,26 @@ impl Managed {
         )
     }
 
+    /// `fleet enqueue --file` of `n` one-millisecond `fleet.sleep` jobs, as the runtime role.
+    fn enqueue_sleeps(&self, n: usize) {
+        let file = std::env::temp_dir().join(format!(
+            "fleet-managed-jobs-{}-{}.jsonl",
+            std::process::id(),
+            &uuid::Uuid::new_v4().simple().to_string()[..8]
+        ));
+        let lines: String = (0..n)
+            .map(|_| "{\"kind\":\"fleet.sleep\",\"args\":{\"ms\":1}}\n")
+            .collect();
+        std::fs::write(&file, lines).unwrap();
+        let (code, out, err) = self.fleet(
+            "fleet_app",
+            &[],
+            &["enqueue", "--file", file.to_str().unwrap()],
+        );
+        let _ = std::fs::remove_file(&file);
+        assert_eq!(code, 0, "{out}{err}");
+    }
+
     async fn count(&self, sql: &'static str) -> i64 {
         sqlx::query_scalar(sql)
             .fetch_one(&self.admin)
@@ -187,19 +207,6 @@ impl Drop for AppWorker {
     }
 }
 
-fn sleep_jobs(n: usize) -> std::path::PathBuf {
-    let p = std::env::temp_dir().join(format!(
-        "fleet-managed-jobs-{}-{}.jsonl",
-        std::process::id(),
-        &uuid::Uuid::new_v4().simple().to_string()[..8]
-    ));
-    let lines: String = (0..n)
-        .map(|_| "{\"kind\":\"fleet.sleep\",\"args\":{\"ms\":1}}\n")
-        .collect();
-    std::fs::write(&p, lines).unwrap();
-    p
-}
-
 const SLEEPS_DONE: &str =
     "SELECT count(*) FROM fleet.fleet_jobs WHERE kind = 'fleet.sleep' AND state = 'completed'";
 
@@ -231,14 +238,7 @@ async fn the_owner_migrates_and_the_runtime_role_works_the_queue_but_can_alter_n
     );
 
     // The runtime role enqueues, works and inspects the queue...
-    let file = sleep_jobs(300);
-    let (code, out, err) = m.fleet(
-        "fleet_app",
-        &[],
-        &["enqueue", "--file", file.to_str().unwrap()],
-    );
-    let _ = std::fs::remove_file(&file);
-    assert_eq!(code, 0, "{out}{err}");
+    m.enqueue_sleeps(300);
     m.work_until(&[], SLEEPS_DONE, 300, Duration::from_secs(60))
         .await;
     for args in [
@@ -521,14 +521,7 @@ async fn timeouts_the_role_sets_do_not_wedge_a_worker() {
         )
         .await
         .unwrap();
-    let file = sleep_jobs(400);
-    let (code, out, err) = m.fleet(
-        "fleet_app",
-        &[],
-        &["enqueue", "--file", file.to_str().unwrap()],
-    );
-    let _ = std::fs::remove_file(&file);
-    assert_eq!(code, 0, "{out}{err}");
+    m.enqueue_sleeps(400);
     // A limited kind takes an advisory lock and counts under it in its claim: give
     // fleet.sleep a fleet-wide limit so that path runs under the lock timeout too.
     let w = m.start_worker(&[

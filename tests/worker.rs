@@ -59,7 +59,7 @@ async fn retry_then_succeed_writes_exponential_backoff_into_run_at() {
     // Attempt 1 fails: retryable, run_at = failure time + backoff in [0.5 s, 1 s] (base 1 s).
     let ran = w.work_one().await.unwrap().expect("due");
     assert_eq!(
-        (ran.id, ran.attempt, ran.state),
+        (ran.id, ran.attempt, ran.next.state()),
         (id, 1, JobState::Retryable)
     );
     let j = common::job(&db.pool, id).await;
@@ -89,7 +89,10 @@ async fn retry_then_succeed_writes_exponential_backoff_into_run_at() {
     clock.advance(SECS(2));
     let ran = w.work_until_idle().await.unwrap();
     assert_eq!(ran.len(), 1);
-    assert_eq!((ran[0].attempt, ran[0].state), (3, JobState::Completed));
+    assert_eq!(
+        (ran[0].attempt, ran[0].next.state()),
+        (3, JobState::Completed)
+    );
     let j = common::job(&db.pool, id).await;
     assert_eq!(j.state, JobState::Completed);
     assert_eq!(
@@ -115,7 +118,7 @@ async fn dead_after_max_attempts_keeps_every_attempts_error() {
                 .await
                 .unwrap()
                 .into_iter()
-                .map(|r| r.state),
+                .map(|r| r.next.state()),
         );
         clock.advance(SECS(1)); // the kind's backoff cap
     }
@@ -197,11 +200,14 @@ async fn panic_is_caught_recorded_and_treated_as_a_failure() {
     let (w, q, clock) = stepped_worker(&db.pool, registry());
     let id = q.enqueue(&Panics {}, None).await.unwrap().id;
     assert_eq!(
-        w.work_one().await.unwrap().unwrap().state,
+        w.work_one().await.unwrap().unwrap().next.state(),
         JobState::Retryable
     );
     clock.advance(SECS(1));
-    assert_eq!(w.work_one().await.unwrap().unwrap().state, JobState::Dead);
+    assert_eq!(
+        w.work_one().await.unwrap().unwrap().next.state(),
+        JobState::Dead
+    );
     let j = common::job(&db.pool, id).await;
     assert_eq!(j.errors.len(), 2);
     assert!(j.errors.iter().all(|e| e.class == ErrorClass::Panic));
@@ -213,7 +219,7 @@ async fn panic_is_caught_recorded_and_treated_as_a_failure() {
     // The worker survived its handlers' panics and keeps working.
     let ok = q.enqueue(&Flaky { succeed_on: 1 }, None).await.unwrap().id;
     let ran = w.work_one().await.unwrap().unwrap();
-    assert_eq!((ran.id, ran.state), (ok, JobState::Completed));
+    assert_eq!((ran.id, ran.next.state()), (ok, JobState::Completed));
 }
 
 #[tokio::test]
@@ -247,7 +253,7 @@ async fn snooze_retries_later_without_charging_an_attempt() {
     let (w, q, clock) = stepped_worker(&db.pool, registry());
     let id = q.enqueue(&Snoozes {}, None).await.unwrap().id;
     assert_eq!(
-        w.work_one().await.unwrap().unwrap().state,
+        w.work_one().await.unwrap().unwrap().next.state(),
         JobState::Retryable
     );
     let j = common::job(&db.pool, id).await;
@@ -281,7 +287,7 @@ async fn a_job_scheduled_ahead_is_claimed_at_its_run_at_and_not_before() {
     assert_eq!(common::job(&db.pool, id).await.state, JobState::Scheduled);
     clock.set(run_at);
     let ran = w.work_one().await.unwrap().expect("due at run_at");
-    assert_eq!((ran.id, ran.state), (id, JobState::Completed));
+    assert_eq!((ran.id, ran.next.state()), (id, JobState::Completed));
     assert_eq!(common::job(&db.pool, id).await.attempted_at, Some(run_at));
 }
 
@@ -432,7 +438,7 @@ async fn a_lapsed_lease_is_rescued_on_the_clock_and_the_late_outcome_is_fenced_o
     // A rescued job is due at once.
     let ran = w.work_one().await.unwrap().expect("the rescued job is due");
     assert_eq!(
-        (ran.id, ran.attempt, ran.state),
+        (ran.id, ran.attempt, ran.next.state()),
         (id, 2, JobState::Completed)
     );
     // The silent worker comes back with its outcome: fenced off by claim_seq.

@@ -133,7 +133,9 @@ pub async fn run(a: EnqueueArgs, settings: &Settings) -> anyhow::Result<()> {
             let args: serde_json::Value = serde_json::from_str(&a.args)
                 .map_err(|e| UsageError(format!("--args is not valid JSON: {e}")))?;
             let job = job_of(kind, args, a.key, a.delay)?;
-            registry.check(&job).map_err(UsageError)?;
+            registry
+                .check(&job)
+                .map_err(|why| UsageError(why.to_string()))?;
             vec![job]
         }
         (None, None) => usage!("name a KIND, or give --file"),

@@ -336,9 +336,8 @@ pub struct Worked {
     pub kind: String,
     /// The attempt that ran (1-based).
     pub attempt: i32,
-    /// The state the outcome leaves the job in.
-    pub state: queue::JobState,
-    /// What the attempt decided for the job (its delay, its error).
+    /// What the attempt decided for the job: its state ([`NextState::state`]), its delay, its
+    /// error.
     pub next: NextState,
     /// Whether the outcome was written; `false` when the fence refused it (the claim was
     /// rescued or cancelled while it ran).
@@ -373,15 +372,12 @@ impl Worker {
             id, kind, attempt, ..
         } = job.clone();
         let outcome = executor::execute(s.clone(), job).await;
-        let row = outcome.row();
-        let state = row.state;
-        let written = queue::job_set_outcome_many(&s.db, &[row], s.clock.now()).await?;
+        let written = queue::job_set_outcome_many(&s.db, &[outcome.row()], s.clock.now()).await?;
         completer::record(s, std::slice::from_ref(&outcome), &written);
         Ok(Some(Worked {
             id,
             kind,
             attempt,
-            state,
             next: outcome.next,
             written: !written.is_empty(),
         }))

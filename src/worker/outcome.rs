@@ -67,6 +67,19 @@ pub struct Outcome {
     pub next: NextState,
 }
 
+impl NextState {
+    /// The state it leaves the job in.
+    pub fn state(&self) -> JobState {
+        match self {
+            Self::Completed { .. } => JobState::Completed,
+            Self::Retry { .. } | Self::Snooze { .. } => JobState::Retryable,
+            Self::Dead { .. } => JobState::Dead,
+            Self::Cancelled { .. } => JobState::Cancelled,
+            Self::ReturnUnstarted => JobState::Available,
+        }
+    }
+}
+
 impl Outcome {
     /// Claim `job` succeeded, its key held for `key_window` (the tests and the ceiling
     /// benchmark write outcomes without running handlers).
@@ -81,44 +94,23 @@ impl Outcome {
 
     /// The row this outcome writes ([`crate::queue::job_set_outcome_many`]).
     pub fn row(&self) -> OutcomeRow {
-        let (state, attempt_charged, run_in, error, key_window) = match &self.next {
-            NextState::Completed { key_window } => {
-                (JobState::Completed, true, None, None, *key_window)
+        let (attempt_charged, run_in, error, key_window) = match &self.next {
+            NextState::Completed { key_window } => (true, None, None, *key_window),
+            NextState::Retry { delay, error } => {
+                (true, Some(*delay), Some(error.clone()), Duration::ZERO)
             }
-            NextState::Retry { delay, error } => (
-                JobState::Retryable,
-                true,
-                Some(*delay),
-                Some(error.clone()),
-                Duration::ZERO,
-            ),
-            NextState::Snooze { delay, error } => (
-                JobState::Retryable,
-                false,
-                Some(*delay),
-                Some(error.clone()),
-                Duration::ZERO,
-            ),
-            NextState::Dead { error } => (
-                JobState::Dead,
-                true,
-                None,
-                Some(error.clone()),
-                Duration::ZERO,
-            ),
-            NextState::Cancelled { error } => (
-                JobState::Cancelled,
-                true,
-                None,
-                Some(error.clone()),
-                Duration::ZERO,
-            ),
-            NextState::ReturnUnstarted => (JobState::Available, false, None, None, Duration::ZERO),
+            NextState::Snooze { delay, error } => {
+                (false, Some(*delay), Some(error.clone()), Duration::ZERO)
+            }
+            NextState::Dead { error } | NextState::Cancelled { error } => {
+                (true, None, Some(error.clone()), Duration::ZERO)
+            }
+            NextState::ReturnUnstarted => (false, None, None, Duration::ZERO),
         };
         OutcomeRow {
             id: self.id,
             claim_seq: self.claim_seq,
-            state,
+            state: self.next.state(),
             attempt_charged,
             run_in,
             error,
