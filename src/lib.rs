@@ -58,6 +58,8 @@ macro_rules! internal {
     )*};
 }
 
+#[cfg(feature = "apalis")]
+pub mod apalis;
 pub mod builtin;
 pub mod clock;
 pub mod config;
@@ -108,6 +110,21 @@ pub fn fleet_registry(settings: &config::Settings) -> Result<Registry, config::C
         Registry::new(settings.kinds.clone()).with_budget_overrides(settings.budgets.clone());
     builtin::register(&mut r);
     jobs::kinds::register_all(&mut r);
+    for (kind, o) in &settings.kinds {
+        if !o.external {
+            continue;
+        }
+        if r.get(kind).is_some() {
+            return Err(config::ConfigError::new(
+                format!("kinds.{kind}.external"),
+                format!(
+                    "kinds.{kind}.external: {kind:?} is a kind of this binary's own, run by its \
+                     workers; only a kind no code here registers can be external"
+                ),
+            ));
+        }
+        r.declare_external(kind, jobs::KindDefaults::default());
+    }
     r.check_overrides()?;
     for (name, d) in &settings.databases {
         if let Some(k) = d.kinds.iter().find(|k| r.get(k).is_none()) {

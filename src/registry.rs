@@ -19,27 +19,38 @@ type ErasedHandler = Arc<
 >;
 
 /// Checks that JSON args deserialize into a kind's args type; `Err` says why (values redacted).
-type ArgsCheck = fn(&Value) -> Result<(), String>;
+pub(crate) type ArgsCheck = fn(&Value) -> Result<(), String>;
 
 /// One registered kind.
 #[derive(Clone)]
 pub struct RegisteredKind {
     /// Resolved settings.
     pub settings: KindSettings,
-    handler: ErasedHandler,
+    /// `None` for an external kind ([`Registry::declare_external`]): its jobs run elsewhere.
+    handler: Option<ErasedHandler>,
     check_args: ArgsCheck,
 }
 
 impl RegisteredKind {
     /// Decodes `args` and starts the handler; `Err` is a payload that does not fit the kind.
+    /// `None` for an external kind, which this process never runs.
     pub fn start(
         &self,
         args: Value,
         ctx: JobContext,
-    ) -> Result<BoxFuture<'static, Result<(), JobError>>, String> {
-        (self.handler)(args, ctx)
+    ) -> Option<Result<BoxFuture<'static, Result<(), JobError>>, String>> {
+        self.handler.as_ref().map(|h| h(args, ctx))
+    }
+
+    /// Whether this process's workers run the kind's jobs (false for an external kind).
+    pub fn runs_here(&self) -> bool {
+        self.handler.is_some()
     }
 }
+
+/// What [`Registry::register_erased`] takes: a handler that decodes JSON args and starts the
+/// attempt, or says why the args do not fit.
+pub(crate) type ErasedStart = ErasedHandler;
 
 /// Why the registry refuses a job ([`Registry::check`]); neither quotes an arg value.
 #[derive(Debug, Clone, PartialEq, thiserror::Error)]
@@ -173,22 +184,64 @@ impl Registry {
 
     /// Registers kind `J` with explicit defaults instead of `J::defaults()` (tests, benches).
     pub fn register_with<J: Job>(&mut self, defaults: KindDefaults) -> &mut Self {
-        let settings = apply(defaults, self.overrides.get(J::KIND));
         let handler: ErasedHandler = Arc::new(|args: Value, ctx: JobContext| {
             let job: J = decode::<J>(args)?;
             Ok(Box::pin(job.run(ctx)) as BoxFuture<'static, Result<(), JobError>>)
         });
-        let check_args: ArgsCheck = |args| decode::<J>(args.clone()).map(drop);
+        self.insert(J::KIND, defaults, Some(handler), |args| {
+            decode::<J>(args.clone()).map(drop)
+        })
+    }
+
+    /// Declares kind `kind` as **external**: its jobs are run outside this process's workers
+    /// (by an apalis worker on the fleet's queue, `fleet::apalis`). This process enqueues,
+    /// inspects, pauses and drains them like any other, under `defaults` with the `[kinds.*]`
+    /// overrides on top, and its [`crate::Worker`] never claims them (an undeclared kind would
+    /// be claimed and made dead as unknown, decision 7). Any JSON args are accepted here: the
+    /// worker that runs the kind checks them. Panics if the name is registered twice.
+    pub fn declare_external(&mut self, kind: &str, defaults: KindDefaults) -> &mut Self {
+        self.insert(kind, defaults, None, |_| Ok(()))
+    }
+
+    /// Registers kind `kind` with a handler built at run time (the apalis backend's bridge),
+    /// `check_args` saying whether args fit it.
+    #[cfg_attr(not(feature = "apalis"), allow(dead_code))]
+    pub(crate) fn register_erased(
+        &mut self,
+        kind: &str,
+        defaults: KindDefaults,
+        handler: ErasedStart,
+        check_args: ArgsCheck,
+    ) -> &mut Self {
+        self.insert(kind, defaults, Some(handler), check_args)
+    }
+
+    fn insert(
+        &mut self,
+        kind: &str,
+        defaults: KindDefaults,
+        handler: Option<ErasedHandler>,
+        check_args: ArgsCheck,
+    ) -> &mut Self {
+        let settings = apply(defaults, self.overrides.get(kind));
         let prev = self.kinds.insert(
-            J::KIND.to_owned(),
+            kind.to_owned(),
             RegisteredKind {
                 settings,
                 handler,
                 check_args,
             },
         );
-        assert!(prev.is_none(), "job kind {:?} registered twice", J::KIND);
+        assert!(prev.is_none(), "job kind {kind:?} registered twice");
         self
+    }
+
+    /// The kinds declared external ([`Registry::declare_external`]), sorted.
+    pub fn external_kinds(&self) -> Vec<String> {
+        self.kind_names()
+            .into_iter()
+            .filter(|k| !self.kinds[k].runs_here())
+            .collect()
     }
 
     /// Whether `job` can be enqueued as given: its kind is registered here and its args fit
@@ -311,10 +364,17 @@ impl Registrar for Registry {
 
 /// Decodes a payload into `J`'s args; the error names the kind and redacts quoted values.
 fn decode<J: Job>(args: Value) -> Result<J, String> {
+    decode_as(J::KIND, args)
+}
+
+/// Args of kind `kind` as `T`; `Err` says why without quoting a value of the payload.
+pub(crate) fn decode_as<T: serde::de::DeserializeOwned>(
+    kind: &str,
+    args: Value,
+) -> Result<T, String> {
     serde_json::from_value(args).map_err(|e| {
         format!(
-            "payload does not match the args of kind {:?}: {}",
-            J::KIND,
+            "payload does not match the args of kind {kind:?}: {}",
             redact_quoted(&e.to_string())
         )
     })
@@ -363,7 +423,7 @@ fn apply(mut d: KindDefaults, o: Option<&KindOverride>) -> KindDefaults {
 
 /// Replaces quoted values in a serde error message: a payload's values stay out of error
 /// texts even if a caller put something sensitive where an id belongs.
-fn redact_quoted(msg: &str) -> String {
+pub(crate) fn redact_quoted(msg: &str) -> String {
     let mut out = String::with_capacity(msg.len());
     let mut in_quotes = false;
     for c in msg.chars() {

@@ -95,6 +95,7 @@ async fn check_passes_clean_data_and_names_each_violation_by_id() {
     queue::job_fetch_available(
         &mut conn,
         &queue::FetchParams {
+            only_kinds: None,
             queues: None,
             skip_kinds: &["test.leaky".into()],
             limited_kinds: &[],

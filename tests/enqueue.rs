@@ -368,6 +368,7 @@ async fn fetch_plan_stays_on_the_ready_index_with_a_million_finished_jobs() {
     let c = queue::job_fetch_available(
         &mut conn,
         &FetchParams {
+            only_kinds: None,
             queues: None,
             skip_kinds: &[],
             limited_kinds: &[],

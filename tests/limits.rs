@@ -570,6 +570,7 @@ async fn the_plain_claim_reads_none_of_a_throttled_backlog_of_limited_jobs() {
     let claimed = fleet::queue::job_fetch_available(
         &mut conn,
         &fleet::queue::FetchParams {
+            only_kinds: None,
             queues: None,
             skip_kinds: &[],
             limited_kinds: &[],

@@ -409,6 +409,7 @@ async fn a_lapsed_lease_is_rescued_on_the_clock_and_the_late_outcome_is_fenced_o
     let lost = queue::job_fetch_available(
         &mut conn,
         &queue::FetchParams {
+            only_kinds: None,
             queues: None,
             skip_kinds: &[],
             limited_kinds: &[],
@@ -618,6 +619,7 @@ async fn the_first_claim_on_a_never_analyzed_table_walks_the_ready_index_not_the
         .await
         .unwrap();
     let params = queue::FetchParams {
+        only_kinds: None,
         queues: None,
         skip_kinds: &[],
         limited_kinds: &[],

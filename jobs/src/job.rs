@@ -155,6 +155,16 @@ pub enum JobError {
         /// Why, for the job's history.
         reason: String,
     },
+    /// Try again after `after` instead of the kind's backoff, using up an attempt like
+    /// [`JobError::Retryable`] (dead once attempts are used up): the failure is this attempt's,
+    /// but the handler knows when the next one can succeed (an apalis `RetryAfterError`).
+    #[error("retry after {after:?}: {reason}")]
+    RetryAfter {
+        /// Delay before the next attempt.
+        after: Duration,
+        /// What failed, for the job's history.
+        reason: String,
+    },
     /// Stop for good, state `cancelled` (nothing left to do and nothing went wrong).
     #[error("{0}")]
     Cancel(String),
@@ -192,7 +202,10 @@ impl JobError {
     pub fn is_retryable(&self) -> bool {
         matches!(
             self,
-            Self::Retryable(_) | Self::Snooze { .. } | Self::RateLimited { .. }
+            Self::Retryable(_)
+                | Self::RetryAfter { .. }
+                | Self::Snooze { .. }
+                | Self::RateLimited { .. }
         )
     }
 }

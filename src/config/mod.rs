@@ -638,6 +638,11 @@ pub struct KindOverride {
     pub limit_key: Option<String>,
     /// The rate budgets an attempt of this kind spends (replaces the code's list).
     pub budgets: Option<Vec<String>>,
+    /// `true` declares a kind no code of this binary registers, whose jobs run on apalis
+    /// workers (`fleet::apalis`): `fleet enqueue`, the operator commands and the console treat
+    /// it like any kind, and `fleet worker` never claims it (see `Registry::declare_external`).
+    #[serde(default)]
+    pub external: bool,
 }
 
 /// One `[budgets.<name>]` entry; unset fields keep the code default.

@@ -379,8 +379,11 @@ pub struct ClaimedJob {
 pub struct FetchParams<'a> {
     /// Queues to serve; `None` = all.
     pub queues: Option<&'a [String]>,
-    /// Kinds not to claim now (at their per-kind concurrency limit).
+    /// Kinds not to claim now (at their per-kind concurrency limit, or external here).
     pub skip_kinds: &'a [String],
+    /// Claim only these kinds; `None` = any kind (an apalis backend's runtime claims its own
+    /// kind alone).
+    pub only_kinds: Option<&'a [String]>,
     /// The kinds this worker claims with [`super::job_fetch_limited`]. A ready row of one of
     /// them that is still filed as unlimited (enqueued before its kind got a limit) is never
     /// claimed here: the claim re-files it for the limited claim instead.
@@ -531,6 +534,7 @@ fn claim_statement<'q>(
             WHERE state = 'available' AND NOT limited
               AND ($1::text[] IS NULL OR queue = ANY($1))
               AND kind <> ALL($2::text[])
+              AND ($8::text[] IS NULL OR kind = ANY($8))
               AND NOT EXISTS (
                   SELECT 1 FROM fleet_paused_kinds p
                   WHERE p.kind = j.kind AND (p.drain_through_id IS NULL OR j.id > p.drain_through_id))
@@ -562,6 +566,7 @@ fn claim_statement<'q>(
     .bind(p.lease.as_millis() as i64)
     .bind(p.now)
     .bind(p.limited_kinds)
+    .bind(p.only_kinds)
 }
 
 /// Most statements one [`job_fetch_available`] call runs while it re-files misfiled rows.

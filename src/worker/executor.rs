@@ -106,8 +106,21 @@ async fn run_attempt(s: &Shared, job: &ClaimedJob, cancel: CancellationToken) ->
         rate_limits: rate_limits.clone(),
     };
     let fut = match kind.start(job.args.clone(), ctx) {
-        Ok(f) => f,
-        Err(msg) => {
+        Some(Ok(f)) => f,
+        // Never claimed here (the fetcher skips external kinds); a row claimed by hand is
+        // treated like an unknown kind's.
+        None => {
+            tracing::error!("external job kind claimed by a fleet worker: dead at once");
+            return outcome::unknown_kind(
+                job,
+                format!(
+                    "kind {:?} is external here: it runs on an apalis worker, not this one; \
+                     replay it for one",
+                    job.kind
+                ),
+            );
+        }
+        Some(Err(msg)) => {
             tracing::error!(reason = %msg, "bad payload: dead at once");
             return outcome::decide(job, settings, Ended::BadArgs(msg));
         }

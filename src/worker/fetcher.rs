@@ -17,6 +17,8 @@
 //!   session is never reused, and a claim that committed in a lost round is rescued after its
 //!   lease like a crash's;
 //! - while the database does not answer ([`crate::database::health`]) nothing is claimed;
+//! - it never claims an external kind (the registry's, run by apalis workers), and, when the
+//!   worker is restricted to some kinds (an apalis backend's runtime), nothing else;
 //! - it wakes on a `NOTIFY` ([`super::listener`]), a freed slot (the completer), a budget's next
 //!   token, or the poll interval.
 
@@ -53,6 +55,10 @@ pub(crate) struct Fetcher {
     budget_wait: HashMap<String, Instant>,
     /// The claims' own connection, opened on first use and dropped (closed) on any error.
     session: Option<queue::ClaimSession>,
+    /// Kinds never claimed here: the registry's external kinds (run by apalis workers).
+    external: Vec<String>,
+    /// The only kinds claimed here, if restricted ([`super::Shared::only_kinds`]).
+    only_kinds: Option<Vec<String>>,
 }
 
 /// What a round may claim.
@@ -73,6 +79,8 @@ impl Fetcher {
             first_limited: 0,
             budget_wait: HashMap::new(),
             session: None,
+            external: s.registry.external_kinds(),
+            only_kinds: s.only_kinds.clone(),
         }
     }
 
@@ -118,12 +126,18 @@ impl Fetcher {
             }
             let rest = room.free.saturating_sub(jobs.len());
             if rest > 0 {
+                let skip_kinds = if self.external.is_empty() {
+                    std::borrow::Cow::Borrowed(&room.skip_kinds)
+                } else {
+                    std::borrow::Cow::Owned([&room.skip_kinds[..], &self.external[..]].concat())
+                };
                 jobs.extend(
                     queue::job_fetch_available_on(
                         &mut session,
                         &FetchParams {
                             queues: self.queues.as_deref(),
-                            skip_kinds: &room.skip_kinds,
+                            skip_kinds: &skip_kinds,
+                            only_kinds: self.only_kinds.as_deref(),
                             limited_kinds: &self.limited_names,
                             limit: rest as i64,
                             owner: &s.worker_id,
@@ -262,7 +276,7 @@ pub(crate) async fn run(
         .registry
         .kind_names()
         .into_iter()
-        .filter(|k| !fetcher.limited_names.contains(k))
+        .filter(|k| !fetcher.limited_names.contains(k) && !fetcher.external.contains(k))
         .collect();
     let mut refile_due = Instant::now();
     let mut db_backoff = Duration::from_millis(100);

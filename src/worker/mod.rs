@@ -33,6 +33,8 @@ mod heartbeat;
 mod listener;
 mod outcome;
 
+#[cfg(feature = "apalis")]
+pub(crate) use executor::CANCEL_GRACE;
 pub use outcome::{backoff, NextState};
 // What a claim's outcome is, as the completer writes it: the engine's own, and the tests' and
 // the ceiling benchmark's (which write outcomes without running handlers).
@@ -138,6 +140,9 @@ pub(crate) struct Shared {
     pub extensions: jobs::Extensions,
     /// The time claims, leases, outcomes, budgets and maintenance act at.
     pub clock: Clock,
+    /// The only kinds this worker claims; `None` = any (a kind it has no handler for is dead
+    /// as unknown, decision 7). An apalis backend's runtime claims its own kind alone.
+    pub only_kinds: Option<Vec<String>>,
 }
 
 /// A limited kind's settings, resolved once for the fetch loop.
@@ -176,6 +181,7 @@ impl Worker {
         let limited = registry
             .limited_kinds()
             .into_iter()
+            .filter(|k| registry.get(k).is_some_and(|r| r.runs_here()))
             .map(|k| {
                 let st = registry.settings(&k).expect("registered");
                 LimitedKind {
@@ -206,6 +212,7 @@ impl Worker {
                 interrupted: AtomicU64::new(0),
                 extensions: jobs::Extensions::default(),
                 clock: Clock::System,
+                only_kinds: None,
             }),
         }
     }
@@ -238,6 +245,16 @@ impl Worker {
         s.clock = clock.into();
         // Follow-ups its handlers enqueue are due at the same time.
         s.queue = s.queue.clone().with_clock(s.clock.clone());
+        self
+    }
+
+    /// Restricts the worker to claiming `kinds` alone (an apalis backend's runtime, whose
+    /// registry holds its own kind). Call before [`Worker::run`].
+    #[cfg_attr(not(feature = "apalis"), allow(dead_code))]
+    pub(crate) fn claiming_only(mut self, kinds: Vec<String>) -> Self {
+        Arc::get_mut(&mut self.shared)
+            .expect("claiming_only is called before run")
+            .only_kinds = Some(kinds);
         self
     }
 

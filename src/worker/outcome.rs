@@ -3,8 +3,8 @@
 //! policy ([`backoff`]). The [completer](super::completer) writes what this decides.
 //!
 //! Rules kept here and nowhere else:
-//! - a handler's error decides: `Retryable` → retry after backoff (dead once the attempts are
-//!   spent), `Fatal` → dead now, `Snooze` and `RateLimited` → later without charging the
+//! - a handler's error decides: `Retryable` → retry after backoff, `RetryAfter` → retry after
+//!   the handler's delay (both dead once the attempts are spent), `Fatal` → dead now, `Snooze` and `RateLimited` → later without charging the
 //!   attempt, `Cancel` → cancelled;
 //! - a panic is a retryable failure; a payload that does not deserialize or a kind this worker
 //!   does not know is dead at once (retrying cannot help; an operator replays it);
@@ -146,8 +146,14 @@ pub(crate) fn decide(job: &ClaimedJob, settings: &KindSettings, ended: Ended) ->
         },
         Ended::Returned(Err(e)) => match e {
             JobError::Retryable(m) => {
-                retry_or_dead(job, settings, fail(ErrorClass::Retryable, m), false)
+                retry_or_dead(job, settings, fail(ErrorClass::Retryable, m), None)
             }
+            JobError::RetryAfter { after, reason } => retry_or_dead(
+                job,
+                settings,
+                fail(ErrorClass::Retryable, reason),
+                Some(after),
+            ),
             JobError::Fatal(m) => NextState::Dead {
                 error: fail(ErrorClass::Fatal, m),
             },
@@ -173,13 +179,13 @@ pub(crate) fn decide(job: &ClaimedJob, settings: &KindSettings, ended: Ended) ->
             },
         },
         Ended::Panicked(message) => {
-            retry_or_dead(job, settings, fail(ErrorClass::Panic, message), false)
+            retry_or_dead(job, settings, fail(ErrorClass::Panic, message), None)
         }
         Ended::Stopped { class, message } => retry_or_dead(
             job,
             settings,
             fail(class, message),
-            class == ErrorClass::Interrupted,
+            (class == ErrorClass::Interrupted).then_some(Duration::ZERO),
         ),
         Ended::BadArgs(message) => NextState::Dead {
             error: fail(ErrorClass::BadArgs, message),
@@ -205,22 +211,19 @@ fn attempt_error(job: &ClaimedJob, class: ErrorClass, message: String) -> Attemp
     }
 }
 
-/// A failed attempt: retry after backoff (at once when `immediate`), or dead when the attempts
-/// are spent.
+/// A failed attempt: retry after `delay` when given (zero: at once), else after the kind's
+/// backoff; dead when the attempts are spent.
 fn retry_or_dead(
     job: &ClaimedJob,
     settings: &KindSettings,
     error: AttemptError,
-    immediate: bool,
+    delay: Option<Duration>,
 ) -> NextState {
     if job.attempt >= job.max_attempts {
         NextState::Dead { error }
     } else {
-        let delay = if immediate {
-            Duration::ZERO
-        } else {
-            backoff(job.attempt, settings.backoff_base, settings.backoff_cap)
-        };
+        let delay = delay
+            .unwrap_or_else(|| backoff(job.attempt, settings.backoff_base, settings.backoff_cap));
         NextState::Retry { delay, error }
     }
 }

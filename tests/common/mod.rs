@@ -258,6 +258,7 @@ pub async fn claim_one(conn: &mut PgConnection, lease: Duration) -> ClaimedJob {
     let mut v = queue::job_fetch_available(
         conn,
         &FetchParams {
+            only_kinds: None,
             queues: None,
             skip_kinds: &[],
             limited_kinds: &[],

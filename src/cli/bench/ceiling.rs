@@ -88,6 +88,7 @@ async fn statement_loop(pool: sqlx::PgPool, batch: usize, owner: String) -> anyh
         let claimed = queue::job_fetch_available_on(
             &mut session,
             &FetchParams {
+                only_kinds: None,
                 queues: None,
                 skip_kinds: &[],
                 limited_kinds: &[],
