@@ -222,6 +222,15 @@ async fn an_apalis_worker_completes_jobs_pushed_through_its_sink_as_fleet_jobs()
     // The handler's FleetJob is the job's row.
     assert_eq!(seen.job_ids.lock().unwrap()["ok:1"], ids[0]);
     assert_eq!(seen.calls("ok:keyed"), 1);
+    // The engine's metrics count them like any kind's (the completer counts after its commit).
+    wait_until(SECS(5), "completions counted", || async {
+        fleet::metrics::metrics()
+            .completed
+            .with_label_values(&["test.apalis_ok"])
+            .get()
+            == 4
+    })
+    .await;
     w.stop().await;
 }
 
@@ -349,12 +358,13 @@ async fn the_kinds_timeout_drops_the_task_and_retries_the_job() {
 }
 
 #[tokio::test]
-async fn a_paused_kind_is_held_back_from_the_apalis_worker_until_resumed() {
+async fn a_paused_or_drained_kind_is_held_back_from_the_apalis_worker() {
     let db = db().await;
     let kind = "test.apalis_paused";
     let ops = fleet::Ops::new(db.pool.clone(), vec![kind.to_owned()], "test");
     ops.pause(kind, "deploy", false).await.unwrap();
     let b = backend(&db.pool, kind, quick_kind());
+    let b_sink = b.clone();
     let ids = push(&db.pool, &b, &[step("ok:1"), step("ok:2")]).await;
     let seen = Arc::new(Seen::default());
     let w = ApalisWorker::start(b, &seen);
@@ -368,6 +378,20 @@ async fn a_paused_kind_is_held_back_from_the_apalis_worker_until_resumed() {
     for id in &ids {
         wait_state(&db.pool, *id, JobState::Completed, SECS(10)).await;
     }
+
+    // A drain lets what is queued finish, then holds what comes after it.
+    let queued = push(&db.pool, &b_sink, &[step("slow:1"), step("slow:2")]).await;
+    let drained = ops
+        .drain(&[kind.to_owned()], SECS(10), false, |_| {})
+        .await
+        .unwrap();
+    assert!(drained.result.drained, "{:?}", drained.result);
+    for id in &queued {
+        assert_eq!(job(&db.pool, *id).await.state, JobState::Completed);
+    }
+    let after = push(&db.pool, &b_sink, &[step("ok:after-drain")]).await[0];
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    assert_eq!(job(&db.pool, after).await.state, JobState::Available);
     w.stop().await;
 }
 

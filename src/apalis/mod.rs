@@ -150,8 +150,10 @@ enum Reply {
     Panicked(String),
 }
 
-/// The sink writes its buffer as one bulk enqueue once it holds this many tasks (or on flush).
-const SINK_FLUSH_AT: usize = 5_000;
+/// The sink writes its buffer as one bulk enqueue once it holds this many tasks (or on flush):
+/// large enough that a `push_bulk` is one call, which `Queue::enqueue_many` splits over two
+/// connections past 5,000 unkeyed jobs.
+const SINK_FLUSH_AT: usize = 50_000;
 
 impl<Args> FleetBackend<Args>
 where
@@ -233,26 +235,33 @@ where
         &self.kind
     }
 
-    /// The engine's enqueue API for this kind: typed `NewJob`s with keys, and the
-    /// transactional enqueue (`enqueue_many_in` on the caller's transaction) the apalis sink
-    /// cannot offer.
-    pub fn queue(&mut self) -> Queue {
-        self.sink_queue().clone()
+    /// The engine's enqueue API for this kind: `NewJob`s with keys, and the transactional
+    /// enqueue (`enqueue_many_in` on the caller's transaction) the apalis sink cannot offer.
+    /// It checks that raw args fit `Args` before writing anything.
+    pub fn queue(&self) -> Queue {
+        self.queue_checking(check_args::<Args>)
     }
 
+    /// A queue whose registry holds the kind with `check` for raw args.
+    fn queue_checking(&self, check: fn(&Value) -> Result<(), String>) -> Queue {
+        let mut reg = Registry::new(Default::default());
+        for (name, d) in &self.budgets {
+            reg.declare_budget(name, *d);
+        }
+        reg.register_erased(
+            &self.kind,
+            self.settings.clone(),
+            Arc::new(|_, _| Err("this registry only enqueues".to_owned())),
+            check,
+        );
+        Queue::new(self.db.clone(), Arc::new(reg))
+    }
+
+    /// The sink's queue: its jobs' args were serialized from `Args` here, so they fit by
+    /// construction and are not decoded again.
     fn sink_queue(&mut self) -> &Queue {
         if self.sink.queue.is_none() {
-            let mut reg = Registry::new(Default::default());
-            for (name, d) in &self.budgets {
-                reg.declare_budget(name, *d);
-            }
-            reg.register_erased(
-                &self.kind,
-                self.settings.clone(),
-                Arc::new(|_, _| Err("this registry only enqueues".to_owned())),
-                check_args::<Args>,
-            );
-            self.sink.queue = Some(Queue::new(self.db.clone(), Arc::new(reg)));
+            self.sink.queue = Some(self.queue_checking(|_| Ok(())));
         }
         self.sink.queue.as_ref().expect("set above")
     }

@@ -12,8 +12,11 @@
 //!   ([`processes`]);
 //! - `fanout`: one campaign scan over 100,000+ due campaigns, and its re-run ([`fanout`]);
 //! - `booking`: fare found → ticketed under provider latency, at a steady rate, with worker
-//!   processes and the search fan-out beside it ([`booking`]).
+//!   processes and the search fan-out beside it ([`booking`]);
+//! - `apalis`: the burn-down by the engine's worker, an apalis worker on the fleet's queue and
+//!   an apalis worker on apalis-postgres's own storage, interleaved ([`apalis`]).
 
+mod apalis;
 mod booking;
 mod burn_down;
 mod ceiling;
@@ -49,6 +52,9 @@ enum BenchMode {
     Fanout(fanout::FanoutArgs),
     /// Booking latency (fare found → ticketed) at a steady rate under provider latency.
     Booking(booking::BookingBenchArgs),
+    /// The burn-down by the native worker, an apalis worker on the fleet's queue, and an
+    /// apalis worker on apalis-postgres 1.0's storage, interleaved over rounds.
+    Apalis(apalis::ApalisBenchArgs),
 }
 
 /// Runs the chosen benchmark.
@@ -62,6 +68,7 @@ pub async fn run(a: BenchArgs) -> anyhow::Result<()> {
         Some(BenchMode::ProcessesChild(c)) => processes::child(c).await,
         Some(BenchMode::Fanout(f)) => fanout::run(f).await,
         Some(BenchMode::Booking(b)) => booking::run(b).await,
+        Some(BenchMode::Apalis(a)) => apalis::run(a).await,
     }
 }
 
