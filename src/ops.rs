@@ -349,6 +349,18 @@ impl Ops {
             .await
     }
 
+    /// [`OpsError::NoSuchJob`] for the first of the filter's ids that no job has: an id that
+    /// matched nothing because it does not exist is told apart from one whose job is in
+    /// another state.
+    async fn check_ids(&self, f: &JobFilter) -> Result<()> {
+        if let Some(ids) = &f.ids {
+            if let Some(&id) = queue::job_ids_missing(&self.db, ids).await?.first() {
+                return Err(OpsError::NoSuchJob(id));
+            }
+        }
+        Ok(())
+    }
+
     /// One job with its error history.
     pub async fn show(&self, id: i64) -> Result<JobRecord> {
         self.read(queue::job_get(&self.reads, id))
@@ -361,12 +373,26 @@ impl Ops {
         self.read(queue::job_list_children(&self.reads, id)).await
     }
 
-    /// Dead or cancelled jobs → available with a fresh attempt budget.
+    /// Dead or cancelled jobs → available with a fresh attempt budget. A filter without
+    /// `states` and without ids replays **dead** jobs only: a job an operator cancelled was
+    /// stopped on purpose, and comes back only when asked for (`--state cancelled`, or its id).
+    /// An id no job has is [`OpsError::NoSuchJob`].
     pub async fn replay(&self, f: &JobFilter, dry_run: bool) -> Result<Mutation<ReplayResult>> {
         self.check_filter(f).await?;
         if f.is_empty() {
             usage!("replay needs --id or a filter (--kind, --state, --queue, --since, --until, --key, --args)");
         }
+        self.check_ids(f).await?;
+        let dead_only;
+        let f = if f.states.is_none() && f.ids.is_none() {
+            dead_only = JobFilter {
+                states: Some(vec![JobState::Dead]),
+                ..f.clone()
+            };
+            &dead_only
+        } else {
+            f
+        };
         if let Some(states) = &f.states {
             if let Some(s) = states
                 .iter()
@@ -394,6 +420,7 @@ impl Ops {
         if f.is_empty() {
             usage!("cancel needs --id or a filter (--kind, --state, --queue, --since, --until, --key, --args)");
         }
+        self.check_ids(f).await?;
         let mut tx = self.db.begin().await?;
         let result = queue::job_cancel(&mut tx, f, &self.actor, None).await?;
         let ids: Vec<i64> = result.iter().map(|c| c.id).collect();

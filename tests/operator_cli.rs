@@ -103,6 +103,156 @@ async fn a_bad_line_in_a_bulk_enqueue_is_named_and_nothing_is_written() {
     assert_eq!(job_count(&db.pool).await, 0);
 }
 
+#[tokio::test]
+async fn delays_and_drain_timeouts_out_of_bounds_are_refused_as_usage_and_write_nothing() {
+    let db = db().await;
+    // Each refused with exit 2 and the reason, nothing written (one used to panic, exit 101).
+    for (delay, says) in [
+        ("1000000y", "longer than the longest allowed"),
+        ("9999999999999999s", "longer than the longest allowed"),
+        ("100y", "longer than the longest allowed, 1year"),
+        ("-5s", "is negative"),
+        ("soon", "is not a duration like"),
+    ] {
+        let out = fleet(
+            &db.url,
+            &[
+                "enqueue",
+                "fleet.sleep",
+                "--args",
+                "{\"ms\":1}",
+                "--delay",
+                delay,
+            ],
+            None,
+        );
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(out.status.code(), Some(2), "--delay {delay}: {err}");
+        assert!(err.contains(says), "--delay {delay}: {err}");
+    }
+    // The same in a file of JSON lines, which also refuses a queue no kind uses.
+    for (line, says) in [
+        (
+            r#"{"kind":"fleet.sleep","args":{"ms":1},"delay":"100y"}"#,
+            "line 1",
+        ),
+        (
+            r#"{"kind":"fleet.sleep","args":{"ms":1},"queue":"defualt"}"#,
+            "queue \"defualt\" is not one",
+        ),
+    ] {
+        let out = fleet(&db.url, &["enqueue", "--file", "-"], Some(line.as_bytes()));
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(out.status.code(), Some(2), "{line}: {err}");
+        assert!(err.contains(says), "{line}: {err}");
+    }
+    assert_eq!(job_count(&db.pool).await, 0);
+    let out = fleet(
+        &db.url,
+        &["queue", "drain", "fleet.sleep", "--timeout", "999999h"],
+        None,
+    );
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(2), "{err}");
+    assert!(
+        err.contains("longer than the longest allowed, 1day"),
+        "{err}"
+    );
+    // Within bounds: a year's delay is fine.
+    let out = fleet(
+        &db.url,
+        &[
+            "enqueue",
+            "fleet.sleep",
+            "--args",
+            "{\"ms\":1}",
+            "--delay",
+            "365d",
+        ],
+        None,
+    );
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert_eq!(job_count(&db.pool).await, 1);
+}
+
+#[tokio::test]
+async fn replay_leaves_cancelled_jobs_unless_asked_and_exit_codes_tell_no_match_from_no_such_id() {
+    let db = db().await;
+    let sleep = |_: u8| {
+        fleet(
+            &db.url,
+            &["enqueue", "fleet.sleep", "--args", "{\"ms\":1}"],
+            None,
+        )
+    };
+    assert!(sleep(1).status.success() && sleep(2).status.success());
+    let ids: Vec<i64> = sqlx::query_scalar("SELECT id FROM fleet_jobs ORDER BY id")
+        .fetch_all(&db.pool)
+        .await
+        .unwrap();
+    let state = |id: i64| {
+        let pool = db.pool.clone();
+        async move { common::job(&pool, id).await.state.as_str() }
+    };
+    let first = ids[0].to_string();
+    let out = fleet(&db.url, &["queue", "cancel", "--id", &first], None);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    // A filter without --state does not bring back what an operator cancelled on purpose…
+    let out = fleet(&db.url, &["queue", "replay", "--kind", "fleet.sleep"], None);
+    assert_eq!(out.status.code(), Some(1), "nothing matched is a finding");
+    assert!(String::from_utf8_lossy(&out.stdout).contains("--state cancelled"));
+    assert_eq!(state(ids[0]).await, "cancelled");
+    // …asked for, it does.
+    let out = fleet(
+        &db.url,
+        &[
+            "queue",
+            "replay",
+            "--kind",
+            "fleet.sleep",
+            "--state",
+            "cancelled",
+        ],
+        None,
+    );
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert_eq!(state(ids[0]).await, "available");
+
+    // A finished job matches nothing (1); an id no job has is the operator's input (2).
+    let out = fleet(&db.url, &["queue", "cancel", "--id", &first], None);
+    assert!(out.status.success());
+    let out = fleet(&db.url, &["queue", "cancel", "--id", &first], None);
+    assert_eq!(
+        out.status.code(),
+        Some(1),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    for args in [
+        &["queue", "cancel", "--id", "999999"][..],
+        &["queue", "replay", "--id", "999999"][..],
+        &["queue", "show", "999999"][..],
+    ] {
+        let out = fleet(&db.url, args, None);
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(out.status.code(), Some(2), "{args:?}: {err}");
+        assert!(err.contains("no job with id 999999"), "{args:?}: {err}");
+    }
+    assert_eq!(state(ids[1]).await, "available", "untouched");
+}
+
 /// A seeded user with a ticketed, captured booking; its id.
 async fn ticketed_booking(pool: &sqlx::PgPool) -> Uuid {
     let keys = jobs::pii::Keyring::parse(TEST_PII_KEYS).unwrap();

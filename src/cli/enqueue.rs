@@ -5,7 +5,10 @@
 use std::{io::BufRead, sync::Arc, time::Duration};
 
 use super::UsageError;
-use crate::{config::Settings, fleet_registry};
+use crate::{
+    config::{Settings, MAX_ENQUEUE_DELAY},
+    fleet_registry,
+};
 use jobs::NewJob;
 use serde::Deserialize;
 
@@ -25,8 +28,8 @@ pub struct EnqueueArgs {
     /// Idempotency key of the one job.
     #[arg(long)]
     key: Option<String>,
-    /// Delay before the one job may run, e.g. "30s".
-    #[arg(long, value_parser = humantime::parse_duration)]
+    /// Delay before the one job may run, e.g. "30s", "2h", "7d" (at most 366 days).
+    #[arg(long, value_parser = parse_delay, allow_hyphen_values = true)]
     delay: Option<Duration>,
     /// Bulk: a file of JSON lines, `-` for stdin. Each line is
     /// {"kind": "…", "args": {…}, "key": "…", "delay": "30s", "priority": 0, "queue": "…"}
@@ -68,9 +71,14 @@ mod humantime_serde_opt {
 
     pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<Option<Duration>, D::Error> {
         Option::<String>::deserialize(d)?
-            .map(|s| humantime::parse_duration(&s).map_err(serde::de::Error::custom))
+            .map(|s| super::parse_delay(&s).map_err(serde::de::Error::custom))
             .transpose()
     }
+}
+
+/// A job's delay: a duration of at most [`MAX_ENQUEUE_DELAY`], refused with the reason.
+fn parse_delay(text: &str) -> Result<Duration, String> {
+    crate::config::parse_duration_within(text, MAX_ENQUEUE_DELAY).map_err(|e| format!("delay {e}"))
 }
 
 fn job_of(
@@ -110,6 +118,18 @@ fn read_lines(source: &str, registry: &crate::Registry) -> anyhow::Result<Vec<Ne
             job = job.run_at(t);
         }
         job.opts.priority = l.priority;
+        if let Some(q) = &l.queue {
+            // A queue no kind is enqueued on is a typo more often than a plan: it would hold
+            // the job where no worker looks.
+            let known = registry.queues();
+            if !known.contains(q) {
+                usage!(
+                    "{source} line {}: queue {q:?} is not one any kind is enqueued on (known: {})",
+                    n + 1,
+                    known.join(", ")
+                );
+            }
+        }
         job.opts.queue = l.queue;
         job.opts.max_attempts = l.max_attempts;
         registry

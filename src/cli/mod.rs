@@ -215,8 +215,9 @@ pub(crate) fn exit_code(e: &anyhow::Error) -> u8 {
         }
         if let Some(op) = cause.downcast_ref::<OpsError>() {
             return match op {
-                OpsError::Usage(_) => 2,
-                OpsError::NoSuchJob(_) | OpsError::DrainTimedOut(_) | OpsError::Domain(_) => 1,
+                // An id no job has is the operator's input, not a finding about the queue.
+                OpsError::Usage(_) | OpsError::NoSuchJob(_) => 2,
+                OpsError::DrainTimedOut(_) | OpsError::Domain(_) => 1,
                 OpsError::Replica { .. } | OpsError::Database(_) => 3,
             };
         }

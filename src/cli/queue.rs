@@ -82,8 +82,8 @@ enum QueueAction {
     Drain {
         #[arg(required = true)]
         kinds: Vec<String>,
-        /// Give up after this long (the kinds are then fully paused).
-        #[arg(long, default_value = "5m", value_parser = humantime::parse_duration)]
+        /// Give up after this long (the kinds are then fully paused); at most 24h.
+        #[arg(long, default_value = "5m", value_parser = parse_drain_timeout)]
         timeout: Duration,
         #[command(flatten)]
         m: MutArgs,
@@ -271,6 +271,7 @@ pub async fn run(a: QueueArgs, settings: &Settings) -> anyhow::Result<()> {
             if let Some(k) = &filter.kind {
                 homed_here(k)?;
             }
+            let filter_states_given = !filter.state.is_empty();
             let r = ops(actor_of(&m))
                 .replay(&filter.into_filter(), m.dry_run)
                 .await?;
@@ -279,8 +280,16 @@ pub async fn run(a: QueueArgs, settings: &Settings) -> anyhow::Result<()> {
             } else {
                 "replayed"
             };
+            let state_given = filter_states_given;
             let mut text = if r.result.replayed.is_empty() {
-                format!("{verb} no job: none of the matching jobs is dead or cancelled")
+                if state_given {
+                    format!("{verb} no job: none of the matching jobs is dead or cancelled")
+                } else {
+                    format!(
+                        "{verb} no job: none of the matching jobs is dead (cancelled jobs are \
+                         replayed only with --state cancelled or their --id)"
+                    )
+                }
             } else {
                 format!(
                     "{verb} {} job(s): {}",
@@ -291,7 +300,8 @@ pub async fn run(a: QueueArgs, settings: &Settings) -> anyhow::Result<()> {
             for sk in &r.result.skipped {
                 text.push_str(&format!("\nskipped {}: {}", sk.id, sk.reason));
             }
-            emit(json, &r, &text)
+            emit(json, &r, &text)?;
+            nothing_matched(r.result.replayed.is_empty(), "replay")
         }
         QueueAction::Cancel { filter, m } => {
             if let Some(k) = &filter.kind {
@@ -315,7 +325,8 @@ pub async fn run(a: QueueArgs, settings: &Settings) -> anyhow::Result<()> {
                     .collect();
                 format!("{verb} {} job(s): {}", r.result.len(), list.join(", "))
             };
-            emit(json, &r, &text)
+            emit(json, &r, &text)?;
+            nothing_matched(r.result.is_empty(), "cancel")
         }
         QueueAction::Pause { kind, reason, m } => {
             homed_here(&kind)?;
@@ -621,4 +632,18 @@ fn show_text(j: &queue::JobRecord, children: &[queue::JobSummary]) -> String {
         out.push_str(&t.to_string());
     }
     out
+}
+
+/// A drain's `--timeout`: at most [`crate::config::MAX_DRAIN_TIMEOUT`].
+fn parse_drain_timeout(text: &str) -> Result<Duration, String> {
+    crate::config::parse_duration_within(text, crate::config::MAX_DRAIN_TIMEOUT)
+}
+
+/// A replay or cancel that changed no job is a finding (exit 1): the operator asked for work
+/// that did not happen. (An id no job has is a usage error, exit 2, before this.)
+fn nothing_matched(nothing: bool, what: &str) -> anyhow::Result<()> {
+    if nothing {
+        return Err(super::Finding(format!("{what}: no job matched")).into());
+    }
+    Ok(())
 }

@@ -710,3 +710,32 @@ fn opt_duration<'de, D: Deserializer<'de>>(d: D) -> Result<Option<Duration>, D::
         .map(|s| parse_duration(&s).map_err(serde::de::Error::custom))
         .transpose()
 }
+
+/// The longest delay `fleet enqueue` accepts before a job may run: a campaign lives up to
+/// twelve months (docs/domain.md), so nothing the fleet runs waits longer.
+pub const MAX_ENQUEUE_DELAY: Duration = Duration::from_secs(366 * 24 * 3600);
+
+/// The longest an operator's drain may wait (CLI and console) before it gives up and leaves
+/// the kinds paused: a deploy waits minutes, never days.
+pub const MAX_DRAIN_TIMEOUT: Duration = Duration::from_secs(24 * 3600);
+
+/// An operator's duration (`30s`, `15m`, `2h`, `7d`), refused with the reason when it is
+/// negative, not a duration, or longer than `max` (said in the same units).
+pub fn parse_duration_within(text: &str, max: Duration) -> Result<Duration, String> {
+    let t = text.trim();
+    if t.starts_with('-') {
+        return Err(format!(
+            "{t:?} is negative: a duration counts forward from now"
+        ));
+    }
+    let d = humantime::parse_duration(t).map_err(|e| {
+        format!("{t:?} is not a duration like \"30s\", \"15m\", \"2h\" or \"7d\" ({e})")
+    })?;
+    if d > max {
+        return Err(format!(
+            "{t:?} is longer than the longest allowed, {}",
+            humantime::format_duration(max)
+        ));
+    }
+    Ok(d)
+}

@@ -261,8 +261,8 @@ async fn drain(st: &ConsoleState, s: &Session, f: &ActionForm) -> PageResult {
             let kind = f.kind().or_page(s)?;
             let timeout = match f.timeout.trim() {
                 "" => DEFAULT_DRAIN_TIMEOUT,
-                t => humantime::parse_duration(t)
-                    .map_err(|_| PageError::BadRequest(format!("timeout: {t:?} is not a duration like \"10m\"")))
+                t => crate::config::parse_duration_within(t, crate::config::MAX_DRAIN_TIMEOUT)
+                    .map_err(|e| PageError::BadRequest(format!("Give up after: {e}")))
                     .or_page(s)?,
             };
             let kinds = vec![kind.clone()];

@@ -66,6 +66,20 @@ impl JobRecord {
     }
 }
 
+/// JobIdsMissing: of `ids`, those no job has (never enqueued, or pruned), in the order given.
+pub async fn job_ids_missing(
+    conn: impl PgExecutor<'_>,
+    ids: &[i64],
+) -> Result<Vec<i64>, sqlx::Error> {
+    sqlx::query_scalar(
+        "SELECT i FROM unnest($1::bigint[]) WITH ORDINALITY AS u(i, n)
+         WHERE NOT EXISTS (SELECT 1 FROM fleet_jobs j WHERE j.id = u.i) ORDER BY n",
+    )
+    .bind(ids)
+    .fetch_all(conn)
+    .await
+}
+
 /// JobGet: one job by id.
 pub async fn job_get(conn: impl PgExecutor<'_>, id: i64) -> Result<Option<JobRecord>, sqlx::Error> {
     let row = sqlx::query(
