@@ -106,6 +106,17 @@ async fn a_bad_line_in_a_bulk_enqueue_is_named_and_nothing_is_written() {
 #[tokio::test]
 async fn delays_and_drain_timeouts_out_of_bounds_are_refused_as_usage_and_write_nothing() {
     let db = db().await;
+    let enqueue_delayed = |delay: &str| {
+        let args = [
+            "enqueue",
+            "fleet.sleep",
+            "--args",
+            "{\"ms\":1}",
+            "--delay",
+            delay,
+        ];
+        fleet(&db.url, &args, None)
+    };
     // Each refused with exit 2 and the reason, nothing written (one used to panic, exit 101).
     for (delay, says) in [
         ("1000000y", "longer than the longest allowed"),
@@ -114,18 +125,7 @@ async fn delays_and_drain_timeouts_out_of_bounds_are_refused_as_usage_and_write_
         ("-5s", "is negative"),
         ("soon", "is not a duration like"),
     ] {
-        let out = fleet(
-            &db.url,
-            &[
-                "enqueue",
-                "fleet.sleep",
-                "--args",
-                "{\"ms\":1}",
-                "--delay",
-                delay,
-            ],
-            None,
-        );
+        let out = enqueue_delayed(delay);
         let err = String::from_utf8_lossy(&out.stderr);
         assert_eq!(out.status.code(), Some(2), "--delay {delay}: {err}");
         assert!(err.contains(says), "--delay {delay}: {err}");
@@ -159,18 +159,7 @@ async fn delays_and_drain_timeouts_out_of_bounds_are_refused_as_usage_and_write_
         "{err}"
     );
     // Within bounds: a year's delay is fine.
-    let out = fleet(
-        &db.url,
-        &[
-            "enqueue",
-            "fleet.sleep",
-            "--args",
-            "{\"ms\":1}",
-            "--delay",
-            "365d",
-        ],
-        None,
-    );
+    let out = enqueue_delayed("365d");
     assert!(
         out.status.success(),
         "{}",
