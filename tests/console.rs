@@ -621,6 +621,140 @@ async fn without_a_session_every_page_leads_to_sign_in_and_only_the_right_passwo
     b.close().await;
 }
 
+/// Fills and submits the open sign-in form as alice.
+async fn submit_alice(b: &Browser) {
+    b.fill("#username", "alice").await;
+    b.fill("#password", ALICE_PW).await;
+    b.click(".login button[type=submit]").await;
+}
+
+#[tokio::test]
+async fn a_sign_in_link_leads_to_a_page_never_to_a_bad_header_or_a_bare_fragment() {
+    if !browser_available() {
+        return;
+    }
+    let app = App::start().await;
+    let b = app.browser().await;
+    // A `next` holding CR/LF used to end, after the right password, in a bare 500 ("failed to
+    // parse header value"): it is dropped, and the sign-in lands on the overview.
+    b.goto("/ui/login?next=%2Fui%2Fjobs%0D%0Ax").await;
+    b.wait_h1("Sign in").await;
+    submit_alice(&b).await;
+    b.wait_h1("Overview").await;
+    assert_eq!(b.path().await, "/ui/");
+    // Signed in, the login page sends you on instead of asking again.
+    b.goto("/ui/login?next=%2Fui%2Fjobs").await;
+    b.wait_h1("Jobs").await;
+    // A session that ended while the overview was open: its refresh asked for a sign-in that
+    // used to land on the bare live fragment; now on the overview page.
+    b.click("form[action='/ui/logout'] button").await;
+    b.wait_h1("Sign in").await;
+    let r = http()
+        .get(format!("{}/ui/overview/live", app.base))
+        .send()
+        .await
+        .unwrap();
+    let to = r.headers()["location"].to_str().unwrap().to_owned();
+    assert_eq!(to, "/ui/login", "no `next` to a fragment");
+    b.goto("/ui/login?next=%2Fui%2Foverview%2Flive").await;
+    submit_alice(&b).await;
+    b.wait_h1("Overview").await;
+    assert_eq!(b.path().await, "/ui/");
+    b.close().await;
+}
+
+#[tokio::test]
+async fn a_hundred_kilobyte_error_is_capped_in_the_list_and_folded_on_the_job_page() {
+    if !browser_available() {
+        return;
+    }
+    let app = App::start().await;
+    let id = insert_unchecked(app.pool(), "fleet.sleep", json!({"ms": 1})).await;
+    let huge = "E".repeat(100_000);
+    sqlx::query(
+        "UPDATE fleet_jobs SET state = 'dead', finished_at = now(),
+             errors = jsonb_build_array(jsonb_build_object(
+                 'attempt', 1, 'class', 'retryable', 'message', $2::text, 'at', now()))
+         WHERE id = $1",
+    )
+    .bind(id)
+    .bind(&huge)
+    .execute(app.pool())
+    .await
+    .unwrap();
+    let b = app.browser().await;
+    b.sign_in("alice", ALICE_PW).await;
+    let page_bytes = |b: &Browser| {
+        let c = b.c.clone();
+        async move {
+            c.execute("return document.documentElement.outerHTML.length", vec![])
+                .await
+                .unwrap()
+                .as_u64()
+                .unwrap()
+        }
+    };
+    // The list used to carry the message twice per row, uncut.
+    b.goto("/ui/jobs").await;
+    b.wait_h1("Jobs").await;
+    assert!(
+        page_bytes(&b).await < 30_000,
+        "the list carries a capped error"
+    );
+    // The job page shows the start, folds the whole away, and its table fits.
+    b.goto(&format!("/ui/jobs/{id}")).await;
+    b.wait_h1(&format!("Job {id}")).await;
+    assert!(b
+        .main_text()
+        .await
+        .contains("whole message (100000 characters)"));
+    let overflow =
+        b.c.execute(
+            "const t = document.querySelector('main'); return t.scrollWidth - t.clientWidth",
+            vec![],
+        )
+        .await
+        .unwrap()
+        .as_i64()
+        .unwrap();
+    assert!(overflow <= 0, "the job page overflows by {overflow} px");
+    b.screenshot("job-long-error").await;
+    b.close().await;
+}
+
+#[tokio::test]
+async fn a_right_to_left_override_in_a_key_is_shown_as_an_escape_and_reorders_nothing() {
+    if !browser_available() {
+        return;
+    }
+    let app = App::start().await;
+    let key = "invoice-gnp\u{202E}exe.png";
+    let id = app
+        .queue()
+        .enqueue_new(jobs::NewJob::raw("fleet.sleep", json!({"ms": 1})).key(key))
+        .await
+        .unwrap()
+        .id;
+    let b = app.browser().await;
+    b.sign_in("alice", ALICE_PW).await;
+    for page in [format!("/ui/jobs/{id}"), "/ui/jobs".to_owned()] {
+        b.goto(&page).await;
+        let source = b.c.source().await.unwrap();
+        assert!(
+            !source.contains('\u{202E}'),
+            "{page} carries the raw override"
+        );
+        assert!(
+            b.main_text().await.contains("invoice-gnp⟨U+202E⟩exe.png"),
+            "{page}: {}",
+            b.main_text().await
+        );
+        b.screenshot(if page == "/ui/jobs" { "jobs-bidi-key" } else { "job-bidi-key" })
+            .await;
+    }
+    b.close().await;
+}
+
 #[tokio::test]
 async fn a_viewer_sees_every_page_but_no_action_and_is_refused_when_acting() {
     if !browser_available() {

@@ -242,6 +242,30 @@ async fn replay_leaves_cancelled_jobs_unless_asked_and_exit_codes_tell_no_match_
     assert_eq!(state(ids[1]).await, "available", "untouched");
 }
 
+#[tokio::test]
+async fn a_job_whose_error_history_another_binary_wrote_still_shows() {
+    let db = db().await;
+    let id = insert_unchecked(&db.pool, "fleet.sleep", serde_json::json!({"ms": 1})).await;
+    // An entry of a class this binary does not know, and one that is not an entry at all: the
+    // job used to be unreadable (its console page a 500).
+    sqlx::query(
+        r#"UPDATE fleet_jobs SET errors = '[{"attempt":1,"class":"from_a_newer_binary","message":"new"},42]'
+           WHERE id = $1"#,
+    )
+    .bind(id)
+    .execute(&db.pool)
+    .await
+    .unwrap();
+    let v = json(&fleet(
+        &db.url,
+        &["queue", "show", &id.to_string(), "--json"],
+        None,
+    ));
+    assert_eq!(v["job"]["errors"][0]["class"], "other", "{v}");
+    assert_eq!(v["job"]["errors"][0]["message"], "new");
+    assert_eq!(v["job"]["errors"][1]["class"], "other");
+}
+
 /// A seeded user with a ticketed, captured booking; its id.
 async fn ticketed_booking(pool: &sqlx::PgPool) -> Uuid {
     let keys = jobs::pii::Keyring::parse(TEST_PII_KEYS).unwrap();
@@ -349,6 +373,13 @@ async fn booking_refund_uses_the_refund_key_once_and_audits_each_request() {
         None,
     ));
     assert_eq!(audit.as_array().unwrap().len(), 2, "{audit}");
+    // The table shows the booking's whole id on one line, to copy into `booking show`.
+    let out = fleet(&db.url, &["audit", "--action", "booking.refund"], None);
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        text.lines().any(|l| l.contains(&format!("booking {id}"))),
+        "{text}"
+    );
     // A reason that is not a code is refused before anything happens.
     let out = fleet(
         &db.url,

@@ -89,6 +89,13 @@ async fn bad_webhooks_get_a_4xx_with_a_reason_and_write_nothing() {
     let mut tampered = body.clone();
     tampered[10] ^= 1;
     let oversized = vec![b' '; fleet::serve::Limits::default().max_body_bytes + 1];
+    // Signed, well-formed, but with a NUL in the object: Postgres cannot store it, so it used to
+    // answer 503 and the provider retried it for days.
+    let with_nul = stripe_event(
+        "evt_2",
+        "payment_intent.canceled",
+        json!({"id": "pi_2", "description": "a\u{0}b"}),
+    );
     type Case<'a> = (&'a str, Option<(&'a str, String)>, Vec<u8>, u16, &'a str);
     // Clearly outside the 300 s window: the exact boundary is the unit tests' (fixed clock).
     let cases: Vec<Case> = vec![
@@ -141,6 +148,13 @@ async fn bad_webhooks_get_a_4xx_with_a_reason_and_write_nothing() {
             br#"{"type":"x"}"#.to_vec(),
             400,
             "missing_event_id",
+        ),
+        (
+            "NUL in the object",
+            sig(STRIPE_SECRET, now(), &with_nul),
+            with_nul.clone(),
+            400,
+            "nul_character",
         ),
         (
             "oversized",

@@ -59,12 +59,16 @@ pub async fn run(a: AuditArgs, settings: &Settings) -> anyhow::Result<()> {
             ago(r.created_at),
             r.actor.clone(),
             r.action.clone(),
+            // Whole, on one line: it is what an operator copies into `booking show`.
             match &r.resource_id {
-                Some(id) => format!("{} {}", r.resource_type, clip(id, 13)),
+                Some(id) => format!("{} {id}", r.resource_type),
                 None => r.resource_type.clone(),
             },
             clip(&r.metadata.to_string(), 40),
         ]);
+    }
+    if let Some(c) = t.column_mut(3) {
+        c.set_constraint(comfy_table::ColumnConstraint::ContentWidth);
     }
     let text = match rows.last() {
         None => "no audit rows match".to_owned(),

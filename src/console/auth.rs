@@ -265,7 +265,7 @@ fn refuse_unauthenticated(req: &Request) -> Response {
 }
 
 fn login_url(next: Option<&str>) -> String {
-    match next.filter(|n| is_local_path(n) && *n != "/ui/") {
+    match next.and_then(sign_in_target).filter(|n| n != "/ui/") {
         Some(n) => format!(
             "/ui/login?next={}",
             form_urlencoded::byte_serialize(n.as_bytes()).collect::<String>()
@@ -274,10 +274,32 @@ fn login_url(next: Option<&str>) -> String {
     }
 }
 
-/// A path of the console (never another site: `//host` and `/\host` are refused).
+/// A path of the console (never another site: `//host` and `/\host` are refused), with no
+/// control character (a CR or LF cannot go into a `Location` header).
 fn is_local_path(p: &str) -> bool {
-    p.starts_with("/ui/") && !p.starts_with("//") && !p.contains('\\') && !p.contains("://")
+    p.starts_with("/ui/")
+        && !p.starts_with("//")
+        && !p.contains('\\')
+        && !p.contains("://")
+        && !p.chars().any(char::is_control)
 }
+
+/// Where signing in may lead, from a `next`: a console page, or `None` (the overview). A live
+/// fragment that htmx polls (its session ran out while the page was open) is not a page: the
+/// page it belongs to is taken instead.
+fn sign_in_target(next: &str) -> Option<String> {
+    if !is_local_path(next) {
+        return None;
+    }
+    let path = next.split_once('?').map_or(next, |(p, _)| p);
+    Some(match LIVE_FRAGMENTS.iter().find(|(f, _)| *f == path) {
+        Some((_, page)) => (*page).to_owned(),
+        None => next.to_owned(),
+    })
+}
+
+/// The fragments htmx refreshes, and the page each belongs to.
+const LIVE_FRAGMENTS: [(&str, &str); 1] = [("/ui/overview/live", "/ui/")];
 
 /// Refuses (403) a state-changing request that does not carry its session's CSRF token, as
 /// the form field `csrf` or the `X-CSRF-Token` header. Runs after [`require_session`].
@@ -385,12 +407,18 @@ pub struct LoginQuery {
     next: Option<String>,
 }
 
-/// `GET /ui/login`: the form, with a fresh login CSRF token in a cookie and a hidden field.
+/// `GET /ui/login`: the form, with a fresh login CSRF token in a cookie and a hidden field; a
+/// signed-in user is sent on instead.
 pub async fn login_page(
     State(st): State<ConsoleState>,
     jar: CookieJar,
     Query(q): Query<LoginQuery>,
 ) -> Response {
+    // Signed in already: straight to where the link was going.
+    if let Ok(Some(_)) = session_of(&st, &jar).await {
+        let to = q.next.as_deref().and_then(sign_in_target);
+        return Redirect::to(to.as_deref().unwrap_or("/ui/")).into_response();
+    }
     login_form(&st, jar, q.next.as_deref(), StatusCode::OK, None)
 }
 
@@ -418,7 +446,7 @@ fn login_form(
             }
             form method="post" action="/ui/login" {
                 input type="hidden" name="csrf" value=(token);
-                @if let Some(n) = next.filter(|n| is_local_path(n)) {
+                @if let Some(n) = next.and_then(sign_in_target) {
                     input type="hidden" name="next" value=(n);
                 }
                 div.field {
@@ -526,9 +554,8 @@ pub async fn login(
         Ok(token) => {
             tracing::info!(user = %user, client = %peer.ip(), "console: signed in");
             let to = next
-                .filter(|n| is_local_path(n))
-                .unwrap_or("/ui/")
-                .to_owned();
+                .and_then(sign_in_target)
+                .unwrap_or_else(|| "/ui/".to_owned());
             let jar = jar
                 .remove(Cookie::build(LOGIN_COOKIE).path("/"))
                 .add(secure_cookie(
@@ -616,8 +643,21 @@ mod tests {
             "https://evil.example/",
             "/ui/\\evil",
             "/metrics",
+            "/ui/jobs\r\nx",
+            "/ui/jobs\nSet-Cookie: a=b",
         ] {
             assert!(!is_local_path(bad), "{bad}");
+            assert_eq!(sign_in_target(bad), None, "{bad}");
         }
+    }
+
+    #[test]
+    fn signing_in_leads_to_the_page_of_a_live_fragment_not_the_fragment() {
+        assert_eq!(sign_in_target("/ui/overview/live").as_deref(), Some("/ui/"));
+        assert_eq!(
+            sign_in_target("/ui/jobs?kind=x").as_deref(),
+            Some("/ui/jobs?kind=x")
+        );
+        assert_eq!(login_url(Some("/ui/overview/live")), "/ui/login");
     }
 }

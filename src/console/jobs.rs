@@ -261,7 +261,7 @@ pub fn jobs_table(id: &str, caption: &str, rows: &[JobSummary]) -> Markup {
                 td data-sort=(j.run_at.timestamp_millis()) { (templates::time(j.run_at)) }
                 td data-sort=(j.created_at.timestamp_millis()) { (templates::time(j.created_at)) }
                 td { @if let Some(k) = &j.idempotency_key { code.clip title=(k) { (k) } } @else { span.muted { "—" } } }
-                td.error { @if let Some(e) = &j.last_error { span.clip title=(e) { (e) } } }
+                td.error { @if let Some(e) = &j.last_error { @let e = templates::capped(e); span.clip title=(e) { (e) } } }
             }
         }
     };
@@ -347,7 +347,7 @@ pub async fn show(
                                     td.num { (e.attempt) }
                                     td data-sort=(e.at.map(|t| t.timestamp_millis()).unwrap_or(0)) { (templates::time_opt(e.at)) }
                                     td { (e.class.as_str()) }
-                                    td.error { (e.message) }
+                                    td.error { (templates::long_text(&e.message)) }
                                 }
                             }
                         }))

@@ -155,6 +155,7 @@ impl Console {
             .route("/ui/static/{file}", get(templates::asset))
             .merge(signed_in)
             .fallback(not_found)
+            .layer(middleware::from_fn(templates::reveal_bidi_controls))
             .layer(middleware::from_fn(auth::security_headers))
             .with_state(st)
     }

@@ -235,6 +235,36 @@ pub fn query_string<'a>(pairs: impl IntoIterator<Item = (&'a str, &'a str)>) -> 
 }
 
 /// JSON for people: indented, escaped by the template.
+/// Characters of a long text (an error message) a page shows before it folds the rest away.
+pub const TEXT_SHOWN: usize = 300;
+
+/// `text` cut to [`TEXT_SHOWN`] characters, with `…` when cut (what a list row shows: the job's
+/// page has the whole).
+pub fn capped(text: &str) -> String {
+    if text.chars().count() <= TEXT_SHOWN {
+        return text.to_owned();
+    }
+    let mut out: String = text.chars().take(TEXT_SHOWN - 1).collect();
+    out.push('…');
+    out
+}
+
+/// A long text in full, its first [`TEXT_SHOWN`] characters shown and the whole behind a
+/// "whole message" disclosure; wrapped anywhere, so no word of it widens its table.
+pub fn long_text(text: &str) -> Markup {
+    let n = text.chars().count();
+    if n <= TEXT_SHOWN {
+        return html! { span.long { (text) } };
+    }
+    html! {
+        span.long { (capped(text)) }
+        details.long {
+            summary { "whole message (" (n) " characters)" }
+            pre.long { (text) }
+        }
+    }
+}
+
 pub fn json_block(v: &serde_json::Value) -> Markup {
     let text = serde_json::to_string_pretty(v).unwrap_or_else(|_| v.to_string());
     html! { pre.json { code { (text) } } }
@@ -271,6 +301,49 @@ pub async fn asset(Path(file): Path<String>) -> Response {
         body,
     )
         .into_response()
+}
+
+/// Bidirectional control characters (the "Trojan Source" set): in a key, args or an error
+/// they would reorder the console's own text around them ("gnp.exe" read as "exe.png").
+const BIDI_CONTROLS: [char; 12] = [
+    '\u{061C}', '\u{200E}', '\u{200F}', '\u{202A}', '\u{202B}', '\u{202C}', '\u{202D}',
+    '\u{202E}', '\u{2066}', '\u{2067}', '\u{2068}', '\u{2069}',
+];
+
+/// Every console page and fragment with its bidirectional controls shown as visible escapes
+/// (`⟨U+202E⟩`) instead of acting on the text around them. The console's own templates use
+/// none, so any in a page came from data; one pass here covers every field that shows data.
+pub async fn reveal_bidi_controls(
+    req: axum::extract::Request,
+    next: axum::middleware::Next,
+) -> Response {
+    let res = next.run(req).await;
+    let html = res
+        .headers()
+        .get(header::CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+        .is_some_and(|v| v.starts_with("text/html"));
+    if !html {
+        return res;
+    }
+    let (mut parts, body) = res.into_parts();
+    let Ok(bytes) = axum::body::to_bytes(body, usize::MAX).await else {
+        return error_page(StatusCode::INTERNAL_SERVER_ERROR, "the page could not be read", None);
+    };
+    let text = String::from_utf8_lossy(&bytes);
+    if !text.contains(&BIDI_CONTROLS[..]) {
+        return Response::from_parts(parts, axum::body::Body::from(bytes));
+    }
+    let mut shown = String::with_capacity(text.len() + 64);
+    for c in text.chars() {
+        if BIDI_CONTROLS.contains(&c) {
+            shown.push_str(&format!("⟨U+{:04X}⟩", c as u32));
+        } else {
+            shown.push(c);
+        }
+    }
+    parts.headers.remove(header::CONTENT_LENGTH);
+    Response::from_parts(parts, axum::body::Body::from(shown))
 }
 
 #[cfg(test)]

@@ -30,6 +30,10 @@ pub enum ErrorClass {
     Cancelled,
     /// The worker's drain deadline interrupted the handler.
     Interrupted,
+    /// A class this binary does not know: an entry written by a newer or older binary, or by
+    /// hand. Read so the job stays readable; never written.
+    #[serde(other)]
+    Other,
 }
 
 impl ErrorClass {
@@ -46,6 +50,7 @@ impl ErrorClass {
             Self::Snoozed => "snoozed",
             Self::Cancelled => "cancelled",
             Self::Interrupted => "interrupted",
+            Self::Other => "other",
         }
     }
 }
@@ -62,4 +67,59 @@ pub struct AttemptError {
     /// When (database time); absent before the row is written.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub at: Option<DateTime<Utc>>,
+}
+
+/// A job's stored `errors`, read entry by entry: an entry this binary cannot read (written by
+/// another version, or by hand) is kept as class [`ErrorClass::Other`] with what could be read,
+/// so one bad entry never makes the job unreadable (a 500 on its console page).
+pub fn history_from_stored(stored: serde_json::Value) -> Vec<AttemptError> {
+    use serde_json::Value;
+    let entries = match stored {
+        Value::Array(a) => a,
+        Value::Null => Vec::new(),
+        other => vec![other],
+    };
+    entries
+        .into_iter()
+        .map(|e| {
+            serde_json::from_value::<AttemptError>(e.clone()).unwrap_or_else(|_| AttemptError {
+                attempt: e["attempt"].as_i64().and_then(|a| i32::try_from(a).ok()).unwrap_or(0),
+                class: ErrorClass::Other,
+                message: match &e["message"] {
+                    Value::String(m) => m.clone(),
+                    _ => {
+                        let raw = e.to_string();
+                        let cut: String = raw.chars().take(200).collect();
+                        format!("unreadable history entry: {cut}")
+                    }
+                },
+                at: e["at"]
+                    .as_str()
+                    .and_then(|t| DateTime::parse_from_rfc3339(t).ok())
+                    .map(|t| t.with_timezone(&Utc)),
+            })
+        })
+        .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_history_entry_this_binary_cannot_read_is_kept_as_other_not_an_error() {
+        let stored = serde_json::json!([
+            {"attempt": 1, "class": "retryable", "message": "boom"},
+            {"attempt": 2, "class": "from_a_newer_binary", "message": "new"},
+            {"attempt": "three", "class": 7},
+            42
+        ]);
+        let h = history_from_stored(stored);
+        assert_eq!(h.len(), 4);
+        assert_eq!((h[0].class, h[0].message.as_str()), (ErrorClass::Retryable, "boom"));
+        assert_eq!((h[1].attempt, h[1].class, h[1].message.as_str()), (2, ErrorClass::Other, "new"));
+        assert_eq!((h[2].attempt, h[2].class), (0, ErrorClass::Other));
+        assert!(h[2].message.starts_with("unreadable history entry:"), "{}", h[2].message);
+        assert_eq!(h[3].class, ErrorClass::Other);
+    }
 }

@@ -111,7 +111,7 @@ pub async fn job_get(conn: impl PgExecutor<'_>, id: i64) -> Result<Option<JobRec
         claim_seq: r.get(9),
         idempotency_key: r.get(10),
         key_held: r.get(11),
-        errors: serde_json::from_value(errors).map_err(|e| sqlx::Error::Decode(e.into()))?,
+        errors: super::history::history_from_stored(errors),
         lease_owner: r.get(13),
         lease_expires_at: r.get(14),
         created_at: r.get(15),

@@ -41,6 +41,11 @@ pub fn parse(provider: Provider, body: &[u8]) -> Result<Event, &'static str> {
     let (id, kind, object) = (&v["id"], &v["type"], v["data"]["object"].clone());
     let id = field(id, "missing_event_id")?;
     let kind = field(kind, "missing_event_type")?;
+    // Postgres cannot store a NUL in `jsonb` text: such a delivery could never be recorded, and
+    // answering 5xx would have the provider retry it for days.
+    if has_nul(&v) {
+        return Err("nul_character");
+    }
     Ok(Event {
         provider,
         id: id.to_owned(),
@@ -49,9 +54,30 @@ pub fn parse(provider: Provider, body: &[u8]) -> Result<Event, &'static str> {
     })
 }
 
+/// Whether a NUL (`\u0000`) is in any string or key of `v`.
+fn has_nul(v: &Value) -> bool {
+    match v {
+        Value::String(s) => s.contains('\0'),
+        Value::Array(a) => a.iter().any(has_nul),
+        Value::Object(o) => o.iter().any(|(k, v)| k.contains('\0') || has_nul(v)),
+        _ => false,
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_nul_anywhere_in_the_event_is_refused_before_anything_is_stored() {
+        for body in [
+            br#"{"id":"evt_1","type":"charge.refunded","data":{"object":{"description":"a\u0000b"}}}"#.as_slice(),
+            br#"{"id":"evt_1","type":"charge.refunded","data":{"object":{"k\u0000":1}}}"#.as_slice(),
+            br#"{"id":"evt_1","type":"charge.refunded","data":{"object":{"l":["\u0000"]}},"x":1}"#.as_slice(),
+        ] {
+            assert_eq!(parse(Provider::Stripe, body).err(), Some("nul_character"));
+        }
+    }
 
     #[test]
     fn ids_and_types_with_control_characters_are_refused() {
