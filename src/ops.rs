@@ -497,6 +497,8 @@ impl Ops {
             backlog: counts.backlog,
             held: counts.held,
             running: counts.running,
+            retrying: counts.retrying,
+            next_retry_at: counts.next_retry_at,
             drained,
             waited_ms,
         };
@@ -832,6 +834,11 @@ pub struct DrainResult {
     pub held: i64,
     /// Jobs still running (0 when drained).
     pub running: i64,
+    /// Jobs waiting out a retry's backoff, held by the pause until resume: not "nothing in
+    /// flight", for they may be mid-work (a booking between its payment hold and its order).
+    pub retrying: i64,
+    /// When the first of them is due.
+    pub next_retry_at: Option<chrono::DateTime<chrono::Utc>>,
     /// Whether the backlog is done and nothing runs.
     pub drained: bool,
     /// How long it waited.

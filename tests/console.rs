@@ -749,10 +749,219 @@ async fn a_right_to_left_override_in_a_key_is_shown_as_an_escape_and_reorders_no
             "{page}: {}",
             b.main_text().await
         );
-        b.screenshot(if page == "/ui/jobs" { "jobs-bidi-key" } else { "job-bidi-key" })
-            .await;
+        b.screenshot(if page == "/ui/jobs" {
+            "jobs-bidi-key"
+        } else {
+            "job-bidi-key"
+        })
+        .await;
     }
     b.close().await;
+}
+
+/// The value of cookie `name` set by `r`.
+fn set_cookie(r: &reqwest::Response, name: &str) -> Option<String> {
+    r.headers()
+        .get_all("set-cookie")
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .find_map(|c| {
+            c.strip_prefix(&format!("{name}="))?
+                .split(';')
+                .next()
+                .map(str::to_owned)
+        })
+        .filter(|v| !v.is_empty())
+}
+
+/// The first `name="csrf"` form field's value in `page`.
+fn csrf_field(page: &str) -> String {
+    let at = page.find(r#"name="csrf" value=""#).expect("a csrf field") + 19;
+    page[at..].split('"').next().unwrap().to_owned()
+}
+
+/// Signs in over HTTP (from 127.0.0.1): the session cookie, or the refusal's status.
+async fn http_sign_in(base: &str, user: &str, password: &str) -> Result<String, u16> {
+    let h = http();
+    let r = h.get(format!("{base}/ui/login")).send().await.unwrap();
+    let login = set_cookie(&r, fleet::console::auth::LOGIN_COOKIE).expect("a login cookie");
+    let csrf = csrf_field(&r.text().await.unwrap());
+    let r = h
+        .post(format!("{base}/ui/login"))
+        .header(
+            "cookie",
+            format!("{}={login}", fleet::console::auth::LOGIN_COOKIE),
+        )
+        .form(&[("username", user), ("password", password), ("csrf", &csrf)])
+        .send()
+        .await
+        .unwrap();
+    match r.status().as_u16() {
+        303 => Ok(set_cookie(&r, fleet::console::auth::SESSION_COOKIE).expect("a session")),
+        s => Err(s),
+    }
+}
+
+/// GET `path` with session `cookie`: the status.
+async fn get_as(base: &str, cookie: &str, path: &str) -> u16 {
+    http()
+        .get(format!("{base}{path}"))
+        .header(
+            "cookie",
+            format!("{}={cookie}", fleet::console::auth::SESSION_COOKIE),
+        )
+        .send()
+        .await
+        .unwrap()
+        .status()
+        .as_u16()
+}
+
+#[tokio::test]
+async fn failed_sign_ins_lock_out_only_that_name_and_every_serve_process_counts_them() {
+    let app = App::start().await;
+    // A second `serve` process on the same database.
+    let other = Console::new(
+        app.pool().clone(),
+        app.registry.clone(),
+        settings().console,
+        Duration::from_secs(2),
+    );
+    let (base2, stop2) = serve(fleet::serve::admin_router_with_console(
+        app.pool().clone(),
+        other,
+    ))
+    .await;
+    for _ in 0..3 {
+        assert_eq!(http_sign_in(&app.base, "alice", "typo").await, Err(401));
+    }
+    // Alice is refused everywhere for a while, even with her password…
+    assert_eq!(http_sign_in(&base2, "alice", ALICE_PW).await, Err(429));
+    assert_eq!(http_sign_in(&app.base, "alice", ALICE_PW).await, Err(429));
+    // …but her colleague at the same address is not (before, everyone there got 429).
+    assert!(http_sign_in(&app.base, "viv", VIV_PW).await.is_ok());
+    // Guessing names that are not users' is limited per address (4 × 3 failures)…
+    for i in 0..12 {
+        assert_eq!(
+            http_sign_in(&base2, &format!("nobody{i}"), "x").await,
+            Err(401)
+        );
+    }
+    assert_eq!(http_sign_in(&app.base, "nobody-else", "x").await, Err(429));
+    // …and still locks out no user.
+    assert!(http_sign_in(&base2, "viv", VIV_PW).await.is_ok());
+    stop2.cancel();
+}
+
+#[tokio::test]
+async fn a_session_ends_when_idle_and_a_new_sign_in_ends_the_oldest_beyond_the_cap() {
+    let app = App::start().await;
+    let first = http_sign_in(&app.base, "alice", ALICE_PW).await.unwrap();
+    assert_eq!(get_as(&app.base, &first, "/ui/").await, 200);
+    // Thirty-one minutes without a request (console.session_idle = 30m).
+    sqlx::query("UPDATE fleet_console_sessions SET last_seen_at = now() - interval '31 minutes'")
+        .execute(app.pool())
+        .await
+        .unwrap();
+    assert_eq!(
+        get_as(&app.base, &first, "/ui/").await,
+        303,
+        "idle: sign in again"
+    );
+    // At most 5 sessions per user: the sixth sign-in ends the oldest.
+    let mut cookies = Vec::new();
+    for _ in 0..6 {
+        cookies.push(http_sign_in(&app.base, "alice", ALICE_PW).await.unwrap());
+    }
+    assert_eq!(get_as(&app.base, &cookies[0], "/ui/").await, 303);
+    for c in &cookies[1..] {
+        assert_eq!(get_as(&app.base, c, "/ui/").await, 200);
+    }
+}
+
+#[tokio::test]
+async fn an_action_from_another_site_is_refused_even_with_its_token() {
+    let app = App::start().await;
+    let cookie = http_sign_in(&app.base, "alice", ALICE_PW).await.unwrap();
+    let session = format!("{}={cookie}", fleet::console::auth::SESSION_COOKIE);
+    let page = http()
+        .get(format!("{}/ui/", app.base))
+        .header("cookie", &session)
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    let csrf = csrf_field(&page);
+    let host = app.base.trim_start_matches("http://").to_owned();
+    let pause = |headers: Vec<(&'static str, String)>| {
+        let mut r = http()
+            .post(format!("{}/ui/actions/pause", app.base))
+            .header("cookie", &session)
+            .form(&[
+                ("kind", "fleet.sleep"),
+                ("confirm", "yes"),
+                ("reason", "drill"),
+                ("csrf", &csrf),
+            ]);
+        for (k, v) in headers {
+            r = r.header(k, v);
+        }
+        r.send()
+    };
+    let r = pause(vec![("origin", "https://evil.example".to_owned())])
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 403);
+    let r = pause(vec![("sec-fetch-site", "cross-site".to_owned())])
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 403);
+    assert!(app.paused().await.is_empty(), "nothing changed");
+    // From the console's own page: the same request goes through.
+    let r = pause(vec![
+        ("origin", format!("http://{host}")),
+        ("sec-fetch-site", "same-origin".to_owned()),
+    ])
+    .await
+    .unwrap();
+    assert_ne!(r.status(), 403);
+    assert_eq!(app.paused().await, vec!["fleet.sleep".to_owned()]);
+}
+
+#[tokio::test]
+async fn older_links_carry_no_stray_ampersand_and_the_console_has_a_favicon() {
+    let app = App::start().await;
+    for _ in 0..3 {
+        insert_unchecked(app.pool(), "fleet.sleep", json!({"ms": 1})).await;
+    }
+    let cookie = http_sign_in(&app.base, "alice", ALICE_PW).await.unwrap();
+    let page = http()
+        .get(format!("{}/ui/jobs?limit=2", app.base))
+        .header(
+            "cookie",
+            format!("{}={cookie}", fleet::console::auth::SESSION_COOKIE),
+        )
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    assert!(
+        page.contains(r#"href="/ui/jobs?limit=2&amp;before_id="#),
+        "{page}"
+    );
+    assert!(!page.contains("?&amp;"), "a stray & after ?");
+    assert!(page.contains(r#"rel="icon""#));
+    let r = http()
+        .get(format!("{}/ui/static/favicon.svg", app.base))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 200);
+    assert_eq!(r.headers()["content-type"], "image/svg+xml");
 }
 
 #[tokio::test]

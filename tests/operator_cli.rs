@@ -266,6 +266,43 @@ async fn a_job_whose_error_history_another_binary_wrote_still_shows() {
     assert_eq!(v["job"]["errors"][1]["class"], "other");
 }
 
+#[tokio::test]
+async fn a_drain_counts_the_jobs_waiting_to_retry_and_does_not_call_that_nothing_in_flight() {
+    let db = db().await;
+    // A job between two attempts (a saga waiting out its backoff), as a worker leaves it.
+    let id = insert_unchecked(&db.pool, "fleet.sleep", serde_json::json!({"ms": 1})).await;
+    sqlx::query(
+        "UPDATE fleet_jobs SET state = 'retryable', attempt = 1, run_at = now() + interval '2 minutes'
+         WHERE id = $1",
+    )
+    .bind(id)
+    .execute(&db.pool)
+    .await
+    .unwrap();
+    for dry in [true, false] {
+        let mut args = vec!["queue", "drain", "fleet.sleep", "--timeout", "5s"];
+        if dry {
+            args.push("--dry-run");
+        }
+        let out = fleet(&db.url, &args, None);
+        let text = String::from_utf8_lossy(&out.stdout);
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        assert!(text.contains("1 job(s) waiting to retry"), "{text}");
+        assert!(text.contains("may be mid-work"), "{text}");
+    }
+    let v = json(&fleet(
+        &db.url,
+        &["queue", "drain", "fleet.sleep", "--dry-run", "--json"],
+        None,
+    ));
+    assert_eq!(v["result"]["retrying"], 1, "{v}");
+    assert!(v["result"]["next_retry_at"].is_string(), "{v}");
+}
+
 /// A seeded user with a ticketed, captured booking; its id.
 async fn ticketed_booking(pool: &sqlx::PgPool) -> Uuid {
     let keys = jobs::pii::Keyring::parse(TEST_PII_KEYS).unwrap();

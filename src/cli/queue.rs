@@ -435,9 +435,19 @@ pub async fn run(a: QueueArgs, settings: &Settings) -> anyhow::Result<()> {
                     d.already_paused.join(", ")
                 )
             };
+            // Jobs waiting to retry are not "nothing in flight": they may be mid-work.
+            let retrying = match (d.retrying, d.next_retry_at) {
+                (0, _) => String::new(),
+                (n, next) => format!(
+                    "\n{n} job(s) waiting to retry{}: they may be mid-work (a saga between its \
+                     steps); the pause holds them and they run after `fleet queue resume`",
+                    next.map(|t| format!(" (the first due {})", when(t)))
+                        .unwrap_or_default()
+                ),
+            };
             let text = if r.dry_run {
                 format!(
-                    "would drain {}: run {} queued and wait for {} running job(s); {} held{kept}",
+                    "would drain {}: run {} queued and wait for {} running job(s); {} held{kept}{retrying}",
                     drain.join(", "),
                     d.backlog,
                     d.running,
@@ -446,7 +456,7 @@ pub async fn run(a: QueueArgs, settings: &Settings) -> anyhow::Result<()> {
             } else {
                 format!(
                     "drained {} in {}: backlog done, nothing running; now paused, {} job(s) held \
-                     for `fleet queue resume`{kept}",
+                     for `fleet queue resume`{kept}{retrying}",
                     drain.join(", "),
                     short(Duration::from_millis(d.waited_ms)),
                     d.held

@@ -603,6 +603,16 @@ impl ConsoleSettings {
                 "must be 1m..=7d",
             );
         }
+        if self.session_idle < Duration::from_secs(60) || self.session_idle > self.session_ttl {
+            return bad(
+                "console.session_idle",
+                format!("{:?}", self.session_idle),
+                "must be 1m..=console.session_ttl",
+            );
+        }
+        if self.max_sessions_per_user == 0 {
+            return bad("console.max_sessions_per_user", "0".into(), "must be >= 1");
+        }
         if self.refresh < Duration::from_millis(500) || self.refresh > Duration::from_secs(60) {
             return bad(
                 "console.refresh",

@@ -123,6 +123,11 @@ pub struct ConsoleSettings {
     /// A session ends this long after its login, whatever happens in between.
     #[serde(deserialize_with = "duration")]
     pub session_ttl: Duration,
+    /// A session also ends after this long without a request.
+    #[serde(deserialize_with = "duration")]
+    pub session_idle: Duration,
+    /// Most live sessions per user: a new sign-in ends the oldest beyond it.
+    pub max_sessions_per_user: u32,
     /// How often an open overview refreshes itself.
     #[serde(deserialize_with = "duration")]
     pub refresh: Duration,
@@ -130,8 +135,10 @@ pub struct ConsoleSettings {
     /// are shown, not linked.
     #[serde(default)]
     pub tracing_url: String,
-    /// Failed logins per user name, and per client address, within `login_window`; beyond,
-    /// logins are refused (429) until the window has passed.
+    /// Failed sign-ins per user name from one client address within `login_window`; beyond,
+    /// that name is refused from that address (429) until the window has passed. A name is
+    /// refused from every address after four times as many, and an address after four times as
+    /// many failures for names that are not users' (see `console::auth`).
     pub login_max_failures: u32,
     /// The window of `login_max_failures`.
     #[serde(deserialize_with = "duration")]

@@ -275,6 +275,7 @@ async fn drain(st: &ConsoleState, s: &Session, f: &ActionForm) -> PageResult {
                         strong #backlog { (d.backlog) } " queued job(s) and the " strong { (d.running) }
                         " running one(s) finish, then leave it paused until it is resumed." }
                     @if d.held > 0 { p { (d.held) " job(s) would be held for the resume." } }
+                    @if d.retrying > 0 { p #retrying { strong { (d.retrying) } " job(s) are waiting to retry: they may be mid-work (a saga between its steps). The pause holds them; they run after the resume." } }
                     @if !d.already_paused.is_empty() { p { "It is paused already: its queue stays held, only running jobs are waited for." } }
                 };
                 let timeout_field = templates::field("timeout", "Give up after", &humantime::format_duration(timeout).to_string(), "then the kind is left paused with work left");

@@ -131,7 +131,7 @@ pub async fn list(
                     @if q.before_id.is_some() { a href=(format!("/ui/audit?{}", q.query())) { "← Newest" } }
                     @if rows.len() as i64 == PAGE {
                         @if let Some(last) = rows.last() {
-                            a href=(format!("/ui/audit?{}&before_id={}", q.query(), last.id)) { "Older →" }
+                            a href=(templates::href_with("/ui/audit", &[&q.query(), &format!("before_id={}", last.id)])) { "Older →" }
                         }
                     }
                 }

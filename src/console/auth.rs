@@ -11,17 +11,21 @@
 //!   session's synchronizer token, as the form field `csrf` or the `X-CSRF-Token` header; the
 //!   login form, before any session exists, carries a token that must match its own cookie.
 //!   [`require_csrf`] checks it for every route it wraps, so no handler can forget to.
-//! - **Failed logins** are counted per user name and per client address; beyond
-//!   `console.login_max_failures` within `console.login_window` the login is refused with 429
-//!   (before any hash is computed). Every refusal is logged with the reason and the client
-//!   address, the user name only if it is a configured one (a mistyped name may be a password
-//!   or an e-mail address), and never the password.
+//! - **Failed logins** are counted in `fleet_console_login_failures` (this module owns it):
+//!   per name from an address, per name, and per address for unknown names ([`LoginLimiter`]);
+//!   beyond the limits a login is refused with 429 (before any hash is computed). Every
+//!   refusal is logged with the reason and the client address, the user name only if it is a
+//!   configured one (a mistyped name may be a password or an e-mail address), and never the
+//!   password.
+//! - A session also ends after `console.session_idle` without a request, and a user has at
+//!   most `console.max_sessions_per_user` (a new sign-in ends the oldest).
+//! - A state-changing request whose `Sec-Fetch-Site` or `Origin` says it came from another
+//!   site is refused (403) beside the CSRF token check.
 
 use std::{
-    collections::{HashMap, VecDeque},
     net::SocketAddr,
-    sync::{Mutex, OnceLock},
-    time::{Duration, Instant},
+    sync::OnceLock,
+    time::Duration,
 };
 
 use argon2::{
@@ -126,18 +130,55 @@ async fn session_insert(
     .await
 }
 
-/// ConsoleSessionGet: the user and CSRF token of the unexpired session of `token`.
+/// ConsoleSessionGet: the user and CSRF token of the session of `token`, unless it expired or
+/// saw no request for `idle`; a request marks it seen (written at most once a minute, so a page
+/// that refreshes every two seconds does not write a row each time).
 async fn session_get(
-    conn: impl sqlx::PgExecutor<'_>,
+    db: &jobs::Db,
     token: &str,
+    idle: Duration,
 ) -> Result<Option<(String, String)>, sqlx::Error> {
-    sqlx::query_as(
-        "SELECT username, csrf_token FROM fleet_console_sessions
-         WHERE token_sha256 = $1 AND expires_at > now()",
+    let hash = sha256(token);
+    let row: Option<(String, String, bool)> = sqlx::query_as(
+        "SELECT username, csrf_token, last_seen_at < now() - interval '1 minute'
+         FROM fleet_console_sessions
+         WHERE token_sha256 = $1 AND expires_at > now()
+           AND last_seen_at > now() - $2 * interval '1 millisecond'",
     )
-    .bind(sha256(token))
-    .fetch_optional(conn)
-    .await
+    .bind(&hash)
+    .bind(idle.as_millis() as i64)
+    .fetch_optional(db)
+    .await?;
+    let Some((user, csrf, stale)) = row else {
+        return Ok(None);
+    };
+    if stale {
+        sqlx::query("UPDATE fleet_console_sessions SET last_seen_at = now() WHERE token_sha256 = $1")
+            .bind(&hash)
+            .execute(db)
+            .await?;
+    }
+    Ok(Some((user, csrf)))
+}
+
+/// ConsoleSessionCap: ends `user`'s oldest sessions so that at most `keep` remain (before a new
+/// sign-in adds one).
+async fn session_cap(
+    conn: impl sqlx::PgExecutor<'_>,
+    user: &str,
+    keep: u32,
+) -> Result<u64, sqlx::Error> {
+    let r = sqlx::query(
+        "DELETE FROM fleet_console_sessions s
+         WHERE s.username = $1 AND s.token_sha256 NOT IN (
+             SELECT token_sha256 FROM fleet_console_sessions
+             WHERE username = $1 ORDER BY created_at DESC, token_sha256 LIMIT $2)",
+    )
+    .bind(user)
+    .bind(i64::from(keep))
+    .execute(conn)
+    .await?;
+    Ok(r.rows_affected())
 }
 
 /// ConsoleSessionDelete: ends the session of `token` (sign-out).
@@ -159,47 +200,111 @@ async fn session_delete_expired(conn: impl sqlx::PgExecutor<'_>) -> Result<u64, 
 
 // ─── failed logins ──────────────────────────────────────────────────────────────────────────
 
-/// Failed logins per key (`user:<name>`, `addr:<ip>`) within a sliding window.
+/// Failed sign-ins, counted in `fleet_console_login_failures` (this module owns the table), so
+/// every `serve` process shares them and a restart forgets none. Within `window`, a sign-in is
+/// refused before any hash is computed when
+/// - **this name from this address** failed `max` times: one person's typos lock out only
+///   themselves, never a colleague behind the same proxy or SSH tunnel;
+/// - **this name from anywhere** failed `4 × max` times: a password guessed from many
+///   addresses (an attacker can lock a name out this way; the limit is higher for it);
+/// - **this address, for names that are not users'**, failed `4 × max` times: names guessed
+///   from one address. A configured user's failures never count here, so they block no one
+///   else.
 ///
 /// Hand-written rather than `governor`: a login limiter must ask "is this key over its
 /// failures?" without spending a cell (successful logins must not count), which governor's
-/// keyed limiter cannot do (docs/decisions.md).
+/// keyed limiter cannot do (docs/decisions.md 25).
 pub struct LoginLimiter {
-    failures: Mutex<HashMap<String, VecDeque<Instant>>>,
-    max: usize,
+    max: i64,
     window: Duration,
 }
 
+/// Why the limiter refuses a sign-in (logged, never shown: the page says only "too many").
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Throttled {
+    NameFromAddress,
+    Name,
+    Address,
+}
+
+impl Throttled {
+    fn as_str(self) -> &'static str {
+        match self {
+            Self::NameFromAddress => "too many failures for this name from this address",
+            Self::Name => "too many failures for this name",
+            Self::Address => "too many failures for unknown names from this address",
+        }
+    }
+}
+
+/// How many times `max` a name from anywhere, or an address for unknown names, may fail.
+const WIDER_LIMIT: i64 = 4;
+
 impl LoginLimiter {
-    /// At most `max` failures per key within `window`.
+    /// At most `max` failures per name and address within `window` (see the type).
     pub fn new(max: u32, window: Duration) -> Self {
         Self {
-            failures: Mutex::new(HashMap::new()),
-            max: max as usize,
+            max: i64::from(max),
             window,
         }
     }
 
-    /// Whether any of `keys` has used up its failures; forgets failures older than the window.
-    fn blocked(&self, keys: &[String]) -> bool {
-        let mut map = self.failures.lock().expect("limiter lock");
-        let horizon = Instant::now().checked_sub(self.window);
-        map.retain(|_, times| {
-            while times.front().is_some_and(|t| Some(*t) < horizon) {
-                times.pop_front();
-            }
-            !times.is_empty()
-        });
-        keys.iter()
-            .any(|k| map.get(k).is_some_and(|t| t.len() >= self.max))
+    /// ConsoleLoginThrottled: whether a sign-in as `user` (a configured user's name or not)
+    /// from `address` is refused now.
+    async fn throttled(
+        &self,
+        conn: impl sqlx::PgExecutor<'_>,
+        user: &str,
+        known_user: bool,
+        address: std::net::IpAddr,
+    ) -> Result<Option<Throttled>, sqlx::Error> {
+        let (pair, name, unknown_from_address): (i64, i64, i64) = sqlx::query_as(
+            "SELECT count(*) FILTER (WHERE user_sha256 = $1 AND address = $2::inet),
+                    count(*) FILTER (WHERE user_sha256 = $1),
+                    count(*) FILTER (WHERE address = $2::inet AND NOT known_user)
+             FROM fleet_console_login_failures
+             WHERE failed_at > now() - $3 * interval '1 millisecond'
+               AND (user_sha256 = $1 OR address = $2::inet)",
+        )
+        .bind(sha256(user))
+        .bind(address.to_string())
+        .bind(self.window.as_millis() as i64)
+        .fetch_one(conn)
+        .await?;
+        Ok(if pair >= self.max {
+            Some(Throttled::NameFromAddress)
+        } else if name >= WIDER_LIMIT * self.max {
+            Some(Throttled::Name)
+        } else if !known_user && unknown_from_address >= WIDER_LIMIT * self.max {
+            Some(Throttled::Address)
+        } else {
+            None
+        })
     }
 
-    /// Counts one failure against each of `keys`.
-    fn fail(&self, keys: &[String]) {
-        let mut map = self.failures.lock().expect("limiter lock");
-        for k in keys {
-            map.entry(k.clone()).or_default().push_back(Instant::now());
-        }
+    /// ConsoleLoginFailed: counts one failed sign-in, and forgets failures older than a day
+    /// (beyond any window a configuration allows to matter).
+    async fn failed(
+        &self,
+        db: &jobs::Db,
+        user: &str,
+        address: std::net::IpAddr,
+        known_user: bool,
+    ) -> Result<(), sqlx::Error> {
+        sqlx::query(
+            "WITH forget AS (
+                 DELETE FROM fleet_console_login_failures
+                 WHERE failed_at < now() - greatest($4 * interval '1 millisecond', interval '1 day'))
+             INSERT INTO fleet_console_login_failures (user_sha256, address, known_user)
+             VALUES ($1, $2::inet, $3)",
+        )
+        .bind(sha256(user))
+        .bind(address.to_string())
+        .bind(known_user)
+        .bind(self.window.as_millis() as i64)
+        .execute(db)
+        .await?;
+        Ok(())
     }
 }
 
@@ -238,7 +343,7 @@ async fn session_of(st: &ConsoleState, jar: &CookieJar) -> Result<Option<Session
     if token.len() != 64 {
         return Ok(None);
     }
-    let Some((user, csrf)) = session_get(&st.db, &token).await? else {
+    let Some((user, csrf)) = session_get(&st.db, &token, st.settings.session_idle).await? else {
         return Ok(None);
     };
     // The configuration decides, now: a removed user's sessions are dead.
@@ -307,6 +412,14 @@ pub async fn require_csrf(req: Request, next: Next) -> Response {
     if matches!(*req.method(), Method::GET | Method::HEAD) {
         return next.run(req).await;
     }
+    if let Some(why) = cross_site(&req) {
+        tracing::warn!(path = %req.uri().path(), reason = why, "console: a cross-site request was refused");
+        return templates::error_page(
+            StatusCode::FORBIDDEN,
+            "this request came from another site: act from the console's own pages",
+            req.extensions().get::<Session>(),
+        );
+    }
     let Some(session) = req.extensions().get::<Session>().cloned() else {
         return templates::error_page(StatusCode::UNAUTHORIZED, "sign in first", None);
     };
@@ -346,6 +459,28 @@ pub async fn require_csrf(req: Request, next: Next) -> Response {
     }
     next.run(Request::from_parts(parts, Body::from(bytes)))
         .await
+}
+
+/// Why a state-changing request is refused as cross-site, beside its CSRF token: a browser's
+/// `Sec-Fetch-Site` that is neither `same-origin` nor `none`, or an `Origin` (other than
+/// `null`) whose host is not the `Host` the request was sent to. A request without either
+/// header (a script, an old browser) is left to the token.
+fn cross_site(req: &Request) -> Option<&'static str> {
+    let h = req.headers();
+    if let Some(site) = h.get("sec-fetch-site").and_then(|v| v.to_str().ok()) {
+        if !matches!(site, "same-origin" | "none") {
+            return Some("sec-fetch-site");
+        }
+    }
+    let origin = h.get(header::ORIGIN)?.to_str().ok()?;
+    // A browser sends `Origin: null` on a form post from a page whose referrer policy is
+    // `no-referrer` (the console's own): that says nothing about the site; Sec-Fetch-Site did.
+    if origin == "null" {
+        return None;
+    }
+    let host = h.get(header::HOST).and_then(|v| v.to_str().ok());
+    let origin_host = origin.split_once("://").map(|(_, rest)| rest);
+    (origin_host.is_none() || origin_host != host).then_some("origin")
 }
 
 /// Lets only operators through (the action routes); a viewer gets 403.
@@ -518,9 +653,23 @@ pub async fn login(
     } else {
         "(not a user)"
     };
-    let keys = [format!("user:{user}"), format!("addr:{}", peer.ip())];
-    if st.limiter.blocked(&keys) {
-        tracing::warn!(user = logged_user, client = %peer.ip(), reason = "too many failures",
+    let throttled = match st
+        .limiter
+        .throttled(&st.db, &user, known.is_some(), peer.ip())
+        .await
+    {
+        Ok(t) => t,
+        Err(e) => {
+            tracing::error!(error = %e, "console: reading failed sign-ins failed");
+            return templates::error_page(
+                StatusCode::SERVICE_UNAVAILABLE,
+                "the database did not answer; try again",
+                None,
+            );
+        }
+    };
+    if let Some(why) = throttled {
+        tracing::warn!(user = logged_user, client = %peer.ip(), reason = why.as_str(),
             "console: login refused");
         return login_form(
             &st,
@@ -539,7 +688,13 @@ pub async fn login(
     .await
     .unwrap_or(false);
     if !ok {
-        st.limiter.fail(&keys);
+        if let Err(e) = st
+            .limiter
+            .failed(&st.db, &user, peer.ip(), known.is_some())
+            .await
+        {
+            tracing::error!(error = %e, "console: counting a failed sign-in failed");
+        }
         tracing::warn!(user = logged_user, client = %peer.ip(), reason = "wrong user name or password",
             "console: login refused");
         return login_form(
@@ -579,6 +734,8 @@ pub async fn login(
 async fn start_session(st: &ConsoleState, user: &str) -> Result<String, sqlx::Error> {
     let token = random_hex();
     session_delete_expired(&st.db).await?;
+    // The new one makes `max_sessions_per_user`.
+    session_cap(&st.db, user, st.settings.max_sessions_per_user - 1).await?;
     session_insert(&st.db, &token, user, &random_hex(), st.settings.session_ttl).await?;
     Ok(token)
 }
@@ -610,29 +767,6 @@ mod tests {
         assert!(verify_password(&h, "correct horse"));
         assert!(!verify_password(&h, "correct hors"));
         assert!(!verify_password("not a hash", "correct horse"));
-    }
-
-    #[test]
-    fn the_limiter_blocks_a_key_after_max_failures_and_not_others() {
-        let l = LoginLimiter::new(2, Duration::from_secs(60));
-        let a = ["user:a".to_owned()];
-        let b = ["user:b".to_owned()];
-        assert!(!l.blocked(&a));
-        l.fail(&a);
-        assert!(!l.blocked(&a));
-        l.fail(&a);
-        assert!(l.blocked(&a));
-        assert!(!l.blocked(&b));
-    }
-
-    #[test]
-    fn failures_older_than_the_window_are_forgotten() {
-        let l = LoginLimiter::new(1, Duration::from_millis(30));
-        let a = ["addr:127.0.0.1".to_owned()];
-        l.fail(&a);
-        assert!(l.blocked(&a));
-        std::thread::sleep(Duration::from_millis(40));
-        assert!(!l.blocked(&a));
     }
 
     #[test]

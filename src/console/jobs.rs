@@ -171,7 +171,7 @@ pub async fn list(
                     }
                     @if rows.len() as i64 == limit {
                         @if let Some(last) = rows.last() {
-                            a #older href=(format!("/ui/jobs?{}&limit={limit}&before_id={}", fields.query(), last.id)) { "Older →" }
+                            a #older href=(templates::href_with("/ui/jobs", &[&fields.query(), &format!("limit={limit}"), &format!("before_id={}", last.id)])) { "Older →" }
                         }
                     }
                 }

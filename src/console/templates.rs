@@ -22,6 +22,7 @@ const HTMX_JS: &str = include_str!("static/htmx-2.0.11.min.js");
 const HTMX_LICENSE: &str = include_str!("static/htmx-LICENSE.txt");
 const CONSOLE_CSS: &str = include_str!("static/console.css");
 const CONSOLE_JS: &str = include_str!("static/console.js");
+const FAVICON_SVG: &str = include_str!("static/favicon.svg");
 
 /// The page a nav link points at, to mark the current one.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -55,6 +56,7 @@ pub fn page(title: &str, session: Option<&Session>, nav: Nav, body: Markup) -> M
                 meta name="htmx-config" content=r#"{"includeIndicatorStyles":false,"allowEval":false,"allowScriptTags":false}"#;
                 title { (title) " · Fleet console" }
                 link rel="stylesheet" href="/ui/static/console.css";
+                link rel="icon" type="image/svg+xml" href="/ui/static/favicon.svg";
                 script src=(format!("/ui/static/htmx-{HTMX_VERSION}.min.js")) defer {}
                 script src="/ui/static/console.js" defer {}
             }
@@ -223,6 +225,17 @@ pub fn error_page(status: StatusCode, message: &str, session: Option<&Session>) 
     (status, page(title, session, Nav::None, body)).into_response()
 }
 
+/// `path?a&b…`: `path` with the non-empty query parts joined (no stray `&` when the filter is
+/// empty), for links such as "Older →".
+pub fn href_with(path: &str, parts: &[&str]) -> String {
+    let q: Vec<&str> = parts.iter().copied().filter(|p| !p.is_empty()).collect();
+    if q.is_empty() {
+        path.to_owned()
+    } else {
+        format!("{path}?{}", q.join("&"))
+    }
+}
+
 /// The non-empty `(name, value)` pairs as a query string (`a=1&b=x%20y`).
 pub fn query_string<'a>(pairs: impl IntoIterator<Item = (&'a str, &'a str)>) -> String {
     let mut q = form_urlencoded::Serializer::new(String::new());
@@ -234,7 +247,6 @@ pub fn query_string<'a>(pairs: impl IntoIterator<Item = (&'a str, &'a str)>) -> 
     q.finish()
 }
 
-/// JSON for people: indented, escaped by the template.
 /// Characters of a long text (an error message) a page shows before it folds the rest away.
 pub const TEXT_SHOWN: usize = 300;
 
@@ -265,6 +277,7 @@ pub fn long_text(text: &str) -> Markup {
     }
 }
 
+/// JSON for people: indented, escaped by the template.
 pub fn json_block(v: &serde_json::Value) -> Markup {
     let text = serde_json::to_string_pretty(v).unwrap_or_else(|_| v.to_string());
     html! { pre.json { code { (text) } } }
@@ -294,6 +307,7 @@ pub async fn asset(Path(file): Path<String>) -> Response {
             "text/javascript; charset=utf-8",
             "public, max-age=300",
         ),
+        "favicon.svg" => (FAVICON_SVG, "image/svg+xml", "public, max-age=86400"),
         _ => return StatusCode::NOT_FOUND.into_response(),
     };
     (

@@ -138,10 +138,15 @@ pub struct DrainCounts {
     pub held: i64,
     /// Running jobs.
     pub running: i64,
+    /// Jobs waiting out a retry's backoff: they may be mid-work (a saga between its steps). A
+    /// drain does not wait for them; its pause holds them until resume.
+    pub retrying: i64,
+    /// When the first of them is due.
+    pub next_retry_at: Option<chrono::DateTime<chrono::Utc>>,
 }
 
-/// JobCountDraining: the drained kinds' available jobs, split into backlog and held, and their
-/// running jobs.
+/// JobCountDraining: the drained kinds' available jobs, split into backlog and held, their
+/// running jobs, and their jobs waiting to retry.
 pub async fn job_count_draining(
     conn: impl PgExecutor<'_>,
     kinds: &[String],
@@ -151,9 +156,11 @@ pub async fn job_count_draining(
             count(*) FILTER (WHERE j.state = 'available' AND (p.kind IS NULL
                 OR (p.drain_through_id IS NOT NULL AND j.id <= p.drain_through_id))),
             count(*) FILTER (WHERE j.state = 'available'),
-            count(*) FILTER (WHERE j.state = 'running')
+            count(*) FILTER (WHERE j.state = 'running'),
+            count(*) FILTER (WHERE j.state = 'retryable'),
+            min(j.run_at) FILTER (WHERE j.state = 'retryable')
          FROM fleet_jobs j LEFT JOIN fleet_paused_kinds p ON p.kind = j.kind
-         WHERE j.kind = ANY($1) AND j.state IN ('available', 'running')",
+         WHERE j.kind = ANY($1) AND j.state IN ('available', 'running', 'retryable')",
     )
     .bind(kinds)
     .fetch_one(conn)
@@ -164,5 +171,7 @@ pub async fn job_count_draining(
         // Every available job is either backlog or held: held is what the claim skips.
         held: available - backlog,
         running: row.get(2),
+        retrying: row.get(3),
+        next_retry_at: row.get(4),
     })
 }
