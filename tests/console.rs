@@ -802,8 +802,8 @@ async fn http_sign_in(base: &str, user: &str, password: &str) -> Result<String, 
     }
 }
 
-/// GET `path` with session `cookie`: the status.
-async fn get_as(base: &str, cookie: &str, path: &str) -> u16 {
+/// GET `path` with session `cookie`: the response.
+async fn fetch_as(base: &str, cookie: &str, path: &str) -> reqwest::Response {
     http()
         .get(format!("{base}{path}"))
         .header(
@@ -813,8 +813,11 @@ async fn get_as(base: &str, cookie: &str, path: &str) -> u16 {
         .send()
         .await
         .unwrap()
-        .status()
-        .as_u16()
+}
+
+/// GET `path` with session `cookie`: the status.
+async fn get_as(base: &str, cookie: &str, path: &str) -> u16 {
+    fetch_as(base, cookie, path).await.status().as_u16()
 }
 
 #[tokio::test]
@@ -937,15 +940,8 @@ async fn older_links_carry_no_stray_ampersand_and_the_console_has_a_favicon() {
         insert_unchecked(app.pool(), "fleet.sleep", json!({"ms": 1})).await;
     }
     let cookie = http_sign_in(&app.base, "alice", ALICE_PW).await.unwrap();
-    let page = http()
-        .get(format!("{}/ui/jobs?limit=2", app.base))
-        .header(
-            "cookie",
-            format!("{}={cookie}", fleet::console::auth::SESSION_COOKIE),
-        )
-        .send()
+    let page = fetch_as(&app.base, &cookie, "/ui/jobs?limit=2")
         .await
-        .unwrap()
         .text()
         .await
         .unwrap();
