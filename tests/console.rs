@@ -349,12 +349,20 @@ impl Browser {
             .as_u64()
             .unwrap_or(900)
             .clamp(600, 4000);
-        self.c.set_window_size(1360, h as u32 + 90).await.unwrap();
+        // At the window's width (1360 unless a test set another), the whole page's height.
+        let (_, _, width, height) = self.c.get_window_rect().await.unwrap();
+        self.c
+            .set_window_size(width as u32, h as u32 + 90)
+            .await
+            .unwrap();
         tokio::time::sleep(Duration::from_millis(150)).await;
         let png = self.c.screenshot().await.unwrap();
         std::fs::create_dir_all(&dir).unwrap();
         std::fs::write(format!("{dir}/{name}.png"), png).unwrap();
-        self.c.set_window_size(1360, 900).await.unwrap();
+        self.c
+            .set_window_size(width as u32, height as u32)
+            .await
+            .unwrap();
     }
 
     async fn close(self) {
@@ -958,6 +966,82 @@ async fn older_links_carry_no_stray_ampersand_and_the_console_has_a_favicon() {
         .unwrap();
     assert_eq!(r.status(), 200);
     assert_eq!(r.headers()["content-type"], "image/svg+xml");
+}
+
+/// How far the page at the current window width is wider than the window (px; ≤ 0 fits), and
+/// which table is the widest past its box.
+async fn overflow(b: &Browser) -> (i64, String) {
+    let v = b
+        .c
+        .execute(
+            "const d = document.documentElement;
+             let worst = '';
+             let most = 0;
+             for (const t of document.querySelectorAll('table')) {
+                 const box = t.parentElement;
+                 const over = t.scrollWidth - box.clientWidth;
+                 if (over > most) { most = over; worst = (t.closest('[id]') || t).id || t.className; }
+             }
+             return [Math.max(d.scrollWidth - d.clientWidth, most), worst];",
+            vec![],
+        )
+        .await
+        .unwrap();
+    (
+        v[0].as_i64().unwrap(),
+        v[1].as_str().unwrap_or_default().to_owned(),
+    )
+}
+
+#[tokio::test]
+async fn every_page_fits_1280_and_1920_pixels_without_scrolling_sideways() {
+    if !browser_available() {
+        return;
+    }
+    let app = App::start().await;
+    // Data that widens tables: every kind with jobs in every state, long keys and errors.
+    for i in 0..30 {
+        let id = insert_unchecked(app.pool(), "fleet.sleep", json!({"ms": 1})).await;
+        let state = ["available", "dead", "completed", "cancelled", "retryable"][i % 5];
+        sqlx::query(
+            "UPDATE fleet_jobs SET state = $2::fleet_job_state, attempt = 1,
+                 idempotency_key = 'campaign-7d3f2c1e-0b9a-4c55-9e1f-2a6b8c0d4e5f-window-2026-12-06',
+                 finished_at = CASE WHEN $2 IN ('dead','completed','cancelled') THEN now() END,
+                 errors = jsonb_build_array(jsonb_build_object('attempt', 1, 'class', 'retryable',
+                     'message', repeat('stripe: card_declined insufficient_funds ', 20), 'at', now()))
+             WHERE id = $1",
+        )
+        .bind(id)
+        .bind(state)
+        .execute(app.pool())
+        .await
+        .unwrap();
+    }
+    let b = app.browser().await;
+    b.sign_in("alice", ALICE_PW).await;
+    let mut wide = Vec::new();
+    for width in [1280u32, 1920] {
+        b.c.set_window_size(width, 1000).await.unwrap();
+        for (name, path) in [
+            ("overview", "/ui/"),
+            ("jobs", "/ui/jobs"),
+            ("job", "/ui/jobs/1"),
+            ("audit", "/ui/audit"),
+            ("bookings", "/ui/bookings"),
+        ] {
+            b.goto(path).await;
+            tokio::time::sleep(Duration::from_millis(300)).await;
+            let (over, table) = overflow(&b).await;
+            if over > 0 {
+                wide.push(format!(
+                    "{path} at {width} px: {over} px too wide ({table})"
+                ));
+            }
+            b.screenshot(&format!("{name}-{width}")).await;
+        }
+    }
+    assert!(wide.is_empty(), "{wide:#?}");
+    b.close().await;
 }
 
 #[tokio::test]
