@@ -201,7 +201,7 @@ impl Ops {
         }
         if let (Some(a), Some(b)) = (f.since, f.until) {
             if a >= b {
-                usage!("--since ({a}) must be before --until ({b})");
+                usage!("created since ({a}) must be before created until ({b})");
             }
         }
         Ok(())
@@ -343,7 +343,7 @@ impl Ops {
     ) -> Result<Vec<JobSummary>> {
         self.check_filter(f).await?;
         if !(1..=10_000).contains(&limit) {
-            usage!("--limit must be 1..=10000, got {limit}");
+            usage!("a page holds 1 to 10000 jobs, not {limit}");
         }
         self.read(queue::job_list(&self.reads, f, limit, before_id))
             .await
@@ -380,7 +380,7 @@ impl Ops {
     pub async fn replay(&self, f: &JobFilter, dry_run: bool) -> Result<Mutation<ReplayResult>> {
         self.check_filter(f).await?;
         if f.is_empty() {
-            usage!("replay needs --id or a filter (--kind, --state, --queue, --since, --until, --key, --args)");
+            usage!("replay needs job ids or a filter (kind, state, queue, created since or until, key, args)");
         }
         self.check_ids(f).await?;
         let dead_only;
@@ -398,9 +398,7 @@ impl Ops {
                 .iter()
                 .find(|s| !matches!(s, JobState::Dead | JobState::Cancelled))
             {
-                usage!(
-                    "only dead or cancelled jobs can be replayed; --state {s} is not one of them"
-                );
+                usage!("only dead or cancelled jobs can be replayed; state {s} is not one of them");
             }
         }
         let mut tx = self.db.begin().await?;
@@ -418,7 +416,7 @@ impl Ops {
     ) -> Result<Mutation<Vec<queue::CancelledJob>>> {
         self.check_filter(f).await?;
         if f.is_empty() {
-            usage!("cancel needs --id or a filter (--kind, --state, --queue, --since, --until, --key, --args)");
+            usage!("cancel needs job ids or a filter (kind, state, queue, created since or until, key, args)");
         }
         self.check_ids(f).await?;
         let mut tx = self.db.begin().await?;
@@ -432,6 +430,13 @@ impl Ops {
         )
         .await?;
         Ok(self.mutation("cancel", dry_run, result))
+    }
+
+    /// What `kind` has waiting and running: queued (split into a drain's backlog and held),
+    /// waiting to retry, running. What a pause would hold or a resume release.
+    pub async fn waiting(&self, kind: &str) -> Result<DrainCounts> {
+        self.check_kind(kind).await?;
+        Ok(queue::job_count_draining(&self.db, &[kind.to_owned()]).await?)
     }
 
     /// Stops every worker from claiming `kind`. Result: whether it changed anything.
@@ -576,10 +581,10 @@ impl Ops {
         dry_run: bool,
     ) -> Result<Mutation<u64>> {
         if let Some(s) = states.iter().find(|s| !s.is_final()) {
-            usage!("only finished jobs can be pruned; --state {s} is not final");
+            usage!("only finished jobs can be pruned; state {s} is not final");
         }
         if older_than < Duration::from_secs(60) {
-            usage!("--older-than must be at least 1m (got {older_than:?})");
+            usage!("older than must be at least 1m (got {older_than:?})");
         }
         let deleted = if dry_run {
             queue::job_count_prunable(&self.db, states, older_than, None).await? as u64
@@ -685,7 +690,7 @@ impl Ops {
     /// `f.before_id` may name a row of either.
     pub async fn audit(&self, f: &audit::AuditFilter) -> Result<Vec<audit::AuditEntry>> {
         if !(1..=10_000).contains(&f.limit) {
-            usage!("--limit must be 1..=10000, got {}", f.limit);
+            usage!("a page holds 1 to 10000 rows, not {}", f.limit);
         }
         let before = match f.before_id {
             None => None,

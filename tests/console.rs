@@ -196,10 +196,23 @@ impl Browser {
         panic!("{css:?} kept being replaced while it was clicked")
     }
 
+    /// Types `value` into the field; retried when the page replaced the field meanwhile (a
+    /// form re-rendered by the response that was still arriving: both pages read "Sign in").
     async fn fill(&self, css: &str, value: &str) {
-        let e = self.el(css).await;
-        e.clear().await.unwrap();
-        e.send_keys(value).await.unwrap();
+        for _ in 0..20 {
+            let e = self.el(css).await;
+            match e.clear().await {
+                Ok(()) => {}
+                Err(err) if is_stale(&err) => continue,
+                Err(err) => panic!("clear {css:?}: {err}"),
+            }
+            match e.send_keys(value).await {
+                Ok(()) => return,
+                Err(err) if is_stale(&err) => continue,
+                Err(err) => panic!("type into {css:?}: {err}"),
+            }
+        }
+        panic!("{css:?} kept being replaced while it was filled")
     }
 
     /// The button whose text is `label` inside `scope`.
@@ -1045,6 +1058,44 @@ async fn every_page_fits_1280_and_1920_pixels_without_scrolling_sideways() {
 }
 
 #[tokio::test]
+async fn pages_speak_the_pages_words_and_a_pause_needs_a_reason() {
+    let app = App::start().await;
+    let cookie = http_sign_in(&app.base, "alice", ALICE_PW).await.unwrap();
+    let session = format!("{}={cookie}", fleet::console::auth::SESSION_COOKIE);
+    let page = fetch_as(&app.base, &cookie, "/ui/")
+        .await
+        .text()
+        .await
+        .unwrap();
+    let csrf = csrf_field(&page);
+    let post = |path: &'static str, form: Vec<(&'static str, String)>| {
+        let mut form = form;
+        form.push(("csrf", csrf.clone()));
+        http()
+            .post(format!("{}{path}", app.base))
+            .header("cookie", session.clone())
+            .form(&form)
+            .send()
+    };
+    // A replay with no filter: said in the page's words, not the CLI's flags.
+    let r = post("/ui/actions/replay", vec![]).await.unwrap();
+    assert_eq!(r.status(), 400);
+    let body = r.text().await.unwrap();
+    assert!(body.contains("needs job ids or a filter"), "{body}");
+    assert!(!body.contains("--id") && !body.contains("--kind"), "{body}");
+    // A confirmed pause without a reason is refused, and pauses nothing.
+    let r = post(
+        "/ui/actions/pause",
+        vec![("kind", "fleet.sleep".into()), ("confirm", "yes".into())],
+    )
+    .await
+    .unwrap();
+    assert_eq!(r.status(), 400);
+    assert!(r.text().await.unwrap().contains("needs a reason"));
+    assert!(app.paused().await.is_empty());
+}
+
+#[tokio::test]
 async fn a_viewer_sees_every_page_but_no_action_and_is_refused_when_acting() {
     if !browser_available() {
         return;
@@ -1480,6 +1531,12 @@ async fn pausing_a_kind_shows_a_dry_run_then_pauses_audited_and_the_worker_stops
     b.act_on_kind("fleet.sleep", "Pause…").await;
     b.wait_h1("Pause fleet.sleep?").await;
     assert!(b.text("#preview").await.contains("Would pause fleet.sleep"));
+    // The preview says how many jobs would wait.
+    assert!(
+        b.text("#counts").await.contains("queued job(s)"),
+        "{}",
+        b.text("#counts").await
+    );
     assert!(app.paused().await.is_empty(), "the dry run paused nothing");
     assert!(app.audit("kind.pause").await.is_empty());
     b.fill("#f-reason", "INC-42 provider outage").await;
@@ -1799,7 +1856,7 @@ async fn a_state_changing_request_without_its_csrf_token_is_refused() {
     assert!(app.paused().await.is_empty());
     assert!(app.audit("kind.pause").await.is_empty());
     // With the token the same request goes through (so the refusal was the token's).
-    let with = format!("kind=fleet.sleep&confirm=yes&csrf={good}");
+    let with = format!("kind=fleet.sleep&confirm=yes&reason=drill&csrf={good}");
     assert_eq!(b.post_from_page("/ui/actions/pause", &with).await, 200);
     assert_eq!(app.paused().await, vec!["fleet.sleep"]);
     // The login form carries its own token: a login posted from elsewhere is refused.

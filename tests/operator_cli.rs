@@ -331,21 +331,38 @@ async fn booking_refund_uses_the_refund_key_once_and_audits_each_request() {
     let db = db().await;
     let b = ticketed_booking(&db.pool).await;
     let id = b.to_string();
-    let dry = json(&fleet(
-        &db.url,
-        &[
+    let refund_dry_run = |json_out: bool| {
+        let mut args = vec![
             "booking",
             "refund",
             &id,
             "--reason",
             "customer_request",
             "--dry-run",
-            "--json",
-        ],
-        None,
-    ));
+        ];
+        if json_out {
+            args.push("--json");
+        }
+        fleet(&db.url, &args, None)
+    };
+    let dry = json(&refund_dry_run(true));
     assert_eq!(dry["dry_run"], true);
+    assert_eq!(
+        (
+            dry["result"]["amount"].as_str(),
+            dry["result"]["currency"].as_str()
+        ),
+        (Some("350.00"), Some("USD"))
+    );
     assert_eq!(job_count(&db.pool).await, 0, "a dry run writes nothing");
+    // The text says what goes back, and names no job id the real run would not use.
+    let out = refund_dry_run(false);
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(text.contains("its refund of 350.00 USD"), "{text}");
+    assert!(
+        text.contains("as a new job") && !text.contains("as job "),
+        "{text}"
+    );
 
     let first = json(&fleet(
         &db.url,

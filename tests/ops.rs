@@ -475,7 +475,7 @@ async fn bad_filters_and_unknown_kinds_are_clear_errors() {
         .await
         .unwrap_err()
         .to_string();
-    assert!(e.contains("needs --id or a filter"), "{e}");
+    assert!(e.contains("needs job ids or a filter"), "{e}");
     let e = o
         .replay(
             &JobFilter {
@@ -487,7 +487,7 @@ async fn bad_filters_and_unknown_kinds_are_clear_errors() {
         .await
         .unwrap_err()
         .to_string();
-    assert!(e.contains("--state completed"), "{e}");
+    assert!(e.contains("state completed is not one of them"), "{e}");
     let now = chrono::Utc::now();
     let e = o
         .list(

@@ -83,15 +83,22 @@ pub async fn run(a: BookingArgs, settings: &Settings) -> anyhow::Result<()> {
                     x.job_id
                 )
             } else {
+                // A dry run's job id is the rolled-back insert's: the real run takes another.
+                let job = if r.dry_run {
+                    "as a new job".to_owned()
+                } else {
+                    format!("as job {}", x.job_id)
+                };
                 format!(
-                    "booking {id} ({}): {verb} its refund{} as job {} (key {})",
+                    "booking {id} ({}): {verb} its refund of {} {}{} {job} (key {})",
                     x.status_before,
+                    x.amount,
+                    x.currency,
                     if x.booking_cancelled {
-                        ", cancelling the booking and its order"
+                        ", cancelling the booking and its order,"
                     } else {
                         ""
                     },
-                    x.job_id,
                     jobs::kinds::refund_compensation::refund_key(id)
                 )
             };

@@ -212,6 +212,16 @@ async fn switch_kind(st: &ConsoleState, s: &Session, f: &ActionForm, w: &Switch)
     let ops = st.ops(&s.user);
     let reason = f.reason.trim();
     let dry_run = !f.confirmed();
+    if w.pause && !dry_run && reason.is_empty() {
+        return Err((
+            PageError::BadRequest(
+                "Pausing needs a reason (an incident, an outage): it is recorded in the audit \
+                 trail. Go back and fill in \"Reason\"."
+                    .into(),
+            ),
+            Some(s.clone()),
+        ));
+    }
     let r = if w.pause {
         ops.pause(&kind, reason, dry_run).await
     } else {
@@ -219,17 +229,24 @@ async fn switch_kind(st: &ConsoleState, s: &Session, f: &ActionForm, w: &Switch)
     }
     .or_page(s)?;
     if r.dry_run {
+        // What the pause holds (or the resume releases): the operator decides on counts.
+        let c = ops.waiting(&kind).await.or_page(s)?;
+        let queued = c.backlog + c.held;
         let what = if r.result {
             html! { p { (w.would) " " strong { (kind) } ": "
             @if w.pause { "no worker claims its jobs until it is resumed. Jobs already running finish; queued ones wait." }
-            @else { "workers claim its jobs again at once." } } }
+            @else { "workers claim its jobs again at once." } }
+            p #counts {
+                @if w.pause { strong { (queued) } " queued job(s) and " strong { (c.retrying) } " waiting to retry would wait; " strong { (c.running) } " running would finish." }
+                @else { strong { (queued) } " queued job(s) and " strong { (c.retrying) } " waiting to retry would run again." }
+            } }
         } else {
             html! { p { strong { (kind) } (w.unchanged) } }
         };
         let reason_field = if w.pause {
             templates::field(
                 "reason",
-                "Reason (recorded in the audit trail)",
+                "Reason (required; recorded in the audit trail)",
                 reason,
                 "e.g. provider outage, INC-123",
             )
@@ -469,6 +486,7 @@ async fn refund(st: &ConsoleState, s: &Session, f: &ActionForm) -> PageResult {
                     @if x.duplicate {
                         p { "A refund is already queued for this booking: nothing would be added." }
                     } @else {
+                        p #refund-amount { "Gives back " strong { (x.amount) " " (x.currency) } " to the traveler's card." }
                         p { "Booking " code { (id) } " is " strong { (x.status_before) } ". Would "
                             @if x.booking_cancelled { "cancel it (and its order) and " }
                             "request its refund (reason " code { (reason) } "), run by a "

@@ -104,6 +104,10 @@ pub struct OperatorRefund {
     pub status_before: String,
     /// A ticketed booking was moved to `cancelled` first (the refund also cancels its order).
     pub booking_cancelled: bool,
+    /// What the refund gives back: the booking's charge, a decimal string in `currency`.
+    pub amount: String,
+    /// Its currency (ISO 4217).
+    pub currency: String,
     /// The refund job (an existing one when `duplicate`).
     pub job_id: i64,
     /// A refund of this booking was already queued: no second one.
@@ -177,6 +181,8 @@ pub async fn request_by_operator(
         booking_id: b.id,
         status_before: b.status.as_str().to_owned(),
         booking_cancelled,
+        amount: b.total_amount.clone(),
+        currency: b.currency.clone(),
         job_id: enqueued[0].id,
         duplicate: enqueued[0].duplicate,
     })
