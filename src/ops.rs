@@ -685,6 +685,40 @@ impl Ops {
         Ok(self.mutation("booking_refund", dry_run, r))
     }
 
+    /// Bookings newest first, of `status` if given (a booking status: `failed`,
+    /// `authorized`, …), older than `before`, at most `limit` (1..=500).
+    pub async fn bookings(
+        &self,
+        status: Option<&str>,
+        before: Option<(chrono::DateTime<chrono::Utc>, uuid::Uuid)>,
+        limit: i64,
+    ) -> Result<Vec<jobs::booking::BookingListRow>> {
+        const STATUSES: [&str; 6] = [
+            "pending",
+            "authorized",
+            "ticketed",
+            "failed",
+            "cancelled",
+            "refunded",
+        ];
+        if let Some(s) = status.filter(|s| !STATUSES.contains(s)) {
+            usage!(
+                "status {s:?} is not a booking status (one of {})",
+                STATUSES.join(", ")
+            );
+        }
+        if !(1..=500).contains(&limit) {
+            usage!("a page holds 1 to 500 bookings, not {limit}");
+        }
+        self.read(jobs::operator::bookings_list(
+            &self.reads,
+            status,
+            before,
+            limit,
+        ))
+        .await
+    }
+
     /// Audit rows, newest first: the engine's own (`fleet_audit`: queue and schema actions)
     /// and the domain's (`audit_log`: bookings, refunds, backfills, purges), merged by time.
     /// `f.before_id` may name a row of either.

@@ -1096,6 +1096,68 @@ async fn pages_speak_the_pages_words_and_a_pause_needs_a_reason() {
 }
 
 #[tokio::test]
+async fn the_bookings_page_lists_recent_and_failed_bookings_and_a_booking_shows_its_route() {
+    let app = App::start().await;
+    let keyring = jobs::pii::Keyring::parse(TEST_PII_KEYS).unwrap();
+    let seeded =
+        jobs::seed::seed_campaign(&app.db.db(), &keyring, &jobs::seed::CampaignSeed::new(1))
+            .await
+            .unwrap();
+    let mut ids = Vec::new();
+    for (status, offer) in [("failed", "off_1"), ("pending", "off_2")] {
+        let id: uuid::Uuid = sqlx::query_scalar(
+            "INSERT INTO bookings (campaign_id, duffel_offer_id, total_amount, currency, status,
+                                   failure_code)
+             VALUES ($1, $2, 350, 'USD', $3, CASE WHEN $3 = 'failed' THEN 'offer_expired' END)
+             RETURNING id",
+        )
+        .bind(seeded.campaign_id)
+        .bind(offer)
+        .bind(status)
+        .fetch_one(app.pool())
+        .await
+        .unwrap();
+        ids.push(id);
+    }
+    let cookie = http_sign_in(&app.base, "alice", ALICE_PW).await.unwrap();
+    let page = |path: String| {
+        let (base, cookie) = (app.base.clone(), cookie.clone());
+        async move { fetch_as(&base, &cookie, &path).await.text().await.unwrap() }
+    };
+    // Every recent booking, newest first, with its route, amount and failure, no PII.
+    let all = page("/ui/bookings".into()).await;
+    assert!(all.contains(&ids[0].to_string()) && all.contains(&ids[1].to_string()));
+    assert!(
+        all.contains("LHR → JFK") && all.contains("offer_expired") && all.contains("350.00 USD")
+    );
+    assert!(!all.contains("Traveler Number1"), "no names");
+    // Only the failed ones.
+    let failed = page("/ui/bookings?status=failed".into()).await;
+    assert!(failed.contains(&ids[0].to_string()) && !failed.contains(&ids[1].to_string()));
+    // A booking shows its route and dates, and its campaign leads to its jobs.
+    let one = page(format!("/ui/bookings/{}", ids[1])).await;
+    assert!(
+        one.contains("LHR → JFK") && one.contains("between "),
+        "route and dates"
+    );
+    assert!(
+        one.contains(r#"id="campaign-jobs""#) && one.contains("campaign_id"),
+        "{one}"
+    );
+    if browser_available() {
+        let b = app.browser().await;
+        b.sign_in("alice", ALICE_PW).await;
+        b.goto("/ui/bookings").await;
+        b.wait_h1("Bookings").await;
+        b.screenshot("bookings").await;
+        b.goto(&format!("/ui/bookings/{}", ids[0])).await;
+        b.wait_h1("Booking").await;
+        b.screenshot("booking-route").await;
+        b.close().await;
+    }
+}
+
+#[tokio::test]
 async fn a_viewer_sees_every_page_but_no_action_and_is_refused_when_acting() {
     if !browser_available() {
         return;

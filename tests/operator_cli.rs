@@ -303,6 +303,34 @@ async fn a_drain_counts_the_jobs_waiting_to_retry_and_does_not_call_that_nothing
     assert!(v["result"]["next_retry_at"].is_string(), "{v}");
 }
 
+#[test]
+fn config_show_prints_a_settings_file_path_whole_on_one_line() {
+    let dir = std::env::temp_dir().join(format!(
+        "a-rather-long-directory-name-{}/with/more/levels",
+        std::process::id()
+    ));
+    std::fs::create_dir_all(&dir).unwrap();
+    let file = dir.join("fleet-production.toml");
+    std::fs::write(&file, "[worker]\nconcurrency = 8\n").unwrap();
+    let out = std::process::Command::new(BIN)
+        .args(["--config", file.to_str().unwrap(), "config", "show"])
+        .env_remove("DATABASE_URL")
+        .output()
+        .unwrap();
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let line = text
+        .lines()
+        .find(|l| l.contains("worker.concurrency"))
+        .expect("the setting");
+    assert!(line.contains(file.to_str().unwrap()), "{line}");
+    let _ = std::fs::remove_dir_all(dir.parent().unwrap().parent().unwrap().parent().unwrap());
+}
+
 /// A seeded user with a ticketed, captured booking; its id.
 async fn ticketed_booking(pool: &sqlx::PgPool) -> Uuid {
     let keys = jobs::pii::Keyring::parse(TEST_PII_KEYS).unwrap();
@@ -523,6 +551,18 @@ async fn an_interrupted_seed_finishes_when_run_again_and_real_users_are_never_mi
     .unwrap();
     assert_eq!(users, 5);
     assert!(later >= 1, "--spread put some first searches later");
+    // Another mix over it: what is there already (the same numbers' users or cards) is skipped,
+    // not a unique-constraint error.
+    let v = json(&fleet(
+        &db.url,
+        &["seed", "--users", "6", "--mix", "simple", "--json"],
+        None,
+    ));
+    assert_eq!(
+        (v["written"].as_i64(), v["skipped"].as_i64()),
+        (Some(1), Some(5)),
+        "{v}"
+    );
     sqlx::query("INSERT INTO users (email) VALUES ('real.person@gmail.com')")
         .execute(&db.pool)
         .await

@@ -502,7 +502,7 @@ async fn bad_filters_and_unknown_kinds_are_clear_errors() {
         .await
         .unwrap_err()
         .to_string();
-    assert!(e.contains("--since"), "{e}");
+    assert!(e.contains("created since"), "{e}");
     let e = o
         .prune(SECS(3600), &[JobState::Running], false)
         .await

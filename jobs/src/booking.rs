@@ -765,6 +765,14 @@ pub struct BookingView {
     pub id: Uuid,
     /// Its campaign (`None` once the user was erased).
     pub campaign_id: Option<Uuid>,
+    /// The campaign's origin, IATA code (`None` once erased).
+    pub origin: Option<String>,
+    /// The campaign's destination.
+    pub destination: Option<String>,
+    /// The campaign's departure window.
+    pub departs_from: Option<chrono::NaiveDate>,
+    /// Its end.
+    pub departs_until: Option<chrono::NaiveDate>,
     /// Where the row is in its life.
     pub status: String,
     /// Decimal amount held or charged.
@@ -866,17 +874,77 @@ struct ViewRow {
     ordered_at: Option<DateTime<Utc>>,
     captured_at: Option<DateTime<Utc>>,
     canceled_at: Option<DateTime<Utc>>,
+    origin: Option<String>,
+    destination: Option<String>,
+    departs_from: Option<chrono::NaiveDate>,
+    departs_until: Option<chrono::NaiveDate>,
+}
+
+/// One booking in the operators' list: what it is and where it stands, no personal data.
+#[derive(Debug, Clone, Serialize, sqlx::FromRow)]
+pub struct BookingListRow {
+    /// `bookings.id`.
+    pub id: Uuid,
+    /// Where the row is in its life.
+    pub status: String,
+    /// Its campaign (`None` once the user was erased).
+    pub campaign_id: Option<Uuid>,
+    /// The campaign's route, IATA codes (`None` once erased).
+    pub origin: Option<String>,
+    /// The campaign's destination.
+    pub destination: Option<String>,
+    /// The campaign's departure window.
+    pub departs_from: Option<chrono::NaiveDate>,
+    /// Its end.
+    pub departs_until: Option<chrono::NaiveDate>,
+    /// Decimal amount held or charged.
+    pub total_amount: String,
+    /// ISO 4217.
+    pub currency: String,
+    /// When the attempt began.
+    pub created_at: DateTime<Utc>,
+    /// Why it failed, as a code.
+    pub failure_code: Option<String>,
+}
+
+/// BookingListRecent: bookings newest first (`created_at`, then id), of `status` if given,
+/// strictly older than `before` (the last row of the previous page), at most `limit`.
+pub async fn list_recent(
+    db: &Db,
+    status: Option<&str>,
+    before: Option<(DateTime<Utc>, Uuid)>,
+    limit: i64,
+) -> Result<Vec<BookingListRow>, sqlx::Error> {
+    sqlx::query_as(
+        "SELECT b.id, b.status, b.campaign_id, c.origin::text AS origin,
+                c.destination::text AS destination, c.departure_date_start AS departs_from,
+                c.departure_date_end AS departs_until, b.total_amount::text AS total_amount,
+                b.currency::text AS currency, b.created_at, b.failure_code
+         FROM bookings b LEFT JOIN campaigns c ON c.id = b.campaign_id
+         WHERE ($1::text IS NULL OR b.status = $1)
+           AND ($2::timestamptz IS NULL OR (b.created_at, b.id) < ($2, $3))
+         ORDER BY b.created_at DESC, b.id DESC
+         LIMIT $4",
+    )
+    .bind(status)
+    .bind(before.map(|b| b.0))
+    .bind(before.map(|b| b.1))
+    .bind(limit)
+    .fetch_all(db)
+    .await
 }
 
 /// BookingView: the booking `id` for operators, or `None` if there is none.
 pub async fn view(db: &Db, id: Uuid) -> Result<Option<BookingView>, sqlx::Error> {
     let row: Option<ViewRow> = sqlx::query_as(
-        "SELECT id, campaign_id, status, total_amount::text AS total_amount,
-                currency::text AS currency, duffel_offer_id, duffel_order_id,
-                stripe_payment_intent_id, payment_intent_status, failure_code,
-                pnr IS NOT NULL AS pnr_recorded, created_at, offer_checked_at, authorized_at,
-                order_attempted_at, ordered_at, captured_at, canceled_at
-         FROM bookings WHERE id = $1",
+        "SELECT b.id, b.campaign_id, b.status, b.total_amount::text AS total_amount,
+                b.currency::text AS currency, b.duffel_offer_id, b.duffel_order_id,
+                b.stripe_payment_intent_id, b.payment_intent_status, b.failure_code,
+                b.pnr IS NOT NULL AS pnr_recorded, b.created_at, b.offer_checked_at,
+                b.authorized_at, b.order_attempted_at, b.ordered_at, b.captured_at, b.canceled_at,
+                c.origin::text AS origin, c.destination::text AS destination,
+                c.departure_date_start AS departs_from, c.departure_date_end AS departs_until
+         FROM bookings b LEFT JOIN campaigns c ON c.id = b.campaign_id WHERE b.id = $1",
     )
     .bind(id)
     .fetch_optional(db)
@@ -942,6 +1010,10 @@ pub async fn view(db: &Db, id: Uuid) -> Result<Option<BookingView>, sqlx::Error>
     Ok(Some(BookingView {
         id: r.id,
         campaign_id: r.campaign_id,
+        origin: r.origin,
+        destination: r.destination,
+        departs_from: r.departs_from,
+        departs_until: r.departs_until,
         status: r.status,
         total_amount: r.total_amount,
         currency: r.currency,

@@ -25,6 +25,18 @@ pub async fn booking_show(
     }))
 }
 
+/// Bookings newest first for the operators' list, of `status` if given, older than `before`
+/// (the previous page's last `(created_at, id)`): ids, statuses, routes, dates, amounts and
+/// failure codes, no personal data.
+pub async fn bookings_list(
+    reads: &Db,
+    status: Option<&str>,
+    before: Option<(chrono::DateTime<chrono::Utc>, Uuid)>,
+    limit: i64,
+) -> Result<Vec<booking::BookingListRow>, sqlx::Error> {
+    booking::list_recent(reads, status, before, limit).await
+}
+
 /// Requests a refund of booking `id` for `reason` (a code), as `actor`: a ticketed booking is
 /// cancelled and its refund enqueued (through `enqueuer`, in the same transaction), audited as
 /// `booking.refund_requested`. With `dry_run` the change is made and rolled back, and the

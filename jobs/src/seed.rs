@@ -247,12 +247,18 @@ pub async fn count_real_users(db: &Db) -> Result<i64, sqlx::Error> {
         .await
 }
 
-/// Whether a user with `email` exists (an interrupted seed resumes past those it wrote).
-pub async fn user_exists(db: &Db, email: &str) -> Result<bool, sqlx::Error> {
-    sqlx::query_scalar("SELECT EXISTS (SELECT 1 FROM users WHERE lower(email) = lower($1))")
-        .bind(email)
-        .fetch_one(db)
-        .await
+/// Whether seed `s` is already there: its user's address, or its card (an interrupted seed
+/// resumes past those it wrote; another mix's seed of the same number shares its card, e.g.
+/// the demo's canary traveler and the simple mix's first).
+pub async fn seed_exists(db: &Db, s: &CampaignSeed) -> Result<bool, sqlx::Error> {
+    sqlx::query_scalar(
+        "SELECT EXISTS (SELECT 1 FROM users WHERE lower(email) = lower($1))
+             OR EXISTS (SELECT 1 FROM payment_methods WHERE stripe_payment_method_id = $2)",
+    )
+    .bind(&s.email)
+    .bind(&s.payment_method)
+    .fetch_one(db)
+    .await
 }
 
 /// Inserts `n` campaigns copied from `templates` (round robin: copy `g` takes template

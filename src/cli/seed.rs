@@ -63,7 +63,7 @@ pub async fn run(a: SeedArgs, settings: &Settings) -> anyhow::Result<()> {
         if let Some(spread) = a.spread {
             s.first_search_in = spread.mul_f64(n as f64 / a.users as f64);
         }
-        if jobs::seed::user_exists(&db, &s.email).await? {
+        if jobs::seed::seed_exists(&db, &s).await? {
             skipped += 1;
         } else {
             jobs::seed::seed_campaign(&db, &keyring, &s).await?;

@@ -34,6 +34,13 @@ pub fn run(a: ConfigArgs, file: Option<&Path>) -> anyhow::Result<()> {
     for v in &resolved.values {
         settings.add_row(vec![v.key.clone(), v.value.clone(), v.source.to_string()]);
     }
+    // The key and where it came from are read whole (a file's path is copied): only values
+    // wrap.
+    for c in [0, 2] {
+        if let Some(col) = settings.column_mut(c) {
+            col.set_constraint(comfy_table::ColumnConstraint::ContentWidth);
+        }
+    }
     let mut kinds = table(&[
         "kind",
         "queue",

@@ -24,30 +24,120 @@ use super::{
 };
 use crate::queue::JobSummary;
 
-/// `GET /ui/bookings?id=…`.
+/// The badge tone of a booking status (the job states' colours: done, held, failed).
+fn booking_tone(status: &str) -> &'static str {
+    match status {
+        "ticketed" => "completed",
+        "authorized" => "retryable",
+        "failed" => "dead",
+        "refunded" => "refund",
+        "pending" => "running",
+        _ => "cancelled",
+    }
+}
+
+/// `GET /ui/bookings?id=…&status=…&before=…`.
 #[derive(Debug, Deserialize)]
 pub struct FindQuery {
     #[serde(default)]
     id: String,
+    /// A booking status to list only those (`failed`, `authorized`, …); empty: all.
+    #[serde(default)]
+    status: String,
+    /// The previous page's last row, `created_at` (RFC 3339) and id joined by `~`.
+    #[serde(default)]
+    before: String,
 }
 
-/// `GET /ui/bookings`: look a booking up by id.
-pub async fn find(Extension(s): Extension<Session>, Query(q): Query<FindQuery>) -> Response {
+/// Bookings a page.
+const BOOKINGS_PAGE: i64 = 50;
+
+/// The statuses the list filters by, and what each means to an operator.
+const STATUSES: [(&str, &str); 6] = [
+    ("pending", "started, no hold yet"),
+    ("authorized", "card held, not ticketed"),
+    ("ticketed", "booked and charged"),
+    ("failed", "did not book, holds nothing"),
+    ("cancelled", "cancelled"),
+    ("refunded", "money returned"),
+];
+
+/// `GET /ui/bookings`: the most recent bookings (filtered by status, keyset pages), and a
+/// booking looked up by id.
+pub async fn find(
+    State(st): State<ConsoleState>,
+    Extension(s): Extension<Session>,
+    Query(q): Query<FindQuery>,
+) -> Response {
     let id = q.id.trim();
     if let Ok(id) = uuid::Uuid::parse_str(id) {
         return Redirect::to(&format!("/ui/bookings/{id}")).into_response();
     }
+    respond(list_page(&st, &s, &q, id).await)
+}
+
+async fn list_page(st: &ConsoleState, s: &Session, q: &FindQuery, id: &str) -> super::PageResult {
+    let status = q.status.trim();
+    let before = match q.before.split_once('~') {
+        None => None,
+        Some((at, id)) => Some((
+            DateTime::parse_from_rfc3339(at)
+                .map(|t| t.with_timezone(&Utc))
+                .map_err(|_| PageError::BadRequest("before: not a page position".into()))
+                .or_page(s)?,
+            uuid::Uuid::parse_str(id)
+                .map_err(|_| PageError::BadRequest("before: not a page position".into()))
+                .or_page(s)?,
+        )),
+    };
+    let rows = st
+        .ops(&s.user)
+        .bookings((!status.is_empty()).then_some(status), before, BOOKINGS_PAGE)
+        .await
+        .or_page(s)?;
+    let status_query = templates::query_string([("status", status)]);
     let body = html! {
-        div.page-head { h1 { "Bookings" } p.muted { "What happened to a booking: its searches, saga steps, provider ids, refunds, emails and audit trail." } }
+        div.page-head { h1 { "Bookings" } p.muted { "The most recent first; open one for its searches, saga steps, provider ids, refunds, emails and audit trail." } }
         @if !id.is_empty() {
             (templates::notice("error", "Not a booking id:", html! { "a booking id is a UUID, like 0b9d…-…" }))
         }
-        form.filters method="get" action="/ui/bookings" role="search" aria-label="Find a booking" {
+        form.filters method="get" action="/ui/bookings" role="search" aria-label="Find bookings" {
             (templates::field("id", "Booking id", id, "the UUID from support, a job's args or the audit trail"))
-            div.buttons { button.primary type="submit" { "Show" } }
+            div.field {
+                label for="f-status" { "Status" }
+                select #f-status name="status" {
+                    option value="" selected[status.is_empty()] { "any" }
+                    @for (st_name, meaning) in STATUSES {
+                        option value=(st_name) selected[status == st_name] { (st_name) " — " (meaning) }
+                    }
+                }
+            }
+            div.buttons { button.primary type="submit" { "Show" } a href="/ui/bookings" { "Clear" } }
+        }
+        @if rows.is_empty() {
+            p.muted #no-bookings { "No bookings match." }
+        } @else {
+            (templates::sortable("bookings", "Bookings, newest first", &[("Booking", false), ("Status", false), ("Route", false), ("Departs", false), ("Amount", true), ("Failure", false), ("Started", false), ("Campaign", false)], html! {
+                @for b in &rows {
+                    tr {
+                        td { a href=(format!("/ui/bookings/{}", b.id)) { code { (b.id) } } }
+                        td { (templates::badge(booking_tone(&b.status), "", &b.status)) }
+                        td { @match (&b.origin, &b.destination) { (Some(o), Some(d)) => { (o) " → " (d) }, _ => { span.muted { "erased" } } } }
+                        td { @match (b.departs_from, b.departs_until) { (Some(f), Some(u)) => { (f) " … " (u) }, _ => { span.muted { "—" } } } }
+                        td.num { (b.total_amount) " " (b.currency) }
+                        td { @if let Some(c) = &b.failure_code { code { (c) } } @else { span.muted { "—" } } }
+                        td data-sort=(b.created_at.timestamp_millis()) { (templates::time(b.created_at)) }
+                        td { @if let Some(c) = b.campaign_id { code.clip title=(c) { (c) } } @else { span.muted { "—" } } }
+                    }
+                }
+            }))
+            @if rows.len() as i64 == BOOKINGS_PAGE {
+                @let last = rows.last().expect("a full page");
+                p { a #older href=(templates::href_with("/ui/bookings", &[&status_query, &format!("before={}~{}", last.created_at.to_rfc3339_opts(chrono::SecondsFormat::Micros, true).replace('+', "%2B"), last.id)])) { "Older →" } }
+            }
         }
     };
-    templates::page("Bookings", Some(&s), Nav::Bookings, body).into_response()
+    Ok(templates::page("Bookings", Some(s), Nav::Bookings, body).into_response())
 }
 
 /// One line of the timeline.
@@ -133,7 +223,11 @@ pub async fn show(
                     p { (booking_badge(&b.status)) " " strong { (b.total_amount) " " (b.currency) } }
                 }
                 dl.facts {
-                    (row("Campaign", match b.campaign_id { Some(c) => html! { code { (c) } }, None => html! { "detached (the user was erased)" } }))
+                    (row("Route", match (&b.origin, &b.destination) { (Some(o), Some(d)) => html! { (o) " → " (d) }, _ => html! { span.muted { "erased with the campaign" } } }))
+                    (row("Departs", match (b.departs_from, b.departs_until) { (Some(f), Some(u)) => html! { "between " (f) " and " (u) }, _ => html! { span.muted { "—" } } }))
+                    (row("Campaign", match b.campaign_id {
+                        Some(c) => html! { code #campaign { (c) } " · " a #campaign-jobs href=(format!("/ui/jobs?{}", templates::query_string([("args", format!("{{\"campaign_id\":\"{c}\"}}").as_str())]))) { "its searches and attempts" } },
+                        None => html! { "detached (the user was erased)" } }))
                     (row("Offer", html! { code { (b.offer_id) } }))
                     (row("Order", opt(&b.order_id)))
                     (row("PaymentIntent", html! { (opt(&b.payment_intent_id)) @if let Some(st) = &b.payment_intent_status { " (" (st) ")" } }))
