@@ -28,8 +28,15 @@ pub fn init(
     default_filter: &str,
     file: Option<&std::path::Path>,
 ) -> Option<SdkTracerProvider> {
-    let filter =
+    let mut filter =
         EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new(default_filter));
+    // async-stripe (its library is named `stripe`) logs two WARN lines of its own for each
+    // failed call ("request failed: …", "request failed after 1 attempts"), beside the
+    // attempt's own line: one failed call, one line. Its errors still show at `error`, and a
+    // `RUST_LOG` that names `stripe` decides for itself.
+    if !std::env::var("RUST_LOG").is_ok_and(|v| v.contains("stripe")) {
+        filter = filter.add_directive("stripe=error".parse().expect("a valid directive"));
+    }
     let provider = std::env::var("OTEL_EXPORTER_OTLP_ENDPOINT")
         .ok()
         .filter(|v| !v.is_empty())

@@ -472,6 +472,86 @@ async fn booking_refund_uses_the_refund_key_once_and_audits_each_request() {
 }
 
 #[tokio::test]
+async fn a_failed_provider_call_writes_one_log_line() {
+    let db = db().await;
+    // A job whose first step is a Stripe call.
+    let out = fleet(
+        &db.url,
+        &[
+            "enqueue",
+            "payment_reconcile",
+            "--args",
+            r#"{"payment_intent_id":"pi_1","event_type":"payment_intent.succeeded"}"#,
+        ],
+        None,
+    );
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    // Stripe unreachable (a closed port): the first attempt fails once.
+    let log = std::env::temp_dir().join(format!("fleet-one-line-{}.log", Uuid::new_v4()));
+    let mut worker = std::process::Command::new(BIN)
+        .arg("worker")
+        .env("DATABASE_URL", &db.url)
+        .env("RUST_LOG", "warn")
+        .env("FLEET_PII_KEYS", TEST_PII_KEYS)
+        .env("FLEET_PROVIDERS__STRIPE__BASE_URL", "http://127.0.0.1:1")
+        .env("FLEET_PROVIDERS__STRIPE__SECRET_KEY", "sk_test_fleet")
+        .env("FLEET_PROVIDERS__DUFFEL__BASE_URL", "http://127.0.0.1:1")
+        .env("FLEET_PROVIDERS__DUFFEL__ACCESS_TOKEN", "duffel_test_fleet")
+        .env("FLEET_PROVIDERS__EMAIL__BASE_URL", "http://127.0.0.1:1")
+        .env("FLEET_PROVIDERS__EMAIL__API_KEY", "re_test_fleet")
+        .env("FLEET_WORKER__POLL_INTERVAL", "100ms")
+        .stdout(std::process::Stdio::null())
+        .stderr(std::fs::File::create(&log).unwrap())
+        .spawn()
+        .unwrap();
+    let failed = wait_until_first_failure(&db.pool).await;
+    signal(&worker, libc::SIGTERM);
+    wait_exit(&mut worker, std::time::Duration::from_secs(15));
+    let text = std::fs::read_to_string(&log).unwrap();
+    let _ = std::fs::remove_file(&log);
+    assert!(failed, "the first attempt failed: {text}");
+    let warns: Vec<&str> = text.lines().filter(|l| l.contains("WARN")).collect();
+    let about_it: Vec<&&str> = warns
+        .iter()
+        .filter(|l| {
+            l.contains("stripe") || l.contains("request failed") || l.contains("attempt failed")
+        })
+        .collect();
+    assert_eq!(
+        about_it.len(),
+        1,
+        "one line for one failed call: {warns:#?}"
+    );
+    assert!(
+        about_it[0].contains("attempt failed") && about_it[0].contains("stripe"),
+        "{}",
+        about_it[0]
+    );
+}
+
+/// Waits (up to 20 s) until the payment_reconcile job's first attempt has failed.
+async fn wait_until_first_failure(pool: &sqlx::PgPool) -> bool {
+    for _ in 0..200 {
+        let n: i64 = sqlx::query_scalar(
+            "SELECT count(*) FROM fleet_jobs WHERE kind = 'payment_reconcile'
+             AND jsonb_array_length(errors) >= 1",
+        )
+        .fetch_one(pool)
+        .await
+        .unwrap();
+        if n > 0 {
+            return true;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+    }
+    false
+}
+
+#[tokio::test]
 async fn booking_show_gives_steps_ids_and_jobs_and_no_personal_data() {
     let db = db().await;
     let b = ticketed_booking(&db.pool).await;

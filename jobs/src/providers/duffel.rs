@@ -801,7 +801,7 @@ impl DuffelClient {
             Ok(r) => r,
             Err(e) => {
                 let (class, detail) = transport_class(&e);
-                tracing::warn!(provider = "duffel", op, %class, detail, "duffel call failed");
+                tracing::debug!(provider = "duffel", op, %class, detail, "duffel call failed");
                 return Err(DuffelError::local(op, class, detail));
             }
         };
@@ -836,7 +836,9 @@ impl DuffelClient {
             });
         }
         let err = error_from_answer(op, status, &headers, &bytes, Utc::now());
-        tracing::warn!(provider = "duffel", op, class = %err.class, status = err.status,
+        // Debug: the attempt logs the failure once with the job's context (one failed call,
+        // one WARN line); the request id is in its text.
+        tracing::debug!(provider = "duffel", op, class = %err.class, status = err.status,
             code = err.code.as_deref(), request_id = err.request_id.as_deref(), "duffel call failed");
         Err(err)
     }

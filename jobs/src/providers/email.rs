@@ -267,7 +267,8 @@ impl EmailApi for ResendClient {
                 retry_after,
                 detail: None,
             };
-            tracing::warn!(provider = "resend", class = %err.class, status = err.status,
+            // Debug: the attempt logs the failure once, with the job's context.
+            tracing::debug!(provider = "resend", class = %err.class, status = err.status,
                 name = err.name.as_deref(), "email send failed");
             Err(err)
         })

@@ -404,7 +404,9 @@ fn summary(pi: stripe_core::PaymentIntent) -> PaymentIntentSummary {
 fn sent<T>(result: Result<T, StripeError>, op: &'static str) -> Result<T, StripeApiError> {
     result.map_err(|e| {
         let e = StripeApiError::from(e);
-        tracing::warn!(provider = "stripe", op, class = %e.class, status = e.status, code = e.code.as_deref(), "stripe call failed");
+        // Debug: the attempt that made the call logs its failure once, with this text and the
+        // job's context (one failed call, one WARN line).
+        tracing::debug!(provider = "stripe", op, class = %e.class, status = e.status, code = e.code.as_deref(), "stripe call failed");
         e
     })
 }
