@@ -693,20 +693,17 @@ impl Ops {
         before: Option<(chrono::DateTime<chrono::Utc>, uuid::Uuid)>,
         limit: i64,
     ) -> Result<Vec<jobs::booking::BookingListRow>> {
-        const STATUSES: [&str; 6] = [
-            "pending",
-            "authorized",
-            "ticketed",
-            "failed",
-            "cancelled",
-            "refunded",
-        ];
-        if let Some(s) = status.filter(|s| !STATUSES.contains(s)) {
-            usage!(
-                "status {s:?} is not a booking status (one of {})",
-                STATUSES.join(", ")
-            );
-        }
+        use jobs::booking::BookingStatus;
+        let status = match status {
+            None => None,
+            Some(s) => match BookingStatus::try_from(s.to_owned()) {
+                Ok(st) => Some(st),
+                Err(_) => usage!(
+                    "status {s:?} is not a booking status (one of {})",
+                    BookingStatus::ALL.map(BookingStatus::as_str).join(", ")
+                ),
+            },
+        };
         if !(1..=500).contains(&limit) {
             usage!("a page holds 1 to 500 bookings, not {limit}");
         }

@@ -12,7 +12,7 @@ use crate::config::{BudgetOverride, ConfigError, KindOverride};
 pub type KindSettings = KindDefaults;
 
 /// A handler that decodes args and returns the attempt's future, or why the args are bad.
-type ErasedHandler = Arc<
+pub(crate) type ErasedHandler = Arc<
     dyn Fn(Value, JobContext) -> Result<BoxFuture<'static, Result<(), JobError>>, String>
         + Send
         + Sync,
@@ -47,10 +47,6 @@ impl RegisteredKind {
         self.handler.is_some()
     }
 }
-
-/// What [`Registry::register_erased`] takes: a handler that decodes JSON args and starts the
-/// attempt, or says why the args do not fit.
-pub(crate) type ErasedStart = ErasedHandler;
 
 /// Why the registry refuses a job ([`Registry::check`]); neither quotes an arg value.
 #[derive(Debug, Clone, PartialEq, thiserror::Error)]
@@ -210,7 +206,7 @@ impl Registry {
         &mut self,
         kind: &str,
         defaults: KindDefaults,
-        handler: ErasedStart,
+        handler: ErasedHandler,
         check_args: ArgsCheck,
     ) -> &mut Self {
         self.insert(kind, defaults, Some(handler), check_args)

@@ -911,7 +911,7 @@ pub struct BookingListRow {
 /// strictly older than `before` (the last row of the previous page), at most `limit`.
 pub async fn list_recent(
     db: &Db,
-    status: Option<&str>,
+    status: Option<BookingStatus>,
     before: Option<(DateTime<Utc>, Uuid)>,
     limit: i64,
 ) -> Result<Vec<BookingListRow>, sqlx::Error> {
@@ -926,7 +926,7 @@ pub async fn list_recent(
          ORDER BY b.created_at DESC, b.id DESC
          LIMIT $4",
     )
-    .bind(status)
+    .bind(status.map(BookingStatus::as_str))
     .bind(before.map(|b| b.0))
     .bind(before.map(|b| b.1))
     .bind(limit)

@@ -30,7 +30,7 @@ pub async fn booking_show(
 /// failure codes, no personal data.
 pub async fn bookings_list(
     reads: &Db,
-    status: Option<&str>,
+    status: Option<booking::BookingStatus>,
     before: Option<(chrono::DateTime<chrono::Utc>, Uuid)>,
     limit: i64,
 ) -> Result<Vec<booking::BookingListRow>, sqlx::Error> {

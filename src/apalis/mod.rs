@@ -65,7 +65,7 @@ use tracing::Instrument;
 use crate::{
     config::WorkerSettings,
     enqueue::{EnqueueError, Queue},
-    registry::{decode_as, redact_quoted, ErasedStart, Registry},
+    registry::{decode_as, redact_quoted, ErasedHandler, Registry},
     worker::{DrainReport, Worker, CANCEL_GRACE},
 };
 
@@ -242,19 +242,29 @@ where
         self.queue_checking(check_args::<Args>)
     }
 
-    /// A queue whose registry holds the kind with `check` for raw args.
-    fn queue_checking(&self, check: fn(&Value) -> Result<(), String>) -> Queue {
+    /// A registry of this backend's kind alone (its settings and budgets), run by `handler`,
+    /// its raw args checked by `check`.
+    fn registry(
+        &self,
+        handler: ErasedHandler,
+        check: fn(&Value) -> Result<(), String>,
+    ) -> Registry {
         let mut reg = Registry::new(Default::default());
         for (name, d) in &self.budgets {
             reg.declare_budget(name, *d);
         }
-        reg.register_erased(
-            &self.kind,
-            self.settings.clone(),
-            Arc::new(|_, _| Err("this registry only enqueues".to_owned())),
-            check,
-        );
-        Queue::new(self.db.clone(), Arc::new(reg))
+        reg.register_erased(&self.kind, self.settings.clone(), handler, check);
+        reg
+    }
+
+    /// A queue whose registry holds the kind with `check` for raw args.
+    fn queue_checking(&self, check: fn(&Value) -> Result<(), String>) -> Queue {
+        let only_enqueues: ErasedHandler =
+            Arc::new(|_, _| Err("this registry only enqueues".to_owned()));
+        Queue::new(
+            self.db.clone(),
+            Arc::new(self.registry(only_enqueues, check)),
+        )
     }
 
     /// The sink's queue: its jobs' args were serialized from `Args` here, so they fit by
@@ -269,20 +279,11 @@ where
     /// Starts the engine worker behind the apalis worker `apalis`.
     fn start(&mut self, apalis: &WorkerContext) {
         let (tx, rx) = mpsc::channel::<Handoff<Args>>(self.worker.concurrency.max(1));
-        let mut reg = Registry::new(Default::default());
-        for (name, d) in &self.budgets {
-            reg.declare_budget(name, *d);
-        }
-        let handler: ErasedStart = Arc::new(move |args: Value, ctx: JobContext| {
+        let handler: ErasedHandler = Arc::new(move |args: Value, ctx: JobContext| {
             let args: Args = decode_as(&ctx.kind, args)?;
             Ok(Box::pin(bridge(tx.clone(), args, ctx)) as BoxFuture<'static, Result<(), JobError>>)
         });
-        reg.register_erased(
-            &self.kind,
-            self.settings.clone(),
-            handler,
-            check_args::<Args>,
-        );
+        let reg = self.registry(handler, check_args::<Args>);
         let worker = Worker::new(self.db.clone(), Arc::new(reg), self.worker.clone())
             .with_extensions(self.extensions.clone())
             .claiming_only(vec![self.kind.clone()]);

@@ -271,7 +271,7 @@ pub async fn run(a: QueueArgs, settings: &Settings) -> anyhow::Result<()> {
             if let Some(k) = &filter.kind {
                 homed_here(k)?;
             }
-            let filter_states_given = !filter.state.is_empty();
+            let state_given = !filter.state.is_empty();
             let r = ops(actor_of(&m))
                 .replay(&filter.into_filter(), m.dry_run)
                 .await?;
@@ -280,7 +280,6 @@ pub async fn run(a: QueueArgs, settings: &Settings) -> anyhow::Result<()> {
             } else {
                 "replayed"
             };
-            let state_given = filter_states_given;
             let mut text = if r.result.replayed.is_empty() {
                 if state_given {
                     format!("{verb} no job: none of the matching jobs is dead or cancelled")

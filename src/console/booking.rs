@@ -52,15 +52,18 @@ pub struct FindQuery {
 /// Bookings a page.
 const BOOKINGS_PAGE: i64 = 50;
 
-/// The statuses the list filters by, and what each means to an operator.
-const STATUSES: [(&str, &str); 6] = [
-    ("pending", "started, no hold yet"),
-    ("authorized", "card held, not ticketed"),
-    ("ticketed", "booked and charged"),
-    ("failed", "did not book, holds nothing"),
-    ("cancelled", "cancelled"),
-    ("refunded", "money returned"),
-];
+/// What a booking status means to an operator (the list's filter says it beside the name).
+fn meaning(status: jobs::booking::BookingStatus) -> &'static str {
+    use jobs::booking::BookingStatus::*;
+    match status {
+        Pending => "started, no hold yet",
+        Authorized => "card held, not ticketed",
+        Ticketed => "booked and charged",
+        Failed => "did not book, holds nothing",
+        Cancelled => "cancelled",
+        Refunded => "money returned",
+    }
+}
 
 /// `GET /ui/bookings`: the most recent bookings (filtered by status, keyset pages), and a
 /// booking looked up by id.
@@ -107,8 +110,8 @@ async fn list_page(st: &ConsoleState, s: &Session, q: &FindQuery, id: &str) -> s
                 label for="f-status" { "Status" }
                 select #f-status name="status" {
                     option value="" selected[status.is_empty()] { "any" }
-                    @for (st_name, meaning) in STATUSES {
-                        option value=(st_name) selected[status == st_name] { (st_name) " — " (meaning) }
+                    @for st in jobs::booking::BookingStatus::ALL {
+                        option value=(st.as_str()) selected[status == st.as_str()] { (st.as_str()) " — " (meaning(st)) }
                     }
                 }
             }

@@ -303,12 +303,8 @@ async fn fleet_apalis(pool: &PgPool, n: usize, c: usize, prefetch: usize) -> any
         .data(counter.clone())
         .build(noop);
     let stop = CancellationToken::new();
-    let s = stop.clone();
     let t = Instant::now();
-    let w = tokio::spawn(worker.run_until(async move {
-        s.cancelled().await;
-        Ok::<(), std::io::Error>(())
-    }));
+    let w = tokio::spawn(worker.run_until(cancelled(stop.clone())));
     let finished =
         wait_finished(pool, &counter, n as u64, FLEET_FINISHED, FLEET_APALIS_KIND).await?;
     let work = t.elapsed();
@@ -353,12 +349,8 @@ async fn apalis_postgres(
         .data(counter.clone())
         .build(noop);
     let stop = CancellationToken::new();
-    let s = stop.clone();
     let t = Instant::now();
-    let w = tokio::spawn(worker.run_until(async move {
-        s.cancelled().await;
-        Ok::<(), std::io::Error>(())
-    }));
+    let w = tokio::spawn(worker.run_until(cancelled(stop.clone())));
     let finished = wait_finished(
         pool,
         &counter,
@@ -378,6 +370,12 @@ async fn apalis_postgres(
         finished,
         &counter,
     ))
+}
+
+/// What ends an apalis worker's `run_until`: `stop` cancelled.
+async fn cancelled(stop: CancellationToken) -> Result<(), std::io::Error> {
+    stop.cancelled().await;
+    Ok(())
 }
 
 fn run_of(
