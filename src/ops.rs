@@ -504,6 +504,7 @@ impl Ops {
             running: counts.running,
             retrying: counts.retrying,
             next_retry_at: counts.next_retry_at,
+            money: Vec::new(),
             drained,
             waited_ms,
         };
@@ -515,7 +516,8 @@ impl Ops {
                 .map(|p| p.kind)
                 .collect();
             let counts = queue::job_count_draining(conn, kinds).await?;
-            let r = result(counts, &already_paused, false, 0);
+            let mut r = result(counts, &already_paused, false, 0);
+            r.money = self.money_moved_by(kinds).await?;
             return Ok(self.mutation("drain", true, r));
         }
         // Kinds whose drain did not start are fully paused: the statement that refused to
@@ -557,7 +559,8 @@ impl Ops {
                 let after = queue::job_count_draining(conn, kinds).await?;
                 if after.running == 0 {
                     let waited_ms = started.elapsed().as_millis() as u64;
-                    let r = result(after, &already_paused, true, waited_ms);
+                    let mut r = result(after, &already_paused, true, waited_ms);
+                    r.money = self.money_moved_by(kinds).await?;
                     return Ok(self.mutation("drain", false, r));
                 }
             } else if started.elapsed() >= timeout {
@@ -571,6 +574,43 @@ impl Ops {
             }
             tokio::time::sleep(Duration::from_millis(200)).await;
         }
+    }
+
+    /// The money the unfinished jobs of `kinds` still move (card holds their booking attempts
+    /// took, refunds they owe), oldest first: what "nothing running" does not say. At most
+    /// [`MONEY_SHOWN`] bookings are looked at.
+    pub async fn money_moved_by(&self, kinds: &[String]) -> Result<Vec<MoneyHeld>> {
+        let unfinished = JobState::ALL
+            .into_iter()
+            .filter(|s| !s.is_final())
+            .collect::<Vec<_>>();
+        let mut out = Vec::new();
+        let stakes = jobs::kinds::money_at_stake(&self.db, MONEY_SHOWN).await?;
+        for m in stakes {
+            if !kinds.iter().any(|k| k == m.job.kind) {
+                continue;
+            }
+            let f = JobFilter {
+                kind: Some(m.job.kind.to_owned()),
+                idempotency_key: m.job.key.clone(),
+                args_contain: m.job.args.clone(),
+                states: Some(unfinished.clone()),
+                ..JobFilter::default()
+            };
+            for j in queue::job_list(&self.db, &f, 5, None).await? {
+                out.push(MoneyHeld {
+                    booking_id: m.booking.id,
+                    what: m.what,
+                    amount: m.booking.total_amount.clone(),
+                    currency: m.booking.currency.clone(),
+                    since: m.booking.since,
+                    job_id: j.id,
+                    job_state: j.state.clone(),
+                    job_run_at: j.run_at,
+                });
+            }
+        }
+        Ok(out)
     }
 
     /// Deletes finished jobs in `states` older than `older_than`, in batches.
@@ -875,10 +915,38 @@ pub struct DrainResult {
     pub retrying: i64,
     /// When the first of them is due.
     pub next_retry_at: Option<chrono::DateTime<chrono::Utc>>,
+    /// The money the kinds' unfinished jobs (queued, held, retrying or running) still move:
+    /// card holds taken, refunds owed ([`Ops::money_moved_by`]).
+    pub money: Vec<MoneyHeld>,
     /// Whether the backlog is done and nothing runs.
     pub drained: bool,
     /// How long it waited.
     pub waited_ms: u64,
+}
+
+/// The most bookings [`Ops::money_moved_by`] looks at.
+pub const MONEY_SHOWN: i64 = 200;
+
+/// A booking's money that an unfinished job still moves.
+#[derive(Debug, Clone, Serialize)]
+pub struct MoneyHeld {
+    /// The booking (`fleet booking show ID`).
+    pub booking_id: uuid::Uuid,
+    /// `"card hold"` (the card is held; the job books or voids it) or `"refund owed"`
+    /// (captured; the job refunds it).
+    pub what: &'static str,
+    /// Decimal amount.
+    pub amount: String,
+    /// ISO 4217.
+    pub currency: String,
+    /// Since when it is held or owed.
+    pub since: Option<chrono::DateTime<chrono::Utc>>,
+    /// The job that moves it.
+    pub job_id: i64,
+    /// Its state.
+    pub job_state: String,
+    /// When it runs next.
+    pub job_run_at: chrono::DateTime<chrono::Utc>,
 }
 
 /// The newest `limit` of two lists each newest first by `(created_at, id)`.

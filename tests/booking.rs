@@ -28,7 +28,7 @@ use jobs::{
     seed::{seed_campaign, CampaignSeed, Seeded},
     Job, KindDefaults,
 };
-use sandbox::{RunningSandbox, Sandbox, SandboxConfig, Scenario};
+use sandbox::{scenarios::Provider, RunningSandbox, Sandbox, SandboxConfig, Scenario};
 use serde_json::Value;
 use uuid::Uuid;
 
@@ -39,10 +39,15 @@ const MS: fn(u64) -> Duration = Duration::from_millis;
 const TEST_ATTEMPTS: i32 = 4;
 
 fn registry() -> Arc<Registry> {
+    registry_with(TEST_ATTEMPTS, MS(100), MS(400))
+}
+
+/// The saga's kinds with `max_attempts` and a backoff from `base` to `cap`.
+fn registry_with(max_attempts: i32, base: Duration, cap: Duration) -> Arc<Registry> {
     let quick = |d: KindDefaults| KindDefaults {
-        max_attempts: TEST_ATTEMPTS,
-        backoff_base: MS(100),
-        backoff_cap: MS(400),
+        max_attempts,
+        backoff_base: base,
+        backoff_cap: cap,
         timeout: SECS(30),
         ..d
     };
@@ -53,6 +58,7 @@ fn registry() -> Arc<Registry> {
 }
 
 struct Harness {
+    registry: Arc<Registry>,
     db: ScratchDb,
     sandbox: RunningSandbox,
     queue: Queue,
@@ -62,13 +68,18 @@ struct Harness {
 
 impl Harness {
     async fn new(cfg: SandboxConfig) -> Self {
+        Self::with_registry(cfg, registry()).await
+    }
+
+    async fn with_registry(cfg: SandboxConfig, registry: Arc<Registry>) -> Self {
         let db = db().await;
         let sandbox = Sandbox::start(cfg, "127.0.0.1:0".parse().unwrap())
             .await
             .expect("sandbox starts");
         let deps = sandbox_deps(&sandbox.base_url).expect("sandbox deps");
         Self {
-            queue: Queue::new(db.pool.clone(), registry()),
+            queue: Queue::new(db.pool.clone(), registry.clone()),
+            registry,
             keyring: Keyring::parse(TEST_PII_KEYS).unwrap(),
             db,
             sandbox,
@@ -91,7 +102,7 @@ impl Harness {
         };
         start_worker_with(
             &self.db.pool,
-            registry(),
+            self.registry.clone(),
             settings,
             extensions_of(self.deps.clone()),
         )
@@ -821,6 +832,79 @@ async fn worker_process_killed_during_the_order_call_is_reconciled_and_books_onc
     );
     let (campaign, _) = h.campaign_state(seeded.campaign_id).await;
     assert_eq!(campaign, "booked");
+    h.assert_invariants().await;
+    h.sandbox.shutdown().await.unwrap();
+}
+
+/// Stripe down between the order and the capture (the sandbox's outage, every Stripe call a
+/// 503 `api_error`): the booking waits `authorized` with the card held and its job retrying; a
+/// drain's dry run counts the job as retrying and names the booking, its hold and the job; when
+/// Stripe is back the hold is captured once, and nothing was created twice.
+#[tokio::test]
+async fn a_stripe_outage_mid_saga_leaves_the_hold_retrying_and_a_drain_names_it() {
+    let h = Harness::with_registry(
+        SandboxConfig {
+            slow_ms: 1500,
+            ..Default::default()
+        },
+        registry_with(25, MS(300), SECS(1)),
+    )
+    .await;
+    // LHR-LIS plays `slow`: the order answers after 1.5 s, time to take Stripe down.
+    let seeded = h.campaign(0, "LHR", "LIS", VISA).await;
+    let offer = h.offer_for(seeded.campaign_id).await;
+    let w = h.start_worker();
+    let id = h
+        .enqueue_attempt(seeded.campaign_id, &offer.id, "outage")
+        .await;
+    let deadline = Instant::now() + SECS(15);
+    let booking = loop {
+        if let Some(b) = h.bookings(seeded.campaign_id).await.into_iter().next() {
+            if b.status == "authorized" {
+                break b;
+            }
+        }
+        assert!(Instant::now() < deadline, "no card hold within 15 s");
+        tokio::time::sleep(MS(20)).await;
+    };
+    h.sandbox.sandbox.set_outage(Provider::Stripe, SECS(4), 503);
+
+    let ops = fleet::ops::Ops::new(h.pool().clone(), h.registry.kind_names(), "test");
+    let kinds = vec![BookingAttempt::KIND.to_owned()];
+    let deadline = Instant::now() + SECS(15);
+    let dry = loop {
+        let r = ops.drain(&kinds, SECS(1), true, |_| {}).await.unwrap();
+        if r.result.retrying == 1 {
+            break r.result;
+        }
+        assert!(Instant::now() < deadline, "the capture never failed: {r:?}");
+        tokio::time::sleep(MS(20)).await;
+    };
+    assert_eq!((dry.backlog, dry.running), (0, 0), "{dry:?}");
+    assert_eq!(dry.money.len(), 1, "{dry:?}");
+    let m = &dry.money[0];
+    assert_eq!(
+        (m.booking_id, m.what, m.job_id, m.job_state.as_str()),
+        (booking.id, "card hold", id, "retryable")
+    );
+    assert_eq!(m.amount, booking.total_amount);
+    assert_eq!(h.bookings(seeded.campaign_id).await[0].status, "authorized");
+
+    let j = wait_finished(h.pool(), id, SECS(30)).await;
+    w.stop().await;
+    assert_eq!(j.state, JobState::Completed, "{j:#?}");
+    assert!(j.attempt >= 2, "the capture was retried: {j:#?}");
+    let after = &h.bookings(seeded.campaign_id).await[0];
+    assert_eq!((after.status.as_str(), after.captured), ("ticketed", true));
+    let c = h.sandbox.sandbox.counters();
+    assert!(count(&c.outage_responses, "stripe") >= 1, "{c:?}");
+    assert_eq!(
+        (c.payment_intents_created, c.captures, c.orders_created),
+        (1, 1, 1)
+    );
+    // Once it settled, a drain names no money.
+    let r = ops.drain(&kinds, SECS(1), true, |_| {}).await.unwrap();
+    assert!(r.result.money.is_empty(), "{r:?}");
     h.assert_invariants().await;
     h.sandbox.shutdown().await.unwrap();
 }

@@ -382,6 +382,8 @@ async fn booking_refund_uses_the_refund_key_once_and_audits_each_request() {
         ),
         (Some("350.00"), Some("USD"))
     );
+    // No phantom id: the rolled-back insert's id is not the one the real run gets.
+    assert!(dry["result"]["job_id"].is_null(), "{dry}");
     assert_eq!(job_count(&db.pool).await, 0, "a dry run writes nothing");
     // The text says what goes back, and names no job id the real run would not use.
     let out = refund_dry_run(false);
@@ -408,6 +410,7 @@ async fn booking_refund_uses_the_refund_key_once_and_audits_each_request() {
     ));
     assert_eq!(first["result"]["booking_cancelled"], true);
     assert_eq!(first["result"]["duplicate"], false);
+    assert!(first["result"]["job_id"].is_i64(), "{first}");
     let again = json(&fleet(
         &db.url,
         &[

@@ -1233,3 +1233,149 @@ async fn provider_latency_delays_every_stripe_and_duffel_call_but_not_email_or_a
         t.elapsed()
     );
 }
+
+// ------------------------------------------------------------------------------------------
+// Outages
+
+/// `POST /_sandbox/outages` takes a provider down for a time: every API request gets the
+/// provider's own server-error shape before anything happens, so a keyed Stripe request made
+/// during the outage is not stored and the same key creates the intent once it is over.
+#[tokio::test]
+async fn a_stripe_outage_answers_api_errors_creates_nothing_and_ends_on_time() {
+    let (sb, c) = start(SandboxConfig::default()).await;
+    let outage = |body: Value| {
+        c.post(format!("{}/_sandbox/outages", sb.base_url))
+            .json(&body)
+            .send()
+    };
+    let r = reply(
+        outage(json!({"provider": "stripe", "seconds": 1.5, "status": 503}))
+            .await
+            .unwrap(),
+    )
+    .await;
+    assert_eq!(r.status, StatusCode::OK, "{:?}", r.body);
+    assert_eq!(r.body["down"], true);
+    assert_eq!(r.body["status"], 503);
+
+    let form = pi_form("pm_card_visa", "bk_outage", "1000");
+    let down = stripe_post(&c, &sb.base_url, "/v1/payment_intents", Some("k1"), &form).await;
+    assert_eq!(down.status, StatusCode::SERVICE_UNAVAILABLE);
+    assert_eq!(down.body["error"]["type"], "api_error", "{:?}", down.body);
+    let read = reply(
+        c.get(format!("{}/v1/payment_intents/pi_x", sb.base_url))
+            .bearer_auth(SK)
+            .send()
+            .await
+            .unwrap(),
+    )
+    .await;
+    assert_eq!(read.status, StatusCode::SERVICE_UNAVAILABLE);
+    // Other providers are up.
+    let email = json!({"from": "a@parkerflight.test", "to": ["t@example.com"], "subject": "s", "text": "t"});
+    let sent = c
+        .post(format!("{}/emails", sb.base_url))
+        .bearer_auth(RESEND)
+        .json(&email)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(sent.status(), StatusCode::OK);
+    let listed: Value = c
+        .get(format!("{}/_sandbox/outages", sb.base_url))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(listed[0]["provider"], "stripe");
+    assert_eq!(listed[0]["down"], true);
+    assert_eq!(listed[1]["down"], false);
+
+    let counters = sb.sandbox.counters();
+    assert_eq!(counters.payment_intents_created, 0);
+    assert_eq!(counters.outage_responses["stripe"], 2);
+
+    tokio::time::sleep(Duration::from_millis(1600)).await;
+    let up = stripe_post(&c, &sb.base_url, "/v1/payment_intents", Some("k1"), &form).await;
+    assert_eq!(up.status, StatusCode::OK, "{:?}", up.body);
+    assert_eq!(up.body["status"], "requires_capture");
+    assert!(up.headers.get("idempotent-replayed").is_none());
+    assert_eq!(sb.sandbox.counters().payment_intents_created, 1);
+
+    // Duffel and Resend go down the same way, each in its own error shape; 0 s ends it.
+    outage(json!({"provider": "duffel", "seconds": 60}))
+        .await
+        .unwrap();
+    outage(json!({"provider": "resend", "seconds": 60}))
+        .await
+        .unwrap();
+    let d = duffel(
+        &c,
+        &sb.base_url,
+        reqwest::Method::POST,
+        "/air/offer_requests",
+        Some(search_body("LHR", "JFK", "2027-03-01")),
+    )
+    .await;
+    assert_eq!(d.status, StatusCode::INTERNAL_SERVER_ERROR);
+    assert_eq!(d.body["errors"][0]["type"], "api_error");
+    let e = reply(
+        c.post(format!("{}/emails", sb.base_url))
+            .bearer_auth(RESEND)
+            .json(&email)
+            .send()
+            .await
+            .unwrap(),
+    )
+    .await;
+    assert_eq!(e.status, StatusCode::INTERNAL_SERVER_ERROR);
+    assert_eq!(e.body["name"], "internal_server_error");
+    let ended = reply(
+        outage(json!({"provider": "duffel", "seconds": 0}))
+            .await
+            .unwrap(),
+    )
+    .await;
+    assert_eq!(ended.body["down"], false);
+    let d = duffel(
+        &c,
+        &sb.base_url,
+        reqwest::Method::POST,
+        "/air/offer_requests",
+        Some(search_body("LHR", "JFK", "2027-03-01")),
+    )
+    .await;
+    assert_eq!(d.status, StatusCode::CREATED, "{:?}", d.body);
+
+    // Bad requests name what is wrong and change nothing.
+    for (body, says) in [
+        (
+            json!({"provider": "twilio", "seconds": 5}),
+            "not one of stripe, duffel, resend",
+        ),
+        (
+            json!({"provider": "stripe", "seconds": -1}),
+            "seconds must be 0",
+        ),
+        (
+            json!({"provider": "stripe", "seconds": 1e9}),
+            "seconds must be 0",
+        ),
+        (
+            json!({"provider": "stripe", "seconds": 5, "status": 404}),
+            "status must be one of",
+        ),
+        (json!({"provider": "stripe", "secs": 5}), "expected"),
+    ] {
+        let r = reply(outage(body.clone()).await.unwrap()).await;
+        assert_eq!(r.status, StatusCode::BAD_REQUEST, "{body}");
+        let msg = r.body["error"].as_str().unwrap_or_default();
+        assert!(msg.contains(says), "{body}: {msg}");
+    }
+    assert!(sb
+        .sandbox
+        .outage(sandbox::scenarios::Provider::Stripe)
+        .is_none());
+}

@@ -934,6 +934,43 @@ pub async fn list_recent(
     .await
 }
 
+/// Money a booking's saga still moves: a card hold, or a captured payment owed back.
+#[derive(Debug, Clone, serde::Serialize, sqlx::FromRow)]
+pub struct MoneyAtStakeRow {
+    /// `bookings.id`.
+    pub id: Uuid,
+    /// `authorized` (the card is held) or `cancelled` (captured, refund owed).
+    pub status: String,
+    /// Its campaign (`None` once the user was erased).
+    pub campaign_id: Option<Uuid>,
+    /// The offer the saga books.
+    pub duffel_offer_id: String,
+    /// Decimal amount held or owed.
+    pub total_amount: String,
+    /// ISO 4217.
+    pub currency: String,
+    /// Since when: the hold's time, or the cancellation's.
+    pub since: Option<DateTime<Utc>>,
+}
+
+/// BookingListMoneyAtStake: bookings whose saga still holds or owes money, oldest first, at
+/// most `limit`: `authorized` (a card hold exists) and `cancelled` after a capture (the refund
+/// is still to be made).
+pub async fn list_money_at_stake(db: &Db, limit: i64) -> Result<Vec<MoneyAtStakeRow>, sqlx::Error> {
+    sqlx::query_as(
+        "SELECT id, status, campaign_id, duffel_offer_id, total_amount::text AS total_amount,
+                currency::text AS currency,
+                CASE WHEN status = 'authorized' THEN authorized_at ELSE canceled_at END AS since
+         FROM bookings
+         WHERE status = 'authorized' OR (status = 'cancelled' AND captured_at IS NOT NULL)
+         ORDER BY created_at, id
+         LIMIT $1",
+    )
+    .bind(limit)
+    .fetch_all(db)
+    .await
+}
+
 /// BookingView: the booking `id` for operators, or `None` if there is none.
 pub async fn view(db: &Db, id: Uuid) -> Result<Option<BookingView>, sqlx::Error> {
     let row: Option<ViewRow> = sqlx::query_as(

@@ -51,9 +51,12 @@ pub async fn booking_refund(
 ) -> Result<OperatorRefund, RefundRefused> {
     let failed = |e: sqlx::Error| RefundRefused::Failed(JobError::from(e));
     let mut tx = db.begin().await.map_err(failed)?;
-    let r = request_by_operator(&mut tx, enqueuer, id, reason).await?;
+    let mut r = request_by_operator(&mut tx, enqueuer, id, reason).await?;
     if dry_run {
         tx.rollback().await.map_err(failed)?;
+        if !r.duplicate {
+            r.job_id = None;
+        }
         return Ok(r);
     }
     let meta = json!({

@@ -80,14 +80,13 @@ pub async fn run(a: BookingArgs, settings: &Settings) -> anyhow::Result<()> {
             let text = if x.duplicate {
                 format!(
                     "booking {id}: a refund is already queued (job {}); nothing added",
-                    x.job_id
+                    x.job_id.map_or("?".to_owned(), |j| j.to_string())
                 )
             } else {
-                // A dry run's job id is the rolled-back insert's: the real run takes another.
-                let job = if r.dry_run {
-                    "as a new job".to_owned()
-                } else {
-                    format!("as job {}", x.job_id)
+                // A dry run has no job id: the real run's insert takes its own.
+                let job = match x.job_id {
+                    Some(j) => format!("as job {j}"),
+                    None => "as a new job".to_owned(),
                 };
                 format!(
                     "booking {id} ({}): {verb} its refund of {} {}{} {job} (key {})",

@@ -444,9 +444,36 @@ pub async fn run(a: QueueArgs, settings: &Settings) -> anyhow::Result<()> {
                         .unwrap_or_default()
                 ),
             };
+            // Which of them move money: a card hold or a refund owed stays in flight across
+            // the deploy; the operator must know it, and which booking to look at.
+            let money = if d.money.is_empty() {
+                String::new()
+            } else {
+                let mut m = format!(
+                    "\nmoney their unfinished jobs still move ({} booking(s); `fleet booking show ID`):",
+                    d.money.len()
+                );
+                for h in &d.money {
+                    m.push_str(&format!(
+                        "\n  {:<11}  {} {}  booking {}  job {} {}{}",
+                        h.what,
+                        h.amount,
+                        h.currency,
+                        h.booking_id,
+                        h.job_id,
+                        h.job_state,
+                        if h.job_state == "retryable" || h.job_state == "scheduled" {
+                            format!(" (due {})", when(h.job_run_at))
+                        } else {
+                            String::new()
+                        }
+                    ));
+                }
+                m
+            };
             let text = if r.dry_run {
                 format!(
-                    "would drain {}: run {} queued and wait for {} running job(s); {} held{kept}{retrying}",
+                    "would drain {}: run {} queued and wait for {} running job(s); {} held{kept}{retrying}{money}",
                     drain.join(", "),
                     d.backlog,
                     d.running,
@@ -455,7 +482,7 @@ pub async fn run(a: QueueArgs, settings: &Settings) -> anyhow::Result<()> {
             } else {
                 format!(
                     "drained {} in {}: backlog done, nothing running; now paused, {} job(s) held \
-                     for `fleet queue resume`{kept}{retrying}",
+                     for `fleet queue resume`{kept}{retrying}{money}",
                     drain.join(", "),
                     short(Duration::from_millis(d.waited_ms)),
                     d.held

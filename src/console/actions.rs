@@ -294,6 +294,21 @@ async fn drain(st: &ConsoleState, s: &Session, f: &ActionForm) -> PageResult {
                     @if d.held > 0 { p { (d.held) " job(s) would be held for the resume." } }
                     @if d.retrying > 0 { p #retrying { strong { (d.retrying) } " job(s) are waiting to retry: they may be mid-work (a saga between its steps). The pause holds them; they run after the resume." } }
                     @if !d.already_paused.is_empty() { p { "It is paused already: its queue stays held, only running jobs are waited for." } }
+                    @if !d.money.is_empty() {
+                        p #money-note { strong { (d.money.len()) } " booking(s) have money their unfinished jobs still move: it stays in flight across the deploy." }
+                        (templates::sortable("money", "Money its unfinished jobs still move", &[("What", false), ("Amount", false), ("Booking", false), ("Job", true), ("State", false), ("Runs", false)], html! {
+                            @for h in &d.money {
+                                tr {
+                                    td { (h.what) }
+                                    td.num { (h.amount) " " (h.currency) }
+                                    td { a href=(format!("/ui/bookings/{}", h.booking_id)) { code { (h.booking_id) } } }
+                                    td.num data-sort=(h.job_id) { a href=(format!("/ui/jobs/{}", h.job_id)) { (h.job_id) } }
+                                    td { (templates::state_badge(&h.job_state)) }
+                                    td { (templates::time(h.job_run_at)) }
+                                }
+                            }
+                        }))
+                    }
                 };
                 let timeout_field = templates::field("timeout", "Give up after", &humantime::format_duration(timeout).to_string(), "then the kind is left paused with work left");
                 return Ok(preview_page(s, &format!("Drain {kind}?"), "/ui/actions/drain", what, kind_hidden(&kind), timeout_field, Some("Drain it")));
@@ -500,8 +515,11 @@ async fn refund(st: &ConsoleState, s: &Session, f: &ActionForm) -> PageResult {
                 return Ok(preview_page(s, "Refund this booking?", "/ui/actions/refund", what, hidden, html! {}, (!x.duplicate).then_some("Refund it")));
             }
             Ok(done_page(s, "Refund requested", "booking.refund_requested", html! {
-                @if x.duplicate { "a refund was already queued (job " (x.job_id) "); nothing added. " }
-                @else { "the refund is queued as " a href=(format!("/ui/jobs/{}", x.job_id)) { "job " (x.job_id) } ". " }
+                @match (x.duplicate, x.job_id) {
+                    (true, Some(j)) => { "a refund was already queued (" a href=(format!("/ui/jobs/{j}")) { "job " (j) } "); nothing added. " }
+                    (_, Some(j)) => { "the refund is queued as " a href=(format!("/ui/jobs/{j}")) { "job " (j) } ". " }
+                    (_, None) => { "the refund is queued. " }
+                }
                 a href=(back) { "Back to the booking" }
             }))
         }

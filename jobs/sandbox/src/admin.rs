@@ -12,7 +12,7 @@ use serde_json::{json, Value};
 
 use crate::{
     handle::Sandbox,
-    scenarios::{self, Scenario},
+    scenarios::{self, Provider, Scenario, OUTAGE_STATUSES},
     state::Counters,
 };
 
@@ -20,6 +20,10 @@ pub(crate) fn routes() -> Router<Sandbox> {
     Router::new()
         .route("/_sandbox/counters", get(admin_counters))
         .route("/_sandbox/scenarios", post(admin_set_scenario))
+        .route(
+            "/_sandbox/outages",
+            get(admin_outages).post(admin_set_outage),
+        )
         .route("/_sandbox/webhooks/stripe", post(admin_stripe_webhook))
         .route("/_sandbox/webhooks/duffel", post(admin_duffel_webhook))
 }
@@ -59,6 +63,78 @@ async fn admin_set_scenario(State(sb): State<Sandbox>, body: axum::body::Bytes) 
     sb.set_scenario(&req.route, scenario);
     Json(json!({"route": req.route.to_ascii_uppercase(), "scenario": scenario.as_str()}))
         .into_response()
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct SetOutage {
+    provider: String,
+    /// How long it lasts from now; 0 ends it.
+    seconds: f64,
+    /// The server error every request gets (500 when absent).
+    #[serde(default)]
+    status: Option<u16>,
+}
+
+/// The longest outage one request may start: a day (a drill that forgets to end one must
+/// not leave a shared sandbox down for good).
+const MAX_OUTAGE_SECONDS: f64 = 86_400.0;
+
+async fn admin_set_outage(State(sb): State<Sandbox>, body: axum::body::Bytes) -> Response {
+    let bad =
+        |msg: String| (StatusCode::BAD_REQUEST, Json(json!({ "error": msg }))).into_response();
+    let req = match serde_json::from_slice::<SetOutage>(&body) {
+        Ok(r) => r,
+        Err(e) => {
+            return bad(format!(
+                "expected {{\"provider\": \"stripe\", \"seconds\": 120, \"status\": 500}}: {e}"
+            ))
+        }
+    };
+    let Some(provider) = Provider::parse(&req.provider) else {
+        return bad(format!(
+            "provider {:?} is not one of {}",
+            req.provider,
+            Provider::ALL.map(Provider::as_str).join(", ")
+        ));
+    };
+    if !(0.0..=MAX_OUTAGE_SECONDS).contains(&req.seconds) {
+        return bad(format!(
+            "seconds must be 0 (end the outage) to {MAX_OUTAGE_SECONDS}, not {}",
+            req.seconds
+        ));
+    }
+    let status = req.status.unwrap_or(500);
+    if !OUTAGE_STATUSES.contains(&status) {
+        return bad(format!(
+            "status must be one of {OUTAGE_STATUSES:?}, not {status}"
+        ));
+    }
+    sb.set_outage(
+        provider,
+        std::time::Duration::from_secs_f64(req.seconds),
+        status,
+    );
+    Json(outage_json(&sb, provider)).into_response()
+}
+
+async fn admin_outages(State(sb): State<Sandbox>) -> Json<Value> {
+    Json(Value::Array(
+        Provider::ALL.iter().map(|p| outage_json(&sb, *p)).collect(),
+    ))
+}
+
+/// `{"provider", "down", "status", "seconds_left"}`.
+fn outage_json(sb: &Sandbox, p: Provider) -> Value {
+    match sb.outage(p) {
+        Some(o) => json!({
+            "provider": p.as_str(),
+            "down": true,
+            "status": o.status,
+            "seconds_left": o.until.saturating_duration_since(std::time::Instant::now()).as_secs_f64().ceil(),
+        }),
+        None => json!({ "provider": p.as_str(), "down": false, "status": null, "seconds_left": 0 }),
+    }
 }
 
 #[derive(Deserialize)]

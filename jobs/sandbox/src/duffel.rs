@@ -161,6 +161,18 @@ fn internal_error() -> Response {
     )
 }
 
+/// What every request gets during an outage ([`Sandbox::set_outage`]): Duffel's `api_error`
+/// with the server-error status.
+pub(crate) fn outage_response(status: StatusCode) -> Response {
+    error(
+        status,
+        "api_error",
+        "internal_server_error",
+        "Internal server error",
+        "An internal error occurred. Please try again later or contact support (sandbox outage).",
+    )
+}
+
 fn validation(code: &str, message: &str) -> Response {
     error(
         StatusCode::UNPROCESSABLE_ENTITY,

@@ -8,7 +8,7 @@ use std::sync::{Arc, Mutex, MutexGuard};
 
 use crate::{
     config::SandboxConfig,
-    scenarios::Scenario,
+    scenarios::{Outage, Provider, Scenario},
     state::{self, Counters},
 };
 
@@ -56,6 +56,35 @@ impl Sandbox {
     /// in the default table).
     pub fn scenario(&self, route: &str) -> Scenario {
         self.lock().scenarios.get(route)
+    }
+
+    /// Starts an outage of `provider` for `length` (replacing one in progress): every API
+    /// request to it is answered with `status` (one of
+    /// [`OUTAGE_STATUSES`](crate::scenarios::OUTAGE_STATUSES)) in the provider's own error
+    /// shape, before anything is done. A zero `length` ends it.
+    pub fn set_outage(&self, provider: Provider, length: std::time::Duration, status: u16) {
+        let mut st = self.lock();
+        if length.is_zero() {
+            st.outages.remove(&provider);
+        } else {
+            let until = std::time::Instant::now() + length;
+            st.outages.insert(provider, Outage { until, status });
+        }
+    }
+
+    /// The outage `provider` is in now, if any.
+    pub fn outage(&self, provider: Provider) -> Option<Outage> {
+        let st = self.lock();
+        st.outages
+            .get(&provider)
+            .copied()
+            .filter(|o| o.until > std::time::Instant::now())
+    }
+
+    /// Counts one request answered by an outage.
+    pub(crate) fn count_outage_response(&self, provider: Provider) {
+        let mut st = self.lock();
+        Counters::bump(&mut st.counters.outage_responses, provider.as_str());
     }
 
     /// The configuration the sandbox was created with.

@@ -96,8 +96,23 @@
 //! `{"data": …}`. A synchronous order refusal is answered, not also announced: Duffel sends
 //! `order.creation_failed` only after a 202, which the sandbox does not simulate.
 //!
+//! # Outages
+//! `POST /_sandbox/outages {"provider": "stripe", "seconds": 120, "status": 503}` (or
+//! [`Sandbox::set_outage`]) takes one provider (`stripe`, `duffel` or `resend`) down from now for
+//! `seconds` (at most a day; `0` ends it at once): every API request to it is answered with
+//! `status` (500 when absent; 500, 502, 503 or 504) in the provider's own error shape — Stripe's
+//! `{"error": {"type": "api_error", …}}`, Duffel's `api_error` / `internal_server_error`,
+//! Resend's `internal_server_error` — **before** the request is handled, so nothing is created or
+//! changed and Stripe keeps no idempotent result for the key (the same key succeeds once the
+//! outage is over, as Stripe documents for requests that did not start executing). The other
+//! providers and the `/_sandbox` endpoints keep answering. `GET /_sandbox/outages` lists each
+//! provider with `down`, `status` and `seconds_left`; `outage_responses` in the counters counts
+//! the refused requests per provider. This is the incident drill's Stripe outage
+//! (docs/runbooks/replay-after-outage.md).
+//!
 //! # Admin
 //! `GET /_sandbox/counters` ([`Counters`] as JSON), `POST /_sandbox/scenarios`,
+//! `GET|POST /_sandbox/outages`,
 //! `POST /_sandbox/webhooks/{stripe,duffel}`.
 //!
 //! Logs carry ids only: never names, emails, phone numbers or identity documents.

@@ -36,6 +36,16 @@ fn error(status: StatusCode, name: &str, message: &str) -> Response {
     )
 }
 
+/// What every request gets during an outage ([`crate::Sandbox::set_outage`]): Resend's
+/// `internal_server_error` with the server-error status.
+pub(crate) fn outage_response(status: StatusCode) -> Response {
+    error(
+        status,
+        "internal_server_error",
+        "An unexpected error occurred (sandbox outage).",
+    )
+}
+
 fn non_empty_str(v: Option<&Value>) -> bool {
     v.and_then(Value::as_str)
         .is_some_and(|s| !s.trim().is_empty())

@@ -147,6 +147,51 @@ impl ScenarioTable {
     }
 }
 
+/// A provider the sandbox stands in for, as an outage names it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub enum Provider {
+    /// `/v1/…`.
+    Stripe,
+    /// `/air/…`.
+    Duffel,
+    /// `/emails`.
+    Resend,
+}
+
+impl Provider {
+    /// Every provider.
+    pub const ALL: [Provider; 3] = [Provider::Stripe, Provider::Duffel, Provider::Resend];
+
+    /// Its name in `POST /_sandbox/outages` (`"stripe"`).
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Provider::Stripe => "stripe",
+            Provider::Duffel => "duffel",
+            Provider::Resend => "resend",
+        }
+    }
+
+    /// The provider named `s`, lower case.
+    pub fn parse(s: &str) -> Option<Provider> {
+        Provider::ALL.into_iter().find(|p| p.as_str() == s)
+    }
+}
+
+/// The statuses an outage may answer with: the server errors the providers document as
+/// "something went wrong on our end" (Stripe: 500, 502, 503, 504 with error type `api_error`).
+pub const OUTAGE_STATUSES: [u16; 4] = [500, 502, 503, 504];
+
+/// An outage in progress: every API request to the provider is answered with `status`, before
+/// any operation runs (so nothing is created, and Stripe stores no idempotent result), until
+/// `until`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Outage {
+    /// When it ends.
+    pub until: std::time::Instant,
+    /// What every request gets meanwhile.
+    pub status: u16,
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -167,5 +212,13 @@ mod tests {
         assert_eq!(t.get("LHR-JFK"), Scenario::Slow);
         assert!(is_route("LHR-JFK"));
         assert!(!is_route("LHRJFK"));
+    }
+
+    #[test]
+    fn every_provider_name_round_trips() {
+        for p in Provider::ALL {
+            assert_eq!(Provider::parse(p.as_str()), Some(p));
+        }
+        assert_eq!(Provider::parse("Stripe"), None);
     }
 }

@@ -6,21 +6,24 @@ use axum::Router;
 use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 
-use crate::{admin, config::SandboxConfig, duffel, handle::Sandbox, resend, stripe};
+use crate::{
+    admin, config::SandboxConfig, duffel, handle::Sandbox, resend, scenarios::Provider, stripe,
+};
 
 impl Sandbox {
     /// Every route (Stripe, Duffel, Resend and the `/_sandbox` admin endpoints) serving this
     /// sandbox's state, to mount in a server of your own.
     pub fn router(&self) -> Router {
+        let out = |p| axum::middleware::from_fn_with_state((self.clone(), p), during_outage);
         Router::new()
-            .merge(stripe::routes())
-            .merge(duffel::routes())
+            .merge(stripe::routes().route_layer(out(Provider::Stripe)))
+            .merge(duffel::routes().route_layer(out(Provider::Duffel)))
             // Only the provider calls the fleet makes over the network pay the latency.
             .route_layer(axum::middleware::from_fn_with_state(
                 self.clone(),
                 provider_latency,
             ))
-            .merge(resend::routes())
+            .merge(resend::routes().route_layer(out(Provider::Resend)))
             .merge(admin::routes())
             .with_state(self.clone())
     }
@@ -47,6 +50,27 @@ impl Sandbox {
             shutdown,
             handle,
         })
+    }
+}
+
+/// Answers every request with the provider's outage error while it is in one
+/// ([`Sandbox::set_outage`]), before the handler (so before any state changes and before any
+/// idempotency record), and lets it through otherwise.
+async fn during_outage(
+    axum::extract::State((sb, provider)): axum::extract::State<(Sandbox, Provider)>,
+    req: axum::extract::Request,
+    next: axum::middleware::Next,
+) -> axum::response::Response {
+    let Some(o) = sb.outage(provider) else {
+        return next.run(req).await;
+    };
+    sb.count_outage_response(provider);
+    let status = axum::http::StatusCode::from_u16(o.status)
+        .unwrap_or(axum::http::StatusCode::INTERNAL_SERVER_ERROR);
+    match provider {
+        Provider::Stripe => stripe::outage_response(status),
+        Provider::Duffel => duffel::outage_response(status),
+        Provider::Resend => resend::outage_response(status),
     }
 }
 

@@ -9,7 +9,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::{
     duffel_objects::{Cancellation, Offer, OfferRequest, Order},
-    scenarios::ScenarioTable,
+    scenarios::{Outage, Provider, ScenarioTable},
     stripe_objects::{PaymentIntent, Refund},
     util::json_response,
 };
@@ -71,6 +71,8 @@ pub struct Counters {
     pub webhook_attempt_failures: u64,
     /// Webhook events emitted (whether or not a target is configured).
     pub webhook_events_emitted: u64,
+    /// API requests answered with an outage's server error, per provider (`"stripe"`).
+    pub outage_responses: BTreeMap<String, u64>,
 }
 
 impl Counters {
@@ -110,6 +112,8 @@ pub(crate) enum StripeIdem {
 pub(crate) struct State {
     pub counters: Counters,
     pub scenarios: ScenarioTable,
+    /// Outages in progress or past (an entry whose `until` has passed is over).
+    pub outages: HashMap<Provider, Outage>,
     // Stripe
     pub payment_intents: HashMap<String, PaymentIntent>,
     pub refunds: HashMap<String, Refund>,
@@ -130,6 +134,7 @@ impl State {
         Self {
             counters: Counters::default(),
             scenarios: ScenarioTable::with_defaults(),
+            outages: HashMap::new(),
             payment_intents: HashMap::new(),
             refunds: HashMap::new(),
             stripe_idem: HashMap::new(),

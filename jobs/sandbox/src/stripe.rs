@@ -282,6 +282,17 @@ fn simple_error(
     .into_response()
 }
 
+/// What every request gets during an outage ([`Sandbox::set_outage`]): Stripe's `api_error`
+/// ("a temporary problem with Stripe's servers"), with the server-error status.
+pub(crate) fn outage_response(status: StatusCode) -> Response {
+    simple_error(
+        status,
+        "api_error",
+        None,
+        "An unknown error occurred while processing your request (sandbox outage).",
+    )
+}
+
 /// The API key of an authenticated request, or Stripe's 401.
 fn authenticate(headers: &HeaderMap) -> Result<String, Response> {
     match bearer(headers) {

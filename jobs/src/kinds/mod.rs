@@ -86,6 +86,54 @@ pub fn register_all<R: Registrar>(r: &mut R) {
     r.register::<order_reconcile::OrderReconcile>();
 }
 
+/// Money a saga job still moves, and the job that moves it: the booking attempt of an
+/// `authorized` booking (it holds the card), the refund of a `cancelled` one that was
+/// captured (it owes the money back).
+#[derive(Debug, Clone)]
+pub struct MoneyAtStake {
+    /// The booking, its amount and status.
+    pub booking: crate::booking::MoneyAtStakeRow,
+    /// `"card hold"` or `"refund owed"`.
+    pub what: &'static str,
+    /// The jobs that move it.
+    pub job: crate::booking::JobSelector,
+}
+
+/// Every booking whose money is still moving (at most `limit`), with the job that moves it.
+pub async fn money_at_stake(db: &crate::Db, limit: i64) -> Result<Vec<MoneyAtStake>, sqlx::Error> {
+    use crate::booking::JobSelector;
+    use crate::Job;
+    let rows = crate::booking::list_money_at_stake(db, limit).await?;
+    Ok(rows
+        .into_iter()
+        .filter_map(|b| {
+            let (what, job) = if b.status == "authorized" {
+                let c = b.campaign_id?;
+                let job = JobSelector {
+                    kind: booking_attempt::BookingAttempt::KIND,
+                    key: None,
+                    args: Some(
+                        serde_json::json!({ "campaign_id": c, "offer_id": b.duffel_offer_id }),
+                    ),
+                };
+                ("card hold", job)
+            } else {
+                let job = JobSelector {
+                    kind: refund_compensation::RefundCompensation::KIND,
+                    key: Some(refund_compensation::refund_key(b.id)),
+                    args: None,
+                };
+                ("refund owed", job)
+            };
+            Some(MoneyAtStake {
+                booking: b,
+                what,
+                job,
+            })
+        })
+        .collect())
+}
+
 /// The jobs behind a booking: its campaign's searches and booking attempts, its refund, and
 /// the webhook follow-ups about its order or PaymentIntent.
 ///

@@ -108,8 +108,9 @@ pub struct OperatorRefund {
     pub amount: String,
     /// Its currency (ISO 4217).
     pub currency: String,
-    /// The refund job (an existing one when `duplicate`).
-    pub job_id: i64,
+    /// The refund job (an existing one when `duplicate`). `None` in a dry run that would add
+    /// one: the rolled-back insert's id is not the one the real request gets.
+    pub job_id: Option<i64>,
     /// A refund of this booking was already queued: no second one.
     pub duplicate: bool,
 }
@@ -183,7 +184,7 @@ pub async fn request_by_operator(
         booking_cancelled,
         amount: b.total_amount.clone(),
         currency: b.currency.clone(),
-        job_id: enqueued[0].id,
+        job_id: Some(enqueued[0].id),
         duplicate: enqueued[0].duplicate,
     })
 }
