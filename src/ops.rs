@@ -6,6 +6,8 @@
 use std::time::{Duration, Instant};
 
 use jobs::Db;
+
+use crate::scheduler::Schedule;
 use serde::Serialize;
 use serde_json::json;
 
@@ -334,6 +336,25 @@ impl Ops {
         .await
     }
 
+    /// Per kind, completions, deaths and failed attempts in each of the last `buckets` hours
+    /// or days (1..=400).
+    pub async fn activity(
+        &self,
+        bucket: queue::Bucket,
+        buckets: i32,
+    ) -> Result<Vec<queue::ActivityBucket>> {
+        if !(1..=400).contains(&buckets) {
+            usage!("activity covers 1 to 400 buckets, not {buckets}");
+        }
+        self.read(queue::job_count_activity(
+            &self.reads,
+            bucket,
+            buckets,
+            None,
+        ))
+        .await
+    }
+
     /// A page of jobs, newest first.
     pub async fn list(
         &self,
@@ -430,6 +451,140 @@ impl Ops {
         )
         .await?;
         Ok(self.mutation("cancel", dry_run, result))
+    }
+
+    /// Scheduled or retrying jobs → available now (a retry's attempt stays charged): "retry
+    /// now" after the cause of a backoff is fixed, or "run now" for a job scheduled later.
+    pub async fn run_now(&self, f: &JobFilter, dry_run: bool) -> Result<Mutation<Vec<i64>>> {
+        self.check_filter(f).await?;
+        if f.is_empty() {
+            usage!("run-now needs job ids or a filter (kind, state, queue, created since or until, key, args)");
+        }
+        self.check_ids(f).await?;
+        if let Some(s) = f
+            .states
+            .iter()
+            .flatten()
+            .find(|s| !matches!(s, JobState::Scheduled | JobState::Retryable))
+        {
+            usage!("only scheduled or retrying jobs can be run now; state {s} is not one of them");
+        }
+        let mut tx = self.db.begin().await?;
+        let ids = queue::job_run_now(&mut tx, f, None).await?;
+        self.finish(
+            tx,
+            dry_run,
+            "job.run_now",
+            json!({ "filter": f, "moved": ids.len(), "ids": capped(&ids) }),
+        )
+        .await?;
+        Ok(self.mutation("run_now", dry_run, ids))
+    }
+
+    /// Finished jobs (completed, cancelled, dead) → deleted with their history, unless their
+    /// idempotency key is still held. Unlike `prune` it takes a filter and ids, for the one
+    /// job an operator wants gone (a payload sent by mistake).
+    pub async fn delete(
+        &self,
+        f: &JobFilter,
+        dry_run: bool,
+    ) -> Result<Mutation<queue::DeleteResult>> {
+        self.check_filter(f).await?;
+        if f.is_empty() {
+            usage!("delete needs job ids or a filter (kind, state, queue, created since or until, key, args)");
+        }
+        self.check_ids(f).await?;
+        if let Some(s) = f.states.iter().flatten().find(|s| !s.is_final()) {
+            usage!("only finished jobs (completed, cancelled, dead) can be deleted; state {s} is not one of them: cancel it first");
+        }
+        let mut tx = self.db.begin().await?;
+        let result = queue::job_delete_finished(&mut tx, f, None).await?;
+        self.finish(
+            tx,
+            dry_run,
+            "job.delete",
+            json!({ "filter": f, "deleted": result.deleted.len(), "ids": capped(&result.deleted) }),
+        )
+        .await?;
+        Ok(self.mutation("delete", dry_run, result))
+    }
+
+    /// Each of `schedules` (the `[schedules.*]` this process was configured with): its
+    /// pattern, kind and args, whether it is paused, its next tick and its latest
+    /// [`TICKS_SHOWN`] recorded ticks with what became of their jobs.
+    pub async fn schedules(&self, schedules: &[Schedule]) -> Result<Vec<ScheduleReport>> {
+        let names: Vec<String> = schedules.iter().map(|s| s.name.clone()).collect();
+        let paused = self.read(queue::schedule_list_paused(&self.reads)).await?;
+        let ticks = self
+            .read(queue::cron_tick_list_latest(
+                &self.reads,
+                &names,
+                TICKS_SHOWN,
+            ))
+            .await?;
+        let now = chrono::Utc::now();
+        Ok(schedules
+            .iter()
+            .map(|s| ScheduleReport {
+                name: s.name.clone(),
+                cron: s.expr.clone(),
+                kind: s.kind.clone(),
+                args: s.args.clone(),
+                paused: paused.iter().find(|p| p.schedule == s.name).cloned(),
+                next_tick: s.next_tick(now),
+                ticks: ticks
+                    .iter()
+                    .filter(|t| t.schedule == s.name)
+                    .cloned()
+                    .collect(),
+            })
+            .collect())
+    }
+
+    /// Stops `name` (one of `schedules`) from enqueueing: its ticks are recorded as skipped
+    /// until `schedule_resume`; they are not replayed. Result: whether it changed anything.
+    pub async fn schedule_pause(
+        &self,
+        schedules: &[Schedule],
+        name: &str,
+        reason: &str,
+        dry_run: bool,
+    ) -> Result<Mutation<bool>> {
+        check_schedule(schedules, name)?;
+        let mut tx = self.db.begin().await?;
+        let changed = queue::schedule_pause(&mut *tx, name, &self.actor, reason).await?;
+        self.finish_audited(
+            tx,
+            dry_run,
+            "schedule.pause",
+            "schedule",
+            Some(name),
+            json!({ "changed": changed, "reason": reason }),
+        )
+        .await?;
+        Ok(self.mutation("schedule_pause", dry_run, changed))
+    }
+
+    /// Lets `name` enqueue again from its next tick.
+    pub async fn schedule_resume(
+        &self,
+        schedules: &[Schedule],
+        name: &str,
+        dry_run: bool,
+    ) -> Result<Mutation<bool>> {
+        check_schedule(schedules, name)?;
+        let mut tx = self.db.begin().await?;
+        let changed = queue::schedule_resume(&mut *tx, name).await?;
+        self.finish_audited(
+            tx,
+            dry_run,
+            "schedule.resume",
+            "schedule",
+            Some(name),
+            json!({ "changed": changed }),
+        )
+        .await?;
+        Ok(self.mutation("schedule_resume", dry_run, changed))
     }
 
     /// What `kind` has waiting and running: queued (split into a drain's backlog and held),
@@ -922,6 +1077,44 @@ pub struct DrainResult {
     pub drained: bool,
     /// How long it waited.
     pub waited_ms: u64,
+}
+
+/// A usage error unless `name` is one of `schedules`.
+fn check_schedule(schedules: &[Schedule], name: &str) -> Result<()> {
+    if schedules.iter().any(|s| s.name == name) {
+        return Ok(());
+    }
+    let known: Vec<&str> = schedules.iter().map(|s| s.name.as_str()).collect();
+    usage!(
+        "no schedule named {name:?} (configured: {})",
+        if known.is_empty() {
+            "none".to_owned()
+        } else {
+            known.join(", ")
+        }
+    )
+}
+
+/// How many of a schedule's latest ticks [`Ops::schedules`] shows.
+pub const TICKS_SHOWN: i64 = 10;
+
+/// A cron schedule as operators see it.
+#[derive(Debug, Clone, Serialize)]
+pub struct ScheduleReport {
+    /// Its name (`[schedules.NAME]`).
+    pub name: String,
+    /// The pattern (sec min hour day-of-month month day-of-week).
+    pub cron: String,
+    /// The kind each tick enqueues.
+    pub kind: String,
+    /// With these args.
+    pub args: serde_json::Value,
+    /// Set while it is paused.
+    pub paused: Option<queue::PausedSchedule>,
+    /// Its next tick.
+    pub next_tick: Option<chrono::DateTime<chrono::Utc>>,
+    /// Its latest recorded ticks, newest first.
+    pub ticks: Vec<queue::CronTick>,
 }
 
 /// The most bookings [`Ops::money_moved_by`] looks at.

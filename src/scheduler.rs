@@ -74,6 +74,13 @@ impl Schedule {
             .ok()
     }
 
+    /// The first tick after `now`.
+    pub fn next_tick(&self, now: DateTime<Utc>) -> Option<DateTime<Utc>> {
+        self.cron
+            .find_next_occurrence(&now.trunc_subsecs(0), false)
+            .ok()
+    }
+
     /// The idempotency key of a tick's job.
     pub fn key(&self, tick: DateTime<Utc>) -> String {
         format!(
@@ -198,6 +205,14 @@ impl Scheduler {
         let mut tx = self.db.begin().await?;
         if !queue::cron_tick_claim(&mut *tx, &schedule.name, tick).await? {
             tx.rollback().await?;
+            return Ok(None);
+        }
+        // A paused schedule's tick is decided like any other (claimed once, by one
+        // scheduler) and recorded as skipped: resuming does not replay it.
+        if queue::schedule_paused(&mut *tx, &schedule.name).await? {
+            queue::cron_tick_set_skipped(&mut *tx, &schedule.name, tick, "paused").await?;
+            tx.commit().await?;
+            tracing::info!(schedule = %schedule.name, tick = %tick, "cron tick skipped: the schedule is paused");
             return Ok(None);
         }
         let job = NewJob::raw(schedule.kind.clone(), schedule.args.clone()).key(schedule.key(tick));

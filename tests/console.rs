@@ -463,12 +463,14 @@ impl App {
         let db = db().await;
         let registry = registry();
         let s = settings();
+        let schedules = fleet::scheduler::validate(&s.schedules, &registry).unwrap();
         let console = Console::new(
             db.pool.clone(),
             registry.clone(),
             s.console.clone(),
             Duration::from_secs(2),
-        );
+        )
+        .with_schedules(schedules);
         let (base, stop) = serve(fleet::serve::admin_router_with_console(
             db.pool.clone(),
             console,
@@ -1041,6 +1043,8 @@ async fn every_page_fits_1280_and_1920_pixels_without_scrolling_sideways() {
             ("job", "/ui/jobs/1"),
             ("audit", "/ui/audit"),
             ("bookings", "/ui/bookings"),
+            ("schedules", "/ui/schedules"),
+            ("activity", "/ui/activity"),
         ] {
             b.goto(path).await;
             tokio::time::sleep(Duration::from_millis(300)).await;
@@ -1372,17 +1376,17 @@ async fn the_jobs_list_filters_like_the_cli_pages_by_keyset_and_a_job_shows_its_
     );
     b.screenshot("jobs").await;
     // Columns sort on click, and say how.
-    b.click("#jobs thead th:first-child button").await;
+    b.click("#jobs thead th:nth-child(2) button").await;
     let up = ids_in(&b, "#jobs").await;
     let mut sorted = up.clone();
     sorted.sort();
     assert_eq!(up, sorted, "ascending after one click");
-    let th = b.el("#jobs thead th:first-child").await;
+    let th = b.el("#jobs thead th:nth-child(2)").await;
     assert_eq!(
         th.attr("aria-sort").await.unwrap().as_deref(),
         Some("ascending")
     );
-    b.click("#jobs thead th:first-child button").await;
+    b.click("#jobs thead th:nth-child(2) button").await;
     let down = ids_in(&b, "#jobs").await;
     sorted.reverse();
     assert_eq!(down, sorted, "descending after two");
@@ -1415,9 +1419,11 @@ async fn the_jobs_list_filters_like_the_cli_pages_by_keyset_and_a_job_shows_its_
 async fn ids_in(b: &Browser, table: &str) -> Vec<i64> {
     let mut out = Vec::new();
     for a in
-        b.c.find_all(Locator::Css(&format!("{table} tbody tr td:first-child a")))
-            .await
-            .unwrap()
+        b.c.find_all(Locator::Css(&format!(
+            "{table} tbody tr td.num:first-of-type > a, {table} tbody tr td.pick + td.num > a"
+        )))
+        .await
+        .unwrap()
     {
         out.push(a.text().await.unwrap().trim().parse().unwrap());
     }
@@ -1942,4 +1948,429 @@ async fn a_state_changing_request_without_its_csrf_token_is_refused() {
 fn is_stale(e: &fantoccini::error::CmdError) -> bool {
     matches!(e, fantoccini::error::CmdError::Standard(w)
         if w.error == fantoccini::error::ErrorStatus::StaleElementReference)
+}
+
+// ─── what River UI and Oban Web users expect ────────────────────────────────────────────────
+
+/// Sets a job's state (and what goes with it) directly, as a worker's outcome would.
+async fn set_state(pool: &PgPool, id: i64, state: &str, error: Option<&str>) {
+    sqlx::query(
+        "UPDATE fleet_jobs SET state = $2::fleet_job_state, attempt = 1,
+             run_at = CASE WHEN $2 IN ('retryable', 'scheduled') THEN now() + interval '1 hour' ELSE run_at END,
+             finished_at = CASE WHEN $2 IN ('dead', 'completed', 'cancelled') THEN now() END,
+             errors = CASE WHEN $3::text IS NULL THEN errors ELSE errors || jsonb_build_array(
+                 jsonb_build_object('attempt', 1, 'class', 'retryable', 'message', $3::text, 'at', now())) END
+         WHERE id = $1",
+    )
+    .bind(id)
+    .bind(state)
+    .bind(error)
+    .execute(pool)
+    .await
+    .unwrap();
+}
+
+async fn state_of(pool: &PgPool, id: i64) -> Option<String> {
+    sqlx::query_scalar("SELECT state::text FROM fleet_jobs WHERE id = $1")
+        .bind(id)
+        .fetch_optional(pool)
+        .await
+        .unwrap()
+}
+
+#[tokio::test]
+async fn ticked_jobs_are_run_now_replayed_and_deleted_through_a_dry_run_and_the_refresh_waits_for_them(
+) {
+    if !browser_available() {
+        return;
+    }
+    let app = App::start().await;
+    let retrying = insert_unchecked(app.pool(), "fleet.sleep", json!({"ms": 1})).await;
+    set_state(app.pool(), retrying, "retryable", Some("stripe: api_error")).await;
+    let dead = insert_unchecked(app.pool(), "fleet.sleep", json!({"ms": 2})).await;
+    set_state(app.pool(), dead, "dead", Some("timeout")).await;
+    let done = insert_unchecked(app.pool(), "fleet.sleep", json!({"ms": 3})).await;
+    set_state(app.pool(), done, "completed", None).await;
+    // A completed job whose idempotency key is still held: deleting it would let a duplicate in.
+    let held = insert_unchecked(app.pool(), "fleet.sleep", json!({"ms": 4})).await;
+    sqlx::query(
+        "UPDATE fleet_jobs SET state = 'completed', finished_at = now(), idempotency_key = 'k-held',
+             key_held = true, key_held_until = now() + interval '1 day' WHERE id = $1",
+    )
+    .bind(held)
+    .execute(app.pool())
+    .await
+    .unwrap();
+
+    let b = app.browser().await;
+    b.sign_in("alice", ALICE_PW).await;
+    b.goto("/ui/jobs?kind=fleet.sleep").await;
+    b.wait_h1("Jobs").await;
+    // Ticking a job holds the live refresh, and says so.
+    b.click(&format!("input.pick[value='{retrying}']")).await;
+    assert!(
+        b.text("#live-state")
+            .await
+            .contains("paused while 1 job(s) are ticked"),
+        "{}",
+        b.text("#live-state").await
+    );
+    let before = b.text("#live-jobs .updated").await;
+    tokio::time::sleep(Duration::from_secs(6)).await;
+    assert_eq!(
+        b.text("#live-jobs .updated").await,
+        before,
+        "no refresh while ticked"
+    );
+    assert!(b
+        .el(&format!("input.pick[value='{retrying}']"))
+        .await
+        .is_selected()
+        .await
+        .unwrap());
+    b.screenshot("jobs-ticked").await;
+
+    // Run now: a dry run naming the job, then the change, audited.
+    b.click_button("#picked", "Run ticked now…").await;
+    b.wait_h1("Run jobs now?").await;
+    assert_eq!(b.text("#count").await, "1");
+    assert_eq!(
+        state_of(app.pool(), retrying).await.as_deref(),
+        Some("retryable")
+    );
+    b.click("#confirm").await;
+    b.wait_h1("Jobs run now").await;
+    assert_eq!(
+        state_of(app.pool(), retrying).await.as_deref(),
+        Some("available")
+    );
+    let run_at_passed: bool =
+        sqlx::query_scalar("SELECT run_at <= now() FROM fleet_jobs WHERE id = $1")
+            .bind(retrying)
+            .fetch_one(app.pool())
+            .await
+            .unwrap();
+    assert!(run_at_passed);
+    let audit = app.audit("job.run_now").await;
+    assert_eq!((audit.len(), audit[0].0.as_str()), (1, "alice"));
+    assert_eq!(audit[0].2["ids"], json!([retrying]));
+
+    // Delete: the finished job goes, the one holding its key is left alone with the reason.
+    b.goto("/ui/jobs?kind=fleet.sleep").await;
+    b.wait_h1("Jobs").await;
+    b.click(&format!("input.pick[value='{done}']")).await;
+    b.click(&format!("input.pick[value='{held}']")).await;
+    b.click(&format!("input.pick[value='{retrying}']")).await;
+    b.click_button("#picked", "Delete ticked…").await;
+    b.wait_h1("Delete jobs?").await;
+    assert_eq!(
+        b.text("#count").await,
+        "1",
+        "only the finished job free to go"
+    );
+    let preview = b.main_text().await;
+    assert!(
+        preview.contains("its idempotency key is held until"),
+        "{preview}"
+    );
+    b.screenshot("delete-preview").await;
+    b.click("#confirm").await;
+    b.wait_h1("Jobs deleted").await;
+    assert_eq!(state_of(app.pool(), done).await, None);
+    assert_eq!(
+        state_of(app.pool(), held).await.as_deref(),
+        Some("completed")
+    );
+    assert_eq!(
+        state_of(app.pool(), retrying).await.as_deref(),
+        Some("available")
+    );
+    assert_eq!(app.audit("job.delete").await[0].2["ids"], json!([done]));
+
+    // The job page offers what fits its state: replay and delete for a dead job.
+    b.goto(&format!("/ui/jobs/{dead}")).await;
+    b.wait_h1(&format!("Job {dead}")).await;
+    assert!(b.has("#delete").await && !b.has("#run-now").await);
+    b.click("#delete").await;
+    b.wait_h1("Delete jobs?").await;
+    b.click("#confirm").await;
+    b.wait_h1("Jobs deleted").await;
+    assert_eq!(state_of(app.pool(), dead).await, None);
+    b.close().await;
+}
+
+#[tokio::test]
+async fn the_jobs_list_and_a_job_page_refresh_themselves_and_text_search_finds_args_and_errors() {
+    if !browser_available() {
+        return;
+    }
+    let app = App::start().await;
+    let first = insert_unchecked(
+        app.pool(),
+        "fleet.sleep",
+        json!({"ms": 1, "note": "route LHR-JFK"}),
+    )
+    .await;
+    let declined = insert_unchecked(app.pool(), "fleet.sleep", json!({"ms": 2})).await;
+    set_state(
+        app.pool(),
+        declined,
+        "retryable",
+        Some("stripe: Card_Declined (insufficient_funds)"),
+    )
+    .await;
+    let percent = insert_unchecked(
+        app.pool(),
+        "fleet.sleep",
+        json!({"ms": 3, "note": "50% off"}),
+    )
+    .await;
+    let b = app.browser().await;
+    b.sign_in("alice", ALICE_PW).await;
+    b.goto("/ui/jobs").await;
+    b.wait_h1("Jobs").await;
+    // A job enqueued after the page opened appears without a reload.
+    let later = insert_unchecked(app.pool(), "fleet.sleep", json!({"ms": 4})).await;
+    let deadline = tokio::time::Instant::now() + SECS(15);
+    while !ids_in(&b, "#jobs").await.contains(&later) {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "job {later} never appeared"
+        );
+        tokio::time::sleep(Duration::from_millis(300)).await;
+    }
+    // A job's page follows its state.
+    b.goto(&format!("/ui/jobs/{first}")).await;
+    b.wait_h1(&format!("Job {first}")).await;
+    set_state(app.pool(), first, "dead", Some("gave up")).await;
+    let deadline = tokio::time::Instant::now() + SECS(15);
+    while !b.text("#live-job .page-head").await.contains("dead") {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "job page never showed dead"
+        );
+        tokio::time::sleep(Duration::from_millis(300)).await;
+    }
+    // The switch turns it off, for this browser.
+    b.click("#live-toggle").await;
+    assert_eq!(b.text("#live-state").await, "paused");
+    b.goto(&format!("/ui/jobs/{first}")).await;
+    assert!(!b.el("#live-toggle").await.is_selected().await.unwrap());
+    b.click("#live-toggle").await;
+
+    // Text search: args and errors, any case, wildcards taken literally.
+    b.goto("/ui/jobs").await;
+    b.fill("#f-q", "card_declined").await;
+    b.click_button("form.filters", "Filter").await;
+    b.wait_h1("Jobs").await;
+    assert_eq!(ids_in(&b, "#jobs").await, vec![declined]);
+    b.goto("/ui/jobs?q=lhr-jfk").await;
+    assert_eq!(ids_in(&b, "#jobs").await, vec![first]);
+    b.goto("/ui/jobs?q=50%25").await;
+    assert_eq!(
+        ids_in(&b, "#jobs").await,
+        vec![percent],
+        "% is a character, not a wildcard"
+    );
+    b.goto("/ui/jobs?q=0_off").await;
+    assert!(
+        b.has("#jobs-none").await,
+        "_ is a character, not a wildcard"
+    );
+    b.goto(&format!("/ui/jobs?q={}", "x".repeat(201))).await;
+    assert!(b
+        .main_text()
+        .await
+        .contains("Text in args or errors: is 201 characters long"));
+    b.close().await;
+}
+
+#[tokio::test]
+async fn the_schedules_page_shows_each_ticks_job_and_a_paused_schedule_skips_its_ticks_audited() {
+    if !browser_available() {
+        return;
+    }
+    let app = App::start().await;
+    let s = settings();
+    let schedules = fleet::scheduler::validate(&s.schedules, &app.registry).unwrap();
+    let scheduler = fleet::scheduler::Scheduler::new(
+        app.pool().clone(),
+        app.registry.clone(),
+        schedules.clone(),
+    );
+    let scan = schedules
+        .iter()
+        .find(|s| s.name == "campaign_scan")
+        .unwrap();
+    let t1 = scan.latest_tick(chrono::Utc::now()).unwrap();
+    let job = scheduler.enqueue_tick(scan, t1).await.unwrap().unwrap();
+
+    let b = app.browser().await;
+    b.sign_in("alice", ALICE_PW).await;
+    b.goto("/ui/schedules").await;
+    b.wait_h1("Schedules").await;
+    let row = b.row("#schedules", "campaign_scan").await;
+    assert!(row[1].contains("0 */10 * * * *"), "{row:?}");
+    assert!(row[3].contains("active"), "{row:?}");
+    assert!(row[5].contains(&format!("job {job}")), "{row:?}");
+    assert!(b.has(&format!("#schedules a[href='/ui/jobs/{job}']")).await);
+
+    // Pause: a dry run, a reason required, then paused and audited.
+    b.click("#schedule-campaign_scan button").await;
+    b.wait_h1("Pause the schedule campaign_scan?").await;
+    b.click("#confirm").await;
+    assert!(b.main_text().await.contains("needs a reason"));
+    b.goto("/ui/schedules").await;
+    b.click("#schedule-campaign_scan button").await;
+    b.wait_h1("Pause the schedule campaign_scan?").await;
+    b.fill("#f-reason", "INC-7 scan storm").await;
+    b.click("#confirm").await;
+    b.wait_h1("Schedule campaign_scan paused").await;
+    let audit = app.audit("schedule.pause").await;
+    assert_eq!(audit.len(), 1);
+    assert_eq!(
+        (audit[0].0.as_str(), audit[0].1.as_deref()),
+        ("alice", Some("campaign_scan"))
+    );
+    assert_eq!(audit[0].2["reason"], "INC-7 scan storm");
+
+    // A tick while paused is recorded as skipped and enqueues nothing.
+    let jobs_before = job_count(app.pool()).await;
+    let t2 = t1 + chrono::Duration::minutes(10);
+    assert_eq!(scheduler.enqueue_tick(scan, t2).await.unwrap(), None);
+    assert_eq!(job_count(app.pool()).await, jobs_before);
+    b.goto("/ui/schedules").await;
+    let row = b.row("#schedules", "campaign_scan").await;
+    assert!(
+        row[3].contains("paused") && row[3].contains("INC-7 scan storm"),
+        "{row:?}"
+    );
+    assert!(row[5].contains("skipped (paused)"), "{row:?}");
+    b.screenshot("schedules").await;
+
+    // Resume: the next tick enqueues again; the skipped one is not replayed.
+    b.click("#schedule-campaign_scan button").await;
+    b.wait_h1("Resume the schedule campaign_scan?").await;
+    b.click("#confirm").await;
+    b.wait_h1("Schedule campaign_scan resumed").await;
+    assert_eq!(
+        scheduler.enqueue_tick(scan, t2).await.unwrap(),
+        None,
+        "skipped stays skipped"
+    );
+    let t3 = t2 + chrono::Duration::minutes(10);
+    assert!(scheduler.enqueue_tick(scan, t3).await.unwrap().is_some());
+
+    // A viewer sees the page but no button.
+    let v = app.browser().await;
+    v.sign_in("viv", VIV_PW).await;
+    v.goto("/ui/schedules").await;
+    v.wait_h1("Schedules").await;
+    assert!(!v.has("#schedule-campaign_scan button").await);
+    v.close().await;
+    b.close().await;
+}
+
+#[tokio::test]
+async fn the_activity_page_charts_completions_and_failures_per_kind_over_hours_and_days() {
+    if !browser_available() {
+        return;
+    }
+    let app = App::start().await;
+    // Three hours ago: 4 completed sleeps; one hour ago: a dead card_update after two failed
+    // attempts; yesterday beyond 24 h: one completed sleep (only in 7 and 30 days).
+    let at = |hours: i64| chrono::Utc::now() - chrono::Duration::hours(hours);
+    for _ in 0..4 {
+        let id = insert_unchecked(app.pool(), "fleet.sleep", json!({"ms": 1})).await;
+        sqlx::query("UPDATE fleet_jobs SET state = 'completed', finished_at = $2 WHERE id = $1")
+            .bind(id)
+            .bind(at(3))
+            .execute(app.pool())
+            .await
+            .unwrap();
+    }
+    let dead = insert_unchecked(app.pool(), "card_update", json!({})).await;
+    sqlx::query(
+        "UPDATE fleet_jobs SET state = 'dead', finished_at = $2, attempted_at = $2,
+             errors = jsonb_build_array(
+                 jsonb_build_object('attempt', 1, 'class', 'retryable', 'message', 'x', 'at', $2),
+                 jsonb_build_object('attempt', 2, 'class', 'fatal', 'message', 'y', 'at', $2),
+                 'not an entry from this binary')
+         WHERE id = $1",
+    )
+    .bind(dead)
+    .bind(at(1))
+    .execute(app.pool())
+    .await
+    .unwrap();
+    let old = insert_unchecked(app.pool(), "fleet.sleep", json!({"ms": 1})).await;
+    sqlx::query("UPDATE fleet_jobs SET state = 'completed', finished_at = $2 WHERE id = $1")
+        .bind(old)
+        .bind(at(30))
+        .execute(app.pool())
+        .await
+        .unwrap();
+
+    let b = app.browser().await;
+    b.sign_in("alice", ALICE_PW).await;
+    b.goto("/ui/activity").await;
+    b.wait_h1("Activity").await;
+    let all = b.text("#all").await;
+    assert!(all.contains("4 completed · 3 failures"), "{all}");
+    assert!(b
+        .text("#kind-fleet\\.sleep")
+        .await
+        .contains("4 completed · 0 failures"));
+    assert!(b
+        .text("#kind-card_update")
+        .await
+        .contains("0 completed · 3 failures"));
+    b.screenshot("activity").await;
+    b.goto("/ui/activity?range=7d").await;
+    assert!(b.text("#all").await.contains("5 completed · 3 failures"));
+    b.goto("/ui/activity?range=30d&kind=card_update").await;
+    assert!(!b.has("#all").await && !b.has("#kind-fleet\\.sleep").await);
+    assert!(b.has("#kind-card_update").await);
+    b.goto("/ui/activity?range=1y").await;
+    assert!(b
+        .main_text()
+        .await
+        .contains("range: \"1y\" is not one of 24h, 7d, 30d"));
+    b.close().await;
+}
+
+#[tokio::test]
+async fn dark_mode_follows_the_switch_and_is_kept_across_pages() {
+    if !browser_available() {
+        return;
+    }
+    let app = App::start().await;
+    let b = app.browser().await;
+    b.sign_in("alice", ALICE_PW).await;
+    let main_bg = || async {
+        b.c.execute(
+            "return getComputedStyle(document.documentElement).backgroundColor",
+            vec![],
+        )
+        .await
+        .unwrap()
+        .as_str()
+        .unwrap_or_default()
+        .to_owned()
+    };
+    let light = main_bg().await;
+    assert_eq!(b.text("#theme-toggle").await, "Dark mode");
+    b.click("#theme-toggle").await;
+    let dark = main_bg().await;
+    assert_ne!(light, dark, "the page darkened");
+    assert_eq!(b.text("#theme-toggle").await, "Light mode");
+    b.goto("/ui/jobs").await;
+    b.wait_h1("Jobs").await;
+    assert_eq!(main_bg().await, dark, "kept on the next page");
+    b.goto("/ui/").await;
+    b.wait_h1("Overview").await;
+    b.screenshot("overview-dark").await;
+    b.click("#theme-toggle").await;
+    assert_eq!(main_bg().await, light);
+    b.close().await;
 }

@@ -724,3 +724,235 @@ async fn a_command_piped_into_a_reader_that_stops_early_exits_cleanly() {
     assert!(!err.contains("panicked"), "no panic, no backtrace: {err}");
     assert!(out.status.success(), "exit {:?}: {err}", out.status.code());
 }
+
+fn ok(o: &Output) -> String {
+    assert!(
+        o.status.success(),
+        "{}{}",
+        String::from_utf8_lossy(&o.stdout),
+        String::from_utf8_lossy(&o.stderr)
+    );
+    String::from_utf8_lossy(&o.stdout).into_owned()
+}
+
+#[tokio::test]
+async fn run_now_moves_a_retrying_job_and_delete_spares_a_job_whose_key_is_held() {
+    let db = db().await;
+    let mut ids = Vec::new();
+    for key in ["a", "b", "c"] {
+        let out = ok(&fleet(
+            &db.url,
+            &[
+                "enqueue",
+                "fleet.sleep",
+                "--args",
+                "{\"ms\":1}",
+                "--key",
+                key,
+                "--json",
+            ],
+            None,
+        ));
+        ids.push(
+            serde_json::from_str::<serde_json::Value>(&out).unwrap()["id"]
+                .as_i64()
+                .unwrap(),
+        );
+    }
+    // a: retrying in an hour (its error names a card decline); b: completed, key released;
+    // c: completed, key held for a day.
+    sqlx::query(
+        "UPDATE fleet_jobs SET state = 'retryable', attempt = 1, run_at = now() + interval '1 hour',
+             errors = '[{\"attempt\":1,\"class\":\"retryable\",\"message\":\"stripe: Card_Declined\",\"at\":\"2026-12-06T10:00:00Z\"}]'
+         WHERE id = $1",
+    )
+    .bind(ids[0])
+    .execute(&db.pool)
+    .await
+    .unwrap();
+    sqlx::query(
+        "UPDATE fleet_jobs SET state = 'completed', finished_at = now(),
+             key_held = (id = $2), key_held_until = CASE WHEN id = $2 THEN now() + interval '1 day' END
+         WHERE id = ANY($1)",
+    )
+    .bind(&ids[1..])
+    .bind(ids[2])
+    .execute(&db.pool)
+    .await
+    .unwrap();
+    let state = |id: i64| {
+        let pool = db.pool.clone();
+        async move {
+            sqlx::query_scalar::<_, String>("SELECT state::text FROM fleet_jobs WHERE id = $1")
+                .bind(id)
+                .fetch_optional(&pool)
+                .await
+                .unwrap()
+        }
+    };
+    let (a, b, c) = (ids[0].to_string(), ids[1].to_string(), ids[2].to_string());
+
+    // Text search finds the error, any case; nothing else matches.
+    let out = ok(&fleet(
+        &db.url,
+        &["queue", "list", "--search", "card_declined", "--json"],
+        None,
+    ));
+    let listed: serde_json::Value = serde_json::from_str(&out).unwrap();
+    assert_eq!(listed.as_array().unwrap().len(), 1, "{listed}");
+    assert_eq!(listed[0]["id"], ids[0]);
+    let out = fleet(&db.url, &["queue", "list", "--search", " "], None);
+    assert_eq!(out.status.code(), Some(2));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("is empty"));
+
+    // Run now: dry run changes nothing; then available now, audited.
+    let out = ok(&fleet(
+        &db.url,
+        &["queue", "run-now", "--id", &a, "--dry-run"],
+        None,
+    ));
+    assert!(
+        out.contains(&format!("would run now: 1 job(s): {a}")),
+        "{out}"
+    );
+    assert_eq!(state(ids[0]).await.as_deref(), Some("retryable"));
+    let out = ok(&fleet(
+        &db.url,
+        &["queue", "run-now", "--id", &a, "--actor", "ops-alice"],
+        None,
+    ));
+    assert!(out.contains("runs now: 1 job(s)"), "{out}");
+    assert_eq!(state(ids[0]).await.as_deref(), Some("available"));
+    // Again: nothing scheduled or retrying matches (1); a state that cannot run now is usage (2).
+    assert_eq!(
+        fleet(&db.url, &["queue", "run-now", "--id", &a], None)
+            .status
+            .code(),
+        Some(1)
+    );
+    let out = fleet(&db.url, &["queue", "run-now", "--state", "dead"], None);
+    assert_eq!(out.status.code(), Some(2));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("only scheduled or retrying jobs"));
+
+    // Delete: the released job goes; the held one stays, with the reason; unfinished refused.
+    let out = ok(&fleet(
+        &db.url,
+        &[
+            "queue",
+            "delete",
+            "--id",
+            &format!("{b},{c}"),
+            "--actor",
+            "ops-alice",
+        ],
+        None,
+    ));
+    assert!(
+        out.contains(&format!("deleted 1 job(s) with their history: {b}")),
+        "{out}"
+    );
+    assert!(
+        out.contains(&format!("skipped {c}: its idempotency key is held until")),
+        "{out}"
+    );
+    assert_eq!(state(ids[1]).await, None);
+    assert_eq!(state(ids[2]).await.as_deref(), Some("completed"));
+    let out = fleet(&db.url, &["queue", "delete", "--state", "available"], None);
+    assert_eq!(out.status.code(), Some(2));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("cancel it first"));
+    assert_eq!(
+        fleet(&db.url, &["queue", "delete", "--id", &a], None)
+            .status
+            .code(),
+        Some(1)
+    );
+    let audit: Vec<(String, String)> = sqlx::query_as(
+        "SELECT action, actor FROM fleet_audit
+         WHERE action IN ('job.run_now', 'job.delete') AND actor = 'ops-alice' ORDER BY created_at",
+    )
+    .fetch_all(&db.pool)
+    .await
+    .unwrap();
+    assert_eq!(
+        audit,
+        vec![
+            ("job.run_now".to_owned(), "ops-alice".to_owned()),
+            ("job.delete".to_owned(), "ops-alice".to_owned())
+        ]
+    );
+}
+
+#[tokio::test]
+async fn a_paused_schedule_is_listed_as_paused_audited_and_an_unknown_one_is_named() {
+    let db = db().await;
+    let out = ok(&fleet(&db.url, &["schedules"], None));
+    for name in ["campaign_scan", "card_expiry_reminder", "retention_purge"] {
+        assert!(out.contains(name), "{out}");
+    }
+    let out = ok(&fleet(
+        &db.url,
+        &["schedules", "pause", "campaign_scan", "--dry-run"],
+        None,
+    ));
+    assert!(out.contains("campaign_scan: would pause"), "{out}");
+    let out = ok(&fleet(
+        &db.url,
+        &[
+            "schedules",
+            "pause",
+            "campaign_scan",
+            "--reason",
+            "INC-9",
+            "--actor",
+            "ops-bob",
+        ],
+        None,
+    ));
+    assert!(out.contains("paused: its ticks enqueue nothing"), "{out}");
+    let listed: serde_json::Value =
+        serde_json::from_str(&ok(&fleet(&db.url, &["schedules", "--json"], None))).unwrap();
+    let scan = listed
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|s| s["name"] == "campaign_scan")
+        .unwrap();
+    assert_eq!(scan["paused"]["paused_by"], "ops-bob");
+    assert_eq!(scan["paused"]["reason"], "INC-9");
+    assert!(scan["next_tick"].is_string());
+    let out = ok(&fleet(
+        &db.url,
+        &["schedules", "pause", "campaign_scan"],
+        None,
+    ));
+    assert!(out.contains("already paused"), "{out}");
+    let out = fleet(&db.url, &["schedules", "pause", "campain_scan"], None);
+    assert_eq!(out.status.code(), Some(2));
+    assert!(
+        String::from_utf8_lossy(&out.stderr)
+            .contains("no schedule named \"campain_scan\" (configured: campaign_scan, card_expiry_reminder, retention_purge)"),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let out = ok(&fleet(
+        &db.url,
+        &["schedules", "resume", "campaign_scan"],
+        None,
+    ));
+    assert!(out.contains("resumed"), "{out}");
+    let audit: Vec<(String, Option<String>)> = sqlx::query_as(
+        "SELECT action, resource_id FROM fleet_audit WHERE action LIKE 'schedule.%' ORDER BY created_at",
+    )
+    .fetch_all(&db.pool)
+    .await
+    .unwrap();
+    let campaign_scan = Some("campaign_scan".to_owned());
+    assert_eq!(
+        audit,
+        vec![
+            ("schedule.pause".to_owned(), campaign_scan.clone()),
+            ("schedule.pause".to_owned(), campaign_scan.clone()),
+            ("schedule.resume".to_owned(), campaign_scan),
+        ]
+    );
+}

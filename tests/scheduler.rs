@@ -218,3 +218,62 @@ fn schedule_args_that_do_not_fit_the_kind_are_a_start_up_error() {
         "{e}"
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_paused_schedules_ticks_are_skipped_once_by_any_scheduler_and_not_replayed_on_resume() {
+    let db = db().await;
+    let reg = registry();
+    let schedules = scheduler::validate(&settings("* * * * * *"), &reg).unwrap();
+    let clock = ManualClock::at(Utc.with_ymd_and_hms(2026, 11, 21, 3, 0, 0).unwrap());
+    let schedulers: Vec<Scheduler> = (0..2)
+        .map(|_| {
+            Scheduler::new(db.pool.clone(), reg.clone(), schedules.clone())
+                .with_clock(clock.clone())
+        })
+        .collect();
+    let ops = fleet::ops::Ops::new(db.pool.clone(), reg.kind_names(), "ops-alice");
+    assert!(
+        ops.schedule_pause(&schedules, "canary", "INC-1", false)
+            .await
+            .unwrap()
+            .result
+    );
+    for _ in 0..3 {
+        clock.advance(Duration::from_millis(1_000));
+        let fired = futures::future::join_all(schedulers.iter().map(|s| s.tick())).await;
+        assert!(
+            fired.into_iter().all(|f| f.unwrap().is_empty()),
+            "nothing enqueued while paused"
+        );
+    }
+    assert_eq!(job_count(&db.pool).await, 0);
+    let skipped: Vec<(Option<i64>, Option<String>)> =
+        sqlx::query_as("SELECT job_id, skipped FROM fleet_cron_ticks ORDER BY tick_at")
+            .fetch_all(&db.pool)
+            .await
+            .unwrap();
+    assert_eq!(
+        skipped,
+        vec![(None, Some("paused".to_owned())); 3],
+        "each tick decided once"
+    );
+
+    assert!(
+        ops.schedule_resume(&schedules, "canary", false)
+            .await
+            .unwrap()
+            .result
+    );
+    // A restart's catch-up does not replay the skipped tick; the next tick enqueues.
+    let caught = schedulers[0].catch_up(clock.get()).await.unwrap();
+    assert!(caught.is_empty(), "{caught:?}");
+    clock.advance(Duration::from_millis(1_000));
+    let fired = schedulers[1].tick().await.unwrap();
+    assert_eq!(fired.len(), 1);
+    assert_eq!(job_count(&db.pool).await, 1);
+    let report = ops.schedules(&schedules).await.unwrap();
+    assert_eq!(report[0].ticks.len(), 4);
+    assert_eq!(report[0].ticks[0].job_id, Some(fired[0].2));
+    assert_eq!(report[0].ticks[1].skipped.as_deref(), Some("paused"));
+    assert!(report[0].paused.is_none());
+}

@@ -18,6 +18,7 @@ pub(crate) mod output;
 pub(crate) mod queue;
 mod roles;
 mod sandbox;
+mod schedules;
 mod seed;
 mod settings;
 mod workers;
@@ -56,6 +57,8 @@ pub(crate) enum Command {
     Console(console::ConsoleArgs),
     /// Fire the `[schedules.*]` cron schedules until SIGTERM/SIGINT (any number may run).
     Scheduler,
+    /// The cron schedules: last and next ticks, what they enqueued; pause or resume one.
+    Schedules(schedules::SchedulesArgs),
     /// Enqueue one job (operators' smoke test).
     Enqueue(enqueue::EnqueueArgs),
     /// Inspect and operate the queue: stats, list, show, replay, cancel, pause, resume, paused,
@@ -151,6 +154,7 @@ pub(crate) async fn run(
         Command::Serve(a) => roles::serve(a, &settings).await,
         Command::Console(a) => console::run(a),
         Command::Scheduler => roles::scheduler(&settings).await,
+        Command::Schedules(a) => schedules::run(a, &settings).await,
         Command::Enqueue(a) => enqueue::run(a, &settings).await,
         Command::Queue(a) => queue::run(a, &settings).await,
         Command::Workers(a) => workers::run(a, &settings).await,

@@ -61,6 +61,22 @@ enum QueueAction {
         #[command(flatten)]
         m: MutArgs,
     },
+    /// Scheduled or retrying jobs → available now ("retry now" once a backoff's cause is
+    /// fixed); a retry keeps the attempt it charged.
+    RunNow {
+        #[command(flatten)]
+        filter: FilterArgs,
+        #[command(flatten)]
+        m: MutArgs,
+    },
+    /// Delete finished jobs (completed, cancelled, dead) with their history; a job whose
+    /// idempotency key is still held is left alone.
+    Delete {
+        #[command(flatten)]
+        filter: FilterArgs,
+        #[command(flatten)]
+        m: MutArgs,
+    },
     /// Stop every worker from claiming jobs of KIND (running ones finish): the kill switch.
     Pause {
         kind: String,
@@ -127,6 +143,10 @@ struct FilterArgs {
     /// Args containing this JSON object, e.g. '{"booking_id":"…"}'.
     #[arg(long, value_parser = parse_json_object)]
     args: Option<serde_json::Value>,
+    /// Text anywhere in the args or the error history, case-insensitive (no index: narrow
+    /// by --kind, --state or --since on a big queue).
+    #[arg(long, value_parser = queue::parse_search)]
+    search: Option<String>,
 }
 
 impl FilterArgs {
@@ -140,6 +160,7 @@ impl FilterArgs {
             idempotency_key: self.key,
             queue: self.queue,
             args_contain: self.args,
+            search: self.search,
         }
     }
 }
@@ -326,6 +347,49 @@ pub async fn run(a: QueueArgs, settings: &Settings) -> anyhow::Result<()> {
             };
             emit(json, &r, &text)?;
             nothing_matched(r.result.is_empty(), "cancel")
+        }
+        QueueAction::RunNow { filter, m } => {
+            if let Some(k) = &filter.kind {
+                homed_here(k)?;
+            }
+            let r = ops(actor_of(&m))
+                .run_now(&filter.into_filter(), m.dry_run)
+                .await?;
+            let verb = if r.dry_run {
+                "would run now"
+            } else {
+                "runs now"
+            };
+            let text = if r.result.is_empty() {
+                format!("{verb}: no job; none of the matching jobs is scheduled or retrying")
+            } else {
+                format!("{verb}: {} job(s): {}", r.result.len(), ids(&r.result))
+            };
+            emit(json, &r, &text)?;
+            nothing_matched(r.result.is_empty(), "run-now")
+        }
+        QueueAction::Delete { filter, m } => {
+            if let Some(k) = &filter.kind {
+                homed_here(k)?;
+            }
+            let r = ops(actor_of(&m))
+                .delete(&filter.into_filter(), m.dry_run)
+                .await?;
+            let verb = if r.dry_run { "would delete" } else { "deleted" };
+            let mut text = if r.result.deleted.is_empty() {
+                format!("{verb} no job: none of the matching jobs is finished and free to go")
+            } else {
+                format!(
+                    "{verb} {} job(s) with their history: {}",
+                    r.result.deleted.len(),
+                    ids(&r.result.deleted)
+                )
+            };
+            for sk in &r.result.skipped {
+                text.push_str(&format!("\nskipped {}: {}", sk.id, sk.reason));
+            }
+            emit(json, &r, &text)?;
+            nothing_matched(r.result.deleted.is_empty(), "delete")
         }
         QueueAction::Pause { kind, reason, m } => {
             homed_here(&kind)?;

@@ -282,6 +282,7 @@ pub async fn serve(a: ServeArgs, settings: &Settings) -> anyhow::Result<()> {
     if settings.console.users.is_empty() {
         tracing::warn!("no [console.users.*] are configured: nobody can sign in to the console");
     }
+    let schedules = crate::scheduler::validate(&settings.schedules, &registry)?;
     let mut console = crate::console::Console::new(
         main_db.clone(),
         registry,
@@ -291,6 +292,8 @@ pub async fn serve(a: ServeArgs, settings: &Settings) -> anyhow::Result<()> {
     if dbs.main.replica.is_some() {
         console = console.with_reads(dbs.main.reads.clone());
     }
+    console = console.with_schedules(schedules);
+
     let admin_routes = crate::serve::harden(
         crate::serve::admin_router_with_console(main_db, console),
         &limits,

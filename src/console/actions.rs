@@ -53,18 +53,26 @@ pub struct ActionForm {
     key: String,
     #[serde(default)]
     args: String,
+    #[serde(default)]
+    q: String,
     /// Pause: free text; refund: a code.
     #[serde(default)]
     reason: String,
     /// Refund: the booking id.
     #[serde(default)]
     booking: String,
+    /// Schedule pause/resume: its name.
+    #[serde(default)]
+    schedule: String,
     /// Drain: how long to wait ("10m").
     #[serde(default)]
     timeout: String,
     /// Replay/cancel confirmation: the ids the preview showed.
     #[serde(default)]
     only: String,
+    /// Jobs ticked in a list (the field repeats): added to `id`.
+    #[serde(default)]
+    pick: Vec<String>,
     /// `yes` on the confirming request.
     #[serde(default)]
     confirm: String,
@@ -76,8 +84,14 @@ impl ActionForm {
     }
 
     fn filter_fields(&self) -> FilterFields {
+        let id = std::iter::once(self.id.as_str())
+            .chain(self.pick.iter().map(String::as_str))
+            .map(str::trim)
+            .filter(|s| !s.is_empty())
+            .collect::<Vec<_>>()
+            .join(",");
         FilterFields {
-            id: self.id.clone(),
+            id,
             kind: self.kind.clone(),
             state: self.state.clone(),
             queue: self.queue.clone(),
@@ -85,6 +99,7 @@ impl ActionForm {
             until: self.until.clone(),
             key: self.key.clone(),
             args: self.args.clone(),
+            q: self.q.clone(),
         }
     }
 
@@ -186,7 +201,8 @@ const RESUME: Switch = Switch {
     done: " is resumed: workers claim its jobs again.",
 };
 
-/// `POST /ui/actions/{action}`: `pause`, `resume`, `drain`, `replay`, `cancel`, `refund`.
+/// `POST /ui/actions/{action}`: `pause`, `resume`, `drain`, `replay`, `cancel`, `run-now`,
+/// `delete`, `schedule-pause`, `schedule-resume`, `refund`.
 pub async fn act(
     State(st): State<ConsoleState>,
     Extension(s): Extension<Session>,
@@ -199,6 +215,10 @@ pub async fn act(
         "drain" => drain(&st, &s, &f).await,
         "replay" => replay(&st, &s, &f).await,
         "cancel" => cancel(&st, &s, &f).await,
+        "run-now" => run_now(&st, &s, &f).await,
+        "schedule-pause" => switch_schedule(&st, &s, &f, true).await,
+        "schedule-resume" => switch_schedule(&st, &s, &f, false).await,
+        "delete" => delete(&st, &s, &f).await,
         "refund" => refund(&st, &s, &f).await,
         _ => Err((
             PageError::NotFound(format!("there is no action {action:?}")),
@@ -397,7 +417,10 @@ fn bulk_preview(
     let label = format!("{} {} job(s)", capitalise(verb), ids.len());
     preview_page(
         s,
-        &format!("{} jobs?", capitalise(verb)),
+        &match verb {
+            "run now" => "Run jobs now?".to_owned(),
+            v => format!("{} jobs?", capitalise(v)),
+        },
         action,
         what,
         hidden,
@@ -479,6 +502,123 @@ async fn cancel(st: &ConsoleState, s: &Session, f: &ActionForm) -> PageResult {
         "Jobs cancelled",
         "job.cancel",
         html! { "cancelled " strong #done-count { (ids.len()) } " job(s). " (id_list(&ids)) },
+    ))
+}
+
+/// Pause (or resume) a cron schedule.
+async fn switch_schedule(st: &ConsoleState, s: &Session, f: &ActionForm, pause: bool) -> PageResult {
+    let name = f.schedule.trim();
+    let reason = f.reason.trim();
+    let dry_run = !f.confirmed();
+    if pause && !dry_run && reason.is_empty() {
+        return Err((
+            PageError::BadRequest(
+                "Pausing a schedule needs a reason: it is recorded in the audit trail. Go back \
+                 and fill in \"Reason\"."
+                    .into(),
+            ),
+            Some(s.clone()),
+        ));
+    }
+    let ops = st.ops(&s.user);
+    let r = if pause {
+        ops.schedule_pause(&st.schedules, name, reason, dry_run).await
+    } else {
+        ops.schedule_resume(&st.schedules, name, dry_run).await
+    }
+    .or_page(s)?;
+    let (path, verb) = if pause {
+        ("/ui/actions/schedule-pause", "pause")
+    } else {
+        ("/ui/actions/schedule-resume", "resume")
+    };
+    if r.dry_run {
+        let what = match (r.result, pause) {
+            (true, true) => html! { p { "Would pause the schedule " strong { (name) } ": its ticks enqueue nothing until it is resumed, and the ticks it misses are not replayed. Jobs it already enqueued are not touched." } },
+            (true, false) => html! { p { "Would resume the schedule " strong { (name) } ": its next tick enqueues its job again." } },
+            (false, true) => html! { p { strong { (name) } " is already paused: nothing would change." } },
+            (false, false) => html! { p { strong { (name) } " is not paused: nothing would change." } },
+        };
+        let reason_field = if pause {
+            templates::field("reason", "Reason (required; recorded in the audit trail)", reason, "e.g. provider outage, INC-123")
+        } else {
+            html! {}
+        };
+        let hidden = html! { input type="hidden" name="schedule" value=(name); };
+        let label = if pause { "Pause it" } else { "Resume it" };
+        return Ok(preview_page(
+            s,
+            &format!("{} the schedule {name}?", capitalise(verb)),
+            path,
+            what,
+            hidden,
+            reason_field,
+            r.result.then_some(label),
+        ));
+    }
+    Ok(done_page(
+        s,
+        &format!("Schedule {name} {verb}d"),
+        &format!("schedule.{verb}"),
+        html! {
+            strong { (name) }
+            @if !r.result { " was already " (if pause { "paused" } else { "active" }) "; nothing changed." }
+            @else if pause { " is paused: its ticks enqueue nothing until it is resumed." }
+            @else { " is resumed: its next tick enqueues its job." }
+            " " a href="/ui/schedules" { "Schedules" }
+        },
+    ))
+}
+
+/// Run scheduled or retrying jobs now.
+async fn run_now(st: &ConsoleState, s: &Session, f: &ActionForm) -> PageResult {
+    let filter = bulk_filter(f).or_page(s)?;
+    let r = st
+        .ops(&s.user)
+        .run_now(&filter, !f.confirmed())
+        .await
+        .or_page(s)?;
+    if r.dry_run {
+        let detail = html! {
+            p.muted { "Only scheduled or retrying jobs move: each becomes available now. A retry keeps the attempt it already used." }
+            (id_list(&r.result))
+        };
+        return Ok(bulk_preview(s, f, "run now", "/ui/actions/run-now", &r.result, detail));
+    }
+    Ok(done_page(
+        s,
+        "Jobs run now",
+        "job.run_now",
+        html! { "made " strong #done-count { (r.result.len()) } " job(s) available now. " (id_list(&r.result)) },
+    ))
+}
+
+/// Delete finished jobs.
+async fn delete(st: &ConsoleState, s: &Session, f: &ActionForm) -> PageResult {
+    let filter = bulk_filter(f).or_page(s)?;
+    let r = st
+        .ops(&s.user)
+        .delete(&filter, !f.confirmed())
+        .await
+        .or_page(s)?;
+    let skipped = html! {
+        @if !r.result.skipped.is_empty() {
+            p { "Left alone:" }
+            ul #skipped { @for sk in &r.result.skipped { li { a href=(format!("/ui/jobs/{}", sk.id)) { (sk.id) } ": " (sk.reason) } } }
+        }
+    };
+    if r.dry_run {
+        let detail = html! {
+            p.muted { "Only finished jobs (completed, cancelled, dead) are deleted, with their attempt history. This cannot be undone; the audit trail keeps their ids." }
+            (id_list(&r.result.deleted)) (skipped)
+        };
+        return Ok(bulk_preview(s, f, "delete", "/ui/actions/delete", &r.result.deleted, detail));
+    }
+    Ok(done_page(
+        s,
+        "Jobs deleted",
+        "job.delete",
+        html! { "deleted " strong #done-count { (r.result.deleted.len()) } " job(s). " (id_list(&r.result.deleted)) (skipped) },
     ))
 }
 

@@ -17,7 +17,7 @@ use super::{
     templates::{self, Nav},
     ConsoleState, PageError, Session, WithSession,
 };
-use crate::queue::{parse_json_object, parse_time, JobFilter, JobState, JobSummary};
+use crate::queue::{parse_json_object, parse_search, parse_time, JobFilter, JobState, JobSummary};
 
 /// The filter as the form sends it (and the action forms carry it on): text, as typed.
 #[derive(Debug, Clone, Default, Deserialize)]
@@ -46,6 +46,9 @@ pub struct FilterFields {
     /// Args containing this JSON object.
     #[serde(default)]
     pub args: String,
+    /// Text anywhere in the args or the errors.
+    #[serde(default)]
+    pub q: String,
 }
 
 impl FilterFields {
@@ -84,6 +87,9 @@ impl FilterFields {
             args_contain: text(&self.args)
                 .map(|a| parse_json_object(&a).map_err(|e| bad("args", e)))
                 .transpose()?,
+            search: text(&self.q)
+                .map(|q| parse_search(&q).map_err(|e| bad("Text in args or errors", e)))
+                .transpose()?,
         })
     }
 
@@ -97,6 +103,7 @@ impl FilterFields {
     pub fn pairs(&self) -> Vec<(&'static str, String)> {
         let mut out = Vec::new();
         for (k, v) in [
+            ("q", &self.q),
             ("id", &self.id),
             ("kind", &self.kind),
             ("queue", &self.queue),
@@ -161,17 +168,48 @@ pub async fn list(
                 .list(&filter, limit, q.before_id)
                 .await
                 .or_page(&s)?;
+            let here = templates::href_with(
+                "/ui/jobs",
+                &[
+                    &fields.query(),
+                    &format!("limit={limit}"),
+                    &q.before_id.map(|b| format!("before_id={b}")).unwrap_or_default(),
+                ],
+            );
+            let pick = s.can_act();
             let body = html! {
                 div.page-head { h1 { "Jobs" } p.muted { "Newest first, " (limit) " a page. The same filter as " code { "fleet queue list" } "." } }
                 (filter_form(&st, &fields, limit))
-                (jobs_table("jobs", "Jobs matching the filter", &rows))
-                nav.pager aria-label="Pages" {
-                    @if q.before_id.is_some() {
-                        a href=(format!("/ui/jobs?{}&limit={limit}", fields.query())) { "← Newest" }
+                (live_switch())
+                // Refreshed in place (htmx, the whole page fetched and this region kept); the
+                // script holds the refresh while jobs are ticked or the switch is off.
+                div #live-jobs data-live="1" hx-get=(here) hx-select="#live-jobs" hx-target="this" hx-swap="outerHTML" hx-trigger=(format!("every {}s", LIVE_EVERY_SECS)) {
+                    p.updated { "As of " (templates::time(chrono::Utc::now())) }
+                    (jobs_table_with("jobs", "Jobs matching the filter", &rows, pick))
+                    nav.pager aria-label="Pages" {
+                        @if q.before_id.is_some() {
+                            a href=(templates::href_with("/ui/jobs", &[&fields.query(), &format!("limit={limit}")])) { "← Newest" }
+                        }
+                        @if rows.len() as i64 == limit {
+                            @if let Some(last) = rows.last() {
+                                a #older href=(templates::href_with("/ui/jobs", &[&fields.query(), &format!("limit={limit}"), &format!("before_id={}", last.id)])) { "Older →" }
+                            }
+                        }
                     }
-                    @if rows.len() as i64 == limit {
-                        @if let Some(last) = rows.last() {
-                            a #older href=(templates::href_with("/ui/jobs", &[&fields.query(), &format!("limit={limit}"), &format!("before_id={}", last.id)])) { "Older →" }
+                }
+                @if pick && !rows.is_empty() {
+                    section.act #act-picked {
+                        h2 { "Act on the jobs you tick" }
+                        p.muted { "Tick jobs in the table, then choose. Each shows what it would change first; jobs in another state are left alone." }
+                        form #picked method="post" action="/ui/actions/replay" {
+                            (templates::csrf_field(&s))
+                            div.buttons {
+                                button #pick-all type="button" { "Tick all shown" }
+                                button type="submit" formaction="/ui/actions/replay" { "Replay ticked…" }
+                                button type="submit" formaction="/ui/actions/run-now" { "Run ticked now…" }
+                                button type="submit" formaction="/ui/actions/cancel" { "Cancel ticked…" }
+                                button type="submit" formaction="/ui/actions/delete" { "Delete ticked…" }
+                            }
                         }
                     }
                 }
@@ -184,7 +222,9 @@ pub async fn list(
                             (fields.hidden())
                             div.buttons {
                                 button type="submit" formaction="/ui/actions/replay" { "Replay matching…" }
+                                button type="submit" formaction="/ui/actions/run-now" { "Run matching now…" }
                                 button type="submit" formaction="/ui/actions/cancel" { "Cancel matching…" }
+                                button type="submit" formaction="/ui/actions/delete" { "Delete matching…" }
                             }
                         }
                     }
@@ -220,6 +260,7 @@ fn filter_form(st: &ConsoleState, f: &FilterFields, limit: i64) -> Markup {
             (templates::field("key", "Idempotency key", &f.key, ""))
             (templates::field("id", "Job ids", &f.id, "comma-separated"))
             (templates::field("args", "Args contain", &f.args, r#"JSON, e.g. {"booking_id": "…"}"#))
+            (templates::field("q", "Text in args or errors", &f.q, "any case, e.g. card_declined"))
             div.field {
                 label for="f-limit" { "Per page" }
                 select #f-limit name="limit" {
@@ -234,12 +275,34 @@ fn filter_form(st: &ConsoleState, f: &FilterFields, limit: i64) -> Markup {
     }
 }
 
+/// How often the jobs list and a job's page refresh themselves.
+const LIVE_EVERY_SECS: u32 = 5;
+
+/// The switch that turns a page's live refresh on and off (console.js keeps it per browser).
+pub fn live_switch() -> Markup {
+    html! {
+        p.live-switch {
+            label.check {
+                input #live-toggle type="checkbox" checked;
+                " Refresh every " (LIVE_EVERY_SECS) " s"
+            }
+            span.muted #live-state role="status" { "" }
+        }
+    }
+}
+
 /// A sortable table of jobs.
 pub fn jobs_table(id: &str, caption: &str, rows: &[JobSummary]) -> Markup {
+    jobs_table_with(id, caption, rows, false)
+}
+
+/// A sortable table of jobs; with `pick`, a first column of check boxes that belong to the
+/// `#picked` form (`pick=<id>`), for acting on the ticked jobs.
+pub fn jobs_table_with(id: &str, caption: &str, rows: &[JobSummary], pick: bool) -> Markup {
     if rows.is_empty() {
         return html! { p.muted id=(format!("{id}-none")) { "No jobs match." } };
     }
-    let headers = [
+    let mut headers = vec![
         ("Job", true),
         ("Kind", false),
         ("Queue", false),
@@ -250,9 +313,15 @@ pub fn jobs_table(id: &str, caption: &str, rows: &[JobSummary]) -> Markup {
         ("Key", false),
         ("Last error", false),
     ];
+    if pick {
+        headers.insert(0, ("Tick", false));
+    }
     let body = html! {
         @for j in rows {
             tr {
+                @if pick {
+                    td.pick { input.pick type="checkbox" name="pick" value=(j.id) form="picked" aria-label=(format!("Tick job {}", j.id)); }
+                }
                 td.num data-sort=(j.id) { a href=(format!("/ui/jobs/{}", j.id)) { (j.id) } }
                 td { (j.kind) }
                 td { (j.queue) }
@@ -291,9 +360,11 @@ pub async fn show(
                 .and_then(|b| uuid::Uuid::parse_str(b).ok());
             let row = |k: &str, v: Markup| html! { dt { (k) } dd { (v) } };
             let body = html! {
+                (live_switch())
+                div #live-job data-live="1" hx-get=(format!("/ui/jobs/{}", j.id)) hx-select="#live-job" hx-target="this" hx-swap="outerHTML" hx-trigger=(format!("every {}s", LIVE_EVERY_SECS)) {
                 div.page-head {
                     h1 { "Job " (j.id) " " span.kind { (j.kind) } }
-                    p { (templates::state_badge(j.state.as_str())) }
+                    p { (templates::state_badge(j.state.as_str())) " " span.updated { "as of " (templates::time(chrono::Utc::now())) } }
                 }
                 dl.facts {
                     (row("Queue", html! { (j.queue) ", priority " (j.priority) }))
@@ -357,6 +428,7 @@ pub async fn show(
                     h2 { "Jobs it enqueued" }
                     (jobs_table("children", "Jobs this job's handler enqueued", &children))
                 }
+                }
                 @if s.can_act() {
                     section.act {
                         h2 { "Act on this job" }
@@ -367,8 +439,14 @@ pub async fn show(
                                 @if matches!(j.state, JobState::Dead | JobState::Cancelled) {
                                     button type="submit" formaction="/ui/actions/replay" { "Replay…" }
                                 }
+                                @if matches!(j.state, JobState::Scheduled | JobState::Retryable) {
+                                    button #run-now type="submit" formaction="/ui/actions/run-now" { (if j.state == JobState::Retryable { "Retry now…" } else { "Run now…" }) }
+                                }
                                 @if !j.state.is_final() {
                                     button type="submit" formaction="/ui/actions/cancel" { "Cancel…" }
+                                }
+                                @if j.state.is_final() {
+                                    button #delete type="submit" formaction="/ui/actions/delete" { "Delete…" }
                                 }
                             }
                         }

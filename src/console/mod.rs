@@ -13,6 +13,8 @@
 //! | `/ui/jobs`, `/ui/jobs/{id}` | `jobs` |
 //! | `/ui/bookings/{id}` timeline | `booking` |
 //! | `/ui/actions/*` preview, confirm, result | `actions` |
+//! | `/ui/schedules` cron schedules, their ticks | `schedules` |
+//! | `/ui/activity` throughput and failures over hours and days | `activity` |
 //! | `/ui/audit` | `audit` |
 //! | page frame, badges, times, static files | `templates` |
 //!
@@ -21,11 +23,13 @@
 //! ([`auth::require_csrf`]); every action needs the operator role ([`auth::require_operator`]).
 
 mod actions;
+mod activity;
 mod audit;
 pub mod auth;
 mod booking;
 mod jobs;
 mod overview;
+mod schedules;
 mod session;
 mod templates;
 
@@ -61,6 +65,8 @@ pub struct Inner {
     alive_within: Duration,
     limiter: auth::LoginLimiter,
     overview: overview::Cache,
+    /// The `[schedules.*]` this console shows and pauses ([`Console::with_schedules`]).
+    schedules: Vec<crate::scheduler::Schedule>,
 }
 
 /// The console's shared state.
@@ -113,6 +119,7 @@ impl Console {
                 alive_within,
                 limiter,
                 overview,
+                schedules: Vec::new(),
             })),
         }
     }
@@ -124,6 +131,15 @@ impl Console {
         Arc::get_mut(&mut self.state.0)
             .expect("with_reads is called before router")
             .reads = Some(reads);
+        self
+    }
+
+    /// Shows and pauses `schedules` (the validated `[schedules.*]`, as the scheduler runs
+    /// them) on `/ui/schedules`.
+    pub fn with_schedules(mut self, schedules: Vec<crate::scheduler::Schedule>) -> Self {
+        Arc::get_mut(&mut self.state.0)
+            .expect("with_schedules is called before router")
+            .schedules = schedules;
         self
     }
 
@@ -141,6 +157,8 @@ impl Console {
             .route("/ui/jobs/{id}", get(jobs::show))
             .route("/ui/bookings", get(booking::find))
             .route("/ui/bookings/{id}", get(booking::show))
+            .route("/ui/schedules", get(schedules::list))
+            .route("/ui/activity", get(activity::page))
             .route("/ui/audit", get(audit::list))
             .route("/ui/logout", post(auth::logout))
             .merge(act)

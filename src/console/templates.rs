@@ -33,6 +33,10 @@ pub enum Nav {
     Jobs,
     /// `/ui/bookings`.
     Bookings,
+    /// `/ui/schedules`.
+    Schedules,
+    /// `/ui/activity`.
+    Activity,
     /// `/ui/audit`.
     Audit,
     /// Pages outside the nav (login, action previews).
@@ -64,11 +68,15 @@ pub fn page(title: &str, session: Option<&Session>, nav: Nav, body: Markup) -> M
                 a.skip href="#main" { "Skip to content" }
                 header.top {
                     span.brand { "Parker Flight · fleet" }
+                    // Labelled by console.js once it knows the theme in effect.
+                    button.linkish #theme-toggle type="button" aria-pressed="false" { "Dark mode" }
                     @if let Some(s) = session {
                         nav aria-label="Main" {
                             (link("/ui/", "Overview", Nav::Overview))
                             (link("/ui/jobs", "Jobs", Nav::Jobs))
                             (link("/ui/bookings", "Bookings", Nav::Bookings))
+                            (link("/ui/activity", "Activity", Nav::Activity))
+                            (link("/ui/schedules", "Schedules", Nav::Schedules))
                             (link("/ui/audit", "Audit", Nav::Audit))
                         }
                         div.who {

@@ -1,6 +1,6 @@
 //! The operator's job filter, shared by `fleet queue list`, `replay` and `cancel` (and the
-//! console): one SQL predicate over parameters `$1..$8`, so every command selects the same rows.
-//! Statements that add parameters of their own number them from `$9`.
+//! console): one SQL predicate over parameters `$1..$9`, so every command selects the same rows.
+//! Statements that add parameters of their own number them from `$10`.
 
 use chrono::{DateTime, Utc};
 use serde::Serialize;
@@ -26,6 +26,10 @@ pub struct JobFilter {
     pub queue: Option<String>,
     /// Args containing this JSON (`args @> …`), e.g. `{"booking_id": "…"}`.
     pub args_contain: Option<serde_json::Value>,
+    /// Text anywhere in the args or the error history, case-insensitive (a substring, not a
+    /// pattern: `%` and `_` match themselves). No index serves it: narrow by kind, state or
+    /// time on a big table.
+    pub search: Option<String>,
 }
 
 /// A time as operators write it in a filter (`--since`, the console's fields): an RFC 3339
@@ -50,6 +54,28 @@ pub fn parse_json_object(s: &str) -> Result<serde_json::Value, String> {
     }
 }
 
+/// The most characters a text search takes.
+pub const MAX_SEARCH_CHARS: usize = 200;
+
+/// Text to search for as operators write it (`--search`, the console's field): 1 to
+/// [`MAX_SEARCH_CHARS`] characters, no NUL (Postgres text cannot hold one).
+pub fn parse_search(s: &str) -> Result<String, String> {
+    let t = s.trim();
+    if t.is_empty() {
+        return Err("is empty: give the text to look for in args and errors".to_owned());
+    }
+    if t.chars().count() > MAX_SEARCH_CHARS {
+        return Err(format!(
+            "is {} characters long; at most {MAX_SEARCH_CHARS}",
+            t.chars().count()
+        ));
+    }
+    if t.contains('\0') {
+        return Err("contains a NUL character, which no job's text can hold".to_owned());
+    }
+    Ok(t.to_owned())
+}
+
 impl JobFilter {
     /// True when nothing narrows the selection (mutating commands refuse that).
     pub fn is_empty(&self) -> bool {
@@ -61,6 +87,18 @@ impl JobFilter {
             && self.idempotency_key.is_none()
             && self.queue.is_none()
             && self.args_contain.is_none()
+            && self.search.is_none()
+    }
+
+    /// [`JobFilter::search`] as an `ILIKE` pattern, its wildcards escaped.
+    fn search_pattern(&self) -> Option<String> {
+        self.search.as_ref().map(|t| {
+            let escaped = t
+                .replace('\\', "\\\\")
+                .replace('%', "\\%")
+                .replace('_', "\\_");
+            format!("%{escaped}%")
+        })
     }
 
     fn state_strings(&self) -> Option<Vec<&'static str>> {
@@ -70,7 +108,7 @@ impl JobFilter {
     }
 }
 
-/// The filter as SQL over parameters $1..$8 (see [`bind_filter`]).
+/// The filter as SQL over parameters $1..$9 (see [`bind_filter`]).
 pub(crate) const FILTER_SQL: &str = "($1::bigint[] IS NULL OR id = ANY($1)) \
      AND ($2::text IS NULL OR kind = $2) \
      AND ($3::text[] IS NULL OR state::text = ANY($3)) \
@@ -78,7 +116,8 @@ pub(crate) const FILTER_SQL: &str = "($1::bigint[] IS NULL OR id = ANY($1)) \
      AND ($5::timestamptz IS NULL OR created_at < $5) \
      AND ($6::text IS NULL OR idempotency_key = $6) \
      AND ($7::text IS NULL OR queue = $7) \
-     AND ($8::jsonb IS NULL OR args @> $8)";
+     AND ($8::jsonb IS NULL OR args @> $8) \
+     AND ($9::text IS NULL OR args::text ILIKE $9 OR errors::text ILIKE $9)";
 
 pub(crate) fn bind_filter<'q>(
     q: sqlx::query::Query<'q, sqlx::Postgres, sqlx::postgres::PgArguments>,
@@ -92,4 +131,5 @@ pub(crate) fn bind_filter<'q>(
         .bind(f.idempotency_key.as_deref())
         .bind(f.queue.as_deref())
         .bind(f.args_contain.as_ref())
+        .bind(f.search_pattern())
 }

@@ -189,8 +189,8 @@ pub async fn job_list(
 ) -> Result<Vec<JobSummary>, sqlx::Error> {
     let sql = format!(
         "SELECT {SUMMARY_COLUMNS}
-         FROM fleet_jobs WHERE {FILTER_SQL} AND ($9::bigint IS NULL OR id < $9)
-         ORDER BY id DESC LIMIT $10"
+         FROM fleet_jobs WHERE {FILTER_SQL} AND ($10::bigint IS NULL OR id < $10)
+         ORDER BY id DESC LIMIT $11"
     );
     let rows = bind_filter(sqlx::query(AssertSqlSafe(sql)), f)
         .bind(before_id)
@@ -678,4 +678,103 @@ pub async fn job_table_autovacuum_off(
     } else {
         None
     })
+}
+
+/// The width of an [`ActivityBucket`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Bucket {
+    /// An hour.
+    Hour,
+    /// A day (UTC).
+    Day,
+}
+
+impl Bucket {
+    /// `date_trunc`'s name for it.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Bucket::Hour => "hour",
+            Bucket::Day => "day",
+        }
+    }
+
+    /// Its length.
+    pub fn length(self) -> chrono::Duration {
+        match self {
+            Bucket::Hour => chrono::Duration::hours(1),
+            Bucket::Day => chrono::Duration::days(1),
+        }
+    }
+}
+
+/// What one kind did in one bucket of time.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct ActivityBucket {
+    /// The kind.
+    pub kind: String,
+    /// The bucket's start.
+    pub at: DateTime<Utc>,
+    /// Jobs that completed in it.
+    pub completed: i64,
+    /// Jobs that went dead in it.
+    pub dead: i64,
+    /// Attempts that failed in it (each retry's failure; cancellations are not failures).
+    pub failed_attempts: i64,
+}
+
+/// JobCountActivity: per kind, in each of the last `buckets` buckets up to now (the current,
+/// partial one included), oldest first: completions, deaths and failed attempts. Buckets
+/// without any are left out. It reads the history (finished jobs and their error entries)
+/// without an index on time: a page view's cost grows with the table; retention bounds it.
+pub async fn job_count_activity(
+    conn: impl PgExecutor<'_>,
+    bucket: Bucket,
+    buckets: i32,
+    now: Now,
+) -> Result<Vec<ActivityBucket>, sqlx::Error> {
+    let rows: Vec<(String, DateTime<Utc>, i64, i64, i64)> = sqlx::query_as(
+        r#"
+        WITH w AS (
+            SELECT date_trunc($1, coalesce($3::timestamptz, now()))
+                       - ($2 - 1) * ('1 ' || $1)::interval AS since,
+                   coalesce($3::timestamptz, now()) AS now
+        ), ends AS (
+            SELECT kind, date_trunc($1, finished_at) AS at,
+                   (state = 'completed')::int AS completed, (state = 'dead')::int AS dead,
+                   0 AS failed
+            FROM fleet_jobs, w
+            WHERE state IN ('completed', 'dead') AND finished_at >= w.since AND finished_at <= w.now
+        ), failures AS (
+            SELECT j.kind, date_trunc($1, (e->>'at')::timestamptz) AS at,
+                   0 AS completed, 0 AS dead, 1 AS failed
+            FROM fleet_jobs j, w, jsonb_array_elements(
+                     CASE WHEN jsonb_typeof(j.errors) = 'array' THEN j.errors ELSE '[]' END) e
+            WHERE coalesce(j.finished_at, j.attempted_at) >= w.since
+              AND jsonb_typeof(e) = 'object'
+              -- Entries from another binary may hold anything: only a time in this shape is read.
+              AND e->>'at' ~ '^\d{4}-\d{2}-\d{2}[T ]\d{2}:\d{2}:\d{2}'
+              AND e->>'class' IS DISTINCT FROM 'cancelled'
+        )
+        SELECT kind, at, sum(completed)::bigint, sum(dead)::bigint, sum(failed)::bigint
+        FROM (SELECT * FROM ends UNION ALL SELECT * FROM failures) x, w
+        WHERE x.at >= w.since AND x.at <= w.now
+        GROUP BY kind, at ORDER BY at, kind
+        "#,
+    )
+    .bind(bucket.as_str())
+    .bind(buckets)
+    .bind(now)
+    .fetch_all(conn)
+    .await?;
+    Ok(rows
+        .into_iter()
+        .map(|(kind, at, completed, dead, failed_attempts)| ActivityBucket {
+            kind,
+            at,
+            completed,
+            dead,
+            failed_attempts,
+        })
+        .collect())
 }

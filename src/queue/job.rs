@@ -966,6 +966,100 @@ pub async fn job_replay(
     Ok(ReplayResult { replayed, skipped })
 }
 
+/// JobRunNow: scheduled or retrying jobs matching `f` → `available` now, as the promoter would
+/// make them at their `run_at` (a retry keeps the attempt it already charged). Returns their
+/// ids; workers are woken at commit.
+pub async fn job_run_now(
+    conn: &mut PgConnection,
+    f: &JobFilter,
+    now: Now,
+) -> Result<Vec<i64>, sqlx::Error> {
+    let sql = format!(
+        r#"
+        WITH target AS (
+            SELECT id FROM fleet_jobs
+            WHERE {FILTER_SQL} AND state IN ('scheduled', 'retryable')
+            ORDER BY id FOR UPDATE
+        ), moved AS (
+            UPDATE fleet_jobs j SET state = 'available', run_at = coalesce($10, now())
+            FROM target t WHERE j.id = t.id
+            RETURNING j.id, j.queue
+        ), notified AS (
+            SELECT pg_notify('fleet_jobs', q.queue) FROM (SELECT DISTINCT queue FROM moved) q
+        )
+        SELECT id FROM moved WHERE (SELECT count(*) FROM notified) >= 0 ORDER BY id
+        "#
+    );
+    Ok(bind_filter(sqlx::query(AssertSqlSafe(sql)), f)
+        .bind(now)
+        .fetch_all(&mut *conn)
+        .await?
+        .into_iter()
+        .map(|r| r.get(0))
+        .collect())
+}
+
+/// What [`job_delete_finished`] did.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct DeleteResult {
+    /// Jobs deleted, with their history.
+    pub deleted: Vec<i64>,
+    /// Matching finished jobs left alone, with why.
+    pub skipped: Vec<SkippedJob>,
+}
+
+/// JobDeleteFinished: finished jobs (completed, cancelled, dead) matching `f` are deleted,
+/// history and all — except those whose idempotency key is still held (a completed job's key
+/// window): deleting them would let a duplicate of the work in before the window ends.
+pub async fn job_delete_finished(
+    conn: &mut PgConnection,
+    f: &JobFilter,
+    now: Now,
+) -> Result<DeleteResult, sqlx::Error> {
+    let sql = format!(
+        r#"
+        SELECT id, key_held AND (key_held_until IS NULL OR key_held_until > coalesce($10, now())),
+               key_held_until
+        FROM fleet_jobs
+        WHERE {FILTER_SQL} AND state IN ('completed', 'cancelled', 'dead')
+        ORDER BY id FOR UPDATE
+        "#
+    );
+    let rows = bind_filter(sqlx::query(AssertSqlSafe(sql)), f)
+        .bind(now)
+        .fetch_all(&mut *conn)
+        .await?;
+    let mut targets = Vec::new();
+    let mut skipped = Vec::new();
+    for r in rows {
+        let id: i64 = r.get(0);
+        if r.get::<bool, _>(1) {
+            let until: Option<chrono::DateTime<chrono::Utc>> = r.get(2);
+            skipped.push(SkippedJob {
+                id,
+                reason: match until {
+                    Some(t) => format!(
+                        "its idempotency key is held until {}: deleting it would let a duplicate in",
+                        t.format("%Y-%m-%d %H:%M:%SZ")
+                    ),
+                    None => "its idempotency key is held: deleting it would let a duplicate in"
+                        .to_owned(),
+                },
+            });
+        } else {
+            targets.push(id);
+        }
+    }
+    let deleted: Vec<i64> =
+        sqlx::query_scalar("DELETE FROM fleet_jobs WHERE id = ANY($1) RETURNING id")
+            .bind(&targets)
+            .fetch_all(&mut *conn)
+            .await?;
+    let mut deleted = deleted;
+    deleted.sort_unstable();
+    Ok(DeleteResult { deleted, skipped })
+}
+
 /// JobCancel: unfinished jobs matching `f` → `cancelled`, with a `cancelled` entry naming the
 /// actor. Running ones are fenced out at once (their worker's outcome write will miss) and their
 /// workers are told over [`CANCEL_CHANNEL`](super::CANCEL_CHANNEL) (at commit) to stop the
@@ -983,11 +1077,11 @@ pub async fn job_cancel(
             WHERE {FILTER_SQL} AND state IN ('scheduled', 'available', 'running', 'retryable')
             FOR UPDATE
         ), cancelled AS (
-            UPDATE fleet_jobs j SET state = 'cancelled', finished_at = coalesce($10, now()),
+            UPDATE fleet_jobs j SET state = 'cancelled', finished_at = coalesce($11, now()),
                 lease_owner = NULL, lease_expires_at = NULL, key_held = false, key_held_until = NULL,
                 errors = j.errors || jsonb_build_array(jsonb_build_object(
-                    'at', coalesce($10, now()), 'attempt', j.attempt, 'class', 'cancelled',
-                    'message', 'cancelled by operator ' || $9))
+                    'at', coalesce($11, now()), 'attempt', j.attempt, 'class', 'cancelled',
+                    'message', 'cancelled by operator ' || $10))
             FROM target t WHERE j.id = t.id
             RETURNING j.id, t.state::text AS was
         )

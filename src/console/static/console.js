@@ -4,6 +4,11 @@
 //    aria-sort, and keeps it across the overview's refreshes.
 // 2. Relative times ("3 min ago") stay true while a page is open; the absolute UTC time is in
 //    each <time>'s title.
+// 3. Live refresh of the jobs list and a job's page (htmx polls; see [data-live]): held while
+//    the switch is off (kept per browser), while any job is ticked, while the tab is hidden or
+//    while focus is inside the refreshed region, so a refresh never undoes what you are doing.
+// 4. Ticking: "Tick all shown" ticks every job of the table.
+// 5. Dark or light: the header's switch overrides the system setting, kept per browser.
 (function () {
   "use strict";
 
@@ -85,9 +90,82 @@
     });
   }
 
+  function liveOn() {
+    try { return localStorage.getItem("fleet-live") !== "off"; } catch (e) { return true; }
+  }
+
+  function ticked() {
+    return document.querySelectorAll("input.pick:checked").length;
+  }
+
+  function sayLive() {
+    var state = document.getElementById("live-state");
+    if (!state) return;
+    var n = ticked();
+    state.textContent = !liveOn() ? "paused" : n > 0 ? "paused while " + n + " job(s) are ticked" : "";
+  }
+
+  // Cancels a poll of a live region when it would get in the way.
+  document.addEventListener("htmx:beforeRequest", function (e) {
+    var el = e.detail.elt;
+    if (!el || !el.hasAttribute || !el.hasAttribute("data-live")) return;
+    if (!liveOn() || ticked() > 0 || document.hidden || el.contains(document.activeElement)) {
+      e.preventDefault();
+    }
+  });
+
+  document.addEventListener("change", function (e) {
+    if (e.target && e.target.id === "live-toggle") {
+      try { localStorage.setItem("fleet-live", e.target.checked ? "on" : "off"); } catch (err) { /* kept for this page only */ }
+    }
+    sayLive();
+  });
+
+  document.addEventListener("click", function (e) {
+    var t = e.target;
+    if (t && t.id === "pick-all") {
+      var boxes = document.querySelectorAll("input.pick");
+      var all = Array.prototype.every.call(boxes, function (b) { return b.checked; });
+      boxes.forEach(function (b) { b.checked = !all; });
+      t.textContent = all ? "Tick all shown" : "Untick all";
+      sayLive();
+    }
+    if (t && t.id === "theme-toggle") {
+      var theme = isDark() ? "light" : "dark";
+      document.documentElement.setAttribute("data-theme", theme);
+      try { localStorage.setItem("fleet-theme", theme); } catch (err) { /* this page only */ }
+      labelTheme();
+    }
+  });
+
+  function isDark() {
+    var set = document.documentElement.getAttribute("data-theme");
+    if (set) return set === "dark";
+    return !!(window.matchMedia && window.matchMedia("(prefers-color-scheme: dark)").matches);
+  }
+
+  function labelTheme() {
+    var b = document.getElementById("theme-toggle");
+    if (!b) return;
+    b.setAttribute("aria-pressed", isDark() ? "true" : "false");
+    b.textContent = isDark() ? "Light mode" : "Dark mode";
+  }
+
+  // A kept choice applies before the page is shown (the script runs deferred, before
+  // DOMContentLoaded); without one the system setting decides, through the style sheet.
+  (function () {
+    var kept = null;
+    try { kept = localStorage.getItem("fleet-theme"); } catch (e) { /* none */ }
+    if (kept === "dark" || kept === "light") document.documentElement.setAttribute("data-theme", kept);
+  })();
+
   document.addEventListener("DOMContentLoaded", function () {
     setUp(document);
     setInterval(refreshTimes, 15000);
+    var toggle = document.getElementById("live-toggle");
+    if (toggle) toggle.checked = liveOn();
+    sayLive();
+    labelTheme();
   });
   document.addEventListener("htmx:afterSwap", function (e) { setUp(e.detail.target || document); });
   document.addEventListener("htmx:afterSettle", function () { setUp(document); });
