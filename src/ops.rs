@@ -735,24 +735,12 @@ impl Ops {
     /// took, refunds they owe), oldest first: what "nothing running" does not say. At most
     /// [`MONEY_SHOWN`] bookings are looked at.
     pub async fn money_moved_by(&self, kinds: &[String]) -> Result<Vec<MoneyHeld>> {
-        let unfinished = JobState::ALL
-            .into_iter()
-            .filter(|s| !s.is_final())
-            .collect::<Vec<_>>();
         let mut out = Vec::new();
-        let stakes = jobs::kinds::money_at_stake(&self.db, MONEY_SHOWN).await?;
-        for m in stakes {
+        for (m, jobs) in money_and_unfinished_jobs(&self.db, MONEY_SHOWN).await? {
             if !kinds.iter().any(|k| k == m.job.kind) {
                 continue;
             }
-            let f = JobFilter {
-                kind: Some(m.job.kind.to_owned()),
-                idempotency_key: m.job.key.clone(),
-                args_contain: m.job.args.clone(),
-                states: Some(unfinished.clone()),
-                ..JobFilter::default()
-            };
-            for j in queue::job_list(&self.db, &f, 5, None).await? {
+            for j in jobs {
                 out.push(MoneyHeld {
                     booking_id: m.booking.id,
                     what: m.what,
@@ -1115,6 +1103,31 @@ pub struct ScheduleReport {
     pub next_tick: Option<chrono::DateTime<chrono::Utc>>,
     /// Its latest recorded ticks, newest first.
     pub ticks: Vec<queue::CronTick>,
+}
+
+/// Every booking whose money is still moving (at most `limit`, oldest first), with the
+/// unfinished jobs (at most 5) that move it: none means nothing will settle it.
+pub(crate) async fn money_and_unfinished_jobs(
+    db: &Db,
+    limit: i64,
+) -> std::result::Result<Vec<(jobs::kinds::MoneyAtStake, Vec<JobSummary>)>, sqlx::Error> {
+    let unfinished: Vec<JobState> = JobState::ALL
+        .into_iter()
+        .filter(|s| !s.is_final())
+        .collect();
+    let mut out = Vec::new();
+    for m in jobs::kinds::money_at_stake(db, limit).await? {
+        let f = JobFilter {
+            kind: Some(m.job.kind.to_owned()),
+            idempotency_key: m.job.key.clone(),
+            args_contain: m.job.args.clone(),
+            states: Some(unfinished.clone()),
+            ..JobFilter::default()
+        };
+        let jobs = queue::job_list(db, &f, 5, None).await?;
+        out.push((m, jobs));
+    }
+    Ok(out)
 }
 
 /// The most bookings [`Ops::money_moved_by`] looks at.

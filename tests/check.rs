@@ -150,3 +150,37 @@ async fn seeded_campaigns_satisfy_the_schema_and_the_invariants() {
     let (ok, v) = check(&db.url);
     assert!(ok, "{v}");
 }
+
+#[tokio::test]
+async fn a_card_hold_whose_booking_attempt_died_is_named_until_its_job_is_replayed() {
+    let db = db().await;
+    let (booking, job) = booking_holding_a_card(&db.pool).await;
+    // While its attempt is unfinished (here: queued), the hold is in hand.
+    let (ok, v) = check(&db.url);
+    assert!(ok, "{v}");
+    // Its attempt ran out of attempts during a Stripe outage: nothing will capture or void it.
+    sqlx::query("UPDATE fleet_jobs SET state = 'dead', finished_at = now() WHERE id = $1")
+        .bind(job)
+        .execute(&db.pool)
+        .await
+        .unwrap();
+    let (ok, v) = check(&db.url);
+    assert!(!ok);
+    assert_eq!(
+        ids_of(&v, "money held or owed has a job to settle it"),
+        vec![booking.to_string()]
+    );
+    // Replayed, it is in hand again.
+    let out = Command::new(BIN)
+        .args(["queue", "replay", "--id", &job.to_string()])
+        .env("DATABASE_URL", &db.url)
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let (ok, v) = check(&db.url);
+    assert!(ok, "{v}");
+}

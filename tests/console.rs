@@ -2374,3 +2374,41 @@ async fn dark_mode_follows_the_switch_and_is_kept_across_pages() {
     assert_eq!(main_bg().await, light);
     b.close().await;
 }
+
+#[tokio::test]
+async fn a_drain_preview_names_the_card_hold_a_retrying_booking_attempt_holds() {
+    if !browser_available() {
+        return;
+    }
+    let app = App::start().await;
+    let (booking, job) = booking_holding_a_card(app.pool()).await;
+    set_state(
+        app.pool(),
+        job,
+        "retryable",
+        Some("stripe: api_error (503)"),
+    )
+    .await;
+    let b = app.browser().await;
+    b.sign_in("alice", ALICE_PW).await;
+    b.act_on_kind("booking_attempt", "Drain…").await;
+    b.wait_h1("Drain booking_attempt?").await;
+    assert!(b
+        .text("#retrying")
+        .await
+        .contains("1 job(s) are waiting to retry"));
+    assert!(b
+        .text("#money-note")
+        .await
+        .contains("1 booking(s) have money"));
+    let row = b.row("#money", "card hold").await;
+    assert_eq!(row[1], "412.30 USD", "{row:?}");
+    assert_eq!(row[2], booking.to_string(), "{row:?}");
+    assert_eq!(row[3], job.to_string(), "{row:?}");
+    assert!(
+        b.has(&format!("#money a[href='/ui/bookings/{booking}']"))
+            .await
+    );
+    b.screenshot("drain-preview-money").await;
+    b.close().await;
+}

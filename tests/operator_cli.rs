@@ -956,3 +956,49 @@ async fn a_paused_schedule_is_listed_as_paused_audited_and_an_unknown_one_is_nam
         ]
     );
 }
+
+#[tokio::test]
+async fn a_drain_names_the_card_hold_a_retrying_booking_attempt_still_holds() {
+    let db = db().await;
+    // The saga took the hold, then its order failed once: the attempt waits out its backoff.
+    let (booking, job) = booking_holding_a_card(&db.pool).await;
+    sqlx::query(
+        "UPDATE fleet_jobs SET state = 'retryable', attempt = 1, run_at = now() + interval '2 minutes'
+         WHERE id = $1",
+    )
+    .bind(job)
+    .execute(&db.pool)
+    .await
+    .unwrap();
+    let out = fleet(
+        &db.url,
+        &["queue", "drain", "booking_attempt", "--dry-run"],
+        None,
+    );
+    let text = ok(&out);
+    assert!(text.contains("1 job(s) waiting to retry"), "{text}");
+    assert!(
+        text.contains("money their unfinished jobs still move (1 booking(s)"),
+        "{text}"
+    );
+    assert!(
+        text.contains(&format!(
+            "card hold    412.30 USD  booking {booking}  job {job} retryable (due "
+        )),
+        "{text}"
+    );
+    let v = json(&fleet(
+        &db.url,
+        &["queue", "drain", "booking_attempt", "--dry-run", "--json"],
+        None,
+    ));
+    assert_eq!(v["result"]["money"][0]["booking_id"], booking.to_string());
+    assert_eq!(v["result"]["money"][0]["what"], "card hold");
+    // Another kind's drain does not name it.
+    let text = ok(&fleet(
+        &db.url,
+        &["queue", "drain", "fleet.sleep", "--dry-run"],
+        None,
+    ));
+    assert!(!text.contains("money"), "{text}");
+}

@@ -1273,14 +1273,13 @@ async fn a_stripe_outage_answers_api_errors_creates_nothing_and_ends_on_time() {
     assert_eq!(read.status, StatusCode::SERVICE_UNAVAILABLE);
     // Other providers are up.
     let email = json!({"from": "a@parkerflight.test", "to": ["t@example.com"], "subject": "s", "text": "t"});
-    let sent = c
-        .post(format!("{}/emails", sb.base_url))
-        .bearer_auth(RESEND)
-        .json(&email)
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(sent.status(), StatusCode::OK);
+    let send_email = || {
+        c.post(format!("{}/emails", sb.base_url))
+            .bearer_auth(RESEND)
+            .json(&email)
+            .send()
+    };
+    assert_eq!(send_email().await.unwrap().status(), StatusCode::OK);
     let listed: Value = c
         .get(format!("{}/_sandbox/outages", sb.base_url))
         .send()
@@ -1321,15 +1320,7 @@ async fn a_stripe_outage_answers_api_errors_creates_nothing_and_ends_on_time() {
     .await;
     assert_eq!(d.status, StatusCode::INTERNAL_SERVER_ERROR);
     assert_eq!(d.body["errors"][0]["type"], "api_error");
-    let e = reply(
-        c.post(format!("{}/emails", sb.base_url))
-            .bearer_auth(RESEND)
-            .json(&email)
-            .send()
-            .await
-            .unwrap(),
-    )
-    .await;
+    let e = reply(send_email().await.unwrap()).await;
     assert_eq!(e.status, StatusCode::INTERNAL_SERVER_ERROR);
     assert_eq!(e.body["name"], "internal_server_error");
     let ended = reply(

@@ -22,6 +22,13 @@ pub struct SandboxArgs {
     /// real provider's latency: `100ms..400ms`, or one fixed duration (`250ms`). Default: none.
     #[arg(long, value_name = "RANGE")]
     latency: Option<sandbox::LatencyRange>,
+    /// How long the `slow` scenario's order answer takes (e.g. `3s`, at most 60s).
+    #[arg(long, value_name = "DURATION", default_value = "3s", value_parser = parse_slow)]
+    slow: std::time::Duration,
+}
+
+fn parse_slow(s: &str) -> Result<std::time::Duration, String> {
+    crate::config::parse_duration_within(s, std::time::Duration::from_secs(60))
 }
 
 pub async fn run(a: SandboxArgs) -> anyhow::Result<()> {
@@ -57,6 +64,7 @@ pub async fn run(a: SandboxArgs) -> anyhow::Result<()> {
         seed: a.seed,
         webhook,
         provider_latency: a.latency,
+        slow_ms: a.slow.as_millis() as u64,
         ..Default::default()
     };
     let running = sandbox::Sandbox::start(cfg, a.bind).await?;

@@ -34,7 +34,7 @@ pub async fn list(State(st): State<ConsoleState>, Extension(s): Extension<Sessio
                 @if rows.is_empty() {
                     p.muted #no-schedules { "No schedule is enabled in this configuration." }
                 } @else {
-                    (templates::sortable("schedules", "Every schedule, its last tick and its next", &[("Schedule", false), ("Cron", false), ("Kind", false), ("State", false), ("Last tick", false), ("Its job", false), ("Next tick", false), ("", false)], html! {
+                    (templates::sortable("schedules", "Every schedule, its last tick and its next", &[("Schedule", false), ("Cron", false), ("Kind", false), ("State", false), ("Last tick", false), ("Its job", false), ("Next tick", false), ("Action", false)], html! {
                         @for r in &rows {
                             @let last = r.ticks.first();
                             tr id=(format!("schedule-{}", r.name)) {

@@ -592,3 +592,36 @@ async fn proxy_one(
         }
     }
 }
+
+/// A seeded traveler's campaign with a booking whose card is held (`authorized`,
+/// `requires_capture`, 412.30 USD, offer `off_held`), as a saga leaves it between its hold and
+/// its capture, and a `booking_attempt` job for it (`available`; set its state as the test
+/// needs). Returns (booking id, job id).
+#[allow(dead_code)]
+pub async fn booking_holding_a_card(pool: &PgPool) -> (uuid::Uuid, i64) {
+    let keys = jobs::pii::Keyring::parse(TEST_PII_KEYS).unwrap();
+    let s = jobs::seed::seed_campaign(
+        &jobs::Db::from(pool.clone()),
+        &keys,
+        &jobs::seed::CampaignSeed::new(1),
+    )
+    .await
+    .unwrap();
+    let booking: uuid::Uuid = sqlx::query_scalar(
+        "INSERT INTO bookings (campaign_id, duffel_offer_id, stripe_payment_intent_id, total_amount,
+                               currency, status, payment_intent_status, authorized_at, offer_checked_at)
+         VALUES ($1, 'off_held', 'pi_held', 412.30, 'USD', 'authorized', 'requires_capture', now(), now())
+         RETURNING id",
+    )
+    .bind(s.campaign_id)
+    .fetch_one(pool)
+    .await
+    .unwrap();
+    let job = insert_unchecked(
+        pool,
+        "booking_attempt",
+        serde_json::json!({"campaign_id": s.campaign_id, "offer_id": "off_held"}),
+    )
+    .await;
+    (booking, job)
+}
