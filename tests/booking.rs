@@ -22,6 +22,7 @@ use jobs::{
     kinds::{
         booking_attempt::BookingAttempt,
         refund_compensation::{cancel_and_request_refund, RefundCompensation},
+        refund_reconcile::{RefundReconcile, RefundSweep},
     },
     pii::Keyring,
     providers::{CabinClass, FlightsApi, Offer, OfferSearch, PassengerSpec, SliceSpec},
@@ -53,7 +54,9 @@ fn registry_with(max_attempts: i32, base: Duration, cap: Duration) -> Arc<Regist
     };
     let mut r = Registry::default();
     r.register_with::<BookingAttempt>(quick(BookingAttempt::defaults()))
-        .register_with::<RefundCompensation>(quick(RefundCompensation::defaults()));
+        .register_with::<RefundCompensation>(quick(RefundCompensation::defaults()))
+        .register_with::<RefundReconcile>(quick(RefundReconcile::defaults()))
+        .register_with::<RefundSweep>(quick(RefundSweep::defaults()));
     Arc::new(r)
 }
 
@@ -905,6 +908,180 @@ async fn a_stripe_outage_mid_saga_leaves_the_hold_retrying_and_a_drain_names_it(
     // Once it settled, a drain names no money.
     let r = ops.drain(&kinds, SECS(1), true, |_| {}).await.unwrap();
     assert!(r.result.money.is_empty(), "{r:?}");
+    h.assert_invariants().await;
+    h.sandbox.shutdown().await.unwrap();
+}
+
+/// A refund Stripe accepted fails days later (the card was closed): the events ask for a
+/// reconcile, which records `failed` and its code once, audits it once and emails the traveler
+/// once however many events arrive; an event about a refund we never made changes nothing and
+/// is not retried; a malformed id is dead at once; a refund left pending is read again by the
+/// sweep.
+#[tokio::test]
+async fn a_refund_that_fails_later_is_recorded_and_its_traveler_told_once() {
+    let h = Harness::new(SandboxConfig::default()).await;
+    let seeded = h.campaign(3, "LHR", "JFK", VISA).await;
+    let offer = h.offer_for(seeded.campaign_id).await;
+    let w = h.start_worker();
+    let key = format!("booking_attempt:{}", seeded.campaign_id);
+    let id = h.enqueue_attempt(seeded.campaign_id, &offer.id, &key).await;
+    wait_finished(h.pool(), id, SECS(20)).await;
+    let b = h.bookings(seeded.campaign_id).await.remove(0);
+    assert_eq!(b.status, "ticketed");
+    let mut tx = h.pool().begin().await.unwrap();
+    assert!(
+        cancel_and_request_refund(&mut tx, &h.queue, b.id, "order_cancelled")
+            .await
+            .unwrap()
+    );
+    tx.commit().await.unwrap();
+    let refund_job: i64 = sqlx::query_scalar(
+        "SELECT id FROM fleet_jobs WHERE kind = 'refund_compensation' AND idempotency_key = $1",
+    )
+    .bind(format!("booking:{}:refund", b.id))
+    .fetch_one(h.pool())
+    .await
+    .unwrap();
+    assert_eq!(
+        wait_finished(h.pool(), refund_job, SECS(20)).await.state,
+        JobState::Completed
+    );
+    let (refund_id, re): (Uuid, String) =
+        sqlx::query_as("SELECT id, stripe_refund_id FROM refunds WHERE booking_id = $1")
+            .bind(b.id)
+            .fetch_one(h.pool())
+            .await
+            .unwrap();
+    let emails_before = h.sandbox.sandbox.counters().emails_sent;
+
+    // Days later the card network sends the money back; Stripe says so twice.
+    h.sandbox
+        .sandbox
+        .settle_refund(&re, "failed", Some("expired_or_canceled_card"))
+        .unwrap();
+    let mut jobs = Vec::new();
+    for (n, event) in ["refund.updated", "refund.failed", "refund.failed"]
+        .iter()
+        .enumerate()
+    {
+        let job = RefundReconcile {
+            stripe_refund_id: re.clone(),
+            event_type: (*event).into(),
+        };
+        jobs.push(
+            h.queue
+                .enqueue(&job, Some(&format!("stripe:evt_{n}:0")))
+                .await
+                .unwrap()
+                .id,
+        );
+    }
+    for j in jobs {
+        assert_eq!(
+            wait_finished(h.pool(), j, SECS(20)).await.state,
+            JobState::Completed
+        );
+    }
+    let (status, why): (String, Option<String>) =
+        sqlx::query_as("SELECT status, failure_reason FROM refunds WHERE id = $1")
+            .bind(refund_id)
+            .fetch_one(h.pool())
+            .await
+            .unwrap();
+    assert_eq!(
+        (status.as_str(), why.as_deref()),
+        ("failed", Some("expired_or_canceled_card"))
+    );
+    let audited: i64 = sqlx::query_scalar(
+        "SELECT count(*) FROM audit_log WHERE action = 'refund.failed' AND resource_id = $1",
+    )
+    .bind(b.id.to_string())
+    .fetch_one(h.pool())
+    .await
+    .unwrap();
+    assert_eq!(audited, 1, "one change, one audit row");
+    let told: Vec<(String, bool)> =
+        sqlx::query_as("SELECT kind, sent_at IS NOT NULL FROM notifications WHERE dedupe_key = $1")
+            .bind(format!("refund-failed/{refund_id}"))
+            .fetch_all(h.pool())
+            .await
+            .unwrap();
+    assert_eq!(told, vec![("refund_failed".to_owned(), true)]);
+    assert_eq!(
+        h.sandbox.sandbox.counters().emails_sent,
+        emails_before + 1,
+        "told once"
+    );
+
+    // An event about a refund we never made: completed, nothing changed; a malformed id: dead.
+    let before = h.snapshot().await;
+    let unknown = RefundReconcile {
+        stripe_refund_id: "re_neverours000".into(),
+        event_type: "refund.failed".into(),
+    };
+    let j = h.queue.enqueue(&unknown, None).await.unwrap().id;
+    let done = wait_finished(h.pool(), j, SECS(20)).await;
+    assert_eq!((done.state, done.attempt), (JobState::Completed, 1));
+    let bad = RefundReconcile {
+        stripe_refund_id: "ch_notarefund".into(),
+        event_type: "refund.failed".into(),
+    };
+    let j = h.queue.enqueue(&bad, None).await.unwrap().id;
+    assert_eq!(
+        wait_finished(h.pool(), j, SECS(20)).await.state,
+        JobState::Dead
+    );
+    assert_eq!(h.snapshot().await, before, "no row changed");
+
+    // A refund whose events were lost stays pending here while Stripe has it succeeded: the
+    // sweep reads it again.
+    sqlx::query(
+        "UPDATE refunds SET status = 'pending', failure_reason = NULL,
+                updated_at = now() - interval '2 days' WHERE id = $1",
+    )
+    .bind(refund_id)
+    .execute(h.pool())
+    .await
+    .unwrap();
+    {
+        // Stripe's side, as it would be: succeeded (no event delivered).
+        h.sandbox
+            .sandbox
+            .settle_refund(&re, "succeeded", None)
+            .unwrap();
+    }
+    let sweep = h
+        .queue
+        .enqueue(
+            &RefundSweep {
+                older_than_secs: 86_400,
+            },
+            None,
+        )
+        .await
+        .unwrap()
+        .id;
+    assert_eq!(
+        wait_finished(h.pool(), sweep, SECS(20)).await.state,
+        JobState::Completed
+    );
+    let deadline = Instant::now() + SECS(20);
+    loop {
+        let status: String = sqlx::query_scalar("SELECT status FROM refunds WHERE id = $1")
+            .bind(refund_id)
+            .fetch_one(h.pool())
+            .await
+            .unwrap();
+        if status == "succeeded" {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "the sweep never reconciled it: {status}"
+        );
+        tokio::time::sleep(MS(100)).await;
+    }
+    w.stop().await;
     h.assert_invariants().await;
     h.sandbox.shutdown().await.unwrap();
 }

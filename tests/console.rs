@@ -1362,6 +1362,9 @@ async fn the_jobs_list_filters_like_the_cli_pages_by_keyset_and_a_job_shows_its_
     let b = app.browser().await;
     b.sign_in("alice", ALICE_PW).await;
     b.goto("/ui/jobs").await;
+    // Sorting and paging are the claims here: the live refresh (its own test) stays off, so no
+    // element read below is swapped out under the reader.
+    b.click("#live-toggle").await;
     b.fill("#f-kind", "fleet.sleep").await;
     b.click("input[name=state][value=available]").await;
     b.click_button("form.filters", "Filter").await;
@@ -1416,18 +1419,23 @@ async fn the_jobs_list_filters_like_the_cli_pages_by_keyset_and_a_job_shows_its_
     b.close().await;
 }
 
+/// The job ids of a jobs table, read in one script run: the live list may replace the table
+/// between two WebDriver calls.
 async fn ids_in(b: &Browser, table: &str) -> Vec<i64> {
-    let mut out = Vec::new();
-    for a in
-        b.c.find_all(Locator::Css(&format!(
-            "{table} tbody tr td.num:first-of-type > a, {table} tbody tr td.pick + td.num > a"
-        )))
+    let got = b
+        .c
+        .execute(
+            "return [...document.querySelectorAll(arguments[0] + ' tbody tr td.num:first-of-type > a, ' \
+             + arguments[0] + ' tbody tr td.pick + td.num > a')].map(a => a.textContent.trim());",
+            vec![json!(table)],
+        )
         .await
+        .unwrap();
+    got.as_array()
         .unwrap()
-    {
-        out.push(a.text().await.unwrap().trim().parse().unwrap());
-    }
-    out
+        .iter()
+        .map(|v| v.as_str().unwrap().parse().unwrap())
+        .collect()
 }
 
 #[tokio::test]

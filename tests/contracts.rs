@@ -418,6 +418,16 @@ async fn documented_stripe_events_are_accepted_and_make_their_follow_ups() {
     let charge = Fixture::load("stripe/charge.json").example();
     let dispute = Fixture::load("stripe/dispute.json").example();
     let pm = Fixture::load("stripe/payment_method.json").example();
+    let refund = Fixture::load("stripe/refund.json").example();
+    let mut refund_failed = refund.clone();
+    refund_failed["status"] = json!("failed");
+    refund_failed["failure_reason"] = json!("expired_or_canceled_card");
+    let refund_reconcile = |kind: &str| {
+        Some((
+            "refund_reconcile",
+            json!({"stripe_refund_id": "re_1Nispe2eZvKYlo2Cd31jOCgZ", "event_type": kind}),
+        ))
+    };
     let pi_id = pi["id"].as_str().unwrap().to_owned();
     let with_pi = |mut o: Value| {
         o["payment_intent"] = json!(pi_id);
@@ -462,6 +472,21 @@ async fn documented_stripe_events_are_accepted_and_make_their_follow_ups() {
             reconcile("charge.dispute.created"),
         ),
         (
+            "refund.updated",
+            refund.clone(),
+            refund_reconcile("refund.updated"),
+        ),
+        (
+            "refund.failed",
+            refund_failed,
+            refund_reconcile("refund.failed"),
+        ),
+        (
+            "charge.refund.updated",
+            refund,
+            refund_reconcile("charge.refund.updated"),
+        ),
+        (
             "payment_method.automatically_updated",
             pm,
             Some((
@@ -492,7 +517,7 @@ async fn documented_stripe_events_are_accepted_and_make_their_follow_ups() {
         (200, Some("ignored")),
         "{v}"
     );
-    assert_eq!(counts(&db.pool).await, (9, 6));
+    assert_eq!(counts(&db.pool).await, (12, 9));
     stop.cancel();
 }
 
@@ -576,6 +601,19 @@ async fn drive_sandbox(api: &Api) -> usize {
     pi_fx.assert_shape(&captured.body);
     let refund = answer(api.stripe("/v1/refunds", "c-3", &[("payment_intent", &pi)])).await;
     assert_eq!(refund.status, 200, "{}", refund.body);
+    let refund_fx = Fixture::load("stripe/refund.json");
+    refund_fx.assert_shape(&refund.body);
+    // Days later the refund fails (the card was closed): `refund.updated` and `refund.failed`.
+    let re = refund.body["id"].as_str().unwrap().to_owned();
+    let failed = answer(
+        api.c
+            .post(format!("{}/_sandbox/refunds/{re}/settle", api.base))
+            .json(&json!({"status": "failed", "failure_reason": "expired_or_canceled_card"})),
+    )
+    .await;
+    assert_eq!(failed.status, 200, "{}", failed.body);
+    refund_fx.assert_shape(&failed.body);
+    assert_eq!(failed.body["failure_reason"], "expired_or_canceled_card");
     // A decline: the documented 402 card_error carrying the PaymentIntent.
     let declined = answer(api.stripe(
         "/v1/payment_intents",
@@ -675,7 +713,7 @@ async fn drive_sandbox(api: &Api) -> usize {
     )
     .await;
     assert_eq!(emitted.status, 200);
-    6 + 3
+    8 + 3
 }
 
 #[tokio::test]
@@ -712,6 +750,7 @@ async fn the_sandbox_emits_exactly_the_documented_event_shapes_and_the_router_ac
         match (provider, kind) {
             ("stripe", k) if k.starts_with("payment_intent.") => "stripe/payment_intent.json",
             ("stripe", "charge.refunded") => "stripe/charge.json",
+            ("stripe", "refund.updated" | "refund.failed") => "stripe/refund.json",
             ("duffel", "order.created") => "duffel/order.json",
             ("duffel", "order_cancellation.confirmed") => "duffel/order_cancellation.json",
             ("duffel", "order.airline_initiated_change_detected") => {
@@ -754,6 +793,8 @@ async fn the_sandbox_emits_exactly_the_documented_event_shapes_and_the_router_ac
         ("stripe payment_intent.amount_capturable_updated", 2),
         ("stripe payment_intent.succeeded", 1),
         ("stripe charge.refunded", 1),
+        ("stripe refund.updated", 1),
+        ("stripe refund.failed", 1),
         ("stripe payment_intent.payment_failed", 1),
         ("stripe payment_intent.canceled", 1),
         ("duffel order.created", 1),

@@ -826,6 +826,8 @@ pub struct RefundView {
     pub reason: String,
     /// Stripe's refund status.
     pub status: String,
+    /// Why it failed (Stripe's code), when it did.
+    pub failure_reason: Option<String>,
     /// When the intent was recorded.
     pub created_at: DateTime<Utc>,
 }
@@ -1002,7 +1004,7 @@ pub async fn view(db: &Db, id: Uuid) -> Result<Option<BookingView>, sqlx::Error>
     steps.sort_by_key(|s| s.at);
     let refunds: Vec<RefundView> = sqlx::query_as(
         "SELECT id, stripe_refund_id, amount::text AS amount, currency::text AS currency, reason,
-                status, created_at
+                status, failure_reason, created_at
          FROM refunds WHERE booking_id = $1 ORDER BY created_at",
     )
     .bind(id)
@@ -1012,6 +1014,7 @@ pub async fn view(db: &Db, id: Uuid) -> Result<Option<BookingView>, sqlx::Error>
         "SELECT kind, dedupe_key, sent_at FROM notifications
          WHERE dedupe_key IN ('booking-confirmed/' || $1, 'action-required/' || $1, 'refund/' || $1)
             OR dedupe_key LIKE 'order-change/' || $1 || '/%'
+            OR dedupe_key IN (SELECT 'refund-failed/' || r.id FROM refunds r WHERE r.booking_id = $1::uuid)
             OR ($2::uuid IS NOT NULL AND dedupe_key LIKE 'campaign-action-required/' || $2 || '/%')
          ORDER BY created_at",
     )

@@ -18,6 +18,7 @@ use crate::{
     kinds::{
         card_update::CardUpdate, order_reconcile::OrderReconcile,
         payment_reconcile::PaymentReconcile, refund_compensation::RefundCompensation,
+        refund_reconcile::RefundReconcile,
     },
     JobError, NewJob,
 };
@@ -91,6 +92,16 @@ pub async fn for_event(conn: &mut PgConnection, e: &Event) -> Result<Vec<NewJob>
                     event.id = %e.id, event.type = %e.kind,
                     charge = str_of(o, &["charge"]).or(str_of(o, &["id"])).unwrap_or(""),
                     "charge event without a PaymentIntent: recorded, no job"
+                ),
+            }
+        }
+        (Provider::Stripe, "refund.updated" | "refund.failed" | "charge.refund.updated") => {
+            // The object is the Refund (`re_…`): re-read it, record what Stripe says.
+            match str_of(o, &["id"]).filter(|id| id.starts_with("re_") || id.starts_with("pyr_")) {
+                Some(re) => jobs.push(RefundReconcile::request(re, &e.kind)?.key(key(0))),
+                None => tracing::warn!(
+                    event.id = %e.id, event.type = %e.kind,
+                    "refund event without a refund id: recorded, no job"
                 ),
             }
         }

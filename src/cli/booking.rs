@@ -152,11 +152,20 @@ fn show_text(r: &crate::ops::BookingReport) -> String {
                 f.stripe_refund_id.clone().unwrap_or_else(|| "-".into()),
                 format!("{} {}", f.amount, f.currency),
                 f.reason.clone(),
-                f.status.clone(),
+                match &f.failure_reason {
+                    Some(why) => format!("{} ({why})", f.status),
+                    None => f.status.clone(),
+                },
                 ago(f.created_at),
             ]);
         }
         out.push_str(&format!("\nrefunds\n{t}\n"));
+        if b.refunds.iter().any(|f| f.status == "failed") {
+            out.push_str(
+                "a refund FAILED: the money came back to the Stripe balance, not to the traveler \
+                 (who was emailed); pay it back another way (docs/runbooks/refund-failed.md)\n",
+            );
+        }
     }
     if !b.emails.is_empty() {
         let mut t = table(&["email", "dedupe key", "sent"]);

@@ -24,6 +24,7 @@ pub(crate) fn routes() -> Router<Sandbox> {
             "/_sandbox/outages",
             get(admin_outages).post(admin_set_outage),
         )
+        .route("/_sandbox/refunds/{id}/settle", post(admin_settle_refund))
         .route("/_sandbox/webhooks/stripe", post(admin_stripe_webhook))
         .route("/_sandbox/webhooks/duffel", post(admin_duffel_webhook))
 }
@@ -134,6 +135,37 @@ fn outage_json(sb: &Sandbox, p: Provider) -> Value {
             "seconds_left": o.until.saturating_duration_since(std::time::Instant::now()).as_secs_f64().ceil(),
         }),
         None => json!({ "provider": p.as_str(), "down": false, "status": null, "seconds_left": 0 }),
+    }
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct SettleRefund {
+    status: String,
+    #[serde(default)]
+    failure_reason: Option<String>,
+}
+
+async fn admin_settle_refund(
+    State(sb): State<Sandbox>,
+    axum::extract::Path(id): axum::extract::Path<String>,
+    body: axum::body::Bytes,
+) -> Response {
+    let bad =
+        |status: StatusCode, msg: String| (status, Json(json!({ "error": msg }))).into_response();
+    let req = match serde_json::from_slice::<SettleRefund>(&body) {
+        Ok(r) => r,
+        Err(e) => {
+            return bad(
+                StatusCode::BAD_REQUEST,
+                format!("expected {{\"status\": \"failed\", \"failure_reason\": \"expired_or_canceled_card\"}}: {e}"),
+            )
+        }
+    };
+    match sb.settle_refund(&id, &req.status, req.failure_reason.as_deref()) {
+        Ok(refund) => Json(refund).into_response(),
+        Err(e) if e.starts_with("no refund") => bad(StatusCode::NOT_FOUND, e),
+        Err(e) => bad(StatusCode::BAD_REQUEST, e),
     }
 }
 

@@ -112,7 +112,7 @@
 //!
 //! # Admin
 //! `GET /_sandbox/counters` ([`Counters`] as JSON), `POST /_sandbox/scenarios`,
-//! `GET|POST /_sandbox/outages`,
+//! `GET|POST /_sandbox/outages`, `POST /_sandbox/refunds/{id}/settle` ([`Sandbox::settle_refund`]),
 //! `POST /_sandbox/webhooks/{stripe,duffel}`.
 //!
 //! Logs carry ids only: never names, emails, phone numbers or identity documents.

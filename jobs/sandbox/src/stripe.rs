@@ -820,6 +820,7 @@ fn refund_pi(st: &mut SandboxState, p: &Params) -> Outcome {
         reason,
         status: "succeeded",
         balance_transaction: new_id("txn_"),
+        failure_reason: None,
     };
     let pi_snapshot = pi.clone();
     st.refunds.insert(refund.id.clone(), refund.clone());

@@ -199,6 +199,8 @@ pub(crate) struct Refund {
     pub reason: Option<String>,
     pub status: &'static str,
     pub balance_transaction: String,
+    /// Set when the refund failed (`expired_or_canceled_card`, `lost_or_stolen_card`, …).
+    pub failure_reason: Option<String>,
 }
 
 impl Refund {
@@ -216,7 +218,7 @@ impl Refund {
             "description": null,
             "destination_details": null,
             "failure_balance_transaction": null,
-            "failure_reason": null,
+            "failure_reason": self.failure_reason,
             "instructions_email": null,
             "metadata": self.metadata,
             "next_action": null,

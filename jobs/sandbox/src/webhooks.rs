@@ -74,6 +74,73 @@ impl Sandbox {
     }
 }
 
+/// Stripe's refund `failure_reason` values (docs.stripe.com/api/refunds/object).
+pub const REFUND_FAILURE_REASONS: [&str; 7] = [
+    "charge_for_pending_refund_disputed",
+    "declined",
+    "expired_or_canceled_card",
+    "insufficient_funds",
+    "lost_or_stolen_card",
+    "merchant_request",
+    "unknown",
+];
+
+impl Sandbox {
+    /// Moves refund `id` to `status` (Stripe's: `pending`, `requires_action`, `succeeded`,
+    /// `failed`, `canceled`), with `failure_reason` when it failed, as the card network would
+    /// days after the refund was created; emits `refund.updated`, and `refund.failed` too when
+    /// it failed, around the refund object. Returns the refund, or what is wrong with the ask.
+    pub fn settle_refund(
+        &self,
+        id: &str,
+        status: &str,
+        failure_reason: Option<&str>,
+    ) -> Result<Value, String> {
+        const STATUSES: [&str; 5] = [
+            "pending",
+            "requires_action",
+            "succeeded",
+            "failed",
+            "canceled",
+        ];
+        let Some(status) = STATUSES.iter().copied().find(|s| *s == status) else {
+            return Err(format!(
+                "status {status:?} is not one of {}",
+                STATUSES.join(", ")
+            ));
+        };
+        let failure_reason = match (status, failure_reason) {
+            ("failed", None) => "unknown",
+            ("failed", Some(f)) => REFUND_FAILURE_REASONS
+                .iter()
+                .copied()
+                .find(|r| *r == f)
+                .ok_or_else(|| {
+                    format!(
+                        "failure_reason {f:?} is not one of {}",
+                        REFUND_FAILURE_REASONS.join(", ")
+                    )
+                })?,
+            (_, Some(_)) => return Err("failure_reason is only for status \"failed\"".into()),
+            (_, None) => "",
+        };
+        let object = {
+            let mut st = self.lock();
+            let Some(r) = st.refunds.get_mut(id) else {
+                return Err(format!("no refund {id:?}"));
+            };
+            r.status = status;
+            r.failure_reason = (!failure_reason.is_empty()).then(|| failure_reason.to_owned());
+            r.to_json()
+        };
+        emit_stripe(self, "refund.updated", object.clone(), None);
+        if status == "failed" {
+            emit_stripe(self, "refund.failed", object.clone(), None);
+        }
+        Ok(object)
+    }
+}
+
 /// Builds a Stripe event around `object` and delivers it if a target is configured.
 /// `request` is `(request id, idempotency key)` of the API call that caused it.
 ///

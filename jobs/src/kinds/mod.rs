@@ -9,6 +9,7 @@ pub mod card_update;
 pub mod order_reconcile;
 pub mod payment_reconcile;
 pub mod refund_compensation;
+pub mod refund_reconcile;
 pub mod retention_purge;
 
 use crate::{KindDefaults, Registrar};
@@ -77,6 +78,8 @@ pub fn register_all<R: Registrar>(r: &mut R) {
     r.register::<crate::backfill::RunBackfill>();
     r.register::<booking_attempt::BookingAttempt>();
     r.register::<refund_compensation::RefundCompensation>();
+    r.register::<refund_reconcile::RefundReconcile>();
+    r.register::<refund_reconcile::RefundSweep>();
     r.register::<campaign_scan::CampaignScan>();
     r.register::<campaign_search::CampaignSearch>();
     r.register::<card_expiry_reminder::CardExpiryReminder>();

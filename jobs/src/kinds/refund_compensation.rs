@@ -359,6 +359,77 @@ async fn refund(ctx: &JobContext, b: &Booking, reason: &str) -> Result<(), JobEr
     Ok(())
 }
 
+/// A refund as the fleet recorded it (`refunds`), for its reconcile.
+#[derive(Debug, Clone, sqlx::FromRow)]
+pub struct RecordedRefund {
+    /// `refunds.id`.
+    pub id: Uuid,
+    /// Its booking.
+    pub booking_id: Uuid,
+    /// `re_…`.
+    pub stripe_refund_id: String,
+    /// Stripe's status as last recorded.
+    pub status: String,
+    /// Decimal amount.
+    pub amount: String,
+    /// ISO 4217.
+    pub currency: String,
+}
+
+/// RefundFindByStripeId: the refund Stripe calls `stripe_refund_id`, if we made it.
+pub(crate) async fn refund_by_stripe_id(
+    conn: &mut PgConnection,
+    stripe_refund_id: &str,
+) -> Result<Option<RecordedRefund>, sqlx::Error> {
+    sqlx::query_as(
+        "SELECT id, booking_id, stripe_refund_id, status, amount::text AS amount,
+                currency::text AS currency
+         FROM refunds WHERE stripe_refund_id = $1",
+    )
+    .bind(stripe_refund_id)
+    .fetch_optional(conn)
+    .await
+}
+
+/// RefundRecordStatus: records what Stripe now says of refund `id` (a status among Stripe's
+/// five, and its failure code). Returns whether anything changed.
+pub(crate) async fn record_refund_status(
+    conn: &mut PgConnection,
+    id: Uuid,
+    status: &str,
+    failure_reason: Option<&str>,
+) -> Result<bool, sqlx::Error> {
+    let r = sqlx::query(
+        "UPDATE refunds SET status = $2, failure_reason = $3, updated_at = now()
+         WHERE id = $1 AND (status, failure_reason) IS DISTINCT FROM ($2, $3)",
+    )
+    .bind(id)
+    .bind(status)
+    .bind(failure_reason)
+    .execute(conn)
+    .await?;
+    Ok(r.rows_affected() == 1)
+}
+
+/// RefundListUnsettled: Stripe ids of refunds still `pending` or `requires_action` whose last
+/// update is older than `older_than`, oldest first, at most `limit`.
+pub(crate) async fn refunds_unsettled(
+    db: &crate::Db,
+    older_than: Duration,
+    limit: i64,
+) -> Result<Vec<String>, sqlx::Error> {
+    sqlx::query_scalar(
+        "SELECT stripe_refund_id FROM refunds
+         WHERE status IN ('pending', 'requires_action') AND stripe_refund_id IS NOT NULL
+           AND updated_at < now() - $1 * interval '1 millisecond'
+         ORDER BY updated_at LIMIT $2",
+    )
+    .bind(older_than.as_millis() as i64)
+    .bind(limit)
+    .fetch_all(db)
+    .await
+}
+
 /// The refund email, once per booking.
 async fn notify(ctx: &JobContext, b: &Booking) -> Result<(), JobError> {
     let (Some(user_id), Some(origin), Some(destination)) =

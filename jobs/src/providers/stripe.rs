@@ -19,7 +19,7 @@ use stripe_core::{
         CancelPaymentIntent, CancelPaymentIntentCancellationReason, CapturePaymentIntent,
         CreatePaymentIntent, CreatePaymentIntentOffSession, RetrievePaymentIntent,
     },
-    refund::{CreateRefund, CreateRefundReason},
+    refund::{CreateRefund, CreateRefundReason, RetrieveRefund},
     PaymentIntentCaptureMethod, PaymentIntentStatus,
 };
 
@@ -150,6 +150,9 @@ pub struct RefundSummary {
     pub currency: String,
     /// The refunded PaymentIntent.
     pub payment_intent_id: Option<String>,
+    /// Why it failed, when it did (`lost_or_stolen_card`, `expired_or_canceled_card`,
+    /// `unknown`, …: Stripe's codes, no PII).
+    pub failure_reason: Option<String>,
 }
 
 /// Stripe as the saga sees it. Object safe: jobs hold an `Arc<dyn PaymentsApi>`.
@@ -194,6 +197,13 @@ pub trait PaymentsApi: Send + Sync {
         &'a self,
         req: &'a RefundRequest,
         idempotency_key: &'a str,
+    ) -> BoxFuture<'a, Result<RefundSummary, StripeApiError>>;
+
+    /// Reads a refund (`re_…`): its status moves after it is created (`pending` →
+    /// `succeeded`, or `failed` days later when the card is closed).
+    fn retrieve_refund<'a>(
+        &'a self,
+        refund_id: &'a str,
     ) -> BoxFuture<'a, Result<RefundSummary, StripeApiError>>;
 }
 
@@ -517,15 +527,34 @@ impl PaymentsApi for StripePayments {
                 .request_strategy(strategy)
                 .send(&self.client)
                 .await;
-            let refund = sent(refund, "create_refund")?;
-            Ok(RefundSummary {
-                id: refund.id.to_string(),
-                status: refund.status.unwrap_or_else(|| "pending".to_owned()),
-                amount: refund.amount,
-                currency: refund.currency.to_string().to_ascii_uppercase(),
-                payment_intent_id: refund.payment_intent.map(|p| p.id().to_string()),
-            })
+            sent(refund, "create_refund").map(refund_summary)
         })
+    }
+
+    fn retrieve_refund<'a>(
+        &'a self,
+        refund_id: &'a str,
+    ) -> BoxFuture<'a, Result<RefundSummary, StripeApiError>> {
+        Box::pin(async move {
+            let refund = RetrieveRefund::new(refund_id)
+                .customize()
+                .request_strategy(RequestStrategy::Once)
+                .send(&self.client)
+                .await;
+            sent(refund, "retrieve_refund").map(refund_summary)
+        })
+    }
+}
+
+/// Our view of a Stripe refund.
+fn refund_summary(refund: stripe_core::Refund) -> RefundSummary {
+    RefundSummary {
+        id: refund.id.to_string(),
+        status: refund.status.unwrap_or_else(|| "pending".to_owned()),
+        amount: refund.amount,
+        currency: refund.currency.to_string().to_ascii_uppercase(),
+        payment_intent_id: refund.payment_intent.map(|p| p.id().to_string()),
+        failure_reason: refund.failure_reason,
     }
 }
 
