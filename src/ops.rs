@@ -868,6 +868,44 @@ impl Ops {
         Ok(self.mutation("booking_refund", dry_run, r))
     }
 
+    /// Records that booking `id`'s failed refund was paid back another way (`how`, with a
+    /// `reference` that is an id: `^[A-Za-z0-9_.:-]{1,64}$`), so its money is no longer owed.
+    pub async fn booking_paid_out(
+        &self,
+        id: uuid::Uuid,
+        how: &str,
+        reference: &str,
+        dry_run: bool,
+    ) -> Result<Mutation<jobs::kinds::refund_compensation::PaidOut>> {
+        use jobs::kinds::refund_compensation::PayoutRefused;
+        let ok_ref = !reference.is_empty()
+            && reference.len() <= 64
+            && reference
+                .bytes()
+                .all(|b| b.is_ascii_alphanumeric() || b"_.:-".contains(&b));
+        if !ok_ref {
+            usage!(
+                "--reference must be the finance ticket's id (letters, digits, _ . : -, at most \
+                 64), not free text: it is kept in the audit trail"
+            );
+        }
+        let r = match jobs::operator::booking_paid_out(
+            &self.db,
+            &self.actor,
+            id,
+            how,
+            reference,
+            dry_run,
+        )
+        .await
+        {
+            Ok(r) => r,
+            Err(PayoutRefused::Failed(e)) => return Err(OpsError::Database(e)),
+            Err(refused) => usage!("{refused}"),
+        };
+        Ok(self.mutation("booking_paid_out", dry_run, r))
+    }
+
     /// Bookings newest first, of `status` if given (a booking status: `failed`,
     /// `authorized`, …), older than `before`, at most `limit` (1..=500).
     pub async fn bookings(

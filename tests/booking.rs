@@ -130,6 +130,21 @@ impl Harness {
         seeded
     }
 
+    /// A campaign `n` on LHR-JFK (`normal`) booked to the end by the running worker: its
+    /// ticketed booking.
+    async fn ticketed(&self, n: usize) -> BookingView {
+        let seeded = self.campaign(n, "LHR", "JFK", VISA).await;
+        let offer = self.offer_for(seeded.campaign_id).await;
+        let key = format!("booking_attempt:{}", seeded.campaign_id);
+        let id = self
+            .enqueue_attempt(seeded.campaign_id, &offer.id, &key)
+            .await;
+        wait_finished(self.pool(), id, SECS(20)).await;
+        let b = self.bookings(seeded.campaign_id).await.remove(0);
+        assert_eq!(b.status, "ticketed");
+        b
+    }
+
     /// The cheapest offer for the campaign's route on the first day of its window.
     async fn offer_for(&self, campaign_id: Uuid) -> Offer {
         let (origin, destination, date): (String, String, NaiveDate) = sqlx::query_as(
@@ -617,14 +632,8 @@ async fn refund_compensation_run_twice_refunds_once_and_cancels_the_order_once()
         ..Default::default()
     })
     .await;
-    let seeded = h.campaign(1, "LHR", "JFK", VISA).await;
-    let offer = h.offer_for(seeded.campaign_id).await;
     let w = h.start_worker();
-    let key = format!("booking_attempt:{}", seeded.campaign_id);
-    let id = h.enqueue_attempt(seeded.campaign_id, &offer.id, &key).await;
-    wait_finished(h.pool(), id, SECS(20)).await;
-    let b = h.bookings(seeded.campaign_id).await.remove(0);
-    assert_eq!(b.status, "ticketed");
+    let b = h.ticketed(1).await;
     let pi = b.stripe_payment_intent_id.clone().unwrap();
 
     // The order is cancelled after capture: state change and refund job in one transaction.
@@ -685,8 +694,12 @@ async fn refund_compensation_run_twice_refunds_once_and_cancels_the_order_once()
         1,
         "one refund email"
     );
-    let b2 = h.bookings(seeded.campaign_id).await.remove(0);
-    assert_eq!(b2.status, "refunded");
+    let status: String = sqlx::query_scalar("SELECT status FROM bookings WHERE id = $1")
+        .bind(b.id)
+        .fetch_one(h.pool())
+        .await
+        .unwrap();
+    assert_eq!(status, "refunded");
     let refunds: Vec<(Option<String>, String, String, String)> = sqlx::query_as(
         "SELECT stripe_refund_id, status, amount::text, reason FROM refunds WHERE booking_id = $1",
     )
@@ -920,14 +933,8 @@ async fn a_stripe_outage_mid_saga_leaves_the_hold_retrying_and_a_drain_names_it(
 #[tokio::test]
 async fn a_refund_that_fails_later_is_recorded_and_its_traveler_told_once() {
     let h = Harness::new(SandboxConfig::default()).await;
-    let seeded = h.campaign(3, "LHR", "JFK", VISA).await;
-    let offer = h.offer_for(seeded.campaign_id).await;
     let w = h.start_worker();
-    let key = format!("booking_attempt:{}", seeded.campaign_id);
-    let id = h.enqueue_attempt(seeded.campaign_id, &offer.id, &key).await;
-    wait_finished(h.pool(), id, SECS(20)).await;
-    let b = h.bookings(seeded.campaign_id).await.remove(0);
-    assert_eq!(b.status, "ticketed");
+    let b = h.ticketed(3).await;
     let mut tx = h.pool().begin().await.unwrap();
     assert!(
         cancel_and_request_refund(&mut tx, &h.queue, b.id, "order_cancelled")
@@ -1032,6 +1039,51 @@ async fn a_refund_that_fails_later_is_recorded_and_its_traveler_told_once() {
         JobState::Dead
     );
     assert_eq!(h.snapshot().await, before, "no row changed");
+
+    // The money is owed: `fleet check` names the booking until an operator records that it
+    // was paid back another way (dry run first; a second payout is refused).
+    let named = |v: &[jobs::invariants::Violation]| {
+        v.iter().any(|x| {
+            x.invariant.starts_with("every captured PaymentIntent")
+                && x.ids.contains(&b.id.to_string())
+        })
+    };
+    assert!(named(&fleet::check::run(&h.db.db()).await.unwrap()));
+    let ops = fleet::ops::Ops::new(h.pool().clone(), h.registry.kind_names(), "ops-alice");
+    let dry = ops
+        .booking_paid_out(b.id, "bank_transfer", "FIN-42", true)
+        .await
+        .unwrap();
+    assert_eq!(dry.result.amount, b.total_amount);
+    assert!(
+        named(&fleet::check::run(&h.db.db()).await.unwrap()),
+        "a dry run changes nothing"
+    );
+    ops.booking_paid_out(b.id, "bank_transfer", "FIN-42", false)
+        .await
+        .unwrap();
+    assert!(!named(&fleet::check::run(&h.db.db()).await.unwrap()));
+    let again = ops
+        .booking_paid_out(b.id, "bank_transfer", "FIN-43", false)
+        .await;
+    assert!(
+        matches!(&again, Err(fleet::ops::OpsError::Usage(m)) if m.contains("nothing to pay out")),
+        "{again:?}"
+    );
+    for (how, reference) in [("paypal", "FIN-44"), ("cheque", "Jane Doe, IBAN FR76")] {
+        let bad = ops.booking_paid_out(b.id, how, reference, false).await;
+        assert!(
+            matches!(bad, Err(fleet::ops::OpsError::Usage(_))),
+            "{how} {reference}: {bad:?}"
+        );
+    }
+    let paid: i64 = sqlx::query_scalar(
+        "SELECT count(*) FROM audit_log WHERE action = 'refund.paid_out' AND actor = 'ops-alice'",
+    )
+    .fetch_one(h.pool())
+    .await
+    .unwrap();
+    assert_eq!(paid, 1);
 
     // A refund whose events were lost stays pending here while Stripe has it succeeded: the
     // sweep reads it again.

@@ -187,7 +187,12 @@ fn the_default_schedules_name_registered_kinds_and_valid_crons() {
     let names: Vec<&str> = schedules.iter().map(|s| s.name.as_str()).collect();
     assert_eq!(
         names,
-        vec!["campaign_scan", "card_expiry_reminder", "retention_purge"]
+        vec![
+            "campaign_scan",
+            "card_expiry_reminder",
+            "refund_sweep",
+            "retention_purge"
+        ]
     );
 }
 

@@ -830,6 +830,8 @@ pub struct RefundView {
     pub failure_reason: Option<String>,
     /// When the intent was recorded.
     pub created_at: DateTime<Utc>,
+    /// When its status last changed (a failure is recorded at this time).
+    pub updated_at: DateTime<Utc>,
 }
 
 /// An email the outbox recorded for a booking.
@@ -1004,7 +1006,7 @@ pub async fn view(db: &Db, id: Uuid) -> Result<Option<BookingView>, sqlx::Error>
     steps.sort_by_key(|s| s.at);
     let refunds: Vec<RefundView> = sqlx::query_as(
         "SELECT id, stripe_refund_id, amount::text AS amount, currency::text AS currency, reason,
-                status, failure_reason, created_at
+                status, failure_reason, created_at, updated_at
          FROM refunds WHERE booking_id = $1 ORDER BY created_at",
     )
     .bind(id)

@@ -9,7 +9,9 @@ use uuid::Uuid;
 use crate::{
     audit,
     booking::{self, BookingView, JobSelector},
-    kinds::refund_compensation::{request_by_operator, OperatorRefund, RefundRefused},
+    kinds::refund_compensation::{
+        record_payout, request_by_operator, OperatorRefund, PaidOut, PayoutRefused, RefundRefused,
+    },
     Db, Enqueuer, JobError,
 };
 
@@ -76,4 +78,40 @@ pub async fn booking_refund(
     .map_err(failed)?;
     tx.commit().await.map_err(failed)?;
     Ok(r)
+}
+
+/// Records, as `actor`, that booking `id`'s failed refund was paid back outside Stripe's refund
+/// (`how`: a bank transfer, a Stripe payout, a cheque; `reference`: the finance ticket, an id
+/// with no personal data), audited as `refund.paid_out`. With `dry_run` the row is written and
+/// rolled back; nothing is audited.
+pub async fn booking_paid_out(
+    db: &Db,
+    actor: &str,
+    id: Uuid,
+    how: &str,
+    reference: &str,
+    dry_run: bool,
+) -> Result<PaidOut, PayoutRefused> {
+    let mut tx = db.begin().await?;
+    let p = record_payout(&mut tx, id, how).await?;
+    if dry_run {
+        tx.rollback().await?;
+        return Ok(p);
+    }
+    let meta = json!({
+        "booking_id": id, "how": how, "reference": reference, "amount": p.amount,
+        "currency": p.currency, "failed_refund_id": p.failed_refund_id,
+        "payout_refund_id": p.payout_refund_id,
+    });
+    audit::record(
+        &mut *tx,
+        actor,
+        "refund.paid_out",
+        "booking",
+        Some(&id.to_string()),
+        &meta,
+    )
+    .await?;
+    tx.commit().await?;
+    Ok(p)
 }

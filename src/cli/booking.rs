@@ -46,6 +46,24 @@ enum BookingAction {
         #[arg(long)]
         actor: Option<String>,
     },
+    /// Record that a refund which failed (the card was closed) was paid back another way:
+    /// the money is no longer owed (`fleet check` stops naming the booking).
+    PaidOut {
+        /// The booking's id.
+        id: Uuid,
+        /// How: bank_transfer, stripe_payout or cheque.
+        #[arg(long)]
+        how: String,
+        /// The finance ticket's id (no personal data; kept in the audit trail).
+        #[arg(long)]
+        reference: String,
+        /// Show what would change; change nothing.
+        #[arg(long)]
+        dry_run: bool,
+        /// Who is acting (recorded in audit_log; default: the OS user).
+        #[arg(long)]
+        actor: Option<String>,
+    },
 }
 
 pub async fn run(a: BookingArgs, settings: &Settings) -> anyhow::Result<()> {
@@ -103,6 +121,28 @@ pub async fn run(a: BookingArgs, settings: &Settings) -> anyhow::Result<()> {
             };
             emit(a.json, &r, &text)
         }
+        BookingAction::PaidOut {
+            id,
+            how,
+            reference,
+            dry_run,
+            actor,
+        } => {
+            let ops = Ops::new(
+                dbs.main.db.clone(),
+                registry.kind_names(),
+                actor.unwrap_or_else(os_user),
+            );
+            let r = ops.booking_paid_out(id, &how, &reference, dry_run).await?;
+            let x = &r.result;
+            let text = format!(
+                "booking {id}: {} {} {} paid back by {how} (ticket {reference}) for the refund that failed",
+                if r.dry_run { "would record" } else { "recorded" },
+                x.amount,
+                x.currency
+            );
+            emit(a.json, &r, &text)
+        }
     }
 }
 
@@ -153,17 +193,25 @@ fn show_text(r: &crate::ops::BookingReport) -> String {
                 format!("{} {}", f.amount, f.currency),
                 f.reason.clone(),
                 match &f.failure_reason {
-                    Some(why) => format!("{} ({why})", f.status),
+                    Some(why) => format!("{} ({why}, {})", f.status, ago(f.updated_at)),
                     None => f.status.clone(),
                 },
                 ago(f.created_at),
             ]);
         }
         out.push_str(&format!("\nrefunds\n{t}\n"));
-        if b.refunds.iter().any(|f| f.status == "failed") {
+        let failed = b.refunds.iter().any(|f| f.status == "failed");
+        let made_good = b.refunds.iter().any(|f| {
+            matches!(
+                f.status.as_str(),
+                "succeeded" | "pending" | "requires_action"
+            )
+        });
+        if failed && !made_good {
             out.push_str(
                 "a refund FAILED: the money came back to the Stripe balance, not to the traveler \
-                 (who was emailed); pay it back another way (docs/runbooks/refund-failed.md)\n",
+                 (who was emailed); pay it back another way, then `fleet booking paid-out` \
+                 (docs/runbooks/refund-failed.md)\n",
             );
         }
     }

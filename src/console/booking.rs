@@ -267,7 +267,7 @@ pub async fn show(
                 }
                 section {
                     h2 { "Compensation" }
-                    @if b.refunds.iter().any(|f| f.status == "failed") {
+                    @if b.refunds.iter().any(|f| f.status == "failed") && !b.refunds.iter().any(|f| matches!(f.status.as_str(), "succeeded" | "pending" | "requires_action")) {
                         (templates::notice("error", "A refund failed:", html! { "the money came back to our Stripe balance, not to the traveler (who was emailed). Pay it back another way: " code { "docs/runbooks/refund-failed.md" } "." }))
                     }
                     @if b.refunds.is_empty() && refund_jobs.is_empty() {
@@ -279,7 +279,7 @@ pub async fn show(
                                     td { (opt(&f.stripe_refund_id)) }
                                     td { (f.amount) " " (f.currency) }
                                     td { (f.reason) }
-                                    td { @if f.status == "failed" { (templates::badge("dead", "✕", "failed")) @if let Some(why) = &f.failure_reason { " " (why) } } @else { (f.status) } }
+                                    td { @if f.status == "failed" { (templates::badge("dead", "✕", "failed")) @if let Some(why) = &f.failure_reason { " " (why) } " " (templates::time(f.updated_at)) } @else { (f.status) } }
                                     td data-sort=(f.created_at.timestamp_millis()) { (templates::time(f.created_at)) }
                                 }
                             }

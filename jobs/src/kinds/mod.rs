@@ -188,5 +188,12 @@ pub fn jobs_of_booking(v: &crate::booking::BookingView) -> Vec<crate::booking::J
             args: Some(serde_json::json!({ "payment_intent_id": pi })),
         });
     }
+    for re in v.refunds.iter().filter_map(|r| r.stripe_refund_id.as_ref()) {
+        out.push(JobSelector {
+            kind: <refund_reconcile::RefundReconcile as Job>::KIND,
+            key: None,
+            args: Some(serde_json::json!({ "stripe_refund_id": re })),
+        });
+    }
     out
 }

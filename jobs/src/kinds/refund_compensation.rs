@@ -430,6 +430,110 @@ pub(crate) async fn refunds_unsettled(
     .await
 }
 
+/// How an operator paid back a refund that failed (`fleet booking paid-out --how`).
+pub const PAYOUT_METHODS: [&str; 3] = ["bank_transfer", "stripe_payout", "cheque"];
+
+/// What recording a payout did.
+#[derive(Debug, Clone, Serialize)]
+pub struct PaidOut {
+    /// The booking.
+    pub booking_id: Uuid,
+    /// The refund that failed.
+    pub failed_refund_id: Uuid,
+    /// The row that records the payout (`refunds`, `succeeded`, no Stripe id).
+    pub payout_refund_id: Uuid,
+    /// Decimal amount paid back.
+    pub amount: String,
+    /// ISO 4217.
+    pub currency: String,
+    /// How (one of [`PAYOUT_METHODS`]).
+    pub how: String,
+}
+
+/// Why a payout could not be recorded.
+#[derive(Debug, thiserror::Error)]
+pub enum PayoutRefused {
+    /// No such booking.
+    #[error("no booking with id {0}")]
+    NotFound(Uuid),
+    /// Nothing is owed: no refund failed, or one was made good since.
+    #[error("booking {id}: nothing to pay out: {why}")]
+    NothingOwed {
+        /// The booking.
+        id: Uuid,
+        /// Why.
+        why: &'static str,
+    },
+    /// `how` is not one of [`PAYOUT_METHODS`].
+    #[error("--how must be one of bank_transfer, stripe_payout, cheque, not {0:?}")]
+    BadMethod(String),
+    /// The database failed.
+    #[error(transparent)]
+    Failed(#[from] sqlx::Error),
+}
+
+/// RefundRecordPayout: records, on `conn` (pass `&mut *tx`), that the money of booking `id`'s
+/// failed refund was paid back outside Stripe's refund (`how`): a `refunds` row of the same
+/// amount, `succeeded`, no Stripe id, reason `paid_out.{how}`. The booking row lock serialises
+/// it with the reconcile; a second payout for the same failure is refused (nothing owed).
+pub async fn record_payout(
+    conn: &mut PgConnection,
+    id: Uuid,
+    how: &str,
+) -> Result<PaidOut, PayoutRefused> {
+    if !PAYOUT_METHODS.contains(&how) {
+        return Err(PayoutRefused::BadMethod(how.to_owned()));
+    }
+    let locked: Option<i32> = sqlx::query_scalar("SELECT 1 FROM bookings WHERE id = $1 FOR UPDATE")
+        .bind(id)
+        .fetch_optional(&mut *conn)
+        .await?;
+    if locked.is_none() {
+        return Err(PayoutRefused::NotFound(id));
+    }
+    let refunds: Vec<(Uuid, String, String, String)> = sqlx::query_as(
+        "SELECT id, status, amount::text, currency::text FROM refunds
+         WHERE booking_id = $1 ORDER BY created_at",
+    )
+    .bind(id)
+    .fetch_all(&mut *conn)
+    .await?;
+    if refunds
+        .iter()
+        .any(|r| matches!(r.1.as_str(), "succeeded" | "pending" | "requires_action"))
+    {
+        return Err(PayoutRefused::NothingOwed {
+            id,
+            why: "a refund of it is succeeded or still pending",
+        });
+    }
+    let Some((failed_id, _, amount, currency)) = refunds.into_iter().find(|r| r.1 == "failed")
+    else {
+        return Err(PayoutRefused::NothingOwed {
+            id,
+            why: "no refund of it failed",
+        });
+    };
+    let payout: Uuid = sqlx::query_scalar(
+        "INSERT INTO refunds (booking_id, amount, currency, reason, status)
+         VALUES ($1, $2::numeric, $3, $4, 'succeeded') RETURNING id",
+    )
+    .bind(id)
+    .bind(&amount)
+    .bind(&currency)
+    .bind(format!("paid_out.{how}"))
+    .fetch_one(&mut *conn)
+    .await?;
+    Ok(PaidOut {
+        booking_id: id,
+        failed_refund_id: failed_id,
+        payout_refund_id: payout,
+        amount,
+        currency,
+        how: how.to_owned(),
+    })
+}
+
 /// The refund email, once per booking.
 async fn notify(ctx: &JobContext, b: &Booking) -> Result<(), JobError> {
     let (Some(user_id), Some(origin), Some(destination)) =

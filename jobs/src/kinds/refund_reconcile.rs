@@ -8,7 +8,8 @@
 //! `refund_compensation`, the table's owner), with an audit row for each change. A refund that
 //! failed is the traveler's money we still owe: the run emails the traveler once
 //! (`refund-failed/{refund}`), logs a warning, and `fleet check` names the booking until an
-//! operator has paid it back another way (docs/runbooks/refund-failed.md).
+//! operator records that it was paid back another way (`fleet booking paid-out`,
+//! [`super::refund_compensation::record_payout`]; docs/runbooks/refund-failed.md).
 //!
 //! Bad input: an event about a refund we never made is recorded by the ingress and ends here
 //! as a no-op with one log line, never retried; a malformed id is a bad payload (dead at once).
