@@ -501,9 +501,9 @@ impl App {
     }
 
     /// Audit rows of `action`: (actor, resource_id, metadata), from the trail that owns it:
-    /// the domain's for booking actions, the engine's for the rest.
+    /// the domain's for booking and refund actions, the engine's for the rest.
     async fn audit(&self, action: &str) -> Vec<(String, Option<String>, Value)> {
-        let table = if action.starts_with("booking.") {
+        let table = if action.starts_with("booking.") || action.starts_with("refund.") {
             "audit_log"
         } else {
             "fleet_audit"
@@ -2418,5 +2418,96 @@ async fn a_drain_preview_names_the_card_hold_a_retrying_booking_attempt_holds() 
             .await
     );
     b.screenshot("drain-preview-money").await;
+    b.close().await;
+}
+
+#[tokio::test]
+async fn a_refund_that_failed_is_shown_and_its_payout_recorded_through_a_dry_run_and_audited() {
+    if !browser_available() {
+        return;
+    }
+    let app = App::start().await;
+    let keys = jobs::pii::Keyring::parse(TEST_PII_KEYS).unwrap();
+    let s = jobs::seed::seed_campaign(
+        &jobs::Db::from(app.pool().clone()),
+        &keys,
+        &jobs::seed::CampaignSeed::new(1),
+    )
+    .await
+    .unwrap();
+    // Ticketed, refunded, and then the card network sent the refund back.
+    let booking: uuid::Uuid = sqlx::query_scalar(
+        "WITH b AS (
+             INSERT INTO bookings (campaign_id, duffel_offer_id, duffel_order_id,
+                 stripe_payment_intent_id, total_amount, currency, status, authorized_at,
+                 order_attempted_at, ordered_at, captured_at, offer_checked_at)
+             VALUES ($1, 'off_po1', 'ord_po1', 'pi_po1', 177.32, 'USD', 'refunded', now(), now(),
+                     now(), now(), now())
+             RETURNING id)
+         INSERT INTO refunds (booking_id, stripe_refund_id, amount, currency, reason, status,
+                              failure_reason)
+         SELECT id, 're_failed0001', 177.32, 'USD', 'customer_request', 'failed',
+                'expired_or_canceled_card' FROM b
+         RETURNING booking_id",
+    )
+    .bind(s.campaign_id)
+    .fetch_one(app.pool())
+    .await
+    .unwrap();
+    let owed = |pool: PgPool| async move {
+        fleet::check::run(&jobs::Db::from(pool))
+            .await
+            .unwrap()
+            .iter()
+            .any(|v| v.invariant.starts_with("every captured PaymentIntent"))
+    };
+    assert!(owed(app.pool().clone()).await);
+
+    let v = app.browser().await;
+    v.sign_in("viv", VIV_PW).await;
+    v.goto(&format!("/ui/bookings/{booking}")).await;
+    v.wait_h1("Booking").await;
+    assert!(v.main_text().await.contains("A refund failed:"));
+    assert!(!v.has("#paid-out").await, "a viewer records nothing");
+    v.close().await;
+
+    let b = app.browser().await;
+    b.sign_in("alice", ALICE_PW).await;
+    b.goto(&format!("/ui/bookings/{booking}")).await;
+    b.wait_h1("Booking").await;
+    let refunds = b.text("#refunds").await;
+    assert!(
+        refunds.contains("failed") && refunds.contains("expired_or_canceled_card"),
+        "{refunds}"
+    );
+    b.screenshot("booking-refund-failed").await;
+    // Free text where a ticket id belongs is refused, naming why.
+    b.fill("#f-reference", "Jane Doe IBAN FR76").await;
+    b.click_button("#paid-out", "Record payout…").await;
+    assert!(b.main_text().await.contains("not free text"));
+    b.goto(&format!("/ui/bookings/{booking}")).await;
+    b.el("#f-how")
+        .await
+        .select_by_value("bank_transfer")
+        .await
+        .unwrap();
+    b.fill("#f-reference", "FIN-4711").await;
+    b.click_button("#paid-out", "Record payout…").await;
+    b.wait_h1("Record the payout?").await;
+    assert!(b.text("#paid-out-amount").await.contains("177.32 USD"));
+    assert!(
+        owed(app.pool().clone()).await,
+        "the preview records nothing"
+    );
+    b.click("#confirm").await;
+    b.wait_h1("Payout recorded").await;
+    assert!(!owed(app.pool().clone()).await);
+    let audit = app.audit("refund.paid_out").await;
+    assert_eq!(audit.len(), 1);
+    assert_eq!(audit[0].0, "alice");
+    assert_eq!(audit[0].2["reference"], "FIN-4711");
+    b.goto(&format!("/ui/bookings/{booking}")).await;
+    assert!(!b.has("#paid-out").await, "nothing owed any more");
+    assert!(b.text("#refunds").await.contains("paid_out.bank_transfer"));
     b.close().await;
 }

@@ -64,6 +64,12 @@ pub struct ActionForm {
     /// Schedule pause/resume: its name.
     #[serde(default)]
     schedule: String,
+    /// Paid out: how (`bank_transfer`, …).
+    #[serde(default)]
+    how: String,
+    /// Paid out: the finance ticket's id.
+    #[serde(default)]
+    reference: String,
     /// Drain: how long to wait ("10m").
     #[serde(default)]
     timeout: String,
@@ -202,7 +208,7 @@ const RESUME: Switch = Switch {
 };
 
 /// `POST /ui/actions/{action}`: `pause`, `resume`, `drain`, `replay`, `cancel`, `run-now`,
-/// `delete`, `schedule-pause`, `schedule-resume`, `refund`.
+/// `delete`, `schedule-pause`, `schedule-resume`, `refund`, `paid-out`.
 pub async fn act(
     State(st): State<ConsoleState>,
     Extension(s): Extension<Session>,
@@ -220,6 +226,7 @@ pub async fn act(
         "schedule-resume" => switch_schedule(&st, &s, &f, false).await,
         "delete" => delete(&st, &s, &f).await,
         "refund" => refund(&st, &s, &f).await,
+        "paid-out" => paid_out(&st, &s, &f).await,
         _ => Err((
             PageError::NotFound(format!("there is no action {action:?}")),
             Some(s.clone()),
@@ -664,4 +671,34 @@ async fn refund(st: &ConsoleState, s: &Session, f: &ActionForm) -> PageResult {
             }))
         }
     .await
+}
+
+/// Record that a booking's failed refund was paid back another way.
+async fn paid_out(st: &ConsoleState, s: &Session, f: &ActionForm) -> PageResult {
+    let id = uuid::Uuid::parse_str(f.booking.trim())
+        .map_err(|_| PageError::BadRequest("booking: not a booking id".into()))
+        .or_page(s)?;
+    let (how, reference) = (f.how.trim(), f.reference.trim());
+    let r = st
+        .ops(&s.user)
+        .booking_paid_out(id, how, reference, !f.confirmed())
+        .await
+        .or_page(s)?;
+    let x = &r.result;
+    let back = format!("/ui/bookings/{id}");
+    if r.dry_run {
+        let what = html! {
+            p #paid-out-amount { "Would record that " strong { (x.amount) " " (x.currency) } " was paid back to the traveler by " strong { (how) } " (ticket " code { (reference) } "), for the refund that failed." }
+            p.muted { "It writes a refund row that succeeded, without a Stripe id, and an audit row. The money is then no longer owed: " code { "fleet check" } " stops naming the booking. Record it only once the money has left." }
+        };
+        let hidden = html! {
+            input type="hidden" name="booking" value=(id);
+            input type="hidden" name="how" value=(how);
+            input type="hidden" name="reference" value=(reference);
+        };
+        return Ok(preview_page(s, "Record the payout?", "/ui/actions/paid-out", what, hidden, html! {}, Some("Record it")));
+    }
+    Ok(done_page(s, "Payout recorded", "refund.paid_out", html! {
+        (x.amount) " " (x.currency) " paid back by " (how) " is recorded. " a href=(back) { "Back to the booking" }
+    }))
 }

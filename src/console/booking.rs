@@ -218,6 +218,9 @@ pub async fn show(
             }
             timeline.sort_by_key(|e| e.at);
             let refundable = matches!(b.status.as_str(), "ticketed" | "cancelled");
+            // A refund failed and none made it good since: the money is owed.
+            let refund_owed = b.refunds.iter().any(|f| f.status == "failed")
+                && !b.refunds.iter().any(|f| matches!(f.status.as_str(), "succeeded" | "pending" | "requires_action"));
             let row = |k: &str, v: Markup| html! { dt { (k) } dd { (v) } };
             let opt = |v: &Option<String>| match v { Some(v) => html! { code { (v) } }, None => html! { span.muted { "—" } } };
             let body = html! {
@@ -267,8 +270,8 @@ pub async fn show(
                 }
                 section {
                     h2 { "Compensation" }
-                    @if b.refunds.iter().any(|f| f.status == "failed") && !b.refunds.iter().any(|f| matches!(f.status.as_str(), "succeeded" | "pending" | "requires_action")) {
-                        (templates::notice("error", "A refund failed:", html! { "the money came back to our Stripe balance, not to the traveler (who was emailed). Pay it back another way: " code { "docs/runbooks/refund-failed.md" } "." }))
+                    @if refund_owed {
+                        (templates::notice("error", "A refund failed:", html! { "the money came back to our Stripe balance, not to the traveler (who was emailed). Pay it back another way, then record the payout below (or " code { "fleet booking paid-out" } "): " code { "docs/runbooks/refund-failed.md" } "." }))
                     }
                     @if b.refunds.is_empty() && refund_jobs.is_empty() {
                         p.muted { "No refund was requested." }
@@ -317,6 +320,24 @@ pub async fn show(
                 section {
                     h2 { "Every job behind it" }
                     (jobs_table("booking-jobs", "Searches, attempts, refunds and webhook follow-ups of this booking", &r.jobs))
+                }
+                @if s.can_act() && refund_owed {
+                    section.act #paid-out {
+                        h2 { "Record the payout of the refund that failed" }
+                        p.muted { "Once finance has paid the traveler back another way. You see what it would record first." }
+                        form method="post" action="/ui/actions/paid-out" {
+                            (templates::csrf_field(&s))
+                            input type="hidden" name="booking" value=(b.id);
+                            div.field {
+                                label for="f-how" { "How" }
+                                select #f-how name="how" {
+                                    @for m in jobs::kinds::refund_compensation::PAYOUT_METHODS { option value=(m) { (m) } }
+                                }
+                            }
+                            (templates::field("reference", "Finance ticket", "", "its id, e.g. FIN-4711: no names or bank details"))
+                            div.buttons { button type="submit" { "Record payout…" } }
+                        }
+                    }
                 }
                 @if s.can_act() && refundable {
                     section.act {
