@@ -76,6 +76,12 @@ pub struct Metrics {
     pub database_reachable: IntGaugeVec,
     /// Times this process found a database stopped answering, by database.
     pub database_outages: IntCounterVec,
+    /// Refunds per Stripe status (from the snapshot, main database).
+    pub refunds: IntGaugeVec,
+    /// Bookings whose refund failed with no payout recorded: money owed (from the snapshot).
+    pub refunds_owed: IntGauge,
+    /// Age of the oldest refund still pending, 0 when none (from the snapshot).
+    pub refund_pending_oldest_seconds: Gauge,
 }
 
 /// Registers `c`, noting its names (so the docs test sees metrics that have no series yet).
@@ -245,7 +251,28 @@ fn build() -> Metrics {
     )
     .expect("valid metric");
     register(&registry, &names, Box::new(replica_lag_seconds.clone()));
+    let refunds = IntGaugeVec::new(
+        Opts::new("fleet_refunds", "Refunds per Stripe status (pending, succeeded, failed, …)."),
+        &["status"],
+    )
+    .expect("valid metric");
+    register(&registry, &names, Box::new(refunds.clone()));
+    let refunds_owed = IntGauge::new(
+        "fleet_refunds_owed",
+        "Bookings whose refund failed with no payout recorded since: money owed to travelers.",
+    )
+    .expect("valid metric");
+    register(&registry, &names, Box::new(refunds_owed.clone()));
+    let refund_pending_oldest_seconds = Gauge::new(
+        "fleet_refund_pending_oldest_seconds",
+        "Seconds since the oldest pending refund was last updated (0 when none is pending).",
+    )
+    .expect("valid metric");
+    register(&registry, &names, Box::new(refund_pending_oldest_seconds.clone()));
     Metrics {
+        refunds,
+        refunds_owed,
+        refund_pending_oldest_seconds,
         replica_lag_seconds,
         registry,
         names: names.into_inner(),

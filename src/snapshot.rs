@@ -59,10 +59,24 @@ pub async fn refresh_snapshot_of(dbs: &[Database]) -> Result<(), sqlx::Error> {
                 lags.push((db.name.clone(), lag));
             }
         }
-        Ok::<_, sqlx::Error>((gauges, paused, lags, budgets))
+        // The domain's tables live in the main database (the first).
+        let refunds = match dbs.first() {
+            Some(main) => Some(jobs::report::refund_gauges(&main.reads).await?),
+            None => None,
+        };
+        Ok::<_, sqlx::Error>((gauges, paused, lags, budgets, refunds))
     };
     match tokio::time::timeout(std::time::Duration::from_secs(5), read).await {
-        Ok(Ok((gauges, paused, lags, budgets))) => {
+        Ok(Ok((gauges, paused, lags, budgets, refunds))) => {
+            if let Some(r) = &refunds {
+                m.refunds.reset();
+                for (status, n) in &r.by_status {
+                    m.refunds.with_label_values(&[status]).set(*n);
+                }
+                m.refunds_owed.set(r.owed);
+                m.refund_pending_oldest_seconds
+                    .set(r.oldest_pending_s.unwrap_or(0.0).max(0.0));
+            }
             let now = chrono::Utc::now();
             for b in &budgets {
                 m.budget_tokens.with_label_values(&[&b.name]).set(b.level);

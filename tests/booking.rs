@@ -1049,6 +1049,14 @@ async fn a_refund_that_fails_later_is_recorded_and_its_traveler_told_once() {
         })
     };
     assert!(named(&fleet::check::run(&h.db.db()).await.unwrap()));
+    // The metrics say so, and the alert on them fires.
+    let scraped = fleet::snapshot::render(Some(&h.db.db())).await.unwrap();
+    assert!(
+        scraped.contains("fleet_refunds{status=\"failed\"} 1"),
+        "{scraped}"
+    );
+    assert_eq!(gauge(&scraped, "fleet_refunds_owed"), 1.0);
+    assert!(alert_fires("FleetRefundOwed", &scraped));
     let ops = fleet::ops::Ops::new(h.pool().clone(), h.registry.kind_names(), "ops-alice");
     let dry = ops
         .booking_paid_out(b.id, "bank_transfer", "FIN-42", true)
@@ -1063,6 +1071,9 @@ async fn a_refund_that_fails_later_is_recorded_and_its_traveler_told_once() {
         .await
         .unwrap();
     assert!(!named(&fleet::check::run(&h.db.db()).await.unwrap()));
+    let scraped = fleet::snapshot::render(Some(&h.db.db())).await.unwrap();
+    assert_eq!(gauge(&scraped, "fleet_refunds_owed"), 0.0);
+    assert!(!alert_fires("FleetRefundOwed", &scraped));
     let again = ops
         .booking_paid_out(b.id, "bank_transfer", "FIN-43", false)
         .await;
@@ -1136,4 +1147,38 @@ async fn a_refund_that_fails_later_is_recorded_and_its_traveler_told_once() {
     w.stop().await;
     h.assert_invariants().await;
     h.sandbox.shutdown().await.unwrap();
+}
+
+/// The value of an unlabelled gauge in a text exposition.
+fn gauge(scraped: &str, name: &str) -> f64 {
+    scraped
+        .lines()
+        .find_map(|l| l.strip_prefix(name).and_then(|r| r.strip_prefix(' ')))
+        .unwrap_or_else(|| panic!("no {name} in the scrape"))
+        .trim()
+        .parse()
+        .unwrap()
+}
+
+/// Whether docs/alerts/fleet.rules.yml's `alert` would fire on `scraped`: its rule must read
+/// `max(<gauge>) > <threshold>` (the shape of the money alerts), evaluated on the gauge.
+fn alert_fires(alert: &str, scraped: &str) -> bool {
+    let rules = std::fs::read_to_string(
+        std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("docs/alerts/fleet.rules.yml"),
+    )
+    .unwrap();
+    let after = rules
+        .split(&format!("alert: {alert}\n"))
+        .nth(1)
+        .unwrap_or_else(|| panic!("no alert {alert}"));
+    let expr = after
+        .lines()
+        .find_map(|l| l.trim().strip_prefix("expr: "))
+        .unwrap();
+    let (lhs, threshold) = expr.split_once(" > ").unwrap();
+    let name = lhs
+        .strip_prefix("max(")
+        .and_then(|r| r.strip_suffix(')'))
+        .unwrap_or_else(|| panic!("{alert}: {expr} is not max(gauge) > n"));
+    gauge(scraped, name) > threshold.trim().parse::<f64>().unwrap()
 }

@@ -122,3 +122,42 @@ pub async fn by_route(db: &Db) -> Result<Vec<RouteOutcome>, sqlx::Error> {
     .fetch_all(db)
     .await
 }
+
+/// The refunds' figures for the metrics snapshot (`fleet_refunds`, `fleet_refunds_owed`,
+/// `fleet_refund_pending_oldest_seconds`): the money operators must see move.
+#[derive(Debug, Clone, Default, PartialEq, Serialize)]
+pub struct RefundGauges {
+    /// Refund rows per Stripe status.
+    pub by_status: Vec<(String, i64)>,
+    /// Bookings whose refund failed and that no refund made good since (no payout recorded):
+    /// money we owe travelers.
+    pub owed: i64,
+    /// Seconds since the least recently updated refund still pending was updated (`None`:
+    /// none pending).
+    pub oldest_pending_s: Option<f64>,
+}
+
+/// RefundGauges: the refunds' figures now. One scan of `refunds` (a small table: one row per
+/// refund made) and the pending ones through `refunds_unsettled_idx`.
+pub async fn refund_gauges(db: &Db) -> Result<RefundGauges, sqlx::Error> {
+    let by_status: Vec<(String, i64)> =
+        sqlx::query_as("SELECT status, count(*) FROM refunds GROUP BY status ORDER BY status")
+            .fetch_all(db)
+            .await?;
+    let (owed, oldest_pending_s): (i64, Option<f64>) = sqlx::query_as(
+        "SELECT
+            (SELECT count(DISTINCT f.booking_id) FROM refunds f
+             WHERE f.status = 'failed' AND NOT EXISTS (
+                 SELECT 1 FROM refunds g WHERE g.booking_id = f.booking_id
+                 AND g.status IN ('pending', 'requires_action', 'succeeded'))),
+            (SELECT extract(epoch FROM now() - min(updated_at))::float8 FROM refunds
+             WHERE status IN ('pending', 'requires_action'))",
+    )
+    .fetch_one(db)
+    .await?;
+    Ok(RefundGauges {
+        by_status,
+        owed,
+        oldest_pending_s,
+    })
+}

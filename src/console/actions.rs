@@ -109,6 +109,11 @@ impl ActionForm {
         }
     }
 
+    fn booking_id(&self) -> Result<uuid::Uuid, PageError> {
+        uuid::Uuid::parse_str(self.booking.trim())
+            .map_err(|_| PageError::BadRequest("booking: not a booking id".into()))
+    }
+
     fn kind(&self) -> Result<String, PageError> {
         let k = self.kind.trim();
         if k.is_empty() {
@@ -632,9 +637,7 @@ async fn delete(st: &ConsoleState, s: &Session, f: &ActionForm) -> PageResult {
 /// Refund a booking.
 async fn refund(st: &ConsoleState, s: &Session, f: &ActionForm) -> PageResult {
     async {
-            let id = uuid::Uuid::parse_str(f.booking.trim())
-                .map_err(|_| PageError::BadRequest("booking: not a booking id".into()))
-                .or_page(s)?;
+            let id = f.booking_id().or_page(s)?;
             let reason = f.reason.trim();
             let r = st
                 .ops(&s.user)
@@ -675,9 +678,7 @@ async fn refund(st: &ConsoleState, s: &Session, f: &ActionForm) -> PageResult {
 
 /// Record that a booking's failed refund was paid back another way.
 async fn paid_out(st: &ConsoleState, s: &Session, f: &ActionForm) -> PageResult {
-    let id = uuid::Uuid::parse_str(f.booking.trim())
-        .map_err(|_| PageError::BadRequest("booking: not a booking id".into()))
-        .or_page(s)?;
+    let id = f.booking_id().or_page(s)?;
     let (how, reference) = (f.how.trim(), f.reference.trim());
     let r = st
         .ops(&s.user)
