@@ -906,6 +906,28 @@ impl Ops {
         Ok(self.mutation("booking_paid_out", dry_run, r))
     }
 
+    /// Money today (since 00:00 UTC) and over the last 7 days, with what is owed now.
+    pub async fn money(&self) -> Result<MoneyReport> {
+        let now = chrono::Utc::now();
+        let midnight = now
+            .date_naive()
+            .and_hms_opt(0, 0, 0)
+            .expect("midnight exists")
+            .and_utc();
+        Ok(MoneyReport {
+            today: self
+                .read(jobs::report::money(&self.reads, midnight))
+                .await?,
+            week: self
+                .read(jobs::report::money(
+                    &self.reads,
+                    now - chrono::Duration::days(7),
+                ))
+                .await?,
+            refunds_now: self.read(jobs::report::refund_gauges(&self.reads)).await?,
+        })
+    }
+
     /// Bookings newest first, of `status` if given (a booking status: `failed`,
     /// `authorized`, …), older than `before`, at most `limit` (1..=500).
     pub async fn bookings(
@@ -1119,6 +1141,17 @@ fn check_schedule(schedules: &[Schedule], name: &str) -> Result<()> {
             known.join(", ")
         }
     )
+}
+
+/// What [`Ops::money`] reports.
+#[derive(Debug, Clone, Serialize)]
+pub struct MoneyReport {
+    /// Since 00:00 UTC today.
+    pub today: jobs::report::MoneyWindow,
+    /// The last 7 days.
+    pub week: jobs::report::MoneyWindow,
+    /// Refunds now: by status, owed, oldest pending.
+    pub refunds_now: jobs::report::RefundGauges,
 }
 
 /// How many of a schedule's latest ticks [`Ops::schedules`] shows.

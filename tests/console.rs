@@ -1045,6 +1045,7 @@ async fn every_page_fits_1280_and_1920_pixels_without_scrolling_sideways() {
             ("bookings", "/ui/bookings"),
             ("schedules", "/ui/schedules"),
             ("activity", "/ui/activity"),
+            ("money", "/ui/money"),
         ] {
             b.goto(path).await;
             tokio::time::sleep(Duration::from_millis(300)).await;
@@ -2427,33 +2428,7 @@ async fn a_refund_that_failed_is_shown_and_its_payout_recorded_through_a_dry_run
         return;
     }
     let app = App::start().await;
-    let keys = jobs::pii::Keyring::parse(TEST_PII_KEYS).unwrap();
-    let s = jobs::seed::seed_campaign(
-        &jobs::Db::from(app.pool().clone()),
-        &keys,
-        &jobs::seed::CampaignSeed::new(1),
-    )
-    .await
-    .unwrap();
-    // Ticketed, refunded, and then the card network sent the refund back.
-    let booking: uuid::Uuid = sqlx::query_scalar(
-        "WITH b AS (
-             INSERT INTO bookings (campaign_id, duffel_offer_id, duffel_order_id,
-                 stripe_payment_intent_id, total_amount, currency, status, authorized_at,
-                 order_attempted_at, ordered_at, captured_at, offer_checked_at)
-             VALUES ($1, 'off_po1', 'ord_po1', 'pi_po1', 177.32, 'USD', 'refunded', now(), now(),
-                     now(), now(), now())
-             RETURNING id)
-         INSERT INTO refunds (booking_id, stripe_refund_id, amount, currency, reason, status,
-                              failure_reason)
-         SELECT id, 're_failed0001', 177.32, 'USD', 'customer_request', 'failed',
-                'expired_or_canceled_card' FROM b
-         RETURNING booking_id",
-    )
-    .bind(s.campaign_id)
-    .fetch_one(app.pool())
-    .await
-    .unwrap();
+    let booking = booking_whose_refund_failed(app.pool(), 1).await;
     let owed = |pool: PgPool| async move {
         fleet::check::run(&jobs::Db::from(pool))
             .await
@@ -2509,5 +2484,124 @@ async fn a_refund_that_failed_is_shown_and_its_payout_recorded_through_a_dry_run
     b.goto(&format!("/ui/bookings/{booking}")).await;
     assert!(!b.has("#paid-out").await, "nothing owed any more");
     assert!(b.text("#refunds").await.contains("paid_out.bank_transfer"));
+    b.close().await;
+}
+
+/// A seeded campaign `n`'s booking, ticketed, refunded, and then its refund sent back by the
+/// card network (`failed`, `expired_or_canceled_card`): 177.32 USD owed.
+async fn booking_whose_refund_failed(pool: &PgPool, n: usize) -> uuid::Uuid {
+    let keys = jobs::pii::Keyring::parse(TEST_PII_KEYS).unwrap();
+    let s = jobs::seed::seed_campaign(
+        &jobs::Db::from(pool.clone()),
+        &keys,
+        &jobs::seed::CampaignSeed::new(n),
+    )
+    .await
+    .unwrap();
+    sqlx::query_scalar(
+        "WITH b AS (
+             INSERT INTO bookings (campaign_id, duffel_offer_id, duffel_order_id,
+                 stripe_payment_intent_id, total_amount, currency, status, authorized_at,
+                 order_attempted_at, ordered_at, captured_at, offer_checked_at)
+             VALUES ($1, 'off_po' || $2, 'ord_po' || $2, 'pi_po' || $2, 177.32, 'USD', 'refunded',
+                     now(), now(), now(), now(), now())
+             RETURNING id)
+         INSERT INTO refunds (booking_id, stripe_refund_id, amount, currency, reason, status,
+                              failure_reason)
+         SELECT id, 're_failed' || $2, 177.32, 'USD', 'customer_request', 'failed',
+                'expired_or_canceled_card' FROM b
+         RETURNING booking_id",
+    )
+    .bind(s.campaign_id)
+    .bind(n.to_string())
+    .fetch_one(pool)
+    .await
+    .unwrap()
+}
+
+#[tokio::test]
+async fn the_money_page_shows_what_was_booked_what_failed_what_is_owed_and_the_providers() {
+    if !browser_available() {
+        return;
+    }
+    let app = App::start().await;
+    booking_whose_refund_failed(app.pool(), 1).await;
+    let keys = jobs::pii::Keyring::parse(TEST_PII_KEYS).unwrap();
+    let db = jobs::Db::from(app.pool().clone());
+    // Today: one booking ticketed (412.30 EUR), one declined; yesterday: one ticketed.
+    for (n, status, failure, amount, cur, age_h) in [
+        (2, "ticketed", None, "412.30", "EUR", 0),
+        (3, "failed", Some("card_declined"), "99.00", "USD", 0),
+        (4, "ticketed", None, "250.00", "USD", 30),
+    ] {
+        let mut seed = jobs::seed::CampaignSeed::new(n);
+        seed.currency = cur.to_owned();
+        let c = jobs::seed::seed_campaign(&db, &keys, &seed).await.unwrap();
+        sqlx::query(
+            "WITH t AS (SELECT now() - $7 * interval '1 hour' AS at, $5 = 'ticketed' AS paid)
+             INSERT INTO bookings (campaign_id, duffel_offer_id, duffel_order_id,
+                 stripe_payment_intent_id, total_amount, currency, status, failure_code,
+                 created_at, offer_checked_at, authorized_at, order_attempted_at, ordered_at,
+                 captured_at)
+             SELECT $1, 'off_m' || $2, CASE WHEN paid THEN 'ord_m' || $2 END,
+                    CASE WHEN paid THEN 'pi_m' || $2 END, $3::numeric, $4, $5, $6, at,
+                    CASE WHEN paid THEN at END, CASE WHEN paid THEN at END,
+                    CASE WHEN paid THEN at END, CASE WHEN paid THEN at END,
+                    CASE WHEN paid THEN at END
+             FROM t",
+        )
+        .bind(c.campaign_id)
+        .bind(n.to_string())
+        .bind(amount)
+        .bind(cur)
+        .bind(status)
+        .bind(failure)
+        .bind(age_h as f64)
+        .execute(app.pool())
+        .await
+        .unwrap();
+    }
+    sqlx::query(
+        "INSERT INTO audit_log (actor, action, resource_type, resource_id, metadata)
+         VALUES ('fleet', 'payment.dispute_opened', 'booking', 'x', '{}')",
+    )
+    .execute(app.pool())
+    .await
+    .unwrap();
+
+    let b = app.browser().await;
+    b.sign_in("viv", VIV_PW).await;
+    b.goto("/ui/money").await;
+    b.wait_h1("Money").await;
+    let card = |id: &'static str| {
+        let b = &b;
+        async move { b.text(&format!("#{id} .card-value")).await }
+    };
+    assert_eq!(
+        card("booked-today").await,
+        "2",
+        "the refunded one and today's ticket"
+    );
+    assert_eq!(card("booked-week").await, "3");
+    assert_eq!(card("failed-week").await, "1");
+    assert_eq!(card("owed").await, "1");
+    assert_eq!(card("disputes-week").await, "1");
+    let today = b.text("#money-today").await;
+    assert!(
+        today.contains("412.30 EUR") && today.contains("177.32 USD"),
+        "{today}"
+    );
+    assert!(today.contains("card_declined 1"), "{today}");
+    assert!(today.contains("failed 1"), "{today}");
+    let week = b.text("#money-week").await;
+    assert!(week.contains("427.32 USD"), "both USD bookings: {week}");
+    assert!(b.main_text().await.contains("Refunds owed:"));
+    let budgets = b.text("#budgets").await;
+    assert!(
+        budgets.contains("stripe") && budgets.contains("open"),
+        "{budgets}"
+    );
+    assert!(b.text("#provider-kinds").await.contains("booking_attempt"));
+    b.screenshot("money").await;
     b.close().await;
 }

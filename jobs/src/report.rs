@@ -161,3 +161,73 @@ pub async fn refund_gauges(db: &Db) -> Result<RefundGauges, sqlx::Error> {
         oldest_pending_s,
     })
 }
+
+/// Money over one window, for operators (the console's Money page): what was booked, what
+/// failed and why, what went back, what is still owed, what was disputed. Amounts per currency,
+/// decimal strings; no ids, no personal data.
+#[derive(Debug, Clone, Default, PartialEq, Serialize)]
+pub struct MoneyWindow {
+    /// Bookings ticketed (captured) in the window: (currency, count, total).
+    pub booked: Vec<(String, i64, String)>,
+    /// Bookings that failed in the window, by failure code (most first).
+    pub failed_by_reason: Vec<(String, i64)>,
+    /// Card holds taken in the window and still held (`authorized`).
+    pub holds_open: i64,
+    /// Refunds made or moved in the window, by status: (status, count).
+    pub refunds_by_status: Vec<(String, i64)>,
+    /// Refund amounts that succeeded in the window, per currency: (currency, total).
+    pub refunded: Vec<(String, String)>,
+    /// Disputes opened in the window (audited `payment.dispute_opened`).
+    pub disputes: i64,
+}
+
+/// MoneyWindow: the figures of bookings, refunds and disputes since `since`.
+pub async fn money(db: &Db, since: DateTime<Utc>) -> Result<MoneyWindow, sqlx::Error> {
+    let booked: Vec<(String, i64, String)> = sqlx::query_as(
+        "SELECT currency::text, count(*), sum(total_amount)::text FROM bookings
+         WHERE captured_at >= $1 AND status IN ('ticketed', 'cancelled', 'refunded')
+         GROUP BY currency ORDER BY currency",
+    )
+    .bind(since)
+    .fetch_all(db)
+    .await?;
+    let failed_by_reason: Vec<(String, i64)> = sqlx::query_as(
+        "SELECT coalesce(failure_code, 'unknown'), count(*) FROM bookings
+         WHERE status = 'failed' AND created_at >= $1
+         GROUP BY 1 ORDER BY 2 DESC, 1",
+    )
+    .bind(since)
+    .fetch_all(db)
+    .await?;
+    let refunds_by_status: Vec<(String, i64)> = sqlx::query_as(
+        "SELECT status, count(*) FROM refunds WHERE created_at >= $1 OR updated_at >= $1
+         GROUP BY status ORDER BY status",
+    )
+    .bind(since)
+    .fetch_all(db)
+    .await?;
+    let refunded: Vec<(String, String)> = sqlx::query_as(
+        "SELECT currency::text, sum(amount)::text FROM refunds
+         WHERE status = 'succeeded' AND (created_at >= $1 OR updated_at >= $1)
+         GROUP BY currency ORDER BY currency",
+    )
+    .bind(since)
+    .fetch_all(db)
+    .await?;
+    let (holds_open, disputes): (i64, i64) = sqlx::query_as(
+        "SELECT (SELECT count(*) FROM bookings WHERE status = 'authorized' AND authorized_at >= $1),
+                (SELECT count(*) FROM audit_log
+                 WHERE action = 'payment.dispute_opened' AND created_at >= $1)",
+    )
+    .bind(since)
+    .fetch_one(db)
+    .await?;
+    Ok(MoneyWindow {
+        booked,
+        failed_by_reason,
+        holds_open,
+        refunds_by_status,
+        refunded,
+        disputes,
+    })
+}

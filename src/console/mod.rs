@@ -15,6 +15,7 @@
 //! | `/ui/actions/*` preview, confirm, result | `actions` |
 //! | `/ui/schedules` cron schedules, their ticks | `schedules` |
 //! | `/ui/activity` throughput and failures over hours and days | `activity` |
+//! | `/ui/money` bookings, refunds owed, disputes, providers | `money` |
 //! | `/ui/audit` | `audit` |
 //! | page frame, badges, times, static files | `templates` |
 //!
@@ -28,6 +29,7 @@ mod audit;
 pub mod auth;
 mod booking;
 mod jobs;
+mod money;
 mod overview;
 mod schedules;
 mod session;
@@ -159,6 +161,7 @@ impl Console {
             .route("/ui/bookings/{id}", get(booking::show))
             .route("/ui/schedules", get(schedules::list))
             .route("/ui/activity", get(activity::page))
+            .route("/ui/money", get(money::page))
             .route("/ui/audit", get(audit::list))
             .route("/ui/logout", post(auth::logout))
             .merge(act)

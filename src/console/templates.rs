@@ -37,6 +37,8 @@ pub enum Nav {
     Schedules,
     /// `/ui/activity`.
     Activity,
+    /// `/ui/money`.
+    Money,
     /// `/ui/audit`.
     Audit,
     /// Pages outside the nav (login, action previews).
@@ -75,6 +77,7 @@ pub fn page(title: &str, session: Option<&Session>, nav: Nav, body: Markup) -> M
                             (link("/ui/", "Overview", Nav::Overview))
                             (link("/ui/jobs", "Jobs", Nav::Jobs))
                             (link("/ui/bookings", "Bookings", Nav::Bookings))
+                            (link("/ui/money", "Money", Nav::Money))
                             (link("/ui/activity", "Activity", Nav::Activity))
                             (link("/ui/schedules", "Schedules", Nav::Schedules))
                             (link("/ui/audit", "Audit", Nav::Audit))
