@@ -54,7 +54,8 @@ pub async fn page(State(st): State<ConsoleState>, Extension(s): Extension<Sessio
                 div.cards {
                     (card("booked-today", "booked today", count(&m.today.booked), "completed"))
                     (card("booked-week", "booked, 7 days", count(&m.week.booked), "completed"))
-                    (card("failed-week", "bookings failed, 7 days", m.week.failed_by_reason.iter().map(|r| r.1).sum::<i64>().to_string(), "dead"))
+                    @let failed_week: i64 = m.week.failed_by_reason.iter().map(|r| r.1).sum();
+                    (card("failed-week", "bookings failed, 7 days", failed_week.to_string(), if failed_week > 0 { "dead" } else { "completed" }))
                     (card("owed", "refunds owed now", owed.to_string(), if owed > 0 { "dead" } else { "completed" }))
                     (card("disputes-week", "disputes, 7 days", m.week.disputes.to_string(), if m.week.disputes > 0 { "dead" } else { "completed" }))
                 }
