@@ -342,15 +342,24 @@ fn cases() -> Vec<Case> {
         },
         ticketed("price_rises within max", ("LHR", "CDG")),
         failed("offer_gone", ("LHR", "AMS"), "offer_no_longer_available", 0),
-        failed(
-            "insufficient_balance",
-            ("LHR", "DUB"),
-            "insufficient_balance",
-            1,
-        ),
-        failed("price_changed", ("LHR", "MAD"), "price_changed", 1),
+        Case {
+            email: Some("hold-voided"),
+            ..failed(
+                "insufficient_balance",
+                ("LHR", "DUB"),
+                "insufficient_balance",
+                1,
+            )
+        },
+        Case {
+            email: Some("hold-voided"),
+            ..failed("price_changed", ("LHR", "MAD"), "price_changed", 1)
+        },
         ticketed("rate_limited", ("LHR", "FRA")),
-        failed("server_error", ("LHR", "BCN"), "order_not_created", 1),
+        Case {
+            email: Some("hold-voided"),
+            ..failed("server_error", ("LHR", "BCN"), "order_not_created", 1)
+        },
         ticketed("slow", ("LHR", "LIS")),
         ticketed("order_created_then_500", ("LHR", "ZRH")),
         declined("declined card", "pm_card_chargeDeclined", "card_declined"),

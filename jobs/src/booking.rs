@@ -1014,7 +1014,7 @@ pub async fn view(db: &Db, id: Uuid) -> Result<Option<BookingView>, sqlx::Error>
     .await?;
     let emails: Vec<EmailView> = sqlx::query_as(
         "SELECT kind, dedupe_key, sent_at FROM notifications
-         WHERE dedupe_key IN ('booking-confirmed/' || $1, 'action-required/' || $1, 'refund/' || $1)
+         WHERE dedupe_key IN ('booking-confirmed/' || $1, 'action-required/' || $1, 'refund/' || $1, 'hold-voided/' || $1)
             OR dedupe_key LIKE 'order-change/' || $1 || '/%'
             OR dedupe_key IN (SELECT 'refund-failed/' || r.id FROM refunds r WHERE r.booking_id = $1::uuid)
             OR ($2::uuid IS NOT NULL AND dedupe_key LIKE 'campaign-action-required/' || $2 || '/%')

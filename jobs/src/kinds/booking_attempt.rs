@@ -887,6 +887,24 @@ async fn finish(ctx: &JobContext, b: &Booking) -> Result<(), JobError> {
             )
             .await?;
         }
+        // The hold was taken (an order is only attempted once the card is held) and voided:
+        // the traveler may see the pending amount on their statement, so say it was released.
+        BookingStatus::Failed if b.order_attempted_at.is_some() => {
+            let text = format!(
+                "We found a flight from {origin} to {destination} for {} {} and placed a                  temporary hold of that amount on your saved card, but the booking could not                  be completed with the airline. You were not charged: the hold has been                  released (your bank may take a few days to remove it from your                  statement).\n\nParker Flight",
+                b.total_amount, b.currency
+            );
+            send_once(
+                &ctx.db,
+                ctx.deps()?.email()?,
+                user_id,
+                "hold-voided",
+                &format!("hold-voided/{}", b.id),
+                "Your card hold was released",
+                &text,
+            )
+            .await?;
+        }
         _ => {}
     }
     Ok(())
