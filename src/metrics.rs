@@ -82,6 +82,8 @@ pub struct Metrics {
     pub refunds_owed: IntGauge,
     /// Age of the oldest refund still pending, 0 when none (from the snapshot).
     pub refund_pending_oldest_seconds: Gauge,
+    /// Provider calls by provider, endpoint and outcome (`ok` or the failure class), timed.
+    pub provider_call_seconds: HistogramVec,
 }
 
 /// Registers `c`, noting its names (so the docs test sees metrics that have no series yet).
@@ -269,7 +271,18 @@ fn build() -> Metrics {
     )
     .expect("valid metric");
     register(&registry, &names, Box::new(refund_pending_oldest_seconds.clone()));
+    let provider_call_seconds = HistogramVec::new(
+        HistogramOpts::new(
+            "fleet_provider_call_seconds",
+            "Provider API calls (Stripe, Duffel, Resend) by endpoint and outcome: ok, rejected, invalid, rate_limited, transient, ambiguous.",
+        )
+        .buckets(vec![0.05, 0.1, 0.25, 0.5, 1.0, 2.0, 3.0, 5.0, 10.0, 30.0]),
+        &["provider", "endpoint", "outcome"],
+    )
+    .expect("valid metric");
+    register(&registry, &names, Box::new(provider_call_seconds.clone()));
     Metrics {
+        provider_call_seconds,
         refunds,
         refunds_owed,
         refund_pending_oldest_seconds,
@@ -309,6 +322,30 @@ impl Metrics {
     pub fn names(&self) -> &[String] {
         &self.names
     }
+}
+
+/// Feeds the domain's provider clients' calls into `fleet_provider_call_seconds`.
+struct ProviderCalls;
+
+impl jobs::providers::CallObserver for ProviderCalls {
+    fn observed(
+        &self,
+        provider: &'static str,
+        endpoint: &'static str,
+        seconds: f64,
+        outcome: &'static str,
+    ) {
+        metrics()
+            .provider_call_seconds
+            .with_label_values(&[provider, endpoint, outcome])
+            .observe(seconds);
+    }
+}
+
+/// Makes this process's provider calls count in the metrics (every worker calls it at start;
+/// the first call installs the observer, later ones do nothing).
+pub fn observe_provider_calls() {
+    jobs::providers::set_call_observer(Box::new(ProviderCalls));
 }
 
 /// The process-wide metrics.

@@ -927,6 +927,23 @@ async fn a_stripe_outage_mid_saga_leaves_the_hold_retrying_and_a_drain_names_it(
         (c.payment_intents_created, c.captures, c.orders_created),
         (1, 1, 1)
     );
+    // The provider calls were timed and classified: the capture's 503s as `ambiguous`, then
+    // its success.
+    let scraped = fleet::snapshot::render(None).await.unwrap();
+    let calls = |outcome: &str| -> f64 {
+        scraped
+            .lines()
+            .filter(|l| {
+                l.starts_with("fleet_provider_call_seconds_count{")
+                    && l.contains("provider=\"stripe\"")
+                    && l.contains("endpoint=\"capture_payment_intent\"")
+                    && l.contains(&format!("outcome=\"{outcome}\""))
+            })
+            .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
+            .sum()
+    };
+    assert!(calls("ambiguous") >= 1.0, "{scraped}");
+    assert!(calls("ok") >= 1.0, "{scraped}");
     // Once it settled, a drain names no money.
     let r = ops.drain(&kinds, SECS(1), true, |_| {}).await.unwrap();
     assert!(r.result.money.is_empty(), "{r:?}");

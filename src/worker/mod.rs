@@ -162,6 +162,8 @@ pub struct Worker {
 impl Worker {
     /// A worker over `db` running `registry`'s kinds with `cfg`.
     pub fn new(db: impl Into<Db>, registry: Arc<Registry>, cfg: WorkerSettings) -> Self {
+        // The handlers' provider calls are timed into fleet_provider_call_seconds.
+        crate::metrics::observe_provider_calls();
         let db = db.into();
         let kind_slots = registry
             .kind_names()

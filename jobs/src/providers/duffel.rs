@@ -785,6 +785,25 @@ impl DuffelClient {
         query: &[(&str, &str)],
         body: Option<serde_json::Value>,
     ) -> Result<Envelope<T>, DuffelError> {
+        let started = std::time::Instant::now();
+        let r = self.call_once(op, method, path, query, body).await;
+        super::observe(
+            "duffel",
+            op,
+            started,
+            r.as_ref().map(|_| ()).map_err(|e| e.class),
+        );
+        r
+    }
+
+    async fn call_once<T: DeserializeOwned>(
+        &self,
+        op: &'static str,
+        method: Method,
+        path: &str,
+        query: &[(&str, &str)],
+        body: Option<serde_json::Value>,
+    ) -> Result<Envelope<T>, DuffelError> {
         let mut req = self
             .http
             .request(method, format!("{}{}", self.base, path))

@@ -207,6 +207,27 @@ impl EmailApi for ResendClient {
         idempotency_key: &'a str,
     ) -> BoxFuture<'a, Result<SentEmail, EmailError>> {
         Box::pin(async move {
+            let started = std::time::Instant::now();
+            let r = self.send_once(email, idempotency_key).await;
+            super::observe(
+                "resend",
+                "send_email",
+                started,
+                r.as_ref().map(|_| ()).map_err(|e| e.class),
+            );
+            r
+        })
+    }
+}
+
+impl ResendClient {
+    /// One `POST /emails`.
+    async fn send_once(
+        &self,
+        email: &OutgoingEmail,
+        idempotency_key: &str,
+    ) -> Result<SentEmail, EmailError> {
+        {
             if idempotency_key.is_empty() || idempotency_key.len() > 256 {
                 return Err(EmailError::local(
                     FailureClass::Invalid,
@@ -271,7 +292,7 @@ impl EmailApi for ResendClient {
             tracing::debug!(provider = "resend", class = %err.class, status = err.status,
                 name = err.name.as_deref(), "email send failed");
             Err(err)
-        })
+        }
     }
 }
 

@@ -132,6 +132,45 @@ impl ProvidersConfig {
     }
 }
 
+/// Who hears about every provider call: the engine's metrics (`fleet_provider_call_seconds`).
+/// The domain's clients cannot see the engine, so the engine installs one at start
+/// ([`set_call_observer`]); without one, calls are not observed.
+pub trait CallObserver: Send + Sync {
+    /// One call to `provider` (`stripe`, `duffel`, `resend`) at `endpoint` (the client's
+    /// operation, `create_order`, …) took `seconds` and ended `outcome`: `ok`, or its
+    /// [`FailureClass::as_str`].
+    fn observed(
+        &self,
+        provider: &'static str,
+        endpoint: &'static str,
+        seconds: f64,
+        outcome: &'static str,
+    );
+}
+
+static OBSERVER: std::sync::OnceLock<Box<dyn CallObserver>> = std::sync::OnceLock::new();
+
+/// Installs the process's call observer (the first one wins; later calls return false).
+pub fn set_call_observer(o: Box<dyn CallObserver>) -> bool {
+    OBSERVER.set(o).is_ok()
+}
+
+/// Tells the observer, if any, about one call begun at `started`.
+pub(crate) fn observe(
+    provider: &'static str,
+    endpoint: &'static str,
+    started: std::time::Instant,
+    outcome: Result<(), FailureClass>,
+) {
+    if let Some(o) = OBSERVER.get() {
+        let outcome = match outcome {
+            Ok(()) => "ok",
+            Err(c) => c.as_str(),
+        };
+        o.observed(provider, endpoint, started.elapsed().as_secs_f64(), outcome);
+    }
+}
+
 /// Whether `id` is a provider id with one of `prefixes` (`pi_…`, `off_…`, `re_…`): the prefix,
 /// then one or more of `[A-Za-z0-9_]`. Checked before an id reaches the schema or a log.
 pub fn is_provider_id(id: &str, prefixes: &[&str]) -> bool {

@@ -411,14 +411,25 @@ fn summary(pi: stripe_core::PaymentIntent) -> PaymentIntentSummary {
     }
 }
 
-fn sent<T>(result: Result<T, StripeError>, op: &'static str) -> Result<T, StripeApiError> {
-    result.map_err(|e| {
+fn sent<T>(
+    result: Result<T, StripeError>,
+    op: &'static str,
+    started: std::time::Instant,
+) -> Result<T, StripeApiError> {
+    let result = result.map_err(|e| {
         let e = StripeApiError::from(e);
         // Debug: the attempt that made the call logs its failure once, with this text and the
         // job's context (one failed call, one WARN line).
         tracing::debug!(provider = "stripe", op, class = %e.class, status = e.status, code = e.code.as_deref(), "stripe call failed");
         e
-    })
+    });
+    super::observe(
+        "stripe",
+        op,
+        started,
+        result.as_ref().map(|_| ()).map_err(|e| e.class),
+    );
+    result
 }
 
 impl PaymentsApi for StripePayments {
@@ -428,6 +439,7 @@ impl PaymentsApi for StripePayments {
         idempotency_key: &'a str,
     ) -> BoxFuture<'a, Result<PaymentIntentSummary, StripeApiError>> {
         Box::pin(async move {
+            let started = std::time::Instant::now();
             let strategy = idempotent(idempotency_key)?;
             let metadata = HashMap::from([
                 ("booking_id".to_owned(), req.booking_id.clone()),
@@ -446,7 +458,7 @@ impl PaymentsApi for StripePayments {
                 .request_strategy(strategy)
                 .send(&self.client)
                 .await;
-            sent(pi, "authorize_payment").map(summary)
+            sent(pi, "authorize_payment", started).map(summary)
         })
     }
 
@@ -455,12 +467,13 @@ impl PaymentsApi for StripePayments {
         payment_intent_id: &'a str,
     ) -> BoxFuture<'a, Result<PaymentIntentSummary, StripeApiError>> {
         Box::pin(async move {
+            let started = std::time::Instant::now();
             let pi = RetrievePaymentIntent::new(payment_intent_id)
                 .customize()
                 .request_strategy(RequestStrategy::Once)
                 .send(&self.client)
                 .await;
-            sent(pi, "retrieve_payment_intent").map(summary)
+            sent(pi, "retrieve_payment_intent", started).map(summary)
         })
     }
 
@@ -470,13 +483,14 @@ impl PaymentsApi for StripePayments {
         idempotency_key: &'a str,
     ) -> BoxFuture<'a, Result<PaymentIntentSummary, StripeApiError>> {
         Box::pin(async move {
+            let started = std::time::Instant::now();
             let strategy = idempotent(idempotency_key)?;
             let pi = CapturePaymentIntent::new(payment_intent_id)
                 .customize()
                 .request_strategy(strategy)
                 .send(&self.client)
                 .await;
-            sent(pi, "capture_payment_intent").map(summary)
+            sent(pi, "capture_payment_intent", started).map(summary)
         })
     }
 
@@ -486,6 +500,7 @@ impl PaymentsApi for StripePayments {
         idempotency_key: &'a str,
     ) -> BoxFuture<'a, Result<PaymentIntentSummary, StripeApiError>> {
         Box::pin(async move {
+            let started = std::time::Instant::now();
             let strategy = idempotent(idempotency_key)?;
             let pi = CancelPaymentIntent::new(payment_intent_id)
                 .cancellation_reason(CancelPaymentIntentCancellationReason::Abandoned)
@@ -493,7 +508,7 @@ impl PaymentsApi for StripePayments {
                 .request_strategy(strategy)
                 .send(&self.client)
                 .await;
-            sent(pi, "cancel_payment_intent").map(summary)
+            sent(pi, "cancel_payment_intent", started).map(summary)
         })
     }
 
@@ -503,6 +518,7 @@ impl PaymentsApi for StripePayments {
         idempotency_key: &'a str,
     ) -> BoxFuture<'a, Result<RefundSummary, StripeApiError>> {
         Box::pin(async move {
+            let started = std::time::Instant::now();
             let strategy = idempotent(idempotency_key)?;
             let mut create = CreateRefund::new()
                 .payment_intent(req.payment_intent_id.as_str())
@@ -527,7 +543,7 @@ impl PaymentsApi for StripePayments {
                 .request_strategy(strategy)
                 .send(&self.client)
                 .await;
-            sent(refund, "create_refund").map(refund_summary)
+            sent(refund, "create_refund", started).map(refund_summary)
         })
     }
 
@@ -536,12 +552,13 @@ impl PaymentsApi for StripePayments {
         refund_id: &'a str,
     ) -> BoxFuture<'a, Result<RefundSummary, StripeApiError>> {
         Box::pin(async move {
+            let started = std::time::Instant::now();
             let refund = RetrieveRefund::new(refund_id)
                 .customize()
                 .request_strategy(RequestStrategy::Once)
                 .send(&self.client)
                 .await;
-            sent(refund, "retrieve_refund").map(refund_summary)
+            sent(refund, "retrieve_refund", started).map(refund_summary)
         })
     }
 }
