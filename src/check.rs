@@ -47,7 +47,7 @@ pub async fn run(db: &Db) -> Result<Vec<Violation>, sqlx::Error> {
 /// not named.
 async fn money_no_job_settles(db: &Db) -> Result<Vec<uuid::Uuid>, sqlx::Error> {
     const LOOKED_AT: i64 = 10_000;
-    let first: Vec<uuid::Uuid> = crate::ops::money_and_unfinished_jobs(db, LOOKED_AT)
+    let first: Vec<uuid::Uuid> = crate::ops::money_and_unfinished_jobs(db, LOOKED_AT, None)
         .await?
         .into_iter()
         .filter(|(_, jobs)| jobs.is_empty())
@@ -56,7 +56,7 @@ async fn money_no_job_settles(db: &Db) -> Result<Vec<uuid::Uuid>, sqlx::Error> {
     if first.is_empty() {
         return Ok(first);
     }
-    Ok(crate::ops::money_and_unfinished_jobs(db, LOOKED_AT)
+    Ok(crate::ops::money_and_unfinished_jobs(db, LOOKED_AT, None)
         .await?
         .into_iter()
         .filter(|(m, jobs)| jobs.is_empty() && first.contains(&m.booking.id))

@@ -736,10 +736,7 @@ impl Ops {
     /// [`MONEY_SHOWN`] bookings are looked at.
     pub async fn money_moved_by(&self, kinds: &[String]) -> Result<Vec<MoneyHeld>> {
         let mut out = Vec::new();
-        for (m, jobs) in money_and_unfinished_jobs(&self.db, MONEY_SHOWN).await? {
-            if !kinds.iter().any(|k| k == m.job.kind) {
-                continue;
-            }
+        for (m, jobs) in money_and_unfinished_jobs(&self.db, MONEY_SHOWN, Some(kinds)).await? {
             for j in jobs {
                 out.push(MoneyHeld {
                     booking_id: m.booking.id,
@@ -1176,11 +1173,13 @@ pub struct ScheduleReport {
     pub ticks: Vec<queue::CronTick>,
 }
 
-/// Every booking whose money is still moving (at most `limit`, oldest first), with the
-/// unfinished jobs (at most 5) that move it: none means nothing will settle it.
+/// Every booking whose money is still moving (at most `limit`, oldest first) — only those moved
+/// by a job of `only_kinds` when given — with the unfinished jobs (at most 5) that move it:
+/// none means nothing will settle it.
 pub(crate) async fn money_and_unfinished_jobs(
     db: &Db,
     limit: i64,
+    only_kinds: Option<&[String]>,
 ) -> std::result::Result<Vec<(jobs::kinds::MoneyAtStake, Vec<JobSummary>)>, sqlx::Error> {
     let unfinished: Vec<JobState> = JobState::ALL
         .into_iter()
@@ -1188,6 +1187,9 @@ pub(crate) async fn money_and_unfinished_jobs(
         .collect();
     let mut out = Vec::new();
     for m in jobs::kinds::money_at_stake(db, limit).await? {
+        if only_kinds.is_some_and(|ks| !ks.iter().any(|k| k == m.job.kind)) {
+            continue;
+        }
         let f = JobFilter {
             kind: Some(m.job.kind.to_owned()),
             idempotency_key: m.job.key.clone(),

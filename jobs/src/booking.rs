@@ -801,6 +801,15 @@ pub struct BookingView {
     pub audit: Vec<crate::audit::AuditEntry>,
 }
 
+impl BookingView {
+    /// A refund of it failed and none made it good since: the money is owed to the traveler
+    /// (until an operator records its payout).
+    pub fn refund_owed(&self) -> bool {
+        self.refunds.iter().any(|f| f.status == "failed")
+            && !self.refunds.iter().any(|f| refund_makes_good(&f.status))
+    }
+}
+
 /// One step of the saga and when it happened.
 #[derive(Debug, Clone, Serialize)]
 pub struct BookingStep {
@@ -936,6 +945,21 @@ pub async fn list_recent(
     .bind(limit)
     .fetch_all(db)
     .await
+}
+
+/// Stripe's refund statuses: `refunds.status` holds only these.
+pub const REFUND_STATUSES: [&str; 5] = [
+    "pending",
+    "requires_action",
+    "succeeded",
+    "failed",
+    "canceled",
+];
+
+/// Whether a refund in `status` gives the money back: it did (`succeeded`, which a recorded
+/// payout also is) or is on its way (`pending`, `requires_action`).
+pub fn refund_makes_good(status: &str) -> bool {
+    matches!(status, "succeeded" | "pending" | "requires_action")
 }
 
 /// Money a booking's saga still moves: a card hold, or a captured payment owed back.

@@ -200,14 +200,7 @@ fn show_text(r: &crate::ops::BookingReport) -> String {
             ]);
         }
         out.push_str(&format!("\nrefunds\n{t}\n"));
-        let failed = b.refunds.iter().any(|f| f.status == "failed");
-        let made_good = b.refunds.iter().any(|f| {
-            matches!(
-                f.status.as_str(),
-                "succeeded" | "pending" | "requires_action"
-            )
-        });
-        if failed && !made_good {
+        if b.refund_owed() {
             out.push_str(
                 "a refund FAILED: the money came back to the Stripe balance, not to the traveler \
                  (who was emailed); pay it back another way, then `fleet booking paid-out` \

@@ -441,6 +441,16 @@ fn bulk_preview(
     )
 }
 
+/// The jobs a bulk action matched but left alone, each with why (nothing when none was).
+fn skipped_list(skipped: &[crate::queue::SkippedJob]) -> Markup {
+    html! {
+        @if !skipped.is_empty() {
+            p { "Left alone:" }
+            ul #skipped { @for sk in skipped { li { a href=(format!("/ui/jobs/{}", sk.id)) { (sk.id) } ": " (sk.reason) } } }
+        }
+    }
+}
+
 fn capitalise(s: &str) -> String {
     let mut c = s.chars();
     c.next()
@@ -455,12 +465,7 @@ async fn replay(st: &ConsoleState, s: &Session, f: &ActionForm) -> PageResult {
         .replay(&filter, !f.confirmed())
         .await
         .or_page(s)?;
-    let skipped = html! {
-        @if !r.result.skipped.is_empty() {
-            p { "Left alone:" }
-            ul { @for sk in &r.result.skipped { li { a href=(format!("/ui/jobs/{}", sk.id)) { (sk.id) } ": " (sk.reason) } } }
-        }
-    };
+    let skipped = skipped_list(&r.result.skipped);
     if r.dry_run {
         let detail = html! {
             p.muted { "Only dead or cancelled jobs are replayed: each becomes available now with a fresh attempt budget; its error history is kept." }
@@ -613,12 +618,7 @@ async fn delete(st: &ConsoleState, s: &Session, f: &ActionForm) -> PageResult {
         .delete(&filter, !f.confirmed())
         .await
         .or_page(s)?;
-    let skipped = html! {
-        @if !r.result.skipped.is_empty() {
-            p { "Left alone:" }
-            ul #skipped { @for sk in &r.result.skipped { li { a href=(format!("/ui/jobs/{}", sk.id)) { (sk.id) } ": " (sk.reason) } } }
-        }
-    };
+    let skipped = skipped_list(&r.result.skipped);
     if r.dry_run {
         let detail = html! {
             p.muted { "Only finished jobs (completed, cancelled, dead) are deleted, with their attempt history. This cannot be undone; the audit trail keeps their ids." }

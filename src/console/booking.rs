@@ -218,9 +218,7 @@ pub async fn show(
             }
             timeline.sort_by_key(|e| e.at);
             let refundable = matches!(b.status.as_str(), "ticketed" | "cancelled");
-            // A refund failed and none made it good since: the money is owed.
-            let refund_owed = b.refunds.iter().any(|f| f.status == "failed")
-                && !b.refunds.iter().any(|f| matches!(f.status.as_str(), "succeeded" | "pending" | "requires_action"));
+            let refund_owed = b.refund_owed();
             let row = |k: &str, v: Markup| html! { dt { (k) } dd { (v) } };
             let opt = |v: &Option<String>| match v { Some(v) => html! { code { (v) } }, None => html! { span.muted { "—" } } };
             let body = html! {

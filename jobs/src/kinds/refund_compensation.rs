@@ -320,10 +320,10 @@ async fn refund(ctx: &JobContext, b: &Booking, reason: &str) -> Result<(), JobEr
     if !is_provider_id(&r.id, &["re_", "pyr_"]) {
         return Err(JobError::fatal("stripe returned a malformed refund id"));
     }
-    let status = match r.status.as_str() {
-        s @ ("pending" | "requires_action" | "succeeded" | "failed" | "canceled") => s,
-        _ => "pending",
-    };
+    let status = booking::REFUND_STATUSES
+        .into_iter()
+        .find(|s| *s == r.status)
+        .unwrap_or("pending");
     let amount = money::minor_to_decimal(r.amount, &r.currency).map_err(JobError::fatal)?;
     let mut tx = ctx.db.begin().await?;
     sqlx::query(
@@ -498,10 +498,7 @@ pub async fn record_payout(
     .bind(id)
     .fetch_all(&mut *conn)
     .await?;
-    if refunds
-        .iter()
-        .any(|r| matches!(r.1.as_str(), "succeeded" | "pending" | "requires_action"))
-    {
+    if refunds.iter().any(|r| booking::refund_makes_good(&r.1)) {
         return Err(PayoutRefused::NothingOwed {
             id,
             why: "a refund of it is succeeded or still pending",

@@ -25,15 +25,6 @@ use crate::{
     Job, JobContext, JobError, KindDefaults, NewJob,
 };
 
-/// Stripe's refund statuses (`refunds.status` holds only these).
-const STATUSES: [&str; 5] = [
-    "pending",
-    "requires_action",
-    "succeeded",
-    "failed",
-    "canceled",
-];
-
 /// Args: the Stripe refund, and the event that asked (`sweep` when the sweep did).
 #[derive(Debug, Clone, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -81,7 +72,10 @@ impl Job for RefundReconcile {
             .payments()?
             .retrieve_refund(&self.stripe_refund_id)
             .await?;
-        let Some(status) = STATUSES.iter().copied().find(|s| *s == r.status) else {
+        let Some(status) = crate::booking::REFUND_STATUSES
+            .into_iter()
+            .find(|s| *s == r.status)
+        else {
             return Err(JobError::fatal(format!(
                 "refund {}: Stripe status {:?} is not one we know",
                 r.id, r.status
