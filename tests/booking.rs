@@ -145,6 +145,25 @@ impl Harness {
         b
     }
 
+    /// Cancels ticketed booking `id` and requests its refund in one transaction, as the
+    /// order-cancellation webhook does; the refund job's id.
+    async fn cancel_and_refund(&self, id: Uuid) -> i64 {
+        let mut tx = self.pool().begin().await.unwrap();
+        assert!(
+            cancel_and_request_refund(&mut tx, &self.queue, id, "order_cancelled")
+                .await
+                .unwrap()
+        );
+        tx.commit().await.unwrap();
+        sqlx::query_scalar(
+            "SELECT id FROM fleet_jobs WHERE kind = 'refund_compensation' AND idempotency_key = $1",
+        )
+        .bind(format!("booking:{id}:refund"))
+        .fetch_one(self.pool())
+        .await
+        .unwrap()
+    }
+
     /// The cheapest offer for the campaign's route on the first day of its window.
     async fn offer_for(&self, campaign_id: Uuid) -> Offer {
         let (origin, destination, date): (String, String, NaiveDate) = sqlx::query_as(
@@ -646,13 +665,7 @@ async fn refund_compensation_run_twice_refunds_once_and_cancels_the_order_once()
     let pi = b.stripe_payment_intent_id.clone().unwrap();
 
     // The order is cancelled after capture: state change and refund job in one transaction.
-    let mut tx = h.pool().begin().await.unwrap();
-    assert!(
-        cancel_and_request_refund(&mut tx, &h.queue, b.id, "order_cancelled")
-            .await
-            .unwrap()
-    );
-    tx.commit().await.unwrap();
+    let first = h.cancel_and_refund(b.id).await;
     // A second compensation for the same booking under another key (operator, webhook).
     let second = h
         .queue
@@ -666,13 +679,6 @@ async fn refund_compensation_run_twice_refunds_once_and_cancels_the_order_once()
         .await
         .unwrap()
         .id;
-    let first: i64 = sqlx::query_scalar(
-        "SELECT id FROM fleet_jobs WHERE kind = 'refund_compensation' AND idempotency_key = $1",
-    )
-    .bind(format!("booking:{}:refund", b.id))
-    .fetch_one(h.pool())
-    .await
-    .unwrap();
     for id in [first, second] {
         let j = wait_finished(h.pool(), id, SECS(20)).await;
         assert_eq!(j.state, JobState::Completed, "{j:#?}");
@@ -961,20 +967,7 @@ async fn a_refund_that_fails_later_is_recorded_and_its_traveler_told_once() {
     let h = Harness::new(SandboxConfig::default()).await;
     let w = h.start_worker();
     let b = h.ticketed(3).await;
-    let mut tx = h.pool().begin().await.unwrap();
-    assert!(
-        cancel_and_request_refund(&mut tx, &h.queue, b.id, "order_cancelled")
-            .await
-            .unwrap()
-    );
-    tx.commit().await.unwrap();
-    let refund_job: i64 = sqlx::query_scalar(
-        "SELECT id FROM fleet_jobs WHERE kind = 'refund_compensation' AND idempotency_key = $1",
-    )
-    .bind(format!("booking:{}:refund", b.id))
-    .fetch_one(h.pool())
-    .await
-    .unwrap();
+    let refund_job = h.cancel_and_refund(b.id).await;
     assert_eq!(
         wait_finished(h.pool(), refund_job, SECS(20)).await.state,
         JobState::Completed

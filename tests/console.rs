@@ -2490,14 +2490,7 @@ async fn a_refund_that_failed_is_shown_and_its_payout_recorded_through_a_dry_run
 /// A seeded campaign `n`'s booking, ticketed, refunded, and then its refund sent back by the
 /// card network (`failed`, `expired_or_canceled_card`): 177.32 USD owed.
 async fn booking_whose_refund_failed(pool: &PgPool, n: usize) -> uuid::Uuid {
-    let keys = jobs::pii::Keyring::parse(TEST_PII_KEYS).unwrap();
-    let s = jobs::seed::seed_campaign(
-        &jobs::Db::from(pool.clone()),
-        &keys,
-        &jobs::seed::CampaignSeed::new(n),
-    )
-    .await
-    .unwrap();
+    let s = seed_sealed(pool, &jobs::seed::CampaignSeed::new(n)).await;
     sqlx::query_scalar(
         "WITH b AS (
              INSERT INTO bookings (campaign_id, duffel_offer_id, duffel_order_id,
@@ -2526,8 +2519,6 @@ async fn the_money_page_shows_what_was_booked_what_failed_what_is_owed_and_the_p
     }
     let app = App::start().await;
     booking_whose_refund_failed(app.pool(), 1).await;
-    let keys = jobs::pii::Keyring::parse(TEST_PII_KEYS).unwrap();
-    let db = jobs::Db::from(app.pool().clone());
     // Today: one booking ticketed (412.30 EUR), one declined; yesterday: one ticketed.
     for (n, status, failure, amount, cur, age_h) in [
         (2, "ticketed", None, "412.30", "EUR", 0),
@@ -2536,7 +2527,7 @@ async fn the_money_page_shows_what_was_booked_what_failed_what_is_owed_and_the_p
     ] {
         let mut seed = jobs::seed::CampaignSeed::new(n);
         seed.currency = cur.to_owned();
-        let c = jobs::seed::seed_campaign(&db, &keys, &seed).await.unwrap();
+        let c = seed_sealed(app.pool(), &seed).await;
         sqlx::query(
             "WITH t AS (SELECT now() - $7 * interval '1 hour' AS at, $5 = 'ticketed' AS paid)
              INSERT INTO bookings (campaign_id, duffel_offer_id, duffel_order_id,

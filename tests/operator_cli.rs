@@ -333,14 +333,7 @@ fn config_show_prints_a_settings_file_path_whole_on_one_line() {
 
 /// A seeded user with a ticketed, captured booking; its id.
 async fn ticketed_booking(pool: &sqlx::PgPool) -> Uuid {
-    let keys = jobs::pii::Keyring::parse(TEST_PII_KEYS).unwrap();
-    let s = jobs::seed::seed_campaign(
-        &jobs::Db::from(pool.clone()),
-        &keys,
-        &jobs::seed::CampaignSeed::new(1),
-    )
-    .await
-    .unwrap();
+    let s = seed_sealed(pool, &jobs::seed::CampaignSeed::new(1)).await;
     sqlx::query_scalar(
         "INSERT INTO bookings (campaign_id, duffel_offer_id, duffel_order_id, stripe_payment_intent_id,
                                pnr, total_amount, currency, status, authorized_at, order_attempted_at,

@@ -1310,14 +1310,16 @@ async fn a_stripe_outage_answers_api_errors_creates_nothing_and_ends_on_time() {
     outage(json!({"provider": "resend", "seconds": 60}))
         .await
         .unwrap();
-    let d = duffel(
-        &c,
-        &sb.base_url,
-        reqwest::Method::POST,
-        "/air/offer_requests",
-        Some(search_body("LHR", "JFK", "2027-03-01")),
-    )
-    .await;
+    let search_now = || {
+        duffel(
+            &c,
+            &sb.base_url,
+            reqwest::Method::POST,
+            "/air/offer_requests",
+            Some(search_body("LHR", "JFK", "2027-03-01")),
+        )
+    };
+    let d = search_now().await;
     assert_eq!(d.status, StatusCode::INTERNAL_SERVER_ERROR);
     assert_eq!(d.body["errors"][0]["type"], "api_error");
     let e = reply(send_email().await.unwrap()).await;
@@ -1330,14 +1332,7 @@ async fn a_stripe_outage_answers_api_errors_creates_nothing_and_ends_on_time() {
     )
     .await;
     assert_eq!(ended.body["down"], false);
-    let d = duffel(
-        &c,
-        &sb.base_url,
-        reqwest::Method::POST,
-        "/air/offer_requests",
-        Some(search_body("LHR", "JFK", "2027-03-01")),
-    )
-    .await;
+    let d = search_now().await;
     assert_eq!(d.status, StatusCode::CREATED, "{:?}", d.body);
 
     // Bad requests name what is wrong and change nothing.

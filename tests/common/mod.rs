@@ -593,20 +593,22 @@ async fn proxy_one(
     }
 }
 
+/// Seeds `seed`'s user, traveler, card and campaign, PII sealed under `TEST_PII_KEYS`.
+#[allow(dead_code)]
+pub async fn seed_sealed(pool: &PgPool, seed: &jobs::seed::CampaignSeed) -> jobs::seed::Seeded {
+    let keys = jobs::pii::Keyring::parse(TEST_PII_KEYS).unwrap();
+    jobs::seed::seed_campaign(&jobs::Db::from(pool.clone()), &keys, seed)
+        .await
+        .unwrap()
+}
+
 /// A seeded traveler's campaign with a booking whose card is held (`authorized`,
 /// `requires_capture`, 412.30 USD, offer `off_held`), as a saga leaves it between its hold and
 /// its capture, and a `booking_attempt` job for it (`available`; set its state as the test
 /// needs). Returns (booking id, job id).
 #[allow(dead_code)]
 pub async fn booking_holding_a_card(pool: &PgPool) -> (uuid::Uuid, i64) {
-    let keys = jobs::pii::Keyring::parse(TEST_PII_KEYS).unwrap();
-    let s = jobs::seed::seed_campaign(
-        &jobs::Db::from(pool.clone()),
-        &keys,
-        &jobs::seed::CampaignSeed::new(1),
-    )
-    .await
-    .unwrap();
+    let s = seed_sealed(pool, &jobs::seed::CampaignSeed::new(1)).await;
     let booking: uuid::Uuid = sqlx::query_scalar(
         "INSERT INTO bookings (campaign_id, duffel_offer_id, stripe_payment_intent_id, total_amount,
                                currency, status, payment_intent_status, authorized_at, offer_checked_at)
