@@ -84,6 +84,16 @@ pub struct Metrics {
     pub refund_pending_oldest_seconds: Gauge,
     /// Provider calls by provider, endpoint and outcome (`ok` or the failure class), timed.
     pub provider_call_seconds: HistogramVec,
+    /// Bookings that reached a final state in this process, by outcome and failure reason.
+    pub bookings: IntCounterVec,
+    /// Seconds from a booking's creation to its final state, by outcome.
+    pub booking_seconds: HistogramVec,
+    /// PaymentIntents the bookings counted in `bookings` created, by outcome.
+    pub booking_payment_intents: IntCounterVec,
+    /// Card holds Stripe declined, by decline code.
+    pub card_declines: IntCounterVec,
+    /// Disputes opened on our charges, as this process reconciled them.
+    pub disputes: IntCounter,
 }
 
 /// Registers `c`, noting its names (so the docs test sees metrics that have no series yet).
@@ -281,7 +291,52 @@ fn build() -> Metrics {
     )
     .expect("valid metric");
     register(&registry, &names, Box::new(provider_call_seconds.clone()));
+    let bookings = IntCounterVec::new(
+        Opts::new(
+            "fleet_bookings_total",
+            "Bookings that reached a final state: ticketed, failed or cancelled, by failure reason.",
+        ),
+        &["outcome", "reason"],
+    )
+    .expect("valid metric");
+    register(&registry, &names, Box::new(bookings.clone()));
+    let booking_seconds = HistogramVec::new(
+        HistogramOpts::new(
+            "fleet_booking_seconds",
+            "Seconds from a booking's creation (the fare found) to its final state, by outcome.",
+        )
+        .buckets(vec![0.25, 0.5, 1.0, 2.0, 3.0, 5.0, 10.0, 30.0, 60.0, 300.0, 3600.0]),
+        &["outcome"],
+    )
+    .expect("valid metric");
+    register(&registry, &names, Box::new(booking_seconds.clone()));
+    let booking_payment_intents = IntCounterVec::new(
+        Opts::new(
+            "fleet_booking_payment_intents_total",
+            "PaymentIntents created by the bookings in fleet_bookings_total, by outcome.",
+        ),
+        &["outcome"],
+    )
+    .expect("valid metric");
+    register(&registry, &names, Box::new(booking_payment_intents.clone()));
+    let card_declines = IntCounterVec::new(
+        Opts::new("fleet_card_declines_total", "Card holds Stripe declined, by decline code."),
+        &["code"],
+    )
+    .expect("valid metric");
+    register(&registry, &names, Box::new(card_declines.clone()));
+    let disputes = IntCounter::new(
+        "fleet_disputes_total",
+        "Disputes (chargebacks) opened on our charges (charge.dispute.created, reconciled).",
+    )
+    .expect("valid metric");
+    register(&registry, &names, Box::new(disputes.clone()));
     Metrics {
+        bookings,
+        booking_seconds,
+        booking_payment_intents,
+        card_declines,
+        disputes,
         provider_call_seconds,
         refunds,
         refunds_owed,
@@ -342,10 +397,44 @@ impl jobs::providers::CallObserver for ProviderCalls {
     }
 }
 
-/// Makes this process's provider calls count in the metrics (every worker calls it at start;
-/// the first call installs the observer, later ones do nothing).
-pub fn observe_provider_calls() {
+/// Feeds the domain's money signals (bookings' outcomes, declines, disputes) into the
+/// `fleet_bookings_total` family.
+struct MoneySignals;
+
+impl jobs::observe::MoneyObserver for MoneySignals {
+    fn booking_finished(
+        &self,
+        outcome: &'static str,
+        reason: &str,
+        seconds: f64,
+        payment_intents: u32,
+    ) {
+        let m = metrics();
+        m.bookings
+            .with_label_values(&[outcome, jobs::observe::label(reason)])
+            .inc();
+        m.booking_seconds
+            .with_label_values(&[outcome])
+            .observe(seconds);
+        m.booking_payment_intents
+            .with_label_values(&[outcome])
+            .inc_by(u64::from(payment_intents));
+    }
+
+    fn card_declined(&self, code: &str) {
+        metrics().card_declines.with_label_values(&[code]).inc();
+    }
+
+    fn dispute_opened(&self) {
+        metrics().disputes.inc();
+    }
+}
+
+/// Makes this process's provider calls and money signals count in the metrics (every worker
+/// calls it at start; the first call installs the observers, later ones do nothing).
+pub fn observe_domain() {
     jobs::providers::set_call_observer(Box::new(ProviderCalls));
+    jobs::observe::set_money_observer(Box::new(MoneySignals));
 }
 
 /// The process-wide metrics.

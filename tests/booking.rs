@@ -516,6 +516,45 @@ async fn every_sandbox_scenario_ends_in_the_right_state_with_one_payment_intent_
     assert!(counters.orders_by_booking.values().all(|n| *n == 1));
     // The server-error booking was tried once per attempt, reconciling in between.
     assert!(counters.order_attempts >= TEST_ATTEMPTS as u64);
+    // Each outcome was counted by the worker that moved the row (other tests of this binary
+    // share the process's metrics: at least, never fewer).
+    let scraped = fleet::metrics::render_text();
+    for case in &cases {
+        let outcome = if case.booking == "ticketed" {
+            "ticketed"
+        } else {
+            "failed"
+        };
+        let reason = case.failure.unwrap_or("none");
+        let wanted = cases
+            .iter()
+            .filter(|c| c.booking == case.booking && c.failure == case.failure)
+            .count() as f64;
+        let seen = sum_of(
+            &scraped,
+            "fleet_bookings_total{",
+            &[("outcome", outcome), ("reason", reason)],
+        );
+        assert!(
+            seen >= wanted,
+            "{}: {seen} counted of {wanted}\n{scraped}",
+            case.name
+        );
+    }
+    let held: u64 = cases.iter().map(|c| c.payment_intents).sum();
+    assert!(sum_of(&scraped, "fleet_booking_payment_intents_total{", &[]) >= held as f64);
+    assert!(
+        sum_of(&scraped, "fleet_card_declines_total{", &[]) >= 2.0,
+        "{scraped}"
+    );
+    assert!(
+        sum_of(
+            &scraped,
+            "fleet_booking_seconds_count{",
+            &[("outcome", "ticketed")]
+        ) >= 4.0,
+        "{scraped}"
+    );
     h.assert_invariants().await;
     h.sandbox.shutdown().await.unwrap();
 }
@@ -957,6 +996,56 @@ async fn a_stripe_outage_mid_saga_leaves_the_hold_retrying_and_a_drain_names_it(
     h.sandbox.shutdown().await.unwrap();
 }
 
+/// Duffel down when a fare is found: the attempt retries; when Duffel is back the offer is
+/// gone. The traveler, who would otherwise never hear a fare was found, is told once that
+/// it could not be booked in time; nothing was held, the campaign searches again. A fare that
+/// is simply gone at the first try (no outage) sends nothing (the scenario test's offer_gone).
+#[tokio::test]
+async fn a_fare_lost_to_a_provider_outage_is_told_to_the_traveler_once() {
+    let h = Harness::with_registry(SandboxConfig::default(), registry_with(25, MS(300), SECS(1)))
+        .await;
+    let seeded = h.campaign(0, "LHR", "JFK", VISA).await;
+    let offer = h.offer_for(seeded.campaign_id).await;
+    h.sandbox.sandbox.set_outage(Provider::Duffel, SECS(60), 503);
+    let w = h.start_worker();
+    let id = h
+        .enqueue_attempt(seeded.campaign_id, &offer.id, "outage")
+        .await;
+    let deadline = Instant::now() + SECS(15);
+    while common::job(h.pool(), id).await.attempt < 2 {
+        assert!(Instant::now() < deadline, "the offer check never failed");
+        tokio::time::sleep(MS(20)).await;
+    }
+    // Meanwhile the fare went; then Duffel is back.
+    h.sandbox.sandbox.set_scenario("LHR-JFK", Scenario::OfferGone);
+    h.sandbox.sandbox.set_outage(Provider::Duffel, SECS(0), 503);
+    let j = wait_finished(h.pool(), id, SECS(20)).await;
+    w.stop().await;
+    assert_eq!(j.state, JobState::Completed, "{j:#?}");
+    let b = h.bookings(seeded.campaign_id).await.remove(0);
+    assert_eq!(
+        (b.status.as_str(), b.failure_code.as_deref()),
+        ("failed", Some("offer_no_longer_available"))
+    );
+    let c = h.sandbox.sandbox.counters();
+    assert_eq!(c.payment_intents_created, 0, "nothing was held");
+    let key = format!("fare-unbookable/{}", b.id);
+    assert_eq!(count(&c.emails_by_idempotency_key, &key), 1, "{c:?}");
+    let (campaign, rescheduled) = h.campaign_state(seeded.campaign_id).await;
+    assert_eq!((campaign.as_str(), rescheduled), ("active", true));
+    // Run again (a replay): the outbox's key holds, no second email.
+    let again = h
+        .enqueue_attempt(seeded.campaign_id, &offer.id, "outage-again")
+        .await;
+    let w = h.start_worker();
+    wait_finished(h.pool(), again, SECS(20)).await;
+    w.stop().await;
+    let c = h.sandbox.sandbox.counters();
+    assert_eq!(count(&c.emails_by_idempotency_key, &key), 1);
+    h.assert_invariants().await;
+    h.sandbox.shutdown().await.unwrap();
+}
+
 /// A refund Stripe accepted fails days later (the card was closed): the events ask for a
 /// reconcile, which records `failed` and its code once, audits it once and emails the traveler
 /// once however many events arrive; an event about a refund we never made changes nothing and
@@ -1166,6 +1255,20 @@ async fn a_refund_that_fails_later_is_recorded_and_its_traveler_told_once() {
     w.stop().await;
     h.assert_invariants().await;
     h.sandbox.shutdown().await.unwrap();
+}
+
+/// The sum of the series of `family` (`name{`) in a text exposition whose labels include
+/// every `(label, value)` of `with`.
+fn sum_of(scraped: &str, family: &str, with: &[(&str, &str)]) -> f64 {
+    scraped
+        .lines()
+        .filter(|l| l.starts_with(family))
+        .filter(|l| {
+            with.iter()
+                .all(|(k, v)| l.contains(&format!("{k}=\"{v}\"")))
+        })
+        .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
+        .sum()
 }
 
 /// The value of an unlabelled gauge in a text exposition.

@@ -144,6 +144,8 @@ pub struct Booking {
     pub origin: Option<String>,
     /// The campaign's destination, while attached.
     pub destination: Option<String>,
+    /// When the attempt's first step created the row (the fare had just been found).
+    pub created_at: DateTime<Utc>,
 }
 
 impl Booking {
@@ -163,7 +165,7 @@ pub async fn load<'e>(
                 b.stripe_payment_intent_id, b.pnr, b.total_amount::text AS total_amount,
                 b.currency::text AS currency, b.status, b.flight_details, b.offer_checked_at,
                 b.order_attempted_at, b.ordered_at, b.captured_at, b.failure_code,
-                c.origin::text AS origin, c.destination::text AS destination
+                c.origin::text AS origin, c.destination::text AS destination, b.created_at
          FROM bookings b LEFT JOIN campaigns c ON c.id = b.campaign_id
          WHERE b.id = $1",
     )
@@ -1038,7 +1040,7 @@ pub async fn view(db: &Db, id: Uuid) -> Result<Option<BookingView>, sqlx::Error>
     .await?;
     let emails: Vec<EmailView> = sqlx::query_as(
         "SELECT kind, dedupe_key, sent_at FROM notifications
-         WHERE dedupe_key IN ('booking-confirmed/' || $1, 'action-required/' || $1, 'refund/' || $1, 'hold-voided/' || $1)
+         WHERE dedupe_key IN ('booking-confirmed/' || $1, 'action-required/' || $1, 'refund/' || $1, 'hold-voided/' || $1, 'fare-unbookable/' || $1)
             OR dedupe_key LIKE 'order-change/' || $1 || '/%'
             OR dedupe_key IN (SELECT 'refund-failed/' || r.id FROM refunds r WHERE r.booking_id = $1::uuid)
             OR ($2::uuid IS NOT NULL AND dedupe_key LIKE 'campaign-action-required/' || $2 || '/%')

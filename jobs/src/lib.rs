@@ -16,6 +16,7 @@ pub mod invariants;
 pub mod job;
 pub mod kinds;
 pub mod notify;
+pub mod observe;
 pub mod operator;
 pub mod pii;
 pub mod providers;

@@ -162,8 +162,8 @@ pub struct Worker {
 impl Worker {
     /// A worker over `db` running `registry`'s kinds with `cfg`.
     pub fn new(db: impl Into<Db>, registry: Arc<Registry>, cfg: WorkerSettings) -> Self {
-        // The handlers' provider calls are timed into fleet_provider_call_seconds.
-        crate::metrics::observe_provider_calls();
+        // The handlers' provider calls and money signals feed the metrics (fleet_provider_call_seconds, fleet_bookings_total, …).
+        crate::metrics::observe_domain();
         let db = db.into();
         let kind_slots = registry
             .kind_names()

@@ -47,6 +47,7 @@ use crate::{
     booking::{self, failure_code, Booking, BookingStatus, Change},
     campaign,
     notify::send_once,
+    observe,
     pii::{Keyring, Plaintext},
     providers::{
         is_provider_id, money, AuthorizePayment, CreateOrder, FailureClass, IdentityDocument,
@@ -76,6 +77,15 @@ const DECLINE_CODES: &[&str] = &[
     "card_declined",
     "authentication_required",
     "payment_method_unusable",
+];
+
+/// Failure codes that mean "the fare is gone or moved" (Duffel's offer errors, or a price now
+/// above the campaign's limit): the campaign searches again.
+const FARE_GONE_CODES: &[&str] = &[
+    "offer_no_longer_available",
+    "offer_expired",
+    "price_changed",
+    "price_above_max",
 ];
 
 /// Book the offer `offer_id` for campaign `campaign_id`. Ids only; enqueued through
@@ -531,12 +541,21 @@ async fn record_decline(
         stripe_code: err.and_then(|e| e.code.as_deref()),
         decline_code: err.and_then(|e| e.decline_code.as_deref()),
     };
-    if booking::transition(&mut tx, b, change).await? {
+    let moved = booking::transition(&mut tx, b, change).await?;
+    if moved {
         if let Some(c) = b.campaign_id {
             campaign::require_action(&mut *tx, c).await?;
         }
     }
     tx.commit().await?;
+    if moved {
+        if let Some(o) = observe::money() {
+            o.card_declined(observe::label(
+                err.and_then(|e| e.decline_code.as_deref()).unwrap_or(code),
+            ));
+        }
+        finished(b, "failed", code, u32::from(pi_id.is_some()));
+    }
     Ok(())
 }
 
@@ -544,10 +563,17 @@ async fn record_decline(
 /// `action_required` when the user must act).
 async fn fail_before_hold(db: &Db, b: &Booking, code: &str) -> Result<(), JobError> {
     let mut tx = db.begin().await?;
-    if booking::transition(&mut tx, b, Change::FailedBeforeHold { code }).await? {
+    let moved = booking::transition(&mut tx, b, Change::FailedBeforeHold { code }).await?;
+    if moved {
         apply_campaign_effect(&mut tx, b, code).await?;
     }
     tx.commit().await?;
+    if moved {
+        // A PaymentIntent may exist that never held anything (Stripe canceled it).
+        let pis =
+            u32::from(b.stripe_payment_intent_id.is_some() || code == "payment_intent_canceled");
+        finished(b, "failed", code, pis);
+    }
     Ok(())
 }
 
@@ -767,10 +793,20 @@ async fn compensate(ctx: &JobContext, b: &Booking) -> Result<(), JobError> {
         Err(e) => return Err(e.into()),
     }
     let mut tx = ctx.db.begin().await?;
-    if booking::transition(&mut tx, b, Change::HoldVoided { code: &code }).await? {
+    let moved = booking::transition(&mut tx, b, Change::HoldVoided { code: &code }).await?;
+    if moved {
         apply_campaign_effect(&mut tx, b, &code).await?;
     }
     tx.commit().await?;
+    if moved {
+        // An order existed (and was not kept): `cancelled`, as the row says.
+        let outcome = if b.duffel_order_id.is_some() {
+            "cancelled"
+        } else {
+            "failed"
+        };
+        finished(b, outcome, &code, 1);
+    }
     Ok(())
 }
 
@@ -793,11 +829,15 @@ async fn capture(ctx: &JobContext, b: &Booking) -> Result<(), JobError> {
             // The hold is gone (expired or voided) but the order exists: cancel the booking
             // and let the compensation cancel the order (nothing was captured).
             let mut tx = ctx.db.begin().await?;
-            if booking::transition(&mut tx, b, Change::CaptureFailed).await? {
+            let moved = booking::transition(&mut tx, b, Change::CaptureFailed).await?;
+            if moved {
                 let refund = RefundCompensation::request(b.id, "capture_failed")?;
                 ctx.enqueuer.enqueue_many(&mut tx, vec![refund]).await?;
             }
             tx.commit().await?;
+            if moved {
+                finished(b, "cancelled", "capture_failed", 1);
+            }
             Ok(())
         }
         other => Err(JobError::retryable(format!(
@@ -817,13 +857,29 @@ async fn finalize_ticketed(
         amount_received: pi.amount_received,
         currency: &pi.currency,
     };
-    if booking::transition(&mut tx, b, change).await? {
+    let moved = booking::transition(&mut tx, b, change).await?;
+    if moved {
         if let Some(c) = b.campaign_id {
             campaign::mark_booked(&mut *tx, c).await?;
         }
     }
     tx.commit().await?;
+    if moved {
+        finished(b, "ticketed", "none", 1);
+    }
     Ok(())
+}
+
+/// Tells the metrics (if a worker installed them) that `b` just ended `outcome`: called after
+/// the commit of the transition that moved it, by that run only ([`crate::observe`]).
+fn finished(b: &Booking, outcome: &'static str, reason: &str, payment_intents: u32) {
+    if let Some(o) = observe::money() {
+        let seconds = (chrono::Utc::now() - b.created_at)
+            .num_milliseconds()
+            .max(0) as f64
+            / 1e3;
+        o.booking_finished(outcome, reason, seconds, payment_intents);
+    }
 }
 
 /// The saga is over: send what the outcome owes the user, exactly once.
@@ -891,7 +947,11 @@ async fn finish(ctx: &JobContext, b: &Booking) -> Result<(), JobError> {
         // the traveler may see the pending amount on their statement, so say it was released.
         BookingStatus::Failed if b.order_attempted_at.is_some() => {
             let text = format!(
-                "We found a flight from {origin} to {destination} for {} {} and placed a                  temporary hold of that amount on your saved card, but the booking could not                  be completed with the airline. You were not charged: the hold has been                  released (your bank may take a few days to remove it from your                  statement).\n\nParker Flight",
+                "We found a flight from {origin} to {destination} for {} {} and placed a \
+                 temporary hold of that amount on your saved card, but the booking could not \
+                 be completed with the airline. You were not charged: the hold has been \
+                 released (your bank may take a few days to remove it from your \
+                 statement).\n\nParker Flight",
                 b.total_amount, b.currency
             );
             send_once(
@@ -901,6 +961,33 @@ async fn finish(ctx: &JobContext, b: &Booking) -> Result<(), JobError> {
                 "hold-voided",
                 &format!("hold-voided/{}", b.id),
                 "Your card hold was released",
+                &text,
+            )
+            .await?;
+        }
+        // The fare went while an earlier try of this attempt had failed (a provider outage,
+        // or a crash): the traveler would never learn a fare was found. Tell them once.
+        BookingStatus::Failed
+            if ctx.attempt > 1
+                && b.failure_code
+                    .as_deref()
+                    .is_some_and(|c| FARE_GONE_CODES.contains(&c)) =>
+        {
+            let text = format!(
+                "We found a flight from {origin} to {destination} for {} {} that matches your \
+                 campaign, but our booking partners were unavailable when we tried to book it, \
+                 and the fare was gone by the time they were back. You were not charged. Your \
+                 campaign keeps searching and we will book the next matching fare.\n\nParker \
+                 Flight",
+                b.total_amount, b.currency
+            );
+            send_once(
+                &ctx.db,
+                ctx.deps()?.email()?,
+                user_id,
+                "fare-unbookable",
+                &format!("fare-unbookable/{}", b.id),
+                "We found a fare but could not book it in time",
                 &text,
             )
             .await?;
@@ -1115,6 +1202,7 @@ mod tests {
             failure_code: None,
             origin: None,
             destination: None,
+            created_at: chrono::Utc::now(),
         }
     }
 

@@ -72,6 +72,11 @@ impl Job for PaymentReconcile {
         )
         .await?;
         tx.commit().await?;
+        if action == "payment.dispute_opened" {
+            if let Some(o) = crate::observe::money() {
+                o.dispute_opened();
+            }
+        }
         Ok(())
     }
 }
