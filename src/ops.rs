@@ -865,6 +865,33 @@ impl Ops {
         Ok(self.mutation("booking_refund", dry_run, r))
     }
 
+    /// Decides booking `id`'s open airline-initiated change before its deadline: accept the
+    /// new schedule (queued at Duffel), or cancel the booking and refund it.
+    pub async fn airline_change_decide(
+        &self,
+        id: uuid::Uuid,
+        choice: jobs::operator::ChangeChoice,
+        queue: &crate::Queue,
+        dry_run: bool,
+    ) -> Result<Mutation<jobs::operator::ChangeDecision>> {
+        use jobs::operator::ChangeRefused;
+        let r = match jobs::operator::airline_change_decide(
+            &self.db,
+            queue,
+            &self.actor,
+            id,
+            choice,
+            dry_run,
+        )
+        .await
+        {
+            Ok(r) => r,
+            Err(ChangeRefused::Failed(e)) => return Err(OpsError::Domain(e)),
+            Err(refused) => usage!("{refused}"),
+        };
+        Ok(self.mutation("airline_change_decide", dry_run, r))
+    }
+
     /// Records that booking `id`'s failed refund was paid back another way (`how`, with a
     /// `reference` that is an id: `^[A-Za-z0-9_.:-]{1,64}$`), so its money is no longer owed.
     pub async fn booking_paid_out(

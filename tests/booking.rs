@@ -20,6 +20,8 @@ use fleet::{
 };
 use jobs::{
     kinds::{
+        airline_change::AirlineChangeDetected,
+        airline_change_action::{AirlineChangeAction, DEADLINE_ACTOR},
         booking_attempt::BookingAttempt,
         refund_compensation::{cancel_and_request_refund, RefundCompensation},
         refund_reconcile::{RefundReconcile, RefundSweep},
@@ -56,7 +58,9 @@ fn registry_with(max_attempts: i32, base: Duration, cap: Duration) -> Arc<Regist
     r.register_with::<BookingAttempt>(quick(BookingAttempt::defaults()))
         .register_with::<RefundCompensation>(quick(RefundCompensation::defaults()))
         .register_with::<RefundReconcile>(quick(RefundReconcile::defaults()))
-        .register_with::<RefundSweep>(quick(RefundSweep::defaults()));
+        .register_with::<RefundSweep>(quick(RefundSweep::defaults()))
+        .register_with::<AirlineChangeDetected>(quick(AirlineChangeDetected::defaults()))
+        .register_with::<AirlineChangeAction>(quick(AirlineChangeAction::defaults()));
     Arc::new(r)
 }
 
@@ -223,6 +227,19 @@ impl Harness {
         )
         .bind(campaign_id)
         .fetch_all(self.pool())
+        .await
+        .unwrap()
+    }
+
+    async fn bookings_by_id(&self, id: Uuid) -> BookingView {
+        sqlx::query_as(
+            "SELECT id, status, failure_code, stripe_payment_intent_id, duffel_order_id, pnr,
+                    total_amount::text AS total_amount, captured_at IS NOT NULL AS captured,
+                    canceled_at IS NOT NULL AS canceled
+             FROM bookings WHERE id = $1",
+        )
+        .bind(id)
+        .fetch_one(self.pool())
         .await
         .unwrap()
     }
@@ -1002,11 +1019,16 @@ async fn a_stripe_outage_mid_saga_leaves_the_hold_retrying_and_a_drain_names_it(
 /// is simply gone at the first try (no outage) sends nothing (the scenario test's offer_gone).
 #[tokio::test]
 async fn a_fare_lost_to_a_provider_outage_is_told_to_the_traveler_once() {
-    let h = Harness::with_registry(SandboxConfig::default(), registry_with(25, MS(300), SECS(1)))
-        .await;
+    let h = Harness::with_registry(
+        SandboxConfig::default(),
+        registry_with(25, MS(300), SECS(1)),
+    )
+    .await;
     let seeded = h.campaign(0, "LHR", "JFK", VISA).await;
     let offer = h.offer_for(seeded.campaign_id).await;
-    h.sandbox.sandbox.set_outage(Provider::Duffel, SECS(60), 503);
+    h.sandbox
+        .sandbox
+        .set_outage(Provider::Duffel, SECS(60), 503);
     let w = h.start_worker();
     let id = h
         .enqueue_attempt(seeded.campaign_id, &offer.id, "outage")
@@ -1017,7 +1039,9 @@ async fn a_fare_lost_to_a_provider_outage_is_told_to_the_traveler_once() {
         tokio::time::sleep(MS(20)).await;
     }
     // Meanwhile the fare went; then Duffel is back.
-    h.sandbox.sandbox.set_scenario("LHR-JFK", Scenario::OfferGone);
+    h.sandbox
+        .sandbox
+        .set_scenario("LHR-JFK", Scenario::OfferGone);
     h.sandbox.sandbox.set_outage(Provider::Duffel, SECS(0), 503);
     let j = wait_finished(h.pool(), id, SECS(20)).await;
     w.stop().await;
@@ -1303,4 +1327,320 @@ fn alert_fires(alert: &str, scraped: &str) -> bool {
         .and_then(|r| r.strip_suffix(')'))
         .unwrap_or_else(|| panic!("{alert}: {expr} is not max(gauge) > n"));
     gauge(scraped, name) > threshold.trim().parse::<f64>().unwrap()
+}
+
+// ─── airline-initiated changes ───────────────────────────────────────────────────────────────
+
+/// An airline change of booking `b`'s order, made at the sandbox (Duffel's side) and detected
+/// by the job its webhook enqueues; the change's id.
+async fn airline_change_detected(h: &Harness, b: &BookingView, shift_minutes: i64) -> String {
+    let order = b
+        .duffel_order_id
+        .clone()
+        .expect("ticketed bookings have an order");
+    let change = h
+        .sandbox
+        .sandbox
+        .airline_change(&order, shift_minutes, None, false)
+        .unwrap();
+    let aic = change["id"].as_str().unwrap().to_owned();
+    // The webhook's job, delivered twice (Duffel delivers at least once).
+    for n in 0..2 {
+        let job = jobs::NewJob::of(&AirlineChangeDetected {
+            order_id: order.clone(),
+            aic_id: Some(aic.clone()),
+            event_id: format!("wev_{aic}"),
+        })
+        .unwrap()
+        .key(format!("detect-{aic}-{n}"));
+        let id = h.queue.enqueue_new(job).await.unwrap().id;
+        let j = wait_finished(h.pool(), id, SECS(20)).await;
+        assert_eq!(j.state, JobState::Completed, "{j:#?}");
+    }
+    aic
+}
+
+/// `airline_changes`' row: (status, decided_by, respond_by in the future).
+async fn change_row(h: &Harness, aic: &str) -> (String, Option<String>, bool) {
+    sqlx::query_as(
+        "SELECT status, decided_by, respond_by > now() FROM airline_changes WHERE id = $1",
+    )
+    .bind(aic)
+    .fetch_one(h.pool())
+    .await
+    .unwrap()
+}
+
+async fn wait_change(h: &Harness, aic: &str, status: &str) -> (String, Option<String>, bool) {
+    let deadline = Instant::now() + SECS(20);
+    loop {
+        let row = change_row(h, aic).await;
+        if row.0 == status {
+            return row;
+        }
+        assert!(Instant::now() < deadline, "{aic} never {status}: {row:?}");
+        tokio::time::sleep(MS(50)).await;
+    }
+}
+
+/// The airline moves a booked flight by 90 minutes: the detection (delivered twice) records the
+/// change once with its deadline, moves the booking's itinerary to the new times, emails the
+/// traveler once and schedules the deadline's default; an operator's dry run changes nothing,
+/// the accept (during a Duffel outage) is accepted at Duffel exactly once, a second request is
+/// the same job, and a decided change refuses a new decision; the deadline job then finds it
+/// decided and does nothing.
+#[tokio::test]
+async fn an_airline_change_is_recorded_once_told_once_and_accepted_once_by_an_operator() {
+    let h = Harness::with_registry(
+        SandboxConfig::default(),
+        registry_with(25, MS(300), SECS(1)),
+    )
+    .await;
+    let w = h.start_worker();
+    let b = h.ticketed(0).await;
+    let before: Value = sqlx::query_scalar("SELECT flight_details FROM bookings WHERE id = $1")
+        .bind(b.id)
+        .fetch_one(h.pool())
+        .await
+        .unwrap();
+    let aic = airline_change_detected(&h, &b, 90).await;
+
+    let (status, by, future) = change_row(&h, &aic).await;
+    assert_eq!((status.as_str(), by, future), ("open", None, true));
+    let after: Value = sqlx::query_scalar("SELECT flight_details FROM bookings WHERE id = $1")
+        .bind(b.id)
+        .fetch_one(h.pool())
+        .await
+        .unwrap();
+    let departs = |v: &Value| {
+        chrono::NaiveDateTime::parse_from_str(
+            v["slices"][0]["departing_at"].as_str().unwrap(),
+            "%Y-%m-%dT%H:%M:%S",
+        )
+        .unwrap()
+    };
+    assert_eq!(
+        departs(&after) - departs(&before),
+        chrono::Duration::minutes(90)
+    );
+    let c = h.sandbox.sandbox.counters();
+    let email = format!("airline-change/{aic}");
+    assert_eq!(count(&c.emails_by_idempotency_key, &email), 1, "{c:?}");
+    let (detected, refreshed): (i64, i64) = sqlx::query_as(
+        "SELECT count(*) FILTER (WHERE action = 'booking.airline_change_detected'),
+                count(*) FILTER (WHERE action = 'booking.itinerary_changed')
+         FROM audit_log WHERE resource_id = $1",
+    )
+    .bind(b.id.to_string())
+    .fetch_one(h.pool())
+    .await
+    .unwrap();
+    assert_eq!((detected, refreshed), (1, 1));
+    let deadline_job: (String, bool) = sqlx::query_as(
+        "SELECT state::text, run_at > now() + interval '1 hour' FROM fleet_jobs
+         WHERE idempotency_key = $1",
+    )
+    .bind(format!("airline_change_deadline:{aic}"))
+    .fetch_one(h.pool())
+    .await
+    .unwrap();
+    assert_eq!(deadline_job, ("scheduled".to_owned(), true));
+
+    let ops = fleet::ops::Ops::new(h.pool().clone(), h.registry.kind_names(), "ops-alice");
+    let accept = jobs::operator::ChangeChoice::Accept;
+    let dry = ops
+        .airline_change_decide(b.id, accept, &h.queue, true)
+        .await
+        .unwrap();
+    assert_eq!(
+        (dry.result.change_id.as_str(), dry.result.job_id),
+        (aic.as_str(), None)
+    );
+    assert_eq!(
+        change_row(&h, &aic).await.0,
+        "open",
+        "a dry run changes nothing"
+    );
+    // Duffel is down when the accept runs: it waits and retries.
+    h.sandbox.sandbox.set_outage(Provider::Duffel, SECS(2), 503);
+    let real = ops
+        .airline_change_decide(b.id, accept, &h.queue, false)
+        .await
+        .unwrap();
+    let again = ops
+        .airline_change_decide(b.id, accept, &h.queue, false)
+        .await
+        .unwrap();
+    assert!(again.result.duplicate && again.result.job_id == real.result.job_id);
+    let j = wait_finished(h.pool(), real.result.job_id.unwrap(), SECS(20)).await;
+    assert_eq!(j.state, JobState::Completed, "{j:#?}");
+    let (status, by, _) = change_row(&h, &aic).await;
+    assert_eq!(
+        (status.as_str(), by.as_deref()),
+        ("accepted", Some("ops-alice"))
+    );
+    let c = h.sandbox.sandbox.counters();
+    assert_eq!(count(&c.airline_change_accepts_by_id, &aic), 1, "{c:?}");
+    assert!(
+        count(&c.outage_responses, "duffel") >= 1,
+        "the outage was met: {c:?}"
+    );
+
+    let decided = ops
+        .airline_change_decide(b.id, accept, &h.queue, false)
+        .await;
+    assert!(
+        matches!(&decided, Err(fleet::ops::OpsError::Usage(m)) if m.contains("already accepted by ops-alice")),
+        "{decided:?}"
+    );
+    // The deadline's job, run now, finds it decided: no second accept.
+    let f = fleet::queue::JobFilter {
+        idempotency_key: Some(format!("airline_change_deadline:{aic}")),
+        ..Default::default()
+    };
+    let moved = ops.run_now(&f, false).await.unwrap();
+    let j = wait_finished(h.pool(), moved.result[0], SECS(20)).await;
+    assert_eq!(j.state, JobState::Completed, "{j:#?}");
+    assert_eq!(
+        count(
+            &h.sandbox.sandbox.counters().airline_change_accepts_by_id,
+            &aic
+        ),
+        1
+    );
+    let accepted: i64 = sqlx::query_scalar(
+        "SELECT count(*) FROM audit_log WHERE action = 'airline_change.accepted' AND actor = 'ops-alice'",
+    )
+    .fetch_one(h.pool())
+    .await
+    .unwrap();
+    assert_eq!(accepted, 1);
+    w.stop().await;
+    h.assert_invariants().await;
+    h.sandbox.shutdown().await.unwrap();
+}
+
+/// Three changes, three ends: an operator cancels one (the booking is cancelled, its order
+/// cancelled and the traveler refunded once; Duffel then lists the change cancelled); nobody
+/// answers another and at its deadline the fleet keeps the new schedule (accepted once, by
+/// `fleet:deadline`), after which an operator's decision is refused as too late; the third was
+/// accepted at Duffel by a run that crashed before recording it, and the re-run reads Duffel's
+/// record instead of accepting again. A change of an order we never booked is recorded and
+/// completes.
+#[tokio::test]
+async fn an_airline_change_is_cancelled_and_refunded_or_kept_at_its_deadline_and_never_accepted_twice(
+) {
+    let h = Harness::with_registry(
+        SandboxConfig::default(),
+        registry_with(25, MS(300), SECS(1)),
+    )
+    .await;
+    let w = h.start_worker();
+    let cancelled = h.ticketed(0).await;
+    let lapsed = h.ticketed(1).await;
+    let crashed = h.ticketed(2).await;
+    let aic_c = airline_change_detected(&h, &cancelled, -45).await;
+    let aic_l = airline_change_detected(&h, &lapsed, 180).await;
+    let aic_x = airline_change_detected(&h, &crashed, 30).await;
+    let ops = fleet::ops::Ops::new(h.pool().clone(), h.registry.kind_names(), "ops-bob");
+
+    // Cancel and refund.
+    let cancel = jobs::operator::ChangeChoice::CancelAndRefund;
+    let d = ops
+        .airline_change_decide(cancelled.id, cancel, &h.queue, false)
+        .await
+        .unwrap();
+    let refund_job = d.result.refund.as_ref().and_then(|r| r.job_id).unwrap();
+    let j = wait_finished(h.pool(), refund_job, SECS(20)).await;
+    assert_eq!(j.state, JobState::Completed, "{j:#?}");
+    let b = h.bookings_by_id(cancelled.id).await;
+    assert_eq!(b.status, "refunded", "{b:#?}");
+    let (status, by, _) = change_row(&h, &aic_c).await;
+    assert_eq!(
+        (status.as_str(), by.as_deref()),
+        ("cancelled", Some("ops-bob"))
+    );
+    let c = h.sandbox.sandbox.counters();
+    let pi = cancelled.stripe_payment_intent_id.clone().unwrap();
+    assert_eq!(count(&c.refunds_by_payment_intent, &pi), 1);
+    assert_eq!(count(&c.airline_change_accepts_by_id, &aic_c), 0);
+    let listed = h
+        .flights()
+        .list_airline_changes(cancelled.duffel_order_id.as_deref().unwrap())
+        .await
+        .unwrap();
+    assert_eq!(listed[0].action_taken.as_deref(), Some("cancelled"));
+
+    // Nobody answers: the deadline passes, the new schedule is kept.
+    sqlx::query(
+        "UPDATE airline_changes SET respond_by = now() - interval '1 minute' WHERE id = $1",
+    )
+    .bind(&aic_l)
+    .execute(h.pool())
+    .await
+    .unwrap();
+    let late = ops
+        .airline_change_decide(lapsed.id, cancel, &h.queue, false)
+        .await;
+    assert!(
+        matches!(&late, Err(fleet::ops::OpsError::Usage(m)) if m.contains("deadline")),
+        "{late:?}"
+    );
+    let f = fleet::queue::JobFilter {
+        idempotency_key: Some(format!("airline_change_deadline:{aic_l}")),
+        ..Default::default()
+    };
+    let moved = ops.run_now(&f, false).await.unwrap();
+    wait_finished(h.pool(), moved.result[0], SECS(20)).await;
+    let (status, by, _) = wait_change(&h, &aic_l, "accepted").await;
+    assert_eq!(by.as_deref(), Some(DEADLINE_ACTOR), "{status}");
+    assert_eq!(h.bookings_by_id(lapsed.id).await.status, "ticketed");
+    assert_eq!(
+        count(
+            &h.sandbox.sandbox.counters().airline_change_accepts_by_id,
+            &aic_l
+        ),
+        1
+    );
+
+    // Accepted at Duffel by a run that died before recording it.
+    jobs::airline_change::note_request(&h.db.db(), &aic_x, "accept")
+        .await
+        .unwrap();
+    h.flights().accept_airline_change(&aic_x).await.unwrap();
+    let job = AirlineChangeAction::accept(&aic_x, "ops-bob").unwrap();
+    let id = h.queue.enqueue_new(job).await.unwrap().id;
+    let j = wait_finished(h.pool(), id, SECS(20)).await;
+    assert_eq!(j.state, JobState::Completed, "{j:#?}");
+    assert_eq!(change_row(&h, &aic_x).await.0, "accepted");
+    assert_eq!(
+        count(
+            &h.sandbox.sandbox.counters().airline_change_accepts_by_id,
+            &aic_x
+        ),
+        1
+    );
+
+    // An order we never booked.
+    let stray = jobs::NewJob::of(&AirlineChangeDetected {
+        order_id: "ord_0000NotOurs".into(),
+        aic_id: Some("aic_0000NotOurs".into()),
+        event_id: "wev_stray".into(),
+    })
+    .unwrap();
+    let id = h.queue.enqueue_new(stray).await.unwrap().id;
+    assert_eq!(
+        wait_finished(h.pool(), id, SECS(20)).await.state,
+        JobState::Completed
+    );
+    let recorded: i64 = sqlx::query_scalar(
+        "SELECT count(*) FROM audit_log WHERE action = 'airline_change.unknown_order'",
+    )
+    .fetch_one(h.pool())
+    .await
+    .unwrap();
+    assert_eq!(recorded, 1);
+    w.stop().await;
+    h.assert_invariants().await;
+    h.sandbox.shutdown().await.unwrap();
 }

@@ -503,7 +503,10 @@ impl App {
     /// Audit rows of `action`: (actor, resource_id, metadata), from the trail that owns it:
     /// the domain's for booking and refund actions, the engine's for the rest.
     async fn audit(&self, action: &str) -> Vec<(String, Option<String>, Value)> {
-        let table = if action.starts_with("booking.") || action.starts_with("refund.") {
+        let table = if ["booking.", "refund.", "airline_change."]
+            .iter()
+            .any(|p| action.starts_with(p))
+        {
             "audit_log"
         } else {
             "fleet_audit"
@@ -2485,6 +2488,134 @@ async fn a_refund_that_failed_is_shown_and_its_payout_recorded_through_a_dry_run
     assert!(!b.has("#paid-out").await, "nothing owed any more");
     assert!(b.text("#refunds").await.contains("paid_out.bank_transfer"));
     b.close().await;
+}
+
+/// The airline moved two booked flights: the booking page shows each change's legs before and
+/// after and its deadline; a viewer sees no decision; an operator accepts one (preview, then
+/// confirm: the accept job is queued once, audited) and cancels and refunds the other (the
+/// booking is cancelled, its refund queued, the change decided by the operator).
+#[tokio::test]
+async fn an_airline_change_is_shown_with_old_and_new_times_and_accepted_or_cancelled_through_a_preview(
+) {
+    if !browser_available() {
+        return;
+    }
+    let app = App::start().await;
+    let keep = booking_with_an_airline_change(app.pool(), 1).await;
+    let cancel = booking_with_an_airline_change(app.pool(), 2).await;
+
+    let v = app.browser().await;
+    v.sign_in("viv", VIV_PW).await;
+    v.goto(&format!("/ui/bookings/{keep}")).await;
+    v.wait_h1("Booking").await;
+    let shown = v.text("#airline-changes").await;
+    assert!(
+        shown.contains("2027-03-26 06:15") && shown.contains("2027-03-26 07:45"),
+        "{shown}"
+    );
+    assert!(shown.contains("decide before"), "{shown}");
+    assert!(
+        !v.main_text().await.contains("Accept the new schedule"),
+        "a viewer decides nothing"
+    );
+    v.close().await;
+
+    let b = app.browser().await;
+    b.sign_in("alice", ALICE_PW).await;
+    b.goto(&format!("/ui/bookings/{keep}")).await;
+    b.wait_h1("Booking").await;
+    b.screenshot("booking-airline-change").await;
+    b.click_button("#airline-changes", "Accept the new schedule…")
+        .await;
+    b.wait_h1("Decide the airline change?").await;
+    assert!(b
+        .text("#change-decision")
+        .await
+        .contains("Would accept airline change aic_1"));
+    assert!(
+        app.audit("airline_change.accept_requested")
+            .await
+            .is_empty(),
+        "the preview changes nothing"
+    );
+    b.click("#confirm").await;
+    b.wait_h1("Airline change decided").await;
+    let audit = app.audit("airline_change.accept_requested").await;
+    assert_eq!((audit.len(), audit[0].0.as_str()), (1, "alice"));
+    let queued: i64 = sqlx::query_scalar(
+        "SELECT count(*) FROM fleet_jobs WHERE kind = 'airline_change_action'
+         AND idempotency_key = 'airline_change_action:aic_1'",
+    )
+    .fetch_one(app.pool())
+    .await
+    .unwrap();
+    assert_eq!(queued, 1);
+
+    b.goto(&format!("/ui/bookings/{cancel}")).await;
+    b.wait_h1("Booking").await;
+    b.click_button("#airline-changes", "Cancel and refund…")
+        .await;
+    b.wait_h1("Decide the airline change?").await;
+    assert!(b
+        .text("#change-decision")
+        .await
+        .contains("refund 177.32 USD"));
+    b.click("#confirm").await;
+    b.wait_h1("Airline change decided").await;
+    let (booking, change, by): (String, String, Option<String>) = sqlx::query_as(
+        "SELECT b.status, a.status, a.decided_by FROM bookings b
+         JOIN airline_changes a ON a.booking_id = b.id WHERE b.id = $1",
+    )
+    .bind(cancel)
+    .fetch_one(app.pool())
+    .await
+    .unwrap();
+    assert_eq!(
+        (booking.as_str(), change.as_str(), by.as_deref()),
+        ("cancelled", "cancelled", Some("alice"))
+    );
+    b.goto(&format!("/ui/bookings/{cancel}")).await;
+    let decided = b.text("#airline-changes").await;
+    assert!(
+        decided.contains("cancelled") && decided.contains("by alice"),
+        "{decided}"
+    );
+    assert!(
+        !b.main_text().await.contains("Cancel and refund…"),
+        "decided: no more buttons"
+    );
+    b.close().await;
+}
+
+/// A seeded campaign `n`'s ticketed booking (177.32 USD) whose flight the airline moved by
+/// 90 minutes (`aic_{n}`, open, deadline in two days).
+async fn booking_with_an_airline_change(pool: &PgPool, n: usize) -> uuid::Uuid {
+    let s = seed_sealed(pool, &jobs::seed::CampaignSeed::new(n)).await;
+    let legs = |departs: &str, arrives: &str| {
+        serde_json::json!([{"origin": "LHR", "destination": "JFK", "departing_at": departs,
+                            "arriving_at": arrives, "segments": 1}])
+    };
+    sqlx::query_scalar(
+        "WITH b AS (
+             INSERT INTO bookings (campaign_id, duffel_offer_id, duffel_order_id,
+                 stripe_payment_intent_id, total_amount, currency, status, authorized_at,
+                 order_attempted_at, ordered_at, captured_at, offer_checked_at)
+             VALUES ($1, 'off_ac' || $2, 'ord_ac' || $2, 'pi_ac' || $2, 177.32, 'USD', 'ticketed',
+                     now(), now(), now(), now(), now())
+             RETURNING id)
+         INSERT INTO airline_changes (id, booking_id, order_id, removed, added, available_actions,
+                                      detected_at, respond_by)
+         SELECT 'aic_' || $2, id, 'ord_ac' || $2, $3, $4, '{accept,cancel,change}', now(),
+                now() + interval '2 days' FROM b
+         RETURNING booking_id",
+    )
+    .bind(s.campaign_id)
+    .bind(n.to_string())
+    .bind(legs("2027-03-26T06:15:00", "2027-03-26T09:20:00"))
+    .bind(legs("2027-03-26T07:45:00", "2027-03-26T10:50:00"))
+    .fetch_one(pool)
+    .await
+    .unwrap()
 }
 
 /// A seeded campaign `n`'s booking, ticketed, refunded, and then its refund sent back by the

@@ -386,11 +386,20 @@ async fn documented_duffel_order_events_are_accepted_and_reconcile_the_order() {
         let (status, v) = deliver(&base, "duffel", &duffel_event(kind, id, object)).await;
         assert_eq!((status, v["jobs"].as_u64()), (200, Some(1)), "{kind}: {v}");
         let (job, args, key) = newest_job(&db.pool).await;
-        assert_eq!(job, "order_reconcile", "{kind}");
-        assert_eq!(
-            args,
-            json!({"order_id": order_id, "booking_id": null, "event_type": kind, "event_id": id})
-        );
+        if kind == "order.airline_initiated_change_detected" {
+            // The change has its own kind: the order and the change named by the object.
+            assert_eq!(job, "airline_change", "{kind}");
+            assert_eq!(
+                args,
+                json!({"order_id": order_id, "aic_id": "aic_0011AJSACO83RgsiSySpzH", "event_id": id})
+            );
+        } else {
+            assert_eq!(job, "order_reconcile", "{kind}");
+            assert_eq!(
+                args,
+                json!({"order_id": order_id, "booking_id": null, "event_type": kind, "event_id": id})
+            );
+        }
         assert_eq!(key, format!("duffel:{id}:0"));
     }
     // order.creation_failed: what its object holds is not documented; an object naming no
@@ -689,6 +698,35 @@ async fn drive_sandbox(api: &Api) -> usize {
     assert_eq!(order.status, 201, "{}", order.body);
     Fixture::load("duffel/order.json").assert_shape(&order.body["data"]);
     let order_id = order.body["data"]["id"].as_str().unwrap();
+    // The airline moves the flight: the change as Duffel lists it and as its accept answers.
+    let aic_fx = Fixture::load("duffel/airline_initiated_change.json");
+    let made = answer(
+        api.c
+            .post(format!(
+                "{}/_sandbox/orders/{order_id}/airline_change",
+                api.base
+            ))
+            .json(&json!({"shift_minutes": 90, "deliver": false})),
+    )
+    .await;
+    assert_eq!(made.status, 200, "{}", made.body);
+    let listed = answer(api.duffel(
+        reqwest::Method::GET,
+        &format!("/air/airline_initiated_changes?order_id={order_id}"),
+    ))
+    .await;
+    assert_eq!(listed.status, 200, "{}", listed.body);
+    let changes = listed.body["data"].as_array().unwrap();
+    assert_eq!(changes.len(), 1, "{}", listed.body);
+    aic_fx.assert_shape(&changes[0]);
+    let aic = changes[0]["id"].as_str().unwrap();
+    let accepted = answer(api.duffel(
+        reqwest::Method::POST,
+        &format!("/air/airline_initiated_changes/{aic}/actions/accept"),
+    ))
+    .await;
+    assert_eq!(accepted.status, 200, "{}", accepted.body);
+    aic_fx.assert_shape(&accepted.body["data"]);
     let cancellation_fx = Fixture::load("duffel/order_cancellation.json");
     let quote = answer(
         api.duffel(reqwest::Method::POST, "/air/order_cancellations")
@@ -1048,6 +1086,63 @@ fn passenger() -> OrderPassenger {
         phone_number: "+442080160508".into(),
         identity_documents: vec![],
     }
+}
+
+/// The documented change (the official SDK's example), served as Duffel's list and accept
+/// answer it, is read by the real client: ids, the legs before and after with their local
+/// times, what can be done, and the action once taken.
+#[tokio::test]
+async fn the_duffel_client_reads_the_documented_airline_initiated_change() {
+    let fx = Fixture::load("duffel/airline_initiated_change.json");
+    let example = fx.example();
+    let client = |body: Value| async move {
+        DuffelClient::new(&DuffelConfig {
+            base_url: answering(200, vec![], body).await,
+            access_token: ApiKey::new("duffel_test_contracts"),
+            timeout: Duration::from_secs(5),
+            ..DuffelConfig::default()
+        })
+        .unwrap()
+    };
+    let order = example["order_id"].as_str().unwrap();
+    let listed = client(json!({"data": [example.clone()]}))
+        .await
+        .list_airline_changes(order)
+        .await
+        .unwrap();
+    assert_eq!(listed.len(), 1);
+    let c = &listed[0];
+    assert_eq!(
+        (c.id.as_str(), c.order_id.as_str()),
+        (example["id"].as_str().unwrap(), order)
+    );
+    let at = |s: &str| chrono::NaiveDateTime::parse_from_str(s, "%Y-%m-%dT%H:%M:%S").unwrap();
+    assert_eq!(
+        (c.removed[0].origin.as_str(), c.removed[0].departing_at),
+        ("LHR", Some(at("2023-03-26T06:15:00")))
+    );
+    assert_eq!(c.added[0].departing_at, Some(at("2023-03-28T11:00:00")));
+    assert_eq!(c.added[0].arriving_at, Some(at("2023-03-28T14:15:00")));
+    assert_eq!(c.available_actions, ["accept", "cancel", "change"]);
+    assert_eq!((c.action_taken.as_deref(), c.action_taken_at), (None, None));
+    assert!(c.created_at.is_some());
+    // A list that names another order's change is not taken for this order's.
+    let other = client(json!({"data": [example.clone()]}))
+        .await
+        .list_airline_changes("ord_0000SomeoneElse")
+        .await
+        .unwrap();
+    assert!(other.is_empty(), "{other:?}");
+    let mut accepted = example.clone();
+    accepted["action_taken"] = json!("accepted");
+    accepted["action_taken_at"] = json!("2022-01-17T10:12:14.545Z");
+    let a = client(json!({"data": accepted}))
+        .await
+        .accept_airline_change(example["id"].as_str().unwrap())
+        .await
+        .unwrap();
+    assert_eq!(a.action_taken.as_deref(), Some("accepted"));
+    assert!(a.action_taken_at.is_some());
 }
 
 #[tokio::test]

@@ -1,5 +1,5 @@
 //! `fleet demo`, the README's main command, run as a real process: it ends with bookings,
-//! compensations, refunds and reminders, zero invariant violations, a summary on stdout that
+//! compensations, refunds, reminders, airline changes and a failed refund paid back, zero invariant violations, a summary on stdout that
 //! says what each route injects and why bookings failed, and the distinctive seeded passport
 //! number and e-mail appear nowhere in its output or its (debug-level) log file.
 
@@ -56,6 +56,17 @@ fn demo_books_compensates_refunds_and_reminds_with_no_violation_and_no_pii_in_it
         assert!(s[key].as_i64().unwrap() > 0, "{key} is zero: {s}");
     }
     assert_eq!(s["max_payment_intents_per_booking"], 1, "{s}");
+    // Life after booking: the airline moved 4 flights (2 accepted, 1 cancelled and refunded,
+    // 1 waiting for its deadline) and one refund failed later (paid back by transfer).
+    let changes: std::collections::BTreeMap<&str, i64> = s["airline_changes"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|p| (p[0].as_str().unwrap(), p[1].as_i64().unwrap()))
+        .collect();
+    let want = [("accepted", 2), ("cancelled", 1), ("open", 1)];
+    assert_eq!(changes, want.into(), "{s}");
+    assert_eq!(s["refunds_failed"], 1, "{s}");
     // Every campaign is searched within the demo: nothing (a budget, a limit) holds it back.
     assert_eq!(s["campaigns_searched"], s["campaigns"], "{s}");
     assert!(

@@ -134,33 +134,6 @@ async fn follow_ups_record_provider_state_and_notify_the_traveler_once() {
     .unwrap();
     assert_eq!(disputes, 1);
 
-    // order_reconcile: an airline change e-mails the traveler once, however often it runs.
-    for n in 0..2 {
-        let job = OrderReconcile {
-            order_id: None,
-            booking_id: Some(booking),
-            event_type: "order.airline_initiated_change_detected".into(),
-            event_id: "wev_change_1".into(),
-        };
-        let id = q
-            .enqueue_new(jobs::NewJob::of(&job).unwrap().key(format!("run-{n}")))
-            .await
-            .unwrap()
-            .id;
-        wait_state(p, id, JobState::Completed, Duration::from_secs(5)).await;
-    }
-    assert_eq!(
-        sb.sandbox.counters().emails_sent,
-        1,
-        "one email for one event"
-    );
-    let sent: i64 = sqlx::query_scalar(
-        "SELECT count(*) FROM notifications WHERE kind = 'order_change' AND sent_at IS NOT NULL",
-    )
-    .fetch_one(p)
-    .await
-    .unwrap();
-    assert_eq!(sent, 1);
     assert_eq!(OrderReconcile::KIND, "order_reconcile");
 
     stop.cancel();

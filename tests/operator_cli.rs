@@ -467,6 +467,91 @@ async fn booking_refund_uses_the_refund_key_once_and_audits_each_request() {
     assert_eq!(out.status.code(), Some(2));
 }
 
+/// `fleet booking change`: a bad decision is a usage error naming the choices; a booking
+/// without a change says so; the dry run queues nothing and shows the change and its deadline;
+/// the accept queues one job (a repeat returns it) and is audited; once the deadline passed the
+/// refusal says the new schedule is kept by default.
+#[tokio::test]
+async fn booking_change_accepts_an_airline_change_once_and_refuses_after_its_deadline() {
+    let db = db().await;
+    let b = ticketed_booking(&db.pool).await;
+    let id = b.to_string();
+    let out = fleet(&db.url, &["booking", "change", &id, "postpone"], None);
+    assert_eq!(out.status.code(), Some(2));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("use accept or cancel"));
+    let out = fleet(&db.url, &["booking", "change", &id, "accept"], None);
+    assert_eq!(out.status.code(), Some(2));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("has no airline-initiated change"));
+
+    sqlx::query(
+        "INSERT INTO airline_changes (id, booking_id, order_id, removed, added, available_actions,
+                                      detected_at, respond_by)
+         VALUES ('aic_1', $1, 'ord_1', '[]', '[]', '{accept,cancel,change}', now(),
+                 now() + interval '1 day')",
+    )
+    .bind(b)
+    .execute(&db.pool)
+    .await
+    .unwrap();
+    let dry = json(&fleet(
+        &db.url,
+        &["booking", "change", &id, "accept", "--dry-run", "--json"],
+        None,
+    ));
+    assert_eq!(
+        (
+            dry["dry_run"].as_bool(),
+            dry["result"]["change_id"].as_str()
+        ),
+        (Some(true), Some("aic_1"))
+    );
+    assert!(dry["result"]["job_id"].is_null(), "{dry}");
+    assert_eq!(job_count(&db.pool).await, 0, "a dry run queues nothing");
+    let first = json(&fleet(
+        &db.url,
+        &[
+            "booking", "change", &id, "accept", "--actor", "alice", "--json",
+        ],
+        None,
+    ));
+    let again = json(&fleet(
+        &db.url,
+        &[
+            "booking", "change", &id, "accept", "--actor", "alice", "--json",
+        ],
+        None,
+    ));
+    assert_eq!(first["result"]["job_id"], again["result"]["job_id"]);
+    assert_eq!(again["result"]["duplicate"], true);
+    assert_eq!(job_count(&db.pool).await, 1);
+    let audited: i64 = sqlx::query_scalar(
+        "SELECT count(*) FROM audit_log WHERE action = 'airline_change.accept_requested'
+         AND actor = 'alice'",
+    )
+    .fetch_one(&db.pool)
+    .await
+    .unwrap();
+    assert_eq!(audited, 2, "each request is audited");
+
+    sqlx::query("UPDATE airline_changes SET respond_by = now() - interval '1 minute'")
+        .execute(&db.pool)
+        .await
+        .unwrap();
+    let out = fleet(&db.url, &["booking", "change", &id, "cancel"], None);
+    assert_eq!(out.status.code(), Some(2));
+    let said = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        said.contains("deadline") && said.contains("keeps the new schedule"),
+        "{said}"
+    );
+    let status: String = sqlx::query_scalar("SELECT status FROM bookings WHERE id = $1")
+        .bind(b)
+        .fetch_one(&db.pool)
+        .await
+        .unwrap();
+    assert_eq!(status, "ticketed", "a refused cancel changes nothing");
+}
+
 #[tokio::test]
 async fn a_failed_provider_call_writes_one_log_line() {
     let db = db().await;

@@ -1365,3 +1365,749 @@ async fn a_stripe_outage_answers_api_errors_creates_nothing_and_ends_on_time() {
         .outage(sandbox::scenarios::Provider::Stripe)
         .is_none());
 }
+
+// ------------------------------------------------------------------------------------------
+// Airline-initiated changes
+
+/// Searches `origin`-`destination`, books the cheapest offer for `booking` and returns the order.
+async fn book(c: &Client, base: &str, origin: &str, destination: &str, booking: &str) -> Value {
+    let offers = search(c, base, origin, destination, "2031-05-01").await;
+    let order = duffel(
+        c,
+        base,
+        reqwest::Method::POST,
+        "/air/orders",
+        Some(order_body(&offers[0], booking)),
+    )
+    .await;
+    assert_eq!(order.status, StatusCode::CREATED, "{}", order.body);
+    order.body["data"].clone()
+}
+
+/// `POST /_sandbox/orders/{order_id}/airline_change` with `body`.
+async fn airline_change(c: &Client, base: &str, order_id: &str, body: Value) -> Reply {
+    reply(
+        c.post(format!("{base}/_sandbox/orders/{order_id}/airline_change"))
+            .json(&body)
+            .send()
+            .await
+            .expect("request"),
+    )
+    .await
+}
+
+/// `GET /air/airline_initiated_changes?order_id=…`, asserting a 200; the `data` list.
+async fn list_airline_changes(c: &Client, base: &str, order_id: &str) -> Value {
+    let r = duffel(
+        c,
+        base,
+        reqwest::Method::GET,
+        &format!("/air/airline_initiated_changes?order_id={order_id}"),
+        None,
+    )
+    .await;
+    assert_eq!(r.status, StatusCode::OK, "{}", r.body);
+    r.body["data"].clone()
+}
+
+fn accept_path(aic_id: &str) -> String {
+    format!("/air/airline_initiated_changes/{aic_id}/actions/accept")
+}
+
+fn local_time(v: &Value) -> chrono::NaiveDateTime {
+    chrono::NaiveDateTime::parse_from_str(v.as_str().expect("a time"), "%Y-%m-%dT%H:%M:%S")
+        .expect("Duffel's local time")
+}
+
+/// The first (and only) error of a Duffel error body: (status, type, code).
+fn duffel_error(r: &Reply) -> (StatusCode, String, String) {
+    let e = &r.body["errors"][0];
+    (
+        r.status,
+        e["type"].as_str().unwrap_or_default().to_owned(),
+        e["code"].as_str().unwrap_or_default().to_owned(),
+    )
+}
+
+#[tokio::test]
+async fn an_airline_change_moves_the_orders_times_is_listed_delivered_once_and_accepted_once() {
+    let (url, mut rx) = common::webhook_receiver(0).await;
+    let (sb, c) = start(SandboxConfig {
+        webhook: Some(WebhookTarget {
+            stripe_url: format!("{url}/stripe"),
+            stripe_secret: "whsec_test".into(),
+            duffel_url: format!("{url}/duffel"),
+            duffel_secret: "duffel_whsec".into(),
+        }),
+        webhook_backoff_ms: 50,
+        ..SandboxConfig::default()
+    })
+    .await;
+    let base = sb.base_url.clone();
+    let order = book(&c, &base, "LHR", "JFK", "bk_aic").await;
+    let order_id = order["id"].as_str().unwrap();
+    let before = order["slices"].clone();
+
+    // The airline moves the flights 90 minutes later.
+    let created = airline_change(&c, &base, order_id, json!({"shift_minutes": 90})).await;
+    assert_eq!(created.status, StatusCode::OK, "{}", created.body);
+    let aic = created.body.clone();
+    let aic_id = aic["id"].as_str().unwrap().to_owned();
+    assert!(aic_id.starts_with("aic_"), "{aic_id}");
+    let keys: Vec<&str> = aic
+        .as_object()
+        .unwrap()
+        .keys()
+        .map(String::as_str)
+        .collect();
+    let mut documented = vec![
+        "id",
+        "order_id",
+        "action_taken",
+        "action_taken_at",
+        "added",
+        "removed",
+        "available_actions",
+        "created_at",
+        "updated_at",
+        "travel_agent_ticket",
+    ];
+    documented.sort_unstable();
+    let mut keys_sorted = keys.clone();
+    keys_sorted.sort_unstable();
+    assert_eq!(keys_sorted, documented, "only Duffel's documented fields");
+    assert_eq!(aic["order_id"], order_id);
+    assert!(aic["action_taken"].is_null() && aic["action_taken_at"].is_null());
+    assert!(aic["travel_agent_ticket"].is_null());
+    assert_eq!(
+        aic["available_actions"],
+        json!(["accept", "cancel", "change"])
+    );
+    assert_eq!(aic["created_at"], aic["updated_at"]);
+    assert_eq!(
+        aic["removed"], before,
+        "removed: the order's slices as it served them"
+    );
+
+    // Listed for the order, oldest first, exactly as created.
+    let listed = list_airline_changes(&c, &base, order_id).await;
+    assert_eq!(listed, json!([aic.clone()]));
+    let added = listed[0]["added"].clone();
+    let (old, new) = (before.as_array().unwrap(), added.as_array().unwrap());
+    assert_eq!(old.len(), new.len());
+    for (old, new) in old.iter().zip(new) {
+        assert_ne!(old["id"], new["id"]);
+        assert!(new["id"].as_str().unwrap().starts_with("sli_"));
+        assert_eq!(old["origin"], new["origin"]);
+        assert_eq!(old["destination"], new["destination"]);
+        assert_eq!(old["duration"], new["duration"]);
+        let (old_segs, new_segs) = (
+            old["segments"].as_array().unwrap(),
+            new["segments"].as_array().unwrap(),
+        );
+        assert_eq!(old_segs.len(), new_segs.len());
+        for (o, n) in old_segs.iter().zip(new_segs) {
+            assert_ne!(o["id"], n["id"]);
+            assert!(n["id"].as_str().unwrap().starts_with("seg_"));
+            for field in ["departing_at", "arriving_at"] {
+                assert_eq!(
+                    local_time(&n[field]) - local_time(&o[field]),
+                    chrono::Duration::minutes(90),
+                    "{field}"
+                );
+            }
+            assert_eq!(
+                o["marketing_carrier_flight_number"],
+                n["marketing_carrier_flight_number"]
+            );
+        }
+    }
+
+    // The order now flies the new times and lists the change.
+    let now = duffel(
+        &c,
+        &base,
+        reqwest::Method::GET,
+        &format!("/air/orders/{order_id}"),
+        None,
+    )
+    .await;
+    assert_eq!(now.body["data"]["slices"], added);
+    assert_eq!(
+        now.body["data"]["airline_initiated_changes"],
+        json!([aic.clone()])
+    );
+
+    // Delivered as Duffel's v2 event: the order in `data.object.id`, the change in `aic_id`.
+    let mut deliveries = Vec::new();
+    let event = loop {
+        let (path, headers, body) = tokio::time::timeout(Duration::from_secs(5), rx.recv())
+            .await
+            .expect("delivered")
+            .unwrap();
+        let event: Value = serde_json::from_slice(&body).unwrap();
+        deliveries.push(event.clone());
+        if event["type"] == "order.airline_initiated_change_detected" {
+            assert_eq!(path, "duffel");
+            let sig = headers["x-duffel-signature"].to_str().unwrap();
+            let t = chrono::Utc::now().timestamp();
+            assert!(verify_signature_header(sig, "duffel_whsec", &body, t, 300));
+            break event;
+        }
+    };
+    assert!(event["id"].as_str().unwrap().starts_with("wev_"));
+    assert_eq!(event["api_version"], "v2");
+    assert_eq!(event["live_mode"], false);
+    assert_eq!(event["idempotency_key"], aic_id.as_str());
+    assert!(event["created_at"].is_string());
+    assert!(event["identity_organisation_id"]
+        .as_str()
+        .unwrap()
+        .starts_with("org_"));
+    assert_eq!(
+        event["data"],
+        json!({"object": {"id": order_id, "aic_id": aic_id}})
+    );
+
+    // Accepted once; a second accept is refused, not replayed (Duffel has no idempotency key).
+    let accepted = duffel(
+        &c,
+        &base,
+        reqwest::Method::POST,
+        &accept_path(&aic_id),
+        None,
+    )
+    .await;
+    assert_eq!(accepted.status, StatusCode::OK, "{}", accepted.body);
+    let done = &accepted.body["data"];
+    assert_eq!(done["action_taken"], "accepted");
+    assert!(done["action_taken_at"].is_string());
+    assert_eq!(done["updated_at"], done["action_taken_at"]);
+    assert_eq!(done["available_actions"], json!([]));
+    assert_eq!(done["created_at"], aic["created_at"]);
+    assert_eq!(done["added"], added);
+    let again = duffel(
+        &c,
+        &base,
+        reqwest::Method::POST,
+        &accept_path(&aic_id),
+        None,
+    )
+    .await;
+    assert_eq!(
+        duffel_error(&again),
+        (
+            StatusCode::UNPROCESSABLE_ENTITY,
+            "invalid_state_error".into(),
+            "airline_initiated_change_already_actioned".into()
+        ),
+        "{}",
+        again.body
+    );
+    assert_eq!(
+        list_airline_changes(&c, &base, order_id).await,
+        json!([done])
+    );
+    let order_now = duffel(
+        &c,
+        &base,
+        reqwest::Method::GET,
+        &format!("/air/orders/{order_id}"),
+        None,
+    )
+    .await;
+    assert_eq!(
+        order_now.body["data"]["airline_initiated_changes"],
+        json!([done])
+    );
+    let counters = sb.sandbox.counters();
+    assert_eq!(counters.airline_changes_created, 1);
+    assert_eq!(counters.airline_change_accepts, 1);
+    assert_eq!(
+        counters.airline_change_accepts_by_id,
+        [(aic_id.clone(), 1)].into_iter().collect()
+    );
+
+    // Unknown ids are Duffel's 404; a missing or malformed order_id is a validation error.
+    let unknown = duffel(
+        &c,
+        &base,
+        reqwest::Method::POST,
+        &accept_path("aic_0000000000000000000000"),
+        None,
+    )
+    .await;
+    assert_eq!(
+        duffel_error(&unknown),
+        (
+            StatusCode::NOT_FOUND,
+            "invalid_request_error".into(),
+            "not_found".into()
+        )
+    );
+    for (query, code) in [
+        ("", "validation_required"),
+        ("?order_id=", "validation_format"),
+        ("?order_id=nope", "validation_format"),
+        ("?order_id=ord_12%2F3", "validation_format"),
+    ] {
+        let r = duffel(
+            &c,
+            &base,
+            reqwest::Method::GET,
+            &format!("/air/airline_initiated_changes{query}"),
+            None,
+        )
+        .await;
+        assert_eq!(
+            duffel_error(&r),
+            (
+                StatusCode::UNPROCESSABLE_ENTITY,
+                "validation_error".into(),
+                code.into()
+            ),
+            "{query}: {}",
+            r.body
+        );
+    }
+    assert_eq!(
+        list_airline_changes(&c, &base, "ord_0000000000000000000000").await,
+        json!([]),
+        "an unknown order has no changes"
+    );
+
+    // Bad asks name what is wrong and change nothing.
+    for (body, status, says) in [
+        (json!({"shift_minutes": 0}), 400, "shift_minutes"),
+        (json!({"shift_minutes": 10_081}), 400, "shift_minutes"),
+        (json!({"shift_minutes": -10_081}), 400, "shift_minutes"),
+        (json!({"shift_minutes": 1.5}), 400, "shift_minutes"),
+        (json!({"shift_minutes": "90"}), 400, "shift_minutes"),
+        (json!({}), 400, "shift_minutes"),
+        (
+            json!({"shift_minutes": 5, "available_actions": ["explode"]}),
+            400,
+            "available_actions",
+        ),
+        (
+            json!({"shift_minutes": 5, "available_actions": ["accept", "accept"]}),
+            400,
+            "available_actions",
+        ),
+        (
+            json!({"shift_minutes": 5, "available_actions": "accept"}),
+            400,
+            "available_actions",
+        ),
+        (
+            json!({"shift_minutes": 5, "deliver": "yes"}),
+            400,
+            "deliver",
+        ),
+        (json!({"shift_minutes": 5, "shift": 1}), 400, "\"shift\""),
+        (json!([90]), 400, "expected a JSON object"),
+    ] {
+        let r = airline_change(&c, &base, order_id, body.clone()).await;
+        assert_eq!(r.status.as_u16(), status, "{body}: {}", r.body);
+        let msg = r.body["error"].as_str().unwrap_or_default();
+        assert!(msg.contains(says), "{body}: {msg}");
+    }
+    let r = airline_change(
+        &c,
+        &base,
+        "ord_0000000000000000000000",
+        json!({"shift_minutes": 5}),
+    )
+    .await;
+    assert_eq!(r.status, StatusCode::NOT_FOUND, "{}", r.body);
+    assert_eq!(sb.sandbox.counters().airline_changes_created, 1);
+    // A change made without delivery is not announced.
+    let quiet = airline_change(
+        &c,
+        &base,
+        order_id,
+        json!({"shift_minutes": -15, "deliver": false}),
+    )
+    .await;
+    assert_eq!(quiet.status, StatusCode::OK, "{}", quiet.body);
+    assert_eq!(
+        quiet.body["removed"], added,
+        "the second change starts from the first"
+    );
+
+    // Exactly two events were delivered (order.created and the one detection), nothing more.
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(5);
+    while sb.sandbox.counters().webhooks_delivered < 2 && tokio::time::Instant::now() < deadline {
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    while let Ok((_, _, body)) = rx.try_recv() {
+        deliveries.push(serde_json::from_slice(&body).unwrap());
+    }
+    let detected = deliveries
+        .iter()
+        .filter(|e| e["type"] == "order.airline_initiated_change_detected")
+        .count();
+    assert_eq!(detected, 1, "{deliveries:?}");
+    let counters = sb.sandbox.counters();
+    assert_eq!(counters.webhooks_delivered, 2);
+    assert_eq!(counters.airline_changes_created, 2);
+    assert_eq!(counters.airline_change_accepts, 1);
+}
+
+#[tokio::test]
+async fn cancelling_an_order_marks_its_open_airline_change_cancelled_and_keeps_an_accepted_one() {
+    let (sb, c) = start(SandboxConfig::default()).await;
+    let base = sb.base_url.clone();
+    let order = book(&c, &base, "LHR", "JFK", "bk_aic_cancel").await;
+    let order_id = order["id"].as_str().unwrap();
+
+    // Through the handle: one change accepted, a later one left open.
+    let first = sb
+        .sandbox
+        .airline_change(order_id, -45, None, false)
+        .expect("changed");
+    let first_id = first["id"].as_str().unwrap();
+    let accepted = duffel(
+        &c,
+        &base,
+        reqwest::Method::POST,
+        &accept_path(first_id),
+        None,
+    )
+    .await;
+    assert_eq!(accepted.status, StatusCode::OK, "{}", accepted.body);
+    let second = sb
+        .sandbox
+        .airline_change(
+            order_id,
+            30,
+            Some(vec!["accept".into(), "update".into()]),
+            false,
+        )
+        .expect("changed");
+    let second_id = second["id"].as_str().unwrap();
+    assert_eq!(second["available_actions"], json!(["accept", "update"]));
+    assert_eq!(second["removed"], first["added"]);
+
+    // Cancel the order through Duffel's quote-and-confirm flow.
+    let quote = duffel(
+        &c,
+        &base,
+        reqwest::Method::POST,
+        "/air/order_cancellations",
+        Some(json!({"data": {"order_id": order_id}})),
+    )
+    .await;
+    assert_eq!(quote.status, StatusCode::CREATED, "{}", quote.body);
+    let confirmed = duffel(
+        &c,
+        &base,
+        reqwest::Method::POST,
+        &format!(
+            "/air/order_cancellations/{}/actions/confirm",
+            quote.body["data"]["id"].as_str().unwrap()
+        ),
+        None,
+    )
+    .await;
+    assert_eq!(confirmed.status, StatusCode::OK, "{}", confirmed.body);
+
+    let listed = list_airline_changes(&c, &base, order_id).await;
+    assert_eq!(listed[0]["id"], first_id, "oldest first");
+    assert_eq!(
+        listed[0]["action_taken"], "accepted",
+        "an accepted change stays accepted"
+    );
+    assert_eq!(
+        listed[0]["action_taken_at"],
+        accepted.body["data"]["action_taken_at"]
+    );
+    assert_eq!(listed[1]["id"], second_id);
+    assert_eq!(listed[1]["action_taken"], "cancelled");
+    assert!(listed[1]["action_taken_at"].is_string());
+    assert_eq!(listed[1]["updated_at"], listed[1]["action_taken_at"]);
+    assert_eq!(listed[1]["available_actions"], json!([]));
+    let order_now = duffel(
+        &c,
+        &base,
+        reqwest::Method::GET,
+        &format!("/air/orders/{order_id}"),
+        None,
+    )
+    .await;
+    assert!(order_now.body["data"]["cancelled_at"].is_string());
+    assert_eq!(order_now.body["data"]["airline_initiated_changes"], listed);
+
+    // The cancelled change cannot be accepted any more.
+    let late = duffel(
+        &c,
+        &base,
+        reqwest::Method::POST,
+        &accept_path(second_id),
+        None,
+    )
+    .await;
+    assert_eq!(
+        duffel_error(&late).2,
+        "airline_initiated_change_already_actioned"
+    );
+    assert!(late.body["errors"][0]["message"]
+        .as_str()
+        .unwrap()
+        .contains("cancelled"));
+
+    // The handle refuses what the admin route refuses.
+    let e = sb
+        .sandbox
+        .airline_change(order_id, 30, None, false)
+        .unwrap_err();
+    assert!(e.contains("cancelled"), "{e}");
+    let e = sb
+        .sandbox
+        .airline_change("ord_0000000000000000000000", 30, None, false)
+        .unwrap_err();
+    assert!(e.starts_with("no order"), "{e}");
+    let e = sb
+        .sandbox
+        .airline_change(order_id, 0, None, false)
+        .unwrap_err();
+    assert!(e.contains("shift_minutes"), "{e}");
+    let e = sb
+        .sandbox
+        .airline_change(order_id, 5, Some(vec!["refund".into()]), false)
+        .unwrap_err();
+    assert!(e.contains("available_actions"), "{e}");
+    let r = airline_change(&c, &base, order_id, json!({"shift_minutes": 5})).await;
+    assert_eq!(r.status, StatusCode::CONFLICT, "{}", r.body);
+
+    let counters = sb.sandbox.counters();
+    assert_eq!(counters.airline_changes_created, 2);
+    assert_eq!(counters.airline_change_accepts, 1);
+    assert_eq!(
+        counters.webhook_events_emitted, 2,
+        "order.created and order_cancellation.confirmed only: deliver was false"
+    );
+}
+
+#[tokio::test]
+async fn an_airline_change_offering_update_is_resolved_by_patch_once_and_not_by_accept() {
+    let (sb, c) = start(SandboxConfig::default()).await;
+    let base = sb.base_url.clone();
+    let order = book(&c, &base, "LHR", "JFK", "bk_aic_update").await;
+    let order_id = order["id"].as_str().unwrap();
+    let created = airline_change(
+        &c,
+        &base,
+        order_id,
+        json!({"shift_minutes": 120, "available_actions": ["update"], "deliver": false}),
+    )
+    .await;
+    assert_eq!(created.status, StatusCode::OK, "{}", created.body);
+    let aic_id = created.body["id"].as_str().unwrap();
+    let path = format!("/air/airline_initiated_changes/{aic_id}");
+
+    // Accept is not among its actions.
+    let accept = duffel(&c, &base, reqwest::Method::POST, &accept_path(aic_id), None).await;
+    assert_eq!(
+        duffel_error(&accept),
+        (
+            StatusCode::UNPROCESSABLE_ENTITY,
+            "validation_error".into(),
+            "airline_initiated_change_action_not_available".into()
+        ),
+        "{}",
+        accept.body
+    );
+    assert!(accept.body["errors"][0]["message"]
+        .as_str()
+        .unwrap()
+        .contains("'accept'"));
+
+    // Malformed updates are refused and change nothing.
+    for (body, status, code) in [
+        (
+            json!({"data": {"action_taken": "postponed"}}),
+            422,
+            "validation_format",
+        ),
+        (json!({"data": {}}), 422, "validation_required"),
+        (
+            json!({"action_taken": "accepted"}),
+            400,
+            "missing_data_param",
+        ),
+    ] {
+        let r = duffel(&c, &base, reqwest::Method::PATCH, &path, Some(body.clone())).await;
+        assert_eq!(r.status.as_u16(), status, "{body}: {}", r.body);
+        assert_eq!(r.body["errors"][0]["code"], code, "{body}");
+    }
+    assert!(list_airline_changes(&c, &base, order_id).await[0]["action_taken"].is_null());
+
+    // The update records the action once.
+    let patch = |action: &str| {
+        duffel(
+            &c,
+            &base,
+            reqwest::Method::PATCH,
+            &path,
+            Some(json!({"data": {"action_taken": action}})),
+        )
+    };
+    let updated = patch("accepted").await;
+    assert_eq!(updated.status, StatusCode::OK, "{}", updated.body);
+    assert_eq!(updated.body["data"]["action_taken"], "accepted");
+    assert!(updated.body["data"]["action_taken_at"].is_string());
+    assert_eq!(updated.body["data"]["available_actions"], json!([]));
+    let twice = patch("changed").await;
+    assert_eq!(
+        duffel_error(&twice).1,
+        "invalid_state_error",
+        "{}",
+        twice.body
+    );
+    let unknown = duffel(
+        &c,
+        &base,
+        reqwest::Method::PATCH,
+        "/air/airline_initiated_changes/aic_0000000000000000000000",
+        Some(json!({"data": {"action_taken": "accepted"}})),
+    )
+    .await;
+    assert_eq!(unknown.status, StatusCode::NOT_FOUND);
+
+    // A change without `update` cannot be patched.
+    let plain = sb
+        .sandbox
+        .airline_change(order_id, 10, None, false)
+        .expect("changed");
+    let r = duffel(
+        &c,
+        &base,
+        reqwest::Method::PATCH,
+        &format!(
+            "/air/airline_initiated_changes/{}",
+            plain["id"].as_str().unwrap()
+        ),
+        Some(json!({"data": {"action_taken": "changed"}})),
+    )
+    .await;
+    assert_eq!(
+        duffel_error(&r).2,
+        "airline_initiated_change_action_not_available"
+    );
+    assert!(r.body["errors"][0]["message"]
+        .as_str()
+        .unwrap()
+        .contains("'update'"));
+
+    let counters = sb.sandbox.counters();
+    assert_eq!(counters.airline_change_accepts, 1);
+    assert_eq!(counters.airline_change_accepts_by_id[aic_id], 1);
+}
+
+#[tokio::test]
+async fn a_duffel_outage_and_a_rate_limited_route_refuse_the_airline_change_routes_and_change_nothing(
+) {
+    let (sb, c) = start(SandboxConfig::default()).await;
+    let base = sb.base_url.clone();
+    let order = book(&c, &base, "LHR", "JFK", "bk_aic_outage").await;
+    let order_id = order["id"].as_str().unwrap();
+
+    // The same authentication and version checks as every Duffel route.
+    let list_path = format!("{base}/air/airline_initiated_changes?order_id={order_id}");
+    let no_token = reply(
+        c.get(&list_path)
+            .header("Duffel-Version", "v2")
+            .send()
+            .await
+            .unwrap(),
+    )
+    .await;
+    assert_eq!(no_token.status, StatusCode::UNAUTHORIZED);
+    assert_eq!(
+        no_token.body["errors"][0]["code"],
+        "missing_authorization_header"
+    );
+    let no_version = reply(c.get(&list_path).bearer_auth(DUFFEL).send().await.unwrap()).await;
+    assert_eq!(no_version.status, StatusCode::BAD_REQUEST);
+    assert_eq!(
+        no_version.body["errors"][0]["code"],
+        "missing_version_header"
+    );
+
+    let outage = |body: Value| {
+        c.post(format!("{base}/_sandbox/outages"))
+            .json(&body)
+            .send()
+    };
+    let r = outage(json!({"provider": "duffel", "seconds": 60, "status": 503}))
+        .await
+        .unwrap();
+    assert_eq!(r.status(), StatusCode::OK);
+    // The airline changes schedules whatever Duffel's API is doing: the admin route answers.
+    let created = airline_change(&c, &base, order_id, json!({"shift_minutes": 60})).await;
+    assert_eq!(created.status, StatusCode::OK, "{}", created.body);
+    let aic_id = created.body["id"].as_str().unwrap();
+
+    let calls = [
+        (
+            reqwest::Method::GET,
+            format!("/air/airline_initiated_changes?order_id={order_id}"),
+            None,
+        ),
+        (reqwest::Method::POST, accept_path(aic_id), None),
+        (
+            reqwest::Method::PATCH,
+            format!("/air/airline_initiated_changes/{aic_id}"),
+            Some(json!({"data": {"action_taken": "accepted"}})),
+        ),
+    ];
+    for (method, path, body) in &calls {
+        let r = duffel(&c, &base, method.clone(), path, body.clone()).await;
+        assert_eq!(
+            duffel_error(&r),
+            (
+                StatusCode::SERVICE_UNAVAILABLE,
+                "api_error".into(),
+                "internal_server_error".into()
+            ),
+            "{method} {path}: {}",
+            r.body
+        );
+    }
+    let counters = sb.sandbox.counters();
+    assert_eq!(counters.outage_responses["duffel"], 3);
+    assert_eq!(counters.airline_change_accepts, 0);
+
+    let ended = outage(json!({"provider": "duffel", "seconds": 0}))
+        .await
+        .unwrap();
+    assert_eq!(ended.status(), StatusCode::OK);
+    assert!(list_airline_changes(&c, &base, order_id).await[0]["action_taken"].is_null());
+
+    // The order's route plays `rate_limited`: its change requests get the 429s first.
+    sb.sandbox.set_scenario("LHR-JFK", Scenario::RateLimited);
+    let limited = duffel(&c, &base, reqwest::Method::POST, &accept_path(aic_id), None).await;
+    assert_eq!(
+        limited.status,
+        StatusCode::TOO_MANY_REQUESTS,
+        "{}",
+        limited.body
+    );
+    assert!(limited.headers.get("ratelimit-reset").is_some());
+    let limited = duffel(
+        &c,
+        &base,
+        reqwest::Method::GET,
+        &format!("/air/airline_initiated_changes?order_id={order_id}"),
+        None,
+    )
+    .await;
+    assert_eq!(limited.status, StatusCode::TOO_MANY_REQUESTS);
+    assert_eq!(sb.sandbox.counters().airline_change_accepts, 0);
+    let accepted = duffel(&c, &base, reqwest::Method::POST, &accept_path(aic_id), None).await;
+    assert_eq!(accepted.status, StatusCode::OK, "{}", accepted.body);
+    assert_eq!(accepted.body["data"]["action_taken"], "accepted");
+    assert_eq!(sb.sandbox.counters().airline_change_accepts, 1);
+}

@@ -337,8 +337,8 @@ async fn each_handled_event_type_maps_to_its_follow_up_job() {
                 "order.airline_initiated_change_detected",
                 json!({"id": "ord_9", "aic_id": "aic_1"}),
             ),
-            "order_reconcile",
-            json!({"order_id": "ord_9", "booking_id": null, "event_type": "order.airline_initiated_change_detected", "event_id": "wev_c"}),
+            "airline_change",
+            json!({"order_id": "ord_9", "aic_id": "aic_1", "event_id": "wev_c"}),
         ),
         (
             "duffel",

@@ -666,6 +666,63 @@ pub async fn scrub_for_erasure(
     Ok(r.rows_affected())
 }
 
+/// BookingItineraryRefresh: the airline moved legs of booking `id`'s order (change
+/// `change_id`): each leg of `removed` found in `flight_details` (same origin, destination and
+/// departure) is replaced by the leg of `added` at the same position, audited as
+/// `booking.itinerary_changed` (ids only). Returns whether the itinerary changed; a leg not
+/// found (already replaced: a re-run) is left alone.
+pub async fn refresh_itinerary(
+    conn: &mut PgConnection,
+    id: Uuid,
+    change_id: &str,
+    removed: &Value,
+    added: &Value,
+) -> Result<bool, sqlx::Error> {
+    let details: Option<Option<Value>> =
+        sqlx::query_scalar("SELECT flight_details FROM bookings WHERE id = $1 FOR UPDATE")
+            .bind(id)
+            .fetch_optional(&mut *conn)
+            .await?;
+    let Some(Some(mut details)) = details else {
+        return Ok(false);
+    };
+    let (Some(removed), Some(added)) = (removed.as_array(), added.as_array()) else {
+        return Ok(false);
+    };
+    let same = |a: &Value, b: &Value| {
+        ["origin", "destination", "departing_at"]
+            .iter()
+            .all(|k| a.get(*k) == b.get(*k))
+    };
+    let mut replaced = 0;
+    if let Some(slices) = details.get_mut("slices").and_then(Value::as_array_mut) {
+        for (old, new) in removed.iter().zip(added) {
+            if let Some(leg) = slices.iter_mut().find(|l| same(l, old)) {
+                *leg = new.clone();
+                replaced += 1;
+            }
+        }
+    }
+    if replaced == 0 {
+        return Ok(false);
+    }
+    sqlx::query("UPDATE bookings SET flight_details = $2, updated_at = now() WHERE id = $1")
+        .bind(id)
+        .bind(&details)
+        .execute(&mut *conn)
+        .await?;
+    audit::record(
+        conn,
+        ACTOR,
+        "booking.itinerary_changed",
+        "booking",
+        Some(&id.to_string()),
+        &json!({"booking_id": id, "airline_change_id": change_id, "legs_replaced": replaced}),
+    )
+    .await?;
+    Ok(true)
+}
+
 /// A provider code as a `failure_code` (`^[a-z0-9_.]{1,100}$`, the schema's check), or
 /// `fallback` when nothing is left of it.
 pub fn failure_code(code: &str, fallback: &str) -> String {
@@ -801,6 +858,8 @@ pub struct BookingView {
     pub emails: Vec<EmailView>,
     /// Audit entries of the booking and its campaign, oldest first.
     pub audit: Vec<crate::audit::AuditEntry>,
+    /// Airline-initiated changes of its order, oldest first (legs: codes and local times).
+    pub airline_changes: Vec<crate::airline_change::ChangeRow>,
 }
 
 impl BookingView {
@@ -1043,6 +1102,7 @@ pub async fn view(db: &Db, id: Uuid) -> Result<Option<BookingView>, sqlx::Error>
          WHERE dedupe_key IN ('booking-confirmed/' || $1, 'action-required/' || $1, 'refund/' || $1, 'hold-voided/' || $1, 'fare-unbookable/' || $1)
             OR dedupe_key LIKE 'order-change/' || $1 || '/%'
             OR dedupe_key IN (SELECT 'refund-failed/' || r.id FROM refunds r WHERE r.booking_id = $1::uuid)
+            OR dedupe_key IN (SELECT 'airline-change/' || a.id FROM airline_changes a WHERE a.booking_id = $1::uuid)
             OR ($2::uuid IS NOT NULL AND dedupe_key LIKE 'campaign-action-required/' || $2 || '/%')
          ORDER BY created_at",
     )
@@ -1050,6 +1110,7 @@ pub async fn view(db: &Db, id: Uuid) -> Result<Option<BookingView>, sqlx::Error>
     .bind(r.campaign_id.map(|c| c.to_string()))
     .fetch_all(db)
     .await?;
+    let airline_changes = crate::airline_change::of_booking(db, id).await?;
     let mut audit = crate::audit::list(
         db,
         &crate::audit::AuditFilter {
@@ -1095,5 +1156,6 @@ pub async fn view(db: &Db, id: Uuid) -> Result<Option<BookingView>, sqlx::Error>
         refunds,
         emails,
         audit,
+        airline_changes,
     }))
 }

@@ -16,9 +16,9 @@ use uuid::Uuid;
 use crate::{
     booking,
     kinds::{
-        card_update::CardUpdate, order_reconcile::OrderReconcile,
-        payment_reconcile::PaymentReconcile, refund_compensation::RefundCompensation,
-        refund_reconcile::RefundReconcile,
+        airline_change::AirlineChangeDetected, card_update::CardUpdate,
+        order_reconcile::OrderReconcile, payment_reconcile::PaymentReconcile,
+        refund_compensation::RefundCompensation, refund_reconcile::RefundReconcile,
     },
     JobError, NewJob,
 };
@@ -127,14 +127,32 @@ pub async fn for_event(conn: &mut PgConnection, e: &Event) -> Result<Vec<NewJob>
             .map_err(JobError::fatal)?;
             jobs.push(job.key(key(0)));
         }
-        (
-            Provider::Duffel,
-            "order.created" | "order.creation_failed" | "order.airline_initiated_change_detected",
-        ) => {
-            // The object is the order (`ord_…`). For an airline-initiated change Duffel's v2
-            // migration guide says `data.object.id` is the order and `data.object.aic_id` the
-            // change; should the object be the change itself (`aic_…`, with `order_id`), the
-            // order is its `order_id`.
+        (Provider::Duffel, "order.airline_initiated_change_detected") => {
+            // Duffel's v2 migration guide: `data.object.id` is the order and
+            // `data.object.aic_id` the change. Should the object be the change itself
+            // (`aic_…`, with `order_id`), its ids are read from there.
+            let order_id = str_of(o, &["id"])
+                .filter(|id| id.starts_with("ord_"))
+                .or_else(|| str_of(o, &["order_id"]));
+            let aic_id = str_of(o, &["aic_id"])
+                .or_else(|| str_of(o, &["id"]).filter(|id| id.starts_with("aic_")));
+            match order_id {
+                Some(order_id) => {
+                    let job = NewJob::of(&AirlineChangeDetected {
+                        order_id: order_id.to_owned(),
+                        aic_id: aic_id.map(str::to_owned),
+                        event_id: e.id.clone(),
+                    })
+                    .map_err(JobError::fatal)?;
+                    jobs.push(job.key(key(0)));
+                }
+                None => {
+                    tracing::warn!(event.id = %e.id, event.type = %e.kind, "airline change naming no order: recorded, no job");
+                }
+            }
+        }
+        (Provider::Duffel, "order.created" | "order.creation_failed") => {
+            // The object is the order (`ord_…`).
             let order_id = str_of(o, &["id"])
                 .filter(|id| id.starts_with("ord_"))
                 .or_else(|| str_of(o, &["order_id"]))

@@ -5,6 +5,7 @@
 
 #![warn(missing_docs)]
 
+pub mod airline_change;
 pub mod audit;
 pub mod backfill;
 pub mod booking;

@@ -115,3 +115,200 @@ pub async fn booking_paid_out(
     tx.commit().await?;
     Ok(p)
 }
+
+/// What an operator may do about an airline-initiated change.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum ChangeChoice {
+    /// Keep the booking on the new schedule (Duffel's accept).
+    Accept,
+    /// Cancel the booking and refund the traveler in full (the refund compensation cancels the
+    /// order).
+    CancelAndRefund,
+}
+
+impl std::str::FromStr for ChangeChoice {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, String> {
+        match s {
+            "accept" => Ok(Self::Accept),
+            "cancel" | "cancel-and-refund" => Ok(Self::CancelAndRefund),
+            other => Err(format!(
+                "unknown decision {other:?}: use accept or cancel (cancel and refund)"
+            )),
+        }
+    }
+}
+
+/// An operator's decision about a booking's airline change (or, in a dry run, what it would
+/// be).
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct ChangeDecision {
+    /// The booking.
+    pub booking_id: Uuid,
+    /// The change decided (`aic_…`).
+    pub change_id: String,
+    /// The decision.
+    pub choice: ChangeChoice,
+    /// The change's deadline.
+    pub respond_by: chrono::DateTime<chrono::Utc>,
+    /// The accept job (an existing one when `duplicate`); `None` for a cancel, or in a dry run
+    /// that would add one.
+    pub job_id: Option<i64>,
+    /// An accept of this change was already queued: no second one.
+    pub duplicate: bool,
+    /// The refund a cancel requested.
+    pub refund: Option<OperatorRefund>,
+}
+
+/// Why an operator's decision about an airline change was refused.
+#[derive(Debug, thiserror::Error)]
+pub enum ChangeRefused {
+    /// No such booking.
+    #[error("no booking with id {0}")]
+    NotFound(Uuid),
+    /// The booking has no airline change.
+    #[error("booking {0} has no airline-initiated change")]
+    NoChange(Uuid),
+    /// Its changes are all decided.
+    #[error("airline change {id} was already {status} by {by}")]
+    Decided {
+        /// The latest change.
+        id: String,
+        /// Its status.
+        status: String,
+        /// Who decided.
+        by: String,
+    },
+    /// Too late: the deadline's default applies.
+    #[error(
+        "the deadline of airline change {id} passed at {at} UTC: the fleet keeps the new \
+         schedule by default (docs/decisions.md 50); cancel and refund with `fleet booking \
+         refund` if the traveler asks"
+    )]
+    DeadlinePassed {
+        /// The change.
+        id: String,
+        /// Its deadline.
+        at: String,
+    },
+    /// Duffel does not offer the action for this change.
+    #[error("Duffel does not offer accept for airline change {id} (it offers {available:?}): settle it with the airline")]
+    NotAvailable {
+        /// The change.
+        id: String,
+        /// What Duffel offers.
+        available: Vec<String>,
+    },
+    /// The refund of a cancel was refused.
+    #[error(transparent)]
+    Refund(RefundRefused),
+    /// The database or the enqueue failed.
+    #[error(transparent)]
+    Failed(#[from] JobError),
+}
+
+impl From<sqlx::Error> for ChangeRefused {
+    fn from(e: sqlx::Error) -> Self {
+        Self::Failed(e.into())
+    }
+}
+
+/// An operator (`actor`) decides booking `id`'s open airline change before its deadline:
+/// `Accept` queues the accept at Duffel (one job per change, keyed); `CancelAndRefund` cancels
+/// the booking and requests its refund (which cancels the order) and records the change as
+/// cancelled by `actor`, in one transaction. Audited (`airline_change.accept_requested`,
+/// `airline_change.cancelled`); with `dry_run` everything is rolled back.
+pub async fn airline_change_decide(
+    db: &Db,
+    enqueuer: &dyn Enqueuer,
+    actor: &str,
+    id: Uuid,
+    choice: ChangeChoice,
+    dry_run: bool,
+) -> Result<ChangeDecision, ChangeRefused> {
+    use crate::airline_change;
+    use crate::kinds::airline_change_action::AirlineChangeAction;
+    let mut tx = db.begin().await?;
+    if booking::load(&mut *tx, id).await?.is_none() {
+        return Err(ChangeRefused::NotFound(id));
+    }
+    let changes = airline_change::of_booking(&mut *tx, id).await?;
+    let Some(c) = changes.iter().rev().find(|c| c.is_open()) else {
+        let last = changes.last().ok_or(ChangeRefused::NoChange(id))?;
+        return Err(ChangeRefused::Decided {
+            id: last.id.clone(),
+            status: last.status.clone(),
+            by: last.decided_by.clone().unwrap_or_default(),
+        });
+    };
+    if chrono::Utc::now() >= c.respond_by {
+        return Err(ChangeRefused::DeadlinePassed {
+            id: c.id.clone(),
+            at: c.respond_by.format("%Y-%m-%d %H:%M").to_string(),
+        });
+    }
+    let mut d = ChangeDecision {
+        booking_id: id,
+        change_id: c.id.clone(),
+        choice,
+        respond_by: c.respond_by,
+        job_id: None,
+        duplicate: false,
+        refund: None,
+    };
+    let action = match choice {
+        ChangeChoice::Accept => {
+            if !c.allows("accept") {
+                return Err(ChangeRefused::NotAvailable {
+                    id: c.id.clone(),
+                    available: c.available_actions.clone(),
+                });
+            }
+            let job = AirlineChangeAction::accept(&c.id, actor)?;
+            let enqueued = enqueuer
+                .enqueue_many(&mut tx, vec![job])
+                .await
+                .map_err(JobError::from)?;
+            d.job_id = Some(enqueued[0].id);
+            d.duplicate = enqueued[0].duplicate;
+            "airline_change.accept_requested"
+        }
+        ChangeChoice::CancelAndRefund => {
+            let refund = request_by_operator(&mut tx, enqueuer, id, "airline_change")
+                .await
+                .map_err(|e| match e {
+                    RefundRefused::Failed(e) => ChangeRefused::Failed(e),
+                    other => ChangeRefused::Refund(other),
+                })?;
+            airline_change::decide(&mut tx, &c.id, "cancelled", actor).await?;
+            d.refund = Some(refund);
+            "airline_change.cancelled"
+        }
+    };
+    if dry_run {
+        tx.rollback().await?;
+        if !d.duplicate {
+            d.job_id = None;
+        }
+        if let Some(r) = d.refund.as_mut().filter(|r| !r.duplicate) {
+            r.job_id = None;
+        }
+        return Ok(d);
+    }
+    audit::record(
+        &mut *tx,
+        actor,
+        action,
+        "booking",
+        Some(&id.to_string()),
+        &json!({
+            "booking_id": id, "airline_change_id": c.id, "job_id": d.job_id,
+            "duplicate": d.duplicate,
+            "refund_job_id": d.refund.as_ref().and_then(|r| r.job_id),
+        }),
+    )
+    .await?;
+    tx.commit().await?;
+    Ok(d)
+}

@@ -1,4 +1,4 @@
-//! `fleet booking show|refund`: the domain's view of one booking (saga steps, provider ids,
+//! `fleet booking show|refund|change|paid-out`: the domain's view of one booking (saga steps, provider ids,
 //! refunds, emails, audit trail, the jobs behind it; no PII) and an operator's refund, through
 //! the refund kind's own request and key.
 
@@ -39,6 +39,21 @@ enum BookingAction {
         /// Why, as a code (e.g. customer_request, airline_cancelled).
         #[arg(long)]
         reason: String,
+        /// Show what would change; change nothing.
+        #[arg(long)]
+        dry_run: bool,
+        /// Who is acting (recorded in audit_log; default: the OS user).
+        #[arg(long)]
+        actor: Option<String>,
+    },
+    /// Decide the booking's open airline-initiated change before its deadline: `accept` keeps
+    /// the new schedule (accepted at Duffel by a job), `cancel` cancels the booking and its
+    /// order and refunds the traveler in full. Past the deadline the fleet has accepted it.
+    Change {
+        /// The booking's id.
+        id: Uuid,
+        /// accept or cancel.
+        decision: jobs::operator::ChangeChoice,
         /// Show what would change; change nothing.
         #[arg(long)]
         dry_run: bool,
@@ -121,6 +136,53 @@ pub async fn run(a: BookingArgs, settings: &Settings) -> anyhow::Result<()> {
             };
             emit(a.json, &r, &text)
         }
+        BookingAction::Change {
+            id,
+            decision,
+            dry_run,
+            actor,
+        } => {
+            let queue = crate::Queue::of_fleet(&dbs, registry.clone());
+            let ops = Ops::new(
+                dbs.main.db.clone(),
+                registry.kind_names(),
+                actor.unwrap_or_else(os_user),
+            );
+            let r = ops
+                .airline_change_decide(id, decision, &queue, dry_run)
+                .await?;
+            let x = &r.result;
+            let deadline = x.respond_by.format("%Y-%m-%d %H:%M UTC");
+            let text = match (&x.refund, x.duplicate) {
+                (Some(f), _) => format!(
+                    "booking {id}: airline change {} {} cancelled; the booking and its order {}                      cancelled and {} {} refunded ({})",
+                    x.change_id,
+                    if r.dry_run { "would be" } else { "is" },
+                    if r.dry_run { "would be" } else { "are being" },
+                    f.amount,
+                    f.currency,
+                    match f.job_id {
+                        Some(j) => format!("job {j}"),
+                        None => "a new job".to_owned(),
+                    }
+                ),
+                (None, true) => format!(
+                    "booking {id}: the accept of airline change {} is already queued (job {});                      nothing added",
+                    x.change_id,
+                    x.job_id.map_or("?".to_owned(), |j| j.to_string())
+                ),
+                (None, false) => format!(
+                    "booking {id}: airline change {} {} accepted at Duffel by {} (deadline {deadline})",
+                    x.change_id,
+                    if r.dry_run { "would be" } else { "will be" },
+                    match x.job_id {
+                        Some(j) => format!("job {j}"),
+                        None => "a new job".to_owned(),
+                    }
+                ),
+            };
+            emit(a.json, &r, &text)
+        }
         BookingAction::PaidOut {
             id,
             how,
@@ -183,6 +245,35 @@ fn show_text(r: &crate::ops::BookingReport) -> String {
     out.push_str("\nsaga steps\n");
     for s in &b.steps {
         out.push_str(&format!("  {:<16} {}\n", s.step, when(s.at)));
+    }
+    for c in &b.airline_changes {
+        out.push_str(&format!(
+            "\nairline change {}  {}{}  deadline {}\n",
+            c.id,
+            c.status,
+            c.decided_by
+                .as_deref()
+                .map(|by| format!(" by {by}"))
+                .unwrap_or_default(),
+            when(c.respond_by)
+        ));
+        for (label, legs) in [("before", &c.removed), ("after", &c.added)] {
+            for leg in legs.iter().filter_map(|l| l.as_array()).flatten() {
+                let f = |k: &str| {
+                    leg.get(k)
+                        .and_then(|v| v.as_str())
+                        .unwrap_or("-")
+                        .to_owned()
+                };
+                out.push_str(&format!(
+                    "  {label:<7} {}-{}  departs {}  arrives {}\n",
+                    f("origin"),
+                    f("destination"),
+                    f("departing_at"),
+                    f("arriving_at")
+                ));
+            }
+        }
     }
     if !b.refunds.is_empty() {
         let mut t = figures_table(&["refund", "stripe id", "amount", "reason", "status", "at"]);

@@ -27,9 +27,10 @@ use anyhow::Context;
 use jobs::{
     job::budgets,
     kinds::{
+        airline_change::AirlineChangeDetected, airline_change_action::AirlineChangeAction,
         booking_attempt::BookingAttempt, campaign_scan::CampaignScan,
         campaign_search::CampaignSearch, card_expiry_reminder::CardExpiryReminder,
-        refund_compensation::RefundCompensation,
+        refund_compensation::RefundCompensation, refund_reconcile::RefundReconcile,
     },
     providers::ProvidersConfig,
     seed::{demo_mix, seed_campaign},
@@ -113,6 +114,13 @@ pub struct DemoSummary {
     pub routes: Vec<RouteReport>,
     /// Failed and cancelled bookings by failure code, most frequent first.
     pub failures_by_reason: Vec<(String, i64)>,
+    /// Airline-initiated changes by status (`open`, `accepted`, `cancelled`): the airline moves
+    /// 4 booked flights; an operator accepts 2 and cancels 1 (refunded), 1 waits for its
+    /// deadline.
+    pub airline_changes: Vec<(String, i64)>,
+    /// Refunds that failed after Stripe accepted them (a closed card); each was then paid back
+    /// by bank transfer, recorded by an operator.
+    pub refunds_failed: i64,
 }
 
 /// One route of the demo.
@@ -175,6 +183,12 @@ fn summary_text(s: &DemoSummary, log_file: Option<&std::path::Path>) -> String {
             r.injects.to_owned(),
         ]);
     }
+    let changes = s
+        .airline_changes
+        .iter()
+        .map(|(status, n)| format!("{n} {status}"))
+        .collect::<Vec<_>>()
+        .join(", ");
     let mut reasons = table(&["why bookings failed", "bookings"]);
     for (code, n) in &s.failures_by_reason {
         reasons.add_row(vec![code.clone(), n.to_string()]);
@@ -186,10 +200,13 @@ fn summary_text(s: &DemoSummary, log_file: Option<&std::path::Path>) -> String {
          the seed also injects: 1 card in 23 declined, 1 in 23 needing authentication, 1 in 23 \
          without funds (the campaign then needs its user); 1 campaign in 17 priced below every \
          fare (searched, never booked); 1 card in 9 expiring before its campaign ends (a \
-         reminder); and the airline cancels 5 ticketed bookings (refunded)\n\n\
+         reminder); the airline cancels 5 ticketed bookings (refunded) and moves 4 other \
+         flights (an operator accepts 2, cancels and refunds 1, leaves 1 to its deadline); one \
+         refund fails days later (the card was closed) and finance pays it back by bank transfer\n\n\
          {reasons}\n\n\
          outcome: {ticketed} ticketed, {failed} failed (holds voided, searches rescheduled), \
-         {refunds} refunded, {reminders} reminders sent, {retries} retries, {dead} dead jobs; \
+         {refunds} refunded, {refunds_failed} refund(s) failed (paid back by transfer), airline changes: \
+         {changes}; {reminders} reminders sent, {retries} retries, {dead} dead jobs; \
          {pis} PaymentIntents (at most {max_pi} per booking); {violations} invariant \
          violation(s){logs}",
         campaigns = s.campaigns,
@@ -198,6 +215,7 @@ fn summary_text(s: &DemoSummary, log_file: Option<&std::path::Path>) -> String {
         ticketed = s.bookings_ticketed,
         failed = s.bookings_failed,
         refunds = s.refunds,
+        refunds_failed = s.refunds_failed,
         reminders = s.reminders_sent,
         retries = s.retries,
         dead = s.dead_jobs,
@@ -247,6 +265,9 @@ async fn demo(settings: &Settings) -> anyhow::Result<DemoSummary> {
         RefundCompensation::KIND,
         CardExpiryReminder::KIND,
         CampaignScan::KIND,
+        AirlineChangeDetected::KIND,
+        AirlineChangeAction::KIND,
+        RefundReconcile::KIND,
     ] {
         s.kinds.entry(kind.to_owned()).or_insert(KindOverride {
             backoff_base: Some(Duration::from_millis(200)),
@@ -322,6 +343,9 @@ async fn demo(settings: &Settings) -> anyhow::Result<DemoSummary> {
     let began = chrono::Utc::now();
     let q = Queue::new(db.db(), registry.clone());
     let mut refunds_requested = false;
+    // The life after booking: airline changes to decide, a refund that fails later.
+    let mut changed: Vec<uuid::Uuid> = Vec::new();
+    let (mut changes_decided, mut refund_failed, mut paid_out) = (false, false, false);
     // Cron kinds keep coming back: "busy" counts the work they cause, not them.
     let cron_kinds = [
         CardExpiryReminder::KIND.to_owned(),
@@ -339,19 +363,36 @@ async fn demo(settings: &Settings) -> anyhow::Result<DemoSummary> {
             "seeded {} │ searching {} │ charging {} │ booking {} │ compensating {} │ done {}/{} │ {ticketed} ticketed",
             p.seeded, p.searching, p.charging, p.booking, p.compensating, p.done, p.seeded
         ));
-        if resolved >= USERS as i64 && busy == 0 && refunds_requested {
+        let after_booking_done = refunds_requested && changes_decided && paid_out;
+        if resolved >= USERS as i64 && busy == 0 && after_booking_done {
             break;
         }
-        if !refunds_requested && ticketed >= 10 {
+        if !refunds_requested && ticketed >= 14 {
             // The airline cancels a few ticketed bookings: refund them, as the Duffel
             // order_cancellation.confirmed webhook's follow-up does.
-            let cancelled = jobs::booking::ticketed(&db.db(), 5).await?;
+            let picked = jobs::booking::ticketed(&db.db(), 9).await?;
+            let (cancelled, moved) = picked.split_at(picked.len().min(5));
             let jobs = cancelled
                 .iter()
                 .map(|id| RefundCompensation::request(*id, "airline_cancelled"))
                 .collect::<Result<Vec<_>, _>>()?;
             q.enqueue_many(jobs).await?;
+            // The airline moves four other flights: Duffel's change, then the job its
+            // order.airline_initiated_change_detected webhook enqueues.
+            for (n, id) in moved.iter().enumerate() {
+                changed.push(*id);
+                q.enqueue_new(airline_change_at(&sandbox, &db.db(), *id, n).await?)
+                    .await?;
+            }
             refunds_requested = true;
+        }
+        if refunds_requested && !changes_decided {
+            changes_decided = decide_changes(&db.db(), &q, &changed).await?;
+        }
+        if refunds_requested && !refund_failed {
+            refund_failed = fail_a_refund(&sandbox, &db.db(), &q).await?;
+        } else if refund_failed && !paid_out {
+            paid_out = pay_back_failed_refunds(&db.db()).await?;
         }
         if started.elapsed() > DEADLINE {
             bar.abandon_with_message("deadline reached");
@@ -390,6 +431,11 @@ async fn demo(settings: &Settings) -> anyhow::Result<DemoSummary> {
         })
         .collect();
     let failures_by_reason = jobs::booking::failures_by_code(&db.db()).await?;
+    let airline_changes = jobs::airline_change::count_by_status(&db.db()).await?;
+    let refunds_failed: i64 =
+        sqlx::query_scalar("SELECT count(*) FROM refunds WHERE status = 'failed'")
+            .fetch_one(&db.pool)
+            .await?;
     let counters = sandbox.sandbox.counters();
     let payment_intents = counters.payment_intents_created;
     let max_pi_per_booking = counters
@@ -414,5 +460,107 @@ async fn demo(settings: &Settings) -> anyhow::Result<DemoSummary> {
         elapsed_ms: started.elapsed().as_millis(),
         routes,
         failures_by_reason,
+        airline_changes,
+        refunds_failed,
     })
+}
+
+/// The airline moves booking `id`'s flight (the sandbox's Duffel makes the change): the
+/// detection job its webhook would enqueue.
+async fn airline_change_at(
+    sandbox: &sandbox::RunningSandbox,
+    db: &jobs::Db,
+    id: uuid::Uuid,
+    n: usize,
+) -> anyhow::Result<jobs::NewJob> {
+    let order = jobs::booking::load(db, id)
+        .await?
+        .and_then(|b| b.duffel_order_id)
+        .context("a ticketed booking without an order")?;
+    let shift = [95, -40, 150, 60][n % 4];
+    let change = sandbox
+        .sandbox
+        .airline_change(&order, shift, None, false)
+        .map_err(anyhow::Error::msg)?;
+    let aic = change["id"].as_str().context("the change has an id")?;
+    Ok(jobs::NewJob::of(&AirlineChangeDetected {
+        order_id: order,
+        aic_id: Some(aic.to_owned()),
+        event_id: format!("wev_demo_{aic}"),
+    })?)
+}
+
+/// Once every change is recorded, an operator decides: accepts two, cancels and refunds one,
+/// leaves the last to its deadline. Returns whether it decided.
+async fn decide_changes(db: &jobs::Db, q: &Queue, changed: &[uuid::Uuid]) -> anyhow::Result<bool> {
+    use jobs::operator::{airline_change_decide, ChangeChoice};
+    let recorded: i64 = jobs::airline_change::count_by_status(db)
+        .await?
+        .iter()
+        .map(|(_, n)| n)
+        .sum();
+    if recorded < changed.len() as i64 {
+        return Ok(false);
+    }
+    let choices = [
+        ChangeChoice::Accept,
+        ChangeChoice::Accept,
+        ChangeChoice::CancelAndRefund,
+    ];
+    for (id, choice) in changed.iter().zip(choices) {
+        airline_change_decide(db, q, "demo-operator", *id, choice, false)
+            .await
+            .map_err(|e| anyhow::anyhow!("deciding the airline change of {id}: {e}"))?;
+    }
+    Ok(true)
+}
+
+/// Once the failed refund is recorded (its reconcile ran), finance pays the traveler back by
+/// bank transfer and an operator records it (docs/runbooks/refund-failed.md). Returns whether
+/// it did.
+async fn pay_back_failed_refunds(db: &jobs::Db) -> anyhow::Result<bool> {
+    let owed: Vec<uuid::Uuid> =
+        sqlx::query_scalar("SELECT booking_id FROM refunds WHERE status = 'failed'")
+            .fetch_all(db)
+            .await?;
+    for (n, id) in owed.iter().enumerate() {
+        let reference = format!("FIN-DEMO-{}", n + 1);
+        jobs::operator::booking_paid_out(
+            db,
+            "demo-operator",
+            *id,
+            "bank_transfer",
+            &reference,
+            false,
+        )
+        .await
+        .map_err(|e| anyhow::anyhow!("recording the payout of {id}: {e}"))?;
+    }
+    Ok(!owed.is_empty())
+}
+
+/// Once a refund has succeeded, the card network sends it back days later (the card was
+/// closed): Stripe's `refund.failed`, whose follow-up is the reconcile. Returns whether it did.
+async fn fail_a_refund(
+    sandbox: &sandbox::RunningSandbox,
+    db: &jobs::Db,
+    q: &Queue,
+) -> anyhow::Result<bool> {
+    let refund: Option<String> = sqlx::query_scalar(
+        "SELECT stripe_refund_id FROM refunds
+         WHERE status = 'succeeded' AND stripe_refund_id LIKE 're\\_%'
+         ORDER BY created_at LIMIT 1",
+    )
+    .fetch_optional(db)
+    .await?;
+    let Some(re) = refund else {
+        return Ok(false);
+    };
+    sandbox
+        .sandbox
+        .settle_refund(&re, "failed", Some("expired_or_canceled_card"))
+        .map_err(anyhow::Error::msg)?;
+    q.enqueue_new(RefundReconcile::request(&re, "refund.failed")?)
+        .await?;
+    Ok(true)
 }

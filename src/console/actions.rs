@@ -64,6 +64,9 @@ pub struct ActionForm {
     /// Schedule pause/resume: its name.
     #[serde(default)]
     schedule: String,
+    /// Airline change: the decision (`accept`, `cancel`).
+    #[serde(default)]
+    decision: String,
     /// Paid out: how (`bank_transfer`, …).
     #[serde(default)]
     how: String,
@@ -213,7 +216,7 @@ const RESUME: Switch = Switch {
 };
 
 /// `POST /ui/actions/{action}`: `pause`, `resume`, `drain`, `replay`, `cancel`, `run-now`,
-/// `delete`, `schedule-pause`, `schedule-resume`, `refund`, `paid-out`.
+/// `delete`, `schedule-pause`, `schedule-resume`, `refund`, `paid-out`, `airline-change`.
 pub async fn act(
     State(st): State<ConsoleState>,
     Extension(s): Extension<Session>,
@@ -232,6 +235,7 @@ pub async fn act(
         "delete" => delete(&st, &s, &f).await,
         "refund" => refund(&st, &s, &f).await,
         "paid-out" => paid_out(&st, &s, &f).await,
+        "airline-change" => airline_change(&st, &s, &f).await,
         _ => Err((
             PageError::NotFound(format!("there is no action {action:?}")),
             Some(s.clone()),
@@ -701,5 +705,61 @@ async fn paid_out(st: &ConsoleState, s: &Session, f: &ActionForm) -> PageResult 
     }
     Ok(done_page(s, "Payout recorded", "refund.paid_out", html! {
         (x.amount) " " (x.currency) " paid back by " (how) " is recorded. " a href=(back) { "Back to the booking" }
+    }))
+}
+
+/// Decide a booking's airline change: accept the new schedule, or cancel and refund.
+async fn airline_change(st: &ConsoleState, s: &Session, f: &ActionForm) -> PageResult {
+    use jobs::operator::ChangeChoice;
+    let id = f.booking_id().or_page(s)?;
+    let choice: ChangeChoice = f
+        .decision
+        .trim()
+        .parse()
+        .map_err(|e: String| PageError::BadRequest(e))
+        .or_page(s)?;
+    let r = st
+        .ops(&s.user)
+        .airline_change_decide(id, choice, &st.queue, !f.confirmed())
+        .await
+        .or_page(s)?;
+    let x = &r.result;
+    let back = format!("/ui/bookings/{id}");
+    let deadline = x.respond_by.format("%Y-%m-%d %H:%M UTC").to_string();
+    if r.dry_run {
+        let what = match &x.refund {
+            Some(f) => html! {
+                p #change-decision { "Would cancel booking " code { (id) } " and its order, and refund "
+                    strong { (f.amount) " " (f.currency) } " to the traveler's card; the airline change "
+                    code { (x.change_id) } " is recorded as cancelled by you." }
+            },
+            None if x.duplicate => html! {
+                p #change-decision { "The accept of airline change " code { (x.change_id) } " is already queued: nothing would be added." }
+            },
+            None => html! {
+                p #change-decision { "Would accept airline change " code { (x.change_id) } " at Duffel: the booking stays on the new schedule. Deadline " (deadline) "." }
+            },
+        };
+        let hidden = html! {
+            input type="hidden" name="booking" value=(id);
+            input type="hidden" name="decision" value=(f.decision.trim());
+        };
+        let label = match choice {
+            ChangeChoice::Accept => "Accept the change",
+            ChangeChoice::CancelAndRefund => "Cancel and refund",
+        };
+        return Ok(preview_page(s, "Decide the airline change?", "/ui/actions/airline-change", what, hidden, html! {}, (!x.duplicate).then_some(label)));
+    }
+    let action = match choice {
+        ChangeChoice::Accept => "airline_change.accept_requested",
+        ChangeChoice::CancelAndRefund => "airline_change.cancelled",
+    };
+    Ok(done_page(s, "Airline change decided", action, html! {
+        @match (&x.refund, x.job_id) {
+            (Some(f), _) => { "the booking is cancelled and " (f.amount) " " (f.currency) " is being refunded. " }
+            (None, Some(j)) => { "the accept is queued as " a href=(format!("/ui/jobs/{j}")) { "job " (j) } ". " }
+            (None, None) => { "the accept is queued. " }
+        }
+        a href=(back) { "Back to the booking" }
     }))
 }

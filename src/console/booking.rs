@@ -208,6 +208,12 @@ pub async fn show(
                     @if let Some(re) = &f.stripe_refund_id { " · " code { (re) } }
                 }});
             }
+            for c in &b.airline_changes {
+                timeline.push(Entry { at: c.detected_at, what: "change", tone: "change", text: html! {
+                    "the airline changed the schedule · " code { (c.id) } " · " (c.status)
+                    @if let Some(by) = &c.decided_by { " by " (by) }
+                }});
+            }
             for e in &b.emails {
                 if let Some(at) = e.sent_at {
                     timeline.push(Entry { at, what: "email", tone: "email", text: html! { (e.kind) " sent · " code { (e.dedupe_key) } } });
@@ -261,6 +267,24 @@ pub async fn show(
                             }
                         }
                     }))
+                }
+                @if !b.airline_changes.is_empty() {
+                    section #airline-changes {
+                        h2 { "Airline changes" }
+                        @for c in &b.airline_changes {
+                            (change_card(c))
+                            @if s.can_act() && c.is_open() && chrono::Utc::now() < c.respond_by {
+                                form.inline method="post" action="/ui/actions/airline-change" {
+                                    (templates::csrf_field(&s))
+                                    input type="hidden" name="booking" value=(b.id);
+                                    div.buttons {
+                                        @if c.allows("accept") { button type="submit" name="decision" value="accept" { "Accept the new schedule…" } }
+                                        button.danger type="submit" name="decision" value="cancel" { "Cancel and refund…" }
+                                    }
+                                }
+                            }
+                        }
+                    }
                 }
                 section {
                     h2 { "Searches" }
@@ -354,6 +378,48 @@ pub async fn show(
         }
         .await,
     )
+}
+
+/// One airline change: its state, deadline, and each leg before and after (local times).
+fn change_card(c: &jobs::airline_change::ChangeRow) -> Markup {
+    let legs = |v: &Option<serde_json::Value>| -> Vec<serde_json::Value> {
+        v.as_ref().and_then(|v| v.as_array()).cloned().unwrap_or_default()
+    };
+    let (before, after) = (legs(&c.removed), legs(&c.added));
+    let f = |l: &serde_json::Value, k: &str| l.get(k).and_then(|v| v.as_str()).unwrap_or("—").replacen('T', " ", 1);
+    html! {
+        div.change id=(format!("change-{}", c.id)) {
+            p {
+                code { (c.id) } " · "
+                @if c.is_open() {
+                    @if chrono::Utc::now() < c.respond_by {
+                        (templates::badge("retryable", "…", "open")) " decide before " strong { (c.respond_by.format("%Y-%m-%d %H:%M UTC")) } " (" (templates::time(c.respond_by)) "); then the new schedule is kept by default"
+                    } @else {
+                        (templates::badge("dead", "!", "overdue")) " the deadline passed " (templates::time(c.respond_by)) " and Duffel cannot accept it through the API: settle it with the airline"
+                    }
+                } @else {
+                    (templates::badge("completed", "✓", &c.status)) " by " (c.decided_by.as_deref().unwrap_or("—"))
+                    @if let Some(t) = c.action_taken_at { " " (templates::time(t)) }
+                }
+            }
+            @if before.is_empty() && after.is_empty() {
+                p.muted { "Legs erased with the traveler." }
+            } @else {
+                (templates::sortable(&format!("legs-{}", c.id), "Legs before and after the change (local times)", &[("Leg", false), ("Departs before", false), ("Departs now", false), ("Arrives before", false), ("Arrives now", false)], html! {
+                    @for (i, new) in after.iter().enumerate() {
+                        @let old = before.get(i);
+                        tr {
+                            td { (f(new, "origin")) " → " (f(new, "destination")) }
+                            td { @if let Some(o) = old { (f(o, "departing_at")) } }
+                            td { strong { (f(new, "departing_at")) } }
+                            td { @if let Some(o) = old { (f(o, "arriving_at")) } }
+                            td { strong { (f(new, "arriving_at")) } }
+                        }
+                    }
+                }))
+            }
+        }
+    }
 }
 
 fn booking_badge(status: &str) -> Markup {

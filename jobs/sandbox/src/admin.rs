@@ -1,4 +1,5 @@
-//! The `/_sandbox` admin endpoints: counters, scenarios and arbitrary webhook events.
+//! The `/_sandbox` admin endpoints: counters, scenarios, outages, refund settlement, airline
+//! changes and arbitrary webhook events.
 
 use axum::{
     extract::State,
@@ -11,6 +12,7 @@ use serde::Deserialize;
 use serde_json::{json, Value};
 
 use crate::{
+    duffel_objects::AirlineChangeRefusal,
     handle::Sandbox,
     scenarios::{self, Provider, Scenario, OUTAGE_STATUSES},
     state::Counters,
@@ -25,6 +27,10 @@ pub(crate) fn routes() -> Router<Sandbox> {
             get(admin_outages).post(admin_set_outage),
         )
         .route("/_sandbox/refunds/{id}/settle", post(admin_settle_refund))
+        .route(
+            "/_sandbox/orders/{id}/airline_change",
+            post(admin_airline_change),
+        )
         .route("/_sandbox/webhooks/stripe", post(admin_stripe_webhook))
         .route("/_sandbox/webhooks/duffel", post(admin_duffel_webhook))
 }
@@ -166,6 +172,102 @@ async fn admin_settle_refund(
         Ok(refund) => Json(refund).into_response(),
         Err(e) if e.starts_with("no refund") => bad(StatusCode::NOT_FOUND, e),
         Err(e) => bad(StatusCode::BAD_REQUEST, e),
+    }
+}
+
+/// What `POST /_sandbox/orders/{id}/airline_change` asks for, as
+/// [`Sandbox::airline_change`] takes it.
+struct AirlineChangeAsk {
+    shift_minutes: i64,
+    available_actions: Option<Vec<String>>,
+    deliver: bool,
+}
+
+const AIRLINE_CHANGE_EXAMPLE: &str = r#"{"shift_minutes": 90, "available_actions": ["accept", "cancel", "change"], "deliver": true}"#;
+
+/// Reads the ask field by field, so that every refusal names its field (serde's type errors do
+/// not). Ranges and action names are checked by [`Sandbox::airline_change`].
+fn parse_airline_change(body: &[u8]) -> Result<AirlineChangeAsk, String> {
+    let value: Value = serde_json::from_slice(body)
+        .map_err(|e| format!("expected a JSON object like {AIRLINE_CHANGE_EXAMPLE}: {e}"))?;
+    let Some(obj) = value.as_object() else {
+        return Err(format!(
+            "expected a JSON object like {AIRLINE_CHANGE_EXAMPLE}"
+        ));
+    };
+    const FIELDS: [&str; 3] = ["shift_minutes", "available_actions", "deliver"];
+    if let Some(unknown) = obj.keys().find(|k| !FIELDS.contains(&k.as_str())) {
+        return Err(format!(
+            "unknown field {unknown:?}: expected {}",
+            FIELDS.join(", ")
+        ));
+    }
+    let shift_minutes = match obj.get("shift_minutes") {
+        None | Some(Value::Null) => {
+            return Err("shift_minutes is required (whole minutes, negative for earlier)".into())
+        }
+        Some(v) => v
+            .as_i64()
+            .ok_or_else(|| format!("shift_minutes must be a whole number of minutes, not {v}"))?,
+    };
+    let available_actions = match obj.get("available_actions") {
+        None | Some(Value::Null) => None,
+        Some(Value::Array(list)) => Some(
+            list.iter()
+                .map(|a| {
+                    a.as_str()
+                        .map(str::to_owned)
+                        .ok_or_else(|| format!("available_actions must hold strings, not {a}"))
+                })
+                .collect::<Result<Vec<_>, _>>()?,
+        ),
+        Some(other) => {
+            return Err(format!(
+                "available_actions must be a list of strings, not {other}"
+            ))
+        }
+    };
+    let deliver = match obj.get("deliver") {
+        None | Some(Value::Null) => true,
+        Some(Value::Bool(b)) => *b,
+        Some(other) => return Err(format!("deliver must be true or false, not {other}")),
+    };
+    Ok(AirlineChangeAsk {
+        shift_minutes,
+        available_actions,
+        deliver,
+    })
+}
+
+/// `POST /_sandbox/orders/{id}/airline_change`: the airline moves the order's flights; answers
+/// the AIC object itself (not wrapped in `data`), 404 for an unknown order, 409 for a
+/// cancelled one, 400 naming the wrong field.
+async fn admin_airline_change(
+    State(sb): State<Sandbox>,
+    axum::extract::Path(order_id): axum::extract::Path<String>,
+    body: axum::body::Bytes,
+) -> Response {
+    let refuse =
+        |status: StatusCode, msg: String| (status, Json(json!({ "error": msg }))).into_response();
+    let ask = match parse_airline_change(&body) {
+        Ok(a) => a,
+        Err(msg) => return refuse(StatusCode::BAD_REQUEST, msg),
+    };
+    match sb.try_airline_change(
+        &order_id,
+        ask.shift_minutes,
+        ask.available_actions,
+        ask.deliver,
+    ) {
+        Ok(change) => Json(change).into_response(),
+        Err(e) => {
+            let status = match e {
+                AirlineChangeRefusal::UnknownOrder(_) => StatusCode::NOT_FOUND,
+                AirlineChangeRefusal::OrderCancelled(_) => StatusCode::CONFLICT,
+                AirlineChangeRefusal::Invalid(_) => StatusCode::BAD_REQUEST,
+            };
+            refuse(status, e.to_string())
+        }
     }
 }
 

@@ -1,10 +1,13 @@
 //! Duffel: offer requests with deterministic seeded fares, offers, instant orders (no
 //! idempotency key, so a second order for an offer is refused), order lookup for
-//! reconciliation, order cancellations, and the per-route failure scenarios.
+//! reconciliation, order cancellations, airline-initiated changes ([`aic`]), and the per-route
+//! failure scenarios.
 
 // Helpers return a ready HTTP error response as their `Err`; it is the cold path of a test
 // double, so its size does not matter.
 #![allow(clippy::result_large_err)]
+
+mod aic;
 
 use std::{collections::BTreeMap, time::Duration};
 
@@ -13,7 +16,7 @@ use axum::{
     extract::{Path, RawQuery, State},
     http::{HeaderMap, HeaderValue, StatusCode},
     response::{IntoResponse, Response},
-    routing::{get, post, MethodRouter},
+    routing::{get, patch, post, MethodRouter},
     Json, Router,
 };
 use chrono::{DateTime, NaiveDate, NaiveDateTime, NaiveTime, SecondsFormat, Utc};
@@ -48,6 +51,15 @@ pub(crate) fn routes() -> Router<Sandbox> {
         .route(
             "/air/order_cancellations/{id}/actions/confirm",
             post(confirm_cancellation),
+        )
+        .route("/air/airline_initiated_changes", get(aic::list_changes))
+        .route(
+            "/air/airline_initiated_changes/{id}",
+            patch(aic::update_change),
+        )
+        .route(
+            "/air/airline_initiated_changes/{id}/actions/accept",
+            post(aic::accept_change),
         )
 }
 
@@ -1205,6 +1217,8 @@ async fn confirm_cancellation(
             Some(_) => return already_cancelled(),
             None => return not_found(),
         }
+        // Cancelling the order is the `cancel` answer to every change still open on it.
+        aic::cancel_open_changes(&mut st, &order_id, &now);
         let c = st
             .cancellations
             .get_mut(&id)

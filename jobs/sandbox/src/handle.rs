@@ -2,7 +2,8 @@
 //!
 //! The methods that need the provider modules are defined next to what they call, so that this
 //! module depends on none of them: [`Sandbox::router`] and [`Sandbox::start`] in `server`,
-//! [`Sandbox::emit_stripe_event`] and [`Sandbox::emit_duffel_event`] in `webhooks`.
+//! [`Sandbox::emit_stripe_event`], [`Sandbox::emit_duffel_event`] and
+//! [`Sandbox::settle_refund`] in `webhooks`, [`Sandbox::airline_change`] in `duffel`.
 
 use std::sync::{Arc, Mutex, MutexGuard};
 

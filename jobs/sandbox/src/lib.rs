@@ -40,6 +40,9 @@
 //! - `POST /air/orders`, `GET /air/orders/{id}`, `GET /air/orders?…` (see below)
 //! - `POST /air/order_cancellations`, `GET /air/order_cancellations/{id}`,
 //!   `POST /air/order_cancellations/{id}/actions/confirm`
+//! - `GET /air/airline_initiated_changes?order_id=ord_…`,
+//!   `POST /air/airline_initiated_changes/{id}/actions/accept`,
+//!   `PATCH /air/airline_initiated_changes/{id}` (airline-initiated changes, see below)
 //!
 //! Fares are **deterministic**: the same (seed, slices, passenger count, cabin) always yields the
 //! same 3–5 offers with the same carriers, times and prices (ids are fresh per request, as in
@@ -50,6 +53,40 @@
 //! sandbox extension)**: `GET /air/orders` accepts any of `offer_id=off_…`,
 //! `booking_reference=…` and `metadata[KEY]=VALUE` (e.g. `metadata[booking_id]=…`); all given
 //! filters must match. Each order also carries an `offer_id` field.
+//!
+//! **Airline-initiated changes (AIC).** The sandbox plays the airline:
+//! [`Sandbox::airline_change`] or `POST /_sandbox/orders/{id}/airline_change
+//! {"shift_minutes": 90}` moves every flight of an order and records a change (`aic_…`) in
+//! Duffel's documented shape — `id`, `order_id`, `removed` (the order's slices as it served
+//! them), `added` (the same slices with new `sli_`/`seg_` ids and every `departing_at` /
+//! `arriving_at` moved by `shift_minutes`), `available_actions` (default
+//! `["accept","cancel","change"]`), `action_taken` and `action_taken_at` (null while open),
+//! `created_at`, `updated_at`, `travel_agent_ticket: null`. The order's `slices` become `added`
+//! and its `airline_initiated_changes` list its changes, oldest first, as they stand. The change
+//! is announced with `order.airline_initiated_change_detected` (v2: `data.object` is
+//! `{"id": <order>, "aic_id": <change>}`, `idempotency_key` the change's id) unless
+//! `"deliver": false`. Then, as in Duffel:
+//! - `GET /air/airline_initiated_changes?order_id=…` → `{"data": [AIC, …]}` oldest first, `[]`
+//!   for an unknown order; a missing `order_id` → 422 `validation_required`, one that is not
+//!   `ord_` + letters and digits → 422 `validation_format`. Not paginated.
+//! - `POST …/{id}/actions/accept` (no body) → `{"data": AIC}` with `action_taken: "accepted"`,
+//!   `action_taken_at` = `updated_at` = now and `available_actions: []`.
+//! - `PATCH …/{id}` `{"data": {"action_taken": "accepted" | "cancelled" | "changed"}}` → the
+//!   same for a change whose `available_actions` hold `update`; only the change is recorded,
+//!   the order is left as it is.
+//! - Confirming the order's cancellation marks each of its open changes `cancelled`.
+//!
+//! Duffel has no idempotency key here either: an action on a change already actioned → 422
+//! `invalid_state_error` `airline_initiated_change_already_actioned`; an action not in
+//! `available_actions` → 422 `validation_error` `airline_initiated_change_action_not_available`;
+//! an unknown change → 404 `not_found`. Both 422 codes are the sandbox's own (Duffel documents
+//! none), as is emptying `available_actions` once a change is actioned. Duffel documents **no
+//! deadline** for acting on a change and no outcome when nobody acts: the sandbox has none, a
+//! change stays open until it is actioned or its order is cancelled. The routes get the same
+//! authentication, outage and latency handling as every Duffel route, and the order's route
+//! scenario's 429s (`rate_limited`). [`Counters`]: `airline_changes_created`,
+//! `airline_change_accepts` and `airline_change_accepts_by_id` (changes moved to `accepted`, by
+//! the accept action or an update; at most once each).
 //!
 //! Scenarios are chosen per route (`ORIGIN-DESTINATION` of the first slice), settable with
 //! [`Sandbox::set_scenario`] or `POST /_sandbox/scenarios {"route":"LHR-JFK","scenario":"slow"}`.
@@ -81,8 +118,9 @@
 //! With [`SandboxConfig::webhook`] set, state changes are delivered as signed events (spawned
 //! task, up to [`WEBHOOK_ATTEMPTS`] attempts with exponential backoff on non-2xx):
 //! Stripe `payment_intent.amount_capturable_updated|succeeded|payment_failed|canceled` and
-//! `charge.refunded` with `Stripe-Signature`; Duffel `order.created` and
-//! `order_cancellation.confirmed` with `X-Duffel-Signature`. Both headers are
+//! `charge.refunded` with `Stripe-Signature`; Duffel `order.created`,
+//! `order_cancellation.confirmed` and `order.airline_initiated_change_detected` with
+//! `X-Duffel-Signature`. Both headers are
 //! `t=<unix>,v1=<hex HMAC-SHA256(secret, "{t}.{raw body}")>`, see [`webhooks`]. Arbitrary events
 //! can be emitted through `POST /_sandbox/webhooks/stripe` and `POST /_sandbox/webhooks/duffel`
 //! with `{"type": "...", "object": {...}}`.
@@ -113,6 +151,7 @@
 //! # Admin
 //! `GET /_sandbox/counters` ([`Counters`] as JSON), `POST /_sandbox/scenarios`,
 //! `GET|POST /_sandbox/outages`, `POST /_sandbox/refunds/{id}/settle` ([`Sandbox::settle_refund`]),
+//! `POST /_sandbox/orders/{id}/airline_change` ([`Sandbox::airline_change`]),
 //! `POST /_sandbox/webhooks/{stripe,duffel}`.
 //!
 //! Logs carry ids only: never names, emails, phone numbers or identity documents.
@@ -121,7 +160,7 @@
 
 // Each module only uses modules of the layers below its own, so no two import each other:
 //   server
-//   admin, stripe, duffel, resend
+//   admin, stripe, duffel (and its child duffel::aic), resend
 //   read, webhooks
 //   handle
 //   state

@@ -6,9 +6,10 @@ use std::collections::{BTreeMap, HashMap};
 
 use axum::{http::StatusCode, response::Response};
 use serde::{Deserialize, Serialize};
+use serde_json::Value;
 
 use crate::{
-    duffel_objects::{Cancellation, Offer, OfferRequest, Order},
+    duffel_objects::{AirlineChange, Cancellation, Offer, OfferRequest, Order},
     scenarios::{Outage, Provider, ScenarioTable},
     stripe_objects::{PaymentIntent, Refund},
     util::json_response,
@@ -57,6 +58,17 @@ pub struct Counters {
     pub orders_by_booking: BTreeMap<String, u64>,
     /// Confirmations that cancelled an order; confirming twice is refused and counts once.
     pub order_cancellations_confirmed: u64,
+    /// Airline-initiated changes created (`POST /_sandbox/orders/{id}/airline_change` or
+    /// [`Sandbox::airline_change`](crate::Sandbox::airline_change)); refused asks create none.
+    pub airline_changes_created: u64,
+    /// Airline-initiated changes moved to `action_taken: "accepted"`: by
+    /// `POST /air/airline_initiated_changes/{id}/actions/accept`, or by the update endpoint with
+    /// `action_taken: "accepted"`. Refused calls (already actioned, action not available,
+    /// outage, 429) do not count, so a change counts at most once.
+    pub airline_change_accepts: u64,
+    /// [`airline_change_accepts`](Self::airline_change_accepts) per change id (`aic_…`; at most
+    /// 1 each).
+    pub airline_change_accepts_by_id: BTreeMap<String, u64>,
     /// 429s served by the Duffel rate-limit scenario.
     pub rate_limited_responses: u64,
     /// Emails actually sent (idempotent replays are not sends).
@@ -123,6 +135,8 @@ pub(crate) struct State {
     pub offers: HashMap<String, Offer>,
     pub orders: Vec<Order>,
     pub cancellations: HashMap<String, Cancellation>,
+    /// Airline-initiated changes, oldest first (every order's changes in creation order).
+    pub airline_changes: Vec<AirlineChange>,
     /// 429s already served per route (the `rate_limited` budget).
     pub rate_limited: HashMap<String, u32>,
     // Resend
@@ -142,6 +156,7 @@ impl State {
             offers: HashMap::new(),
             orders: Vec::new(),
             cancellations: HashMap::new(),
+            airline_changes: Vec::new(),
             rate_limited: HashMap::new(),
             resend_idem: HashMap::new(),
         }
@@ -153,5 +168,31 @@ impl State {
 
     pub(crate) fn order_mut(&mut self, id: &str) -> Option<&mut Order> {
         self.orders.iter_mut().find(|o| o.id == id)
+    }
+
+    pub(crate) fn airline_change(&self, id: &str) -> Option<&AirlineChange> {
+        self.airline_changes.iter().find(|c| c.id == id)
+    }
+
+    pub(crate) fn airline_change_mut(&mut self, id: &str) -> Option<&mut AirlineChange> {
+        self.airline_changes.iter_mut().find(|c| c.id == id)
+    }
+
+    /// The AIC objects of order `order_id`, oldest first.
+    pub(crate) fn airline_changes_of(&self, order_id: &str) -> Vec<Value> {
+        self.airline_changes
+            .iter()
+            .filter(|c| c.order_id == order_id)
+            .map(|c| c.json.clone())
+            .collect()
+    }
+
+    /// Rewrites order `order_id`'s `airline_initiated_changes` from the stored changes: call it
+    /// after every change to one of them, so the order always lists them as they are.
+    pub(crate) fn sync_airline_changes(&mut self, order_id: &str) {
+        let changes = self.airline_changes_of(order_id);
+        if let Some(order) = self.order_mut(order_id) {
+            order.json["airline_initiated_changes"] = Value::Array(changes);
+        }
     }
 }

@@ -1,6 +1,8 @@
 //! The domain's job kinds, one module per kind (docs/domain.md §3–4). Each module holds the kind's
 //! args (ids only, never PII), its handler and its unit tests.
 
+pub mod airline_change;
+pub mod airline_change_action;
 pub mod booking_attempt;
 pub mod campaign_scan;
 pub mod campaign_search;
@@ -87,6 +89,8 @@ pub fn register_all<R: Registrar>(r: &mut R) {
     r.register::<card_update::CardUpdate>();
     r.register::<payment_reconcile::PaymentReconcile>();
     r.register::<order_reconcile::OrderReconcile>();
+    r.register::<airline_change::AirlineChangeDetected>();
+    r.register::<airline_change_action::AirlineChangeAction>();
 }
 
 /// Money a saga job still moves, and the job that moves it: the booking attempt of an

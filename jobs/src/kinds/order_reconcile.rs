@@ -1,19 +1,21 @@
-//! `order_reconcile`: a Duffel event about an order (created, creation failed, airline change).
+//! `order_reconcile`: a Duffel event about an order (created, creation failed; an airline
+//! change is `airline_change`'s, and a job queued for one before that kind existed only
+//! re-reads the order here).
 //! Re-reads the order from Duffel; a failed creation for a booking that holds money resumes the
 //! saga ([`BookingAttempt::request`]: it reconciles, then voids the hold on a definite
 //! failure); a cancelled order of a captured booking requests its refund
-//! ([`RefundCompensation::request`]: one key per booking, so it runs once whoever asks); an
-//! airline-initiated change e-mails the traveler once per event. Everything is audited.
+//! ([`RefundCompensation::request`]: one key per booking, so it runs once whoever asks).
+//! Everything is audited.
 
 use crate::deps::HasDeps;
 use serde::{Deserialize, Serialize};
 use uuid::Uuid;
 
 use super::{booking_attempt::BookingAttempt, refund_compensation::RefundCompensation};
-use crate::{audit, notify, Job, JobContext, JobError, KindDefaults};
+use crate::{audit, Job, JobContext, JobError, KindDefaults};
 
-/// (booking id, user id, status, captured, campaign id, offer id).
-type BookingFacts = (Uuid, Option<Uuid>, String, bool, Option<Uuid>, String);
+/// (booking id, status, captured, campaign id, offer id).
+type BookingFacts = (Uuid, String, bool, Option<Uuid>, String);
 
 /// Args: provider ids and the event.
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -48,34 +50,18 @@ impl Job for OrderReconcile {
             None => None,
         };
         let row: Option<BookingFacts> = sqlx::query_as(
-            "SELECT b.id, c.user_id, b.status, b.captured_at IS NOT NULL, b.campaign_id, b.duffel_offer_id
+            "SELECT b.id, b.status, b.captured_at IS NOT NULL, b.campaign_id, b.duffel_offer_id
              FROM bookings b
-             LEFT JOIN campaigns c ON c.id = b.campaign_id
              WHERE ($1::text IS NOT NULL AND b.duffel_order_id = $1) OR b.id = $2",
         )
         .bind(&self.order_id)
         .bind(self.booking_id)
         .fetch_optional(&ctx.db)
         .await?;
-        let Some((booking, user, status, captured, campaign, offer)) = row else {
+        let Some((booking, status, captured, campaign, offer)) = row else {
             tracing::info!(event.type = %self.event_type, "order event for a booking we do not know (yet)");
             return Ok(());
         };
-        if self.event_type == "order.airline_initiated_change_detected" {
-            if let Some(user) = user {
-                notify::send_once(
-                    &ctx.db,
-                    ctx.deps()?.email()?,
-                    user,
-                    "order_change",
-                    &format!("order-change/{booking}/{}", self.event_id),
-                    "The airline changed your flight",
-                    "The airline has changed the schedule of a flight Parker Flight booked for you. \
-                     Please review the new times in your account.",
-                )
-                .await?;
-            }
-        }
         let mut tx = ctx.db.begin().await?;
         // Order creation failed while the booking holds money: resume the saga now. It
         // reconciles (is there an order after all?) and, on a definite failure, voids the hold

@@ -214,6 +214,7 @@ pub async fn purge(
             .fetch_all(&mut *tx)
             .await?;
         let scrubbed = crate::booking::scrub_for_erasure(&mut tx, &eligible).await?;
+        crate::airline_change::scrub_for_erasure(&mut tx, &eligible).await?;
         let erased = sqlx::query("DELETE FROM traveler_profiles WHERE id = ANY($1)")
             .bind(&eligible)
             .execute(&mut *tx)

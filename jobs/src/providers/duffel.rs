@@ -16,7 +16,8 @@ use reqwest::{header::HeaderMap, Method, StatusCode};
 use serde::{de::DeserializeOwned, Deserialize, Serialize};
 
 use super::{
-    error::transport_class, money, normalize_base_url, ApiKey, FailureClass, ProviderConfigError,
+    error::transport_class, is_provider_id, money, normalize_base_url, ApiKey, FailureClass,
+    ProviderConfigError,
 };
 use crate::{BoxFuture, Exhausted, JobError, RateLimits};
 
@@ -254,6 +255,29 @@ pub struct OrderCancellation {
     pub confirmed_at: Option<DateTime<Utc>>,
 }
 
+/// An airline-initiated change of an order (Duffel's `aic_…` object): the slices as they were
+/// (`removed`) and as the airline now flies them (`added`), what can be done about it, and what
+/// was done. Times are local to each airport, as Duffel gives them.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct AirlineChange {
+    /// `aic_…`.
+    pub id: String,
+    /// The order it changes (`ord_…`).
+    pub order_id: String,
+    /// The legs before the change.
+    pub removed: Vec<OfferSlice>,
+    /// The legs after the change (they replace `removed`).
+    pub added: Vec<OfferSlice>,
+    /// What can be done through the API: `accept`, `cancel`, `change`, `update`.
+    pub available_actions: Vec<String>,
+    /// `accepted`, `cancelled` or `changed` once someone acted; `None` while open.
+    pub action_taken: Option<String>,
+    /// When the action was taken.
+    pub action_taken_at: Option<DateTime<Utc>>,
+    /// When Duffel detected the change.
+    pub created_at: Option<DateTime<Utc>>,
+}
+
 /// Duffel as the jobs see it. Object safe: jobs hold an `Arc<dyn FlightsApi>`.
 pub trait FlightsApi: Send + Sync {
     /// `POST /air/offer_requests?return_offers=false`; returns the offer request id.
@@ -299,6 +323,21 @@ pub trait FlightsApi: Send + Sync {
         &'a self,
         cancellation_id: &'a str,
     ) -> BoxFuture<'a, Result<OrderCancellation, DuffelError>>;
+
+    /// `GET /air/airline_initiated_changes?order_id=…`: every airline-initiated change of the
+    /// order (Duffel documents no single-change read: list and pick by id).
+    fn list_airline_changes<'a>(
+        &'a self,
+        order_id: &'a str,
+    ) -> BoxFuture<'a, Result<Vec<AirlineChange>, DuffelError>>;
+
+    /// `POST /air/airline_initiated_changes/{id}/actions/accept` (no body). Duffel has no
+    /// idempotency key: after an ambiguous answer, list the order's changes before accepting
+    /// again (a second accept of an accepted change is refused).
+    fn accept_airline_change<'a>(
+        &'a self,
+        change_id: &'a str,
+    ) -> BoxFuture<'a, Result<AirlineChange, DuffelError>>;
 
     /// This client, reporting budgets a successful answer says are used up to `limits` (one
     /// attempt's; see [`RateLimits`]). A handler gets it bound through
@@ -625,6 +664,24 @@ struct WireOrder {
 }
 
 #[derive(Deserialize)]
+struct WireAirlineChange {
+    id: String,
+    order_id: String,
+    #[serde(default)]
+    removed: Vec<WireSlice>,
+    #[serde(default)]
+    added: Vec<WireSlice>,
+    #[serde(default)]
+    available_actions: Vec<String>,
+    #[serde(default)]
+    action_taken: Option<String>,
+    #[serde(default)]
+    action_taken_at: Option<String>,
+    #[serde(default)]
+    created_at: Option<String>,
+}
+
+#[derive(Deserialize)]
 struct WireCancellation {
     id: String,
     order_id: String,
@@ -661,6 +718,47 @@ fn unreadable_amount(op: &'static str) -> DuffelError {
     DuffelError::local(op, FailureClass::Ambiguous, "unreadable amount in response")
 }
 
+fn slice_from_wire(s: WireSlice) -> OfferSlice {
+    OfferSlice {
+        origin: s.origin.iata_code,
+        destination: s.destination.iata_code,
+        departing_at: s
+            .segments
+            .first()
+            .and_then(|g| local_time(g.departing_at.as_deref())),
+        arriving_at: s
+            .segments
+            .last()
+            .and_then(|g| local_time(g.arriving_at.as_deref())),
+        segments: s.segments.len(),
+    }
+}
+
+/// A change as the jobs see it; ids outside Duffel's shapes are refused (they reach the schema
+/// and URLs).
+fn airline_change_from_wire(
+    op: &'static str,
+    w: WireAirlineChange,
+) -> Result<AirlineChange, DuffelError> {
+    if !is_provider_id(&w.id, &["aic_"]) || !is_provider_id(&w.order_id, &["ord_"]) {
+        return Err(DuffelError::local(
+            op,
+            FailureClass::Ambiguous,
+            "unreadable airline-initiated change",
+        ));
+    }
+    Ok(AirlineChange {
+        id: w.id,
+        order_id: w.order_id,
+        removed: w.removed.into_iter().map(slice_from_wire).collect(),
+        added: w.added.into_iter().map(slice_from_wire).collect(),
+        available_actions: w.available_actions,
+        action_taken: w.action_taken,
+        action_taken_at: instant(w.action_taken_at.as_deref()),
+        created_at: instant(w.created_at.as_deref()),
+    })
+}
+
 fn offer_from_wire(op: &'static str, w: WireOffer) -> Result<Offer, DuffelError> {
     let currency =
         money::normalize_currency(&w.total_currency).map_err(|_| unreadable_amount(op))?;
@@ -672,23 +770,7 @@ fn offer_from_wire(op: &'static str, w: WireOffer) -> Result<Offer, DuffelError>
         expires_at: instant(w.expires_at.as_deref()),
         passenger_ids: w.passengers.into_iter().map(|p| p.id).collect(),
         owner_iata: w.owner.and_then(|o| o.iata_code),
-        slices: w
-            .slices
-            .into_iter()
-            .map(|s| OfferSlice {
-                origin: s.origin.iata_code,
-                destination: s.destination.iata_code,
-                departing_at: s
-                    .segments
-                    .first()
-                    .and_then(|g| local_time(g.departing_at.as_deref())),
-                arriving_at: s
-                    .segments
-                    .last()
-                    .and_then(|g| local_time(g.arriving_at.as_deref())),
-                segments: s.segments.len(),
-            })
-            .collect(),
+        slices: w.slices.into_iter().map(slice_from_wire).collect(),
     })
 }
 
@@ -1061,6 +1143,46 @@ impl FlightsApi for DuffelClient {
                 )
                 .await?;
             cancellation_from_wire(OP, env.data)
+        })
+    }
+
+    fn list_airline_changes<'a>(
+        &'a self,
+        order_id: &'a str,
+    ) -> BoxFuture<'a, Result<Vec<AirlineChange>, DuffelError>> {
+        Box::pin(async move {
+            const OP: &str = "list_airline_changes";
+            let order_id = path_segment(OP, order_id)?;
+            let env: Envelope<Vec<WireAirlineChange>> = self
+                .call(
+                    OP,
+                    Method::GET,
+                    "/air/airline_initiated_changes",
+                    &[("order_id", order_id)],
+                    None,
+                )
+                .await?;
+            env.data
+                .into_iter()
+                .map(|w| airline_change_from_wire(OP, w))
+                .filter(|c| !matches!(c, Ok(c) if c.order_id != order_id))
+                .collect()
+        })
+    }
+
+    fn accept_airline_change<'a>(
+        &'a self,
+        change_id: &'a str,
+    ) -> BoxFuture<'a, Result<AirlineChange, DuffelError>> {
+        Box::pin(async move {
+            const OP: &str = "accept_airline_change";
+            let path = format!(
+                "/air/airline_initiated_changes/{}/actions/accept",
+                path_segment(OP, change_id)?
+            );
+            let env: Envelope<WireAirlineChange> =
+                self.call(OP, Method::POST, &path, &[], None).await?;
+            airline_change_from_wire(OP, env.data)
         })
     }
 

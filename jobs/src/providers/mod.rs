@@ -35,9 +35,9 @@ use serde::{Deserialize, Deserializer};
 use zeroize::Zeroize;
 
 pub use duffel::{
-    CabinClass, CreateOrder, DuffelClient, DuffelConfig, DuffelError, FlightsApi, IdentityDocument,
-    Offer, OfferSearch, OfferSlice, Order, OrderCancellation, OrderLookup, OrderPassenger,
-    PassengerSpec, SliceSpec,
+    AirlineChange, CabinClass, CreateOrder, DuffelClient, DuffelConfig, DuffelError, FlightsApi,
+    IdentityDocument, Offer, OfferSearch, OfferSlice, Order, OrderCancellation, OrderLookup,
+    OrderPassenger, PassengerSpec, SliceSpec,
 };
 pub use email::{EmailApi, EmailConfig, EmailError, OutgoingEmail, ResendClient, SentEmail};
 pub use error::FailureClass;
