@@ -1384,8 +1384,8 @@ async fn wait_change(h: &Harness, aic: &str, status: &str) -> (String, Option<St
 }
 
 /// The airline moves a booked flight by 90 minutes: the detection (delivered twice) records the
-/// change once with its deadline, moves the booking's itinerary to the new times, emails the
-/// traveler once and schedules the deadline's default; an operator's dry run changes nothing,
+/// change once with its deadline, moves the booking's itinerary to the new times, tells the
+/// traveler once by email and, as they chose, by text, and schedules the deadline's default; an operator's dry run changes nothing,
 /// the accept (during a Duffel outage) is accepted at Duffel exactly once, a second request is
 /// the same job, and a decided change refuses a new decision; the deadline job then finds it
 /// decided and does nothing.
@@ -1403,6 +1403,17 @@ async fn an_airline_change_is_recorded_once_told_once_and_accepted_once_by_an_op
         .fetch_one(h.pool())
         .await
         .unwrap();
+    // The traveler chose text messages for airline changes, as well as email.
+    sqlx::query(
+        "UPDATE users SET phone = '+14155550142',
+                notification_preferences = '{\"airline-change\": [\"email\", \"sms\"]}'
+         WHERE id = (SELECT c.user_id FROM bookings b JOIN campaigns c ON c.id = b.campaign_id
+                     WHERE b.id = $1)",
+    )
+    .bind(b.id)
+    .execute(h.pool())
+    .await
+    .unwrap();
     let aic = airline_change_detected(&h, &b, 90).await;
 
     let (status, by, future) = change_row(&h, &aic).await;
@@ -1426,6 +1437,11 @@ async fn an_airline_change_is_recorded_once_told_once_and_accepted_once_by_an_op
     let c = h.sandbox.sandbox.counters();
     let email = format!("airline-change/{aic}");
     assert_eq!(count(&c.emails_by_idempotency_key, &email), 1, "{c:?}");
+    assert_eq!(
+        c.sms_by_to.get("+14155550142"),
+        Some(&1),
+        "one text too: {c:?}"
+    );
     let (detected, refreshed): (i64, i64) = sqlx::query_as(
         "SELECT count(*) FILTER (WHERE action = 'booking.airline_change_detected'),
                 count(*) FILTER (WHERE action = 'booking.itinerary_changed')

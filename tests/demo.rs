@@ -27,7 +27,11 @@ fn demo_books_compensates_refunds_and_reminds_with_no_violation_and_no_pii_in_it
         "demo failed:\n{}",
         &logs[logs.len().saturating_sub(4000)..]
     );
-    for secret in [jobs::seed::CANARY_PASSPORT, jobs::seed::CANARY_EMAIL] {
+    for secret in [
+        jobs::seed::CANARY_PASSPORT,
+        jobs::seed::CANARY_EMAIL,
+        jobs::seed::CANARY_PHONE,
+    ] {
         assert!(
             !stdout.contains(secret) && !stderr.contains(secret) && !logs.contains(secret),
             "{secret} leaked into the demo's output"
@@ -67,6 +71,10 @@ fn demo_books_compensates_refunds_and_reminds_with_no_violation_and_no_pii_in_it
     let want = [("accepted", 2), ("cancelled", 1), ("open", 1)];
     assert_eq!(changes, want.into(), "{s}");
     assert_eq!(s["refunds_failed"], 1, "{s}");
+    // A quarter of the travelers chose text messages: some went out, the invalid numbers'
+    // failed alone (their emails went).
+    assert!(s["sms_sent"].as_i64().unwrap() > 0, "{s}");
+    assert!(s["sms_failed"].as_i64().unwrap() > 0, "{s}");
     // Every campaign is searched within the demo: nothing (a budget, a limit) holds it back.
     assert_eq!(s["campaigns_searched"], s["campaigns"], "{s}");
     assert!(

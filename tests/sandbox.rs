@@ -7,8 +7,8 @@ use std::{net::SocketAddr, time::Duration};
 
 use reqwest::{Client, StatusCode};
 use sandbox::{
-    duffel_signature_header, stripe_signature_header, RunningSandbox, Sandbox, SandboxConfig,
-    Scenario, WebhookTarget,
+    duffel_signature_header, scenarios::Provider, stripe_signature_header, RunningSandbox, Sandbox,
+    SandboxConfig, Scenario, WebhookTarget,
 };
 use serde_json::{json, Value};
 
@@ -1338,8 +1338,8 @@ async fn a_stripe_outage_answers_api_errors_creates_nothing_and_ends_on_time() {
     // Bad requests name what is wrong and change nothing.
     for (body, says) in [
         (
-            json!({"provider": "twilio", "seconds": 5}),
-            "not one of stripe, duffel, resend",
+            json!({"provider": "vonage", "seconds": 5}),
+            "not one of stripe, duffel, resend, twilio",
         ),
         (
             json!({"provider": "stripe", "seconds": -1}),
@@ -2110,4 +2110,675 @@ async fn a_duffel_outage_and_a_rate_limited_route_refuse_the_airline_change_rout
     assert_eq!(accepted.status, StatusCode::OK, "{}", accepted.body);
     assert_eq!(accepted.body["data"]["action_taken"], "accepted");
     assert_eq!(sb.sandbox.counters().airline_change_accepts, 1);
+}
+
+// ------------------------------------------------------------------------------------------
+// Twilio Programmable Messaging
+
+const TWILIO_ACCOUNT: &str = "AC0123456789abcdef0123456789abcdef";
+const TWILIO_TOKEN: &str = "sandbox_auth_token";
+/// Twilio's test-credential sender that "passes all validation".
+const TWILIO_FROM: &str = "+15005550006";
+
+fn twilio_url(base: &str, account: &str) -> String {
+    format!("{base}/2010-04-01/Accounts/{account}/Messages.json")
+}
+
+/// `POST …/Messages.json` with the account's Basic credentials and `form`.
+async fn twilio_send(c: &Client, base: &str, form: &[(&str, &str)]) -> Reply {
+    reply(
+        c.post(twilio_url(base, TWILIO_ACCOUNT))
+            .basic_auth(TWILIO_ACCOUNT, Some(TWILIO_TOKEN))
+            .form(form)
+            .send()
+            .await
+            .expect("request"),
+    )
+    .await
+}
+
+/// `GET …/Messages.json?query` with the account's Basic credentials.
+async fn twilio_list(c: &Client, base: &str, query: &[(&str, &str)]) -> Reply {
+    reply(
+        c.get(twilio_url(base, TWILIO_ACCOUNT))
+            .basic_auth(TWILIO_ACCOUNT, Some(TWILIO_TOKEN))
+            .query(query)
+            .send()
+            .await
+            .expect("request"),
+    )
+    .await
+}
+
+/// `GET {base}{uri}` for a `*_page_uri` the list answered.
+async fn twilio_follow(c: &Client, base: &str, uri: &Value) -> Reply {
+    let uri = uri.as_str().expect("a page uri");
+    reply(
+        c.get(format!("{base}{uri}"))
+            .basic_auth(TWILIO_ACCOUNT, Some(TWILIO_TOKEN))
+            .send()
+            .await
+            .expect("request"),
+    )
+    .await
+}
+
+fn keys(v: &Value) -> Vec<String> {
+    let mut k: Vec<String> = v.as_object().expect("an object").keys().cloned().collect();
+    k.sort();
+    k
+}
+
+fn is_twilio_sid(prefix: &str, v: &Value) -> bool {
+    v.as_str().is_some_and(|s| {
+        s.strip_prefix(prefix)
+            .is_some_and(|hex| hex.len() == 32 && hex.bytes().all(|b| b.is_ascii_hexdigit()))
+    })
+}
+
+/// Asserts Twilio's error shape (exactly `code`, `message`, `more_info`, `status`, the body's
+/// status the HTTP one) and returns (HTTP status, code).
+fn twilio_error(r: &Reply) -> (StatusCode, u64) {
+    assert_eq!(
+        keys(&r.body),
+        ["code", "message", "more_info", "status"],
+        "{}",
+        r.body
+    );
+    let code = r.body["code"].as_u64().expect("a numeric code");
+    assert_eq!(r.body["status"], r.status.as_u16(), "{}", r.body);
+    assert_eq!(
+        r.body["more_info"],
+        format!("https://www.twilio.com/docs/errors/{code}")
+    );
+    assert!(!r.body["message"].as_str().unwrap_or_default().is_empty());
+    assert_eq!(
+        r.headers.get("content-type").unwrap(),
+        "application/json",
+        "{}",
+        r.body
+    );
+    (r.status, code)
+}
+
+/// The UTC day of a Message's `date_sent` (RFC 2822, as Twilio writes it).
+fn sent_day(message: &Value) -> chrono::NaiveDate {
+    let sent = message["date_sent"].as_str().expect("date_sent");
+    assert!(sent.ends_with(" +0000"), "{sent}");
+    chrono::DateTime::parse_from_rfc2822(sent)
+        .expect("RFC 2822")
+        .with_timezone(&chrono::Utc)
+        .date_naive()
+}
+
+#[tokio::test]
+async fn a_twilio_message_is_created_once_per_request_listed_by_recipient_and_day() {
+    let (sb, c) = start(SandboxConfig::default()).await;
+    let base = sb.base_url.clone();
+    let to = "+14155550100";
+    let text = "Your flight LHR to JFK is booked";
+    let form = [("To", to), ("From", TWILIO_FROM), ("Body", text)];
+
+    // 201 with the Message resource: exactly the fields of the spec's `create` example.
+    let first = twilio_send(&c, &base, &form).await;
+    assert_eq!(first.status, StatusCode::CREATED, "{}", first.body);
+    assert_eq!(
+        first.headers.get("content-type").unwrap(),
+        "application/json"
+    );
+    let m = &first.body;
+    assert_eq!(
+        keys(m),
+        [
+            "account_sid",
+            "api_version",
+            "body",
+            "date_created",
+            "date_sent",
+            "date_updated",
+            "direction",
+            "error_code",
+            "error_message",
+            "from",
+            "messaging_service_sid",
+            "num_media",
+            "num_segments",
+            "price",
+            "price_unit",
+            "sid",
+            "status",
+            "subresource_uris",
+            "to",
+            "uri",
+        ]
+    );
+    assert!(is_twilio_sid("SM", &m["sid"]), "{}", m["sid"]);
+    let sid = m["sid"].as_str().unwrap().to_owned();
+    assert_eq!(m["account_sid"], TWILIO_ACCOUNT);
+    assert_eq!(m["api_version"], "2010-04-01");
+    assert_eq!(m["status"], "queued");
+    assert_eq!(m["direction"], "outbound-api");
+    assert_eq!(
+        (&m["to"], &m["from"], &m["body"]),
+        (&json!(to), &json!(TWILIO_FROM), &json!(text))
+    );
+    assert_eq!(m["num_segments"], "1", "a string, as Twilio sends it");
+    assert_eq!(m["num_media"], "0");
+    for null in ["error_code", "error_message", "price", "price_unit"] {
+        assert!(m[null].is_null(), "{null}: {}", m[null]);
+    }
+    assert!(is_twilio_sid("MG", &m["messaging_service_sid"]), "{m}");
+    assert_eq!(m["date_created"], m["date_sent"]);
+    assert_eq!(m["date_created"], m["date_updated"]);
+    let day = sent_day(m);
+    assert_eq!(
+        m["uri"],
+        format!("/2010-04-01/Accounts/{TWILIO_ACCOUNT}/Messages/{sid}.json")
+    );
+    assert_eq!(
+        m["subresource_uris"],
+        json!({"media": format!("/2010-04-01/Accounts/{TWILIO_ACCOUNT}/Messages/{sid}/Media.json")})
+    );
+
+    // No idempotency key at Twilio: the same request again is a second Message.
+    let second = twilio_send(&c, &base, &form).await;
+    assert_eq!(second.status, StatusCode::CREATED);
+    assert_ne!(second.body["sid"], first.body["sid"]);
+    assert_eq!(
+        second.body["messaging_service_sid"], m["messaging_service_sid"],
+        "one default service per account"
+    );
+    // Another recipient; a long body is segmented (153 GSM-7 characters a segment).
+    let other = twilio_send(
+        &c,
+        &base,
+        &[
+            ("To", "+14155550101"),
+            ("From", TWILIO_FROM),
+            ("Body", &"a".repeat(161)),
+        ],
+    )
+    .await;
+    assert_eq!(other.status, StatusCode::CREATED);
+    assert_eq!(other.body["num_segments"], "2");
+    // A Messaging Service picks the sender: `from` null, `accepted`, 0 segments so far.
+    let service = "MG0123456789abcdef0123456789abcdef";
+    let via_service = twilio_send(
+        &c,
+        &base,
+        &[
+            ("To", "+14155550101"),
+            ("MessagingServiceSid", service),
+            ("Body", text),
+        ],
+    )
+    .await;
+    assert_eq!(
+        via_service.status,
+        StatusCode::CREATED,
+        "{}",
+        via_service.body
+    );
+    assert!(via_service.body["from"].is_null());
+    assert_eq!(via_service.body["messaging_service_sid"], service);
+    assert_eq!(via_service.body["status"], "accepted");
+    assert_eq!(via_service.body["num_segments"], "0");
+    // An API key (`SK…`) and its secret authenticate too; the path still names the account.
+    let with_key = reply(
+        c.post(twilio_url(&base, TWILIO_ACCOUNT))
+            .basic_auth("SK0123456789abcdef0123456789abcdef", Some("key_secret"))
+            .form(&[
+                ("To", "+14155550102"),
+                ("From", TWILIO_FROM),
+                ("Body", text),
+            ])
+            .send()
+            .await
+            .unwrap(),
+    )
+    .await;
+    assert_eq!(with_key.status, StatusCode::CREATED, "{}", with_key.body);
+    assert_eq!(with_key.body["account_sid"], TWILIO_ACCOUNT);
+
+    let counters = sb.sandbox.counters();
+    assert_eq!(counters.sms_created, 5);
+    assert_eq!(counters.sms_by_to[to], 2);
+    assert_eq!(counters.sms_by_to["+14155550101"], 2);
+    assert_eq!(counters.sms_by_to["+14155550102"], 1);
+    assert_eq!(counters.sms_refused, 0);
+
+    // The recipient's Messages of that UTC day, newest first, in Twilio's list envelope.
+    let date = day.format("%Y-%m-%d").to_string();
+    let listed = twilio_list(&c, &base, &[("To", to), ("DateSent", &date)]).await;
+    assert_eq!(listed.status, StatusCode::OK, "{}", listed.body);
+    let page = &listed.body;
+    assert_eq!(
+        keys(page),
+        [
+            "end",
+            "first_page_uri",
+            "messages",
+            "next_page_uri",
+            "page",
+            "page_size",
+            "previous_page_uri",
+            "start",
+            "uri",
+        ]
+    );
+    let sids: Vec<&Value> = page["messages"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|m| &m["sid"])
+        .collect();
+    assert_eq!(
+        sids,
+        [&second.body["sid"], &first.body["sid"]],
+        "newest first"
+    );
+    assert_eq!(page["messages"][1], first.body, "the resource as created");
+    assert_eq!(
+        (
+            &page["page"],
+            &page["page_size"],
+            &page["start"],
+            &page["end"]
+        ),
+        (&json!(0), &json!(50), &json!(0), &json!(1))
+    );
+    assert!(page["next_page_uri"].is_null() && page["previous_page_uri"].is_null());
+    let uri = format!(
+        "/2010-04-01/Accounts/{TWILIO_ACCOUNT}/Messages.json?To=%2B14155550100&DateSent={date}&PageSize=50&Page=0"
+    );
+    assert_eq!(page["uri"], uri);
+    assert_eq!(page["first_page_uri"], uri);
+
+    // Filtered by the day sent (on, on or before, on or after) and by sender.
+    let yesterday = (day - chrono::Days::new(1)).format("%Y-%m-%d").to_string();
+    let count = |r: &Reply| r.body["messages"].as_array().map(Vec::len);
+    for (query, n) in [
+        (vec![("To", to), ("DateSent", yesterday.as_str())], 0),
+        (vec![("To", to), ("DateSent<", yesterday.as_str())], 0),
+        (vec![("To", to), ("DateSent<", date.as_str())], 2),
+        (vec![("To", to), ("DateSent>", date.as_str())], 2),
+        (vec![("To", to), ("DateSent>", yesterday.as_str())], 2),
+        (vec![("To", to), ("From", TWILIO_FROM)], 2),
+        (vec![("To", to), ("From", "+14155559999")], 0),
+        (vec![("To", "+14155550101")], 2),
+        (vec![("To", "+14155550101"), ("From", TWILIO_FROM)], 1),
+        (vec![("To", "+14155550199")], 0),
+        (vec![("DateSent", date.as_str())], 5),
+    ] {
+        let r = twilio_list(&c, &base, &query).await;
+        assert_eq!(r.status, StatusCode::OK, "{query:?}: {}", r.body);
+        assert_eq!(count(&r), Some(n), "{query:?}: {}", r.body);
+    }
+    let empty = twilio_list(&c, &base, &[("To", to), ("DateSent", &yesterday)]).await;
+    assert_eq!(
+        (&empty.body["start"], &empty.body["end"]),
+        (&json!(0), &json!(0))
+    );
+
+    // Another account sees none of them.
+    let stranger = "ACfedcba9876543210fedcba9876543210";
+    let theirs = reply(
+        c.get(twilio_url(&base, stranger))
+            .basic_auth(stranger, Some("their_token"))
+            .query(&[("To", to)])
+            .send()
+            .await
+            .unwrap(),
+    )
+    .await;
+    assert_eq!(theirs.status, StatusCode::OK);
+    assert_eq!(count(&theirs), Some(0));
+
+    // Pages follow `next_page_uri` and `previous_page_uri`.
+    let p0 = twilio_list(&c, &base, &[("To", to), ("PageSize", "1")]).await;
+    assert_eq!(p0.body["messages"][0]["sid"], second.body["sid"]);
+    assert!(p0.body["previous_page_uri"].is_null());
+    let p1 = twilio_follow(&c, &base, &p0.body["next_page_uri"]).await;
+    assert_eq!(p1.status, StatusCode::OK, "{}", p1.body);
+    assert_eq!(p1.body["messages"][0]["sid"], first.body["sid"]);
+    assert_eq!(
+        (&p1.body["page"], &p1.body["start"], &p1.body["end"]),
+        (&json!(1), &json!(1), &json!(1))
+    );
+    assert!(p1.body["next_page_uri"].is_null(), "{}", p1.body);
+    let back = twilio_follow(&c, &base, &p1.body["previous_page_uri"]).await;
+    assert_eq!(back.body["messages"][0]["sid"], second.body["sid"]);
+    assert_eq!(back.body["page"], 0);
+
+    // A DateSent the sandbox cannot read is a 400 naming it (Twilio documents no code for it).
+    let bad = twilio_list(&c, &base, &[("To", to), ("DateSent", "yesterday")]).await;
+    assert_eq!(bad.status, StatusCode::BAD_REQUEST);
+    assert_eq!(bad.body["status"], 400);
+    assert!(
+        bad.body["message"].as_str().unwrap().contains("DateSent"),
+        "{}",
+        bad.body
+    );
+
+    // Listing creates nothing; the counters are served as JSON too.
+    let served: sandbox::Counters = c
+        .get(format!("{base}/_sandbox/counters"))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(served, sb.sandbox.counters());
+    assert_eq!(served.sms_created, 5);
+    sb.shutdown().await.expect("clean shutdown");
+}
+
+#[tokio::test]
+async fn twilio_refuses_invalid_unreachable_and_unsubscribed_numbers_and_an_outage_creates_nothing()
+{
+    let (sb, c) = start(SandboxConfig::default()).await;
+    let base = sb.base_url.clone();
+    let text = "Your flight LHR to JFK is booked";
+    let send_to = |to: &'static str| {
+        let c = c.clone();
+        let base = base.clone();
+        async move {
+            twilio_send(
+                &c,
+                &base,
+                &[("To", to), ("From", TWILIO_FROM), ("Body", text)],
+            )
+            .await
+        }
+    };
+
+    // Twilio's test-credential magic recipients, each with its documented code.
+    for (to, code) in [
+        ("+15005550001", 21211), // invalid
+        ("+15005550002", 21612), // cannot route
+        ("+15005550003", 21408), // no international permission
+        ("+15005550004", 21610), // unsubscribed (blocked for the account)
+        ("+15005550009", 21614), // cannot receive SMS (not a mobile)
+    ] {
+        let r = send_to(to).await;
+        assert_eq!(
+            twilio_error(&r),
+            (StatusCode::BAD_REQUEST, code),
+            "{to}: {}",
+            r.body
+        );
+    }
+    // The magic senders that are refused.
+    for (from, code) in [
+        ("+15005550001", 21212),
+        ("+15005550007", 21606),
+        ("+15005550008", 21611),
+    ] {
+        let r = twilio_send(
+            &c,
+            &base,
+            &[("To", "+14155550100"), ("From", from), ("Body", text)],
+        )
+        .await;
+        assert_eq!(
+            twilio_error(&r),
+            (StatusCode::BAD_REQUEST, code),
+            "{from}: {}",
+            r.body
+        );
+    }
+    // Validation, in Twilio's codes.
+    let long = "a".repeat(1601);
+    let service = "MG0123456789abcdef0123456789abcdef";
+    for (form, code) in [
+        (vec![("From", TWILIO_FROM), ("Body", text)], 21604),
+        (
+            vec![("To", ""), ("From", TWILIO_FROM), ("Body", text)],
+            21604,
+        ),
+        (
+            vec![("To", "4155550100"), ("From", TWILIO_FROM), ("Body", text)],
+            21211,
+        ),
+        (
+            vec![
+                ("To", "+1 415 555 0100"),
+                ("From", TWILIO_FROM),
+                ("Body", text),
+            ],
+            21211,
+        ),
+        (
+            vec![
+                ("To", "+04155550100"),
+                ("From", TWILIO_FROM),
+                ("Body", text),
+            ],
+            21211,
+        ),
+        (
+            vec![
+                ("To", "+14155550100"),
+                ("From", "+14155550100"),
+                ("Body", text),
+            ],
+            21211,
+        ),
+        (vec![("To", "+14155550100"), ("Body", text)], 21603),
+        (
+            vec![
+                ("To", "+14155550100"),
+                ("MessagingServiceSid", "MG123"),
+                ("Body", text),
+            ],
+            21603,
+        ),
+        (vec![("To", "+14155550100"), ("From", TWILIO_FROM)], 21602),
+        (
+            vec![("To", "+14155550100"), ("From", TWILIO_FROM), ("Body", "")],
+            21602,
+        ),
+        (
+            vec![("To", "+14155550100"), ("MessagingServiceSid", service)],
+            21619,
+        ),
+        (
+            vec![
+                ("To", "+14155550100"),
+                ("From", TWILIO_FROM),
+                ("Body", long.as_str()),
+            ],
+            21617,
+        ),
+    ] {
+        let r = twilio_send(&c, &base, &form).await;
+        assert_eq!(
+            twilio_error(&r),
+            (StatusCode::BAD_REQUEST, code),
+            "{form:?}: {}",
+            r.body
+        );
+    }
+    // The To of a 21211 is named in the message, in the words of Twilio's documented example.
+    let r = twilio_send(
+        &c,
+        &base,
+        &[("To", "4155550100"), ("From", TWILIO_FROM), ("Body", text)],
+    )
+    .await;
+    assert_eq!(
+        r.body["message"],
+        "The 'To' number 4155550100 is not a valid phone number."
+    );
+    // 1,600 characters is still one Message.
+    let longest = "a".repeat(1600);
+    let ok = twilio_send(
+        &c,
+        &base,
+        &[
+            ("To", "+14155550100"),
+            ("From", TWILIO_FROM),
+            ("Body", &longest),
+        ],
+    )
+    .await;
+    assert_eq!(ok.status, StatusCode::CREATED, "{}", ok.body);
+    assert_eq!(ok.body["num_segments"], "11");
+
+    // Authentication: Basic, username the path's Account SID (or an SK key), a password.
+    let form = [
+        ("To", "+14155550100"),
+        ("From", TWILIO_FROM),
+        ("Body", text),
+    ];
+    let stranger = "ACfedcba9876543210fedcba9876543210";
+    let url = twilio_url(&base, TWILIO_ACCOUNT);
+    for (what, req) in [
+        ("no credentials", c.post(&url)),
+        (
+            "another account",
+            c.post(&url).basic_auth(stranger, Some(TWILIO_TOKEN)),
+        ),
+        (
+            "no password",
+            c.post(&url).basic_auth(TWILIO_ACCOUNT, None::<&str>),
+        ),
+        (
+            "empty password",
+            c.post(&url).basic_auth(TWILIO_ACCOUNT, Some("")),
+        ),
+        ("a bearer token", c.post(&url).bearer_auth(TWILIO_TOKEN)),
+        (
+            "a malformed account",
+            c.post(twilio_url(&base, "AC123"))
+                .basic_auth("AC123", Some(TWILIO_TOKEN)),
+        ),
+    ] {
+        let r = reply(req.form(&form).send().await.unwrap()).await;
+        assert_eq!(
+            twilio_error(&r),
+            (StatusCode::UNAUTHORIZED, 20003),
+            "{what}: {}",
+            r.body
+        );
+    }
+    let list = reply(c.get(&url).send().await.unwrap()).await;
+    assert_eq!(twilio_error(&list), (StatusCode::UNAUTHORIZED, 20003));
+
+    let refused_creates = 5 + 3 + 12 + 1 + 6;
+    let counters = sb.sandbox.counters();
+    assert_eq!(counters.sms_created, 1, "only the 1,600-character body");
+    assert_eq!(
+        counters.sms_refused, refused_creates,
+        "every refused create, the list's 401 aside"
+    );
+    assert_eq!(
+        counters.sms_by_to.keys().collect::<Vec<_>>(),
+        ["+14155550100"]
+    );
+    assert!(!counters.outage_responses.contains_key("twilio"));
+
+    // A 503 outage (over HTTP): every Twilio call answers it in Twilio's shape; nothing is made.
+    let outage = |body: Value| {
+        c.post(format!("{base}/_sandbox/outages"))
+            .json(&body)
+            .send()
+    };
+    let down = reply(
+        outage(json!({"provider": "twilio", "seconds": 60, "status": 503}))
+            .await
+            .unwrap(),
+    )
+    .await;
+    assert_eq!(down.status, StatusCode::OK, "{}", down.body);
+    assert_eq!(
+        (&down.body["provider"], &down.body["down"]),
+        (&json!("twilio"), &json!(true))
+    );
+    let r = send_to("+14155550103").await;
+    assert_eq!(
+        twilio_error(&r),
+        (StatusCode::SERVICE_UNAVAILABLE, 20503),
+        "{}",
+        r.body
+    );
+    let r = twilio_list(&c, &base, &[("To", "+14155550103")]).await;
+    assert_eq!(twilio_error(&r), (StatusCode::SERVICE_UNAVAILABLE, 20503));
+    // …even a request Twilio would refuse: the outage answers first.
+    let r = twilio_send(&c, &base, &[("To", "+14155550103")]).await;
+    assert_eq!(r.status, StatusCode::SERVICE_UNAVAILABLE);
+    // The other providers and the control endpoints keep answering.
+    let email =
+        json!({"from": "a@parkerflight.test", "to": "t@example.com", "subject": "s", "text": "t"});
+    let sent = c
+        .post(format!("{base}/emails"))
+        .bearer_auth(RESEND)
+        .json(&email)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(sent.status(), StatusCode::OK);
+    let listed: Value = c
+        .get(format!("{base}/_sandbox/outages"))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(listed[3]["provider"], "twilio");
+    assert_eq!(
+        (&listed[3]["down"], &listed[3]["status"]),
+        (&json!(true), &json!(503))
+    );
+
+    // A 429 (Rust API): Twilio's 20429, "never processed".
+    sb.sandbox
+        .set_outage(Provider::Twilio, Duration::from_secs(60), 429);
+    let r = send_to("+14155550103").await;
+    assert_eq!(
+        twilio_error(&r),
+        (StatusCode::TOO_MANY_REQUESTS, 20429),
+        "{}",
+        r.body
+    );
+    assert_eq!(r.body["message"], "Too Many Requests");
+    // 429 is Twilio's alone; a 500 outage answers 20500.
+    let stripe_429 = reply(
+        outage(json!({"provider": "stripe", "seconds": 5, "status": 429}))
+            .await
+            .unwrap(),
+    )
+    .await;
+    assert_eq!(stripe_429.status, StatusCode::BAD_REQUEST);
+    assert!(stripe_429.body["error"]
+        .as_str()
+        .unwrap()
+        .contains("status must be one of"));
+    assert!(sb.sandbox.outage(Provider::Stripe).is_none());
+    sb.sandbox
+        .set_outage(Provider::Twilio, Duration::from_millis(400), 500);
+    let r = send_to("+14155550103").await;
+    assert_eq!(twilio_error(&r), (StatusCode::INTERNAL_SERVER_ERROR, 20500));
+
+    let counters = sb.sandbox.counters();
+    assert_eq!(counters.sms_created, 1, "no outage answer created anything");
+    assert_eq!(
+        counters.sms_refused, refused_creates,
+        "outage answers are not refusals"
+    );
+    assert_eq!(counters.outage_responses["twilio"], 5);
+    assert!(!counters.sms_by_to.contains_key("+14155550103"));
+
+    // The outage ends on time; the retry is the one Message.
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    assert!(sb.sandbox.outage(Provider::Twilio).is_none());
+    let r = send_to("+14155550103").await;
+    assert_eq!(r.status, StatusCode::CREATED, "{}", r.body);
+    let counters = sb.sandbox.counters();
+    assert_eq!(counters.sms_created, 2);
+    assert_eq!(counters.sms_by_to["+14155550103"], 1);
+    assert_eq!(counters.outage_responses["twilio"], 5);
+    sb.shutdown().await.expect("clean shutdown");
 }

@@ -913,6 +913,10 @@ pub struct EmailView {
     pub dedupe_key: String,
     /// When it went out (`None`: recorded, not yet sent).
     pub sent_at: Option<DateTime<Utc>>,
+    /// `email` or `sms`.
+    pub channel: String,
+    /// Why the provider refused it for good (`twilio_21211`, `no_phone`), if it did.
+    pub failure_code: Option<String>,
 }
 
 /// Which jobs belong to a booking, in the domain's words: a kind and its key, or a kind and
@@ -1098,12 +1102,14 @@ pub async fn view(db: &Db, id: Uuid) -> Result<Option<BookingView>, sqlx::Error>
     .fetch_all(db)
     .await?;
     let emails: Vec<EmailView> = sqlx::query_as(
-        "SELECT kind, dedupe_key, sent_at FROM notifications
-         WHERE dedupe_key IN ('booking-confirmed/' || $1, 'action-required/' || $1, 'refund/' || $1, 'hold-voided/' || $1, 'fare-unbookable/' || $1)
-            OR dedupe_key LIKE 'order-change/' || $1 || '/%'
-            OR dedupe_key IN (SELECT 'refund-failed/' || r.id FROM refunds r WHERE r.booking_id = $1::uuid)
-            OR dedupe_key IN (SELECT 'airline-change/' || a.id FROM airline_changes a WHERE a.booking_id = $1::uuid)
-            OR ($2::uuid IS NOT NULL AND dedupe_key LIKE 'campaign-action-required/' || $2 || '/%')
+        "SELECT kind, dedupe_key, sent_at, channel, failure_code FROM notifications,
+                LATERAL (SELECT CASE WHEN channel = 'sms' THEN left(dedupe_key, -4)
+                                     ELSE dedupe_key END AS k) m
+         WHERE m.k IN ('booking-confirmed/' || $1, 'action-required/' || $1, 'refund/' || $1, 'hold-voided/' || $1, 'fare-unbookable/' || $1)
+            OR m.k LIKE 'order-change/' || $1 || '/%'
+            OR m.k IN (SELECT 'refund-failed/' || r.id FROM refunds r WHERE r.booking_id = $1::uuid)
+            OR m.k IN (SELECT 'airline-change/' || a.id FROM airline_changes a WHERE a.booking_id = $1::uuid)
+            OR ($2::uuid IS NOT NULL AND m.k LIKE 'campaign-action-required/' || $2 || '/%')
          ORDER BY created_at",
     )
     .bind(id.to_string())

@@ -8,7 +8,7 @@ use crate::{
     pii::Keyring,
     providers::{
         DuffelClient, EmailApi, FlightsApi, PaymentsApi, ProviderConfigError, ProvidersConfig,
-        ResendClient, StripePayments,
+        ResendClient, SmsApi, StripePayments, TwilioClient,
     },
     JobContext, JobError,
 };
@@ -26,6 +26,8 @@ pub struct Deps {
     pub flights: Option<Arc<dyn FlightsApi>>,
     /// Resend.
     pub email: Option<Arc<dyn EmailApi>>,
+    /// Twilio (text messages).
+    pub sms: Option<Arc<dyn SmsApi>>,
 }
 
 impl Deps {
@@ -65,6 +67,13 @@ impl Deps {
                 ResendClient::new(&p.email).map_err(|e| bad("email", e))?,
             ));
         }
+        if p.sms.auth_token.expose().is_empty() {
+            tracing::info!("providers.sms.auth_token is empty: no text messages (travelers who chose SMS are told by email)");
+        } else {
+            deps.sms = Some(Arc::new(
+                TwilioClient::new(&p.sms).map_err(|e| bad("sms", e))?,
+            ));
+        }
         Ok(deps)
     }
 
@@ -88,6 +97,11 @@ impl Deps {
         self.flights
             .as_deref()
             .ok_or_else(|| JobError::fatal("no flights provider configured ([providers.duffel])"))
+    }
+
+    /// The text-message client, if configured.
+    pub fn sms(&self) -> Option<&dyn SmsApi> {
+        self.sms.as_deref()
     }
 
     /// The email client, or a fatal error.

@@ -100,6 +100,8 @@ pub mod budgets {
     pub const STRIPE: &str = "stripe";
     /// Resend's email API.
     pub const RESEND: &str = "resend";
+    /// Twilio's Messaging API (text messages).
+    pub const TWILIO: &str = "twilio";
 }
 
 impl Default for KindDefaults {

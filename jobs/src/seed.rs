@@ -25,6 +25,9 @@ pub enum SeedError {
 pub const CANARY_PASSPORT: &str = "PZQX9931177";
 /// See [`CANARY_PASSPORT`].
 pub const CANARY_EMAIL: &str = "distinctive.traveler.7741@example.test";
+/// A distinctive mobile number seeded for traveler 1 (who chose text messages): it must never
+/// appear in logs or output.
+pub const CANARY_PHONE: &str = "+14155550199";
 
 /// The routes of the demo mix, in rotation: every sandbox route scenario (docs/sandbox.md),
 /// and a normal majority.
@@ -68,6 +71,18 @@ pub fn demo_mix(n: usize) -> CampaignSeed {
         s.card_exp_month = soon.month() as i16;
         s.card_exp_year = soon.year() as i16;
     }
+    if n % 4 == 1 {
+        // A quarter of the travelers chose text messages as well as email; one in 50 gave a
+        // number Twilio refuses (its test number for "invalid"): their texts fail, alone.
+        s.phone = Some(if n % 50 == 13 {
+            "+15005550001".to_owned()
+        } else if n == 1 {
+            CANARY_PHONE.to_owned()
+        } else {
+            format!("+1415555{:04}", n % 10_000)
+        });
+        s.notification_preferences = serde_json::json!({"default": ["email", "sms"]});
+    }
     if n == 0 {
         s.email = CANARY_EMAIL.into();
         s.passport = CANARY_PASSPORT.into();
@@ -106,6 +121,10 @@ pub struct CampaignSeed {
     pub expires_in_days: i64,
     /// How long from now until its first search is due (0: due at once).
     pub first_search_in: std::time::Duration,
+    /// The account's mobile (E.164), for text messages.
+    pub phone: Option<String>,
+    /// The account's `notification_preferences` (`{}`: email for everything).
+    pub notification_preferences: serde_json::Value,
 }
 
 impl CampaignSeed {
@@ -127,6 +146,8 @@ impl CampaignSeed {
             status: "active".into(),
             expires_in_days: 180,
             first_search_in: std::time::Duration::ZERO,
+            phone: None,
+            notification_preferences: serde_json::json!({}),
         }
     }
 }
@@ -151,10 +172,15 @@ pub async fn seed_campaign(
     s: &CampaignSeed,
 ) -> Result<Seeded, SeedError> {
     let mut tx = db.begin().await?;
-    let user_id: Uuid = sqlx::query_scalar("INSERT INTO users (email) VALUES ($1) RETURNING id")
-        .bind(&s.email)
-        .fetch_one(&mut *tx)
-        .await?;
+    let user_id: Uuid = sqlx::query_scalar(
+        "INSERT INTO users (email, phone, notification_preferences) VALUES ($1, $2, $3)
+         RETURNING id",
+    )
+    .bind(&s.email)
+    .bind(&s.phone)
+    .bind(&s.notification_preferences)
+    .fetch_one(&mut *tx)
+    .await?;
     let profile_id = Uuid::new_v4();
     let sealed = keyring.encrypt(profile_id, &s.passport)?;
     sqlx::query(

@@ -300,15 +300,20 @@ fn show_text(r: &crate::ops::BookingReport) -> String {
         }
     }
     if !b.emails.is_empty() {
-        let mut t = table(&["email", "dedupe key", "sent"]);
+        let mut t = table(&["message", "channel", "dedupe key", "sent"]);
         for e in &b.emails {
             t.add_row(vec![
                 e.kind.clone(),
+                e.channel.clone(),
                 e.dedupe_key.clone(),
-                e.sent_at.map(ago).unwrap_or_else(|| "not yet".into()),
+                match (&e.sent_at, &e.failure_code) {
+                    (Some(at), _) => ago(*at),
+                    (None, Some(why)) => format!("refused ({why})"),
+                    (None, None) => "not yet".into(),
+                },
             ]);
         }
-        out.push_str(&format!("\nemails\n{t}\n"));
+        out.push_str(&format!("\nmessages\n{t}\n"));
     }
     let mut t = table(&["job", "kind", "state", "try", "created", "last error"]);
     for j in &r.jobs {

@@ -121,6 +121,10 @@ pub struct DemoSummary {
     /// Refunds that failed after Stripe accepted them (a closed card); each was then paid back
     /// by bank transfer, recorded by an operator.
     pub refunds_failed: i64,
+    /// Text messages sent (a quarter of the travelers chose SMS as well as email).
+    pub sms_sent: i64,
+    /// Text messages Twilio refused for good (an invalid number): those alone failed.
+    pub sms_failed: i64,
 }
 
 /// One route of the demo.
@@ -202,11 +206,13 @@ fn summary_text(s: &DemoSummary, log_file: Option<&std::path::Path>) -> String {
          fare (searched, never booked); 1 card in 9 expiring before its campaign ends (a \
          reminder); the airline cancels 5 ticketed bookings (refunded) and moves 4 other \
          flights (an operator accepts 2, cancels and refunds 1, leaves 1 to its deadline); one \
-         refund fails days later (the card was closed) and finance pays it back by bank transfer\n\n\
+         refund fails days later (the card was closed) and finance pays it back by bank transfer; 1 \
+         traveler in 4 chose text messages too (1 in 50 of them with a number Twilio refuses)\n\n\
          {reasons}\n\n\
          outcome: {ticketed} ticketed, {failed} failed (holds voided, searches rescheduled), \
          {refunds} refunded, {refunds_failed} refund(s) failed (paid back by transfer), airline changes: \
-         {changes}; {reminders} reminders sent, {retries} retries, {dead} dead jobs; \
+         {changes}; {sms_sent} text messages sent ({sms_failed} refused: invalid numbers); \
+         {reminders} reminders sent, {retries} retries, {dead} dead jobs; \
          {pis} PaymentIntents (at most {max_pi} per booking); {violations} invariant \
          violation(s){logs}",
         campaigns = s.campaigns,
@@ -216,6 +222,8 @@ fn summary_text(s: &DemoSummary, log_file: Option<&std::path::Path>) -> String {
         failed = s.bookings_failed,
         refunds = s.refunds,
         refunds_failed = s.refunds_failed,
+        sms_sent = s.sms_sent,
+        sms_failed = s.sms_failed,
         reminders = s.reminders_sent,
         retries = s.retries,
         dead = s.dead_jobs,
@@ -436,6 +444,12 @@ async fn demo(settings: &Settings) -> anyhow::Result<DemoSummary> {
         sqlx::query_scalar("SELECT count(*) FROM refunds WHERE status = 'failed'")
             .fetch_one(&db.pool)
             .await?;
+    let (sms_sent, sms_failed): (i64, i64) = sqlx::query_as(
+        "SELECT count(*) FILTER (WHERE sent_at IS NOT NULL), count(*) FILTER (WHERE failed_at IS NOT NULL)
+         FROM notifications WHERE channel = 'sms'",
+    )
+    .fetch_one(&db.pool)
+    .await?;
     let counters = sandbox.sandbox.counters();
     let payment_intents = counters.payment_intents_created;
     let max_pi_per_booking = counters
@@ -462,6 +476,8 @@ async fn demo(settings: &Settings) -> anyhow::Result<DemoSummary> {
         failures_by_reason,
         airline_changes,
         refunds_failed,
+        sms_sent,
+        sms_failed,
     })
 }
 

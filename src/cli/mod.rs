@@ -70,7 +70,7 @@ pub(crate) enum Command {
     Audit(audit::AuditArgs),
     /// List the registered workers: alive or stale, their queues, what they hold.
     Workers(workers::WorkersArgs),
-    /// Serve the provider sandbox (Stripe, Duffel and Resend subset) on loopback.
+    /// Serve the provider sandbox (Stripe, Duffel, Resend and Twilio subset) on loopback.
     Sandbox(sandbox::SandboxArgs),
     /// Insert synthetic users with profiles, cards and campaigns (staging and local runs only:
     /// refuses a database that already has users). PII is sealed with FLEET_PII_KEYS.

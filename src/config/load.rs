@@ -97,6 +97,7 @@ fn is_secret_key(path: &[String]) -> bool {
             "secret_key"
                 | "access_token"
                 | "api_key"
+                | "auth_token"
                 | "url"
                 | "read_url"
                 | "direct_url"
@@ -1072,6 +1073,7 @@ mod tests {
             &env(&[
                 ("FLEET_WORKER__LEASE", "20s"),
                 ("FLEET_PROVIDERS__STRIPE__SECRET_KEY", "sk_live_hunter2"),
+                ("FLEET_PROVIDERS__SMS__AUTH_TOKEN", "twilio_hunter2"),
                 ("FLEET_DATABASE__URL", "postgres://u:hunter2@h/db"),
             ]),
         )
@@ -1087,6 +1089,7 @@ mod tests {
         );
         assert_eq!(get("worker.prefetch").source, SettingSource::Default);
         assert_eq!(get("providers.stripe.secret_key").value, "***");
+        assert_eq!(get("providers.sms.auth_token").value, "***");
         assert_eq!(get("database.url").value, "***");
         assert!(!format!("{:?}", r.values).contains("hunter2"));
     }

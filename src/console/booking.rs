@@ -216,7 +216,7 @@ pub async fn show(
             }
             for e in &b.emails {
                 if let Some(at) = e.sent_at {
-                    timeline.push(Entry { at, what: "email", tone: "email", text: html! { (e.kind) " sent · " code { (e.dedupe_key) } } });
+                    timeline.push(Entry { at, what: if e.channel == "sms" { "text" } else { "email" }, tone: "email", text: html! { (e.kind) " sent · " code { (e.dedupe_key) } } });
                 }
             }
             for a in &b.audit {
@@ -313,14 +313,15 @@ pub async fn show(
                     }
                 }
                 section {
-                    h2 { "Emails" }
+                    h2 { "Messages" }
                     @if b.emails.is_empty() { p.muted { "No email." } } @else {
-                        (templates::sortable("emails", "Emails the booking caused (no address is stored here)", &[("Email", false), ("Dedupe key", false), ("Sent", false)], html! {
+                        (templates::sortable("emails", "Emails and text messages the booking caused (no address or number is shown)", &[("Message", false), ("Channel", false), ("Dedupe key", false), ("Sent", false)], html! {
                             @for e in &b.emails {
                                 tr {
                                     td { (e.kind) }
+                                    td { (e.channel) }
                                     td { code { (e.dedupe_key) } }
-                                    td data-sort=(e.sent_at.map(|t| t.timestamp_millis()).unwrap_or(0)) { @match e.sent_at { Some(t) => (templates::time(t)), None => span.muted { "not yet" } } }
+                                    td data-sort=(e.sent_at.map(|t| t.timestamp_millis()).unwrap_or(0)) { @match (e.sent_at, &e.failure_code) { (Some(t), _) => (templates::time(t)), (None, Some(why)) => span.error { "refused (" (why) ")" }, (None, None) => span.muted { "not yet" } } }
                                 }
                             }
                         }))

@@ -14,7 +14,7 @@ use serde_json::{json, Value};
 use crate::{
     duffel_objects::AirlineChangeRefusal,
     handle::Sandbox,
-    scenarios::{self, Provider, Scenario, OUTAGE_STATUSES},
+    scenarios::{self, Provider, Scenario},
     state::Counters,
 };
 
@@ -78,7 +78,7 @@ struct SetOutage {
     provider: String,
     /// How long it lasts from now; 0 ends it.
     seconds: f64,
-    /// The server error every request gets (500 when absent).
+    /// What every request gets (500 when absent): a server error, or 429 for Twilio.
     #[serde(default)]
     status: Option<u16>,
 }
@@ -112,9 +112,11 @@ async fn admin_set_outage(State(sb): State<Sandbox>, body: axum::body::Bytes) ->
         ));
     }
     let status = req.status.unwrap_or(500);
-    if !OUTAGE_STATUSES.contains(&status) {
+    let allowed = provider.outage_statuses();
+    if !allowed.contains(&status) {
         return bad(format!(
-            "status must be one of {OUTAGE_STATUSES:?}, not {status}"
+            "status must be one of {allowed:?} for {}, not {status}",
+            provider.as_str()
         ));
     }
     sb.set_outage(

@@ -22,7 +22,7 @@ pub struct SandboxConfig {
     pub webhook_backoff_ms: u64,
     /// Time added to every Stripe and Duffel request before it is handled, drawn uniformly
     /// from the range per request (the network and processing time of a real provider call).
-    /// `None` (the default): answer at once. Resend and `/_sandbox` are never delayed.
+    /// `None` (the default): answer at once. Resend, Twilio and `/_sandbox` are never delayed.
     pub provider_latency: Option<LatencyRange>,
 }
 

@@ -60,10 +60,22 @@ impl Sandbox {
     }
 
     /// Starts an outage of `provider` for `length` (replacing one in progress): every API
-    /// request to it is answered with `status` (one of
-    /// [`OUTAGE_STATUSES`](crate::scenarios::OUTAGE_STATUSES)) in the provider's own error
-    /// shape, before anything is done. A zero `length` ends it.
+    /// request to it is answered with `status` in the provider's own error shape, before
+    /// anything is done. A zero `length` ends it.
+    ///
+    /// `status` must be one of [`Provider::outage_statuses`]: a server error
+    /// ([`OUTAGE_STATUSES`](crate::scenarios::OUTAGE_STATUSES)), or for
+    /// [`Provider::Twilio`] also 429 (error 20429, "Too Many Requests").
+    ///
+    /// # Panics
+    /// If `status` is not one of them (a mistake in the calling test).
     pub fn set_outage(&self, provider: Provider, length: std::time::Duration, status: u16) {
+        assert!(
+            provider.outage_statuses().contains(&status),
+            "an outage of {} answers one of {:?}, not {status}",
+            provider.as_str(),
+            provider.outage_statuses()
+        );
         let mut st = self.lock();
         if length.is_zero() {
             st.outages.remove(&provider);

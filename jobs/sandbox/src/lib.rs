@@ -1,10 +1,11 @@
-//! The provider sandbox: a stateful, in-memory stand-in for the subset of **Stripe**, **Duffel**
-//! and **Resend** that the fleet's clients use, served over loopback HTTP by one axum server.
+//! The provider sandbox: a stateful, in-memory stand-in for the subset of **Stripe**, **Duffel**,
+//! **Resend** and **Twilio** that the fleet's clients use, served over loopback HTTP by one axum
+//! server.
 //!
 //! Paths and shapes follow the real APIs, so a client only changes its base URL. The sandbox is a
 //! test double, but a faithful one: state transitions are validated, unknown ids are 404s in the
 //! provider's own error shape, idempotency keys behave as the provider documents, and
-//! [`Counters`] let a test prove that nothing was charged, booked or emailed twice.
+//! [`Counters`] let a test prove that nothing was charged, booked, emailed or texted twice.
 //!
 //! # Stripe (`/v1/...`, form-encoded bodies, `Authorization: Bearer sk_test_…`)
 //! - `POST /v1/payment_intents`, `GET /v1/payment_intents/{id}`,
@@ -114,6 +115,49 @@
 //! (invalid JSON → 400 `validation_error`, a missing field → 422 `missing_required_field`,
 //! an over-long key → 400 `invalid_idempotency_key`).
 //!
+//! # Twilio (`/2010-04-01/Accounts/{AccountSid}/Messages.json`, form-encoded, HTTP Basic)
+//! Programmable Messaging as Twilio's OpenAPI spec (`twilio/twilio-oai`,
+//! `spec/json/twilio_api_v2010.json`) and its error pages document it:
+//! - `POST /2010-04-01/Accounts/{AccountSid}/Messages.json` with `To` (E.164), `From` or
+//!   `MessagingServiceSid`, and `Body` → **201** with the Message resource, exactly the fields
+//!   of the spec's `create` example: `sid` (`SM` + 32 hex), `account_sid`, `api_version`,
+//!   `body`, `to`, `from` (null when a Messaging Service picks the sender),
+//!   `messaging_service_sid`, `status` (`queued`; `accepted` with a Messaging Service),
+//!   `direction: "outbound-api"`, `num_segments` and `num_media` as strings, `date_created` /
+//!   `date_sent` / `date_updated` in RFC 2822 (`Thu, 24 Aug 2023 05:01:45 +0000`),
+//!   `error_code`, `error_message`, `price`, `price_unit` null, `uri`, `subresource_uris.media`.
+//!   Twilio has **no idempotency key** here: every accepted POST is another Message.
+//! - `GET /2010-04-01/Accounts/{AccountSid}/Messages.json?To=…&DateSent=YYYY-MM-DD` (also
+//!   `From`, `DateSent<` / `DateSent>` for on-or-before / on-or-after, `PageSize` 1–1000,
+//!   default 50, and the `PageToken` of a page uri) → the account's Messages matching every
+//!   filter, **newest first**, in Twilio's list envelope: `messages`, `page`, `page_size`,
+//!   `start`, `end`, `uri`, `first_page_uri`, `next_page_uri`, `previous_page_uri` (null at
+//!   either end). `DateSent` compares the UTC day of `date_sent`.
+//! - Authentication: Basic, the username the path's Account SID (`AC` + 32 hex) or an API key
+//!   SID (`SK` + 32 hex), the password (Auth Token or key secret) not empty; else 401 code
+//!   20003. Accounts are isolated: each lists only its own Messages.
+//!
+//! Errors are Twilio's `{"code", "message", "more_info": "https://www.twilio.com/docs/errors/NNNNN",
+//! "status"}`; a refused create makes no Message:
+//!
+//! | request | answer |
+//! |---|---|
+//! | no Basic credentials, wrong username, empty password, malformed `AccountSid` | 401 `20003` |
+//! | `To` missing or empty | 400 `21604` |
+//! | `To` not `^\+[1-9][0-9]{1,14}$`, or equal to `From` | 400 `21211` |
+//! | neither `From` nor `MessagingServiceSid` (or one not `MG` + 32 hex) | 400 `21603` |
+//! | `Body` missing or empty | 400 `21602` (`21619` with a Messaging Service and no `From`) |
+//! | `Body` over 1,600 characters | 400 `21617` |
+//!
+//! Twilio's test-credential **magic numbers** (twilio.com/docs/iam/test-credentials), honoured
+//! with any credentials: `To` `+15005550001` → 400 `21211` (invalid), `+15005550002` → `21612`
+//! (cannot route), `+15005550003` → `21408` (no international permission), `+15005550004` →
+//! `21610` (unsubscribed / blocked), `+15005550009` → `21614` (not a mobile); `From`
+//! `+15005550001` → `21212`, `+15005550007` → `21606`, `+15005550008` → `21611` (queue full).
+//! Every other valid number succeeds (`+15005550006` is the documented good sender). What the
+//! sandbox chooses where Twilio is silent is listed in docs/sandbox.md. [`Counters`]:
+//! `sms_created`, `sms_by_to`, `sms_refused` (4xx answers to creates).
+//!
 //! # Webhooks
 //! With [`SandboxConfig::webhook`] set, state changes are delivered as signed events (spawned
 //! task, up to [`WEBHOOK_ATTEMPTS`] attempts with exponential backoff on non-2xx):
@@ -136,12 +180,14 @@
 //!
 //! # Outages
 //! `POST /_sandbox/outages {"provider": "stripe", "seconds": 120, "status": 503}` (or
-//! [`Sandbox::set_outage`]) takes one provider (`stripe`, `duffel` or `resend`) down from now for
-//! `seconds` (at most a day; `0` ends it at once): every API request to it is answered with
-//! `status` (500 when absent; 500, 502, 503 or 504) in the provider's own error shape — Stripe's
-//! `{"error": {"type": "api_error", …}}`, Duffel's `api_error` / `internal_server_error`,
-//! Resend's `internal_server_error` — **before** the request is handled, so nothing is created or
-//! changed and Stripe keeps no idempotent result for the key (the same key succeeds once the
+//! [`Sandbox::set_outage`]) takes one provider (`stripe`, `duffel`, `resend` or `twilio`) down
+//! from now for `seconds` (at most a day; `0` ends it at once): every API request to it is
+//! answered with `status` (500 when absent; 500, 502, 503 or 504, and for `twilio` also 429) in
+//! the provider's own error shape — Stripe's `{"error": {"type": "api_error", …}}`, Duffel's
+//! `api_error` / `internal_server_error`, Resend's `internal_server_error`, Twilio's
+//! `{"code", "message", "more_info", "status"}` with code 20429 "Too Many Requests" for a 429
+//! (Twilio: such a request "is never processed"), 20503 for a 503 and 20500 for the other
+//! server errors — **before** the request is handled, so nothing is created or changed and Stripe keeps no idempotent result for the key (the same key succeeds once the
 //! outage is over, as Stripe documents for requests that did not start executing). The other
 //! providers and the `/_sandbox` endpoints keep answering. `GET /_sandbox/outages` lists each
 //! provider with `down`, `status` and `seconds_left`; `outage_responses` in the counters counts
@@ -154,17 +200,18 @@
 //! `POST /_sandbox/orders/{id}/airline_change` ([`Sandbox::airline_change`]),
 //! `POST /_sandbox/webhooks/{stripe,duffel}`.
 //!
-//! Logs carry ids only: never names, emails, phone numbers or identity documents.
+//! Logs carry ids only: never names, emails, phone numbers, message bodies or identity
+//! documents.
 
 #![warn(missing_docs)]
 
 // Each module only uses modules of the layers below its own, so no two import each other:
 //   server
-//   admin, stripe, duffel (and its child duffel::aic), resend
+//   admin, stripe, duffel (and its child duffel::aic), resend, twilio
 //   read, webhooks
 //   handle
 //   state
-//   scenarios, stripe_objects, duffel_objects, config, util
+//   scenarios, stripe_objects, duffel_objects, twilio_objects, config, util
 // This file only declares the modules and re-exports the public items; nothing imports from it.
 mod admin;
 mod config;
@@ -178,6 +225,8 @@ mod server;
 mod state;
 mod stripe;
 mod stripe_objects;
+mod twilio;
+mod twilio_objects;
 mod util;
 pub mod webhooks;
 

@@ -156,11 +156,18 @@ pub enum Provider {
     Duffel,
     /// `/emails`.
     Resend,
+    /// `/2010-04-01/Accounts/{AccountSid}/Messages.json` (Programmable Messaging).
+    Twilio,
 }
 
 impl Provider {
-    /// Every provider.
-    pub const ALL: [Provider; 3] = [Provider::Stripe, Provider::Duffel, Provider::Resend];
+    /// Every provider, in the order `GET /_sandbox/outages` lists them.
+    pub const ALL: [Provider; 4] = [
+        Provider::Stripe,
+        Provider::Duffel,
+        Provider::Resend,
+        Provider::Twilio,
+    ];
 
     /// Its name in `POST /_sandbox/outages` (`"stripe"`).
     pub fn as_str(self) -> &'static str {
@@ -168,6 +175,16 @@ impl Provider {
             Provider::Stripe => "stripe",
             Provider::Duffel => "duffel",
             Provider::Resend => "resend",
+            Provider::Twilio => "twilio",
+        }
+    }
+
+    /// The statuses an outage of this provider may answer with: [`OUTAGE_STATUSES`], and for
+    /// Twilio also 429 ([`TWILIO_OUTAGE_STATUSES`]).
+    pub fn outage_statuses(self) -> &'static [u16] {
+        match self {
+            Provider::Twilio => &TWILIO_OUTAGE_STATUSES,
+            Provider::Stripe | Provider::Duffel | Provider::Resend => &OUTAGE_STATUSES,
         }
     }
 
@@ -180,6 +197,11 @@ impl Provider {
 /// The statuses an outage may answer with: the server errors the providers document as
 /// "something went wrong on our end" (Stripe: 500, 502, 503, 504 with error type `api_error`).
 pub const OUTAGE_STATUSES: [u16; 4] = [500, 502, 503, 504];
+
+/// What a Twilio outage may answer with: the server errors, and 429 (Twilio error 20429, "Too
+/// Many Requests": "this request is never processed", "always safe to retry"), which plays a
+/// Twilio API concurrency limit for as long as the outage lasts.
+pub const TWILIO_OUTAGE_STATUSES: [u16; 5] = [429, 500, 502, 503, 504];
 
 /// An outage in progress: every API request to the provider is answered with `status`, before
 /// any operation runs (so nothing is created, and Stripe stores no idempotent result), until
@@ -220,5 +242,15 @@ mod tests {
             assert_eq!(Provider::parse(p.as_str()), Some(p));
         }
         assert_eq!(Provider::parse("Stripe"), None);
+    }
+
+    #[test]
+    fn only_twilio_outages_may_answer_429() {
+        for p in Provider::ALL {
+            assert_eq!(p.outage_statuses().contains(&429), p == Provider::Twilio);
+            assert!(OUTAGE_STATUSES
+                .iter()
+                .all(|s| p.outage_statuses().contains(s)));
+        }
     }
 }

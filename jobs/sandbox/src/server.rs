@@ -8,11 +8,12 @@ use tokio_util::sync::CancellationToken;
 
 use crate::{
     admin, config::SandboxConfig, duffel, handle::Sandbox, resend, scenarios::Provider, stripe,
+    twilio,
 };
 
 impl Sandbox {
-    /// Every route (Stripe, Duffel, Resend and the `/_sandbox` admin endpoints) serving this
-    /// sandbox's state, to mount in a server of your own.
+    /// Every route (Stripe, Duffel, Resend, Twilio and the `/_sandbox` admin endpoints) serving
+    /// this sandbox's state, to mount in a server of your own.
     pub fn router(&self) -> Router {
         let out = |p| axum::middleware::from_fn_with_state((self.clone(), p), during_outage);
         Router::new()
@@ -24,6 +25,7 @@ impl Sandbox {
                 provider_latency,
             ))
             .merge(resend::routes().route_layer(out(Provider::Resend)))
+            .merge(twilio::routes().route_layer(out(Provider::Twilio)))
             .merge(admin::routes())
             .with_state(self.clone())
     }
@@ -53,9 +55,9 @@ impl Sandbox {
     }
 }
 
-/// Answers every request with the provider's outage error while it is in one
-/// ([`Sandbox::set_outage`]), before the handler (so before any state changes and before any
-/// idempotency record), and lets it through otherwise.
+/// Answers every request with the provider's outage error (or a Twilio outage's 429) while it
+/// is in one ([`Sandbox::set_outage`]), before the handler (so before any state changes and
+/// before any idempotency record), and lets it through otherwise.
 async fn during_outage(
     axum::extract::State((sb, provider)): axum::extract::State<(Sandbox, Provider)>,
     req: axum::extract::Request,
@@ -71,6 +73,7 @@ async fn during_outage(
         Provider::Stripe => stripe::outage_response(status),
         Provider::Duffel => duffel::outage_response(status),
         Provider::Resend => resend::outage_response(status),
+        Provider::Twilio => twilio::outage_response(status),
     }
 }
 

@@ -12,6 +12,7 @@ use crate::{
     duffel_objects::{AirlineChange, Cancellation, Offer, OfferRequest, Order},
     scenarios::{Outage, Provider, ScenarioTable},
     stripe_objects::{PaymentIntent, Refund},
+    twilio_objects::TwilioMessage,
     util::json_response,
 };
 
@@ -83,8 +84,19 @@ pub struct Counters {
     pub webhook_attempt_failures: u64,
     /// Webhook events emitted (whether or not a target is configured).
     pub webhook_events_emitted: u64,
-    /// API requests answered with an outage's server error, per provider (`"stripe"`).
+    /// API requests answered by an outage (its server error, or a Twilio outage's 429), per
+    /// provider (`"stripe"`, `"duffel"`, `"resend"`, `"twilio"`).
     pub outage_responses: BTreeMap<String, u64>,
+    /// Twilio Messages created (`POST …/Messages.json` answered 201). Refused requests and
+    /// requests answered by an outage create none.
+    pub sms_created: u64,
+    /// [`sms_created`](Self::sms_created) per `To` (E.164, as sent).
+    pub sms_by_to: BTreeMap<String, u64>,
+    /// `POST …/Messages.json` answered with a 4xx of Twilio's (401 20003, or a 400 such as
+    /// 21211, 21610 or 21614), none of which creates a Message. Requests answered by an outage
+    /// (its 429 included) are not counted here but in
+    /// [`outage_responses`](Self::outage_responses)`["twilio"]`.
+    pub sms_refused: u64,
 }
 
 impl Counters {
@@ -141,6 +153,12 @@ pub(crate) struct State {
     pub rate_limited: HashMap<String, u32>,
     // Resend
     pub resend_idem: HashMap<(String, String), StoredResponse>,
+    // Twilio
+    /// Messages of every account, oldest first.
+    pub twilio_messages: Vec<TwilioMessage>,
+    /// The default `messaging_service_sid` of each account (`MG…`), given to its Messages
+    /// created without a Messaging Service.
+    pub twilio_default_services: HashMap<String, String>,
 }
 
 impl State {
@@ -159,6 +177,8 @@ impl State {
             airline_changes: Vec::new(),
             rate_limited: HashMap::new(),
             resend_idem: HashMap::new(),
+            twilio_messages: Vec::new(),
+            twilio_default_services: HashMap::new(),
         }
     }
 

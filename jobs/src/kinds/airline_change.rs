@@ -126,9 +126,9 @@ async fn tell_traveler(
         return Ok(()); // detached (the traveler was erased): nobody to tell
     };
     let text = change_text(c);
-    notify::send_once(
+    notify::tell(
         &ctx.db,
-        ctx.deps()?.email()?,
+        ctx.deps()?,
         user,
         "airline-change",
         &format!("airline-change/{}", c.id),

@@ -45,9 +45,7 @@ use uuid::Uuid;
 use crate::{
     audit,
     booking::{self, failure_code, Booking, BookingStatus, Change},
-    campaign,
-    notify::send_once,
-    observe,
+    campaign, notify, observe,
     pii::{Keyring, Plaintext},
     providers::{
         is_provider_id, money, AuthorizePayment, CreateOrder, FailureClass, IdentityDocument,
@@ -302,9 +300,9 @@ async fn claim(ctx: &JobContext, args: &BookingAttempt) -> Result<Claim, JobErro
         .await?;
         tx.commit().await?;
         let key = format!("campaign-action-required/{}/{code}", args.campaign_id);
-        send_once(
+        notify::tell(
             &ctx.db,
-            ctx.deps()?.email()?,
+            ctx.deps()?,
             c.user_id,
             "campaign-action-required",
             &key,
@@ -904,9 +902,9 @@ async fn finish(ctx: &JobContext, b: &Booking) -> Result<(), JobError> {
                 b.total_amount,
                 b.currency
             );
-            send_once(
+            notify::tell(
                 &ctx.db,
-                ctx.deps()?.email()?,
+                ctx.deps()?,
                 user_id,
                 "booking-confirmed",
                 &format!("booking-confirmed/{}", b.id),
@@ -932,9 +930,9 @@ async fn finish(ctx: &JobContext, b: &Booking) -> Result<(), JobError> {
                  fixed.\n\nParker Flight",
                 b.total_amount, b.currency
             );
-            send_once(
+            notify::tell(
                 &ctx.db,
-                ctx.deps()?.email()?,
+                ctx.deps()?,
                 user_id,
                 "action-required",
                 &format!("action-required/{}", b.id),
@@ -954,9 +952,9 @@ async fn finish(ctx: &JobContext, b: &Booking) -> Result<(), JobError> {
                  statement).\n\nParker Flight",
                 b.total_amount, b.currency
             );
-            send_once(
+            notify::tell(
                 &ctx.db,
-                ctx.deps()?.email()?,
+                ctx.deps()?,
                 user_id,
                 "hold-voided",
                 &format!("hold-voided/{}", b.id),
@@ -981,9 +979,9 @@ async fn finish(ctx: &JobContext, b: &Booking) -> Result<(), JobError> {
                  Flight",
                 b.total_amount, b.currency
             );
-            send_once(
+            notify::tell(
                 &ctx.db,
-                ctx.deps()?.email()?,
+                ctx.deps()?,
                 user_id,
                 "fare-unbookable",
                 &format!("fare-unbookable/{}", b.id),

@@ -33,6 +33,8 @@ pub(crate) fn reconcile_defaults() -> KindDefaults {
 ///   `ratelimit-limit`/`-remaining`/`-reset`): set these to the account's.
 /// - Stripe: 100 requests/s in live mode, 25 in test mode, per account (docs.stripe.com/rate-limits).
 /// - Resend: 2 requests/s per team by default (resend.com/docs/api-reference, "Rate limit").
+/// - Twilio: a long code sends about 1 message segment a second (more are queued); its API
+///   answers 429 (20429) beyond the account's concurrent requests.
 pub fn register_budgets<R: Registrar>(r: &mut R) {
     use crate::job::{budgets, BudgetDefaults};
     r.budget(
@@ -61,6 +63,13 @@ pub fn register_budgets<R: Registrar>(r: &mut R) {
         BudgetDefaults {
             per_second: 2.0,
             burst: 2,
+        },
+    );
+    r.budget(
+        budgets::TWILIO,
+        BudgetDefaults {
+            per_second: 1.0,
+            burst: 5,
         },
     );
 }

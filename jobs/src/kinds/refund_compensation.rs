@@ -30,7 +30,7 @@ use uuid::Uuid;
 
 use sqlx::PgConnection;
 
-use crate::notify::send_once;
+use crate::notify;
 use crate::{
     audit,
     booking::{self, failure_code, is_failure_code, Booking, BookingStatus, Change},
@@ -544,9 +544,9 @@ async fn notify(ctx: &JobContext, b: &Booking) -> Result<(), JobError> {
          \n\nParker Flight",
         b.total_amount, b.currency
     );
-    send_once(
+    notify::tell(
         &ctx.db,
-        ctx.deps()?.email()?,
+        ctx.deps()?,
         user_id,
         "refund",
         &format!("refund/{}", b.id),

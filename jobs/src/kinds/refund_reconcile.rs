@@ -20,7 +20,7 @@ use serde::{Deserialize, Serialize};
 use crate::{
     audit,
     kinds::refund_compensation::{record_refund_status, refund_by_stripe_id, refunds_unsettled},
-    notify::send_once,
+    notify,
     providers::is_provider_id,
     Job, JobContext, JobError, KindDefaults, NewJob,
 };
@@ -152,9 +152,9 @@ async fn tell_traveler(
          you within two business days to pay it back another way.\n\nParker Flight",
         r.amount, r.currency
     );
-    send_once(
+    notify::tell(
         &ctx.db,
-        ctx.deps()?.email()?,
+        ctx.deps()?,
         user_id,
         "refund_failed",
         &format!("refund-failed/{}", r.id),

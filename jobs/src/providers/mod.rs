@@ -25,6 +25,7 @@ pub mod money;
 
 pub mod duffel;
 pub mod email;
+pub mod sms;
 pub mod stripe;
 #[cfg(test)]
 mod testing;
@@ -41,6 +42,7 @@ pub use duffel::{
 };
 pub use email::{EmailApi, EmailConfig, EmailError, OutgoingEmail, ResendClient, SentEmail};
 pub use error::FailureClass;
+pub use sms::{SentSms, SmsApi, SmsConfig, SmsError, TwilioClient};
 pub use stripe::{
     AuthorizePayment, PaymentIntentState, PaymentIntentSummary, PaymentsApi, RefundReason,
     RefundRequest, RefundSummary, StripeApiError, StripeConfig, StripePayments,
@@ -99,6 +101,8 @@ pub struct ProvidersConfig {
     pub duffel: DuffelConfig,
     /// Resend.
     pub email: EmailConfig,
+    /// Twilio (text messages).
+    pub sms: SmsConfig,
 }
 
 impl ProvidersConfig {
@@ -128,9 +132,20 @@ impl ProvidersConfig {
                 from: email_from.to_owned(),
                 ..EmailConfig::default()
             },
+            // Twilio's test sender and a sandbox account: SMS at the same stand-in.
+            sms: SmsConfig {
+                base_url: base_url.to_owned(),
+                account_sid: SANDBOX_TWILIO_ACCOUNT.to_owned(),
+                auth_token: ApiKey::new("twilio_test_sandbox"),
+                from: "+15005550006".to_owned(),
+                ..SmsConfig::default()
+            },
         }
     }
 }
+
+/// The Twilio account [`ProvidersConfig::all_at`] uses at a loopback stand-in.
+pub const SANDBOX_TWILIO_ACCOUNT: &str = "AC00000000000000000000000000000000";
 
 /// Who hears about every provider call: the engine's metrics (`fleet_provider_call_seconds`).
 /// The domain's clients cannot see the engine, so the engine installs one at start
