@@ -1070,6 +1070,51 @@ async fn a_fare_lost_to_a_provider_outage_is_told_to_the_traveler_once() {
     h.sandbox.shutdown().await.unwrap();
 }
 
+/// A traveler profile the airline cannot book (gender X) stops the attempt before any hold:
+/// the campaign is put to its user (`action_required`, audited as noticed by the saga) and they
+/// are emailed once, however often the attempt runs; nothing is held or ordered.
+#[tokio::test]
+async fn a_profile_the_airline_cannot_book_is_put_to_its_user_once_before_any_hold() {
+    let h = Harness::new(SandboxConfig::default()).await;
+    let seeded = h.campaign(0, "LHR", "JFK", VISA).await;
+    let offer = h.offer_for(seeded.campaign_id).await;
+    sqlx::query("UPDATE traveler_profiles SET gender = 'X' WHERE id = $1")
+        .bind(seeded.profile_id)
+        .execute(h.pool())
+        .await
+        .unwrap();
+    let w = h.start_worker();
+    for n in 0..2 {
+        let id = h
+            .enqueue_attempt(seeded.campaign_id, &offer.id, &format!("attempt-{n}"))
+            .await;
+        // Not eligible: the job is cancelled, with the reason.
+        let j = wait_finished(h.pool(), id, SECS(20)).await;
+        assert_eq!(j.state, JobState::Cancelled, "{j:#?}");
+    }
+    w.stop().await;
+    let (status, _) = h.campaign_state(seeded.campaign_id).await;
+    assert_eq!(status, "action_required");
+    let key = format!(
+        "campaign-action-required/{}/profile_gender_unsupported",
+        seeded.campaign_id
+    );
+    let c = h.sandbox.sandbox.counters();
+    assert_eq!(count(&c.emails_by_idempotency_key, &key), 1, "{c:?}");
+    assert_eq!((c.payment_intents_created, c.order_attempts), (0, 0));
+    let noticed: i64 = sqlx::query_scalar(
+        "SELECT count(*) FROM audit_log WHERE action = 'campaign.action_required'
+         AND metadata->>'noticed_by' = 'booking_attempt'
+         AND metadata->>'reason' = 'profile_gender_unsupported'",
+    )
+    .fetch_one(h.pool())
+    .await
+    .unwrap();
+    assert_eq!(noticed, 1);
+    assert!(h.bookings(seeded.campaign_id).await.is_empty());
+    h.sandbox.shutdown().await.unwrap();
+}
+
 /// A refund Stripe accepted fails days later (the card was closed): the events ask for a
 /// reconcile, which records `failed` and its code once, audits it once and emails the traveler
 /// once however many events arrive; an event about a refund we never made changes nothing and

@@ -18,8 +18,10 @@ use fleet::{
 };
 use jobs::{
     kinds::{
+        campaign_health_sweep::CampaignHealthSweep,
         campaign_scan::{self, search_key, CampaignScan},
         campaign_search::CampaignSearch,
+        card_detached::CardDetached,
         card_expiry_reminder::{dedupe_key, CardExpiryReminder},
         retention_purge::RetentionPurge,
     },
@@ -51,6 +53,8 @@ fn registry() -> Arc<Registry> {
         .register_with::<CampaignSearch>(quick::<CampaignSearch>())
         .register_with::<CardExpiryReminder>(quick::<CardExpiryReminder>())
         .register_with::<RetentionPurge>(quick::<RetentionPurge>())
+        .register_with::<CardDetached>(quick::<CardDetached>())
+        .register_with::<CampaignHealthSweep>(quick::<CampaignHealthSweep>())
         // The search's follow-up: registered so it can be enqueued; paused in `Env::start`.
         .register::<jobs::kinds::booking_attempt::BookingAttempt>();
     Arc::new(r)
@@ -778,6 +782,208 @@ async fn purge_erases_profiles_whose_campaigns_ended_long_ago_and_spares_live_on
             "webhook_events_deleted": 2, "audit_rows_deleted": 2,
             "pii_after_days": 90, "webhook_events_days": 90, "audit_days": 400,
         })
+    );
+    env.stop().await;
+}
+
+/// `(status, emails sent for campaign-action-required/{campaign}/{code})`.
+async fn paused_and_told(env: &Env, campaign: Uuid, code: &str) -> (String, u64) {
+    let status: String = sqlx::query_scalar("SELECT status FROM campaigns WHERE id = $1")
+        .bind(campaign)
+        .fetch_one(env.pool())
+        .await
+        .unwrap();
+    let key = format!("campaign-action-required/{campaign}/{code}");
+    let sent = env
+        .sandbox
+        .sandbox
+        .counters()
+        .emails_by_idempotency_key
+        .get(&key)
+        .copied()
+        .unwrap_or(0);
+    (status, sent)
+}
+
+/// A campaign that cannot book is paused for its user before any search: a card that expired
+/// before the travel window, a passport that runs out before the trip — each
+/// moves to `action_required` and its user is emailed once per reason, and Duffel is never
+/// asked; a healthy campaign is searched. Searching a paused one again does nothing.
+#[tokio::test]
+async fn a_campaign_that_cannot_book_is_paused_for_its_user_before_any_search() {
+    let env = Env::start().await;
+    let pool = env.pool().clone();
+    let healthy = env.seed(CampaignSeed::new(30)).await;
+    let last_month = Utc::now().date_naive().with_day(1).unwrap() - chrono::Days::new(1);
+    let expired = env
+        .seed(CampaignSeed {
+            card_exp_year: last_month.year() as i16,
+            card_exp_month: last_month.month() as i16,
+            ..CampaignSeed::new(32)
+        })
+        .await;
+    let passport = env.seed(CampaignSeed::new(33)).await;
+    exec(
+        &pool,
+        "UPDATE traveler_profiles SET passport_expiry = current_date + 20
+         WHERE id = (SELECT traveler_profile_id FROM campaigns WHERE id = $1)",
+        passport.campaign_id,
+    )
+    .await;
+    let all = [&healthy, &expired, &passport];
+    for (n, s) in all.iter().enumerate() {
+        let search = CampaignSearch {
+            campaign_id: s.campaign_id,
+            user_id: None,
+        };
+        let j = env.run(&search, &format!("search-{n}")).await;
+        assert_eq!(j.state, JobState::Completed, "{j:#?}");
+    }
+    assert_eq!(
+        env.sandbox.sandbox.counters().offer_requests,
+        1,
+        "only the healthy one searched"
+    );
+    assert_eq!(
+        paused_and_told(&env, healthy.campaign_id, "consent_missing")
+            .await
+            .0,
+        "active"
+    );
+    for (s, code) in [
+        (&expired, "card_expires_before_travel"),
+        (&passport, "passport_expires_before_travel"),
+    ] {
+        assert_eq!(
+            paused_and_told(&env, s.campaign_id, code).await,
+            ("action_required".to_owned(), 1),
+            "{code}"
+        );
+    }
+    let audited: i64 = sqlx::query_scalar(
+        "SELECT count(*) FROM audit_log WHERE action = 'campaign.action_required'
+         AND metadata->>'noticed_by' = 'campaign_search'",
+    )
+    .fetch_one(&pool)
+    .await
+    .unwrap();
+    assert_eq!(audited, 2);
+    // Searching a paused campaign again: cancelled, no second email.
+    let again = CampaignSearch {
+        campaign_id: expired.campaign_id,
+        user_id: None,
+    };
+    assert_eq!(
+        env.run(&again, "search-again").await.state,
+        JobState::Cancelled
+    );
+    assert_eq!(
+        paused_and_told(&env, expired.campaign_id, "card_expires_before_travel")
+            .await
+            .1,
+        1
+    );
+    env.stop().await;
+}
+
+/// Stripe detaches a saved card (`payment_method.detached`, delivered twice): the card is
+/// marked detached once and its active campaign paused at once, its user emailed once; a card
+/// we do not hold is a no-op. What no event announced (a consent withdrawn in the product, the
+/// campaign paused without it) the daily sweep finds, once however often it runs; a passport
+/// valid through the trip but not six months beyond gets one reminder; healthy campaigns are
+/// left alone.
+#[tokio::test]
+async fn a_detached_card_pauses_its_campaigns_at_once_and_the_daily_sweep_catches_the_rest() {
+    let env = Env::start().await;
+    let pool = env.pool().clone();
+    let detached = env.seed(CampaignSeed::new(40)).await;
+    let withdrawn = env.seed(CampaignSeed::new(41)).await;
+    let healthy = env.seed(CampaignSeed::new(42)).await;
+    // Valid through the trip (which ends within 40 days) but not six months beyond it.
+    let renew = env.seed(CampaignSeed::new(43)).await;
+    exec(
+        &pool,
+        "UPDATE traveler_profiles SET passport_expiry = current_date + 100
+         WHERE id = (SELECT traveler_profile_id FROM campaigns WHERE id = $1)",
+        renew.campaign_id,
+    )
+    .await;
+    let pm: String =
+        sqlx::query_scalar("SELECT stripe_payment_method_id FROM payment_methods WHERE id = $1")
+            .bind(detached.payment_method_id)
+            .fetch_one(&pool)
+            .await
+            .unwrap();
+    for n in 0..2 {
+        let job = CardDetached {
+            stripe_payment_method_id: pm.clone(),
+        };
+        assert_eq!(
+            env.run(&job, &format!("detached-{n}")).await.state,
+            JobState::Completed
+        );
+    }
+    assert_eq!(
+        paused_and_told(&env, detached.campaign_id, "card_missing").await,
+        ("action_required".to_owned(), 1)
+    );
+    let marked: i64 =
+        sqlx::query_scalar("SELECT count(*) FROM audit_log WHERE action = 'card.detached'")
+            .fetch_one(&pool)
+            .await
+            .unwrap();
+    assert_eq!(marked, 1);
+    let stranger = CardDetached {
+        stripe_payment_method_id: "pm_not_ours".into(),
+    };
+    assert_eq!(
+        env.run(&stranger, "detached-stranger").await.state,
+        JobState::Completed
+    );
+
+    // The product withdraws consent: the schema requires it to take the campaign out of
+    // `active` too (campaigns_active_has_consent), here by pausing it.
+    exec(
+        &pool,
+        "UPDATE campaigns SET consent_at = NULL, status = 'paused' WHERE id = $1",
+        withdrawn.campaign_id,
+    )
+    .await;
+    for n in 0..2 {
+        let j = env
+            .run(&CampaignHealthSweep::default(), &format!("sweep-{n}"))
+            .await;
+        assert_eq!(j.state, JobState::Completed, "{j:#?}");
+    }
+    assert_eq!(
+        paused_and_told(&env, withdrawn.campaign_id, "consent_missing").await,
+        ("action_required".to_owned(), 1)
+    );
+    assert_eq!(
+        paused_and_told(&env, healthy.campaign_id, "consent_missing")
+            .await
+            .0,
+        "active"
+    );
+    // The passport reminder: once per profile and expiry, the campaign left active.
+    let reminder = format!(
+        "passport-expiry/{}/{}",
+        renew.profile_id,
+        (Utc::now() + chrono::Duration::days(100)).format("%Y-%m-%d")
+    );
+    let c = env.sandbox.sandbox.counters();
+    assert_eq!(
+        c.emails_by_idempotency_key.get(&reminder),
+        Some(&1),
+        "{c:#?}"
+    );
+    assert_eq!(
+        paused_and_told(&env, renew.campaign_id, "passport_expires_before_travel").await,
+        ("active".to_owned(), 0)
+    );
+    assert_eq!(
+        c.emails_sent, 3,
+        "one per paused campaign, one passport reminder"
     );
     env.stop().await;
 }

@@ -188,6 +188,7 @@ fn the_default_schedules_name_registered_kinds_and_valid_crons() {
     assert_eq!(
         names,
         vec![
+            "campaign_health_sweep",
             "campaign_scan",
             "card_expiry_reminder",
             "refund_sweep",

@@ -311,6 +311,16 @@ async fn each_handled_event_type_maps_to_its_follow_up_job() {
             json!({"stripe_payment_method_id": "pm_card_visa__1", "exp_month": 3, "exp_year": 2031}),
         ),
         (
+            "stripe",
+            stripe_event(
+                "evt_g",
+                "payment_method.detached",
+                json!({"id": "pm_card_visa__1", "object": "payment_method", "customer": null}),
+            ),
+            "card_detached",
+            json!({"stripe_payment_method_id": "pm_card_visa__1"}),
+        ),
+        (
             "duffel",
             duffel_event(
                 "wev_a",

@@ -16,9 +16,10 @@ use uuid::Uuid;
 use crate::{
     booking,
     kinds::{
-        airline_change::AirlineChangeDetected, card_update::CardUpdate,
-        order_reconcile::OrderReconcile, payment_reconcile::PaymentReconcile,
-        refund_compensation::RefundCompensation, refund_reconcile::RefundReconcile,
+        airline_change::AirlineChangeDetected, card_detached::CardDetached,
+        card_update::CardUpdate, order_reconcile::OrderReconcile,
+        payment_reconcile::PaymentReconcile, refund_compensation::RefundCompensation,
+        refund_reconcile::RefundReconcile,
     },
     JobError, NewJob,
 };
@@ -126,6 +127,21 @@ pub async fn for_event(conn: &mut PgConnection, e: &Event) -> Result<Vec<NewJob>
             })
             .map_err(JobError::fatal)?;
             jobs.push(job.key(key(0)));
+        }
+        (Provider::Stripe, "payment_method.detached") => {
+            // The object is the PaymentMethod, its `customer` now null.
+            match str_of(o, &["id"]).filter(|id| id.starts_with("pm_")) {
+                Some(pm) => {
+                    let job = NewJob::of(&CardDetached {
+                        stripe_payment_method_id: pm.to_owned(),
+                    })
+                    .map_err(JobError::fatal)?;
+                    jobs.push(job.key(key(0)));
+                }
+                None => {
+                    tracing::warn!(event.id = %e.id, "card detached naming no pm_ id: recorded, no job")
+                }
+            }
         }
         (Provider::Duffel, "order.airline_initiated_change_detected") => {
             // Duffel's v2 migration guide: `data.object.id` is the order and

@@ -10,6 +10,7 @@ pub mod audit;
 pub mod backfill;
 pub mod booking;
 pub mod campaign;
+pub mod campaign_health;
 pub mod db;
 pub mod deps;
 pub mod followups;

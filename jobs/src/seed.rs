@@ -66,8 +66,9 @@ pub fn demo_mix(n: usize) -> CampaignSeed {
         _ => format!("pm_card_visa__{n}"),
     };
     if n % 9 == 4 {
-        // A card that expires before the campaign ends: reminder expected.
-        let soon = Utc::now() + Duration::days(20);
+        // A card that expires before the campaign ends (but after its travel window opens, so
+        // it can still pay): reminder expected.
+        let soon = Utc::now() + Duration::days(60);
         s.card_exp_month = soon.month() as i16;
         s.card_exp_year = soon.year() as i16;
     }

@@ -43,7 +43,6 @@ use sqlx::PgConnection;
 use uuid::Uuid;
 
 use crate::{
-    audit,
     booking::{self, failure_code, Booking, BookingStatus, Change},
     campaign, notify, observe,
     pii::{Keyring, Plaintext},
@@ -65,9 +64,6 @@ const LOCK_BUSY_SNOOZE: Duration = Duration::from_secs(5);
 
 /// Most steps one run takes (each step changes the row; this only guards against a bug).
 const MAX_STEPS: usize = 16;
-
-/// The actor written on the saga's audit rows.
-const ACTOR: &str = "fleet";
 
 /// Failure codes that mean "the card needs the user": they put the campaign in
 /// `action_required` and send the action-required email.
@@ -288,36 +284,23 @@ async fn claim(ctx: &JobContext, args: &BookingAttempt) -> Result<Claim, JobErro
         }
     };
     if let Some(code) = problem {
-        campaign::require_action(&mut *tx, args.campaign_id).await?;
-        audit::record(
-            &mut *tx,
-            ACTOR,
-            "campaign.action_required",
-            "campaign",
-            Some(&args.campaign_id.to_string()),
-            &json!({"campaign_id": args.campaign_id, "reason": code}),
-        )
-        .await?;
+        // Release the campaign's row first: the move takes it again.
         tx.commit().await?;
-        let key = format!("campaign-action-required/{}/{code}", args.campaign_id);
-        notify::tell(
+        let sentence = match code {
+            "card_missing" => "it has no saved card to pay with",
+            "profile_missing" => "it has no traveler profile",
+            _ => {
+                "the traveler profile is missing details the airline requires (date of birth, \
+                 gender M or F, email and phone)"
+            }
+        };
+        crate::campaign_health::require_action_for(
             &ctx.db,
             ctx.deps()?,
+            args.campaign_id,
             c.user_id,
-            "campaign-action-required",
-            &key,
-            "Your flight search needs your attention",
-            &format!(
-                "We paused your auto-booking campaign because {}. Please update it in the \
-                 Parker Flight app so we can keep searching.\n\nParker Flight",
-                match code {
-                    "card_missing" => "it has no saved card to pay with",
-                    "profile_missing" => "it has no traveler profile",
-                    _ =>
-                        "the traveler profile is missing details the airline requires \
-                          (date of birth, gender M or F, email and phone)",
-                }
-            ),
+            (code, sentence),
+            "booking_attempt",
         )
         .await?;
         return Ok(Claim::NotEligible(

@@ -5,7 +5,9 @@
 //! 1. read the campaign: gone or no longer `active` → cancelled; past `expires_at` → cancelled
 //!    (the scan expires it); not due (`next_search_at > now`: this window was already searched)
 //!    → done, nothing to do; a booking that is not a definite failure exists → reschedule only
-//!    (at most one booking per campaign, ever);
+//!    (at most one booking per campaign, ever); it cannot book (no consent, no card or one
+//!    expiring before the travel window, a passport expiring before the trip:
+//!    [`crate::campaign_health`]) → `action_required` and its user told once, no search;
 //! 2. pick the dates (see [`pick_dates`]) and search: `POST /air/offer_requests` then
 //!    `GET /air/offers?sort=total_amount` (one adult, the campaign's cabin; two slices when the
 //!    campaign has a return window);
@@ -34,7 +36,7 @@ use uuid::Uuid;
 
 use super::booking_attempt::BookingAttempt;
 use crate::{
-    campaign,
+    campaign, campaign_health,
     providers::{money, CabinClass, Offer, OfferSearch, PassengerSpec, SliceSpec},
     Job, JobContext, JobError, KindDefaults,
 };
@@ -358,6 +360,21 @@ pub async fn search(ctx: &JobContext, campaign_id: Uuid) -> Result<SearchOutcome
         reschedule(&mut *tx, campaign_id).await?;
         tx.commit().await?;
         return Ok(SearchOutcome::Skipped("campaign already has a booking"));
+    }
+    // Can it book at all? A withdrawn consent, a removed or expiring card, a passport that
+    // runs out: the user must act now, not when a fare is found months later.
+    if let Some((user, problem)) = campaign_health::problem_of(&ctx.db, campaign_id).await? {
+        tx.commit().await?;
+        campaign_health::require_action_and_tell(
+            &ctx.db,
+            ctx.deps()?,
+            campaign_id,
+            user,
+            problem,
+            "campaign_search",
+        )
+        .await?;
+        return Ok(SearchOutcome::Skipped(problem.code()));
     }
     let criteria = row.criteria()?;
     let now = Utc::now();

@@ -4,8 +4,10 @@
 pub mod airline_change;
 pub mod airline_change_action;
 pub mod booking_attempt;
+pub mod campaign_health_sweep;
 pub mod campaign_scan;
 pub mod campaign_search;
+pub mod card_detached;
 pub mod card_expiry_reminder;
 pub mod card_update;
 pub mod order_reconcile;
@@ -100,6 +102,8 @@ pub fn register_all<R: Registrar>(r: &mut R) {
     r.register::<order_reconcile::OrderReconcile>();
     r.register::<airline_change::AirlineChangeDetected>();
     r.register::<airline_change_action::AirlineChangeAction>();
+    r.register::<card_detached::CardDetached>();
+    r.register::<campaign_health_sweep::CampaignHealthSweep>();
 }
 
 /// Money a saga job still moves, and the job that moves it: the booking attempt of an
