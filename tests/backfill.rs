@@ -95,6 +95,15 @@ async fn assert_rotated_once(pool: &PgPool, keys: &Keyring, rows: &[(Uuid, Strin
     .await
     .unwrap();
     assert_eq!((done, finished), (rows.len() as i64, true));
+    // Each re-seal opened the passport once: one access-audit row per row, naming the purpose.
+    let reads: i64 = sqlx::query_scalar(
+        "SELECT count(DISTINCT resource_id) FROM audit_log
+         WHERE action = 'pii.read' AND metadata->>'purpose' = 'key_rotation'",
+    )
+    .fetch_one(pool)
+    .await
+    .unwrap();
+    assert_eq!(reads, rows.len() as i64);
 }
 
 async fn done_rows(pool: &PgPool) -> i64 {

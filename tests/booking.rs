@@ -32,7 +32,7 @@ use jobs::{
     Job, KindDefaults,
 };
 use sandbox::{scenarios::Provider, RunningSandbox, Sandbox, SandboxConfig, Scenario};
-use serde_json::Value;
+use serde_json::{json, Value};
 use uuid::Uuid;
 
 const SECS: fn(u64) -> Duration = Duration::from_secs;
@@ -535,6 +535,33 @@ async fn every_sandbox_scenario_ends_in_the_right_state_with_one_payment_intent_
     assert!(counters.order_attempts >= TEST_ATTEMPTS as u64);
     // Each outcome was counted by the worker that moved the row (other tests of this binary
     // share the process's metrics: at least, never fewer).
+    // Access audit: the passport was opened once per order placed (by that attempt's job,
+    // shown on the campaign), and never to check a profile's completeness.
+    for ((case, (seeded, _)), job_id) in cases.iter().zip(&runs).zip(&jobs) {
+        let reads: Vec<(String, Value)> = sqlx::query_as(
+            "SELECT resource_type, metadata FROM audit_log
+             WHERE action = 'pii.read' AND resource_id = $1",
+        )
+        .bind(seeded.campaign_id.to_string())
+        .fetch_all(h.pool())
+        .await
+        .unwrap();
+        // An order was tried: ticketed, or failed at the order (the hold voided).
+        let ordered = case.orders > 0 || case.email == Some("hold-voided");
+        assert_eq!(!reads.is_empty(), ordered, "{}: {reads:?}", case.name);
+        let n = cases.iter().position(|c| c.name == case.name).unwrap();
+        let passport = jobs::seed::CampaignSeed::new(n).passport;
+        for (resource, meta) in &reads {
+            assert_eq!(resource, "campaign");
+            assert_eq!(meta["purpose"], "booking_order");
+            assert_eq!(meta["job_id"], json!(job_id));
+            assert_eq!(meta["profile_id"], json!(seeded.profile_id));
+            assert!(
+                !meta.to_string().contains(&passport),
+                "no passport in the row: {meta}"
+            );
+        }
+    }
     let scraped = fleet::metrics::render_text();
     for case in &cases {
         let outcome = if case.booking == "ticketed" {

@@ -32,6 +32,42 @@ pub async fn record(
     Ok(())
 }
 
+/// Why a traveler's sealed PII was opened, for the access audit ([`pii_read`]).
+#[derive(Debug, Clone, Copy)]
+pub struct PiiRead<'a> {
+    /// What for: `booking_order` (the order's passenger), `key_rotation` (re-sealed), …
+    pub purpose: &'a str,
+    /// The job that read it, when a job did.
+    pub job_id: Option<i64>,
+    /// Where operators look for it: `("campaign", id)` shows on the booking page beside the
+    /// booking's own entries; `("traveler_profile", id)` otherwise.
+    pub shown_on: (&'a str, Uuid),
+}
+
+/// AuditPiiRead: one decryption of traveler profile `profile_id`'s sealed fields (the passport
+/// number), as an `audit_log` row `pii.read` by `fleet` naming the purpose and the job, never
+/// the data. Written on the connection of the read, so a read that is rolled back leaves no
+/// row and one that commits always has its row.
+pub async fn pii_read(
+    conn: impl sqlx::PgExecutor<'_>,
+    profile_id: Uuid,
+    read: PiiRead<'_>,
+) -> Result<(), sqlx::Error> {
+    let (resource_type, resource_id) = read.shown_on;
+    record(
+        conn,
+        "fleet",
+        "pii.read",
+        resource_type,
+        Some(&resource_id.to_string()),
+        &serde_json::json!({
+            "profile_id": profile_id, "purpose": read.purpose, "job_id": read.job_id,
+            "fields": ["passport_number"],
+        }),
+    )
+    .await
+}
+
 /// AuditDeleteOlderThan: deletes up to `batch` rows older than `days` (retention), oldest
 /// first, on `audit_log_created_at_idx`. Returns how many went; call until fewer than `batch`.
 pub async fn delete_older_than(db: &Db, days: i64, batch: i64) -> Result<u64, sqlx::Error> {

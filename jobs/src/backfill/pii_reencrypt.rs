@@ -56,6 +56,13 @@ impl Backfill for PiiReencrypt {
                 .bind(sealed.key_version)
                 .execute(&mut *conn)
                 .await?;
+                // Opened to re-seal: an access like any other, audited in the same batch.
+                let read = crate::audit::PiiRead {
+                    purpose: "key_rotation",
+                    job_id: None,
+                    shown_on: ("traveler_profile", id),
+                };
+                crate::audit::pii_read(&mut *conn, id, read).await?;
             }
             Ok(Batch {
                 rows: rows.len() as i64,

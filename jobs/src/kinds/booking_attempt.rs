@@ -43,6 +43,7 @@ use sqlx::PgConnection;
 use uuid::Uuid;
 
 use crate::{
+    audit,
     booking::{self, failure_code, Booking, BookingStatus, Change},
     campaign, notify, observe,
     pii::{Keyring, Plaintext},
@@ -280,7 +281,10 @@ async fn claim(ctx: &JobContext, args: &BookingAttempt) -> Result<Claim, JobErro
     } else {
         match c.traveler_profile_id {
             None => Some("profile_missing"),
-            Some(profile_id) => load_traveler(&mut tx, keyring, profile_id).await?.err(),
+            // Completeness only: nothing sealed is opened (nor audited) to check it.
+            Some(profile_id) => load_traveler(&mut tx, keyring, profile_id, None)
+                .await?
+                .err(),
         }
     };
     if let Some(code) = problem {
@@ -627,7 +631,15 @@ async fn place_order(ctx: &JobContext, b: &Booking, first: bool) -> Result<(), J
         })?;
     let traveler = {
         let mut tx = ctx.db.begin().await?;
-        let loaded = load_traveler(&mut tx, ctx.deps()?.keyring()?, profile_id).await?;
+        let read = audit::PiiRead {
+            purpose: "booking_order",
+            job_id: Some(ctx.job_id),
+            shown_on: match b.campaign_id {
+                Some(c) => ("campaign", c),
+                None => ("booking", b.id),
+            },
+        };
+        let loaded = load_traveler(&mut tx, ctx.deps()?.keyring()?, profile_id, Some(read)).await?;
         tx.commit().await?;
         match loaded {
             Ok(t) => t,
@@ -1030,12 +1042,15 @@ struct ProfileRow {
     passport_expiry: Option<NaiveDate>,
 }
 
-/// Reads and decrypts a traveler profile. `Ok(Err(code))`: the profile cannot be booked
-/// (the user must complete it); `Err`: the keyring cannot open it (fatal misconfiguration).
+/// Reads a traveler profile, and with `read` opens its passport number, audited as that read
+/// (`pii.read`, on the same connection). Without `read` nothing sealed is opened: the
+/// passport is left out. `Ok(Err(code))`: the profile cannot be booked (the user must complete
+/// it); `Err`: the keyring cannot open it (fatal misconfiguration).
 async fn load_traveler(
     conn: &mut PgConnection,
     keyring: &Keyring,
     profile_id: Uuid,
+    read: Option<audit::PiiRead<'_>>,
 ) -> Result<Result<Traveler, &'static str>, JobError> {
     let row: Option<ProfileRow> = sqlx::query_as(
         "SELECT p.full_name, p.date_of_birth, p.gender::text AS gender,
@@ -1045,7 +1060,7 @@ async fn load_traveler(
          FROM traveler_profiles p JOIN users u ON u.id = p.user_id WHERE p.id = $1",
     )
     .bind(profile_id)
-    .fetch_optional(conn)
+    .fetch_optional(&mut *conn)
     .await?;
     let Some(p) = row else {
         return Ok(Err("profile_missing"));
@@ -1068,10 +1083,14 @@ async fn load_traveler(
         p.passport_country,
         p.passport_expiry,
     ) {
-        (Some(bytes), Some(version), Some(country), Some(expiry)) => {
-            let number = keyring.decrypt(profile_id, version, &bytes)?;
-            Some((number, country, expiry))
-        }
+        (Some(bytes), Some(version), Some(country), Some(expiry)) => match read {
+            Some(read) => {
+                let number = keyring.decrypt(profile_id, version, &bytes)?;
+                audit::pii_read(&mut *conn, profile_id, read).await?;
+                Some((number, country, expiry))
+            }
+            None => None,
+        },
         _ => None,
     };
     Ok(Ok(Traveler {
