@@ -3,7 +3,7 @@
 //!
 //! | function | from | to | by |
 //! |---|---|---|---|
-//! | [`require_action`] | `active`, `paused` | `action_required` | the saga (card declined, card or profile missing) |
+//! | [`require_action`] | `active`, `paused` | `action_required` | the saga (card declined), and [`crate::campaign_health::require_action_for`] (card or profile missing, consent withdrawn, card or passport expiring before the trip: the search, the saga's claim, `card_detached`, the daily sweep) |
 //! | [`mark_booked`] | any but `booked` | `booked` | the saga, in the transaction that tickets the booking |
 //! | [`push_next_search`], [`set_next_search`] | `active` | `active`, next search later | the saga (failed attempt), the search |
 //! | [`expire_unless_booking`] | `active` | `expired` | the search (no bookable date left) |
