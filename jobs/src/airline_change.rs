@@ -13,7 +13,7 @@
 
 use chrono::{DateTime, Duration, Utc};
 use serde::Serialize;
-use serde_json::{json, Value};
+use serde_json::Value;
 use sqlx::PgConnection;
 use uuid::Uuid;
 
@@ -45,24 +45,6 @@ pub fn respond_by(detected: DateTime<Utc>, added: &[OfferSlice]) -> DateTime<Utc
         .map(|d| d.and_utc() - CLOSE_BEFORE_DEPARTURE);
     let deadline = by_departure.map_or(by_detection, |d| d.min(by_detection));
     deadline.max(detected + DECIDE_AT_LEAST)
-}
-
-/// Legs as kept (and as `bookings.flight_details` keeps them): codes and local times.
-pub fn legs_json(slices: &[OfferSlice]) -> Value {
-    Value::Array(
-        slices
-            .iter()
-            .map(|s| {
-                json!({
-                    "origin": s.origin,
-                    "destination": s.destination,
-                    "departing_at": s.departing_at.map(|t| t.format("%Y-%m-%dT%H:%M:%S").to_string()),
-                    "arriving_at": s.arriving_at.map(|t| t.format("%Y-%m-%dT%H:%M:%S").to_string()),
-                    "segments": s.segments,
-                })
-            })
-            .collect(),
-    )
 }
 
 /// One change as the fleet keeps it.
@@ -145,8 +127,8 @@ pub async fn record(
     .bind(&c.id)
     .bind(booking_id)
     .bind(&c.order_id)
-    .bind(legs_json(&c.removed))
-    .bind(legs_json(&c.added))
+    .bind(crate::booking::legs_json(&c.removed))
+    .bind(crate::booking::legs_json(&c.added))
     .bind(&c.available_actions)
     .bind(detected)
     .bind(respond_by(detected, &c.added))

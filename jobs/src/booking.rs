@@ -666,6 +666,25 @@ pub async fn scrub_for_erasure(
     Ok(r.rows_affected())
 }
 
+/// Legs as `bookings.flight_details` keeps them (and `airline_changes` before and after):
+/// airport codes, local times to the second, segment counts.
+pub fn legs_json(slices: &[crate::providers::OfferSlice]) -> Value {
+    Value::Array(
+        slices
+            .iter()
+            .map(|s| {
+                json!({
+                    "origin": s.origin,
+                    "destination": s.destination,
+                    "departing_at": s.departing_at.map(|t| t.format("%Y-%m-%dT%H:%M:%S").to_string()),
+                    "arriving_at": s.arriving_at.map(|t| t.format("%Y-%m-%dT%H:%M:%S").to_string()),
+                    "segments": s.segments,
+                })
+            })
+            .collect(),
+    )
+}
+
 /// BookingItineraryRefresh: the airline moved legs of booking `id`'s order (change
 /// `change_id`): each leg of `removed` found in `flight_details` (same origin, destination and
 /// departure) is replaced by the leg of `added` at the same position, audited as

@@ -1122,13 +1122,7 @@ fn itinerary(offer: &Offer) -> Value {
         "offer_id": offer.id,
         "owner_iata": offer.owner_iata,
         "passenger_ids": offer.passenger_ids,
-        "slices": offer.slices.iter().map(|s| json!({
-            "origin": s.origin,
-            "destination": s.destination,
-            "departing_at": s.departing_at.map(|t| t.format("%Y-%m-%dT%H:%M:%S").to_string()),
-            "arriving_at": s.arriving_at.map(|t| t.format("%Y-%m-%dT%H:%M:%S").to_string()),
-            "segments": s.segments,
-        })).collect::<Vec<_>>(),
+        "slices": booking::legs_json(&offer.slices),
     })
 }
 
