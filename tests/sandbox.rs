@@ -652,6 +652,564 @@ async fn payment_intent_carries_every_field_async_stripe_requires() {
 }
 
 // ------------------------------------------------------------------------------------------
+// Stripe: an account erasure's card detaches and customer deletion
+
+/// Every field of async-stripe-shared 1.0.0-rc.10's `PaymentMethod` (`type_` is `type`), and
+/// `object`.
+const PAYMENT_METHOD_KEYS: [&str; 70] = [
+    "acss_debit",
+    "affirm",
+    "afterpay_clearpay",
+    "alipay",
+    "allow_redisplay",
+    "alma",
+    "amazon_pay",
+    "au_becs_debit",
+    "bacs_debit",
+    "bancontact",
+    "billie",
+    "billing_details",
+    "bizum",
+    "blik",
+    "boleto",
+    "card",
+    "card_present",
+    "cashapp",
+    "created",
+    "crypto",
+    "custom",
+    "customer",
+    "customer_account",
+    "customer_balance",
+    "eps",
+    "fpx",
+    "giropay",
+    "grabpay",
+    "id",
+    "ideal",
+    "interac_present",
+    "kakao_pay",
+    "klarna",
+    "konbini",
+    "kr_card",
+    "link",
+    "livemode",
+    "mb_way",
+    "metadata",
+    "mobilepay",
+    "multibanco",
+    "naver_pay",
+    "nz_bank_account",
+    "object",
+    "oxxo",
+    "p24",
+    "pay_by_bank",
+    "payco",
+    "paynow",
+    "paypal",
+    "paypay",
+    "payto",
+    "pix",
+    "promptpay",
+    "radar_options",
+    "revolut_pay",
+    "samsung_pay",
+    "satispay",
+    "scalapay",
+    "sepa_debit",
+    "sequra",
+    "sofort",
+    "sunbit",
+    "swish",
+    "twint",
+    "type",
+    "upi",
+    "us_bank_account",
+    "wechat_pay",
+    "zip",
+];
+
+/// Every field of rc.10's `Customer`, and `object`.
+const CUSTOMER_KEYS: [&str; 31] = [
+    "address",
+    "balance",
+    "business_name",
+    "cash_balance",
+    "created",
+    "currency",
+    "customer_account",
+    "default_source",
+    "delinquent",
+    "description",
+    "discount",
+    "email",
+    "id",
+    "individual_name",
+    "invoice_credit_balance",
+    "invoice_prefix",
+    "invoice_settings",
+    "livemode",
+    "metadata",
+    "name",
+    "next_invoice_sequence",
+    "object",
+    "phone",
+    "preferred_locales",
+    "shipping",
+    "sources",
+    "subscriptions",
+    "tax",
+    "tax_exempt",
+    "tax_ids",
+    "test_clock",
+];
+
+/// The documented wording of Stripe's refusal to detach a card attached to no customer.
+const NOT_ATTACHED: &str =
+    "The payment method you provided is not attached to a customer so detachment is impossible.";
+
+async fn stripe_delete(c: &Client, base: &str, path: &str, idem: Option<&str>) -> Reply {
+    let mut req = c.delete(format!("{base}{path}")).bearer_auth(SK);
+    if let Some(k) = idem {
+        req = req.header("Idempotency-Key", k);
+    }
+    reply(req.send().await.expect("request")).await
+}
+
+fn sorted_keys(v: &Value) -> Vec<String> {
+    let mut k: Vec<String> = v.as_object().expect("an object").keys().cloned().collect();
+    k.sort();
+    k
+}
+
+/// `(status, type, code, param, message)` of a Stripe error reply.
+fn stripe_error(r: &Reply) -> (StatusCode, Value, Value, Value, String) {
+    let e = &r.body["error"];
+    (
+        r.status,
+        e["type"].clone(),
+        e["code"].clone(),
+        e["param"].clone(),
+        e["message"].as_str().unwrap_or_default().to_owned(),
+    )
+}
+
+/// The next delivered Stripe event, its signature checked with the fleet's verifier.
+async fn next_stripe_event(
+    rx: &mut tokio::sync::mpsc::UnboundedReceiver<common::Delivery>,
+) -> Value {
+    let (path, headers, body) = tokio::time::timeout(Duration::from_secs(5), rx.recv())
+        .await
+        .expect("delivered")
+        .unwrap();
+    assert_eq!(path, "stripe");
+    let sig = headers["stripe-signature"].to_str().unwrap();
+    let now = chrono::Utc::now().timestamp();
+    assert!(verify_signature_header(sig, "whsec_test", &body, now, 300));
+    serde_json::from_slice(&body).unwrap()
+}
+
+/// A PaymentIntent for `booking` charging `pm` of `customer` (as the booking saga sends it).
+async fn charge(c: &Client, base: &str, customer: &str, pm: &str, booking: &str) -> Reply {
+    let mut form = pi_form(pm, booking, "5000");
+    for (k, v) in form.iter_mut() {
+        if *k == "customer" {
+            *v = customer;
+        }
+    }
+    stripe_post(c, base, "/v1/payment_intents", None, &form).await
+}
+
+/// Stripe documents that an `Idempotency-Key` on a DELETE "has no effect": the first delete
+/// answers the `{id, object, deleted}` stub, and every later one, with the same key, another
+/// key or none, is Stripe's 404 `resource_missing` — never a replayed 200 — while the customer
+/// is deleted and counted exactly once.
+#[tokio::test]
+async fn deleting_a_customer_answers_the_deleted_stub_once_and_every_retry_is_resource_missing() {
+    let (sb, c) = start(SandboxConfig::default()).await;
+    let base = sb.base_url.clone();
+    let cus = "cus_erase1";
+    let path = format!("/v1/customers/{cus}");
+    assert!(!sb.sandbox.stripe_customer_deleted(cus));
+
+    let deleted = stripe_delete(&c, &base, &path, Some("erasure:1:customer")).await;
+    assert_eq!(deleted.status, StatusCode::OK, "{}", deleted.body);
+    assert_eq!(
+        deleted.body,
+        json!({"id": cus, "object": "customer", "deleted": true}),
+        "the documented stub, key for key (rc.10's DeletedCustomer)"
+    );
+    assert!(deleted.headers.get("idempotent-replayed").is_none());
+    assert!(sb.sandbox.stripe_customer_deleted(cus));
+    assert!(!sb.sandbox.stripe_customer_deleted("cus_other"));
+
+    for key in [
+        Some("erasure:1:customer"),
+        Some("erasure:1:customer:retry"),
+        None,
+    ] {
+        let again = stripe_delete(&c, &base, &path, key).await;
+        assert_eq!(
+            stripe_error(&again),
+            (
+                StatusCode::NOT_FOUND,
+                json!("invalid_request_error"),
+                json!("resource_missing"),
+                json!("id"),
+                format!("No such customer: '{cus}'"),
+            ),
+            "key {key:?}"
+        );
+        assert!(
+            again.headers.get("idempotent-replayed").is_none(),
+            "a DELETE is never replayed (key {key:?})"
+        );
+    }
+
+    // Not a customer id at all: the same 404; unauthenticated: 401 before anything.
+    let unknown = stripe_delete(&c, &base, "/v1/customers/nope", None).await;
+    assert_eq!(unknown.status, StatusCode::NOT_FOUND);
+    assert_eq!(unknown.body["error"]["message"], "No such customer: 'nope'");
+    let anonymous = reply(
+        c.delete(format!("{base}/v1/customers/cus_erase2"))
+            .send()
+            .await
+            .unwrap(),
+    )
+    .await;
+    assert_eq!(anonymous.status, StatusCode::UNAUTHORIZED);
+    assert!(!sb.sandbox.stripe_customer_deleted("cus_erase2"));
+
+    let counters = sb.sandbox.counters();
+    assert_eq!(counters.customers_deleted, 1);
+    assert_eq!(counters.idempotent_replays, 0);
+}
+
+/// A detach answers the complete PaymentMethod (every field of rc.10's struct) with
+/// `customer: null`; the same key replays it byte for byte; a second detach under another key
+/// (or none) is Stripe's 400 "not attached … detachment is impossible" with no code, which is
+/// not stored under its key; an id that is not `pm_…` is 404 `resource_missing`. The card is
+/// detached and counted once.
+#[tokio::test]
+async fn detaching_a_card_answers_it_without_customer_replays_its_key_and_refuses_a_second_detach()
+{
+    let (sb, c) = start(SandboxConfig::default()).await;
+    let base = sb.base_url.clone();
+    let pm = "pm_card_visa__erase1";
+    let cus = "cus_erase1";
+    // The saga charged the card for this customer once, so the sandbox knows whose it is.
+    let pi = charge(&c, &base, cus, pm, "bk_erase1").await;
+    assert_eq!(pi.status, StatusCode::OK, "{}", pi.body);
+    let path = format!("/v1/payment_methods/{pm}/detach");
+
+    let detached = stripe_post(&c, &base, &path, Some("erasure:1:card:1"), &[]).await;
+    assert_eq!(detached.status, StatusCode::OK, "{}", detached.body);
+    let body = &detached.body;
+    assert_eq!(sorted_keys(body), PAYMENT_METHOD_KEYS, "every rc.10 field");
+    assert_eq!(body["id"], pm);
+    assert_eq!(body["object"], "payment_method");
+    assert_eq!(body["type"], "card");
+    assert_eq!(body["customer"], Value::Null);
+    assert_eq!(body["livemode"], false);
+    assert!(body["created"].is_i64());
+    for required in ["brand", "exp_month", "exp_year", "funding", "last4"] {
+        assert!(!body["card"][required].is_null(), "card.{required}");
+    }
+    assert_eq!(body["card"]["last4"], "4242");
+    assert_eq!(
+        sorted_keys(&body["billing_details"]),
+        ["address", "email", "name", "phone", "tax_id"]
+    );
+    assert!(sb.sandbox.stripe_payment_method_detached(pm));
+    assert_eq!(
+        sb.sandbox.stripe_payment_method_detached_from(pm),
+        Some(Some(cus.to_owned()))
+    );
+
+    let replay = stripe_post(&c, &base, &path, Some("erasure:1:card:1"), &[]).await;
+    assert_eq!(replay.status, StatusCode::OK);
+    assert_eq!(replay.raw, detached.raw, "replay is byte for byte");
+    assert_eq!(replay.headers["idempotent-replayed"], "true");
+    // The same key with other parameters is an idempotency error, not a second detach.
+    let clash = stripe_post(
+        &c,
+        &base,
+        &path,
+        Some("erasure:1:card:1"),
+        &[("expand[]", "customer")],
+    )
+    .await;
+    assert_eq!(clash.status, StatusCode::BAD_REQUEST);
+    assert_eq!(clash.body["error"]["type"], "idempotency_error");
+
+    for key in [
+        Some("erasure:1:card:1:again"),
+        Some("erasure:1:card:1:again"),
+        None,
+    ] {
+        let again = stripe_post(&c, &base, &path, key, &[]).await;
+        assert_eq!(
+            stripe_error(&again),
+            (
+                StatusCode::BAD_REQUEST,
+                json!("invalid_request_error"),
+                Value::Null,
+                Value::Null,
+                NOT_ATTACHED.to_owned(),
+            ),
+            "key {key:?}"
+        );
+        assert!(
+            again.headers.get("idempotent-replayed").is_none(),
+            "the refusal is not stored under its key"
+        );
+    }
+
+    // Reading the card shows it detached; an id that is not a PaymentMethod is a 404.
+    let read = reply(
+        c.get(format!("{base}/v1/payment_methods/{pm}"))
+            .bearer_auth(SK)
+            .send()
+            .await
+            .unwrap(),
+    )
+    .await;
+    assert_eq!(read.status, StatusCode::OK);
+    assert_eq!(read.body["customer"], Value::Null);
+    assert_eq!(sorted_keys(&read.body), PAYMENT_METHOD_KEYS);
+    let unknown = stripe_post(&c, &base, "/v1/payment_methods/card_1/detach", None, &[]).await;
+    assert_eq!(
+        stripe_error(&unknown),
+        (
+            StatusCode::NOT_FOUND,
+            json!("invalid_request_error"),
+            json!("resource_missing"),
+            json!("payment_method"),
+            "No such PaymentMethod: 'card_1'".to_owned(),
+        )
+    );
+
+    // A card no PaymentIntent named detaches too; the sandbox does not know its customer.
+    let stranger = stripe_post(
+        &c,
+        &base,
+        "/v1/payment_methods/pm_never_charged/detach",
+        None,
+        &[],
+    )
+    .await;
+    assert_eq!(stranger.status, StatusCode::OK, "{}", stranger.body);
+    assert_eq!(
+        sb.sandbox
+            .stripe_payment_method_detached_from("pm_never_charged"),
+        Some(None)
+    );
+
+    let counters = sb.sandbox.counters();
+    assert_eq!(counters.payment_methods_detached, 2);
+    assert_eq!(counters.idempotent_replays, 1);
+}
+
+/// After the erasure, a PaymentIntent naming the deleted customer is Stripe's 400
+/// `resource_missing` on `customer`, and one charging a detached card (for any customer) is
+/// Stripe's 400 for a PaymentMethod that "may not be used again"; neither creates a
+/// PaymentIntent, while other customers and cards are charged as before.
+#[tokio::test]
+async fn a_payment_intent_naming_a_deleted_customer_or_a_detached_card_is_refused_and_creates_nothing(
+) {
+    let (sb, c) = start(SandboxConfig::default()).await;
+    let base = sb.base_url.clone();
+    let (cus, pm) = ("cus_erase3", "pm_card_visa__erase3");
+    assert_eq!(
+        charge(&c, &base, cus, pm, "bk_e3a").await.status,
+        StatusCode::OK
+    );
+    let detached = stripe_post(
+        &c,
+        &base,
+        &format!("/v1/payment_methods/{pm}/detach"),
+        Some("erasure:3:card"),
+        &[],
+    )
+    .await;
+    assert_eq!(detached.status, StatusCode::OK);
+    let deleted = stripe_delete(&c, &base, &format!("/v1/customers/{cus}"), None).await;
+    assert_eq!(deleted.status, StatusCode::OK);
+
+    let deleted_customer = charge(&c, &base, cus, "pm_card_visa__fresh", "bk_e3b").await;
+    assert_eq!(
+        stripe_error(&deleted_customer),
+        (
+            StatusCode::BAD_REQUEST,
+            json!("invalid_request_error"),
+            json!("resource_missing"),
+            json!("customer"),
+            format!("No such customer: '{cus}'"),
+        )
+    );
+    let detached_card = charge(&c, &base, "cus_someone_else", pm, "bk_e3c").await;
+    let (status, error_type, code, param, message) = stripe_error(&detached_card);
+    assert_eq!(
+        (status, error_type, code, param),
+        (
+            StatusCode::BAD_REQUEST,
+            json!("invalid_request_error"),
+            Value::Null,
+            Value::Null
+        )
+    );
+    assert!(
+        message.contains("was detached from a Customer. It may not be used again."),
+        "{message}"
+    );
+    assert!(detached_card.body["error"].get("payment_intent").is_none());
+
+    let counters = sb.sandbox.counters();
+    assert_eq!(counters.payment_intents_created, 1);
+    assert!(!counters.payment_intents_by_booking.contains_key("bk_e3b"));
+    assert!(!counters.payment_intents_by_booking.contains_key("bk_e3c"));
+    // Others are untouched.
+    let other = charge(&c, &base, "cus_erase4", "pm_card_visa__erase4", "bk_e3d").await;
+    assert_eq!(other.status, StatusCode::OK, "{}", other.body);
+    assert_eq!(other.body["status"], "requires_capture");
+}
+
+/// The erasure is announced like every Stripe change: `payment_method.detached` around the
+/// card (`customer: null`) with `previous_attributes.customer` and the detach's idempotency
+/// key, and `customer.deleted` around the complete Customer as it was (every rc.10 field, no
+/// `deleted` key, no name or email kept), its `request.idempotency_key` null (keys have no
+/// effect on a DELETE). A replayed detach announces nothing again.
+#[tokio::test]
+async fn an_erasure_emits_payment_method_detached_with_the_previous_customer_and_customer_deleted_with_the_customer(
+) {
+    let (url, mut rx) = common::webhook_receiver(0).await;
+    let cfg = SandboxConfig {
+        webhook: Some(WebhookTarget {
+            stripe_url: format!("{url}/stripe"),
+            stripe_secret: "whsec_test".into(),
+            duffel_url: format!("{url}/duffel"),
+            duffel_secret: "duffel_whsec".into(),
+        }),
+        webhook_backoff_ms: 50,
+        ..SandboxConfig::default()
+    };
+    let (sb, c) = start(cfg).await;
+    let base = sb.base_url.clone();
+    let (cus, pm) = ("cus_erase5", "pm_card_visa__erase5");
+    assert_eq!(
+        charge(&c, &base, cus, pm, "bk_e5").await.status,
+        StatusCode::OK
+    );
+    assert_eq!(
+        next_stripe_event(&mut rx).await["type"],
+        "payment_intent.amount_capturable_updated"
+    );
+
+    let detach_path = format!("/v1/payment_methods/{pm}/detach");
+    let detached = stripe_post(&c, &base, &detach_path, Some("erasure:5:card"), &[]).await;
+    assert_eq!(detached.status, StatusCode::OK);
+    let event = next_stripe_event(&mut rx).await;
+    assert_eq!(event["type"], "payment_method.detached");
+    assert_eq!(event["object"], "event");
+    assert_eq!(event["data"]["object"], detached.body);
+    assert_eq!(event["data"]["object"]["customer"], Value::Null);
+    assert_eq!(
+        event["data"]["previous_attributes"],
+        json!({"customer": cus})
+    );
+    assert_eq!(event["request"]["idempotency_key"], "erasure:5:card");
+    assert_eq!(
+        sorted_keys(&event),
+        [
+            "api_version",
+            "created",
+            "data",
+            "id",
+            "livemode",
+            "object",
+            "pending_webhooks",
+            "request",
+            "type"
+        ]
+    );
+
+    // A replay announces nothing; the delete comes next.
+    let replay = stripe_post(&c, &base, &detach_path, Some("erasure:5:card"), &[]).await;
+    assert_eq!(replay.headers["idempotent-replayed"], "true");
+    let deleted = stripe_delete(
+        &c,
+        &base,
+        &format!("/v1/customers/{cus}"),
+        Some("erasure:5"),
+    )
+    .await;
+    assert_eq!(deleted.status, StatusCode::OK);
+    let event = next_stripe_event(&mut rx).await;
+    assert_eq!(event["type"], "customer.deleted");
+    let customer = &event["data"]["object"];
+    assert_eq!(sorted_keys(customer), CUSTOMER_KEYS, "every rc.10 field");
+    assert_eq!(customer["id"], cus);
+    assert_eq!(customer["object"], "customer");
+    assert!(customer.get("deleted").is_none(), "the customer as it was");
+    assert_eq!(customer["email"], Value::Null);
+    assert_eq!(customer["name"], Value::Null);
+    assert!(event["data"].get("previous_attributes").is_none());
+    assert_eq!(event["request"]["idempotency_key"], Value::Null);
+    assert!(event["request"]["id"].as_str().unwrap().starts_with("req_"));
+
+    // Refused retries announce nothing either.
+    stripe_delete(
+        &c,
+        &base,
+        &format!("/v1/customers/{cus}"),
+        Some("erasure:5"),
+    )
+    .await;
+    stripe_post(&c, &base, &detach_path, Some("erasure:5:card:again"), &[]).await;
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    assert!(rx.try_recv().is_err(), "no further event");
+    assert_eq!(sb.sandbox.counters().webhook_events_emitted, 3);
+}
+
+/// During a Stripe outage both erasure routes answer the outage's `api_error` before anything
+/// is done: nothing is detached or deleted, counted or announced, and no result is kept under
+/// the detach's key, so the same key detaches the card once the outage is over.
+#[tokio::test]
+async fn a_stripe_outage_refuses_the_card_detach_and_the_customer_delete_without_performing_them() {
+    let (sb, c) = start(SandboxConfig::default()).await;
+    let base = sb.base_url.clone();
+    let (cus, pm) = ("cus_erase6", "pm_card_visa__erase6");
+    let detach_path = format!("/v1/payment_methods/{pm}/detach");
+    let delete_path = format!("/v1/customers/{cus}");
+    sb.sandbox
+        .set_outage(Provider::Stripe, Duration::from_secs(60), 503);
+
+    let detach = stripe_post(&c, &base, &detach_path, Some("erasure:6:card"), &[]).await;
+    let delete = stripe_delete(&c, &base, &delete_path, Some("erasure:6")).await;
+    for r in [&detach, &delete] {
+        assert_eq!(r.status, StatusCode::SERVICE_UNAVAILABLE, "{}", r.body);
+        assert_eq!(r.body["error"]["type"], "api_error");
+    }
+    assert!(!sb.sandbox.stripe_payment_method_detached(pm));
+    assert!(!sb.sandbox.stripe_customer_deleted(cus));
+    let counters = sb.sandbox.counters();
+    assert_eq!(counters.payment_methods_detached, 0);
+    assert_eq!(counters.customers_deleted, 0);
+    assert_eq!(counters.webhook_events_emitted, 0);
+    assert_eq!(counters.outage_responses["stripe"], 2);
+
+    sb.sandbox.set_outage(Provider::Stripe, Duration::ZERO, 503);
+    let detach = stripe_post(&c, &base, &detach_path, Some("erasure:6:card"), &[]).await;
+    assert_eq!(detach.status, StatusCode::OK, "{}", detach.body);
+    assert!(detach.headers.get("idempotent-replayed").is_none());
+    let delete = stripe_delete(&c, &base, &delete_path, Some("erasure:6")).await;
+    assert_eq!(delete.status, StatusCode::OK, "{}", delete.body);
+    let counters = sb.sandbox.counters();
+    assert_eq!(counters.payment_methods_detached, 1);
+    assert_eq!(counters.customers_deleted, 1);
+}
+
+// ------------------------------------------------------------------------------------------
 // Duffel
 
 #[tokio::test]

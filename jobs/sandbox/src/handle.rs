@@ -48,6 +48,16 @@ impl Sandbox {
         self.lock().counters.clone()
     }
 
+    /// The files attached to the email sent with idempotency key `key`: `(filename, bytes)`,
+    /// decoded; empty if none (or no such email).
+    pub fn email_attachments(&self, key: &str) -> Vec<(String, Vec<u8>)> {
+        self.lock()
+            .email_attachments
+            .get(key)
+            .cloned()
+            .unwrap_or_default()
+    }
+
     /// Sets the scenario of a route (`"LHR-JFK"`, case-insensitive) for every later request.
     pub fn set_scenario(&self, route: &str, scenario: Scenario) {
         self.lock().scenarios.set(route, scenario);

@@ -11,6 +11,8 @@
 //! - `POST /v1/payment_intents`, `GET /v1/payment_intents/{id}`,
 //!   `POST /v1/payment_intents/{id}/capture`, `POST /v1/payment_intents/{id}/cancel`
 //! - `POST /v1/refunds`, `GET /v1/refunds/{id}`
+//! - `DELETE /v1/customers/{id}`, `POST /v1/payment_methods/{id}/detach`,
+//!   `GET /v1/payment_methods/{id}` (an account erasure's calls, see below)
 //! - `Idempotency-Key` on every POST, scoped per API key: same key and same parameters replay
 //!   the stored response byte for byte (same status, header `Idempotent-Replayed: true`); same
 //!   key with other parameters → 400 `idempotency_error`; a key whose first request is still
@@ -32,6 +34,38 @@
 //! `last_payment_error`) and returns it inside the error, which is what Stripe does for an
 //! `off_session=true` confirm: authentication cannot happen off session, so the intent does not
 //! stop in `requires_action`, it fails back to `requires_payment_method`.
+//!
+//! **Erasure: detaching saved cards and deleting the customer.** Customers and cards are
+//! implicit: every `cus_…` id is a customer and every `pm_…` id a card attached to one, until
+//! it is deleted or detached.
+//! - `POST /v1/payment_methods/{id}/detach` → 200 with the complete PaymentMethod,
+//!   `customer: null`, and `payment_method.detached` whose `data.previous_attributes.customer`
+//!   is the customer a PaymentIntent last named with the card (`null` if none did). It goes
+//!   through the idempotency pipeline like every POST: the same key replays the 200. Detaching
+//!   again with another key (or none) → 400 `invalid_request_error`, no `code`, "The payment
+//!   method you provided is not attached to a customer so detachment is impossible." (not
+//!   stored under the key); an id that is not `pm_…` → 404 `resource_missing`
+//!   `No such PaymentMethod: '…'`, `param: "payment_method"`. `GET /v1/payment_methods/{id}`
+//!   reads the card (`customer: null` once detached).
+//! - `DELETE /v1/customers/{id}` → 200 `{"id", "object": "customer", "deleted": true}` and
+//!   `customer.deleted` around the complete Customer as it was. Stripe says an idempotency key
+//!   on a DELETE "has no effect", so none is kept: deleting again, whatever the key → 404
+//!   `resource_missing` `No such customer: '…'`, `param: "id"` (as for an id that is not
+//!   `cus_…`). Deleting a customer does not detach its cards (Stripe does not document that it
+//!   does): detach each first.
+//! - A PaymentIntent naming a deleted customer → 400 `resource_missing`
+//!   `No such customer: '…'`, `param: "customer"`; naming a detached card → 400
+//!   `invalid_request_error` without `code` ("… or was detached from a Customer. It may not be
+//!   used again. …"). Neither creates a PaymentIntent.
+//! - A Stripe outage answers these routes like every other Stripe route, before anything is
+//!   done (nothing detached or deleted, no result kept under the key).
+//! - [`Counters`]: `customers_deleted`, `payment_methods_detached` (operations performed, at
+//!   most once per object; replays, refusals and outages do not count). Reads:
+//!   [`Sandbox::stripe_customer_deleted`], [`Sandbox::stripe_payment_method_detached`],
+//!   [`Sandbox::stripe_payment_method_detached_from`].
+//!
+//! Which of these answers Stripe documents and which are the sandbox's own is listed in
+//! docs/sandbox.md ("Erasure: what Stripe documents and what is ours").
 //!
 //! # Duffel (`/air/...`, JSON in `{"data": …}`, `Authorization: Bearer duffel_test_…`, `Duffel-Version: v2`)
 //! - `POST /air/offer_requests[?return_offers=false]`, `GET /air/offer_requests/{id}`
@@ -161,8 +195,8 @@
 //! # Webhooks
 //! With [`SandboxConfig::webhook`] set, state changes are delivered as signed events (spawned
 //! task, up to [`WEBHOOK_ATTEMPTS`] attempts with exponential backoff on non-2xx):
-//! Stripe `payment_intent.amount_capturable_updated|succeeded|payment_failed|canceled` and
-//! `charge.refunded` with `Stripe-Signature`; Duffel `order.created`,
+//! Stripe `payment_intent.amount_capturable_updated|succeeded|payment_failed|canceled`,
+//! `charge.refunded`, `customer.deleted` and `payment_method.detached` with `Stripe-Signature`; Duffel `order.created`,
 //! `order_cancellation.confirmed` and `order.airline_initiated_change_detected` with
 //! `X-Duffel-Signature`. Both headers are
 //! `t=<unix>,v1=<hex HMAC-SHA256(secret, "{t}.{raw body}")>`, see [`webhooks`]. Arbitrary events
@@ -172,10 +206,10 @@
 //! Events have the providers' documented delivered shapes, checked against the documented
 //! examples in `tests/contracts/` by `tests/contracts.rs`: a Stripe Event (`id`,
 //! `object: "event"`, `api_version`, `created`, `data.object`, `livemode`, `pending_webhooks`,
-//! `request`, `type`); a Duffel event with every field at the top level (`id`, `api_version`,
-//! `type`, `data.object`, `live_mode`, `idempotency_key` = the related object's id,
-//! `created_at`, `identity_organisation_id`) — only Duffel's API *responses* are wrapped in
-//! `{"data": …}`. A synchronous order refusal is answered, not also announced: Duffel sends
+//! `request`, `type`; `payment_method.detached` also has `data.previous_attributes`); a Duffel
+//! event with every field at the top level (`id`, `api_version`, `type`, `data.object`,
+//! `live_mode`, `idempotency_key` = the related object's id, `created_at`,
+//! `identity_organisation_id`) — only Duffel's API *responses* are wrapped in `{"data": …}`. A synchronous order refusal is answered, not also announced: Duffel sends
 //! `order.creation_failed` only after a 202, which the sandbox does not simulate.
 //!
 //! # Outages

@@ -11,9 +11,9 @@ use serde_json::Value;
 use crate::{
     duffel_objects::{AirlineChange, Cancellation, Offer, OfferRequest, Order},
     scenarios::{Outage, Provider, ScenarioTable},
-    stripe_objects::{PaymentIntent, Refund},
+    stripe_objects::{PaymentIntent, PaymentMethod, Refund},
     twilio_objects::TwilioMessage,
-    util::json_response,
+    util::{json_response, now_unix},
 };
 
 /// What the sandbox has done, so tests can prove nothing happened twice.
@@ -43,6 +43,14 @@ pub struct Counters {
     pub refunds_by_payment_intent: BTreeMap<String, u64>,
     /// Minor units refunded, per PaymentIntent.
     pub refunded_amount_by_payment_intent: BTreeMap<String, i64>,
+    /// Customers deleted (`DELETE /v1/customers/{id}` answered 200). Refused deletes (the
+    /// customer was already deleted, or is not a `cus_…` id) and outages do not count, so a
+    /// customer counts at most once.
+    pub customers_deleted: u64,
+    /// PaymentMethods detached (`POST /v1/payment_methods/{id}/detach` answered 200).
+    /// Idempotent replays, refusals (already detached, unknown) and outages do not count, so a
+    /// PaymentMethod counts at most once.
+    pub payment_methods_detached: u64,
     /// Stripe and Resend responses replayed from an idempotency key.
     pub idempotent_replays: u64,
     /// Offer requests created: valid, and not refused by the `rate_limited` scenario.
@@ -142,6 +150,17 @@ pub(crate) struct State {
     pub payment_intents: HashMap<String, PaymentIntent>,
     pub refunds: HashMap<String, Refund>,
     pub stripe_idem: HashMap<(String, String), StripeIdem>,
+    /// Customers are implicit (every `cus_…` id exists until deleted): when each was first
+    /// named by a PaymentIntent, its `created`.
+    pub customers_seen: HashMap<String, i64>,
+    /// Deleted customers: id → when.
+    pub deleted_customers: HashMap<String, i64>,
+    /// PaymentMethods are implicit too (every `pm_…` id is an attached card until detached):
+    /// the ones a PaymentIntent named, with the customer it named alongside.
+    pub payment_methods_seen: HashMap<String, PaymentMethod>,
+    /// Detached PaymentMethods: id → the customer it was detached from, if the sandbox knew it
+    /// (a detach request names no customer).
+    pub detached_payment_methods: HashMap<String, Option<String>>,
     // Duffel
     pub offer_requests: HashMap<String, OfferRequest>,
     pub offers: HashMap<String, Offer>,
@@ -153,6 +172,9 @@ pub(crate) struct State {
     pub rate_limited: HashMap<String, u32>,
     // Resend
     pub resend_idem: HashMap<(String, String), StoredResponse>,
+    /// Attachments of the emails sent with an idempotency key (decoded), by key, so tests can
+    /// read what a traveler received.
+    pub email_attachments: HashMap<String, Vec<(String, Vec<u8>)>>,
     // Twilio
     /// Messages of every account, oldest first.
     pub twilio_messages: Vec<TwilioMessage>,
@@ -170,6 +192,10 @@ impl State {
             payment_intents: HashMap::new(),
             refunds: HashMap::new(),
             stripe_idem: HashMap::new(),
+            customers_seen: HashMap::new(),
+            deleted_customers: HashMap::new(),
+            payment_methods_seen: HashMap::new(),
+            detached_payment_methods: HashMap::new(),
             offer_requests: HashMap::new(),
             offers: HashMap::new(),
             orders: Vec::new(),
@@ -177,9 +203,31 @@ impl State {
             airline_changes: Vec::new(),
             rate_limited: HashMap::new(),
             resend_idem: HashMap::new(),
+            email_attachments: HashMap::new(),
             twilio_messages: Vec::new(),
             twilio_default_services: HashMap::new(),
         }
+    }
+
+    /// PaymentMethod `id` as it stands now: its customer is `None` once detached. `None` for an
+    /// id that is not a `pm_…` id.
+    pub(crate) fn payment_method(&self, id: &str) -> Option<PaymentMethod> {
+        if !is_implicit_id(id, "pm_") {
+            return None;
+        }
+        let mut pm = self
+            .payment_methods_seen
+            .get(id)
+            .cloned()
+            .unwrap_or_else(|| PaymentMethod {
+                id: id.to_owned(),
+                created: now_unix(),
+                customer: None,
+            });
+        if self.detached_payment_methods.contains_key(id) {
+            pm.customer = None;
+        }
+        Some(pm)
     }
 
     pub(crate) fn order(&self, id: &str) -> Option<&Order> {
@@ -214,5 +262,50 @@ impl State {
         if let Some(order) = self.order_mut(order_id) {
             order.json["airline_initiated_changes"] = Value::Array(changes);
         }
+    }
+}
+
+/// Whether `id` names an implicit Stripe object: `prefix` (`cus_`, `pm_`) and then at least one
+/// letter, digit or underscore, and nothing else.
+pub(crate) fn is_implicit_id(id: &str, prefix: &str) -> bool {
+    id.strip_prefix(prefix).is_some_and(|rest| {
+        !rest.is_empty() && rest.chars().all(|c| c.is_ascii_alphanumeric() || c == '_')
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn implicit_ids_are_the_prefix_then_letters_digits_or_underscores() {
+        assert!(is_implicit_id("cus_NffrFeUfNV2Hib", "cus_"));
+        assert!(is_implicit_id("pm_card_visa__u42", "pm_"));
+        assert!(!is_implicit_id("cus_", "cus_"));
+        assert!(!is_implicit_id("pm_card_visa", "cus_"));
+        assert!(!is_implicit_id("cus_a/b", "cus_"));
+        assert!(!is_implicit_id("cus_a b", "cus_"));
+    }
+
+    #[test]
+    fn a_detached_payment_method_reads_without_its_customer() {
+        let mut st = State::new();
+        st.payment_methods_seen.insert(
+            "pm_1".into(),
+            PaymentMethod {
+                id: "pm_1".into(),
+                created: 1,
+                customer: Some("cus_1".into()),
+            },
+        );
+        assert_eq!(
+            st.payment_method("pm_1").unwrap().customer.as_deref(),
+            Some("cus_1")
+        );
+        st.detached_payment_methods
+            .insert("pm_1".into(), Some("cus_1".into()));
+        assert_eq!(st.payment_method("pm_1").unwrap().customer, None);
+        assert!(st.payment_method("card_1").is_none());
+        assert_eq!(st.payment_method("pm_2").unwrap().customer, None);
     }
 }

@@ -1,11 +1,21 @@
-//! Stripe: PaymentIntents (off-session, manual capture), refunds, and Stripe's idempotency keys.
+//! Stripe: PaymentIntents (off-session, manual capture), refunds, Stripe's idempotency keys,
+//! and an erasure's two calls: detaching a saved card and deleting the customer.
 //!
 //! Objects are emitted **complete**: every field of the `PaymentIntent`, `Refund`, `Charge`,
-//! `ApiErrors` and `Event` structs generated in `async-stripe-shared` 1.0.0-rc.10 is present
-//! (nullable ones as `null`), so strict deserializers accept them. Checked by deserializing
-//! sandbox output (requires_capture, succeeded, declined, canceled and requires_action intents,
-//! a refund, decline and unexpected-state errors, and the emitted events including the
-//! `charge.refunded` charge) with rc.10's miniserde deserializers.
+//! `PaymentMethod`, `Customer`, `DeletedCustomer`, `ApiErrors` and `Event` structs generated in
+//! `async-stripe-shared` 1.0.0-rc.10 is present (nullable ones as `null`), so strict
+//! deserializers accept them. Checked by deserializing sandbox output (requires_capture,
+//! succeeded, declined, canceled and requires_action intents, a refund, decline and
+//! unexpected-state errors, and the emitted events including the `charge.refunded` charge)
+//! with rc.10's miniserde deserializers; likewise, once, the detached PaymentMethod (and its
+//! `GET`), the deleted customer, the refusals of both routes and of a PaymentIntent naming a
+//! deleted customer or a detached card, and the `customer.deleted` and
+//! `payment_method.detached` events with their objects.
+//!
+//! Customers and PaymentMethods are implicit: every `cus_…` id is a customer and every `pm_…`
+//! id a card attached to one, until `DELETE /v1/customers/{id}` or
+//! `POST /v1/payment_methods/{id}/detach`. What Stripe documents and what the sandbox chooses
+//! for these routes is listed in docs/sandbox.md ("Erasure").
 
 // Helpers return a ready HTTP error response as their `Err`; it is the cold path of a test
 // double, so its size does not matter.
@@ -18,7 +28,7 @@ use axum::{
     extract::{Path, State},
     http::{HeaderMap, HeaderValue, StatusCode},
     response::{IntoResponse, Response},
-    routing::{post, MethodRouter},
+    routing::{delete, post, MethodRouter},
     Router,
 };
 use serde_json::{json, Value};
@@ -26,8 +36,8 @@ use serde_json::{json, Value};
 use crate::{
     handle::Sandbox,
     read::get_by_id,
-    state::{Counters, State as SandboxState, StoredResponse, StripeIdem},
-    stripe_objects::{PaymentIntent, Refund},
+    state::{is_implicit_id, Counters, State as SandboxState, StoredResponse, StripeIdem},
+    stripe_objects::{Customer, PaymentIntent, PaymentMethod, Refund},
     util::{bearer, idempotency_key, json_response, new_id, now_unix, parse_form},
     webhooks,
 };
@@ -57,6 +67,18 @@ pub(crate) fn routes() -> Router<Sandbox> {
                 |st, id| st.refunds.get(id).map(Refund::to_json),
                 |id| resource_missing("refund", id, "id").into_response(),
             ),
+        )
+        .route("/v1/customers/{id}", delete(delete_customer))
+        .route(
+            "/v1/payment_methods/{id}",
+            get_one(
+                |st, id| st.payment_method(id).map(|pm| pm.to_json()),
+                |id| payment_method_missing(id).into_response(),
+            ),
+        )
+        .route(
+            "/v1/payment_methods/{id}/detach",
+            post(detach_payment_method),
         )
 }
 
@@ -130,7 +152,15 @@ pub(crate) struct Outcome {
     status: StatusCode,
     body: Value,
     store: bool,
-    events: Vec<(&'static str, Value)>,
+    events: Vec<PendingEvent>,
+}
+
+/// An event an operation caused, emitted once its response is settled.
+struct PendingEvent {
+    event_type: &'static str,
+    object: Value,
+    /// `data.previous_attributes`, for the events that carry it.
+    previous_attributes: Option<Value>,
 }
 
 impl Outcome {
@@ -155,7 +185,26 @@ impl Outcome {
     }
 
     fn with_event(mut self, event_type: &'static str, object: Value) -> Self {
-        self.events.push((event_type, object));
+        self.events.push(PendingEvent {
+            event_type,
+            object,
+            previous_attributes: None,
+        });
+        self
+    }
+
+    /// An event with `data.previous_attributes`.
+    fn with_event_after(
+        mut self,
+        event_type: &'static str,
+        object: Value,
+        previous_attributes: Value,
+    ) -> Self {
+        self.events.push(PendingEvent {
+            event_type,
+            object,
+            previous_attributes: Some(previous_attributes),
+        });
         self
     }
 }
@@ -247,6 +296,51 @@ fn resource_missing(kind: &str, id: &str, param: &str) -> Outcome {
         "resource_missing",
         &format!("No such {kind}: '{id}'"),
         Some(param),
+    )
+}
+
+/// An unknown PaymentMethod in the path: 404 `resource_missing` naming `payment_method`, with
+/// Stripe's capitalisation (`No such PaymentMethod: 'pm_…'`, as a third party recorded it).
+fn payment_method_missing(id: &str) -> Outcome {
+    resource_missing("PaymentMethod", id, "payment_method")
+}
+
+/// Detaching a card attached to no customer (already detached): 400 `invalid_request_error`
+/// with Stripe's wording and no `code` or `param` (recorded by third parties; Stripe documents
+/// neither). Not stored under the idempotency key: refused before anything ran.
+fn not_attached() -> Outcome {
+    Outcome::new(
+        StatusCode::BAD_REQUEST,
+        error_body(
+            "invalid_request_error",
+            None,
+            None,
+            "The payment method you provided is not attached to a customer so detachment is \
+             impossible.",
+            None,
+            None,
+        ),
+    )
+    .unstored()
+}
+
+/// A PaymentIntent naming a detached card: Stripe's 400 for a PaymentMethod that "can no
+/// longer be used for a payment" (docs.stripe.com/api/payment_methods/detach), in the wording
+/// of recorded answers, with no `code` or `param`.
+fn payment_method_consumed() -> Outcome {
+    Outcome::new(
+        StatusCode::BAD_REQUEST,
+        error_body(
+            "invalid_request_error",
+            None,
+            None,
+            "The provided PaymentMethod was previously used with a PaymentIntent without \
+             Customer attachment, shared with a connected account without Customer attachment, \
+             or was detached from a Customer. It may not be used again. To use a PaymentMethod \
+             multiple times, you must attach it to a Customer first.",
+            None,
+            None,
+        ),
     )
 }
 
@@ -428,15 +522,36 @@ where
             st.stripe_idem.remove(&scoped);
         }
     }
-    for (event_type, object) in outcome.events {
+    answer(
+        &sb,
+        outcome.status,
+        bytes,
+        outcome.events,
+        request_id,
+        idem_key,
+    )
+}
+
+/// Emits the events of a settled operation and answers with its body, the `Request-Id` and the
+/// idempotency key echoed.
+fn answer(
+    sb: &Sandbox,
+    status: StatusCode,
+    bytes: Vec<u8>,
+    events: Vec<PendingEvent>,
+    request_id: String,
+    idem_key: Option<String>,
+) -> Response {
+    for e in events {
         webhooks::emit_stripe(
-            &sb,
-            event_type,
-            object,
+            sb,
+            e.event_type,
+            e.object,
+            e.previous_attributes,
             Some((request_id.clone(), idem_key.clone())),
         );
     }
-    let mut resp = json_response(outcome.status, bytes);
+    let mut resp = json_response(status, bytes);
     let h = resp.headers_mut();
     if let Ok(v) = HeaderValue::from_str(&request_id) {
         h.insert("request-id", v);
@@ -483,6 +598,43 @@ async fn cancel_payment_intent(
 
 async fn create_refund(State(sb): State<Sandbox>, headers: HeaderMap, body: Bytes) -> Response {
     idempotent_post(sb, headers, "/v1/refunds".into(), body, refund_pi).await
+}
+
+async fn detach_payment_method(
+    State(sb): State<Sandbox>,
+    Path(id): Path<String>,
+    headers: HeaderMap,
+    body: Bytes,
+) -> Response {
+    let path = format!("/v1/payment_methods/{id}/detach");
+    idempotent_post(sb, headers, path, body, move |st, _| detach_pm(st, &id)).await
+}
+
+/// `DELETE /v1/customers/{id}`. Not through the idempotency pipeline: Stripe says keys on a
+/// DELETE have "no effect" (docs.stripe.com/api/idempotent_requests), so a retry, whatever its
+/// key, answers as the customer now stands: 404 once it is deleted. The key is neither read nor
+/// echoed, and the event's `request.idempotency_key` is null.
+async fn delete_customer(
+    State(sb): State<Sandbox>,
+    Path(id): Path<String>,
+    headers: HeaderMap,
+) -> Response {
+    if let Err(resp) = authenticate(&headers) {
+        return resp;
+    }
+    let outcome = {
+        let mut st = sb.lock();
+        delete_cus(&mut st, &id)
+    };
+    let bytes = serde_json::to_vec(&outcome.body).expect("json serializes");
+    answer(
+        &sb,
+        outcome.status,
+        bytes,
+        outcome.events,
+        new_id("req_"),
+        None,
+    )
 }
 
 /// `GET /v1/payment_intents/{id}` and `GET /v1/refunds/{id}`: the object, or Stripe's 404.
@@ -568,6 +720,26 @@ fn create_pi(st: &mut SandboxState, p: &Params) -> Outcome {
     if payment_method_types.is_empty() {
         payment_method_types.push("card".into());
     }
+    let customer = p.opt_string("customer");
+    // A deleted customer is as missing as an unknown one when a request names it; a detached
+    // card can no longer pay. No PaymentIntent is created.
+    if let Some(c) = customer
+        .as_deref()
+        .filter(|c| st.deleted_customers.contains_key(*c))
+    {
+        return request_error(
+            StatusCode::BAD_REQUEST,
+            "resource_missing",
+            &format!("No such customer: '{c}'"),
+            Some("customer"),
+        );
+    }
+    if let Some(pm) = payment_method.as_deref() {
+        if st.detached_payment_methods.contains_key(pm) {
+            return payment_method_consumed();
+        }
+    }
+    remember_customer_and_card(st, customer.as_deref(), payment_method.as_deref());
     let metadata = p.metadata();
     let id = new_id("pi_");
     let mut pi = PaymentIntent {
@@ -578,7 +750,7 @@ fn create_pi(st: &mut SandboxState, p: &Params) -> Outcome {
         amount_received: 0,
         amount_refunded: 0,
         currency,
-        customer: p.opt_string("customer"),
+        customer,
         payment_method: payment_method.clone(),
         payment_method_types,
         status: if payment_method.is_some() {
@@ -838,4 +1010,106 @@ fn refund_pi(st: &mut SandboxState, p: &Params) -> Outcome {
         .or_default() += amount;
     tracing::info!(refund.id = %refund.id, payment_intent.id = %pi_id, "sandbox refund created");
     Outcome::ok(refund.to_json()).with_event("charge.refunded", charge)
+}
+
+/// Records the customer and the card a PaymentIntent names, so a later detach knows whose card
+/// it was and `customer.deleted` has the customer's `created`.
+fn remember_customer_and_card(
+    st: &mut SandboxState,
+    customer: Option<&str>,
+    payment_method: Option<&str>,
+) {
+    let now = now_unix();
+    if let Some(c) = customer {
+        st.customers_seen.entry(c.to_owned()).or_insert(now);
+    }
+    if let Some(pm) = payment_method {
+        let seen = st
+            .payment_methods_seen
+            .entry(pm.to_owned())
+            .or_insert_with(|| PaymentMethod {
+                id: pm.to_owned(),
+                created: now,
+                customer: None,
+            });
+        if customer.is_some() {
+            seen.customer = customer.map(str::to_owned);
+        }
+    }
+}
+
+/// `DELETE /v1/customers/{id}`: any `cus_…` id not yet deleted is deleted (customers are
+/// implicit), answered with the `{id, object, deleted: true}` stub and announced by
+/// `customer.deleted` around the customer as it was. A deleted or unknown customer is Stripe's
+/// 404 `resource_missing` naming `id` (Stripe's docs only say "raises an error"; the shape is
+/// what third parties recorded). The customer's cards are left as they are: Stripe does not
+/// document that a deletion detaches them, so an erasure detaches each card first.
+fn delete_cus(st: &mut SandboxState, id: &str) -> Outcome {
+    if !is_implicit_id(id, "cus_") || st.deleted_customers.contains_key(id) {
+        return resource_missing("customer", id, "id");
+    }
+    let now = now_unix();
+    let before = Customer {
+        id: id.to_owned(),
+        created: st.customers_seen.get(id).copied().unwrap_or(now),
+    };
+    st.deleted_customers.insert(id.to_owned(), now);
+    st.counters.customers_deleted += 1;
+    tracing::info!(customer.id = %id, "sandbox customer deleted");
+    Outcome::ok(Customer::deleted_json(id)).with_event("customer.deleted", before.to_json())
+}
+
+/// `POST /v1/payment_methods/{id}/detach`: any `pm_…` id not yet detached is detached
+/// (PaymentMethods are implicit) and answered as the PaymentMethod with `customer: null`,
+/// announced by `payment_method.detached` with `previous_attributes.customer` (the customer a
+/// PaymentIntent last named with the card, `null` if none did). Detaching again is Stripe's
+/// 400 "not attached"; an id that is not `pm_…` is 404 `resource_missing`.
+fn detach_pm(st: &mut SandboxState, id: &str) -> Outcome {
+    if !is_implicit_id(id, "pm_") {
+        return payment_method_missing(id);
+    }
+    if st.detached_payment_methods.contains_key(id) {
+        return not_attached();
+    }
+    let now = now_unix();
+    let seen = st
+        .payment_methods_seen
+        .entry(id.to_owned())
+        .or_insert_with(|| PaymentMethod {
+            id: id.to_owned(),
+            created: now,
+            customer: None,
+        });
+    let from = seen.customer.take();
+    let detached = seen.clone();
+    st.detached_payment_methods
+        .insert(id.to_owned(), from.clone());
+    st.counters.payment_methods_detached += 1;
+    tracing::info!(payment_method.id = %id, "sandbox payment method detached");
+    let j = detached.to_json();
+    Outcome::ok(j.clone()).with_event_after(
+        "payment_method.detached",
+        j,
+        json!({ "customer": from }),
+    )
+}
+
+impl Sandbox {
+    /// Whether Stripe customer `id` was deleted (`DELETE /v1/customers/{id}` answered 200).
+    pub fn stripe_customer_deleted(&self, id: &str) -> bool {
+        self.lock().deleted_customers.contains_key(id)
+    }
+
+    /// Whether PaymentMethod `id` was detached (`POST /v1/payment_methods/{id}/detach`
+    /// answered 200).
+    pub fn stripe_payment_method_detached(&self, id: &str) -> bool {
+        self.lock().detached_payment_methods.contains_key(id)
+    }
+
+    /// The customer PaymentMethod `id` was detached from: `None` if it was not detached,
+    /// `Some(None)` if it was but no PaymentIntent had named it with a customer (a detach
+    /// request names none).
+    pub fn stripe_payment_method_detached_from(&self, id: &str) -> Option<Option<String>> {
+        self.lock().detached_payment_methods.get(id).cloned()
+    }
 }

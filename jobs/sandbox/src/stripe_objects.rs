@@ -1,10 +1,12 @@
 //! Stripe's objects as the sandbox keeps them, and their complete wire JSON.
 //!
-//! Every field of the `PaymentIntent`, `Refund` and `Charge` structs generated in
-//! `async-stripe-shared` 1.0.0-rc.10 is emitted (nullable ones as `null`), so strict
-//! deserializers accept the output; where Stripe's documented example shows an object
-//! (`amount_details`, `fraud_details`), so does the sandbox. `tests/contracts.rs` checks the
-//! output against the documented examples in `tests/contracts/stripe/`.
+//! Every field of the `PaymentIntent`, `Refund`, `Charge`, `PaymentMethod`, `Customer` and
+//! `DeletedCustomer` structs generated in `async-stripe-shared` 1.0.0-rc.10 is emitted
+//! (nullable ones as `null`), so strict deserializers accept the output; where Stripe's
+//! documented example shows an object (`amount_details`, `fraud_details`, `invoice_settings`),
+//! so does the sandbox. `tests/contracts.rs` checks the PaymentIntent, Refund and Charge against
+//! the documented examples in `tests/contracts/stripe/`; `tests/sandbox.rs` checks the key sets
+//! of the PaymentMethod, Customer and deleted customer against rc.10's structs.
 
 use std::collections::BTreeMap;
 
@@ -232,5 +234,226 @@ impl Refund {
             "status": self.status,
             "transfer_reversal": null,
         })
+    }
+}
+
+/// The PaymentMethod types of rc.10's `PaymentMethod` other than `card`, each a nullable field
+/// of its own: always `null` here (the sandbox's PaymentMethods are cards).
+const NON_CARD_TYPES: [&str; 58] = [
+    "acss_debit",
+    "affirm",
+    "afterpay_clearpay",
+    "alipay",
+    "alma",
+    "amazon_pay",
+    "au_becs_debit",
+    "bacs_debit",
+    "bancontact",
+    "billie",
+    "bizum",
+    "blik",
+    "boleto",
+    "card_present",
+    "cashapp",
+    "crypto",
+    "custom",
+    "customer_balance",
+    "eps",
+    "fpx",
+    "giropay",
+    "grabpay",
+    "ideal",
+    "interac_present",
+    "kakao_pay",
+    "klarna",
+    "konbini",
+    "kr_card",
+    "link",
+    "mb_way",
+    "mobilepay",
+    "multibanco",
+    "naver_pay",
+    "nz_bank_account",
+    "oxxo",
+    "p24",
+    "pay_by_bank",
+    "payco",
+    "paynow",
+    "paypal",
+    "paypay",
+    "payto",
+    "pix",
+    "promptpay",
+    "revolut_pay",
+    "samsung_pay",
+    "satispay",
+    "scalapay",
+    "sepa_debit",
+    "sequra",
+    "sofort",
+    "sunbit",
+    "swish",
+    "twint",
+    "upi",
+    "us_bank_account",
+    "wechat_pay",
+    "zip",
+];
+
+/// The last four digits of the test card behind one of Stripe's test PaymentMethods
+/// (docs.stripe.com/testing), ignoring a `__<suffix>`; `4242` for every other `pm_…`.
+fn test_card_last4(payment_method: &str) -> &'static str {
+    match payment_method.split("__").next().unwrap_or(payment_method) {
+        "pm_card_chargeDeclined" | "pm_card_visa_chargeDeclined" => "0002",
+        "pm_card_chargeDeclinedInsufficientFunds" => "9995",
+        "pm_card_chargeDeclinedExpiredCard" => "0069",
+        "pm_card_authenticationRequired" => "3184",
+        "pm_card_threeDSecureRequired" => "3220",
+        _ => "4242",
+    }
+}
+
+/// 16 hex digits derived from `seed`: stable per id, like Stripe's card fingerprints and
+/// invoice prefixes (the values are the sandbox's own).
+fn stable_hex(seed: &str) -> String {
+    use sha2::{Digest, Sha256};
+    hex::encode(&Sha256::digest(seed.as_bytes())[..8])
+}
+
+/// A saved card as the sandbox knows it. PaymentMethods are implicit: every `pm_…` id is a
+/// card attached to a customer until it is detached.
+#[derive(Debug, Clone)]
+pub(crate) struct PaymentMethod {
+    pub id: String,
+    /// When the sandbox first saw it (on a PaymentIntent, or when it was first read).
+    pub created: i64,
+    /// The customer it is attached to, as far as the sandbox knows (the last PaymentIntent
+    /// that named both); `None` once detached, or when no PaymentIntent named a customer.
+    pub customer: Option<String>,
+}
+
+impl PaymentMethod {
+    /// The complete PaymentMethod: every field of rc.10's `PaymentMethod` (nullable ones as
+    /// `null`), a Visa card shaped like the one in Stripe's detach example
+    /// (docs.stripe.com/api/payment_methods/detach).
+    pub(crate) fn to_json(&self) -> Value {
+        let exp_year = i64::from(chrono::Datelike::year(&chrono::Utc::now())) + 2;
+        let mut j = json!({
+            "id": self.id,
+            "object": "payment_method",
+            "allow_redisplay": "unspecified",
+            "billing_details": {
+                "address": {
+                    "city": null,
+                    "country": null,
+                    "line1": null,
+                    "line2": null,
+                    "postal_code": null,
+                    "state": null,
+                },
+                "email": null,
+                "name": null,
+                "phone": null,
+                "tax_id": null,
+            },
+            "card": {
+                "brand": "visa",
+                "checks": {
+                    "address_line1_check": null,
+                    "address_postal_code_check": null,
+                    "cvc_check": "pass",
+                },
+                "country": "US",
+                "description": null,
+                "display_brand": "visa",
+                "exp_month": 12,
+                "exp_year": exp_year,
+                "fingerprint": stable_hex(&format!("card:{}", self.id)),
+                "funding": "credit",
+                "generated_from": null,
+                "iin": null,
+                "issuer": null,
+                "last4": test_card_last4(&self.id),
+                "networks": {"available": ["visa"], "preferred": null},
+                "regulated_status": "unregulated",
+                "three_d_secure_usage": {"supported": true},
+                "wallet": null,
+            },
+            "created": self.created,
+            "customer": self.customer,
+            "customer_account": null,
+            "livemode": false,
+            "metadata": {},
+            "radar_options": null,
+            "type": "card",
+        });
+        if let Value::Object(o) = &mut j {
+            for rail in NON_CARD_TYPES {
+                o.insert(rail.to_owned(), Value::Null);
+            }
+        }
+        j
+    }
+}
+
+/// A customer as the sandbox knows it: customers are implicit, so only its id and when the
+/// sandbox first saw it. The sandbox keeps no name, email or address.
+#[derive(Debug, Clone)]
+pub(crate) struct Customer {
+    pub id: String,
+    pub created: i64,
+}
+
+impl Customer {
+    /// The complete Customer object: every field of rc.10's `Customer` (nullable ones and the
+    /// includable lists as `null`), the values of Stripe's example
+    /// (docs.stripe.com/api/customers/object) where the sandbox has none. `customer.deleted`
+    /// carries it as it was before the deletion (no `deleted` key).
+    pub(crate) fn to_json(&self) -> Value {
+        let prefix = stable_hex(&format!("customer:{}", self.id))[..8].to_ascii_uppercase();
+        json!({
+            "id": self.id,
+            "object": "customer",
+            "address": null,
+            "balance": 0,
+            "business_name": null,
+            "cash_balance": null,
+            "created": self.created,
+            "currency": null,
+            "customer_account": null,
+            "default_source": null,
+            "delinquent": false,
+            "description": null,
+            "discount": null,
+            "email": null,
+            "individual_name": null,
+            "invoice_credit_balance": null,
+            "invoice_prefix": prefix,
+            "invoice_settings": {
+                "custom_fields": null,
+                "default_payment_method": null,
+                "footer": null,
+                "rendering_options": null,
+            },
+            "livemode": false,
+            "metadata": {},
+            "name": null,
+            "next_invoice_sequence": 1,
+            "phone": null,
+            "preferred_locales": [],
+            "shipping": null,
+            "sources": null,
+            "subscriptions": null,
+            "tax": null,
+            "tax_exempt": "none",
+            "tax_ids": null,
+            "test_clock": null,
+        })
+    }
+
+    /// What `DELETE /v1/customers/{id}` answers: rc.10's `DeletedCustomer`, the example's
+    /// three keys (docs.stripe.com/api/customers/delete).
+    pub(crate) fn deleted_json(id: &str) -> Value {
+        json!({"id": id, "object": "customer", "deleted": true})
     }
 }

@@ -62,7 +62,7 @@ impl Sandbox {
     /// webhook target nothing is delivered, but the event still counts in
     /// [`Counters::webhook_events_emitted`](crate::Counters::webhook_events_emitted).
     pub fn emit_stripe_event(&self, event_type: &str, object: Value) -> String {
-        emit_stripe(self, event_type, object, None)
+        emit_stripe(self, event_type, object, None, None)
     }
 
     /// Emits a signed Duffel event of any type with `object` as `data.object` and returns its id.
@@ -133,9 +133,9 @@ impl Sandbox {
             r.failure_reason = (!failure_reason.is_empty()).then(|| failure_reason.to_owned());
             r.to_json()
         };
-        emit_stripe(self, "refund.updated", object.clone(), None);
+        emit_stripe(self, "refund.updated", object.clone(), None, None);
         if status == "failed" {
-            emit_stripe(self, "refund.failed", object.clone(), None);
+            emit_stripe(self, "refund.failed", object.clone(), None, None);
         }
         Ok(object)
     }
@@ -145,21 +145,28 @@ impl Sandbox {
 /// `request` is `(request id, idempotency key)` of the API call that caused it.
 ///
 /// The shape is Stripe's "The Event object" example (<https://docs.stripe.com/api/events/object>,
-/// `tests/contracts/stripe/event.json`), key for key: no Connect `account`/`context` and no
-/// `data.previous_attributes`, which Stripe sends only for Connect and `*.updated` events.
+/// `tests/contracts/stripe/event.json`), key for key: no Connect `account`/`context`, and
+/// `data.previous_attributes` only when `previous_attributes` is given (Stripe sends it for
+/// `*.updated` events and, as a third party recorded it, `payment_method.detached`'s
+/// `{"customer": …}`; docs/sandbox.md grades the sources).
 pub(crate) fn emit_stripe(
     sb: &Sandbox,
     event_type: &str,
     object: Value,
+    previous_attributes: Option<Value>,
     request: Option<(String, Option<String>)>,
 ) -> String {
     let id = new_id("evt_");
+    let mut data = json!({ "object": object });
+    if let Some(previous) = previous_attributes {
+        data["previous_attributes"] = previous;
+    }
     let event = json!({
         "id": id,
         "object": "event",
         "api_version": STRIPE_API_VERSION,
         "created": now_unix(),
-        "data": {"object": object},
+        "data": data,
         "livemode": false,
         "pending_webhooks": 1,
         "request": match request {
