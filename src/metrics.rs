@@ -82,6 +82,11 @@ pub struct Metrics {
     pub refunds_owed: IntGauge,
     /// Age of the oldest refund still pending, 0 when none (from the snapshot).
     pub refund_pending_oldest_seconds: Gauge,
+    /// Travelers' erasure and export requests open, by kind (from the snapshot).
+    pub data_requests_open: IntGaugeVec,
+    /// Age of the oldest open request, by kind, 0 when none (from the snapshot): the law
+    /// gives 30 days.
+    pub data_request_oldest_open_seconds: GaugeVec,
     /// Provider calls by provider, endpoint and outcome (`ok` or the failure class), timed.
     pub provider_call_seconds: HistogramVec,
     /// Bookings that reached a final state in this process, by outcome and failure reason.
@@ -281,6 +286,24 @@ fn build() -> Metrics {
     )
     .expect("valid metric");
     register(&registry, &names, Box::new(refund_pending_oldest_seconds.clone()));
+    let data_requests_open = IntGaugeVec::new(
+        Opts::new(
+            "fleet_data_requests_open",
+            "Travelers' erasure and export requests not yet done, by kind.",
+        ),
+        &["kind"],
+    )
+    .expect("valid metric");
+    register(&registry, &names, Box::new(data_requests_open.clone()));
+    let data_request_oldest_open_seconds = GaugeVec::new(
+        Opts::new(
+            "fleet_data_request_oldest_open_seconds",
+            "Seconds since the oldest open erasure or export request was made, by kind (0 when none); due within 30 days.",
+        ),
+        &["kind"],
+    )
+    .expect("valid metric");
+    register(&registry, &names, Box::new(data_request_oldest_open_seconds.clone()));
     let provider_call_seconds = HistogramVec::new(
         HistogramOpts::new(
             "fleet_provider_call_seconds",
@@ -341,6 +364,8 @@ fn build() -> Metrics {
         refunds,
         refunds_owed,
         refund_pending_oldest_seconds,
+        data_requests_open,
+        data_request_oldest_open_seconds,
         replica_lag_seconds,
         registry,
         names: names.into_inner(),

@@ -892,6 +892,52 @@ impl Ops {
         Ok(self.mutation("airline_change_decide", dry_run, r))
     }
 
+    /// Opens a traveler's erasure or export request (or returns the one open) and queues its
+    /// job: [`jobs::data_rights::open`], which audits it in the domain's trail. A dry run
+    /// rolls everything back and reports what would happen (an erasure's preview).
+    pub async fn data_request(
+        &self,
+        kind: jobs::data_rights::RequestKind,
+        user_id: uuid::Uuid,
+        queue: &crate::Queue,
+        dry_run: bool,
+    ) -> Result<Mutation<jobs::data_rights::Opened>> {
+        use jobs::data_rights::{open, Asker, RequestRefused, Source};
+        let asker = Asker {
+            source: Source::Operator,
+            name: &self.actor,
+            external_id: None,
+        };
+        let r = match open(&self.db, queue, kind, user_id, &asker, dry_run).await {
+            Ok(r) => r,
+            Err(RequestRefused::Failed(e)) => return Err(OpsError::Domain(e)),
+            Err(refused) => usage!("{refused}"),
+        };
+        let action = match kind {
+            jobs::data_rights::RequestKind::Erasure => "traveler_erase",
+            jobs::data_rights::RequestKind::Export => "traveler_export",
+        };
+        Ok(self.mutation(action, dry_run, r))
+    }
+
+    /// Open erasure and export requests, oldest first, with their age against the deadline.
+    pub async fn data_requests_open(
+        &self,
+        limit: i64,
+    ) -> Result<Vec<jobs::data_rights::DataRequest>> {
+        self.read(jobs::data_rights::list_open(&self.reads, limit))
+            .await
+    }
+
+    /// Every request of one traveler, newest first (kept after an erasure).
+    pub async fn data_requests_of(
+        &self,
+        user_id: uuid::Uuid,
+    ) -> Result<Vec<jobs::data_rights::DataRequest>> {
+        self.read(jobs::data_rights::of_user(&self.reads, user_id))
+            .await
+    }
+
     /// Records that booking `id`'s failed refund was paid back another way (`how`, with a
     /// `reference` that is an id: `^[A-Za-z0-9_.:-]{1,64}$`), so its money is no longer owed.
     pub async fn booking_paid_out(

@@ -60,14 +60,23 @@ pub async fn refresh_snapshot_of(dbs: &[Database]) -> Result<(), sqlx::Error> {
             }
         }
         // The domain's tables live in the main database (the first).
-        let refunds = match dbs.first() {
-            Some(main) => Some(jobs::report::refund_gauges(&main.reads).await?),
-            None => None,
+        let (refunds, requests) = match dbs.first() {
+            Some(main) => (
+                Some(jobs::report::refund_gauges(&main.reads).await?),
+                jobs::data_rights::open_gauges(&main.reads).await?,
+            ),
+            None => (None, Vec::new()),
         };
-        Ok::<_, sqlx::Error>((gauges, paused, lags, budgets, refunds))
+        Ok::<_, sqlx::Error>((gauges, paused, lags, budgets, refunds, requests))
     };
     match tokio::time::timeout(std::time::Duration::from_secs(5), read).await {
-        Ok(Ok((gauges, paused, lags, budgets, refunds))) => {
+        Ok(Ok((gauges, paused, lags, budgets, refunds, requests))) => {
+            for (kind, open, oldest) in &requests {
+                m.data_requests_open.with_label_values(&[kind]).set(*open);
+                m.data_request_oldest_open_seconds
+                    .with_label_values(&[kind])
+                    .set(oldest.max(0.0));
+            }
             if let Some(r) = &refunds {
                 m.refunds.reset();
                 for (status, n) in &r.by_status {

@@ -503,9 +503,15 @@ impl App {
     /// Audit rows of `action`: (actor, resource_id, metadata), from the trail that owns it:
     /// the domain's for booking and refund actions, the engine's for the rest.
     async fn audit(&self, action: &str) -> Vec<(String, Option<String>, Value)> {
-        let table = if ["booking.", "refund.", "airline_change."]
-            .iter()
-            .any(|p| action.starts_with(p))
+        let table = if [
+            "booking.",
+            "refund.",
+            "airline_change.",
+            "erasure.",
+            "export.",
+        ]
+        .iter()
+        .any(|p| action.starts_with(p))
         {
             "audit_log"
         } else {
@@ -2725,5 +2731,75 @@ async fn the_money_page_shows_what_was_booked_what_failed_what_is_owed_and_the_p
     );
     assert!(b.text("#provider-kinds").await.contains("booking_attempt"));
     b.screenshot("money").await;
+    b.close().await;
+}
+
+#[tokio::test]
+async fn travelers_requests_are_listed_against_their_deadline_and_opened_through_a_preview() {
+    if !browser_available() {
+        return;
+    }
+    let app = App::start().await;
+    let s = seed_sealed(app.pool(), &jobs::seed::CampaignSeed::new(3)).await;
+    // An export asked for by the product 26 days ago, still waiting: shown as urgent.
+    sqlx::query(
+        "INSERT INTO data_requests (kind, user_id, source, requested_by, external_id, requested_at,
+                                    due_at, waiting_on)
+         VALUES ('export', $1, 'product', 'product', 'dsr_old', now() - interval '26 days',
+                 now() + interval '4 days', 'email_unavailable')",
+    )
+    .bind(s.user_id)
+    .execute(app.pool())
+    .await
+    .unwrap();
+
+    let v = app.browser().await;
+    v.sign_in("viv", VIV_PW).await;
+    v.goto("/ui/travelers").await;
+    v.wait_h1("Travelers' requests").await;
+    let listed = v.text("#requests").await;
+    assert!(
+        listed.contains("export") && listed.contains("email_unavailable"),
+        "{listed}"
+    );
+    assert!(
+        listed.contains("3 days") || listed.contains("4 days"),
+        "{listed}"
+    );
+    assert!(
+        !v.main_text().await.contains("Erase or export a traveler"),
+        "a viewer opens nothing"
+    );
+    v.close().await;
+
+    let b = app.browser().await;
+    b.sign_in("alice", ALICE_PW).await;
+    b.goto("/ui/travelers").await;
+    b.wait_h1("Travelers' requests").await;
+    b.fill("#traveler-user", &s.user_id.to_string()).await;
+    b.click("select[name=decision] option[value=erasure]").await;
+    b.screenshot("travelers").await;
+    b.click_button("#request-form", "Preview…").await;
+    b.wait_h1("Erase this traveler?").await;
+    let preview = b.text("#request-summary").await;
+    assert!(preview.contains("detaches 1 card(s)"), "{preview}");
+    assert!(!preview.contains(&jobs::seed::CampaignSeed::new(3).email));
+    assert!(
+        app.audit("erasure.requested").await.is_empty(),
+        "the preview changes nothing"
+    );
+    b.screenshot("travelers-erase-preview").await;
+    b.click("#confirm").await;
+    b.wait_h1("Request opened").await;
+    let audit = app.audit("erasure.requested").await;
+    assert_eq!((audit.len(), audit[0].0.as_str()), (1, "alice"));
+    let open: i64 = sqlx::query_scalar(
+        "SELECT count(*) FROM data_requests WHERE user_id = $1 AND status = 'open'",
+    )
+    .bind(s.user_id)
+    .fetch_one(app.pool())
+    .await
+    .unwrap();
+    assert_eq!(open, 2, "the export and the erasure");
     b.close().await;
 }

@@ -252,6 +252,7 @@ async fn ingress(pool: &PgPool) -> (String, tokio_util::sync::CancellationToken)
         WebhookSecrets {
             stripe: vec![STRIPE_SECRET.into()],
             duffel: vec![DUFFEL_SECRET.into()],
+            product: Vec::new(),
         },
         fleet::serve::Limits::default().max_body_bytes,
     );
@@ -1233,6 +1234,7 @@ async fn the_resend_client_classifies_resends_documented_errors() {
             subject: "Booked".into(),
             html: "<p>Booked</p>".into(),
             text: "Booked".into(),
+            attachments: Vec::new(),
         };
         let err = client
             .send(&email, "booking-confirmed/b-1")

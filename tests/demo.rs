@@ -75,6 +75,13 @@ fn demo_books_compensates_refunds_and_reminds_with_no_violation_and_no_pii_in_it
     // failed alone (their emails went).
     assert!(s["sms_sent"].as_i64().unwrap() > 0, "{s}");
     assert!(s["sms_failed"].as_i64().unwrap() > 0, "{s}");
+    // Three travelers asked to be erased and three for their data: all done within the demo
+    // (and `fleet check`, above, found nothing of the erased left).
+    assert_eq!(
+        (&s["travelers_erased"], &s["exports_sent"]),
+        (&3.into(), &3.into()),
+        "{s}"
+    );
     // Every campaign is searched within the demo: nothing (a budget, a limit) holds it back.
     assert_eq!(s["campaigns_searched"], s["campaigns"], "{s}");
     assert!(

@@ -53,6 +53,7 @@ fn webhooks(pool: &sqlx::PgPool, max_body: usize) -> Router {
         WebhookSecrets {
             stripe: vec![SECRET.into()],
             duffel: vec![SECRET.into()],
+            product: Vec::new(),
         },
         max_body,
     )

@@ -1080,3 +1080,63 @@ async fn a_drain_names_the_card_hold_a_retrying_booking_attempt_still_holds() {
     ));
     assert!(!text.contains("money"), "{text}");
 }
+
+#[tokio::test]
+async fn traveler_erase_previews_then_opens_one_request_and_refuses_an_unknown_traveler() {
+    let db = db().await;
+    let s = seed_sealed(&db.pool, &jobs::seed::CampaignSeed::new(7)).await;
+    let user = s.user_id.to_string();
+    // Bad input: not an id, an unknown traveler (exit 2, nothing written).
+    let out = fleet(&db.url, &["traveler", "erase", "jane@example.com"], None);
+    assert_eq!(out.status.code(), Some(2));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("invalid value"));
+    let nobody = uuid::Uuid::new_v4().to_string();
+    let out = fleet(&db.url, &["traveler", "erase", &nobody], None);
+    assert_eq!(out.status.code(), Some(2));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("no account has this id"));
+
+    // The dry run says what would go and writes nothing.
+    let out = fleet(&db.url, &["traveler", "erase", &user, "--dry-run"], None);
+    assert!(out.status.success(), "{out:?}");
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(text.contains("would open an erasure request"), "{text}");
+    assert!(text.contains("cards detached at Stripe:   1"), "{text}");
+    assert!(
+        !text.contains(&jobs::seed::CampaignSeed::new(7).email),
+        "{text}"
+    );
+    assert_eq!(job_count(&db.pool).await, 0, "a dry run queues nothing");
+
+    let first = json(&fleet(
+        &db.url,
+        &["traveler", "erase", &user, "--actor", "alice", "--json"],
+        None,
+    ));
+    let again = json(&fleet(
+        &db.url,
+        &["traveler", "erase", &user, "--actor", "bob", "--json"],
+        None,
+    ));
+    assert_eq!(first["result"]["request_id"], again["result"]["request_id"]);
+    assert_eq!(first["result"]["job_id"], again["result"]["job_id"]);
+    assert_eq!(again["result"]["duplicate"], true);
+    assert_eq!(job_count(&db.pool).await, 1);
+    let audited: Vec<String> =
+        sqlx::query_scalar("SELECT actor FROM audit_log WHERE action = 'erasure.requested'")
+            .fetch_all(&db.pool)
+            .await
+            .unwrap();
+    assert_eq!(
+        audited,
+        ["alice"],
+        "the request is audited once, by who opened it"
+    );
+
+    // Listed as open, with its deadline.
+    let out = fleet(&db.url, &["traveler", "requests"], None);
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(text.contains("erasure") && text.contains(&user), "{text}");
+    assert!(text.contains("in 29d") || text.contains("in 30d"), "{text}");
+    let listed = json(&fleet(&db.url, &["traveler", "requests", "--json"], None));
+    assert_eq!(listed[0]["status"], "open");
+}

@@ -62,6 +62,7 @@ async fn webhook_job_and_follow_up_are_one_trace_of_parent_and_children() {
     let secrets = fleet::webhooks::WebhookSecrets {
         stripe: vec!["whsec_t".into()],
         duffel: vec!["whsec_d".into()],
+        product: Vec::new(),
     };
     let router = fleet::webhooks::router(
         db.pool.clone(),

@@ -21,6 +21,7 @@ async fn start(pool: &PgPool) -> (String, CancellationToken) {
     let secrets = WebhookSecrets {
         stripe: vec!["whsec_old".into(), STRIPE_SECRET.into()],
         duffel: vec![DUFFEL_SECRET.into()],
+        product: Vec::new(),
     };
     // The kinds `fleet serve` knows: its follow-ups must fit them.
     let router = fleet::webhooks::router(

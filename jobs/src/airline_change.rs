@@ -250,6 +250,24 @@ pub async fn scrub_for_erasure(
     Ok(r.rows_affected())
 }
 
+/// Account erasure of user `user_id`: drops the legs of every change of the bookings of the
+/// user's campaigns, like [`scrub_for_erasure`].
+pub async fn scrub_user_for_erasure(
+    conn: &mut PgConnection,
+    user_id: Uuid,
+) -> Result<u64, sqlx::Error> {
+    let r = sqlx::query(
+        "UPDATE airline_changes a SET removed = NULL, added = NULL, updated_at = now()
+         FROM bookings b JOIN campaigns c ON c.id = b.campaign_id
+         WHERE b.id = a.booking_id AND c.user_id = $1
+           AND (a.removed IS NOT NULL OR a.added IS NOT NULL)",
+    )
+    .bind(user_id)
+    .execute(conn)
+    .await?;
+    Ok(r.rows_affected())
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

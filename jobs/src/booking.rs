@@ -666,6 +666,80 @@ pub async fn scrub_for_erasure(
     Ok(r.rows_affected())
 }
 
+/// Money that still ties a traveler to their bookings, which an account erasure waits for
+/// (deleting the account would lose who to give it back to, or detach a booking mid-saga).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, serde::Serialize)]
+pub struct MoneyStillMoving {
+    /// Sagas not finished: `pending`, `authorized` (a card hold exists).
+    pub bookings_in_flight: i64,
+    /// Bookings whose money is owed back or on its way back: cancelled after capture with no
+    /// refund yet, a refund `pending`/`requires_action`, or a failed refund nothing made good.
+    pub refunds_unsettled: i64,
+}
+
+impl MoneyStillMoving {
+    /// Why an erasure must wait, as a code (`booking_in_flight`, `refund_unsettled`), or `None`.
+    pub fn waiting_on(&self) -> Option<&'static str> {
+        if self.bookings_in_flight > 0 {
+            Some("booking_in_flight")
+        } else if self.refunds_unsettled > 0 {
+            Some("refund_unsettled")
+        } else {
+            None
+        }
+    }
+}
+
+/// BookingMoneyStillMovingOfUser: [`MoneyStillMoving`] over the bookings of user `user_id`'s
+/// campaigns.
+pub async fn money_still_moving_of_user(
+    conn: impl sqlx::PgExecutor<'_>,
+    user_id: Uuid,
+) -> Result<MoneyStillMoving, sqlx::Error> {
+    let (bookings_in_flight, refunds_unsettled): (i64, i64) = sqlx::query_as(
+        "SELECT count(*) FILTER (WHERE b.status IN ('pending', 'authorized')),
+                count(*) FILTER (WHERE
+                    (b.status = 'cancelled' AND b.captured_at IS NOT NULL
+                     AND NOT EXISTS (SELECT 1 FROM refunds r WHERE r.booking_id = b.id
+                                     AND r.status = 'succeeded'))
+                    OR EXISTS (SELECT 1 FROM refunds r WHERE r.booking_id = b.id
+                               AND r.status IN ('pending', 'requires_action'))
+                    OR (EXISTS (SELECT 1 FROM refunds r WHERE r.booking_id = b.id
+                                AND r.status = 'failed')
+                        AND NOT EXISTS (SELECT 1 FROM refunds r WHERE r.booking_id = b.id
+                                        AND r.status = 'succeeded')))
+         FROM bookings b JOIN campaigns c ON c.id = b.campaign_id
+         WHERE c.user_id = $1",
+    )
+    .bind(user_id)
+    .fetch_one(conn)
+    .await?;
+    Ok(MoneyStillMoving {
+        bookings_in_flight,
+        refunds_unsettled,
+    })
+}
+
+/// For the account erasure of user `user_id`: removes the personal data (`pnr`,
+/// `flight_details`) from every booking of the user's campaigns, whatever their profile; the
+/// accounting record stays and is detached when the campaigns go. Returns how many bookings
+/// were scrubbed.
+pub async fn scrub_user_for_erasure(
+    conn: &mut PgConnection,
+    user_id: Uuid,
+) -> Result<u64, sqlx::Error> {
+    let r = sqlx::query(
+        "UPDATE bookings b SET pnr = NULL, flight_details = NULL, updated_at = now()
+         FROM campaigns c
+         WHERE c.id = b.campaign_id AND c.user_id = $1
+           AND (b.pnr IS NOT NULL OR b.flight_details IS NOT NULL)",
+    )
+    .bind(user_id)
+    .execute(conn)
+    .await?;
+    Ok(r.rows_affected())
+}
+
 /// Legs as `bookings.flight_details` keeps them (and `airline_changes` before and after):
 /// airport codes, local times to the second, segment counts.
 pub fn legs_json(slices: &[crate::providers::OfferSlice]) -> Value {

@@ -8,6 +8,7 @@
 //! | [`push_next_search`], [`set_next_search`] | `active` | `active`, next search later | the saga (failed attempt), the search |
 //! | [`expire_unless_booking`] | `active` | `expired` | the search (no bookable date left) |
 //! | [`expire_ended`] | `active`, `paused`, `action_required` | `expired` | the scan (past `expires_at`) |
+//! | [`cancel_all_of_user`] | `active`, `paused`, `action_required` | `cancelled` | the account erasure, first (no new search or booking starts; a saga not past its order voids its hold) |
 //!
 //! A campaign whose booking saga is in flight (`pending`, `authorized`) is never expired: the
 //! saga owns it until it finishes.
@@ -121,4 +122,20 @@ pub async fn expire_ended(db: &Db, batch: i64) -> Result<u64, sqlx::Error> {
             return Ok(total);
         }
     }
+}
+
+/// CampaignCancelAllOfUser: every campaign of user `user_id` still searching or waiting on the
+/// user moves to `cancelled` (an account erasure). Returns the campaigns it moved.
+pub async fn cancel_all_of_user(
+    conn: impl PgExecutor<'_>,
+    user_id: Uuid,
+) -> Result<Vec<Uuid>, sqlx::Error> {
+    sqlx::query_scalar(
+        "UPDATE campaigns SET status = 'cancelled', updated_at = now()
+         WHERE user_id = $1 AND status IN ('active', 'paused', 'action_required')
+         RETURNING id",
+    )
+    .bind(user_id)
+    .fetch_all(conn)
+    .await
 }

@@ -41,6 +41,25 @@ const CHECKS: &[(&str, &str)] = &[
            AND captured_at IS NULL AND canceled_at IS NULL LIMIT 100",
     ),
     (
+        "an erased traveler has no personal data left",
+        "SELECT r.user_id::text FROM data_requests r
+         WHERE r.kind = 'erasure' AND r.status = 'completed'
+           AND (EXISTS (SELECT 1 FROM users u WHERE u.id = r.user_id)
+                OR EXISTS (SELECT 1 FROM traveler_profiles p WHERE p.user_id = r.user_id)
+                OR EXISTS (SELECT 1 FROM payment_methods m WHERE m.user_id = r.user_id)
+                OR EXISTS (SELECT 1 FROM campaigns c WHERE c.user_id = r.user_id)
+                OR EXISTS (SELECT 1 FROM notifications n WHERE n.user_id = r.user_id)
+                OR EXISTS (SELECT 1 FROM data_requests e WHERE e.user_id = r.user_id
+                           AND e.document_enc IS NOT NULL))
+         UNION ALL
+         SELECT 'booking ' || b.id::text FROM bookings b
+         WHERE b.campaign_id IS NULL AND (b.pnr IS NOT NULL OR b.flight_details IS NOT NULL)
+         UNION ALL
+         SELECT 'airline_change ' || a.id FROM airline_changes a JOIN bookings b ON b.id = a.booking_id
+         WHERE b.campaign_id IS NULL AND (a.removed IS NOT NULL OR a.added IS NOT NULL)
+         LIMIT 100",
+    ),
+    (
         "no email is sent twice for the same dedupe key",
         "SELECT dedupe_key FROM notifications WHERE sent_at IS NOT NULL
          GROUP BY dedupe_key HAVING count(*) > 1 LIMIT 100",

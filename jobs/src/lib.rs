@@ -11,6 +11,7 @@ pub mod backfill;
 pub mod booking;
 pub mod campaign;
 pub mod campaign_health;
+pub mod data_rights;
 pub mod db;
 pub mod deps;
 pub mod followups;

@@ -10,7 +10,7 @@ use chrono::{DateTime, Utc};
 use uuid::Uuid;
 
 use crate::{
-    providers::{EmailApi, OutgoingEmail, SmsApi},
+    providers::{Attachment, EmailApi, OutgoingEmail, SmsApi},
     Deps, JobError,
 };
 
@@ -213,6 +213,32 @@ pub async fn send_once(
     subject: &str,
     text: &str,
 ) -> Result<bool, JobError> {
+    send_once_with(
+        db,
+        email,
+        user_id,
+        kind,
+        dedupe_key,
+        subject,
+        text,
+        Vec::new(),
+    )
+    .await
+}
+
+/// [`send_once`] with files attached (a data export). The attachments, like the text, must be
+/// the same bytes on every call with the same key.
+#[allow(clippy::too_many_arguments)]
+pub async fn send_once_with(
+    db: &Db,
+    email: &dyn EmailApi,
+    user_id: Uuid,
+    kind: &str,
+    dedupe_key: &str,
+    subject: &str,
+    text: &str,
+    attachments: Vec<Attachment>,
+) -> Result<bool, JobError> {
     claim_outbox_rows(db, &[user_id], &[dedupe_key.to_owned()], kind).await?;
     let row: Option<(Option<DateTime<Utc>>, String)> = sqlx::query_as(
         "SELECT n.sent_at, u.email FROM notifications n JOIN users u ON u.id = n.user_id
@@ -232,6 +258,7 @@ pub async fn send_once(
         subject: subject.to_owned(),
         html: text_to_html(text),
         text: text.to_owned(),
+        attachments,
     };
     let sent = email.send(&message, dedupe_key).await?;
     record_sent(db, dedupe_key, &sent.id).await?;

@@ -155,7 +155,8 @@ pub async fn run(a: BookingArgs, settings: &Settings) -> anyhow::Result<()> {
             let deadline = x.respond_by.format("%Y-%m-%d %H:%M UTC");
             let text = match (&x.refund, x.duplicate) {
                 (Some(f), _) => format!(
-                    "booking {id}: airline change {} {} cancelled; the booking and its order {}                      cancelled and {} {} refunded ({})",
+                    "booking {id}: airline change {} {} cancelled; the booking and its order {} \
+                     cancelled and {} {} refunded ({})",
                     x.change_id,
                     if r.dry_run { "would be" } else { "is" },
                     if r.dry_run { "would be" } else { "are being" },
@@ -167,7 +168,8 @@ pub async fn run(a: BookingArgs, settings: &Settings) -> anyhow::Result<()> {
                     }
                 ),
                 (None, true) => format!(
-                    "booking {id}: the accept of airline change {} is already queued (job {});                      nothing added",
+                    "booking {id}: the accept of airline change {} is already queued (job {}); \
+                     nothing added",
                     x.change_id,
                     x.job_id.map_or("?".to_owned(), |j| j.to_string())
                 ),

@@ -125,6 +125,10 @@ pub struct DemoSummary {
     pub sms_sent: i64,
     /// Text messages Twilio refused for good (an invalid number): those alone failed.
     pub sms_failed: i64,
+    /// Travelers whose account was erased at their request (an operator asked for 3).
+    pub travelers_erased: i64,
+    /// Data exports delivered (an operator asked for 3).
+    pub exports_sent: i64,
 }
 
 /// One route of the demo.
@@ -198,8 +202,8 @@ fn summary_text(s: &DemoSummary, log_file: Option<&std::path::Path>) -> String {
         reasons.add_row(vec![code.clone(), n.to_string()]);
     }
     format!(
-        "fleet demo: {campaigns} campaigns on {nroutes} routes, booked against the provider \
-         sandbox in {elapsed}\n\n\
+        "fleet demo: {campaigns} campaigns on {nroutes} routes (those of the travelers erased at \
+         the end are gone), booked against the provider sandbox in {elapsed}\n\n\
          what each route injects (docs/sandbox.md)\n{routes}\n\
          the seed also injects: 1 card in 23 declined, 1 in 23 needing authentication, 1 in 23 \
          without funds (the campaign then needs its user); 1 campaign in 17 priced below every \
@@ -207,11 +211,13 @@ fn summary_text(s: &DemoSummary, log_file: Option<&std::path::Path>) -> String {
          reminder); the airline cancels 5 ticketed bookings (refunded) and moves 4 other \
          flights (an operator accepts 2, cancels and refunds 1, leaves 1 to its deadline); one \
          refund fails days later (the card was closed) and finance pays it back by bank transfer; 1 \
-         traveler in 4 chose text messages too (1 in 50 of them with a number Twilio refuses)\n\n\
+         traveler in 4 chose text messages too (1 in 50 of them with a number Twilio refuses); \
+         at the end, 3 travelers ask for their account to be erased and 3 for their data\n\n\
          {reasons}\n\n\
          outcome: {ticketed} ticketed, {failed} failed (holds voided, searches rescheduled), \
          {refunds} refunded, {refunds_failed} refund(s) failed (paid back by transfer), airline changes: \
          {changes}; {sms_sent} text messages sent ({sms_failed} refused: invalid numbers); \
+         {erased} travelers erased, {exports} data exports sent; \
          {reminders} reminders sent, {retries} retries, {dead} dead jobs; \
          {pis} PaymentIntents (at most {max_pi} per booking); {violations} invariant \
          violation(s){logs}",
@@ -224,6 +230,8 @@ fn summary_text(s: &DemoSummary, log_file: Option<&std::path::Path>) -> String {
         refunds_failed = s.refunds_failed,
         sms_sent = s.sms_sent,
         sms_failed = s.sms_failed,
+        erased = s.travelers_erased,
+        exports = s.exports_sent,
         reminders = s.reminders_sent,
         retries = s.retries,
         dead = s.dead_jobs,
@@ -276,6 +284,8 @@ async fn demo(settings: &Settings) -> anyhow::Result<DemoSummary> {
         AirlineChangeDetected::KIND,
         AirlineChangeAction::KIND,
         RefundReconcile::KIND,
+        <jobs::kinds::account_erasure::AccountErasure as jobs::Job>::KIND,
+        <jobs::kinds::data_export::DataExport as jobs::Job>::KIND,
     ] {
         s.kinds.entry(kind.to_owned()).or_insert(KindOverride {
             backoff_base: Some(Duration::from_millis(200)),
@@ -354,6 +364,8 @@ async fn demo(settings: &Settings) -> anyhow::Result<DemoSummary> {
     // The life after booking: airline changes to decide, a refund that fails later.
     let mut changed: Vec<uuid::Uuid> = Vec::new();
     let (mut changes_decided, mut refund_failed, mut paid_out) = (false, false, false);
+    // Travelers' rights, once the rest is done: three erasures and three exports.
+    let mut rights_requested = false;
     // Cron kinds keep coming back: "busy" counts the work they cause, not them.
     let cron_kinds = [
         CardExpiryReminder::KIND.to_owned(),
@@ -372,8 +384,14 @@ async fn demo(settings: &Settings) -> anyhow::Result<DemoSummary> {
             p.seeded, p.searching, p.charging, p.booking, p.compensating, p.done, p.seeded
         ));
         let after_booking_done = refunds_requested && changes_decided && paid_out;
-        if resolved >= USERS as i64 && busy == 0 && after_booking_done {
+        // Against the campaigns there are now: an erasure deletes its traveler's.
+        let all_resolved = resolved >= counts.campaigns;
+        if all_resolved && busy == 0 && after_booking_done && rights_requested {
             break;
+        }
+        if after_booking_done && !rights_requested && all_resolved {
+            ask_for_rights(&db.db(), &q).await?;
+            rights_requested = true;
         }
         if !refunds_requested && ticketed >= 14 {
             // The airline cancels a few ticketed bookings: refund them, as the Duffel
@@ -450,6 +468,12 @@ async fn demo(settings: &Settings) -> anyhow::Result<DemoSummary> {
     )
     .fetch_one(&db.pool)
     .await?;
+    let (travelers_erased, exports_sent): (i64, i64) = sqlx::query_as(
+        "SELECT count(*) FILTER (WHERE kind = 'erasure'), count(*) FILTER (WHERE kind = 'export')
+         FROM data_requests WHERE status = 'completed'",
+    )
+    .fetch_one(&db.pool)
+    .await?;
     let counters = sandbox.sandbox.counters();
     let payment_intents = counters.payment_intents_created;
     let max_pi_per_booking = counters
@@ -478,7 +502,39 @@ async fn demo(settings: &Settings) -> anyhow::Result<DemoSummary> {
         refunds_failed,
         sms_sent,
         sms_failed,
+        travelers_erased,
+        exports_sent,
     })
+}
+
+/// An operator asks, for three travelers whose trip is booked, that their account be erased,
+/// and for three others, that their data be sent to them (`fleet traveler erase|export`).
+async fn ask_for_rights(db: &jobs::Db, q: &Queue) -> anyhow::Result<()> {
+    use jobs::data_rights::{open, Asker, RequestKind, Source};
+    let users: Vec<uuid::Uuid> = sqlx::query_scalar(
+        "SELECT c.user_id FROM campaigns c JOIN bookings b ON b.campaign_id = c.id
+         WHERE b.status = 'ticketed'
+           AND NOT EXISTS (SELECT 1 FROM airline_changes a WHERE a.booking_id = b.id)
+         ORDER BY b.created_at, b.id LIMIT 6",
+    )
+    .fetch_all(db)
+    .await?;
+    let asker = Asker {
+        source: Source::Operator,
+        name: "demo-operator",
+        external_id: None,
+    };
+    for (n, user) in users.iter().enumerate() {
+        let kind = if n < 3 {
+            RequestKind::Erasure
+        } else {
+            RequestKind::Export
+        };
+        open(db, q, kind, *user, &asker, false)
+            .await
+            .map_err(|e| anyhow::anyhow!("asking for a traveler's {}: {e}", kind.as_str()))?;
+    }
+    Ok(())
 }
 
 /// The airline moves booking `id`'s flight (the sandbox's Duffel makes the change): the

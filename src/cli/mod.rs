@@ -21,6 +21,7 @@ mod sandbox;
 mod schedules;
 mod seed;
 mod settings;
+mod traveler;
 mod workers;
 
 use std::path::PathBuf;
@@ -66,6 +67,9 @@ pub(crate) enum Command {
     Queue(queue::QueueArgs),
     /// A booking for operators (show), or its refund (refund).
     Booking(booking::BookingArgs),
+    /// A traveler's data rights: erase or export their data (dry run first), list the open
+    /// requests against their 30-day deadline.
+    Traveler(traveler::TravelerArgs),
     /// Who did what: the audit trail, with filters.
     Audit(audit::AuditArgs),
     /// List the registered workers: alive or stale, their queues, what they hold.
@@ -159,6 +163,7 @@ pub(crate) async fn run(
         Command::Queue(a) => queue::run(a, &settings).await,
         Command::Workers(a) => workers::run(a, &settings).await,
         Command::Booking(a) => booking::run(a, &settings).await,
+        Command::Traveler(a) => traveler::run(a, &settings).await,
         Command::Audit(a) => audit::run(a, &settings).await,
         Command::Sandbox(a) => sandbox::run(a).await,
         Command::Seed(a) => seed::run(a, &settings).await,

@@ -64,9 +64,13 @@ pub struct ActionForm {
     /// Schedule pause/resume: its name.
     #[serde(default)]
     schedule: String,
-    /// Airline change: the decision (`accept`, `cancel`).
+    /// Airline change: the decision (`accept`, `cancel`); traveler request: `erasure` or
+    /// `export`.
     #[serde(default)]
     decision: String,
+    /// Traveler request: the account id.
+    #[serde(default)]
+    user: String,
     /// Paid out: how (`bank_transfer`, …).
     #[serde(default)]
     how: String,
@@ -216,7 +220,8 @@ const RESUME: Switch = Switch {
 };
 
 /// `POST /ui/actions/{action}`: `pause`, `resume`, `drain`, `replay`, `cancel`, `run-now`,
-/// `delete`, `schedule-pause`, `schedule-resume`, `refund`, `paid-out`, `airline-change`.
+/// `delete`, `schedule-pause`, `schedule-resume`, `refund`, `paid-out`, `airline-change`,
+/// `traveler-request`.
 pub async fn act(
     State(st): State<ConsoleState>,
     Extension(s): Extension<Session>,
@@ -236,6 +241,7 @@ pub async fn act(
         "refund" => refund(&st, &s, &f).await,
         "paid-out" => paid_out(&st, &s, &f).await,
         "airline-change" => airline_change(&st, &s, &f).await,
+        "traveler-request" => traveler_request(&st, &s, &f).await,
         _ => Err((
             PageError::NotFound(format!("there is no action {action:?}")),
             Some(s.clone()),
@@ -761,5 +767,78 @@ async fn airline_change(st: &ConsoleState, s: &Session, f: &ActionForm) -> PageR
             (None, None) => { "the accept is queued. " }
         }
         a href=(back) { "Back to the booking" }
+    }))
+}
+
+/// Open a traveler's erasure or export request (its job does the work).
+async fn traveler_request(st: &ConsoleState, s: &Session, f: &ActionForm) -> PageResult {
+    use jobs::data_rights::RequestKind;
+    let user = uuid::Uuid::parse_str(f.user.trim())
+        .map_err(|_| PageError::BadRequest("account id: not an account id (a UUID)".into()))
+        .or_page(s)?;
+    let kind: RequestKind = f
+        .decision
+        .trim()
+        .parse()
+        .map_err(|e: String| PageError::BadRequest(e))
+        .or_page(s)?;
+    let r = st
+        .ops(&s.user)
+        .data_request(kind, user, &st.queue, !f.confirmed())
+        .await
+        .or_page(s)?;
+    let x = &r.result;
+    let what_word = match kind {
+        RequestKind::Erasure => "erasure",
+        RequestKind::Export => "export",
+    };
+    if r.dry_run {
+        let what = html! {
+            @if x.duplicate {
+                p #request-summary { "An " (what_word) " request is already open for traveler " code { (user) } ": nothing would be added." }
+            } @else {
+                @match (&x.preview, kind) {
+                    (Some(p), _) => {
+                        p #request-summary { "Would erase the account " code { (user) } ": its job cancels "
+                            strong { (p.campaigns_to_cancel) } " campaign(s) still searching, detaches "
+                            strong { (p.cards_to_detach) } " card(s) and deletes " strong { (p.customers_to_delete) }
+                            " customer(s) at Stripe, emails the traveler once, then deletes "
+                            strong { (p.profiles) } " traveler profile(s), " strong { (p.campaigns) } " campaign(s) and "
+                            strong { (p.notifications) } " message(s). " strong { (p.bookings_kept) }
+                            " booking(s) are kept as accounting records, without their booking reference or itinerary." }
+                        @if p.bookings_in_flight > 0 || p.refunds_unsettled > 0 {
+                            p #request-waits { (templates::badge("retryable", "…", "waits")) " "
+                                (p.bookings_in_flight) " booking(s) in flight and " (p.refunds_unsettled)
+                                " refund(s) not settled: the erasure runs once they settle." }
+                        }
+                        p.muted { "This cannot be undone." }
+                    }
+                    (None, _) => {
+                        p #request-summary { "Would email traveler " code { (user) } " one JSON document of everything held about them (passport numbers included; each read is audited)." }
+                    }
+                }
+            }
+        };
+        let hidden = html! {
+            input type="hidden" name="user" value=(user);
+            input type="hidden" name="decision" value=(what_word);
+        };
+        let label = match kind {
+            RequestKind::Erasure => "Erase the account",
+            RequestKind::Export => "Send the export",
+        };
+        return Ok(preview_page(s, &format!("{} this traveler?", capitalise(match kind { RequestKind::Erasure => "erase", RequestKind::Export => "export" })), "/ui/actions/traveler-request", what, hidden, html! {}, (!x.duplicate).then_some(label)));
+    }
+    let audit_action = match kind {
+        RequestKind::Erasure => "erasure.requested",
+        RequestKind::Export => "export.requested",
+    };
+    Ok(done_page(s, "Request opened", audit_action, html! {
+        @match (x.duplicate, x.job_id) {
+            (true, Some(j)) => { "a request was already open (" a href=(format!("/ui/jobs/{j}")) { "job " (j) } "); nothing added. " }
+            (_, Some(j)) => { "the " (what_word) " is queued as " a href=(format!("/ui/jobs/{j}")) { "job " (j) } ". " }
+            (_, None) => { "the " (what_word) " is queued. " }
+        }
+        a href="/ui/travelers" { "Back to the requests" }
     }))
 }

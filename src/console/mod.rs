@@ -16,6 +16,7 @@
 //! | `/ui/schedules` cron schedules, their ticks | `schedules` |
 //! | `/ui/activity` throughput and failures over hours and days | `activity` |
 //! | `/ui/money` bookings, refunds owed, disputes, providers | `money` |
+//! | `/ui/travelers` open erasure and export requests against their deadline | `travelers` |
 //! | `/ui/audit` | `audit` |
 //! | page frame, badges, times, static files | `templates` |
 //!
@@ -34,6 +35,7 @@ mod overview;
 mod schedules;
 mod session;
 mod templates;
+mod travelers;
 
 use std::{sync::Arc, time::Duration};
 
@@ -162,6 +164,7 @@ impl Console {
             .route("/ui/schedules", get(schedules::list))
             .route("/ui/activity", get(activity::page))
             .route("/ui/money", get(money::page))
+            .route("/ui/travelers", get(travelers::page))
             .route("/ui/audit", get(audit::list))
             .route("/ui/logout", post(auth::logout))
             .merge(act)

@@ -39,6 +39,8 @@ pub enum Nav {
     Activity,
     /// `/ui/money`.
     Money,
+    /// `/ui/travelers`.
+    Travelers,
     /// `/ui/audit`.
     Audit,
     /// Pages outside the nav (login, action previews).
@@ -78,6 +80,7 @@ pub fn page(title: &str, session: Option<&Session>, nav: Nav, body: Markup) -> M
                             (link("/ui/jobs", "Jobs", Nav::Jobs))
                             (link("/ui/bookings", "Bookings", Nav::Bookings))
                             (link("/ui/money", "Money", Nav::Money))
+                            (link("/ui/travelers", "Travelers", Nav::Travelers))
                             (link("/ui/activity", "Activity", Nav::Activity))
                             (link("/ui/schedules", "Schedules", Nav::Schedules))
                             (link("/ui/audit", "Audit", Nav::Audit))

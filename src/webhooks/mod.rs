@@ -1,4 +1,5 @@
-//! Webhook ingress: `POST /webhooks/stripe` and `POST /webhooks/duffel`.
+//! Webhook ingress: `POST /webhooks/stripe` and `POST /webhooks/duffel`, and the product's
+//! signed data-rights requests, `POST /webhooks/product` ([`product`]).
 //!
 //! Contract, per delivery:
 //! - the body is at most `serve.max_body_bytes` (413 beyond); the signature header is verified (300 s tolerance both ways,
@@ -13,6 +14,7 @@
 //!   database failure answers 503, so the provider retries, and nothing is half-written.
 
 pub mod event;
+pub mod product;
 pub mod signature;
 
 use std::sync::Arc;
@@ -50,21 +52,25 @@ pub struct WebhookSecrets {
     pub stripe: Vec<String>,
     /// `FLEET_DUFFEL_WEBHOOK_SECRET`.
     pub duffel: Vec<String>,
+    /// `FLEET_PRODUCT_WEBHOOK_SECRET` (optional: without it `/webhooks/product` answers 503).
+    pub product: Vec<String>,
 }
 
 impl std::fmt::Debug for WebhookSecrets {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         write!(
             f,
-            "WebhookSecrets {{ stripe: {} secret(s), duffel: {} secret(s) }}",
+            "WebhookSecrets {{ stripe: {} secret(s), duffel: {} secret(s), product: {} secret(s) }}",
             self.stripe.len(),
-            self.duffel.len()
+            self.duffel.len(),
+            self.product.len()
         )
     }
 }
 
 impl WebhookSecrets {
-    /// Reads both variables; a missing or empty one is an error naming it.
+    /// Reads the providers' variables (a missing or empty one is an error naming it) and the
+    /// product's, which may be unset.
     pub fn from_env() -> Result<Self, ConfigError> {
         let read = |var: &str| -> Result<Vec<String>, ConfigError> {
             let v = std::env::var(var).map_err(|_| {
@@ -86,6 +92,10 @@ impl WebhookSecrets {
         Ok(Self {
             stripe: read("FLEET_STRIPE_WEBHOOK_SECRET")?,
             duffel: read("FLEET_DUFFEL_WEBHOOK_SECRET")?,
+            product: match std::env::var("FLEET_PRODUCT_WEBHOOK_SECRET") {
+                Ok(_) => read("FLEET_PRODUCT_WEBHOOK_SECRET")?,
+                Err(_) => Vec::new(),
+            },
         })
     }
 }
@@ -117,6 +127,7 @@ pub fn router(
     Router::new()
         .route("/webhooks/stripe", post(stripe))
         .route("/webhooks/duffel", post(duffel))
+        .route("/webhooks/product", post(product::product))
         .layer(DefaultBodyLimit::max(max_body_bytes))
         .with_state(state)
 }

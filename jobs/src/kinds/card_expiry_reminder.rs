@@ -107,6 +107,7 @@ fn reminder_email(
         subject,
         html,
         text,
+        attachments: Vec::new(),
     }
 }
 

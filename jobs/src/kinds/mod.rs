@@ -1,6 +1,7 @@
 //! The domain's job kinds, one module per kind (docs/domain.md §3–4). Each module holds the kind's
 //! args (ids only, never PII), its handler and its unit tests.
 
+pub mod account_erasure;
 pub mod airline_change;
 pub mod airline_change_action;
 pub mod booking_attempt;
@@ -10,6 +11,7 @@ pub mod campaign_search;
 pub mod card_detached;
 pub mod card_expiry_reminder;
 pub mod card_update;
+pub mod data_export;
 pub mod order_reconcile;
 pub mod payment_reconcile;
 pub mod refund_compensation;
@@ -104,6 +106,8 @@ pub fn register_all<R: Registrar>(r: &mut R) {
     r.register::<airline_change_action::AirlineChangeAction>();
     r.register::<card_detached::CardDetached>();
     r.register::<campaign_health_sweep::CampaignHealthSweep>();
+    r.register::<account_erasure::AccountErasure>();
+    r.register::<data_export::DataExport>();
 }
 
 /// Money a saga job still moves, and the job that moves it: the booking attempt of an

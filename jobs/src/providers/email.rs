@@ -56,13 +56,37 @@ pub struct OutgoingEmail {
     pub html: String,
     /// Plain-text body.
     pub text: String,
+    /// Files attached (Resend's `attachments`: a filename and base64 content each).
+    pub attachments: Vec<Attachment>,
 }
 
 impl fmt::Debug for OutgoingEmail {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("OutgoingEmail")
             .field("recipients", &self.to.len())
+            .field("attachments", &self.attachments.len())
             .finish_non_exhaustive()
+    }
+}
+
+/// A file attached to an email. Holds personal data (a data export): `Debug` shows its name
+/// and size only.
+#[derive(Clone, PartialEq, Eq)]
+pub struct Attachment {
+    /// The file's name as the recipient sees it.
+    pub filename: String,
+    /// Its MIME type, e.g. `application/json`.
+    pub content_type: String,
+    /// Its bytes (sent base64-encoded).
+    pub content: Vec<u8>,
+}
+
+impl fmt::Debug for Attachment {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Attachment")
+            .field("filename", &self.filename)
+            .field("bytes", &self.content.len())
+            .finish()
     }
 }
 
@@ -237,13 +261,27 @@ impl ResendClient {
             if email.to.is_empty() {
                 return Err(EmailError::local(FailureClass::Invalid, "no recipient"));
             }
-            let body = serde_json::json!({
+            let mut body = serde_json::json!({
                 "from": self.from,
                 "to": email.to,
                 "subject": email.subject,
                 "html": email.html,
                 "text": email.text,
             });
+            if !email.attachments.is_empty() {
+                use base64::Engine as _;
+                body["attachments"] = email
+                    .attachments
+                    .iter()
+                    .map(|a| {
+                        serde_json::json!({
+                            "filename": a.filename,
+                            "content": base64::engine::general_purpose::STANDARD.encode(&a.content),
+                            "content_type": a.content_type,
+                        })
+                    })
+                    .collect();
+            }
             let resp = self
                 .http
                 .post(format!("{}/emails", self.base))
@@ -320,6 +358,7 @@ mod tests {
             subject: "Your flight is booked".into(),
             html: "<p>Booked</p>".into(),
             text: "Booked".into(),
+            attachments: Vec::new(),
         }
     }
 

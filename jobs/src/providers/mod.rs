@@ -40,7 +40,9 @@ pub use duffel::{
     IdentityDocument, Offer, OfferSearch, OfferSlice, Order, OrderCancellation, OrderLookup,
     OrderPassenger, PassengerSpec, SliceSpec,
 };
-pub use email::{EmailApi, EmailConfig, EmailError, OutgoingEmail, ResendClient, SentEmail};
+pub use email::{
+    Attachment, EmailApi, EmailConfig, EmailError, OutgoingEmail, ResendClient, SentEmail,
+};
 pub use error::FailureClass;
 pub use sms::{SentSms, SmsApi, SmsConfig, SmsError, TwilioClient};
 pub use stripe::{

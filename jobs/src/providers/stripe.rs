@@ -1,5 +1,5 @@
 //! Stripe, through `async-stripe` 1.0.0-rc.10: the booking saga's card hold, capture, void
-//! and refund.
+//! and refund, and an erasure's detaching of saved cards and deletion of the customer.
 //!
 //! Every state-changing call is sent with `RequestStrategy::Idempotent(key)` where `key` is
 //! the caller's (`booking:{id}:pi`, `booking:{id}:capture`, …), and is sent **once**: the
@@ -15,6 +15,7 @@ use std::{collections::BTreeMap, collections::HashMap, fmt, time::Duration};
 use serde::Deserialize;
 use stripe::{RequestStrategy, StripeError, StripeRequest};
 use stripe_core::{
+    customer::DeleteCustomer,
     payment_intent::{
         CancelPaymentIntent, CancelPaymentIntentCancellationReason, CapturePaymentIntent,
         CreatePaymentIntent, CreatePaymentIntentOffSession, RetrievePaymentIntent,
@@ -22,6 +23,7 @@ use stripe_core::{
     refund::{CreateRefund, CreateRefundReason, RetrieveRefund},
     PaymentIntentCaptureMethod, PaymentIntentStatus,
 };
+use stripe_payment::payment_method::{DetachPaymentMethod, RetrievePaymentMethod};
 
 use super::{normalize_base_url, ApiKey, FailureClass, ProviderConfigError};
 use crate::{BoxFuture, JobError};
@@ -205,6 +207,29 @@ pub trait PaymentsApi: Send + Sync {
         &'a self,
         refund_id: &'a str,
     ) -> BoxFuture<'a, Result<RefundSummary, StripeApiError>>;
+    /// Detaches a saved card (`pm_…`) from its customer, for good (account erasure). `Ok(true)`:
+    /// this call detached it; `Ok(false)`: there was nothing left to detach (Stripe no longer
+    /// knows the card, or it is attached to no customer), which is the same end state.
+    fn detach_payment_method<'a>(
+        &'a self,
+        payment_method_id: &'a str,
+        idempotency_key: &'a str,
+    ) -> BoxFuture<'a, Result<bool, StripeApiError>>;
+
+    /// Deletes a customer (`cus_…`) for good (account erasure). `Ok(true)`: this call deleted
+    /// it; `Ok(false)`: Stripe no longer knows it (already deleted), the same end state.
+    fn delete_customer<'a>(
+        &'a self,
+        customer_id: &'a str,
+        idempotency_key: &'a str,
+    ) -> BoxFuture<'a, Result<bool, StripeApiError>>;
+}
+
+/// Whether `e` says the object is already gone: 404 `resource_missing` (a deleted customer, an
+/// unknown card). Stripe's idempotency replays a first success for 24 hours; after that, or
+/// for a second request's own key, "already gone" is how a repeated erasure step succeeds.
+pub fn is_already_gone(e: &StripeApiError) -> bool {
+    e.status == Some(404) && e.code.as_deref() == Some("resource_missing")
 }
 
 /// A failed Stripe call: its [`FailureClass`] plus the ids and codes that explain it. The
@@ -561,6 +586,64 @@ impl PaymentsApi for StripePayments {
             sent(refund, "retrieve_refund", started).map(refund_summary)
         })
     }
+
+    fn detach_payment_method<'a>(
+        &'a self,
+        payment_method_id: &'a str,
+        idempotency_key: &'a str,
+    ) -> BoxFuture<'a, Result<bool, StripeApiError>> {
+        Box::pin(async move {
+            let started = std::time::Instant::now();
+            let strategy = idempotent(idempotency_key)?;
+            let pm = DetachPaymentMethod::new(payment_method_id)
+                .customize()
+                .request_strategy(strategy)
+                .send(&self.client)
+                .await;
+            match sent(pm, "detach_payment_method", started) {
+                Ok(_) => Ok(true),
+                Err(e) if is_already_gone(&e) => Ok(false),
+                // Stripe refuses to detach a card attached to no customer (a 400 whose wording,
+                // not a code, says so): read the card, and if no customer holds it the step
+                // is done; otherwise the refusal stands.
+                Err(e) if e.status == Some(400) => {
+                    let started = std::time::Instant::now();
+                    let read = RetrievePaymentMethod::new(payment_method_id)
+                        .customize()
+                        .request_strategy(RequestStrategy::Once)
+                        .send(&self.client)
+                        .await;
+                    match sent(read, "retrieve_payment_method", started) {
+                        Ok(pm) if pm.customer.is_none() => Ok(false),
+                        Err(read) if is_already_gone(&read) => Ok(false),
+                        _ => Err(e),
+                    }
+                }
+                Err(e) => Err(e),
+            }
+        })
+    }
+
+    fn delete_customer<'a>(
+        &'a self,
+        customer_id: &'a str,
+        idempotency_key: &'a str,
+    ) -> BoxFuture<'a, Result<bool, StripeApiError>> {
+        Box::pin(async move {
+            let started = std::time::Instant::now();
+            let strategy = idempotent(idempotency_key)?;
+            let deleted = DeleteCustomer::new(customer_id)
+                .customize()
+                .request_strategy(strategy)
+                .send(&self.client)
+                .await;
+            match sent(deleted, "delete_customer", started) {
+                Ok(_) => Ok(true),
+                Err(e) if is_already_gone(&e) => Ok(false),
+                Err(e) => Err(e),
+            }
+        })
+    }
 }
 
 /// Our view of a Stripe refund.
@@ -793,6 +876,89 @@ mod tests {
         ] {
             assert!(f.contains(&(k.into(), v.into())), "{k}: {f:?}");
         }
+    }
+
+    #[tokio::test]
+    async fn erasure_calls_carry_their_keys_and_already_gone_reads_as_done() {
+        use serde_json::Value;
+        let pm = |customer: Value| {
+            serde_json::json!({
+                "id": "pm_1", "object": "payment_method", "created": 1_700_000_000,
+                "livemode": false, "type": "card", "customer": customer, "metadata": {},
+                "billing_details": {"address": null, "email": null, "name": null,
+                                    "phone": null, "tax_id": null},
+            })
+        };
+        let missing = |what: &str| {
+            Reply::json(
+                404,
+                serde_json::json!({"error": {
+                "type": "invalid_request_error", "code": "resource_missing",
+                "message": format!("No such {what}: 'x'"), "param": "id"}}),
+            )
+        };
+        let not_attached = || {
+            Reply::json(
+                400,
+                serde_json::json!({"error": {
+                "type": "invalid_request_error",
+                "message": "The payment method you provided is not attached to a customer so detachment is impossible."}}),
+            )
+        };
+        let rec = Recorder::start(vec![
+            Reply::json(200, pm(Value::Null)),
+            // Detached before: the 400 is settled by reading the card.
+            not_attached(),
+            Reply::json(200, pm(Value::Null)),
+            // Still attached after a 400: the refusal stands.
+            not_attached(),
+            Reply::json(200, pm(Value::from("cus_1"))),
+            Reply::json(
+                200,
+                serde_json::json!({"id": "cus_1", "object": "customer", "deleted": true}),
+            ),
+            missing("customer"),
+            Reply::json(503, serde_json::json!({"error": {"type": "api_error"}})),
+        ])
+        .await;
+        let c = client(&format!("{}/", rec.base_url()));
+        assert!(c
+            .detach_payment_method("pm_1", "erasure:r:detach:pm_1")
+            .await
+            .unwrap());
+        assert!(!c
+            .detach_payment_method("pm_1", "erasure:r:detach:pm_1")
+            .await
+            .unwrap());
+        let refused = c.detach_payment_method("pm_1", "k").await.unwrap_err();
+        assert_eq!(refused.status, Some(400));
+        assert!(c
+            .delete_customer("cus_1", "erasure:r:customer:cus_1")
+            .await
+            .unwrap());
+        assert!(!c
+            .delete_customer("cus_1", "erasure:r:customer:cus_1")
+            .await
+            .unwrap());
+        let outage = c.delete_customer("cus_1", "k").await.unwrap_err();
+        assert_eq!(outage.class, FailureClass::Ambiguous);
+        let reqs = rec.requests();
+        assert_eq!(
+            (reqs[0].method.as_str(), reqs[0].path.as_str()),
+            ("POST", "/v1/payment_methods/pm_1/detach")
+        );
+        assert_eq!(
+            reqs[0].header("idempotency-key"),
+            Some("erasure:r:detach:pm_1")
+        );
+        assert_eq!(
+            (reqs[2].method.as_str(), reqs[2].path.as_str()),
+            ("GET", "/v1/payment_methods/pm_1")
+        );
+        assert_eq!(
+            (reqs[5].method.as_str(), reqs[5].path.as_str()),
+            ("DELETE", "/v1/customers/cus_1")
+        );
     }
 
     #[tokio::test]

@@ -235,6 +235,7 @@ pub async fn run(a: WebhookBenchArgs) -> anyhow::Result<()> {
             WebhookSecrets {
                 stripe: STRIPE_SECRETS.iter().map(|s| s.to_string()).collect(),
                 duffel: DUFFEL_SECRETS.iter().map(|s| s.to_string()).collect(),
+                product: Vec::new(),
             },
             limits.max_body_bytes,
         ),
