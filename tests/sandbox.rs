@@ -3340,3 +3340,784 @@ async fn twilio_refuses_invalid_unreachable_and_unsubscribed_numbers_and_an_outa
     assert_eq!(counters.outage_responses["twilio"], 5);
     sb.shutdown().await.expect("clean shutdown");
 }
+
+// ----------------------------------------------------------------------------------------------
+// AWS KMS (awsJson1_1 on `POST /`), with plain reqwest: the fleet's SDK-based tests are separate.
+
+/// A SigV4-shaped `Authorization` header: the sandbox requires one and does not verify it.
+const KMS_AUTH: &str =
+    "AWS4-HMAC-SHA256 Credential=AKIDSANDBOX/20260101/eu-west-1/kms/aws4_request, \
+     SignedHeaders=content-type;host;x-amz-date;x-amz-target, Signature=00";
+
+/// The fleet's encryption context of data key version 1, in the two orders a HashMap may send.
+const CONTEXT_V1: &str = r#"{"purpose": "parker-pii", "data_key_version": "1"}"#;
+const CONTEXT_V1_REORDERED: &str = r#"{"data_key_version": "1", "purpose": "parker-pii"}"#;
+
+/// `POST /` with `X-Amz-Target: TrentService.{op}`, the awsJson1_1 content type, credentials
+/// and `body` exactly as written (so a test controls the order of an encryption context).
+async fn kms(c: &Client, base: &str, op: &str, body: &str) -> Reply {
+    reply(
+        c.post(format!("{base}/"))
+            .header("x-amz-target", format!("TrentService.{op}"))
+            .header("content-type", "application/x-amz-json-1.1")
+            .header("authorization", KMS_AUTH)
+            .body(body.to_owned())
+            .send()
+            .await
+            .expect("request"),
+    )
+    .await
+}
+
+/// Asserts a 200 in the awsJson1_1 shape (content type, request id) and returns the body.
+fn kms_ok(r: &Reply) -> &Value {
+    assert_eq!(r.status, StatusCode::OK, "{}", r.body);
+    assert_eq!(
+        r.headers.get("content-type").unwrap(),
+        "application/x-amz-json-1.1"
+    );
+    assert!(r.headers.contains_key("x-amzn-requestid"));
+    &r.body
+}
+
+/// Asserts AWS's error shape (exactly `__type` and `message`, the awsJson1_1 content type, a
+/// request id) and returns (status, `__type`).
+fn kms_error(r: &Reply) -> (StatusCode, String) {
+    assert_eq!(keys(&r.body), ["__type", "message"], "{}", r.body);
+    assert_eq!(
+        r.headers.get("content-type").unwrap(),
+        "application/x-amz-json-1.1"
+    );
+    assert!(r.headers.contains_key("x-amzn-requestid"));
+    (r.status, r.body["__type"].as_str().unwrap().to_owned())
+}
+
+/// The byte length of a padded standard-base64 string.
+fn base64_len(s: &Value) -> usize {
+    let s = s.as_str().expect("a base64 string");
+    s.len() / 4 * 3 - s.bytes().rev().take_while(|&b| b == b'=').count()
+}
+
+/// A `KeyMaterialId`: 64 lower-case hex digits.
+fn is_key_material_id(v: &Value) -> bool {
+    v.as_str().is_some_and(|s| {
+        s.len() == 64
+            && s.bytes()
+                .all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b))
+    })
+}
+
+/// GenerateDataKey (AES_256) under the alias with `context` (a JSON object as text).
+async fn kms_data_key(c: &Client, base: &str, context: &str) -> Value {
+    let r = kms(
+        c,
+        base,
+        "GenerateDataKey",
+        &format!(
+            r#"{{"KeyId": "alias/parker-kms-key", "KeySpec": "AES_256", "EncryptionContext": {context}}}"#
+        ),
+    )
+    .await;
+    kms_ok(&r).clone()
+}
+
+/// `{"CiphertextBlob": blob, "EncryptionContext": context}` plus `extra` members.
+fn decrypt_body(blob: &Value, context: Option<&str>, extra: &str) -> String {
+    let context = context
+        .map(|c| format!(r#", "EncryptionContext": {c}"#))
+        .unwrap_or_default();
+    format!(r#"{{"CiphertextBlob": {blob}{context}{extra}}}"#)
+}
+
+#[tokio::test]
+async fn kms_generate_data_key_then_decrypt_with_the_same_context_returns_the_key_under_every_key_id_spelling(
+) {
+    let (sb, c) = start(SandboxConfig::default()).await;
+    let base = sb.base_url.clone();
+
+    let made = kms_data_key(&c, &base, CONTEXT_V1).await;
+    assert_eq!(
+        keys(&made),
+        ["CiphertextBlob", "KeyId", "KeyMaterialId", "Plaintext"],
+        "{made}"
+    );
+    assert_eq!(
+        made["KeyId"],
+        sandbox::KMS_KEY_ARN,
+        "the key ARN, not the alias"
+    );
+    assert_eq!(
+        made["KeyId"],
+        "arn:aws:kms:eu-west-1:111122223333:key/8d7c6b5a-4f3e-4d2c-9b1a-0f9e8d7c6b5a"
+    );
+    assert_eq!(base64_len(&made["Plaintext"]), 32);
+    assert!(is_key_material_id(&made["KeyMaterialId"]), "{made}");
+    assert_eq!(made["KeyMaterialId"], sb.sandbox.kms_key_material_id());
+
+    // Decrypt: the context in another order, the key named every way (or not at all).
+    let spellings = [
+        r#", "KeyId": "alias/parker-kms-key""#.to_owned(),
+        r#", "KeyId": "arn:aws:kms:eu-west-1:111122223333:alias/parker-kms-key""#.to_owned(),
+        format!(r#", "KeyId": "{}""#, sandbox::KMS_KEY_ID),
+        format!(r#", "KeyId": "{}""#, sandbox::KMS_KEY_ARN),
+        String::new(),
+    ];
+    for extra in &spellings {
+        let body = decrypt_body(&made["CiphertextBlob"], Some(CONTEXT_V1_REORDERED), extra);
+        let r = kms(&c, &base, "Decrypt", &body).await;
+        let out = kms_ok(&r);
+        assert_eq!(
+            keys(out),
+            ["EncryptionAlgorithm", "KeyId", "KeyMaterialId", "Plaintext"],
+            "{out}"
+        );
+        assert_eq!(out["Plaintext"], made["Plaintext"], "KeyId{extra}");
+        assert_eq!(out["KeyId"], sandbox::KMS_KEY_ARN);
+        assert_eq!(out["EncryptionAlgorithm"], "SYMMETRIC_DEFAULT");
+        assert_eq!(out["KeyMaterialId"], made["KeyMaterialId"]);
+    }
+    // NumberOfBytes 32 is AES_256's size; every data key and blob is fresh.
+    let r = kms(
+        &c,
+        &base,
+        "GenerateDataKey",
+        &format!(
+            r#"{{"KeyId": "{}", "NumberOfBytes": 32, "EncryptionContext": {CONTEXT_V1}}}"#,
+            sandbox::KMS_KEY_ARN
+        ),
+    )
+    .await;
+    let second = kms_ok(&r);
+    assert_eq!(base64_len(&second["Plaintext"]), 32);
+    assert_ne!(second["Plaintext"], made["Plaintext"]);
+    assert_ne!(second["CiphertextBlob"], made["CiphertextBlob"]);
+
+    let counters = sb.sandbox.counters();
+    assert_eq!(
+        (
+            counters.kms_generate_data_key,
+            counters.kms_decrypt,
+            counters.kms_encrypt,
+            counters.kms_re_encrypt,
+            counters.kms_refused
+        ),
+        (2, 5, 0, 0, 0)
+    );
+    sb.shutdown().await.expect("clean shutdown");
+}
+
+#[tokio::test]
+async fn kms_encrypt_then_decrypt_returns_the_plaintext_only_with_its_context() {
+    let (sb, c) = start(SandboxConfig::default()).await;
+    let base = sb.base_url.clone();
+    // "passport number 123456789", base64.
+    let plaintext = "cGFzc3BvcnQgbnVtYmVyIDEyMzQ1Njc4OQ==";
+    let r = kms(
+        &c,
+        &base,
+        "Encrypt",
+        &format!(r#"{{"KeyId": "alias/parker-kms-key", "Plaintext": "{plaintext}", "EncryptionContext": {CONTEXT_V1}}}"#),
+    )
+    .await;
+    let sealed = kms_ok(&r).clone();
+    assert_eq!(
+        keys(&sealed),
+        ["CiphertextBlob", "EncryptionAlgorithm", "KeyId"],
+        "{sealed}"
+    );
+    assert_eq!(
+        (&sealed["KeyId"], &sealed["EncryptionAlgorithm"]),
+        (&json!(sandbox::KMS_KEY_ARN), &json!("SYMMETRIC_DEFAULT"))
+    );
+    let body = decrypt_body(&sealed["CiphertextBlob"], Some(CONTEXT_V1_REORDERED), "");
+    let r = kms(&c, &base, "Decrypt", &body).await;
+    assert_eq!(kms_ok(&r)["Plaintext"], plaintext);
+    let r = kms(
+        &c,
+        &base,
+        "Decrypt",
+        &decrypt_body(&sealed["CiphertextBlob"], None, ""),
+    )
+    .await;
+    assert_eq!(
+        kms_error(&r),
+        (StatusCode::BAD_REQUEST, "InvalidCiphertextException".into())
+    );
+    let counters = sb.sandbox.counters();
+    assert_eq!(
+        (
+            counters.kms_encrypt,
+            counters.kms_decrypt,
+            counters.kms_refused
+        ),
+        (1, 1, 1)
+    );
+    sb.shutdown().await.expect("clean shutdown");
+}
+
+#[tokio::test]
+async fn kms_decrypt_with_a_wrong_or_missing_context_or_a_foreign_blob_is_invalid_ciphertext_and_decrypts_nothing(
+) {
+    let (sb, c) = start(SandboxConfig::default()).await;
+    let base = sb.base_url.clone();
+    let made = kms_data_key(&c, &base, CONTEXT_V1).await;
+    let blob = &made["CiphertextBlob"];
+
+    let wrong_contexts = [
+        None,
+        Some("{}"),
+        Some("null"),
+        Some(r#"{"purpose": "parker-pii"}"#),
+        Some(r#"{"purpose": "parker-pii", "data_key_version": "2"}"#),
+        Some(r#"{"Purpose": "parker-pii", "data_key_version": "1"}"#),
+        Some(r#"{"purpose": "parker-pii", "data_key_version": "1", "tenant": "42"}"#),
+    ];
+    for context in wrong_contexts {
+        let body = decrypt_body(blob, context, r#", "KeyId": "alias/parker-kms-key""#);
+        let r = kms(&c, &base, "Decrypt", &body).await;
+        assert_eq!(
+            kms_error(&r),
+            (StatusCode::BAD_REQUEST, "InvalidCiphertextException".into()),
+            "context {context:?}"
+        );
+        let answer = String::from_utf8_lossy(&r.raw);
+        assert!(!answer.contains(made["Plaintext"].as_str().unwrap()));
+    }
+    // A blob another sandbox made (its own random key material), and bytes that are no blob.
+    let (other, _) = start(SandboxConfig::default()).await;
+    let foreign = kms_data_key(&c, &other.base_url, CONTEXT_V1).await;
+    for not_ours in [&foreign["CiphertextBlob"], &json!("AAAAAAAAAAAAAAAA")] {
+        let body = decrypt_body(not_ours, Some(CONTEXT_V1), "");
+        let r = kms(&c, &base, "Decrypt", &body).await;
+        assert_eq!(
+            kms_error(&r),
+            (StatusCode::BAD_REQUEST, "InvalidCiphertextException".into())
+        );
+    }
+    // The right context still opens it.
+    let r = kms(
+        &c,
+        &base,
+        "Decrypt",
+        &decrypt_body(blob, Some(CONTEXT_V1), ""),
+    )
+    .await;
+    assert_eq!(kms_ok(&r)["Plaintext"], made["Plaintext"]);
+
+    let counters = sb.sandbox.counters();
+    assert_eq!(counters.kms_decrypt, 1, "only the right context decrypted");
+    assert_eq!(counters.kms_refused, 9);
+    other.shutdown().await.expect("clean shutdown");
+    sb.shutdown().await.expect("clean shutdown");
+}
+
+#[tokio::test]
+async fn kms_an_unknown_key_is_not_found_in_every_operation_and_nothing_is_wrapped() {
+    let (sb, c) = start(SandboxConfig::default()).await;
+    let base = sb.base_url.clone();
+    let made = kms_data_key(&c, &base, CONTEXT_V1).await;
+    let blob = &made["CiphertextBlob"];
+    let before = sb.sandbox.counters();
+
+    let unknown = [
+        "alias/other-key",
+        "arn:aws:kms:eu-west-1:111122223333:alias/other-key",
+        "1234abcd-12ab-34cd-56ef-1234567890ab",
+        "arn:aws:kms:us-east-1:111122223333:key/8d7c6b5a-4f3e-4d2c-9b1a-0f9e8d7c6b5a",
+    ];
+    for key in unknown {
+        let calls = [
+            (
+                "GenerateDataKey",
+                format!(r#"{{"KeyId": "{key}", "KeySpec": "AES_256"}}"#),
+            ),
+            (
+                "Encrypt",
+                format!(r#"{{"KeyId": "{key}", "Plaintext": "AAEC"}}"#),
+            ),
+            (
+                "Decrypt",
+                decrypt_body(blob, Some(CONTEXT_V1), &format!(r#", "KeyId": "{key}""#)),
+            ),
+            (
+                "ReEncrypt",
+                format!(
+                    r#"{{"CiphertextBlob": {blob}, "SourceEncryptionContext": {CONTEXT_V1}, "SourceKeyId": "{key}", "DestinationKeyId": "alias/parker-kms-key"}}"#
+                ),
+            ),
+            (
+                "ReEncrypt",
+                format!(
+                    r#"{{"CiphertextBlob": {blob}, "SourceEncryptionContext": {CONTEXT_V1}, "DestinationKeyId": "{key}"}}"#
+                ),
+            ),
+        ];
+        for (op, body) in calls {
+            let r = kms(&c, &base, op, &body).await;
+            assert_eq!(
+                kms_error(&r),
+                (StatusCode::BAD_REQUEST, "NotFoundException".into()),
+                "{op} {key}"
+            );
+        }
+    }
+    let r = kms(
+        &c,
+        &base,
+        "GenerateDataKey",
+        r#"{"KeyId": "alias/other-key", "KeySpec": "AES_256"}"#,
+    )
+    .await;
+    assert_eq!(
+        r.body["message"],
+        "Alias arn:aws:kms:eu-west-1:111122223333:alias/other-key is not found."
+    );
+
+    let after = sb.sandbox.counters();
+    assert_eq!(
+        (
+            after.kms_generate_data_key,
+            after.kms_decrypt,
+            after.kms_encrypt,
+            after.kms_re_encrypt
+        ),
+        (
+            before.kms_generate_data_key,
+            before.kms_decrypt,
+            before.kms_encrypt,
+            before.kms_re_encrypt
+        )
+    );
+    assert_eq!(after.kms_refused, before.kms_refused + 4 * 5 + 1);
+    sb.shutdown().await.expect("clean shutdown");
+}
+
+#[tokio::test]
+async fn kms_each_fault_answers_its_error_performs_nothing_and_clearing_it_restores_service() {
+    use sandbox::KmsFault;
+    let (sb, c) = start(SandboxConfig::default()).await;
+    let base = sb.base_url.clone();
+    let made = kms_data_key(&c, &base, CONTEXT_V1).await;
+    let blob = &made["CiphertextBlob"];
+    let calls = [
+        (
+            "GenerateDataKey",
+            format!(
+                r#"{{"KeyId": "alias/parker-kms-key", "KeySpec": "AES_256", "EncryptionContext": {CONTEXT_V1}}}"#
+            ),
+            "kms:GenerateDataKey",
+        ),
+        (
+            "Decrypt",
+            decrypt_body(
+                blob,
+                Some(CONTEXT_V1),
+                r#", "KeyId": "alias/parker-kms-key""#,
+            ),
+            "kms:Decrypt",
+        ),
+        (
+            "Encrypt",
+            r#"{"KeyId": "alias/parker-kms-key", "Plaintext": "AAEC"}"#.to_owned(),
+            "kms:Encrypt",
+        ),
+        (
+            "ReEncrypt",
+            format!(
+                r#"{{"CiphertextBlob": {blob}, "SourceEncryptionContext": {CONTEXT_V1}, "DestinationKeyId": "alias/parker-kms-key", "DestinationEncryptionContext": {CONTEXT_V1}}}"#
+            ),
+            "kms:ReEncryptFrom",
+        ),
+    ];
+    let before = sb.sandbox.counters();
+
+    for (fault, status, kind) in [
+        (
+            KmsFault::Throttling,
+            StatusCode::BAD_REQUEST,
+            "ThrottlingException",
+        ),
+        (
+            KmsFault::Outage,
+            StatusCode::INTERNAL_SERVER_ERROR,
+            "KMSInternalException",
+        ),
+        (
+            KmsFault::AccessDenied,
+            StatusCode::BAD_REQUEST,
+            "AccessDeniedException",
+        ),
+    ] {
+        sb.sandbox.set_kms_fault(Some(fault));
+        assert_eq!(sb.sandbox.kms_fault(), Some(fault));
+        for (op, body, permission) in &calls {
+            let r = kms(&c, &base, op, body).await;
+            assert_eq!(kms_error(&r), (status, kind.to_owned()), "{fault:?} {op}");
+            let message = r.body["message"].as_str().unwrap();
+            match fault {
+                KmsFault::Throttling => assert_eq!(message, "Rate exceeded"),
+                KmsFault::AccessDenied => {
+                    assert!(
+                        message.contains(&format!("not authorized to perform: {permission} ")),
+                        "{message}"
+                    );
+                    assert!(!message.contains("AKIDSANDBOX") && !message.contains("Signature"));
+                }
+                KmsFault::Outage => assert!(!message.is_empty()),
+            }
+        }
+        // The fault answers before the credentials are looked at.
+        let bare = reply(
+            c.post(format!("{base}/"))
+                .header("x-amz-target", "TrentService.Decrypt")
+                .header("content-type", "application/x-amz-json-1.1")
+                .body("{}")
+                .send()
+                .await
+                .unwrap(),
+        )
+        .await;
+        assert_eq!(kms_error(&bare), (status, kind.to_owned()));
+        // Nothing was performed: no operation counted, only the refusals.
+        let now = sb.sandbox.counters();
+        assert_eq!(
+            (
+                now.kms_generate_data_key,
+                now.kms_decrypt,
+                now.kms_encrypt,
+                now.kms_re_encrypt
+            ),
+            (
+                before.kms_generate_data_key,
+                before.kms_decrypt,
+                before.kms_encrypt,
+                before.kms_re_encrypt
+            ),
+            "{fault:?}"
+        );
+    }
+    assert_eq!(
+        sb.sandbox.counters().kms_refused,
+        before.kms_refused + 3 * 5
+    );
+
+    // Cleared: every call works again, and the blob made before the faults still decrypts.
+    sb.sandbox.set_kms_fault(None);
+    assert_eq!(sb.sandbox.kms_fault(), None);
+    for (op, body, _) in &calls {
+        let r = kms(&c, &base, op, body).await;
+        kms_ok(&r);
+        if *op == "Decrypt" {
+            assert_eq!(r.body["Plaintext"], made["Plaintext"]);
+        }
+    }
+    let after = sb.sandbox.counters();
+    assert_eq!(
+        (
+            after.kms_generate_data_key,
+            after.kms_decrypt,
+            after.kms_encrypt,
+            after.kms_re_encrypt,
+            after.kms_refused
+        ),
+        (
+            before.kms_generate_data_key + 1,
+            before.kms_decrypt + 1,
+            before.kms_encrypt + 1,
+            before.kms_re_encrypt + 1,
+            before.kms_refused + 15
+        )
+    );
+    sb.shutdown().await.expect("clean shutdown");
+}
+
+#[tokio::test]
+async fn kms_after_rotating_the_key_material_old_blobs_still_decrypt_and_new_blobs_use_the_new_material(
+) {
+    let (sb, c) = start(SandboxConfig::default()).await;
+    let base = sb.base_url.clone();
+    let old = kms_data_key(&c, &base, CONTEXT_V1).await;
+    let first_material = sb.sandbox.kms_key_material_id();
+    assert_eq!(old["KeyMaterialId"], first_material);
+
+    sb.sandbox.rotate_kms_key_material();
+    let second_material = sb.sandbox.kms_key_material_id();
+    assert_ne!(second_material, first_material);
+    let new = kms_data_key(&c, &base, CONTEXT_V1).await;
+    assert_eq!(
+        new["KeyMaterialId"], second_material,
+        "new wraps use the new material"
+    );
+    assert_eq!(new["KeyId"], old["KeyId"], "same key, same ARN");
+    assert_ne!(new["CiphertextBlob"], old["CiphertextBlob"]);
+
+    // Both decrypt, each with the material that wrapped it, before and after another rotation.
+    for round in 0..2 {
+        for (made, material) in [(&old, &first_material), (&new, &second_material)] {
+            let body = decrypt_body(&made["CiphertextBlob"], Some(CONTEXT_V1_REORDERED), "");
+            let r = kms(&c, &base, "Decrypt", &body).await;
+            let out = kms_ok(&r);
+            assert_eq!(out["Plaintext"], made["Plaintext"], "round {round}");
+            assert_eq!(&out["KeyMaterialId"], material, "round {round}");
+        }
+        sb.sandbox.rotate_kms_key_material();
+    }
+    let third = kms_data_key(&c, &base, CONTEXT_V1).await;
+    assert!(third["KeyMaterialId"] != first_material && third["KeyMaterialId"] != second_material);
+    assert_eq!(sb.sandbox.counters().kms_refused, 0);
+    sb.shutdown().await.expect("clean shutdown");
+}
+
+#[tokio::test]
+async fn kms_re_encrypt_returns_a_new_blob_that_decrypts_to_the_same_plaintext() {
+    let (sb, c) = start(SandboxConfig::default()).await;
+    let base = sb.base_url.clone();
+    let made = kms_data_key(&c, &base, CONTEXT_V1).await;
+    let blob = &made["CiphertextBlob"];
+    sb.sandbox.rotate_kms_key_material();
+
+    let context_v2 = r#"{"purpose": "parker-pii", "data_key_version": "2"}"#;
+    let r = kms(
+        &c,
+        &base,
+        "ReEncrypt",
+        &format!(
+            r#"{{"CiphertextBlob": {blob}, "SourceKeyId": "alias/parker-kms-key", "SourceEncryptionContext": {CONTEXT_V1_REORDERED}, "DestinationKeyId": "{}", "DestinationEncryptionContext": {context_v2}}}"#,
+            sandbox::KMS_KEY_ARN
+        ),
+    )
+    .await;
+    let re = kms_ok(&r).clone();
+    assert_eq!(
+        keys(&re),
+        [
+            "CiphertextBlob",
+            "DestinationEncryptionAlgorithm",
+            "DestinationKeyMaterialId",
+            "KeyId",
+            "SourceEncryptionAlgorithm",
+            "SourceKeyId",
+            "SourceKeyMaterialId"
+        ],
+        "{re}"
+    );
+    assert!(
+        re.get("Plaintext").is_none(),
+        "the plaintext never leaves KMS"
+    );
+    assert_ne!(&re["CiphertextBlob"], blob);
+    assert_eq!(
+        (&re["KeyId"], &re["SourceKeyId"]),
+        (&json!(sandbox::KMS_KEY_ARN), &json!(sandbox::KMS_KEY_ARN))
+    );
+    assert_eq!(
+        (
+            &re["SourceEncryptionAlgorithm"],
+            &re["DestinationEncryptionAlgorithm"]
+        ),
+        (&json!("SYMMETRIC_DEFAULT"), &json!("SYMMETRIC_DEFAULT"))
+    );
+    assert_eq!(re["SourceKeyMaterialId"], made["KeyMaterialId"]);
+    assert_eq!(
+        re["DestinationKeyMaterialId"],
+        sb.sandbox.kms_key_material_id()
+    );
+    assert_ne!(re["DestinationKeyMaterialId"], re["SourceKeyMaterialId"]);
+
+    // The new blob opens with the destination context to the same data key, not with the old.
+    let r = kms(
+        &c,
+        &base,
+        "Decrypt",
+        &decrypt_body(&re["CiphertextBlob"], Some(context_v2), ""),
+    )
+    .await;
+    assert_eq!(kms_ok(&r)["Plaintext"], made["Plaintext"]);
+    let r = kms(
+        &c,
+        &base,
+        "Decrypt",
+        &decrypt_body(&re["CiphertextBlob"], Some(CONTEXT_V1), ""),
+    )
+    .await;
+    assert_eq!(
+        kms_error(&r),
+        (StatusCode::BAD_REQUEST, "InvalidCiphertextException".into())
+    );
+    // The source context must match too; the old blob still decrypts.
+    let r = kms(
+        &c,
+        &base,
+        "ReEncrypt",
+        &format!(r#"{{"CiphertextBlob": {blob}, "SourceEncryptionContext": {context_v2}, "DestinationKeyId": "alias/parker-kms-key"}}"#),
+    )
+    .await;
+    assert_eq!(
+        kms_error(&r),
+        (StatusCode::BAD_REQUEST, "InvalidCiphertextException".into())
+    );
+    let r = kms(
+        &c,
+        &base,
+        "Decrypt",
+        &decrypt_body(blob, Some(CONTEXT_V1), ""),
+    )
+    .await;
+    assert_eq!(kms_ok(&r)["Plaintext"], made["Plaintext"]);
+
+    let counters = sb.sandbox.counters();
+    assert_eq!(
+        (
+            counters.kms_re_encrypt,
+            counters.kms_decrypt,
+            counters.kms_refused
+        ),
+        (1, 2, 2)
+    );
+    sb.shutdown().await.expect("clean shutdown");
+}
+
+#[tokio::test]
+async fn kms_refuses_a_call_without_sigv4_credentials_an_unknown_operation_or_another_content_type()
+{
+    let (sb, c) = start(SandboxConfig::default()).await;
+    let base = sb.base_url.clone();
+    let body = r#"{"KeyId": "alias/parker-kms-key", "KeySpec": "AES_256"}"#;
+    let post = |target: Option<&str>, content_type: &str, auth: Option<&str>| {
+        let mut req = c
+            .post(format!("{base}/"))
+            .header("content-type", content_type)
+            .body(body);
+        if let Some(t) = target {
+            req = req.header("x-amz-target", t);
+        }
+        if let Some(a) = auth {
+            req = req.header("authorization", a);
+        }
+        req.send()
+    };
+    let gdk = Some("TrentService.GenerateDataKey");
+    let json11 = "application/x-amz-json-1.1";
+    for (what, req, expected) in [
+        (
+            "no Authorization",
+            post(gdk, json11, None),
+            "UnrecognizedClientException",
+        ),
+        (
+            "a bearer token",
+            post(gdk, json11, Some("Bearer sk_test_sandbox")),
+            "UnrecognizedClientException",
+        ),
+        (
+            "an operation not served",
+            post(Some("TrentService.ListKeys"), json11, Some(KMS_AUTH)),
+            "UnknownOperationException",
+        ),
+        (
+            "no X-Amz-Target",
+            post(None, json11, Some(KMS_AUTH)),
+            "UnknownOperationException",
+        ),
+        (
+            "plain JSON",
+            post(gdk, "application/json", Some(KMS_AUTH)),
+            "SerializationException",
+        ),
+    ] {
+        let r = reply(req.await.unwrap()).await;
+        assert_eq!(
+            kms_error(&r),
+            (StatusCode::BAD_REQUEST, expected.into()),
+            "{what}"
+        );
+    }
+    let r = kms(&c, &base, "GenerateDataKey", "{not json").await;
+    assert_eq!(
+        kms_error(&r),
+        (StatusCode::BAD_REQUEST, "SerializationException".into())
+    );
+    let counters = sb.sandbox.counters();
+    assert_eq!(
+        (counters.kms_generate_data_key, counters.kms_refused),
+        (0, 6)
+    );
+    sb.shutdown().await.expect("clean shutdown");
+}
+
+#[tokio::test]
+async fn kms_faults_and_rotation_can_be_driven_through_the_control_endpoints() {
+    let (sb, c) = start(SandboxConfig::default()).await;
+    let base = sb.base_url.clone();
+    let control = |path: &str, body: Option<Value>| {
+        let req = match body {
+            Some(b) => c.post(format!("{base}/_sandbox/kms{path}")).json(&b),
+            None => c.get(format!("{base}/_sandbox/kms{path}")),
+        };
+        async move { reply(req.send().await.unwrap()).await }
+    };
+    let state = control("", None).await;
+    assert_eq!(state.status, StatusCode::OK);
+    assert_eq!(
+        keys(&state.body),
+        [
+            "alias",
+            "fault",
+            "key_id",
+            "key_material_id",
+            "key_materials"
+        ]
+    );
+    assert_eq!(
+        (
+            &state.body["key_id"],
+            &state.body["alias"],
+            &state.body["fault"],
+            &state.body["key_materials"]
+        ),
+        (
+            &json!(sandbox::KMS_KEY_ARN),
+            &json!("alias/parker-kms-key"),
+            &Value::Null,
+            &json!(1)
+        )
+    );
+
+    let set = control("/fault", Some(json!({"fault": "throttling"}))).await;
+    assert_eq!(set.body["fault"], "throttling", "{}", set.body);
+    assert_eq!(sb.sandbox.kms_fault(), Some(sandbox::KmsFault::Throttling));
+    let r = kms(
+        &c,
+        &base,
+        "GenerateDataKey",
+        r#"{"KeyId": "alias/parker-kms-key", "KeySpec": "AES_256"}"#,
+    )
+    .await;
+    assert_eq!(
+        kms_error(&r),
+        (StatusCode::BAD_REQUEST, "ThrottlingException".into())
+    );
+    let bad = control("/fault", Some(json!({"fault": "slow"}))).await;
+    assert_eq!(bad.status, StatusCode::BAD_REQUEST);
+    assert!(bad.body["error"]
+        .as_str()
+        .unwrap()
+        .contains("throttling, outage, access_denied"));
+    assert_eq!(
+        sb.sandbox.kms_fault(),
+        Some(sandbox::KmsFault::Throttling),
+        "unchanged"
+    );
+    let cleared = control("/fault", Some(json!({"fault": null}))).await;
+    assert_eq!(cleared.body["fault"], Value::Null);
+
+    let rotated = control("/rotate", Some(json!({}))).await;
+    assert_eq!(rotated.body["key_materials"], 2);
+    assert_ne!(
+        rotated.body["key_material_id"],
+        state.body["key_material_id"]
+    );
+    let made = kms_data_key(&c, &base, CONTEXT_V1).await;
+    assert_eq!(made["KeyMaterialId"], rotated.body["key_material_id"]);
+    sb.shutdown().await.expect("clean shutdown");
+}

@@ -1,5 +1,5 @@
 //! The `/_sandbox` admin endpoints: counters, scenarios, outages, refund settlement, airline
-//! changes and arbitrary webhook events.
+//! changes, arbitrary webhook events, and the KMS stand-in's fault and key rotation.
 
 use axum::{
     extract::State,
@@ -14,6 +14,7 @@ use serde_json::{json, Value};
 use crate::{
     duffel_objects::AirlineChangeRefusal,
     handle::Sandbox,
+    kms_objects::{KmsFault, KMS_KEY_ALIAS, KMS_KEY_ARN},
     scenarios::{self, Provider, Scenario},
     state::Counters,
 };
@@ -33,6 +34,9 @@ pub(crate) fn routes() -> Router<Sandbox> {
         )
         .route("/_sandbox/webhooks/stripe", post(admin_stripe_webhook))
         .route("/_sandbox/webhooks/duffel", post(admin_duffel_webhook))
+        .route("/_sandbox/kms", get(admin_kms))
+        .route("/_sandbox/kms/fault", post(admin_set_kms_fault))
+        .route("/_sandbox/kms/rotate", post(admin_rotate_kms))
 }
 
 async fn admin_counters(State(sb): State<Sandbox>) -> Json<Counters> {
@@ -302,4 +306,52 @@ fn admin_emit(sb: &Sandbox, body: &[u8], emit: fn(&Sandbox, &str, Value) -> Stri
         )
             .into_response(),
     }
+}
+
+/// `{"key_id", "alias", "fault", "key_materials", "key_material_id"}`: the KMS key as it
+/// stands (never its material).
+fn kms_json(sb: &Sandbox) -> Value {
+    let materials = sb.lock().kms_key.materials();
+    json!({
+        "key_id": KMS_KEY_ARN,
+        "alias": KMS_KEY_ALIAS,
+        "fault": sb.kms_fault().map(KmsFault::as_str),
+        "key_materials": materials,
+        "key_material_id": sb.kms_key_material_id(),
+    })
+}
+
+async fn admin_kms(State(sb): State<Sandbox>) -> Json<Value> {
+    Json(kms_json(&sb))
+}
+
+/// `POST /_sandbox/kms/fault {"fault": "throttling" | "outage" | "access_denied" | null}`:
+/// [`Sandbox::set_kms_fault`].
+async fn admin_set_kms_fault(State(sb): State<Sandbox>, body: axum::body::Bytes) -> Response {
+    let known = KmsFault::ALL.map(KmsFault::as_str).join(", ");
+    let bad =
+        |msg: String| (StatusCode::BAD_REQUEST, Json(json!({ "error": msg }))).into_response();
+    let fault = match serde_json::from_slice::<Value>(&body) {
+        Ok(Value::Object(o)) if o.len() == 1 => match o.get("fault") {
+            Some(Value::Null) => None,
+            Some(Value::String(f)) => match KmsFault::parse(f) {
+                Some(f) => Some(f),
+                None => {
+                    return bad(format!(
+                        "fault {f:?} is not one of {known} (or null to clear)"
+                    ))
+                }
+            },
+            _ => return bad(format!("expected {{\"fault\": one of {known}, or null}}")),
+        },
+        _ => return bad(format!("expected {{\"fault\": one of {known}, or null}}")),
+    };
+    sb.set_kms_fault(fault);
+    Json(kms_json(&sb)).into_response()
+}
+
+/// `POST /_sandbox/kms/rotate`: [`Sandbox::rotate_kms_key_material`].
+async fn admin_rotate_kms(State(sb): State<Sandbox>) -> Json<Value> {
+    sb.rotate_kms_key_material();
+    Json(kms_json(&sb))
 }

@@ -9,6 +9,7 @@ use std::sync::{Arc, Mutex, MutexGuard};
 
 use crate::{
     config::SandboxConfig,
+    kms_objects::{key_material_id, KmsFault},
     scenarios::{Outage, Provider, Scenario},
     state::{self, Counters},
 };
@@ -108,6 +109,35 @@ impl Sandbox {
     pub(crate) fn count_outage_response(&self, provider: Provider) {
         let mut st = self.lock();
         Counters::bump(&mut st.counters.outage_responses, provider.as_str());
+    }
+
+    /// Injects `fault` into every later KMS call until it is cleared with `None`: each call
+    /// is answered with the fault's error (Throttling → 400 `ThrottlingException` "Rate
+    /// exceeded", Outage → 500 `KMSInternalException`, AccessDenied → 400
+    /// `AccessDeniedException` naming the operation's permission) before anything else is
+    /// looked at, and does nothing (counted in
+    /// [`Counters::kms_refused`](crate::Counters::kms_refused) only).
+    pub fn set_kms_fault(&self, fault: Option<KmsFault>) {
+        self.lock().kms_fault = fault;
+    }
+
+    /// The KMS fault in force, if any.
+    pub fn kms_fault(&self) -> Option<KmsFault> {
+        self.lock().kms_fault
+    }
+
+    /// AWS's automatic key rotation: the key (same id, ARN and alias) gets new key material,
+    /// which every later GenerateDataKey, Encrypt and ReEncrypt wraps with; blobs made under
+    /// the older material still decrypt.
+    pub fn rotate_kms_key_material(&self) {
+        let index = self.lock().kms_key.rotate();
+        tracing::info!(kms.key_material = index, "sandbox kms key material rotated");
+    }
+
+    /// The `KeyMaterialId` new wraps answer with now (64 hex digits; it changes with every
+    /// [`Sandbox::rotate_kms_key_material`]).
+    pub fn kms_key_material_id(&self) -> String {
+        key_material_id(self.lock().kms_key.current())
     }
 
     /// The configuration the sandbox was created with.

@@ -1,6 +1,6 @@
 //! The provider sandbox: a stateful, in-memory stand-in for the subset of **Stripe**, **Duffel**,
-//! **Resend** and **Twilio** that the fleet's clients use, served over loopback HTTP by one axum
-//! server.
+//! **Resend**, **Twilio** and **AWS KMS** that the fleet's clients use, served over loopback
+//! HTTP by one axum server.
 //!
 //! Paths and shapes follow the real APIs, so a client only changes its base URL. The sandbox is a
 //! test double, but a faithful one: state transitions are validated, unknown ids are 404s in the
@@ -192,6 +192,42 @@
 //! sandbox chooses where Twilio is silent is listed in docs/sandbox.md. [`Counters`]:
 //! `sms_created`, `sms_by_to`, `sms_refused` (4xx answers to creates).
 //!
+//! # AWS KMS (`POST /`, awsJson1_1, `X-Amz-Target: TrentService.<Operation>`, SigV4)
+//! The fleet's own `aws-sdk-kms` client, with the sandbox's base URL as `endpoint_url`, wraps and
+//! unwraps its PII data keys here. Requests are `POST /` with `Content-Type:
+//! application/x-amz-json-1.1` and an `Authorization: AWS4-HMAC-SHA256 Credential=…` header
+//! (required, signature not verified: else 400 `UnrecognizedClientException`); blobs are base64
+//! JSON strings; errors are `{"__type": "<Name>", "message": "…"}` with a fresh
+//! `x-amzn-RequestId`. Served operations (any other target → 400 `UnknownOperationException`):
+//! - `GenerateDataKey` `{KeyId, KeySpec: AES_256|AES_128 | NumberOfBytes: 1–1024,
+//!   EncryptionContext?}` → `{CiphertextBlob, Plaintext (random), KeyId (the key ARN),
+//!   KeyMaterialId}`
+//! - `Decrypt` `{CiphertextBlob, KeyId?, EncryptionContext?, EncryptionAlgorithm?}` →
+//!   `{Plaintext, KeyId, EncryptionAlgorithm: "SYMMETRIC_DEFAULT", KeyMaterialId}`
+//! - `Encrypt` `{KeyId, Plaintext (1–4096 bytes), EncryptionContext?}` → `{CiphertextBlob,
+//!   KeyId, EncryptionAlgorithm}`
+//! - `ReEncrypt` `{CiphertextBlob, SourceKeyId?, SourceEncryptionContext?, DestinationKeyId,
+//!   DestinationEncryptionContext?}` → `{CiphertextBlob, SourceKeyId, KeyId,
+//!   SourceEncryptionAlgorithm, DestinationEncryptionAlgorithm, SourceKeyMaterialId,
+//!   DestinationKeyMaterialId}`
+//!
+//! One symmetric key: alias [`KMS_KEY_ALIAS`] (`alias/parker-kms-key`), key id [`KMS_KEY_ID`],
+//! ARN [`KMS_KEY_ARN`] (`arn:aws:kms:eu-west-1:111122223333:key/…`); `KeyId` may be the alias,
+//! the alias ARN, the key id or the key ARN, and anything else is 400 `NotFoundException`.
+//! Blobs are AES-256-GCM under random key material that never leaves the sandbox, bound to the
+//! encryption context compared as a map (the SDK sends it in HashMap order), in the sandbox's
+//! own format (see the `kms_objects` module): a wrong or missing context, an altered blob or
+//! one another sandbox made → 400 `InvalidCiphertextException`; a `KeyId` naming another key
+//! than the blob's → 400 `IncorrectKeyException`. [`Sandbox::rotate_kms_key_material`] plays
+//! AWS's automatic rotation (new material for new wraps, old blobs still decrypt);
+//! [`Sandbox::set_kms_fault`] injects a [`KmsFault`] into every KMS call until cleared
+//! (Throttling → 400 `ThrottlingException` "Rate exceeded", Outage → 500
+//! `KMSInternalException`, AccessDenied → 400 `AccessDeniedException` naming the permission),
+//! and a faulted call does nothing. [`Counters`]: `kms_generate_data_key`, `kms_decrypt`,
+//! `kms_encrypt`, `kms_re_encrypt` (200s), `kms_refused` (every error answer, faults included).
+//! Logs carry operations and key-material indexes, never plaintexts, blobs or contexts. Which
+//! statuses are AWS-documented and which are ours is listed in docs/sandbox.md.
+//!
 //! # Webhooks
 //! With [`SandboxConfig::webhook`] set, state changes are delivered as signed events (spawned
 //! task, up to [`WEBHOOK_ATTEMPTS`] attempts with exponential backoff on non-2xx):
@@ -232,7 +268,10 @@
 //! `GET /_sandbox/counters` ([`Counters`] as JSON), `POST /_sandbox/scenarios`,
 //! `GET|POST /_sandbox/outages`, `POST /_sandbox/refunds/{id}/settle` ([`Sandbox::settle_refund`]),
 //! `POST /_sandbox/orders/{id}/airline_change` ([`Sandbox::airline_change`]),
-//! `POST /_sandbox/webhooks/{stripe,duffel}`.
+//! `POST /_sandbox/webhooks/{stripe,duffel}`, `GET /_sandbox/kms`,
+//! `POST /_sandbox/kms/fault {"fault": "throttling"|"outage"|"access_denied"|null}`
+//! ([`Sandbox::set_kms_fault`]), `POST /_sandbox/kms/rotate`
+//! ([`Sandbox::rotate_kms_key_material`]).
 //!
 //! Logs carry ids only: never names, emails, phone numbers, message bodies or identity
 //! documents.
@@ -241,17 +280,19 @@
 
 // Each module only uses modules of the layers below its own, so no two import each other:
 //   server
-//   admin, stripe, duffel (and its child duffel::aic), resend, twilio
+//   admin, stripe, duffel (and its child duffel::aic), resend, twilio, kms
 //   read, webhooks
 //   handle
 //   state
-//   scenarios, stripe_objects, duffel_objects, twilio_objects, config, util
+//   scenarios, stripe_objects, duffel_objects, twilio_objects, kms_objects, config, util
 // This file only declares the modules and re-exports the public items; nothing imports from it.
 mod admin;
 mod config;
 mod duffel;
 mod duffel_objects;
 mod handle;
+mod kms;
+mod kms_objects;
 mod read;
 mod resend;
 pub mod scenarios;
@@ -266,6 +307,9 @@ pub mod webhooks;
 
 pub use config::{LatencyRange, SandboxConfig, WebhookTarget};
 pub use handle::Sandbox;
+pub use kms_objects::{
+    KmsFault, KMS_ACCOUNT, KMS_KEY_ALIAS, KMS_KEY_ALIAS_ARN, KMS_KEY_ARN, KMS_KEY_ID, KMS_REGION,
+};
 pub use scenarios::Scenario;
 pub use server::RunningSandbox;
 pub use state::Counters;

@@ -7,13 +7,13 @@ use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 
 use crate::{
-    admin, config::SandboxConfig, duffel, handle::Sandbox, resend, scenarios::Provider, stripe,
-    twilio,
+    admin, config::SandboxConfig, duffel, handle::Sandbox, kms, resend, scenarios::Provider,
+    stripe, twilio,
 };
 
 impl Sandbox {
-    /// Every route (Stripe, Duffel, Resend, Twilio and the `/_sandbox` admin endpoints) serving
-    /// this sandbox's state, to mount in a server of your own.
+    /// Every route (Stripe, Duffel, Resend, Twilio, KMS on `POST /` and the `/_sandbox` admin
+    /// endpoints) serving this sandbox's state, to mount in a server of your own.
     pub fn router(&self) -> Router {
         let out = |p| axum::middleware::from_fn_with_state((self.clone(), p), during_outage);
         Router::new()
@@ -26,6 +26,8 @@ impl Sandbox {
             ))
             .merge(resend::routes().route_layer(out(Provider::Resend)))
             .merge(twilio::routes().route_layer(out(Provider::Twilio)))
+            // KMS is faulted by `Sandbox::set_kms_fault`, not by the outages.
+            .merge(kms::routes())
             .merge(admin::routes())
             .with_state(self.clone())
     }

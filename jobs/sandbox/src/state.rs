@@ -10,6 +10,7 @@ use serde_json::Value;
 
 use crate::{
     duffel_objects::{AirlineChange, Cancellation, Offer, OfferRequest, Order},
+    kms_objects::{KmsFault, KmsKey},
     scenarios::{Outage, Provider, ScenarioTable},
     stripe_objects::{PaymentIntent, PaymentMethod, Refund},
     twilio_objects::TwilioMessage,
@@ -105,6 +106,18 @@ pub struct Counters {
     /// (its 429 included) are not counted here but in
     /// [`outage_responses`](Self::outage_responses)`["twilio"]`.
     pub sms_refused: u64,
+    /// KMS `GenerateDataKey` calls answered 200 (a data key made and wrapped).
+    pub kms_generate_data_key: u64,
+    /// KMS `Decrypt` calls answered 200 (a blob unwrapped).
+    pub kms_decrypt: u64,
+    /// KMS `Encrypt` calls answered 200.
+    pub kms_encrypt: u64,
+    /// KMS `ReEncrypt` calls answered 200 (a blob wrapped again under the current material).
+    pub kms_re_encrypt: u64,
+    /// KMS calls answered with an error: a fault's ([`Sandbox::set_kms_fault`](crate::Sandbox::set_kms_fault)),
+    /// or a refusal (missing credentials, an unknown operation or key, a malformed member, a
+    /// blob that does not open). None of them did anything.
+    pub kms_refused: u64,
 }
 
 impl Counters {
@@ -181,6 +194,11 @@ pub(crate) struct State {
     /// The default `messaging_service_sid` of each account (`MG…`), given to its Messages
     /// created without a Messaging Service.
     pub twilio_default_services: HashMap<String, String>,
+    // KMS
+    /// The fault every KMS call answers, until cleared.
+    pub kms_fault: Option<KmsFault>,
+    /// The one symmetric key and its key material.
+    pub kms_key: KmsKey,
 }
 
 impl State {
@@ -206,6 +224,8 @@ impl State {
             email_attachments: HashMap::new(),
             twilio_messages: Vec::new(),
             twilio_default_services: HashMap::new(),
+            kms_fault: None,
+            kms_key: KmsKey::new(),
         }
     }
 
