@@ -125,7 +125,7 @@ fn ctx(pool: &PgPool, keys: Keyring) -> JobContext {
         cancel: tokio_util::sync::CancellationToken::new(),
         enqueuer: Arc::new(Queue::new(pool.clone(), Arc::new(Registry::default()))),
         extensions: jobs::Extensions::new().with(Deps {
-            keyring: Some(Arc::new(keys)),
+            keys: Some(Arc::new(jobs::pii_keys::KeyService::Env(Arc::new(keys)))),
             ..Deps::default()
         }),
         rate_limits: Default::default(),

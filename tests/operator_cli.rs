@@ -1008,7 +1008,7 @@ async fn a_paused_schedule_is_listed_as_paused_audited_and_an_unknown_one_is_nam
     assert_eq!(out.status.code(), Some(2));
     assert!(
         String::from_utf8_lossy(&out.stderr)
-            .contains("no schedule named \"campain_scan\" (configured: campaign_health_sweep, campaign_scan, card_expiry_reminder, refund_sweep, retention_purge)"),
+            .contains("no schedule named \"campain_scan\" (configured: campaign_health_sweep, campaign_scan, card_expiry_reminder, pii_key_rotation, refund_sweep, retention_purge)"),
         "{}",
         String::from_utf8_lossy(&out.stderr)
     );

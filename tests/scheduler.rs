@@ -191,6 +191,7 @@ fn the_default_schedules_name_registered_kinds_and_valid_crons() {
             "campaign_health_sweep",
             "campaign_scan",
             "card_expiry_reminder",
+            "pii_key_rotation",
             "refund_sweep",
             "retention_purge"
         ]

@@ -6,6 +6,7 @@ use std::sync::Arc;
 
 use crate::{
     pii::Keyring,
+    pii_keys::KeyService,
     providers::{
         DuffelClient, EmailApi, FlightsApi, PaymentsApi, ProviderConfigError, ProvidersConfig,
         ResendClient, SmsApi, StripePayments, TwilioClient,
@@ -18,8 +19,8 @@ use crate::{
 /// cannot help, and the dead job is replayable once the process is configured).
 #[derive(Clone, Default)]
 pub struct Deps {
-    /// PII keyring (`FLEET_PII_KEYS`).
-    pub keyring: Option<Arc<Keyring>>,
+    /// Where the PII keys come from: KMS, or the environment keyring (`FLEET_PII_KEYS`).
+    pub keys: Option<Arc<KeyService>>,
     /// Stripe.
     pub payments: Option<Arc<dyn PaymentsApi>>,
     /// Duffel.
@@ -38,11 +39,19 @@ impl Deps {
         providers: &ProvidersConfig,
         keyring: Keyring,
     ) -> Result<Self, ProviderConfigError> {
+        Self::with_key_service(providers, KeyService::Env(Arc::new(keyring)))
+    }
+
+    /// [`Deps::from_config`] with the PII keys from `keys` (KMS, or a keyring).
+    pub fn with_key_service(
+        providers: &ProvidersConfig,
+        keys: KeyService,
+    ) -> Result<Self, ProviderConfigError> {
         let bad = |which: &str, e: ProviderConfigError| {
             ProviderConfigError(format!("providers.{which}: {}", e.0))
         };
         let mut deps = Deps {
-            keyring: Some(Arc::new(keyring)),
+            keys: Some(Arc::new(keys)),
             ..Deps::default()
         };
         let p = providers;
@@ -77,12 +86,27 @@ impl Deps {
         Ok(deps)
     }
 
-    /// The keyring, or a fatal error: a worker running PII kinds without keys is misconfigured
-    /// and retrying cannot help.
-    pub fn keyring(&self) -> Result<&Keyring, JobError> {
-        self.keyring
+    /// The keyring to seal and open with now ([`KeyService::keyring`]: with KMS, unwrapped
+    /// data keys read on `conn`, cached for a bounded time). No keys at all is a fatal error: a
+    /// worker running PII kinds without keys is misconfigured and retrying cannot help; KMS
+    /// failing is the job's retryable error.
+    pub async fn keyring(&self, conn: &mut sqlx::PgConnection) -> Result<Arc<Keyring>, JobError> {
+        self.keys
             .as_deref()
-            .ok_or_else(|| JobError::fatal("no PII keyring configured (FLEET_PII_KEYS)"))
+            .ok_or_else(|| {
+                JobError::fatal("no PII keys configured (FLEET_PII_KEYS or [providers.kms])")
+            })?
+            .keyring(conn)
+            .await
+    }
+
+    /// [`Deps::keyring`] on a connection of its own from `db`, holding no lock: call it before
+    /// a transaction that locks rows, so a KMS call (on a cache miss) never holds them.
+    pub async fn keyring_for(&self, db: &crate::Db) -> Result<Arc<Keyring>, JobError> {
+        let mut tx = db.begin().await?;
+        let keyring = self.keyring(&mut tx).await?;
+        tx.commit().await?;
+        Ok(keyring)
     }
 
     /// The payments client, or a fatal error.
@@ -140,10 +164,7 @@ impl HasDeps for JobContext {
 impl std::fmt::Debug for Deps {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("Deps")
-            .field(
-                "keyring",
-                &self.keyring.as_ref().map(|k| k.newest_version()),
-            )
+            .field("keys", &self.keys)
             .finish_non_exhaustive()
     }
 }

@@ -22,6 +22,7 @@ pub mod notify;
 pub mod observe;
 pub mod operator;
 pub mod pii;
+pub mod pii_keys;
 pub mod providers;
 pub mod report;
 pub mod seed;

@@ -274,6 +274,21 @@ impl Keyring {
         Ok(Self { ciphers, newest })
     }
 
+    /// A keyring of unwrapped data keys (KMS envelope encryption, [`crate::pii_keys`]): version
+    /// → 32-byte key; the highest version encrypts. `None` when `keys` is empty or a key is
+    /// not 32 bytes. The caller's copies are its to wipe.
+    pub fn from_data_keys<'a>(keys: impl IntoIterator<Item = (i32, &'a [u8])>) -> Option<Self> {
+        let mut ciphers = BTreeMap::new();
+        for (version, key) in keys {
+            if key.len() != KEY_LEN || version < 1 {
+                return None;
+            }
+            ciphers.insert(version, Aes256Gcm::new_from_slice(key).ok()?);
+        }
+        let newest = *ciphers.keys().next_back()?;
+        Some(Self { ciphers, newest })
+    }
+
     /// A keyring of one fresh random key (`v1`), in [`KEYS_ENV`]'s format, for a throwaway
     /// scratch database whose processes must share it (benchmarks). Never for real data: the
     /// key exists only in this value and the processes given it.

@@ -511,14 +511,22 @@ async fn demo(settings: &Settings) -> anyhow::Result<DemoSummary> {
 /// and for three others, that their data be sent to them (`fleet traveler erase|export`).
 async fn ask_for_rights(db: &jobs::Db, q: &Queue) -> anyhow::Result<()> {
     use jobs::data_rights::{open, Asker, RequestKind, Source};
-    let users: Vec<uuid::Uuid> = sqlx::query_scalar(
+    // The canary traveler (whose passport, email and phone must never reach a log) asks for
+    // their data: its export opens the passport and mails it, and the demo's log is checked.
+    let canary: uuid::Uuid = sqlx::query_scalar("SELECT id FROM users WHERE email = $1")
+        .bind(jobs::seed::CANARY_EMAIL)
+        .fetch_one(db)
+        .await?;
+    let mut users: Vec<uuid::Uuid> = sqlx::query_scalar(
         "SELECT c.user_id FROM campaigns c JOIN bookings b ON b.campaign_id = c.id
-         WHERE b.status = 'ticketed'
+         WHERE b.status = 'ticketed' AND c.user_id <> $1
            AND NOT EXISTS (SELECT 1 FROM airline_changes a WHERE a.booking_id = b.id)
-         ORDER BY b.created_at, b.id LIMIT 6",
+         ORDER BY b.created_at, b.id LIMIT 5",
     )
+    .bind(canary)
     .fetch_all(db)
     .await?;
+    users.push(canary);
     let asker = Asker {
         source: Source::Operator,
         name: "demo-operator",

@@ -118,14 +118,39 @@ pub async fn migrate(a: MigrateArgs, settings: &Settings) -> anyhow::Result<()> 
     output::emit(a.json, &serde_json::json!({ "applied": applied }), &text)
 }
 
-/// What a worker gives its handlers: the domain's [`jobs::Deps`] (the keyring from
-/// `FLEET_PII_KEYS`, required; the provider clients from `[providers.*]`).
+/// What a worker gives its handlers: the domain's [`jobs::Deps`]: the PII keys
+/// ([`pii_keys`]) and the provider clients from `[providers.*]`.
 fn handler_extensions(settings: &Settings) -> anyhow::Result<jobs::Extensions> {
-    let keyring = jobs::pii::Keyring::from_env()
-        .map_err(|e| crate::config::ConfigError::new("FLEET_PII_KEYS", e.to_string()))?;
-    let deps = jobs::Deps::from_config(&settings.providers, keyring)
-        .map_err(|e| crate::config::ConfigError::general(e.0))?;
-    Ok(jobs::Extensions::new().with(deps))
+    Ok(jobs::Extensions::new().with(handler_deps(settings)?))
+}
+
+/// The domain's [`jobs::Deps`] from settings (see [`handler_extensions`]).
+fn handler_deps(settings: &Settings) -> anyhow::Result<jobs::Deps> {
+    Ok(
+        jobs::Deps::with_key_service(&settings.providers, pii_keys(settings)?)
+            .map_err(|e| crate::config::ConfigError::general(e.0))?,
+    )
+}
+
+/// Where the PII keys come from: KMS-wrapped data keys when `[providers.kms]` has a secret
+/// (then `FLEET_PII_KEYS` is not read), else the keyring in `FLEET_PII_KEYS` (required then).
+/// `fleet seed` seals with the same keys as the workers.
+pub(crate) fn pii_keys(settings: &Settings) -> anyhow::Result<jobs::pii_keys::KeyService> {
+    let kms = &settings.providers.kms;
+    if kms.secret_access_key.is_empty() {
+        let keyring = jobs::pii::Keyring::from_env()
+            .map_err(|e| crate::config::ConfigError::new("FLEET_PII_KEYS", e.to_string()))?;
+        return Ok(jobs::pii_keys::KeyService::Env(std::sync::Arc::new(
+            keyring,
+        )));
+    }
+    let client = jobs::providers::kms::AwsKms::new(kms)
+        .map_err(|e| crate::config::ConfigError::new("providers.kms", e.0))?;
+    Ok(jobs::pii_keys::KeyService::kms(
+        std::sync::Arc::new(client),
+        &kms.key_id,
+        kms.cache_ttl,
+    ))
 }
 
 pub async fn worker(a: WorkerArgs, mut settings: Settings) -> anyhow::Result<()> {

@@ -31,7 +31,11 @@ pub struct SeedArgs {
 }
 
 pub async fn run(a: SeedArgs, settings: &Settings) -> anyhow::Result<()> {
-    let keyring = jobs::pii::Keyring::from_env()?;
+    // The workers' keys: KMS-wrapped data keys, or FLEET_PII_KEYS.
+    let keys = jobs::Deps {
+        keys: Some(std::sync::Arc::new(super::roles::pii_keys(settings)?)),
+        ..jobs::Deps::default()
+    };
     if a.users == 0 {
         usage!("--users must be >= 1");
     }
@@ -41,6 +45,7 @@ pub async fn run(a: SeedArgs, settings: &Settings) -> anyhow::Result<()> {
         Mix::Simple
     };
     let db = db_for(settings).await?;
+    let keyring = keys.keyring_for(&db).await?;
     let real = jobs::seed::count_real_users(&db).await?;
     if real > 0 {
         usage!(

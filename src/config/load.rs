@@ -95,6 +95,7 @@ fn is_secret_key(path: &[String]) -> bool {
         matches!(
             k.as_str(),
             "secret_key"
+                | "secret_access_key"
                 | "access_token"
                 | "api_key"
                 | "auth_token"
@@ -1074,6 +1075,7 @@ mod tests {
                 ("FLEET_WORKER__LEASE", "20s"),
                 ("FLEET_PROVIDERS__STRIPE__SECRET_KEY", "sk_live_hunter2"),
                 ("FLEET_PROVIDERS__SMS__AUTH_TOKEN", "twilio_hunter2"),
+                ("FLEET_PROVIDERS__KMS__SECRET_ACCESS_KEY", "aws_hunter2"),
                 ("FLEET_DATABASE__URL", "postgres://u:hunter2@h/db"),
             ]),
         )
@@ -1090,6 +1092,11 @@ mod tests {
         assert_eq!(get("worker.prefetch").source, SettingSource::Default);
         assert_eq!(get("providers.stripe.secret_key").value, "***");
         assert_eq!(get("providers.sms.auth_token").value, "***");
+        assert_eq!(get("providers.kms.secret_access_key").value, "***");
+        assert_eq!(
+            get("providers.kms.key_id").value,
+            "\"alias/parker-kms-key\""
+        );
         assert_eq!(get("database.url").value, "***");
         assert!(!format!("{:?}", r.values).contains("hunter2"));
     }

@@ -24,7 +24,7 @@ impl Backfill for PiiReencrypt {
         deps: &'a Deps,
     ) -> BoxFuture<'a, Result<Batch, JobError>> {
         Box::pin(async move {
-            let keyring = deps.keyring()?;
+            let keyring = deps.keyring(&mut *conn).await?;
             let rows = sqlx::query(
                 "SELECT id, passport_number_enc, encryption_key_version FROM traveler_profiles
                  WHERE ($1::uuid IS NULL OR id > $1) ORDER BY id LIMIT $2 FOR UPDATE",

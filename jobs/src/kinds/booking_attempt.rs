@@ -246,7 +246,7 @@ struct CampaignRow {
 
 /// Step 1: lock the campaign; resume its booking, or check eligibility and create one.
 async fn claim(ctx: &JobContext, args: &BookingAttempt) -> Result<Claim, JobError> {
-    let keyring = ctx.deps()?.keyring()?;
+    let keyring = ctx.deps()?.keyring_for(&ctx.db).await?;
     let mut tx = ctx.db.begin().await?;
     let campaign: Option<CampaignRow> = sqlx::query_as(
         "SELECT c.user_id, c.status, c.consent_at IS NOT NULL AS consented,
@@ -282,7 +282,7 @@ async fn claim(ctx: &JobContext, args: &BookingAttempt) -> Result<Claim, JobErro
         match c.traveler_profile_id {
             None => Some("profile_missing"),
             // Completeness only: nothing sealed is opened (nor audited) to check it.
-            Some(profile_id) => load_traveler(&mut tx, keyring, profile_id, None)
+            Some(profile_id) => load_traveler(&mut tx, &keyring, profile_id, None)
                 .await?
                 .err(),
         }
@@ -630,6 +630,8 @@ async fn place_order(ctx: &JobContext, b: &Booking, first: bool) -> Result<(), J
             JobError::fatal(format!("booking {}: no offer passenger id recorded", b.id))
         })?;
     let traveler = {
+        // KMS down: the attempt waits and retries here, before anything is sent to Duffel.
+        let keyring = ctx.deps()?.keyring_for(&ctx.db).await?;
         let mut tx = ctx.db.begin().await?;
         let read = audit::PiiRead {
             purpose: "booking_order",
@@ -639,7 +641,7 @@ async fn place_order(ctx: &JobContext, b: &Booking, first: bool) -> Result<(), J
                 None => ("booking", b.id),
             },
         };
-        let loaded = load_traveler(&mut tx, ctx.deps()?.keyring()?, profile_id, Some(read)).await?;
+        let loaded = load_traveler(&mut tx, &keyring, profile_id, Some(read)).await?;
         tx.commit().await?;
         match loaded {
             Ok(t) => t,

@@ -54,8 +54,8 @@ impl Job for DataExport {
 
     async fn run(self, ctx: JobContext) -> Result<(), JobError> {
         let request = self.request_id;
-        let keyring = ctx.deps()?.keyring()?;
         // 1. Assemble once, sealed into the request.
+        let keyring = ctx.deps()?.keyring_for(&ctx.db).await?;
         let mut tx = ctx.db.begin().await?;
         let Some(r) = data_rights::open_for_job(&mut tx, request, RequestKind::Export).await?
         else {
@@ -64,7 +64,7 @@ impl Job for DataExport {
         let (version, sealed) = match data_rights::document(&mut *tx, request).await? {
             Some(stored) => stored,
             None => {
-                let Some(doc) = assemble(&mut tx, keyring, &r, ctx.job_id).await? else {
+                let Some(doc) = assemble(&mut tx, &keyring, &r, ctx.job_id).await? else {
                     let outcome = json!({"account_gone": true});
                     data_rights::complete(&mut *tx, request, &outcome).await?;
                     tx.commit().await?;

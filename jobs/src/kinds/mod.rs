@@ -14,6 +14,7 @@ pub mod card_update;
 pub mod data_export;
 pub mod order_reconcile;
 pub mod payment_reconcile;
+pub mod pii_key_rotation;
 pub mod refund_compensation;
 pub mod refund_reconcile;
 pub mod retention_purge;
@@ -108,6 +109,7 @@ pub fn register_all<R: Registrar>(r: &mut R) {
     r.register::<campaign_health_sweep::CampaignHealthSweep>();
     r.register::<account_erasure::AccountErasure>();
     r.register::<data_export::DataExport>();
+    r.register::<pii_key_rotation::PiiKeyRotation>();
 }
 
 /// Money a saga job still moves, and the job that moves it: the booking attempt of an

@@ -25,6 +25,7 @@ pub mod money;
 
 pub mod duffel;
 pub mod email;
+pub mod kms;
 pub mod sms;
 pub mod stripe;
 #[cfg(test)]
@@ -105,6 +106,8 @@ pub struct ProvidersConfig {
     pub email: EmailConfig,
     /// Twilio (text messages).
     pub sms: SmsConfig,
+    /// AWS KMS (the PII data keys' master key); unused until its secret is set.
+    pub kms: kms::KmsConfig,
 }
 
 impl ProvidersConfig {
@@ -141,6 +144,12 @@ impl ProvidersConfig {
                 auth_token: ApiKey::new("twilio_test_sandbox"),
                 from: "+15005550006".to_owned(),
                 ..SmsConfig::default()
+            },
+            // Not used unless a secret is set (the environment keyring is the default).
+            kms: kms::KmsConfig {
+                base_url: base_url.to_owned(),
+                access_key_id: "AKIDSANDBOX".to_owned(),
+                ..kms::KmsConfig::default()
             },
         }
     }
