@@ -332,6 +332,8 @@ async fn fleet_serve_keeps_the_admin_endpoints_off_the_public_port_and_stops_on_
         .env("DATABASE_URL", &db.url)
         .env("FLEET_STRIPE_WEBHOOK_SECRET", SECRET)
         .env("FLEET_DUFFEL_WEBHOOK_SECRET", SECRET)
+        // The product's secret is a variable `serve` reads, not a setting it refuses.
+        .env("FLEET_PRODUCT_WEBHOOK_SECRET", SECRET)
         .env("RUST_LOG", "warn")
         .stdout(std::process::Stdio::null())
         .stderr(std::process::Stdio::null())
@@ -371,6 +373,25 @@ async fn fleet_serve_keeps_the_admin_endpoints_off_the_public_port_and_stops_on_
         .await
         .unwrap();
     assert_eq!(r.status(), 401, "the public port serves the webhooks");
+    // And the product's signed requests, with its secret from the environment: an unknown
+    // traveler is a 404, so the signature verified.
+    let body = format!(
+        r#"{{"id":"dsr_1","type":"account.export_requested","user_id":"{}"}}"#,
+        uuid::Uuid::new_v4()
+    );
+    let header = signature::header(SECRET, chrono::Utc::now().timestamp(), body.as_bytes());
+    let r = client
+        .post(format!("http://127.0.0.1:{public}/webhooks/product"))
+        .header("Parker-Signature", header)
+        .body(body)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(
+        r.status(),
+        404,
+        "the product's request is verified and read"
+    );
     signal(&child, libc::SIGTERM);
     let status = wait_exit(&mut child, Duration::from_secs(15));
     assert!(status.success(), "SIGTERM is a clean stop: {status:?}");

@@ -318,6 +318,8 @@ pub async fn open(
     .bind(asker.external_id)
     .fetch_optional(&mut *tx)
     .await?;
+    // A request already open is being worked: what it would do "now" is not what it will do.
+    let preview = if inserted.is_some() { preview } else { None };
     let (request_id, duplicate) = match inserted {
         Some(id) => (id, false),
         None => {

@@ -80,6 +80,10 @@ pub const OTHER_VARIABLES: &[(&str, &str)] = &[
         "FLEET_DUFFEL_WEBHOOK_SECRET",
         "Duffel's webhook signing secrets, comma-separated (fleet serve)",
     ),
+    (
+        "FLEET_PRODUCT_WEBHOOK_SECRET",
+        "the product's signing secrets for data-rights requests, comma-separated (fleet serve; optional)",
+    ),
 ];
 
 /// All settings of a fleet process.
