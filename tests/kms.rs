@@ -107,6 +107,37 @@ impl Env {
     }
 }
 
+/// An operator asks for `user`'s data export; returns (request, job).
+async fn ask_export(env: &Env, user: uuid::Uuid) -> (uuid::Uuid, i64) {
+    let asker = Asker {
+        source: Source::Operator,
+        name: "ops",
+        external_id: None,
+    };
+    let db = env.db.db();
+    let o = jobs::data_rights::open(&db, &env.queue, RequestKind::Export, user, &asker, false)
+        .await
+        .unwrap();
+    (o.request_id.unwrap(), o.job_id.unwrap())
+}
+
+/// `fleet seed --users N` with the KMS keys of the sandbox at `base` and no environment keyring.
+fn seed_with_kms(url: &str, base: &str, users: &str) -> std::process::Output {
+    std::process::Command::new(BIN)
+        .args(["seed", "--users", users])
+        .env("DATABASE_URL", url)
+        .env("RUST_LOG", "warn")
+        .env_remove("FLEET_PII_KEYS")
+        .env("FLEET_PROVIDERS__KMS__BASE_URL", base)
+        .env("FLEET_PROVIDERS__KMS__ACCESS_KEY_ID", "AKIDFLEETTEST")
+        .env(
+            "FLEET_PROVIDERS__KMS__SECRET_ACCESS_KEY",
+            "fleet-test-secret",
+        )
+        .output()
+        .unwrap()
+}
+
 async fn key_versions(pool: &PgPool) -> Vec<(i32, Vec<u8>, bool, bool)> {
     sqlx::query_as(
         "SELECT version, wrapped, rewrapped_at IS NOT NULL, retired_at IS NOT NULL
@@ -158,24 +189,10 @@ async fn pii_is_sealed_under_kms_wrapped_data_keys_unwrapped_through_kms_and_cac
     assert_eq!(sb.counters().kms_decrypt, 2);
 
     // Another process (the worker, its own cache) opens the passport through KMS.
-    let asker = Asker {
-        source: Source::Operator,
-        name: "ops",
-        external_id: None,
-    };
-    let opened = jobs::data_rights::open(
-        &db,
-        &env.queue,
-        RequestKind::Export,
-        s.user_id,
-        &asker,
-        false,
-    )
-    .await
-    .unwrap();
-    let job = env.finished(opened.job_id.unwrap()).await;
+    let (request, job) = ask_export(&env, s.user_id).await;
+    let job = env.finished(job).await;
     assert_eq!(job.state, JobState::Completed, "{job:#?}");
-    let key = format!("data-export/{}", opened.request_id.unwrap());
+    let key = format!("data-export/{request}");
     let files = sb.email_attachments(&key);
     let doc: serde_json::Value = serde_json::from_slice(&files[0].1).unwrap();
     assert_eq!(
@@ -231,22 +248,7 @@ async fn kms_throttling_an_outage_or_a_refusal_delays_the_work_and_nothing_is_wr
     // A job that must open a passport while KMS refuses: retried, nothing sealed or sent;
     // it finishes once KMS answers again.
     sb.set_kms_fault(Some(KmsFault::Throttling));
-    let asker = Asker {
-        source: Source::Operator,
-        name: "ops",
-        external_id: None,
-    };
-    let opened = jobs::data_rights::open(
-        &db,
-        &env.queue,
-        RequestKind::Export,
-        s.user_id,
-        &asker,
-        false,
-    )
-    .await
-    .unwrap();
-    let job = opened.job_id.unwrap();
+    let (request, job) = ask_export(&env, s.user_id).await;
     let waiting = wait_for(&pool, job, Duration::from_secs(20), "snoozed", |j| {
         j.state == JobState::Retryable
     })
@@ -257,7 +259,7 @@ async fn kms_throttling_an_outage_or_a_refusal_delays_the_work_and_nothing_is_wr
     );
     let stored: Option<Vec<u8>> =
         sqlx::query_scalar("SELECT document_enc FROM data_requests WHERE id = $1")
-            .bind(opened.request_id.unwrap())
+            .bind(request)
             .fetch_one(&pool)
             .await
             .unwrap();
@@ -369,19 +371,7 @@ async fn fleet_seed_seals_with_kms_keys_when_kms_is_configured_and_reads_no_envi
     let sandbox = Sandbox::start(Default::default(), "127.0.0.1:0".parse().unwrap())
         .await
         .unwrap();
-    let out = std::process::Command::new(BIN)
-        .args(["seed", "--users", "2", "--json"])
-        .env("DATABASE_URL", &db.url)
-        .env("RUST_LOG", "warn")
-        .env_remove("FLEET_PII_KEYS")
-        .env("FLEET_PROVIDERS__KMS__BASE_URL", &sandbox.base_url)
-        .env("FLEET_PROVIDERS__KMS__ACCESS_KEY_ID", "AKIDFLEETTEST")
-        .env(
-            "FLEET_PROVIDERS__KMS__SECRET_ACCESS_KEY",
-            "fleet-test-secret",
-        )
-        .output()
-        .unwrap();
+    let out = seed_with_kms(&db.url, &sandbox.base_url, "2");
     assert!(out.status.success(), "{out:?}");
     assert!(!String::from_utf8_lossy(&out.stderr).contains("fleet-test-secret"));
     let keys = key_versions(&db.pool).await;
@@ -396,18 +386,7 @@ async fn fleet_seed_seals_with_kms_keys_when_kms_is_configured_and_reads_no_envi
 
     // KMS refusing: the seed stops with the reason and writes nothing more.
     sandbox.sandbox.set_kms_fault(Some(KmsFault::AccessDenied));
-    let out = std::process::Command::new(BIN)
-        .args(["seed", "--users", "4"])
-        .env("DATABASE_URL", &db.url)
-        .env_remove("FLEET_PII_KEYS")
-        .env("FLEET_PROVIDERS__KMS__BASE_URL", &sandbox.base_url)
-        .env("FLEET_PROVIDERS__KMS__ACCESS_KEY_ID", "AKIDFLEETTEST")
-        .env(
-            "FLEET_PROVIDERS__KMS__SECRET_ACCESS_KEY",
-            "fleet-test-secret",
-        )
-        .output()
-        .unwrap();
+    let out = seed_with_kms(&db.url, &sandbox.base_url, "4");
     assert!(!out.status.success());
     assert!(
         String::from_utf8_lossy(&out.stderr).contains("AccessDeniedException"),
