@@ -655,7 +655,11 @@ pub async fn job_extend_leases(
     lease: Duration,
     now: Now,
 ) -> Result<Vec<i64>, sqlx::Error> {
-    let (ids, seqs): (Vec<i64>, Vec<i32>) = claims.iter().copied().unzip();
+    // Rows in id order, as the outcome writes take them: the two statements lock a worker's
+    // claims in the same order, so they wait on each other instead of deadlocking.
+    let mut claims = claims.to_vec();
+    claims.sort_unstable();
+    let (ids, seqs): (Vec<i64>, Vec<i32>) = claims.into_iter().unzip();
     sqlx::query_scalar(
         r#"
         UPDATE fleet_jobs j
@@ -698,7 +702,10 @@ pub async fn job_set_outcome_many(
     let mut delays: Vec<Option<i64>> = Vec::with_capacity(n);
     let mut errors: Vec<Option<Value>> = Vec::with_capacity(n);
     let mut windows = Vec::with_capacity(n);
-    for o in outcomes {
+    // In id order, as the lease renewal takes them (see [`job_extend_leases`]).
+    let mut sorted: Vec<&OutcomeRow> = outcomes.iter().collect();
+    sorted.sort_unstable_by_key(|o| o.id);
+    for o in sorted {
         let ms = |d: Duration| d.as_millis().min(i64::MAX as u128) as i64;
         ids.push(o.id);
         seqs.push(o.claim_seq);
