@@ -1,6 +1,6 @@
 //! Bulk rows for benchmarks: history that a burn-down runs beside.
 
-use sqlx::{AssertSqlSafe, PgConnection};
+use sqlx::{AssertSqlSafe, PgConnection, PgExecutor};
 
 /// JobInsertFinishedHistory: inserts `n` completed jobs of `kind` (benchmarks' history), in
 /// one statement, then refreshes statistics and checkpoints.
@@ -92,4 +92,11 @@ pub fn parse_table_setting(s: &str) -> Result<(String, Option<String>), String> 
         .ok_or_else(|| format!("{s:?} is not name=value"))?;
     let value = (value != "default").then(|| value.to_owned());
     Ok((name.trim().to_owned(), value.map(|v| v.trim().to_owned())))
+}
+
+/// JobTableVacuum: `VACUUM fleet_jobs` now, as autovacuum would (benchmarks on a server whose
+/// autovacuum is off, to show what it buys).
+pub async fn job_table_vacuum(conn: impl PgExecutor<'_>) -> Result<(), sqlx::Error> {
+    sqlx::query("VACUUM fleet_jobs").execute(conn).await?;
+    Ok(())
 }

@@ -14,9 +14,12 @@
 //! - `booking`: fare found → ticketed under provider latency, at a steady rate, with worker
 //!   processes and the search fan-out beside it ([`booking`]);
 //! - `apalis`: the burn-down by the engine's worker, an apalis worker on the fleet's queue and
-//!   an apalis worker on apalis-postgres's own storage, interleaved ([`apalis`]).
+//!   an apalis worker on apalis-postgres's own storage, interleaved ([`apalis`]);
+//! - `backlog`: a million jobs enqueued, then drained, with the rate of each tenth of the
+//!   drain and the table's size before and after ([`backlog`]).
 
 mod apalis;
+mod backlog;
 mod booking;
 mod burn_down;
 mod ceiling;
@@ -55,6 +58,9 @@ enum BenchMode {
     /// The burn-down by the native worker, an apalis worker on the fleet's queue, and an
     /// apalis worker on apalis-postgres 1.0's storage, interleaved over rounds.
     Apalis(apalis::ApalisBenchArgs),
+    /// A deep backlog (default 1,000,000 jobs) enqueued, then drained: the rate of each tenth
+    /// of the drain, so a claim that slows as finished rows pile up shows.
+    Backlog(backlog::BacklogArgs),
 }
 
 /// Runs the chosen benchmark.
@@ -69,6 +75,7 @@ pub async fn run(a: BenchArgs) -> anyhow::Result<()> {
         Some(BenchMode::Fanout(f)) => fanout::run(f).await,
         Some(BenchMode::Booking(b)) => booking::run(b).await,
         Some(BenchMode::Apalis(a)) => apalis::run(a).await,
+        Some(BenchMode::Backlog(b)) => backlog::run(b).await,
     }
 }
 
