@@ -2237,6 +2237,7 @@ async fn the_schedules_page_shows_each_ticks_job_and_a_paused_schedule_skips_its
     b.click("#schedule-campaign_scan button").await;
     b.wait_h1("Pause the schedule campaign_scan?").await;
     b.click("#confirm").await;
+    b.wait_h1("Bad Request").await;
     assert!(b.main_text().await.contains("needs a reason"));
     b.goto("/ui/schedules").await;
     b.click("#schedule-campaign_scan button").await;
@@ -2468,6 +2469,8 @@ async fn a_refund_that_failed_is_shown_and_its_payout_recorded_through_a_dry_run
     // Free text where a ticket id belongs is refused, naming why.
     b.fill("#f-reference", "Jane Doe IBAN FR76").await;
     b.click_button("#paid-out", "Record payout…").await;
+    // The refusal's own page (a busy machine may not have loaded it yet when the click returns).
+    b.wait_h1("Bad Request").await;
     assert!(b.main_text().await.contains("not free text"));
     b.goto(&format!("/ui/bookings/{booking}")).await;
     b.el("#f-how")
