@@ -148,13 +148,69 @@ async fn duffel(
     ingest(&s, Provider::Duffel, &headers, body).await
 }
 
-fn reject(provider: Provider, status: StatusCode, reason: &'static str) -> Response {
+/// A 4xx/5xx refusal of a delivery to `/webhooks/{source}` (`stripe`, `duffel`, `product`):
+/// counted in `fleet_webhook_rejections_total{provider,reason}`, logged, nothing written.
+pub(crate) fn reject(source: &str, status: StatusCode, reason: &'static str) -> Response {
     metrics()
         .webhook_rejections
-        .with_label_values(&[provider.as_str(), reason])
+        .with_label_values(&[source, reason])
         .inc();
-    tracing::warn!(provider = provider.as_str(), reason, "webhook rejected");
+    tracing::warn!(provider = source, reason, "webhook rejected");
     (status, Json(json!({ "error": reason }))).into_response()
+}
+
+/// The delivered body, or why it is refused (413 beyond the limit, 400 unreadable).
+pub(crate) fn read_body(
+    body: Result<Bytes, BytesRejection>,
+) -> Result<Bytes, (StatusCode, &'static str)> {
+    match body {
+        Ok(b) => Ok(b),
+        Err(e) if e.status() == StatusCode::PAYLOAD_TOO_LARGE => {
+            Err((StatusCode::PAYLOAD_TOO_LARGE, "body_too_large"))
+        }
+        Err(_) => Err((StatusCode::BAD_REQUEST, "unreadable_body")),
+    }
+}
+
+/// Verifies `body` against the signature header `name` and `secrets` (see
+/// [`signature::verify`]), hashing a large body on the blocking pool; a refusal is 401 when the
+/// header is missing, 400 otherwise, with the [`signature::SignatureError::label`] as reason.
+pub(crate) async fn verify_signature(
+    headers: &HeaderMap,
+    name: &str,
+    secrets: &[String],
+    body: &Bytes,
+) -> Result<(), (StatusCode, &'static str)> {
+    // A header that is not visible ASCII is malformed, not missing.
+    let header = match headers.get(name).map(|h| h.to_str()) {
+        None => None,
+        Some(Ok(h)) => Some(h.to_owned()),
+        Some(Err(_)) => {
+            return Err((
+                StatusCode::BAD_REQUEST,
+                signature::SignatureError::Malformed.label(),
+            ))
+        }
+    };
+    let now = chrono::Utc::now().timestamp();
+    let verified = if body.len() >= HASH_OFF_RUNTIME_BYTES {
+        let (secrets, body) = (secrets.to_vec(), body.clone());
+        tokio::task::spawn_blocking(move || {
+            signature::verify(header.as_deref(), &secrets, &body, now, TOLERANCE_SECS)
+        })
+        .await
+        .unwrap_or(Err(signature::SignatureError::Mismatch))
+    } else {
+        signature::verify(header.as_deref(), secrets, body, now, TOLERANCE_SECS)
+    };
+    verified.map_err(|e| {
+        let status = if e == signature::SignatureError::Missing {
+            StatusCode::UNAUTHORIZED
+        } else {
+            StatusCode::BAD_REQUEST
+        };
+        (status, e.label())
+    })
 }
 
 async fn ingest(
@@ -183,51 +239,22 @@ async fn ingest_in_span(
     headers: &HeaderMap,
     body: Result<Bytes, BytesRejection>,
 ) -> Response {
-    let body = match body {
+    let body = match read_body(body) {
         Ok(b) => b,
-        Err(e) if e.status() == StatusCode::PAYLOAD_TOO_LARGE => {
-            return reject(provider, StatusCode::PAYLOAD_TOO_LARGE, "body_too_large")
-        }
-        Err(_) => return reject(provider, StatusCode::BAD_REQUEST, "unreadable_body"),
+        Err((status, reason)) => return reject(provider.as_str(), status, reason),
     };
     let secrets = match provider {
         Provider::Stripe => &s.secrets.stripe,
         Provider::Duffel => &s.secrets.duffel,
     };
-    // A header that is not visible ASCII is malformed, not missing.
-    let header = match headers.get(signature_header(provider)).map(|h| h.to_str()) {
-        None => None,
-        Some(Ok(h)) => Some(h.to_owned()),
-        Some(Err(_)) => {
-            return reject(
-                provider,
-                StatusCode::BAD_REQUEST,
-                signature::SignatureError::Malformed.label(),
-            )
-        }
-    };
-    let now = chrono::Utc::now().timestamp();
-    let verified = if body.len() >= HASH_OFF_RUNTIME_BYTES {
-        let (secrets, body) = (secrets.clone(), body.clone());
-        tokio::task::spawn_blocking(move || {
-            signature::verify(header.as_deref(), &secrets, &body, now, TOLERANCE_SECS)
-        })
-        .await
-        .unwrap_or(Err(signature::SignatureError::Mismatch))
-    } else {
-        signature::verify(header.as_deref(), secrets, &body, now, TOLERANCE_SECS)
-    };
-    if let Err(e) = verified {
-        let status = if e == signature::SignatureError::Missing {
-            StatusCode::UNAUTHORIZED
-        } else {
-            StatusCode::BAD_REQUEST
-        };
-        return reject(provider, status, e.label());
+    if let Err((status, reason)) =
+        verify_signature(headers, signature_header(provider), secrets, &body).await
+    {
+        return reject(provider.as_str(), status, reason);
     }
     let event = match event::parse(provider, &body) {
         Ok(e) => e,
-        Err(reason) => return reject(provider, StatusCode::BAD_REQUEST, reason),
+        Err(reason) => return reject(provider.as_str(), StatusCode::BAD_REQUEST, reason),
     };
     match record(s, provider, &event).await {
         Ok(Recorded::Duplicate) => {

@@ -31,19 +31,14 @@ use jobs::data_rights::{self, Asker, RequestKind, RequestRefused, Source};
 use serde_json::{json, Value};
 use uuid::Uuid;
 
-use super::{signature, Ingress, TOLERANCE_SECS};
+use super::Ingress;
 use crate::metrics::metrics;
 
 /// The header carrying the product's signature.
 pub const SIGNATURE_HEADER: &str = "parker-signature";
 
 fn reject(status: StatusCode, reason: &'static str) -> Response {
-    metrics()
-        .webhook_rejections
-        .with_label_values(&["product", reason])
-        .inc();
-    tracing::warn!(provider = "product", reason, "product request rejected");
-    (status, Json(json!({ "error": reason }))).into_response()
+    super::reject("product", status, reason)
 }
 
 /// A verified body, read: the request's kind, the traveler and the product's id.
@@ -75,34 +70,17 @@ pub(super) async fn product(
     headers: HeaderMap,
     body: Result<Bytes, BytesRejection>,
 ) -> Response {
-    let body = match body {
+    let body = match super::read_body(body) {
         Ok(b) => b,
-        Err(e) if e.status() == StatusCode::PAYLOAD_TOO_LARGE => {
-            return reject(StatusCode::PAYLOAD_TOO_LARGE, "body_too_large")
-        }
-        Err(_) => return reject(StatusCode::BAD_REQUEST, "unreadable_body"),
+        Err((status, reason)) => return reject(status, reason),
     };
     if s.secrets.product.is_empty() {
         return reject(StatusCode::SERVICE_UNAVAILABLE, "not_configured");
     }
-    let header = match headers.get(SIGNATURE_HEADER).map(|h| h.to_str()) {
-        None => None,
-        Some(Ok(h)) => Some(h),
-        Some(Err(_)) => {
-            return reject(
-                StatusCode::BAD_REQUEST,
-                signature::SignatureError::Malformed.label(),
-            )
-        }
-    };
-    let now = chrono::Utc::now().timestamp();
-    if let Err(e) = signature::verify(header, &s.secrets.product, &body, now, TOLERANCE_SECS) {
-        let status = if e == signature::SignatureError::Missing {
-            StatusCode::UNAUTHORIZED
-        } else {
-            StatusCode::BAD_REQUEST
-        };
-        return reject(status, e.label());
+    if let Err((status, reason)) =
+        super::verify_signature(&headers, SIGNATURE_HEADER, &s.secrets.product, &body).await
+    {
+        return reject(status, reason);
     }
     let (kind, user, external_id) = match parse(&body) {
         Ok(p) => p,
