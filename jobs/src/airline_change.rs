@@ -233,36 +233,21 @@ pub async fn count_by_status(db: &Db) -> Result<Vec<(String, i64)>, sqlx::Error>
 }
 
 /// Erasure: drops the legs (a traveler's itinerary) of every change of the bookings of
-/// `profile_ids`' campaigns; the ids, statuses and dates stay (what was decided, by whom).
+/// `whose` campaigns; the ids, statuses and dates stay (what was decided, by whom).
 pub async fn scrub_for_erasure(
     conn: &mut PgConnection,
-    profile_ids: &[Uuid],
+    whose: crate::booking::ErasureOf<'_>,
 ) -> Result<u64, sqlx::Error> {
+    let (profiles, user) = whose.binds();
     let r = sqlx::query(
         "UPDATE airline_changes a SET removed = NULL, added = NULL, updated_at = now()
          FROM bookings b JOIN campaigns c ON c.id = b.campaign_id
-         WHERE b.id = a.booking_id AND c.traveler_profile_id = ANY($1)
+         WHERE b.id = a.booking_id
+           AND (c.traveler_profile_id = ANY($1) OR c.user_id = $2)
            AND (a.removed IS NOT NULL OR a.added IS NOT NULL)",
     )
-    .bind(profile_ids)
-    .execute(conn)
-    .await?;
-    Ok(r.rows_affected())
-}
-
-/// Account erasure of user `user_id`: drops the legs of every change of the bookings of the
-/// user's campaigns, like [`scrub_for_erasure`].
-pub async fn scrub_user_for_erasure(
-    conn: &mut PgConnection,
-    user_id: Uuid,
-) -> Result<u64, sqlx::Error> {
-    let r = sqlx::query(
-        "UPDATE airline_changes a SET removed = NULL, added = NULL, updated_at = now()
-         FROM bookings b JOIN campaigns c ON c.id = b.campaign_id
-         WHERE b.id = a.booking_id AND c.user_id = $1
-           AND (a.removed IS NOT NULL OR a.added IS NOT NULL)",
-    )
-    .bind(user_id)
+    .bind(&profiles)
+    .bind(user)
     .execute(conn)
     .await?;
     Ok(r.rows_affected())

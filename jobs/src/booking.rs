@@ -647,25 +647,6 @@ pub async fn observe_payment_intent(
     .await
 }
 
-/// For the GDPR erasure of `profile_ids`: removes the personal data a booking keeps (`pnr`,
-/// `flight_details`) from every booking of those profiles' campaigns; the accounting record
-/// stays. Returns how many bookings were scrubbed.
-pub async fn scrub_for_erasure(
-    conn: &mut PgConnection,
-    profile_ids: &[Uuid],
-) -> Result<u64, sqlx::Error> {
-    let r = sqlx::query(
-        "UPDATE bookings b SET pnr = NULL, flight_details = NULL, updated_at = now()
-         FROM campaigns c
-         WHERE c.id = b.campaign_id AND c.traveler_profile_id = ANY($1)
-           AND (b.pnr IS NOT NULL OR b.flight_details IS NOT NULL)",
-    )
-    .bind(profile_ids)
-    .execute(conn)
-    .await?;
-    Ok(r.rows_affected())
-}
-
 /// Money that still ties a traveler to their bookings, which an account erasure waits for
 /// (deleting the account would lose who to give it back to, or detach a booking mid-saga).
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, serde::Serialize)]
@@ -720,21 +701,43 @@ pub async fn money_still_moving_of_user(
     })
 }
 
-/// For the account erasure of user `user_id`: removes the personal data (`pnr`,
-/// `flight_details`) from every booking of the user's campaigns, whatever their profile; the
-/// accounting record stays and is detached when the campaigns go. Returns how many bookings
-/// were scrubbed.
-pub async fn scrub_user_for_erasure(
+/// Whose personal data an erasure removes: the traveler profiles the retention purge erases,
+/// or a whole account (the account erasure).
+#[derive(Debug, Clone, Copy)]
+pub enum ErasureOf<'a> {
+    /// These profiles' campaigns.
+    Profiles(&'a [Uuid]),
+    /// Every campaign of this user, whatever its profile.
+    User(Uuid),
+}
+
+impl ErasureOf<'_> {
+    /// `($1, $2)` of the erasure statements' `c.traveler_profile_id = ANY($1) OR c.user_id = $2`.
+    pub(crate) fn binds(&self) -> (Vec<Uuid>, Option<Uuid>) {
+        match self {
+            Self::Profiles(ids) => (ids.to_vec(), None),
+            Self::User(id) => (Vec::new(), Some(*id)),
+        }
+    }
+}
+
+/// For a GDPR erasure: removes the personal data a booking keeps (`pnr`, `flight_details`)
+/// from every booking of `whose` campaigns; the accounting record stays (and is detached when
+/// an account's campaigns go). Returns how many bookings were scrubbed.
+pub async fn scrub_for_erasure(
     conn: &mut PgConnection,
-    user_id: Uuid,
+    whose: ErasureOf<'_>,
 ) -> Result<u64, sqlx::Error> {
+    let (profiles, user) = whose.binds();
     let r = sqlx::query(
         "UPDATE bookings b SET pnr = NULL, flight_details = NULL, updated_at = now()
          FROM campaigns c
-         WHERE c.id = b.campaign_id AND c.user_id = $1
+         WHERE c.id = b.campaign_id
+           AND (c.traveler_profile_id = ANY($1) OR c.user_id = $2)
            AND (b.pnr IS NOT NULL OR b.flight_details IS NOT NULL)",
     )
-    .bind(user_id)
+    .bind(&profiles)
+    .bind(user)
     .execute(conn)
     .await?;
     Ok(r.rows_affected())

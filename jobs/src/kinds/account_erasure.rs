@@ -145,8 +145,9 @@ impl Job for AccountErasure {
             ));
         }
         let preview = data_rights::erasure_preview(&mut tx, user).await?;
-        let bookings_scrubbed = booking::scrub_user_for_erasure(&mut tx, user).await?;
-        let changes_scrubbed = airline_change::scrub_user_for_erasure(&mut tx, user).await?;
+        let whose = booking::ErasureOf::User(user);
+        let bookings_scrubbed = booking::scrub_for_erasure(&mut tx, whose).await?;
+        let changes_scrubbed = airline_change::scrub_for_erasure(&mut tx, whose).await?;
         let exports_cancelled = data_rights::cancel_open_exports_of(&mut *tx, user).await?;
         data_rights::delete_user(&mut tx, user).await?;
         let outcome = json!({

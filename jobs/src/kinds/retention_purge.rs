@@ -213,8 +213,9 @@ pub async fn purge(
             .bind(s.pii_after_days as f64)
             .fetch_all(&mut *tx)
             .await?;
-        let scrubbed = crate::booking::scrub_for_erasure(&mut tx, &eligible).await?;
-        crate::airline_change::scrub_for_erasure(&mut tx, &eligible).await?;
+        let whose = crate::booking::ErasureOf::Profiles(&eligible);
+        let scrubbed = crate::booking::scrub_for_erasure(&mut tx, whose).await?;
+        crate::airline_change::scrub_for_erasure(&mut tx, whose).await?;
         let erased = sqlx::query("DELETE FROM traveler_profiles WHERE id = ANY($1)")
             .bind(&eligible)
             .execute(&mut *tx)
