@@ -17,7 +17,7 @@ use jobs::{
     pii_keys::KeyService,
     providers::kms::{AwsKms, KmsConfig},
     seed::{seed_campaign, CampaignSeed},
-    Job, JobError, KindDefaults,
+    JobError,
 };
 use sandbox::{KmsFault, RunningSandbox, Sandbox};
 use sqlx::PgPool;
@@ -36,14 +36,6 @@ fn kms_keys(sandbox: &RunningSandbox, ttl: Duration) -> KeyService {
     KeyService::kms(Arc::new(client), "alias/parker-kms-key", ttl)
 }
 
-fn quick<J: Job>() -> KindDefaults {
-    KindDefaults {
-        backoff_base: Duration::from_millis(100),
-        backoff_cap: Duration::from_millis(300),
-        ..J::defaults()
-    }
-}
-
 struct Env {
     db: ScratchDb,
     sandbox: RunningSandbox,
@@ -60,9 +52,9 @@ impl Env {
             .await
             .unwrap();
         let mut r = Registry::default();
-        r.register_with::<DataExport>(quick::<DataExport>())
-            .register_with::<PiiKeyRotation>(quick::<PiiKeyRotation>())
-            .register_with::<RunBackfill>(quick::<RunBackfill>());
+        r.register_with::<DataExport>(quick_retries::<DataExport>())
+            .register_with::<PiiKeyRotation>(quick_retries::<PiiKeyRotation>())
+            .register_with::<RunBackfill>(quick_retries::<RunBackfill>());
         let reg = Arc::new(r);
         let providers = jobs::providers::ProvidersConfig::all_at(
             &sandbox.base_url,

@@ -17,7 +17,6 @@ use jobs::{
     data_rights::{self, Asker, RequestKind, RequestRefused, Source},
     kinds::{account_erasure::AccountErasure, data_export::DataExport},
     seed::{seed_campaign, CampaignSeed, Seeded},
-    Job, KindDefaults,
 };
 use sandbox::{scenarios::Provider, RunningSandbox, Sandbox};
 use serde_json::Value;
@@ -26,14 +25,6 @@ use tokio_util::sync::CancellationToken;
 use uuid::Uuid;
 
 const SECS: fn(u64) -> Duration = Duration::from_secs;
-
-fn quick<J: Job>() -> KindDefaults {
-    KindDefaults {
-        backoff_base: Duration::from_millis(100),
-        backoff_cap: Duration::from_millis(300),
-        ..J::defaults()
-    }
-}
 
 struct Env {
     db: ScratchDb,
@@ -51,8 +42,8 @@ impl Env {
             .await
             .unwrap();
         let mut r = Registry::default();
-        r.register_with::<AccountErasure>(quick::<AccountErasure>())
-            .register_with::<DataExport>(quick::<DataExport>());
+        r.register_with::<AccountErasure>(quick_retries::<AccountErasure>())
+            .register_with::<DataExport>(quick_retries::<DataExport>());
         let reg = Arc::new(r);
         let w = Worker::new(db.pool.clone(), reg.clone(), fast_settings())
             .with_extensions(extensions_of(sandbox_deps(&sandbox.base_url).unwrap()));

@@ -127,6 +127,16 @@ pub async fn db() -> ScratchDb {
         .expect("scratch database")
 }
 
+/// `J`'s code defaults with retries a test can wait for: backoff from 100 ms, at most 300 ms.
+#[allow(dead_code)]
+pub fn quick_retries<J: Job>() -> jobs::KindDefaults {
+    jobs::KindDefaults {
+        backoff_base: Duration::from_millis(100),
+        backoff_cap: Duration::from_millis(300),
+        ..J::defaults()
+    }
+}
+
 /// Short lease and cadences so tests observe rescues and promotions quickly.
 pub fn fast_settings() -> WorkerSettings {
     WorkerSettings {
