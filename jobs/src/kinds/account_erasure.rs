@@ -125,9 +125,11 @@ impl Job for AccountErasure {
 
         // 4. Scrub and delete, in one transaction.
         let mut tx = ctx.db.begin().await?;
-        match data_rights::load(&mut tx, request, true).await? {
-            Some(r) if r.status == "open" => {}
-            _ => return Ok(()),
+        if data_rights::open_for_job(&mut tx, request, RequestKind::Erasure)
+            .await?
+            .is_none()
+        {
+            return Ok(()); // finished meanwhile
         }
         if !lock_user(&mut tx, user).await? {
             return Err(JobError::retryable(
