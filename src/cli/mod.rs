@@ -135,11 +135,12 @@ pub(crate) fn log_file(command: &Command) -> Option<std::path::PathBuf> {
 }
 
 /// The log filter when `RUST_LOG` is not set. A benchmark logs warnings only: a line per
-/// request or job would be part of what it measures. The cron library logs its own start-up at
+/// request or job would be part of what it measures (and `bench steady`'s first attempts that
+/// fail on purpose are not worth a warning each). The cron library logs its own start-up at
 /// info ("Uninited", "Job creator created"): noise for operators, so only its warnings show.
 pub(crate) fn default_log_filter(command: &Command) -> &'static str {
     match command {
-        Command::Bench(_) => "warn,sqlx=warn",
+        Command::Bench(_) => "warn,sqlx=warn,fleet::worker::executor=error",
         _ => "info,sqlx=warn,tokio_cron_scheduler=warn",
     }
 }

@@ -177,21 +177,9 @@ pub async fn run(a: BacklogArgs) -> anyhow::Result<()> {
     let shutdown = CancellationToken::new();
     let t1 = Instant::now();
     let handle = tokio::spawn(worker.run(shutdown.clone()));
-    let vacuums = Arc::new(AtomicU64::new(0));
-    let vacuum = a.vacuum_every.map(|every| {
-        let (pool, stop, n) = (pool.clone(), shutdown.clone(), vacuums.clone());
-        tokio::spawn(async move {
-            loop {
-                tokio::select! {
-                    _ = stop.cancelled() => return,
-                    _ = tokio::time::sleep(every) => {}
-                }
-                if queue::job_table_vacuum(&pool).await.is_ok() {
-                    n.fetch_add(1, Ordering::Relaxed);
-                }
-            }
-        })
-    });
+    let vacuum = a
+        .vacuum_every
+        .map(|every| super::spawn_vacuum(pool.clone(), every, shutdown.clone()));
     // The moment each tenth of the jobs had its outcome written.
     let tenth = a.jobs as u64 / 10;
     let mut marks = vec![0.0f64];
@@ -212,8 +200,10 @@ pub async fn run(a: BacklogArgs) -> anyhow::Result<()> {
     let work_s = t1.elapsed().as_secs_f64();
     shutdown.cancel();
     let _ = handle.await;
-    if let Some(v) = vacuum {
-        let _ = v.await;
+    let mut vacuums = 0;
+    if let Some((task, ran)) = vacuum {
+        let _ = task.await;
+        vacuums = ran.load(Ordering::Relaxed);
     }
     let (table_mb_after, indexes_mb_after) = sizes(&pool).await?;
 
@@ -236,7 +226,7 @@ pub async fn run(a: BacklogArgs) -> anyhow::Result<()> {
         concurrency: a.concurrency,
         prefetch,
         vacuum_every_s: a.vacuum_every.map(|d| d.as_secs_f64()),
-        vacuums: vacuums.load(Ordering::Relaxed) as u32,
+        vacuums: vacuums as u32,
         enqueue_jobs_per_s: (a.jobs as f64 / enqueue_s).round(),
         end_over_start: (tenths[9] / tenths[0] * 1000.0).round() / 1000.0,
         tenths_jobs_per_s: tenths,

@@ -16,7 +16,9 @@
 //! - `apalis`: the burn-down by the engine's worker, an apalis worker on the fleet's queue and
 //!   an apalis worker on apalis-postgres's own storage, interleaved ([`apalis`]);
 //! - `backlog`: a million jobs enqueued, then drained, with the rate of each tenth of the
-//!   drain and the table's size before and after ([`backlog`]).
+//!   drain and the table's size before and after ([`backlog`]);
+//! - `steady`: a realistic mix of kinds offered at a fixed share of its measured capacity for
+//!   a while: pickup, table growth and CPU per job at intervals ([`steady`]).
 
 mod apalis;
 mod backlog;
@@ -26,6 +28,7 @@ mod ceiling;
 mod fanout;
 mod processes;
 mod soak;
+mod steady;
 mod webhooks;
 
 /// `fleet bench [MODE]`.
@@ -61,6 +64,9 @@ enum BenchMode {
     /// A deep backlog (default 1,000,000 jobs) enqueued, then drained: the rate of each tenth
     /// of the drain, so a claim that slows as finished rows pile up shows.
     Backlog(backlog::BacklogArgs),
+    /// A realistic mix (two queues, a limited kind, slow handlers, a tenth failing once)
+    /// offered at a fixed share of its measured capacity: pickup, table growth, CPU per job.
+    Steady(steady::SteadyArgs),
 }
 
 /// Runs the chosen benchmark.
@@ -76,6 +82,7 @@ pub async fn run(a: BenchArgs) -> anyhow::Result<()> {
         Some(BenchMode::Booking(b)) => booking::run(b).await,
         Some(BenchMode::Apalis(a)) => apalis::run(a).await,
         Some(BenchMode::Backlog(b)) => backlog::run(b).await,
+        Some(BenchMode::Steady(s)) => steady::run(s).await,
     }
 }
 
@@ -96,4 +103,101 @@ fn loadavg_1m() -> f64 {
         .ok()
         .and_then(|s| s.split_whitespace().next()?.parse().ok())
         .unwrap_or(f64::NAN)
+}
+
+/// User + system CPU seconds of process `pid` (0 when it is gone).
+pub(super) fn proc_cpu_s(pid: u32) -> f64 {
+    let Ok(stat) = std::fs::read_to_string(format!("/proc/{pid}/stat")) else {
+        return 0.0;
+    };
+    // Fields after the `(comm)`, which may hold spaces: state is field 3, utime 14, stime 15.
+    let Some(rest) = stat.rsplit_once(')').map(|(_, r)| r) else {
+        return 0.0;
+    };
+    let f: Vec<&str> = rest.split_whitespace().collect();
+    let ticks: f64 = [11, 12]
+        .iter()
+        .filter_map(|&i| f.get(i)?.parse::<f64>().ok())
+        .sum();
+    ticks / clock_ticks()
+}
+
+fn clock_ticks() -> f64 {
+    let t = unsafe { libc::sysconf(libc::_SC_CLK_TCK) };
+    if t > 0 {
+        t as f64
+    } else {
+        100.0
+    }
+}
+
+pub(super) fn procs_cpu_s(pids: &[u32]) -> f64 {
+    pids.iter().map(|&p| proc_cpu_s(p)).sum()
+}
+
+/// CPU seconds of the Postgres backends connected to database `db` (their process title
+/// is `postgres: USER DB HOST(PORT) STATE`).
+pub(super) fn backend_cpu_s(db: &str) -> f64 {
+    let Ok(dir) = std::fs::read_dir("/proc") else {
+        return f64::NAN;
+    };
+    let needle = format!(" {db} ");
+    dir.filter_map(Result::ok)
+        .filter_map(|e| e.file_name().to_str()?.parse::<u32>().ok())
+        .filter(|pid| {
+            std::fs::read(format!("/proc/{pid}/cmdline"))
+                .map(|c| {
+                    let c = String::from_utf8_lossy(&c);
+                    c.starts_with("postgres:") && c.contains(&needle)
+                })
+                .unwrap_or(false)
+        })
+        .map(proc_cpu_s)
+        .sum()
+}
+
+/// `VACUUM fleet_jobs` every `every` until `stop`, as autovacuum does on a server that runs it
+/// (this machine's does not): the task, and how many VACUUMs ran.
+pub(super) fn spawn_vacuum(
+    pool: sqlx::PgPool,
+    every: std::time::Duration,
+    stop: tokio_util::sync::CancellationToken,
+) -> (
+    tokio::task::JoinHandle<()>,
+    std::sync::Arc<std::sync::atomic::AtomicU64>,
+) {
+    let ran = std::sync::Arc::new(std::sync::atomic::AtomicU64::new(0));
+    let n = ran.clone();
+    let task = tokio::spawn(async move {
+        loop {
+            tokio::select! {
+                _ = stop.cancelled() => return,
+                _ = tokio::time::sleep(every) => {}
+            }
+            if crate::queue::job_table_vacuum(&pool).await.is_ok() {
+                n.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+            }
+        }
+    });
+    (task, ran)
+}
+
+/// Waits until `done` reaches `target`, or fails after `within` naming `what` and how far it got.
+pub(super) async fn wait_until_done(
+    done: &std::sync::atomic::AtomicU64,
+    target: u64,
+    within: std::time::Duration,
+    what: &str,
+) -> anyhow::Result<()> {
+    let deadline = std::time::Instant::now() + within;
+    loop {
+        let n = done.load(std::sync::atomic::Ordering::Relaxed);
+        if n >= target {
+            return Ok(());
+        }
+        if std::time::Instant::now() > deadline {
+            anyhow::bail!("{what} stalled: {n} of {target} jobs finished");
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+    }
 }

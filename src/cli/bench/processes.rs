@@ -210,7 +210,7 @@ async fn one_run(round: usize, n: usize, a: &ProcessesArgs) -> anyhow::Result<Ru
     tokio::time::sleep(Duration::from_millis(300)).await;
 
     let pids: Vec<u32> = children.iter().map(Child::id).collect();
-    let cpu_before = (backend_cpu_s(db.name()), procs_cpu_s(&pids));
+    let cpu_before = (super::backend_cpu_s(db.name()), super::procs_cpu_s(&pids));
     let wal_before: String = sqlx::query_scalar("SELECT pg_current_wal_lsn()::text")
         .fetch_one(&mut *conn)
         .await?;
@@ -231,7 +231,7 @@ async fn one_run(round: usize, n: usize, a: &ProcessesArgs) -> anyhow::Result<Ru
         }
     }
     let work_s = t0.elapsed().as_secs_f64();
-    let cpu_after = (backend_cpu_s(db.name()), procs_cpu_s(&pids));
+    let cpu_after = (super::backend_cpu_s(db.name()), super::procs_cpu_s(&pids));
     let wal_bytes: f64 =
         sqlx::query_scalar("SELECT pg_wal_lsn_diff(pg_current_wal_lsn(), $1::pg_lsn)::float8")
             .bind(&wal_before)
@@ -277,57 +277,6 @@ enum Line {
 
 fn round2(x: f64) -> f64 {
     (x * 100.0).round() / 100.0
-}
-
-/// User + system CPU seconds of process `pid` (0 when it is gone).
-fn proc_cpu_s(pid: u32) -> f64 {
-    let Ok(stat) = std::fs::read_to_string(format!("/proc/{pid}/stat")) else {
-        return 0.0;
-    };
-    // Fields after the `(comm)`, which may hold spaces: state is field 3, utime 14, stime 15.
-    let Some(rest) = stat.rsplit_once(')').map(|(_, r)| r) else {
-        return 0.0;
-    };
-    let f: Vec<&str> = rest.split_whitespace().collect();
-    let ticks: f64 = [11, 12]
-        .iter()
-        .filter_map(|&i| f.get(i)?.parse::<f64>().ok())
-        .sum();
-    ticks / clock_ticks()
-}
-
-fn clock_ticks() -> f64 {
-    let t = unsafe { libc::sysconf(libc::_SC_CLK_TCK) };
-    if t > 0 {
-        t as f64
-    } else {
-        100.0
-    }
-}
-
-fn procs_cpu_s(pids: &[u32]) -> f64 {
-    pids.iter().map(|&p| proc_cpu_s(p)).sum()
-}
-
-/// CPU seconds of the Postgres backends connected to database `db` (their process title
-/// is `postgres: USER DB HOST(PORT) STATE`).
-fn backend_cpu_s(db: &str) -> f64 {
-    let Ok(dir) = std::fs::read_dir("/proc") else {
-        return f64::NAN;
-    };
-    let needle = format!(" {db} ");
-    dir.filter_map(Result::ok)
-        .filter_map(|e| e.file_name().to_str()?.parse::<u32>().ok())
-        .filter(|pid| {
-            std::fs::read(format!("/proc/{pid}/cmdline"))
-                .map(|c| {
-                    let c = String::from_utf8_lossy(&c);
-                    c.starts_with("postgres:") && c.contains(&needle)
-                })
-                .unwrap_or(false)
-        })
-        .map(proc_cpu_s)
-        .sum()
 }
 
 /// One worker process: works the benchmark's kind until its stdin closes, printing `ready`

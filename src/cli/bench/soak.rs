@@ -383,17 +383,7 @@ pub async fn run(a: SoakArgs) -> anyhow::Result<()> {
     producer.await??;
     cleaner.await??;
     let enqueued = enqueued.load(Ordering::Relaxed);
-    let deadline = Instant::now() + Duration::from_secs(120);
-    while st.done.load(Ordering::Relaxed) < enqueued {
-        if Instant::now() > deadline {
-            bail!(
-                "soak stalled: {} of {} jobs ran",
-                st.done.load(Ordering::Relaxed),
-                enqueued
-            );
-        }
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
+    super::wait_until_done(&st.done, enqueued, Duration::from_secs(120), "soak").await?;
     stop_worker.cancel();
     let _ = worker_handle.await;
     let ran_twice = st

@@ -1,0 +1,720 @@
+//! `fleet bench steady`: the queue under a realistic load, held for a while (issue 22).
+//!
+//! The mix, deterministic by sequence number:
+//!
+//! | kind | queue | share | handler |
+//! |---|---|---:|---|
+//! | `fleet.bench_steady_quick` | `steady_a` | 65 % | sleeps 1–5 ms |
+//! | `fleet.bench_steady_other` | `steady_b` | 20 % | sleeps 1–5 ms |
+//! | `fleet.bench_steady_slow` | `steady_b` | 5 % | sleeps 50 ms |
+//! | `fleet.bench_steady_limited` | `steady_a` | 10 % | sleeps 1–5 ms, at most [`LIMITED_AT_ONCE`] running fleet-wide |
+//!
+//! One job in ten, of every kind, fails its first attempt (retryable) and runs again after
+//! its backoff. Every job carries an idempotency key held `--key-window` after it completed,
+//! as domain jobs do.
+//!
+//! 1. **Capacity**: `--probe-jobs` jobs of the mix (none failing) are enqueued at once and
+//!    drained by the worker; capacity = jobs / drain time.
+//! 2. **Load**: a producer offers `--rate` jobs/s (default `--load` × the capacity), one bulk
+//!    enqueue every `--tick`, for `--duration`. The worker's own cleaner purges completed jobs
+//!    `--retention` after they finished (the production default is 7 days: say which in a
+//!    figure), every `--clean-every`.
+//! 3. Every `--every`: one line (and one JSON object in `--json`) with the offered and worked
+//!    rates, pickup latency of first attempts (handler start − the producer's enqueue call),
+//!    retries, the backlog, `fleet_jobs`' heap and index sizes and dead rows, and CPU per job
+//!    of this process (the producer included) and of this database's Postgres backends.
+//! 4. The summary: the worst interval's pickup percentiles, pickup by kind over the whole run,
+//!    the time from a failed first attempt to its retry's start, the growth of the heap and the
+//!    indexes after the first minute, and CPU per job.
+//!
+//! Verified at the end: every job ran exactly once, or exactly twice for those failing once;
+//! none died and no outcome was refused. Targets are printed, not enforced: a figure is a
+//! figure.
+
+use std::{
+    collections::HashMap,
+    sync::{
+        atomic::{AtomicU64, AtomicU8, Ordering},
+        Arc, Mutex, OnceLock,
+    },
+    time::{Duration, Instant},
+};
+
+use anyhow::bail;
+use jobs::{Job, JobContext, JobError, KindDefaults, NewJob};
+use serde::{Deserialize, Serialize};
+use tokio_util::sync::CancellationToken;
+
+use crate::{
+    config::WorkerSettings, database::scratch::ScratchDb, queue, registry::Registry, Queue, Worker,
+};
+
+/// Most `fleet.bench_steady_limited` jobs running at once, fleet-wide.
+pub const LIMITED_AT_ONCE: usize = 8;
+
+#[derive(clap::Args)]
+pub struct SteadyArgs {
+    /// Jobs per second offered; default: `--load` × the capacity measured first.
+    #[arg(long)]
+    rate: Option<u64>,
+    /// The share of the measured capacity offered when `--rate` is not given.
+    #[arg(long, default_value_t = 0.7)]
+    load: f64,
+    /// Jobs of the mix drained first to measure the capacity.
+    #[arg(long, default_value_t = 20_000)]
+    probe_jobs: u64,
+    /// How long the load is held (e.g. `10m`).
+    #[arg(long, default_value = "10m", value_parser = humantime::parse_duration)]
+    duration: Duration,
+    /// Time between report lines.
+    #[arg(long, default_value = "30s", value_parser = humantime::parse_duration)]
+    every: Duration,
+    /// Time between the producer's enqueue calls.
+    #[arg(long, default_value = "5ms", value_parser = humantime::parse_duration)]
+    tick: Duration,
+    /// Worker concurrency.
+    #[arg(long, default_value_t = 64)]
+    concurrency: usize,
+    /// Claims beyond free slots (default: `--concurrency`). With 1–5 ms handlers a slot
+    /// otherwise waits a claim's round trip each time it frees: at prefetch 0 the worker fell
+    /// behind at 3,000 jobs/s where prefetch 64 held it (docs/benchmarks.md).
+    #[arg(long)]
+    prefetch: Option<usize>,
+    /// Completed jobs are purged this long after they finished.
+    #[arg(long, default_value = "30s", value_parser = humantime::parse_duration)]
+    retention: Duration,
+    /// Time between the worker's cleaner passes.
+    #[arg(long, default_value = "10s", value_parser = humantime::parse_duration)]
+    clean_every: Duration,
+    /// How long each job's idempotency key stays held after it completed.
+    #[arg(long, default_value = "30s", value_parser = humantime::parse_duration)]
+    key_window: Duration,
+    /// Run `VACUUM fleet_jobs` every this often, as autovacuum would on a server that runs it.
+    #[arg(long, value_parser = humantime::parse_duration)]
+    vacuum_every: Option<Duration>,
+    /// Print one JSON object as the last line.
+    #[arg(long)]
+    json: bool,
+}
+
+/// One report interval. Field names are the `--json` contract.
+#[derive(Debug, Clone, Serialize)]
+struct SteadySample {
+    /// Seconds since the load started (end of the interval).
+    t_s: f64,
+    /// Jobs enqueued per second over the interval.
+    offered_jobs_per_s: f64,
+    /// Completions per second over the interval.
+    work_jobs_per_s: f64,
+    /// Lowest one-second completion count in the interval.
+    min_jobs_in_a_second: u64,
+    /// First attempts failed and scheduled again, in the interval.
+    retries: u64,
+    /// Ready jobs at the end of the interval.
+    backlog: i64,
+    /// Pickup latency of the interval's first attempts, ms.
+    pickup_p50_ms: f64,
+    /// 99th percentile.
+    pickup_p99_ms: f64,
+    /// Worst.
+    pickup_max_ms: f64,
+    /// `fleet_jobs` heap, bytes.
+    heap_bytes: i64,
+    /// All its indexes, bytes.
+    index_bytes: i64,
+    /// Dead row versions (estimate).
+    dead_rows: i64,
+    /// Live rows (estimate).
+    live_rows: i64,
+    /// Autovacuum runs on the table so far.
+    autovacuums: i64,
+    /// This process's CPU (worker, producer, sampler) per completed job, ms.
+    fleet_cpu_ms_per_job: f64,
+    /// This database's Postgres backends' CPU per completed job, ms.
+    postgres_cpu_ms_per_job: f64,
+    /// 1-minute load average at the end of the interval.
+    loadavg_1m: f64,
+}
+
+/// Whole-run figures of one kind.
+#[derive(Debug, Clone, Serialize)]
+struct KindPickup {
+    kind: &'static str,
+    first_attempts: usize,
+    pickup_p50_ms: f64,
+    pickup_p99_ms: f64,
+    pickup_max_ms: f64,
+}
+
+/// The whole run. Field names are the `--json` contract.
+#[derive(Debug, Clone, Serialize)]
+struct SteadyReport {
+    concurrency: usize,
+    prefetch: usize,
+    /// Jobs/s of the mix drained from a backlog (`--probe-jobs`).
+    capacity_jobs_per_s: f64,
+    /// Offered rate asked for.
+    rate: u64,
+    duration_s: f64,
+    retention_s: f64,
+    key_window_s: f64,
+    vacuum_every_s: Option<f64>,
+    vacuums: u64,
+    enqueued: u64,
+    completed: u64,
+    retried: u64,
+    /// Worst interval's pickup p50 and p99 (ms), every interval and after the first minute.
+    worst_pickup_p50_ms: f64,
+    worst_pickup_p99_ms: f64,
+    worst_pickup_p50_after_1m_ms: f64,
+    worst_pickup_p99_after_1m_ms: f64,
+    by_kind: Vec<KindPickup>,
+    /// A failed first attempt's end → its retry's start (backoff + promotion), ms.
+    retry_gap_p50_ms: f64,
+    retry_gap_p99_ms: f64,
+    /// Heap and index bytes at the first sample at or after 60 s, and the most after it.
+    heap_bytes_at_1m: i64,
+    heap_bytes_max_after_1m: i64,
+    index_bytes_at_1m: i64,
+    index_bytes_max_after_1m: i64,
+    /// CPU per completed job over the load, ms.
+    fleet_cpu_ms_per_job: f64,
+    postgres_cpu_ms_per_job: f64,
+    samples: Vec<SteadySample>,
+}
+
+/// What one job carries.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct Task {
+    /// Sequence number (slot in the run counters); probe jobs are not counted.
+    pub i: u64,
+    /// Nanoseconds since the bench's epoch at which the producer's enqueue call began.
+    pub t: u64,
+    /// How long the handler takes, ms.
+    pub ms: u64,
+    /// Fails its first attempt.
+    pub fail_once: bool,
+    /// Part of the capacity probe.
+    pub probe: bool,
+}
+
+/// The kinds, in the order of [`KIND_NAMES`].
+const KIND_NAMES: [&str; 4] = [
+    SteadyQuick::KIND,
+    SteadyOther::KIND,
+    SteadySlow::KIND,
+    SteadyLimited::KIND,
+];
+
+struct SteadyState {
+    epoch: Instant,
+    runs: Mutex<Vec<AtomicU8>>,
+    /// First attempts' pickups (ms) since the last sample.
+    pickups: Mutex<Vec<f64>>,
+    /// First attempts' pickups (ms) of the whole load, by kind.
+    by_kind: Mutex<[Vec<f64>; 4]>,
+    /// When each failed first attempt ended (ns since the epoch), by sequence number.
+    failed_at: Mutex<HashMap<u64, u64>>,
+    /// Failed first attempt's end → its retry's start, ms.
+    retry_gaps: Mutex<Vec<f64>>,
+    done: AtomicU64,
+    probe_done: AtomicU64,
+}
+
+static STATE: OnceLock<SteadyState> = OnceLock::new();
+
+impl Task {
+    async fn run(self, kind: usize, attempt: i32) -> Result<(), JobError> {
+        let st = STATE
+            .get()
+            .ok_or_else(|| JobError::fatal("steady bench state not initialised"))?;
+        let started = st.epoch.elapsed().as_nanos() as u64;
+        if !self.probe {
+            if attempt == 1 {
+                let ms = started.saturating_sub(self.t) as f64 / 1e6;
+                st.pickups.lock().expect("pickups").push(ms);
+                st.by_kind.lock().expect("by kind")[kind].push(ms);
+            } else if let Some(failed) = st.failed_at.lock().expect("failed").remove(&self.i) {
+                let gap = started.saturating_sub(failed) as f64 / 1e6;
+                st.retry_gaps.lock().expect("gaps").push(gap);
+            }
+            if let Some(r) = st.runs.lock().expect("runs").get(self.i as usize) {
+                r.fetch_add(1, Ordering::Relaxed);
+            }
+        }
+        tokio::time::sleep(Duration::from_millis(self.ms)).await;
+        if self.probe {
+            st.probe_done.fetch_add(1, Ordering::Relaxed);
+            return Ok(());
+        }
+        if self.fail_once && attempt == 1 {
+            let at = st.epoch.elapsed().as_nanos() as u64;
+            st.failed_at.lock().expect("failed").insert(self.i, at);
+            return Err(JobError::retryable("steady bench: the first attempt fails"));
+        }
+        st.done.fetch_add(1, Ordering::Relaxed);
+        Ok(())
+    }
+}
+
+macro_rules! steady_kind {
+    ($name:ident, $kind:literal, $idx:expr) => {
+        /// One kind of the mix (see the module's table).
+        #[derive(Debug, Clone, Serialize, Deserialize)]
+        pub struct $name(pub Task);
+
+        impl Job for $name {
+            const KIND: &'static str = $kind;
+
+            async fn run(self, ctx: JobContext) -> Result<(), JobError> {
+                self.0.run($idx, ctx.attempt).await
+            }
+        }
+    };
+}
+
+steady_kind!(SteadyQuick, "fleet.bench_steady_quick", 0);
+steady_kind!(SteadyOther, "fleet.bench_steady_other", 1);
+steady_kind!(SteadySlow, "fleet.bench_steady_slow", 2);
+steady_kind!(SteadyLimited, "fleet.bench_steady_limited", 3);
+
+/// Job `i` of the mix, as enqueued at `t` (ns since the epoch).
+fn job_of(i: u64, t: u64, probe: bool, key_window: bool) -> NewJob {
+    let fail_once = !probe && job_fail_once(i);
+    let quick_ms = 1 + (i * 7) % 5;
+    let task = |ms| Task {
+        i,
+        t,
+        ms,
+        fail_once,
+        probe,
+    };
+    let job = match i % 20 {
+        0..=12 => NewJob::of(&SteadyQuick(task(quick_ms))),
+        13..=15 | 19 => NewJob::of(&SteadyOther(task(quick_ms))),
+        16 => NewJob::of(&SteadySlow(task(50))),
+        _ => NewJob::of(&SteadyLimited(task(quick_ms))),
+    }
+    .expect("serializable");
+    if key_window {
+        job.key(format!("steady:{i}"))
+    } else {
+        job
+    }
+}
+
+fn registry(key_window: Duration) -> Registry {
+    let base = |queue: &str| KindDefaults {
+        queue: queue.into(),
+        max_attempts: 3,
+        backoff_base: Duration::from_millis(200),
+        backoff_cap: Duration::from_secs(1),
+        idempotency_window: key_window,
+        ..KindDefaults::default()
+    };
+    let mut r = Registry::default();
+    r.register_with::<SteadyQuick>(base("steady_a"));
+    r.register_with::<SteadyOther>(base("steady_b"));
+    r.register_with::<SteadySlow>(base("steady_b"));
+    r.register_with::<SteadyLimited>(KindDefaults {
+        global_concurrency: Some(LIMITED_AT_ONCE),
+        ..base("steady_a")
+    });
+    r
+}
+
+/// CPU seconds of this process and of the database's backends.
+fn cpu_now(db: &str) -> (f64, f64) {
+    (
+        super::proc_cpu_s(std::process::id()),
+        super::backend_cpu_s(db),
+    )
+}
+
+fn round1(x: f64) -> f64 {
+    (x * 10.0).round() / 10.0
+}
+
+fn round3(x: f64) -> f64 {
+    (x * 1000.0).round() / 1000.0
+}
+
+pub async fn run(a: SteadyArgs) -> anyhow::Result<()> {
+    if a.concurrency == 0 || a.probe_jobs < 100 || !(0.0..=2.0).contains(&a.load) || a.load == 0.0 {
+        bail!("--concurrency must be >= 1, --probe-jobs >= 100 and --load in (0, 2]");
+    }
+    if a.every.is_zero() || a.tick.is_zero() || a.clean_every.is_zero() || a.duration < a.every {
+        bail!("--every, --tick and --clean-every must be > 0 and --duration at least --every");
+    }
+    if a.rate == Some(0) {
+        bail!("--rate must be >= 1");
+    }
+    STATE
+        .set(SteadyState {
+            epoch: Instant::now(),
+            runs: Mutex::new(Vec::new()),
+            pickups: Mutex::new(Vec::new()),
+            by_kind: Mutex::new(Default::default()),
+            failed_at: Mutex::new(HashMap::new()),
+            retry_gaps: Mutex::new(Vec::new()),
+            done: AtomicU64::new(0),
+            probe_done: AtomicU64::new(0),
+        })
+        .map_err(|_| anyhow::anyhow!("the steady bench can run once per process"))?;
+    let st = STATE.get().expect("set");
+
+    let db = ScratchDb::new("fleet_steady").await?;
+    let pool = crate::database::connect(&db.url, (a.concurrency as u32 + 12).max(20)).await?;
+    let registry = Arc::new(registry(a.key_window));
+    let q = Queue::new(pool.clone(), registry.clone());
+    let defaults = WorkerSettings::default();
+    let prefetch = a.prefetch.unwrap_or(a.concurrency);
+    let cfg = WorkerSettings {
+        concurrency: a.concurrency,
+        prefetch,
+        retention_completed: a.retention,
+        clean_interval: a.clean_every,
+        ..defaults
+    };
+    let worker = Worker::new(pool.clone(), registry.clone(), cfg);
+    let counters = worker.counters();
+    let stop_worker = CancellationToken::new();
+    let worker_handle = tokio::spawn(worker.run(stop_worker.clone()));
+    let stop_load = CancellationToken::new();
+    let vacuum = a
+        .vacuum_every
+        .map(|every| super::spawn_vacuum(pool.clone(), every, stop_load.clone()));
+
+    // 1. Capacity: the mix drained from a backlog, by the same worker.
+    let probe: Vec<NewJob> = (0..a.probe_jobs)
+        .map(|i| job_of(i, 0, true, false))
+        .collect();
+    q.enqueue_many(probe).await?;
+    let t0 = Instant::now();
+    while st.probe_done.load(Ordering::Relaxed) < a.probe_jobs {
+        if t0.elapsed() > Duration::from_secs(600) || worker_handle.is_finished() {
+            bail!(
+                "the capacity probe stalled at {} of {} jobs",
+                st.probe_done.load(Ordering::Relaxed),
+                a.probe_jobs
+            );
+        }
+        tokio::time::sleep(Duration::from_millis(2)).await;
+    }
+    let capacity = a.probe_jobs as f64 / t0.elapsed().as_secs_f64();
+    let rate = a
+        .rate
+        .unwrap_or_else(|| (capacity * a.load).round().max(1.0) as u64);
+    // Let the probe's outcomes land before the counters' baseline is taken.
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    eprintln!(
+        "capacity of the mix at concurrency {} (prefetch {prefetch}): {capacity:.0} jobs/s; offering {rate} jobs/s for {:?}",
+        a.concurrency, a.duration
+    );
+
+    // 2. The load.
+    let enqueued = Arc::new(AtomicU64::new(0));
+    let producer = {
+        let (q, stop, enqueued) = (q.clone(), stop_load.clone(), enqueued.clone());
+        let (tick_every, keyed) = (a.tick, !a.key_window.is_zero());
+        tokio::spawn(async move {
+            let mut tick = tokio::time::interval(tick_every);
+            tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Burst);
+            let start = Instant::now();
+            let mut i = 0u64;
+            loop {
+                tokio::select! {
+                    _ = tick.tick() => {}
+                    _ = stop.cancelled() => return Ok::<_, anyhow::Error>(()),
+                }
+                let due = (start.elapsed().as_secs_f64() * rate as f64) as u64;
+                if due <= i {
+                    continue;
+                }
+                let t = st.epoch.elapsed().as_nanos() as u64;
+                st.runs
+                    .lock()
+                    .expect("runs")
+                    .extend((i..due).map(|_| AtomicU8::new(0)));
+                let batch: Vec<NewJob> = (i..due).map(|k| job_of(k, t, false, keyed)).collect();
+                q.enqueue_many(batch).await?;
+                i = due;
+                enqueued.store(i, Ordering::Relaxed);
+            }
+        })
+    };
+
+    let started = Instant::now();
+    let mut samples: Vec<SteadySample> = Vec::new();
+    let mut second = tokio::time::interval(Duration::from_secs(1));
+    second.tick().await;
+    let completed0 = counters.completed.load(Ordering::Relaxed);
+    let retried0 = counters.retried.load(Ordering::Relaxed);
+    let cpu0 = cpu_now(db.name());
+    let (mut last_done, mut interval_done) = (completed0, completed0);
+    let (mut interval_retried, mut interval_enqueued) = (retried0, 0u64);
+    let mut interval_cpu = cpu0;
+    let mut interval_start = Instant::now();
+    let mut min_in_second = u64::MAX;
+    let mut conn = pool.acquire().await?;
+    while started.elapsed() < a.duration {
+        second.tick().await;
+        let done = counters.completed.load(Ordering::Relaxed);
+        min_in_second = min_in_second.min(done - last_done);
+        last_done = done;
+        if interval_start.elapsed() + Duration::from_millis(500) < a.every {
+            continue;
+        }
+        let dt = interval_start.elapsed().as_secs_f64();
+        let mut pickups = std::mem::take(&mut *st.pickups.lock().expect("pickups"));
+        pickups.sort_by(|x, y| x.total_cmp(y));
+        let backlog: i64 = queue::job_gauges(&mut *conn, None)
+            .await?
+            .iter()
+            .filter(|g| g.state == "available")
+            .map(|g| g.count)
+            .sum();
+        let sizes = queue::job_table_sizes(&pool).await?;
+        let cpu = cpu_now(db.name());
+        let (enq, retried) = (
+            enqueued.load(Ordering::Relaxed),
+            counters.retried.load(Ordering::Relaxed),
+        );
+        let jobs = (done - interval_done).max(1) as f64;
+        let s = SteadySample {
+            t_s: round1(started.elapsed().as_secs_f64()),
+            offered_jobs_per_s: ((enq - interval_enqueued) as f64 / dt).round(),
+            work_jobs_per_s: ((done - interval_done) as f64 / dt).round(),
+            min_jobs_in_a_second: min_in_second,
+            retries: retried - interval_retried,
+            backlog,
+            pickup_p50_ms: super::percentile(&pickups, 0.50),
+            pickup_p99_ms: super::percentile(&pickups, 0.99),
+            pickup_max_ms: super::percentile(&pickups, 1.0),
+            heap_bytes: sizes.heap_bytes,
+            index_bytes: sizes.indexes.iter().map(|(_, b)| b).sum(),
+            dead_rows: sizes.dead_rows,
+            live_rows: sizes.live_rows,
+            autovacuums: sizes.autovacuum_count,
+            fleet_cpu_ms_per_job: round3((cpu.0 - interval_cpu.0) * 1e3 / jobs),
+            postgres_cpu_ms_per_job: round3((cpu.1 - interval_cpu.1) * 1e3 / jobs),
+            loadavg_1m: super::loadavg_1m(),
+        };
+        eprintln!("{}", sample_line(&s));
+        samples.push(s);
+        interval_start = Instant::now();
+        (interval_done, interval_retried, interval_enqueued) = (done, retried, enq);
+        interval_cpu = cpu;
+        min_in_second = u64::MAX;
+    }
+    drop(conn);
+    let cpu1 = cpu_now(db.name());
+    let completed_in_load = counters.completed.load(Ordering::Relaxed) - completed0;
+
+    stop_load.cancel();
+    producer.await??;
+    let vacuums = match vacuum {
+        Some((task, ran)) => {
+            let _ = task.await;
+            ran.load(Ordering::Relaxed)
+        }
+        None => 0,
+    };
+    let enqueued = enqueued.load(Ordering::Relaxed);
+    super::wait_until_done(&st.done, enqueued, Duration::from_secs(120), "steady bench").await?;
+    // Let the last outcomes land before the counters are read.
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    stop_worker.cancel();
+    let _ = worker_handle.await;
+    pool.close().await;
+
+    let wrong_runs = st
+        .runs
+        .lock()
+        .expect("runs")
+        .iter()
+        .enumerate()
+        .filter(|(i, r)| r.load(Ordering::Relaxed) != 1 + u8::from(job_fail_once(*i as u64)))
+        .count();
+    let r = report(
+        &a,
+        st,
+        &samples,
+        Summary {
+            prefetch,
+            capacity,
+            rate,
+            vacuums,
+            enqueued,
+            completed: counters.completed.load(Ordering::Relaxed) - completed0,
+            retried: counters.retried.load(Ordering::Relaxed) - retried0,
+            cpu: (
+                (cpu1.0 - cpu0.0) * 1e3 / completed_in_load.max(1) as f64,
+                (cpu1.1 - cpu0.1) * 1e3 / completed_in_load.max(1) as f64,
+            ),
+        },
+    );
+    print_summary(&r);
+    if a.json {
+        println!("{}", serde_json::to_string(&r)?);
+    }
+    let (dead, lost) = (
+        counters.dead.load(Ordering::Relaxed),
+        counters.lost.load(Ordering::Relaxed),
+    );
+    if wrong_runs > 0 || dead > 0 || lost > 0 || r.completed != enqueued {
+        bail!(
+            "steady bench verification failed: {} of {enqueued} completed, {wrong_runs} ran a wrong number of times, {dead} dead, {lost} outcomes refused",
+            r.completed
+        );
+    }
+    Ok(())
+}
+
+/// Whether job `i` of the load fails its first attempt: one in ten, spread over every kind by
+/// a multiplicative hash.
+fn job_fail_once(i: u64) -> bool {
+    (i.wrapping_mul(2_654_435_761) >> 8).is_multiple_of(10)
+}
+
+/// Run-wide figures gathered by [`run`].
+struct Summary {
+    prefetch: usize,
+    capacity: f64,
+    rate: u64,
+    vacuums: u64,
+    enqueued: u64,
+    completed: u64,
+    retried: u64,
+    /// CPU ms per job: this process, the database's backends.
+    cpu: (f64, f64),
+}
+
+fn report(a: &SteadyArgs, st: &SteadyState, samples: &[SteadySample], s: Summary) -> SteadyReport {
+    let worst = |f: fn(&SteadySample) -> f64, after: f64| {
+        samples
+            .iter()
+            .filter(|x| x.t_s > after)
+            .map(f)
+            .fold(f64::NAN, f64::max)
+    };
+    let by_kind = {
+        let mut all = st.by_kind.lock().expect("by kind");
+        KIND_NAMES
+            .iter()
+            .zip(all.iter_mut())
+            .map(|(kind, v)| {
+                v.sort_by(|x, y| x.total_cmp(y));
+                KindPickup {
+                    kind,
+                    first_attempts: v.len(),
+                    pickup_p50_ms: super::percentile(v, 0.50),
+                    pickup_p99_ms: super::percentile(v, 0.99),
+                    pickup_max_ms: super::percentile(v, 1.0),
+                }
+            })
+            .collect()
+    };
+    let mut gaps = std::mem::take(&mut *st.retry_gaps.lock().expect("gaps"));
+    gaps.sort_by(|x, y| x.total_cmp(y));
+    let after_1m: Vec<&SteadySample> = samples.iter().filter(|x| x.t_s >= 59.5).collect();
+    let at_1m = after_1m.first();
+    SteadyReport {
+        concurrency: a.concurrency,
+        prefetch: s.prefetch,
+        capacity_jobs_per_s: s.capacity.round(),
+        rate: s.rate,
+        duration_s: a.duration.as_secs_f64(),
+        retention_s: a.retention.as_secs_f64(),
+        key_window_s: a.key_window.as_secs_f64(),
+        vacuum_every_s: a.vacuum_every.map(|d| d.as_secs_f64()),
+        vacuums: s.vacuums,
+        enqueued: s.enqueued,
+        completed: s.completed,
+        retried: s.retried,
+        worst_pickup_p50_ms: worst(|x| x.pickup_p50_ms, -1.0),
+        worst_pickup_p99_ms: worst(|x| x.pickup_p99_ms, -1.0),
+        worst_pickup_p50_after_1m_ms: worst(|x| x.pickup_p50_ms, 60.5),
+        worst_pickup_p99_after_1m_ms: worst(|x| x.pickup_p99_ms, 60.5),
+        by_kind,
+        retry_gap_p50_ms: super::percentile(&gaps, 0.50),
+        retry_gap_p99_ms: super::percentile(&gaps, 0.99),
+        heap_bytes_at_1m: at_1m.map_or(0, |x| x.heap_bytes),
+        heap_bytes_max_after_1m: after_1m.iter().map(|x| x.heap_bytes).max().unwrap_or(0),
+        index_bytes_at_1m: at_1m.map_or(0, |x| x.index_bytes),
+        index_bytes_max_after_1m: after_1m.iter().map(|x| x.index_bytes).max().unwrap_or(0),
+        fleet_cpu_ms_per_job: round3(s.cpu.0),
+        postgres_cpu_ms_per_job: round3(s.cpu.1),
+        samples: samples.to_vec(),
+    }
+}
+
+fn mb(b: i64) -> f64 {
+    b as f64 / (1024.0 * 1024.0)
+}
+
+fn sample_line(s: &SteadySample) -> String {
+    format!(
+        "t={:>5.0}s offered {:>6.0}/s work {:>6.0}/s (min {}/s) retries {} backlog {} | pickup p50 {:.2} p99 {:.2} max {:.1} ms | heap {:.1} MB, indexes {:.1} MB, live {} dead {} autovac {} | CPU/job: fleet {:.3} ms, postgres {:.3} ms | load {:.2}",
+        s.t_s, s.offered_jobs_per_s, s.work_jobs_per_s, s.min_jobs_in_a_second, s.retries,
+        s.backlog, s.pickup_p50_ms, s.pickup_p99_ms, s.pickup_max_ms, mb(s.heap_bytes),
+        mb(s.index_bytes), s.live_rows, s.dead_rows, s.autovacuums, s.fleet_cpu_ms_per_job,
+        s.postgres_cpu_ms_per_job, s.loadavg_1m
+    )
+}
+
+fn print_summary(r: &SteadyReport) {
+    let growth = |at: i64, max: i64| {
+        if at == 0 {
+            f64::NAN
+        } else {
+            round1((max - at) as f64 * 100.0 / at as f64)
+        }
+    };
+    let yes = |ok: bool| if ok { "met" } else { "NOT met" };
+    eprintln!(
+        "steady: capacity {:.0} jobs/s, offered {} jobs/s ({:.0} %) for {:.0} s at concurrency {} (prefetch {}), retention {:.0} s, key window {:.0} s, VACUUM every {:?} s ({} ran)",
+        r.capacity_jobs_per_s, r.rate, r.rate as f64 * 100.0 / r.capacity_jobs_per_s,
+        r.duration_s, r.concurrency, r.prefetch, r.retention_s, r.key_window_s,
+        r.vacuum_every_s, r.vacuums
+    );
+    eprintln!(
+        "  {} enqueued, {} completed, {} retried",
+        r.enqueued, r.completed, r.retried
+    );
+    eprintln!(
+        "  worst interval pickup p50 {:.2} ms ({} ≤ 3), p99 {:.2} ms ({} ≤ 10); after the first minute {:.2} / {:.2} ms",
+        r.worst_pickup_p50_ms,
+        yes(r.worst_pickup_p50_ms <= 3.0),
+        r.worst_pickup_p99_ms,
+        yes(r.worst_pickup_p99_ms <= 10.0),
+        r.worst_pickup_p50_after_1m_ms,
+        r.worst_pickup_p99_after_1m_ms
+    );
+    for k in &r.by_kind {
+        eprintln!(
+            "  {:<28} {:>8} first attempts, pickup p50 {:.2} p99 {:.2} max {:.1} ms",
+            k.kind, k.first_attempts, k.pickup_p50_ms, k.pickup_p99_ms, k.pickup_max_ms
+        );
+    }
+    eprintln!(
+        "  a failed attempt → its retry's start: p50 {:.0} ms, p99 {:.0} ms (backoff 100–200 ms, then promotion)",
+        r.retry_gap_p50_ms, r.retry_gap_p99_ms
+    );
+    let (hg, ig) = (
+        growth(r.heap_bytes_at_1m, r.heap_bytes_max_after_1m),
+        growth(r.index_bytes_at_1m, r.index_bytes_max_after_1m),
+    );
+    eprintln!(
+        "  after the first minute: heap {:.1} → max {:.1} MB ({hg:+.1} %), indexes {:.1} → max {:.1} MB ({ig:+.1} %): {}",
+        mb(r.heap_bytes_at_1m),
+        mb(r.heap_bytes_max_after_1m),
+        mb(r.index_bytes_at_1m),
+        mb(r.index_bytes_max_after_1m),
+        if hg <= 0.0 && ig <= 0.0 { "no growth" } else { "GREW" }
+    );
+    eprintln!(
+        "  CPU per job: fleet process {:.3} ms, postgres backends {:.3} ms",
+        r.fleet_cpu_ms_per_job, r.postgres_cpu_ms_per_job
+    );
+}
