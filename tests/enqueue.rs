@@ -493,6 +493,89 @@ async fn purge_keeps_a_completed_job_whose_key_window_is_still_open() {
     assert_eq!(b.deleted, 1);
 }
 
+/// Index tuples read so far from each of `indexes` (statistics as last flushed; 0 for an
+/// index that does not exist).
+async fn index_tuples_read(conn: &mut PgConnection, indexes: &[&str]) -> Vec<i64> {
+    let mut out = Vec::new();
+    for name in indexes {
+        out.push(
+            sqlx::query_scalar(
+                "SELECT idx_tup_read FROM pg_stat_user_indexes WHERE indexrelname = $1",
+            )
+            .bind(name)
+            .fetch_optional(&mut *conn)
+            .await
+            .unwrap()
+            .unwrap_or(0),
+        );
+    }
+    out
+}
+
+#[tokio::test]
+async fn the_key_release_reads_the_open_windows_alone_not_every_held_key() {
+    let db = db().await;
+    let minute = Duration::from_secs(60);
+    let q = queue_with(&db.pool, minute);
+    let mut conn = db.pool.acquire().await.unwrap();
+    for i in 0..3 {
+        q.enqueue_new(
+            NewJob::of(&Flaky { succeed_on: 1 })
+                .unwrap()
+                .key(format!("done-{i}")),
+        )
+        .await
+        .unwrap();
+        let c = claim_one(&mut conn, Duration::from_secs(30)).await;
+        queue::job_set_outcome(&mut conn, completion(&c, minute), None)
+            .await
+            .unwrap();
+    }
+    // 5,000 unfinished keyed jobs: their keys are held, with no window to end.
+    q.enqueue_many(
+        (0..5_000)
+            .map(|i| {
+                NewJob::of(&Flaky { succeed_on: 1 })
+                    .unwrap()
+                    .key(format!("waiting-{i}"))
+            })
+            .collect(),
+    )
+    .await
+    .unwrap();
+    drop(conn);
+    // One connection, so the release's statistics are flushed by this test's next statement.
+    let one = sqlx::postgres::PgPoolOptions::new()
+        .max_connections(1)
+        .connect(&db.url)
+        .await
+        .unwrap();
+    let indexes = [
+        "fleet_jobs_key_window_idx",
+        "fleet_jobs_idempotency_key_held_idx",
+    ];
+    let flush = |pool: sqlx::PgPool| async move {
+        for sql in ["SELECT pg_stat_force_next_flush()", "SELECT 1"] {
+            sqlx::query(sql).execute(&pool).await.unwrap();
+        }
+    };
+    flush(one.clone()).await;
+    let before = index_tuples_read(&mut one.acquire().await.unwrap(), &indexes).await;
+    let after_window = Some(db_now(&db.pool).await + chrono::Duration::minutes(2));
+    let freed = queue::job_release_elapsed_keys(&jobs::Db::from(one.clone()), 100, after_window)
+        .await
+        .unwrap();
+    assert_eq!(freed, 3);
+    flush(one.clone()).await;
+    let after = index_tuples_read(&mut one.acquire().await.unwrap(), &indexes).await;
+    let (window_reads, held_reads) = (after[0] - before[0], after[1] - before[1]);
+    assert!(
+        window_reads <= 10 && held_reads <= 10,
+        "freeing 3 windows read {window_reads} window entries and {held_reads} held-key entries \
+         (5,003 keys are held)"
+    );
+}
+
 #[tokio::test]
 async fn cleaner_frees_elapsed_key_windows_and_only_those() {
     let db = db().await;

@@ -129,8 +129,9 @@ pub async fn job_count_prunable(
 /// index, which every keyed enqueue descends, so it holds unfinished jobs and open windows
 /// only instead of every keyed job in retention. Returns how many were freed.
 ///
-/// Pinned to the held-key index (`fleet_jobs_idempotency_key_held_idx`, partial on
-/// `key_held`) like the claims: on a table not yet analyzed after a large load of history the
+/// Reads the open windows in the order they end (`fleet_jobs_key_window_idx`, partial on
+/// `key_held_until IS NOT NULL`), so a statement reads the rows it frees and no others.
+/// Pinned like the claims: on a table not yet analyzed after a large load of history the
 /// planner may otherwise read the whole heap for the few held keys.
 pub async fn job_release_elapsed_keys(db: &Db, limit: i64, now: Now) -> Result<u64, sqlx::Error> {
     let mut tx = super::job::begin_pinned_in(db).await?;
@@ -138,7 +139,8 @@ pub async fn job_release_elapsed_keys(db: &Db, limit: i64, now: Now) -> Result<u
         r#"
         WITH elapsed AS (
             SELECT id FROM fleet_jobs
-            WHERE key_held AND key_held_until <= coalesce($2, now())
+            WHERE key_held_until <= coalesce($2, now()) AND key_held
+            ORDER BY key_held_until
             LIMIT $1
             FOR UPDATE SKIP LOCKED
         )
