@@ -177,9 +177,7 @@ pub async fn run(a: BacklogArgs) -> anyhow::Result<()> {
     let shutdown = CancellationToken::new();
     let t1 = Instant::now();
     let handle = tokio::spawn(worker.run(shutdown.clone()));
-    let vacuum = a
-        .vacuum_every
-        .map(|every| super::spawn_vacuum(pool.clone(), every, shutdown.clone()));
+    let vacuum = super::spawn_vacuum(pool.clone(), a.vacuum_every, shutdown.clone());
     // The moment each tenth of the jobs had its outcome written.
     let tenth = a.jobs as u64 / 10;
     let mut marks = vec![0.0f64];
@@ -200,11 +198,7 @@ pub async fn run(a: BacklogArgs) -> anyhow::Result<()> {
     let work_s = t1.elapsed().as_secs_f64();
     shutdown.cancel();
     let _ = handle.await;
-    let mut vacuums = 0;
-    if let Some((task, ran)) = vacuum {
-        let _ = task.await;
-        vacuums = ran.load(Ordering::Relaxed);
-    }
+    let vacuums = vacuum.finish().await;
     let (table_mb_after, indexes_mb_after) = sizes(&pool).await?;
 
     let mut conn = pool.acquire().await?;

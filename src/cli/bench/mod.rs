@@ -156,30 +156,56 @@ pub(super) fn backend_cpu_s(db: &str) -> f64 {
         .sum()
 }
 
-/// `VACUUM fleet_jobs` every `every` until `stop`, as autovacuum does on a server that runs it
-/// (this machine's does not): the task, and how many VACUUMs ran.
+/// `VACUUM fleet_jobs` every `every` (if given) until `stop` is cancelled, as autovacuum does
+/// on a server that runs it (this machine's does not).
 pub(super) fn spawn_vacuum(
     pool: sqlx::PgPool,
-    every: std::time::Duration,
+    every: Option<std::time::Duration>,
     stop: tokio_util::sync::CancellationToken,
-) -> (
-    tokio::task::JoinHandle<()>,
-    std::sync::Arc<std::sync::atomic::AtomicU64>,
-) {
+) -> VacuumTask {
     let ran = std::sync::Arc::new(std::sync::atomic::AtomicU64::new(0));
-    let n = ran.clone();
-    let task = tokio::spawn(async move {
-        loop {
-            tokio::select! {
-                _ = stop.cancelled() => return,
-                _ = tokio::time::sleep(every) => {}
+    let task = every.map(|every| {
+        let n = ran.clone();
+        tokio::spawn(async move {
+            loop {
+                tokio::select! {
+                    _ = stop.cancelled() => return,
+                    _ = tokio::time::sleep(every) => {}
+                }
+                if crate::queue::job_table_vacuum(&pool).await.is_ok() {
+                    n.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                }
             }
-            if crate::queue::job_table_vacuum(&pool).await.is_ok() {
-                n.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-            }
-        }
+        })
     });
-    (task, ran)
+    VacuumTask { task, ran }
+}
+
+/// What [`spawn_vacuum`] started.
+pub(super) struct VacuumTask {
+    task: Option<tokio::task::JoinHandle<()>>,
+    ran: std::sync::Arc<std::sync::atomic::AtomicU64>,
+}
+
+impl VacuumTask {
+    /// Waits for the task to end (its `stop` must be cancelled) and returns how many VACUUMs
+    /// ran (0 when none was asked for).
+    pub(super) async fn finish(self) -> u64 {
+        if let Some(task) = self.task {
+            let _ = task.await;
+        }
+        self.ran.load(std::sync::atomic::Ordering::Relaxed)
+    }
+}
+
+/// Ready (`available`) jobs, from the queue's gauges: the backlog a sample line reports.
+pub(super) async fn ready_jobs(conn: &mut sqlx::PgConnection) -> anyhow::Result<i64> {
+    Ok(crate::queue::job_gauges(conn, None)
+        .await?
+        .iter()
+        .filter(|g| g.state == "available")
+        .map(|g| g.count)
+        .sum())
 }
 
 /// Waits until `done` reaches `target`, or fails after `within` naming `what` and how far it got.

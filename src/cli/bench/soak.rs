@@ -345,12 +345,7 @@ pub async fn run(a: SoakArgs) -> anyhow::Result<()> {
         let mut pickups = std::mem::take(&mut *st.pickups.lock().expect("pickups"));
         pickups.sort_by(|x, y| x.total_cmp(y));
         let tallied = std::mem::take(&mut *tally.lock().expect("tally"));
-        let backlog: i64 = queue::job_gauges(&mut *conn, None)
-            .await?
-            .iter()
-            .filter(|g| g.state == "available")
-            .map(|g| g.count)
-            .sum();
+        let backlog = super::ready_jobs(&mut conn).await?;
         let sizes = queue::job_table_sizes(&pool).await?;
         let s = SoakSample {
             t_s: (started.elapsed().as_secs_f64() * 10.0).round() / 10.0,

@@ -278,8 +278,9 @@ steady_kind!(SteadyOther, "fleet.bench_steady_other", 1);
 steady_kind!(SteadySlow, "fleet.bench_steady_slow", 2);
 steady_kind!(SteadyLimited, "fleet.bench_steady_limited", 3);
 
-/// Job `i` of the mix, as enqueued at `t` (ns since the epoch).
-fn job_of(i: u64, t: u64, probe: bool, key_window: bool) -> NewJob {
+/// Job `i` of the mix, as enqueued at `t` (ns since the epoch), with an idempotency key if
+/// `keyed`.
+fn job_of(i: u64, t: u64, probe: bool, keyed: bool) -> NewJob {
     let fail_once = !probe && job_fail_once(i);
     let quick_ms = 1 + (i * 7) % 5;
     let task = |ms| Task {
@@ -296,7 +297,7 @@ fn job_of(i: u64, t: u64, probe: bool, key_window: bool) -> NewJob {
         _ => NewJob::of(&SteadyLimited(task(quick_ms))),
     }
     .expect("serializable");
-    if key_window {
+    if keyed {
         job.key(format!("steady:{i}"))
     } else {
         job
@@ -381,9 +382,7 @@ pub async fn run(a: SteadyArgs) -> anyhow::Result<()> {
     let stop_worker = CancellationToken::new();
     let worker_handle = tokio::spawn(worker.run(stop_worker.clone()));
     let stop_load = CancellationToken::new();
-    let vacuum = a
-        .vacuum_every
-        .map(|every| super::spawn_vacuum(pool.clone(), every, stop_load.clone()));
+    let vacuum = super::spawn_vacuum(pool.clone(), a.vacuum_every, stop_load.clone());
 
     // 1. Capacity: the mix drained from a backlog, by the same worker.
     let probe: Vec<NewJob> = (0..a.probe_jobs)
@@ -468,12 +467,7 @@ pub async fn run(a: SteadyArgs) -> anyhow::Result<()> {
         let dt = interval_start.elapsed().as_secs_f64();
         let mut pickups = std::mem::take(&mut *st.pickups.lock().expect("pickups"));
         pickups.sort_by(|x, y| x.total_cmp(y));
-        let backlog: i64 = queue::job_gauges(&mut *conn, None)
-            .await?
-            .iter()
-            .filter(|g| g.state == "available")
-            .map(|g| g.count)
-            .sum();
+        let backlog = super::ready_jobs(&mut conn).await?;
         let sizes = queue::job_table_sizes(&pool).await?;
         let cpu = cpu_now(db.name());
         let (enq, retried) = (
@@ -513,13 +507,7 @@ pub async fn run(a: SteadyArgs) -> anyhow::Result<()> {
 
     stop_load.cancel();
     producer.await??;
-    let vacuums = match vacuum {
-        Some((task, ran)) => {
-            let _ = task.await;
-            ran.load(Ordering::Relaxed)
-        }
-        None => 0,
-    };
+    let vacuums = vacuum.finish().await;
     let enqueued = enqueued.load(Ordering::Relaxed);
     super::wait_until_done(&st.done, enqueued, Duration::from_secs(120), "steady bench").await?;
     // Let the last outcomes land before the counters are read.
