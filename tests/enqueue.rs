@@ -493,25 +493,6 @@ async fn purge_keeps_a_completed_job_whose_key_window_is_still_open() {
     assert_eq!(b.deleted, 1);
 }
 
-/// Index tuples read so far from each of `indexes` (statistics as last flushed; 0 for an
-/// index that does not exist).
-async fn index_tuples_read(conn: &mut PgConnection, indexes: &[&str]) -> Vec<i64> {
-    let mut out = Vec::new();
-    for name in indexes {
-        out.push(
-            sqlx::query_scalar(
-                "SELECT idx_tup_read FROM pg_stat_user_indexes WHERE indexrelname = $1",
-            )
-            .bind(name)
-            .fetch_optional(&mut *conn)
-            .await
-            .unwrap()
-            .unwrap_or(0),
-        );
-    }
-    out
-}
-
 #[tokio::test]
 async fn the_key_release_reads_the_open_windows_alone_not_every_held_key() {
     let db = db().await;
@@ -550,25 +531,28 @@ async fn the_key_release_reads_the_open_windows_alone_not_every_held_key() {
         .connect(&db.url)
         .await
         .unwrap();
-    let indexes = [
+    let (window, held) = (
         "fleet_jobs_key_window_idx",
         "fleet_jobs_idempotency_key_held_idx",
-    ];
-    let flush = |pool: sqlx::PgPool| async move {
-        for sql in ["SELECT pg_stat_force_next_flush()", "SELECT 1"] {
-            sqlx::query(sql).execute(&pool).await.unwrap();
-        }
-    };
-    flush(one.clone()).await;
-    let before = index_tuples_read(&mut one.acquire().await.unwrap(), &indexes).await;
+    );
+    let mut c = one.acquire().await.unwrap();
+    flush_stats(&mut c).await;
+    let before = (
+        index_tuples_read(&mut c, window).await,
+        index_tuples_read(&mut c, held).await,
+    );
+    drop(c);
     let after_window = Some(db_now(&db.pool).await + chrono::Duration::minutes(2));
     let freed = queue::job_release_elapsed_keys(&jobs::Db::from(one.clone()), 100, after_window)
         .await
         .unwrap();
     assert_eq!(freed, 3);
-    flush(one.clone()).await;
-    let after = index_tuples_read(&mut one.acquire().await.unwrap(), &indexes).await;
-    let (window_reads, held_reads) = (after[0] - before[0], after[1] - before[1]);
+    let mut c = one.acquire().await.unwrap();
+    flush_stats(&mut c).await;
+    let (window_reads, held_reads) = (
+        index_tuples_read(&mut c, window).await - before.0,
+        index_tuples_read(&mut c, held).await - before.1,
+    );
     assert!(
         window_reads <= 10 && held_reads <= 10,
         "freeing 3 windows read {window_reads} window entries and {held_reads} held-key entries \

@@ -562,10 +562,7 @@ async fn the_plain_claim_reads_none_of_a_throttled_backlog_of_limited_jobs() {
     let plain_q = Queue::new(db.pool.clone(), registry_with(&[]));
     let plain = enqueue_sleeps(&plain_q, (0..64).map(|_| json!({"ms": 1}))).await;
     let mut conn = db.pool.acquire().await.unwrap();
-    sqlx::query("SELECT pg_stat_force_next_flush()")
-        .execute(&mut *conn)
-        .await
-        .unwrap();
+    flush_stats(&mut conn).await;
     let before = ready_index_tuples_read(&mut conn).await;
     let claimed = fleet::queue::job_fetch_available(
         &mut conn,
@@ -588,10 +585,7 @@ async fn the_plain_claim_reads_none_of_a_throttled_backlog_of_limited_jobs() {
         got, plain,
         "the plain claim takes the plain jobs, none of the limited"
     );
-    sqlx::query("SELECT pg_stat_force_next_flush()")
-        .execute(&mut *conn)
-        .await
-        .unwrap();
+    flush_stats(&mut conn).await;
     // The flush happens at the end of the transaction that asked for it; this is the next one.
     let read = ready_index_tuples_read(&mut conn).await - before;
     // Walking past the backlog (the claim before `limited` was filed) reads 5,064.

@@ -614,10 +614,7 @@ async fn the_first_claim_on_a_never_analyzed_table_walks_the_ready_index_not_the
     assert!(analyzed.is_none(), "the table must be fresh for this claim");
     // Index tuples the claim reads: ~64 for the ordered walk, the whole backlog for a bitmap
     // scan plus sort.
-    sqlx::query("SELECT pg_stat_force_next_flush()")
-        .execute(&mut *conn)
-        .await
-        .unwrap();
+    flush_stats(&mut conn).await;
     let params = queue::FetchParams {
         only_kinds: None,
         queues: None,
@@ -633,10 +630,7 @@ async fn the_first_claim_on_a_never_analyzed_table_walks_the_ready_index_not_the
         .await
         .unwrap();
     assert_eq!(claimed.len(), 64);
-    sqlx::query("SELECT pg_stat_force_next_flush()")
-        .execute(&mut *conn)
-        .await
-        .unwrap();
+    flush_stats(&mut conn).await;
     // The flush happens at the end of the transaction that asked for it; this is the next one.
     let after = ready_index_tuples_read(&mut conn).await;
     assert!(

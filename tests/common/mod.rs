@@ -318,16 +318,28 @@ pub async fn complete(conn: &mut PgConnection, c: &ClaimedJob) -> Result<(), Que
     queue::job_set_outcome(conn, completion(c, Duration::ZERO), None).await
 }
 
-/// Index tuples read from the plain claim's ready index so far, as statistics last flushed
-/// them (`SELECT pg_stat_force_next_flush()` in the transaction before).
+/// Index tuples read from index `name` so far, as statistics last flushed them
+/// ([`flush_stats`] on the connection that read, in the transaction before).
+pub async fn index_tuples_read(conn: &mut sqlx::PgConnection, name: &str) -> i64 {
+    sqlx::query_scalar("SELECT idx_tup_read FROM pg_stat_user_indexes WHERE indexrelname = $1")
+        .bind(name)
+        .fetch_one(conn)
+        .await
+        .unwrap()
+}
+
+/// [`index_tuples_read`] of the plain claim's ready index.
 pub async fn ready_index_tuples_read(conn: &mut sqlx::PgConnection) -> i64 {
-    sqlx::query_scalar(
-        "SELECT idx_tup_read FROM pg_stat_user_indexes
-         WHERE indexrelname = 'fleet_jobs_fetch_available_idx'",
-    )
-    .fetch_one(conn)
-    .await
-    .unwrap()
+    index_tuples_read(conn, "fleet_jobs_fetch_available_idx").await
+}
+
+/// Asks `conn`'s backend to flush its statistics at the end of this transaction, so the next
+/// read of `pg_stat_user_indexes` counts what it did.
+pub async fn flush_stats(conn: &mut sqlx::PgConnection) {
+    sqlx::query("SELECT pg_stat_force_next_flush()")
+        .execute(conn)
+        .await
+        .unwrap();
 }
 
 pub async fn wait_state(pool: &PgPool, id: i64, state: JobState, within: Duration) -> JobRecord {
