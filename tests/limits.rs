@@ -551,6 +551,106 @@ async fn jobs_enqueued_while_their_kind_had_a_limit_still_run_once_it_has_none()
     stop(procs);
 }
 
+/// Plain handler starts so far (the limited test's own kinds alone touch it).
+static PREFETCHED_PLAIN_STARTS: std::sync::atomic::AtomicUsize =
+    std::sync::atomic::AtomicUsize::new(0);
+/// How many plain handlers had started when the limited handler started.
+static PLAIN_STARTS_BEFORE_LIMITED: std::sync::atomic::AtomicUsize =
+    std::sync::atomic::AtomicUsize::new(usize::MAX);
+
+/// A plain job that holds the worker's one slot for 100 ms.
+#[derive(Debug, Serialize, Deserialize)]
+struct PrefetchedPlain {}
+impl Job for PrefetchedPlain {
+    const KIND: &'static str = "test.prefetched_plain";
+    async fn run(self, _ctx: JobContext) -> Result<(), JobError> {
+        PREFETCHED_PLAIN_STARTS.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        Ok(())
+    }
+}
+
+/// A job of a kind limited to one running fleet-wide.
+#[derive(Debug, Serialize, Deserialize)]
+struct ScarceLimited {}
+impl Job for ScarceLimited {
+    const KIND: &'static str = "test.scarce_limited";
+    async fn run(self, _ctx: JobContext) -> Result<(), JobError> {
+        let seen = PREFETCHED_PLAIN_STARTS.load(std::sync::atomic::Ordering::SeqCst);
+        PLAIN_STARTS_BEFORE_LIMITED.store(seen, std::sync::atomic::Ordering::SeqCst);
+        Ok(())
+    }
+}
+
+/// A prefetched claim of a limited kind holds its share of the fleet-wide limit while it
+/// waits for a slot; behind a deep prefetch of plain claims, the kind would run at a fraction
+/// of its limit fleet-wide. It waits behind the running plain job alone.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_limited_kinds_claim_starts_ahead_of_prefetched_plain_claims() {
+    let db = db().await;
+    let mut r = Registry::default();
+    r.register::<PrefetchedPlain>();
+    r.register_with::<ScarceLimited>(KindDefaults {
+        global_concurrency: Some(1),
+        ..ScarceLimited::defaults()
+    });
+    let reg = Arc::new(r);
+    let q = Queue::new(db.pool.clone(), reg.clone());
+    let plain = (0..12)
+        .map(|_| NewJob::of(&PrefetchedPlain {}).unwrap())
+        .collect::<Vec<_>>();
+    q.enqueue_many(plain).await.unwrap();
+    // One slot, eleven prefetched: all twelve plain jobs are claimed at once.
+    let cfg = fleet::config::WorkerSettings {
+        concurrency: 1,
+        prefetch: 11,
+        ..fast_settings()
+    };
+    let w = start_worker(&db.pool, reg, cfg);
+    wait_for_count(&db.pool, PrefetchedPlain::KIND, "running", 12).await;
+    // Claimed once a quarter of the capacity is free (after about 3 plain jobs), it starts
+    // once the running plain job ends; queued behind the prefetch, after all twelve.
+    let limited = q.enqueue(&ScarceLimited {}, None).await.unwrap().id;
+    wait_state(
+        &db.pool,
+        limited,
+        JobState::Completed,
+        Duration::from_secs(10),
+    )
+    .await;
+    let before = PLAIN_STARTS_BEFORE_LIMITED.load(std::sync::atomic::Ordering::SeqCst);
+    assert!(
+        before <= 8,
+        "the limited claim waited for {before} of the 12 plain jobs to start"
+    );
+    // The plain jobs still all run (a drain would give the unstarted ones back).
+    wait_for_count(&db.pool, PrefetchedPlain::KIND, "completed", 12).await;
+    w.stop().await;
+}
+
+/// Waits (at most 5 s) until `n` jobs of `kind` are in `state`.
+async fn wait_for_count(pool: &PgPool, kind: &str, state: &str, n: i64) {
+    let started = Instant::now();
+    loop {
+        let count: i64 = sqlx::query_scalar(
+            "SELECT count(*) FROM fleet_jobs WHERE kind = $1 AND state::text = $2",
+        )
+        .bind(kind)
+        .bind(state)
+        .fetch_one(pool)
+        .await
+        .unwrap();
+        if count >= n {
+            return;
+        }
+        assert!(
+            started.elapsed() < Duration::from_secs(5),
+            "{count} of {n} {kind} jobs {state} after 5 s"
+        );
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+}
+
 #[tokio::test]
 async fn the_plain_claim_reads_none_of_a_throttled_backlog_of_limited_jobs() {
     let db = db().await;

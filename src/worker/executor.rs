@@ -5,6 +5,12 @@
 //! Contract:
 //! - a claim waits for a slot (its kind's, then the worker's); a drain that begins first gives
 //!   it back unstarted, its attempt not charged;
+//! - a limited kind's claim waits behind at most one plain claim for the worker's slot, not
+//!   behind the whole prefetch: while it waits it holds a share of a fleet-wide limit (its
+//!   lease counts against the kind's global or per-key concurrency, its token is spent), so
+//!   queued behind `prefetch` plain claims it would throttle the kind fleet-wide to a fraction
+//!   of its limit (the steady bench's limited kind fell behind this way). Plain claims keep
+//!   their order among themselves;
 //! - the handler runs in a task of its own, so a panic is caught and the timeout can abort it;
 //!   cancellation (timeout, lost lease, operator cancel, drain deadline) is signalled on the
 //!   handler's token first and the handler gets [`CANCEL_GRACE`] to return on its own;
@@ -41,13 +47,19 @@ pub(crate) async fn execute(s: Arc<Shared>, job: ClaimedJob) -> Outcome {
         None => s.hard_stop.child_token(),
     };
     let kind_slot = s.kind_slots.get(&job.kind).cloned();
+    let limited = s.limited.iter().any(|l| l.kind == job.kind);
     let permits = async {
         let k = match kind_slot {
             Some(sem) => Some(sem.acquire_owned().await.expect("never closed")),
             None => None,
         };
-        let g = s.slots.clone().acquire_owned().await.expect("never closed");
-        (k, g)
+        let g = if limited {
+            s.slots.clone().acquire_owned().await
+        } else {
+            let _turn = s.plain_turn.lock().await;
+            s.slots.clone().acquire_owned().await
+        };
+        (k, g.expect("never closed"))
     };
     let permits = tokio::select! {
         biased;

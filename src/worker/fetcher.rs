@@ -176,7 +176,9 @@ impl Fetcher {
     /// The limited kinds' claims of a round, each under its fleet-wide limits. They are
     /// claimed into prefetch like the others: a prefetched claim is `running`, so it counts
     /// against the limit (and has spent its token): prefetch can hold slots back, never exceed
-    /// a limit. A kind whose budget is empty is reported in `waits` with its next token.
+    /// a limit. How long it holds them back is bounded by the executor, which starts a limited
+    /// claim ahead of the prefetched plain ones. A kind whose budget is empty is reported in
+    /// `waits` with its next token.
     async fn claim_limited(
         &self,
         s: &Shared,

@@ -125,7 +125,12 @@ pub(crate) struct Shared {
     pub held: Mutex<HashMap<i64, Held>>,
     /// Wakes the fetch loop: a notification, a freed slot, a resume.
     pub wake: Notify,
+    /// The worker's `concurrency` slots. Claims of limited kinds queue for one directly; plain
+    /// claims queue behind [`Shared::plain_turn`] first (see [`super::executor`]).
     pub slots: Arc<Semaphore>,
+    /// Held by the one plain claim that waits in `slots`' queue: at most one plain claim is
+    /// ever ahead of a limited kind's claim there, however deep the prefetch.
+    pub plain_turn: tokio::sync::Mutex<()>,
     pub kind_slots: HashMap<String, Arc<Semaphore>>,
     /// The kinds claimed one at a time under their fleet-wide limits, budgets or fairness
     /// ([`crate::queue::job_fetch_limited`]); their rows are filed apart (`limited`), so the
@@ -197,6 +202,7 @@ impl Worker {
         Self {
             shared: Arc::new(Shared {
                 slots: Arc::new(Semaphore::new(cfg.concurrency)),
+                plain_turn: tokio::sync::Mutex::new(()),
                 domain_db: db.clone(),
                 db_name: crate::config::MAIN_DATABASE.into(),
                 db,
