@@ -13,17 +13,26 @@
 //! its backoff. Every job carries an idempotency key held `--key-window` after it completed,
 //! as domain jobs do.
 //!
-//! 1. **Capacity**: `--probe-jobs` jobs of the mix (none failing) are enqueued at once and
-//!    drained by the worker; capacity = jobs / drain time.
-//! 2. **Load**: a producer offers `--rate` jobs/s (default `--load` × the capacity), one bulk
+//! 1. **Drain**: `--probe-jobs` jobs of the mix (none failing) are enqueued at once and
+//!    drained by the worker (jobs / drain time). It leaves out what a held load adds (small
+//!    enqueues, retries, key releases, purges, vacuum), so it overstates what the worker holds:
+//!    on a 2-core machine the worker fell behind at 70 % of it.
+//! 2. **Capacity** (unless `--rate` is given): the producer offers rates from 40 % of the drain
+//!    upward in steps of 5 % of it, each for `--search-step`; a step holds when, after its
+//!    first quarter, the worker completed at least 97 % of what was offered, and the backlog at
+//!    its end is at most half a second of the rate (and 200 jobs) and grew by at most a
+//!    twentieth of a second's (and 100 jobs) over the step. The capacity is the highest
+//!    rate that held. The search's jobs are jobs of the load: verified like the rest, left out
+//!    of the load's figures.
+//! 3. **Load**: a producer offers `--rate` jobs/s (default `--load` × the capacity), one bulk
 //!    enqueue every `--tick`, for `--duration`. The worker's own cleaner purges completed jobs
 //!    `--retention` after they finished (the production default is 7 days: say which in a
 //!    figure), every `--clean-every`.
-//! 3. Every `--every`: one line (and one JSON object in `--json`) with the offered and worked
+//! 4. Every `--every`: one line (and one JSON object in `--json`) with the offered and worked
 //!    rates, pickup latency of first attempts (handler start − the producer's enqueue call),
 //!    retries, the backlog, `fleet_jobs`' heap and index sizes and dead rows, and CPU per job
 //!    of this process (the producer included) and of this database's Postgres backends.
-//! 4. The summary: the worst interval's pickup percentiles, pickup by kind over the whole run,
+//! 5. The summary: the worst interval's pickup percentiles, pickup by kind over the whole run,
 //!    the time from a failed first attempt to its retry's start, the growth of the heap and the
 //!    indexes after the first minute, and CPU per job.
 //!
@@ -54,15 +63,18 @@ pub const LIMITED_AT_ONCE: usize = 8;
 
 #[derive(clap::Args)]
 pub struct SteadyArgs {
-    /// Jobs per second offered; default: `--load` × the capacity measured first.
+    /// Jobs per second offered; default: `--load` × the capacity searched first.
     #[arg(long)]
     rate: Option<u64>,
-    /// The share of the measured capacity offered when `--rate` is not given.
+    /// The share of the searched capacity offered when `--rate` is not given.
     #[arg(long, default_value_t = 0.7)]
     load: f64,
-    /// Jobs of the mix drained first to measure the capacity.
+    /// Jobs of the mix drained first (where the capacity search starts from).
     #[arg(long, default_value_t = 20_000)]
     probe_jobs: u64,
+    /// How long each rate of the capacity search is offered (not searched with `--rate`).
+    #[arg(long, default_value = "20s", value_parser = humantime::parse_duration)]
+    search_step: Duration,
     /// How long the load is held (e.g. `10m`).
     #[arg(long, default_value = "10m", value_parser = humantime::parse_duration)]
     duration: Duration,
@@ -146,13 +158,29 @@ struct KindPickup {
     pickup_max_ms: f64,
 }
 
+/// One rate of the capacity search.
+#[derive(Debug, Clone, Serialize)]
+struct SearchStep {
+    rate: u64,
+    /// Offered and completed per second after the step's first quarter.
+    offered_jobs_per_s: f64,
+    work_jobs_per_s: f64,
+    /// Ready jobs at the step's end.
+    backlog: i64,
+    holds: bool,
+}
+
 /// The whole run. Field names are the `--json` contract.
 #[derive(Debug, Clone, Serialize)]
 struct SteadyReport {
     concurrency: usize,
     prefetch: usize,
     /// Jobs/s of the mix drained from a backlog (`--probe-jobs`).
-    capacity_jobs_per_s: f64,
+    drain_jobs_per_s: f64,
+    /// The highest offered rate that held in the search (none with `--rate`).
+    capacity_jobs_per_s: Option<f64>,
+    /// The search's steps.
+    search: Vec<SearchStep>,
     /// Offered rate asked for.
     rate: u64,
     duration_s: f64,
@@ -160,6 +188,7 @@ struct SteadyReport {
     key_window_s: f64,
     vacuum_every_s: Option<f64>,
     vacuums: u64,
+    /// Jobs enqueued, completed and retried over the search and the load.
     enqueued: u64,
     completed: u64,
     retried: u64,
@@ -347,6 +376,11 @@ pub async fn run(a: SteadyArgs) -> anyhow::Result<()> {
     if a.every.is_zero() || a.tick.is_zero() || a.clean_every.is_zero() || a.duration < a.every {
         bail!("--every, --tick and --clean-every must be > 0 and --duration at least --every");
     }
+    if a.search_step < Duration::from_secs(2) {
+        bail!(
+            "--search-step must be at least 2s (its first quarter settles, the rest is measured)"
+        );
+    }
     if a.rate == Some(0) {
         bail!("--rate must be >= 1");
     }
@@ -400,36 +434,48 @@ pub async fn run(a: SteadyArgs) -> anyhow::Result<()> {
         }
         tokio::time::sleep(Duration::from_millis(2)).await;
     }
-    let capacity = a.probe_jobs as f64 / t0.elapsed().as_secs_f64();
-    let rate = a
-        .rate
-        .unwrap_or_else(|| (capacity * a.load).round().max(1.0) as u64);
+    let drain = a.probe_jobs as f64 / t0.elapsed().as_secs_f64();
     // Let the probe's outcomes land before the counters' baseline is taken.
     tokio::time::sleep(Duration::from_millis(500)).await;
     eprintln!(
-        "capacity of the mix at concurrency {} (prefetch {prefetch}): {capacity:.0} jobs/s; offering {rate} jobs/s for {:?}",
-        a.concurrency, a.duration
+        "drain of the mix at concurrency {} (prefetch {prefetch}): {drain:.0} jobs/s",
+        a.concurrency
     );
+    let completed_all0 = counters.completed.load(Ordering::Relaxed);
+    let retried_all0 = counters.retried.load(Ordering::Relaxed);
 
-    // 2. The load.
+    // 2. The producer, at the rate `offered` says (the search's, then the load's).
+    let offered = Arc::new(AtomicU64::new(
+        a.rate
+            .unwrap_or_else(|| search_rates(drain).next().expect("endless")),
+    ));
     let enqueued = Arc::new(AtomicU64::new(0));
     let producer = {
         let (q, stop, enqueued) = (q.clone(), stop_load.clone(), enqueued.clone());
+        let offered = offered.clone();
         let (tick_every, keyed) = (a.tick, !a.key_window.is_zero());
         tokio::spawn(async move {
             let mut tick = tokio::time::interval(tick_every);
             tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Burst);
-            let start = Instant::now();
+            let mut last = Instant::now();
+            // Jobs owed at the current rate, fractions carried from tick to tick.
+            let mut owed = 0.0f64;
             let mut i = 0u64;
             loop {
                 tokio::select! {
                     _ = tick.tick() => {}
                     _ = stop.cancelled() => return Ok::<_, anyhow::Error>(()),
                 }
-                let due = (start.elapsed().as_secs_f64() * rate as f64) as u64;
-                if due <= i {
+                let now = Instant::now();
+                owed +=
+                    now.duration_since(last).as_secs_f64() * offered.load(Ordering::Relaxed) as f64;
+                last = now;
+                let n = owed as u64;
+                if n == 0 {
                     continue;
                 }
+                owed -= n as f64;
+                let due = i + n;
                 let t = st.epoch.elapsed().as_nanos() as u64;
                 st.runs
                     .lock()
@@ -443,6 +489,47 @@ pub async fn run(a: SteadyArgs) -> anyhow::Result<()> {
         })
     };
 
+    let mut conn = pool.acquire().await?;
+    // 3. The capacity: the highest rate that holds.
+    let (capacity, search) = match a.rate {
+        Some(_) => (None, Vec::new()),
+        None => {
+            let (c, steps) =
+                search_capacity(&a, drain, &offered, &counters, &enqueued, &mut conn).await?;
+            (Some(c), steps)
+        }
+    };
+    let rate = a
+        .rate
+        .unwrap_or_else(|| (capacity.unwrap_or(drain) * a.load).round().max(1.0) as u64);
+    offered.store(rate, Ordering::Relaxed);
+    if capacity.is_some() {
+        // The last step fell behind: its backlog goes before the load is measured.
+        let settled = Instant::now();
+        while super::ready_jobs(&mut conn).await? > (rate as i64 / 10).max(100) {
+            if settled.elapsed() > Duration::from_secs(120) {
+                bail!("the backlog of the capacity search did not drain at {rate} jobs/s within 120 s");
+            }
+            tokio::time::sleep(Duration::from_millis(200)).await;
+        }
+        st.pickups.lock().expect("pickups").clear();
+        st.by_kind
+            .lock()
+            .expect("by kind")
+            .iter_mut()
+            .for_each(Vec::clear);
+        st.retry_gaps.lock().expect("gaps").clear();
+    }
+    eprintln!(
+        "offering {rate} jobs/s for {:?}{}",
+        a.duration,
+        capacity.map_or(String::new(), |c| format!(
+            " ({:.0} % of the searched capacity, {c:.0} jobs/s)",
+            rate as f64 * 100.0 / c
+        ))
+    );
+
+    // 4. The load.
     let started = Instant::now();
     let mut samples: Vec<SteadySample> = Vec::new();
     let mut second = tokio::time::interval(Duration::from_secs(1));
@@ -451,11 +538,11 @@ pub async fn run(a: SteadyArgs) -> anyhow::Result<()> {
     let retried0 = counters.retried.load(Ordering::Relaxed);
     let cpu0 = cpu_now(db.name());
     let (mut last_done, mut interval_done) = (completed0, completed0);
-    let (mut interval_retried, mut interval_enqueued) = (retried0, 0u64);
+    let (mut interval_retried, mut interval_enqueued) =
+        (retried0, enqueued.load(Ordering::Relaxed));
     let mut interval_cpu = cpu0;
     let mut interval_start = Instant::now();
     let mut min_in_second = u64::MAX;
-    let mut conn = pool.acquire().await?;
     while started.elapsed() < a.duration {
         second.tick().await;
         let done = counters.completed.load(Ordering::Relaxed);
@@ -530,12 +617,14 @@ pub async fn run(a: SteadyArgs) -> anyhow::Result<()> {
         &samples,
         Summary {
             prefetch,
+            drain,
             capacity,
+            search,
             rate,
             vacuums,
             enqueued,
-            completed: counters.completed.load(Ordering::Relaxed) - completed0,
-            retried: counters.retried.load(Ordering::Relaxed) - retried0,
+            completed: counters.completed.load(Ordering::Relaxed) - completed_all0,
+            retried: counters.retried.load(Ordering::Relaxed) - retried_all0,
             cpu: (
                 (cpu1.0 - cpu0.0) * 1e3 / completed_in_load.max(1) as f64,
                 (cpu1.1 - cpu0.1) * 1e3 / completed_in_load.max(1) as f64,
@@ -559,6 +648,74 @@ pub async fn run(a: SteadyArgs) -> anyhow::Result<()> {
     Ok(())
 }
 
+/// The capacity search's rates: from 40 % of the drain rate upward in steps of 5 % of it.
+fn search_rates(drain: f64) -> impl Iterator<Item = u64> {
+    let step = (drain * 0.05).max(10.0);
+    (0u32..).map(move |k| (drain * 0.4 + step * k as f64).round().max(1.0) as u64)
+}
+
+/// Offers the [`search_rates`] one `--search-step` each until one falls behind; returns the
+/// highest that held (and every step). A step holds when, after its first quarter, completions
+/// kept within 3 % of the offered rate, the backlog at its end is at most half a second of the
+/// rate (and 200 jobs), and it grew by at most a twentieth of a second's (and 100 jobs) over
+/// the step: a worker falling behind, or one kind of it (the limited kind), grows a backlog
+/// that the worked rate alone hides for a while.
+async fn search_capacity(
+    a: &SteadyArgs,
+    drain: f64,
+    offered: &AtomicU64,
+    counters: &crate::worker::WorkerCounters,
+    enqueued: &AtomicU64,
+    conn: &mut sqlx::PgConnection,
+) -> anyhow::Result<(f64, Vec<SearchStep>)> {
+    let mut steps: Vec<SearchStep> = Vec::new();
+    for rate in search_rates(drain) {
+        offered.store(rate, Ordering::Relaxed);
+        tokio::time::sleep(a.search_step / 4).await;
+        let backlog0 = super::ready_jobs(conn).await?;
+        let (d0, e0, t0) = (
+            counters.completed.load(Ordering::Relaxed),
+            enqueued.load(Ordering::Relaxed),
+            Instant::now(),
+        );
+        tokio::time::sleep(a.search_step * 3 / 4).await;
+        let dt = t0.elapsed().as_secs_f64();
+        let step = {
+            let offered_per_s = (enqueued.load(Ordering::Relaxed) - e0) as f64 / dt;
+            let work_per_s = (counters.completed.load(Ordering::Relaxed) - d0) as f64 / dt;
+            let backlog = super::ready_jobs(conn).await?;
+            SearchStep {
+                rate,
+                offered_jobs_per_s: offered_per_s.round(),
+                work_jobs_per_s: work_per_s.round(),
+                backlog,
+                holds: work_per_s >= 0.97 * offered_per_s
+                    && backlog <= (rate as i64 / 2).max(200)
+                    && backlog - backlog0 <= (rate as i64 / 20).max(100),
+            }
+        };
+        eprintln!(
+            "search: offered {:>6.0}/s work {:>6.0}/s backlog {}: {}",
+            step.offered_jobs_per_s,
+            step.work_jobs_per_s,
+            step.backlog,
+            if step.holds { "holds" } else { "falls behind" }
+        );
+        let holds = step.holds;
+        steps.push(step);
+        if !holds {
+            break;
+        }
+    }
+    match steps.iter().rev().find(|s| s.holds) {
+        Some(s) => Ok((s.rate as f64, steps)),
+        None => bail!(
+            "the worker fell behind at the capacity search's first rate ({} jobs/s, 40 % of the drain rate)",
+            steps[0].rate
+        ),
+    }
+}
+
 /// Whether job `i` of the load fails its first attempt: one in ten, spread over every kind by
 /// a multiplicative hash.
 fn job_fail_once(i: u64) -> bool {
@@ -568,7 +725,9 @@ fn job_fail_once(i: u64) -> bool {
 /// Run-wide figures gathered by [`run`].
 struct Summary {
     prefetch: usize,
-    capacity: f64,
+    drain: f64,
+    capacity: Option<f64>,
+    search: Vec<SearchStep>,
     rate: u64,
     vacuums: u64,
     enqueued: u64,
@@ -610,7 +769,9 @@ fn report(a: &SteadyArgs, st: &SteadyState, samples: &[SteadySample], s: Summary
     SteadyReport {
         concurrency: a.concurrency,
         prefetch: s.prefetch,
-        capacity_jobs_per_s: s.capacity.round(),
+        drain_jobs_per_s: s.drain.round(),
+        capacity_jobs_per_s: s.capacity.map(f64::round),
+        search: s.search,
         rate: s.rate,
         duration_s: a.duration.as_secs_f64(),
         retention_s: a.retention.as_secs_f64(),
@@ -660,14 +821,26 @@ fn print_summary(r: &SteadyReport) {
         }
     };
     let yes = |ok: bool| if ok { "met" } else { "NOT met" };
+    let share = match r.capacity_jobs_per_s {
+        Some(c) => format!(
+            "{:.0} % of the searched capacity {c:.0} jobs/s, {:.0} % of the drain {:.0} jobs/s",
+            r.rate as f64 * 100.0 / c,
+            r.rate as f64 * 100.0 / r.drain_jobs_per_s,
+            r.drain_jobs_per_s
+        ),
+        None => format!(
+            "{:.0} % of the drain {:.0} jobs/s, capacity not searched",
+            r.rate as f64 * 100.0 / r.drain_jobs_per_s,
+            r.drain_jobs_per_s
+        ),
+    };
     eprintln!(
-        "steady: capacity {:.0} jobs/s, offered {} jobs/s ({:.0} %) for {:.0} s at concurrency {} (prefetch {}), retention {:.0} s, key window {:.0} s, VACUUM every {:?} s ({} ran)",
-        r.capacity_jobs_per_s, r.rate, r.rate as f64 * 100.0 / r.capacity_jobs_per_s,
-        r.duration_s, r.concurrency, r.prefetch, r.retention_s, r.key_window_s,
+        "steady: offered {} jobs/s ({share}) for {:.0} s at concurrency {} (prefetch {}), retention {:.0} s, key window {:.0} s, VACUUM every {:?} s ({} ran)",
+        r.rate, r.duration_s, r.concurrency, r.prefetch, r.retention_s, r.key_window_s,
         r.vacuum_every_s, r.vacuums
     );
     eprintln!(
-        "  {} enqueued, {} completed, {} retried",
+        "  {} enqueued, {} completed, {} retried (the search's and the load's)",
         r.enqueued, r.completed, r.retried
     );
     eprintln!(
