@@ -630,8 +630,8 @@ async fn a_limited_kinds_claim_starts_ahead_of_prefetched_plain_claims() {
 
 /// Waits (at most 5 s) until `n` jobs of `kind` are in `state`.
 async fn wait_for_count(pool: &PgPool, kind: &str, state: &str, n: i64) {
-    let started = Instant::now();
-    loop {
+    let what = format!("{n} {kind} jobs {state}");
+    wait_until(Duration::from_secs(5), &what, || async {
         let count: i64 = sqlx::query_scalar(
             "SELECT count(*) FROM fleet_jobs WHERE kind = $1 AND state::text = $2",
         )
@@ -640,15 +640,9 @@ async fn wait_for_count(pool: &PgPool, kind: &str, state: &str, n: i64) {
         .fetch_one(pool)
         .await
         .unwrap();
-        if count >= n {
-            return;
-        }
-        assert!(
-            started.elapsed() < Duration::from_secs(5),
-            "{count} of {n} {kind} jobs {state} after 5 s"
-        );
-        tokio::time::sleep(Duration::from_millis(5)).await;
-    }
+        count >= n
+    })
+    .await;
 }
 
 #[tokio::test]

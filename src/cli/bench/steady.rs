@@ -491,17 +491,14 @@ pub async fn run(a: SteadyArgs) -> anyhow::Result<()> {
 
     let mut conn = pool.acquire().await?;
     // 3. The capacity: the highest rate that holds.
-    let (capacity, search) = match a.rate {
-        Some(_) => (None, Vec::new()),
+    let (capacity, search, rate) = match a.rate {
+        Some(rate) => (None, Vec::new(), rate),
         None => {
             let (c, steps) =
                 search_capacity(&a, drain, &offered, &counters, &enqueued, &mut conn).await?;
-            (Some(c), steps)
+            (Some(c), steps, (c * a.load).round().max(1.0) as u64)
         }
     };
-    let rate = a
-        .rate
-        .unwrap_or_else(|| (capacity.unwrap_or(drain) * a.load).round().max(1.0) as u64);
     offered.store(rate, Ordering::Relaxed);
     if capacity.is_some() {
         // The last step fell behind: its backlog goes before the load is measured.
