@@ -734,3 +734,204 @@ async fn a_bulk_enqueue_split_over_two_connections_returns_every_job_in_input_or
         pool.close().await;
     }
 }
+
+/// `n` jobs without keys that between them use every column an enqueue writes, with the
+/// characters `COPY`'s text format must escape in each text and JSON field.
+fn unkeyed_inserts(n: usize, at: chrono::DateTime<chrono::Utc>) -> Vec<queue::JobInsert> {
+    (0..n)
+        .map(|i| queue::JobInsert {
+            kind: if i % 7 == 0 {
+                "odd\tkind\\with\nbreaks".to_owned()
+            } else {
+                Flaky::KIND.to_owned()
+            },
+            queue: if i % 5 == 0 {
+                "q\\N\r".to_owned()
+            } else {
+                "default".to_owned()
+            },
+            args: serde_json::json!({
+                "i": i,
+                "s": "back\\slash \t tab \n newline \r cr \"quote\" \\N \\. é 🚀 \u{1}",
+                "nested": {"a": [1, null, true]},
+            }),
+            priority: (i % 3) as i16 - 1,
+            run_at: match i % 4 {
+                0 => None,
+                1 => Some(at - chrono::Duration::seconds(30)),
+                // Nanoseconds: stored truncated to the microsecond, as a bound value is.
+                2 => Some(at + chrono::Duration::nanoseconds(3_600_000_000_999)),
+                _ => Some(at),
+            },
+            max_attempts: 1 + (i % 9) as i32,
+            idempotency_key: None,
+            trace_context: (i % 2 == 0)
+                .then(|| serde_json::json!({"traceparent": format!("00-{i:032x}-\t\\-01")})),
+            parent_id: (i % 3 == 0).then_some(i as i64 + 1_000_000),
+            limit_key: None,
+            limited: i % 6 == 1,
+        })
+        .collect()
+}
+
+/// Every column a new job's row has but its id and created_at, in id order.
+async fn rows_of(conn: &mut PgConnection, ids: &[i64]) -> Vec<serde_json::Value> {
+    sqlx::query_scalar(
+        "SELECT to_jsonb(j) - 'id' - 'created_at' FROM fleet_jobs j WHERE id = ANY($1) ORDER BY id",
+    )
+    .bind(ids)
+    .fetch_all(conn)
+    .await
+    .unwrap()
+}
+
+#[tokio::test]
+async fn a_chunk_without_keys_is_copied_into_the_same_rows_an_insert_writes() {
+    let db = db().await;
+    let mut conn = db.pool.acquire().await.unwrap();
+    let at = chrono::Utc::now();
+    let n = queue::COPY_MIN_ROWS * 2 + 5;
+    let jobs = unkeyed_inserts(n, at);
+
+    // One chunk past the threshold goes by COPY; chunks under it by INSERT.
+    let copied = queue::job_insert_many(&mut conn, &jobs, Some(at))
+        .await
+        .unwrap();
+    let mut inserted = Vec::new();
+    for part in jobs.chunks(queue::COPY_MIN_ROWS - 1) {
+        inserted.extend(
+            queue::job_insert_many(&mut conn, part, Some(at))
+                .await
+                .unwrap(),
+        );
+    }
+    assert!(copied.iter().all(|e| !e.duplicate));
+    let copied_ids: Vec<i64> = copied.iter().map(|e| e.id).collect();
+    let inserted_ids: Vec<i64> = inserted.iter().map(|e| e.id).collect();
+    assert!(
+        copied_ids.windows(2).all(|w| w[0] < w[1]),
+        "ids ascend in input order, so a queue's jobs are claimed in the order given"
+    );
+    let by_copy = rows_of(&mut conn, &copied_ids).await;
+    let by_insert = rows_of(&mut conn, &inserted_ids).await;
+    assert_eq!(by_copy.len(), n, "every copied job is written");
+    for (i, (c, ins)) in by_copy.iter().zip(&by_insert).enumerate() {
+        assert_eq!(
+            c, ins,
+            "job {i}: the copied row differs from the inserted one"
+        );
+    }
+    let scheduled = by_copy.iter().filter(|r| r["state"] == "scheduled").count();
+    assert_eq!(
+        scheduled,
+        (0..n).filter(|i| i % 4 == 2).count(),
+        "only the jobs due after the clock are scheduled"
+    );
+
+    // On the database's own clock, a job without run_at runs at its transaction's time.
+    let out = queue::job_insert_many(&mut conn, &jobs, None)
+        .await
+        .unwrap();
+    let ids: Vec<i64> = out.iter().map(|e| e.id).collect();
+    let off_clock: i64 = sqlx::query_scalar(
+        "SELECT count(*) FROM fleet_jobs WHERE id = ANY($1) AND run_at <> created_at \
+         AND (args->>'i')::int % 4 = 0",
+    )
+    .bind(&ids)
+    .fetch_one(&mut *conn)
+    .await
+    .unwrap();
+    assert_eq!(off_clock, 0);
+}
+
+#[tokio::test]
+async fn a_copied_chunk_with_one_bad_row_writes_nothing_and_leaves_the_connection_usable() {
+    let db = db().await;
+    let mut conn = db.pool.acquire().await.unwrap();
+    let mut jobs = unkeyed_inserts(queue::COPY_MIN_ROWS * 3, chrono::Utc::now());
+    // JSON allows it; jsonb refuses it.
+    jobs[100].args = serde_json::json!({"s": "nul \u{0} inside"});
+    let err = queue::job_insert_many(&mut conn, &jobs, None)
+        .await
+        .expect_err("jsonb refuses a NUL character");
+    assert!(
+        err.to_string()
+            .contains("unsupported Unicode escape sequence"),
+        "the error names what is wrong: {err}"
+    );
+    assert_eq!(
+        job_count(&db.pool).await,
+        0,
+        "nothing of the chunk is written"
+    );
+    jobs[100].args = serde_json::json!({"s": "fine"});
+    let out = queue::job_insert_many(&mut conn, &jobs, None)
+        .await
+        .unwrap();
+    assert_eq!(
+        out.len(),
+        jobs.len(),
+        "the same connection copies the next chunk"
+    );
+    assert_eq!(job_count(&db.pool).await, jobs.len() as i64);
+}
+
+#[tokio::test]
+async fn a_copied_chunk_in_a_callers_transaction_exists_and_wakes_workers_only_at_commit() {
+    let db = db().await;
+    let mut listener = sqlx::postgres::PgListener::connect(&db.url).await.unwrap();
+    listener.listen(queue::JOBS_CHANNEL).await.unwrap();
+    let mut conn = db.pool.acquire().await.unwrap();
+    let at = chrono::Utc::now();
+    let n = queue::COPY_MIN_ROWS * 2;
+    // Two queues: one with jobs due now, one whose jobs are all due in an hour.
+    let jobs: Vec<queue::JobInsert> = unkeyed_inserts(n, at)
+        .into_iter()
+        .enumerate()
+        .map(|(i, mut j)| {
+            if i % 2 == 0 {
+                j.queue = "due".to_owned();
+                j.run_at = None;
+            } else {
+                j.queue = "later".to_owned();
+                j.run_at = Some(at + chrono::Duration::hours(1));
+            }
+            j
+        })
+        .collect();
+
+    let mut tx = conn.begin().await.unwrap();
+    queue::job_insert_many(&mut tx, &jobs, None).await.unwrap();
+    tx.rollback().await.unwrap();
+    assert_eq!(
+        job_count(&db.pool).await,
+        0,
+        "a rolled-back chunk leaves no job"
+    );
+    let woken = tokio::time::timeout(Duration::from_millis(300), listener.recv()).await;
+    assert!(
+        woken.is_err(),
+        "a rolled-back chunk wakes no worker: {woken:?}"
+    );
+
+    let mut tx = conn.begin().await.unwrap();
+    let out = queue::job_insert_many(&mut tx, &jobs, None).await.unwrap();
+    let early = tokio::time::timeout(Duration::from_millis(300), listener.recv()).await;
+    assert!(
+        early.is_err(),
+        "no worker is woken before the commit: {early:?}"
+    );
+    tx.commit().await.unwrap();
+    assert_eq!(out.len(), n);
+    assert_eq!(job_count(&db.pool).await, n as i64);
+    let woken = tokio::time::timeout(Duration::from_secs(5), listener.recv())
+        .await
+        .expect("the commit wakes the queue with due jobs")
+        .unwrap();
+    assert_eq!(woken.payload(), "due");
+    let more = tokio::time::timeout(Duration::from_millis(300), listener.recv()).await;
+    assert!(
+        more.is_err(),
+        "one wake-up per queue with due jobs, none for a queue due later: {more:?}"
+    );
+}

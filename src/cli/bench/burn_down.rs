@@ -73,6 +73,11 @@ pub struct BurnDownArgs {
     /// no direct connection at all (`transaction-only`: polling, a claim transaction per round).
     #[arg(long, value_enum, default_value = "direct")]
     through: Through,
+    /// Connections the bulk enqueue may use: 2, as the library does with a pool that gives a
+    /// second one (a batch past one statement is split over two), or 1 (a pool of one
+    /// connection of its own, direct only).
+    #[arg(long, default_value_t = 2, value_parser = clap::value_parser!(u8).range(1..=2))]
+    enqueue_connections: u8,
     /// Print one JSON object as the last line.
     #[arg(long)]
     json: bool,
@@ -107,13 +112,17 @@ pub async fn run(a: BurnDownArgs) -> anyhow::Result<()> {
         workers: a.workers.max(1),
         table_settings: a.table_settings,
         through: a.through,
+        enqueue_connections: a.enqueue_connections,
     };
+    if a.enqueue_connections == 1 && a.through != Through::Direct {
+        bail!("--enqueue-connections 1 opens a direct connection: use it with --through direct");
+    }
     let r = burn_down(params).await?;
     eprintln!(
-        "burn-down through {:?}: {} jobs, {} worker(s) at concurrency {}, prefetch {}, history {}, global_concurrency {:?}, budget {:?}/s, throttled jobs ahead {}\n  enqueue  {:>10.0} jobs/s\n  work     {:>10.0} jobs/s\n  completed {} (ran more than once: {})\n  pickup p50 {:.3} ms, p99 {:.3} ms over {} trickled jobs\n  load average (1m) at start: {:.2}",
+        "burn-down through {:?}: {} jobs, {} worker(s) at concurrency {}, prefetch {}, history {}, global_concurrency {:?}, budget {:?}/s, throttled jobs ahead {}\n  enqueue  {:>10.0} jobs/s over {} connection(s) at most\n  work     {:>10.0} jobs/s\n  completed {} (ran more than once: {})\n  pickup p50 {:.3} ms, p99 {:.3} ms over {} trickled jobs\n  load average (1m) at start: {:.2}",
         r.through, r.jobs, r.workers, r.concurrency, r.prefetch, r.history, r.global_concurrency,
         r.budget_rate, r.throttled_jobs,
-        r.enqueue_jobs_per_s, r.work_jobs_per_s,
+        r.enqueue_jobs_per_s, r.enqueue_connections, r.work_jobs_per_s,
         r.completed, r.ran_more_than_once, r.pickup_p50_ms, r.pickup_p99_ms, r.latency_jobs,
         r.loadavg_1m
     );
@@ -158,6 +167,8 @@ struct BenchParams {
     pub table_settings: Vec<(String, Option<String>)>,
     /// What the connections go through.
     pub through: Through,
+    /// Connections the bulk enqueue may use (1 or 2).
+    pub enqueue_connections: u8,
 }
 
 /// Figures of one run. Field names are the `--json` contract.
@@ -197,6 +208,8 @@ struct BenchReport {
     pub workers: usize,
     /// What the connections went through.
     pub through: Through,
+    /// Connections the bulk enqueue could use (1 or 2).
+    pub enqueue_connections: u8,
 }
 
 struct BenchState {
@@ -344,9 +357,26 @@ async fn burn_down(p: BenchParams) -> anyhow::Result<BenchReport> {
     let batch: Vec<NewJob> = (0..p.jobs)
         .map(|i| NewJob::of(&BenchNoop { i }).expect("serializable"))
         .collect();
+    // One connection: a pool of one of its own, so the enqueue cannot take a second.
+    let one = match p.enqueue_connections {
+        1 => Some(
+            sqlx::postgres::PgPoolOptions::new()
+                .max_connections(1)
+                .connect(&db.url)
+                .await?,
+        ),
+        _ => None,
+    };
+    let eq = match &one {
+        Some(pool) => Queue::new(pool.clone(), registry.clone()),
+        None => q.clone(),
+    };
     let t0 = Instant::now();
-    let ids = q.enqueue_many(batch).await?;
+    let ids = eq.enqueue_many(batch).await?;
     let enqueue_s = t0.elapsed().as_secs_f64();
+    if let Some(pool) = one {
+        pool.close().await;
+    }
     if ids.len() != p.jobs {
         bail!("enqueued {} of {} jobs", ids.len(), p.jobs);
     }
@@ -442,6 +472,7 @@ async fn burn_down(p: BenchParams) -> anyhow::Result<BenchReport> {
         budget_rate: p.budget_rate,
         workers: p.workers,
         through: p.through,
+        enqueue_connections: p.enqueue_connections,
     })
 }
 
