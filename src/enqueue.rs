@@ -15,7 +15,7 @@ use std::{collections::HashMap, sync::Arc};
 
 use jobs::Db;
 use jobs::{BoxFuture, Enqueued, Enqueuer, Job, NewJob};
-use sqlx::PgConnection;
+use sqlx::{pool::PoolConnection, PgConnection, Postgres};
 
 use crate::{
     clock::Clock,
@@ -249,7 +249,7 @@ impl Queue {
         let mut rows = self.prepare(jobs)?;
         let Some(conn) = self.db.acquire_session().await else {
             let mut tx = self.db.begin().await?;
-            let out = self.insert_routed(&mut tx, rows, false).await?;
+            let out = self.insert_routed(On::Caller(&mut tx), rows, false).await?;
             tx.commit().await?;
             return Ok(out);
         };
@@ -274,14 +274,14 @@ impl Queue {
                 let chunks = rows.len().div_ceil(queue::ENQUEUE_CHUNK);
                 let second = rows.split_off(chunks.div_ceil(2) * queue::ENQUEUE_CHUNK);
                 let (mut first, second) = tokio::try_join!(
-                    self.insert_routed(&mut conn, rows, false),
-                    self.insert_routed(&mut other, second, false)
+                    self.insert_routed(On::Pooled(&mut conn), rows, false),
+                    self.insert_routed(On::Pooled(&mut other), second, false)
                 )?;
                 first.extend(second);
                 return Ok(first);
             }
         }
-        self.insert_routed(&mut conn, rows, false).await
+        self.insert_routed(On::Pooled(&mut conn), rows, false).await
     }
 
     /// Enqueues on the caller's connection (on the queue's own database), typically `&mut *tx`:
@@ -294,7 +294,7 @@ impl Queue {
         jobs: Vec<NewJob>,
     ) -> Result<Vec<Enqueued>, EnqueueError> {
         let rows = self.prepare(jobs)?;
-        self.insert_routed(conn, rows, true).await
+        self.insert_routed(On::Caller(conn), rows, true).await
     }
 
     /// Resolves and validates every job: nothing is written for a batch that holds a bad one.
@@ -335,12 +335,12 @@ impl Queue {
     /// caller may hold a transaction on `conn`, so routed jobs need a key.
     async fn insert_routed(
         &self,
-        conn: &mut PgConnection,
+        mut conn: On<'_>,
         rows: Vec<JobInsert>,
         beside_tx: bool,
     ) -> Result<Vec<Enqueued>, EnqueueError> {
         let out = if self.routes.by_kind.is_empty() {
-            queue::job_insert_many(conn, &rows, self.clock.now()).await?
+            conn.insert_many(&rows, self.clock.now()).await?
         } else {
             // Group by target database, keeping each job's input position.
             let mut local: Vec<usize> = Vec::new();
@@ -377,7 +377,7 @@ impl Queue {
                 }
             }
             if !local.is_empty() {
-                let got = queue::job_insert_many(conn, &pick(&local), self.clock.now()).await?;
+                let got = conn.insert_many(&pick(&local), self.clock.now()).await?;
                 for (&i, e) in local.iter().zip(got) {
                     out[i] = Some(e);
                 }
@@ -446,5 +446,27 @@ impl Enqueuer for Queue {
                 ),
             })
         })
+    }
+}
+
+/// The connection a batch is written on.
+enum On<'c> {
+    /// The caller's, perhaps inside its transaction: every chunk is an `INSERT`.
+    Caller(&'c mut PgConnection),
+    /// A session the queue took from its pool for this call: a chunk of jobs without keys may
+    /// be copied (`queue::job_insert_many_pooled`).
+    Pooled(&'c mut PoolConnection<Postgres>),
+}
+
+impl On<'_> {
+    async fn insert_many(
+        &mut self,
+        rows: &[JobInsert],
+        now: queue::Now,
+    ) -> Result<Vec<Enqueued>, queue::QueueError> {
+        match self {
+            On::Caller(conn) => queue::job_insert_many(conn, rows, now).await,
+            On::Pooled(conn) => queue::job_insert_many_pooled(conn, rows, now).await,
+        }
     }
 }

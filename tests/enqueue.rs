@@ -793,18 +793,14 @@ async fn a_chunk_without_keys_is_copied_into_the_same_rows_an_insert_writes() {
     let n = queue::COPY_MIN_ROWS * 2 + 5;
     let jobs = unkeyed_inserts(n, at);
 
-    // One chunk past the threshold goes by COPY; chunks under it by INSERT.
-    let copied = queue::job_insert_many(&mut conn, &jobs, Some(at))
+    // On a pooled connection a chunk past the threshold goes by COPY; on the caller's
+    // connection every chunk is an INSERT.
+    let copied = queue::job_insert_many_pooled(&mut conn, &jobs, Some(at))
         .await
         .unwrap();
-    let mut inserted = Vec::new();
-    for part in jobs.chunks(queue::COPY_MIN_ROWS - 1) {
-        inserted.extend(
-            queue::job_insert_many(&mut conn, part, Some(at))
-                .await
-                .unwrap(),
-        );
-    }
+    let inserted = queue::job_insert_many(&mut conn, &jobs, Some(at))
+        .await
+        .unwrap();
     assert!(copied.iter().all(|e| !e.duplicate));
     let copied_ids: Vec<i64> = copied.iter().map(|e| e.id).collect();
     let inserted_ids: Vec<i64> = inserted.iter().map(|e| e.id).collect();
@@ -829,7 +825,7 @@ async fn a_chunk_without_keys_is_copied_into_the_same_rows_an_insert_writes() {
     );
 
     // On the database's own clock, a job without run_at runs at its transaction's time.
-    let out = queue::job_insert_many(&mut conn, &jobs, None)
+    let out = queue::job_insert_many_pooled(&mut conn, &jobs, None)
         .await
         .unwrap();
     let ids: Vec<i64> = out.iter().map(|e| e.id).collect();
@@ -845,13 +841,16 @@ async fn a_chunk_without_keys_is_copied_into_the_same_rows_an_insert_writes() {
 }
 
 #[tokio::test]
-async fn a_copied_chunk_with_one_bad_row_writes_nothing_and_leaves_the_connection_usable() {
+async fn a_copied_chunk_with_one_bad_row_writes_nothing_wakes_no_one_and_leaves_the_connection_usable(
+) {
     let db = db().await;
+    let mut listener = sqlx::postgres::PgListener::connect(&db.url).await.unwrap();
+    listener.listen(queue::JOBS_CHANNEL).await.unwrap();
     let mut conn = db.pool.acquire().await.unwrap();
     let mut jobs = unkeyed_inserts(queue::COPY_MIN_ROWS * 3, chrono::Utc::now());
     // JSON allows it; jsonb refuses it.
     jobs[100].args = serde_json::json!({"s": "nul \u{0} inside"});
-    let err = queue::job_insert_many(&mut conn, &jobs, None)
+    let err = queue::job_insert_many_pooled(&mut conn, &jobs, None)
         .await
         .expect_err("jsonb refuses a NUL character");
     assert!(
@@ -864,8 +863,13 @@ async fn a_copied_chunk_with_one_bad_row_writes_nothing_and_leaves_the_connectio
         0,
         "nothing of the chunk is written"
     );
+    let woken = tokio::time::timeout(Duration::from_millis(300), listener.recv()).await;
+    assert!(
+        woken.is_err(),
+        "a chunk rolled back wakes no worker: {woken:?}"
+    );
     jobs[100].args = serde_json::json!({"s": "fine"});
-    let out = queue::job_insert_many(&mut conn, &jobs, None)
+    let out = queue::job_insert_many_pooled(&mut conn, &jobs, None)
         .await
         .unwrap();
     assert_eq!(
@@ -877,7 +881,7 @@ async fn a_copied_chunk_with_one_bad_row_writes_nothing_and_leaves_the_connectio
 }
 
 #[tokio::test]
-async fn a_copied_chunk_in_a_callers_transaction_exists_and_wakes_workers_only_at_commit() {
+async fn a_copied_chunk_wakes_each_queue_with_a_due_job_once() {
     let db = db().await;
     let mut listener = sqlx::postgres::PgListener::connect(&db.url).await.unwrap();
     listener.listen(queue::JOBS_CHANNEL).await.unwrap();
@@ -899,29 +903,9 @@ async fn a_copied_chunk_in_a_callers_transaction_exists_and_wakes_workers_only_a
             j
         })
         .collect();
-
-    let mut tx = conn.begin().await.unwrap();
-    queue::job_insert_many(&mut tx, &jobs, None).await.unwrap();
-    tx.rollback().await.unwrap();
-    assert_eq!(
-        job_count(&db.pool).await,
-        0,
-        "a rolled-back chunk leaves no job"
-    );
-    let woken = tokio::time::timeout(Duration::from_millis(300), listener.recv()).await;
-    assert!(
-        woken.is_err(),
-        "a rolled-back chunk wakes no worker: {woken:?}"
-    );
-
-    let mut tx = conn.begin().await.unwrap();
-    let out = queue::job_insert_many(&mut tx, &jobs, None).await.unwrap();
-    let early = tokio::time::timeout(Duration::from_millis(300), listener.recv()).await;
-    assert!(
-        early.is_err(),
-        "no worker is woken before the commit: {early:?}"
-    );
-    tx.commit().await.unwrap();
+    let out = queue::job_insert_many_pooled(&mut conn, &jobs, None)
+        .await
+        .unwrap();
     assert_eq!(out.len(), n);
     assert_eq!(job_count(&db.pool).await, n as i64);
     let woken = tokio::time::timeout(Duration::from_secs(5), listener.recv())
@@ -934,4 +918,73 @@ async fn a_copied_chunk_in_a_callers_transaction_exists_and_wakes_workers_only_a
         more.is_err(),
         "one wake-up per queue with due jobs, none for a queue due later: {more:?}"
     );
+}
+
+#[tokio::test]
+async fn a_batch_in_a_callers_transaction_is_never_copied_and_goes_with_its_rollback() {
+    let db = db().await;
+    let q = queue_with(&db.pool, Duration::ZERO);
+    let mut conn = db.pool.acquire().await.unwrap();
+    let jobs = || -> Vec<NewJob> {
+        (0..queue::COPY_MIN_ROWS * 4)
+            .map(|i| NewJob::raw("test.flaky", serde_json::json!({"succeed_on": 1, "i": i})))
+            .collect()
+    };
+    let mut tx = conn.begin().await.unwrap();
+    q.enqueue_many_in(&mut tx, jobs()).await.unwrap();
+    // Dropped part way through a batch of its own, on the caller's connection.
+    let dropped = tokio::time::timeout(
+        Duration::from_micros(300),
+        q.enqueue_many_in(&mut tx, jobs()),
+    )
+    .await;
+    tx.rollback().await.unwrap();
+    assert_eq!(
+        job_count(&db.pool).await,
+        0,
+        "the rollback takes every job: {dropped:?}"
+    );
+    let one: i32 = sqlx::query_scalar("SELECT 1")
+        .fetch_one(&mut *conn)
+        .await
+        .unwrap();
+    assert_eq!(one, 1, "the caller's connection is in step");
+}
+
+#[tokio::test]
+async fn an_enqueue_dropped_mid_copy_leaves_whole_chunks_and_a_pool_that_still_works() {
+    let db = db().await;
+    let q = queue_with(&db.pool, Duration::ZERO);
+    let n = fleet::queue::ENQUEUE_CHUNK * 4;
+    let mut dropped = 0;
+    for ms in (1..=60).step_by(3) {
+        let jobs: Vec<NewJob> = (0..n)
+            .map(|i| NewJob::raw("test.flaky", serde_json::json!({"succeed_on": 1, "i": i})))
+            .collect();
+        let before = job_count(&db.pool).await;
+        // Dropped wherever it is when the time runs out: drawing ids, copying, committing.
+        if tokio::time::timeout(Duration::from_millis(ms), q.enqueue_many(jobs))
+            .await
+            .is_err()
+        {
+            dropped += 1;
+        }
+        // Every connection the pool lends still answers.
+        let mut answers = Vec::new();
+        for _ in 0..4 {
+            answers.push(sqlx::query_scalar::<_, i32>("SELECT 1").fetch_one(&db.pool));
+        }
+        for a in futures::future::join_all(answers).await {
+            assert_eq!(a.expect("the pool lends only working connections"), 1);
+        }
+        // Whole chunks or nothing: a chunk is one transaction.
+        let after = job_count(&db.pool).await;
+        assert_eq!(
+            (after - before) % fleet::queue::ENQUEUE_CHUNK as i64,
+            0,
+            "{ms} ms: {} jobs written, not whole chunks",
+            after - before
+        );
+    }
+    assert!(dropped > 0, "some enqueues were dropped part way");
 }

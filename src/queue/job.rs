@@ -9,7 +9,7 @@ use chrono::{DateTime, Utc};
 use jobs::Db;
 use serde::Serialize;
 use serde_json::Value;
-use sqlx::{AssertSqlSafe, Connection, PgConnection, PgExecutor, Row};
+use sqlx::{pool::PoolConnection, AssertSqlSafe, Connection, PgConnection, PgExecutor, Postgres, Row};
 
 use super::{filter::bind_filter, AttemptError, JobFilter, JobState, Now, QueueError};
 use crate::queue::filter::FILTER_SQL;
@@ -80,6 +80,57 @@ pub async fn job_insert_many(
     Ok(out)
 }
 
+/// [`job_insert_many`] on a connection of a pool, which may also copy: a chunk of at least
+/// [`COPY_MIN_ROWS`] jobs without keys is written by `COPY` ([`insert_unkeyed_by_copy`]), each
+/// chunk still in a transaction of its own. Only on a pooled connection the caller owns, with
+/// no transaction open on it: if this future is dropped while a `COPY` is under way, the
+/// connection is closed instead of going back to the pool (sqlx's `COPY` leaves its protocol
+/// state out of step then: the pool's release ping passes, and the next statement on it fails).
+pub async fn job_insert_many_pooled(
+    conn: &mut PoolConnection<Postgres>,
+    jobs: &[JobInsert],
+    now: Now,
+) -> Result<Vec<Enqueued>, QueueError> {
+    for j in jobs {
+        validate_insert(j)?;
+    }
+    let mut out = Vec::with_capacity(jobs.len());
+    for chunk in jobs.chunks(ENQUEUE_CHUNK) {
+        let copyable = chunk.len() >= COPY_MIN_ROWS
+            && chunk
+                .iter()
+                .all(|j| j.idempotency_key.is_none() && j.limit_key.is_none());
+        if copyable {
+            let mut guard = CloseIfAbandoned {
+                conn: &mut *conn,
+                armed: true,
+            };
+            let copied = insert_unkeyed_by_copy(guard.conn, chunk, now).await;
+            // Finished, well or not: the protocol is in step again.
+            guard.armed = false;
+            out.extend(copied?);
+        } else {
+            out.extend(insert_chunk(&mut *conn, chunk, now).await?);
+        }
+    }
+    Ok(out)
+}
+
+/// While armed, a pooled connection is marked to be closed, not returned to its pool, if the
+/// future holding this guard is dropped.
+struct CloseIfAbandoned<'c> {
+    conn: &'c mut PoolConnection<Postgres>,
+    armed: bool,
+}
+
+impl Drop for CloseIfAbandoned<'_> {
+    fn drop(&mut self) {
+        if self.armed {
+            self.conn.close_on_drop();
+        }
+    }
+}
+
 /// Checks what the schema would refuse (empty or long kind, queue or key; no attempts), so a
 /// bad row is named before any statement runs.
 pub fn validate_insert(j: &JobInsert) -> Result<(), QueueError> {
@@ -123,13 +174,6 @@ async fn insert_chunk(
     chunk: &[JobInsert],
     now: Now,
 ) -> Result<Vec<Enqueued>, QueueError> {
-    if chunk.len() >= COPY_MIN_ROWS
-        && chunk
-            .iter()
-            .all(|j| j.idempotency_key.is_none() && j.limit_key.is_none())
-    {
-        return Ok(insert_unkeyed_by_copy(conn, chunk, now).await?);
-    }
     let mut result: Vec<Option<Enqueued>> = vec![None; chunk.len()];
     // Indices (into `chunk`) still to insert.
     let mut todo: Vec<usize> = (0..chunk.len()).collect();
@@ -317,13 +361,10 @@ async fn insert_rows(
 /// the insert's `ON CONFLICT` arbiter nor its per-key ranking, and `COPY` skips the planning
 /// and the array decoding of a bound `INSERT` (docs/benchmarks.md, "A bulk enqueue by COPY").
 ///
-/// One transaction (a savepoint when the caller holds one): the ids are drawn up front in input
-/// order, so ids ascend with the input and a queue's jobs are claimed in the order given; the
-/// workers of each queue with a job due by the statement's clock are notified, at commit; then
-/// the rows are copied. All of the chunk is written, or none of it.
-///
-/// If this future is dropped mid-copy, sqlx queues a `CopyFail` on the connection; the next
-/// use of it (the pool's ping before it lends the connection again) fails and closes it.
+/// One transaction: the ids are drawn up front in input order, so ids ascend with the input and
+/// a queue's jobs are claimed in the order given; the workers of each queue with a job due by
+/// the statement's clock are notified, at commit; then the rows are copied. All of the chunk is
+/// written, or none of it. Not cancel-safe: see [`job_insert_many_pooled`].
 async fn insert_unkeyed_by_copy(
     conn: &mut PgConnection,
     chunk: &[JobInsert],
