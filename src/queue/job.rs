@@ -70,14 +70,20 @@ pub async fn job_insert_many(
     jobs: &[JobInsert],
     now: Now,
 ) -> Result<Vec<Enqueued>, QueueError> {
-    for j in jobs {
-        validate_insert(j)?;
-    }
     let mut out = Vec::with_capacity(jobs.len());
-    for chunk in jobs.chunks(ENQUEUE_CHUNK) {
+    for chunk in validated_chunks(jobs)? {
         out.extend(insert_chunk(conn, chunk, now).await?);
     }
     Ok(out)
+}
+
+/// `jobs` in statement-sized chunks, once every one of them is valid: a batch with a bad job
+/// writes nothing.
+fn validated_chunks(jobs: &[JobInsert]) -> Result<std::slice::Chunks<'_, JobInsert>, QueueError> {
+    for j in jobs {
+        validate_insert(j)?;
+    }
+    Ok(jobs.chunks(ENQUEUE_CHUNK))
 }
 
 /// [`job_insert_many`] on a connection of a pool, which may also copy: a chunk of at least
@@ -91,11 +97,8 @@ pub async fn job_insert_many_pooled(
     jobs: &[JobInsert],
     now: Now,
 ) -> Result<Vec<Enqueued>, QueueError> {
-    for j in jobs {
-        validate_insert(j)?;
-    }
     let mut out = Vec::with_capacity(jobs.len());
-    for chunk in jobs.chunks(ENQUEUE_CHUNK) {
+    for chunk in validated_chunks(jobs)? {
         let copyable = chunk.len() >= COPY_MIN_ROWS
             && chunk
                 .iter()
