@@ -374,22 +374,20 @@ async fn insert_unkeyed_by_copy(
     now: Now,
 ) -> Result<Vec<Enqueued>, sqlx::Error> {
     // Each queue once, with its earliest run_at (None: due now), for the wake-up.
-    let mut queues: Vec<&str> = Vec::new();
-    let mut first_run_ats: Vec<Option<DateTime<Utc>>> = Vec::new();
+    let mut first_run_at: HashMap<&str, Option<DateTime<Utc>>> = HashMap::new();
     for j in chunk {
-        match queues.iter().position(|q| *q == j.queue) {
-            Some(i) => {
-                first_run_ats[i] = match (first_run_ats[i], j.run_at) {
+        first_run_at
+            .entry(j.queue.as_str())
+            .and_modify(|first| {
+                *first = match (*first, j.run_at) {
                     (Some(a), Some(b)) => Some(a.min(b)),
                     _ => None,
                 }
-            }
-            None => {
-                queues.push(&j.queue);
-                first_run_ats.push(j.run_at);
-            }
-        }
+            })
+            .or_insert(j.run_at);
     }
+    let (queues, first_run_ats): (Vec<&str>, Vec<Option<DateTime<Utc>>>) =
+        first_run_at.into_iter().unzip();
     let mut tx = conn.begin().await?;
     let row = sqlx::query(
         r#"
