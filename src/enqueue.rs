@@ -254,9 +254,7 @@ impl Queue {
             return Ok(out);
         };
         let mut conn = conn?;
-        let unkeyed = rows
-            .iter()
-            .all(|r| r.idempotency_key.is_none() && r.limit_key.is_none());
+        let unkeyed = rows.iter().all(JobInsert::is_unkeyed);
         if unkeyed && self.routes.by_kind.is_empty() && rows.len() > queue::ENQUEUE_CHUNK {
             // A second connection only if one comes quickly: a small or busy pool inserts on
             // the one it gave.
@@ -451,7 +449,9 @@ impl Enqueuer for Queue {
 
 /// The connection a batch is written on.
 enum On<'c> {
-    /// The caller's, perhaps inside its transaction: every chunk is an `INSERT`.
+    /// A connection the enqueuer cannot close if the call is dropped (the caller's, perhaps in
+    /// its transaction, or the one transaction a transaction pooler gets): every chunk is an
+    /// `INSERT`.
     Caller(&'c mut PgConnection),
     /// A session the queue took from its pool for this call: a chunk of jobs without keys may
     /// be copied (`queue::job_insert_many_pooled`).

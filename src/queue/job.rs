@@ -56,6 +56,16 @@ pub struct JobInsert {
     pub limited: bool,
 }
 
+impl JobInsert {
+    /// Neither an idempotency key nor a limit key: the row can conflict with no other (the only
+    /// unique index besides the id holds keyed rows) and ranks 0, so neither its insert's order
+    /// against other rows nor its connection matters (a batch of such rows may be split over
+    /// connections, or copied).
+    pub fn is_unkeyed(&self) -> bool {
+        self.idempotency_key.is_none() && self.limit_key.is_none()
+    }
+}
+
 /// Outcome of inserting one job.
 pub use jobs::Enqueued;
 
@@ -99,10 +109,7 @@ pub async fn job_insert_many_pooled(
 ) -> Result<Vec<Enqueued>, QueueError> {
     let mut out = Vec::with_capacity(jobs.len());
     for chunk in validated_chunks(jobs)? {
-        let copyable = chunk.len() >= COPY_MIN_ROWS
-            && chunk
-                .iter()
-                .all(|j| j.idempotency_key.is_none() && j.limit_key.is_none());
+        let copyable = chunk.len() >= COPY_MIN_ROWS && chunk.iter().all(JobInsert::is_unkeyed);
         if copyable {
             let mut guard = CloseIfAbandoned {
                 conn: &mut *conn,

@@ -357,25 +357,21 @@ async fn burn_down(p: BenchParams) -> anyhow::Result<BenchReport> {
     let batch: Vec<NewJob> = (0..p.jobs)
         .map(|i| NewJob::of(&BenchNoop { i }).expect("serializable"))
         .collect();
-    // One connection: a pool of one of its own, so the enqueue cannot take a second.
+    // One connection: a pool of one of its own, opened as the others are, so the enqueue
+    // cannot take a second.
     let one = match p.enqueue_connections {
-        1 => Some(
-            sqlx::postgres::PgPoolOptions::new()
-                .max_connections(1)
-                .connect(&db.url)
-                .await?,
-        ),
+        1 => Some(open_through(&db.url, Through::Direct, 1).await?.1),
         _ => None,
     };
     let eq = match &one {
-        Some(pool) => Queue::new(pool.clone(), registry.clone()),
+        Some(single) => Queue::new(single.clone(), registry.clone()),
         None => q.clone(),
     };
     let t0 = Instant::now();
     let ids = eq.enqueue_many(batch).await?;
     let enqueue_s = t0.elapsed().as_secs_f64();
-    if let Some(pool) = one {
-        pool.close().await;
+    if let Some(single) = one {
+        single.close().await;
     }
     if ids.len() != p.jobs {
         bail!("enqueued {} of {} jobs", ids.len(), p.jobs);
