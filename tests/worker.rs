@@ -595,14 +595,33 @@ async fn a_follow_up_records_the_job_that_enqueued_it() {
     w.stop().await;
 }
 
+/// `n` one-millisecond sleeps without keys, enqueued in one call.
+async fn enqueue_sleeps(db: &fleet::database::scratch::ScratchDb, n: usize) {
+    let q = Queue::new(db.pool.clone(), registry());
+    let jobs: Vec<NewJob> = (0..n)
+        .map(|_| NewJob::of(&Sleep { ms: 1, key: None }).unwrap())
+        .collect();
+    q.enqueue_many(jobs).await.unwrap();
+}
+
+/// A plain claim of up to `limit` jobs of any kind by `owner`, on the database's clock.
+fn claim_params(limit: i64, owner: &str) -> queue::FetchParams<'_> {
+    queue::FetchParams {
+        only_kinds: None,
+        queues: None,
+        skip_kinds: &[],
+        limited_kinds: &[],
+        limit,
+        owner,
+        lease: SECS(60),
+        now: None,
+    }
+}
+
 #[tokio::test]
 async fn the_first_claim_on_a_never_analyzed_table_walks_the_ready_index_not_the_backlog() {
     let db = db().await;
-    let q = Queue::new(db.pool.clone(), registry());
-    let backlog: Vec<NewJob> = (0..20_000)
-        .map(|_| NewJob::of(&Sleep { ms: 1, key: None }).unwrap())
-        .collect();
-    q.enqueue_many(backlog).await.unwrap();
+    enqueue_sleeps(&db, 20_000).await;
     let mut conn = db.pool.acquire().await.unwrap();
     let analyzed: Option<chrono::DateTime<Utc>> = sqlx::query_scalar(
         "SELECT greatest(last_analyze, last_autoanalyze) FROM pg_stat_user_tables
@@ -615,16 +634,7 @@ async fn the_first_claim_on_a_never_analyzed_table_walks_the_ready_index_not_the
     // Index tuples the claim reads: ~64 for the ordered walk, the whole backlog for a bitmap
     // scan plus sort.
     flush_stats(&mut conn).await;
-    let params = queue::FetchParams {
-        only_kinds: None,
-        queues: None,
-        skip_kinds: &[],
-        limited_kinds: &[],
-        limit: 64,
-        owner: "plan-test",
-        lease: SECS(60),
-        now: None,
-    };
+    let params = claim_params(64, "plan-test");
     let before = ready_index_tuples_read(&mut conn).await;
     let claimed = queue::job_fetch_available(&mut conn, &params)
         .await
@@ -662,4 +672,120 @@ async fn the_first_claim_on_a_never_analyzed_table_walks_the_ready_index_not_the
         .await
         .unwrap();
     assert_eq!(pool_seqscan, "on");
+}
+
+/// The outcome statement's plans on a session: (generic, custom), as its
+/// `pg_prepared_statements` counts them.
+async fn outcome_plans(conn: &mut sqlx::PgConnection) -> (i64, i64) {
+    sqlx::query_as(
+        "SELECT coalesce(sum(generic_plans), 0)::bigint, coalesce(sum(custom_plans), 0)::bigint
+         FROM pg_prepared_statements WHERE statement LIKE '%UPDATE fleet_jobs j SET%outcome_claim_seq%'",
+    )
+    .fetch_one(conn)
+    .await
+    .unwrap()
+}
+
+#[tokio::test]
+async fn the_outcome_writer_plans_its_write_once_per_session_whatever_the_batch_size() {
+    let db = db().await;
+    enqueue_sleeps(&db, 3_000).await;
+    let mut conn = db.pool.acquire().await.unwrap();
+    let mut writer = queue::OutcomeWriter::new(&db.db());
+    let params = |limit| claim_params(limit, "outcome-plan-test");
+    // Batches of a few rows, the steady state's, where `auto` kept re-planning; and one of
+    // 2,000, where a custom plan could prefer another join.
+    let (mut calls, mut done) = (0, 0);
+    for limit in [1, 2, 3, 1, 5, 2, 3, 1, 4, 2, 3, 2, 1, 2_000, 3, 1] {
+        let claimed = queue::job_fetch_available(&mut conn, &params(limit))
+            .await
+            .unwrap();
+        assert_eq!(claimed.len(), limit as usize);
+        let rows: Vec<_> = claimed.iter().map(|c| completion(c, SECS(0))).collect();
+        let written = writer.set_outcome_many(&rows, None).await.unwrap();
+        assert_eq!(written.len(), rows.len(), "every fenced outcome is written");
+        calls += 1;
+        done += rows.len() as i64;
+    }
+    let (generic, custom) =
+        outcome_plans(writer.open_session().expect("a session of its own")).await;
+    assert!(
+        custom == 0 && generic >= calls,
+        "every one of {calls} calls ran the session's generic plan: {generic} generic, {custom} custom"
+    );
+    // A refused write (the claim no longer holds the job) and the lost-acknowledgement check
+    // still answer on that session.
+    let claimed = queue::job_fetch_available(&mut conn, &params(2))
+        .await
+        .unwrap();
+    let rows: Vec<_> = claimed.iter().map(|c| completion(c, SECS(0))).collect();
+    writer.set_outcome_many(&rows, None).await.unwrap();
+    assert!(writer
+        .set_outcome_many(&rows, None)
+        .await
+        .unwrap()
+        .is_empty());
+    let claims: Vec<(i64, i32)> = claimed.iter().map(|c| (c.id, c.claim_seq)).collect();
+    let mut ours = writer.outcome_written_by(&claims).await.unwrap();
+    ours.sort_unstable();
+    let mut ids: Vec<i64> = claimed.iter().map(|c| c.id).collect();
+    ids.sort_unstable();
+    assert_eq!(ours, ids);
+    // The settings stay on the writer's own connection: the pool's are untouched.
+    let pool_mode: String = sqlx::query_scalar("SHOW plan_cache_mode")
+        .fetch_one(&db.pool)
+        .await
+        .unwrap();
+    assert_eq!(pool_mode, "auto");
+    let completed: i64 =
+        sqlx::query_scalar("SELECT count(*) FROM fleet_jobs WHERE state = 'completed'")
+            .fetch_one(&mut *conn)
+            .await
+            .unwrap();
+    assert_eq!(completed, done + 2);
+}
+
+#[tokio::test]
+async fn an_outcome_writer_whose_session_is_killed_fails_that_write_and_the_next_opens_another() {
+    let db = db().await;
+    enqueue_sleeps(&db, 4).await;
+    let mut conn = db.pool.acquire().await.unwrap();
+    let claimed = queue::job_fetch_available(&mut conn, &claim_params(4, "outcome-kill-test"))
+        .await
+        .unwrap();
+    let rows: Vec<_> = claimed.iter().map(|c| completion(c, SECS(0))).collect();
+    let mut writer = queue::OutcomeWriter::new(&db.db());
+    assert_eq!(
+        writer
+            .set_outcome_many(&rows[..1], None)
+            .await
+            .unwrap()
+            .len(),
+        1
+    );
+    let pid: i32 = sqlx::query_scalar("SELECT pg_backend_pid()")
+        .fetch_one(writer.open_session().unwrap())
+        .await
+        .unwrap();
+    let killed: bool = sqlx::query_scalar("SELECT pg_terminate_backend($1)")
+        .bind(pid)
+        .fetch_one(&mut *conn)
+        .await
+        .unwrap();
+    assert!(killed);
+    writer
+        .set_outcome_many(&rows[1..2], None)
+        .await
+        .expect_err("the write on the killed session fails");
+    assert!(
+        writer.open_session().is_none(),
+        "the broken session is dropped"
+    );
+    let written = writer.set_outcome_many(&rows[1..], None).await.unwrap();
+    assert_eq!(written.len(), 3, "the next write opens another session");
+    let new_pid: i32 = sqlx::query_scalar("SELECT pg_backend_pid()")
+        .fetch_one(writer.open_session().unwrap())
+        .await
+        .unwrap();
+    assert_ne!(new_pid, pid);
 }

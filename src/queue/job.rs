@@ -968,6 +968,129 @@ pub async fn job_set_outcome_many(
     .await
 }
 
+/// Where a worker's completer writes outcomes ([`job_set_outcome_many`],
+/// [`job_outcome_written_by`]), with their plans generic and pinned (decision 56):
+/// - **a session of its own** when the pool's connections are sessions (a direct connection
+///   or a session pooler): a connection taken out of the pool for good, set to
+///   `plan_cache_mode = force_generic_plan` with sequential and bitmap scans off. The outcome
+///   statement is then planned once per session, as an index walk by id, instead of once per
+///   call: the planner's custom plan for a handful of rows costs less than the generic plan it
+///   estimates for an array of unknown length, so `auto` planned about half the calls again,
+///   each plan costing as much as the write itself at the steady state. Nothing else runs on
+///   that connection, so the settings reach no other statement; it never returns to the pool
+///   (a failed or timed-out statement drops and closes it, and the next write opens another);
+/// - **the pool** behind a transaction pooler, as every other statement there: a session
+///   setting would reach other clients, and the direct connection is kept for what cannot do
+///   without one.
+///
+/// Every statement is bounded by the handle's statement timeout, on the session too.
+pub struct OutcomeWriter {
+    db: Db,
+    session: Option<PgConnection>,
+}
+
+impl OutcomeWriter {
+    /// A writer on `db`; its session, if any, is opened by the first write.
+    pub fn new(db: &Db) -> Self {
+        Self {
+            db: db.clone(),
+            session: None,
+        }
+    }
+
+    /// [`job_set_outcome_many`] on the writer's session, or on the pool.
+    pub async fn set_outcome_many(
+        &mut self,
+        outcomes: &[OutcomeRow],
+        now: Now,
+    ) -> Result<Vec<i64>, sqlx::Error> {
+        if self.db.through_transaction_pooler() {
+            return job_set_outcome_many(&self.db, outcomes, now).await;
+        }
+        let limit = self.db.statement_timeout();
+        let r = bounded(limit, async {
+            job_set_outcome_many(self.session().await?, outcomes, now).await
+        })
+        .await;
+        self.keep_if(r)
+    }
+
+    /// [`job_outcome_written_by`] on the writer's session, or on the pool.
+    pub async fn outcome_written_by(
+        &mut self,
+        claims: &[(i64, i32)],
+    ) -> Result<Vec<i64>, sqlx::Error> {
+        if self.db.through_transaction_pooler() {
+            return job_outcome_written_by(&self.db, claims).await;
+        }
+        let limit = self.db.statement_timeout();
+        let r = bounded(limit, async {
+            job_outcome_written_by(self.session().await?, claims).await
+        })
+        .await;
+        self.keep_if(r)
+    }
+
+    /// The session, opened first if none is: a connection out of the session pool for good,
+    /// its plans generic and pinned to index walks for the rest of the session.
+    async fn session(&mut self) -> Result<&mut PgConnection, sqlx::Error> {
+        if self.session.is_none() {
+            let sessions = self
+                .db
+                .session_pool()
+                .expect("a pool that is not behind a transaction pooler is a pool of sessions");
+            let mut conn = sessions.acquire().await?.detach();
+            pin_plans(&mut conn, false).await?;
+            sqlx::query("SET plan_cache_mode = force_generic_plan")
+                .execute(&mut conn)
+                .await?;
+            self.session = Some(conn);
+        }
+        Ok(self.session.as_mut().expect("opened above"))
+    }
+
+    /// Drops (closes) the session after a failed or timed-out statement, whose connection is
+    /// in an unknown state; the next write opens another.
+    fn keep_if<T>(&mut self, r: Result<T, sqlx::Error>) -> Result<T, sqlx::Error> {
+        if r.is_err() {
+            self.session = None;
+        }
+        r
+    }
+
+    /// Ends the writer's session, if one is open, with a goodbye to the server.
+    pub async fn close(mut self) {
+        if let Some(conn) = self.session.take() {
+            let _ = conn.close().await;
+        }
+    }
+
+    /// The writer's session, if one is open: for inspection (its prepared statements, its
+    /// settings), never for other statements.
+    #[cfg(any(test, feature = "testkit"))]
+    pub fn open_session(&mut self) -> Option<&mut PgConnection> {
+        self.session.as_mut()
+    }
+
+}
+
+/// `unit`, failed with an I/O error of kind `TimedOut` if it has no answer within `limit`
+/// (the handle's statement timeout, for statements on a connection of their own).
+async fn bounded<T>(
+    limit: Option<Duration>,
+    unit: impl std::future::Future<Output = Result<T, sqlx::Error>>,
+) -> Result<T, sqlx::Error> {
+    match limit {
+        None => unit.await,
+        Some(limit) => tokio::time::timeout(limit, unit).await.unwrap_or_else(|_| {
+            Err(sqlx::Error::Io(std::io::Error::new(
+                std::io::ErrorKind::TimedOut,
+                "no answer to the outcome write within database.statement_timeout",
+            )))
+        }),
+    }
+}
+
 /// JobOutcomeWrittenBy: of `claims`, the jobs whose latest outcome those very claims wrote.
 /// After a write whose acknowledgement was lost (the connection dropped after the commit),
 /// the retried write is refused by the fence; this tells that apart from a job that was

@@ -1,6 +1,7 @@
 //! The completer: the last step of a job's life inside a worker. It writes the outcomes the
 //! [executor](super::executor) decided ([`super::outcome`]) in batches, each row fenced on its
-//! claim ([`crate::queue::job_set_outcome_many`]), and only then lets the claim go.
+//! claim ([`crate::queue::job_set_outcome_many`]), on a session of its own whose plans are
+//! pinned ([`crate::queue::OutcomeWriter`]), and only then lets the claim go.
 //!
 //! Contract:
 //! - a claim leaves `held` only once its outcome is written or refused, so its lease is renewed
@@ -34,6 +35,8 @@ pub(crate) async fn run(s: Arc<Shared>, mut rx: mpsc::UnboundedReceiver<Outcome>
         crate::database::health::FailureStreak::new("writing outcomes failed (they are kept)");
     let mut batch: Vec<Outcome> = Vec::with_capacity(max);
     let mut rows = Vec::with_capacity(max);
+    // A session of its own with pinned generic plans, where the database offers sessions.
+    let mut writer = queue::OutcomeWriter::new(&s.db);
     while let Some(first) = rx.recv().await {
         batch.push(first);
         while batch.len() < max {
@@ -48,7 +51,7 @@ pub(crate) async fn run(s: Arc<Shared>, mut rx: mpsc::UnboundedReceiver<Outcome>
         let mut failed_before = false;
         let written = loop {
             let r = async {
-                let mut written = queue::job_set_outcome_many(&s.db, &rows, s.clock.now()).await?;
+                let mut written = writer.set_outcome_many(&rows, s.clock.now()).await?;
                 if failed_before && written.len() < batch.len() {
                     // An earlier try may have committed before its connection dropped: the
                     // fence now refuses the same outcomes, which are ours, already written.
@@ -57,7 +60,7 @@ pub(crate) async fn run(s: Arc<Shared>, mut rx: mpsc::UnboundedReceiver<Outcome>
                         .filter(|o| !written.contains(&o.id))
                         .map(|o| (o.id, o.claim_seq))
                         .collect();
-                    let ours = queue::job_outcome_written_by(&s.db, &refused).await?;
+                    let ours = writer.outcome_written_by(&refused).await?;
                     if !ours.is_empty() {
                         tracing::info!(
                             outcomes = ours.len(),
@@ -86,6 +89,7 @@ pub(crate) async fn run(s: Arc<Shared>, mut rx: mpsc::UnboundedReceiver<Outcome>
         batch.clear();
         s.wake.notify_one();
     }
+    writer.close().await;
 }
 
 /// Lets the claims of `batch` go and counts what happened to each: written, or refused by the

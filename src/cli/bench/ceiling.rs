@@ -1,9 +1,10 @@
 //! `fleet bench ceiling`: what the queue's own statements can do with no runtime around them.
 //!
 //! The same claim ([`queue::job_fetch_available_on`], on a [`queue::ClaimSession`]) and outcome
-//! ([`queue::job_set_outcome_many`]) statements the worker uses, called back to back: claim
-//! `batch` jobs, write them all completed, repeat, on one connection and then on two in
-//! parallel, over `jobs` no-op jobs each time. No handler, no channel, no heartbeat, no task per job. Then, in the same run and
+//! ([`queue::job_set_outcome_many`], on a [`queue::OutcomeWriter`]) statements the worker uses,
+//! called back to back: claim `batch` jobs, write them all completed, repeat, in one loop and
+//! then in two in parallel (each loop claims on one connection and writes on another, as a
+//! worker does), over `jobs` no-op jobs each time. No handler, no channel, no heartbeat, no task per job. Then, in the same run and
 //! the same database server, the engine's burn-down (`fleet bench`'s work phase) at
 //! `concurrency` with the bench's prefetch, so its rate can be read as a share of the ceiling.
 //! Rounds alternate ceiling and engine, so a noisy machine hits both alike.
@@ -82,7 +83,10 @@ async fn fresh(jobs: usize) -> anyhow::Result<(ScratchDb, sqlx::PgPool, Queue)> 
 /// Claims and completes until nothing is left; returns the jobs this loop completed.
 async fn statement_loop(pool: sqlx::PgPool, batch: usize, owner: String) -> anyhow::Result<usize> {
     // The engine's own claim path: a claim session, one statement per claim.
-    let mut session = queue::ClaimSession::open(&jobs::Db::from(pool.clone())).await?;
+    let db = jobs::Db::from(pool.clone());
+    let mut session = queue::ClaimSession::open(&db).await?;
+    // And its outcome writer: a session of its own, its plans pinned.
+    let mut writer = queue::OutcomeWriter::new(&db);
     let mut done = 0;
     loop {
         let claimed = queue::job_fetch_available_on(
@@ -106,7 +110,7 @@ async fn statement_loop(pool: sqlx::PgPool, batch: usize, owner: String) -> anyh
             .iter()
             .map(|c| crate::worker::Outcome::completed(c, std::time::Duration::ZERO).row())
             .collect();
-        let written = queue::job_set_outcome_many(session.conn(), &outcomes, None).await?;
+        let written = writer.set_outcome_many(&outcomes, None).await?;
         if written.len() != outcomes.len() {
             bail!("{} of {} outcomes written", written.len(), outcomes.len());
         }
