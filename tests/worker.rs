@@ -674,16 +674,44 @@ async fn the_first_claim_on_a_never_analyzed_table_walks_the_ready_index_not_the
     assert_eq!(pool_seqscan, "on");
 }
 
-/// The outcome statement's plans on a session: (generic, custom), as its
+/// The plans of a session's prepared statements that match `like`: (generic, custom), as its
 /// `pg_prepared_statements` counts them.
-async fn outcome_plans(conn: &mut sqlx::PgConnection) -> (i64, i64) {
+async fn plans_of(conn: &mut sqlx::PgConnection, like: &str) -> (i64, i64) {
     sqlx::query_as(
         "SELECT coalesce(sum(generic_plans), 0)::bigint, coalesce(sum(custom_plans), 0)::bigint
-         FROM pg_prepared_statements WHERE statement LIKE '%UPDATE fleet_jobs j SET%outcome_claim_seq%'",
+         FROM pg_prepared_statements WHERE statement LIKE $1",
     )
+    .bind(like)
     .fetch_one(conn)
     .await
     .unwrap()
+}
+
+/// The outcome write, in `pg_prepared_statements`.
+const OUTCOME_WRITE: &str = "%UPDATE fleet_jobs j SET%outcome_claim_seq%";
+
+/// The plain claim, in `pg_prepared_statements`.
+const PLAIN_CLAIM: &str = "%WITH picked AS%";
+
+#[tokio::test]
+async fn the_claim_session_plans_its_claim_once_per_session_whatever_the_batch_size() {
+    let db = db().await;
+    enqueue_sleeps(&db, 200).await;
+    let mut session = queue::ClaimSession::open(&db.db()).await.unwrap();
+    let mut calls = 0;
+    for limit in [1, 3, 2, 1, 5, 2, 1, 100, 2, 1] {
+        let claimed =
+            queue::job_fetch_available_on(&mut session, &claim_params(limit, "plan-test"))
+                .await
+                .unwrap();
+        assert_eq!(claimed.len(), limit as usize);
+        calls += 1;
+    }
+    let (generic, custom) = plans_of(session.conn(), PLAIN_CLAIM).await;
+    assert!(
+        custom == 0 && generic >= calls,
+        "every one of {calls} claims ran the session's generic plan: {generic} generic, {custom} custom"
+    );
 }
 
 #[tokio::test]
@@ -707,8 +735,11 @@ async fn the_outcome_writer_plans_its_write_once_per_session_whatever_the_batch_
         calls += 1;
         done += rows.len() as i64;
     }
-    let (generic, custom) =
-        outcome_plans(writer.open_session().expect("a session of its own")).await;
+    let (generic, custom) = plans_of(
+        writer.open_session().expect("a session of its own"),
+        OUTCOME_WRITE,
+    )
+    .await;
     assert!(
         custom == 0 && generic >= calls,
         "every one of {calls} calls ran the session's generic plan: {generic} generic, {custom} custom"
@@ -788,4 +819,93 @@ async fn an_outcome_writer_whose_session_is_killed_fails_that_write_and_the_next
         .await
         .unwrap();
     assert_ne!(new_pid, pid);
+}
+
+/// How many distinct outcome statements wrote `ids`: jobs written by one statement share its
+/// transaction's `finished_at`.
+async fn outcome_statements(pool: &sqlx::PgPool, ids: &[i64]) -> i64 {
+    sqlx::query_scalar(
+        "SELECT count(DISTINCT finished_at) FROM fleet_jobs WHERE id = ANY($1) AND state = 'completed'",
+    )
+    .bind(ids)
+    .fetch_one(pool)
+    .await
+    .unwrap()
+}
+
+/// Runs sleeps of `ms` at concurrency 64 with `linger`, `registry` saying how `Sleep` is
+/// claimed; the ids, once all completed.
+async fn run_sleeps_lingering(
+    db: &fleet::database::scratch::ScratchDb,
+    registry: Arc<Registry>,
+    ms: &[u64],
+    linger: Duration,
+) -> Vec<i64> {
+    let q = Queue::new(db.pool.clone(), registry.clone());
+    let jobs: Vec<NewJob> = ms
+        .iter()
+        .map(|&ms| NewJob::of(&Sleep { ms, key: None }).unwrap())
+        .collect();
+    let ids: Vec<i64> = q
+        .enqueue_many(jobs)
+        .await
+        .unwrap()
+        .into_iter()
+        .map(|e| e.id)
+        .collect();
+    let w = start_worker(
+        &db.pool,
+        registry,
+        fleet::config::WorkerSettings {
+            concurrency: 64,
+            completer_linger: linger,
+            ..fast_settings()
+        },
+    );
+    let n = ids.len() as i64;
+    wait_until(SECS(10), "every sleep completes", || async {
+        sqlx::query_scalar::<_, i64>(
+            "SELECT count(*) FROM fleet_jobs WHERE id = ANY($1) AND state = 'completed'",
+        )
+        .bind(&ids)
+        .fetch_one(&db.pool)
+        .await
+        .unwrap()
+            == n
+    })
+    .await;
+    w.stop().await;
+    ids
+}
+
+#[tokio::test]
+async fn a_lingering_completer_writes_outcomes_finishing_apart_in_one_statement() {
+    let db = db().await;
+    // Four handlers finishing 0, 2, 4 and 6 ms apart: with a 50 ms linger (and a batch worth
+    // a write at 64 / 8 = 8 outcomes) the first outcome waits for the other three.
+    let ids = run_sleeps_lingering(&db, registry(), &[0, 2, 4, 6], Duration::from_millis(50)).await;
+    assert_eq!(outcome_statements(&db.pool, &ids).await, 1);
+    // Without a linger, outcomes finishing 150 ms apart are written as they come.
+    let ids = run_sleeps_lingering(&db, registry(), &[0, 150, 300, 450], Duration::ZERO).await;
+    assert!(outcome_statements(&db.pool, &ids).await >= 3);
+}
+
+#[tokio::test]
+async fn a_limited_kinds_outcome_is_written_at_once_whatever_the_linger() {
+    let db = db().await;
+    // A fleet-wide limit: a finished job's row counts against it until its outcome is written.
+    let mut r = Registry::default();
+    r.register_with::<Sleep>(KindDefaults {
+        global_concurrency: Some(64),
+        ..KindDefaults::default()
+    });
+    // Finishing 15 ms apart, well within the 50 ms linger that would put them in one write.
+    let ids = run_sleeps_lingering(
+        &db,
+        Arc::new(r),
+        &[0, 15, 30, 45],
+        Duration::from_millis(50),
+    )
+    .await;
+    assert!(outcome_statements(&db.pool, &ids).await >= 3);
 }

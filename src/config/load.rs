@@ -424,6 +424,13 @@ impl Settings {
         if w.completer_batch == 0 {
             return bad("worker.completer_batch", "0".into(), "must be >= 1");
         }
+        if w.completer_linger > Duration::from_millis(50) {
+            return bad(
+                "worker.completer_linger",
+                format!("{:?}", w.completer_linger),
+                "must be at most 50ms (each finished job's slot is held that long)",
+            );
+        }
         let sv = &self.serve;
         if sv.max_body_bytes == 0 || sv.max_body_bytes > 16 << 20 {
             return bad(
@@ -739,6 +746,24 @@ pub fn fleet_env() -> Vec<(String, String)> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_completer_linger_past_50ms_is_refused_naming_the_key_and_a_shorter_one_is_taken() {
+        let e = Settings::from_sources(None, &env(&[("FLEET_WORKER__COMPLETER_LINGER", "51ms")]))
+            .unwrap_err();
+        assert_eq!(e.key.as_deref(), Some("worker.completer_linger"));
+        assert!(e.to_string().contains("at most 50ms"), "{e}");
+        let ok = Settings::from_sources(None, &env(&[("FLEET_WORKER__COMPLETER_LINGER", "2ms")]))
+            .unwrap();
+        assert_eq!(ok.worker.completer_linger, Duration::from_millis(2));
+        let e = Settings::from_sources(None, &env(&[("FLEET_WORKER__COMPLETER_LINGER", "soon")]))
+            .unwrap_err()
+            .to_string();
+        assert!(
+            e.contains("worker.completer_linger") && e.contains("soon"),
+            "names the key and the value: {e}"
+        );
+    }
 
     #[test]
     fn a_config_error_carries_its_key_and_the_error_underneath() {

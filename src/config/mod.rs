@@ -592,6 +592,10 @@ pub struct WorkerSettings {
     pub drain_timeout: Duration,
     /// Most outcomes written per statement.
     pub completer_batch: usize,
+    /// How long the completer waits for more outcomes before it writes a small batch
+    /// (zero: it writes whatever has queued at once).
+    #[serde(deserialize_with = "duration")]
+    pub completer_linger: Duration,
     /// Completed jobs are deleted this long after they finished.
     #[serde(deserialize_with = "duration")]
     pub retention_completed: Duration,

@@ -635,7 +635,9 @@ pub async fn job_fetch_available(
 }
 
 /// The connection a worker's fetch loop claims on, with its plans pinned (sequential and
-/// bitmap scans off) so every claim walks the ready indexes (decisions 23 and 39):
+/// bitmap scans off) so every claim walks the ready indexes (decisions 23 and 39), and, on a
+/// session of its own, generic so each claim statement is planned once ([`pin_session_plans`],
+/// decision 56):
 /// - **a session of its own** when the database offers sessions ([`Db::session_pool`]): a
 ///   connection taken out of the session pool for good, pinned once; each claim is then one
 ///   autocommit statement in one round trip. Nothing else runs on it, so the settings reach
@@ -659,7 +661,7 @@ impl ClaimSession {
         let conn = match db.session_pool() {
             Some(sessions) => {
                 let mut conn = sessions.acquire().await?.detach();
-                pin_plans(&mut conn, false).await?;
+                pin_session_plans(&mut conn).await?;
                 ClaimConn::Session(conn)
             }
             None => ClaimConn::Round(begin_pinned_in(db).await?),
@@ -814,7 +816,7 @@ pub(super) async fn begin_pinned(
     conn: &mut PgConnection,
 ) -> Result<sqlx::Transaction<'_, sqlx::Postgres>, sqlx::Error> {
     let mut tx = conn.begin().await?;
-    pin_plans(&mut tx, true).await?;
+    pin_plans(&mut tx).await?;
     Ok(tx)
 }
 
@@ -823,17 +825,34 @@ pub(super) async fn begin_pinned_in(
     db: &Db,
 ) -> Result<sqlx::Transaction<'static, sqlx::Postgres>, sqlx::Error> {
     let mut tx = db.begin().await?;
-    pin_plans(&mut tx, true).await?;
+    pin_plans(&mut tx).await?;
     Ok(tx)
 }
 
-/// Turns sequential and bitmap scans off: for the current transaction only (`local`), or for
-/// the rest of the session ([`ClaimSession`]).
-async fn pin_plans(conn: &mut PgConnection, local: bool) -> Result<(), sqlx::Error> {
+/// Turns sequential and bitmap scans off for the current transaction.
+async fn pin_plans(conn: &mut PgConnection) -> Result<(), sqlx::Error> {
     sqlx::query(
-        "SELECT set_config('enable_seqscan', 'off', $1), set_config('enable_bitmapscan', 'off', $1)",
+        "SELECT set_config('enable_seqscan', 'off', true), set_config('enable_bitmapscan', 'off', true)",
     )
-    .bind(local)
+    .execute(conn)
+    .await?;
+    Ok(())
+}
+
+/// Pins the plans of a session that runs the engine's own statements alone ([`ClaimSession`],
+/// [`OutcomeWriter`]), for the rest of the session: sequential and bitmap scans off, so every
+/// plan walks an index even on a table never analyzed; and generic plans only, so each
+/// statement is planned once per session instead of once per call. Under `auto` the plan cache
+/// kept choosing custom plans for the claim in some runs and not in others (28,000 of 33,800
+/// calls planned again, 0.26 ms each, at 3,000 jobs/s) and for the outcome write in about half
+/// its calls: a custom plan for a handful of rows is costed below the generic plan, which
+/// assumes arrays of unknown length (docs/benchmarks.md). With scans off the generic plan is
+/// the same index walk.
+async fn pin_session_plans(conn: &mut PgConnection) -> Result<(), sqlx::Error> {
+    sqlx::query(
+        "SELECT set_config('enable_seqscan', 'off', false), set_config('enable_bitmapscan', 'off', false), \
+                set_config('plan_cache_mode', 'force_generic_plan', false)",
+    )
     .execute(conn)
     .await?;
     Ok(())
@@ -1040,10 +1059,7 @@ impl OutcomeWriter {
                 .session_pool()
                 .expect("a pool that is not behind a transaction pooler is a pool of sessions");
             let mut conn = sessions.acquire().await?.detach();
-            pin_plans(&mut conn, false).await?;
-            sqlx::query("SET plan_cache_mode = force_generic_plan")
-                .execute(&mut conn)
-                .await?;
+            pin_session_plans(&mut conn).await?;
             self.session = Some(conn);
         }
         Ok(self.session.as_mut().expect("opened above"))

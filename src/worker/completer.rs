@@ -12,6 +12,7 @@
 //! - a failing database is retried with backoff: outcomes are kept, never dropped.
 
 use std::{
+    collections::HashSet,
     sync::{atomic::Ordering, Arc},
     time::Duration,
 };
@@ -24,8 +25,10 @@ use super::{
 };
 use crate::queue;
 
-/// Drains `rx` until every sender is gone, writing whatever has queued up in one statement
-/// (no artificial delay: batches form while the previous write is in flight). A claim leaves
+/// Drains `rx` until every sender is gone, writing whatever has queued up in one statement:
+/// batches form while the previous write is in flight, and a batch smaller than an eighth of
+/// the concurrency and holding no limited kind's outcome waits up to `worker.completer_linger`
+/// for more. A claim leaves
 /// `held` only once its outcome is written or refused, so the heartbeat keeps its lease alive
 /// until then. A failing database is retried with backoff, so this returns only once every
 /// outcome is written; whatever is still in `held` when the caller stops waiting is unwritten.
@@ -37,12 +40,27 @@ pub(crate) async fn run(s: Arc<Shared>, mut rx: mpsc::UnboundedReceiver<Outcome>
     let mut rows = Vec::with_capacity(max);
     // A session of its own with pinned generic plans, where the database offers sessions.
     let mut writer = queue::OutcomeWriter::new(&s.db);
+    let linger = s.cfg.completer_linger;
+    let enough = (s.cfg.concurrency / 8).clamp(1, max);
+    let limited: HashSet<&str> = s.limited.iter().map(|l| l.kind.as_str()).collect();
     while let Some(first) = rx.recv().await {
         batch.push(first);
-        while batch.len() < max {
-            match rx.try_recv() {
-                Ok(o) => batch.push(o),
-                Err(_) => break,
+        take_queued(&mut rx, &mut batch, max);
+        if !linger.is_zero() && batch.len() < enough && !holds_limited(&s, &limited, &batch) {
+            // A small batch waits a little for company: at a moderate load each write would
+            // otherwise carry two or three rows, and a write costs mostly per statement. The
+            // wait ends as soon as the batch is worth a write, so a busy worker never waits;
+            // and as soon as it holds a limited kind's outcome, whose row counts against the
+            // kind's fleet-wide limit until it is written.
+            let deadline = tokio::time::Instant::now() + linger;
+            while batch.len() < enough && !holds_limited(&s, &limited, &batch) {
+                match tokio::time::timeout_at(deadline, rx.recv()).await {
+                    Ok(Some(o)) => {
+                        batch.push(o);
+                        take_queued(&mut rx, &mut batch, max);
+                    }
+                    Ok(None) | Err(_) => break,
+                }
             }
         }
         rows.clear();
@@ -90,6 +108,29 @@ pub(crate) async fn run(s: Arc<Shared>, mut rx: mpsc::UnboundedReceiver<Outcome>
         s.wake.notify_one();
     }
     writer.close().await;
+}
+
+/// Whether `batch` holds an outcome of one of the `limited` kinds (a fleet-wide limit, budget
+/// or fairness key): its row stays `running`, counting against the limit, until it is written.
+fn holds_limited(s: &Shared, limited: &HashSet<&str>, batch: &[Outcome]) -> bool {
+    if limited.is_empty() {
+        return false;
+    }
+    let held = s.held.lock().unwrap();
+    batch.iter().any(|o| {
+        held.get(&o.id)
+            .is_some_and(|h| limited.contains(h.kind.as_str()))
+    })
+}
+
+/// Moves what has already queued in `rx` into `batch`, up to `max` outcomes.
+fn take_queued(rx: &mut mpsc::UnboundedReceiver<Outcome>, batch: &mut Vec<Outcome>, max: usize) {
+    while batch.len() < max {
+        match rx.try_recv() {
+            Ok(o) => batch.push(o),
+            Err(_) => break,
+        }
+    }
 }
 
 /// Lets the claims of `batch` go and counts what happened to each: written, or refused by the

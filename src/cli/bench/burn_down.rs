@@ -78,6 +78,10 @@ pub struct BurnDownArgs {
     /// connection of its own, direct only).
     #[arg(long, default_value_t = 2, value_parser = clap::value_parser!(u8).range(1..=2))]
     enqueue_connections: u8,
+    /// How long the worker's completer waits for more outcomes before it writes a small batch
+    /// (`worker.completer_linger`; default: the embedded setting's).
+    #[arg(long, value_parser = humantime::parse_duration)]
+    completer_linger: Option<Duration>,
     /// Print one JSON object as the last line.
     #[arg(long)]
     json: bool,
@@ -113,6 +117,9 @@ pub async fn run(a: BurnDownArgs) -> anyhow::Result<()> {
         table_settings: a.table_settings,
         through: a.through,
         enqueue_connections: a.enqueue_connections,
+        completer_linger: a
+            .completer_linger
+            .unwrap_or(WorkerSettings::default().completer_linger),
     };
     if a.enqueue_connections == 1 && a.through != Through::Direct {
         bail!("--enqueue-connections 1 opens a direct connection: use it with --through direct");
@@ -169,6 +176,8 @@ struct BenchParams {
     pub through: Through,
     /// Connections the bulk enqueue may use (1 or 2).
     pub enqueue_connections: u8,
+    /// The worker's `completer_linger`.
+    pub completer_linger: Duration,
 }
 
 /// Figures of one run. Field names are the `--json` contract.
@@ -381,6 +390,7 @@ async fn burn_down(p: BenchParams) -> anyhow::Result<BenchReport> {
     let cfg = WorkerSettings {
         concurrency: p.concurrency,
         prefetch: p.prefetch,
+        completer_linger: p.completer_linger,
         ..WorkerSettings::default()
     };
     let shutdown = CancellationToken::new();

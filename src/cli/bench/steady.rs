@@ -92,6 +92,10 @@ pub struct SteadyArgs {
     /// behind at 3,000 jobs/s where prefetch 64 held it (docs/benchmarks.md).
     #[arg(long)]
     prefetch: Option<usize>,
+    /// How long the worker's completer waits for more outcomes before it writes a small batch
+    /// (`worker.completer_linger`; default: the embedded setting's).
+    #[arg(long, value_parser = humantime::parse_duration)]
+    completer_linger: Option<Duration>,
     /// Completed jobs are purged this long after they finished.
     #[arg(long, default_value = "30s", value_parser = humantime::parse_duration)]
     retention: Duration,
@@ -175,6 +179,8 @@ struct SearchStep {
 struct SteadyReport {
     concurrency: usize,
     prefetch: usize,
+    /// The worker's `completer_linger`, in milliseconds.
+    completer_linger_ms: f64,
     /// Jobs/s of the mix drained from a backlog (`--probe-jobs`).
     drain_jobs_per_s: f64,
     /// The highest offered rate that held in the search (none with `--rate`).
@@ -407,6 +413,7 @@ pub async fn run(a: SteadyArgs) -> anyhow::Result<()> {
     let cfg = WorkerSettings {
         concurrency: a.concurrency,
         prefetch,
+        completer_linger: a.completer_linger.unwrap_or(defaults.completer_linger),
         retention_completed: a.retention,
         clean_interval: a.clean_every,
         ..defaults
@@ -766,6 +773,11 @@ fn report(a: &SteadyArgs, st: &SteadyState, samples: &[SteadySample], s: Summary
     SteadyReport {
         concurrency: a.concurrency,
         prefetch: s.prefetch,
+        completer_linger_ms: a
+            .completer_linger
+            .unwrap_or(WorkerSettings::default().completer_linger)
+            .as_secs_f64()
+            * 1e3,
         drain_jobs_per_s: s.drain.round(),
         capacity_jobs_per_s: s.capacity.map(f64::round),
         search: s.search,
@@ -832,8 +844,8 @@ fn print_summary(r: &SteadyReport) {
         ),
     };
     eprintln!(
-        "steady: offered {} jobs/s ({share}) for {:.0} s at concurrency {} (prefetch {}), retention {:.0} s, key window {:.0} s, VACUUM every {:?} s ({} ran)",
-        r.rate, r.duration_s, r.concurrency, r.prefetch, r.retention_s, r.key_window_s,
+        "steady: offered {} jobs/s ({share}) for {:.0} s at concurrency {} (prefetch {}, completer linger {} ms), retention {:.0} s, key window {:.0} s, VACUUM every {:?} s ({} ran)",
+        r.rate, r.duration_s, r.concurrency, r.prefetch, r.completer_linger_ms, r.retention_s, r.key_window_s,
         r.vacuum_every_s, r.vacuums
     );
     eprintln!(
