@@ -990,14 +990,11 @@ pub async fn job_set_outcome_many(
 /// Where a worker's completer writes outcomes ([`job_set_outcome_many`],
 /// [`job_outcome_written_by`]), with their plans generic and pinned (decision 56):
 /// - **a session of its own** when the pool's connections are sessions (a direct connection
-///   or a session pooler): a connection taken out of the pool for good, set to
-///   `plan_cache_mode = force_generic_plan` with sequential and bitmap scans off. The outcome
-///   statement is then planned once per session, as an index walk by id, instead of once per
-///   call: the planner's custom plan for a handful of rows costs less than the generic plan it
-///   estimates for an array of unknown length, so `auto` planned about half the calls again,
-///   each plan costing as much as the write itself at the steady state. Nothing else runs on
-///   that connection, so the settings reach no other statement; it never returns to the pool
-///   (a failed or timed-out statement drops and closes it, and the next write opens another);
+///   or a session pooler): a connection taken out of the pool for good, its plans pinned
+///   ([`pin_session_plans`]), so the outcome write is planned once per session, as a walk of
+///   the primary key, instead of once per call. Nothing else runs on that connection, so the
+///   settings reach no other statement; it never returns to the pool (a failed or timed-out
+///   statement drops and closes it, and the next write opens another);
 /// - **the pool** behind a transaction pooler, as every other statement there: a session
 ///   setting would reach other clients, and the direct connection is kept for what cannot do
 ///   without one.
@@ -1087,7 +1084,6 @@ impl OutcomeWriter {
     pub fn open_session(&mut self) -> Option<&mut PgConnection> {
         self.session.as_mut()
     }
-
 }
 
 /// `unit`, failed with an I/O error of kind `TimedOut` if it has no answer within `limit`
