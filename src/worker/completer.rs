@@ -29,8 +29,9 @@ use crate::queue;
 /// batches form while the previous write is in flight, and a batch smaller than an eighth of
 /// the concurrency and holding no limited kind's outcome waits up to `worker.completer_linger`
 /// for more. A claim leaves `held` only once its outcome is written or refused, so the
-/// heartbeat keeps its lease alive until then. A failing database is retried with backoff, so this returns only once every
-/// outcome is written; whatever is still in `held` when the caller stops waiting is unwritten.
+/// heartbeat keeps its lease alive until then. A failing database is retried with backoff, so
+/// this returns only once every outcome is written; whatever is still in `held` when the
+/// caller stops waiting is unwritten.
 pub(crate) async fn run(s: Arc<Shared>, mut rx: mpsc::UnboundedReceiver<Outcome>) {
     let max = s.cfg.completer_batch;
     let mut failures =

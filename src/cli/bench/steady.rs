@@ -410,10 +410,11 @@ pub async fn run(a: SteadyArgs) -> anyhow::Result<()> {
     let q = Queue::new(pool.clone(), registry.clone());
     let defaults = WorkerSettings::default();
     let prefetch = a.prefetch.unwrap_or(a.concurrency);
+    let completer_linger = a.completer_linger.unwrap_or(defaults.completer_linger);
     let cfg = WorkerSettings {
         concurrency: a.concurrency,
         prefetch,
-        completer_linger: a.completer_linger.unwrap_or(defaults.completer_linger),
+        completer_linger,
         retention_completed: a.retention,
         clean_interval: a.clean_every,
         ..defaults
@@ -621,6 +622,7 @@ pub async fn run(a: SteadyArgs) -> anyhow::Result<()> {
         &samples,
         Summary {
             prefetch,
+            completer_linger,
             drain,
             capacity,
             search,
@@ -729,6 +731,7 @@ fn job_fail_once(i: u64) -> bool {
 /// Run-wide figures gathered by [`run`].
 struct Summary {
     prefetch: usize,
+    completer_linger: Duration,
     drain: f64,
     capacity: Option<f64>,
     search: Vec<SearchStep>,
@@ -773,11 +776,7 @@ fn report(a: &SteadyArgs, st: &SteadyState, samples: &[SteadySample], s: Summary
     SteadyReport {
         concurrency: a.concurrency,
         prefetch: s.prefetch,
-        completer_linger_ms: a
-            .completer_linger
-            .unwrap_or(WorkerSettings::default().completer_linger)
-            .as_secs_f64()
-            * 1e3,
+        completer_linger_ms: s.completer_linger.as_secs_f64() * 1e3,
         drain_jobs_per_s: s.drain.round(),
         capacity_jobs_per_s: s.capacity.map(f64::round),
         search: s.search,
