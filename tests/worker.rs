@@ -292,6 +292,78 @@ async fn a_job_scheduled_ahead_is_claimed_at_its_run_at_and_not_before() {
 }
 
 #[tokio::test]
+async fn the_promoter_reports_when_the_next_job_comes_due_on_the_clock_it_runs_at() {
+    let db = db().await;
+    let (_w, q, clock) = stepped_worker(&db.pool, registry());
+    let t0 = clock.get();
+    let at = |ms: i64| t0 + chrono::Duration::milliseconds(ms);
+    for ms in [2_000, 5_000] {
+        q.enqueue_new(NewJob::of(&Flaky { succeed_on: 1 }).unwrap().run_at(at(ms)))
+            .await
+            .unwrap();
+    }
+    let pool = db.pool.clone();
+    let promote_at = |ms| {
+        let (pool, now) = (pool.clone(), Some(at(ms)));
+        async move { queue::job_promote_due(&pool, 100, now).await.unwrap() }
+    };
+    let p = promote_at(0).await;
+    assert_eq!(
+        (p.moved, p.next_due_in),
+        (0, Some(Duration::from_millis(2_000)))
+    );
+    let p = promote_at(3_000).await;
+    assert_eq!(
+        (p.moved, p.next_due_in),
+        (1, Some(Duration::from_millis(2_000)))
+    );
+    let p = promote_at(6_000).await;
+    assert_eq!((p.moved, p.next_due_in), (1, None), "none waits");
+    let ready: i64 =
+        sqlx::query_scalar("SELECT count(*) FROM fleet_jobs WHERE state = 'available'")
+            .fetch_one(&db.pool)
+            .await
+            .unwrap();
+    assert_eq!(ready, 2);
+}
+
+/// The promoter's next pass runs when the next job comes due, not a poll interval after the
+/// last: with a 1 s interval, jobs due 400 and 800 ms after the worker started run on time
+/// (a pass per interval would have promoted both at 1 s, the first 600 ms late).
+#[tokio::test]
+async fn a_running_worker_promotes_a_scheduled_job_when_it_comes_due_not_at_its_next_poll() {
+    let db = db().await;
+    let q = Queue::new(db.pool.clone(), registry());
+    let now = db_now(&db.pool).await;
+    let mut due = Vec::new();
+    for ms in [400, 800] {
+        let run_at = now + chrono::Duration::milliseconds(ms);
+        let id = q
+            .enqueue_new(NewJob::of(&Flaky { succeed_on: 1 }).unwrap().run_at(run_at))
+            .await
+            .unwrap()
+            .id;
+        due.push((id, run_at));
+    }
+    let w = start_worker(
+        &db.pool,
+        registry(),
+        fleet::config::WorkerSettings {
+            poll_interval: SECS(1),
+            ..fast_settings()
+        },
+    );
+    for (id, run_at) in due {
+        let j = wait_state(&db.pool, id, JobState::Completed, SECS(10)).await;
+        let attempted = j.attempted_at.expect("claimed");
+        let late = (attempted - run_at).num_milliseconds();
+        assert!(attempted >= run_at, "claimed before its run_at");
+        assert!(late < 300, "claimed {late} ms after its run_at");
+    }
+    w.stop().await;
+}
+
+#[tokio::test]
 async fn paused_kind_is_not_claimed_by_any_worker_until_resumed() {
     let db = db().await;
     let reg = registry();

@@ -574,8 +574,9 @@ pub struct WorkerSettings {
     pub prefetch: usize,
     /// Queues served; empty = all.
     pub queues: Vec<String>,
-    /// Fallback poll for new work when no notification arrives; also the cadence at which
-    /// scheduled and retryable jobs coming due are promoted.
+    /// Fallback poll for new work when no notification arrives; also the longest time between
+    /// promotions of scheduled and retryable jobs coming due (a promotion runs when the next
+    /// one comes due, at most every 50 ms: `maintenance::promoter`).
     #[serde(deserialize_with = "duration")]
     pub poll_interval: Duration,
     /// Lease length of a claim.

@@ -80,22 +80,28 @@ pub async fn run(
         i.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         i
     };
-    let (mut promote, mut rescue, mut clean) = (
-        tick(promoter.config().interval),
+    let (mut rescue, mut clean) = (
         tick(rescuer.config().interval),
         tick(cleaner.config().interval),
     );
+    // The promoter runs when the next job comes due (see `promoter`), at once to start with.
+    let mut promote_at = tokio::time::Instant::now();
     let mut promote_failures = FailureStreak::new("promoting due jobs failed");
     let mut rescue_failures = FailureStreak::new("rescuing expired leases failed");
     let mut clean_failures = FailureStreak::new("cleaning finished jobs failed");
     loop {
         tokio::select! {
-            _ = promote.tick() => {
+            _ = tokio::time::sleep_until(promote_at) => {
+                promote_at = tokio::time::Instant::now() + promoter.config().interval;
                 if !db.health().is_up() {
                     continue;
                 }
                 match promoter.run_once(clock.now()).await {
-                    Ok(_) => promote_failures.succeeded(),
+                    Ok(pass) => {
+                        promote_failures.succeeded();
+                        promote_at = tokio::time::Instant::now()
+                            + promoter.config().wait_after(&pass);
+                    }
                     Err(e) => promote_failures.failed(&db, &e),
                 }
             }

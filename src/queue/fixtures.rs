@@ -100,3 +100,20 @@ pub async fn job_table_vacuum(conn: impl PgExecutor<'_>) -> Result<(), sqlx::Err
     sqlx::query("VACUUM fleet_jobs").execute(conn).await?;
     Ok(())
 }
+
+/// JobAttemptedAt: when the claims of jobs `ids` started (`attempted_at`, µs since 1970), for
+/// the rows still there: a benchmark places its slow pickups with it.
+pub async fn attempted_at_us(
+    conn: &mut PgConnection,
+    ids: &[i64],
+) -> Result<Vec<(i64, i64)>, sqlx::Error> {
+    sqlx::query_as(
+        r#"
+        SELECT id, (extract(epoch FROM attempted_at) * 1000000)::bigint
+        FROM fleet_jobs WHERE id = ANY($1) AND attempted_at IS NOT NULL
+        "#,
+    )
+    .bind(ids)
+    .fetch_all(conn)
+    .await
+}

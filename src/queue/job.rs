@@ -1141,14 +1141,26 @@ pub async fn job_set_outcome(
     Ok(())
 }
 
+/// What one [`job_promote_due`] statement did.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Promoted {
+    /// Jobs moved to `available`.
+    pub moved: u64,
+    /// How long until the earliest `run_at` of the scheduled and retryable jobs not yet due, as
+    /// the statement saw them, measured from its `now` (so on the database's clock, whatever
+    /// the host's says): when the next pass has work. `None` when none is waiting.
+    pub next_due_in: Option<Duration>,
+}
+
 /// JobPromoteDue: moves up to `limit` scheduled/retryable jobs whose `run_at` has come to
-/// `available`, and wakes workers if any moved. Returns how many moved.
+/// `available`, and wakes workers if any moved. Reports how many moved and when the next one
+/// comes due (one more probe of the same index, from `now` on).
 pub async fn job_promote_due(
     conn: impl PgExecutor<'_>,
     limit: i64,
     now: Now,
-) -> Result<u64, sqlx::Error> {
-    let promoted: i64 = sqlx::query_scalar(
+) -> Result<Promoted, sqlx::Error> {
+    let (moved, next_due_in_s): (i64, Option<f64>) = sqlx::query_as(
         r#"
         WITH due AS (
             SELECT id FROM fleet_jobs
@@ -1162,14 +1174,20 @@ pub async fn job_promote_due(
         ), notified AS (
             SELECT pg_notify('fleet_jobs', q.queue) FROM (SELECT DISTINCT queue FROM promoted) q
         )
-        SELECT (SELECT count(*) FROM promoted) + 0 * (SELECT count(*) FROM notified)
+        SELECT (SELECT count(*) FROM promoted) + 0 * (SELECT count(*) FROM notified),
+               (SELECT extract(epoch FROM min(run_at) - coalesce($2, now()))::float8
+                FROM fleet_jobs
+                WHERE state IN ('scheduled', 'retryable') AND run_at > coalesce($2, now()))
         "#,
     )
     .bind(limit)
     .bind(now)
     .fetch_one(conn)
     .await?;
-    Ok(promoted as u64)
+    Ok(Promoted {
+        moved: moved as u64,
+        next_due_in: next_due_in_s.map(|s| Duration::from_secs_f64(s.max(0.0))),
+    })
 }
 
 /// What [`job_rescue_expired`] did.

@@ -31,7 +31,10 @@
 //! 4. Every `--every`: one line (and one JSON object in `--json`) with the offered and worked
 //!    rates, pickup latency of first attempts (handler start − the producer's enqueue call),
 //!    retries, the backlog, `fleet_jobs`' heap and index sizes and dead rows, and CPU per job
-//!    of this process (the producer included) and of this database's Postgres backends.
+//!    of this process (the producer included) and of this database's Postgres backends; and
+//!    two more lines placing where pickups went ([`PickupStages`]): the enqueue call, the wait
+//!    for a claim, and the claim to the handler's start, for the interval's slowest 1 % and for
+//!    one first attempt in a hundred.
 //! 5. The summary: the worst interval's pickup percentiles, pickup by kind over the whole run,
 //!    the time from a failed first attempt to its retry's start, the growth of the heap and the
 //!    indexes after the first minute, and CPU per job.
@@ -150,6 +153,30 @@ struct SteadySample {
     postgres_cpu_ms_per_job: f64,
     /// 1-minute load average at the end of the interval.
     loadavg_1m: f64,
+    /// Where the interval's slowest 1 % of first attempts spent their pickup.
+    slowest: PickupStages,
+    /// The same for one first attempt in a hundred, for comparison.
+    sampled: PickupStages,
+}
+
+/// A pickup cut in three at the producer's enqueue call's return and at the claim statement's
+/// start (its `attempted_at`), medians and maxima of a group of first attempts, ms. Jobs
+/// failing their first attempt are left out (their `attempted_at` is their retry's).
+#[derive(Debug, Clone, Default, Serialize)]
+struct PickupStages {
+    /// First attempts in the group whose row was still there to read.
+    jobs: usize,
+    pickup_p50_ms: f64,
+    /// The producer's enqueue call: the job is not visible before its commit.
+    enqueue_call_p50_ms: f64,
+    enqueue_call_max_ms: f64,
+    /// The call's return → the start of the claim that took it (waiting for a claim round).
+    to_claim_p50_ms: f64,
+    to_claim_max_ms: f64,
+    /// The claim's start → the handler's start (the claim itself, its commit, the hand-off
+    /// to a task and a free slot).
+    claim_to_start_p50_ms: f64,
+    claim_to_start_max_ms: f64,
 }
 
 /// Whole-run figures of one kind.
@@ -244,8 +271,15 @@ const KIND_NAMES: [&str; 4] = [
 struct SteadyState {
     epoch: Instant,
     runs: Mutex<Vec<AtomicU8>>,
+    /// [`Self::epoch`] on the wall clock, µs since 1970 (to place the rows' `attempted_at`).
+    epoch_unix_us: i64,
     /// First attempts' pickups (ms) since the last sample.
     pickups: Mutex<Vec<f64>>,
+    /// First attempts since the last sample: (pickup ms, sequence number, job id, handler
+    /// start in ns since the epoch).
+    firsts: Mutex<Vec<(f64, u64, i64, u64)>>,
+    /// When the producer's enqueue call of each sequence number returned, ns since the epoch.
+    enqueue_returned: Mutex<Vec<u64>>,
     /// First attempts' pickups (ms) of the whole load, by kind.
     by_kind: Mutex<[Vec<f64>; 4]>,
     /// When each failed first attempt ended (ns since the epoch), by sequence number.
@@ -259,7 +293,7 @@ struct SteadyState {
 static STATE: OnceLock<SteadyState> = OnceLock::new();
 
 impl Task {
-    async fn run(self, kind: usize, attempt: i32) -> Result<(), JobError> {
+    async fn run(self, kind: usize, attempt: i32, job_id: i64) -> Result<(), JobError> {
         let st = STATE
             .get()
             .ok_or_else(|| JobError::fatal("steady bench state not initialised"))?;
@@ -268,6 +302,10 @@ impl Task {
             if attempt == 1 {
                 let ms = started.saturating_sub(self.t) as f64 / 1e6;
                 st.pickups.lock().expect("pickups").push(ms);
+                st.firsts
+                    .lock()
+                    .expect("firsts")
+                    .push((ms, self.i, job_id, started));
                 st.by_kind.lock().expect("by kind")[kind].push(ms);
             } else if let Some(failed) = st.failed_at.lock().expect("failed").remove(&self.i) {
                 let gap = started.saturating_sub(failed) as f64 / 1e6;
@@ -302,7 +340,7 @@ macro_rules! steady_kind {
             const KIND: &'static str = $kind;
 
             async fn run(self, ctx: JobContext) -> Result<(), JobError> {
-                self.0.run($idx, ctx.attempt).await
+                self.0.run($idx, ctx.attempt, ctx.job_id).await
             }
         }
     };
@@ -393,6 +431,9 @@ pub async fn run(a: SteadyArgs) -> anyhow::Result<()> {
     STATE
         .set(SteadyState {
             epoch: Instant::now(),
+            epoch_unix_us: chrono::Utc::now().timestamp_micros(),
+            firsts: Mutex::new(Vec::new()),
+            enqueue_returned: Mutex::new(Vec::new()),
             runs: Mutex::new(Vec::new()),
             pickups: Mutex::new(Vec::new()),
             by_kind: Mutex::new(Default::default()),
@@ -491,6 +532,11 @@ pub async fn run(a: SteadyArgs) -> anyhow::Result<()> {
                     .extend((i..due).map(|_| AtomicU8::new(0)));
                 let batch: Vec<NewJob> = (i..due).map(|k| job_of(k, t, false, keyed)).collect();
                 q.enqueue_many(batch).await?;
+                let returned = st.epoch.elapsed().as_nanos() as u64;
+                st.enqueue_returned
+                    .lock()
+                    .expect("returned")
+                    .extend((i..due).map(|_| returned));
                 i = due;
                 enqueued.store(i, Ordering::Relaxed);
             }
@@ -518,6 +564,7 @@ pub async fn run(a: SteadyArgs) -> anyhow::Result<()> {
             tokio::time::sleep(Duration::from_millis(200)).await;
         }
         st.pickups.lock().expect("pickups").clear();
+        st.firsts.lock().expect("firsts").clear();
         st.by_kind
             .lock()
             .expect("by kind")
@@ -559,6 +606,8 @@ pub async fn run(a: SteadyArgs) -> anyhow::Result<()> {
         let dt = interval_start.elapsed().as_secs_f64();
         let mut pickups = std::mem::take(&mut *st.pickups.lock().expect("pickups"));
         pickups.sort_by(|x, y| x.total_cmp(y));
+        let firsts = std::mem::take(&mut *st.firsts.lock().expect("firsts"));
+        let (slowest, sampled) = pickup_stages(st, firsts, &mut conn).await?;
         let backlog = super::ready_jobs(&mut conn).await?;
         let sizes = queue::job_table_sizes(&pool).await?;
         let cpu = cpu_now(db.name());
@@ -585,8 +634,12 @@ pub async fn run(a: SteadyArgs) -> anyhow::Result<()> {
             fleet_cpu_ms_per_job: round3((cpu.0 - interval_cpu.0) * 1e3 / jobs),
             postgres_cpu_ms_per_job: round3((cpu.1 - interval_cpu.1) * 1e3 / jobs),
             loadavg_1m: super::loadavg_1m(),
+            slowest,
+            sampled,
         };
         eprintln!("{}", sample_line(&s));
+        eprintln!("{}", stages_line("slowest 1 %", &s.slowest));
+        eprintln!("{}", stages_line("1 in 100", &s.sampled));
         samples.push(s);
         interval_start = Instant::now();
         (interval_done, interval_retried, interval_enqueued) = (done, retried, enq);
@@ -652,6 +705,57 @@ pub async fn run(a: SteadyArgs) -> anyhow::Result<()> {
         );
     }
     Ok(())
+}
+
+/// Where the pickups of an interval's first attempts went: its slowest 1 % and one in a
+/// hundred (by sequence number), each cut in three ([`PickupStages`]). The rows' claim times
+/// are read before the cleaner purges them (`--retention` after they finished); a row already
+/// gone is left out.
+async fn pickup_stages(
+    st: &SteadyState,
+    mut firsts: Vec<(f64, u64, i64, u64)>,
+    conn: &mut sqlx::PgConnection,
+) -> anyhow::Result<(PickupStages, PickupStages)> {
+    firsts.retain(|f| !job_fail_once(f.1));
+    firsts.sort_by(|x, y| y.0.total_cmp(&x.0));
+    let slow_n = firsts.len().div_ceil(100);
+    let slowest: Vec<_> = firsts[..slow_n].to_vec();
+    let sampled: Vec<_> = firsts.iter().filter(|f| f.1 % 100 == 0).copied().collect();
+    let ids: Vec<i64> = slowest.iter().chain(&sampled).map(|f| f.2).collect();
+    let claimed: HashMap<i64, i64> = queue::fixtures::attempted_at_us(conn, &ids)
+        .await?
+        .into_iter()
+        .collect();
+    let returned = st.enqueue_returned.lock().expect("returned");
+    let stages = |group: &[(f64, u64, i64, u64)]| {
+        let (mut pickup, mut call, mut wait, mut start) = (vec![], vec![], vec![], vec![]);
+        for &(ms, i, id, started) in group {
+            let (Some(&at_us), Some(&ret)) = (claimed.get(&id), returned.get(i as usize)) else {
+                continue;
+            };
+            let claim_ns = (at_us - st.epoch_unix_us) as f64 * 1e3;
+            // The enqueue call's start: the pickup is measured from it.
+            let t = started as f64 - ms * 1e6;
+            pickup.push(ms);
+            call.push((ret as f64 - t) / 1e6);
+            wait.push((claim_ns - ret as f64) / 1e6);
+            start.push((started as f64 - claim_ns) / 1e6);
+        }
+        for v in [&mut pickup, &mut call, &mut wait, &mut start] {
+            v.sort_by(|x, y| x.total_cmp(y));
+        }
+        PickupStages {
+            jobs: pickup.len(),
+            pickup_p50_ms: super::percentile(&pickup, 0.5),
+            enqueue_call_p50_ms: super::percentile(&call, 0.5),
+            enqueue_call_max_ms: super::percentile(&call, 1.0),
+            to_claim_p50_ms: super::percentile(&wait, 0.5),
+            to_claim_max_ms: super::percentile(&wait, 1.0),
+            claim_to_start_p50_ms: super::percentile(&start, 0.5),
+            claim_to_start_max_ms: super::percentile(&start, 1.0),
+        }
+    };
+    Ok((stages(&slowest), stages(&sampled)))
 }
 
 /// The capacity search's rates: from 40 % of the drain rate upward in steps of 5 % of it.
@@ -817,6 +921,14 @@ fn sample_line(s: &SteadySample) -> String {
         s.backlog, s.pickup_p50_ms, s.pickup_p99_ms, s.pickup_max_ms, mb(s.heap_bytes),
         mb(s.index_bytes), s.live_rows, s.dead_rows, s.autovacuums, s.fleet_cpu_ms_per_job,
         s.postgres_cpu_ms_per_job, s.loadavg_1m
+    )
+}
+
+fn stages_line(group: &str, g: &PickupStages) -> String {
+    format!(
+        "         {group:<11} ({} jobs, pickup p50 {:.2} ms): enqueue call p50 {:.2} max {:.1} | → claim p50 {:.2} max {:.1} | claim → handler p50 {:.2} max {:.1} ms",
+        g.jobs, g.pickup_p50_ms, g.enqueue_call_p50_ms, g.enqueue_call_max_ms, g.to_claim_p50_ms,
+        g.to_claim_max_ms, g.claim_to_start_p50_ms, g.claim_to_start_max_ms
     )
 }
 
