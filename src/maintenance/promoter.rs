@@ -12,7 +12,7 @@ use std::time::Duration;
 
 use jobs::Db;
 
-use crate::queue::{self, Now};
+use crate::queue::{self, Now, Promoted};
 
 /// Settings of the [`JobPromoter`].
 #[derive(Debug, Clone, Copy)]
@@ -37,20 +37,10 @@ impl Default for PromoterConfig {
     }
 }
 
-/// What one pass did.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct PromotePass {
-    /// Jobs that became available.
-    pub moved: u64,
-    /// How long until the next scheduled or retryable job comes due, as the pass's last
-    /// statement saw it (`None`: none waits).
-    pub next_due_in: Option<Duration>,
-}
-
 impl PromoterConfig {
     /// How long to wait after `pass` before the next: until its next job comes due, within
     /// [`Self::min_gap`] ..= [`Self::interval`].
-    pub fn wait_after(&self, pass: &PromotePass) -> Duration {
+    pub fn wait_after(&self, pass: &Promoted) -> Duration {
         let gap = self.min_gap.min(self.interval);
         pass.next_due_in
             .map_or(self.interval, |due| due.clamp(gap, self.interval))
@@ -74,18 +64,15 @@ impl JobPromoter {
         &self.cfg
     }
 
-    /// One pass at `now` (`None`: the database's clock): how many jobs became available, and
-    /// when the next comes due.
-    pub async fn run_once(&self, now: Now) -> Result<PromotePass, sqlx::Error> {
+    /// One pass at `now` (`None`: the database's clock): how many jobs became available in
+    /// all its statements, and when the next comes due as its last statement saw it.
+    pub async fn run_once(&self, now: Now) -> Result<Promoted, sqlx::Error> {
         let mut moved = 0;
         loop {
             let p = queue::job_promote_due(&self.db, self.cfg.batch, now).await?;
             moved += p.moved;
             if p.moved < self.cfg.batch as u64 {
-                return Ok(PromotePass {
-                    moved,
-                    next_due_in: p.next_due_in,
-                });
+                return Ok(Promoted { moved, ..p });
             }
         }
     }
@@ -95,8 +82,8 @@ impl JobPromoter {
 mod tests {
     use super::*;
 
-    fn pass(next_due_in: Option<u64>) -> PromotePass {
-        PromotePass {
+    fn pass(next_due_in: Option<u64>) -> Promoted {
+        Promoted {
             moved: 0,
             next_due_in: next_due_in.map(Duration::from_millis),
         }

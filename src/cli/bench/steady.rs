@@ -162,7 +162,7 @@ struct SteadySample {
 /// A pickup cut in three at the producer's enqueue call's return and at the claim statement's
 /// start (its `attempted_at`), medians and maxima of a group of first attempts, ms. Jobs
 /// failing their first attempt are left out (their `attempted_at` is their retry's).
-#[derive(Debug, Clone, Default, Serialize)]
+#[derive(Debug, Clone, Serialize)]
 struct PickupStages {
     /// First attempts in the group whose row was still there to read.
     jobs: usize,
@@ -273,8 +273,6 @@ struct SteadyState {
     runs: Mutex<Vec<AtomicU8>>,
     /// [`Self::epoch`] on the wall clock, µs since 1970 (to place the rows' `attempted_at`).
     epoch_unix_us: i64,
-    /// First attempts' pickups (ms) since the last sample.
-    pickups: Mutex<Vec<f64>>,
     /// First attempts since the last sample: (pickup ms, sequence number, job id, handler
     /// start in ns since the epoch).
     firsts: Mutex<Vec<(f64, u64, i64, u64)>>,
@@ -301,7 +299,6 @@ impl Task {
         if !self.probe {
             if attempt == 1 {
                 let ms = started.saturating_sub(self.t) as f64 / 1e6;
-                st.pickups.lock().expect("pickups").push(ms);
                 st.firsts
                     .lock()
                     .expect("firsts")
@@ -435,7 +432,6 @@ pub async fn run(a: SteadyArgs) -> anyhow::Result<()> {
             firsts: Mutex::new(Vec::new()),
             enqueue_returned: Mutex::new(Vec::new()),
             runs: Mutex::new(Vec::new()),
-            pickups: Mutex::new(Vec::new()),
             by_kind: Mutex::new(Default::default()),
             failed_at: Mutex::new(HashMap::new()),
             retry_gaps: Mutex::new(Vec::new()),
@@ -563,7 +559,6 @@ pub async fn run(a: SteadyArgs) -> anyhow::Result<()> {
             }
             tokio::time::sleep(Duration::from_millis(200)).await;
         }
-        st.pickups.lock().expect("pickups").clear();
         st.firsts.lock().expect("firsts").clear();
         st.by_kind
             .lock()
@@ -604,9 +599,9 @@ pub async fn run(a: SteadyArgs) -> anyhow::Result<()> {
             continue;
         }
         let dt = interval_start.elapsed().as_secs_f64();
-        let mut pickups = std::mem::take(&mut *st.pickups.lock().expect("pickups"));
-        pickups.sort_by(|x, y| x.total_cmp(y));
         let firsts = std::mem::take(&mut *st.firsts.lock().expect("firsts"));
+        let mut pickups: Vec<f64> = firsts.iter().map(|f| f.0).collect();
+        pickups.sort_by(|x, y| x.total_cmp(y));
         let (slowest, sampled) = pickup_stages(st, firsts, &mut conn).await?;
         let backlog = super::ready_jobs(&mut conn).await?;
         let sizes = queue::job_table_sizes(&pool).await?;
