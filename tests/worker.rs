@@ -363,6 +363,83 @@ async fn a_running_worker_promotes_a_scheduled_job_when_it_comes_due_not_at_its_
     w.stop().await;
 }
 
+/// The cleaner's pass does not hold up promotion: a job comes due and runs while a pass is
+/// stuck on a finished job's row lock (a long purge stands in for it: at 3,000 jobs/s a
+/// ten-minute pass is 180 statements). When the lock goes, the pass finishes and deletes it.
+#[tokio::test]
+async fn a_job_comes_due_and_runs_while_a_cleaner_pass_waits() {
+    let db = db().await;
+    let (stepped, q, _clock) = stepped_worker(&db.pool, registry());
+    let finished = q
+        .enqueue(&Sleep { ms: 1, key: None }, None)
+        .await
+        .unwrap()
+        .id;
+    assert_eq!(stepped.work_until_idle().await.unwrap().len(), 1);
+    // Holds the finished job's row, so the cleaner's delete of it waits.
+    let mut lock = db.pool.begin().await.unwrap();
+    sqlx::query("SELECT 1 FROM fleet_jobs WHERE id = $1 FOR UPDATE")
+        .bind(finished)
+        .execute(&mut *lock)
+        .await
+        .unwrap();
+    let w = start_worker(
+        &db.pool,
+        registry(),
+        fleet::config::WorkerSettings {
+            poll_interval: SECS(1),
+            retention_completed: Duration::from_millis(1),
+            ..fast_settings()
+        },
+    );
+    let cleaner_waits = || async {
+        sqlx::query_scalar::<_, i64>(
+            "SELECT count(*) FROM pg_stat_activity
+             WHERE datname = current_database() AND wait_event_type = 'Lock'
+               AND query LIKE '%DELETE FROM fleet_jobs%'",
+        )
+        .fetch_one(&db.pool)
+        .await
+        .unwrap()
+            == 1
+    };
+    let t = std::time::Instant::now();
+    while !cleaner_waits().await {
+        assert!(
+            t.elapsed() < SECS(10),
+            "the cleaner's pass never reached the lock"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let run_at = db_now(&db.pool).await + chrono::Duration::milliseconds(300);
+    let due = q
+        .enqueue_new(NewJob::of(&Flaky { succeed_on: 1 }).unwrap().run_at(run_at))
+        .await
+        .unwrap()
+        .id;
+    let j = wait_state(&db.pool, due, JobState::Completed, SECS(5)).await;
+    let late = (j.attempted_at.expect("claimed") - run_at).num_milliseconds();
+    assert!(late < 1_000, "claimed {late} ms after its run_at");
+    assert!(
+        cleaner_waits().await,
+        "the pass was still waiting meanwhile"
+    );
+    lock.rollback().await.unwrap();
+    let t = std::time::Instant::now();
+    loop {
+        let mut c = db.pool.acquire().await.unwrap();
+        if queue::job_get(&mut *c, finished).await.unwrap().is_none() {
+            break;
+        }
+        assert!(
+            t.elapsed() < SECS(10),
+            "the pass did not finish after the lock went"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    w.stop().await;
+}
+
 #[tokio::test]
 async fn paused_kind_is_not_claimed_by_any_worker_until_resumed() {
     let db = db().await;
