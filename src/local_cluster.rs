@@ -72,7 +72,7 @@ impl LocalCluster {
         for (name, contents) in c.config.files.clone() {
             c.write_file(&name, &contents)?;
         }
-        c.start()?;
+        c.first_start()?;
         Ok(c)
     }
 
@@ -128,7 +128,7 @@ impl LocalCluster {
                 "--no-sync",
             ],
         )?;
-        c.start()?;
+        c.first_start()?;
         Ok(c)
     }
 
@@ -174,6 +174,22 @@ impl LocalCluster {
 
     fn data(&self) -> PathBuf {
         self.root.join("data")
+    }
+
+    /// The first start: a port free when chosen may be taken by the time the server binds it
+    /// (another test's server, or a connection's), so on that failure it takes another port,
+    /// up to four times. Nothing has been handed this cluster's URL yet.
+    fn first_start(&mut self) -> anyhow::Result<()> {
+        let mut retries = 0;
+        loop {
+            match self.start() {
+                Err(e) if retries < 4 && format!("{e:#}").contains("could not bind") => {
+                    retries += 1;
+                    self.port = free_port()?;
+                }
+                done => return done,
+            }
+        }
     }
 
     fn start(&mut self) -> anyhow::Result<()> {
@@ -269,8 +285,26 @@ fn path_str(p: &Path) -> anyhow::Result<&str> {
     p.to_str().context("non-UTF-8 temp path")
 }
 
-/// A loopback port nobody listens on right now.
+/// A loopback port nobody listens on right now, below the kernel's ephemeral range: a port the
+/// kernel hands out (`bind(:0)`) is the kind it also gives the next outgoing connection, which
+/// may then hold it when the server binds (seen in CI: `could not bind IPv4 address
+/// "127.0.0.1": Address already in use`). Falls back to a kernel-chosen port if none below is
+/// free.
 fn free_port() -> anyhow::Result<u16> {
+    const LOWEST: u32 = 10_000;
+    let ephemeral_from: u32 = std::fs::read_to_string("/proc/sys/net/ipv4/ip_local_port_range")
+        .ok()
+        .and_then(|r| r.split_whitespace().next().and_then(|p| p.parse().ok()))
+        .unwrap_or(32_768);
+    if ephemeral_from > LOWEST + 1_000 && ephemeral_from <= 65_536 {
+        for _ in 0..100 {
+            let r = (uuid::Uuid::new_v4().as_u128() % u128::from(ephemeral_from - LOWEST)) as u32;
+            let port = (LOWEST + r) as u16;
+            if std::net::TcpListener::bind(("127.0.0.1", port)).is_ok() {
+                return Ok(port);
+            }
+        }
+    }
     let l = std::net::TcpListener::bind("127.0.0.1:0").context("finding a free port")?;
     Ok(l.local_addr()?.port())
 }
@@ -407,5 +441,40 @@ impl Drop for PgBouncer {
             let _ = c.wait();
         }
         let _ = std::fs::remove_dir_all(&self.root);
+    }
+}
+
+#[cfg(all(test, feature = "testkit"))]
+mod tests {
+    use super::*;
+
+    /// A first start whose port was taken after it was chosen starts on another one.
+    #[test]
+    fn a_first_start_takes_another_port_when_its_own_was_taken_meanwhile() {
+        let mut c = LocalCluster::prepare("port-taken").unwrap();
+        let data = c.data();
+        c.run("initdb", &initdb_args(path_str(&data).unwrap()))
+            .unwrap();
+        let chosen = c.port;
+        let _taken = std::net::TcpListener::bind(("127.0.0.1", chosen)).unwrap();
+        c.first_start().unwrap();
+        assert_ne!(c.port, chosen);
+        assert!(std::net::TcpStream::connect(("127.0.0.1", c.port)).is_ok());
+    }
+
+    /// Ports are chosen below the kernel's ephemeral range, which outgoing connections use.
+    #[test]
+    fn a_free_port_is_below_the_ephemeral_range() {
+        let from: u16 = std::fs::read_to_string("/proc/sys/net/ipv4/ip_local_port_range")
+            .unwrap()
+            .split_whitespace()
+            .next()
+            .unwrap()
+            .parse()
+            .unwrap();
+        for _ in 0..20 {
+            let p = free_port().unwrap();
+            assert!((10_000..from).contains(&p), "{p} is not below {from}");
+        }
     }
 }
