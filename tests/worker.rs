@@ -403,14 +403,12 @@ async fn a_job_comes_due_and_runs_while_a_cleaner_pass_waits() {
         .unwrap()
             == 1
     };
-    let t = std::time::Instant::now();
-    while !cleaner_waits().await {
-        assert!(
-            t.elapsed() < SECS(10),
-            "the cleaner's pass never reached the lock"
-        );
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
+    wait_until(
+        SECS(10),
+        "the cleaner's pass waiting on the lock",
+        cleaner_waits,
+    )
+    .await;
     let run_at = db_now(&db.pool).await + chrono::Duration::milliseconds(300);
     let due = q
         .enqueue_new(NewJob::of(&Flaky { succeed_on: 1 }).unwrap().run_at(run_at))
@@ -425,18 +423,15 @@ async fn a_job_comes_due_and_runs_while_a_cleaner_pass_waits() {
         "the pass was still waiting meanwhile"
     );
     lock.rollback().await.unwrap();
-    let t = std::time::Instant::now();
-    loop {
-        let mut c = db.pool.acquire().await.unwrap();
-        if queue::job_get(&mut *c, finished).await.unwrap().is_none() {
-            break;
-        }
-        assert!(
-            t.elapsed() < SECS(10),
-            "the pass did not finish after the lock went"
-        );
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
+    wait_until(
+        SECS(10),
+        "the pass deleting the job after the lock went",
+        || async {
+            let mut c = db.pool.acquire().await.unwrap();
+            queue::job_get(&mut *c, finished).await.unwrap().is_none()
+        },
+    )
+    .await;
     w.stop().await;
 }
 
