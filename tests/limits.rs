@@ -161,6 +161,59 @@ async fn a_kinds_global_concurrency_is_never_exceeded_across_worker_processes() 
     assert_eq!(twice, 0, "every job ran once");
 }
 
+/// The race the kind's lock exists for, made deterministic: a claim that had to wait for
+/// the lock must count what the holder claimed. Its count runs in a statement of its own
+/// after the lock (inside `fleet_job_fetch_limited`); counted with a snapshot taken before the
+/// lock, it would see none of the holder's claims running and claim past the limit.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_limited_claim_that_waited_on_the_kinds_lock_counts_what_the_holder_claimed() {
+    let db = db().await;
+    let limit = [("FLEET_KINDS__FLEET_DOT_SLEEP__GLOBAL_CONCURRENCY", "3")];
+    let q = Queue::new(db.pool.clone(), registry_with(&limit));
+    enqueue_sleeps(&q, (0..6).map(|_| json!({"ms": 1}))).await;
+    // The holder claims the limit's three inside a transaction it keeps open: the kind's
+    // lock is held until it commits.
+    let mut holder = db.pool.begin().await.unwrap();
+    let held = fleet::queue::job_fetch_limited(&mut holder, &sleep_claim(&[], Some(3), 3))
+        .await
+        .unwrap();
+    assert_eq!(held.jobs.len(), 3, "the holder claims up to the limit");
+    let pool = db.pool.clone();
+    let waiter = tokio::spawn(async move {
+        let mut conn = pool.acquire().await.unwrap();
+        fleet::queue::job_fetch_limited(&mut conn, &sleep_claim(&[], Some(3), 3))
+            .await
+            .unwrap()
+    });
+    wait_until(
+        Duration::from_secs(10),
+        "the second claim waits on the kind's advisory lock",
+        || async {
+            sqlx::query_scalar::<_, i64>(
+                "SELECT count(*) FROM pg_stat_activity
+                 WHERE wait_event_type = 'Lock' AND wait_event = 'advisory'",
+            )
+            .fetch_one(&db.pool)
+            .await
+            .unwrap()
+                == 1
+        },
+    )
+    .await;
+    holder.commit().await.unwrap();
+    let waited = tokio::time::timeout(Duration::from_secs(10), waiter)
+        .await
+        .expect("the second claim ends once the lock is released")
+        .unwrap();
+    assert_eq!(
+        waited.jobs.len(),
+        0,
+        "the holder's three count as running: none is left under the limit"
+    );
+    assert_eq!(count_in(&db.pool, "running").await, 3);
+    assert_eq!(count_in(&db.pool, "available").await, 3);
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_per_key_limit_holds_across_worker_processes_while_keys_run_side_by_side() {
     let db = db().await;

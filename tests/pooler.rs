@@ -537,8 +537,20 @@ async fn with_no_direct_connection_the_worker_polls_through_the_pooler_and_loses
     queue.enqueue_many(jobs).await.unwrap();
     let mut env = role_env(&s, false);
     env.push(("FLEET_WORKER__POLL_INTERVAL".into(), "200ms".into()));
+    // A fleet-wide limit: the worker re-files the jobs as limited and claims them with the
+    // limited claim, whose lock then lives in each round's transaction (no session here).
+    env.push((
+        "FLEET_KINDS__FLEET_DOT_SLEEP__GLOBAL_CONCURRENCY".into(),
+        "4".into(),
+    ));
     let worker = Role::spawn(&["worker"], &env);
     wait_until_count(&s.check, COMPLETED_ONCE, 2_000, Duration::from_secs(60)).await;
+    let limited: i64 = count(
+        &s.check,
+        "SELECT count(*) FROM fleet_jobs WHERE kind = 'fleet.sleep' AND limited",
+    )
+    .await;
+    assert_eq!(limited, 2_000, "every job went through the limited claim");
     let pickup = pickup(&db, &s.check).await;
     eprintln!("pickup through the pooler by polling every 200 ms: {pickup:?}");
     assert!(pickup < Duration::from_secs(2), "{pickup:?}");

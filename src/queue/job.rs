@@ -669,8 +669,8 @@ impl ClaimSession {
         Ok(Self { conn })
     }
 
-    /// The connection, for the limited claims (each runs in its own transaction, nested in
-    /// the round's when there is one).
+    /// The connection, for the limited claims (each one autocommit statement on a session of
+    /// its own; one statement of the round's transaction when there is one).
     pub fn conn(&mut self) -> &mut PgConnection {
         match &mut self.conn {
             ClaimConn::Session(c) => c,

@@ -6,8 +6,10 @@
 //! is claimed only by [`job_fetch_limited`], which first takes a transaction-level advisory
 //! lock on the kind and only then, in a *new statement* (so with a snapshot taken after the
 //! lock), counts the kind's running rows under a live lease and claims at most what is left.
-//! The lock is released at commit, after the claimed rows are visible, so the next claimer of
-//! that kind counts them. Everything else only lowers the count (outcomes, rescues, cancels).
+//! Both statements run inside one call of a `VOLATILE` PL/pgSQL function
+//! (`fleet_job_fetch_limited`, whose statements each take a fresh snapshot under `READ
+//! COMMITTED`), so the claim is one round trip. The lock is released at commit, after the
+//! claimed rows are visible, so the next claimer of that kind counts them. Everything else only lowers the count (outcomes, rescues, cancels).
 //! Two workers racing for the last slot therefore queue on the lock, and the second one sees
 //! the first one's claim.
 //!
@@ -21,7 +23,7 @@ use std::time::Duration;
 
 use chrono::{DateTime, Utc};
 use serde::Serialize;
-use sqlx::{AssertSqlSafe, Connection, PgConnection, PgExecutor, Row};
+use sqlx::{PgConnection, PgExecutor, Row};
 
 use super::{
     job::{begin_pinned, claimed_from_row},
@@ -56,12 +58,6 @@ pub struct LimitedFetch<'a> {
     pub now: Now,
 }
 
-impl LimitedFetch<'_> {
-    fn counts_running(&self) -> bool {
-        self.global_concurrency.is_some() || self.key_concurrency.is_some()
-    }
-}
-
 /// JobFetchLimited: claims up to `limit` ready jobs of one kind such that, fleet-wide, the
 /// kind's running jobs stay within `global_concurrency`, each key's within
 /// `key_concurrency`, and every budget in `budgets` has a token per claimed job (debited
@@ -69,9 +65,11 @@ impl LimitedFetch<'_> {
 /// before rank 2 of any, so keys take turns. Paused kinds and drain cutoffs apply as in
 /// [`super::job_fetch_available`]. See the module docs for why no limit can be exceeded.
 ///
-/// Cost: the advisory lock serializes the claims of one kind (not of other kinds), and a
-/// budget's row serializes the claims of the kinds that spend it. The plan is pinned to the
-/// ready indexes the same way as the plain claim.
+/// Cost: one round trip (one autocommit statement; inside an open transaction, one statement
+/// of it, and the lock is then held to that transaction's commit). The advisory lock
+/// serializes the claims of one kind (not of other kinds), and a budget's row serializes the
+/// claims of the kinds that spend it. The plan is pinned to the ready indexes the same way as
+/// the plain claim (the function's own settings).
 pub async fn job_fetch_limited(
     conn: &mut PgConnection,
     p: &LimitedFetch<'_>,
@@ -85,38 +83,6 @@ pub async fn job_fetch_limited(
     let names: Vec<&str> = p.budgets.iter().map(|b| b.name.as_str()).collect();
     let rates: Vec<f64> = p.budgets.iter().map(|b| b.per_second).collect();
     let bursts: Vec<f64> = p.budgets.iter().map(|b| b.burst).collect();
-    let mut tx = conn.begin().await?;
-    // The lock (when the kind counts running jobs) and the missing budget rows (a new
-    // budget starts full), before the statement whose snapshot must follow the lock.
-    let ensure = r#"
-        WITH ensured AS (
-            INSERT INTO fleet_budgets (name, tokens, refilled_at)
-            SELECT n, b, coalesce($3::timestamptz, now()) FROM unnest($1::text[], $2::float8[]) AS t(n, b)
-            ON CONFLICT (name) DO NOTHING
-            RETURNING 1
-        )
-        SELECT set_config('enable_seqscan', 'off', true),
-               set_config('enable_bitmapscan', 'off', true),
-               (SELECT count(*) FROM ensured)"#;
-    if p.counts_running() {
-        sqlx::query(AssertSqlSafe(format!(
-            "{ensure}, pg_advisory_xact_lock($4, hashtext($5))"
-        )))
-        .bind(&names)
-        .bind(&bursts)
-        .bind(p.now)
-        .bind(KIND_LOCK_CLASS)
-        .bind(p.kind)
-        .execute(&mut *tx)
-        .await?;
-    } else {
-        sqlx::query(ensure)
-            .bind(&names)
-            .bind(&bursts)
-            .bind(p.now)
-            .execute(&mut *tx)
-            .await?;
-    }
     // Keyed kinds look a little past `limit` so that a key at its limit does not hide the
     // next key's jobs; the fair order keeps a key's jobs spread out, so this stays small.
     let window = if p.key_concurrency.is_some() {
@@ -124,89 +90,11 @@ pub async fn job_fetch_limited(
     } else {
         p.limit
     };
+    // One statement: the function takes the lock, then claims in a statement of its own whose
+    // snapshot follows the lock (migrations/20261207000024_fetch_limited_function.sql). As
+    // an autocommit statement it commits, and so releases the lock, before it answers.
     let rows = sqlx::query(
-        r#"
-        WITH clock AS MATERIALIZED (
-            SELECT coalesce($9::timestamptz, now()) AS now
-        ), running AS MATERIALIZED (
-            SELECT j.limit_key FROM fleet_jobs j, clock
-            WHERE j.state = 'running' AND j.kind = $1 AND j.lease_expires_at > clock.now
-              AND ($2::bigint IS NOT NULL OR $3::bigint IS NOT NULL)
-        ), budget AS MATERIALIZED (
-            SELECT b.name, b.blocked_until, c.rate,
-                   CASE WHEN b.blocked_until > clock.now THEN 0::float8
-                        ELSE least(c.burst, b.tokens + c.rate * greatest(0::float8,
-                             extract(epoch FROM clock.now
-                                     - greatest(b.refilled_at, coalesce(b.blocked_until, b.refilled_at)))::float8))
-                   END AS level
-            FROM fleet_budgets b
-            JOIN unnest($6::text[], $7::float8[], $8::float8[]) AS c(name, rate, burst)
-                 ON c.name = b.name
-            CROSS JOIN clock
-            ORDER BY b.name
-            FOR UPDATE OF b
-        ), room AS MATERIALIZED (
-            SELECT CASE WHEN (SELECT count(*) FROM budget) < cardinality($6::text[]) THEN 0
-                        ELSE greatest(0, least(
-                            $4::bigint,
-                            coalesce($2::bigint - (SELECT count(*) FROM running), $4::bigint),
-                            coalesce((SELECT floor(min(level))::bigint FROM budget), $4::bigint)))
-                   END AS n
-        ), candidates AS MATERIALIZED (
-            SELECT j.id, j.limit_key, j.priority, j.fair_rank, j.run_at
-            FROM fleet_jobs j
-            WHERE j.state = 'available' AND j.limited AND j.kind = $1
-              AND ($5::text[] IS NULL OR j.queue = ANY($5))
-              AND (SELECT n FROM room) > 0
-              AND NOT EXISTS (
-                  SELECT 1 FROM fleet_paused_kinds p
-                  WHERE p.kind = j.kind AND (p.drain_through_id IS NULL OR j.id > p.drain_through_id))
-            ORDER BY j.priority, j.fair_rank, j.run_at, j.id
-            LIMIT $10
-            FOR UPDATE SKIP LOCKED
-        ), picked AS (
-            SELECT c.id FROM (
-                SELECT c.*, row_number() OVER (
-                    PARTITION BY c.limit_key ORDER BY c.priority, c.fair_rank, c.run_at, c.id) AS nth
-                FROM candidates c
-            ) c
-            WHERE $3::bigint IS NULL OR c.limit_key IS NULL
-               OR c.nth + (SELECT count(*) FROM running r WHERE r.limit_key = c.limit_key) <= $3
-            ORDER BY c.priority, c.fair_rank, c.run_at, c.id
-            LIMIT (SELECT n FROM room)
-        ), claimed AS (
-            UPDATE fleet_jobs j
-            SET state = 'running', attempt = j.attempt + 1, claim_seq = j.claim_seq + 1,
-                lease_owner = $11,
-                lease_expires_at = clock.now + $12 * interval '1 millisecond',
-                attempted_at = clock.now
-            FROM picked, clock WHERE j.id = picked.id
-            RETURNING j.id, j.kind, j.args, j.attempt, j.max_attempts, j.claim_seq,
-                      j.trace_context
-        ), spent AS (
-            UPDATE fleet_budgets b
-            SET tokens = greatest(0::float8, budget.level - (SELECT count(*) FROM claimed)),
-                -- never backwards: a claim whose transaction began before the previous
-                -- holder's (it waited for the row) must not refill that interval twice
-                refilled_at = greatest(b.refilled_at, clock.now)
-            FROM budget, clock WHERE b.name = budget.name
-            RETURNING b.name
-        ), wait AS (
-            -- How long until every budget holds a whole token again, after this claim's
-            -- debit: the caller need not try the kind before then. A blocked budget
-            -- refills from zero at blocked_until.
-            SELECT max(CASE
-                       WHEN b.blocked_until > clock.now THEN
-                            extract(epoch FROM b.blocked_until - clock.now)::float8 * 1000
-                            + 1000 / nullif(b.rate, 0)
-                       WHEN b.level - k.n >= 1 THEN 0::float8
-                       ELSE (1 - (b.level - k.n)) * 1000 / nullif(b.rate, 0)
-                   END) AS ms
-            FROM budget b, clock, (SELECT count(*) AS n FROM claimed) k
-        )
-        SELECT claimed.*, w.ms AS budget_wait_ms, (SELECT count(*) FROM spent) AS budgets_spent
-        FROM wait w LEFT JOIN claimed ON true
-        "#,
+        "SELECT * FROM fleet_job_fetch_limited($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13)",
     )
     .bind(p.kind)
     .bind(p.global_concurrency)
@@ -220,9 +108,9 @@ pub async fn job_fetch_limited(
     .bind(window)
     .bind(p.owner)
     .bind(p.lease.as_millis() as i64)
-    .fetch_all(&mut *tx)
+    .bind(KIND_LOCK_CLASS)
+    .fetch_all(&mut *conn)
     .await?;
-    tx.commit().await?;
     let wait_ms: Option<f64> = rows.first().and_then(|r| r.get("budget_wait_ms"));
     Ok(LimitedClaim {
         jobs: rows
