@@ -681,6 +681,82 @@ async fn a_limited_kinds_claim_starts_ahead_of_prefetched_plain_claims() {
     w.stop().await;
 }
 
+/// A plain job that holds a slot for 4 s.
+#[derive(Debug, Serialize, Deserialize)]
+struct LongPlain {}
+impl Job for LongPlain {
+    const KIND: &'static str = "test.long_plain";
+    async fn run(self, _ctx: JobContext) -> Result<(), JobError> {
+        tokio::time::sleep(Duration::from_secs(4)).await;
+        Ok(())
+    }
+}
+
+/// A quick job of a kind limited to one running fleet-wide.
+#[derive(Debug, Serialize, Deserialize)]
+struct QuickLimited {}
+impl Job for QuickLimited {
+    const KIND: &'static str = "test.quick_limited";
+    async fn run(self, _ctx: JobContext) -> Result<(), JobError> {
+        Ok(())
+    }
+}
+
+/// A limited kind's fleet-wide slot is free again once its outcome is written, and only a
+/// claim round fills it: the worker claims the limited kinds as soon as that happens, not once
+/// a quarter of its capacity is free. Here seven 4-second plain jobs hold seven of eight
+/// slots (a quarter is two), and five quick jobs limited to one at a time must run one after
+/// the other meanwhile; waiting for the quarter, they would wait for the plain jobs.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_limited_kinds_freed_slot_is_claimed_again_without_waiting_for_a_quarter_of_the_capacity()
+{
+    let db = db().await;
+    let mut r = Registry::default();
+    r.register::<LongPlain>();
+    r.register_with::<QuickLimited>(KindDefaults {
+        global_concurrency: Some(1),
+        ..QuickLimited::defaults()
+    });
+    let reg = Arc::new(r);
+    let q = Queue::new(db.pool.clone(), reg.clone());
+    let mut jobs: Vec<NewJob> = (0..7).map(|_| NewJob::of(&LongPlain {}).unwrap()).collect();
+    jobs.extend((0..5).map(|_| NewJob::of(&QuickLimited {}).unwrap()));
+    q.enqueue_many(jobs).await.unwrap();
+    let cfg = fleet::config::WorkerSettings {
+        concurrency: 8,
+        prefetch: 0,
+        // Longer than the test: only a freed slot can start a round.
+        poll_interval: Duration::from_secs(30),
+        ..fast_settings()
+    };
+    let w = start_worker(&db.pool, reg, cfg);
+    let count = |kind: &'static str, state: &'static str| {
+        let pool = db.pool.clone();
+        async move {
+            sqlx::query_scalar::<_, i64>(
+                "SELECT count(*) FROM fleet_jobs WHERE kind = $1 AND state::text = $2",
+            )
+            .bind(kind)
+            .bind(state)
+            .fetch_one(&pool)
+            .await
+            .unwrap()
+        }
+    };
+    wait_until(
+        Duration::from_secs(2),
+        "the five limited jobs completed one after the other",
+        || async { count(QuickLimited::KIND, "completed").await == 5 },
+    )
+    .await;
+    assert_eq!(
+        count(LongPlain::KIND, "running").await,
+        7,
+        "the plain jobs still hold their slots: no quarter of the capacity was free"
+    );
+    w.stop().await;
+}
+
 /// Waits (at most 5 s) until `n` jobs of `kind` are in `state`.
 async fn wait_for_count(pool: &PgPool, kind: &str, state: &str, n: i64) {
     let what = format!("{n} {kind} jobs {state}");

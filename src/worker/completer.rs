@@ -134,18 +134,23 @@ fn take_queued(rx: &mut mpsc::UnboundedReceiver<Outcome>, batch: &mut Vec<Outcom
 }
 
 /// Lets the claims of `batch` go and counts what happened to each: written, or refused by the
-/// fence (lost).
+/// fence (lost). A written outcome of a limited kind is flagged for the fetch loop
+/// ([`Shared::limited_freed`]): the kind has a fleet-wide slot free again.
 pub(crate) fn record(s: &Shared, batch: &[Outcome], written: &[i64]) {
     let written: std::collections::HashSet<i64> = written.iter().copied().collect();
     let c = &s.counters;
     let mut held = s.held.lock().unwrap();
     let m = crate::metrics::metrics();
+    let mut freed_limited = false;
     for o in batch {
         let kind = match held.get(&o.id) {
             Some(h) if h.claim_seq == o.claim_seq => held.remove(&o.id).map(|h| h.kind),
             _ => None,
         };
         let kind = kind.as_deref().unwrap_or("unknown");
+        if written.contains(&o.id) && !freed_limited {
+            freed_limited = s.limited.iter().any(|l| l.kind == kind);
+        }
         if !written.contains(&o.id) {
             c.lost.fetch_add(1, Ordering::Relaxed);
             m.outcomes_refused.inc();
@@ -178,5 +183,8 @@ pub(crate) fn record(s: &Shared, batch: &[Outcome], written: &[i64]) {
             NextState::ReturnUnstarted => &c.returned,
         };
         counter.fetch_add(1, Ordering::Relaxed);
+    }
+    if freed_limited {
+        s.limited_freed.store(true, Ordering::Release);
     }
 }

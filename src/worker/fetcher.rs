@@ -3,8 +3,9 @@
 //!
 //! Contract:
 //! - it claims only into free capacity (`concurrency + prefetch` minus what is held), in
-//!   batches once a quarter of the capacity is free or the worker is idle, and never a kind
-//!   whose held claims already fill its per-kind concurrency;
+//!   batches once a quarter of the capacity is free or the worker is idle (the limited kinds
+//!   alone also as soon as one of their outcomes is written), and never a kind whose held
+//!   claims already fill its per-kind concurrency;
 //! - a claim is *held* ([`super::Held`]) from the moment it is returned until the completer
 //!   writes its outcome; the heartbeat renews every held lease;
 //! - **limited kinds** (fleet-wide or per-key concurrency, rate budgets, fairness) are claimed
@@ -65,6 +66,9 @@ pub(crate) struct Fetcher {
 pub(crate) struct Room {
     /// Most jobs in all.
     pub free: usize,
+    /// Claim the limited kinds alone: less than a quarter of the capacity is free, but a
+    /// limited kind's outcome was written since the last round ([`Shared::limited_freed`]).
+    pub limited_only: bool,
     /// Kinds whose held claims fill their per-kind concurrency.
     pub skip_kinds: Vec<String>,
     /// Held claims per kind (for the limited kinds' per-kind concurrency).
@@ -110,6 +114,9 @@ impl Fetcher {
             .filter(|k| !self.budget_wait.contains_key(*k) && !room.skip_kinds.contains(k))
             .cloned()
             .collect();
+        if room.limited_only && due.is_empty() {
+            return Ok(Vec::new());
+        }
         // Taken out for the round and put back only when it succeeds: a failed round drops
         // (closes) it.
         let taken = self.session.take();
@@ -125,7 +132,7 @@ impl Fetcher {
                     .await?;
             }
             let rest = room.free.saturating_sub(jobs.len());
-            if rest > 0 {
+            if rest > 0 && !room.limited_only {
                 let skip_kinds = if self.external.is_empty() {
                     std::borrow::Cow::Borrowed(&room.skip_kinds)
                 } else {
@@ -356,7 +363,15 @@ pub(crate) async fn run(
     }
 }
 
-/// The room this round has: nothing until a quarter of `capacity` is free (unless idle).
+/// The room this round has: nothing until a quarter of `capacity` is free (unless idle),
+/// except for the limited kinds right after one of their outcomes was written.
+///
+/// Why the exception: a limited kind's fleet-wide slot is free again only once its outcome
+/// is written, and only a claim round fills it. Waiting for a quarter of the capacity adds
+/// that wait to every limited job's cycle, and a kind held to a few slots fleet-wide runs at
+/// most slots ÷ cycle jobs a second: behind a worker full of plain claims, its slots sit idle
+/// (decision 60). The plain kinds keep the threshold: batching their claims is what saves
+/// round trips.
 fn room(s: &Shared, capacity: usize, threshold: usize) -> Room {
     let held = s.held.lock().unwrap();
     let mut held_by_kind: HashMap<String, usize> = HashMap::new();
@@ -367,9 +382,13 @@ fn room(s: &Shared, capacity: usize, threshold: usize) -> Room {
     }
     let free = capacity.saturating_sub(held.len());
     let enough = held.is_empty() || free >= threshold;
+    // Taken either way: a full round claims the limited kinds first too.
+    let limited_freed = s.limited_freed.swap(false, Ordering::AcqRel);
+    let limited_only = !enough && limited_freed && free > 0;
     Room {
-        free: if enough { free } else { 0 },
-        skip_kinds: if held.is_empty() || !enough {
+        free: if enough || limited_only { free } else { 0 },
+        limited_only,
+        skip_kinds: if held.is_empty() || !(enough || limited_only) {
             Vec::new()
         } else {
             kinds_at_limit(s, &held)

@@ -46,7 +46,7 @@ pub(crate) use outcome::Outcome;
 use std::{
     collections::HashMap,
     sync::{
-        atomic::{AtomicU64, Ordering},
+        atomic::{AtomicBool, AtomicU64, Ordering},
         Arc, Mutex,
     },
     time::Duration,
@@ -125,6 +125,10 @@ pub(crate) struct Shared {
     pub held: Mutex<HashMap<i64, Held>>,
     /// Wakes the fetch loop: a notification, a freed slot, a resume.
     pub wake: Notify,
+    /// Set when an outcome of a limited kind is written (its row no longer counts against
+    /// the kind's fleet-wide limit); taken by the fetch loop, which then claims the limited
+    /// kinds without waiting for a quarter of its capacity to be free.
+    pub limited_freed: AtomicBool,
     /// The worker's `concurrency` slots. Claims of limited kinds queue for one directly; plain
     /// claims queue behind [`Shared::plain_turn`] first (see [`super::executor`]).
     pub slots: Arc<Semaphore>,
@@ -212,6 +216,7 @@ impl Worker {
                 worker_id,
                 held: Mutex::new(HashMap::new()),
                 wake: Notify::new(),
+                limited_freed: AtomicBool::new(false),
                 kind_slots,
                 limited,
                 stop_starting: CancellationToken::new(),
@@ -386,6 +391,7 @@ impl Worker {
             .await?;
         let room = fetcher::Room {
             free: 1,
+            limited_only: false,
             skip_kinds: Vec::new(),
             held_by_kind: HashMap::new(),
         };
