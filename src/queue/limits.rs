@@ -9,9 +9,9 @@
 //! Both statements run inside one call of a `VOLATILE` PL/pgSQL function
 //! (`fleet_job_fetch_limited`, whose statements each take a fresh snapshot under `READ
 //! COMMITTED`), so the claim is one round trip. The lock is released at commit, after the
-//! claimed rows are visible, so the next claimer of that kind counts them. Everything else only lowers the count (outcomes, rescues, cancels).
-//! Two workers racing for the last slot therefore queue on the lock, and the second one sees
-//! the first one's claim.
+//! claimed rows are visible, so the next claimer of that kind counts them. Everything else
+//! only lowers the count (outcomes, rescues, cancels). Two workers racing for the last slot
+//! therefore queue on the lock, and the second one sees the first one's claim.
 //!
 //! **Budgets.** A budget's row is locked `FOR UPDATE` by every claim that spends it (in name
 //! order, so two claims never wait on each other's rows in a cycle), refilled from the elapsed

@@ -148,9 +148,6 @@ pub(crate) fn record(s: &Shared, batch: &[Outcome], written: &[i64]) {
             _ => None,
         };
         let kind = kind.as_deref().unwrap_or("unknown");
-        if written.contains(&o.id) && !freed_limited {
-            freed_limited = s.limited.iter().any(|l| l.kind == kind);
-        }
         if !written.contains(&o.id) {
             c.lost.fetch_add(1, Ordering::Relaxed);
             m.outcomes_refused.inc();
@@ -183,6 +180,7 @@ pub(crate) fn record(s: &Shared, batch: &[Outcome], written: &[i64]) {
             NextState::ReturnUnstarted => &c.returned,
         };
         counter.fetch_add(1, Ordering::Relaxed);
+        freed_limited = freed_limited || s.limited.iter().any(|l| l.kind == kind);
     }
     if freed_limited {
         s.limited_freed.store(true, Ordering::Release);
