@@ -292,10 +292,7 @@ fn path_str(p: &Path) -> anyhow::Result<&str> {
 /// free.
 fn free_port() -> anyhow::Result<u16> {
     const LOWEST: u32 = 10_000;
-    let ephemeral_from: u32 = std::fs::read_to_string("/proc/sys/net/ipv4/ip_local_port_range")
-        .ok()
-        .and_then(|r| r.split_whitespace().next().and_then(|p| p.parse().ok()))
-        .unwrap_or(32_768);
+    let ephemeral_from = ephemeral_ports_from().unwrap_or(32_768);
     if ephemeral_from > LOWEST + 1_000 && ephemeral_from <= 65_536 {
         for _ in 0..100 {
             let r = (uuid::Uuid::new_v4().as_u128() % u128::from(ephemeral_from - LOWEST)) as u32;
@@ -307,6 +304,17 @@ fn free_port() -> anyhow::Result<u16> {
     }
     let l = std::net::TcpListener::bind("127.0.0.1:0").context("finding a free port")?;
     Ok(l.local_addr()?.port())
+}
+
+/// The first port of the kernel's ephemeral range (what it gives outgoing connections), if
+/// it says.
+fn ephemeral_ports_from() -> Option<u32> {
+    std::fs::read_to_string("/proc/sys/net/ipv4/ip_local_port_range")
+        .ok()?
+        .split_whitespace()
+        .next()?
+        .parse()
+        .ok()
 }
 
 /// A PgBouncer (Debian's `pgbouncer`) this process started on a free loopback port in front of
@@ -465,15 +473,9 @@ mod tests {
     /// Ports are chosen below the kernel's ephemeral range, which outgoing connections use.
     #[test]
     fn a_free_port_is_below_the_ephemeral_range() {
-        let from: u16 = std::fs::read_to_string("/proc/sys/net/ipv4/ip_local_port_range")
-            .unwrap()
-            .split_whitespace()
-            .next()
-            .unwrap()
-            .parse()
-            .unwrap();
+        let from = ephemeral_ports_from().expect("the kernel's ephemeral range");
         for _ in 0..20 {
-            let p = free_port().unwrap();
+            let p = u32::from(free_port().unwrap());
             assert!((10_000..from).contains(&p), "{p} is not below {from}");
         }
     }

@@ -667,15 +667,7 @@ async fn a_dead_job_replayed_while_a_purge_waits_for_its_row_is_kept() {
     wait_until(
         Duration::from_secs(10),
         "the purge waits on a lock",
-        || async {
-            sqlx::query_scalar::<_, bool>(
-                "SELECT exists(SELECT FROM pg_stat_activity
-                           WHERE datname = current_database() AND wait_event_type = 'Lock')",
-            )
-            .fetch_one(&db.pool)
-            .await
-            .unwrap()
-        },
+        || async { lock_waiters(&db.pool, "%").await > 0 },
     )
     .await;
     assert!(

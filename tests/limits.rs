@@ -67,14 +67,18 @@ async fn enqueue_sleeps(q: &Queue, jobs: impl IntoIterator<Item = serde_json::Va
         .collect()
 }
 
+/// How many `kind` jobs are in `state`.
+async fn count_of(pool: &PgPool, kind: &str, state: &str) -> i64 {
+    sqlx::query_scalar("SELECT count(*) FROM fleet_jobs WHERE kind = $1 AND state::text = $2")
+        .bind(kind)
+        .bind(state)
+        .fetch_one(pool)
+        .await
+        .unwrap()
+}
+
 async fn count_in(pool: &PgPool, state: &str) -> i64 {
-    sqlx::query_scalar(
-        "SELECT count(*) FROM fleet_jobs WHERE kind = 'fleet.sleep' AND state::text = $1",
-    )
-    .bind(state)
-    .fetch_one(pool)
-    .await
-    .unwrap()
+    count_of(pool, "fleet.sleep", state).await
 }
 
 /// Samples `sql` (one bigint) every 10 ms until every `fleet.sleep` job completed; returns the
@@ -188,16 +192,7 @@ async fn a_limited_claim_that_waited_on_the_kinds_lock_counts_what_the_holder_cl
     wait_until(
         Duration::from_secs(10),
         "the second claim waits on the kind's advisory lock",
-        || async {
-            sqlx::query_scalar::<_, i64>(
-                "SELECT count(*) FROM pg_stat_activity
-                 WHERE wait_event_type = 'Lock' AND wait_event = 'advisory'",
-            )
-            .fetch_one(&db.pool)
-            .await
-            .unwrap()
-                == 1
-        },
+        || async { lock_waiters(&db.pool, "%fleet_job_fetch_limited%").await == 1 },
     )
     .await;
     holder.commit().await.unwrap();
@@ -730,27 +725,14 @@ async fn a_limited_kinds_freed_slot_is_claimed_again_without_waiting_for_a_quart
         ..fast_settings()
     };
     let w = start_worker(&db.pool, reg, cfg);
-    let count = |kind: &'static str, state: &'static str| {
-        let pool = db.pool.clone();
-        async move {
-            sqlx::query_scalar::<_, i64>(
-                "SELECT count(*) FROM fleet_jobs WHERE kind = $1 AND state::text = $2",
-            )
-            .bind(kind)
-            .bind(state)
-            .fetch_one(&pool)
-            .await
-            .unwrap()
-        }
-    };
     wait_until(
         Duration::from_secs(2),
         "the five limited jobs completed one after the other",
-        || async { count(QuickLimited::KIND, "completed").await == 5 },
+        || async { count_of(&db.pool, QuickLimited::KIND, "completed").await == 5 },
     )
     .await;
     assert_eq!(
-        count(LongPlain::KIND, "running").await,
+        count_of(&db.pool, LongPlain::KIND, "running").await,
         7,
         "the plain jobs still hold their slots: no quarter of the capacity was free"
     );
@@ -761,15 +743,7 @@ async fn a_limited_kinds_freed_slot_is_claimed_again_without_waiting_for_a_quart
 async fn wait_for_count(pool: &PgPool, kind: &str, state: &str, n: i64) {
     let what = format!("{n} {kind} jobs {state}");
     wait_until(Duration::from_secs(5), &what, || async {
-        let count: i64 = sqlx::query_scalar(
-            "SELECT count(*) FROM fleet_jobs WHERE kind = $1 AND state::text = $2",
-        )
-        .bind(kind)
-        .bind(state)
-        .fetch_one(pool)
-        .await
-        .unwrap();
-        count >= n
+        count_of(pool, kind, state).await >= n
     })
     .await;
 }

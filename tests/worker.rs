@@ -392,17 +392,7 @@ async fn a_job_comes_due_and_runs_while_a_cleaner_pass_waits() {
             ..fast_settings()
         },
     );
-    let cleaner_waits = || async {
-        sqlx::query_scalar::<_, i64>(
-            "SELECT count(*) FROM pg_stat_activity
-             WHERE datname = current_database() AND wait_event_type = 'Lock'
-               AND query LIKE '%DELETE FROM fleet_jobs%'",
-        )
-        .fetch_one(&db.pool)
-        .await
-        .unwrap()
-            == 1
-    };
+    let cleaner_waits = || async { lock_waiters(&db.pool, "%DELETE FROM fleet_jobs%").await == 1 };
     wait_until(
         SECS(10),
         "the cleaner's pass waiting on the lock",

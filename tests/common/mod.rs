@@ -244,6 +244,20 @@ where
     }
 }
 
+/// How many of this database's backends wait on a lock while running a statement whose text
+/// matches `query_like` (a `LIKE` pattern): how a test sees that a statement it started is
+/// blocked on a lock the test holds.
+pub async fn lock_waiters(pool: &PgPool, query_like: &str) -> i64 {
+    sqlx::query_scalar(
+        "SELECT count(*) FROM pg_stat_activity
+         WHERE datname = current_database() AND wait_event_type = 'Lock' AND query LIKE $1",
+    )
+    .bind(query_like)
+    .fetch_one(pool)
+    .await
+    .unwrap()
+}
+
 /// The database's clock: what the queue's statements call `now()`. Tests that state "as if
 /// it were later" pass this plus an offset instead of sleeping.
 pub async fn db_now(pool: &PgPool) -> DateTime<Utc> {
