@@ -20,7 +20,7 @@ use std::{collections::HashMap, time::Duration, time::Instant};
 
 use jobs::{Db, Pooler};
 use serde::Serialize;
-use sqlx::{postgres::PgPoolOptions, Row};
+use sqlx::Row;
 
 use crate::{
     config::{Settings, MAIN_DATABASE},
@@ -172,7 +172,7 @@ impl Database {
             target = %endpoint.target(), tls = %endpoint.tls,
             "operator reads go to a read replica (connected on first use)");
         self.replica = Some(endpoint.target());
-        let pool = PgPoolOptions::new()
+        let pool = crate::database::pool_options()
             .max_connections(READ_POOL_SIZE)
             .acquire_timeout(timeout)
             .connect_lazy_with(endpoint.options);

@@ -3,6 +3,9 @@
 //! twice. The network faults come from a TCP proxy of the test's own ([`FaultyProxy`]) between
 //! two in-process workers and Postgres; every check of the test's own goes straight to the
 //! server.
+//!
+//! And a pooled connection whose server session ended: checked before it is lent once it sat
+//! idle past `database::RECENTLY_CHECKED`, not before (decision 61).
 
 mod common;
 
@@ -429,4 +432,87 @@ async fn a_server_out_of_connections_is_said_once_and_the_fleet_recovers_losing_
         "the reason is named: {w:#?}"
     );
     assert!(w.len() < 20, "said once, not thousands of times: {w:#?}");
+}
+
+/// A pool of one connection to `url` whose connection is pinged before it is lent only after
+/// `window` idle; and that connection's server process.
+async fn one_connection_checking_after(url: &str, window: Duration) -> (sqlx::PgPool, i32) {
+    let pool = fleet::database::pool_options_checking_idle_over(window)
+        .max_connections(1)
+        .connect(url)
+        .await
+        .unwrap();
+    let pid: i32 = sqlx::query_scalar("SELECT pg_backend_pid()")
+        .fetch_one(&pool)
+        .await
+        .unwrap();
+    // Back in the pool (sqlx returns it, ping and all, on a task of its own) before the test
+    // ends its server process: ended first, that ping would close it.
+    wait_until(
+        Duration::from_secs(10),
+        "the connection idle in its pool",
+        || async { pool.num_idle() == 1 },
+    )
+    .await;
+    (pool, pid)
+}
+
+/// Ends server process `pid` and waits until it is gone.
+async fn end_backend(admin: &sqlx::PgPool, pid: i32) {
+    let ended: bool = sqlx::query_scalar("SELECT pg_terminate_backend($1)")
+        .bind(pid)
+        .fetch_one(admin)
+        .await
+        .unwrap();
+    assert!(ended, "backend {pid} ended");
+    wait_until(Duration::from_secs(10), "the backend gone", || async {
+        count_backends(admin, pid).await == 0
+    })
+    .await;
+}
+
+async fn count_backends(admin: &sqlx::PgPool, pid: i32) -> i64 {
+    sqlx::query_scalar("SELECT count(*) FROM pg_stat_activity WHERE pid = $1")
+        .bind(pid)
+        .fetch_one(admin)
+        .await
+        .unwrap()
+}
+
+#[tokio::test]
+async fn a_pooled_connection_idle_past_the_window_is_checked_and_replaced_before_it_is_lent() {
+    let db = db().await;
+    let (pool, pid) = one_connection_checking_after(&db.url, Duration::from_millis(50)).await;
+    end_backend(&db.pool, pid).await;
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    // Its ping fails, so the pool closes it and lends a new connection: the caller never
+    // sees the dead one.
+    let now: i32 = sqlx::query_scalar("SELECT pg_backend_pid()")
+        .fetch_one(&pool)
+        .await
+        .expect("a live connection");
+    assert_ne!(now, pid, "a new server process");
+}
+
+#[tokio::test]
+async fn a_connection_lent_again_within_the_window_is_not_pinged_first_and_is_closed_after_failing()
+{
+    let db = db().await;
+    let (pool, pid) = one_connection_checking_after(&db.url, Duration::from_secs(3600)).await;
+    end_backend(&db.pool, pid).await;
+    // No ping before lending (a ping would have found it dead and opened another): the first
+    // statement meets the ended session, as a statement in flight when a server dies does.
+    let first = sqlx::query_scalar::<_, i32>("SELECT pg_backend_pid()")
+        .fetch_one(&pool)
+        .await;
+    assert!(
+        first.is_err(),
+        "the ended session was lent without a ping: {first:?}"
+    );
+    // Its ping on the way back fails, so it is closed: the next caller gets a new one.
+    let next: i32 = sqlx::query_scalar("SELECT pg_backend_pid()")
+        .fetch_one(&pool)
+        .await
+        .expect("a new connection");
+    assert_ne!(next, pid);
 }

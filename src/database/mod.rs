@@ -454,6 +454,42 @@ impl Reach {
     }
 }
 
+/// How long a connection back in the pool counts as checked: one lent again within it is not
+/// pinged first.
+///
+/// sqlx pings every connection as it goes back to its pool (a connection that fails that is
+/// closed), and by default pings it again before lending it. A busy pool lends a connection
+/// milliseconds after it came back, so the second ping is a round trip in front of every
+/// statement on the handle that checks what was checked moments ago: in front of each enqueue
+/// call of a producer, for one. A connection idle for longer is pinged before it is lent, as
+/// before (a server that restarted meanwhile, a connection a proxy dropped). HikariCP skips
+/// its check in the same way, for 500 ms (`aliveBypassWindowMs`). What it costs: a connection
+/// lent within the window after its server died fails its caller's first statement, as a
+/// statement in flight when the server died does, and is closed on its way back (decision 61).
+pub const RECENTLY_CHECKED: Duration = Duration::from_millis(500);
+
+/// Options every pool of the fleet starts from: a connection is pinged before it is lent
+/// only if it sat idle longer than [`RECENTLY_CHECKED`].
+pub fn pool_options() -> PgPoolOptions {
+    pool_options_checking_idle_over(RECENTLY_CHECKED)
+}
+
+/// [`pool_options`] with another window (tests; `Duration::ZERO` pings before every lending,
+/// as sqlx's default does).
+pub fn pool_options_checking_idle_over(window: Duration) -> PgPoolOptions {
+    PgPoolOptions::new()
+        .test_before_acquire(false)
+        .before_acquire(move |conn, meta| {
+            Box::pin(async move {
+                if meta.idle_for > window {
+                    // An error closes the connection and the pool opens or lends another.
+                    conn.ping().await?;
+                }
+                Ok(true)
+            })
+        })
+}
+
 /// Connections of a session pool beside a transaction pooler. Its users take connections out
 /// of it for good (claim sessions, campaign locks) or open their own (`LISTEN`), so this bounds
 /// only what is waiting in it.
@@ -513,7 +549,7 @@ async fn connect_endpoint_in(
 /// Pool options whose connections put `schema` (a validated identifier) first on their
 /// session's `search_path`, then `public`.
 fn session_pool_options(schema: Option<&str>) -> PgPoolOptions {
-    let options = PgPoolOptions::new();
+    let options = pool_options();
     let Some(schema) = schema.filter(|s| *s != "public") else {
         return options;
     };
@@ -717,7 +753,7 @@ pub async fn connect(url: &str, max: u32) -> Result<PgPool, DatabaseError> {
         .map_err(|e| DatabaseError::InvalidUrl(format!("not a valid postgres URL: {e}")))?
         .log_statements(tracing::log::LevelFilter::Trace)
         .log_slow_statements(tracing::log::LevelFilter::Warn, Duration::from_secs(2));
-    PgPoolOptions::new()
+    pool_options()
         .max_connections(max)
         .acquire_timeout(Duration::from_secs(30))
         .connect_with(opts.clone())
