@@ -482,8 +482,13 @@ pub fn pool_options_checking_idle_over(window: Duration) -> PgPoolOptions {
         .before_acquire(move |conn, meta| {
             Box::pin(async move {
                 if meta.idle_for > window {
-                    // An error closes the connection and the pool opens or lends another.
-                    conn.ping().await?;
+                    if let Err(e) = conn.ping().await {
+                        // Gone while idle: the pool closes it and lends or opens another.
+                        // Not a warning (sqlx warns of an error returned here, once per
+                        // connection): the health monitor says once that the database went.
+                        tracing::debug!(error = %e, "an idle pooled connection failed its ping");
+                        return Ok(false);
+                    }
                 }
                 Ok(true)
             })
