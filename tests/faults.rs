@@ -176,7 +176,9 @@ async fn through_a_black_hole_a_reset_and_a_slow_path_workers_say_so_once_and_ru
     let mut dbs = Vec::new();
     let mut handles = Vec::new();
     for _ in 0..2 {
-        let pool = sqlx::postgres::PgPoolOptions::new()
+        // Pools as the fleet builds them: a connection is pinged before lending only after
+        // RECENTLY_CHECKED idle (decision 61).
+        let pool = fleet::database::pool_options()
             .max_connections(8)
             .acquire_timeout(Duration::from_secs(30))
             .connect_with(via_proxy.clone())
@@ -328,7 +330,7 @@ async fn a_server_out_of_connections_is_said_once_and_the_fleet_recovers_losing_
     };
     enqueue(300).await;
     app_pool.close().await;
-    let pool = sqlx::postgres::PgPoolOptions::new()
+    let pool = fleet::database::pool_options()
         .max_connections(8)
         .acquire_timeout(Duration::from_secs(30))
         .connect(&url)

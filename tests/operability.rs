@@ -429,7 +429,7 @@ async fn an_outcome_whose_acknowledgement_was_lost_is_counted_written_not_refuse
         .host("127.0.0.1")
         .port(proxy.addr.port())
         .ssl_mode(sqlx::postgres::PgSslMode::Disable);
-    let worker_pool = sqlx::postgres::PgPoolOptions::new()
+    let worker_pool = fleet::database::pool_options()
         .max_connections(8)
         .connect_with(via_proxy)
         .await
