@@ -459,28 +459,6 @@ async fn one_connection_checking_after(url: &str, window: Duration) -> (sqlx::Pg
     (pool, pid)
 }
 
-/// Ends server process `pid` and waits until it is gone.
-async fn end_backend(admin: &sqlx::PgPool, pid: i32) {
-    let ended: bool = sqlx::query_scalar("SELECT pg_terminate_backend($1)")
-        .bind(pid)
-        .fetch_one(admin)
-        .await
-        .unwrap();
-    assert!(ended, "backend {pid} ended");
-    wait_until(Duration::from_secs(10), "the backend gone", || async {
-        count_backends(admin, pid).await == 0
-    })
-    .await;
-}
-
-async fn count_backends(admin: &sqlx::PgPool, pid: i32) -> i64 {
-    sqlx::query_scalar("SELECT count(*) FROM pg_stat_activity WHERE pid = $1")
-        .bind(pid)
-        .fetch_one(admin)
-        .await
-        .unwrap()
-}
-
 #[tokio::test]
 async fn a_pooled_connection_idle_past_the_window_is_checked_and_replaced_before_it_is_lent() {
     let _serial = one_at_a_time().await;

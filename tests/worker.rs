@@ -932,12 +932,7 @@ async fn an_outcome_writer_whose_session_is_killed_fails_that_write_and_the_next
         .fetch_one(writer.open_session().unwrap())
         .await
         .unwrap();
-    let killed: bool = sqlx::query_scalar("SELECT pg_terminate_backend($1)")
-        .bind(pid)
-        .fetch_one(&mut *conn)
-        .await
-        .unwrap();
-    assert!(killed);
+    end_backend(&db.pool, pid).await;
     writer
         .set_outcome_many(&rows[1..2], None)
         .await

@@ -258,6 +258,27 @@ pub async fn lock_waiters(pool: &PgPool, query_like: &str) -> i64 {
     .unwrap()
 }
 
+/// Ends server process `pid` (`pg_terminate_backend`: what a restart, a proxy's reset or an
+/// operator does to a session) and waits until it is gone from `pg_stat_activity`, so the
+/// client's next use of that session meets the end.
+pub async fn end_backend(admin: &PgPool, pid: i32) {
+    let ended: bool = sqlx::query_scalar("SELECT pg_terminate_backend($1)")
+        .bind(pid)
+        .fetch_one(admin)
+        .await
+        .unwrap();
+    assert!(ended, "backend {pid} ended");
+    wait_until(Duration::from_secs(10), "the backend gone", || async {
+        let left: i64 = sqlx::query_scalar("SELECT count(*) FROM pg_stat_activity WHERE pid = $1")
+            .bind(pid)
+            .fetch_one(admin)
+            .await
+            .unwrap();
+        left == 0
+    })
+    .await;
+}
+
 /// The database's clock: what the queue's statements call `now()`. Tests that state "as if
 /// it were later" pass this plus an offset instead of sleeping.
 pub async fn db_now(pool: &PgPool) -> DateTime<Utc> {
