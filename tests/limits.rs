@@ -630,19 +630,35 @@ impl Job for ScarceLimited {
     }
 }
 
+/// `concurrency` slots, no prefetch, and a poll longer than any test here: only a
+/// notification or a freed slot starts a claim round.
+fn woken_rounds_only(concurrency: usize) -> fleet::config::WorkerSettings {
+    fleet::config::WorkerSettings {
+        concurrency,
+        prefetch: 0,
+        poll_interval: Duration::from_secs(30),
+        ..fast_settings()
+    }
+}
+
+/// A registry of plain kind `P` and kind `L`, limited to one running fleet-wide.
+fn plain_and_limited_to_one<P: Job, L: Job>() -> Arc<Registry> {
+    let mut r = Registry::default();
+    r.register::<P>();
+    r.register_with::<L>(KindDefaults {
+        global_concurrency: Some(1),
+        ..L::defaults()
+    });
+    Arc::new(r)
+}
+
 /// A prefetched claim of a limited kind holds its share of the fleet-wide limit while it
 /// waits for a slot; behind a deep prefetch of plain claims, the kind would run at a fraction
 /// of its limit fleet-wide. It waits behind the running plain job alone.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_limited_kinds_claim_starts_ahead_of_prefetched_plain_claims() {
     let db = db().await;
-    let mut r = Registry::default();
-    r.register::<PrefetchedPlain>();
-    r.register_with::<ScarceLimited>(KindDefaults {
-        global_concurrency: Some(1),
-        ..ScarceLimited::defaults()
-    });
-    let reg = Arc::new(r);
+    let reg = plain_and_limited_to_one::<PrefetchedPlain, ScarceLimited>();
     let q = Queue::new(db.pool.clone(), reg.clone());
     let plain = (0..12)
         .map(|_| NewJob::of(&PrefetchedPlain {}).unwrap())
@@ -706,25 +722,12 @@ impl Job for QuickLimited {
 async fn a_limited_kinds_freed_slot_is_claimed_again_without_waiting_for_a_quarter_of_the_capacity()
 {
     let db = db().await;
-    let mut r = Registry::default();
-    r.register::<LongPlain>();
-    r.register_with::<QuickLimited>(KindDefaults {
-        global_concurrency: Some(1),
-        ..QuickLimited::defaults()
-    });
-    let reg = Arc::new(r);
+    let reg = plain_and_limited_to_one::<LongPlain, QuickLimited>();
     let q = Queue::new(db.pool.clone(), reg.clone());
     let mut jobs: Vec<NewJob> = (0..7).map(|_| NewJob::of(&LongPlain {}).unwrap()).collect();
     jobs.extend((0..5).map(|_| NewJob::of(&QuickLimited {}).unwrap()));
     q.enqueue_many(jobs).await.unwrap();
-    let cfg = fleet::config::WorkerSettings {
-        concurrency: 8,
-        prefetch: 0,
-        // Longer than the test: only a freed slot can start a round.
-        poll_interval: Duration::from_secs(30),
-        ..fast_settings()
-    };
-    let w = start_worker(&db.pool, reg, cfg);
+    let w = start_worker(&db.pool, reg, woken_rounds_only(8));
     wait_until(
         Duration::from_secs(2),
         "the five limited jobs completed one after the other",
@@ -736,6 +739,99 @@ async fn a_limited_kinds_freed_slot_is_claimed_again_without_waiting_for_a_quart
         7,
         "the plain jobs still hold their slots: no quarter of the capacity was free"
     );
+    w.stop().await;
+}
+
+/// A plain job that ends at once.
+#[derive(Debug, Serialize, Deserialize)]
+struct QuickPlain {}
+impl Job for QuickPlain {
+    const KIND: &'static str = "test.quick_plain";
+    async fn run(self, _ctx: JobContext) -> Result<(), JobError> {
+        Ok(())
+    }
+}
+
+/// A round whose room holds the limited kinds' most beside its plain claim claims the plain
+/// jobs first and starts them as soon as that claim answers: they do not wait for the limited
+/// claims' round trips. Made visible by another claimer holding the limited kind's lock: the
+/// round's limited claim waits on it, and the plain jobs run to completion meanwhile.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_rounds_plain_jobs_start_before_its_limited_claim_answers() {
+    let db = db().await;
+    let reg = plain_and_limited_to_one::<QuickPlain, QuickLimited>();
+    let q = Queue::new(db.pool.clone(), reg.clone());
+    // The other claimer: its claim (of nothing yet) holds the kind's lock until it commits.
+    let mut holder = db.pool.begin().await.unwrap();
+    let claim = fleet::queue::LimitedFetch {
+        kind: QuickLimited::KIND,
+        global_concurrency: Some(1),
+        ..sleep_claim(&[], Some(1), 1)
+    };
+    let none = fleet::queue::job_fetch_limited(&mut holder, &claim)
+        .await
+        .unwrap();
+    assert!(none.jobs.is_empty(), "nothing was enqueued yet");
+    let mut jobs: Vec<NewJob> = (0..3)
+        .map(|_| NewJob::of(&QuickPlain {}).unwrap())
+        .collect();
+    jobs.push(NewJob::of(&QuickLimited {}).unwrap());
+    q.enqueue_many(jobs).await.unwrap();
+    // Eight slots: room for the plain three beside the limited kind's one.
+    let w = start_worker(&db.pool, reg, woken_rounds_only(8));
+    wait_until(
+        Duration::from_secs(5),
+        "the three plain jobs completed while the round's limited claim waits",
+        || async { count_of(&db.pool, QuickPlain::KIND, "completed").await == 3 },
+    )
+    .await;
+    assert_eq!(
+        lock_waiters(&db.pool, "%fleet_job_fetch_limited%").await,
+        1,
+        "the round's limited claim still waits on the kind's lock"
+    );
+    holder.commit().await.unwrap();
+    wait_until(
+        Duration::from_secs(5),
+        "the limited job ran once the lock was released",
+        || async { count_of(&db.pool, QuickLimited::KIND, "completed").await == 1 },
+    )
+    .await;
+    w.stop().await;
+}
+
+/// A plain claim that runs before the limited kinds gets the room less theirs; when it fills
+/// that and they leave theirs unused, the same round claims the plain rest. Here four slots,
+/// a limited kind that may run one, and four 4-second plain jobs: all four run at once, not
+/// three and the fourth after one of them ends.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_plain_claim_that_filled_its_share_claims_the_room_the_limited_kinds_left_in_the_same_round(
+) {
+    let db = db().await;
+    let reg = plain_and_limited_to_one::<LongPlain, QuickLimited>();
+    let q = Queue::new(db.pool.clone(), reg.clone());
+    let w = start_worker(&db.pool, reg, woken_rounds_only(4));
+    // The worker listens, and the round its listener's first wake started is over.
+    wait_until(Duration::from_secs(5), "the worker listens", || async {
+        let n: i64 = sqlx::query_scalar(
+            "SELECT count(*) FROM pg_stat_activity
+             WHERE datname = current_database() AND query LIKE 'LISTEN%'",
+        )
+        .fetch_one(&db.pool)
+        .await
+        .unwrap();
+        n == 1
+    })
+    .await;
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let jobs: Vec<NewJob> = (0..4).map(|_| NewJob::of(&LongPlain {}).unwrap()).collect();
+    q.enqueue_many(jobs).await.unwrap();
+    wait_until(
+        Duration::from_secs(2),
+        "all four plain jobs running, claimed by the notified round",
+        || async { count_of(&db.pool, LongPlain::KIND, "running").await == 4 },
+    )
+    .await;
     w.stop().await;
 }
 

@@ -678,6 +678,13 @@ impl ClaimSession {
         }
     }
 
+    /// Whether each claim commits on its own (a session of its own), so its jobs are the
+    /// worker's as soon as it answers; `false` for a round's transaction, whose claims are the
+    /// worker's only once [`ClaimSession::end_round`] has committed it.
+    pub fn commits_each_claim(&self) -> bool {
+        matches!(self.conn, ClaimConn::Session(_))
+    }
+
     /// Ends a round of claims: commits the round's transaction (its claims become the
     /// worker's) and gives the session back to keep for the next round, or `None` when the
     /// next round needs a new one.

@@ -8,11 +8,14 @@
 //!   claims already fill its per-kind concurrency;
 //! - a claim is *held* ([`super::Held`]) from the moment it is returned until the completer
 //!   writes its outcome; the heartbeat renews every held lease;
-//! - **limited kinds** (fleet-wide or per-key concurrency, rate budgets, fairness) are claimed
-//!   first, one kind at a time under their limits ([`crate::queue::job_fetch_limited`]); which
-//!   kind goes first rotates each round, and a kind whose budget is empty is not tried again
-//!   before its next token (at most [`BUDGET_WAIT_MAX`] later). The rest of the room goes to
-//!   the plain claim ([`crate::queue::job_fetch_available_on`]);
+//! - **limited kinds** (fleet-wide or per-key concurrency, rate budgets, fairness) get their
+//!   room first, claimed one kind at a time under their limits
+//!   ([`crate::queue::job_fetch_limited`]); which kind goes first rotates each round, and a
+//!   kind whose budget is empty is not tried again before its next token (at most
+//!   [`BUDGET_WAIT_MAX`] later). The rest of the room goes to the plain claim
+//!   ([`crate::queue::job_fetch_available_on`]), which runs *before* the limited claims when
+//!   the room holds their most beside it ([`limited_reserve`]), so the round's plain jobs do
+//!   not wait for the limited claims' round trips (decision 62);
 //! - claims run on a [`queue::ClaimSession`] (a pinned session, or one pinned transaction per
 //!   round behind a transaction pooler); a failed or timed-out round drops it, so a broken
 //!   session is never reused, and a claim that committed in a lost round is rescued after its
@@ -98,13 +101,18 @@ impl Fetcher {
         self.budget_wait.values().min().copied()
     }
 
-    /// One round of claims into `room`, limited kinds first. Bounded like every engine
-    /// statement: on a timeout the session is dropped (closed) mid-round.
+    /// One round of claims into `room`, the limited kinds' room first; returns how many jobs it
+    /// claimed. Each claim's jobs are handed to `take` once they are the worker's: at once
+    /// for a claim that committed on its own (a session of its own), at the end of the round
+    /// for a round's transaction. So a round's first claim does not wait for the others' round
+    /// trips to start its jobs. Bounded like every engine statement: on a timeout the session
+    /// is dropped (closed) mid-round, and what was handed over is held as any claim is.
     pub(crate) async fn claim(
         &mut self,
         s: &Shared,
         room: &Room,
-    ) -> Result<Vec<ClaimedJob>, sqlx::Error> {
+        take: &mut (dyn FnMut(Vec<ClaimedJob>) + Send),
+    ) -> Result<usize, sqlx::Error> {
         self.first_limited = self.first_limited.wrapping_add(1);
         let now = Instant::now();
         self.budget_wait.retain(|_, until| *until > now);
@@ -115,45 +123,53 @@ impl Fetcher {
             .cloned()
             .collect();
         if room.limited_only && due.is_empty() {
-            return Ok(Vec::new());
+            return Ok(0);
         }
         // Taken out for the round and put back only when it succeeds: a failed round drops
         // (closes) it.
         let taken = self.session.take();
         let mut waits = Vec::new();
+        // Claims handed to `take` before the round ended.
+        let mut handed = 0;
         let round = async {
             let mut session = match taken {
                 Some(c) => c,
                 None => queue::ClaimSession::open(&s.db).await?,
             };
+            // Claimed and not yet handed over.
             let mut jobs = Vec::new();
+            // The plain claim goes first when the room holds the limited kinds' reserve beside
+            // it: the plain jobs of the round (most of them) start without waiting for the
+            // limited claims' round trips, and the limited kinds still get all the room they
+            // could use.
+            let reserve = if room.limited_only {
+                None
+            } else {
+                limited_reserve(s, room, &due)
+            };
+            let plain_first = reserve.is_some_and(|r| r < room.free);
+            let mut plain_full = false;
+            if let (true, Some(reserve)) = (plain_first, reserve) {
+                let limit = room.free - reserve;
+                let got = self.claim_plain(s, &mut session, room, limit).await?;
+                plain_full = got.len() >= limit;
+                if session.commits_each_claim() {
+                    handed += got.len();
+                    take(got);
+                } else {
+                    jobs.extend(got);
+                }
+            }
             if !due.is_empty() {
-                self.claim_limited(s, &mut session, room, &due, &mut jobs, &mut waits)
+                let left = room.free - handed;
+                self.claim_limited(s, &mut session, room, left, &due, &mut jobs, &mut waits)
                     .await?;
             }
-            let rest = room.free.saturating_sub(jobs.len());
-            if rest > 0 && !room.limited_only {
-                let skip_kinds = if self.external.is_empty() {
-                    std::borrow::Cow::Borrowed(&room.skip_kinds)
-                } else {
-                    std::borrow::Cow::Owned([&room.skip_kinds[..], &self.external[..]].concat())
-                };
-                jobs.extend(
-                    queue::job_fetch_available_on(
-                        &mut session,
-                        &FetchParams {
-                            queues: self.queues.as_deref(),
-                            skip_kinds: &skip_kinds,
-                            only_kinds: self.only_kinds.as_deref(),
-                            limited_kinds: &self.limited_names,
-                            limit: rest as i64,
-                            owner: &s.worker_id,
-                            lease: s.cfg.lease,
-                            now: s.clock.now(),
-                        },
-                    )
-                    .await?,
-                );
+            // The plain claim (again, if it filled the room left to it and the limited kinds
+            // did not use all of theirs).
+            let rest = room.free.saturating_sub(handed + jobs.len());
+            if rest > 0 && !room.limited_only && (!plain_first || plain_full) {
+                jobs.extend(self.claim_plain(s, &mut session, room, rest).await?);
             }
             // Claims count once the round's transaction (if any) has committed.
             let kept = session.end_round().await?;
@@ -177,20 +193,56 @@ impl Fetcher {
             self.budget_wait
                 .insert(kind, Instant::now() + wait.min(BUDGET_WAIT_MAX));
         }
-        Ok(jobs)
+        let n = handed + jobs.len();
+        if !jobs.is_empty() {
+            take(jobs);
+        }
+        Ok(n)
+    }
+
+    /// A plain claim of up to `limit` jobs on the round's session.
+    async fn claim_plain(
+        &self,
+        s: &Shared,
+        session: &mut queue::ClaimSession,
+        room: &Room,
+        limit: usize,
+    ) -> Result<Vec<ClaimedJob>, sqlx::Error> {
+        let skip_kinds = if self.external.is_empty() {
+            std::borrow::Cow::Borrowed(&room.skip_kinds)
+        } else {
+            std::borrow::Cow::Owned([&room.skip_kinds[..], &self.external[..]].concat())
+        };
+        queue::job_fetch_available_on(
+            session,
+            &FetchParams {
+                queues: self.queues.as_deref(),
+                skip_kinds: &skip_kinds,
+                only_kinds: self.only_kinds.as_deref(),
+                limited_kinds: &self.limited_names,
+                limit: limit as i64,
+                owner: &s.worker_id,
+                lease: s.cfg.lease,
+                now: s.clock.now(),
+            },
+        )
+        .await
     }
 
     /// The limited kinds' claims of a round, each under its fleet-wide limits. They are
     /// claimed into prefetch like the others: a prefetched claim is `running`, so it counts
     /// against the limit (and has spent its token): prefetch can hold slots back, never exceed
     /// a limit. How long it holds them back is bounded by the executor, which starts a limited
-    /// claim ahead of the prefetched plain ones. A kind whose budget is empty is reported in
+    /// claim ahead of the prefetched plain ones. They share `left` (the round's room less what
+    /// was handed over) with what `jobs` holds. A kind whose budget is empty is reported in
     /// `waits` with its next token.
+    #[allow(clippy::too_many_arguments)]
     async fn claim_limited(
         &self,
         s: &Shared,
         session: &mut queue::ClaimSession,
         room: &Room,
+        left: usize,
         due: &[String],
         jobs: &mut Vec<ClaimedJob>,
         waits: &mut Vec<(String, Duration)>,
@@ -214,7 +266,7 @@ impl Fetcher {
             if !ready.contains(&l.kind) {
                 continue;
             }
-            let mut free = room.free.saturating_sub(jobs.len());
+            let mut free = left.saturating_sub(jobs.len());
             if let Some(c) = s.registry.settings(&l.kind).and_then(|st| st.concurrency) {
                 let held = room.held_by_kind.get(&l.kind).copied().unwrap_or(0);
                 free = free.min(c.saturating_sub(held));
@@ -244,6 +296,33 @@ impl Fetcher {
         }
         Ok(())
     }
+}
+
+/// The most the `due` limited kinds can claim in one round here: for each, the rest of its
+/// per-kind concurrency in this worker, else its fleet-wide concurrency (the smaller, if it
+/// has both). `None` when a due kind has neither (a per-key limit or a budget alone bounds it
+/// only in the claim): the limited kinds are then claimed first, as they always were.
+fn limited_reserve(s: &Shared, room: &Room, due: &[String]) -> Option<usize> {
+    let mut reserve = 0;
+    for kind in due {
+        let global = s
+            .limited
+            .iter()
+            .find(|l| &l.kind == kind)
+            .and_then(|l| l.global_concurrency)
+            .map(|g| g.max(0) as usize);
+        let here = s
+            .registry
+            .settings(kind)
+            .and_then(|st| st.concurrency)
+            .map(|c| c.saturating_sub(room.held_by_kind.get(kind).copied().unwrap_or(0)));
+        reserve += match (here, global) {
+            (Some(h), Some(g)) => h.min(g),
+            (Some(n), None) | (None, Some(n)) => n,
+            (None, None) => return None,
+        };
+    }
+    Some(reserve)
 }
 
 /// Makes `jobs` held by this worker (before anything can run them).
@@ -321,21 +400,23 @@ pub(crate) async fn run(
         }
         let room = room(&s, capacity, threshold);
         if room.free > 0 {
-            match fetcher.claim(&s, &room).await {
-                Ok(jobs) => {
+            // Each claim's jobs are held, then started, as soon as they are the worker's.
+            let mut start = |jobs: Vec<ClaimedJob>| {
+                hold(&s, &jobs);
+                for j in jobs {
+                    let s = s.clone();
+                    let outcomes = outcomes.clone();
+                    tasks.spawn(async move {
+                        let outcome = executor::execute(s, j).await;
+                        // The receiver lives until every job task has finished.
+                        let _ = outcomes.send(outcome);
+                    });
+                }
+            };
+            match fetcher.claim(&s, &room, &mut start).await {
+                Ok(n) => {
                     fetch_failures.succeeded();
                     db_backoff = Duration::from_millis(100);
-                    let n = jobs.len();
-                    hold(&s, &jobs);
-                    for j in jobs {
-                        let s = s.clone();
-                        let outcomes = outcomes.clone();
-                        tasks.spawn(async move {
-                            let outcome = executor::execute(s, j).await;
-                            // The receiver lives until every job task has finished.
-                            let _ = outcomes.send(outcome);
-                        });
-                    }
                     if n == room.free {
                         // A full batch: there is probably more.
                         continue;

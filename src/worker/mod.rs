@@ -377,7 +377,7 @@ pub struct Worked {
 impl Worker {
     /// Runs one job to its outcome in the caller's task, the way [`Worker::run`] runs each of
     /// its claims, at the worker's [`Clock`]: promotes the jobs that are due, claims one ready
-    /// job (limited kinds first, under their limits and budgets, then the rest), runs its
+    /// job (a limited kind's, under its limits and budgets, or a plain one), runs its
     /// handler under the kind's timeout with panics caught, writes the outcome fenced on the
     /// claim, and returns what happened. `None` when nothing is due.
     ///
@@ -395,7 +395,11 @@ impl Worker {
             skip_kinds: Vec::new(),
             held_by_kind: HashMap::new(),
         };
-        let Some(job) = fetcher::Fetcher::new(s).claim(s, &room).await?.pop() else {
+        let mut claimed = Vec::new();
+        fetcher::Fetcher::new(s)
+            .claim(s, &room, &mut |jobs| claimed.extend(jobs))
+            .await?;
+        let Some(job) = claimed.pop() else {
             return Ok(None);
         };
         fetcher::hold(s, std::slice::from_ref(&job));
