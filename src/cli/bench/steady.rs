@@ -34,7 +34,7 @@
 //!    of this process (the producer included) and of this database's Postgres backends; and
 //!    two more lines placing where pickups went ([`PickupStages`]): the enqueue call, the wait
 //!    for a claim, and the claim to the handler's start, for the interval's slowest 1 % and for
-//!    one first attempt in a hundred.
+//!    one first attempt in a hundred, each with how many of its jobs are of the limited kind.
 //! 5. The summary: the worst interval's pickup percentiles, pickup by kind over the whole run,
 //!    the time from a failed first attempt to its retry's start, the growth of the heap and the
 //!    indexes after the first minute, and CPU per job.
@@ -166,6 +166,9 @@ struct SteadySample {
 struct PickupStages {
     /// First attempts in the group whose row was still there to read.
     jobs: usize,
+    /// Of them, jobs of the limited kind (a tenth of the mix): whether the group's waits are
+    /// the limited kind's queue for its fleet-wide slots or everyone's.
+    limited_jobs: usize,
     pickup_p50_ms: f64,
     /// The producer's enqueue call: the job is not visible before its commit.
     enqueue_call_p50_ms: f64,
@@ -348,6 +351,11 @@ steady_kind!(SteadyOther, "fleet.bench_steady_other", 1);
 steady_kind!(SteadySlow, "fleet.bench_steady_slow", 2);
 steady_kind!(SteadyLimited, "fleet.bench_steady_limited", 3);
 
+/// Whether job `i` of the mix is of the limited kind (two in twenty).
+fn is_limited(i: u64) -> bool {
+    matches!(i % 20, 17 | 18)
+}
+
 /// Job `i` of the mix, as enqueued at `t` (ns since the epoch), with an idempotency key if
 /// `keyed`.
 fn job_of(i: u64, t: u64, probe: bool, keyed: bool) -> NewJob {
@@ -361,10 +369,10 @@ fn job_of(i: u64, t: u64, probe: bool, keyed: bool) -> NewJob {
         probe,
     };
     let job = match i % 20 {
+        _ if is_limited(i) => NewJob::of(&SteadyLimited(task(quick_ms))),
         0..=12 => NewJob::of(&SteadyQuick(task(quick_ms))),
         13..=15 | 19 => NewJob::of(&SteadyOther(task(quick_ms))),
-        16 => NewJob::of(&SteadySlow(task(50))),
-        _ => NewJob::of(&SteadyLimited(task(quick_ms))),
+        _ => NewJob::of(&SteadySlow(task(50))),
     }
     .expect("serializable");
     if keyed {
@@ -724,10 +732,14 @@ async fn pickup_stages(
     let returned = st.enqueue_returned.lock().expect("returned");
     let stages = |group: &[(f64, u64, i64, u64)]| {
         let (mut pickup, mut call, mut wait, mut start) = (vec![], vec![], vec![], vec![]);
+        let mut limited_jobs = 0;
         for &(ms, i, id, started) in group {
             let (Some(&at_us), Some(&ret)) = (claimed.get(&id), returned.get(i as usize)) else {
                 continue;
             };
+            if is_limited(i) {
+                limited_jobs += 1;
+            }
             let claim_ns = (at_us - st.epoch_unix_us) as f64 * 1e3;
             // The enqueue call's start: the pickup is measured from it.
             let t = started as f64 - ms * 1e6;
@@ -741,6 +753,7 @@ async fn pickup_stages(
         }
         PickupStages {
             jobs: pickup.len(),
+            limited_jobs,
             pickup_p50_ms: super::percentile(&pickup, 0.5),
             enqueue_call_p50_ms: super::percentile(&call, 0.5),
             enqueue_call_max_ms: super::percentile(&call, 1.0),
@@ -921,8 +934,8 @@ fn sample_line(s: &SteadySample) -> String {
 
 fn stages_line(group: &str, g: &PickupStages) -> String {
     format!(
-        "         {group:<11} ({} jobs, pickup p50 {:.2} ms): enqueue call p50 {:.2} max {:.1} | → claim p50 {:.2} max {:.1} | claim → handler p50 {:.2} max {:.1} ms",
-        g.jobs, g.pickup_p50_ms, g.enqueue_call_p50_ms, g.enqueue_call_max_ms, g.to_claim_p50_ms,
+        "         {group:<11} ({} jobs, {} limited, pickup p50 {:.2} ms): enqueue call p50 {:.2} max {:.1} | → claim p50 {:.2} max {:.1} | claim → handler p50 {:.2} max {:.1} ms",
+        g.jobs, g.limited_jobs, g.pickup_p50_ms, g.enqueue_call_p50_ms, g.enqueue_call_max_ms, g.to_claim_p50_ms,
         g.to_claim_max_ms, g.claim_to_start_p50_ms, g.claim_to_start_max_ms
     )
 }
