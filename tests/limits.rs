@@ -765,7 +765,6 @@ async fn a_rounds_plain_jobs_start_before_its_limited_claim_answers() {
     let mut holder = db.pool.begin().await.unwrap();
     let claim = fleet::queue::LimitedFetch {
         kind: QuickLimited::KIND,
-        global_concurrency: Some(1),
         ..sleep_claim(&[], Some(1), 1)
     };
     let none = fleet::queue::job_fetch_limited(&mut holder, &claim)

@@ -147,9 +147,9 @@ impl Fetcher {
             } else {
                 limited_reserve(s, room, &due)
             };
-            let plain_first = reserve.is_some_and(|r| r < room.free);
+            let plain_first = reserve.filter(|r| *r < room.free);
             let mut plain_full = false;
-            if let (true, Some(reserve)) = (plain_first, reserve) {
+            if let Some(reserve) = plain_first {
                 let limit = room.free - reserve;
                 let got = self.claim_plain(s, &mut session, room, limit).await?;
                 plain_full = got.len() >= limit;
@@ -168,7 +168,7 @@ impl Fetcher {
             // The plain claim (again, if it filled the room left to it and the limited kinds
             // did not use all of theirs).
             let rest = room.free.saturating_sub(handed + jobs.len());
-            if rest > 0 && !room.limited_only && (!plain_first || plain_full) {
+            if rest > 0 && !room.limited_only && (plain_first.is_none() || plain_full) {
                 jobs.extend(self.claim_plain(s, &mut session, room, rest).await?);
             }
             // Claims count once the round's transaction (if any) has committed.
@@ -267,9 +267,8 @@ impl Fetcher {
                 continue;
             }
             let mut free = left.saturating_sub(jobs.len());
-            if let Some(c) = s.registry.settings(&l.kind).and_then(|st| st.concurrency) {
-                let held = room.held_by_kind.get(&l.kind).copied().unwrap_or(0);
-                free = free.min(c.saturating_sub(held));
+            if let Some(here) = kind_room_here(s, room, &l.kind) {
+                free = free.min(here);
             }
             if free == 0 {
                 continue;
@@ -311,18 +310,19 @@ fn limited_reserve(s: &Shared, room: &Room, due: &[String]) -> Option<usize> {
             .find(|l| &l.kind == kind)
             .and_then(|l| l.global_concurrency)
             .map(|g| g.max(0) as usize);
-        let here = s
-            .registry
-            .settings(kind)
-            .and_then(|st| st.concurrency)
-            .map(|c| c.saturating_sub(room.held_by_kind.get(kind).copied().unwrap_or(0)));
-        reserve += match (here, global) {
+        reserve += match (kind_room_here(s, room, kind), global) {
             (Some(h), Some(g)) => h.min(g),
             (Some(n), None) | (None, Some(n)) => n,
             (None, None) => return None,
         };
     }
     Some(reserve)
+}
+
+/// The rest of `kind`'s per-kind concurrency in this worker (`None`: it has none).
+fn kind_room_here(s: &Shared, room: &Room, kind: &str) -> Option<usize> {
+    let c = s.registry.settings(kind)?.concurrency?;
+    Some(c.saturating_sub(room.held_by_kind.get(kind).copied().unwrap_or(0)))
 }
 
 /// Makes `jobs` held by this worker (before anything can run them).

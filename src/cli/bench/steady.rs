@@ -935,8 +935,15 @@ fn sample_line(s: &SteadySample) -> String {
 fn stages_line(group: &str, g: &PickupStages) -> String {
     format!(
         "         {group:<11} ({} jobs, {} limited, pickup p50 {:.2} ms): enqueue call p50 {:.2} max {:.1} | → claim p50 {:.2} max {:.1} | claim → handler p50 {:.2} max {:.1} ms",
-        g.jobs, g.limited_jobs, g.pickup_p50_ms, g.enqueue_call_p50_ms, g.enqueue_call_max_ms, g.to_claim_p50_ms,
-        g.to_claim_max_ms, g.claim_to_start_p50_ms, g.claim_to_start_max_ms
+        g.jobs,
+        g.limited_jobs,
+        g.pickup_p50_ms,
+        g.enqueue_call_p50_ms,
+        g.enqueue_call_max_ms,
+        g.to_claim_p50_ms,
+        g.to_claim_max_ms,
+        g.claim_to_start_p50_ms,
+        g.claim_to_start_max_ms
     )
 }
 
