@@ -105,6 +105,23 @@ impl LimitsReport {
     }
 }
 
+/// What [`Ops::overview`] read, as one moment.
+#[derive(Debug, Clone)]
+pub struct Overview {
+    /// Per-kind counts, annotated with what the limits hold.
+    pub stats: Vec<KindStats>,
+    /// The limited kinds and the budgets.
+    pub limits: LimitsReport,
+    /// Completions per kind per minute, oldest first.
+    pub completions: Vec<queue::CompletionMinute>,
+    /// The workers registry.
+    pub workers: Vec<queue::WorkerRow>,
+    /// Jobs running now, newest first.
+    pub running: Vec<JobSummary>,
+    /// Paused and draining kinds.
+    pub paused: Vec<queue::PausedKind>,
+}
+
 /// A limited kind as it stands.
 #[derive(Debug, Clone, Serialize)]
 pub struct KindLimitState {
@@ -249,78 +266,165 @@ impl Ops {
     /// What waits on a fleet-wide limit or a rate budget (separately from what waits for a
     /// worker), per limited kind of `registry`, and every declared budget's level.
     pub async fn limits(&self, registry: &crate::Registry) -> Result<LimitsReport> {
-        let specs: Vec<queue::KindLimitSpec> = registry
-            .limited_kinds()
-            .into_iter()
-            .map(|k| {
-                let st = registry.settings(&k).expect("registered");
-                queue::KindLimitSpec {
-                    global_concurrency: st.global_concurrency.map(|n| n as i64),
-                    key_concurrency: st.key_concurrency.map(|n| n as i64),
-                    kind: k,
-                }
-            })
-            .collect();
+        let specs = limit_specs(registry);
         let counts = self
             .read(queue::kind_limit_counts(&self.reads, &specs, None))
             .await?;
         let budgets = self
             .read(queue::budget_list(&self.reads, &registry.budgets(), None))
             .await?;
-        let kinds = specs
-            .iter()
-            .zip(counts)
-            .map(|(spec, c)| {
-                let spent: Vec<String> = registry
-                    .budgets_of(&spec.kind)
-                    .into_iter()
-                    .map(|b| b.name)
-                    .collect();
-                let empty = budgets
-                    .iter()
-                    .find(|b| spent.contains(&b.name) && b.level < 1.0);
-                let (waiting, reason) = if c.ready == 0 {
-                    (0, None)
-                } else if let Some(g) = spec.global_concurrency.filter(|g| c.running >= *g) {
-                    (
-                        c.ready,
-                        Some(format!("global_concurrency {}/{g}", c.running)),
-                    )
-                } else if let Some(b) = empty {
-                    let why = match b.blocked_until {
-                        Some(t) => format!("budget {} blocked until {}", b.name, t.to_rfc3339()),
-                        None => format!("budget {} empty (refills {}/s)", b.name, b.per_second),
-                    };
-                    (c.ready, Some(why))
-                } else if c.ready_key_at_limit > 0 {
-                    (
-                        c.ready_key_at_limit,
-                        Some(format!(
-                            "key_concurrency {} reached for some keys",
-                            spec.key_concurrency.unwrap_or_default()
-                        )),
-                    )
-                } else {
-                    (0, None)
-                };
-                KindLimitState {
-                    kind: spec.kind.clone(),
-                    running: c.running,
-                    global_concurrency: spec.global_concurrency,
-                    key_concurrency: spec.key_concurrency,
-                    budgets: spent,
-                    ready: c.ready,
-                    waiting_on_limit: waiting,
-                    reason,
-                }
-            })
-            .collect();
-        Ok(LimitsReport { kinds, budgets })
+        Ok(limits_report(registry, &specs, counts, budgets))
     }
 
+    /// Everything the console's overview shows but the replica's lag, read in one
+    /// `REPEATABLE READ READ ONLY` transaction, so all of it is one moment of the database:
+    /// a job listed as running is counted as running, a worker listed holds what it is shown
+    /// holding. (Read one statement after another, a job that started between the counts and
+    /// the list showed in the list and not in the count.)
+    pub async fn overview(
+        &self,
+        registry: &crate::Registry,
+        chart_minutes: i32,
+        alive_within: Duration,
+        running_shown: i64,
+    ) -> Result<Overview> {
+        if !(1..=60).contains(&chart_minutes) {
+            usage!("minutes must be 1..=60, got {chart_minutes}");
+        }
+        if !(1..=10_000).contains(&running_shown) {
+            usage!("a page holds 1 to 10000 jobs, not {running_shown}");
+        }
+        let specs = limit_specs(registry);
+        let running = JobFilter {
+            states: Some(vec![JobState::Running]),
+            ..JobFilter::default()
+        };
+        self.read(async {
+            let mut tx = self.begin_snapshot().await?;
+            let mut stats = queue::job_stats(&mut tx, None).await?;
+            let counts = queue::kind_limit_counts(&mut *tx, &specs, None).await?;
+            let budgets = queue::budget_list(&mut *tx, &registry.budgets(), None).await?;
+            let limits = limits_report(registry, &specs, counts, budgets);
+            limits.annotate(&mut stats);
+            let overview = Overview {
+                stats,
+                limits,
+                completions: queue::job_count_completed_by_minute(&mut *tx, chart_minutes, None)
+                    .await?,
+                workers: queue::worker_list(&mut *tx, alive_within, None).await?,
+                running: queue::job_list(&mut *tx, &running, running_shown, None).await?,
+                paused: queue::kind_list_paused(&mut *tx).await?,
+            };
+            tx.commit().await?;
+            Ok(overview)
+        })
+        .await
+    }
+
+    /// A read-only transaction on the reads' database whose statements all see one snapshot,
+    /// each bounded (by the server) by the handle's statement timeout: statements in a
+    /// transaction are not bounded by the handle itself.
+    async fn begin_snapshot(
+        &self,
+    ) -> Result<sqlx::Transaction<'static, sqlx::Postgres>, sqlx::Error> {
+        let mut tx = self.reads.begin().await?;
+        sqlx::query("SET TRANSACTION ISOLATION LEVEL REPEATABLE READ, READ ONLY")
+            .execute(&mut *tx)
+            .await?;
+        if let Some(limit) = self.reads.statement_timeout() {
+            sqlx::query("SELECT set_config('statement_timeout', $1, true)")
+                .bind(format!("{}ms", limit.as_millis()))
+                .execute(&mut *tx)
+                .await?;
+        }
+        Ok(tx)
+    }
+}
+
+/// The fleet-wide limits of `registry`'s limited kinds.
+fn limit_specs(registry: &crate::Registry) -> Vec<queue::KindLimitSpec> {
+    registry
+        .limited_kinds()
+        .into_iter()
+        .map(|k| {
+            let st = registry.settings(&k).expect("registered");
+            queue::KindLimitSpec {
+                global_concurrency: st.global_concurrency.map(|n| n as i64),
+                key_concurrency: st.key_concurrency.map(|n| n as i64),
+                kind: k,
+            }
+        })
+        .collect()
+}
+
+/// What holds each limited kind's ready jobs, from its counts and the budgets' levels.
+fn limits_report(
+    registry: &crate::Registry,
+    specs: &[queue::KindLimitSpec],
+    counts: Vec<queue::KindLimitCounts>,
+    budgets: Vec<queue::BudgetState>,
+) -> LimitsReport {
+    let kinds = specs
+        .iter()
+        .zip(counts)
+        .map(|(spec, c)| {
+            let spent: Vec<String> = registry
+                .budgets_of(&spec.kind)
+                .into_iter()
+                .map(|b| b.name)
+                .collect();
+            let empty = budgets
+                .iter()
+                .find(|b| spent.contains(&b.name) && b.level < 1.0);
+            let (waiting, reason) = if c.ready == 0 {
+                (0, None)
+            } else if let Some(g) = spec.global_concurrency.filter(|g| c.running >= *g) {
+                (
+                    c.ready,
+                    Some(format!("global_concurrency {}/{g}", c.running)),
+                )
+            } else if let Some(b) = empty {
+                let why = match b.blocked_until {
+                    Some(t) => format!("budget {} blocked until {}", b.name, t.to_rfc3339()),
+                    None => format!("budget {} empty (refills {}/s)", b.name, b.per_second),
+                };
+                (c.ready, Some(why))
+            } else if c.ready_key_at_limit > 0 {
+                (
+                    c.ready_key_at_limit,
+                    Some(format!(
+                        "key_concurrency {} reached for some keys",
+                        spec.key_concurrency.unwrap_or_default()
+                    )),
+                )
+            } else {
+                (0, None)
+            };
+            KindLimitState {
+                kind: spec.kind.clone(),
+                running: c.running,
+                global_concurrency: spec.global_concurrency,
+                key_concurrency: spec.key_concurrency,
+                budgets: spent,
+                ready: c.ready,
+                waiting_on_limit: waiting,
+                reason,
+            }
+        })
+        .collect();
+    LimitsReport { kinds, budgets }
+}
+
+impl Ops {
     /// Per-kind counts.
     pub async fn stats(&self) -> Result<Vec<KindStats>> {
-        self.read(queue::job_stats(&self.reads, None)).await
+        self.read(async {
+            let mut tx = self.begin_snapshot().await?;
+            let stats = queue::job_stats(&mut tx, None).await?;
+            tx.commit().await?;
+            Ok(stats)
+        })
+        .await
     }
 
     /// Per kind, completions in each of the last `minutes` minutes (1..=60), oldest first.

@@ -64,6 +64,16 @@ async fn audit_rows(pool: &sqlx::PgPool, action: &str) -> Vec<(String, serde_jso
         .unwrap()
 }
 
+/// Enqueues a job that runs for a minute once claimed; its id.
+async fn enqueue_minute_sleep(pool: &sqlx::PgPool, reg: &Arc<Registry>) -> i64 {
+    let sleep = Sleep {
+        ms: 60_000,
+        key: None,
+    };
+    let q = Queue::new(pool.clone(), reg.clone());
+    q.enqueue(&sleep, None).await.unwrap().id
+}
+
 /// The filter selecting job `id` alone.
 fn by_id(id: i64) -> JobFilter {
     JobFilter {
@@ -174,17 +184,7 @@ async fn replay_skips_a_job_whose_key_another_job_now_holds() {
 async fn cancel_stops_a_running_job_at_once_and_the_worker_cannot_overwrite_it() {
     let db = db().await;
     let reg = registry();
-    let id = Queue::new(db.pool.clone(), reg.clone())
-        .enqueue(
-            &Sleep {
-                ms: 60_000,
-                key: None,
-            },
-            None,
-        )
-        .await
-        .unwrap()
-        .id;
+    let id = enqueue_minute_sleep(&db.pool, &reg).await;
     // A heartbeat far slower than the assertion window: only the cancel notification can stop
     // the handler in time.
     let cfg = fleet::config::WorkerSettings {
@@ -630,4 +630,52 @@ async fn the_audit_merges_the_engines_and_the_domains_trails_by_time_across_page
     let third = o.audit(&f).await.unwrap();
     assert_eq!(third.len(), 1);
     assert_eq!(third[0].action, "test.6");
+}
+
+/// The overview's figures are one moment of the database: a job that starts while the
+/// overview is being read is counted as running and listed as running, or neither. Read one
+/// statement after another, a job that started between the counts and the list was listed
+/// and not counted (the console showed a running job under a "0 running" card).
+#[tokio::test]
+async fn the_overview_counts_and_lists_running_jobs_as_of_one_moment() {
+    let db = db().await;
+    let reg = registry();
+    let id = enqueue_minute_sleep(&db.pool, &reg).await;
+    // Hold the overview's read in its middle: the workers registry is read after the counts
+    // and before the running jobs.
+    let mut holder = db.pool.begin().await.unwrap();
+    sqlx::query("LOCK TABLE fleet_workers IN ACCESS EXCLUSIVE MODE")
+        .execute(&mut *holder)
+        .await
+        .unwrap();
+    let o = ops(&db.pool, &reg);
+    let read = {
+        let reg = reg.clone();
+        let o = ops(&db.pool, &reg);
+        tokio::spawn(async move { o.overview(&reg, 15, SECS(30), 50).await })
+    };
+    wait_until(SECS(10), "the overview waits for the registry", || async {
+        lock_waiters(&db.pool, "%fleet_workers%").await == 1
+    })
+    .await;
+    // The job starts (a worker's claim) while the overview waits, then the registry is free.
+    let mut conn = db.pool.acquire().await.unwrap();
+    assert_eq!(claim_one(&mut conn, SECS(60)).await.id, id);
+    holder.commit().await.unwrap();
+
+    let running_counted = |ov: &fleet::ops::Overview| -> i64 {
+        ov.stats
+            .iter()
+            .map(|k| k.states.get("running").copied().unwrap_or(0))
+            .sum()
+    };
+    let during = read.await.unwrap().unwrap();
+    assert_eq!(running_counted(&during), 0, "the moment the read began");
+    assert!(during.running.is_empty(), "listed as of the same moment");
+    let after = o.overview(&reg, 15, SECS(30), 50).await.unwrap();
+    assert_eq!(running_counted(&after), 1);
+    assert_eq!(
+        after.running.iter().map(|j| j.id).collect::<Vec<_>>(),
+        vec![id]
+    );
 }

@@ -23,7 +23,7 @@ use super::{
     ConsoleState, PageError, Session, WithSession,
 };
 use crate::queue::{
-    CompletionMinute, JobFilter, JobState, JobSummary, KindStats, PausedKind, WorkerRow,
+    CompletionMinute, JobSummary, KindStats, PausedKind, WorkerRow,
 };
 
 /// Minutes the completion chart covers.
@@ -69,21 +69,17 @@ async fn snapshot(st: &ConsoleState, s: &Session) -> Result<Arc<Snapshot>, PageE
         }
     }
     let ops = st.ops(&s.user);
-    let running = JobFilter {
-        states: Some(vec![JobState::Running]),
-        ..JobFilter::default()
-    };
-    let mut stats = ops.stats().await?;
-    let limits = ops.limits(&st.registry).await?;
-    limits.annotate(&mut stats);
+    let read = ops
+        .overview(&st.registry, CHART_MINUTES, st.alive_within, RUNNING_SHOWN)
+        .await?;
     let snap = Arc::new(Snapshot {
         taken_at: Utc::now(),
-        stats,
-        limits,
-        completions: ops.completions(CHART_MINUTES).await?,
-        workers: ops.workers(st.alive_within).await?,
-        running: ops.list(&running, RUNNING_SHOWN, None).await?,
-        paused: ops.paused().await?,
+        stats: read.stats,
+        limits: read.limits,
+        completions: read.completions,
+        workers: read.workers,
+        running: read.running,
+        paused: read.paused,
         replica: ops.replica_lag().await?,
     });
     *last = Some((Instant::now(), snap.clone()));

@@ -353,8 +353,8 @@ pub struct KindStats {
 /// JobStats: per kind and queue, counts by state, due now and later, dead in the last day,
 /// oldest ready age, completions in the last minute, and whether the kind is paused or
 /// draining.
-pub async fn job_stats<'c>(
-    conn: impl PgExecutor<'c> + Copy,
+pub async fn job_stats(
+    conn: &mut sqlx::PgConnection,
     now: Now,
 ) -> Result<Vec<KindStats>, sqlx::Error> {
     let rows = sqlx::query(
@@ -371,7 +371,7 @@ pub async fn job_stats<'c>(
          GROUP BY j.kind, j.queue, j.state, t.now ORDER BY j.kind, j.queue",
     )
     .bind(now)
-    .fetch_all(conn)
+    .fetch_all(&mut *conn)
     .await?;
     let mut out: Vec<KindStats> = Vec::new();
     for r in rows {
