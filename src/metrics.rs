@@ -12,7 +12,7 @@
 use std::sync::OnceLock;
 
 use prometheus::{
-    Encoder, Gauge, GaugeVec, HistogramOpts, HistogramVec, IntCounter, IntCounterVec, IntGauge,
+    Encoder, Gauge, GaugeVec, Histogram, HistogramOpts, HistogramVec, IntCounter, IntCounterVec, IntGauge,
     IntGaugeVec, Opts, Registry, TextEncoder,
 };
 
@@ -33,6 +33,12 @@ pub struct Metrics {
     pub dead: IntCounterVec,
     /// Handler run time, by kind.
     pub run_seconds: HistogramVec,
+    /// A fetch loop's claim round, wall time: its statements' round trips and the start of
+    /// the jobs it handed over. Its sum over a second is the share of time the loop spent
+    /// claiming: near 1, the claim loop is the worker's bottleneck (docs/metrics.md).
+    pub claim_round_seconds: Histogram,
+    /// A completer's outcome write, wall time (retries included).
+    pub outcome_write_seconds: Histogram,
     /// Running jobs whose lease expired and were taken back.
     pub lease_rescues: IntCounter,
     /// Webhook deliveries refused, by provider and reason.
@@ -211,6 +217,27 @@ fn build() -> Metrics {
     )
     .expect("valid metric");
     register(&registry, &names, Box::new(run_seconds.clone()));
+    let round_buckets = vec![
+        0.000_5, 0.001, 0.002, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 1.0, 5.0, 30.0,
+    ];
+    let claim_round_seconds = Histogram::with_opts(
+        HistogramOpts::new(
+            "fleet_worker_claim_round_seconds",
+            "A fetch loop's claim round, wall time.",
+        )
+        .buckets(round_buckets.clone()),
+    )
+    .expect("valid metric");
+    register(&registry, &names, Box::new(claim_round_seconds.clone()));
+    let outcome_write_seconds = Histogram::with_opts(
+        HistogramOpts::new(
+            "fleet_worker_outcome_write_seconds",
+            "A completer's outcome write, wall time.",
+        )
+        .buckets(round_buckets),
+    )
+    .expect("valid metric");
+    register(&registry, &names, Box::new(outcome_write_seconds.clone()));
     let lease_rescues = IntCounter::new(
         "fleet_lease_rescues_total",
         "Running jobs whose lease expired and were taken back.",
@@ -388,6 +415,8 @@ fn build() -> Metrics {
         failed,
         dead,
         run_seconds,
+        claim_round_seconds,
+        outcome_write_seconds,
         lease_rescues,
         webhook_rejections,
         queue_depth,

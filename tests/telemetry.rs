@@ -126,6 +126,18 @@ async fn metrics_parse_as_prometheus_exposition_and_count_outcomes() {
             .any(|s| s.metric == "fleet_job_run_seconds_count"),
         "run-time histogram present"
     );
+    // The worker timed its claim rounds and its outcome writes.
+    for h in [
+        "fleet_worker_claim_round_seconds",
+        "fleet_worker_outcome_write_seconds",
+    ] {
+        let count = value(sample(&scrape, &format!("{h}_count"), &[]).unwrap());
+        let sum = value(sample(&scrape, &format!("{h}_sum"), &[]).unwrap());
+        assert!(
+            count >= 1.0 && sum > 0.0,
+            "{h}: {count} observations, {sum} s"
+        );
+    }
     // Database gauges are this database's exact state, over unfinished jobs only: finished
     // work is the counters' (a gauge over history would scan it every refresh).
     assert!(

@@ -67,6 +67,7 @@ pub(crate) async fn run(s: Arc<Shared>, mut rx: mpsc::UnboundedReceiver<Outcome>
         rows.extend(batch.iter().map(Outcome::row));
         let mut backoff = Duration::from_millis(50);
         let mut failed_before = false;
+        let write = std::time::Instant::now();
         let written = loop {
             let r = async {
                 let mut written = writer.set_outcome_many(&rows, s.clock.now()).await?;
@@ -103,6 +104,9 @@ pub(crate) async fn run(s: Arc<Shared>, mut rx: mpsc::UnboundedReceiver<Outcome>
                 }
             }
         };
+        crate::metrics::metrics()
+            .outcome_write_seconds
+            .observe(write.elapsed().as_secs_f64());
         record(&s, &batch, &written);
         batch.clear();
         s.wake.notify_one();

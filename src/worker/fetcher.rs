@@ -413,7 +413,12 @@ pub(crate) async fn run(
                     });
                 }
             };
-            match fetcher.claim(&s, &room, &mut start).await {
+            let round = std::time::Instant::now();
+            let claimed = fetcher.claim(&s, &room, &mut start).await;
+            crate::metrics::metrics()
+                .claim_round_seconds
+                .observe(round.elapsed().as_secs_f64());
+            match claimed {
                 Ok(n) => {
                     fetch_failures.succeeded();
                     db_backoff = Duration::from_millis(100);

@@ -126,10 +126,13 @@ pub async fn run(a: BurnDownArgs) -> anyhow::Result<()> {
     }
     let r = burn_down(params).await?;
     eprintln!(
-        "burn-down through {:?}: {} jobs, {} worker(s) at concurrency {}, prefetch {}, history {}, global_concurrency {:?}, budget {:?}/s, throttled jobs ahead {}\n  enqueue  {:>10.0} jobs/s over {} connection(s) at most\n  work     {:>10.0} jobs/s\n  completed {} (ran more than once: {})\n  pickup p50 {:.3} ms, p99 {:.3} ms over {} trickled jobs\n  load average (1m) at start: {:.2}",
+        "burn-down through {:?}: {} jobs, {} worker(s) at concurrency {}, prefetch {}, history {}, global_concurrency {:?}, budget {:?}/s, throttled jobs ahead {}\n  enqueue  {:>10.0} jobs/s over {} connection(s) at most\n  work     {:>10.0} jobs/s\n  claim loop busy {:.0} % of the work ({} rounds, {:.0} jobs a round); completer busy {:.0} % ({} writes, {:.0} outcomes a write)\n  completed {} (ran more than once: {})\n  pickup p50 {:.3} ms, p99 {:.3} ms over {} trickled jobs\n  load average (1m) at start: {:.2}",
         r.through, r.jobs, r.workers, r.concurrency, r.prefetch, r.history, r.global_concurrency,
         r.budget_rate, r.throttled_jobs,
         r.enqueue_jobs_per_s, r.enqueue_connections, r.work_jobs_per_s,
+        r.claim_busy_share * 100.0, r.claim_rounds, r.jobs as f64 / r.claim_rounds.max(1) as f64,
+        r.outcome_write_busy_share * 100.0, r.outcome_writes,
+        r.jobs as f64 / r.outcome_writes.max(1) as f64,
         r.completed, r.ran_more_than_once, r.pickup_p50_ms, r.pickup_p99_ms, r.latency_jobs,
         r.loadavg_1m
     );
@@ -193,6 +196,15 @@ struct BenchReport {
     pub enqueue_jobs_per_s: f64,
     /// Burn-down rate (first claim possible → last outcome written).
     pub work_jobs_per_s: f64,
+    /// Share of the burn-down the fetch loop spent in claim rounds (summed over the workers:
+    /// up to one per worker). Near 1, the claim loop is the worker's bottleneck.
+    pub claim_busy_share: f64,
+    /// Claim rounds during the burn-down.
+    pub claim_rounds: u64,
+    /// Share of the burn-down the completer spent writing outcomes (summed over the workers).
+    pub outcome_write_busy_share: f64,
+    /// Outcome writes during the burn-down.
+    pub outcome_writes: u64,
     /// Median pickup latency of trickled jobs.
     pub pickup_p50_ms: f64,
     /// 99th percentile pickup latency.
@@ -396,6 +408,18 @@ async fn burn_down(p: BenchParams) -> anyhow::Result<BenchReport> {
     let shutdown = CancellationToken::new();
     let mut counters = Vec::new();
     let mut handles = Vec::new();
+    // Where the work phase's time went inside the workers: the claim rounds' and the outcome
+    // writes' wall time, from the process's histograms (summed over the workers).
+    let m = crate::metrics::metrics();
+    let busy = || {
+        (
+            m.claim_round_seconds.get_sample_sum(),
+            m.claim_round_seconds.get_sample_count(),
+            m.outcome_write_seconds.get_sample_sum(),
+            m.outcome_write_seconds.get_sample_count(),
+        )
+    };
+    let busy_before = busy();
     let t1 = Instant::now();
     for _ in 0..p.workers {
         let worker = Worker::new(db_handle.clone(), registry.clone(), cfg.clone());
@@ -420,6 +444,7 @@ async fn burn_down(p: BenchParams) -> anyhow::Result<BenchReport> {
         tokio::time::sleep(Duration::from_millis(2)).await;
     }
     let work_s = t1.elapsed().as_secs_f64();
+    let busy_after = busy();
 
     // Pickup latency, queue idle between jobs.
     let mut pickups = Vec::with_capacity(p.latency_jobs);
@@ -466,6 +491,10 @@ async fn burn_down(p: BenchParams) -> anyhow::Result<BenchReport> {
         ran_more_than_once: ran_twice.max(claimed_twice as u64),
         enqueue_jobs_per_s: round(p.jobs as f64 / enqueue_s),
         work_jobs_per_s: round(p.jobs as f64 / work_s),
+        claim_busy_share: (busy_after.0 - busy_before.0) / work_s,
+        claim_rounds: busy_after.1 - busy_before.1,
+        outcome_write_busy_share: (busy_after.2 - busy_before.2) / work_s,
+        outcome_writes: busy_after.3 - busy_before.3,
         pickup_p50_ms: pct(0.50),
         pickup_p99_ms: pct(0.99),
         concurrency: p.concurrency,
