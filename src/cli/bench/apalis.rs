@@ -41,7 +41,8 @@ pub struct ApalisBenchArgs {
     #[arg(long, default_value_t = 64)]
     concurrency: usize,
     /// Jobs held beyond those running: the engine's prefetch (both engine workers), and
-    /// apalis-postgres's fetch batch (default 3 × --concurrency: every worker holds 4 × C).
+    /// apalis-postgres's fetch batch (default max(4 × --concurrency, 100), as the
+    /// burn-down).
     #[arg(long)]
     prefetch: Option<usize>,
     /// Interleaved rounds.
@@ -141,7 +142,7 @@ const APALIS_PG_QUEUE: &str = "bench.apalis_postgres";
 
 /// `fleet bench apalis`.
 pub async fn run(a: ApalisBenchArgs) -> anyhow::Result<()> {
-    let prefetch = a.prefetch.unwrap_or(3 * a.concurrency);
+    let prefetch = a.prefetch.unwrap_or(super::peer_prefetch(a.concurrency));
     let mut runs = Vec::new();
     eprintln!(
         "apalis burn-down: {} no-op jobs, concurrency {}, held beyond it {}, {} interleaved rounds, load average (1m) {:.2}",

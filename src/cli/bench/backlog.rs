@@ -33,7 +33,7 @@ pub struct BacklogArgs {
     /// Worker concurrency.
     #[arg(long, default_value_t = 64)]
     concurrency: usize,
-    /// Claims beyond free slots (default 3 × --concurrency, as the burn-down).
+    /// Claims beyond free slots (default max(4 × --concurrency, 100), as the burn-down).
     #[arg(long)]
     prefetch: Option<usize>,
     /// Run `VACUUM fleet_jobs` every this often during the drain, as autovacuum would with
@@ -117,7 +117,7 @@ pub async fn run(a: BacklogArgs) -> anyhow::Result<()> {
     if a.jobs < 10 || a.concurrency == 0 || a.enqueue_batch == 0 {
         bail!("--jobs must be >= 10, --concurrency and --enqueue-batch >= 1");
     }
-    let prefetch = a.prefetch.unwrap_or(3 * a.concurrency);
+    let prefetch = a.prefetch.unwrap_or(super::peer_prefetch(a.concurrency));
     let st = State {
         runs: (0..a.jobs).map(|_| AtomicU8::new(0)).collect(),
         done: AtomicU64::new(0),

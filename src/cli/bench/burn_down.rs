@@ -34,8 +34,8 @@ pub struct BurnDownArgs {
     /// Worker concurrency.
     #[arg(long, default_value_t = 64)]
     concurrency: usize,
-    /// Claims beyond free slots (default: 3 × --concurrency, so the worker holds 4 × C jobs,
-    /// like the Graphile Worker peer's local queue of max(4 × C, 100)).
+    /// Claims beyond free slots (default: max(4 × --concurrency, 100), what the Graphile
+    /// Worker peer holds beside its running jobs: its local queue of max(4 × C, 100)).
     #[arg(long)]
     prefetch: Option<usize>,
     /// Finished jobs inserted before the run.
@@ -106,7 +106,7 @@ pub async fn run(a: BurnDownArgs) -> anyhow::Result<()> {
     let params = BenchParams {
         jobs: if a.latency { 1 } else { a.jobs },
         concurrency: a.concurrency,
-        prefetch: a.prefetch.unwrap_or(3 * a.concurrency),
+        prefetch: a.prefetch.unwrap_or(super::peer_prefetch(a.concurrency)),
         history: a.history,
         latency_jobs: a.latency_jobs,
         latency_gap: Duration::from_millis(20),

@@ -32,7 +32,7 @@ pub struct CeilingArgs {
     /// Jobs per claim (and so per outcome write) in the statement loop.
     #[arg(long, default_value_t = 256)]
     batch: usize,
-    /// The engine's concurrency in its run (prefetch is 3 × this, as in `fleet bench`).
+    /// The engine's concurrency in its run (prefetch max(4 × this, 100), as in `fleet bench`).
     #[arg(long, default_value_t = 64)]
     concurrency: usize,
     /// Rounds, alternating ceiling and engine.
@@ -148,7 +148,7 @@ async fn engine(jobs: usize, concurrency: usize) -> anyhow::Result<f64> {
         Arc::new(r),
         WorkerSettings {
             concurrency,
-            prefetch: 3 * concurrency,
+            prefetch: super::peer_prefetch(concurrency),
             ..WorkerSettings::default()
         },
     );

@@ -88,6 +88,17 @@ pub async fn run(a: BenchArgs) -> anyhow::Result<()> {
 
 /// The `q` quantile (0..=1) of `sorted` (ascending), nearest rank, rounded to 3 decimals;
 /// NaN when empty.
+/// The claims a bench worker at concurrency `c` holds beyond the `c` it runs, unless told
+/// otherwise: what the Graphile Worker peer holds. Its local queue keeps up to
+/// `max(4 × C, 100)` fetched jobs waiting for a worker, besides the C its workers are running
+/// (a worker's `getJob` shifts its job out of the queue, and the queue fetches a full batch
+/// again once it is empty: graphile/worker `src/localQueue.ts`). So a worker that holds
+/// `c + max(4c, 100)` claims holds at most what the peer does. (Until 2026-12-08 this was
+/// `3c`, which counted the peer's running jobs inside its queue: 64 claims fewer at C = 64.)
+fn peer_prefetch(c: usize) -> usize {
+    (4 * c).max(100)
+}
+
 fn percentile(sorted: &[f64], q: f64) -> f64 {
     if sorted.is_empty() {
         return f64::NAN;

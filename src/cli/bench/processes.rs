@@ -4,7 +4,8 @@
 //!
 //! 1. a fresh database holding `--jobs` no-op jobs of a paused kind;
 //! 2. that many `fleet bench processes-child` processes (each one worker at `--concurrency`,
-//!    prefetch 3 × C), started and connected while nothing is claimable;
+//!    prefetch max(4 × C, 100), as the burn-down), started and connected while nothing is
+//!    claimable;
 //! 3. the kind is resumed (which wakes every worker) and the clock runs until the children's
 //!    completion counts add up to `--jobs`; the database must agree (every job completed,
 //!    claimed once);
@@ -285,7 +286,7 @@ pub async fn child(a: ChildArgs) -> anyhow::Result<()> {
     let pool = crate::database::connect(&a.url, (a.concurrency as u32 / 2 + 8).max(12)).await?;
     let cfg = WorkerSettings {
         concurrency: a.concurrency,
-        prefetch: 3 * a.concurrency,
+        prefetch: super::peer_prefetch(a.concurrency),
         ..WorkerSettings::default()
     };
     let worker = Worker::new(pool, registry(), cfg);
