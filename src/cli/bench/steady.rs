@@ -153,6 +153,15 @@ struct SteadySample {
     postgres_cpu_ms_per_job: f64,
     /// 1-minute load average at the end of the interval.
     loadavg_1m: f64,
+    /// The worker's claim rounds in the interval (`fleet_worker_claim_round_seconds`).
+    claim_rounds: u64,
+    /// Share of the interval the fetch loop spent in claim rounds.
+    claim_busy_share: f64,
+    /// Claim rounds that took over 10 ms: a slow pickup that waited for a claim waited for
+    /// one of these, or for a round that did not start (a late wake).
+    claim_rounds_over_10ms: u64,
+    /// Over 50 ms.
+    claim_rounds_over_50ms: u64,
     /// Where the interval's slowest 1 % of first attempts spent their pickup.
     slowest: PickupStages,
     /// The same for one first attempt in a hundred, for comparison.
@@ -596,6 +605,7 @@ pub async fn run(a: SteadyArgs) -> anyhow::Result<()> {
     let (mut interval_retried, mut interval_enqueued) =
         (retried0, enqueued.load(Ordering::Relaxed));
     let mut interval_cpu = cpu0;
+    let mut interval_rounds = ClaimRounds::now();
     let mut interval_start = Instant::now();
     let mut min_in_second = u64::MAX;
     while started.elapsed() < a.duration {
@@ -619,6 +629,7 @@ pub async fn run(a: SteadyArgs) -> anyhow::Result<()> {
             counters.retried.load(Ordering::Relaxed),
         );
         let jobs = (done - interval_done).max(1) as f64;
+        let rounds = ClaimRounds::now();
         let s = SteadySample {
             t_s: round1(started.elapsed().as_secs_f64()),
             offered_jobs_per_s: ((enq - interval_enqueued) as f64 / dt).round(),
@@ -637,6 +648,10 @@ pub async fn run(a: SteadyArgs) -> anyhow::Result<()> {
             fleet_cpu_ms_per_job: round3((cpu.0 - interval_cpu.0) * 1e3 / jobs),
             postgres_cpu_ms_per_job: round3((cpu.1 - interval_cpu.1) * 1e3 / jobs),
             loadavg_1m: super::loadavg_1m(),
+            claim_rounds: rounds.count - interval_rounds.count,
+            claim_busy_share: round3((rounds.seconds - interval_rounds.seconds) / dt),
+            claim_rounds_over_10ms: rounds.over_10ms - interval_rounds.over_10ms,
+            claim_rounds_over_50ms: rounds.over_50ms - interval_rounds.over_50ms,
             slowest,
             sampled,
         };
@@ -647,6 +662,7 @@ pub async fn run(a: SteadyArgs) -> anyhow::Result<()> {
         interval_start = Instant::now();
         (interval_done, interval_retried, interval_enqueued) = (done, retried, enq);
         interval_cpu = cpu;
+        interval_rounds = rounds;
         min_in_second = u64::MAX;
     }
     drop(conn);
@@ -922,13 +938,48 @@ fn mb(b: i64) -> f64 {
     b as f64 / (1024.0 * 1024.0)
 }
 
+/// The worker's claim rounds so far, from the process's histogram.
+struct ClaimRounds {
+    count: u64,
+    seconds: f64,
+    over_10ms: u64,
+    over_50ms: u64,
+}
+
+impl ClaimRounds {
+    fn now() -> Self {
+        use prometheus::core::Collector;
+        let h = &crate::metrics::metrics().claim_round_seconds;
+        let families = h.collect();
+        let proto = families[0].get_metric()[0].get_histogram();
+        let count = proto.get_sample_count();
+        // Buckets are cumulative: rounds above `le` are the count less the bucket's.
+        let above = |le: f64| {
+            let within = proto
+                .get_bucket()
+                .iter()
+                .find(|b| (b.upper_bound() - le).abs() < 1e-9)
+                .expect("a bucket bound of fleet_worker_claim_round_seconds")
+                .cumulative_count();
+            count - within
+        };
+        Self {
+            count,
+            seconds: proto.get_sample_sum(),
+            over_10ms: above(0.01),
+            over_50ms: above(0.05),
+        }
+    }
+}
+
 fn sample_line(s: &SteadySample) -> String {
     format!(
-        "t={:>5.0}s offered {:>6.0}/s work {:>6.0}/s (min {}/s) retries {} backlog {} | pickup p50 {:.2} p99 {:.2} max {:.1} ms | heap {:.1} MB, indexes {:.1} MB, live {} dead {} autovac {} | CPU/job: fleet {:.3} ms, postgres {:.3} ms | load {:.2}",
+        "t={:>5.0}s offered {:>6.0}/s work {:>6.0}/s (min {}/s) retries {} backlog {} | pickup p50 {:.2} p99 {:.2} max {:.1} ms | heap {:.1} MB, indexes {:.1} MB, live {} dead {} autovac {} | CPU/job: fleet {:.3} ms, postgres {:.3} ms | load {:.2}\n         claim rounds {} (busy {:.0} %), over 10 ms {}, over 50 ms {}",
         s.t_s, s.offered_jobs_per_s, s.work_jobs_per_s, s.min_jobs_in_a_second, s.retries,
         s.backlog, s.pickup_p50_ms, s.pickup_p99_ms, s.pickup_max_ms, mb(s.heap_bytes),
         mb(s.index_bytes), s.live_rows, s.dead_rows, s.autovacuums, s.fleet_cpu_ms_per_job,
-        s.postgres_cpu_ms_per_job, s.loadavg_1m
+        s.postgres_cpu_ms_per_job, s.loadavg_1m, s.claim_rounds, s.claim_busy_share * 100.0,
+        s.claim_rounds_over_10ms, s.claim_rounds_over_50ms
     )
 }
 
