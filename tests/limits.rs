@@ -165,6 +165,29 @@ async fn a_kinds_global_concurrency_is_never_exceeded_across_worker_processes() 
     assert_eq!(twice, 0, "every job ran once");
 }
 
+/// A limited claim with nothing ready of its kind answers at once: it neither waits for the
+/// kind's lock, held here by another claimer's open transaction, nor counts the kind's running
+/// jobs (at the steady state most rounds' limited claims find nothing ready).
+#[tokio::test]
+async fn a_limited_claim_with_nothing_ready_answers_without_waiting_for_the_kinds_lock() {
+    let db = db().await;
+    let mut holder = db.pool.begin().await.unwrap();
+    let held = fleet::queue::job_fetch_limited(&mut holder, &sleep_claim(&[], Some(3), 3))
+        .await
+        .unwrap();
+    assert!(held.jobs.is_empty());
+    let mut conn = db.pool.acquire().await.unwrap();
+    let params = sleep_claim(&[], Some(3), 3);
+    let claim = fleet::queue::job_fetch_limited(&mut conn, &params);
+    let answered = tokio::time::timeout(Duration::from_secs(5), claim)
+        .await
+        .expect("answered without waiting for the holder's lock")
+        .unwrap();
+    assert!(answered.jobs.is_empty());
+    assert!(answered.budget_wait.is_none());
+    holder.commit().await.unwrap();
+}
+
 /// The race the kind's lock exists for, made deterministic: a claim that had to wait for
 /// the lock must count what the holder claimed. Its count runs in a statement of its own
 /// after the lock (inside `fleet_job_fetch_limited`); counted with a snapshot taken before the

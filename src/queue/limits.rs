@@ -66,7 +66,8 @@ pub struct LimitedFetch<'a> {
 /// [`super::job_fetch_available`]. See the module docs for why no limit can be exceeded.
 ///
 /// Cost: one round trip (one autocommit statement; inside an open transaction, one statement
-/// of it, and the lock is then held to that transaction's commit). The advisory lock
+/// of it, and the lock is then held to that transaction's commit). A kind with no ready row
+/// costs one probe of its ready index, and takes no lock. The advisory lock
 /// serializes the claims of one kind (not of other kinds), and a budget's row serializes the
 /// claims of the kinds that spend it. The plan is pinned to the ready indexes the same way as
 /// the plain claim (the function's own settings).
@@ -91,7 +92,8 @@ pub async fn job_fetch_limited(
         p.limit
     };
     // One statement: the function takes the lock, then claims in a statement of its own whose
-    // snapshot follows the lock (migrations/20261207000024_fetch_limited_function.sql). As
+    // snapshot follows the lock (migrations/20261207000024_fetch_limited_function.sql; the
+    // probe that returns at once when nothing is ready, migration 25). As
     // an autocommit statement it commits, and so releases the lock, before it answers.
     let rows = sqlx::query(
         "SELECT * FROM fleet_job_fetch_limited($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13)",
