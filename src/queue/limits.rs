@@ -126,6 +126,19 @@ pub async fn job_fetch_limited(
     })
 }
 
+/// KindLockHold: takes `kind`'s claim lock for the rest of `conn`'s open transaction, as a
+/// limited claim of the kind holds it while it counts and claims: for tests that hold another
+/// claimer mid-claim.
+#[cfg(any(test, feature = "testkit"))]
+pub async fn kind_lock_hold(conn: &mut PgConnection, kind: &str) -> Result<(), sqlx::Error> {
+    sqlx::query("SELECT pg_advisory_xact_lock($1, hashtext($2))")
+        .bind(KIND_LOCK_CLASS)
+        .bind(kind)
+        .execute(conn)
+        .await
+        .map(|_| ())
+}
+
 /// What [`job_fetch_limited`] claimed, and when its budgets next have room.
 #[derive(Debug)]
 pub struct LimitedClaim {
