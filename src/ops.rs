@@ -288,12 +288,8 @@ impl Ops {
         alive_within: Duration,
         running_shown: i64,
     ) -> Result<Overview> {
-        if !(1..=60).contains(&chart_minutes) {
-            usage!("minutes must be 1..=60, got {chart_minutes}");
-        }
-        if !(1..=10_000).contains(&running_shown) {
-            usage!("a page holds 1 to 10000 jobs, not {running_shown}");
-        }
+        check_minutes(chart_minutes)?;
+        check_page(running_shown)?;
         let specs = limit_specs(registry);
         let running = JobFilter {
             states: Some(vec![JobState::Running]),
@@ -339,83 +335,6 @@ impl Ops {
         }
         Ok(tx)
     }
-}
-
-/// The fleet-wide limits of `registry`'s limited kinds.
-fn limit_specs(registry: &crate::Registry) -> Vec<queue::KindLimitSpec> {
-    registry
-        .limited_kinds()
-        .into_iter()
-        .map(|k| {
-            let st = registry.settings(&k).expect("registered");
-            queue::KindLimitSpec {
-                global_concurrency: st.global_concurrency.map(|n| n as i64),
-                key_concurrency: st.key_concurrency.map(|n| n as i64),
-                kind: k,
-            }
-        })
-        .collect()
-}
-
-/// What holds each limited kind's ready jobs, from its counts and the budgets' levels.
-fn limits_report(
-    registry: &crate::Registry,
-    specs: &[queue::KindLimitSpec],
-    counts: Vec<queue::KindLimitCounts>,
-    budgets: Vec<queue::BudgetState>,
-) -> LimitsReport {
-    let kinds = specs
-        .iter()
-        .zip(counts)
-        .map(|(spec, c)| {
-            let spent: Vec<String> = registry
-                .budgets_of(&spec.kind)
-                .into_iter()
-                .map(|b| b.name)
-                .collect();
-            let empty = budgets
-                .iter()
-                .find(|b| spent.contains(&b.name) && b.level < 1.0);
-            let (waiting, reason) = if c.ready == 0 {
-                (0, None)
-            } else if let Some(g) = spec.global_concurrency.filter(|g| c.running >= *g) {
-                (
-                    c.ready,
-                    Some(format!("global_concurrency {}/{g}", c.running)),
-                )
-            } else if let Some(b) = empty {
-                let why = match b.blocked_until {
-                    Some(t) => format!("budget {} blocked until {}", b.name, t.to_rfc3339()),
-                    None => format!("budget {} empty (refills {}/s)", b.name, b.per_second),
-                };
-                (c.ready, Some(why))
-            } else if c.ready_key_at_limit > 0 {
-                (
-                    c.ready_key_at_limit,
-                    Some(format!(
-                        "key_concurrency {} reached for some keys",
-                        spec.key_concurrency.unwrap_or_default()
-                    )),
-                )
-            } else {
-                (0, None)
-            };
-            KindLimitState {
-                kind: spec.kind.clone(),
-                running: c.running,
-                global_concurrency: spec.global_concurrency,
-                key_concurrency: spec.key_concurrency,
-                budgets: spent,
-                ready: c.ready,
-                waiting_on_limit: waiting,
-                reason,
-            }
-        })
-        .collect();
-    LimitsReport { kinds, budgets }
-}
-
-impl Ops {
     /// Per-kind counts.
     pub async fn stats(&self) -> Result<Vec<KindStats>> {
         self.read(async {
@@ -429,9 +348,7 @@ impl Ops {
 
     /// Per kind, completions in each of the last `minutes` minutes (1..=60), oldest first.
     pub async fn completions(&self, minutes: i32) -> Result<Vec<queue::CompletionMinute>> {
-        if !(1..=60).contains(&minutes) {
-            usage!("minutes must be 1..=60, got {minutes}");
-        }
+        check_minutes(minutes)?;
         self.read(queue::job_count_completed_by_minute(
             &self.reads,
             minutes,
@@ -467,9 +384,7 @@ impl Ops {
         before_id: Option<i64>,
     ) -> Result<Vec<JobSummary>> {
         self.check_filter(f).await?;
-        if !(1..=10_000).contains(&limit) {
-            usage!("a page holds 1 to 10000 jobs, not {limit}");
-        }
+        check_page(limit)?;
         self.read(queue::job_list(&self.reads, f, limit, before_id))
             .await
     }
@@ -1420,4 +1335,94 @@ fn newest_first(
 /// At most 1,000 ids in an audit row.
 fn capped(ids: &[i64]) -> &[i64] {
     &ids[..ids.len().min(1000)]
+}
+
+/// The fleet-wide limits of `registry`'s limited kinds.
+fn limit_specs(registry: &crate::Registry) -> Vec<queue::KindLimitSpec> {
+    registry
+        .limited_kinds()
+        .into_iter()
+        .map(|k| {
+            let st = registry.settings(&k).expect("registered");
+            queue::KindLimitSpec {
+                global_concurrency: st.global_concurrency.map(|n| n as i64),
+                key_concurrency: st.key_concurrency.map(|n| n as i64),
+                kind: k,
+            }
+        })
+        .collect()
+}
+
+/// What holds each limited kind's ready jobs, from its counts and the budgets' levels.
+fn limits_report(
+    registry: &crate::Registry,
+    specs: &[queue::KindLimitSpec],
+    counts: Vec<queue::KindLimitCounts>,
+    budgets: Vec<queue::BudgetState>,
+) -> LimitsReport {
+    let kinds = specs
+        .iter()
+        .zip(counts)
+        .map(|(spec, c)| {
+            let spent: Vec<String> = registry
+                .budgets_of(&spec.kind)
+                .into_iter()
+                .map(|b| b.name)
+                .collect();
+            let empty = budgets
+                .iter()
+                .find(|b| spent.contains(&b.name) && b.level < 1.0);
+            let (waiting, reason) = if c.ready == 0 {
+                (0, None)
+            } else if let Some(g) = spec.global_concurrency.filter(|g| c.running >= *g) {
+                (
+                    c.ready,
+                    Some(format!("global_concurrency {}/{g}", c.running)),
+                )
+            } else if let Some(b) = empty {
+                let why = match b.blocked_until {
+                    Some(t) => format!("budget {} blocked until {}", b.name, t.to_rfc3339()),
+                    None => format!("budget {} empty (refills {}/s)", b.name, b.per_second),
+                };
+                (c.ready, Some(why))
+            } else if c.ready_key_at_limit > 0 {
+                (
+                    c.ready_key_at_limit,
+                    Some(format!(
+                        "key_concurrency {} reached for some keys",
+                        spec.key_concurrency.unwrap_or_default()
+                    )),
+                )
+            } else {
+                (0, None)
+            };
+            KindLimitState {
+                kind: spec.kind.clone(),
+                running: c.running,
+                global_concurrency: spec.global_concurrency,
+                key_concurrency: spec.key_concurrency,
+                budgets: spent,
+                ready: c.ready,
+                waiting_on_limit: waiting,
+                reason,
+            }
+        })
+        .collect();
+    LimitsReport { kinds, budgets }
+}
+
+/// Fails unless `minutes` is a chart's span: 1 to 60.
+fn check_minutes(minutes: i32) -> Result<()> {
+    if !(1..=60).contains(&minutes) {
+        usage!("minutes must be 1..=60, got {minutes}");
+    }
+    Ok(())
+}
+
+/// Fails unless `limit` is a page's size: 1 to 10,000 jobs.
+fn check_page(limit: i64) -> Result<()> {
+    if !(1..=10_000).contains(&limit) {
+        usage!("a page holds 1 to 10000 jobs, not {limit}");
+    }
+    Ok(())
 }

@@ -413,10 +413,8 @@ async fn burn_down(p: BenchParams) -> anyhow::Result<BenchReport> {
     let m = crate::metrics::metrics();
     let busy = || {
         (
-            m.claim_round_seconds.get_sample_sum(),
-            m.claim_round_seconds.get_sample_count(),
-            m.outcome_write_seconds.get_sample_sum(),
-            m.outcome_write_seconds.get_sample_count(),
+            super::Observed::of(&m.claim_round_seconds),
+            super::Observed::of(&m.outcome_write_seconds),
         )
     };
     let busy_before = busy();
@@ -444,7 +442,10 @@ async fn burn_down(p: BenchParams) -> anyhow::Result<BenchReport> {
         tokio::time::sleep(Duration::from_millis(2)).await;
     }
     let work_s = t1.elapsed().as_secs_f64();
-    let busy_after = busy();
+    let (claims, writes) = {
+        let after = busy();
+        (after.0.since(busy_before.0), after.1.since(busy_before.1))
+    };
 
     // Pickup latency, queue idle between jobs.
     let mut pickups = Vec::with_capacity(p.latency_jobs);
@@ -491,10 +492,10 @@ async fn burn_down(p: BenchParams) -> anyhow::Result<BenchReport> {
         ran_more_than_once: ran_twice.max(claimed_twice as u64),
         enqueue_jobs_per_s: round(p.jobs as f64 / enqueue_s),
         work_jobs_per_s: round(p.jobs as f64 / work_s),
-        claim_busy_share: (busy_after.0 - busy_before.0) / work_s,
-        claim_rounds: busy_after.1 - busy_before.1,
-        outcome_write_busy_share: (busy_after.2 - busy_before.2) / work_s,
-        outcome_writes: busy_after.3 - busy_before.3,
+        claim_busy_share: claims.seconds / work_s,
+        claim_rounds: claims.count,
+        outcome_write_busy_share: writes.seconds / work_s,
+        outcome_writes: writes.count,
         pickup_p50_ms: pct(0.50),
         pickup_p99_ms: pct(0.99),
         concurrency: p.concurrency,

@@ -86,8 +86,6 @@ pub async fn run(a: BenchArgs) -> anyhow::Result<()> {
     }
 }
 
-/// The `q` quantile (0..=1) of `sorted` (ascending), nearest rank, rounded to 3 decimals;
-/// NaN when empty.
 /// The claims a bench worker at concurrency `c` holds beyond the `c` it runs, unless told
 /// otherwise: what the Graphile Worker peer holds. Its local queue keeps up to
 /// `max(4 × C, 100)` fetched jobs waiting for a worker, besides the C its workers are running
@@ -99,6 +97,53 @@ fn peer_prefetch(c: usize) -> usize {
     (4 * c).max(100)
 }
 
+/// What one of the process's histograms has observed so far (the worker's claim rounds, its
+/// outcome writes): a bench reads it before and after a stretch and takes the difference.
+#[derive(Debug, Clone, Copy)]
+struct Observed {
+    count: u64,
+    seconds: f64,
+    over_10ms: u64,
+    over_50ms: u64,
+}
+
+impl Observed {
+    fn of(h: &prometheus::Histogram) -> Self {
+        use prometheus::core::Collector;
+        let families = h.collect();
+        let proto = families[0].get_metric()[0].get_histogram();
+        let count = proto.get_sample_count();
+        // Buckets are cumulative: observations above `le` are the count less the bucket's.
+        let above = |le: f64| {
+            let within = proto
+                .get_bucket()
+                .iter()
+                .find(|b| (b.upper_bound() - le).abs() < 1e-9)
+                .expect("the histogram has a bucket bound at 10 and at 50 ms")
+                .cumulative_count();
+            count - within
+        };
+        Self {
+            count,
+            seconds: proto.get_sample_sum(),
+            over_10ms: above(0.01),
+            over_50ms: above(0.05),
+        }
+    }
+
+    /// What was observed since `before`.
+    fn since(self, before: Self) -> Self {
+        Self {
+            count: self.count - before.count,
+            seconds: self.seconds - before.seconds,
+            over_10ms: self.over_10ms - before.over_10ms,
+            over_50ms: self.over_50ms - before.over_50ms,
+        }
+    }
+}
+
+/// The `q` quantile (0..=1) of `sorted` (ascending), nearest rank, rounded to 3 decimals;
+/// NaN when empty.
 fn percentile(sorted: &[f64], q: f64) -> f64 {
     if sorted.is_empty() {
         return f64::NAN;

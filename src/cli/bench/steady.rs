@@ -605,7 +605,8 @@ pub async fn run(a: SteadyArgs) -> anyhow::Result<()> {
     let (mut interval_retried, mut interval_enqueued) =
         (retried0, enqueued.load(Ordering::Relaxed));
     let mut interval_cpu = cpu0;
-    let mut interval_rounds = ClaimRounds::now();
+    let claim_rounds = || super::Observed::of(&crate::metrics::metrics().claim_round_seconds);
+    let mut interval_rounds = claim_rounds();
     let mut interval_start = Instant::now();
     let mut min_in_second = u64::MAX;
     while started.elapsed() < a.duration {
@@ -629,7 +630,8 @@ pub async fn run(a: SteadyArgs) -> anyhow::Result<()> {
             counters.retried.load(Ordering::Relaxed),
         );
         let jobs = (done - interval_done).max(1) as f64;
-        let rounds = ClaimRounds::now();
+        let rounds = claim_rounds();
+        let in_interval = rounds.since(interval_rounds);
         let s = SteadySample {
             t_s: round1(started.elapsed().as_secs_f64()),
             offered_jobs_per_s: ((enq - interval_enqueued) as f64 / dt).round(),
@@ -648,10 +650,10 @@ pub async fn run(a: SteadyArgs) -> anyhow::Result<()> {
             fleet_cpu_ms_per_job: round3((cpu.0 - interval_cpu.0) * 1e3 / jobs),
             postgres_cpu_ms_per_job: round3((cpu.1 - interval_cpu.1) * 1e3 / jobs),
             loadavg_1m: super::loadavg_1m(),
-            claim_rounds: rounds.count - interval_rounds.count,
-            claim_busy_share: round3((rounds.seconds - interval_rounds.seconds) / dt),
-            claim_rounds_over_10ms: rounds.over_10ms - interval_rounds.over_10ms,
-            claim_rounds_over_50ms: rounds.over_50ms - interval_rounds.over_50ms,
+            claim_rounds: in_interval.count,
+            claim_busy_share: round3(in_interval.seconds / dt),
+            claim_rounds_over_10ms: in_interval.over_10ms,
+            claim_rounds_over_50ms: in_interval.over_50ms,
             slowest,
             sampled,
         };
@@ -936,40 +938,6 @@ fn report(a: &SteadyArgs, st: &SteadyState, samples: &[SteadySample], s: Summary
 
 fn mb(b: i64) -> f64 {
     b as f64 / (1024.0 * 1024.0)
-}
-
-/// The worker's claim rounds so far, from the process's histogram.
-struct ClaimRounds {
-    count: u64,
-    seconds: f64,
-    over_10ms: u64,
-    over_50ms: u64,
-}
-
-impl ClaimRounds {
-    fn now() -> Self {
-        use prometheus::core::Collector;
-        let h = &crate::metrics::metrics().claim_round_seconds;
-        let families = h.collect();
-        let proto = families[0].get_metric()[0].get_histogram();
-        let count = proto.get_sample_count();
-        // Buckets are cumulative: rounds above `le` are the count less the bucket's.
-        let above = |le: f64| {
-            let within = proto
-                .get_bucket()
-                .iter()
-                .find(|b| (b.upper_bound() - le).abs() < 1e-9)
-                .expect("a bucket bound of fleet_worker_claim_round_seconds")
-                .cumulative_count();
-            count - within
-        };
-        Self {
-            count,
-            seconds: proto.get_sample_sum(),
-            over_10ms: above(0.01),
-            over_50ms: above(0.05),
-        }
-    }
 }
 
 fn sample_line(s: &SteadySample) -> String {
